@@ -1,0 +1,113 @@
+"""The project's own request/response types for MLLM backends.
+
+Backends translate these into whatever their server or model wants; nothing in
+the core depends on any vendor's message shape.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+
+@attrs.frozen
+class TextPart:
+    text: str
+
+
+@attrs.frozen
+class ImagePart:
+    """An image given by path; the backend loads and resizes it as its box codec says.
+
+    ``size`` is the original (width, height) when known, so boxes can be mapped
+    even before the pixels are read.
+    """
+
+    path: Path
+    size: tuple[int, int] | None = None
+
+
+Part = TextPart | ImagePart
+
+
+@attrs.frozen
+class ChatMessage:
+    role: str  # "system" | "user" | "assistant"
+    parts: tuple[Part, ...]
+
+    @classmethod
+    def text(cls, role: str, text: str) -> ChatMessage:
+        return cls(role, (TextPart(text),))
+
+    @property
+    def images(self) -> tuple[ImagePart, ...]:
+        return tuple(p for p in self.parts if isinstance(p, ImagePart))
+
+
+@attrs.frozen
+class ChatRequest:
+    """One chat call. ``purpose`` names the stage (for logs, caches and usage counts)."""
+
+    messages: tuple[ChatMessage, ...]
+    max_tokens: int | None = None
+    temperature: float | None = None
+    purpose: str = "chat"
+
+    @property
+    def images(self) -> tuple[ImagePart, ...]:
+        return tuple(img for m in self.messages for img in m.images)
+
+    @property
+    def has_images(self) -> bool:
+        return bool(self.images)
+
+    def fingerprint(self) -> str:
+        """A content hash (image *bytes*, not paths) used as the response-cache key."""
+        h = hashlib.sha256()
+        h.update(json.dumps(self._describe(), sort_keys=True).encode())
+        for img in self.images:
+            try:
+                h.update(img.path.read_bytes())
+            except OSError:
+                h.update(b"<missing>" + str(img.path).encode())
+        return h.hexdigest()
+
+    def _describe(self) -> dict[str, Any]:
+        return {
+            "messages": [
+                {
+                    "role": m.role,
+                    "parts": [
+                        {"text": p.text} if isinstance(p, TextPart) else {"image": True}
+                        for p in m.parts
+                    ],
+                }
+                for m in self.messages
+            ],
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+        }
+
+
+@attrs.frozen
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+        )
+
+
+@attrs.frozen
+class ChatResponse:
+    text: str
+    usage: Usage = Usage()
+    model: str | None = None
+    cached: bool = False

@@ -1,0 +1,43 @@
+"""One error family so the CLI can print one readable line per problem.
+
+Every error says *where* (a file and line, or a dotted config path) because a
+user fixing a 10k-line file or a long config needs the place, not a traceback.
+"""
+
+from __future__ import annotations
+
+
+class RefinegError(Exception):
+    """Base of every error the CLI reports as one line (exit code 2)."""
+
+    def __init__(self, message: str, *, where: str | None = None) -> None:
+        self.where = where
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class ConfigError(RefinegError):
+    """A config file that does not parse or validate."""
+
+
+class DataError(RefinegError):
+    """Malformed input data: a bad line, box, label or file."""
+
+
+class PluginError(RefinegError):
+    """A plugin that is unknown, fails to import, or has bad options."""
+
+
+class BackendError(RefinegError):
+    """An MLLM call that failed; ``retryable`` says whether trying again can help."""
+
+    def __init__(self, message: str, *, retryable: bool = False, where: str | None = None):
+        self.retryable = retryable
+        super().__init__(message, where=where)
+
+
+class BackendUnavailable(BackendError):
+    """The backend cannot be reached at all (no server, no weights): skip, don't retry."""
+
+
+class TaggerError(RefinegError):
+    """Training or loading a tagger failed (missing files, NaN loss, label mismatch)."""

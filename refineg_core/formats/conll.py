@@ -1,0 +1,118 @@
+"""Plain CoNLL: ``token<TAB>tag`` per line, blank line between sentences.
+
+Twitter-GMNER adds an ``IMGID:<id>`` line before each sentence; this reader
+hands those ids to the caller, so the Twitter reader is a thin layer on top.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import attrs
+
+from refineg_core.errors import DataError
+from refineg_core.formats.base import Dataset, read_text_file
+from refineg_core.labels import spans_to_tags, split_tag, tags_to_spans
+from refineg_core.types import Entity, Sample
+
+
+@attrs.frozen
+class RawSentence:
+    tokens: tuple[str, ...]
+    tags: tuple[str, ...]
+    image_id: str | None
+    line: int  # 1-based line of the first token (for messages)
+
+
+def parse_conll(path: Path) -> list[RawSentence]:
+    """Split a CoNLL file into sentences; a malformed line is an error with file:line."""
+    text = read_text_file(path)
+    sentences: list[RawSentence] = []
+    tokens: list[str] = []
+    tags: list[str] = []
+    image_id: str | None = None
+    first_line = 0
+
+    def flush() -> None:
+        nonlocal tokens, tags, image_id
+        if tokens:
+            sentences.append(RawSentence(tuple(tokens), tuple(tags), image_id, first_line))
+        elif image_id is not None:
+            raise DataError(f"IMGID:{image_id} has no tokens", where=f"{path}:{first_line}")
+        tokens, tags, image_id = [], [], None
+
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        line = raw.rstrip("\r\n")
+        if not line.strip():
+            flush()
+            continue
+        if line.startswith("IMGID:"):
+            flush()
+            image_id = line[len("IMGID:") :].strip()
+            first_line = lineno
+            continue
+        if line.startswith("-DOCSTART-"):
+            continue
+        if "\t" not in line:
+            raise DataError(
+                f"expected 'token<TAB>tag', found no tab in {line[:60]!r}", where=f"{path}:{lineno}"
+            )
+        token, _, tag = line.rpartition("\t")
+        tag = tag.strip()
+        try:
+            split_tag(tag)
+        except DataError as exc:
+            raise DataError(str(exc), where=f"{path}:{lineno}") from None
+        if not tokens:
+            first_line = first_line if image_id is not None else lineno
+        tokens.append(token)
+        tags.append(tag)
+    flush()
+    return sentences
+
+
+def sentence_to_sample(
+    sent: RawSentence, sample_id: str, image=None, warnings: list[str] | None = None,
+    where: str = "",
+) -> Sample:
+    decoded = tags_to_spans(sent.tags)
+    if decoded.repairs and warnings is not None:
+        warnings.append(f"{where}: repaired {decoded.repairs} I- tag(s) without a B-")
+    entities = tuple(
+        Entity(s, e, t, " ".join(sent.tokens[s:e])) for s, e, t in decoded.spans
+    )
+    return Sample(
+        id=sample_id,
+        tokens=sent.tokens,
+        text=" ".join(sent.tokens),
+        image=image,
+        entities=entities,
+        meta={"tag_repairs": decoded.repairs} if decoded.repairs else {},
+    )
+
+
+def read_conll(path: Path | str, *, id_prefix: str | None = None) -> Dataset:
+    """Read plain CoNLL BIO/BIOES; sample ids are ``<file stem>-<n>``."""
+    path = Path(path)
+    prefix = id_prefix if id_prefix is not None else path.stem
+    warnings: list[str] = []
+    samples = [
+        sentence_to_sample(s, f"{prefix}-{i}", warnings=warnings, where=f"{path}:{s.line}")
+        for i, s in enumerate(parse_conll(path))
+    ]
+    return Dataset(tuple(samples), tuple(warnings), str(path))
+
+
+def conll_lines(samples: Iterable[Sample], *, scheme: str = "BIO", image_ids: bool = False):
+    for s in samples:
+        if image_ids:
+            yield f"IMGID:{s.image.image_id if s.image else s.id}"
+        tags = spans_to_tags(len(s.tokens), (e.key for e in s.entities), scheme)
+        for tok, tag in zip(s.tokens, tags, strict=True):
+            yield f"{tok}\t{tag}"
+        yield ""
+
+
+def write_conll(samples: Iterable[Sample], path: Path | str, *, scheme: str = "BIO") -> None:
+    Path(path).write_text("\n".join(conll_lines(samples, scheme=scheme)), encoding="utf-8")

@@ -1,0 +1,1 @@
+"""Stages and the machinery that runs them resumably."""

@@ -1,0 +1,160 @@
+"""Run one stage over many samples: concurrently, resumably, never dying on one item.
+
+A stage supplies ``process(item) -> SampleResult``. The runner skips ids already
+written to the stage's JSONL (so a killed run resumes), runs the rest on up to
+``workers`` threads (MLLM calls are I/O-bound), appends each result the moment
+it is done, and turns an exception in one item into a recorded failure that
+keeps the item's entities.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from refineg_core.errors import RefinegError
+from refineg_core.formats.native import iter_jsonl, result_from_dict, sample_to_dict
+from refineg_core.hooks import get_hooks
+from refineg_core.progress import bar
+from refineg_core.types import Failure, SampleResult
+
+
+@attrs.define
+class StageSummary:
+    stage: str
+    total: int = 0
+    processed: int = 0
+    resumed: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    failure_kinds: Counter = attrs.field(factory=Counter)
+    counters: Counter = attrs.field(factory=Counter)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "total": self.total,
+            "processed": self.processed,
+            "resumed": self.resumed,
+            "failed": self.failed,
+            "seconds": round(self.seconds, 3),
+            "failure_kinds": dict(self.failure_kinds),
+            **{k: v for k, v in sorted(self.counters.items())},
+        }
+
+
+class ResultWriter:
+    """Append-only JSONL of results; thread-safe; flushed after every line."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._repair_tail()
+        self._fh = self.path.open("a", encoding="utf-8")
+
+    def _repair_tail(self) -> None:
+        """Drop a half-written last line left by a killed run."""
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            cut = data.rfind(b"\n") + 1
+            self.path.write_bytes(data[:cut])
+
+    def write(self, result: SampleResult) -> None:
+        line = json.dumps(sample_to_dict(result), ensure_ascii=False)
+        with self._lock:
+            self._fh.write(line + "\n")
+            self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def load_done(path: Path) -> dict[str, SampleResult]:
+    """Results already written by an earlier (possibly interrupted) run."""
+    if not Path(path).exists():
+        return {}
+    ResultWriter(path).close()  # repair a torn tail before reading
+    return {r["id"]: result_from_dict(r) for _, r in iter_jsonl(Path(path))}
+
+
+def failure_from_exception(stage: str, exc: BaseException) -> Failure:
+    kind = getattr(exc, "kind", None) or type(exc).__name__
+    message = str(exc) if isinstance(exc, RefinegError) else f"{type(exc).__name__}: {exc}"
+    return Failure(stage, kind, message[:500])
+
+
+def run_stage(
+    stage: str,
+    items: Sequence[SampleResult],
+    process: Callable[[SampleResult], SampleResult],
+    out_path: Path,
+    *,
+    workers: int = 1,
+    unit: str = "sample",
+    debug: bool = False,
+) -> tuple[list[SampleResult], StageSummary]:
+    """Process every item not yet in ``out_path``; return all results in input order."""
+    started = time.perf_counter()
+    summary = StageSummary(stage, total=len(items))
+    done = load_done(out_path)
+    todo = [it for it in items if it.id not in done]
+    summary.resumed = len(items) - len(todo)
+    hooks = get_hooks()
+    hooks.stage_started(stage, len(todo))
+    writer = ResultWriter(out_path)
+    results: dict[str, SampleResult] = dict(done)
+
+    def safe(item: SampleResult) -> SampleResult:
+        try:
+            return process(item)
+        except Exception as exc:  # one bad item never stops a run
+            if debug:
+                traceback.print_exc()
+            return item.with_failure(failure_from_exception(stage, exc))
+
+    progress = bar(desc=stage, total=len(todo), unit=unit)
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            pending: set[Future] = set()
+            queue = iter(todo)
+            limit = max(1, workers) * 2
+
+            def refill() -> None:
+                for item in queue:
+                    pending.add(pool.submit(safe, item))
+                    if len(pending) >= limit:
+                        break
+
+            refill()
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    pending.discard(fut)
+                    result = fut.result()
+                    writer.write(result)
+                    results[result.id] = result
+                    summary.processed += 1
+                    new_failures = [f for f in result.failures if f.stage == stage]
+                    if new_failures:
+                        summary.failed += 1
+                        summary.failure_kinds.update(f.kind for f in new_failures)
+                    progress.update(1)
+                refill()
+    finally:
+        progress.close()
+        writer.close()
+    summary.seconds = time.perf_counter() - started
+    hooks.stage_finished(stage, summary.as_dict())
+    return [results[it.id] for it in items if it.id in results], summary

@@ -1,0 +1,159 @@
+"""Filling the five component slots: stevedore loads exactly the named plugin.
+
+Only the plugin a config names is imported (plugins import torch; a config that
+uses one backend should not pay for all of them). stevedore's own failure modes
+are made loud: an unknown name lists what is installed, and an import error
+names the distribution that shipped the broken plugin.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from importlib import metadata
+from typing import Any
+
+import attrs
+import pydantic
+import stevedore
+from stevedore.exception import NoMatches
+
+from refineg_core.errors import PluginError
+from refineg_core.interfaces import SLOTS, Plugin, PluginOptions
+from refineg_core.labels import LabelSet
+
+# In-memory plugins registered by tests and notebooks: (group, name) -> class.
+_IN_MEMORY: dict[tuple[str, str], type[Plugin]] = {}
+
+
+@attrs.frozen
+class InstalledPlugin:
+    group: str
+    name: str
+    target: str
+    distribution: str
+    version: str
+
+    def as_dict(self) -> dict[str, str]:
+        return attrs.asdict(self)
+
+
+def slot_group(slot: str) -> str:
+    try:
+        return SLOTS[slot][0]
+    except KeyError:
+        raise PluginError(f"unknown slot {slot!r}; slots are {sorted(SLOTS)}") from None
+
+
+def installed(group: str | None = None) -> list[InstalledPlugin]:
+    """Every plugin entry point (without importing any), plus in-memory ones."""
+    groups = [group] if group else [g for g, _ in SLOTS.values()]
+    found: list[InstalledPlugin] = []
+    for g in groups:
+        for ep in metadata.entry_points(group=g):
+            dist = ep.dist
+            found.append(
+                InstalledPlugin(
+                    g,
+                    ep.name,
+                    ep.value,
+                    dist.metadata["Name"] if dist else "?",
+                    dist.version if dist else "?",
+                )
+            )
+        for (mg, name), cls in _IN_MEMORY.items():
+            if mg == g:
+                found.append(
+                    InstalledPlugin(g, name, f"{cls.__module__}:{cls.__qualname__}", "<memory>", "-")
+                )
+    return sorted(found, key=lambda p: (p.group, p.name))
+
+
+def available_names(group: str) -> list[str]:
+    return sorted({p.name for p in installed(group)})
+
+
+def _unknown(slot: str, name: str) -> PluginError:
+    names = available_names(slot_group(slot))
+    return PluginError(
+        f"{slot} plugin {name!r} is not installed; available: {', '.join(names) or 'none'}. "
+        f"If it comes from another package, install that package into this environment.",
+        where=f"{slot}.plugin",
+    )
+
+
+def load_class(slot: str, name: str) -> type[Plugin]:
+    """Import only the named plugin's class, loudly."""
+    group = slot_group(slot)
+    if (group, name) in _IN_MEMORY:
+        return _IN_MEMORY[(group, name)]
+    eps = [ep for ep in metadata.entry_points(group=group) if ep.name == name]
+    if not eps:
+        raise _unknown(slot, name)
+    dist = eps[0].dist
+    origin = f"{dist.metadata['Name']} {dist.version}" if dist else "an unknown distribution"
+
+    def fail(_manager: Any, entrypoint: Any, exc: Exception) -> None:
+        raise PluginError(
+            f"{slot} plugin {name!r} from {origin} failed to import "
+            f"({entrypoint.value}): {type(exc).__name__}: {exc}",
+            where=f"{slot}.plugin",
+        ) from exc
+
+    try:
+        manager = stevedore.DriverManager(
+            namespace=group,
+            name=name,
+            invoke_on_load=False,
+            on_load_failure_callback=fail,
+        )
+    except NoMatches:
+        raise _unknown(slot, name) from None
+    cls = manager.driver
+    base = SLOTS[slot][1]
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise PluginError(
+            f"{slot} plugin {name!r} from {origin} is {cls!r}, not a {base.__name__} subclass",
+            where=f"{slot}.plugin",
+        )
+    return cls
+
+
+def validate_options(
+    slot: str, name: str, cls: type[Plugin], options: Mapping[str, Any]
+) -> PluginOptions:
+    """Validate raw options against the plugin's own model; errors give the dotted path."""
+    try:
+        return cls.Options.model_validate(dict(options))
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        path = ".".join(str(p) for p in first["loc"])
+        raise PluginError(
+            f"{first['msg']} (plugin {name!r})"
+            + (f"; options are {sorted(cls.Options.model_fields)}" if first["type"] ==
+               "extra_forbidden" else ""),
+            where=f"{slot}.options.{path}" if path else f"{slot}.options",
+        ) from None
+
+
+def create(
+    slot: str, name: str, options: Mapping[str, Any] | None = None, labels: LabelSet | None = None
+) -> Plugin:
+    """Load, validate options and instantiate one plugin."""
+    cls = load_class(slot, name)
+    return cls(validate_options(slot, name, cls, options or {}), labels)
+
+
+@contextlib.contextmanager
+def registered(slot: str, name: str, cls: type[Plugin]) -> Iterator[type[Plugin]]:
+    """Make ``cls`` selectable by ``name`` for the duration of a ``with`` block."""
+    key = (slot_group(slot), name)
+    previous = _IN_MEMORY.get(key)
+    _IN_MEMORY[key] = cls
+    try:
+        yield cls
+    finally:
+        if previous is None:
+            _IN_MEMORY.pop(key, None)
+        else:
+            _IN_MEMORY[key] = previous

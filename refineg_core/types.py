@@ -1,0 +1,239 @@
+"""Value objects shared by every stage and plugin.
+
+They are frozen so a stage can hand them to a plugin without fearing that the
+plugin edits its input; "changing" one means ``attrs.evolve``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+
+from refineg_core.errors import DataError
+
+# Who decided an entity's span and type (``Entity.source``).
+SOURCE_GOLD = "gold"
+SOURCE_TAGGER = "tagger"
+SOURCE_MLLM = "mllm"
+SOURCE_RULE = "rule"
+
+
+@attrs.frozen
+class Box:
+    """An axis-aligned box in pixels of the *original* image."""
+
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+
+    def __attrs_post_init__(self) -> None:
+        values = (self.x1, self.y1, self.x2, self.y2)
+        if not all(np.isfinite(v) for v in values):
+            raise DataError(f"box has a non-finite coordinate: {values}")
+        if not (self.x1 < self.x2 and self.y1 < self.y2):
+            raise DataError(f"box needs x1<x2 and y1<y2, got {values}")
+
+    @property
+    def area(self) -> float:
+        return (self.x2 - self.x1) * (self.y2 - self.y1)
+
+    def iou(self, other: Box) -> float:
+        ix = max(0.0, min(self.x2, other.x2) - max(self.x1, other.x1))
+        iy = max(0.0, min(self.y2, other.y2) - max(self.y1, other.y1))
+        inter = ix * iy
+        union = self.area + other.area - inter
+        return inter / union if union > 0 else 0.0
+
+    def as_list(self) -> list[float]:
+        return [self.x1, self.y1, self.x2, self.y2]
+
+    @classmethod
+    def clipped(
+        cls, x1: float, y1: float, x2: float, y2: float, size: tuple[int, int] | None
+    ) -> Box | None:
+        """Clip to the image and return None when nothing valid is left.
+
+        Model answers are untrusted: an out-of-frame or inverted box must become
+        "no box", never an exception in the middle of a long run.
+        """
+        try:
+            x1, y1, x2, y2 = (float(v) for v in (x1, y1, x2, y2))
+        except (TypeError, ValueError):
+            return None
+        if size is not None:
+            w, h = size
+            x1, x2 = min(max(x1, 0.0), w), min(max(x2, 0.0), w)
+            y1, y2 = min(max(y1, 0.0), h), min(max(y2, 0.0), h)
+        try:
+            return cls(x1, y1, x2, y2)
+        except DataError:
+            return None
+
+
+@attrs.frozen
+class ImageRef:
+    """Where a sample's image is and how big it is, when known.
+
+    The size can be known without the pixels (Twitter-GMNER's XML carries it),
+    which is enough to validate boxes.
+    """
+
+    image_id: str
+    path: Path | None = None
+    width: int | None = None
+    height: int | None = None
+
+    @property
+    def size(self) -> tuple[int, int] | None:
+        if self.width is None or self.height is None:
+            return None
+        return (self.width, self.height)
+
+    @property
+    def available(self) -> bool:
+        return self.path is not None and self.path.is_file()
+
+
+@attrs.frozen
+class Entity:
+    """A typed token span (end exclusive) with zero or more boxes.
+
+    ``boxes == ()`` means "not groundable" (the region None of the GMNER
+    metric). ``source`` tells which stage decided the span and type;
+    ``grounded_by`` which stage supplied the boxes (None when nobody tried).
+    """
+
+    start: int
+    end: int
+    type: str
+    text: str
+    boxes: tuple[Box, ...] = ()
+    confidence: float | None = None
+    uncertainty: float | None = None
+    source: str = SOURCE_GOLD
+    grounded_by: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if not (0 <= self.start < self.end):
+            raise DataError(f"entity span [{self.start}, {self.end}) is empty or negative")
+
+    @property
+    def span(self) -> tuple[int, int]:
+        return (self.start, self.end)
+
+    @property
+    def key(self) -> tuple[int, int, str]:
+        return (self.start, self.end, self.type)
+
+
+@attrs.frozen
+class Sample:
+    """One post: tokens, raw text, optional image and (gold or predicted) entities."""
+
+    id: str
+    tokens: tuple[str, ...]
+    text: str
+    image: ImageRef | None = None
+    entities: tuple[Entity, ...] = ()
+    meta: Mapping[str, Any] = attrs.field(factory=dict, eq=False, hash=False)
+
+    def span_text(self, start: int, end: int) -> str:
+        return " ".join(self.tokens[start:end])
+
+
+@attrs.frozen
+class Failure:
+    """Something that went wrong for one sample; recorded, never fatal to a run."""
+
+    stage: str
+    kind: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"stage": self.stage, "kind": self.kind, "message": self.message}
+
+
+@attrs.frozen
+class SampleResult:
+    """A sample with its predicted entities and what failed on the way."""
+
+    sample: Sample
+    entities: tuple[Entity, ...]
+    failures: tuple[Failure, ...] = ()
+    meta: Mapping[str, Any] = attrs.field(factory=dict, eq=False, hash=False)
+
+    @property
+    def id(self) -> str:
+        return self.sample.id
+
+    def with_failure(self, failure: Failure) -> SampleResult:
+        return attrs.evolve(self, failures=(*self.failures, failure))
+
+
+@attrs.frozen(eq=False)
+class TaggerPrediction:
+    """A tagger's decoded tags plus per-token label marginals.
+
+    ``marginals[i, j]`` is P(token i has label ``label_names[j]``); rows sum to 1.
+    The uncertainty gate needs the marginals, not only the Viterbi path.
+    """
+
+    sample_id: str
+    tags: tuple[str, ...]
+    label_names: tuple[str, ...]
+    marginals: np.ndarray
+
+    def __attrs_post_init__(self) -> None:
+        if self.marginals.shape != (len(self.tags), len(self.label_names)):
+            raise DataError(
+                f"{self.sample_id}: marginals shape {self.marginals.shape} does not match "
+                f"{len(self.tags)} tokens x {len(self.label_names)} labels"
+            )
+
+
+@attrs.frozen
+class GateDecision:
+    """The uncertainty gate's verdict on one sample.
+
+    ``kept`` entities are final; ``delegated`` ones go to the MLLM. A sample with
+    no delegated entity can still be delegated when a token tagged O looks
+    uncertain (``missed_uncertainty`` above the threshold): a possibly missed
+    entity.
+    """
+
+    sample_id: str
+    kept: tuple[Entity, ...]
+    delegated: tuple[Entity, ...]
+    missed_uncertainty: float
+    delegate_sample: bool
+
+    @property
+    def entities(self) -> tuple[Entity, ...]:
+        return tuple(sorted((*self.kept, *self.delegated), key=lambda e: e.span))
+
+
+@attrs.frozen
+class Demonstration:
+    """An in-context example chosen for a query, with the scores that chose it."""
+
+    sample: Sample
+    score: float
+    components: Mapping[str, float] = attrs.field(factory=dict, eq=False, hash=False)
+
+
+@attrs.frozen
+class SynthesisCandidate:
+    """An LLM-written sentence with the (name, type) pairs it claims to contain.
+
+    Not yet a Sample: names still have to be found in the text and checked.
+    """
+
+    text: str
+    entities: tuple[tuple[str, str], ...]
+    kind: str = "rewrite"  # "rewrite" (reuses the seed's entities) or "new"
+    seed_id: str | None = None

