@@ -9,6 +9,7 @@ group. Core code calls the typed ``Hooks`` facade, never ``pm.hook`` directly.
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Mapping, Sequence
 from functools import cache
 from typing import Any
@@ -73,14 +74,26 @@ class Hooks:
 
 
 def make_plugin_manager(load_entry_points: bool = True) -> pluggy.PluginManager:
+    """A plugin manager with every ``refineg`` hook plugin loaded.
+
+    ``REFINEG_HOOK_PLUGINS=name1,name2`` loads only those (empty: none), like
+    llm's ``LLM_LOAD_PLUGINS``: a way out when a broken plugin blocks the CLI.
+    """
     pm = pluggy.PluginManager(PROJECT)
     pm.add_hookspecs(HookSpecs)
-    if load_entry_points:
+    if not load_entry_points:
+        return pm
+    only = os.environ.get("REFINEG_HOOK_PLUGINS")
+    names = [None] if only is None else [n.strip() for n in only.split(",") if n.strip()]
+    for name in names:
         try:
-            pm.load_setuptools_entrypoints(PROJECT)
+            pm.load_setuptools_entrypoints(PROJECT, name=name)
         except Exception as exc:  # a broken hook plugin must be loud, like pytest
-            raise PluginError(f"a 'refineg' hook plugin failed to load: {exc}") from exc
-        pm.check_pending()
+            raise PluginError(
+                f"a 'refineg' hook plugin failed to load: {type(exc).__name__}: {exc} "
+                "(set REFINEG_HOOK_PLUGINS to the names to load, or uninstall the broken package)"
+            ) from exc
+    pm.check_pending()
     return pm
 
 
@@ -92,8 +105,8 @@ def get_hooks() -> Hooks:
 
 def hook_plugins() -> list[tuple[str, str, str]]:
     """(name, distribution, version) of every hook plugin loaded from entry points."""
-    return [
-        (name, dist.project_name, dist.version)
-        for name, dist in ((n, d) for p, d in get_hooks().pm.list_plugin_distinfo()
-                           for n in [get_hooks().pm.get_name(p) or "?"])
-    ]
+    pm = get_hooks().pm
+    return sorted(
+        (pm.get_name(plugin) or "?", dist.project_name, dist.version)
+        for plugin, dist in pm.list_plugin_distinfo()
+    )

@@ -33,7 +33,7 @@ class PluginOptions(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
 
 
-class Plugin(abc.ABC):
+class Plugin:
     """Common constructor: validated options plus the task's label set."""
 
     Options: ClassVar[type[PluginOptions]] = PluginOptions

@@ -183,9 +183,7 @@ def tag_names(
     missing: list[tuple[str, str]] = []
     taken = [False] * len(tokens)
     for name, etype in sorted(names, key=lambda p: -len(p[0])):
-        hits = [
-            (s, e) for s, e in find_token_spans(tokens, name) if not any(taken[s:e])
-        ]
+        hits = [(s, e) for s, e in find_token_spans(tokens, name) if not any(taken[s:e])]
         if not hits:
             if not find_token_spans(tokens, name):
                 missing.append((name, etype))

@@ -15,8 +15,22 @@ def progress_disabled() -> bool:
     return os.environ.get("REFINEG_NO_PROGRESS", "") not in ("", "0")
 
 
-def bar(iterable: Iterable[T] | None = None, *, desc: str, total: int | None = None,
-        unit: str = "it", **kwargs: Any) -> tqdm:
+def bar(
+    iterable: Iterable[T] | None = None,
+    *,
+    desc: str,
+    total: int | None = None,
+    unit: str = "it",
+    **kwargs: Any,
+) -> tqdm:
     """A progress bar; set REFINEG_NO_PROGRESS=1 to silence it (tests, logs)."""
-    return tqdm(iterable, desc=desc, total=total, unit=unit, disable=progress_disabled(),
-                dynamic_ncols=True, leave=False, **kwargs)
+    return tqdm(
+        iterable,
+        desc=desc,
+        total=total,
+        unit=unit,
+        disable=progress_disabled(),
+        dynamic_ncols=True,
+        leave=False,
+        **kwargs,
+    )

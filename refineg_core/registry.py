@@ -64,7 +64,9 @@ def installed(group: str | None = None) -> list[InstalledPlugin]:
         for (mg, name), cls in _IN_MEMORY.items():
             if mg == g:
                 found.append(
-                    InstalledPlugin(g, name, f"{cls.__module__}:{cls.__qualname__}", "<memory>", "-")
+                    InstalledPlugin(
+                        g, name, f"{cls.__module__}:{cls.__qualname__}", "<memory>", "-"
+                    )
                 )
     return sorted(found, key=lambda p: (p.group, p.name))
 
@@ -73,23 +75,28 @@ def available_names(group: str) -> list[str]:
     return sorted({p.name for p in installed(group)})
 
 
-def _unknown(slot: str, name: str) -> PluginError:
+def _unknown(slot: str, name: str, key: str) -> PluginError:
     names = available_names(slot_group(slot))
     return PluginError(
         f"{slot} plugin {name!r} is not installed; available: {', '.join(names) or 'none'}. "
         f"If it comes from another package, install that package into this environment.",
-        where=f"{slot}.plugin",
+        where=f"{key}.plugin",
     )
 
 
-def load_class(slot: str, name: str) -> type[Plugin]:
-    """Import only the named plugin's class, loudly."""
+def load_class(slot: str, name: str, *, config_key: str | None = None) -> type[Plugin]:
+    """Import only the named plugin's class, loudly.
+
+    ``config_key`` is the config table that named it (for error paths; default
+    the slot name).
+    """
+    key = config_key or slot
     group = slot_group(slot)
     if (group, name) in _IN_MEMORY:
         return _IN_MEMORY[(group, name)]
     eps = [ep for ep in metadata.entry_points(group=group) if ep.name == name]
     if not eps:
-        raise _unknown(slot, name)
+        raise _unknown(slot, name, key)
     dist = eps[0].dist
     origin = f"{dist.metadata['Name']} {dist.version}" if dist else "an unknown distribution"
 
@@ -97,7 +104,7 @@ def load_class(slot: str, name: str) -> type[Plugin]:
         raise PluginError(
             f"{slot} plugin {name!r} from {origin} failed to import "
             f"({entrypoint.value}): {type(exc).__name__}: {exc}",
-            where=f"{slot}.plugin",
+            where=f"{key}.plugin",
         ) from exc
 
     try:
@@ -108,21 +115,27 @@ def load_class(slot: str, name: str) -> type[Plugin]:
             on_load_failure_callback=fail,
         )
     except NoMatches:
-        raise _unknown(slot, name) from None
+        raise _unknown(slot, name, key) from None
     cls = manager.driver
     base = SLOTS[slot][1]
     if not (isinstance(cls, type) and issubclass(cls, base)):
         raise PluginError(
             f"{slot} plugin {name!r} from {origin} is {cls!r}, not a {base.__name__} subclass",
-            where=f"{slot}.plugin",
+            where=f"{key}.plugin",
         )
     return cls
 
 
 def validate_options(
-    slot: str, name: str, cls: type[Plugin], options: Mapping[str, Any]
+    slot: str,
+    name: str,
+    cls: type[Plugin],
+    options: Mapping[str, Any],
+    *,
+    config_key: str | None = None,
 ) -> PluginOptions:
     """Validate raw options against the plugin's own model; errors give the dotted path."""
+    key = config_key or slot
     try:
         return cls.Options.model_validate(dict(options))
     except pydantic.ValidationError as exc:
@@ -130,18 +143,27 @@ def validate_options(
         path = ".".join(str(p) for p in first["loc"])
         raise PluginError(
             f"{first['msg']} (plugin {name!r})"
-            + (f"; options are {sorted(cls.Options.model_fields)}" if first["type"] ==
-               "extra_forbidden" else ""),
-            where=f"{slot}.options.{path}" if path else f"{slot}.options",
+            + (
+                f"; valid options: {', '.join(sorted(cls.Options.model_fields))}"
+                if first["type"] == "extra_forbidden"
+                else ""
+            ),
+            where=f"{key}.options.{path}" if path else f"{key}.options",
         ) from None
 
 
 def create(
-    slot: str, name: str, options: Mapping[str, Any] | None = None, labels: LabelSet | None = None
+    slot: str,
+    name: str,
+    options: Mapping[str, Any] | None = None,
+    labels: LabelSet | None = None,
+    *,
+    config_key: str | None = None,
 ) -> Plugin:
     """Load, validate options and instantiate one plugin."""
-    cls = load_class(slot, name)
-    return cls(validate_options(slot, name, cls, options or {}), labels)
+    cls = load_class(slot, name, config_key=config_key)
+    options = validate_options(slot, name, cls, options or {}, config_key=config_key)
+    return cls(options, labels)
 
 
 @contextlib.contextmanager

@@ -171,6 +171,10 @@ class SampleResult:
     def id(self) -> str:
         return self.sample.id
 
+    def as_sample(self) -> Sample:
+        """The sample carrying the predicted entities (what writers and evaluators read)."""
+        return attrs.evolve(self.sample, entities=self.entities)
+
     def with_failure(self, failure: Failure) -> SampleResult:
         return attrs.evolve(self, failures=(*self.failures, failure))
 

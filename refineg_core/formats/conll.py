@@ -73,15 +73,16 @@ def parse_conll(path: Path) -> list[RawSentence]:
 
 
 def sentence_to_sample(
-    sent: RawSentence, sample_id: str, image=None, warnings: list[str] | None = None,
+    sent: RawSentence,
+    sample_id: str,
+    image=None,
+    warnings: list[str] | None = None,
     where: str = "",
 ) -> Sample:
     decoded = tags_to_spans(sent.tags)
     if decoded.repairs and warnings is not None:
         warnings.append(f"{where}: repaired {decoded.repairs} I- tag(s) without a B-")
-    entities = tuple(
-        Entity(s, e, t, " ".join(sent.tokens[s:e])) for s, e, t in decoded.spans
-    )
+    entities = tuple(Entity(s, e, t, " ".join(sent.tokens[s:e])) for s, e, t in decoded.spans)
     return Sample(
         id=sample_id,
         tokens=sent.tokens,

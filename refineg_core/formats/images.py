@@ -46,7 +46,9 @@ def resolve_image(
         else:
             size = real
     elif images_dir is not None:
-        warnings.append(f"{images_dir}/{image_id}.*: image missing; the sample continues without it")
+        warnings.append(
+            f"{images_dir}/{image_id}.*: image missing; the sample continues without it"
+        )
     return ImageRef(
         image_id,
         path,

@@ -54,8 +54,7 @@ def read_voc_xml(path: Path, warnings: list[str]) -> VocBoxes:
             clipped = Box.clipped(x1, y1, x2, y2, size)
             warnings.append(
                 f"{path}: box of {name!r} {box.as_list()} lies outside the "
-                f"{size[0]}x{size[1]} image; "
-                + ("clipped" if clipped else "dropped")
+                f"{size[0]}x{size[1]} image; " + ("clipped" if clipped else "dropped")
             )
             if clipped is None:
                 continue
@@ -82,7 +81,9 @@ def read_twitter_gmner(
         if sent.image_id is None:
             raise DataError("sentence without an IMGID: line", where=where)
         seen[sent.image_id] += 1
-        sid = sent.image_id if seen[sent.image_id] == 1 else f"{sent.image_id}#{seen[sent.image_id]}"
+        sid = (
+            sent.image_id if seen[sent.image_id] == 1 else f"{sent.image_id}#{seen[sent.image_id]}"
+        )
         xml_path = xml_root / f"{sent.image_id}.xml"
         voc = read_voc_xml(xml_path, warnings) if xml_path.is_file() else VocBoxes(None, {})
         image = resolve_image(img_root, sent.image_id, voc.size, warnings)
@@ -103,7 +104,9 @@ def read_twitter_gmner(
 
 def _voc_xml(sample: Sample) -> str:
     root = ET.Element("annotation")
-    ET.SubElement(root, "filename").text = f"{sample.image.image_id if sample.image else sample.id}.jpg"
+    ET.SubElement(
+        root, "filename"
+    ).text = f"{sample.image.image_id if sample.image else sample.id}.jpg"
     if sample.image and sample.image.size:
         size = ET.SubElement(root, "size")
         ET.SubElement(size, "width").text = str(sample.image.width)

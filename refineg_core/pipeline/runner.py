@@ -38,6 +38,8 @@ class StageSummary:
     seconds: float = 0.0
     failure_kinds: Counter = attrs.field(factory=Counter)
     counters: Counter = attrs.field(factory=Counter)
+    #: Free-text facts a user must see (e.g. which backend was unavailable and why).
+    notes: dict[str, str] = attrs.field(factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -49,6 +51,7 @@ class StageSummary:
             "seconds": round(self.seconds, 3),
             "failure_kinds": dict(self.failure_kinds),
             **{k: v for k, v in sorted(self.counters.items())},
+            **self.notes,
         }
 
 

@@ -1,0 +1,1 @@
+"""Built-in ``bert_crf`` tagger: a transformers encoder, word shapes, emissions and a CRF."""

@@ -1,0 +1,212 @@
+"""Encoder + first-sub-word pooling + optional word-shape embedding + emission + CRF.
+
+The model works on *sentences of words*: it splits them into encoder windows
+(``windows.py``), encodes all windows of a batch at once, takes each word's
+vector from its most central window, and scores the whole sentence with one CRF.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import attrs
+import torch
+import transformers
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+from refineg_bert_crf.crf import CRF, allowed_transitions
+from refineg_bert_crf.shapes import SHAPES, word_shape
+from refineg_bert_crf.windows import Window, owner_of_words, plan_windows
+
+# Config attributes that hold dropout probabilities in common encoder families.
+_DROPOUT_KEYS = (
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "dropout",
+    "attention_dropout",
+    "hidden_dropout",
+)
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Silence transformers' load report (e.g. the unused pooler) for one call."""
+    level = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers.logging.set_verbosity(level)
+
+
+def encoder_config(path: str | Path, dropout: float):
+    """The encoder's config with every dropout probability set to ``dropout``."""
+    config = AutoConfig.from_pretrained(str(path))
+    for key in _DROPOUT_KEYS:
+        if isinstance(getattr(config, key, None), float):
+            setattr(config, key, dropout)
+    return config
+
+
+def build_encoder(path: str | Path, config, *, pretrained: bool) -> nn.Module:
+    """Pretrained weights from ``path``, or just the architecture (weights loaded later)."""
+    with quiet_transformers():
+        if pretrained:
+            try:
+                return AutoModel.from_pretrained(str(path), config=config, add_pooling_layer=False)
+            except TypeError:
+                return AutoModel.from_pretrained(str(path), config=config)
+        try:
+            return AutoModel.from_config(config, add_pooling_layer=False)
+        except TypeError:
+            return AutoModel.from_config(config)
+
+
+@attrs.frozen
+class EncodedSentence:
+    """A sentence as sub-word ids per word, its word shapes and its windows."""
+
+    pieces: tuple[tuple[int, ...], ...]
+    shapes: tuple[int, ...]
+    windows: tuple[Window, ...]
+
+    @property
+    def n_words(self) -> int:
+        return len(self.pieces)
+
+
+class SentenceEncoder:
+    """Turns word lists into :class:`EncodedSentence` for one tokenizer and length limit."""
+
+    def __init__(self, tokenizer, max_length: int, max_positions: int | None):
+        self.tokenizer = tokenizer
+        with_special = tokenizer("a")["input_ids"]
+        plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+        i = next(
+            k for k in range(len(with_special)) if with_special[k : k + len(plain)] == plain
+        )
+        self.prefix = list(with_special[:i])
+        self.suffix = list(with_special[i + len(plain) :])
+        limit = max_length
+        if max_positions:
+            limit = min(limit, max_positions)
+        self.budget = limit - len(self.prefix) - len(self.suffix)
+        if self.budget < 1:
+            raise ValueError(f"max_length {max_length} leaves no room for words")
+        self.unk = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else 0
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def encode(self, sentences: Sequence[Sequence[str]]) -> list[EncodedSentence]:
+        out: list[EncodedSentence] = []
+        nonempty = [list(s) for s in sentences if len(s)]
+        enc = (
+            self.tokenizer(nonempty, is_split_into_words=True, add_special_tokens=False)
+            if nonempty
+            else None
+        )
+        k = 0
+        for words in sentences:
+            if not len(words):
+                out.append(EncodedSentence((), (), ()))
+                continue
+            ids = enc["input_ids"][k]
+            word_ids = enc.word_ids(k)
+            k += 1
+            per_word: list[list[int]] = [[] for _ in words]
+            for tok_id, w in zip(ids, word_ids, strict=True):
+                if w is not None:
+                    per_word[w].append(tok_id)
+            # A word the tokenizer maps to nothing (zero-width space...) still gets a slot.
+            pieces = tuple(tuple(p) if p else (self.unk,) for p in per_word)
+            windows = plan_windows([len(p) for p in pieces], self.budget)
+            out.append(EncodedSentence(pieces, tuple(word_shape(w) for w in words), tuple(windows)))
+        return out
+
+
+class BertCrfModel(nn.Module):
+    """Emission scores for words, and a CRF on top."""
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        num_tags: int,
+        *,
+        constraints=None,
+        dropout: float = 0.1,
+        use_shape_features: bool = True,
+        shape_dim: int = 16,
+    ):
+        super().__init__()
+        self.encoder = encoder
+        hidden = encoder.config.hidden_size
+        self.use_shape_features = use_shape_features
+        self.shape_embedding = (
+            nn.Embedding(len(SHAPES), shape_dim, padding_idx=0) if use_shape_features else None
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.emission = nn.Linear(hidden + (shape_dim if use_shape_features else 0), num_tags)
+        self.crf = CRF(num_tags, constraints)
+
+    @staticmethod
+    def constraints_for(label_names: Sequence[str], scheme: str):
+        return allowed_transitions(label_names, scheme)
+
+    @property
+    def device(self) -> torch.device:
+        return self.emission.weight.device
+
+    def word_vectors(
+        self, batch: Sequence[EncodedSentence], prefix: Sequence[int], suffix: Sequence[int],
+        pad_id: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode every window of the batch; return word vectors [B, N, H] and mask [B, N]."""
+        device = self.device
+        rows: list[list[int]] = []
+        firsts: list[list[int]] = []
+        for sent in batch:
+            for win in sent.windows:
+                ids = list(prefix)
+                first = []
+                for word in range(win.start, win.end):
+                    first.append(len(ids))
+                    ids.extend(sent.pieces[word][: win.pieces[word - win.start]])
+                ids.extend(suffix)
+                rows.append(ids)
+                firsts.append(first)
+        seq = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), seq), pad_id, dtype=torch.long)
+        attn = torch.zeros((len(rows), seq), dtype=torch.long)
+        for i, r in enumerate(rows):
+            input_ids[i, : len(r)] = torch.tensor(r)
+            attn[i, : len(r)] = 1
+        hidden = self.encoder(
+            input_ids=input_ids.to(device), attention_mask=attn.to(device)
+        ).last_hidden_state  # [W, S, H]
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        n_max = max(s.n_words for s in batch)
+        index = torch.zeros((len(batch), n_max), dtype=torch.long)
+        mask = torch.zeros((len(batch), n_max), dtype=torch.bool)
+        w_base = 0
+        for b, sent in enumerate(batch):
+            owners = owner_of_words(sent.windows, sent.n_words)
+            for word, (w_idx, pos) in enumerate(owners):
+                index[b, word] = (w_base + w_idx) * seq + firsts[w_base + w_idx][pos]
+            mask[b, : sent.n_words] = True
+            w_base += len(sent.windows)
+        vectors = flat[index.to(device)]
+        return vectors, mask.to(device)
+
+    def emissions(
+        self, batch: Sequence[EncodedSentence], prefix, suffix, pad_id: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        vectors, mask = self.word_vectors(batch, prefix, suffix, pad_id)
+        if self.shape_embedding is not None:
+            n_max = vectors.shape[1]
+            shapes = torch.zeros((len(batch), n_max), dtype=torch.long)
+            for b, sent in enumerate(batch):
+                shapes[b, : sent.n_words] = torch.tensor(sent.shapes)
+            vectors = torch.cat([vectors, self.shape_embedding(shapes.to(vectors.device))], dim=-1)
+        return self.emission(self.dropout(vectors)), mask

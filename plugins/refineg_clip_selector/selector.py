@@ -1,0 +1,339 @@
+"""``clip_similarity``: pick in-context demonstrations by fused text/image/entity similarity.
+
+How a query is scored against every pool sample:
+
+* text: cosine of mean-pooled, L2-normalised sentence embeddings (MiniLM by default);
+* image: cosine of open_clip image embeddings (only when CLIP weights are configured);
+* entity: cosine of entity-name embeddings (same text encoder) plus ``type_bonus``
+  when the types are equal, aggregated by mean or max over all entity pairs.
+  At grounding time the query's entities are the *predicted* ones.
+
+Each component is min-max normalised over the pool *for this query* (excluded
+rows ignored) and fused with the weights. A component that is unavailable for
+the query (no CLIP weights, no readable query image, no query entities) is
+dropped for that query and the other weights re-normalised. A pool sample that
+lacks a component is still scored, on what it has; what the gap means is an
+option per component, because the two gaps mean different things:
+
+* ``missing_image="renormalize"`` (default): a missing or corrupt image is a
+  gap in our knowledge, so the sample's score is the weighted mean of the
+  components it has (weights re-normalised for that row), on the same 0..1
+  scale as everyone else's.
+* ``no_entities="zero"`` (default): a sample with no entities is *known* to
+  share none with the query; its entity part counts as 0 with full weight, so
+  an entity-less tweet cannot win on text alone (it teaches nothing about
+  grounding). ``"renormalize"`` treats it like a missing image.
+
+The query itself (same id) and exact duplicates of its text (case and
+whitespace ignored) are never chosen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pydantic
+
+from refineg_clip_selector.cache import EmbeddingStore, content_key
+from refineg_clip_selector.encoders import (
+    ImageEncoder,
+    TextEncoder,
+    default_text_model,
+    describe_image_config,
+)
+from refineg_clip_selector.scoring import EntityIndex, entity_similarity, fuse, minmax, top_k
+from refineg_core.errors import PluginError
+from refineg_core.interfaces import ContextSelector, PluginOptions
+from refineg_core.labels import LabelSet
+from refineg_core.types import Demonstration, Sample
+
+log = logging.getLogger(__name__)
+
+COMPONENTS = ("text", "image", "entity")
+_SPACES = re.compile(r"\s+")
+
+
+def normalize_text(text: str) -> str:
+    """What "exact duplicate" means: same text up to case and whitespace."""
+    return _SPACES.sub(" ", text).strip().casefold()
+
+
+class ClipSimilaritySelector(ContextSelector):
+    """Demonstrations by fused text/image/entity similarity, with an on-disk embedding cache."""
+
+    class Options(PluginOptions):
+        variant: Literal["fused", "text", "image", "entity", "random"] = "fused"
+        text_weight: float = pydantic.Field(0.4, ge=0)
+        image_weight: float = pydantic.Field(0.2, ge=0)
+        entity_weight: float = pydantic.Field(0.6, ge=0)
+        type_bonus: float = pydantic.Field(0.2, ge=0)
+        entity_agg: Literal["mean", "max"] = "mean"
+        missing_image: Literal["renormalize", "zero"] = "renormalize"
+        no_entities: Literal["renormalize", "zero"] = "zero"
+        text_model: Path | None = None
+        max_length: int = pydantic.Field(128, ge=8)
+        clip_model: str | None = None
+        clip_checkpoint: Path | None = None
+        clip_pretrained: str | None = None
+        batch_size: int = pydantic.Field(64, ge=1)
+        device: str = "cpu"
+        cache_dir: Path | None = Path("~/.cache/refineg/selector")
+        seed: int = 0
+
+    options: Options
+
+    def __init__(self, options: Options | None = None, labels: LabelSet | None = None):
+        super().__init__(options, labels)
+        opts = self.options
+        if opts.variant == "fused" and not (
+            opts.text_weight or opts.image_weight or opts.entity_weight
+        ):
+            raise PluginError("all fusion weights are 0", where="selector.options")
+        self.cache_root = opts.cache_dir.expanduser() if opts.cache_dir else None
+        self._text: TextEncoder | None = None
+        self._image: ImageEncoder | None = None
+        self._image_reason = describe_image_config(
+            opts.clip_model, str(opts.clip_checkpoint) if opts.clip_checkpoint else None,
+            opts.clip_pretrained,
+        )
+        if opts.variant == "image" and self._image_reason:
+            raise PluginError(f"variant 'image' needs CLIP weights: {self._image_reason}",
+                              where="selector.options.variant")
+        #: Items actually run through an encoder by the last ``index()`` (0 = all cached).
+        self.embedded_count = 0
+        #: Pool samples whose image is missing or unreadable (scored without it).
+        self.missing_images = 0
+        #: Queries scored on text because their variant's component was unavailable.
+        self.fallbacks = 0
+        self._pool: list[Sample] = []
+        self._indexed = False
+
+    # ------------------------------------------------------------------ encoders
+    @property
+    def image_available(self) -> bool:
+        return self._image_reason is None
+
+    def _text_encoder(self) -> TextEncoder:
+        if self._text is None:
+            folder = self.options.text_model or default_text_model()
+            self._text = TextEncoder(Path(folder).expanduser(), max_length=self.options.max_length,
+                                     batch_size=self.options.batch_size,
+                                     device=self.options.device)
+            self._strings = EmbeddingStore(self.cache_root, "strings", self._text.identity)
+        return self._text
+
+    def _image_encoder(self) -> ImageEncoder:
+        if self._image is None:
+            opts = self.options
+            assert opts.clip_model is not None
+            self._image = ImageEncoder(
+                opts.clip_model,
+                checkpoint=str(opts.clip_checkpoint) if opts.clip_checkpoint else None,
+                pretrained=opts.clip_pretrained, batch_size=max(1, opts.batch_size // 2),
+                device=opts.device,
+            )
+            self._images = EmbeddingStore(self.cache_root, "images", self._image.identity)
+        return self._image
+
+    def _needs(self, component: str) -> bool:
+        opts = self.options
+        if opts.variant == "random":
+            return False
+        if component == "text":
+            return True  # also the fallback of the other single-component variants
+        if component == "image":
+            return self.image_available and (
+                opts.variant == "image" or (opts.variant == "fused" and opts.image_weight > 0))
+        return opts.variant == "entity" or (opts.variant == "fused" and opts.entity_weight > 0)
+
+    def _embed_strings(self, strings: Sequence[str], *, persist: bool, desc: str) -> np.ndarray:
+        enc = self._text_encoder()
+        keys = [content_key(s) for s in strings]
+        todo = self._strings.missing(keys)
+        if todo:
+            by_key = dict(zip(keys, strings, strict=True))
+            vecs = enc.encode([by_key[k] for k in todo], desc=desc)
+            if persist:
+                self._strings.add(todo, vecs)
+            else:
+                self._strings.remember(todo, vecs)
+            self.embedded_count += len(todo) if persist else 0
+        return self._strings.get(keys, enc.dim)
+
+    # --------------------------------------------------------------------- index
+    def index(self, pool: Sequence[Sample]) -> None:
+        """Embed the pool (text, entity names, images) once; cached on disk by content."""
+        if self.options.variant == "fused" and not self.image_available \
+                and self.options.image_weight > 0:
+            log.info("clip_similarity: image similarity off (%s); fusing text and entity only",
+                     self._image_reason)
+        self._pool = list(pool)
+        self.embedded_count = 0
+        self.missing_images = 0
+        n = len(self._pool)
+        self._row_of: dict[str, list[int]] = {}
+        self._dup_of: dict[str, list[int]] = {}
+        for i, s in enumerate(self._pool):
+            self._row_of.setdefault(s.id, []).append(i)
+            self._dup_of.setdefault(normalize_text(s.text), []).append(i)
+
+        if self._needs("text"):
+            self._text_vecs = self._embed_strings([s.text for s in self._pool], persist=True,
+                                                  desc="embed pool text")
+        if self._needs("entity"):
+            self._index_entities()
+        if self._needs("image"):
+            self._index_images()
+        self._indexed = True
+        log.info("clip_similarity: indexed %d samples (%d items embedded, the rest cached)",
+                 n, self.embedded_count)
+
+    def _index_entities(self) -> None:
+        types: dict[str, int] = {}
+        names, owner, type_id = [], [], []
+        for i, s in enumerate(self._pool):
+            for e in s.entities:
+                names.append(e.text or s.span_text(e.start, e.end))
+                owner.append(i)
+                type_id.append(types.setdefault(e.type, len(types)))
+        self._type_ids = types
+        vecs = (self._embed_strings(names, persist=True, desc="embed pool entities")
+                if names else np.zeros((0, self._text_encoder().dim), dtype=np.float32))
+        self._entities = EntityIndex(vecs, np.asarray(owner, dtype=np.int64),
+                                     np.asarray(type_id, dtype=np.int64), len(self._pool))
+
+    def _image_key(self, sample: Sample) -> tuple[str | None, bytes | None]:
+        if sample.image is None or sample.image.path is None:
+            return None, None
+        try:
+            data = Path(sample.image.path).read_bytes()
+        except OSError:
+            return None, None
+        return content_key(data), data
+
+    def _index_images(self) -> None:
+        enc = self._image_encoder()
+        keys: list[str | None] = []
+        todo: dict[str, Path] = {}
+        for s in self._pool:
+            key, _ = self._image_key(s)
+            keys.append(key)
+            if key is not None and key not in self._images and key not in todo:
+                todo[key] = Path(s.image.path)  # type: ignore[union-attr]
+        bad: set[str] = set()
+        if todo:
+            pixels, ok = [], []
+            for key, path in todo.items():
+                px = enc.load(path)
+                if px is None:
+                    bad.add(key)
+                    continue
+                pixels.append(px)
+                ok.append(key)
+            if ok:
+                self._images.add(ok, enc.encode(pixels, desc="embed pool images"))
+                self.embedded_count += len(ok)
+        vecs = np.full((len(self._pool), enc.dim), np.nan, dtype=np.float32)
+        has = np.zeros(len(self._pool), dtype=bool)
+        for i, key in enumerate(keys):
+            if key is None or key in bad:
+                continue
+            vecs[i] = self._images.get([key], enc.dim)[0]
+            has[i] = True
+        self.missing_images = int((~has).sum())
+        if self.missing_images:
+            log.warning("clip_similarity: %d of %d pool samples have no readable image; "
+                        "they are scored without image similarity",
+                        self.missing_images, len(self._pool))
+        self._image_vecs = np.where(has[:, None], vecs, 0.0).astype(np.float32)
+        self._has_image = has
+
+    # -------------------------------------------------------------------- select
+    def _exclude(self, query: Sample) -> np.ndarray:
+        ex = np.zeros(len(self._pool), dtype=bool)
+        ex[self._row_of.get(query.id, [])] = True
+        ex[self._dup_of.get(normalize_text(query.text), [])] = True
+        return ex
+
+    def _query_image(self, query: Sample) -> np.ndarray | None:
+        key, _ = self._image_key(query)
+        if key is None:
+            return None
+        enc = self._image_encoder()
+        if key not in self._images:
+            px = enc.load(Path(query.image.path))  # type: ignore[union-attr]
+            if px is None:
+                return None
+            self._images.remember([key], enc.encode([px], desc="embed query image"))
+        return self._images.get([key], enc.dim)[0]
+
+    def raw_components(self, query: Sample) -> dict[str, np.ndarray]:
+        """Un-normalised similarity of the query to every pool row, per available component."""
+        out: dict[str, np.ndarray] = {}
+        variant = self.options.variant
+        if self._needs("text"):
+            q = self._embed_strings([query.text], persist=False, desc="embed query")[0]
+            out["text"] = self._text_vecs @ q
+        if self._needs("entity") and query.entities:
+            names = [e.text or query.span_text(e.start, e.end) for e in query.entities]
+            qv = self._embed_strings(names, persist=False, desc="embed query entities")
+            qt = np.asarray([self._type_ids.get(e.type, -1) for e in query.entities])
+            out["entity"] = entity_similarity(qv, qt, self._entities,
+                                              type_bonus=self.options.type_bonus,
+                                              agg=self.options.entity_agg)
+        if self._needs("image"):
+            qi = self._query_image(query)
+            if qi is not None:
+                sims = self._image_vecs @ qi
+                out["image"] = np.where(self._has_image, sims, np.nan).astype(np.float32)
+        if variant in ("text", "image", "entity"):
+            if variant in out:
+                return {variant: out[variant]}
+            self.fallbacks += 1
+            log.debug("clip_similarity: query %s has no %s; falling back to text similarity",
+                      query.id, variant)
+            return {"text": out["text"]}
+        return out
+
+    def _random_scores(self, query: Sample) -> np.ndarray:
+        digest = hashlib.sha256(f"{self.options.seed}:{query.id}".encode()).digest()
+        rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+        return rng.random(len(self._pool)).astype(np.float32)
+
+    def select(self, query: Sample, k: int) -> list[Demonstration]:
+        """The k best pool samples for ``query``, best first (fewer if the pool is smaller)."""
+        if not self._indexed:
+            raise PluginError("select() called before index(pool)", where="selector")
+        if k <= 0 or not self._pool:
+            return []
+        exclude = self._exclude(query)
+        if self.options.variant == "random":
+            scores = self._random_scores(query)
+            return [Demonstration(self._pool[i], float(scores[i]), {"random": float(scores[i])})
+                    for i in top_k(scores, exclude, k)]
+        raw = self.raw_components(query)
+        normed = {name: minmax(vals, exclude) for name, vals in raw.items()}
+        weights = {"text": self.options.text_weight, "image": self.options.image_weight,
+                   "entity": self.options.entity_weight}
+        if len(normed) == 1:
+            weights = {next(iter(normed)): 1.0}
+        elif not any(weights[c] > 0 for c in normed):
+            weights = {"text": 1.0}
+        scores = fuse(normed, weights, {"image": self.options.missing_image,
+                                        "entity": self.options.no_entities})
+        demos = []
+        for i in top_k(scores, exclude, k):
+            comps: dict[str, float] = {}
+            for name in COMPONENTS:
+                if name in normed and not np.isnan(normed[name][i]):
+                    comps[name] = float(normed[name][i])
+                    comps[f"{name}_raw"] = float(raw[name][i])
+            score = float(scores[i]) if not np.isnan(scores[i]) else 0.0
+            demos.append(Demonstration(self._pool[i], score, comps))
+        return demos

@@ -1,0 +1,1 @@
+"""Built-in ``entropy`` uncertainty gate over CRF posterior marginals."""

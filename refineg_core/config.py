@@ -1,0 +1,239 @@
+"""The one config file a user writes (TOML), validated by pydantic.
+
+Errors name the dotted path of the bad key. Plugin options are validated by the
+named plugin's own ``Options`` model at load time, so a typo in a backend
+option fails before a 3-hour run, not in the middle of it. Secrets never live
+here: backends take the *name* of an environment variable.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+import tomllib
+from pydantic import BaseModel, ConfigDict, Field
+
+from refineg_core.errors import ConfigError
+from refineg_core.labels import LabelSet
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataSource(StrictModel):
+    """One dataset file and what is needed to read it."""
+
+    path: Path
+    format: Literal["twitter-gmner", "conll", "ccks", "jsonl"] | None = None
+    xml_dir: Path | None = None
+    images_dir: Path | None = None
+    entities: Path | None = Field(None, description="CCKS: the entities JSON beside the texts")
+    limit: int | None = Field(None, ge=1, description="use only the first N samples")
+
+
+class DataConfig(StrictModel):
+    train: DataSource | None = None
+    dev: DataSource | None = None
+    predict: DataSource | None = Field(None, description="the samples the pipeline labels")
+    gold: DataSource | None = Field(
+        None, description="gold labels for `predict` (default: `predict` itself when labelled)"
+    )
+    pool: DataSource | None = Field(None, description="demonstration pool (default: train)")
+    extra_train: list[DataSource] = Field(
+        default_factory=list, description="more training data, e.g. synthesized sentences"
+    )
+    use_synthesized: bool = Field(
+        False, description="add this run's synth output (synth/samples.jsonl) to training"
+    )
+
+
+class SlotConfig(StrictModel):
+    """A component slot: which plugin, with which options."""
+
+    plugin: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class TaggerSlot(SlotConfig):
+    plugin: str = "bert_crf"
+    load_from: Path | None = Field(
+        None, description="a saved tagger directory to use instead of training one"
+    )
+
+
+class GateSlot(SlotConfig):
+    plugin: str = "entropy"
+
+
+class StagesConfig(StrictModel):
+    synth: bool = False
+    train: bool = True
+    predict: bool = True
+    refine: bool = True
+    ground: bool = True
+
+
+class Config(StrictModel):
+    run_dir: Path = Path("runs/default")
+    labels: dict[str, str] = Field(description="entity type -> description for prompts")
+    data: DataConfig = Field(default_factory=DataConfig)
+    stages: StagesConfig = Field(default_factory=StagesConfig)
+    synthesizer: SlotConfig | None = None
+    tagger: TaggerSlot = Field(default_factory=TaggerSlot)
+    uncertainty: GateSlot = Field(default_factory=GateSlot)
+    backend: SlotConfig | None = None
+    synth_backend: SlotConfig | None = Field(
+        None, description="backend for the synthesizer (default: `backend`)"
+    )
+    selector: SlotConfig | None = None
+    synth: dict[str, Any] = Field(default_factory=dict)
+    refine: dict[str, Any] = Field(default_factory=dict)
+    ground: dict[str, Any] = Field(default_factory=dict)
+
+    # Where the file was; relative paths were resolved against it.
+    source: Path | None = Field(None, exclude=True)
+
+    @property
+    def label_set(self) -> LabelSet:
+        return LabelSet(self.labels)
+
+    def slot(self, name: str) -> SlotConfig | None:
+        return getattr(self, name)
+
+
+def _expand(value: Any) -> Any:
+    return os.path.expanduser(os.path.expandvars(value)) if isinstance(value, str) else value
+
+
+def _resolve_paths(model: BaseModel, base: Path) -> None:
+    """Make every relative Path field absolute against the config file's folder."""
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, Path):
+            expanded = Path(_expand(str(value)))
+            setattr(model, name, expanded if expanded.is_absolute() else (base / expanded))
+        elif isinstance(value, BaseModel):
+            _resolve_paths(value, base)
+        elif isinstance(value, list):
+            for item in value:
+                if isinstance(item, BaseModel):
+                    _resolve_paths(item, base)
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.c=VALUE`` with VALUE parsed as TOML (falls back to a plain string)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} must look like dotted.key=value")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"cannot set {'.'.join(path)}: {part} is not a table")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def config_from_dict(
+    raw: dict[str, Any], *, base: Path | None = None, check_plugins: bool = True
+) -> Config:
+    try:
+        config = Config.model_validate(raw)
+    except pydantic.ValidationError as exc:
+        err = exc.errors()[0]
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ConfigError(f"{err['msg']}{more}", where=_dotted(err["loc"]) or "config") from None
+    if not config.labels:
+        raise ConfigError("at least one entity type is needed", where="labels")
+    config.source = base
+    if base is not None:
+        _resolve_paths(config, base)
+    if check_plugins:
+        validate_plugins(config)
+    return config
+
+
+def load_config(
+    path: Path | str, overrides: list[str] | None = None, *, check_plugins: bool = True
+) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("config file not found", where=str(path))
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"TOML syntax error: {exc}", where=str(path)) from None
+    except UnicodeDecodeError:
+        raise ConfigError("config is not valid UTF-8", where=str(path)) from None
+    apply_overrides(raw, overrides or [])
+    try:
+        return config_from_dict(raw, base=path.resolve().parent, check_plugins=check_plugins)
+    except ConfigError as exc:
+        where = f"{path}: {exc.where}" if exc.where else str(path)
+        raise ConfigError(
+            str(exc).split(": ", 1)[-1] if exc.where else str(exc), where=where
+        ) from None
+
+
+SLOT_NAMES = ("synthesizer", "tagger", "uncertainty", "backend", "synth_backend", "selector")
+
+
+def slot_kind(config_key: str) -> str:
+    """The registry slot a config table fills (``synth_backend`` is a backend)."""
+    return "backend" if config_key == "synth_backend" else config_key
+
+
+def validate_plugins(config: Config) -> None:
+    """Import the named plugins (only those) and validate their options now."""
+    from refineg_core import registry
+
+    for key in SLOT_NAMES:
+        slot_cfg = config.slot(key)
+        if slot_cfg is None:
+            continue
+        kind = slot_kind(key)
+        cls = registry.load_class(kind, slot_cfg.plugin, config_key=key)
+        registry.validate_options(kind, slot_cfg.plugin, cls, slot_cfg.options, config_key=key)
+
+
+def redacted_dump(config: Config) -> dict[str, Any]:
+    """The resolved config as plain data, safe to print and to store in a run dir."""
+    data = config.model_dump(mode="json", exclude_none=True)
+    return _redact(data)
+
+
+_SECRET_WORDS = ("key", "token", "secret", "password")
+
+
+def _redact(node: Any, key: str = "") -> Any:
+    if isinstance(node, dict):
+        return {k: _redact(v, k) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_redact(v) for v in node]
+    lowered = key.lower()
+    if (
+        isinstance(node, str)
+        and any(w in lowered for w in _SECRET_WORDS)
+        and not lowered.endswith("_env")
+    ):
+        return "***"
+    return node

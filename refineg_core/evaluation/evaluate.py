@@ -1,0 +1,170 @@
+"""Align predictions with gold by sample id and score GMNER, MNER and EEG.
+
+Every gold sample counts, including those whose gold or prediction is empty
+(the reference release skipped them, which inflates precision); a gold sample
+with no prediction at all counts as all-missed and is listed in the report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import attrs
+
+from refineg_core.errors import DataError, RefinegError
+from refineg_core.evaluation.matching import Counts, Item, count_sample, normalize_name
+from refineg_core.evaluation.report import EvaluationReport, Score, TypeScore
+from refineg_core.hooks import Hooks, get_hooks
+from refineg_core.types import Box, Entity, Sample, SampleResult
+
+Prediction = Sample | SampleResult
+
+
+def _entities(pred: Prediction) -> tuple[Entity, ...]:
+    """A result's entities are its predictions; its input sample's are not."""
+    return pred.entities
+
+
+def _unique_ids(items: Iterable[Prediction], what: str) -> dict[str, Prediction]:
+    by_id: dict[str, Prediction] = {}
+    for item in items:
+        if item.id in by_id:
+            raise DataError(f"sample id {item.id!r} occurs twice in the {what}")
+        by_id[item.id] = item
+    return by_id
+
+
+def _dedup_boxes(boxes: Iterable[Box]) -> tuple[Box, ...]:
+    return tuple(dict.fromkeys(boxes))
+
+
+def _span_items(entities: Iterable[Entity]) -> list[Item]:
+    return [Item(e.span, e.type, e.boxes) for e in entities]
+
+
+def _gold_unaligned(sample: Sample) -> list[tuple[str, str, tuple[Box, ...]]]:
+    """``meta["unaligned"]`` entries ``{"name", "label", "boxes"}`` as (name, type, boxes)."""
+    out = []
+    for i, entry in enumerate(sample.meta.get("unaligned", ()) or ()):
+        try:
+            boxes = tuple(Box(*map(float, b)) for b in entry.get("boxes") or ())
+            out.append((str(entry["name"]), str(entry["label"]), boxes))
+        except (KeyError, TypeError, ValueError, AttributeError, DataError) as exc:
+            raise DataError(
+                f"bad unaligned gold entry: {exc}", where=f"{sample.id}.meta.unaligned[{i}]"
+            ) from None
+    return out
+
+
+def _name_items(
+    named: Iterable[tuple[str, str, tuple[Box, ...]]], *, with_type: bool
+) -> list[Item]:
+    """Collapse mentions that share a normalised name (and type) into one entity.
+
+    Without spans a repeated name cannot be told apart from a duplicate, so a
+    name is one entity whose boxes are the union of its mentions' boxes, in
+    order (the first box stays the first): the CCKS reader merges the same way.
+    """
+    merged: dict[tuple[str, str], list[Box]] = {}
+    for name, etype, boxes in named:
+        key = (normalize_name(name), etype if with_type else "")
+        merged.setdefault(key, []).extend(boxes)
+    return [Item(n, t, _dedup_boxes(b)) for (n, t), b in merged.items()]
+
+
+def _named(sample: Sample, entities: Iterable[Entity]):
+    for e in entities:
+        yield (e.text or sample.span_text(e.start, e.end), e.type, e.boxes)
+
+
+def evaluate(
+    gold: Sequence[Sample],
+    predicted: Sequence[Prediction],
+    *,
+    iou_threshold: float = 0.5,
+    by_name: bool = False,
+    hooks: Hooks | None = None,
+    extra_metrics: bool = True,
+) -> EvaluationReport:
+    """Micro P/R/F1 for GMNER, MNER and EEG plus a per-type table.
+
+    ``by_name`` identifies entities by normalised name + type instead of token
+    span (for gold without spans, e.g. CCKS) and then also scores the gold's
+    ``meta["unaligned"]`` names. Plugins answering the ``refineg_extra_metrics``
+    hook add their numbers under ``extra`` (``hooks`` defaults to the
+    process-wide ones; ``extra_metrics=False`` skips them).
+    """
+    if not 0.0 <= iou_threshold < 1.0:
+        raise RefinegError(
+            f"IoU threshold must be in [0, 1), got {iou_threshold}", where="iou_threshold"
+        )
+    gold_by_id = _unique_ids(gold, "gold data")
+    pred_by_id = _unique_ids(predicted, "predictions")
+    unknown = [i for i in pred_by_id if i not in gold_by_id]
+    if unknown:
+        shown = ", ".join(repr(i) for i in unknown[:5])
+        more = f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else ""
+        raise DataError(
+            f"{len(unknown)} predicted sample id(s) are not in the gold data: {shown}{more}"
+        )
+
+    totals = {t: Counts() for t in ("gmner", "mner", "eeg")}
+    per_type = {t: {} for t in ("gmner", "mner")}
+    missing: list[str] = []
+    aligned: list[Prediction] = []
+    multi_box = failed = unaligned = 0
+    for sid, g in gold_by_id.items():
+        pred = pred_by_id.get(sid)
+        if pred is None:
+            missing.append(sid)
+            pred = SampleResult(attrs.evolve(g, entities=(), meta={}), ())
+        aligned.append(pred)
+        p_ents = _entities(pred)
+        multi_box += sum(len(e.boxes) > 1 for e in p_ents)
+        failed += bool(isinstance(pred, SampleResult) and pred.failures)
+        extra_gold = _gold_unaligned(g)
+        unaligned += len(extra_gold)
+        for task, with_type, with_region in (
+            ("gmner", True, True), ("mner", True, False), ("eeg", False, True)
+        ):
+            if by_name:
+                golds = _name_items([*_named(g, g.entities), *extra_gold], with_type=with_type)
+                preds = _name_items(_named(pred.sample if isinstance(pred, SampleResult)
+                                           else pred, p_ents), with_type=with_type)
+            else:
+                golds, preds = _span_items(g.entities), _span_items(p_ents)
+            count_sample(
+                golds, preds, with_type=with_type, with_region=with_region,
+                iou_threshold=iou_threshold, totals=totals[task],
+                per_type=per_type.get(task),
+            )
+
+    def score(c: Counts) -> Score:
+        return Score(c.tp, c.fp, c.fn)
+
+    types = per_type["gmner"].keys() | per_type["mner"].keys()
+    table = {
+        t: TypeScore(
+            score(per_type["gmner"].get(t, Counts())), score(per_type["mner"].get(t, Counts()))
+        )
+        for t in types
+    }
+    extra: dict[str, Any] = {}
+    if extra_metrics:
+        extra = (hooks or get_hooks()).extra_metrics(list(gold_by_id.values()), aligned)
+    return EvaluationReport(
+        gmner=score(totals["gmner"]),
+        mner=score(totals["mner"]),
+        eeg=score(totals["eeg"]),
+        per_type=table,
+        iou_threshold=iou_threshold,
+        by_name=by_name,
+        n_gold_samples=len(gold_by_id),
+        n_pred_samples=len(pred_by_id),
+        missing_predictions=tuple(missing),
+        failed_samples=failed,
+        multi_box_predictions=multi_box,
+        gold_unaligned=unaligned,
+        extra=extra,
+    )

@@ -1,0 +1,338 @@
+"""Prompt templates for the refinement and grounding stages, and the requests they build.
+
+Templates are ``string.Template`` strings (``$name`` placeholders; ``$$`` is a
+literal dollar) so JSON braces in a user's template need no escaping. A user
+overrides them in the config (``[refine] prompt``, ``[ground] system_prompt``
+and ``[ground] query_prompt``); unknown placeholders are a config error.
+
+Refinement placeholders (``REFINE_FIELDS``):
+  ``$domain`` what the texts are ("social media posts", ...), ``$types`` one
+  line per type with its description, ``$labels`` the type names comma
+  separated, ``$generic_examples`` generic nouns never to tag, ``$image_note``
+  whether an image is attached, ``$text`` the text, ``$candidates`` the
+  small model's entities with their uncertainty (one per line).
+
+Grounding system placeholders (``GROUND_SYSTEM_FIELDS``): ``$domain``,
+``$types``, ``$labels``, ``$box_format`` (how coordinates are written in this
+backend's frame).
+Grounding query placeholders (``GROUND_QUERY_FIELDS``, used for every
+demonstration and the query alike): ``$text``, ``$entities`` (a JSON list of
+``{entity, type}``), ``$size`` ("W x H", the image as the model sees it).
+
+Defaults exist for the Twitter-GMNER (PER/LOC/ORG/OTHER) and CCKS
+(vehicle/aircraft/vessel/weapon/location/other) label sets; any other label
+set gets neutral wording. The type descriptions always come from the task's
+``LabelSet``.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from collections.abc import Sequence
+
+import attrs
+
+from refineg_core.boxcodecs import BoxCodec, NormalizedCodec
+from refineg_core.chat import ChatMessage, ChatRequest, ImagePart, Part, TextPart
+from refineg_core.errors import ConfigError
+from refineg_core.formats.images import image_size
+from refineg_core.labels import LabelSet
+from refineg_core.types import Entity, ImageRef, Sample
+
+#: Type descriptions for the two reference label sets (a config may copy them).
+TWITTER_GMNER_TYPES: dict[str, str] = {
+    "PER": "a named person, real or fictional (e.g. Barack Obama, Taylor Swift)",
+    "LOC": "a named place: country, city, region, street, landmark, body of water",
+    "ORG": "a named organisation: company, team, band, party, agency, institution",
+    "OTHER": "another named thing: event, product, work of art, brand, hashtag topic",
+}
+CCKS_TYPES: dict[str, str] = {
+    "vehicle": "a specific model or class of land vehicle (e.g. M1 Abrams, T-90, Humvee)",
+    "aircraft": "a specific model or class of aircraft or drone (e.g. F-35, Su-57, MQ-9 Reaper)",
+    "vessel": "a specific ship, submarine or ship class (e.g. USS Nimitz, Type 055)",
+    "weapon": "a specific weapon system or munition (e.g. HIMARS, Javelin, AK-47)",
+    "location": "a named place: country, city, region, base, sea, strait",
+    "other": "another named military entity: unit, exercise, programme, organisation",
+}
+
+
+@attrs.frozen
+class Wording:
+    """The few words that differ between domains."""
+
+    domain: str
+    generic_examples: str
+
+
+_TWITTER = Wording("social media posts (tweets)", "people, city, team, band, president, phone")
+_CCKS = Wording("military news and reports", "gun, air base, soldier, tank, warship, missile")
+_GENERIC = Wording("texts", "person, place, company, vehicle")
+
+
+def wording_for(labels: LabelSet) -> Wording:
+    types = {t.lower() for t in labels.types}
+    if types == {t.lower() for t in TWITTER_GMNER_TYPES}:
+        return _TWITTER
+    if types & {"vehicle", "aircraft", "vessel", "weapon"}:
+        return _CCKS
+    return _GENERIC
+
+
+REFINE_TEMPLATE = """\
+You are an expert annotator of named entities in $domain.
+Entity types:
+$types
+
+Rules:
+- Tag only specific named entities of the types above; never tag generic nouns \
+such as $generic_examples.
+- Each entity name must be copied exactly as it is written in the text.
+- Use only these types: $labels.
+- A candidate's uncertainty (0 = sure, 1 = guessing) comes from a small model; \
+fix uncertain candidates (span or type), drop wrong ones, and add entities it missed.
+$image_note
+Text: $text
+
+Candidate entities from the small model:
+$candidates
+
+Think briefly (a few sentences) about the uncertain candidates and about \
+anything missed, then output the final answer as a JSON list of \
+{"name": ..., "type": ...} objects covering every entity in the text \
+(an empty list [] when there is none)."""
+
+GROUND_SYSTEM_TEMPLATE = """\
+You locate named entities of $domain in the image that accompanies each text.
+Entity types:
+$types
+
+For each entity you are given, answer with the boxes of the regions of the \
+image that show it:
+- One or more boxes per entity; use [] when the entity is not visible in the image.
+- Each box is [x1, y1, x2, y2]: $box_format.
+- Answer only for the entities given, with their names and types unchanged \
+(types are among: $labels).
+- Output only a JSON list of {"entity": ..., "type": ..., "boxes": [[x1, y1, x2, y2], ...]}."""
+
+GROUND_QUERY_TEMPLATE = """\
+Image size: $size
+Text: $text
+Entities: $entities"""
+
+REFINE_FIELDS = frozenset(
+    {"domain", "types", "labels", "generic_examples", "image_note", "text", "candidates"}
+)
+GROUND_SYSTEM_FIELDS = frozenset({"domain", "types", "labels", "box_format"})
+GROUND_QUERY_FIELDS = frozenset({"text", "entities", "size"})
+
+
+def template_fields(template: str) -> set[str]:
+    """The placeholder names a ``string.Template`` uses."""
+    names = set()
+    for m in string.Template.pattern.finditer(template):
+        if m.group("invalid") is not None:
+            raise ConfigError(f"invalid '$' at offset {m.start()} (write '$$' for a dollar sign)")
+        name = m.group("named") or m.group("braced")
+        if name:
+            names.add(name)
+    return names
+
+
+def check_template(
+    template: str, allowed: frozenset[str], required: Sequence[str], *, where: str
+) -> str:
+    """Validate a user template at config time, not after an hour of calls."""
+    try:
+        fields = template_fields(template)
+    except ConfigError as exc:
+        raise ConfigError(str(exc), where=where) from None
+    unknown = sorted(fields - allowed)
+    if unknown:
+        raise ConfigError(
+            f"unknown placeholders {['$' + u for u in unknown]}; "
+            f"use {sorted('$' + a for a in allowed)}",
+            where=where,
+        )
+    missing = [r for r in required if r not in fields]
+    if missing:
+        raise ConfigError(f"the template must use {['$' + m for m in missing]}", where=where)
+    return template
+
+
+def _render(template: str, values: dict[str, str]) -> str:
+    return string.Template(template).safe_substitute(values)
+
+
+def type_lines(labels: LabelSet) -> str:
+    return "\n".join(f"- {t}: {d}" if d else f"- {t}" for t, d in labels.descriptions.items())
+
+
+def _image_part(image: ImageRef | None) -> ImagePart | None:
+    """An image part only when the file is really there (never a dangling path)."""
+    if image is None or not image.available:
+        return None
+    assert image.path is not None
+    return ImagePart(image.path, image.size)
+
+
+def original_size(image: ImageRef | None) -> tuple[int, int] | None:
+    """The original (width, height): from the ImageRef, else from the file header."""
+    if image is None:
+        return None
+    if image.size is not None:
+        return image.size
+    if image.available:
+        assert image.path is not None
+        return image_size(image.path)
+    return None
+
+
+# -- refinement -----------------------------------------------------------------
+
+
+def candidate_lines(entities: Sequence[Entity], delegated: set[tuple[int, int, str]]) -> str:
+    if not entities:
+        return "(none)"
+    lines = []
+    for e in entities:
+        u = f"{e.uncertainty:.2f}" if e.uncertainty is not None else "n/a"
+        status = "uncertain" if e.key in delegated else "confident"
+        lines.append(f"- {json.dumps({'name': e.text, 'type': e.type})} uncertainty={u} ({status})")
+    return "\n".join(lines)
+
+
+def build_refine_request(
+    sample: Sample,
+    entities: Sequence[Entity],
+    delegated: set[tuple[int, int, str]],
+    labels: LabelSet,
+    *,
+    with_image: bool,
+    template: str | None = None,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
+) -> ChatRequest:
+    """One user turn: the image (when there is one and the backend sees images), then text."""
+    words = wording_for(labels)
+    image = _image_part(sample.image) if with_image else None
+    note = "An image accompanies the text; use it to decide types.\n" if image else ""
+    text = _render(
+        template or REFINE_TEMPLATE,
+        {
+            "domain": words.domain,
+            "types": type_lines(labels),
+            "labels": ", ".join(labels.types),
+            "generic_examples": words.generic_examples,
+            "image_note": note,
+            "text": sample.text,
+            "candidates": candidate_lines(entities, delegated),
+        },
+    )
+    parts: list[Part] = [image, TextPart(text)] if image else [TextPart(text)]
+    return ChatRequest(
+        (ChatMessage("user", tuple(parts)),),
+        max_tokens=max_tokens,
+        temperature=temperature,
+        purpose="refine",
+    )
+
+
+# -- grounding ------------------------------------------------------------------
+
+
+def box_format(codec: BoxCodec) -> str:
+    """How the model should write coordinates, in words, for its codec."""
+    if isinstance(codec, NormalizedCodec):
+        n = codec.scale
+        return f"integers on a 0-{n} grid over the image (0,0 top-left, {n},{n} bottom-right)"
+    return (
+        "integer pixel coordinates of the image as you see it (0,0 is the top-left corner; "
+        "the size is given with each image)"
+    )
+
+
+def _size_text(codec: BoxCodec, size: tuple[int, int] | None) -> str:
+    if size is None:
+        return "unknown"
+    w, h = codec.model_size(size)
+    return f"{w} x {h}"
+
+
+def entity_list_json(entities: Sequence[Entity]) -> str:
+    seen: list[dict[str, str]] = []
+    for e in entities:
+        item = {"entity": e.text, "type": e.type}
+        if item not in seen:
+            seen.append(item)
+    return json.dumps(seen, ensure_ascii=False)
+
+
+def demo_answer_json(sample: Sample, codec: BoxCodec, size: tuple[int, int]) -> str:
+    """The gold answer of a demonstration, boxes in the model's frame."""
+    merged: dict[tuple[str, str], list[list[int]]] = {}
+    for e in sample.entities:
+        boxes = merged.setdefault((e.text, e.type), [])
+        for b in e.boxes:
+            coded = codec.encode(b, size)
+            if coded not in boxes:
+                boxes.append(coded)
+    answer = [{"entity": n, "type": t, "boxes": b} for (n, t), b in merged.items()]
+    return json.dumps(answer, ensure_ascii=False)
+
+
+def _turn(
+    sample: Sample, entities: Sequence[Entity], codec: BoxCodec, template: str
+) -> ChatMessage:
+    image = _image_part(sample.image)
+    size = original_size(sample.image)
+    text = _render(
+        template,
+        {
+            "text": sample.text,
+            "entities": entity_list_json(entities),
+            "size": _size_text(codec, size),
+        },
+    )
+    parts: list[Part] = [image, TextPart(text)] if image else [TextPart(text)]
+    return ChatMessage("user", tuple(parts))
+
+
+def build_ground_request(
+    query: Sample,
+    entities: Sequence[Entity],
+    demos: Sequence[Sample],
+    labels: LabelSet,
+    codec: BoxCodec,
+    *,
+    system_template: str | None = None,
+    query_template: str | None = None,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
+) -> ChatRequest:
+    """System rules, then one user/assistant pair per demonstration, then the query.
+
+    Demonstrations need an available image and a known size (their gold boxes
+    are encoded into the model's frame); the caller filters them.
+    """
+    words = wording_for(labels)
+    system = _render(
+        system_template or GROUND_SYSTEM_TEMPLATE,
+        {
+            "domain": words.domain,
+            "types": type_lines(labels),
+            "labels": ", ".join(labels.types),
+            "box_format": box_format(codec),
+        },
+    )
+    qt = query_template or GROUND_QUERY_TEMPLATE
+    messages = [ChatMessage.text("system", system)]
+    for demo in demos:
+        size = original_size(demo.image)
+        assert size is not None, "demonstrations need a known image size"
+        messages.append(_turn(demo, demo.entities, codec, qt))
+        messages.append(ChatMessage.text("assistant", demo_answer_json(demo, codec, size)))
+    messages.append(_turn(query, entities, codec, qt))
+    return ChatRequest(
+        tuple(messages), max_tokens=max_tokens, temperature=temperature, purpose="ground"
+    )

@@ -1,0 +1,330 @@
+"""Refinement stage: the MLLM re-decides the entities the uncertainty gate delegated.
+
+Input: one ``SampleResult`` per sample from the prediction stage, entities from
+the tagger (with ``uncertainty``) and ``meta["gate"] = {"delegate_sample",
+"missed_uncertainty", "delegated": [[start, end, type], ...]}``. Confident
+entities are final. For a delegated sample the MLLM sees the image, the text,
+the type descriptions and every candidate with its uncertainty, reasons briefly
+and answers with a JSON list of ``{name, type}``. Each item is validated (name
+on word boundaries in the text, type in the label set, no clash with a
+confident entity); the delegated entities are replaced by the validated
+decision. Anything invalid is dropped and counted; an answer that cannot be
+used at all keeps the tagger's prediction and records the failure, so no
+sample and no confident entity is ever lost.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+import pydantic
+
+from refineg_core.errors import BackendError
+from refineg_core.interfaces import MLLMBackend, PluginOptions
+from refineg_core.labels import LabelSet, find_token_spans
+from refineg_core.pipeline.answers import AnswerError, parse_answer
+from refineg_core.pipeline.prompts import REFINE_FIELDS, build_refine_request, check_template
+from refineg_core.pipeline.runner import StageSummary, run_stage
+from refineg_core.pipeline.stagekit import (
+    Counters,
+    backend_failure_kind,
+    forget_skipped,
+    merged_meta,
+    skip_stage,
+)
+from refineg_core.types import SOURCE_MLLM, Entity, Failure, SampleResult
+
+STAGE = "refine"
+NAME_KEYS = ("name", "entity", "text", "mention")
+TYPE_KEYS = ("type", "label", "category", "entity_type")
+
+
+class RefineSettings(PluginOptions):
+    """``[refine]`` in the config."""
+
+    enabled: bool = True
+    max_tokens: int = pydantic.Field(1024, ge=16)
+    temperature: float = pydantic.Field(0.1, ge=0.0, le=2.0)
+    #: A ``string.Template`` replacing the default prompt (see refineg_core.pipeline.prompts).
+    prompt: str | None = None
+    #: Which samples go to the MLLM: ``gate`` (the uncertainty gate's decision),
+    #: ``entities`` (every sample with a predicted entity, all of them delegated:
+    #: the reference release's behaviour) or ``all`` (every sample).
+    delegate: Literal["gate", "entities", "all"] = "gate"
+
+    @pydantic.field_validator("prompt")
+    @classmethod
+    def _check_prompt(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        return check_template(value, REFINE_FIELDS, ("text", "candidates"), where="refine.prompt")
+
+
+@attrs.frozen
+class Delegation:
+    """What the MLLM is asked to decide for one sample."""
+
+    send: bool
+    delegated: frozenset[tuple[int, int, str]] = frozenset()
+
+
+def delegation(result: SampleResult, policy: str) -> Delegation:
+    """Read the gate's decision (or apply the ``entities``/``all`` policy)."""
+    keys = frozenset(e.key for e in result.entities)
+    if policy == "all":
+        return Delegation(True, keys)
+    if policy == "entities":
+        return Delegation(bool(keys), keys)
+    gate = merged_meta(result).get("gate")
+    if not isinstance(gate, dict) or not gate.get("delegate_sample"):
+        return Delegation(False)
+    delegated = set()
+    for item in gate.get("delegated") or ():
+        try:
+            start, end, etype = item
+            delegated.add((int(start), int(end), str(etype)))
+        except (TypeError, ValueError):
+            continue
+    return Delegation(True, frozenset(delegated & keys))
+
+
+def _first_str(item: dict, keys: Sequence[str]) -> str | None:
+    for k in keys:
+        v = item.get(k)
+        if isinstance(v, str) and v.strip():
+            return v.strip()
+    return None
+
+
+def _type_map(labels: LabelSet) -> dict[str, str]:
+    return {t.casefold(): t for t in labels.types}
+
+
+@attrs.frozen
+class Decision:
+    """The validated MLLM spans for one sample and why other items were refused."""
+
+    spans: tuple[tuple[int, int, str], ...]
+    invalid: Counter
+
+
+def validate_items(
+    items: Sequence[Any],
+    tokens: Sequence[str],
+    kept: Sequence[Entity],
+    labels: LabelSet,
+) -> Decision:
+    """Map answer items to token spans; refuse what cannot be trusted.
+
+    A name must spell whole tokens of the text (every occurrence is tagged, as
+    an annotator would); its type must be in the label set; it must not clash
+    with a confident entity (repeating one unchanged is fine) or with another
+    accepted item. Longer names go first so "New York Times" wins over "New York".
+    """
+    types = _type_map(labels)
+    invalid: Counter = Counter()
+    taken: dict[int, tuple[int, int, str]] = {}
+    kept_keys = {e.key for e in kept}
+    for e in kept:
+        for i in range(e.start, e.end):
+            taken[i] = e.key
+    accepted: list[tuple[int, int, str]] = []
+    parsed: list[tuple[str, str]] = []
+    for item in items:
+        if not isinstance(item, dict):
+            invalid["not_an_object"] += 1
+            continue
+        name, etype = _first_str(item, NAME_KEYS), _first_str(item, TYPE_KEYS)
+        if name is None or etype is None:
+            invalid["missing_field"] += 1
+            continue
+        norm_type = types.get(etype.casefold())
+        if norm_type is None:
+            invalid["unknown_type"] += 1
+            continue
+        parsed.append((name, norm_type))
+    seen: set[tuple[str, str]] = set()
+    for name, etype in sorted(parsed, key=lambda p: -len(p[0])):
+        key = ("".join(name.split()).casefold(), etype)
+        if key in seen:
+            continue  # the same item twice: harmless
+        seen.add(key)
+        spans = find_token_spans(tokens, name)
+        if not spans:
+            invalid["name_not_in_text"] += 1
+            continue
+        used = 0
+        clash = None
+        for s, e in spans:
+            owners = {taken[i] for i in range(s, e) if i in taken}
+            if not owners:
+                accepted.append((s, e, etype))
+                for i in range(s, e):
+                    taken[i] = (s, e, etype)
+                used += 1
+            elif owners == {(s, e, etype)}:
+                used += 1  # repeats a confident entity or an accepted item exactly
+            else:
+                clash = "contradicts_confident" if owners & kept_keys else "overlaps_other_item"
+        if not used and clash:
+            invalid[clash] += 1
+    return Decision(tuple(sorted(accepted)), invalid)
+
+
+def _overlaps(a: tuple[int, int, str], b: tuple[int, int, str]) -> bool:
+    return a[0] < b[1] and b[0] < a[1]
+
+
+def apply_decision(
+    result: SampleResult,
+    delegated: frozenset[tuple[int, int, str]],
+    decision: Decision,
+    *,
+    partial: bool = False,
+) -> tuple[tuple[Entity, ...], Counter]:
+    """Confident entities unchanged; delegated ones replaced by the MLLM's spans.
+
+    With ``partial`` (a truncated answer) a delegated entity the answer never
+    reached is kept as the tagger had it instead of being dropped.
+    """
+    counts: Counter = Counter()
+    tokens = result.sample.tokens
+    kept = [e for e in result.entities if e.key not in delegated]
+    by_key = {e.key: e for e in result.entities if e.key in delegated}
+    out = list(kept)
+    counts["entities_kept"] += len(kept)
+    for span in decision.spans:
+        if span in by_key:
+            out.append(attrs.evolve(by_key[span], source=SOURCE_MLLM))
+            counts["entities_confirmed"] += 1
+        else:
+            out.append(
+                Entity(span[0], span[1], span[2], " ".join(tokens[span[0] : span[1]]),
+                       source=SOURCE_MLLM)
+            )
+            if any(_overlaps(span, d) for d in delegated):
+                counts["entities_changed"] += 1
+            else:
+                counts["entities_added"] += 1
+    for key, ent in by_key.items():
+        if key in decision.spans or any(_overlaps(key, s) for s in decision.spans):
+            continue
+        if partial:
+            out.append(ent)
+            counts["entities_unanswered"] += 1
+        else:
+            counts["entities_dropped"] += 1
+    return tuple(sorted(out, key=lambda e: (e.start, e.end))), counts
+
+
+def _refine_one(
+    item: SampleResult,
+    backend: MLLMBackend,
+    labels: LabelSet,
+    settings: RefineSettings,
+    counters: Counters,
+    debug: bool,
+) -> SampleResult:
+    plan = delegation(item, settings.delegate)
+    if not plan.send:
+        counters.add("not_delegated")
+        return item
+    counters.add("delegated_samples")
+    counters.add("delegated_entities", len(plan.delegated))
+    request = build_refine_request(
+        item.sample,
+        item.entities,
+        set(plan.delegated),
+        labels,
+        with_image=backend.supports_images,
+        template=settings.prompt,
+        max_tokens=settings.max_tokens,
+        temperature=settings.temperature,
+    )
+    info: dict[str, Any] = {"delegated": [list(k) for k in sorted(plan.delegated)]}
+    try:
+        response = backend.complete(request)
+    except BackendError as exc:
+        counters.add("calls_failed")
+        info["outcome"] = "backend_failed"
+        failure = Failure(STAGE, backend_failure_kind(exc), str(exc)[:500])
+        return _keep(item, info, failure)
+    counters.usage(response)
+    if debug:
+        info["answer"] = response.text
+    try:
+        parsed = parse_answer(response.text)
+    except AnswerError as exc:
+        counters.add("answers_unusable")
+        info["outcome"] = "unusable_answer"
+        info["answer"] = response.text[:2000]
+        return _keep(item, info, Failure(STAGE, exc.kind, str(exc)))
+    kept = [e for e in item.entities if e.key not in plan.delegated]
+    decision = validate_items(parsed.items, item.sample.tokens, kept, labels)
+    entities, counts = apply_decision(item, plan.delegated, decision, partial=parsed.truncated)
+    counters.update(counts)
+    counters.update({f"invalid_{k}": v for k, v in decision.invalid.items()})
+    counters.add("answers_repaired", int(parsed.repaired))
+    info["outcome"] = "truncated" if parsed.truncated else "ok"
+    info["invalid"] = dict(decision.invalid)
+    info.update({k: v for k, v in counts.items() if k != "entities_kept"})
+    failures = item.failures
+    if parsed.truncated:
+        counters.add("answers_truncated")
+        failures = (*failures, Failure(
+            STAGE, "truncated",
+            f"answer cut off after {len(parsed.items)} complete items; "
+            "delegated entities it did not reach were kept as the tagger had them",
+        ))
+    return SampleResult(item.sample, entities, failures, {**item.meta, STAGE: info})
+
+
+def _keep(item: SampleResult, info: dict[str, Any], failure: Failure) -> SampleResult:
+    """The tagger's prediction, unchanged, with the failure recorded."""
+    return SampleResult(
+        item.sample, item.entities, (*item.failures, failure), {**item.meta, STAGE: info}
+    )
+
+
+def run_refine(
+    results: Sequence[SampleResult],
+    backend: MLLMBackend,
+    labels: LabelSet,
+    settings: RefineSettings,
+    out_path: Path,
+    *,
+    debug: bool = False,
+) -> tuple[list[SampleResult], StageSummary]:
+    """Refine delegated samples through ``backend``; resumable through ``out_path``."""
+    out_path = Path(out_path)
+    forgotten = forget_skipped(out_path, STAGE)
+
+    def needs_call(r: SampleResult) -> bool:
+        return delegation(r, settings.delegate).send
+
+    if not settings.enabled:
+        return skip_stage(STAGE, results, out_path, needs_call=needs_call,
+                          reason="the refine stage is disabled in the config",
+                          backend=backend.describe(), reason_key="disabled")
+    reason = backend.check_available()
+    if reason:
+        return skip_stage(STAGE, results, out_path, needs_call=needs_call, reason=reason,
+                          backend=backend.describe())
+    counters = Counters()
+
+    def process(item: SampleResult) -> SampleResult:
+        return _refine_one(item, backend, labels, settings, counters, debug)
+
+    out, summary = run_stage(
+        STAGE, results, process, out_path,
+        workers=backend.max_concurrency, unit="sample", debug=debug,
+    )
+    summary.counters.update(counters.counts)
+    if forgotten:
+        summary.counters["redone_after_skip"] = forgotten
+    summary.notes["backend"] = backend.describe()
+    return out, summary

@@ -1,0 +1,137 @@
+"""What the two MLLM stages (refine, ground) share around ``run_stage``.
+
+- thread-safe counters (calls, tokens, invalid items) merged into the summary;
+- the "skipped" marker: when the backend is unavailable (or the stage is
+  disabled) every result still goes to the stage's JSONL so downstream outputs
+  stay valid, but marked ``meta[stage]["skipped"]``; the next run forgets those
+  lines, so starting the server later and rerunning does the real work instead
+  of resuming the placeholders;
+- turning a backend exception into a recorded failure kind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from refineg_core.chat import ChatResponse
+from refineg_core.errors import BackendError, BackendUnavailable
+from refineg_core.formats.native import sample_to_dict
+from refineg_core.hooks import get_hooks
+from refineg_core.pipeline.runner import StageSummary, load_done
+from refineg_core.types import SampleResult
+
+
+class Counters:
+    """A Counter that many worker threads may bump."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.counts: Counter = Counter()
+
+    def add(self, key: str, n: int = 1) -> None:
+        if n:
+            with self._lock:
+                self.counts[key] += n
+
+    def update(self, counts: Counter | dict[str, int]) -> None:
+        with self._lock:
+            self.counts.update({k: v for k, v in counts.items() if v})
+
+    def usage(self, response: ChatResponse) -> None:
+        with self._lock:
+            self.counts["calls"] += 1
+            if response.cached:
+                self.counts["cached_calls"] += 1
+            self.counts["prompt_tokens"] += response.usage.prompt_tokens
+            self.counts["completion_tokens"] += response.usage.completion_tokens
+
+
+def merged_meta(result: SampleResult) -> dict[str, Any]:
+    """Meta of a result whether it came from memory or from a JSONL (sample.meta)."""
+    return {**result.sample.meta, **result.meta}
+
+
+def is_skipped(result: SampleResult, stage: str) -> bool:
+    info = merged_meta(result).get(stage)
+    return isinstance(info, dict) and bool(info.get("skipped"))
+
+
+def forget_skipped(out_path: Path, stage: str) -> int:
+    """Drop placeholder lines of an earlier skipped run; return how many were dropped."""
+    if not Path(out_path).exists():
+        return 0
+    done = load_done(out_path)
+    keep = [r for r in done.values() if not is_skipped(r, stage)]
+    dropped = len(done) - len(keep)
+    if dropped:
+        _write_all(out_path, keep)
+    return dropped
+
+
+def _write_all(path: Path, results: Sequence[SampleResult]) -> None:
+    """Rewrite a stage file atomically (a kill mid-write leaves the old file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        for r in results:
+            fh.write(json.dumps(sample_to_dict(r), ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def skip_stage(
+    stage: str,
+    items: Sequence[SampleResult],
+    out_path: Path,
+    *,
+    needs_call: Callable[[SampleResult], bool],
+    reason: str,
+    backend: str,
+    reason_key: str = "unavailable",
+) -> tuple[list[SampleResult], StageSummary]:
+    """Pass every result through without calls, say why, and count what was skipped.
+
+    Results already finished by an earlier run are kept; the others are written
+    with a ``skipped`` marker so a later run redoes them.
+    """
+    hooks = get_hooks()
+    done = load_done(out_path)
+    summary = StageSummary(stage, total=len(items))
+    out: list[SampleResult] = []
+    skipped = 0
+    todo = [it for it in items if it.id not in done]
+    hooks.stage_started(stage, 0)
+    for it in items:
+        if it.id in done:
+            out.append(done[it.id])
+            summary.resumed += 1
+            continue
+        if needs_call(it):
+            skipped += 1
+        meta = {**it.meta, stage: {"skipped": reason_key}}
+        out.append(SampleResult(it.sample, it.entities, it.failures, meta))
+    _write_all(out_path, out)
+    summary.counters["requests_skipped"] = skipped
+    summary.counters["passed_through"] = len(todo)
+    summary.notes["backend"] = backend
+    summary.notes[reason_key] = reason
+    hooks.stage_finished(stage, summary.as_dict())
+    return out, summary
+
+
+def backend_failure_kind(exc: BaseException) -> str:
+    """A short kind for a failed call: the backend's own kind when it gives one."""
+    kind = getattr(exc, "kind", None)
+    if isinstance(kind, str) and kind:
+        return kind
+    if isinstance(exc, BackendUnavailable):
+        return "unavailable"
+    if isinstance(exc, BackendError):
+        return "backend_error"
+    return type(exc).__name__

@@ -1,0 +1,386 @@
+"""A fake OpenAI-compatible chat-completions server on loopback (real HTTP).
+
+Tests of MLLM backends and stages talk to it over a real socket, so timeouts,
+dropped connections, status codes and concurrency behave as with vLLM.
+
+Usage::
+
+    from tests.fakeserver import FakeOpenAIServer, ok, error, drop, garbage
+
+    @pytest.fixture
+    def server():
+        with FakeOpenAIServer() as srv:
+            yield srv
+
+    def test_x(server):
+        server.script(error(429, retry_after=0.2), ok('[{"entity": "Obama"}]'))
+        backend = OpenAIBackend(OpenAIBackend.Options(base_url=server.base_url, model="m"))
+        ...
+        assert len(server.chat_requests) == 2
+        assert server.chat_requests[0].image_urls[0].startswith("data:image/")
+
+What each chat request gets, in this order:
+
+1. the next scripted reply (``server.script(...)`` appends to a FIFO queue);
+2. else ``server.responder(request) -> Reply | str`` when one is set (a
+   callable, e.g. to answer from the prompt, to inject failures at random, or
+   to count per-sample attempts);
+3. else ``server.default`` (``ok("[]")`` unless changed).
+
+A plain ``str`` anywhere a ``Reply`` is expected means ``ok(str)``.
+
+Replies (all take ``latency=`` seconds, slept before answering):
+
+- ``ok(text, prompt_tokens=11, completion_tokens=7)``: 200 with a normal
+  chat-completion body (``usage`` included). Fenced JSON with prose, garbage or
+  truncated JSON are just texts: ``ok("Sure!\\n```json\\n[...]\\n```")``,
+  ``garbage()``, ``ok('[{"entity": "Oba')``.
+- ``error(status, message="...", retry_after=None)``: an OpenAI-style error
+  body ``{"error": {"message", "type", "code"}}`` with that status, and a
+  ``Retry-After`` header when given (seconds).
+- ``drop()``: closes the connection without sending anything.
+- ``ok(text, latency=5)`` with a client timeout below 5 s: a slow answer.
+
+``server.latency`` adds a fixed delay to every chat reply (e.g. 0.2 for the
+benchmark). Every request is recorded in ``server.requests`` (chat ones also in
+``server.chat_requests``) as a ``RecordedRequest`` with ``path``, ``headers``
+(lower-case keys), ``body`` (parsed JSON), ``text`` (all text parts joined),
+``image_urls``, ``started``/``finished`` (perf_counter) and ``reply``.
+``server.max_in_flight`` is the high-water mark of concurrent chat requests.
+``GET .../models`` lists ``server.model_ids``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+__all__ = [
+    "FakeOpenAIServer",
+    "RecordedRequest",
+    "Reply",
+    "drop",
+    "error",
+    "garbage",
+    "ok",
+]
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One scripted answer; build it with ``ok``/``error``/``drop``/``garbage``."""
+
+    status: int = 200
+    text: str | None = None
+    message: str | None = None
+    retry_after: float | None = None
+    drop: bool = False
+    latency: float = 0.0
+    prompt_tokens: int = 11
+    completion_tokens: int = 7
+    raw_body: bytes | None = None
+
+
+def ok(
+    text: str, *, latency: float = 0.0, prompt_tokens: int = 11, completion_tokens: int = 7
+) -> Reply:
+    return Reply(text=text, latency=latency, prompt_tokens=prompt_tokens,
+                 completion_tokens=completion_tokens)
+
+
+def error(status: int, message: str | None = None, *, retry_after: float | None = None,
+          latency: float = 0.0) -> Reply:
+    return Reply(status=status, message=message or f"fake server error {status}",
+                 retry_after=retry_after, latency=latency)
+
+
+def drop(*, latency: float = 0.0) -> Reply:
+    return Reply(drop=True, latency=latency)
+
+
+def garbage(*, latency: float = 0.0) -> Reply:
+    """A 200 whose body is not JSON at all (a broken proxy)."""
+    return Reply(raw_body=b"<html>502 Bad Gateway</html>", latency=latency)
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+    started: float
+    finished: float | None = None
+    reply: Reply | None = None
+
+    @property
+    def _parts(self) -> list[dict]:
+        parts: list[dict] = []
+        if not isinstance(self.body, dict):
+            return parts
+        for msg in self.body.get("messages", []):
+            content = msg.get("content")
+            if isinstance(content, str):
+                parts.append({"type": "text", "text": content})
+            elif isinstance(content, list):
+                parts.extend(p for p in content if isinstance(p, dict))
+        return parts
+
+    @property
+    def text(self) -> str:
+        """All text parts of all messages, joined by newlines."""
+        return "\n".join(p.get("text", "") for p in self._parts if p.get("type") == "text")
+
+    @property
+    def image_urls(self) -> list[str]:
+        return [
+            p["image_url"]["url"]
+            for p in self._parts
+            if p.get("type") == "image_url" and isinstance(p.get("image_url"), dict)
+        ]
+
+
+@dataclass
+class _State:
+    queue: deque = field(default_factory=deque)
+    requests: list[RecordedRequest] = field(default_factory=list)
+    in_flight: int = 0
+    max_in_flight: int = 0
+
+
+class FakeOpenAIServer:
+    """ThreadingHTTPServer on 127.0.0.1 at a random port; a context manager."""
+
+    def __init__(
+        self,
+        responder: Callable[[RecordedRequest], Reply | str] | None = None,
+        *,
+        latency: float = 0.0,
+        default: Reply | str | None = None,
+        model_ids: tuple[str, ...] = ("fake-model",),
+    ) -> None:
+        self.responder = responder
+        self.latency = latency
+        self.default: Reply | str = default if default is not None else ok("[]")
+        self.model_ids = model_ids
+        self._state = _State()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------
+    def start(self) -> FakeOpenAIServer:
+        handler = _make_handler(self)
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._httpd.daemon_threads = True
+        self._httpd.request_queue_size = 128
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+    def __enter__(self) -> FakeOpenAIServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        assert self._httpd is not None, "server not started"
+        return self._httpd.server_address[1]
+
+    @property
+    def base_url(self) -> str:
+        """What an OpenAI client takes as base URL (ends in ``/v1``)."""
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    # -- scripting ---------------------------------------------------------
+    def script(self, *replies: Reply | str) -> None:
+        """Queue replies for the next chat requests, in order."""
+        with self._lock:
+            self._state.queue.extend(replies)
+
+    @property
+    def pending(self) -> int:
+        """Scripted replies not yet used."""
+        with self._lock:
+            return len(self._state.queue)
+
+    def reset(self) -> None:
+        """Forget recorded requests, the queue and the high-water mark."""
+        with self._lock:
+            self._state = _State()
+
+    # -- what happened -----------------------------------------------------
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        with self._lock:
+            return list(self._state.requests)
+
+    @property
+    def chat_requests(self) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.path.endswith("/chat/completions")]
+
+    @property
+    def max_in_flight(self) -> int:
+        with self._lock:
+            return self._state.max_in_flight
+
+    # -- internals used by the handler ------------------------------------
+    def _record(self, req: RecordedRequest, chat: bool) -> None:
+        with self._lock:
+            self._state.requests.append(req)
+            if chat:
+                self._state.in_flight += 1
+                self._state.max_in_flight = max(self._state.max_in_flight, self._state.in_flight)
+
+    def _done(self, req: RecordedRequest, chat: bool) -> None:
+        with self._lock:
+            req.finished = time.perf_counter()
+            if chat:
+                self._state.in_flight -= 1
+
+    def _choose(self, req: RecordedRequest) -> Reply:
+        with self._lock:
+            scripted = self._state.queue.popleft() if self._state.queue else None
+        reply: Reply | str
+        if scripted is not None:
+            reply = scripted
+        elif self.responder is not None:
+            reply = self.responder(req)
+        else:
+            reply = self.default
+        return ok(reply) if isinstance(reply, str) else reply
+
+    def _sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            self._stopping.wait(seconds)
+
+
+def _completion_body(reply: Reply, model: str) -> bytes:
+    body = {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": reply.text},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": reply.prompt_tokens,
+            "completion_tokens": reply.completion_tokens,
+            "total_tokens": reply.prompt_tokens + reply.completion_tokens,
+        },
+    }
+    return json.dumps(body).encode()
+
+
+def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, like a real server
+
+        def log_message(self, format: str, *args: Any) -> None:  # quiet
+            return
+
+        def _send(self, status: int, payload: bytes, headers: dict[str, str] | None = None,
+                  content_type: str = "application/json") -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(payload)))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(payload)
+            self.wfile.flush()
+
+        def _not_found(self) -> None:
+            payload = {"error": {"message": f"no route {self.path}"}}
+            self._send(404, json.dumps(payload).encode())
+
+        def _read_body(self) -> Any:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            try:
+                return json.loads(raw) if raw else None
+            except ValueError:
+                return raw.decode("utf-8", "replace")
+
+        def do_GET(self) -> None:
+            req = RecordedRequest("GET", self.path, {k.lower(): v for k, v in self.headers.items()},
+                                  None, time.perf_counter())
+            server._record(req, chat=False)
+            try:
+                if self.path.rstrip("/").endswith("/models"):
+                    data = [{"id": m, "object": "model", "owned_by": "fake"}
+                            for m in server.model_ids]
+                    self._send(200, json.dumps({"object": "list", "data": data}).encode())
+                else:
+                    self._not_found()
+            finally:
+                server._done(req, chat=False)
+
+        def do_POST(self) -> None:
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            body = self._read_body()
+            chat = self.path.rstrip("/").endswith("/chat/completions")
+            req = RecordedRequest("POST", self.path, headers, body, time.perf_counter())
+            server._record(req, chat=chat)
+            finished = False
+
+            def finish() -> None:
+                nonlocal finished
+                if not finished:
+                    finished = True
+                    server._done(req, chat=chat)
+            try:
+                if not chat:
+                    self._not_found()
+                    return
+                reply = server._choose(req)
+                req.reply = reply
+                server._sleep(server.latency + reply.latency)
+                if reply.drop:
+                    self.close_connection = True
+                    finish()
+                    with contextlib.suppress(OSError):
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                finish()  # before the reply is sent: the client may fire its next request
+                if reply.raw_body is not None:
+                    self._send(reply.status, reply.raw_body, content_type="text/html")
+                elif reply.status == 200:
+                    model = body.get("model", "fake-model") if isinstance(body, dict) else "?"
+                    self._send(200, _completion_body(reply, model))
+                else:
+                    extra = {}
+                    if reply.retry_after is not None:
+                        extra["Retry-After"] = f"{reply.retry_after:g}"
+                    payload = {"error": {"message": reply.message, "type": "fake_error",
+                                         "code": reply.status}}
+                    self._send(reply.status, json.dumps(payload).encode(), extra)
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True  # the client gave up (timeout): fine
+            finally:
+                finish()
+
+    return Handler
