@@ -96,7 +96,7 @@ class CachedBackend(MLLMBackend):
 
     def complete(self, request: ChatRequest) -> ChatResponse:
         key = self.key(request)
-        hit = self._read(key)
+        hit = self._read(key, quiet=True)
         if hit is not None:
             return hit
         lock = self._lock_for(key)
@@ -111,25 +111,25 @@ class CachedBackend(MLLMBackend):
         hit = self._read(key)  # another thread may have just answered it
         if hit is not None:
             return hit
-        if True:
-            self._count("misses")
-            if self._unavailable is not None:
-                self._count("errors")
-                raise BackendUnavailable(
-                    f"not in the cache and the backend is unavailable: {self._unavailable}"
-                )
-            self._count("calls")
-            try:
-                response = self.inner.complete(request)
-            except Exception:
-                self._count("errors")
-                raise
-            self._write(key, request, response)
-            with self._stats_lock:
-                self.usage = self.usage + response.usage
-            return response
+        self._count("misses")
+        if self._unavailable is not None:
+            self._count("errors")
+            raise BackendUnavailable(
+                f"not in the cache and the backend is unavailable: {self._unavailable}"
+            )
+        self._count("calls")
+        try:
+            response = self.inner.complete(request)
+        except Exception:
+            self._count("errors")
+            raise
+        self._write(key, request, response)
+        with self._stats_lock:
+            self.usage = self.usage + response.usage
+        return response
 
-    def _read(self, key: str) -> ChatResponse | None:
+    def _read(self, key: str, *, quiet: bool = False) -> ChatResponse | None:
+        """The cached answer, or None; ``quiet`` skips counting a corrupt entry twice."""
         path = self.path_for(key)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -141,7 +141,8 @@ class CachedBackend(MLLMBackend):
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError):
-            self._count("corrupt")
+            if not quiet:
+                self._count("corrupt")
             return None
         self._count("hits")
         with self._stats_lock:

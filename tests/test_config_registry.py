@@ -81,12 +81,18 @@ def test_plugin_option_typo_names_dotted_path_and_valid_options(tmp_path):
     with register_plugin("uncertainty", "keep_all", KeepAll):
         with pytest.raises(PluginError) as exc:
             load_config(
-                write(tmp_path, '[uncertainty]\nplugin = "keep_all"\n[uncertainty.options]\nthreshhold = 1\n')
+                write(
+                    tmp_path,
+                    '[uncertainty]\nplugin = "keep_all"\n[uncertainty.options]\nthreshhold = 1\n',
+                )
             )
         assert "uncertainty.options.threshhold" in str(exc.value)
         assert "valid options: threshold" in str(exc.value)
         cfg = load_config(
-            write(tmp_path, '[uncertainty]\nplugin = "keep_all"\n[uncertainty.options]\nthreshold = 1\n')
+            write(
+                tmp_path,
+                '[uncertainty]\nplugin = "keep_all"\n[uncertainty.options]\nthreshold = 1\n',
+            )
         )
         gate = registry.create("uncertainty", "keep_all", cfg.uncertainty.options, cfg.label_set)
         assert gate.options.threshold == 1.0
@@ -95,8 +101,11 @@ def test_plugin_option_typo_names_dotted_path_and_valid_options(tmp_path):
 def test_secrets_are_redacted_but_env_names_kept(tmp_path):
     with register_plugin("uncertainty", "keep_all", KeepAll):
         cfg = load_config(
-            write(tmp_path, '[backend]\nplugin = "x"\n[backend.options]\napi_key = "sk-123"\n'
-                  'api_key_env = "MY_KEY"\n'),
+            write(
+                tmp_path,
+                '[backend]\nplugin = "x"\n[backend.options]\napi_key = "sk-123"\n'
+                'api_key_env = "MY_KEY"\n',
+            ),
             check_plugins=False,
         )
     dumped = redacted_dump(cfg)
@@ -105,19 +114,24 @@ def test_secrets_are_redacted_but_env_names_kept(tmp_path):
 
 
 def test_entry_point_from_an_installed_distribution_is_found_and_loaded(tmp_path):
-    source = textwrap.dedent('''
+    source = textwrap.dedent("""
         from refineg_core.interfaces import UncertaintyEstimator
         from refineg_core.types import GateDecision
 
         class Never(UncertaintyEstimator):
             def decide(self, samples, predictions):
                 return [GateDecision(s.id, s.entities, (), 0.0, False) for s in samples]
-    ''')
+    """)
     with fake_distribution(
-        tmp_path / "site", "refineg-never", "1.2.3",
-        {"refineg.uncertainty": {"never": "never_gate:Never"}}, {"never_gate": source},
+        tmp_path / "site",
+        "refineg-never",
+        "1.2.3",
+        {"refineg.uncertainty": {"never": "never_gate:Never"}},
+        {"never_gate": source},
     ):
-        rows = {(p.name, p.distribution, p.version) for p in registry.installed("refineg.uncertainty")}
+        rows = {
+            (p.name, p.distribution, p.version) for p in registry.installed("refineg.uncertainty")
+        }
         assert ("never", "refineg-never", "1.2.3") in rows
         cls = registry.load_class("uncertainty", "never")
         assert issubclass(cls, UncertaintyEstimator) and cls.__name__ == "Never"
@@ -126,24 +140,26 @@ def test_entry_point_from_an_installed_distribution_is_found_and_loaded(tmp_path
 
 def test_plugin_import_error_is_loud_and_names_the_distribution(tmp_path):
     with fake_distribution(
-        tmp_path / "site", "refineg-broken", "0.1",
+        tmp_path / "site",
+        "refineg-broken",
+        "0.1",
         {"refineg.taggers": {"broken": "broken_tagger:Tagger"}},
         {"broken_tagger": "import a_module_that_does_not_exist\n"},
-    ):
-        with pytest.raises(PluginError) as exc:
-            registry.load_class("tagger", "broken")
+    ), pytest.raises(PluginError) as exc:
+        registry.load_class("tagger", "broken")
     msg = str(exc.value)
     assert "refineg-broken 0.1" in msg and "a_module_that_does_not_exist" in msg
 
 
 def test_plugin_of_wrong_kind_is_rejected(tmp_path):
     with fake_distribution(
-        tmp_path / "site", "refineg-wrong", "0.1",
+        tmp_path / "site",
+        "refineg-wrong",
+        "0.1",
         {"refineg.taggers": {"wrong": "wrong_kind:Thing"}},
         {"wrong_kind": "class Thing:\n    pass\n"},
-    ):
-        with pytest.raises(PluginError, match="not a Tagger subclass"):
-            registry.load_class("tagger", "wrong")
+    ), pytest.raises(PluginError, match="not a Tagger subclass"):
+        registry.load_class("tagger", "wrong")
 
 
 def test_every_builtin_is_registered_through_entry_points():

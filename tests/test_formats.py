@@ -132,20 +132,26 @@ def test_ccks_json_aligns_names_and_keeps_unfound_ones(tmp_path):
         encoding="utf-8",
     )
     ents.write_text(
-        json.dumps({
-            "1": [
-                {"name": "F-35", "label": "aircraft",
-                 "bnd": {"xmin": 1, "ymin": 2, "xmax": 30, "ymax": 40}},
-                {"name": "Ramstein Air Base", "label": "location", "bnd": None},
-                {"name": "Su-57", "label": "aircraft", "bnd": None},
-            ]
-        }),
+        json.dumps(
+            {
+                "1": [
+                    {
+                        "name": "F-35",
+                        "label": "aircraft",
+                        "bnd": {"xmin": 1, "ymin": 2, "xmax": 30, "ymax": 40},
+                    },
+                    {"name": "Ramstein Air Base", "label": "location", "bnd": None},
+                    {"name": "Su-57", "label": "aircraft", "bnd": None},
+                ]
+            }
+        ),
         encoding="utf-8",
     )
     ds = read_ccks(texts, ents)
     s1, s2 = ds.samples
     assert [(e.text, e.type, len(e.boxes)) for e in s1.entities] == [
-        ("F-35", "aircraft", 1), ("Ramstein Air Base", "location", 0)
+        ("F-35", "aircraft", 1),
+        ("Ramstein Air Base", "location", 0),
     ]
     assert s1.meta["unaligned"] == [{"name": "Su-57", "label": "aircraft", "boxes": []}]
     assert s2.tokens == () and any("empty text" in w for w in ds.warnings)
@@ -153,7 +159,9 @@ def test_ccks_json_aligns_names_and_keeps_unfound_ones(tmp_path):
     write_ccks(ds.samples, out)
     written = json.loads(out.read_text())
     assert written["1"][0] == {
-        "name": "F-35", "label": "aircraft", "bnd": {"xmin": 1, "ymin": 2, "xmax": 30, "ymax": 40}
+        "name": "F-35",
+        "label": "aircraft",
+        "bnd": {"xmin": 1, "ymin": 2, "xmax": 30, "ymax": 40},
     }
     assert written["1"][1]["bnd"] is None and written["2"] == []
 

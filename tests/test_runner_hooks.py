@@ -4,11 +4,12 @@ import threading
 import time
 
 import attrs
+import pytest
 
 from refineg_core.formats.native import read_results
 from refineg_core.hooks import get_hooks, hookimpl
 from refineg_core.pipeline.runner import run_stage
-from refineg_core.types import Entity, Sample, SampleResult, SOURCE_MLLM
+from refineg_core.types import SOURCE_MLLM, Entity, Sample, SampleResult
 
 
 def make_items(n):
@@ -22,7 +23,9 @@ def make_items(n):
 
 
 def relabel(item):
-    return attrs.evolve(item, entities=tuple(attrs.evolve(e, source=SOURCE_MLLM) for e in item.entities))
+    return attrs.evolve(
+        item, entities=tuple(attrs.evolve(e, source=SOURCE_MLLM) for e in item.entities)
+    )
 
 
 def test_failures_are_recorded_and_entities_kept(tmp_path):
@@ -51,10 +54,8 @@ def test_interrupted_run_resumes_without_redoing_done_items(tmp_path):
         seen.append(item.id)
         return relabel(item)
 
-    try:
+    with pytest.raises(KeyboardInterrupt):
         run_stage("refine", make_items(8), stop_after_three, out)
-    except KeyboardInterrupt:
-        pass
     with out.open("a") as fh:
         fh.write('{"id": "s7", "tok')  # a torn line from a killed process
     seen_again = []

@@ -35,11 +35,15 @@ _DROPOUT_KEYS = (
 def quiet_transformers():
     """Silence transformers' load report (e.g. the unused pooler) for one call."""
     level = transformers.logging.get_verbosity()
+    bars = transformers.utils.logging.is_progress_bar_enabled()
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     try:
         yield
     finally:
         transformers.logging.set_verbosity(level)
+        if bars:
+            transformers.utils.logging.enable_progress_bar()
 
 
 def encoder_config(path: str | Path, dropout: float):

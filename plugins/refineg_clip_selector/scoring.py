@@ -116,8 +116,8 @@ def fuse(components: Mapping[str, np.ndarray], weights: Mapping[str, float],
 def top_k(scores: np.ndarray, exclude: np.ndarray, k: int) -> np.ndarray:
     """Row indices of the k best scores, best first; excluded rows never, NaN rows last.
 
-    ``np.argpartition`` makes this O(N) instead of a full sort; ties break by
-    row so selection is deterministic.
+    ``np.argpartition`` makes this O(N) instead of a full sort; the chosen k are
+    then ordered by score, ties by row, so the order is deterministic.
     """
     ranked = np.where(np.isnan(scores), -1.0, scores).astype(np.float64)
     ranked[exclude] = -np.inf
@@ -125,9 +125,6 @@ def top_k(scores: np.ndarray, exclude: np.ndarray, k: int) -> np.ndarray:
     k = min(k, available)
     if k <= 0:
         return np.zeros(0, dtype=np.int64)
-    if k < len(ranked):
-        idx = np.argpartition(-ranked, k - 1)[:k]
-    else:
-        idx = np.arange(len(ranked))
+    idx = np.argpartition(-ranked, k - 1)[:k] if k < len(ranked) else np.arange(len(ranked))
     idx = idx[np.isfinite(ranked[idx])]
     return idx[np.lexsort((idx, -ranked[idx]))]

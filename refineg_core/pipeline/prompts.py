@@ -140,7 +140,7 @@ def template_fields(template: str) -> set[str]:
 
 
 def check_template(
-    template: str, allowed: frozenset[str], required: Sequence[str], *, where: str
+    template: str, allowed: frozenset[str], required: Sequence[str], *, where: str | None
 ) -> str:
     """Validate a user template at config time, not after an hour of calls."""
     try:
@@ -158,6 +158,14 @@ def check_template(
     if missing:
         raise ConfigError(f"the template must use {['$' + m for m in missing]}", where=where)
     return template
+
+
+def validate_template(template: str, allowed: frozenset[str], required: Sequence[str]) -> str:
+    """``check_template`` for pydantic validators: a ValueError pydantic can locate."""
+    try:
+        return check_template(template, allowed, required, where=None)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _render(template: str, values: dict[str, str]) -> str:

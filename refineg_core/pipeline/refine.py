@@ -27,7 +27,7 @@ from refineg_core.errors import BackendError
 from refineg_core.interfaces import MLLMBackend, PluginOptions
 from refineg_core.labels import LabelSet, find_token_spans
 from refineg_core.pipeline.answers import AnswerError, parse_answer
-from refineg_core.pipeline.prompts import REFINE_FIELDS, build_refine_request, check_template
+from refineg_core.pipeline.prompts import REFINE_FIELDS, build_refine_request, validate_template
 from refineg_core.pipeline.runner import StageSummary, run_stage
 from refineg_core.pipeline.stagekit import (
     Counters,
@@ -61,7 +61,7 @@ class RefineSettings(PluginOptions):
     def _check_prompt(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        return check_template(value, REFINE_FIELDS, ("text", "candidates"), where="refine.prompt")
+        return validate_template(value, REFINE_FIELDS, ("text", "candidates"))
 
 
 @attrs.frozen

@@ -1,0 +1,345 @@
+"""Grounding stage: boxes for the final entities by multimodal in-context learning.
+
+For each sample with entities and an image: K demonstrations chosen by the
+context selector (image, text, entities, gold boxes in the model's frame),
+then the query; the MLLM answers ``[{entity, type, boxes}]``. Answer items are
+matched to the input entities by name (and type); boxes go back to original
+pixels through the backend's codec, and an invalid box is dropped and counted.
+Every input entity comes out, with the MLLM's boxes or none; names the MLLM
+invents are ignored and counted; a failed call or an unusable answer keeps the
+entities as they were and records why.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pydantic
+
+from refineg_core.boxcodecs import BoxCodec
+from refineg_core.errors import BackendError
+from refineg_core.interfaces import ContextSelector, MLLMBackend, PluginOptions
+from refineg_core.labels import LabelSet
+from refineg_core.pipeline.answers import AnswerError, parse_answer
+from refineg_core.pipeline.prompts import (
+    GROUND_QUERY_FIELDS,
+    GROUND_SYSTEM_FIELDS,
+    build_ground_request,
+    original_size,
+    validate_template,
+)
+from refineg_core.pipeline.runner import StageSummary, run_stage
+from refineg_core.pipeline.stagekit import (
+    Counters,
+    backend_failure_kind,
+    forget_skipped,
+    skip_stage,
+)
+from refineg_core.types import (
+    SOURCE_MLLM,
+    Box,
+    Demonstration,
+    Entity,
+    Failure,
+    Sample,
+    SampleResult,
+)
+
+STAGE = "ground"
+NAME_KEYS = ("entity", "name", "text", "mention", "label")
+BOX_KEYS = ("boxes", "bbox_2d", "bbox", "box", "bboxes", "region", "regions")
+_CORNER_KEYS = (("x1", "y1", "x2", "y2"), ("xmin", "ymin", "xmax", "ymax"))
+
+
+class GroundSettings(PluginOptions):
+    """``[ground]`` in the config."""
+
+    enabled: bool = True
+    k: int = pydantic.Field(3, ge=0, le=16)
+    max_tokens: int = pydantic.Field(1024, ge=16)
+    temperature: float = pydantic.Field(0.1, ge=0.0, le=2.0)
+    #: ``string.Template`` overrides (see refineg_core.pipeline.prompts for placeholders).
+    system_prompt: str | None = None
+    query_prompt: str | None = None
+
+    @pydantic.field_validator("system_prompt")
+    @classmethod
+    def _check_system(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        return validate_template(value, GROUND_SYSTEM_FIELDS, ())
+
+    @pydantic.field_validator("query_prompt")
+    @classmethod
+    def _check_query(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        return validate_template(value, GROUND_QUERY_FIELDS, ("text", "entities"))
+
+
+def _norm(name: str) -> str:
+    return "".join(name.split()).casefold()
+
+
+def box_candidates(value: Any) -> list[Any]:
+    """Every box-like thing in an answer's ``boxes`` value (still untrusted).
+
+    Accepts ``[x1, y1, x2, y2]``, a list of those, ``{"x1"..}``/``{"xmin"..}``
+    dicts and ``{"bbox_2d": [...]}`` wrappers; ``None``/``[]``/"none" mean no box.
+    """
+    if value is None or isinstance(value, bool):
+        return []
+    if isinstance(value, str):
+        return [] if value.strip().lower() in {"", "none", "null", "[]", "n/a"} else [value]
+    if isinstance(value, dict):
+        for keys in _CORNER_KEYS:
+            if all(k in value for k in keys):
+                return [[value[k] for k in keys]]
+        for k in BOX_KEYS:
+            if k in value:
+                return box_candidates(value[k])
+        return [value]
+    if isinstance(value, (list, tuple)):
+        if not value:
+            return []
+        if len(value) == 4 and not any(isinstance(v, (list, tuple, dict)) for v in value):
+            return [list(value)]
+        out: list[Any] = []
+        for v in value:
+            out.extend(box_candidates(v) if isinstance(v, (list, tuple, dict)) else [v])
+        return out
+    return [value]
+
+
+def _item_boxes(item: dict) -> Any:
+    for k in BOX_KEYS:
+        if k in item:
+            return item[k]
+    return None
+
+
+@attrs.frozen
+class Grounding:
+    """Answer items matched to input entities (by entity key) plus what was refused."""
+
+    boxes: dict[tuple[int, int, str], list[Box]]
+    counts: Counter
+
+
+def match_answer(
+    items: Sequence[Any],
+    entities: Sequence[Entity],
+    codec: BoxCodec,
+    size: tuple[int, int],
+) -> Grounding:
+    """Give each input entity the boxes of the answer items that name it.
+
+    Name match ignores case and spaces; when several input entities share the
+    name, the item's type picks among them (a type the answer got wrong still
+    matches by name alone, counted). Items naming no input entity are ignored.
+    """
+    counts: Counter = Counter()
+    by_name: dict[str, list[Entity]] = {}
+    for e in entities:
+        by_name.setdefault(_norm(e.text), []).append(e)
+    boxes: dict[tuple[int, int, str], list[Box]] = {}
+    for item in items:
+        if not isinstance(item, dict):
+            counts["invalid_not_an_object"] += 1
+            continue
+        name = next(
+            (item[k] for k in NAME_KEYS if isinstance(item.get(k), str) and item[k].strip()),
+            None,
+        )
+        if name is None:
+            counts["invalid_missing_entity"] += 1
+            continue
+        targets = by_name.get(_norm(name))
+        if not targets:
+            counts["invented_entities"] += 1
+            continue
+        etype = item.get("type")
+        typed = [
+            e for e in targets
+            if isinstance(etype, str) and e.type.casefold() == etype.strip().casefold()
+        ]
+        if not typed:
+            if etype is not None:
+                counts["type_mismatch"] += 1
+            typed = targets
+        decoded, invalid = codec.decode_all(box_candidates(_item_boxes(item)), size)
+        counts["boxes_invalid"] += invalid
+        for e in typed:
+            slot = boxes.setdefault(e.key, [])
+            for b in decoded:
+                if b not in slot:
+                    slot.append(b)
+    return Grounding(boxes, counts)
+
+
+def usable_demos(
+    demos: Sequence[Demonstration], query_id: str, k: int
+) -> tuple[list[Demonstration], int]:
+    """Demonstrations that can be shown: not the query itself, image present, size known."""
+    out: list[Demonstration] = []
+    dropped = 0
+    for d in demos:
+        if d.sample.id == query_id:
+            continue
+        if d.sample.image is None or not d.sample.image.available:
+            dropped += 1
+            continue
+        if original_size(d.sample.image) is None:
+            dropped += 1
+            continue
+        out.append(d)
+    return out[:k], dropped
+
+
+def _ground_one(
+    item: SampleResult,
+    selector: ContextSelector,
+    select_lock: threading.Lock,
+    backend: MLLMBackend,
+    labels: LabelSet,
+    settings: GroundSettings,
+    counters: Counters,
+    debug: bool,
+) -> SampleResult:
+    if not item.entities:
+        counters.add("skipped_no_entities")
+        return item
+    image = item.sample.image
+    size = original_size(image) if image is not None and image.available else None
+    if size is None:
+        counters.add("skipped_no_image")
+        return item
+    query = attrs.evolve(item.sample, entities=item.entities)  # predicted, never gold
+    demos: list[Demonstration] = []
+    if settings.k > 0:
+        with select_lock:  # selectors hold models that are not thread-safe
+            chosen = selector.select(query, settings.k + 1)
+        demos, dropped = usable_demos(chosen, item.id, settings.k)
+        counters.add("demos_without_image", dropped)
+    codec = backend.box_codec
+    request = build_ground_request(
+        query,
+        item.entities,
+        [d.sample for d in demos],
+        labels,
+        codec,
+        system_template=settings.system_prompt,
+        query_template=settings.query_prompt,
+        max_tokens=settings.max_tokens,
+        temperature=settings.temperature,
+    )
+    meta: dict[str, Any] = {
+        **item.meta,
+        "demos": [{"id": d.sample.id, "score": round(float(d.score), 6)} for d in demos],
+    }
+    info: dict[str, Any] = {}
+    try:
+        response = backend.complete(request)
+    except BackendError as exc:
+        counters.add("calls_failed")
+        info["outcome"] = "backend_failed"
+        failure = Failure(STAGE, backend_failure_kind(exc), str(exc)[:500])
+        return SampleResult(item.sample, item.entities, (*item.failures, failure),
+                            {**meta, STAGE: info})
+    counters.usage(response)
+    if debug:
+        info["answer"] = response.text
+    try:
+        parsed = parse_answer(response.text)
+    except AnswerError as exc:
+        counters.add("answers_unusable")
+        info["outcome"] = "unusable_answer"
+        info["answer"] = response.text[:2000]
+        return SampleResult(item.sample, item.entities,
+                            (*item.failures, Failure(STAGE, exc.kind, str(exc))),
+                            {**meta, STAGE: info})
+    grounding = match_answer(parsed.items, item.entities, codec, size)
+    entities = []
+    for e in item.entities:
+        if e.key in grounding.boxes:
+            entities.append(attrs.evolve(e, boxes=tuple(grounding.boxes[e.key]),
+                                         grounded_by=SOURCE_MLLM))
+        else:
+            entities.append(e)
+    answered = sum(1 for e in item.entities if e.key in grounding.boxes)
+    counts = Counter(grounding.counts)
+    counts["entities_grounded"] = answered
+    counts["entities_with_boxes"] = sum(1 for e in entities if e.grounded_by == SOURCE_MLLM
+                                        and e.boxes)
+    counts["entities_unanswered"] = len(item.entities) - answered
+    counters.update(counts)
+    counters.add("answers_repaired", int(parsed.repaired))
+    info["outcome"] = "truncated" if parsed.truncated else "ok"
+    info.update({k: v for k, v in counts.items() if v})
+    failures = item.failures
+    if parsed.truncated:
+        counters.add("answers_truncated")
+        failures = (*failures, Failure(
+            STAGE, "truncated",
+            f"answer cut off after {len(parsed.items)} complete items; "
+            "entities it did not reach have no boxes",
+        ))
+    return SampleResult(item.sample, tuple(entities), failures, {**meta, STAGE: info})
+
+
+def _needs_call(r: SampleResult) -> bool:
+    img = r.sample.image
+    return bool(r.entities) and img is not None and img.available
+
+
+def run_ground(
+    results: Sequence[SampleResult],
+    pool: Sequence[Sample],
+    selector: ContextSelector,
+    backend: MLLMBackend,
+    labels: LabelSet,
+    settings: GroundSettings,
+    out_path: Path,
+    *,
+    debug: bool = False,
+) -> tuple[list[SampleResult], StageSummary]:
+    """Ground every result's entities through ``backend``; resumable through ``out_path``.
+
+    ``selector`` must already be indexed on ``pool`` (the labelled samples with
+    gold boxes); ``pool`` is only used for the summary.
+    """
+    out_path = Path(out_path)
+    forgotten = forget_skipped(out_path, STAGE)
+    if not settings.enabled:
+        return skip_stage(STAGE, results, out_path, needs_call=_needs_call,
+                          reason="the ground stage is disabled in the config",
+                          backend=backend.describe(), reason_key="disabled")
+    reason = backend.check_available()
+    if reason is None and not backend.supports_images:
+        reason = f"{backend.describe()} is text-only; grounding needs a backend that sees images"
+    if reason:
+        return skip_stage(STAGE, results, out_path, needs_call=_needs_call, reason=reason,
+                          backend=backend.describe())
+    counters = Counters()
+    select_lock = threading.Lock()
+
+    def process(item: SampleResult) -> SampleResult:
+        return _ground_one(item, selector, select_lock, backend, labels, settings, counters,
+                           debug)
+
+    out, summary = run_stage(
+        STAGE, results, process, out_path,
+        workers=backend.max_concurrency, unit="sample", debug=debug,
+    )
+    summary.counters.update(counters.counts)
+    summary.counters["demo_pool"] = len(pool)
+    if forgotten:
+        summary.counters["redone_after_skip"] = forgotten
+    summary.notes["backend"] = backend.describe()
+    summary.notes["box_frame"] = backend.box_codec.describe()
+    return out, summary

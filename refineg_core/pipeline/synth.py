@@ -1,0 +1,394 @@
+"""Stage 1's data synthesis: seeds -> LLM -> validated, de-duplicated, tagged training data.
+
+The synthesizer plugin only asks and parses; this module makes the result safe
+to train on and cheap to rerun:
+
+* every candidate is validated (non-empty text; each ``(name, type)`` has a
+  type in the label set — case-insensitive — and the name occurs in the text on
+  token boundaries, found with the same ``tag_names`` the data readers use). A
+  candidate with one bad entity is dropped whole: keeping the sentence without
+  that entity would teach the tagger to miss it. Each drop is counted by reason;
+* candidates are de-duplicated against the seeds and each other (case,
+  whitespace and punctuation spacing ignored);
+* seeds run concurrently (``backend.max_concurrency`` threads); each finished
+  seed appends its samples to ``synthetic.jsonl`` and then a record to
+  ``done.jsonl``, so a killed run resumes where it stopped (samples of a seed
+  without a done record are discarded and regenerated);
+* ``synthetic.conll`` and ``report.json`` (the yield) are written at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import threading
+import time
+import traceback
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+import pydantic
+
+from refineg_core.chat import ChatRequest, ChatResponse, Usage
+from refineg_core.errors import BackendError, BackendUnavailable, DataError
+from refineg_core.formats.conll import write_conll
+from refineg_core.formats.native import sample_from_dict, sample_to_dict
+from refineg_core.hooks import get_hooks
+from refineg_core.interfaces import MLLMBackend, Synthesizer
+from refineg_core.labels import LabelSet, tag_names, tags_to_spans, tokenize
+from refineg_core.pipeline.runner import failure_from_exception
+from refineg_core.progress import bar
+from refineg_core.types import Entity, Sample, SynthesisCandidate
+
+STAGE = "synth"
+SAMPLES_FILE = "synthetic.jsonl"
+CONLL_FILE = "synthetic.conll"
+DONE_FILE = "done.jsonl"
+REPORT_FILE = "report.json"
+
+# Drop reasons, in the order they are checked.
+EMPTY_TEXT = "empty_text"
+BAD_ENTITY = "malformed_entity"
+UNKNOWN_TYPE = "unknown_type"
+CONFLICTING_TYPES = "conflicting_types"
+NAME_NOT_IN_TEXT = "name_not_in_text"
+DUPLICATE_OF_SEED = "duplicate_of_seed"
+DUPLICATE = "duplicate"
+
+
+class SynthSettings(pydantic.BaseModel):
+    """The ``[synth]`` config section."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+    scheme: Literal["BIO", "BIOES"] = "BIO"
+    workers: int | None = pydantic.Field(None, ge=1, description="default: backend.max_concurrency")
+    retries: int = pydantic.Field(1, ge=0, description="extra attempts on a retryable error")
+    limit: int | None = pydantic.Field(None, ge=0, description="use only the first N seeds")
+    dedupe: bool = True
+    retry_failed: bool = pydantic.Field(True, description="a rerun retries seeds that failed")
+
+
+@attrs.define
+class SynthesisReport:
+    """The yield of a synthesis run (all seeds done so far, resumed ones included)."""
+
+    seeds: int = 0
+    resumed: int = 0
+    processed: int = 0
+    failed: int = 0
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    generated: int = 0
+    kept: int = 0
+    kept_by_kind: Counter = attrs.field(factory=Counter)
+    dropped: Counter = attrs.field(factory=Counter)
+    failure_kinds: Counter = attrs.field(factory=Counter)
+    seconds: float = 0.0
+    seconds_per_seed: list[float] = attrs.field(factory=list)
+    outputs: dict[str, str] = attrs.field(factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        per = self.seconds_per_seed
+        return {
+            "seeds": self.seeds,
+            "resumed": self.resumed,
+            "processed": self.processed,
+            "failed": self.failed,
+            "requests": self.requests,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "generated": self.generated,
+            "kept": self.kept,
+            "kept_by_kind": dict(self.kept_by_kind),
+            "dropped": dict(sorted(self.dropped.items())),
+            "yield": round(self.kept / self.generated, 4) if self.generated else 0.0,
+            "failure_kinds": dict(self.failure_kinds),
+            "seconds": round(self.seconds, 3),
+            "seconds_per_seed_mean": round(statistics.fmean(per), 3) if per else 0.0,
+            "seconds_per_seed_median": round(statistics.median(per), 3) if per else 0.0,
+            "outputs": self.outputs,
+        }
+
+
+def normalize_for_dedupe(text: str) -> str:
+    """Same sentence up to case, whitespace and spacing around punctuation."""
+    return " ".join(tokenize(text.casefold()))
+
+
+def check_candidate(
+    candidate: SynthesisCandidate, labels: LabelSet
+) -> tuple[tuple[str, ...], tuple[Entity, ...]] | str:
+    """Tokens and entities of a valid candidate, or the reason it is invalid."""
+    text = candidate.text.strip()
+    tokens = tuple(tokenize(text))
+    if not tokens:
+        return EMPTY_TEXT
+    canonical = {t.casefold(): t for t in labels.types}
+    pairs: dict[str, tuple[str, str]] = {}
+    for name, etype in candidate.entities:
+        if not name.strip() or not etype.strip():
+            return BAD_ENTITY
+        real = canonical.get(etype.strip().casefold())
+        if real is None:
+            return UNKNOWN_TYPE
+        key = " ".join(name.split()).casefold()
+        if key in pairs and pairs[key][1] != real:
+            return CONFLICTING_TYPES
+        pairs[key] = (name, real)
+    try:
+        tags, missing = tag_names(tokens, pairs.values())
+    except DataError:
+        return CONFLICTING_TYPES
+    if missing:
+        return NAME_NOT_IN_TEXT
+    entities = tuple(
+        Entity(s, e, t, " ".join(tokens[s:e])) for s, e, t in tags_to_spans(tags).spans
+    )
+    return tokens, entities
+
+
+class _CountingBackend(MLLMBackend):
+    """Wraps the real backend for one seed, counting requests and tokens."""
+
+    def __init__(self, inner: MLLMBackend) -> None:
+        super().__init__(inner.options, inner.labels)
+        self.inner = inner
+        self.requests = 0
+        self.usage = Usage()
+        self._lock = threading.Lock()
+
+    supports_images = False
+
+    def complete(self, request: ChatRequest) -> ChatResponse:
+        with self._lock:
+            self.requests += 1
+        response = self.inner.complete(request)
+        with self._lock:
+            self.usage = self.usage + response.usage
+        return response
+
+    @property
+    def box_codec(self):  # type: ignore[override]
+        return self.inner.box_codec
+
+    @property
+    def max_concurrency(self) -> int:
+        return self.inner.max_concurrency
+
+    def describe(self) -> str:
+        return self.inner.describe()
+
+    def cache_identity(self) -> dict:
+        return self.inner.cache_identity()
+
+
+@attrs.frozen
+class _SeedOutcome:
+    seed: Sample
+    candidates: tuple[SynthesisCandidate, ...]
+    requests: int
+    usage: Usage
+    seconds: float
+    failure: dict[str, str] | None
+
+
+class _JsonlAppender:
+    """Append-only JSONL, flushed per line; a torn last line from a kill is cut first."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        if path.exists():
+            data = path.read_bytes()
+            if data and not data.endswith(b"\n"):
+                path.write_bytes(data[: data.rfind(b"\n") + 1])
+        self._fh = path.open("a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def _load_records(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    _JsonlAppender(path).close()  # repair a torn tail
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            out.append(json.loads(line))
+    return out
+
+
+def _synthesize_one(seed: Sample, synthesizer: Synthesizer, backend: MLLMBackend,
+                    retries: int, debug: bool) -> _SeedOutcome:
+    counting = _CountingBackend(backend)
+    started = time.perf_counter()
+    failure = None
+    candidates: list[SynthesisCandidate] = []
+    for attempt in range(retries + 1):
+        try:
+            candidates = synthesizer.synthesize(seed, counting)
+            failure = None
+            break
+        except Exception as exc:  # one bad seed never stops a run
+            if debug:
+                traceback.print_exc()
+            failure = failure_from_exception(STAGE, exc).as_dict()
+            retryable = (isinstance(exc, BackendError) and exc.retryable
+                         and not isinstance(exc, BackendUnavailable))
+            if not retryable or attempt == retries:
+                break
+            time.sleep(min(0.2 * 2**attempt, 2.0))
+    return _SeedOutcome(seed, tuple(candidates), counting.requests, counting.usage,
+                        time.perf_counter() - started, failure)
+
+
+def run_synthesis(
+    seeds: Sequence[Sample],
+    synthesizer: Synthesizer,
+    backend: MLLMBackend,
+    labels: LabelSet,
+    settings: SynthSettings,
+    out_dir: Path | str,
+    *,
+    debug: bool = False,
+) -> SynthesisReport:
+    """Synthesize from every seed not yet done; return the yield over all done seeds."""
+    started = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {name: out / name for name in (SAMPLES_FILE, CONLL_FILE, DONE_FILE, REPORT_FILE)}
+    reason = backend.check_available()
+    if reason:
+        raise BackendUnavailable(f"{backend.describe()}: {reason}", where="synth")
+    chosen = list(seeds[: settings.limit] if settings.limit is not None else seeds)
+
+    # What an earlier run finished: the last record per seed wins.
+    records = {r["seed_id"]: r for r in _load_records(paths[DONE_FILE])}
+    finished = {sid for sid, r in records.items()
+                if r.get("failure") is None or not settings.retry_failed}
+    kept_before = [sample_from_dict(r) for r in _load_records(paths[SAMPLES_FILE])]
+    kept = [s for s in kept_before if s.meta.get("seed_id") in finished]
+    if len(kept) != len(kept_before):  # samples of a seed interrupted before its record
+        with paths[SAMPLES_FILE].open("w", encoding="utf-8") as fh:
+            for s in kept:
+                fh.write(json.dumps(sample_to_dict(s), ensure_ascii=False) + "\n")
+
+    seed_texts = {normalize_for_dedupe(s.text) for s in seeds}
+    seen = {normalize_for_dedupe(s.text) for s in kept}
+    todo = [s for s in chosen if s.id not in finished]
+    report = SynthesisReport(seeds=len(chosen), resumed=len(chosen) - len(todo))
+    workers = settings.workers or max(1, backend.max_concurrency)
+    hooks = get_hooks()
+    hooks.stage_started(STAGE, len(todo))
+
+    samples_out = _JsonlAppender(paths[SAMPLES_FILE])
+    done_out = _JsonlAppender(paths[DONE_FILE])
+    progress = bar(desc=STAGE, total=len(todo), unit="seed")
+
+    def absorb(outcome: _SeedOutcome) -> None:
+        dropped: Counter = Counter()
+        by_kind: Counter = Counter()
+        n_kept = 0
+        for cand in outcome.candidates:
+            checked = check_candidate(cand, labels)
+            if isinstance(checked, str):
+                dropped[checked] += 1
+                continue
+            tokens, entities = checked
+            norm = " ".join(t.casefold() for t in tokens)
+            if settings.dedupe and norm in seed_texts:
+                dropped[DUPLICATE_OF_SEED] += 1
+                continue
+            if settings.dedupe and norm in seen:
+                dropped[DUPLICATE] += 1
+                continue
+            seen.add(norm)
+            sample = Sample(
+                f"{outcome.seed.id}-syn{n_kept}", tokens, cand.text.strip(), None, entities,
+                meta={"synthetic": True, "seed_id": outcome.seed.id, "kind": cand.kind},
+            )
+            samples_out.write(sample_to_dict(sample))
+            kept.append(sample)
+            n_kept += 1
+            by_kind[cand.kind] += 1
+        done_out.write({
+            "seed_id": outcome.seed.id,
+            "requests": outcome.requests,
+            "prompt_tokens": outcome.usage.prompt_tokens,
+            "completion_tokens": outcome.usage.completion_tokens,
+            "generated": len(outcome.candidates),
+            "kept": n_kept,
+            "kept_by_kind": dict(by_kind),
+            "dropped": dict(dropped),
+            "seconds": round(outcome.seconds, 3),
+            "failure": outcome.failure,
+        })
+
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            queue = iter(todo)
+            pending: set[Future] = set()
+
+            def refill() -> None:
+                for seed in queue:
+                    pending.add(pool.submit(_synthesize_one, seed, synthesizer, backend,
+                                            settings.retries, debug))
+                    if len(pending) >= workers * 2:
+                        break
+
+            refill()
+            while pending:
+                finished_now, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished_now:
+                    pending.discard(fut)
+                    absorb(fut.result())
+                    report.processed += 1
+                    progress.update(1)
+                refill()
+    finally:
+        progress.close()
+        samples_out.close()
+        done_out.close()
+
+    # The yield over every seed of this selection, resumed ones included; a seed
+    # tried in several runs contributes all its requests and seconds (the cost),
+    # and its last record says whether it failed.
+    chosen_ids = {s.id for s in chosen}
+    per_seed_seconds: dict[str, float] = {}
+    last: dict[str, dict[str, Any]] = {}
+    for rec in _load_records(paths[DONE_FILE]):
+        sid = rec["seed_id"]
+        if sid not in chosen_ids:
+            continue
+        last[sid] = rec
+        report.requests += rec["requests"]
+        report.prompt_tokens += rec.get("prompt_tokens", 0)
+        report.completion_tokens += rec.get("completion_tokens", 0)
+        report.generated += rec["generated"]
+        report.kept += rec["kept"]
+        report.kept_by_kind.update(rec.get("kept_by_kind", {}))
+        report.dropped.update(rec.get("dropped", {}))
+        per_seed_seconds[sid] = per_seed_seconds.get(sid, 0.0) + rec["seconds"]
+    report.seconds_per_seed = list(per_seed_seconds.values())
+    for rec in last.values():
+        if rec.get("failure"):
+            report.failed += 1
+            report.failure_kinds[rec["failure"]["kind"]] += 1
+
+    write_conll(kept, paths[CONLL_FILE], scheme=settings.scheme)
+    report.seconds = time.perf_counter() - started
+    report.outputs = {"jsonl": str(paths[SAMPLES_FILE]), "conll": str(paths[CONLL_FILE]),
+                      "done": str(paths[DONE_FILE]), "report": str(paths[REPORT_FILE])}
+    paths[REPORT_FILE].write_text(json.dumps(report.as_dict(), indent=1), encoding="utf-8")
+    hooks.stage_finished(STAGE, report.as_dict())
+    return report

@@ -1,0 +1,145 @@
+"""The response cache: reruns are free, errors are not remembered, images are in the key."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+from PIL import Image
+from refineg_openai.backend import OpenAIBackend
+
+from refineg_core.chat import ChatMessage, ChatRequest, ImagePart, TextPart, Usage
+from refineg_core.errors import BackendError, BackendUnavailable
+from refineg_core.mllm_cache import CachedBackend
+from tests.fakeserver import FakeOpenAIServer, error, ok
+
+
+@pytest.fixture
+def server():
+    with FakeOpenAIServer(responder=lambda req: ok(f"echo: {req.text}", prompt_tokens=9,
+                                                   completion_tokens=3)) as srv:
+        yield srv
+
+
+def openai(server, **kw) -> OpenAIBackend:
+    return OpenAIBackend(OpenAIBackend.Options(base_url=server.base_url, model="fake-model",
+                                               retries=1, backoff_base=0.01, **kw))
+
+
+def requests(n: int) -> list[ChatRequest]:
+    return [ChatRequest((ChatMessage.text("user", f"question {i}"),)) for i in range(n)]
+
+
+def run_job(backend, reqs) -> list[str]:
+    """Like a stage: call from several threads, return answers in order."""
+    out: list[str | None] = [None] * len(reqs)
+
+    def work(i: int) -> None:
+        out[i] = backend.complete(reqs[i]).text
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(reqs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return [o or "" for o in out]
+
+
+def test_second_run_makes_zero_calls(server, tmp_path):
+    reqs = requests(12)
+    first = CachedBackend(openai(server, concurrency=4), tmp_path / "cache")
+    answers = run_job(first, reqs)
+    assert len(server.chat_requests) == 12
+    assert first.stats["calls"] == 12 and first.stats["hits"] == 0
+    assert first.usage == Usage(12 * 9, 12 * 3)
+
+    # a fresh process-like object over the same folder: the rerun of the same job
+    server.reset()
+    second = CachedBackend(openai(server, concurrency=4), tmp_path / "cache")
+    again = run_job(second, reqs)
+    assert again == answers
+    assert server.chat_requests == []
+    assert second.stats["calls"] == 0 and second.stats["hits"] == 12
+    assert second.saved_usage == Usage(12 * 9, 12 * 3)
+    assert all(second.complete(r).cached for r in reqs)
+
+
+def test_identical_requests_in_flight_make_one_call(server, tmp_path):
+    server.latency = 0.2
+    cached = CachedBackend(openai(server, concurrency=8), tmp_path / "c")
+    run_job(cached, requests(1) * 8)
+    assert len(server.chat_requests) == 1
+    assert cached.stats["calls"] == 1 and cached.stats["hits"] == 7
+
+
+def test_errors_are_not_cached(server, tmp_path):
+    server.script(error(500), error(500))  # both attempts of the first call fail
+    cached = CachedBackend(openai(server), tmp_path / "c")
+    (req,) = requests(1)
+    with pytest.raises(BackendError):
+        cached.complete(req)
+    assert cached.stats["errors"] == 1
+    assert not list((tmp_path / "c").rglob("*.json"))
+    assert cached.complete(req).text == "echo: question 0"  # asked again, not a cached error
+    assert cached.stats["calls"] == 2
+    assert len(list((tmp_path / "c").rglob("*.json"))) == 1
+
+
+def test_image_bytes_change_the_key(server, tmp_path):
+    img = tmp_path / "img.png"
+    Image.new("RGB", (64, 48), (0, 0, 0)).save(img)
+    req = ChatRequest((ChatMessage("user", (ImagePart(img), TextPart("what?"))),))
+    cached = CachedBackend(openai(server), tmp_path / "c")
+    k1 = cached.key(req)
+    cached.complete(req)
+    assert cached.complete(req).cached
+    Image.new("RGB", (64, 48), (255, 255, 255)).save(img)  # same path, new pixels
+    assert cached.key(req) != k1
+    assert not cached.complete(req).cached
+    assert len(server.chat_requests) == 2
+
+
+def test_backend_identity_changes_the_key(server, tmp_path):
+    (req,) = requests(1)
+    a = CachedBackend(openai(server, temperature=0.1), tmp_path / "c")
+    b = CachedBackend(openai(server, temperature=0.7), tmp_path / "c")
+    c = CachedBackend(openai(server, temperature=0.1, concurrency=32, timeout=5), tmp_path / "c")
+    assert a.key(req) != b.key(req)
+    assert a.key(req) == c.key(req)  # speed settings do not change answers
+
+
+def test_corrupt_entry_is_a_miss_and_is_rewritten(server, tmp_path):
+    (req,) = requests(1)
+    cached = CachedBackend(openai(server), tmp_path / "c")
+    cached.complete(req)
+    path = cached.path_for(cached.key(req))
+    path.write_text('{"response": {"te')  # torn by hand
+    assert not cached.complete(req).cached
+    assert cached.stats["corrupt"] == 1
+    assert json.loads(path.read_text())["response"]["text"] == "echo: question 0"
+    assert not list(path.parent.glob("*.tmp"))
+
+
+def test_replays_from_cache_when_backend_is_down(server, tmp_path):
+    reqs = requests(3)
+    live = CachedBackend(openai(server), tmp_path / "c")
+    run_job(live, reqs[:2])
+    server.stop()
+    offline = CachedBackend(openai(server), tmp_path / "c")
+    assert offline.inner.check_available() is not None
+    assert offline.check_available() is None  # the cache can still answer
+    assert offline.complete(reqs[0]).cached
+    with pytest.raises(BackendUnavailable, match="not in the cache"):
+        offline.complete(reqs[2])
+    assert offline.stats["calls"] == 0
+
+
+def test_delegates_contract(server, tmp_path):
+    inner = openai(server, concurrency=5, box_frame="qwen2-vl")
+    cached = CachedBackend(inner, tmp_path / "c")
+    assert cached.max_concurrency == 5
+    assert cached.box_codec is inner.box_codec
+    assert cached.cache_identity() == inner.cache_identity()
+    assert inner.describe() in cached.describe()
+    assert cached.supports_images
