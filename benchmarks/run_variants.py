@@ -62,7 +62,7 @@ def run_variant(config_path: Path, variant: dict[str, Any], out: Path, extra: li
     for stage, metrics in summary.get("eval", {}).items():
         for metric, f1 in metrics.items():
             if f1 is not None:
-                row[f"{stage}:{metric}_f1"] = round(100 * f1, 2)
+                row[f"{stage}:{metric}_f1"] = round(f1, 2)
     return row
 
 

@@ -249,6 +249,7 @@ class Qwen2VLCodec(NormalizedCodec):
     ) -> None:
         super().__init__(1000)
         self._resize = Qwen25VLCodec(min_pixels, max_pixels, factor)
+        self.min_pixels, self.max_pixels, self.factor = min_pixels, max_pixels, factor
 
     def model_size(self, original: tuple[int, int]) -> tuple[int, int]:
         return self._resize.model_size(original)

@@ -152,7 +152,7 @@ def print_summary(summary: dict[str, Any]) -> None:
     for stage, metrics in summary.get("eval", {}).items():
         _say(
             f"eval after {stage}: "
-            + ", ".join(f"{k} F1={v * 100:.2f}" for k, v in metrics.items() if v is not None)
+            + ", ".join(f"{k} F1={v:.2f}" for k, v in metrics.items() if v is not None)
         )
 
 

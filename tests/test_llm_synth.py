@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 
 import pytest
+from refineg_llm_synth.parsing import UnparsableAnswer, parse_samples
+from refineg_llm_synth.synthesizer import LLMSynthesizer
 
 from refineg_core.chat import ChatRequest, ChatResponse, Usage
 from refineg_core.errors import BackendError
@@ -26,8 +28,6 @@ from refineg_core.pipeline.synth import (
     run_synthesis,
 )
 from refineg_core.types import Entity, Sample, SynthesisCandidate
-from refineg_llm_synth.parsing import UnparsableAnswer, parse_samples
-from refineg_llm_synth.synthesizer import LLMSynthesizer
 
 CCKS_LABELS = LabelSet({
     "vehicle": "a specific land vehicle model or class, e.g. PUMA, Leopard 2",

@@ -77,9 +77,9 @@ class BertCrfTagger(Tagger):
         epochs: int = pydantic.Field(10, ge=1)
         batch_size: int = pydantic.Field(32, ge=1)
         eval_batch_size: int = pydantic.Field(64, ge=1)
-        lr: PosFloat = 5e-5
+        lr: PosFloat = 1e-4
         head_lr: PosFloat | None = pydantic.Field(
-            1e-3, description="emission + shape layers (None: same as lr)")
+            3e-3, description="emission + shape layers (None: same as lr)")
         crf_lr: PosFloat = 1e-2
         weight_decay: pydantic.confloat(ge=0, allow_inf_nan=False) = 0.01
         max_length: int = pydantic.Field(128, ge=8, description="sub-words per encoder window")

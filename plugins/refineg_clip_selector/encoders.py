@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -75,9 +76,16 @@ class TextEncoder:
         self.batch_size = batch_size
         self.dim = int(self.model.config.hidden_size)
         self.identity = f"text-{folder_fingerprint(folder)}-mean-l{max_length}"
+        # A fast tokenizer is not safe to call from several threads at once
+        # ("Already borrowed"), and select() may be called from a stage's workers.
+        self._lock = threading.Lock()
+
+    def encode(self, texts: Sequence[str], *, desc: str = "embed text") -> np.ndarray:
+        with self._lock:
+            return self._encode(texts, desc)
 
     @torch.inference_mode()
-    def encode(self, texts: Sequence[str], *, desc: str = "embed text") -> np.ndarray:
+    def _encode(self, texts: Sequence[str], desc: str) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
@@ -149,6 +157,7 @@ class ImageEncoder:
         self.batch_size = batch_size
         self.dim = int(getattr(clip.visual, "output_dim", 0) or self._probe_dim())
         self.identity = "image-" + hashlib.sha256(ident.encode()).hexdigest()[:16]
+        self._lock = threading.Lock()
 
     @torch.inference_mode()
     def _probe_dim(self) -> int:
@@ -166,8 +175,12 @@ class ImageEncoder:
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
             return None
 
-    @torch.inference_mode()
     def encode(self, pixels: Sequence[torch.Tensor], *, desc: str = "embed images") -> np.ndarray:
+        with self._lock:
+            return self._encode(pixels, desc)
+
+    @torch.inference_mode()
+    def _encode(self, pixels: Sequence[torch.Tensor], desc: str) -> np.ndarray:
         out = np.zeros((len(pixels), self.dim), dtype=np.float32)
         progress = bar(desc=desc, total=len(pixels), unit="img")
         try:

@@ -16,25 +16,32 @@ import numpy as np
 
 @attrs.frozen(eq=False)
 class EntityIndex:
-    """All pool entities flattened: row-aligned name embeddings, owner rows and type ids.
+    """All pool entities flattened: name embeddings, owner pool rows and type ids.
 
     Entities are sorted by owner, so each owner's entities are one contiguous
-    segment starting at ``starts[i]`` for owner ``owners[i]``.
+    segment starting at ``starts[i]`` (its owner is ``owner[starts[i]]``).
     """
 
-    vectors: np.ndarray  # (M, d) float32, L2-normalised
+    vectors_t: np.ndarray  # (d, M) float32, L2-normalised columns (see ``build``)
     owner: np.ndarray  # (M,) int64, pool row of each entity, non-decreasing
     type_id: np.ndarray  # (M,) int64
     n_pool: int
+    #: First entity of each owner's segment (computed once, reused by every query).
+    starts: np.ndarray = attrs.field(init=False, default=attrs.Factory(
+        lambda self: np.flatnonzero(np.r_[True, self.owner[1:] != self.owner[:-1]])
+        if len(self.owner) else np.zeros(0, dtype=np.int64), takes_self=True))
+    counts: np.ndarray = attrs.field(init=False, default=attrs.Factory(
+        lambda self: np.diff(np.r_[self.starts, len(self.owner)]), takes_self=True))
 
-    @property
-    def owners(self) -> np.ndarray:
-        return np.unique(self.owner)
-
-    @property
-    def starts(self) -> np.ndarray:
-        return np.flatnonzero(np.r_[True, self.owner[1:] != self.owner[:-1]]) if len(
-            self.owner) else np.zeros(0, dtype=np.int64)
+    @classmethod
+    def build(cls, vectors: np.ndarray, owner: np.ndarray, type_id: np.ndarray,
+              n_pool: int) -> EntityIndex:
+        """Store the (M, d) name vectors transposed and contiguous: ``q @ V`` with a
+        contiguous (d, M) matrix is several times faster than through a ``.T`` view."""
+        order = np.argsort(owner, kind="stable")
+        vecs = np.asarray(vectors, dtype=np.float32)[order]
+        return cls(np.ascontiguousarray(vecs.T), np.asarray(owner, dtype=np.int64)[order],
+                   np.asarray(type_id, dtype=np.int64)[order], n_pool)
 
 
 def entity_similarity(
@@ -51,9 +58,9 @@ def entity_similarity(
     just for having them. NaN for rows without entities.
     """
     out = np.full(index.n_pool, np.nan, dtype=np.float32)
-    if len(query_vecs) == 0 or len(index.vectors) == 0:
+    if len(query_vecs) == 0 or index.vectors_t.shape[1] == 0:
         return out
-    sims = query_vecs @ index.vectors.T  # (nq, M)
+    sims = query_vecs @ index.vectors_t  # (nq, M)
     if type_bonus:
         sims = sims + type_bonus * (query_types[:, None] == index.type_id[None, :])
     starts = index.starts
@@ -61,8 +68,7 @@ def entity_similarity(
     if agg == "max":
         out[owners] = np.maximum.reduceat(sims.max(axis=0), starts)
     else:
-        counts = np.diff(np.r_[starts, len(index.owner)])
-        out[owners] = np.add.reduceat(sims.sum(axis=0), starts) / (len(query_vecs) * counts)
+        out[owners] = np.add.reduceat(sims.sum(axis=0), starts) / (len(query_vecs) * index.counts)
     return out
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -105,14 +106,19 @@ class ClipSimilaritySelector(ContextSelector):
         if opts.variant == "image" and self._image_reason:
             raise PluginError(f"variant 'image' needs CLIP weights: {self._image_reason}",
                               where="selector.options.variant")
-        #: Items actually run through an encoder by the last ``index()`` (0 = all cached).
-        self.embedded_count = 0
+        #: Items run through an encoder by the last ``index()``, by kind ("string", "image").
+        self.embedded: Counter[str] = Counter()
         #: Pool samples whose image is missing or unreadable (scored without it).
         self.missing_images = 0
         #: Queries scored on text because their variant's component was unavailable.
         self.fallbacks = 0
         self._pool: list[Sample] = []
         self._indexed = False
+
+    @property
+    def embedded_count(self) -> int:
+        """How many items the last ``index()`` embedded (0 when everything was cached)."""
+        return sum(self.embedded.values())
 
     # ------------------------------------------------------------------ encoders
     @property
@@ -163,7 +169,8 @@ class ClipSimilaritySelector(ContextSelector):
                 self._strings.add(todo, vecs)
             else:
                 self._strings.remember(todo, vecs)
-            self.embedded_count += len(todo) if persist else 0
+            if persist:
+                self.embedded["string"] += len(todo)
         return self._strings.get(keys, enc.dim)
 
     # --------------------------------------------------------------------- index
@@ -174,7 +181,7 @@ class ClipSimilaritySelector(ContextSelector):
             log.info("clip_similarity: image similarity off (%s); fusing text and entity only",
                      self._image_reason)
         self._pool = list(pool)
-        self.embedded_count = 0
+        self.embedded = Counter()
         self.missing_images = 0
         n = len(self._pool)
         self._row_of: dict[str, list[int]] = {}
@@ -205,8 +212,8 @@ class ClipSimilaritySelector(ContextSelector):
         self._type_ids = types
         vecs = (self._embed_strings(names, persist=True, desc="embed pool entities")
                 if names else np.zeros((0, self._text_encoder().dim), dtype=np.float32))
-        self._entities = EntityIndex(vecs, np.asarray(owner, dtype=np.int64),
-                                     np.asarray(type_id, dtype=np.int64), len(self._pool))
+        self._entities = EntityIndex.build(vecs, np.asarray(owner, dtype=np.int64),
+                                           np.asarray(type_id, dtype=np.int64), len(self._pool))
 
     def _image_key(self, sample: Sample) -> tuple[str | None, bytes | None]:
         if sample.image is None or sample.image.path is None:
@@ -238,7 +245,7 @@ class ClipSimilaritySelector(ContextSelector):
                 ok.append(key)
             if ok:
                 self._images.add(ok, enc.encode(pixels, desc="embed pool images"))
-                self.embedded_count += len(ok)
+                self.embedded["image"] += len(ok)
         vecs = np.full((len(self._pool), enc.dim), np.nan, dtype=np.float32)
         has = np.zeros(len(self._pool), dtype=bool)
         for i, key in enumerate(keys):

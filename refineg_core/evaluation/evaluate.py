@@ -35,6 +35,32 @@ def _unique_ids(items: Iterable[Prediction], what: str) -> dict[str, Prediction]
     return by_id
 
 
+def _check_tokens(gold: Sample, pred: Sample) -> None:
+    """Spans only compare when both sides tokenized the text the same way."""
+    tokens = pred.tokens
+    if tokens and tuple(tokens) != tuple(gold.tokens):
+        pairs = zip(tokens, gold.tokens, strict=False)
+        at = next((i for i, (a, b) in enumerate(pairs) if a != b),
+                  min(len(tokens), len(gold.tokens)))
+        raise DataError(
+            f"predicted tokens differ from the gold tokens at token {at} "
+            f"({len(tokens)} vs {len(gold.tokens)} tokens), so token spans cannot be "
+            "compared; use the name-based variant (--by-name)",
+            where=f"sample {gold.id!r}",
+        )
+
+
+def _numbers(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Plugin metrics as JSON-safe values (numpy scalars become floats)."""
+    out: dict[str, Any] = {}
+    for name, value in metrics.items():
+        try:
+            out[str(name)] = float(value)
+        except (TypeError, ValueError):
+            out[str(name)] = str(value)
+    return out
+
+
 def _dedup_boxes(boxes: Iterable[Box]) -> tuple[Box, ...]:
     return tuple(dict.fromkeys(boxes))
 
@@ -120,6 +146,9 @@ def evaluate(
             missing.append(sid)
             pred = SampleResult(attrs.evolve(g, entities=(), meta={}), ())
         aligned.append(pred)
+        pred_sample = pred.sample if isinstance(pred, SampleResult) else pred
+        if not by_name:
+            _check_tokens(g, pred_sample)
         p_ents = _entities(pred)
         multi_box += sum(len(e.boxes) > 1 for e in p_ents)
         failed += bool(isinstance(pred, SampleResult) and pred.failures)
@@ -130,8 +159,7 @@ def evaluate(
         ):
             if by_name:
                 golds = _name_items([*_named(g, g.entities), *extra_gold], with_type=with_type)
-                preds = _name_items(_named(pred.sample if isinstance(pred, SampleResult)
-                                           else pred, p_ents), with_type=with_type)
+                preds = _name_items(_named(pred_sample, p_ents), with_type=with_type)
             else:
                 golds, preds = _span_items(g.entities), _span_items(p_ents)
             count_sample(
@@ -152,7 +180,7 @@ def evaluate(
     }
     extra: dict[str, Any] = {}
     if extra_metrics:
-        extra = (hooks or get_hooks()).extra_metrics(list(gold_by_id.values()), aligned)
+        extra = _numbers((hooks or get_hooks()).extra_metrics(list(gold_by_id.values()), aligned))
     return EvaluationReport(
         gmner=score(totals["gmner"]),
         mner=score(totals["mner"]),

@@ -15,6 +15,10 @@ reference code was silent):
   so a duplicated prediction is a false positive, never a second true
   positive. Within a key (same span and type) the largest possible matching
   is taken, so the order of duplicates never changes the counts.
+* Name-based variant: without spans, mentions that share a normalised name
+  (and type) cannot be told apart, so on both sides they are one entity whose
+  boxes are the union of the mentions' boxes, in order.
+* Every sample counts, also when its gold or its prediction is empty.
 """
 
 from __future__ import annotations

@@ -98,6 +98,9 @@ class EvaluationReport:
                 "identity": "name" if self.by_name else "span",
                 "iou_threshold": self.iou_threshold,
                 "region": "first predicted box vs any gold box (IoU > threshold); None == None",
+                "matching": "one-to-one: a duplicated prediction is a false positive"
+                + ("; mentions sharing a normalised name (and type) are one entity"
+                   if self.by_name else ""),
             },
             **{t: self.task(t).to_dict() for t in TASKS},
             "per_type": {k: v.to_dict() for k, v in sorted(self.per_type.items())},

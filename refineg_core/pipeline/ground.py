@@ -107,8 +107,8 @@ def box_candidates(value: Any) -> list[Any]:
     if isinstance(value, (list, tuple)):
         if not value:
             return []
-        if len(value) == 4 and not any(isinstance(v, (list, tuple, dict)) for v in value):
-            return [list(value)]
+        if not any(isinstance(v, (list, tuple, dict)) for v in value):
+            return [list(value)]  # one flat box (the codec rejects a wrong length)
         out: list[Any] = []
         for v in value:
             out.extend(box_candidates(v) if isinstance(v, (list, tuple, dict)) else [v])
@@ -203,7 +203,7 @@ def usable_demos(
 
 def _ground_one(
     item: SampleResult,
-    selector: ContextSelector,
+    selector: ContextSelector | None,
     select_lock: threading.Lock,
     backend: MLLMBackend,
     labels: LabelSet,
@@ -221,7 +221,7 @@ def _ground_one(
         return item
     query = attrs.evolve(item.sample, entities=item.entities)  # predicted, never gold
     demos: list[Demonstration] = []
-    if settings.k > 0:
+    if settings.k > 0 and selector is not None:
         with select_lock:  # selectors hold models that are not thread-safe
             chosen = selector.select(query, settings.k + 1)
         demos, dropped = usable_demos(chosen, item.id, settings.k)
@@ -300,7 +300,7 @@ def _needs_call(r: SampleResult) -> bool:
 def run_ground(
     results: Sequence[SampleResult],
     pool: Sequence[Sample],
-    selector: ContextSelector,
+    selector: ContextSelector | None,
     backend: MLLMBackend,
     labels: LabelSet,
     settings: GroundSettings,
@@ -311,7 +311,8 @@ def run_ground(
     """Ground every result's entities through ``backend``; resumable through ``out_path``.
 
     ``selector`` must already be indexed on ``pool`` (the labelled samples with
-    gold boxes); ``pool`` is only used for the summary.
+    gold boxes); ``pool`` is only used for the summary. Without a selector (or
+    with ``k = 0``) the prompts are zero-shot.
     """
     out_path = Path(out_path)
     forgotten = forget_skipped(out_path, STAGE)
@@ -338,6 +339,8 @@ def run_ground(
     )
     summary.counters.update(counters.counts)
     summary.counters["demo_pool"] = len(pool)
+    if selector is None or settings.k == 0:
+        summary.notes["demonstrations"] = "none (zero-shot): no selector or k = 0"
     if forgotten:
         summary.counters["redone_after_skip"] = forgotten
     summary.notes["backend"] = backend.describe()

@@ -27,7 +27,7 @@ from typing import Any
 from refineg_core import registry
 from refineg_core.config import Config, DataSource, redacted_dump, slot_kind
 from refineg_core.errors import ConfigError, RefinegError
-from refineg_core.formats import Dataset, load_dataset, write_ccks, write_twitter_gmner
+from refineg_core.formats import Dataset, load_dataset
 from refineg_core.formats.native import read_results
 from refineg_core.hooks import get_hooks
 from refineg_core.interfaces import (
@@ -38,6 +38,7 @@ from refineg_core.interfaces import (
     Tagger,
     UncertaintyEstimator,
 )
+from refineg_core.pipeline.outputs import write_outputs
 from refineg_core.pipeline.runner import ResultWriter
 from refineg_core.types import GateDecision, Sample, SampleResult
 
@@ -346,22 +347,17 @@ class Pipeline:
 
     def finish(self, results: Sequence[SampleResult]) -> None:
         """Write the final outputs in every format and evaluate against gold."""
-        final = [r.as_sample() for r in results]
-        writer = ResultWriter(self.run_dir / "final.jsonl.tmp")
-        for r in results:
-            writer.write(r)
-        writer.close()
-        (self.run_dir / "final.jsonl.tmp").replace(self.run_dir / "final.jsonl")
-        write_ccks(final, self.run_dir / "final.ccks.json")
-        write_twitter_gmner(final, self.run_dir / "twitter" / "predictions.txt")
-        failures = sum(len(r.failures) for r in results)
+        written = write_outputs(results, self.run_dir)
         self.summary["final"] = {
             "samples": len(results),
             "entities": sum(len(r.entities) for r in results),
             "with_boxes": sum(1 for r in results for e in r.entities if e.boxes),
             "samples_with_failures": sum(1 for r in results if r.failures),
-            "failures": failures,
+            "failures": sum(len(r.failures) for r in results),
+            "outputs": {fmt: str(path) for fmt, path in written.paths.items()},
         }
+        if written.overlaps_dropped:
+            self.summary["final"]["twitter_overlaps_dropped"] = written.overlaps_dropped
         self.evaluate_stages()
 
     def evaluate_stages(self) -> None:

@@ -103,7 +103,8 @@ anything missed, then output the final answer as a JSON list of \
 (an empty list [] when there is none)."""
 
 GROUND_SYSTEM_TEMPLATE = """\
-You locate named entities of $domain in the image that accompanies each text.
+Each text below comes from $domain with an image. You find the named entities \
+listed with the text in that image.
 Entity types:
 $types
 

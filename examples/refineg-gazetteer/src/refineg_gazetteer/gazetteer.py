@@ -88,7 +88,7 @@ class Gazetteer:
                     skipped[e.type] += 1
                     continue
                 typed.setdefault(probe.key(s.tokens[e.start : e.end]), Counter())[e.type] += 1
-        entries = {k: c for k, c in typed.items() if sum(c.values()) >= min_count}
+        entries = {k: dict(c) for k, c in typed.items() if sum(c.values()) >= min_count}
         table = cls(entries, case_sensitive)
         if outside_evidence and entries:
             untagged: Counter[tuple[str, ...]] = Counter()
@@ -99,9 +99,9 @@ class Gazetteer:
                     covered = inside.intersection(range(m.start, m.end))
                     if (m.start, m.end) not in spans and not covered:
                         untagged[table.key(s.tokens[m.start : m.end])] += 1
-            for k, n in untagged.items():
-                entries[k] = {**entries[k], OUTSIDE: n}
-        return table, dict(skipped)
+            entries = {k: {**c, OUTSIDE: untagged[k]} if untagged[k] else c
+                       for k, c in entries.items()}
+        return cls(entries, case_sensitive), dict(skipped)
 
     def to_json(self) -> list[dict[str, Any]]:
         return [{"tokens": list(k), "counts": dict(v)} for k, v in sorted(self.entries.items())]

@@ -1,0 +1,315 @@
+"""Benchmarks of the ``bert_crf`` tagger and the ``entropy`` gate on real data.
+
+Parts (each a sub-command; ``all`` runs them in turn, each in its own process
+so peak memory is per part):
+
+- ``twitter``: train on the full Twitter-GMNER train split, MNER F1 on dev per
+  epoch, training seconds per epoch, peak RSS; then gate quality on dev.
+- ``curve``: low-resource curve (100 / 500 / 1000 tweets, several seeds), with
+  and without the word-shape (casing) features.
+- ``ccks``: 5-fold CV on the 500 gold CCKS sentences, gold folds alone vs gold
+  folds + synthetic sentences that do not mention a held-out entity name.
+- ``speed``: inference sentences/s against transformers' token-classification
+  pipeline with the same encoder in the same process; CRF + entropy share of
+  encoder forward time; peak RSS.
+- ``report``: write the Tagger section of ``benchmarks/RESULTS.md`` from the JSON.
+
+Results go to ``benchmarks/results/tagger_<part>.json`` (+ ``.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT / "plugins"))
+sys.path.insert(0, str(HERE))
+
+from bench_tagger_gate import gate_quality  # noqa: E402
+
+from refineg_bert_crf.tagger import BertCrfTagger  # noqa: E402
+from refineg_bert_crf.training import span_f1  # noqa: E402
+from refineg_core.formats import load_dataset  # noqa: E402
+from refineg_core.labels import LabelSet, tags_to_spans  # noqa: E402
+from refineg_entropy.gate import EntropyGate  # noqa: E402
+
+DATA = Path(os.environ.get("REFINEG_DATA", ROOT.parent / "shared" / "data")).resolve()
+RESULTS = HERE / "results"
+TWITTER_TYPES = LabelSet({"PER": "person", "LOC": "location", "ORG": "organisation",
+                          "OTHER": "other named entity"})
+CCKS_TYPES = LabelSet({t: t for t in ("vehicle", "aircraft", "vessel", "weapon", "location",
+                                      "other")})
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def write(part: str, doc: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    doc["command"] = "nice -n 10 python benchmarks/bench_tagger.py " + " ".join(sys.argv[1:])
+    doc["threads"] = torch.get_num_threads()
+    (RESULTS / f"tagger_{part}.json").write_text(json.dumps(doc, indent=2), encoding="utf-8")
+    print(json.dumps({k: v for k, v in doc.items() if k != "runs"}, indent=2)[:3000])
+
+
+def evaluate(tagger: BertCrfTagger, samples) -> tuple[dict, list]:
+    preds = tagger.predict(samples)
+    gold = [{e.key for e in s.entities} for s in samples]
+    pred = [set(tags_to_spans(p.tags).spans) for p in preds]
+    return span_f1(gold, pred), preds
+
+
+def opts(args, **kw) -> BertCrfTagger.Options:
+    base = {"max_length": args.max_length, "batch_size": args.batch_size, "seed": args.seed,
+            "device": "cpu", "patience": None}
+    base.update(kw)
+    return BertCrfTagger.Options(**base)
+
+
+# --------------------------------------------------------------------------- parts
+def part_twitter(args) -> None:
+    train = load_dataset(DATA / "twitter-gmner" / "train.txt").samples
+    dev = load_dataset(DATA / "twitter-gmner" / "dev.txt").samples
+    if args.train_limit:
+        train = train[: args.train_limit]
+    tagger = BertCrfTagger(opts(args, epochs=args.epochs), TWITTER_TYPES)
+    started = time.perf_counter()
+    report = tagger.fit(train, dev)
+    fit_s = time.perf_counter() - started
+    scores, preds = evaluate(tagger, dev)
+    gate = gate_quality(dev, preds, [x / 10 for x in range(1, 10)])
+    write("twitter", {
+        "train_sentences": len(train), "dev_sentences": len(dev), "epochs": args.epochs,
+        "seed": args.seed, "fit_seconds": fit_s,
+        "seconds_per_epoch": [e["seconds"] for e in report["epochs"]],
+        "dev_f1_per_epoch": [e["dev"]["f1"] for e in report["epochs"]],
+        "best_epoch": report["best_epoch"], "dev": scores, "gate": gate,
+        "peak_rss_mb": peak_rss_mb(),
+    })
+
+
+def part_curve(args) -> None:
+    train = load_dataset(DATA / "twitter-gmner" / "train.txt").samples
+    dev = load_dataset(DATA / "twitter-gmner" / "dev.txt").samples
+    if args.dev_limit:
+        dev = dev[: args.dev_limit]
+    epochs = dict(tuple(map(int, x.split(":"))) for x in args.curve_epochs.split(","))
+    runs = []
+    for size in [int(s) for s in args.sizes.split(",")]:
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            subset = random.Random(seed).sample(list(train), min(size, len(train)))
+            for shapes in (True, False) if size in args.ablation_sizes else (True,):
+                tagger = BertCrfTagger(
+                    opts(args, epochs=epochs[size], seed=seed, use_shape_features=shapes),
+                    TWITTER_TYPES)
+                t0 = time.perf_counter()
+                tagger.fit(subset, None)
+                scores, _ = evaluate(tagger, dev)
+                runs.append({"size": size, "seed": seed, "shape_features": shapes,
+                             "epochs": epochs[size], "f1": scores["f1"],
+                             "precision": scores["precision"], "recall": scores["recall"],
+                             "seconds": time.perf_counter() - t0})
+                print(runs[-1], flush=True)
+    write("curve", {"runs": runs, "summary": summarise(runs, ("size", "shape_features")),
+                    "dev_sentences": len(dev), "peak_rss_mb": peak_rss_mb()})
+
+
+def summarise(runs: list[dict], keys: tuple[str, ...]) -> list[dict]:
+    groups: dict[tuple, list[float]] = {}
+    for r in runs:
+        groups.setdefault(tuple(r[k] for k in keys), []).append(r["f1"])
+    return [{**dict(zip(keys, k, strict=True)), "n": len(v), "mean_f1": float(np.mean(v)),
+             "std_f1": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
+             "min_f1": float(min(v)), "max_f1": float(max(v))} for k, v in groups.items()]
+
+
+def _name_pattern(names: set[str]) -> re.Pattern | None:
+    parts = sorted({r"\s+".join(map(re.escape, n.split())) for n in names if n.strip()},
+                   key=len, reverse=True)
+    if not parts:
+        return None
+    return re.compile(r"(?<!\w)(?:" + "|".join(parts) + r")(?!\w)", re.IGNORECASE)
+
+
+def part_ccks(args) -> None:
+    gold = list(load_dataset(DATA / "ccks-aug" / "gold-500.conll").samples)
+    synth_all = load_dataset(DATA / "ccks-aug" / "synthetic-10k.conll").samples
+    seen, synth = set(), []
+    for s in synth_all:  # the file has ~400 duplicate sentences
+        if s.text not in seen:
+            seen.add(s.text)
+            synth.append(s)
+    order = list(range(len(gold)))
+    random.Random(args.seed).shuffle(order)
+    folds = [order[k::args.folds] for k in range(args.folds)]
+    runs = []
+    for k, held in enumerate(folds):
+        test = [gold[i] for i in held]
+        train = [gold[i] for i in order if i not in set(held)]
+        pattern = _name_pattern({e.text for s in test for e in s.entities})
+        clean = [s for s in synth if pattern is None or not pattern.search(s.text)]
+        picked = random.Random(args.seed + k).sample(clean, min(args.synthetic_size, len(clean)))
+        for setting, data, ep in (("gold", train, args.gold_epochs),
+                                  ("gold+synthetic", train + picked, args.synth_epochs)):
+            tagger = BertCrfTagger(opts(args, epochs=ep, seed=args.seed), CCKS_TYPES)
+            t0 = time.perf_counter()
+            tagger.fit(data, None)
+            scores, _ = evaluate(tagger, test)
+            runs.append({"fold": k, "setting": setting, "train_sentences": len(data),
+                         "synthetic_available": len(clean),
+                         "synthetic_removed_for_leakage": len(synth) - len(clean),
+                         "epochs": ep, "f1": scores["f1"], "precision": scores["precision"],
+                         "recall": scores["recall"], "tp": scores["tp"], "gold": scores["gold"],
+                         "pred": scores["pred"], "seconds": time.perf_counter() - t0})
+            print(runs[-1], flush=True)
+    pooled = {}
+    for setting in ("gold", "gold+synthetic"):
+        rs = [r for r in runs if r["setting"] == setting]
+        tp, g, p = (sum(r[x] for r in rs) for x in ("tp", "gold", "pred"))
+        prec, rec = (tp / p if p else 0.0), (tp / g if g else 0.0)
+        pooled[setting] = {"micro_f1": 2 * prec * rec / (prec + rec) if prec + rec else 0.0,
+                           "precision": prec, "recall": rec}
+    write("ccks", {"runs": runs, "summary": summarise(runs, ("setting",)), "pooled": pooled,
+                   "synthetic_unique": len(synth), "synthetic_size": args.synthetic_size,
+                   "peak_rss_mb": peak_rss_mb()})
+
+
+def part_speed(args) -> None:
+    from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
+
+    from refineg_bert_crf.model import quiet_transformers
+    from refineg_bert_crf.tagger import default_encoder_path
+
+    train = load_dataset(DATA / "twitter-gmner" / "train.txt").samples
+    dev = list(load_dataset(DATA / "twitter-gmner" / "dev.txt").samples)
+    if args.dev_limit:
+        dev = dev[: args.dev_limit]
+    # Throughput does not depend on how well the weights are trained: a short fit suffices.
+    tagger = BertCrfTagger(opts(args, epochs=1), TWITTER_TYPES)
+    tagger.fit(train[:64], None)
+    tagger.predict(dev[:64])  # warm-up
+    results: dict = {"dev_sentences": len(dev)}
+
+    t0 = time.perf_counter()
+    preds = tagger.predict(dev)
+    ours = time.perf_counter() - t0
+    gate = EntropyGate(None, TWITTER_TYPES)
+    t0 = time.perf_counter()
+    gate.decide(dev, preds)
+    gate_s = time.perf_counter() - t0
+    results["bert_crf"] = {"seconds": ours, "sentences_per_s": len(dev) / ours,
+                           "batch_size": tagger.options.eval_batch_size}
+    results["bert_crf_plus_gate"] = {"seconds": ours + gate_s,
+                                     "sentences_per_s": len(dev) / (ours + gate_s)}
+
+    # Component timing: encoder forward vs CRF (Viterbi + marginals) + entropy gate.
+    model, enc = tagger.model, tagger.sentences
+    encoded = tagger.encode(dev)
+    from refineg_bert_crf.training import length_batches
+    lengths = [sum(len(p) for p in e.pieces) for e in encoded]
+    t_enc = t_crf = 0.0
+    with torch.inference_mode():
+        for batch in length_batches(lengths, tagger.options.eval_batch_size, None):
+            items = [encoded[i] for i in batch]
+            t0 = time.perf_counter()
+            em, mask = model.emissions(items, enc.prefix, enc.suffix, enc.pad)
+            t1 = time.perf_counter()
+            model.crf.viterbi(em, mask)
+            model.crf.marginals(em, mask)
+            t2 = time.perf_counter()
+            t_enc += t1 - t0
+            t_crf += t2 - t1
+    results["components"] = {"encoder_forward_s": t_enc, "crf_viterbi_marginals_s": t_crf,
+                             "entropy_gate_s": gate_s,
+                             "crf_plus_entropy_share_of_encoder": (t_crf + gate_s) / t_enc}
+
+    path = default_encoder_path()
+    with quiet_transformers():
+        hf_model = AutoModelForTokenClassification.from_pretrained(
+            path, num_labels=len(tagger.label_names))
+    hf_model.eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    texts = [" ".join(s.tokens) for s in dev]
+    for bs in (1, args.pipeline_batch):
+        pipe = pipeline("token-classification", model=hf_model, tokenizer=tok, device=-1,
+                        batch_size=bs)
+        pipe(texts[:16])  # warm-up
+        t0 = time.perf_counter()
+        pipe(texts)
+        secs = time.perf_counter() - t0
+        results[f"pipeline_batch{bs}"] = {"seconds": secs, "sentences_per_s": len(dev) / secs}
+        results[f"ratio_vs_pipeline_batch{bs}"] = results["bert_crf_plus_gate"][
+            "sentences_per_s"] / (len(dev) / secs)
+    results["peak_rss_mb"] = peak_rss_mb()
+    write("speed", results)
+
+
+# --------------------------------------------------------------------------- report
+def part_report(_args) -> None:
+    docs = {p: json.loads((RESULTS / f"tagger_{p}.json").read_text())
+            for p in ("twitter", "curve", "ccks", "speed") if (RESULTS / f"tagger_{p}.json").exists()}
+    from bench_tagger_report import render
+    text = render(docs)
+    (RESULTS / "tagger.md").write_text(text, encoding="utf-8")
+    results_md = HERE / "RESULTS.md"
+    doc = results_md.read_text(encoding="utf-8")
+    head = "## Tagger (`bert_crf`) and gate (`entropy`)"
+    start = doc.index(head)
+    nxt = doc.find("\n## ", start + len(head))
+    end = nxt + 1 if nxt >= 0 else len(doc)
+    results_md.write_text(doc[:start] + head + "\n\n" + text.strip() + "\n\n" + doc[end:],
+                          encoding="utf-8")
+    print(text)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("part", choices=["twitter", "curve", "ccks", "speed", "report", "all"])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--epochs", type=int, default=3, help="twitter: epochs on the full split")
+    ap.add_argument("--train-limit", type=int, default=None, help="twitter: first N tweets only")
+    ap.add_argument("--dev-limit", type=int, default=None, help="curve/speed: first N dev tweets")
+    ap.add_argument("--sizes", default="100,500,1000")
+    ap.add_argument("--seeds", default="1,2,3")
+    ap.add_argument("--curve-epochs", default="100:10,500:5,1000:4",
+                    help="size:epochs pairs for the curve")
+    ap.add_argument("--ablation-sizes", default="500,1000",
+                    type=lambda s: {int(x) for x in s.split(",") if x},
+                    help="curve sizes also trained without shape features")
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--gold-epochs", type=int, default=8)
+    ap.add_argument("--synth-epochs", type=int, default=3)
+    ap.add_argument("--synthetic-size", type=int, default=1200,
+                    help="synthetic sentences sampled per fold (after the leakage filter)")
+    ap.add_argument("--pipeline-batch", type=int, default=32)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("REFINEG_NO_PROGRESS", "1")
+    if args.part == "all":
+        rest = sys.argv[2:]
+        for part in ("speed", "twitter", "curve", "ccks", "report"):
+            subprocess.run([sys.executable, __file__, part, *rest], check=True)
+        return
+    {"twitter": part_twitter, "curve": part_curve, "ccks": part_ccks, "speed": part_speed,
+     "report": part_report}[args.part](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,257 @@
+"""Render predictions (and gold, when given) as one self-contained HTML file.
+
+Everything is inline (images as base64, CSS in a <style> block), so the file
+can be mailed or opened from anywhere without a server. Boxes are absolutely
+positioned divs placed in percent of the image, so they stay on their object
+however the browser scales the picture. The colour says who decided the entity
+(tagger or MLLM); gold boxes are dashed in a third colour.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from refineg_core.formats.images import find_image
+from refineg_core.progress import bar
+from refineg_core.types import (
+    SOURCE_GOLD,
+    SOURCE_MLLM,
+    SOURCE_TAGGER,
+    Box,
+    Entity,
+    Sample,
+    SampleResult,
+)
+
+#: Colour per deciding stage; gold gets its own. Saturated so they stand out on photos.
+COLOURS: dict[str, str] = {
+    SOURCE_TAGGER: "#ff00ff",
+    SOURCE_MLLM: "#00e5ff",
+    SOURCE_GOLD: "#00ff00",
+}
+OTHER_COLOUR = "#ffd400"
+#: Longest image side embedded in the report (keeps the file small).
+MAX_SIDE = 800
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 16px; background: #fafafa; color: #222; }
+h1 { font-size: 20px; margin: 0 0 8px; }
+table.summary { border-collapse: collapse; margin: 8px 0 16px; font-size: 13px; }
+table.summary td, table.summary th { border: 1px solid #ccc; padding: 3px 8px; text-align: left; }
+.legend span { display: inline-block; margin-right: 14px; font-size: 13px; }
+.legend i { display: inline-block; width: 14px; height: 10px; margin-right: 4px;
+            vertical-align: middle; }
+.sample { background: #fff; border: 1px solid #ddd; border-radius: 6px; padding: 10px;
+          margin: 0 0 14px; display: flex; gap: 16px; align-items: flex-start; }
+.frame { position: relative; flex: none; line-height: 0; }
+.frame img { width: 100%; height: 100%; display: block; }
+.noimg { width: 240px; height: 120px; flex: none; display: flex; align-items: center;
+         justify-content: center; background: #eee; color: #777; font-size: 13px;
+         border: 1px dashed #bbb; text-align: center; line-height: 1.3; }
+.box { position: absolute; box-sizing: border-box; border: 3px solid; pointer-events: none; }
+.box.gold { border-style: dashed; }
+.box .lbl { position: absolute; left: -3px; top: -18px; font: 11px/16px monospace;
+            padding: 0 3px; color: #000; white-space: nowrap; }
+.box.gold .lbl { top: auto; bottom: -18px; }
+.info { font-size: 13px; min-width: 0; }
+.info .id { color: #888; font-size: 12px; }
+.info .text { margin: 4px 0 8px; font-size: 14px; }
+.ent { margin: 2px 0; }
+.tag { display: inline-block; padding: 0 5px; border-radius: 3px; font-size: 11px;
+       color: #000; margin-left: 4px; }
+.fail { color: #b00020; font-size: 12px; margin-top: 6px; }
+"""
+
+
+def _colour(source: str) -> str:
+    return COLOURS.get(source, OTHER_COLOUR)
+
+
+def _esc(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def embed_image(path: Path, max_side: int = MAX_SIDE) -> tuple[str, tuple[int, int]] | None:
+    """A data URL of the (downscaled) image and its original size; None when unreadable."""
+    try:
+        with Image.open(path) as img:
+            original = img.size
+            img = img.convert("RGB")
+            img.thumbnail((max_side, max_side))
+            buf = io.BytesIO()
+            img.save(buf, format="JPEG", quality=85)
+    except (OSError, UnidentifiedImageError, ValueError):
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii"), original
+
+
+def _box_div(box: Box, size: tuple[int, int], label: str, colour: str, gold: bool) -> str:
+    w, h = size
+    left, top = 100 * box.x1 / w, 100 * box.y1 / h
+    width, height = 100 * (box.x2 - box.x1) / w, 100 * (box.y2 - box.y1) / h
+    cls = "box gold" if gold else "box"
+    return (
+        f'<div class="{cls}" style="left:{left:.3f}%;top:{top:.3f}%;width:{width:.3f}%;'
+        f'height:{height:.3f}%;border-color:{colour}">'
+        f'<span class="lbl" style="background:{colour}">{_esc(label)}</span></div>'
+    )
+
+
+def _entity_line(e: Entity) -> str:
+    colour = _colour(e.source)
+    bits = [f"<b>{_esc(e.text)}</b>", f'<span class="tag" style="background:{colour}">'
+            f"{_esc(e.type)} · {_esc(e.source)}</span>"]
+    if e.uncertainty is not None:
+        bits.append(f"u={e.uncertainty:.2f}")
+    if e.boxes:
+        bits.append(f"{len(e.boxes)} box{'es' if len(e.boxes) > 1 else ''}"
+                    + (f" by {_esc(e.grounded_by)}" if e.grounded_by else ""))
+    elif e.grounded_by:
+        bits.append(f"not visible (per {_esc(e.grounded_by)})")
+    else:
+        bits.append("no box")
+    return f'<div class="ent">{" ".join(bits)}</div>'
+
+
+def _image_path(sample: Sample, images_dir: Path | None) -> Path | None:
+    if sample.image is not None and sample.image.available:
+        return sample.image.path
+    if images_dir is not None:
+        image_id = sample.image.image_id if sample.image else sample.id
+        return find_image(images_dir, image_id)
+    return None
+
+
+def render_sample(
+    result: SampleResult,
+    gold: Sample | None,
+    *,
+    images_dir: Path | None = None,
+    display_width: int = 560,
+) -> str:
+    sample = result.sample
+    path = _image_path(sample, images_dir)
+    embedded = embed_image(path) if path else None
+    parts = [f'<section class="sample" id="s-{_esc(sample.id)}">']
+    if embedded is not None:
+        url, size = embedded
+        # Boxes are in pixels of the size the data was annotated at; prefer it.
+        frame = sample.image.size if sample.image and sample.image.size else size
+        dw = min(display_width, frame[0])
+        dh = round(dw * frame[1] / frame[0])
+        parts.append(f'<div class="frame" style="width:{dw}px;height:{dh}px">'
+                     f'<img src="{url}" alt="{_esc(sample.id)}">')
+        for e in result.entities:
+            for b in e.boxes:
+                parts.append(_box_div(b, frame, f"{e.text} ({e.type})", _colour(e.source), False))
+        for e in gold.entities if gold else ():
+            for b in e.boxes:
+                parts.append(_box_div(b, frame, f"gold: {e.text} ({e.type})",
+                                      COLOURS[SOURCE_GOLD], True))
+        parts.append("</div>")
+    else:
+        why = "image not available" if path is None else "image unreadable"
+        image_id = sample.image.image_id if sample.image else sample.id
+        parts.append(f'<div class="noimg">{why}<br>{_esc(image_id)}</div>')
+    parts.append('<div class="info">')
+    parts.append(f'<div class="id">{_esc(sample.id)}</div>')
+    parts.append(f'<div class="text">{_esc(sample.text)}</div>')
+    parts.append("<div><b>predicted</b></div>")
+    parts.extend(_entity_line(e) for e in result.entities)
+    if not result.entities:
+        parts.append('<div class="ent">(none)</div>')
+    if gold is not None:
+        parts.append("<div style='margin-top:6px'><b>gold</b></div>")
+        parts.extend(_entity_line(e) for e in gold.entities)
+        if not gold.entities:
+            parts.append('<div class="ent">(none)</div>')
+    for f in result.failures:
+        parts.append(f'<div class="fail">{_esc(f.stage)} failed ({_esc(f.kind)}): '
+                     f"{_esc(f.message)}</div>")
+    parts.append("</div></section>")
+    return "".join(parts)
+
+
+def summarize(
+    results: Sequence[SampleResult], gold: Mapping[str, Sample] | None, images: int
+) -> list[tuple[str, str]]:
+    sources = Counter(e.source for r in results for e in r.entities)
+    failures = Counter(f"{f.stage}/{f.kind}" for r in results for f in r.failures)
+    n_ent = sum(sources.values())
+    rows = [
+        ("samples", str(len(results))),
+        ("samples with an image", str(images)),
+        ("predicted entities", str(n_ent)),
+        *((f"decided by {s}", str(n)) for s, n in sorted(sources.items())),
+        ("entities with boxes", str(sum(1 for r in results for e in r.entities if e.boxes))),
+        ("samples with failures", str(sum(1 for r in results if r.failures))),
+        *((f"failures {k}", str(n)) for k, n in sorted(failures.items())),
+    ]
+    if gold is not None:
+        matched = [gold[r.id] for r in results if r.id in gold]
+        g_keys = sum(len({e.key for e in s.entities}) for s in matched)
+        hits = sum(
+            len({e.key for e in r.entities} & {e.key for e in gold[r.id].entities})
+            for r in results if r.id in gold
+        )
+        rows += [
+            ("samples with gold", str(len(matched))),
+            ("gold entities", str(g_keys)),
+            ("predicted = gold (span + type)", str(hits)),
+        ]
+    return rows
+
+
+def render_report(
+    results: Sequence[SampleResult],
+    gold: Mapping[str, Sample] | None = None,
+    *,
+    title: str = "refineg report",
+    images_dir: Path | None = None,
+    limit: int | None = None,
+) -> str:
+    """The whole HTML page as a string."""
+    shown = list(results)[:limit] if limit is not None else list(results)
+    sections = [
+        render_sample(r, gold.get(r.id) if gold else None, images_dir=images_dir)
+        for r in bar(shown, desc="report", total=len(shown), unit="sample")
+    ]
+    with_image = sum('class="frame"' in s for s in sections)
+    rows = summarize(shown, gold, with_image)
+    table = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in rows)
+    legend = "".join(
+        f'<span><i style="background:{c}"></i>{_esc(name)}</span>'
+        for name, c in (("decided by tagger", COLOURS[SOURCE_TAGGER]),
+                        ("decided by MLLM", COLOURS[SOURCE_MLLM]),
+                        ("gold (dashed)", COLOURS[SOURCE_GOLD]))
+    )
+    more = ""
+    if limit is not None and len(results) > limit:
+        more = f"<p>showing the first {limit} of {len(results)} samples</p>"
+    return (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>"
+        f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>"
+        f"<h1>{_esc(title)}</h1><table class='summary'>{table}</table>"
+        f"<div class='legend'>{legend}</div>{more}<hr>"
+        + "".join(sections)
+        + "</body></html>"
+    )
+
+
+def write_report(
+    results: Sequence[SampleResult],
+    out: Path,
+    gold: Mapping[str, Sample] | None = None,
+    **kwargs,
+) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render_report(results, gold, **kwargs), encoding="utf-8")
+    return out

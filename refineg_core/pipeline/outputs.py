@@ -1,0 +1,86 @@
+"""Write a stage's results in every output format: native JSONL, CCKS JSON, Twitter-GMNER.
+
+The stage JSONL is already written (resumably) by the runner; these writers
+produce the submission formats from the same results. Flat formats (CoNLL
+tags) cannot hold overlapping spans, which a plugin could still produce, so
+overlaps are resolved here (longer span first, then the earlier one) and
+counted, instead of failing at the end of a long run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import attrs
+
+from refineg_core.formats import write_ccks, write_jsonl, write_twitter_gmner
+from refineg_core.types import Entity, Sample, SampleResult
+
+FORMAT_FILES = {
+    "jsonl": "final.jsonl",
+    "ccks": "final.ccks.json",
+    "twitter": "twitter/predictions.txt",
+}
+
+
+@attrs.frozen
+class Written:
+    """Where each format went, and how many entities a flat format had to leave out."""
+
+    paths: dict[str, Path]
+    overlaps_dropped: int = 0
+
+
+def non_overlapping(entities: Iterable[Entity]) -> tuple[tuple[Entity, ...], int]:
+    """Keep a flat set of entities: longer spans win, then earlier ones."""
+    chosen: list[Entity] = []
+    dropped = 0
+    for e in sorted(entities, key=lambda e: (-(e.end - e.start), e.start, e.type)):
+        if any(e.start < c.end and c.start < e.end for c in chosen):
+            dropped += 1
+            continue
+        chosen.append(e)
+    return tuple(sorted(chosen, key=lambda e: (e.start, e.end))), dropped
+
+
+def as_samples(results: Iterable[SampleResult]) -> list[Sample]:
+    """Samples carrying the predicted entities (what the format writers read)."""
+    return [attrs.evolve(r.sample, entities=r.entities) for r in results]
+
+
+def flat_samples(results: Iterable[SampleResult]) -> tuple[list[Sample], int]:
+    samples, dropped = [], 0
+    for s in as_samples(results):
+        ents, n = non_overlapping(s.entities)
+        dropped += n
+        samples.append(attrs.evolve(s, entities=ents))
+    return samples, dropped
+
+
+def write_outputs(
+    results: Sequence[SampleResult],
+    out_dir: Path,
+    formats: Iterable[str] = ("jsonl", "ccks", "twitter"),
+) -> Written:
+    """Write ``results`` into ``out_dir`` in each requested format."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    dropped = 0
+    for fmt in formats:
+        if fmt not in FORMAT_FILES:
+            raise ValueError(f"unknown output format {fmt!r}; known: {', '.join(FORMAT_FILES)}")
+        path = out_dir / FORMAT_FILES[fmt]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if fmt == "jsonl":
+            tmp = path.with_name(path.name + ".tmp")
+            write_jsonl(results, tmp)
+            tmp.replace(path)
+        elif fmt == "ccks":
+            write_ccks(as_samples(results), path)
+        else:
+            flat, dropped = flat_samples(results)
+            write_twitter_gmner(flat, path)
+        paths[fmt] = path
+    return Written(paths, dropped)
