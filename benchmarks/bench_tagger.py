@@ -39,12 +39,12 @@ sys.path.insert(0, str(ROOT / "plugins"))
 sys.path.insert(0, str(HERE))
 
 from bench_tagger_gate import gate_quality  # noqa: E402
-
 from refineg_bert_crf.tagger import BertCrfTagger  # noqa: E402
 from refineg_bert_crf.training import span_f1  # noqa: E402
+from refineg_entropy.gate import EntropyGate  # noqa: E402
+
 from refineg_core.formats import load_dataset  # noqa: E402
 from refineg_core.labels import LabelSet, tags_to_spans  # noqa: E402
-from refineg_entropy.gate import EntropyGate  # noqa: E402
 
 DATA = Path(os.environ.get("REFINEG_DATA", ROOT.parent / "shared" / "data")).resolve()
 RESULTS = HERE / "results"
@@ -189,10 +189,9 @@ def part_ccks(args) -> None:
 
 
 def part_speed(args) -> None:
-    from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
-
     from refineg_bert_crf.model import quiet_transformers
     from refineg_bert_crf.tagger import default_encoder_path
+    from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
 
     train = load_dataset(DATA / "twitter-gmner" / "train.txt").samples
     dev = list(load_dataset(DATA / "twitter-gmner" / "dev.txt").samples)
@@ -261,7 +260,8 @@ def part_speed(args) -> None:
 # --------------------------------------------------------------------------- report
 def part_report(_args) -> None:
     docs = {p: json.loads((RESULTS / f"tagger_{p}.json").read_text())
-            for p in ("twitter", "curve", "ccks", "speed") if (RESULTS / f"tagger_{p}.json").exists()}
+            for p in ("twitter", "curve", "ccks", "speed")
+            if (RESULTS / f"tagger_{p}.json").exists()}
     from bench_tagger_report import render
     text = render(docs)
     (RESULTS / "tagger.md").write_text(text, encoding="utf-8")

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-
 from refineg_bert_crf.training import span_f1
 from refineg_entropy.gate import EntropyGate
 

@@ -172,8 +172,7 @@ class CachedBackend(MLLMBackend):
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 json.dump(entry, fh, ensure_ascii=False)
-                fh.flush()
-                os.fsync(fh.fileno())
+            # no fsync: an entry torn by a power cut reads as corrupt, i.e. a miss
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):

@@ -6,9 +6,9 @@ import itertools
 
 import pytest
 import torch
+from refineg_bert_crf.crf import CRF, allowed_transitions
 
 from refineg_core.labels import LabelSet, tags_to_spans
-from refineg_bert_crf.crf import CRF, allowed_transitions
 
 
 def _path_score(crf: CRF, em: torch.Tensor, path: tuple[int, ...]) -> torch.Tensor:
@@ -94,7 +94,7 @@ def test_constraints_forbid_broken_sequences(scheme):
         if scheme == "BIOES":  # no span left open at the end
             assert names[path[-1]][0] in "OES"
     # Brute force still agrees on the constrained model.
-    log_z, best, bmarg, _ = _brute(crf, em[0], lengths[0])
+    _, best, bmarg, _ = _brute(crf, em[0], lengths[0])
     assert tuple(crf.viterbi(em, mask)[0]) == best
     assert torch.allclose(crf.marginals(em, mask)[0, : lengths[0]], bmarg, atol=1e-8)
 

@@ -6,11 +6,11 @@ import math
 
 import numpy as np
 import pytest
+from refineg_entropy.gate import EntropyGate, token_entropy
 
 from refineg_core import registry
 from refineg_core.errors import DataError, PluginError
 from refineg_core.types import Sample, TaggerPrediction
-from refineg_entropy.gate import EntropyGate, token_entropy
 
 NAMES = ("O", "B-PER", "I-PER")
 LN3 = math.log(3)

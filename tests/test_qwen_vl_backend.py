@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 from refineg_qwen_vl.backend import QwenVLBackend
 
-from refineg_core.boxcodecs import Qwen2VLCodec
+from refineg_core.boxcodecs import Qwen2VLCodec, Qwen25VLCodec
 from refineg_core.chat import ChatMessage, ChatRequest, ImagePart, TextPart
 from refineg_core.errors import BackendError, BackendUnavailable
 from refineg_core.registry import load_class
@@ -200,3 +200,25 @@ def test_bad_image_fails_only_its_request_plumbing(tiny_qwen2vl, image, tmp_path
     assert isinstance(results["bad"], BackendError) and "cannot read image" in str(results["bad"])
     assert not isinstance(results["good"], BaseException)
     b.close()
+
+
+def test_model_type_picks_the_box_frame_plumbing(tiny_qwen2vl, tmp_path):
+    import json
+    import shutil
+
+    folder = tmp_path / "as-qwen25"
+    shutil.copytree(tiny_qwen2vl, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["model_type"] = "qwen2_5_vl"
+    (folder / "config.json").write_text(json.dumps(cfg))
+    b = QwenVLBackend(QwenVLBackend.Options(model_path=str(folder), max_pixels=28 * 28 * 16))
+    codec = b.box_codec
+    assert isinstance(codec, Qwen25VLCodec)  # pixels of the resized grid, not 0-1000
+    assert codec.max_pixels == 28 * 28 * 16  # the option overrides the processor's bound
+    mw, mh = codec.model_size((333, 517))
+    assert mw % 28 == 0 and mh % 28 == 0 and mw * mh <= 28 * 28 * 16
+
+    cfg["model_type"] = "llama"
+    (folder / "config.json").write_text(json.dumps(cfg))
+    reason = QwenVLBackend(QwenVLBackend.Options(model_path=str(folder))).check_available()
+    assert reason is not None and "llama" in reason

@@ -15,7 +15,7 @@ import attrs
 import torch
 import transformers
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers import AutoConfig, AutoModel
 
 from refineg_bert_crf.crf import CRF, allowed_transitions
 from refineg_bert_crf.shapes import SHAPES, word_shape

@@ -141,7 +141,11 @@ class BertCrfTagger(Tagger):
         self.sentences = SentenceEncoder(
             self.tokenizer, o.max_length, getattr(config, "max_position_embeddings", None))
 
-    def _ensure_model(self) -> None:
+    def build(self) -> None:
+        """Load the pretrained encoder and assemble the untrained model (``fit`` calls this).
+
+        A second ``fit`` continues from the current weights instead of starting over.
+        """
         if self.model is None:
             self.encoder_source = self.options.encoder or default_encoder_path()
             if not Path(self.encoder_source).is_dir():
@@ -155,7 +159,8 @@ class BertCrfTagger(Tagger):
         out = []
         for s in samples:
             try:
-                tags = spans_to_tags(len(s.tokens), (e.key for e in s.entities), self.options.scheme)
+                tags = spans_to_tags(len(s.tokens), (e.key for e in s.entities),
+                                     self.options.scheme)
             except DataError as exc:
                 raise DataError(str(exc), where=f"{split}: sample {s.id}") from None
             out.append([self.label_index[t] for t in tags])
@@ -170,7 +175,7 @@ class BertCrfTagger(Tagger):
         keep = [i for i, s in enumerate(train) if s.tokens]
         if not keep:
             raise TaggerError("no non-empty training sentence", where="tagger.fit")
-        self._ensure_model()
+        self.build()
         assert self.model is not None and self.sentences is not None
         encoded = self.sentences.encode([train[i].tokens for i in keep])
         tags = [gold[i] for i in keep]
@@ -189,7 +194,8 @@ class BertCrfTagger(Tagger):
             dev_gold = [{e.key for e in s.entities} for s in dev]
 
             def evaluate() -> dict:
-                pred = [set(tags_to_spans(p.tags).spans) for p in self._predict(dev, marginals=False)]
+                preds = self._predict(dev, marginals=False)
+                pred = [set(tags_to_spans(p.tags).spans) for p in preds]
                 return span_f1(dev_gold, pred)
 
         report = train_loop(
@@ -290,8 +296,8 @@ class BertCrfTagger(Tagger):
         where = str(directory)
         manifest = cls._read_json(directory, "manifest.json")
         if manifest.get("format") != FORMAT or manifest.get("version") != FORMAT_VERSION:
-            raise TaggerError(f"not a {FORMAT} v{FORMAT_VERSION} directory "
-                              f"(manifest says {manifest.get('format')} v{manifest.get('version')})",
+            found = f"{manifest.get('format')} v{manifest.get('version')}"
+            raise TaggerError(f"not a {FORMAT} v{FORMAT_VERSION} directory (manifest says {found})",
                               where=where)
         files = manifest.get("files", {})
         for rel in REQUIRED:
@@ -309,7 +315,8 @@ class BertCrfTagger(Tagger):
             options = cls.Options.model_validate(cls._read_json(directory, "options.json"))
             labels = LabelSet(labels_doc["types"])
         except (pydantic.ValidationError, KeyError, DataError) as exc:
-            raise TaggerError(f"options.json / labels.json are invalid: {exc}", where=where) from None
+            raise TaggerError(f"options.json / labels.json are invalid: {exc}",
+                              where=where) from None
         tagger = cls(options, labels)
         if list(tagger.label_names) != labels_doc.get("label_names"):
             raise TaggerError(

@@ -216,7 +216,8 @@ def _fail(model: nn.Module, good_state: dict, good_epoch: int, epoch: int, step:
     model.eval()
     report["stopped"] = f"non-finite {what} at epoch {epoch}, step {step + 1}"
     report["best_epoch"] = good_epoch
-    kept = f"the checkpoint of epoch {good_epoch}" if good_epoch else "the weights from before training"
+    kept = (f"the checkpoint of epoch {good_epoch}" if good_epoch
+            else "the weights from before training")
     err = TaggerError(
         f"training stopped: the {what} became NaN/inf at epoch {epoch}, step {step + 1}; "
         f"the tagger keeps {kept} (try a lower lr or crf_lr, or set grad_clip)",

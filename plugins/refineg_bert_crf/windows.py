@@ -23,7 +23,9 @@ class Window:
     pieces: tuple[int, ...]  # sub-words kept per word (a giant word is cut to fit)
 
 
-def plan_windows(piece_counts: Sequence[int], budget: int, overlap: int | None = None) -> list[Window]:
+def plan_windows(
+    piece_counts: Sequence[int], budget: int, overlap: int | None = None
+) -> list[Window]:
     """Cover all words with windows of at most ``budget`` sub-words each.
 
     ``overlap`` is the number of sub-words shared by consecutive windows
