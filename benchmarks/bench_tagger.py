@@ -264,6 +264,9 @@ def part_report(_args) -> None:
             if (RESULTS / f"tagger_{p}.json").exists()}
     from bench_tagger_report import render
     text = render(docs)
+    notes = RESULTS / "tagger_notes.md"  # hand-written reading of the numbers, if any
+    if notes.exists():
+        text = text.rstrip() + "\n\n" + notes.read_text(encoding="utf-8").strip() + "\n"
     (RESULTS / "tagger.md").write_text(text, encoding="utf-8")
     results_md = HERE / "RESULTS.md"
     doc = results_md.read_text(encoding="utf-8")

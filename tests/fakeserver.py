@@ -47,7 +47,10 @@ benchmark). Every request is recorded in ``server.requests`` (chat ones also in
 (lower-case keys), ``body`` (parsed JSON), ``text`` (all text parts joined),
 ``image_urls``, ``started``/``finished`` (perf_counter) and ``reply``.
 ``server.max_in_flight`` is the high-water mark of concurrent chat requests.
-``GET .../models`` lists ``server.model_ids``.
+``GET .../models`` lists ``server.model_ids``. ``server.reset()`` forgets
+requests, queue and high-water mark. ``server.stop()`` (or leaving the
+``with``) also cuts open keep-alive connections, like a server that went away;
+``base_url`` stays readable afterwards, so a test can point a client at it.
 """
 
 from __future__ import annotations
@@ -176,6 +179,7 @@ class FakeOpenAIServer:
         self._stopping = threading.Event()
         self._httpd: ThreadingHTTPServer | None = None
         self._port: int | None = None
+        self._connections: set[socket.socket] = set()
         self._thread: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------
@@ -191,11 +195,17 @@ class FakeOpenAIServer:
         return self
 
     def stop(self) -> None:
+        """Stop listening and cut open keep-alive connections (a server that went away)."""
         self._stopping.set()
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
             self._httpd = None
+        with self._lock:
+            conns, self._connections = list(self._connections), set()
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
 
     def __enter__(self) -> FakeOpenAIServer:
         return self.start()
@@ -309,6 +319,17 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: Any) -> None:  # quiet
             return
 
+        def setup(self) -> None:
+            super().setup()
+            with server._lock:
+                server._connections.add(self.connection)
+
+        def finish(self) -> None:
+            with server._lock:
+                server._connections.discard(self.connection)
+            with contextlib.suppress(OSError):
+                super().finish()
+
         def _send(self, status: int, payload: bytes, headers: dict[str, str] | None = None,
                   content_type: str = "application/json") -> None:
             self.send_response(status)
@@ -354,7 +375,7 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
             server._record(req, chat=chat)
             finished = False
 
-            def finish() -> None:
+            def mark_done() -> None:
                 nonlocal finished
                 if not finished:
                     finished = True
@@ -368,11 +389,11 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
                 server._sleep(server.latency + reply.latency)
                 if reply.drop:
                     self.close_connection = True
-                    finish()
+                    mark_done()
                     with contextlib.suppress(OSError):
                         self.connection.shutdown(socket.SHUT_RDWR)
                     return
-                finish()  # before the reply is sent: the client may fire its next request
+                mark_done()  # before the reply is sent: the client may fire its next request
                 if reply.raw_body is not None:
                     self._send(reply.status, reply.raw_body, content_type="text/html")
                 elif reply.status == 200:
@@ -388,6 +409,6 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
             except (BrokenPipeError, ConnectionResetError):
                 self.close_connection = True  # the client gave up (timeout): fine
             finally:
-                finish()
+                mark_done()
 
     return Handler

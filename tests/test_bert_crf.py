@@ -145,6 +145,17 @@ def test_zero_dropout_option_turns_dropout_off(minilm_path, tweets):
     assert torch.equal(a, b)
 
 
+def test_same_seed_same_initial_weights(minilm_path):
+    a = BertCrfTagger(tiny_options(minilm_path, seed=5), LABELS)
+    b = BertCrfTagger(tiny_options(minilm_path, seed=5), LABELS)
+    c = BertCrfTagger(tiny_options(minilm_path, seed=6), LABELS)
+    for t in (a, b, c):
+        t.build()
+    assert torch.equal(a.model.emission.weight, b.model.emission.weight)
+    assert torch.equal(a.model.crf.transitions, b.model.crf.transitions)
+    assert not torch.equal(a.model.emission.weight, c.model.emission.weight)
+
+
 def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(minilm_path, tweets):
     tagger = BertCrfTagger(tiny_options(minilm_path, epochs=2, patience=None), LABELS)
     saved = {}

@@ -237,6 +237,21 @@ def test_nothing_listening_is_fast_and_clear():
     assert "openai-compatible at http://127.0.0.1" in b.describe()
 
 
+def test_dead_server_is_tried_once_per_call_until_it_answers():
+    with FakeOpenAIServer() as srv:
+        url = srv.base_url
+        b = OpenAIBackend(OpenAIBackend.Options(base_url=url, model="fake-model", retries=3,
+                                                backoff_base=0.01))
+        assert b.complete(text_request()).text == "[]"
+    # the server is gone: the first call retries, later ones fail after one attempt
+    with pytest.raises(BackendUnavailable):
+        b.complete(text_request())
+    assert b.stats["attempts"] == 1 + 4
+    with pytest.raises(BackendUnavailable):
+        b.complete(text_request())
+    assert b.stats["attempts"] == 1 + 4 + 1
+
+
 def test_missing_image_is_a_clear_non_retryable_error(server, tmp_path):
     b = backend(server)
     req = ChatRequest((ChatMessage("user", (ImagePart(tmp_path / "nope.jpg"),)),))
@@ -249,7 +264,7 @@ def test_missing_image_is_a_clear_non_retryable_error(server, tmp_path):
 def test_options_are_validated():
     with pytest.raises(pydantic.ValidationError):
         OpenAIBackend.Options(api_key="sk-inline")  # unknown key: keys never go in configs
-    with pytest.raises(Exception, match="unknown box frame"):
+    with pytest.raises(pydantic.ValidationError, match="unknown box frame"):
         OpenAIBackend.Options(box_frame="yolo")
     with pytest.raises(pydantic.ValidationError):
         OpenAIBackend.Options(base_url="localhost:8000")

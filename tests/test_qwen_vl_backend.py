@@ -146,6 +146,8 @@ def test_image_and_text_reach_the_model_plumbing(tiny_qwen2vl, image):
     # an answered box (in the model's 0-1000 frame) comes back in original pixels
     assert codec.decode([0, 0, 500, 1000], (333, 517)) == Box(0, 0, 166.5, 517)
     b.close()
+    assert b.complete(_request("Still there after close?")).usage.completion_tokens >= 1
+    b.close()
 
 
 def test_batched_requests_match_single_plumbing(tiny_qwen2vl, image):

@@ -30,7 +30,7 @@ from transformers import AutoConfig, AutoTokenizer
 
 from refineg_bert_crf.model import BertCrfModel, EncodedSentence, SentenceEncoder, build_encoder
 from refineg_bert_crf.model import encoder_config as make_encoder_config
-from refineg_bert_crf.training import length_batches, span_f1, train_loop
+from refineg_bert_crf.training import length_batches, set_seed, span_f1, train_loop
 from refineg_core.errors import DataError, TaggerError
 from refineg_core.interfaces import PluginOptions, Tagger
 from refineg_core.labels import LabelSet, spans_to_tags, tags_to_spans
@@ -151,6 +151,7 @@ class BertCrfTagger(Tagger):
             if not Path(self.encoder_source).is_dir():
                 raise TaggerError(f"encoder folder {self.encoder_source} does not exist",
                                   where="tagger.options.encoder")
+            set_seed(self.options.seed)  # the new layers' initialisation is part of the run
             self._assemble(self.encoder_source, pretrained=True)
 
     # ----------------------------------------------------------------- training

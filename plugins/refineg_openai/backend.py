@@ -23,7 +23,7 @@ import pydantic
 
 from refineg_core.boxcodecs import BoxCodec, codec_by_name
 from refineg_core.chat import ChatMessage, ChatRequest, ChatResponse, ImagePart, TextPart, Usage
-from refineg_core.errors import BackendError, BackendUnavailable
+from refineg_core.errors import BackendError, BackendUnavailable, ConfigError
 from refineg_core.interfaces import MLLMBackend, PluginOptions
 from refineg_openai.images import image_data_url
 
@@ -47,9 +47,14 @@ class OpenAIOptions(PluginOptions):
     backoff_max: float = pydantic.Field(30.0, ge=0)
     #: Longest Retry-After the client will wait; longer ones are cut to this.
     retry_after_max: float = pydantic.Field(120.0, ge=0)
+    #: The model's box convention (``refineg_core.boxcodecs.CODECS``): "qwen2.5-vl"
+    #: (what the paper served), "qwen2-vl", "qwen3-vl", "pixels", "norm1000".
     box_frame: str = "qwen2.5-vl"
+    #: Pixel bounds of the Qwen frames; keep them within the server's own (vLLM's
+    #: ``--mm-processor-kwargs``), or the server resizes again and the frame moves.
     min_pixels: int | None = pydantic.Field(None, ge=1)
     max_pixels: int | None = pydantic.Field(None, ge=1)
+    #: Downscale for "pixels"/"norm1000" frames (longest side).
     max_side: int | None = pydantic.Field(None, ge=1)
     image_format: Literal["jpeg", "png"] = "jpeg"
     jpeg_quality: int = pydantic.Field(90, ge=1, le=100)
@@ -65,12 +70,15 @@ class OpenAIOptions(PluginOptions):
 
     @pydantic.model_validator(mode="after")
     def _codec(self) -> OpenAIOptions:
-        codec_by_name(
-            self.box_frame,
-            min_pixels=self.min_pixels,
-            max_pixels=self.max_pixels,
-            max_side=self.max_side,
-        )
+        try:
+            codec_by_name(
+                self.box_frame,
+                min_pixels=self.min_pixels,
+                max_pixels=self.max_pixels,
+                max_side=self.max_side,
+            )
+        except ConfigError as exc:  # as a validation error, so the config path is reported
+            raise ValueError(str(exc)) from None
         return self
 
 
@@ -129,6 +137,9 @@ class OpenAIBackend(MLLMBackend):
         self._client_lock = threading.Lock()
         self._stats_lock = threading.Lock()
         self._rng = random.Random()
+        #: Set when the server stopped answering at all: later calls try once, not
+        #: ``retries`` times with backoff, until one gets through.
+        self._down = False
         self.usage = Usage()
         self.stats: dict[str, int] = {"requests": 0, "attempts": 0, "retries": 0, "failures": 0}
 
@@ -260,7 +271,7 @@ class OpenAIBackend(MLLMBackend):
     def _post_with_retries(self, payload: dict[str, Any], purpose: str) -> ChatResponse:
         o = self.options
         url = f"{o.base_url}/chat/completions"
-        attempts = o.retries + 1
+        attempts = 1 if self._down else o.retries + 1
         last: BackendError | None = None
         only_connect_errors = True
         for attempt in range(attempts):
@@ -286,6 +297,7 @@ class OpenAIBackend(MLLMBackend):
             else:
                 only_connect_errors = False
                 status = resp.status_code
+                self._down = False
                 if status == 200:
                     try:
                         return self._parse(resp)
@@ -306,6 +318,7 @@ class OpenAIBackend(MLLMBackend):
                 time.sleep(self._backoff(attempt) if wait is None else wait)
         assert last is not None
         if only_connect_errors:
+            self._down = True
             raise _error_kind(
                 BackendUnavailable(f"nothing answers at {o.base_url} after {attempts} attempts: "
                                    f"{last}", retryable=False), "unavailable")

@@ -69,6 +69,12 @@ class QwenVLOptions(PluginOptions):
     #: How long the batching worker waits for more requests before running a batch.
     batch_wait_s: float = pydantic.Field(0.02, ge=0)
 
+    @pydantic.model_validator(mode="after")
+    def _bounds(self) -> QwenVLOptions:
+        if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
+            raise ValueError(f"min_pixels {self.min_pixels} > max_pixels {self.max_pixels}")
+        return self
+
 
 class QwenVLBackend(MLLMBackend):
     """A local Qwen-VL model; ``max_concurrency`` = ``batch_size`` so stages fill batches."""
@@ -145,6 +151,7 @@ class QwenVLBackend(MLLMBackend):
         if reason:
             raise BackendUnavailable(reason)
         self._load()
+        self._ensure_worker()
         fut: Future = Future()
         self._queue.put((request, fut))
         with self._stats_lock:
@@ -228,8 +235,14 @@ class QwenVLBackend(MLLMBackend):
                 raise BackendUnavailable(f"cannot load {o.model_path}: {exc}") from exc
             self._model = model.to(device).eval()
             self._device = device
-            self._worker = threading.Thread(target=self._serve, name="qwen-vl-batcher", daemon=True)
-            self._worker.start()
+
+    def _ensure_worker(self) -> None:
+        with self._load_lock:
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(
+                    target=self._serve, name="qwen-vl-batcher", daemon=True
+                )
+                self._worker.start()
 
     # -- batching worker -----------------------------------------------------
     def _serve(self) -> None:
@@ -247,7 +260,12 @@ class QwenVLBackend(MLLMBackend):
                     self._queue.put(None)
                     break
                 batch.append(nxt)
-            self._run_batch(batch)
+            try:
+                self._run_batch(batch)
+            except Exception as exc:  # never leave a caller waiting on a dead worker
+                for _, fut in batch:
+                    if not fut.done():
+                        self._fail(fut, BackendError(f"{type(exc).__name__}: {exc}"))
 
     def _run_batch(self, batch: list[tuple[ChatRequest, Future]]) -> None:
         prepared: list[tuple[str, list[Image.Image], ChatRequest, Future]] = []
@@ -256,6 +274,10 @@ class QwenVLBackend(MLLMBackend):
                 text, images = self._prepare(request)
             except BackendError as exc:
                 self._fail(fut, exc)
+                continue
+            except Exception as exc:  # a template or processor error: this request only
+                self._fail(fut, BackendError(
+                    f"cannot build the prompt: {type(exc).__name__}: {exc}", retryable=False))
                 continue
             prepared.append((text, images, request, fut))
         if not prepared:

@@ -318,10 +318,16 @@ class Pipeline:
 
     @staticmethod
     def _stage_dict(summary: Any, backend: MLLMBackend) -> dict[str, Any]:
-        data = summary.as_dict() if hasattr(summary, "as_dict") else dict(summary)
+        """The stage's own counts plus what its (per-stage) cached backend spent."""
+        data = summary.as_dict()
         stats = getattr(backend, "stats", None)
-        if callable(stats):
-            data["backend"] = stats()
+        usage = getattr(backend, "usage", None)
+        if stats is not None and usage is not None:
+            data["backend"] = {
+                **dict(stats),
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+            }
         return data
 
     # ------------------------------------------------------------------- run
