@@ -86,13 +86,15 @@ def part_twitter(args) -> None:
     dev = load_dataset(DATA / "twitter-gmner" / "dev.txt").samples
     if args.train_limit:
         train = train[: args.train_limit]
-    tagger = BertCrfTagger(opts(args, epochs=args.epochs), TWITTER_TYPES)
+    tagger = BertCrfTagger(opts(args, epochs=args.epochs,
+                                use_shape_features=not args.no_shape_features), TWITTER_TYPES)
     started = time.perf_counter()
     report = tagger.fit(train, dev)
     fit_s = time.perf_counter() - started
     scores, preds = evaluate(tagger, dev)
     gate = gate_quality(dev, preds, [x / 10 for x in range(1, 10)])
-    write("twitter", {
+    write("twitter_noshape" if args.no_shape_features else "twitter", {
+        "shape_features": not args.no_shape_features,
         "train_sentences": len(train), "dev_sentences": len(dev), "epochs": args.epochs,
         "seed": args.seed, "fit_seconds": fit_s,
         "seconds_per_epoch": [e["seconds"] for e in report["epochs"]],
@@ -162,9 +164,12 @@ def part_ccks(args) -> None:
         train = [gold[i] for i in order if i not in set(held)]
         pattern = _name_pattern({e.text for s in test for e in s.entities})
         clean = [s for s in synth if pattern is None or not pattern.search(s.text)]
+        if args.synthetic_with_entities:  # drop the flawed untagged sentences (see data README)
+            clean = [s for s in clean if s.entities]
         picked = random.Random(args.seed + k).sample(clean, min(args.synthetic_size, len(clean)))
-        for setting, data, ep in (("gold", train, args.gold_epochs),
-                                  ("gold+synthetic", train + picked, args.synth_epochs)):
+        settings = [("gold", train, args.gold_epochs),
+                    ("gold+synthetic", train + picked, args.synth_epochs)]
+        for setting, data, ep in settings[1:] if args.skip_gold else settings:
             tagger = BertCrfTagger(opts(args, epochs=ep, seed=args.seed), CCKS_TYPES)
             t0 = time.perf_counter()
             tagger.fit(data, None)
@@ -177,14 +182,16 @@ def part_ccks(args) -> None:
                          "pred": scores["pred"], "seconds": time.perf_counter() - t0})
             print(runs[-1], flush=True)
     pooled = {}
-    for setting in ("gold", "gold+synthetic"):
+    for setting in sorted({r["setting"] for r in runs}):
         rs = [r for r in runs if r["setting"] == setting]
         tp, g, p = (sum(r[x] for r in rs) for x in ("tp", "gold", "pred"))
         prec, rec = (tp / p if p else 0.0), (tp / g if g else 0.0)
         pooled[setting] = {"micro_f1": 2 * prec * rec / (prec + rec) if prec + rec else 0.0,
                            "precision": prec, "recall": rec}
-    write("ccks", {"runs": runs, "summary": summarise(runs, ("setting",)), "pooled": pooled,
-                   "synthetic_unique": len(synth), "synthetic_size": args.synthetic_size,
+    write("ccks" + args.suffix, {
+        "runs": runs, "summary": summarise(runs, ("setting",)), "pooled": pooled,
+        "synthetic_with_entities_only": args.synthetic_with_entities,
+        "synthetic_unique": len(synth), "synthetic_size": args.synthetic_size,
                    "peak_rss_mb": peak_rss_mb()})
 
 
@@ -260,9 +267,11 @@ def part_speed(args) -> None:
 # --------------------------------------------------------------------------- report
 def part_report(_args) -> None:
     docs = {p: json.loads((RESULTS / f"tagger_{p}.json").read_text())
-            for p in ("twitter", "curve", "ccks", "speed")
+            for p in ("twitter", "twitter_noshape", "curve", "ccks", "speed")
             if (RESULTS / f"tagger_{p}.json").exists()}
     from bench_tagger_report import render
+    docs["ccks_variants"] = [json.loads(p.read_text())
+                             for p in sorted(RESULTS.glob("tagger_ccks*.json"))]
     text = render(docs)
     notes = RESULTS / "tagger_notes.md"  # hand-written reading of the numbers, if any
     if notes.exists():
@@ -287,6 +296,8 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--epochs", type=int, default=3, help="twitter: epochs on the full split")
+    ap.add_argument("--no-shape-features", action="store_true",
+                    help="twitter: ablation without the word-shape (casing) features")
     ap.add_argument("--train-limit", type=int, default=None, help="twitter: first N tweets only")
     ap.add_argument("--dev-limit", type=int, default=None, help="curve/speed: first N dev tweets")
     ap.add_argument("--sizes", default="100,500,1000")
@@ -296,6 +307,10 @@ def main() -> None:
     ap.add_argument("--ablation-sizes", default="500,1000",
                     type=lambda s: {int(x) for x in s.split(",") if x},
                     help="curve sizes also trained without shape features")
+    ap.add_argument("--suffix", default="", help="ccks: suffix of the result file (variants)")
+    ap.add_argument("--skip-gold", action="store_true", help="ccks: only gold+synthetic")
+    ap.add_argument("--synthetic-with-entities", action="store_true",
+                    help="ccks: use only synthetic sentences that have at least one entity")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--gold-epochs", type=int, default=8)
     ap.add_argument("--synth-epochs", type=int, default=3)

@@ -14,7 +14,7 @@ def render(docs: dict) -> str:
         out += [
             "### 1. Twitter-GMNER, full train split -> dev (MNER F1)",
             "",
-            f"Command: `{d['command']}` ({d['threads']} threads).",
+            f"Command: `{d['command']}` (torch threads: {d['threads']}).",
             "",
             f"- Trained on {d['train_sentences']} tweets for {d['epochs']} epochs (seed "
             f"{d['seed']}), MiniLM-L6 (22M params, uncased) + word shapes + CRF, BIO.",
@@ -25,8 +25,16 @@ def render(docs: dict) -> str:
             "- Training seconds per epoch on the full train split: "
             + ", ".join(f"{s:.0f}" for s in d["seconds_per_epoch"])
             + f"; peak RSS {d['peak_rss_mb']:.0f} MB.",
-            "",
         ]
+        if "twitter_noshape" in docs:
+            n = docs["twitter_noshape"]
+            out.append(
+                f"- Same run **without the word-shape (casing) features**: dev F1 "
+                f"{pct(n['dev']['f1'])} (P {pct(n['dev']['precision'])}, "
+                f"R {pct(n['dev']['recall'])}); per epoch "
+                + ", ".join(pct(x) for x in n["dev_f1_per_epoch"])
+                + f". Command: `{n['command']}`.")
+        out.append("")
     if "curve" in docs:
         d = docs["curve"]
         out += [
@@ -45,24 +53,28 @@ def render(docs: dict) -> str:
                 f"| {s['n']} | {pct(s['mean_f1'])} | {pct(s['std_f1'])} | {pct(s['min_f1'])} "
                 f"| {pct(s['max_f1'])} |")
         out.append("")
-    if "ccks" in docs:
-        d = docs["ccks"]
+    for d in docs.get("ccks_variants", []):
         out += [
             "### 2. CCKS military NER: 5-fold CV on gold-500, gold vs gold + synthetic",
             "",
             f"Command: `{d['command']}`. Synthetic file de-duplicated to "
             f"{d['synthetic_unique']} sentences; per fold every synthetic sentence that mentions "
             "a held-out fold's entity name (case-insensitive, word-boundary match) is removed, "
-            f"then {d['synthetic_size']} are sampled.",
+            + ("keeping only synthetic sentences with at least one tagged entity, "
+               if d.get("synthetic_with_entities_only") else "")
+            + f"then {d['synthetic_size']} are sampled.",
             "",
-            "| setting | folds | F1 mean ± sd (per fold) | pooled micro P / R / F1 |",
-            "|---|---:|---:|---:|",
+            "| setting | epochs | train sentences | folds | F1 mean ± sd (per fold) | "
+            "pooled micro P / R / F1 |",
+            "|---|---:|---:|---:|---:|---:|",
         ]
         for s in d["summary"]:
             p = d["pooled"][s["setting"]]
-            out.append(f"| {s['setting']} | {s['n']} | {pct(s['mean_f1'])} ± {pct(s['std_f1'])} "
+            r0 = next(r for r in d["runs"] if r["setting"] == s["setting"])
+            out.append(f"| {s['setting']} | {r0['epochs']} | {r0['train_sentences']} | {s['n']} "
+                       f"| {pct(s['mean_f1'])} ± {pct(s['std_f1'])} "
                        f"| {pct(p['precision'])} / {pct(p['recall'])} / {pct(p['micro_f1'])} |")
-        removed = [r["synthetic_removed_for_leakage"] for r in d["runs"] if r["setting"] == "gold"]
+        removed = list({r["fold"]: r["synthetic_removed_for_leakage"] for r in d["runs"]}.values())
         out += ["", "Synthetic sentences removed for leakage per fold: "
                 + ", ".join(map(str, removed)) + ".", ""]
     if "twitter" in docs:

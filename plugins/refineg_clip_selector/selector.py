@@ -74,7 +74,7 @@ class ClipSimilaritySelector(ContextSelector):
         image_weight: float = pydantic.Field(0.2, ge=0)
         entity_weight: float = pydantic.Field(0.6, ge=0)
         type_bonus: float = pydantic.Field(0.2, ge=0)
-        entity_agg: Literal["mean", "max"] = "mean"
+        entity_agg: Literal["mean", "max"] = "max"
         missing_image: Literal["renormalize", "zero"] = "renormalize"
         no_entities: Literal["renormalize", "zero"] = "zero"
         text_model: Path | None = None
