@@ -52,6 +52,15 @@ def render(docs: dict) -> str:
                 f"| {s['size']} | {epochs[s['size']]} | {'on' if s['shape_features'] else 'off'} "
                 f"| {s['n']} | {pct(s['mean_f1'])} | {pct(s['std_f1'])} | {pct(s['min_f1'])} "
                 f"| {pct(s['max_f1'])} |")
+        for key in ("twitter", "twitter_noshape"):
+            if key in docs:
+                t = docs[key]
+                out.append(f"| {t['train_sentences']} (full)\\* | {t['epochs']} | "
+                           f"{'on' if t.get('shape_features', True) else 'off'} | 1 | "
+                           f"{pct(t['dev']['f1'])} | – | – | – |")
+        if "twitter" in docs:
+            out += ["", "\\* full-split rows come from part 1: evaluated on all 1,500 dev "
+                    "tweets (the small sizes on the first 500), best epoch chosen on dev."]
         out.append("")
     for d in docs.get("ccks_variants", []):
         out += [

@@ -5,7 +5,10 @@ How a query is scored against every pool sample:
 * text: cosine of mean-pooled, L2-normalised sentence embeddings (MiniLM by default);
 * image: cosine of open_clip image embeddings (only when CLIP weights are configured);
 * entity: cosine of entity-name embeddings (same text encoder) plus ``type_bonus``
-  when the types are equal, aggregated by mean or max over all entity pairs.
+  when the types are equal, aggregated by max (default) or mean over all
+  (query entity, demo entity) pairs — never the release's sum, which grows
+  with the number of entities. On Twitter-GMNER dev, max picked demos that
+  share a type as often as mean and contain a box more often (RESULTS.md).
   At grounding time the query's entities are the *predicted* ones.
 
 Each component is min-max normalised over the pool *for this query* (excluded
