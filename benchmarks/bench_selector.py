@@ -41,15 +41,17 @@ from refineg_clip_selector.scoring import (  # noqa: E402
     top_k,
 )
 from refineg_clip_selector.selector import ClipSimilaritySelector  # noqa: E402
+
 from refineg_core.formats import load_dataset  # noqa: E402
 
-VARIANTS = {
+VARIANTS = {  # explicit options, so the rows do not change when a default does
     "random": {"variant": "random"},
     "text": {"variant": "text"},
-    "entity": {"variant": "entity"},
-    "fused (text 0.4 + entity 0.6)": {"variant": "fused"},
-    "fused, no_entities=renormalize": {"variant": "fused", "no_entities": "renormalize"},
-    "fused, entity_agg=max": {"variant": "fused", "entity_agg": "max"},
+    "entity (mean)": {"variant": "entity", "entity_agg": "mean"},
+    "fused, entity_agg=mean": {"variant": "fused", "entity_agg": "mean"},
+    "fused, entity_agg=mean, no_entities=renormalize": {
+        "variant": "fused", "entity_agg": "mean", "no_entities": "renormalize"},
+    "fused, entity_agg=max (default)": {"variant": "fused", "entity_agg": "max"},
 }
 
 

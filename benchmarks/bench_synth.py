@@ -7,7 +7,7 @@ report: requests, generated, kept, drop reasons, seconds per seed. A 135M model
 writes poor data; the point is that the path runs on a real model and that the
 validation accounts for every candidate.
 
-    nice -n 10 python benchmarks/bench_synth.py                      # 20 seeds
+    nice -n 10 python benchmarks/bench_synth.py --fresh   # 20 seeds, 5+5 asked, 256 tokens
     nice -n 10 python benchmarks/bench_synth.py --seeds 500 --all-seeds  # the full gold set
 """
 
@@ -27,11 +27,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
 os.environ.setdefault("REFINEG_NO_PROGRESS", "1")
 
+from refineg_llm_synth.synthesizer import LLMSynthesizer  # noqa: E402
+
 from refineg_core.formats import load_dataset, read_jsonl  # noqa: E402
 from refineg_core.labels import LabelSet  # noqa: E402
 from refineg_core.pipeline.synth import SynthSettings, run_synthesis  # noqa: E402
 from refineg_core.registry import create  # noqa: E402
-from refineg_llm_synth.synthesizer import LLMSynthesizer  # noqa: E402
 
 CCKS_LABELS = LabelSet({
     "vehicle": "a specific land vehicle model or class (e.g. PUMA, Leopard 2, M1 Abrams)",
@@ -48,13 +49,15 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/ccks-aug")
     ap.add_argument("--seeds", type=int, default=20)
     ap.add_argument("--all-seeds", action="store_true", help="also seeds without entities")
-    ap.add_argument("--n-rewrites", type=int, default=10)
-    ap.add_argument("--n-new", type=int, default=10)
-    ap.add_argument("--max-tokens", type=int, default=1024)
+    ap.add_argument("--n-rewrites", type=int, default=5)
+    ap.add_argument("--n-new", type=int, default=5)
+    ap.add_argument("--max-tokens", type=int, default=256)
+    ap.add_argument("--retries", type=int, default=0, help="extra attempts per failed seed")
     ap.add_argument("--backend-options", default="{}", help="JSON options of local_text")
     ap.add_argument("--out", type=Path, default=Path("/tmp/refineg-bench-synth"))
     ap.add_argument("--fresh", action="store_true", help="delete --out first (else resume)")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (2 threads on a busy 2-core machine ran 5x slower)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.fresh and args.out.exists():
@@ -69,7 +72,8 @@ def main() -> None:
     synth = LLMSynthesizer(LLMSynthesizer.Options(
         n_rewrites=args.n_rewrites, n_new=args.n_new, max_tokens=args.max_tokens), CCKS_LABELS)
     load_s = time.perf_counter() - t0
-    report = run_synthesis(seeds, synth, backend, CCKS_LABELS, SynthSettings(), args.out)
+    report = run_synthesis(seeds, synth, backend, CCKS_LABELS, SynthSettings(retries=args.retries),
+                           args.out)
     out = {"backend": backend.describe(), "backend_setup_s": round(load_s, 1),
            **report.as_dict()}
     print(json.dumps(out, indent=1))

@@ -169,7 +169,7 @@ def part_ccks(args) -> None:
         picked = random.Random(args.seed + k).sample(clean, min(args.synthetic_size, len(clean)))
         settings = [("gold", train, args.gold_epochs),
                     ("gold+synthetic", train + picked, args.synth_epochs)]
-        for setting, data, ep in settings[1:] if args.skip_gold else settings:
+        for setting, data, ep in (x for x in settings if x[0] in args.settings.split(",")):
             tagger = BertCrfTagger(opts(args, epochs=ep, seed=args.seed), CCKS_TYPES)
             t0 = time.perf_counter()
             tagger.fit(data, None)
@@ -308,7 +308,8 @@ def main() -> None:
                     type=lambda s: {int(x) for x in s.split(",") if x},
                     help="curve sizes also trained without shape features")
     ap.add_argument("--suffix", default="", help="ccks: suffix of the result file (variants)")
-    ap.add_argument("--skip-gold", action="store_true", help="ccks: only gold+synthetic")
+    ap.add_argument("--settings", default="gold,gold+synthetic",
+                    help="ccks: which settings to train (comma-separated)")
     ap.add_argument("--synthetic-with-entities", action="store_true",
                     help="ccks: use only synthetic sentences that have at least one entity")
     ap.add_argument("--folds", type=int, default=5)

@@ -47,7 +47,7 @@ class DataConfig(StrictModel):
         default_factory=list, description="more training data, e.g. synthesized sentences"
     )
     use_synthesized: bool = Field(
-        False, description="add this run's synth output (synth/samples.jsonl) to training"
+        False, description="add this run's synth output (synth/synthetic.jsonl) to training"
     )
 
 

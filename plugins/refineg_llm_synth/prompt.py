@@ -68,8 +68,12 @@ def build_prompt(seed: Sample, descriptions: Mapping[str, str], *, n_rewrites: i
             tasks.append(
                 f"(b) {n_new} sentences of the same topic that mention specific entities of the "
                 "types above, each tagged.")
+    # The seed comes last and the answer cue after it: small models continue
+    # from the end of the prompt (put first, they echoed the instructions).
     user = (
-        f"Seed sample:\n{seed_json(seed)}\n\nWrite:\n" + "\n".join(tasks)
-        + "\nReturn one JSON list with all sentences, in the same schema as the seed."
+        "Write:\n" + "\n".join(tasks)
+        + "\nReturn one JSON list with all sentences, in the same schema as the seed sample. "
+        "Answer with the JSON list only, without repeating these instructions."
+        f"\n\nSeed sample:\n{seed_json(seed)}\n\nAnswer (JSON list):"
     )
     return system, user

@@ -5,7 +5,7 @@ its own file as it goes, so any stage can be (re)run alone and an interrupted
 run resumes. Layout of a run directory:
 
     config.json            the resolved, redacted config
-    synth/                 synthesized training data + yield report
+    synth/                 synthetic.jsonl/.conll + report.json (the yield)
     tagger/                the trained tagger
     predict.jsonl          tagger + gate (entities with uncertainty, gate info)
     refine.jsonl           after MLLM refinement of delegated samples
@@ -151,7 +151,7 @@ class Pipeline:
             self.run_dir / "synth",
             debug=self.debug,
         )
-        data = report.as_dict() if hasattr(report, "as_dict") else dict(report)
+        data = report.as_dict()
         self._record("synth", data, started)
         return data
 
@@ -162,7 +162,9 @@ class Pipeline:
         samples = list(self.require("train").samples)
         for extra in self.config.data.extra_train:
             samples += self._load(extra).samples
-        synth_file = self.run_dir / "synth" / "samples.jsonl"
+        from refineg_core.pipeline.synth import SAMPLES_FILE
+
+        synth_file = self.run_dir / "synth" / SAMPLES_FILE
         if self.config.data.use_synthesized:
             if not synth_file.exists():
                 raise ConfigError(
