@@ -146,3 +146,63 @@ def test_offline_run_completes_and_says_what_it_skipped(dataset, tmp_path, monke
     final = read_results(tmp_path / "run" / "final.jsonl")
     assert len(final) == 12 and all(not e.boxes for r in final for e in r.entities)
     assert "requests_skipped" in result.stderr
+
+
+def test_synth_then_train_on_gold_plus_synthetic(ccks_dir, tmp_path):
+    """`refineg synth` through the OpenAI backend, then `refineg train` uses its output."""
+    reply = json.dumps(
+        [
+            {
+                "text": "The PUMA rolled past the HIMARS launcher .",
+                "entity": [
+                    {"name": "PUMA", "type": "vehicle"},
+                    {"name": "HIMARS", "type": "weapon"},
+                ],
+            },
+            {"text": "A Rafale landed .", "entity": [{"name": "Rafale", "type": "aircraft"}]},
+            {"text": "Generic tank here .", "entity": [{"name": "tank", "type": "cannon"}]},
+        ]
+    )
+    with FakeOpenAIServer() as server:
+        server.default = ok("Here you go:\n" + reply)
+        cfg = tmp_path / "c.toml"
+        cfg.write_text(
+            textwrap.dedent(f'''
+            run_dir = "{tmp_path / "run"}"
+            [labels]
+            vehicle = "land vehicle"
+            aircraft = "aircraft"
+            vessel = "ship"
+            weapon = "weapon"
+            location = "place"
+            other = "other"
+            [data.train]
+            path = "{ccks_dir / "gold-500.conll"}"
+            limit = 6
+            [data]
+            use_synthesized = true
+            [synthesizer]
+            plugin = "llm"
+            [synth_backend]
+            plugin = "openai"
+            [synth_backend.options]
+            base_url = "{server.base_url}"
+            model = "fake-model"
+            [tagger.options]
+            epochs = 1
+            max_length = 32
+        '''),
+            encoding="utf-8",
+        )
+        synth = run_cli(["synth", "-c", str(cfg)])
+        assert synth.code == 0, synth.stderr
+        assert len(server.chat_requests) == 6  # one request per seed
+        report = json.loads((tmp_path / "run" / "synth" / "report.json").read_text())
+        # Each seed's answer: 2 valid sentences, 1 with a type outside the label set;
+        # duplicates across seeds are removed, so 2 survive in total.
+        assert report["kept"] == 2
+        train = run_cli(["train", "-c", str(cfg)])
+        assert train.code == 0, train.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["stages"]["train"]["train_samples"] == 6 + 2
+    assert (tmp_path / "run" / "tagger" / "manifest.json").exists()
