@@ -165,7 +165,8 @@ def test_check_candidate_tags_like_the_readers():
 
 
 def scripted_answer(request: ChatRequest) -> str:
-    """Per seed: a valid rewrite, its duplicate, the seed itself, a bad type, a missing name."""
+    """Per seed: a valid rewrite, its duplicate, the seed itself, a bad type, a missing name,
+    and an entity-less sentence (dropped only when the seed has entities)."""
     seed = seed_of(request)
     ents = seed["entity"]
     rewrite = "Yesterday , " + seed["text"]
@@ -175,6 +176,7 @@ def scripted_answer(request: ChatRequest) -> str:
         {"text": seed["text"], "entity": ents},  # duplicate of the seed
         {"text": "The Zumwalt sailed .", "entity": [{"name": "Zumwalt", "type": "boat"}]},
         {"text": "Nothing named here .", "entity": [{"name": "Gepard", "type": "vehicle"}]},
+        {"text": "An untagged Eurofighter flew by .", "entity": []},
     ]) + "\n```"
 
 
@@ -184,20 +186,26 @@ def test_run_synthesis_validates_dedupes_and_writes(ccks_dir, tmp_path):
     report = run_synthesis(seeds, synth(), backend, CCKS_LABELS, SynthSettings(), tmp_path)
     assert report.requests == len(backend.requests) == 8
     assert backend.max_in_flight > 1  # seeds ran concurrently through the backend
-    assert report.generated == 40 and report.kept == 8
-    assert report.dropped == {"duplicate": 8, "duplicate_of_seed": 8, "unknown_type": 8,
-                              NAME_NOT_IN_TEXT: 8}
+    with_ents = sum(1 for s in seeds if s.entities)
+    assert 0 < with_ents < 8
+    assert report.generated == 48
+    duplicates = 8 + (8 - with_ents - 1)  # upper-cased rewrites + repeated entity-less one
+    assert report.dropped == {"duplicate": duplicates, "duplicate_of_seed": 8, "unknown_type": 8,
+                              NAME_NOT_IN_TEXT: 8, "no_entities_from_entity_seed": with_ents}
+    # one rewrite per seed, plus the entity-less sentence once (from an entity-less seed;
+    # the other entity-less seeds' copies are duplicates of it)
+    assert report.kept == 9 and report.kept_by_kind == {"rewrite": 9}
     conll = read_conll(tmp_path / "synthetic.conll").samples
     native = read_jsonl(tmp_path / "synthetic.jsonl").samples
     assert [s.tokens for s in conll] == [s.tokens for s in native]
-    by_seed = {s.meta["seed_id"]: s for s in native}
+    by_seed = {s.meta["seed_id"]: s for s in native if s.text.startswith("Yesterday")}
     for seed in seeds:  # the seed's entities re-found in the rewrite, one token later
         got = [(e.start - 2, e.end - 2, e.type) for e in by_seed[seed.id].entities]
         assert got == [e.key for e in seed.entities]
     assert [e.key for s in conll for e in s.entities] == [
         e.key for s in native for e in s.entities]
     saved = json.loads((tmp_path / "report.json").read_text())
-    assert saved["kept"] == 8 and saved["requests"] == 8 and saved["seconds_per_seed_mean"] > 0
+    assert saved["kept"] == 9 and saved["requests"] == 8 and saved["seconds_per_seed_mean"] > 0
 
 
 def test_run_synthesis_resumes_and_retries_failures(ccks_dir, tmp_path):

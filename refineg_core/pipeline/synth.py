@@ -8,6 +8,10 @@ to train on and cheap to rerun:
   token boundaries, found with the same ``tag_names`` the data readers use). A
   candidate with one bad entity is dropped whole: keeping the sentence without
   that entity would teach the tagger to miss it. Each drop is counted by reason;
+* a candidate without entities written from a seed *with* entities is dropped
+  (``require_entities``): every sentence asked of such a seed has entities, so an
+  empty list means the model forgot the tags (SmolLM2 does this: "A Eurofighter
+  ... with an A400M" came back untagged) and would teach the tagger to miss them;
 * candidates are de-duplicated against the seeds and each other (case,
   whitespace and punctuation spacing ignored);
 * seeds run concurrently (``backend.max_concurrency`` threads); each finished
@@ -56,6 +60,7 @@ BAD_ENTITY = "malformed_entity"
 UNKNOWN_TYPE = "unknown_type"
 CONFLICTING_TYPES = "conflicting_types"
 NAME_NOT_IN_TEXT = "name_not_in_text"
+UNTAGGED = "no_entities_from_entity_seed"
 DUPLICATE_OF_SEED = "duplicate_of_seed"
 DUPLICATE = "duplicate"
 
@@ -71,6 +76,9 @@ class SynthSettings(pydantic.BaseModel):
     limit: int | None = pydantic.Field(None, ge=0, description="use only the first N seeds")
     dedupe: bool = True
     retry_failed: bool = pydantic.Field(True, description="a rerun retries seeds that failed")
+    require_entities: bool = pydantic.Field(
+        True, description="drop entity-less sentences written from a seed that has entities "
+        "(every requested sentence had entities; an empty list means tags were forgotten)")
 
 
 @attrs.define
@@ -305,6 +313,9 @@ def run_synthesis(
                 dropped[checked] += 1
                 continue
             tokens, entities = checked
+            if settings.require_entities and outcome.seed.entities and not entities:
+                dropped[UNTAGGED] += 1
+                continue
             norm = " ".join(t.casefold() for t in tokens)
             if settings.dedupe and norm in seed_texts:
                 dropped[DUPLICATE_OF_SEED] += 1
