@@ -22,10 +22,8 @@ import attrs
 import pydantic
 
 from refineg_core.boxcodecs import BoxCodec
-from refineg_core.errors import BackendError
 from refineg_core.interfaces import ContextSelector, MLLMBackend, PluginOptions
 from refineg_core.labels import LabelSet
-from refineg_core.pipeline.answers import AnswerError, parse_answer
 from refineg_core.pipeline.prompts import (
     GROUND_QUERY_FIELDS,
     GROUND_SYSTEM_FIELDS,
@@ -36,7 +34,7 @@ from refineg_core.pipeline.prompts import (
 from refineg_core.pipeline.runner import StageSummary, run_stage
 from refineg_core.pipeline.stagekit import (
     Counters,
-    backend_failure_kind,
+    ask,
     forget_skipped,
     skip_stage,
 )
@@ -165,7 +163,8 @@ def match_answer(
             continue
         etype = item.get("type")
         typed = [
-            e for e in targets
+            e
+            for e in targets
             if isinstance(etype, str) and e.type.casefold() == etype.strip().casefold()
         ]
         if not typed:
@@ -243,39 +242,26 @@ def _ground_one(
         "demos": [{"id": d.sample.id, "score": round(float(d.score), 6)} for d in demos],
     }
     info: dict[str, Any] = {}
-    try:
-        response = backend.complete(request)
-    except BackendError as exc:
-        counters.add("calls_failed")
-        info["outcome"] = "backend_failed"
-        failure = Failure(STAGE, backend_failure_kind(exc), str(exc)[:500])
-        return SampleResult(item.sample, item.entities, (*item.failures, failure),
-                            {**meta, STAGE: info})
-    counters.usage(response)
-    if debug:
-        info["answer"] = response.text
-    try:
-        parsed = parse_answer(response.text)
-    except AnswerError as exc:
-        counters.add("answers_unusable")
-        info["outcome"] = "unusable_answer"
-        info["answer"] = response.text[:2000]
-        return SampleResult(item.sample, item.entities,
-                            (*item.failures, Failure(STAGE, exc.kind, str(exc))),
-                            {**meta, STAGE: info})
+    parsed = ask(backend, request, STAGE, counters, info, debug)
+    if isinstance(parsed, Failure):
+        return SampleResult(
+            item.sample, item.entities, (*item.failures, parsed), {**meta, STAGE: info}
+        )
     grounding = match_answer(parsed.items, item.entities, codec, size)
     entities = []
     for e in item.entities:
         if e.key in grounding.boxes:
-            entities.append(attrs.evolve(e, boxes=tuple(grounding.boxes[e.key]),
-                                         grounded_by=SOURCE_MLLM))
+            entities.append(
+                attrs.evolve(e, boxes=tuple(grounding.boxes[e.key]), grounded_by=SOURCE_MLLM)
+            )
         else:
             entities.append(e)
     answered = sum(1 for e in item.entities if e.key in grounding.boxes)
     counts = Counter(grounding.counts)
     counts["entities_grounded"] = answered
-    counts["entities_with_boxes"] = sum(1 for e in entities if e.grounded_by == SOURCE_MLLM
-                                        and e.boxes)
+    counts["entities_with_boxes"] = sum(
+        1 for e in entities if e.grounded_by == SOURCE_MLLM and e.boxes
+    )
     counts["entities_unanswered"] = len(item.entities) - answered
     counters.update(counts)
     counters.add("answers_repaired", int(parsed.repaired))
@@ -284,11 +270,15 @@ def _ground_one(
     failures = item.failures
     if parsed.truncated:
         counters.add("answers_truncated")
-        failures = (*failures, Failure(
-            STAGE, "truncated",
-            f"answer cut off after {len(parsed.items)} complete items; "
-            "entities it did not reach have no boxes",
-        ))
+        failures = (
+            *failures,
+            Failure(
+                STAGE,
+                "truncated",
+                f"answer cut off after {len(parsed.items)} complete items; "
+                "entities it did not reach have no boxes",
+            ),
+        )
     return SampleResult(item.sample, tuple(entities), failures, {**meta, STAGE: info})
 
 
@@ -317,25 +307,41 @@ def run_ground(
     out_path = Path(out_path)
     forgotten = forget_skipped(out_path, STAGE)
     if not settings.enabled:
-        return skip_stage(STAGE, results, out_path, needs_call=_needs_call,
-                          reason="the ground stage is disabled in the config",
-                          backend=backend.describe(), reason_key="disabled")
+        return skip_stage(
+            STAGE,
+            results,
+            out_path,
+            needs_call=_needs_call,
+            reason="the ground stage is disabled in the config",
+            backend=backend.describe(),
+            reason_key="disabled",
+        )
     reason = backend.check_available()
     if reason is None and not backend.supports_images:
         reason = f"{backend.describe()} is text-only; grounding needs a backend that sees images"
     if reason:
-        return skip_stage(STAGE, results, out_path, needs_call=_needs_call, reason=reason,
-                          backend=backend.describe())
+        return skip_stage(
+            STAGE,
+            results,
+            out_path,
+            needs_call=_needs_call,
+            reason=reason,
+            backend=backend.describe(),
+        )
     counters = Counters()
     select_lock = threading.Lock()
 
     def process(item: SampleResult) -> SampleResult:
-        return _ground_one(item, selector, select_lock, backend, labels, settings, counters,
-                           debug)
+        return _ground_one(item, selector, select_lock, backend, labels, settings, counters, debug)
 
     out, summary = run_stage(
-        STAGE, results, process, out_path,
-        workers=backend.max_concurrency, unit="sample", debug=debug,
+        STAGE,
+        results,
+        process,
+        out_path,
+        workers=backend.max_concurrency,
+        unit="sample",
+        debug=debug,
     )
     summary.counters.update(counters.counts)
     summary.counters["demo_pool"] = len(pool)

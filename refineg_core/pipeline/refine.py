@@ -23,15 +23,13 @@ from typing import Any, Literal
 import attrs
 import pydantic
 
-from refineg_core.errors import BackendError
 from refineg_core.interfaces import MLLMBackend, PluginOptions
 from refineg_core.labels import LabelSet, find_token_spans
-from refineg_core.pipeline.answers import AnswerError, parse_answer
 from refineg_core.pipeline.prompts import REFINE_FIELDS, build_refine_request, validate_template
 from refineg_core.pipeline.runner import StageSummary, run_stage
 from refineg_core.pipeline.stagekit import (
     Counters,
-    backend_failure_kind,
+    ask,
     forget_skipped,
     merged_meta,
     skip_stage,
@@ -203,8 +201,13 @@ def apply_decision(
             counts["entities_confirmed"] += 1
         else:
             out.append(
-                Entity(span[0], span[1], span[2], " ".join(tokens[span[0] : span[1]]),
-                       source=SOURCE_MLLM)
+                Entity(
+                    span[0],
+                    span[1],
+                    span[2],
+                    " ".join(tokens[span[0] : span[1]]),
+                    source=SOURCE_MLLM,
+                )
             )
             if any(_overlaps(span, d) for d in delegated):
                 counts["entities_changed"] += 1
@@ -246,23 +249,9 @@ def _refine_one(
         temperature=settings.temperature,
     )
     info: dict[str, Any] = {"delegated": [list(k) for k in sorted(plan.delegated)]}
-    try:
-        response = backend.complete(request)
-    except BackendError as exc:
-        counters.add("calls_failed")
-        info["outcome"] = "backend_failed"
-        failure = Failure(STAGE, backend_failure_kind(exc), str(exc)[:500])
-        return _keep(item, info, failure)
-    counters.usage(response)
-    if debug:
-        info["answer"] = response.text
-    try:
-        parsed = parse_answer(response.text)
-    except AnswerError as exc:
-        counters.add("answers_unusable")
-        info["outcome"] = "unusable_answer"
-        info["answer"] = response.text[:2000]
-        return _keep(item, info, Failure(STAGE, exc.kind, str(exc)))
+    parsed = ask(backend, request, STAGE, counters, info, debug)
+    if isinstance(parsed, Failure):
+        return _keep(item, info, parsed)
     kept = [e for e in item.entities if e.key not in plan.delegated]
     decision = validate_items(parsed.items, item.sample.tokens, kept, labels)
     entities, counts = apply_decision(item, plan.delegated, decision, partial=parsed.truncated)
@@ -275,11 +264,15 @@ def _refine_one(
     failures = item.failures
     if parsed.truncated:
         counters.add("answers_truncated")
-        failures = (*failures, Failure(
-            STAGE, "truncated",
-            f"answer cut off after {len(parsed.items)} complete items; "
-            "delegated entities it did not reach were kept as the tagger had them",
-        ))
+        failures = (
+            *failures,
+            Failure(
+                STAGE,
+                "truncated",
+                f"answer cut off after {len(parsed.items)} complete items; "
+                "delegated entities it did not reach were kept as the tagger had them",
+            ),
+        )
     return SampleResult(item.sample, entities, failures, {**item.meta, STAGE: info})
 
 
@@ -307,21 +300,38 @@ def run_refine(
         return delegation(r, settings.delegate).send
 
     if not settings.enabled:
-        return skip_stage(STAGE, results, out_path, needs_call=needs_call,
-                          reason="the refine stage is disabled in the config",
-                          backend=backend.describe(), reason_key="disabled")
+        return skip_stage(
+            STAGE,
+            results,
+            out_path,
+            needs_call=needs_call,
+            reason="the refine stage is disabled in the config",
+            backend=backend.describe(),
+            reason_key="disabled",
+        )
     reason = backend.check_available()
     if reason:
-        return skip_stage(STAGE, results, out_path, needs_call=needs_call, reason=reason,
-                          backend=backend.describe())
+        return skip_stage(
+            STAGE,
+            results,
+            out_path,
+            needs_call=needs_call,
+            reason=reason,
+            backend=backend.describe(),
+        )
     counters = Counters()
 
     def process(item: SampleResult) -> SampleResult:
         return _refine_one(item, backend, labels, settings, counters, debug)
 
     out, summary = run_stage(
-        STAGE, results, process, out_path,
-        workers=backend.max_concurrency, unit="sample", debug=debug,
+        STAGE,
+        results,
+        process,
+        out_path,
+        workers=backend.max_concurrency,
+        unit="sample",
+        debug=debug,
     )
     summary.counters.update(counters.counts)
     if forgotten:

@@ -14,18 +14,21 @@ import threading
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
-from refineg_core.errors import RefinegError
-from refineg_core.formats.native import iter_jsonl, result_from_dict, sample_to_dict
+from refineg_core.errors import DataError, RefinegError
+from refineg_core.formats.native import result_from_dict, sample_to_dict
 from refineg_core.hooks import get_hooks
 from refineg_core.progress import bar
 from refineg_core.types import Failure, SampleResult
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @attrs.define
@@ -55,8 +58,12 @@ class StageSummary:
         }
 
 
-class ResultWriter:
-    """Append-only JSONL of results; thread-safe; flushed after every line."""
+class JsonlAppender:
+    """Append-only JSONL; thread-safe; flushed after every line.
+
+    A half-written last line left by a killed run is cut off first, so what is
+    on disk is always whole records.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -66,16 +73,14 @@ class ResultWriter:
         self._fh = self.path.open("a", encoding="utf-8")
 
     def _repair_tail(self) -> None:
-        """Drop a half-written last line left by a killed run."""
         if not self.path.exists():
             return
         data = self.path.read_bytes()
         if data and not data.endswith(b"\n"):
-            cut = data.rfind(b"\n") + 1
-            self.path.write_bytes(data[:cut])
+            self.path.write_bytes(data[: data.rfind(b"\n") + 1])
 
-    def write(self, result: SampleResult) -> None:
-        line = json.dumps(sample_to_dict(result), ensure_ascii=False)
+    def write_record(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, ensure_ascii=False)
         with self._lock:
             self._fh.write(line + "\n")
             self._fh.flush()
@@ -84,12 +89,62 @@ class ResultWriter:
         self._fh.close()
 
 
+class ResultWriter(JsonlAppender):
+    """The stage JSONL: one SampleResult per line."""
+
+    def write(self, result: SampleResult) -> None:
+        self.write_record(sample_to_dict(result))
+
+
+def load_records(path: Path) -> list[dict[str, Any]]:
+    """Every whole record of a JSONL written by a JsonlAppender (torn tail repaired)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    JsonlAppender(path).close()
+    records = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise DataError(f"invalid JSON: {exc.msg}", where=f"{path}:{lineno}") from None
+    return records
+
+
 def load_done(path: Path) -> dict[str, SampleResult]:
     """Results already written by an earlier (possibly interrupted) run."""
-    if not Path(path).exists():
-        return {}
-    ResultWriter(path).close()  # repair a torn tail before reading
-    return {r["id"]: result_from_dict(r) for _, r in iter_jsonl(Path(path))}
+    return {r["id"]: result_from_dict(r) for r in load_records(path)}
+
+
+def run_concurrently(
+    items: Iterable[T],
+    work: Callable[[T], R],
+    on_done: Callable[[R], None],
+    *,
+    workers: int = 1,
+) -> None:
+    """Run ``work`` on up to ``workers`` threads; ``on_done`` gets each result in the
+    calling thread as soon as it is ready. At most 2x``workers`` items are in
+    flight, so a huge input is never submitted all at once."""
+    workers = max(1, workers)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        queue = iter(items)
+        pending: set[Future] = set()
+
+        def refill() -> None:
+            for item in queue:
+                pending.add(pool.submit(work, item))
+                if len(pending) >= workers * 2:
+                    break
+
+        refill()
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                pending.discard(fut)
+                on_done(fut.result())
+            refill()
 
 
 def failure_from_exception(stage: str, exc: BaseException) -> Failure:
@@ -127,34 +182,19 @@ def run_stage(
                 traceback.print_exc()
             return item.with_failure(failure_from_exception(stage, exc))
 
+    def record(result: SampleResult) -> None:
+        writer.write(result)
+        results[result.id] = result
+        summary.processed += 1
+        new_failures = [f for f in result.failures if f.stage == stage]
+        if new_failures:
+            summary.failed += 1
+            summary.failure_kinds.update(f.kind for f in new_failures)
+        progress.update(1)
+
     progress = bar(desc=stage, total=len(todo), unit=unit)
     try:
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            pending: set[Future] = set()
-            queue = iter(todo)
-            limit = max(1, workers) * 2
-
-            def refill() -> None:
-                for item in queue:
-                    pending.add(pool.submit(safe, item))
-                    if len(pending) >= limit:
-                        break
-
-            refill()
-            while pending:
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    pending.discard(fut)
-                    result = fut.result()
-                    writer.write(result)
-                    results[result.id] = result
-                    summary.processed += 1
-                    new_failures = [f for f in result.failures if f.stage == stage]
-                    if new_failures:
-                        summary.failed += 1
-                        summary.failure_kinds.update(f.kind for f in new_failures)
-                    progress.update(1)
-                refill()
+        run_concurrently(todo, safe, record, workers=workers)
     finally:
         progress.close()
         writer.close()

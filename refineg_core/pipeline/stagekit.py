@@ -6,7 +6,8 @@
   stay valid, but marked ``meta[stage]["skipped"]``; the next run forgets those
   lines, so starting the server later and rerunning does the real work instead
   of resuming the placeholders;
-- turning a backend exception into a recorded failure kind.
+- turning a backend exception into a recorded failure kind;
+- ``ask``: one call plus answer parsing, with failures recorded the same way.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from refineg_core.chat import ChatResponse
+from refineg_core.chat import ChatRequest, ChatResponse
 from refineg_core.errors import BackendError, BackendUnavailable
 from refineg_core.formats.native import sample_to_dict
 from refineg_core.hooks import get_hooks
+from refineg_core.pipeline.answers import AnswerError, ParsedAnswer, parse_answer
 from refineg_core.pipeline.runner import StageSummary, load_done
-from refineg_core.types import SampleResult
+from refineg_core.types import Failure, SampleResult
 
 
 class Counters:
@@ -135,3 +137,31 @@ def backend_failure_kind(exc: BaseException) -> str:
     if isinstance(exc, BackendError):
         return "backend_error"
     return type(exc).__name__
+
+
+def ask(
+    backend,
+    request: ChatRequest,
+    stage: str,
+    counters: Counters,
+    info: dict[str, Any],
+    debug: bool,
+) -> ParsedAnswer | Failure:
+    """Call the backend and parse its JSON list; a failed call or an unusable
+    answer comes back as the Failure to record (``info`` says which)."""
+    try:
+        response = backend.complete(request)
+    except BackendError as exc:
+        counters.add("calls_failed")
+        info["outcome"] = "backend_failed"
+        return Failure(stage, backend_failure_kind(exc), str(exc)[:500])
+    counters.usage(response)
+    if debug:
+        info["answer"] = response.text
+    try:
+        return parse_answer(response.text)
+    except AnswerError as exc:
+        counters.add("answers_unusable")
+        info["outcome"] = "unusable_answer"
+        info["answer"] = response.text[:2000]
+        return Failure(stage, exc.kind, str(exc))

@@ -30,7 +30,6 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,7 +43,12 @@ from refineg_core.formats.native import sample_from_dict, sample_to_dict
 from refineg_core.hooks import get_hooks
 from refineg_core.interfaces import MLLMBackend, Synthesizer
 from refineg_core.labels import LabelSet, tag_names, tags_to_spans, tokenize
-from refineg_core.pipeline.runner import failure_from_exception
+from refineg_core.pipeline.runner import (
+    JsonlAppender,
+    failure_from_exception,
+    load_records,
+    run_concurrently,
+)
 from refineg_core.progress import bar
 from refineg_core.types import Entity, Sample, SynthesisCandidate
 
@@ -77,8 +81,10 @@ class SynthSettings(pydantic.BaseModel):
     dedupe: bool = True
     retry_failed: bool = pydantic.Field(True, description="a rerun retries seeds that failed")
     require_entities: bool = pydantic.Field(
-        True, description="drop entity-less sentences written from a seed that has entities "
-        "(every requested sentence had entities; an empty list means tags were forgotten)")
+        True,
+        description="drop entity-less sentences written from a seed that has entities "
+        "(every requested sentence had entities; an empty list means tags were forgotten)",
+    )
 
 
 @attrs.define
@@ -206,38 +212,9 @@ class _SeedOutcome:
     failure: dict[str, str] | None
 
 
-class _JsonlAppender:
-    """Append-only JSONL, flushed per line; a torn last line from a kill is cut first."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        if path.exists():
-            data = path.read_bytes()
-            if data and not data.endswith(b"\n"):
-                path.write_bytes(data[: data.rfind(b"\n") + 1])
-        self._fh = path.open("a", encoding="utf-8")
-
-    def write(self, record: dict[str, Any]) -> None:
-        self._fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._fh.flush()
-
-    def close(self) -> None:
-        self._fh.close()
-
-
-def _load_records(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    _JsonlAppender(path).close()  # repair a torn tail
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            out.append(json.loads(line))
-    return out
-
-
-def _synthesize_one(seed: Sample, synthesizer: Synthesizer, backend: MLLMBackend,
-                    retries: int, debug: bool) -> _SeedOutcome:
+def _synthesize_one(
+    seed: Sample, synthesizer: Synthesizer, backend: MLLMBackend, retries: int, debug: bool
+) -> _SeedOutcome:
     counting = _CountingBackend(backend)
     started = time.perf_counter()
     failure = None
@@ -251,13 +228,22 @@ def _synthesize_one(seed: Sample, synthesizer: Synthesizer, backend: MLLMBackend
             if debug:
                 traceback.print_exc()
             failure = failure_from_exception(STAGE, exc).as_dict()
-            retryable = (isinstance(exc, BackendError) and exc.retryable
-                         and not isinstance(exc, BackendUnavailable))
+            retryable = (
+                isinstance(exc, BackendError)
+                and exc.retryable
+                and not isinstance(exc, BackendUnavailable)
+            )
             if not retryable or attempt == retries:
                 break
             time.sleep(min(0.2 * 2**attempt, 2.0))
-    return _SeedOutcome(seed, tuple(candidates), counting.requests, counting.usage,
-                        time.perf_counter() - started, failure)
+    return _SeedOutcome(
+        seed,
+        tuple(candidates),
+        counting.requests,
+        counting.usage,
+        time.perf_counter() - started,
+        failure,
+    )
 
 
 def run_synthesis(
@@ -281,10 +267,11 @@ def run_synthesis(
     chosen = list(seeds[: settings.limit] if settings.limit is not None else seeds)
 
     # What an earlier run finished: the last record per seed wins.
-    records = {r["seed_id"]: r for r in _load_records(paths[DONE_FILE])}
-    finished = {sid for sid, r in records.items()
-                if r.get("failure") is None or not settings.retry_failed}
-    kept_before = [sample_from_dict(r) for r in _load_records(paths[SAMPLES_FILE])]
+    records = {r["seed_id"]: r for r in load_records(paths[DONE_FILE])}
+    finished = {
+        sid for sid, r in records.items() if r.get("failure") is None or not settings.retry_failed
+    }
+    kept_before = [sample_from_dict(r) for r in load_records(paths[SAMPLES_FILE])]
     kept = [s for s in kept_before if s.meta.get("seed_id") in finished]
     if len(kept) != len(kept_before):  # samples of a seed interrupted before its record
         with paths[SAMPLES_FILE].open("w", encoding="utf-8") as fh:
@@ -299,8 +286,8 @@ def run_synthesis(
     hooks = get_hooks()
     hooks.stage_started(STAGE, len(todo))
 
-    samples_out = _JsonlAppender(paths[SAMPLES_FILE])
-    done_out = _JsonlAppender(paths[DONE_FILE])
+    samples_out = JsonlAppender(paths[SAMPLES_FILE])
+    done_out = JsonlAppender(paths[DONE_FILE])
     progress = bar(desc=STAGE, total=len(todo), unit="seed")
 
     def absorb(outcome: _SeedOutcome) -> None:
@@ -325,47 +312,42 @@ def run_synthesis(
                 continue
             seen.add(norm)
             sample = Sample(
-                f"{outcome.seed.id}-syn{n_kept}", tokens, cand.text.strip(), None, entities,
+                f"{outcome.seed.id}-syn{n_kept}",
+                tokens,
+                cand.text.strip(),
+                None,
+                entities,
                 meta={"synthetic": True, "seed_id": outcome.seed.id, "kind": cand.kind},
             )
-            samples_out.write(sample_to_dict(sample))
+            samples_out.write_record(sample_to_dict(sample))
             kept.append(sample)
             n_kept += 1
             by_kind[cand.kind] += 1
-        done_out.write({
-            "seed_id": outcome.seed.id,
-            "requests": outcome.requests,
-            "prompt_tokens": outcome.usage.prompt_tokens,
-            "completion_tokens": outcome.usage.completion_tokens,
-            "generated": len(outcome.candidates),
-            "kept": n_kept,
-            "kept_by_kind": dict(by_kind),
-            "dropped": dict(dropped),
-            "seconds": round(outcome.seconds, 3),
-            "failure": outcome.failure,
-        })
+        done_out.write_record(
+            {
+                "seed_id": outcome.seed.id,
+                "requests": outcome.requests,
+                "prompt_tokens": outcome.usage.prompt_tokens,
+                "completion_tokens": outcome.usage.completion_tokens,
+                "generated": len(outcome.candidates),
+                "kept": n_kept,
+                "kept_by_kind": dict(by_kind),
+                "dropped": dict(dropped),
+                "seconds": round(outcome.seconds, 3),
+                "failure": outcome.failure,
+            }
+        )
+
+    def one(seed: Sample) -> _SeedOutcome:
+        return _synthesize_one(seed, synthesizer, backend, settings.retries, debug)
+
+    def done(outcome: _SeedOutcome) -> None:
+        absorb(outcome)
+        report.processed += 1
+        progress.update(1)
 
     try:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            queue = iter(todo)
-            pending: set[Future] = set()
-
-            def refill() -> None:
-                for seed in queue:
-                    pending.add(pool.submit(_synthesize_one, seed, synthesizer, backend,
-                                            settings.retries, debug))
-                    if len(pending) >= workers * 2:
-                        break
-
-            refill()
-            while pending:
-                finished_now, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in finished_now:
-                    pending.discard(fut)
-                    absorb(fut.result())
-                    report.processed += 1
-                    progress.update(1)
-                refill()
+        run_concurrently(todo, one, done, workers=workers)
     finally:
         progress.close()
         samples_out.close()
@@ -377,7 +359,7 @@ def run_synthesis(
     chosen_ids = {s.id for s in chosen}
     per_seed_seconds: dict[str, float] = {}
     last: dict[str, dict[str, Any]] = {}
-    for rec in _load_records(paths[DONE_FILE]):
+    for rec in load_records(paths[DONE_FILE]):
         sid = rec["seed_id"]
         if sid not in chosen_ids:
             continue
@@ -398,8 +380,12 @@ def run_synthesis(
 
     write_conll(kept, paths[CONLL_FILE], scheme=settings.scheme)
     report.seconds = time.perf_counter() - started
-    report.outputs = {"jsonl": str(paths[SAMPLES_FILE]), "conll": str(paths[CONLL_FILE]),
-                      "done": str(paths[DONE_FILE]), "report": str(paths[REPORT_FILE])}
+    report.outputs = {
+        "jsonl": str(paths[SAMPLES_FILE]),
+        "conll": str(paths[CONLL_FILE]),
+        "done": str(paths[DONE_FILE]),
+        "report": str(paths[REPORT_FILE]),
+    }
     paths[REPORT_FILE].write_text(json.dumps(report.as_dict(), indent=1), encoding="utf-8")
     hooks.stage_finished(STAGE, report.as_dict())
     return report
