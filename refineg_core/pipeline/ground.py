@@ -31,12 +31,11 @@ from refineg_core.pipeline.prompts import (
     original_size,
     validate_template,
 )
-from refineg_core.pipeline.runner import StageSummary, run_stage
+from refineg_core.pipeline.runner import StageSummary
 from refineg_core.pipeline.stagekit import (
     Counters,
     ask,
-    forget_skipped,
-    skip_stage,
+    run_mllm_stage,
 )
 from refineg_core.types import (
     SOURCE_MLLM,
@@ -304,51 +303,29 @@ def run_ground(
     gold boxes); ``pool`` is only used for the summary. Without a selector (or
     with ``k = 0``) the prompts are zero-shot.
     """
-    out_path = Path(out_path)
-    forgotten = forget_skipped(out_path, STAGE)
-    if not settings.enabled:
-        return skip_stage(
-            STAGE,
-            results,
-            out_path,
-            needs_call=_needs_call,
-            reason="the ground stage is disabled in the config",
-            backend=backend.describe(),
-            reason_key="disabled",
-        )
-    reason = backend.check_available()
-    if reason is None and not backend.supports_images:
-        reason = f"{backend.describe()} is text-only; grounding needs a backend that sees images"
-    if reason:
-        return skip_stage(
-            STAGE,
-            results,
-            out_path,
-            needs_call=_needs_call,
-            reason=reason,
-            backend=backend.describe(),
-        )
-    counters = Counters()
+    unusable = None
+    if not backend.supports_images:
+        unusable = f"{backend.describe()} is text-only; grounding needs a backend that sees images"
     select_lock = threading.Lock()
 
-    def process(item: SampleResult) -> SampleResult:
+    def process(item: SampleResult, counters: Counters) -> SampleResult:
         return _ground_one(item, selector, select_lock, backend, labels, settings, counters, debug)
 
-    out, summary = run_stage(
+    out, summary = run_mllm_stage(
         STAGE,
         results,
-        process,
+        backend,
         out_path,
-        workers=backend.max_concurrency,
-        unit="sample",
+        enabled=settings.enabled,
+        needs_call=_needs_call,
+        process=process,
         debug=debug,
+        unusable=unusable,
     )
-    summary.counters.update(counters.counts)
+    if "passed_through" in summary.counters:  # skipped: no calls were made
+        return out, summary
     summary.counters["demo_pool"] = len(pool)
     if selector is None or settings.k == 0:
         summary.notes["demonstrations"] = "none (zero-shot): no selector or k = 0"
-    if forgotten:
-        summary.counters["redone_after_skip"] = forgotten
-    summary.notes["backend"] = backend.describe()
     summary.notes["box_frame"] = backend.box_codec.describe()
     return out, summary

@@ -26,13 +26,12 @@ import pydantic
 from refineg_core.interfaces import MLLMBackend, PluginOptions
 from refineg_core.labels import LabelSet, find_token_spans
 from refineg_core.pipeline.prompts import REFINE_FIELDS, build_refine_request, validate_template
-from refineg_core.pipeline.runner import StageSummary, run_stage
+from refineg_core.pipeline.runner import StageSummary
 from refineg_core.pipeline.stagekit import (
     Counters,
     ask,
-    forget_skipped,
     merged_meta,
-    skip_stage,
+    run_mllm_stage,
 )
 from refineg_core.types import SOURCE_MLLM, Entity, Failure, SampleResult
 
@@ -293,48 +292,20 @@ def run_refine(
     debug: bool = False,
 ) -> tuple[list[SampleResult], StageSummary]:
     """Refine delegated samples through ``backend``; resumable through ``out_path``."""
-    out_path = Path(out_path)
-    forgotten = forget_skipped(out_path, STAGE)
 
     def needs_call(r: SampleResult) -> bool:
         return delegation(r, settings.delegate).send
 
-    if not settings.enabled:
-        return skip_stage(
-            STAGE,
-            results,
-            out_path,
-            needs_call=needs_call,
-            reason="the refine stage is disabled in the config",
-            backend=backend.describe(),
-            reason_key="disabled",
-        )
-    reason = backend.check_available()
-    if reason:
-        return skip_stage(
-            STAGE,
-            results,
-            out_path,
-            needs_call=needs_call,
-            reason=reason,
-            backend=backend.describe(),
-        )
-    counters = Counters()
-
-    def process(item: SampleResult) -> SampleResult:
+    def process(item: SampleResult, counters: Counters) -> SampleResult:
         return _refine_one(item, backend, labels, settings, counters, debug)
 
-    out, summary = run_stage(
+    return run_mllm_stage(
         STAGE,
         results,
-        process,
+        backend,
         out_path,
-        workers=backend.max_concurrency,
-        unit="sample",
+        enabled=settings.enabled,
+        needs_call=needs_call,
+        process=process,
         debug=debug,
     )
-    summary.counters.update(counters.counts)
-    if forgotten:
-        summary.counters["redone_after_skip"] = forgotten
-    summary.notes["backend"] = backend.describe()
-    return out, summary

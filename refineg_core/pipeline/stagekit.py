@@ -25,7 +25,7 @@ from refineg_core.errors import BackendError, BackendUnavailable
 from refineg_core.formats.native import sample_to_dict
 from refineg_core.hooks import get_hooks
 from refineg_core.pipeline.answers import AnswerError, ParsedAnswer, parse_answer
-from refineg_core.pipeline.runner import StageSummary, load_done
+from refineg_core.pipeline.runner import StageSummary, load_done, run_stage
 from refineg_core.types import Failure, SampleResult
 
 
@@ -165,3 +165,44 @@ def ask(
         info["outcome"] = "unusable_answer"
         info["answer"] = response.text[:2000]
         return Failure(stage, exc.kind, str(exc))
+
+
+def run_mllm_stage(
+    stage: str,
+    results: Sequence[SampleResult],
+    backend,
+    out_path: Path,
+    *,
+    enabled: bool,
+    needs_call: Callable[[SampleResult], bool],
+    process: Callable[[SampleResult, Counters], SampleResult],
+    debug: bool = False,
+    unusable: str | None = None,
+) -> tuple[list[SampleResult], StageSummary]:
+    """The frame both MLLM stages share: skip when disabled or unreachable (or
+    ``unusable`` says why the backend cannot serve this stage), else run
+    ``process`` over every result at the backend's concurrency and merge the
+    counters into the summary."""
+    out_path = Path(out_path)
+    forgotten = forget_skipped(out_path, stage)
+    skip = {"needs_call": needs_call, "backend": backend.describe()}
+    if not enabled:
+        reason = f"the {stage} stage is disabled in the config"
+        return skip_stage(stage, results, out_path, reason=reason, reason_key="disabled", **skip)
+    reason = backend.check_available() or unusable
+    if reason:
+        return skip_stage(stage, results, out_path, reason=reason, **skip)
+    counters = Counters()
+    out, summary = run_stage(
+        stage,
+        results,
+        lambda item: process(item, counters),
+        out_path,
+        workers=backend.max_concurrency,
+        debug=debug,
+    )
+    summary.counters.update(counters.counts)
+    if forgotten:
+        summary.counters["redone_after_skip"] = forgotten
+    summary.notes["backend"] = backend.describe()
+    return out, summary
