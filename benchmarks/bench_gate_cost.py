@@ -99,6 +99,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tagger", type=Path, default=ROOT / "runs" / "twitter-gmner" / "tagger")
     ap.add_argument("--tau", type=float, default=0.4)
     args = ap.parse_args(argv)
+    args.tagger = args.tagger.resolve()
     if not (args.tagger / "manifest.json").exists():
         raise SystemExit(f"no trained tagger at {args.tagger}: run `refineg train` first")
     tokenizer = qwen_tokenizer()

@@ -115,7 +115,7 @@ def _resolve_paths(model: BaseModel, base: Path) -> None:
         value = getattr(model, name)
         if isinstance(value, Path):
             expanded = Path(_expand(str(value)))
-            setattr(model, name, expanded if expanded.is_absolute() else (base / expanded))
+            setattr(model, name, Path(os.path.normpath(base / expanded)))
         elif isinstance(value, BaseModel):
             _resolve_paths(value, base)
         elif isinstance(value, list):
