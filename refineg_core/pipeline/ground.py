@@ -35,6 +35,7 @@ from refineg_core.pipeline.runner import StageSummary
 from refineg_core.pipeline.stagekit import (
     Counters,
     ask,
+    note_answer,
     run_mllm_stage,
 )
 from refineg_core.types import (
@@ -263,21 +264,10 @@ def _ground_one(
     )
     counts["entities_unanswered"] = len(item.entities) - answered
     counters.update(counts)
-    counters.add("answers_repaired", int(parsed.repaired))
-    info["outcome"] = "truncated" if parsed.truncated else "ok"
     info.update({k: v for k, v in counts.items() if v})
-    failures = item.failures
-    if parsed.truncated:
-        counters.add("answers_truncated")
-        failures = (
-            *failures,
-            Failure(
-                STAGE,
-                "truncated",
-                f"answer cut off after {len(parsed.items)} complete items; "
-                "entities it did not reach have no boxes",
-            ),
-        )
+    failures = note_answer(
+        parsed, STAGE, counters, info, item.failures, "entities it did not reach have no boxes"
+    )
     return SampleResult(item.sample, tuple(entities), failures, {**meta, STAGE: info})
 
 

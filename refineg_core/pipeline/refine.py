@@ -31,6 +31,7 @@ from refineg_core.pipeline.stagekit import (
     Counters,
     ask,
     merged_meta,
+    note_answer,
     run_mllm_stage,
 )
 from refineg_core.types import SOURCE_MLLM, Entity, Failure, SampleResult
@@ -256,22 +257,16 @@ def _refine_one(
     entities, counts = apply_decision(item, plan.delegated, decision, partial=parsed.truncated)
     counters.update(counts)
     counters.update({f"invalid_{k}": v for k, v in decision.invalid.items()})
-    counters.add("answers_repaired", int(parsed.repaired))
-    info["outcome"] = "truncated" if parsed.truncated else "ok"
     info["invalid"] = dict(decision.invalid)
     info.update({k: v for k, v in counts.items() if k != "entities_kept"})
-    failures = item.failures
-    if parsed.truncated:
-        counters.add("answers_truncated")
-        failures = (
-            *failures,
-            Failure(
-                STAGE,
-                "truncated",
-                f"answer cut off after {len(parsed.items)} complete items; "
-                "delegated entities it did not reach were kept as the tagger had them",
-            ),
-        )
+    failures = note_answer(
+        parsed,
+        STAGE,
+        counters,
+        info,
+        item.failures,
+        "delegated entities it did not reach were kept as the tagger had them",
+    )
     return SampleResult(item.sample, entities, failures, {**item.meta, STAGE: info})
 
 

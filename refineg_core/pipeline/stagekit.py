@@ -206,3 +206,22 @@ def run_mllm_stage(
         summary.counters["redone_after_skip"] = forgotten
     summary.notes["backend"] = backend.describe()
     return out, summary
+
+
+def note_answer(
+    parsed: ParsedAnswer,
+    stage: str,
+    counters: Counters,
+    info: dict[str, Any],
+    failures: tuple[Failure, ...],
+    unreached: str,
+) -> tuple[Failure, ...]:
+    """Count a parsed answer's repairs; a truncated answer adds a failure saying
+    what happened to the entities it did not reach (``unreached``)."""
+    counters.add("answers_repaired", int(parsed.repaired))
+    info["outcome"] = "truncated" if parsed.truncated else "ok"
+    if not parsed.truncated:
+        return failures
+    counters.add("answers_truncated")
+    message = f"answer cut off after {len(parsed.items)} complete items; {unreached}"
+    return (*failures, Failure(stage, "truncated", message))
