@@ -138,14 +138,30 @@ def run_concurrently(
                 if len(pending) >= workers * 2:
                     break
 
+        def deliver(futures: Iterable[Future]) -> BaseException | None:
+            """Hand every finished result on; return the first error instead of raising
+            it, so results that finished beside a failing item are never lost."""
+            error = None
+            for fut in futures:
+                if fut.cancelled():
+                    continue
+                exc = fut.exception()
+                if exc is None:
+                    on_done(fut.result())
+                elif error is None:
+                    error = exc
+            return error
+
         refill()
         while pending:
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                pending.discard(fut)
-                on_done(fut.result())
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            error = deliver(finished)
+            if error is not None:
+                for fut in pending:
+                    fut.cancel()
+                deliver(wait(pending).done)
+                raise error
             refill()
-
 
 def failure_from_exception(stage: str, exc: BaseException) -> Failure:
     kind = getattr(exc, "kind", None) or type(exc).__name__
