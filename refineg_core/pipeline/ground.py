@@ -312,6 +312,9 @@ def run_ground(
         debug=debug,
         unusable=unusable,
     )
+    summary.counters["samples_without_image"] = sum(
+        1 for r in results if r.entities and not (r.sample.image and r.sample.image.available)
+    )
     if "passed_through" in summary.counters:  # skipped: no calls were made
         return out, summary
     summary.counters["demo_pool"] = len(pool)
