@@ -1,20 +1,19 @@
 """Reading an LLM's JSON list of ``{"text", "entity": [{"name", "type"}]}`` robustly.
 
 Models wrap JSON in code fences, add prose, stop mid-list at the token limit,
-or nest the list in an object. The parser scans for JSON objects anywhere in
-the answer and keeps every *complete* one that looks like a sample, so a
-truncated list still yields its finished items. Structurally odd entities are
+or nest the list in an object. The core's answer reader finds the list (a
+truncated one yields its finished items); this module keeps every object in it
+that looks like a sample. Structurally odd entities are
 kept with empty fields (the core's validation counts them), not silently lost.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from refineg_core.errors import BackendError
+from refineg_core.pipeline.answers import AnswerError, parse_answer
 
-_DECODER = json.JSONDecoder()
 _ENTITY_KEYS = ("entity", "entities")
 _TEXT_KEYS = ("text", "sentence")
 
@@ -67,23 +66,20 @@ def _collect(value: Any, out: list) -> None:
 
 
 def parse_samples(answer: str) -> list[tuple[str, tuple[tuple[str, str], ...]]]:
-    """Every complete sample object in ``answer``, in order; raise when there is none."""
+    """Every complete sample object in ``answer``, in order; raise when there is none.
+
+    Finding the JSON (fences, prose, a cut-off list) is the core's
+    ``parse_answer``, the same reader the MLLM stages use; this only maps what
+    it finds to samples.
+    """
     found: list = []
-    i = 0
-    n = len(answer)
-    while i < n:
-        start = min((p for p in (answer.find("{", i), answer.find("[", i)) if p >= 0), default=-1)
-        if start < 0:
-            break
-        try:
-            value, end = _DECODER.raw_decode(answer, start)
-        except json.JSONDecodeError:
-            i = start + 1  # truncated or broken here: look for complete objects inside
-            continue
-        before = len(found)
-        _collect(value, found)
-        i = end if len(found) > before or isinstance(value, dict) else start + 1
+    try:
+        _collect(list(parse_answer(answer).items), found)
+    except AnswerError as exc:
+        reason = exc.kind
+    else:
+        reason = "no object with a text"
     if not found:
-        snippet = " ".join(answer.split())[:120]
-        raise UnparsableAnswer(f"no JSON sample object in the answer: {snippet!r}")
+        snippet = " ".join((answer or "").split())[:120]
+        raise UnparsableAnswer(f"no JSON sample object in the answer ({reason}): {snippet!r}")
     return found
