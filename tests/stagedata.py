@@ -132,3 +132,20 @@ class OverlapSelector(ContextSelector):
             scored.append(Demonstration(s, score, {"text": score}))
         scored.sort(key=lambda d: (-d.score, d.sample.id))
         return scored[:k]
+
+
+def backend_for(server, box_frame: str = "pixels", **kw):
+    """The real ``openai`` backend pointed at a fake server, with fast test retries."""
+    from refineg_openai.backend import OpenAIBackend
+
+    opts = dict(
+        base_url=server.base_url,
+        model="fake-model",
+        box_frame=box_frame,
+        retries=1,
+        backoff_base=0.01,
+        timeout=5.0,
+        concurrency=4,
+    )
+    opts.update(kw)
+    return OpenAIBackend(OpenAIBackend.Options(**opts))

@@ -22,19 +22,11 @@ from tests.stagedata import (
     with_image,
 )
 from tests.stagedata import _dev as dev_samples
+from tests.stagedata import backend_for as shared_backend_for
 
 
-@pytest.fixture
-def server():
-    with FakeOpenAIServer() as srv:
-        yield srv
-
-
-def backend_for(server: FakeOpenAIServer, **kw) -> OpenAIBackend:
-    opts = dict(base_url=server.base_url, model="fake-model", box_frame="qwen2.5-vl",
-                retries=1, backoff_base=0.01, timeout=5.0, concurrency=4)
-    opts.update(kw)
-    return OpenAIBackend(OpenAIBackend.Options(**opts))
+def backend_for(server, **kw):
+    return shared_backend_for(server, **{"box_frame": "qwen2.5-vl", **kw})
 
 
 def boxed(twitter_dir: Path, n: int, skip: int = 0) -> list[Sample]:

@@ -22,12 +22,6 @@ from tests.fakeserver import FakeOpenAIServer, drop, error, garbage, ok
 
 
 @pytest.fixture
-def server():
-    with FakeOpenAIServer() as srv:
-        yield srv
-
-
-@pytest.fixture
 def image(tmp_path):
     path = tmp_path / "odd.png"
     Image.new("RGB", (333, 517), (200, 30, 30)).save(path)

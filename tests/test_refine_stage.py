@@ -7,7 +7,6 @@ from pathlib import Path
 
 import attrs
 import pytest
-from refineg_openai.backend import OpenAIBackend
 
 from refineg_core.formats.native import read_results
 from refineg_core.pipeline.refine import RefineSettings, run_refine, validate_items
@@ -16,24 +15,12 @@ from tests.fakeserver import FakeOpenAIServer, drop, error, ok
 from tests.stagedata import (
     LABELS,
     ScriptedBackend,
+    backend_for,
     prediction,
     query_text,
     real_samples,
     with_image,
 )
-
-
-@pytest.fixture
-def server():
-    with FakeOpenAIServer() as srv:
-        yield srv
-
-
-def backend_for(server: FakeOpenAIServer, **kw) -> OpenAIBackend:
-    opts = dict(base_url=server.base_url, model="fake-model", box_frame="pixels", retries=1,
-                backoff_base=0.01, timeout=5.0, concurrency=4)
-    opts.update(kw)
-    return OpenAIBackend(OpenAIBackend.Options(**opts))
 
 
 def _names(result: SampleResult) -> list[tuple[str, str, str]]:
