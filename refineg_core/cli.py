@@ -89,7 +89,7 @@ def _pipeline(args: argparse.Namespace):
     return Pipeline(config, debug=args.debug, log=_say)
 
 
-def _finish(pipeline, result: Any = None) -> int:
+def _finish(pipeline) -> int:
     pipeline.write_summary()
     print_summary(pipeline.summary)
     _say(f"run directory: {pipeline.run_dir}")

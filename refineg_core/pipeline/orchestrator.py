@@ -38,6 +38,7 @@ from refineg_core.interfaces import (
     Tagger,
     UncertaintyEstimator,
 )
+from refineg_core.mllm_cache import CachedBackend
 from refineg_core.pipeline.outputs import write_outputs
 from refineg_core.pipeline.runner import ResultWriter
 from refineg_core.types import GateDecision, Sample, SampleResult
@@ -114,14 +115,12 @@ class Pipeline:
             slot_kind(key), slot.plugin, slot.options, self.labels, config_key=key
         )
 
-    def backend(self, key: str = "backend") -> MLLMBackend | None:
+    def backend(self, key: str = "backend") -> CachedBackend | None:
         """The configured backend wrapped in the shared on-disk response cache."""
         if self.config.slot(key) is None:
             if key == "synth_backend":
                 return self.backend("backend")
             return None
-        from refineg_core.mllm_cache import CachedBackend
-
         inner = self.plugin(key)
         assert isinstance(inner, MLLMBackend)
         return CachedBackend(inner, self.run_dir / "cache")
@@ -302,7 +301,9 @@ class Pipeline:
         settings = GroundSettings.model_validate(self.config.ground)
         selector = self.plugin("selector") if self.config.selector else None
         pool = self.dataset("pool")
-        if selector is not None and backend.check_available() is None and pool is not None:
+        # Embedding the pool is the expensive part of grounding: only when calls will follow.
+        will_call = settings.enabled and backend.check_available() is None
+        if selector is not None and pool is not None and will_call:
             assert isinstance(selector, ContextSelector)
             selector.index(list(pool.samples))
         out, summary = run_ground(
@@ -319,18 +320,16 @@ class Pipeline:
         return out
 
     @staticmethod
-    def _stage_dict(summary: Any, backend: MLLMBackend) -> dict[str, Any]:
+    def _stage_dict(summary: Any, backend: CachedBackend) -> dict[str, Any]:
         """The stage's own counts plus what its (per-stage) cached backend spent."""
-        data = summary.as_dict()
-        stats = getattr(backend, "stats", None)
-        usage = getattr(backend, "usage", None)
-        if stats is not None and usage is not None:
-            data["backend"] = {
-                **dict(stats),
-                "prompt_tokens": usage.prompt_tokens,
-                "completion_tokens": usage.completion_tokens,
-            }
-        return data
+        return {
+            **summary.as_dict(),
+            "backend": {
+                **backend.stats,
+                "prompt_tokens": backend.usage.prompt_tokens,
+                "completion_tokens": backend.usage.completion_tokens,
+            },
+        }
 
     # ------------------------------------------------------------------- run
     def run(self, *, force_train: bool = False) -> dict[str, Any]:
