@@ -137,6 +137,10 @@ def read_results(path: Path | str) -> list[SampleResult]:
 
 
 def write_jsonl(items: Iterable[Sample | SampleResult], path: Path | str) -> None:
-    with Path(path).open("w", encoding="utf-8") as fh:
+    """Write the whole file atomically: a reader never sees half of it."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
         for item in items:
             fh.write(json.dumps(sample_to_dict(item), ensure_ascii=False) + "\n")
+    tmp.replace(path)

@@ -28,7 +28,7 @@ from refineg_core import registry
 from refineg_core.config import Config, DataSource, redacted_dump, slot_kind
 from refineg_core.errors import ConfigError, RefinegError
 from refineg_core.formats import Dataset, load_dataset
-from refineg_core.formats.native import read_results
+from refineg_core.formats.native import read_results, write_jsonl
 from refineg_core.hooks import get_hooks
 from refineg_core.interfaces import (
     ContextSelector,
@@ -40,7 +40,6 @@ from refineg_core.interfaces import (
 )
 from refineg_core.mllm_cache import CachedBackend
 from refineg_core.pipeline.outputs import write_outputs
-from refineg_core.pipeline.runner import ResultWriter
 from refineg_core.types import GateDecision, Sample, SampleResult
 
 Log = Callable[[str], None]
@@ -233,13 +232,7 @@ class Pipeline:
             SampleResult(s, d.entities, meta={"gate": gate_meta(d)})
             for s, d in zip(samples, decisions, strict=True)
         ]
-        tmp = out.with_suffix(".jsonl.tmp")
-        tmp.unlink(missing_ok=True)
-        writer = ResultWriter(tmp)
-        for r in results:
-            writer.write(r)
-        writer.close()
-        tmp.replace(out)
+        write_jsonl(results, out)
         (self.run_dir / "predict.done").touch()
         self._record("predict", self._gate_counts(results), started)
         hooks.stage_finished("predict", self.summary["stages"]["predict"])

@@ -74,9 +74,7 @@ def write_outputs(
         path = out_dir / FORMAT_FILES[fmt]
         path.parent.mkdir(parents=True, exist_ok=True)
         if fmt == "jsonl":
-            tmp = path.with_name(path.name + ".tmp")
-            write_jsonl(results, tmp)
-            tmp.replace(path)
+            write_jsonl(results, path)
         elif fmt == "ccks":
             write_ccks(as_samples(results), path)
         else:
