@@ -42,6 +42,19 @@ class Plugin:
         self.options = options if options is not None else self.Options()
         self.labels = labels
 
+    def close(self) -> None:
+        """Release what the plugin holds (threads, models, connections).
+
+        The run that built the plugin calls it exactly once when the run ends,
+        error or not; the default has nothing to release.
+        """
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 class MLLMBackend(Plugin):
     """One method: answer a chat request (text and images) with text and usage.
@@ -82,6 +95,10 @@ class MLLMBackend(Plugin):
 class Tagger(Plugin):
     """A supervised sequence tagger that also reports per-token label marginals."""
 
+    #: Options that change only how a trained tagger runs (batch size, device),
+    #: never what it learned: changing them must not retrain it.
+    inference_options: ClassVar[frozenset[str]] = frozenset()
+
     @abc.abstractmethod
     def fit(self, train: Sequence[Sample], dev: Sequence[Sample] | None = None) -> dict:
         """Train on gold samples; return a report (losses, dev F1 per epoch...)."""
@@ -94,7 +111,17 @@ class Tagger(Plugin):
 
     @classmethod
     @abc.abstractmethod
-    def load(cls, directory: Path) -> Tagger: ...
+    def load(
+        cls,
+        directory: Path,
+        options: PluginOptions | None = None,
+        labels: LabelSet | None = None,
+    ) -> Tagger:
+        """A saved tagger, with the config's validated options and labels.
+
+        Options that only affect inference (batch size, device...) must take
+        effect; the core decides whether the saved weights are still current.
+        """
 
 
 class UncertaintyEstimator(Plugin):

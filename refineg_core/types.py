@@ -103,16 +103,18 @@ class ImageRef:
 class Entity:
     """A typed token span (end exclusive) with zero or more boxes.
 
-    ``boxes == ()`` means "not groundable" (the region None of the GMNER
-    metric). ``source`` tells which stage decided the span and type;
-    ``grounded_by`` which stage supplied the boxes (None when nobody tried).
+    ``boxes is None`` means grounding was never attempted (no MLLM asked, the
+    call failed, the stage was off); ``boxes == ()`` means it was judged "not
+    groundable" (the region None of the GMNER metric). Keeping the two apart is
+    what lets an outage never pass for an answer. ``source`` tells which stage
+    decided the span and type; ``grounded_by`` which stage supplied the boxes.
     """
 
     start: int
     end: int
     type: str
     text: str
-    boxes: tuple[Box, ...] = ()
+    boxes: tuple[Box, ...] | None = None
     confidence: float | None = None
     uncertainty: float | None = None
     source: str = SOURCE_GOLD
@@ -129,6 +131,15 @@ class Entity:
     @property
     def key(self) -> tuple[int, int, str]:
         return (self.start, self.end, self.type)
+
+    @property
+    def grounding_attempted(self) -> bool:
+        return self.boxes is not None
+
+    @property
+    def box_list(self) -> tuple[Box, ...]:
+        """The boxes, with "not attempted" read as none (for drawing and scoring)."""
+        return self.boxes or ()
 
 
 @attrs.frozen

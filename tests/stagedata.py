@@ -71,7 +71,7 @@ def prediction(
     """
     us = list(uncertainty) if uncertainty is not None else [0.1] * len(sample.entities)
     ents = tuple(
-        attrs.evolve(e, boxes=(), source=SOURCE_TAGGER, uncertainty=u)
+        attrs.evolve(e, boxes=None, source=SOURCE_TAGGER, uncertainty=u)
         for e, u in zip(sample.entities, us, strict=True)
     )
     delegated = [list(e.key) for e in ents if (e.uncertainty or 0) > tau]

@@ -38,7 +38,7 @@ def boxed(twitter_dir: Path, n: int, skip: int = 0) -> list[Sample]:
 
 def as_input(sample: Sample) -> SampleResult:
     """What grounding receives: final entities without boxes (never the gold boxes)."""
-    ents = tuple(attrs.evolve(e, boxes=(), source="tagger") for e in sample.entities)
+    ents = tuple(attrs.evolve(e, boxes=None, source="tagger") for e in sample.entities)
     return SampleResult(sample, ents)
 
 
@@ -126,7 +126,7 @@ def test_bad_boxes_and_invented_entities_never_crash(world, tmp_path: Path,
     assert c["boxes_invalid"] == 5
     assert c["invented_entities"] == 2 and c["invalid_missing_entity"] == 1
     for e in res.entities[1:]:  # entities the answer skipped: kept, no boxes
-        assert e.boxes == () and e.grounded_by is None
+        assert e.boxes is None and e.grounded_by is None
     assert c["entities_unanswered"] == len(q.entities) - 1
     assert not res.failures
 
@@ -265,7 +265,7 @@ def test_entities_sharing_a_name_use_the_type(tmp_path: Path) -> None:
     sel.index([])
     [res], _ = run_ground([SampleResult(sample, ents)], [], sel, backend, LABELS,
                           GroundSettings(), tmp_path / "g.jsonl")
-    assert res.entities[0].boxes == () and res.entities[0].grounded_by is None
+    assert res.entities[0].boxes is None and res.entities[0].grounded_by is None
     assert res.entities[1].boxes == (Box(10, 10, 50, 50),)
 
 
@@ -295,7 +295,7 @@ def test_no_entity_lost_under_random_failures(twitter_dir: Path, tmp_path: Path,
         [e.key for e in i.entities] for i in inputs]
     failed = [r for r in results if r.failures]
     assert summary.failed == len(failed) > 0
-    assert all(e.boxes == () for r in failed for e in r.entities)
+    assert all(e.boxes is None for r in failed for e in r.entities)
     assert sum(len(r.entities) for r in read_results(tmp_path / "g.jsonl")) == sum(
         len(i.entities) for i in inputs)
 
@@ -323,5 +323,5 @@ def test_qwen_style_answer_one_item_per_box(tmp_path: Path) -> None:
                                 GroundSettings(), tmp_path / "g.jsonl")
     got = res.entities[0].boxes
     assert len(got) == 2 and got[0].iou(b1) > 0.95 and got[1].iou(b2) > 0.95
-    assert res.entities[1].boxes == () and res.entities[1].grounded_by is None
+    assert res.entities[1].boxes is None and res.entities[1].grounded_by is None
     assert summary.notes["demonstrations"].startswith("none (zero-shot)")

@@ -144,7 +144,7 @@ def test_offline_run_completes_and_says_what_it_skipped(dataset, tmp_path, monke
     refine = summary["stages"]["refine"]
     assert refine["requests_skipped"] > 0 and "127.0.0.1:9" in json.dumps(refine)
     final = read_results(tmp_path / "run" / "final.jsonl")
-    assert len(final) == 12 and all(not e.boxes for r in final for e in r.entities)
+    assert len(final) == 12 and all(e.boxes is None for r in final for e in r.entities)
     assert "requests_skipped" in result.stderr
 
 

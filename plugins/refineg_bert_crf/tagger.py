@@ -20,7 +20,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import pydantic
@@ -92,6 +92,8 @@ class BertCrfTagger(Tagger):
         use_shape_features: bool = True
         shape_dim: int = pydantic.Field(16, ge=1)
         constrain_transitions: bool = True
+
+    inference_options: ClassVar[frozenset[str]] = frozenset({"device", "eval_batch_size"})
 
     def __init__(self, options: Options | None = None, labels: LabelSet | None = None):
         super().__init__(options, labels)
@@ -292,7 +294,12 @@ class BertCrfTagger(Tagger):
             encoding="utf-8")
 
     @classmethod
-    def load(cls, directory: Path) -> BertCrfTagger:
+    def load(
+        cls,
+        directory: Path,
+        options: PluginOptions | None = None,
+        labels: LabelSet | None = None,
+    ) -> BertCrfTagger:
         directory = Path(directory)
         where = str(directory)
         manifest = cls._read_json(directory, "manifest.json")
@@ -313,12 +320,22 @@ class BertCrfTagger(Tagger):
                                   "copied from another tagger)", where=where)
         labels_doc = cls._read_json(directory, "labels.json")
         try:
+            config_options = options
             options = cls.Options.model_validate(cls._read_json(directory, "options.json"))
-            labels = LabelSet(labels_doc["types"])
+            saved_labels = LabelSet(labels_doc["types"])
         except (pydantic.ValidationError, KeyError, DataError) as exc:
             raise TaggerError(f"options.json / labels.json are invalid: {exc}",
                               where=where) from None
-        tagger = cls(options, labels)
+        if labels is not None and tuple(labels.types) != tuple(saved_labels.types):
+            raise TaggerError(
+                f"trained for types {list(saved_labels.types)}, but the config has "
+                f"{list(labels.types)}; retrain it", where=where)
+        if config_options is not None:
+            # What was learned comes from the directory; how to run it from the config.
+            assert isinstance(config_options, cls.Options)
+            options = options.model_copy(
+                update={k: getattr(config_options, k) for k in cls.inference_options})
+        tagger = cls(options, saved_labels)
         if list(tagger.label_names) != labels_doc.get("label_names"):
             raise TaggerError(
                 f"labels.json lists tags {labels_doc.get('label_names')} but its types and "

@@ -113,10 +113,10 @@ def _entity_line(e: Entity) -> str:
     if e.boxes:
         bits.append(f"{len(e.boxes)} box{'es' if len(e.boxes) > 1 else ''}"
                     + (f" by {_esc(e.grounded_by)}" if e.grounded_by else ""))
-    elif e.grounded_by:
-        bits.append(f"not visible (per {_esc(e.grounded_by)})")
+    elif e.boxes is not None:
+        bits.append(f"not visible (per {_esc(e.grounded_by or 'gold')})")
     else:
-        bits.append("no box")
+        bits.append("grounding not attempted")
     return f'<div class="ent">{" ".join(bits)}</div>'
 
 
@@ -149,10 +149,10 @@ def render_sample(
         parts.append(f'<div class="frame" style="width:{dw}px;height:{dh}px">'
                      f'<img src="{url}" alt="{_esc(sample.id)}">')
         for e in result.entities:
-            for b in e.boxes:
+            for b in e.box_list:
                 parts.append(_box_div(b, frame, f"{e.text} ({e.type})", _colour(e.source), False))
         for e in gold.entities if gold else ():
-            for b in e.boxes:
+            for b in e.box_list:
                 parts.append(_box_div(b, frame, f"gold: {e.text} ({e.type})",
                                       COLOURS[SOURCE_GOLD], True))
         parts.append("</div>")

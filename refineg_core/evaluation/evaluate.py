@@ -66,7 +66,7 @@ def _dedup_boxes(boxes: Iterable[Box]) -> tuple[Box, ...]:
 
 
 def _span_items(entities: Iterable[Entity]) -> list[Item]:
-    return [Item(e.span, e.type, e.boxes) for e in entities]
+    return [Item(e.span, e.type, e.box_list) for e in entities]
 
 
 def _gold_unaligned(sample: Sample) -> list[tuple[str, str, tuple[Box, ...]]]:
@@ -101,7 +101,7 @@ def _name_items(
 
 def _named(sample: Sample, entities: Iterable[Entity]):
     for e in entities:
-        yield (e.text or sample.span_text(e.start, e.end), e.type, e.boxes)
+        yield (e.text or sample.span_text(e.start, e.end), e.type, e.box_list)
 
 
 def evaluate(
@@ -150,7 +150,7 @@ def evaluate(
         if not by_name:
             _check_tokens(g, pred_sample)
         p_ents = _entities(pred)
-        multi_box += sum(len(e.boxes) > 1 for e in p_ents)
+        multi_box += sum(len(e.box_list) > 1 for e in p_ents)
         failed += bool(isinstance(pred, SampleResult) and pred.failures)
         extra_gold = _gold_unaligned(g)
         unaligned += len(extra_gold)

@@ -32,7 +32,9 @@ def entity_to_dict(e: Entity) -> dict[str, Any]:
         "end": e.end,
         "type": e.type,
         "text": e.text,
-        "boxes": [[round(v, 2) for v in b.as_list()] for b in e.boxes],
+        "boxes": None
+        if e.boxes is None
+        else [[round(v, 2) for v in b.as_list()] for b in e.boxes],
         "source": e.source,
     }
     for key in ("confidence", "uncertainty", "grounded_by"):
@@ -48,7 +50,9 @@ def entity_from_dict(d: dict[str, Any]) -> Entity:
         end=int(d["end"]),
         type=str(d["type"]),
         text=str(d.get("text", "")),
-        boxes=tuple(Box(*map(float, b)) for b in d.get("boxes") or ()),
+        boxes=None
+        if d.get("boxes") is None
+        else tuple(Box(*map(float, b)) for b in d["boxes"]),
         confidence=d.get("confidence"),
         uncertainty=d.get("uncertainty"),
         source=d.get("source", "gold"),

@@ -73,6 +73,7 @@ def read_twitter_gmner(
     path = Path(path)
     xml_root = Path(xml_dir) if xml_dir else path.parent / "xml"
     img_root = Path(images_dir) if images_dir else None
+    has_xml_dir = xml_root.is_dir()
     warnings: list[str] = []
     seen: Counter[str] = Counter()
     samples: list[Sample] = []
@@ -88,10 +89,12 @@ def read_twitter_gmner(
         voc = read_voc_xml(xml_path, warnings) if xml_path.is_file() else VocBoxes(None, {})
         image = resolve_image(img_root, sent.image_id, voc.size, warnings)
         sample = sentence_to_sample(sent, sid, image, warnings, where)
-        if voc.boxes:
-            names = {e.text for e in sample.entities}
-            for name in sorted(set(voc.boxes) - names):
-                warnings.append(f"{xml_path}: object {name!r} matches no entity of the tweet")
+        names = {e.text for e in sample.entities}
+        for name in sorted(set(voc.boxes) - names):
+            warnings.append(f"{xml_path}: object {name!r} matches no entity of the tweet")
+        if has_xml_dir:
+            # The dataset ships XML only for tweets with a groundable entity: with
+            # the folder present, an entity without an object is "not groundable".
             sample = attrs.evolve(
                 sample,
                 entities=tuple(
@@ -113,7 +116,7 @@ def _voc_xml(sample: Sample) -> str:
         ET.SubElement(size, "height").text = str(sample.image.height)
         ET.SubElement(size, "depth").text = "3"
     for ent in sample.entities:
-        for box in ent.boxes:
+        for box in ent.box_list:
             obj = ET.SubElement(root, "object")
             ET.SubElement(obj, "name").text = ent.text
             ET.SubElement(obj, "type").text = ent.type

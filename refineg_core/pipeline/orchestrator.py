@@ -114,6 +114,14 @@ class Pipeline:
             slot_kind(key), slot.plugin, slot.options, self.labels, config_key=key
         )
 
+    def _options(self, key: str):
+        slot = self.config.slot(key)
+        assert slot is not None
+        return registry.validate_options(
+            slot_kind(key), slot.plugin, registry.load_class(slot_kind(key), slot.plugin),
+            slot.options, config_key=key,
+        )
+
     def backend(self, key: str = "backend") -> CachedBackend | None:
         """The configured backend wrapped in the shared on-disk response cache."""
         if self.config.slot(key) is None:
@@ -205,7 +213,7 @@ class Pipeline:
                 f"no trained tagger at {directory}; run `refineg train` first "
                 "or set tagger.load_from"
             )
-        tagger = cls.load(directory)  # type: ignore[attr-defined]
+        tagger = cls.load(directory, self._options('tagger'), self.labels)  # type: ignore[attr-defined]
         assert isinstance(tagger, Tagger)
         return tagger
 

@@ -282,7 +282,7 @@ def demo_answer_json(sample: Sample, codec: BoxCodec, size: tuple[int, int]) -> 
     merged: dict[tuple[str, str], list[list[int]]] = {}
     for e in sample.entities:
         boxes = merged.setdefault((e.text, e.type), [])
-        for b in e.boxes:
+        for b in e.box_list:
             coded = codec.encode(b, size)
             if coded not in boxes:
                 boxes.append(coded)

@@ -139,7 +139,7 @@ class GazetteerTagger(Tagger):
         tmp.replace(path)
 
     @classmethod
-    def load(cls, directory: Path) -> GazetteerTagger:
+    def load(cls, directory: Path, options=None, labels=None) -> GazetteerTagger:
         path = Path(directory) / FILE
         if not path.is_file():
             raise TaggerError(f"no {FILE} here; train with `refineg train` (fit + save) first",
