@@ -114,7 +114,7 @@ def main(argv=None) -> int:
     )
     config.run_dir = work / "predict"
     predictions = Pipeline(config).predict()
-    gated = {r.id for r in predictions if r.meta["gate"]["delegate_sample"]}
+    gated = {r.id for r in predictions if r.gate.delegate_sample}
     with_entities = {r.id for r in predictions if r.entities}
     rows = []
     with FakeOpenAIServer() as server:

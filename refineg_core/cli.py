@@ -1,7 +1,9 @@
 """The ``refineg`` command.
 
-Every expected problem (bad config, bad data, unknown plugin) is one readable
-line on stderr and exit code 2; ``--debug`` shows the traceback instead.
+Exit codes: 0 success; 1 an unexpected error (a bug: rerun with ``--debug``);
+2 an expected problem (bad config, bad data, unknown plugin), one readable line
+on stderr; 3 a stage set to ``true`` whose backend is unreachable,
+misconfigured or failed every call; 130 interrupted (rerun to resume).
 Plugins add subcommands through the ``refineg_add_commands`` hook.
 """
 
@@ -12,7 +14,7 @@ import json
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,11 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------- config
 def cmd_config_show(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.set)
+    if args.defaults:
+        from refineg_core.config_doc import render_full_config
+
+        print(render_full_config(config), end="")
+        return 0
     data = redacted_dump(config)
     if args.json:
         print(json.dumps(data, indent=2))
@@ -89,70 +96,108 @@ def _pipeline(args: argparse.Namespace):
     return Pipeline(config, debug=args.debug, log=_say)
 
 
-def _finish(pipeline) -> int:
-    pipeline.write_summary()
-    print_summary(pipeline.summary)
-    _say(f"run directory: {pipeline.run_dir}")
+def _with_pipeline(args: argparse.Namespace, work: Callable[[Any], object]) -> int:
+    """Run ``work`` on the run's pipeline, close every plugin whatever happens,
+    and leave no half-made run directory behind a failure."""
+    p = _pipeline(args)
+    try:
+        with p:
+            work(p)
+    except BaseException:
+        p.discard_if_unused()
+        raise
+    p.write_summary()
+    print_summary(p.summary)
+    _say(f"run directory: {p.run_dir}")
     return 0
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    p = _pipeline(args)
-    p.synth()
-    return _finish(p)
+    return _with_pipeline(args, lambda p: p.synth())
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    p = _pipeline(args)
-    p.train(force=args.force)
-    return _finish(p)
+    return _with_pipeline(args, lambda p: p.train(force=args.force))
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    p = _pipeline(args)
-    p.finish(p.predict())
-    return _finish(p)
+    return _with_pipeline(args, lambda p: p.finish(p.predict()))
 
 
 def cmd_refine(args: argparse.Namespace) -> int:
-    p = _pipeline(args)
-    p.finish(p.refine())
-    return _finish(p)
+    return _with_pipeline(args, lambda p: p.finish(p.refine()))
 
 
 def cmd_ground(args: argparse.Namespace) -> int:
-    p = _pipeline(args)
-    p.finish(p.ground())
-    return _finish(p)
+    return _with_pipeline(args, lambda p: p.finish(p.ground()))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    return _with_pipeline(args, lambda p: p.run(force_train=args.force))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
     p = _pipeline(args)
-    p.run(force_train=args.force)
-    return _finish(p)
+    with p:
+        states = p.status()
+    if args.json:
+        print(json.dumps({k: {"state": v.state, "reasons": list(v.reasons)}
+                          for k, v in states.items()}, indent=2))
+        return 0
+    rows = [(stage, f.state, "; ".join(f.reasons)) for stage, f in states.items()]
+    print_table(("stage", "state", "why"), rows, out=sys.stdout)
+    return 0
+
+
+def print_table(
+    header: Sequence[str], rows: Sequence[Sequence[Any]], *, out=None
+) -> None:
+    """A plain aligned text table (stderr unless ``out`` says otherwise)."""
+    out = out or sys.stderr
+    cells = [[str(c) for c in header], *[[str(c) for c in r] for r in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    for i, row in enumerate(cells):
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(), file=out)
+        if i == 0:
+            print("  ".join("-" * w for w in widths), file=out)
+
+
+#: Summary keys shown as table columns, in order; the rest go to "details".
+_STAGE_COLUMNS = ("samples", "total", "processed", "resumed", "failed")
 
 
 def print_summary(summary: dict[str, Any]) -> None:
     stages = summary.get("stages", {})
     if stages:
-        _say("\nstage      seconds  details")
+        rows = []
         for name, data in stages.items():
             details = ", ".join(
                 f"{k}={v}"
                 for k, v in data.items()
-                if k not in {"seconds", "report", "stage"} and not isinstance(v, (dict, list))
+                if k not in {"seconds", "report", "stage", *_STAGE_COLUMNS}
+                and not isinstance(v, (dict, list))
             )
-            _say(f"{name:<10} {data.get('seconds', 0):>7.1f}  {details}")
             backend = data.get("backend")
-            if isinstance(backend, dict) and backend:
-                _say(f"{'':<19}backend: " + ", ".join(f"{k}={v}" for k, v in backend.items()))
+            if isinstance(backend, dict) and backend.get("calls"):
+                details += f"; backend calls={backend['calls']}, hits={backend.get('hits', 0)}"
+            count = data.get("samples", data.get("total", ""))
+            rows.append((name, f"{data.get('seconds', 0):.1f}", count, data.get("failed", ""),
+                         details))
+        _say("")
+        print_table(("stage", "seconds", "samples", "failed", "details"), rows)
     final = summary.get("final")
     if final:
-        _say("final: " + ", ".join(f"{k}={v}" for k, v in final.items()))
-    for stage, metrics in summary.get("eval", {}).items():
-        _say(
-            f"eval after {stage}: "
-            + ", ".join(f"{k} F1={v:.2f}" for k, v in metrics.items() if v is not None)
+        _say("")
+        print_table(("final", "count"),
+                    [(k, v) for k, v in final.items() if not isinstance(v, dict)])
+    evals = summary.get("eval", {})
+    if evals:
+        kinds = sorted({k for m in evals.values() for k in m})
+        _say("")
+        print_table(
+            ("F1 after", *kinds),
+            [(stage, *(f"{m[k]:.2f}" if m.get(k) is not None else "" for k in kinds))
+             for stage, m in evals.items()],
         )
 
 
@@ -163,8 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Low-resource grounded multimodal NER: tagger + uncertainty gate + MLLM.",
     )
     parser.add_argument("--version", action="version", version=f"refineg {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    _global_flags(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("plugins", help="list installed plugins")
@@ -176,6 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
     show = cfg_sub.add_parser("show", help="print the resolved config (secrets redacted)")
     _config_args(show)
     show.add_argument("--json", action="store_true")
+    show.add_argument(
+        "--defaults",
+        action="store_true",
+        help="every option of every selected plugin and stage, with defaults and descriptions",
+    )
     show.set_defaults(func=cmd_config_show)
 
     for name, func, text in (
@@ -193,6 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--force", action="store_true", help="retrain even if a tagger exists")
         sp.set_defaults(func=func)
 
+    st = sub.add_parser("status", help="each stage as fresh / stale (and why) / missing")
+    _config_args(st)
+    st.add_argument("--run-dir", help="override run_dir")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
+
     from refineg_core.cli_eval import add_eval_command
 
     add_eval_command(sub)
@@ -200,7 +255,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _global_flags(p: argparse.ArgumentParser, *, suppress: bool = False) -> None:
+    """--debug/--quiet, accepted before or after the subcommand (a subcommand's
+    copy must not reset a value given before it)."""
+    default = argparse.SUPPRESS if suppress else False
+    p.add_argument("--debug", action="store_true", default=default, help="show tracebacks")
+    p.add_argument("--quiet", action="store_true", default=default, help="no progress bars")
+
+
 def _config_args(p: argparse.ArgumentParser) -> None:
+    _global_flags(p, suppress=True)
     p.add_argument("--config", "-c", required=True, type=Path, help="TOML config file")
     p.add_argument(
         "--set",
@@ -227,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         _say(f"refineg: error: {exc}")
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
         _say("refineg: interrupted; run the same command again to resume")
         return 130

@@ -18,6 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from refineg_core.errors import ConfigError
 from refineg_core.labels import LabelSet
+from refineg_core.pipeline.ground import GroundSettings
+from refineg_core.pipeline.refine import RefineSettings
+from refineg_core.pipeline.synth import SynthSettings
 
 
 class StrictModel(BaseModel):
@@ -69,12 +72,21 @@ class GateSlot(SlotConfig):
     plugin: str = "entropy"
 
 
+#: ``true`` runs an MLLM stage and makes an unusable backend an error; ``"auto"``
+#: runs it when the backend answers and otherwise skips it with a note.
+MllmStageSwitch = bool | Literal["auto"]
+
+
 class StagesConfig(StrictModel):
     synth: bool = False
     train: bool = True
     predict: bool = True
-    refine: bool = True
-    ground: bool = True
+    refine: MllmStageSwitch = Field(
+        "auto", description='true | false | "auto" (skip with a note when the backend is down)'
+    )
+    ground: MllmStageSwitch = Field(
+        "auto", description='true | false | "auto" (skip with a note when the backend is down)'
+    )
 
 
 class Config(StrictModel):
@@ -90,9 +102,9 @@ class Config(StrictModel):
         None, description="backend for the synthesizer (default: `backend`)"
     )
     selector: SlotConfig | None = None
-    synth: dict[str, Any] = Field(default_factory=dict)
-    refine: dict[str, Any] = Field(default_factory=dict)
-    ground: dict[str, Any] = Field(default_factory=dict)
+    synth: SynthSettings = Field(default_factory=SynthSettings)
+    refine: RefineSettings = Field(default_factory=RefineSettings)
+    ground: GroundSettings = Field(default_factory=GroundSettings)
 
     # Where the file was; relative paths were resolved against it.
     source: Path | None = Field(None, exclude=True)
@@ -153,8 +165,35 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+#: Inputs a run reads; each must exist when the config is loaded.
+_INPUT_FIELDS = ("path", "xml_dir", "images_dir", "entities")
+
+
+def check_input_paths(config: Config) -> None:
+    """Every input path named in the config exists, or a ConfigError says which and where
+    it resolved to (a typo found before training, not after)."""
+    sources: list[tuple[str, DataSource]] = [
+        (f"data.{name}", getattr(config.data, name))
+        for name in ("train", "dev", "predict", "gold", "pool")
+        if getattr(config.data, name) is not None
+    ]
+    sources += [(f"data.extra_train.{i}", src) for i, src in enumerate(config.data.extra_train)]
+    for where, source in sources:
+        for field in _INPUT_FIELDS:
+            value = getattr(source, field)
+            if value is not None and not Path(value).exists():
+                raise ConfigError(f"{value} does not exist", where=f"{where}.{field}")
+    load_from = config.tagger.load_from
+    if load_from is not None and not Path(load_from).is_dir():
+        raise ConfigError(f"{load_from} is not a saved tagger directory", where="tagger.load_from")
+
+
 def config_from_dict(
-    raw: dict[str, Any], *, base: Path | None = None, check_plugins: bool = True
+    raw: dict[str, Any],
+    *,
+    base: Path | None = None,
+    check_plugins: bool = True,
+    check_paths: bool = True,
 ) -> Config:
     try:
         config = Config.model_validate(raw)
@@ -167,13 +206,19 @@ def config_from_dict(
     config.source = base
     if base is not None:
         _resolve_paths(config, base)
+    if check_paths:
+        check_input_paths(config)
     if check_plugins:
         validate_plugins(config)
     return config
 
 
 def load_config(
-    path: Path | str, overrides: list[str] | None = None, *, check_plugins: bool = True
+    path: Path | str,
+    overrides: list[str] | None = None,
+    *,
+    check_plugins: bool = True,
+    check_paths: bool = True,
 ) -> Config:
     path = Path(path)
     if not path.is_file():
@@ -186,7 +231,9 @@ def load_config(
         raise ConfigError("config is not valid UTF-8", where=str(path)) from None
     apply_overrides(raw, overrides or [])
     try:
-        return config_from_dict(raw, base=path.resolve().parent, check_plugins=check_plugins)
+        return config_from_dict(
+            raw, base=path.resolve().parent, check_plugins=check_plugins, check_paths=check_paths
+        )
     except ConfigError as exc:
         where = f"{path}: {exc.where}" if exc.where else str(path)
         raise ConfigError(

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 
 class RefinegError(Exception):
-    """Base of every error the CLI reports as one line (exit code 2)."""
+    """Base of every error the CLI reports as one line (exit code ``exit_code``)."""
+
+    exit_code = 2
 
     def __init__(self, message: str, *, where: str | None = None) -> None:
         self.where = where
@@ -41,3 +43,10 @@ class BackendUnavailable(BackendError):
 
 class TaggerError(RefinegError):
     """Training or loading a tagger failed (missing files, NaN loss, label mismatch)."""
+
+
+class StageUnavailable(RefinegError):
+    """A stage set to ``true`` cannot run: its backend is unreachable, misconfigured
+    or failed every call. Set the stage to ``"auto"`` to skip it with a note instead."""
+
+    exit_code = 3

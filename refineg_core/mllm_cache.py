@@ -5,7 +5,12 @@ its cache alone. The key is the SHA-256 of the backend's ``cache_identity()``
 (model, sampling options, box frame) and the request's fingerprint (messages,
 parameters and image *bytes*), so a changed image, prompt or model is a miss.
 One JSON file per key in 256 shard folders, written atomically (temp file +
-rename), so a killed run never leaves a torn entry. Errors are never cached.
+rename), so a killed run never leaves a torn entry.
+
+Only *usable* answers are cached: a failed call is never stored, and a stage
+passes a ``check`` (parse + validate) that an answer must pass before it is
+written. A transport error, an unparsable or unusable answer is therefore asked
+again by the next run instead of being replayed as a failure forever.
 """
 
 from __future__ import annotations
@@ -18,27 +23,29 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from refineg_core.boxcodecs import BoxCodec
 from refineg_core.chat import ChatRequest, ChatResponse, Usage
-from refineg_core.errors import BackendUnavailable
 from refineg_core.interfaces import MLLMBackend
+
+T = TypeVar("T")
 
 
 class CachedBackend(MLLMBackend):
     """``MLLMBackend`` that answers from ``cache_dir`` when it can, else asks ``inner``.
 
     Counters (``stats``): ``hits``, ``misses``, ``calls`` (inner calls made),
-    ``errors`` (inner calls that raised), ``corrupt`` (unreadable entries,
-    treated as misses and rewritten). Identical requests in flight at the same
-    time make one inner call.
+    ``errors`` (inner calls that raised), ``unusable`` (answers that failed the
+    caller's check: not cached), ``rejected_hits`` (cached answers that fail
+    today's check: asked again), ``corrupt`` (unreadable entries, treated as
+    misses and rewritten). Identical requests in flight at the same time make
+    one inner call.
 
-    When ``inner`` is unreachable but the cache has entries, ``check_available``
-    still says yes: hits are served and misses fail at once with
-    ``BackendUnavailable`` (no retries against a dead server), so a run can be
-    replayed from its cache offline.
+    The backend is available only when ``inner`` answers, whatever the cache
+    holds: a dead server is never reported as alive because of old entries.
     """
 
     def __init__(self, inner: MLLMBackend, cache_dir: Path | str) -> None:
@@ -50,8 +57,9 @@ class CachedBackend(MLLMBackend):
         self._stats_lock = threading.Lock()
         self._key_locks: dict[str, threading.Lock] = {}
         self._key_locks_lock = threading.Lock()
-        self._unavailable: str | None = None
-        self.stats: Counter = Counter(hits=0, misses=0, calls=0, errors=0, corrupt=0)
+        self.stats: Counter = Counter(
+            hits=0, misses=0, calls=0, errors=0, unusable=0, rejected_hits=0, corrupt=0
+        )
         #: Tokens spent by inner calls in this process, and tokens the cache saved.
         self.usage = Usage()
         self.saved_usage = Usage()
@@ -72,16 +80,10 @@ class CachedBackend(MLLMBackend):
         return self.inner.cache_identity()
 
     def check_available(self) -> str | None:
-        reason = self.inner.check_available()
-        self._unavailable = reason
-        if reason is not None and self._has_entries():
-            return None
-        return reason
+        return self.inner.check_available()
 
     def close(self) -> None:
-        closer = getattr(self.inner, "close", None)
-        if callable(closer):
-            closer()
+        self.inner.close()
 
     # -- the cache -----------------------------------------------------------
     def key(self, request: ChatRequest) -> str:
@@ -95,38 +97,64 @@ class CachedBackend(MLLMBackend):
         return self.cache_dir / key[:2] / f"{key}.json"
 
     def complete(self, request: ChatRequest) -> ChatResponse:
+        return self.complete_checked(request, lambda response: response)[0]
+
+    def complete_checked(
+        self, request: ChatRequest, check: Callable[[ChatResponse], T]
+    ) -> tuple[ChatResponse, T]:
+        """The answer and what ``check`` made of it; ``check`` raises on an unusable
+        answer, which is then not cached (and a cached one failing it is re-asked)."""
         key = self.key(request)
-        hit = self._read(key, quiet=True)
-        if hit is not None:
-            return hit
+        found = self._checked_hit(key, check, quiet=True)
+        if found is not None:
+            return found
         lock = self._lock_for(key)
         try:
             with lock:
-                return self._miss(key, request)
+                return self._miss(key, request, check)
         finally:
             with self._key_locks_lock:
                 self._key_locks.pop(key, None)
 
-    def _miss(self, key: str, request: ChatRequest) -> ChatResponse:
-        hit = self._read(key)  # another thread may have just answered it
-        if hit is not None:
-            return hit
+    def _checked_hit(
+        self, key: str, check: Callable[[ChatResponse], T], *, quiet: bool = False
+    ) -> tuple[ChatResponse, T] | None:
+        hit = self._read(key, quiet=quiet)
+        if hit is None:
+            return None
+        try:
+            value = check(hit)
+        except Exception:
+            if not quiet:  # every rejected hit passes here once more, under the key's lock
+                self._count("rejected_hits")
+            return None
+        self._count("hits")
+        with self._stats_lock:
+            self.saved_usage = self.saved_usage + hit.usage
+        return hit, value
+
+    def _miss(
+        self, key: str, request: ChatRequest, check: Callable[[ChatResponse], T]
+    ) -> tuple[ChatResponse, T]:
+        found = self._checked_hit(key, check)  # another thread may have just answered it
+        if found is not None:
+            return found
         self._count("misses")
-        if self._unavailable is not None:
-            self._count("errors")
-            raise BackendUnavailable(
-                f"not in the cache and the backend is unavailable: {self._unavailable}"
-            )
         self._count("calls")
         try:
             response = self.inner.complete(request)
         except Exception:
             self._count("errors")
             raise
-        self._write(key, request, response)
         with self._stats_lock:
             self.usage = self.usage + response.usage
-        return response
+        try:
+            value = check(response)
+        except Exception:
+            self._count("unusable")
+            raise
+        self._write(key, request, response)
+        return response, value
 
     def _read(self, key: str, *, quiet: bool = False) -> ChatResponse | None:
         """The cached answer, or None; ``quiet`` skips counting a corrupt entry twice."""
@@ -144,9 +172,6 @@ class CachedBackend(MLLMBackend):
             if not quiet:
                 self._count("corrupt")
             return None
-        self._count("hits")
-        with self._stats_lock:
-            self.saved_usage = self.saved_usage + usage
         return hit
 
     def _write(self, key: str, request: ChatRequest, response: ChatResponse) -> None:
@@ -179,12 +204,6 @@ class CachedBackend(MLLMBackend):
                 os.unlink(tmp)
             raise
 
-    def _has_entries(self) -> bool:
-        if not self.cache_dir.is_dir():
-            return False
-        shards = (d for d in self.cache_dir.iterdir() if d.is_dir())
-        return any(any(shard.glob("*.json")) for shard in shards)
-
     def _lock_for(self, key: str) -> threading.Lock:
         with self._key_locks_lock:
             lock = self._key_locks.get(key)
@@ -195,3 +214,14 @@ class CachedBackend(MLLMBackend):
     def _count(self, name: str) -> None:
         with self._stats_lock:
             self.stats[name] += 1
+
+
+def complete_checked(
+    backend: MLLMBackend, request: ChatRequest, check: Callable[[ChatResponse], T]
+) -> tuple[ChatResponse, T]:
+    """Call ``backend`` and apply ``check``; through a cache, only answers that pass
+    are stored. Works on a bare backend too (tests, the Python API)."""
+    if isinstance(backend, CachedBackend):
+        return backend.complete_checked(request, check)
+    response = backend.complete(request)
+    return response, check(response)

@@ -170,13 +170,57 @@ class Failure:
 
 
 @attrs.frozen
+class GateVerdict:
+    """What the uncertainty gate decided for one sample, as it travels between stages.
+
+    ``delegated`` holds the ``Entity.key`` of every entity sent to the MLLM; a
+    sample can be delegated with none of them (a possibly missed entity).
+    """
+
+    delegate_sample: bool
+    missed_uncertainty: float
+    delegated: frozenset[tuple[int, int, str]] = frozenset()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "delegate_sample": self.delegate_sample,
+            "missed_uncertainty": round(float(self.missed_uncertainty), 6),
+            "delegated": [list(k) for k in sorted(self.delegated)],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> GateVerdict:
+        """Strict: a malformed gate record is a DataError, never a silent "keep"."""
+        try:
+            delegated = frozenset(
+                (int(s), int(e), str(t)) for s, e, t in d.get("delegated") or ()
+            )
+            return cls(bool(d["delegate_sample"]), float(d["missed_uncertainty"]), delegated)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"malformed gate record {dict(d)!r}: {exc}") from None
+
+    @classmethod
+    def of(cls, decision: GateDecision) -> GateVerdict:
+        return cls(
+            decision.delegate_sample,
+            float(decision.missed_uncertainty),
+            frozenset(e.key for e in decision.delegated),
+        )
+
+
+@attrs.frozen
 class SampleResult:
-    """A sample with its predicted entities and what failed on the way."""
+    """A sample with its predicted entities and what failed on the way.
+
+    ``gate`` is the uncertainty gate's verdict (None before the gate ran or when
+    no gate was used); every later stage carries it along unchanged.
+    """
 
     sample: Sample
     entities: tuple[Entity, ...]
     failures: tuple[Failure, ...] = ()
     meta: Mapping[str, Any] = attrs.field(factory=dict, eq=False, hash=False)
+    gate: GateVerdict | None = None
 
     @property
     def id(self) -> str:

@@ -19,7 +19,14 @@ from refineg_core.formats import read_twitter_gmner
 from refineg_core.interfaces import ContextSelector, MLLMBackend
 from refineg_core.labels import LabelSet
 from refineg_core.pipeline.prompts import TWITTER_GMNER_TYPES
-from refineg_core.types import SOURCE_TAGGER, Demonstration, ImageRef, Sample, SampleResult
+from refineg_core.types import (
+    SOURCE_TAGGER,
+    Demonstration,
+    GateVerdict,
+    ImageRef,
+    Sample,
+    SampleResult,
+)
 
 LABELS = LabelSet(TWITTER_GMNER_TYPES)
 
@@ -74,13 +81,9 @@ def prediction(
         attrs.evolve(e, boxes=None, source=SOURCE_TAGGER, uncertainty=u)
         for e, u in zip(sample.entities, us, strict=True)
     )
-    delegated = [list(e.key) for e in ents if (e.uncertainty or 0) > tau]
-    gate = {
-        "delegate_sample": bool(delegated) or missed > tau,
-        "missed_uncertainty": missed,
-        "delegated": delegated,
-    }
-    return SampleResult(sample, ents, meta={"gate": gate})
+    delegated = frozenset(e.key for e in ents if (e.uncertainty or 0) > tau)
+    gate = GateVerdict(bool(delegated) or missed > tau, missed, delegated)
+    return SampleResult(sample, ents, gate=gate)
 
 
 def query_text(request_text: str) -> str:

@@ -52,7 +52,7 @@ def test_config_show_prints_resolved_values_and_hides_secrets(tmp_path, monkeypa
     assert result.code == 0, result.stderr
     data = json.loads(result.stdout)
     assert (
-        data["ground"] == {"k": 5} and data["backend"]["options"]["api_key_env"] == "OPENAI_API_KEY"
+        data["ground"]["k"] == 5 and data["backend"]["options"]["api_key_env"] == "OPENAI_API_KEY"
     )
     assert "sk-very-secret" not in result.stdout
     toml_out = run_cli(["config", "show", "-c", str(cfg)]).stdout

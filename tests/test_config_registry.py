@@ -34,15 +34,37 @@ class KeepAll(UncertaintyEstimator):
 
 
 def test_minimal_config_resolves_paths_relative_to_file(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "train.txt").write_text("Obama\tB-PER\n", encoding="utf-8")
     cfg = load_config(write(tmp_path, '[data.train]\npath = "d/train.txt"\n'), check_plugins=False)
     assert cfg.run_dir == tmp_path / "runs" / "x"
     assert cfg.data.train.path == tmp_path / "d" / "train.txt"
     assert cfg.label_set.types == ("PER", "LOC")
 
 
+def test_missing_input_path_is_reported_at_load_with_where_it_resolved(tmp_path):
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, '[data.dev]\npath = "../nope/dev.txt"\n'), check_plugins=False)
+    assert "data.dev.path" in str(exc.value)
+    assert str(tmp_path.parent / "nope" / "dev.txt") in str(exc.value)
+
+
+def test_stage_settings_are_validated_at_load(tmp_path):
+    with pytest.raises(ConfigError, match=r"refine.promt"):
+        load_config(write(tmp_path, '[refine]\npromt = "x"\n'), check_plugins=False)
+    with pytest.raises(ConfigError, match=r"ground.k"):
+        load_config(write(tmp_path, '[ground]\nk = "abc"\n'), check_plugins=False)
+    with pytest.raises(ConfigError, match=r"ground.kk"):
+        load_config(write(tmp_path, '[ground]\nkk = 3\n'), check_plugins=False)
+    with pytest.raises(ConfigError, match=r"refine.prompt"):
+        load_config(write(tmp_path, '[refine]\nprompt = "$text $candidates $nosuch"\n'),
+                    check_plugins=False)
+
+
 def test_unknown_key_names_its_dotted_path(tmp_path):
     with pytest.raises(ConfigError) as exc:
-        load_config(write(tmp_path, '[data.train]\npath = "x"\nlimt = 3\n'), check_plugins=False)
+        load_config(write(tmp_path, '[data.train]\npath = "x"\nlimt = 3\n'), check_plugins=False,
+                    check_paths=False)
     assert "data.train.limt" in str(exc.value)
 
 

@@ -23,8 +23,9 @@ def server():
 
 
 def openai(server, **kw) -> OpenAIBackend:
+    options = {"retries": 1, "backoff_base": 0.01, **kw}
     return OpenAIBackend(OpenAIBackend.Options(base_url=server.base_url, model="fake-model",
-                                               retries=1, backoff_base=0.01, **kw))
+                                               **options))
 
 
 def requests(n: int) -> list[ChatRequest]:
@@ -121,18 +122,35 @@ def test_corrupt_entry_is_a_miss_and_is_rewritten(server, tmp_path):
     assert not list(path.parent.glob("*.tmp"))
 
 
-def test_replays_from_cache_when_backend_is_down(server, tmp_path):
+def test_a_dead_backend_is_unavailable_whatever_the_cache_holds(server, tmp_path):
     reqs = requests(3)
     live = CachedBackend(openai(server), tmp_path / "c")
     run_job(live, reqs[:2])
     server.stop()
-    offline = CachedBackend(openai(server), tmp_path / "c")
-    assert offline.inner.check_available() is not None
-    assert offline.check_available() is None  # the cache can still answer
-    assert offline.complete(reqs[0]).cached
-    with pytest.raises(BackendUnavailable, match="not in the cache"):
+    offline = CachedBackend(openai(server, retries=0), tmp_path / "c")
+    assert offline.check_available() is not None  # old entries never make it look alive
+    assert offline.complete(reqs[0]).cached  # but what is cached still answers
+    with pytest.raises(BackendUnavailable):
         offline.complete(reqs[2])
-    assert offline.stats["calls"] == 0
+    assert offline.stats["hits"] == 1 and offline.stats["errors"] == 1
+
+
+def test_only_answers_that_pass_the_check_are_cached(server, tmp_path):
+    reqs = requests(2)
+    cached = CachedBackend(openai(server), tmp_path / "c")
+
+    def refuse(response):
+        raise ValueError("unusable")
+
+    with pytest.raises(ValueError):
+        cached.complete_checked(reqs[0], refuse)
+    assert cached.stats["unusable"] == 1 and not list((tmp_path / "c").rglob("*.json"))
+    response, value = cached.complete_checked(reqs[0], lambda r: r.text.upper())
+    assert value == response.text.upper() and cached.stats["calls"] == 2  # asked again
+    # a cached answer that fails today's check is asked again, not replayed
+    with pytest.raises(ValueError):
+        cached.complete_checked(reqs[0], refuse)
+    assert cached.stats["rejected_hits"] == 1 and cached.stats["calls"] == 3
 
 
 def test_delegates_contract(server, tmp_path):

@@ -34,7 +34,7 @@ def _texts(request) -> str:
 def test_refine_prompt_has_everything_the_mllm_needs(twitter_dir: Path, tmp_path: Path) -> None:
     sample = with_image(real_samples(twitter_dir, 1, min_entities=2)[0], tmp_path)
     pred = prediction(sample, uncertainty=[0.05] + [0.9] * (len(sample.entities) - 1))
-    delegated = {tuple(k) for k in pred.meta["gate"]["delegated"]}
+    delegated = set(pred.gate.delegated)
     req = build_refine_request(sample, pred.entities, delegated, LABELS, with_image=True,
                                max_tokens=300, temperature=0.2)
     assert req.purpose == "refine" and req.max_tokens == 300 and req.temperature == 0.2

@@ -10,7 +10,14 @@ import pytest
 
 from refineg_core.formats.native import read_results
 from refineg_core.pipeline.refine import RefineSettings, run_refine, validate_items
-from refineg_core.types import SOURCE_MLLM, SOURCE_TAGGER, Entity, Sample, SampleResult
+from refineg_core.types import (
+    SOURCE_MLLM,
+    SOURCE_TAGGER,
+    Entity,
+    GateVerdict,
+    Sample,
+    SampleResult,
+)
 from tests.fakeserver import FakeOpenAIServer, drop, error, ok
 from tests.stagedata import (
     LABELS,
@@ -215,7 +222,7 @@ def test_unavailable_backend_skips_and_says_why(
     server.default = ok("[]")
     results, summary = run_refine(preds, backend_for(server), LABELS, RefineSettings(), out)
     assert len(server.chat_requests) == 2
-    assert summary.counters["redone_after_skip"] == 4 and summary.resumed == 0
+    assert summary.counters["retried_from_last_run"] == 4 and summary.resumed == 0
     assert results[1].entities == ()
 
 
@@ -275,7 +282,7 @@ def test_every_sample_survives_a_crashing_backend(tmp_path: Path) -> None:
 
     sample = Sample("x", ("Obama",), "Obama")
     pred = SampleResult(sample, (Entity(0, 1, "PER", "Obama", source=SOURCE_TAGGER),),
-                        meta={"gate": {"delegate_sample": True, "delegated": [[0, 1, "PER"]]}})
+                        gate=GateVerdict(True, 0.0, frozenset({(0, 1, "PER")})))
     [res], summary = run_refine([pred], ScriptedBackend(boom), LABELS, RefineSettings(),
                                 tmp_path / "r.jsonl")
     assert res.entities == pred.entities

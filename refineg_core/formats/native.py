@@ -23,7 +23,7 @@ from typing import Any
 from refineg_core.errors import DataError
 from refineg_core.formats.base import Dataset, read_text_file
 from refineg_core.labels import tokenize
-from refineg_core.types import Box, Entity, Failure, ImageRef, Sample, SampleResult
+from refineg_core.types import Box, Entity, Failure, GateVerdict, ImageRef, Sample, SampleResult
 
 
 def entity_to_dict(e: Entity) -> dict[str, Any]:
@@ -78,6 +78,8 @@ def sample_to_dict(
     d["entities"] = [entity_to_dict(e) for e in entities]
     if result and include_failures:
         d["failures"] = [f.as_dict() for f in result.failures]
+    if result and result.gate is not None:
+        d["gate"] = result.gate.as_dict()
     meta = {**s.meta, **(result.meta if result else {})}
     if meta:
         d["meta"] = meta
@@ -108,7 +110,8 @@ def sample_from_dict(d: dict[str, Any]) -> Sample:
 def result_from_dict(d: dict[str, Any]) -> SampleResult:
     sample = sample_from_dict(d)
     failures = tuple(Failure(f["stage"], f["kind"], f["message"]) for f in d.get("failures", ()))
-    return SampleResult(sample, sample.entities, failures)
+    gate = GateVerdict.from_dict(d["gate"]) if d.get("gate") is not None else None
+    return SampleResult(sample, sample.entities, failures, gate=gate)
 
 
 def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:

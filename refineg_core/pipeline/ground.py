@@ -244,8 +244,8 @@ def _ground_one(
     info: dict[str, Any] = {}
     parsed = ask(backend, request, STAGE, counters, info, debug)
     if isinstance(parsed, Failure):
-        return SampleResult(
-            item.sample, item.entities, (*item.failures, parsed), {**meta, STAGE: info}
+        return attrs.evolve(
+            item, failures=(*item.failures, parsed), meta={**meta, STAGE: info}
         )
     grounding = match_answer(parsed.items, item.entities, codec, size)
     entities = []
@@ -268,7 +268,9 @@ def _ground_one(
     failures = note_answer(
         parsed, STAGE, counters, info, item.failures, "entities it did not reach have no boxes"
     )
-    return SampleResult(item.sample, tuple(entities), failures, {**meta, STAGE: info})
+    return attrs.evolve(
+        item, entities=tuple(entities), failures=failures, meta={**meta, STAGE: info}
+    )
 
 
 def _needs_call(r: SampleResult) -> bool:
@@ -286,6 +288,7 @@ def run_ground(
     out_path: Path,
     *,
     debug: bool = False,
+    required: bool = False,
 ) -> tuple[list[SampleResult], StageSummary]:
     """Ground every result's entities through ``backend``; resumable through ``out_path``.
 
@@ -311,6 +314,7 @@ def run_ground(
         process=process,
         debug=debug,
         unusable=unusable,
+        required=required,
     )
     summary.counters["samples_without_image"] = sum(
         1 for r in results if r.entities and not (r.sample.image and r.sample.image.available)

@@ -1,61 +1,71 @@
 """The three ReFineG stages (plus synthesis) wired to a run directory.
 
-Each stage reads what the previous one wrote in the run directory and writes
-its own file as it goes, so any stage can be (re)run alone and an interrupted
-run resumes. Layout of a run directory:
+A ``Pipeline`` owns one run: its ``RunContext`` builds every plugin once and
+closes them all when the run ends (``with Pipeline(config) as p``). Each stage
+reads what the previous one wrote and writes its own file as it goes, so any
+stage can be (re)run alone and an interrupted run resumes. A stage reuses its
+earlier output only when its fingerprint (data digests, plugin options,
+settings, prompts, backend identity, upstream output) is unchanged; otherwise
+it and everything downstream recompute, and the log says why.
+
+Layout of a run directory:
 
     config.json            the resolved, redacted config
+    stages/<stage>.json    each stage's fingerprint and whether it finished
     synth/                 synthetic.jsonl/.conll + report.json (the yield)
-    tagger/                the trained tagger
-    predict.jsonl          tagger + gate (entities with uncertainty, gate info)
+    tagger/                the trained tagger + refineg-trained.json (its fingerprint)
+    predict.jsonl          tagger + gate (entities with uncertainty, gate verdicts)
     refine.jsonl           after MLLM refinement of delegated samples
     ground.jsonl           after MLLM grounding (boxes)
     final.jsonl            the last stage's results (+ .ccks.json, twitter/)
     eval.json              metrics per stage when gold labels exist
     summary.json           counts and seconds per stage
-    cache/                 MLLM response cache
+    cache/                 MLLM response cache (usable answers only)
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from refineg_core import registry
-from refineg_core.config import Config, DataSource, redacted_dump, slot_kind
+from refineg_core.config import Config, DataSource, redacted_dump
 from refineg_core.errors import ConfigError, RefinegError
 from refineg_core.formats import Dataset, load_dataset
 from refineg_core.formats.native import read_results, write_jsonl
 from refineg_core.hooks import get_hooks
-from refineg_core.interfaces import (
-    ContextSelector,
-    MLLMBackend,
-    Plugin,
-    Synthesizer,
-    Tagger,
-    UncertaintyEstimator,
-)
 from refineg_core.mllm_cache import CachedBackend
+from refineg_core.pipeline.context import RunContext
+from refineg_core.pipeline.fingerprint import (
+    Fingerprint,
+    Freshness,
+    StageStore,
+    dataset_digest,
+    file_digest,
+    flatten,
+    freshness,
+    read_record,
+    tree_digest,
+    write_record,
+)
 from refineg_core.pipeline.outputs import write_outputs
-from refineg_core.types import GateDecision, Sample, SampleResult
+from refineg_core.pipeline.stagekit import needs_retry
+from refineg_core.types import GateVerdict, Sample, SampleResult
 
 Log = Callable[[str], None]
 
-
-def gate_meta(decision: GateDecision) -> dict[str, Any]:
-    """How the gate decided, stored with each prediction for the refinement stage."""
-    return {
-        "delegate_sample": decision.delegate_sample,
-        "missed_uncertainty": round(float(decision.missed_uncertainty), 6),
-        "delegated": [[e.start, e.end, e.type] for e in decision.delegated],
-    }
+#: The fingerprinted stages, upstream first.
+STAGES = ("train", "predict", "refine", "ground")
+#: The marker the core writes into a tagger folder once training finished.
+TRAINED_MARKER = "refineg-trained.json"
 
 
 class Pipeline:
-    """Runs stages of one config against one run directory."""
+    """Runs the stages of one config against one run directory, owning its plugins."""
 
     def __init__(self, config: Config, *, debug: bool = False, log: Log | None = None) -> None:
         self.config = config
@@ -64,11 +74,63 @@ class Pipeline:
         self.debug = debug
         self.log: Log = log or (lambda msg: None)
         self.summary: dict[str, Any] = {"stages": {}}
+        self.context = RunContext(config, self.run_dir / "cache")
+        self.store = StageStore(self.run_dir)
         self._datasets: dict[str, Dataset | None] = {}
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._warnings: list[str] = []
+        self._fingerprints: dict[str, Fingerprint] = {}
+        self._created_run_dir = not self.run_dir.exists()
+        self._run_dir_ready = False
+
+    # -------------------------------------------------------------- lifecycle
+    def close(self) -> None:
+        """Close every plugin the run built (idempotent)."""
+        self.context.close()
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def prepare_run_dir(self) -> Path:
+        """Create the run directory on first write, with a clear error when it cannot be."""
+        if self._run_dir_ready:
+            return self.run_dir
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.run_dir / ".write-test"
+            probe.write_text("", encoding="utf-8")
+            probe.unlink()
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise ConfigError(
+                f"cannot use {self.run_dir} as the run directory: {reason}", where="run_dir"
+            ) from None
         (self.run_dir / "config.json").write_text(
-            json.dumps(redacted_dump(config), indent=2), encoding="utf-8"
+            json.dumps(redacted_dump(self.config), indent=2), encoding="utf-8"
         )
+        self._run_dir_ready = True
+        self._write_warnings()
+        return self.run_dir
+
+    def discard_if_unused(self) -> None:
+        """After a failed command: remove a run directory this command created and
+        that holds no stage output yet, so no half-made run is left behind."""
+        if not self._created_run_dir or not self.run_dir.is_dir():
+            return
+        leftovers = {p.name for p in self.run_dir.iterdir()}
+        if leftovers <= {"config.json", "data-warnings.log", "stages", "cache"} and not any(
+            self.store.dir.glob("*.json")
+        ):
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def _write_warnings(self) -> None:
+        if self._run_dir_ready and self._warnings:
+            # Rewritten, not appended: the log describes this run's data only.
+            (self.run_dir / "data-warnings.log").write_text(
+                "\n".join(self._warnings) + "\n", encoding="utf-8"
+            )
 
     # ----------------------------------------------------------------- inputs
     def _load(self, source: DataSource) -> Dataset:
@@ -81,10 +143,10 @@ class Pipeline:
             limit=source.limit,
         )
         if ds.warnings:
-            log_path = self.run_dir / "data-warnings.log"
-            with log_path.open("a", encoding="utf-8") as fh:
-                fh.write("\n".join(ds.warnings) + "\n")
-            self.log(f"{source.path}: {len(ds.warnings)} data warnings (see {log_path})")
+            self._warnings.extend(ds.warnings)
+            self._write_warnings()
+            where = self.run_dir / "data-warnings.log"
+            self.log(f"{source.path}: {len(ds.warnings)} data warnings (see {where})")
         return ds
 
     def dataset(self, key: str) -> Dataset | None:
@@ -106,71 +168,175 @@ class Pipeline:
         return ds
 
     # ---------------------------------------------------------------- plugins
-    def plugin(self, key: str) -> Plugin:
-        slot = self.config.slot(key)
-        if slot is None:
-            raise ConfigError(f"no plugin configured for {key}", where=f"{key}.plugin")
-        return registry.create(
-            slot_kind(key), slot.plugin, slot.options, self.labels, config_key=key
-        )
-
-    def _options(self, key: str):
-        slot = self.config.slot(key)
-        assert slot is not None
-        return registry.validate_options(
-            slot_kind(key), slot.plugin, registry.load_class(slot_kind(key), slot.plugin),
-            slot.options, config_key=key,
-        )
+    def plugin(self, key: str):
+        """The run's one instance of a configured component (built on first use)."""
+        builders = {
+            "uncertainty": self.context.gate,
+            "selector": self.context.selector,
+            "synthesizer": self.context.synthesizer,
+            "backend": self.context.backend,
+        }
+        if key not in builders:
+            raise ConfigError(f"no shared component {key!r}", where=key)
+        return builders[key]()
 
     def backend(self, key: str = "backend") -> CachedBackend | None:
-        """The configured backend wrapped in the shared on-disk response cache."""
-        if self.config.slot(key) is None:
-            if key == "synth_backend":
-                return self.backend("backend")
-            return None
-        inner = self.plugin(key)
-        assert isinstance(inner, MLLMBackend)
-        return CachedBackend(inner, self.run_dir / "cache")
+        return self.context.backend(key)
+
+    def tagger_dir(self) -> Path:
+        return Path(self.config.tagger.load_from or self.run_dir / "tagger")
+
+    def load_tagger(self):
+        return self.context.tagger(self.tagger_dir())
+
+    # ----------------------------------------------------------- fingerprints
+    def fingerprint(self, stage: str) -> Fingerprint:
+        """What ``stage`` would be made from now (computed once per run)."""
+        if stage not in self._fingerprints:
+            builder = getattr(self, f"_parts_{stage}")
+            self._fingerprints[stage] = Fingerprint(stage, builder())
+        return self._fingerprints[stage]
+
+    def _tagger_options(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(training options, inference-only options) of the configured tagger."""
+        cls = self.context.plugin_class("tagger")
+        options = self.context.options("tagger").model_dump(mode="json")
+        infer = getattr(cls, "inference_options", frozenset())
+        train = {k: v for k, v in options.items() if k not in infer}
+        return train, {k: v for k, v in options.items() if k in infer}
+
+    def _parts_train(self) -> dict[str, Any]:
+        if self.config.tagger.load_from:
+            return {"tagger.saved": tree_digest(self.tagger_dir())}
+        train_opts, _ = self._tagger_options()
+        parts: dict[str, Any] = {
+            "tagger.plugin": self.config.tagger.plugin,
+            **flatten(train_opts, "tagger.options"),
+            "labels.types": list(self.labels.types),
+            "data.train": dataset_digest(self.require("train")),
+            "data.dev": dataset_digest(self.dataset("dev")),
+        }
+        for i, extra in enumerate(self.config.data.extra_train):
+            parts[f"data.extra_train.{i}"] = dataset_digest(self._load(extra))
+        if self.config.data.use_synthesized:
+            parts["data.synthesized"] = file_digest(self._synth_file())
+        return parts
+
+    def _tagger_digest(self) -> str | None:
+        """The trained tagger's content digest (what predict's output depends on)."""
+        if self.config.tagger.load_from:
+            return self.fingerprint("train").parts["tagger.saved"]
+        record = read_record(self.tagger_dir() / TRAINED_MARKER)
+        return record.output if record else None
+
+    def _parts_predict(self) -> dict[str, Any]:
+        _, infer_opts = self._tagger_options()
+        return {
+            "upstream.tagger": self._tagger_digest(),
+            **flatten(infer_opts, "tagger.options"),
+            "uncertainty.plugin": self.config.uncertainty.plugin,
+            **flatten(self.context.options("uncertainty").model_dump(mode="json"),
+                      "uncertainty.options"),
+            "data.predict": dataset_digest(self.require("predict")),
+        }
+
+    def _mllm_parts(self, stage: str) -> dict[str, Any]:
+        backend = self.backend()
+        settings = getattr(self.config, stage)
+        return {
+            f"upstream.{self._upstream(stage)}": self._output_digest(self._upstream(stage)),
+            f"stages.{stage}": self._stage_mode(stage),
+            **flatten(settings.model_dump(mode="json"), stage),
+            **flatten(dict(self.labels.descriptions), "labels"),
+            **flatten(backend.cache_identity() if backend else None, "backend"),
+        }
+
+    def _parts_refine(self) -> dict[str, Any]:
+        return self._mllm_parts("refine")
+
+    def _parts_ground(self) -> dict[str, Any]:
+        parts = self._mllm_parts("ground")
+        if self.config.selector is not None:
+            parts["selector.plugin"] = self.config.selector.plugin
+            parts.update(
+                flatten(self.context.options("selector").model_dump(mode="json"),
+                        "selector.options")
+            )
+        parts["data.pool"] = dataset_digest(self.dataset("pool"))
+        return parts
+
+    def _upstream(self, stage: str) -> str:
+        if stage == "ground" and self._stage_mode("refine") is not False:
+            return "refine"
+        return "predict"
+
+    def _output_digest(self, stage: str) -> str | None:
+        record = self.store.read(stage)
+        return record.output if record else None
+
+    def _stage_mode(self, stage: str) -> bool | str:
+        """``True``, ``False`` or ``"auto"`` for an MLLM stage, all settings considered."""
+        mode = getattr(self.config.stages, stage)
+        if not getattr(self.config, stage).enabled:
+            return False
+        return mode
+
+    def status(self) -> dict[str, Freshness]:
+        """Each stage as fresh / stale (with the reasons) / partial / missing."""
+        out: dict[str, Freshness] = {}
+        for stage in STAGES:
+            if stage == "train":
+                if self.config.tagger.load_from:
+                    out[stage] = Freshness("fresh", ("using tagger.load_from",))
+                    continue
+                record = read_record(self.tagger_dir() / TRAINED_MARKER)
+            else:
+                record = self.store.read(stage)
+            upstream_stale = [s for s, f in out.items() if f.state != "fresh"]
+            fresh = freshness(self.fingerprint(stage), record)
+            if fresh.state == "fresh" and upstream_stale:
+                fresh = Freshness("stale", (f"upstream {upstream_stale[-1]} is not fresh",))
+            out[stage] = fresh
+        return out
 
     # ----------------------------------------------------------------- stages
-    def _record(self, stage: str, data: dict[str, Any], started: float) -> None:
+    def _record(self, stage: str, data: dict[str, Any], started: float) -> dict[str, Any]:
         data = {**data, "seconds": round(time.perf_counter() - started, 3)}
         self.summary["stages"][stage] = data
+        return data
+
+    def _synth_file(self) -> Path:
+        from refineg_core.pipeline.synth import SAMPLES_FILE
+
+        return self.run_dir / "synth" / SAMPLES_FILE
 
     def synth(self) -> dict[str, Any]:
-        from refineg_core.pipeline.synth import SynthSettings, run_synthesis
+        from refineg_core.pipeline.synth import run_synthesis
 
         started = time.perf_counter()
         seeds = self.require("train")
-        synthesizer = self.plugin("synthesizer")
-        assert isinstance(synthesizer, Synthesizer)
+        synthesizer = self.context.synthesizer()
         backend = self.backend("synth_backend")
         if backend is None:
             raise ConfigError("synthesis needs a backend", where="synth_backend.plugin")
-        settings = SynthSettings.model_validate(self.config.synth)
+        self.prepare_run_dir()
         report = run_synthesis(
             list(seeds.samples),
             synthesizer,
             backend,
             self.labels,
-            settings,
+            self.config.synth,
             self.run_dir / "synth",
             debug=self.debug,
         )
-        data = report.as_dict()
-        self._record("synth", data, started)
-        return data
-
-    def tagger_dir(self) -> Path:
-        return Path(self.config.tagger.load_from or self.run_dir / "tagger")
+        self._fingerprints.pop("train", None)  # the synthesized data may have changed
+        return self._record("synth", report.as_dict(), started)
 
     def training_samples(self) -> list[Sample]:
         samples = list(self.require("train").samples)
         for extra in self.config.data.extra_train:
             samples += self._load(extra).samples
-        from refineg_core.pipeline.synth import SAMPLES_FILE
-
-        synth_file = self.run_dir / "synth" / SAMPLES_FILE
+        synth_file = self._synth_file()
         if self.config.data.use_synthesized:
             if not synth_file.exists():
                 raise ConfigError(
@@ -184,38 +350,61 @@ class Pipeline:
     def train(self, *, force: bool = False) -> dict[str, Any]:
         started = time.perf_counter()
         target = self.tagger_dir()
-        if self.config.tagger.load_from and not force:
-            self._record("train", {"skipped": f"using saved tagger {target}"}, started)
-            return self.summary["stages"]["train"]
-        if (target / "manifest.json").exists() and not force:
-            self.log(f"train: tagger already trained at {target} (use --force to retrain)")
-            self._record("train", {"skipped": "already trained", "tagger": str(target)}, started)
-            return self.summary["stages"]["train"]
+        if self.config.tagger.load_from:
+            return self._record("train", {"skipped": f"using saved tagger {target}"}, started)
+        fp = self.fingerprint("train")
+        fresh = freshness(fp, read_record(target / TRAINED_MARKER))
+        if fresh.state == "fresh" and not force:
+            self.log(f"train: reusing the tagger at {target} (same data and options)")
+            return self._record("train", {"reused": True, "tagger": str(target)}, started)
+        if fresh.state == "stale":
+            self.log(f"train: retraining: {fresh.describe()}")
+        elif target.exists() and fresh.state == "missing" and any(target.iterdir()):
+            self.log(f"train: {target} has no {TRAINED_MARKER}; retraining")
         train = self.training_samples()
         dev = self.dataset("dev")
-        tagger = self.plugin("tagger")
-        assert isinstance(tagger, Tagger)
+        tagger = self.context.untrained_tagger()
         hooks = get_hooks()
         hooks.stage_started("train", len(train))
         self.log(f"train: {len(train)} samples, dev {len(dev) if dev else 0}")
         report = tagger.fit(train, list(dev.samples) if dev else None)
+        self.prepare_run_dir()
+        self.context.forget_tagger(target)
+        if target.exists():
+            shutil.rmtree(target)
         tagger.save(target)
+        write_record(target / TRAINED_MARKER, fp, complete=True, output=tree_digest(target))
+        self._fingerprints.pop("predict", None)
         data = {"train_samples": len(train), "tagger": str(target), "report": report}
-        self._record("train", data, started)
-        hooks.stage_finished("train", self.summary["stages"]["train"])
-        return self.summary["stages"]["train"]
+        data = self._record("train", data, started)
+        hooks.stage_finished("train", data)
+        return data
 
-    def load_tagger(self) -> Tagger:
-        cls = registry.load_class("tagger", self.config.tagger.plugin)
-        directory = self.tagger_dir()
-        if not directory.exists():
-            raise RefinegError(
-                f"no trained tagger at {directory}; run `refineg train` first "
-                "or set tagger.load_from"
-            )
-        tagger = cls.load(directory, self._options('tagger'), self.labels)  # type: ignore[attr-defined]
-        assert isinstance(tagger, Tagger)
-        return tagger
+    def _reuse(self, stage: str, out: Path) -> list[SampleResult] | None:
+        """The stage's earlier output when its fingerprint matches and it finished."""
+        fp = self.fingerprint(stage)
+        record = self.store.read(stage)
+        fresh = freshness(fp, record)
+        intact = record is not None and record.output == file_digest(out) is not None
+        if fresh.state == "fresh" and intact:
+            self.log(f"{stage}: reusing {out} (inputs unchanged)")
+            return read_results(out)
+        if fresh.state == "stale":
+            self.log(f"{stage}: recomputing: {fresh.describe()}")
+        elif fresh.state == "partial":
+            self.log(f"{stage}: resuming: {fresh.describe()}")
+        if fresh.state != "partial":
+            out.unlink(missing_ok=True)  # lines made from other inputs are never resumed
+        return None
+
+    def _finish_stage(self, stage: str, out: Path, results: Sequence[SampleResult]) -> None:
+        mllm = stage in ("refine", "ground")
+        pending = sum(needs_retry(r, stage) for r in results) if mllm else 0
+        self.store.write(
+            self.fingerprint(stage), complete=True, output=file_digest(out), pending=pending
+        )
+        for downstream in STAGES[STAGES.index(stage) + 1 :]:
+            self._fingerprints.pop(downstream, None)
 
     def predict(self) -> list[SampleResult]:
         """Tagger + gate over data.predict. Atomic: written once, whole (the gate's
@@ -223,114 +412,116 @@ class Pipeline:
         started = time.perf_counter()
         out = self.run_dir / "predict.jsonl"
         samples = list(self.require("predict").samples)
-        if out.exists() and (self.run_dir / "predict.done").exists():
-            results = read_results(out)
-            if {r.id for r in results} == {s.id for s in samples}:
-                self.log(f"predict: reusing {out}")
-                self._record("predict", self._gate_counts(results, resumed=True), started)
-                return results
+        self.prepare_run_dir()
+        reused = self._reuse("predict", out)
+        if reused is not None:
+            self._record("predict", self._gate_counts(reused, resumed=True), started)
+            return reused
         hooks = get_hooks()
         hooks.stage_started("predict", len(samples))
         tagger = self.load_tagger()
-        gate = self.plugin("uncertainty")
-        assert isinstance(gate, UncertaintyEstimator)
+        gate = self.context.gate()
         predictions = tagger.predict(samples)
         decisions = gate.decide(samples, predictions)
         results = [
-            SampleResult(s, d.entities, meta={"gate": gate_meta(d)})
+            SampleResult(s, d.entities, gate=GateVerdict.of(d))
             for s, d in zip(samples, decisions, strict=True)
         ]
         write_jsonl(results, out)
-        (self.run_dir / "predict.done").touch()
-        self._record("predict", self._gate_counts(results), started)
-        hooks.stage_finished("predict", self.summary["stages"]["predict"])
+        self._finish_stage("predict", out, results)
+        data = self._record("predict", self._gate_counts(results), started)
+        hooks.stage_finished("predict", data)
         return results
 
     @staticmethod
     def _gate_counts(results: Sequence[SampleResult], resumed: bool = False) -> dict[str, Any]:
-        gates = [r.meta.get("gate", {}) for r in results]
-        delegated = sum(len(g.get("delegated", ())) for g in gates)
+        gates = [r.gate for r in results if r.gate is not None]
+        delegated = sum(len(g.delegated) for g in gates)
         total = sum(len(r.entities) for r in results)
         return {
             "samples": len(results),
             "entities": total,
             "entities_kept": total - delegated,
             "entities_delegated": delegated,
-            "samples_delegated": sum(bool(g.get("delegate_sample")) for g in gates),
+            "samples_delegated": sum(g.delegate_sample for g in gates),
             "resumed": resumed,
         }
 
-    def _stage_input(self, *names: str) -> list[SampleResult]:
-        for name in names:
-            path = self.run_dir / f"{name}.jsonl"
-            if path.exists() and (name != "predict" or (self.run_dir / "predict.done").exists()):
-                return read_results(path)
-        raise RefinegError(f"nothing to work on in {self.run_dir}: run `refineg predict` first")
+    def _stage_input(self, stage: str) -> list[SampleResult]:
+        upstream = self._upstream(stage)
+        path = self.run_dir / f"{upstream}.jsonl"
+        if not path.exists() or self.store.read(upstream) is None:
+            raise RefinegError(
+                f"nothing to work on in {self.run_dir}: run `refineg {upstream}` first"
+            )
+        return read_results(path)
+
+    def _mllm_stage(self, stage: str, results, run) -> list[SampleResult]:
+        """The frame of refine and ground: reuse, or run with the shared backend and
+        record what it spent."""
+        started = time.perf_counter()
+        results = list(results) if results is not None else self._stage_input(stage)
+        out = self.run_dir / f"{stage}.jsonl"
+        self.prepare_run_dir()
+        backend = self.backend()
+        mode = self._stage_mode(stage)
+        if backend is None:
+            if mode is True:
+                raise ConfigError(f"stages.{stage} = true needs a [backend]", where="backend")
+            self.log(f"{stage}: no backend configured; results pass through")
+            self._record(stage, {"skipped": "no backend configured"}, started)
+            return results
+        reused = self._reuse(stage, out)
+        if reused is not None:
+            self._record(stage, {"reused": True, "samples": len(reused)}, started)
+            return reused
+        self.store.write(self.fingerprint(stage), complete=False)
+        before = Counter(backend.stats)
+        usage_before = backend.usage
+        try:
+            new, summary = run(backend, mode, out)
+        finally:
+            spent = dict(Counter(backend.stats) - before)
+            spent["prompt_tokens"] = backend.usage.prompt_tokens - usage_before.prompt_tokens
+            spent["completion_tokens"] = (
+                backend.usage.completion_tokens - usage_before.completion_tokens
+            )
+        self._finish_stage(stage, out, new)
+        self._record(stage, {**summary.as_dict(), "backend": spent}, started)
+        return new
 
     def refine(self, results: Sequence[SampleResult] | None = None) -> list[SampleResult]:
-        from refineg_core.pipeline.refine import RefineSettings, run_refine
+        from refineg_core.pipeline.refine import run_refine
 
-        started = time.perf_counter()
-        results = list(results) if results is not None else self._stage_input("predict")
-        backend = self.backend()
-        if backend is None:
-            self.log("refine: no backend configured; tagger predictions pass through")
-            self._record("refine", {"skipped": "no backend configured"}, started)
-            return results
-        settings = RefineSettings.model_validate(self.config.refine)
-        out, summary = run_refine(
-            results,
-            backend,
-            self.labels,
-            settings,
-            self.run_dir / "refine.jsonl",
-            debug=self.debug,
-        )
-        self._record("refine", self._stage_dict(summary, backend), started)
-        return out
+        def run(backend, mode, out):
+            return run_refine(
+                results_in, backend, self.labels, self.config.refine, out,
+                debug=self.debug, required=mode is True,
+            )
+
+        results_in = list(results) if results is not None else self._stage_input("refine")
+        return self._mllm_stage("refine", results_in, run)
 
     def ground(self, results: Sequence[SampleResult] | None = None) -> list[SampleResult]:
-        from refineg_core.pipeline.ground import GroundSettings, run_ground
+        from refineg_core.pipeline.ground import run_ground
 
-        started = time.perf_counter()
-        results = list(results) if results is not None else self._stage_input("refine", "predict")
-        backend = self.backend()
-        if backend is None:
-            self.log("ground: no backend configured; entities stay without boxes")
-            self._record("ground", {"skipped": "no backend configured"}, started)
-            return results
-        settings = GroundSettings.model_validate(self.config.ground)
-        selector = self.plugin("selector") if self.config.selector else None
-        pool = self.dataset("pool")
-        # Embedding the pool is the expensive part of grounding: only when calls will follow.
-        will_call = settings.enabled and backend.check_available() is None
-        if selector is not None and pool is not None and will_call:
-            assert isinstance(selector, ContextSelector)
-            selector.index(list(pool.samples))
-        out, summary = run_ground(
-            results,
-            list(pool.samples) if pool else [],
-            selector,
-            backend,
-            self.labels,
-            settings,
-            self.run_dir / "ground.jsonl",
-            debug=self.debug,
-        )
-        self._record("ground", self._stage_dict(summary, backend), started)
-        return out
+        def run(backend, mode, out):
+            settings = self.config.ground
+            selector = self.context.selector()
+            pool = self.dataset("pool")
+            needs = any(r.entities and r.sample.image and r.sample.image.available
+                        for r in results_in)
+            # Embedding the pool is the expensive part of grounding: only when calls follow.
+            will_call = mode is not False and needs and backend.check_available() is None
+            if selector is not None and pool is not None and will_call and settings.k > 0:
+                selector.index(list(pool.samples))
+            return run_ground(
+                results_in, list(pool.samples) if pool else [], selector, backend,
+                self.labels, settings, out, debug=self.debug, required=mode is True,
+            )
 
-    @staticmethod
-    def _stage_dict(summary: Any, backend: CachedBackend) -> dict[str, Any]:
-        """The stage's own counts plus what its (per-stage) cached backend spent."""
-        return {
-            **summary.as_dict(),
-            "backend": {
-                **backend.stats,
-                "prompt_tokens": backend.usage.prompt_tokens,
-                "completion_tokens": backend.usage.completion_tokens,
-            },
-        }
+        results_in = list(results) if results is not None else self._stage_input("ground")
+        return self._mllm_stage("ground", results_in, run)
 
     # ------------------------------------------------------------------- run
     def run(self, *, force_train: bool = False) -> dict[str, Any]:
@@ -343,9 +534,9 @@ class Pipeline:
         results: list[SampleResult] | None = None
         if stages.predict:
             results = self.predict()
-        if stages.refine:
+        if self._stage_mode("refine") is not False:
             results = self.refine(results)
-        if stages.ground:
+        if self._stage_mode("ground") is not False:
             results = self.ground(results)
         if results is not None:
             self.finish(results)
@@ -355,17 +546,28 @@ class Pipeline:
 
     def finish(self, results: Sequence[SampleResult]) -> None:
         """Write the final outputs in every format and evaluate against gold."""
+        self.prepare_run_dir()
         written = write_outputs(results, self.run_dir)
-        self.summary["final"] = {
+        entities = [e for r in results for e in r.entities]
+        final: dict[str, Any] = {
             "samples": len(results),
-            "entities": sum(len(r.entities) for r in results),
-            "with_boxes": sum(1 for r in results for e in r.entities if e.boxes),
+            "entities": len(entities),
+            "with_boxes": sum(1 for e in entities if e.boxes),
+            "judged_not_groundable": sum(1 for e in entities if e.boxes == ()),
+            "grounding_not_attempted": sum(1 for e in entities if e.boxes is None),
             "samples_with_failures": sum(1 for r in results if r.failures),
             "failures": sum(len(r.failures) for r in results),
             "outputs": {fmt: str(path) for fmt, path in written.paths.items()},
         }
         if written.overlaps_dropped:
-            self.summary["final"]["twitter_overlaps_dropped"] = written.overlaps_dropped
+            final["twitter_overlaps_dropped"] = written.overlaps_dropped
+        if final["grounding_not_attempted"]:
+            self.log(
+                f"final: {final['grounding_not_attempted']} entities were never grounded "
+                "(boxes: null in final.jsonl); the Twitter and CCKS files cannot say so and "
+                "show them without a box"
+            )
+        self.summary["final"] = final
         self.evaluate_stages()
 
     def evaluate_stages(self) -> None:
@@ -387,6 +589,7 @@ class Pipeline:
         }
 
     def write_summary(self) -> None:
+        self.prepare_run_dir()
         (self.run_dir / "summary.json").write_text(
             json.dumps(self.summary, indent=2, default=str), encoding="utf-8"
         )

@@ -23,6 +23,7 @@ from typing import Any, Literal
 import attrs
 import pydantic
 
+from refineg_core.errors import DataError
 from refineg_core.interfaces import MLLMBackend, PluginOptions
 from refineg_core.labels import LabelSet, find_token_spans
 from refineg_core.pipeline.prompts import REFINE_FIELDS, build_refine_request, validate_template
@@ -30,7 +31,6 @@ from refineg_core.pipeline.runner import StageSummary
 from refineg_core.pipeline.stagekit import (
     Counters,
     ask,
-    merged_meta,
     note_answer,
     run_mllm_stage,
 )
@@ -77,17 +77,15 @@ def delegation(result: SampleResult, policy: str) -> Delegation:
         return Delegation(True, keys)
     if policy == "entities":
         return Delegation(bool(keys), keys)
-    gate = merged_meta(result).get("gate")
-    if not isinstance(gate, dict) or not gate.get("delegate_sample"):
+    gate = result.gate
+    if gate is None:
+        raise DataError(
+            f"sample {result.id} has no gate verdict: the predict stage's output is "
+            'needed, or set refine.delegate = "entities" / "all"'
+        )
+    if not gate.delegate_sample:
         return Delegation(False)
-    delegated = set()
-    for item in gate.get("delegated") or ():
-        try:
-            start, end, etype = item
-            delegated.add((int(start), int(end), str(etype)))
-        except (TypeError, ValueError):
-            continue
-    return Delegation(True, frozenset(delegated & keys))
+    return Delegation(True, frozenset(gate.delegated & keys))
 
 
 def _first_str(item: dict, keys: Sequence[str]) -> str | None:
@@ -267,13 +265,13 @@ def _refine_one(
         item.failures,
         "delegated entities it did not reach were kept as the tagger had them",
     )
-    return SampleResult(item.sample, entities, failures, {**item.meta, STAGE: info})
+    return attrs.evolve(item, entities=entities, failures=failures, meta={**item.meta, STAGE: info})
 
 
 def _keep(item: SampleResult, info: dict[str, Any], failure: Failure) -> SampleResult:
     """The tagger's prediction, unchanged, with the failure recorded."""
-    return SampleResult(
-        item.sample, item.entities, (*item.failures, failure), {**item.meta, STAGE: info}
+    return attrs.evolve(
+        item, failures=(*item.failures, failure), meta={**item.meta, STAGE: info}
     )
 
 
@@ -285,8 +283,16 @@ def run_refine(
     out_path: Path,
     *,
     debug: bool = False,
+    required: bool = False,
 ) -> tuple[list[SampleResult], StageSummary]:
     """Refine delegated samples through ``backend``; resumable through ``out_path``."""
+    if settings.delegate == "gate":
+        ungated = [r.id for r in results if r.gate is None]
+        if ungated:
+            raise DataError(
+                f"{len(ungated)} samples (first: {ungated[0]}) have no gate verdict; refine "
+                'them after the predict stage, or set refine.delegate = "entities" or "all"'
+            )
 
     def needs_call(r: SampleResult) -> bool:
         return delegation(r, settings.delegate).send
@@ -303,4 +309,5 @@ def run_refine(
         needs_call=needs_call,
         process=process,
         debug=debug,
+        required=required,
     )

@@ -3,9 +3,12 @@
 - thread-safe counters (calls, tokens, invalid items) merged into the summary;
 - the "skipped" marker: when the backend is unavailable (or the stage is
   disabled) every result still goes to the stage's JSONL so downstream outputs
-  stay valid, but marked ``meta[stage]["skipped"]``; the next run forgets those
-  lines, so starting the server later and rerunning does the real work instead
-  of resuming the placeholders;
+  stay valid, but marked ``meta[stage]["skipped"]``;
+- retry, not replay: the next run forgets skipped lines and lines whose call
+  failed or whose answer was unusable, so they are asked again (usable answers
+  come from the response cache, which never stores the unusable ones);
+- a call-health breaker: when every call so far has failed (wrong URL, bad key,
+  model not served), the stage stops calling instead of failing 10,000 times;
 - turning a backend exception into a recorded failure kind;
 - ``ask``: one call plus answer parsing, with failures recorded the same way.
 """
@@ -20,21 +23,28 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from refineg_core.chat import ChatRequest, ChatResponse
-from refineg_core.errors import BackendError, BackendUnavailable
+from refineg_core.errors import BackendError, BackendUnavailable, StageUnavailable
 from refineg_core.formats.native import sample_to_dict
 from refineg_core.hooks import get_hooks
+from refineg_core.mllm_cache import complete_checked
 from refineg_core.pipeline.answers import AnswerError, ParsedAnswer, parse_answer
 from refineg_core.pipeline.runner import StageSummary, load_done, run_stage
 from refineg_core.types import Failure, SampleResult
 
+#: Failure kinds that do not make a sample be asked again (the answer was usable).
+FINAL_FAILURE_KINDS = frozenset({"truncated"})
+
 
 class Counters:
-    """A Counter that many worker threads may bump."""
+    """A Counter that many worker threads may bump, plus the stage's call health."""
 
-    def __init__(self) -> None:
+    def __init__(self, breaker_after: int = 8) -> None:
         self._lock = threading.Lock()
         self.counts: Counter = Counter()
+        self.health = CallHealth(breaker_after)
 
     def add(self, key: str, n: int = 1) -> None:
         if n:
@@ -54,6 +64,40 @@ class Counters:
             self.counts["completion_tokens"] += response.usage.completion_tokens
 
 
+class CallHealth:
+    """Stops a stage whose backend has failed every call so far.
+
+    ``limit`` failed calls in a row with no success ever trips it; after that
+    every call fails at once with the reason. One success disarms it for the run
+    (a flaky server is retried per call, not abandoned).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self._lock = threading.Lock()
+        self._in_a_row = 0
+        self._answered = False
+        self.tripped: str | None = None
+
+    def before_call(self) -> None:
+        if self.tripped:
+            raise BackendUnavailable(self.tripped)
+
+    def answered(self) -> None:
+        with self._lock:
+            self._answered = True
+            self._in_a_row = 0
+
+    def failed(self, exc: BaseException) -> None:
+        with self._lock:
+            self._in_a_row += 1
+            if not self._answered and self._in_a_row >= self.limit and not self.tripped:
+                self.tripped = (
+                    f"stopped calling after the first {self._in_a_row} calls all failed "
+                    f"(last: {str(exc)[:200]})"
+                )
+
+
 def merged_meta(result: SampleResult) -> dict[str, Any]:
     """Meta of a result whether it came from memory or from a JSONL (sample.meta)."""
     return {**result.sample.meta, **result.meta}
@@ -64,12 +108,20 @@ def is_skipped(result: SampleResult, stage: str) -> bool:
     return isinstance(info, dict) and bool(info.get("skipped"))
 
 
-def forget_skipped(out_path: Path, stage: str) -> int:
-    """Drop placeholder lines of an earlier skipped run; return how many were dropped."""
+def needs_retry(result: SampleResult, stage: str) -> bool:
+    """Skipped, or a call/answer of this stage failed: a rerun asks again."""
+    return is_skipped(result, stage) or any(
+        f.stage == stage and f.kind not in FINAL_FAILURE_KINDS for f in result.failures
+    )
+
+
+def forget_unfinished(out_path: Path, stage: str) -> int:
+    """Drop the lines a rerun must redo (skipped placeholders, failed calls, unusable
+    answers); return how many were dropped. The file never holds an id twice."""
     if not Path(out_path).exists():
         return 0
     done = load_done(out_path)
-    keep = [r for r in done.values() if not is_skipped(r, stage)]
+    keep = [r for r in done.values() if not needs_retry(r, stage)]
     dropped = len(done) - len(keep)
     if dropped:
         _write_all(out_path, keep)
@@ -117,7 +169,7 @@ def skip_stage(
         if needs_call(it):
             skipped += 1
         meta = {**it.meta, stage: {"skipped": reason_key}}
-        out.append(SampleResult(it.sample, it.entities, it.failures, meta))
+        out.append(attrs.evolve(it, meta=meta))
     _write_all(out_path, out)
     summary.counters["requests_skipped"] = skipped
     summary.counters["passed_through"] = len(todo)
@@ -139,6 +191,15 @@ def backend_failure_kind(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+class UnusableAnswer(Exception):
+    """Raised inside the cache check: the answer is recorded as a failure, not cached."""
+
+    def __init__(self, failure: Failure, text: str) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+        self.text = text
+
+
 def ask(
     backend,
     request: ChatRequest,
@@ -146,25 +207,45 @@ def ask(
     counters: Counters,
     info: dict[str, Any],
     debug: bool,
+    usable: Callable[[ParsedAnswer], Failure | None] | None = None,
 ) -> ParsedAnswer | Failure:
     """Call the backend and parse its JSON list; a failed call or an unusable
-    answer comes back as the Failure to record (``info`` says which)."""
+    answer comes back as the Failure to record (``info`` says which).
+
+    ``usable`` is the stage's own judgement of a parsed answer (a Failure when
+    nothing in it can be used); only answers that parse and pass it are cached.
+    """
+
+    def check(response: ChatResponse) -> ParsedAnswer:
+        try:
+            parsed = parse_answer(response.text)
+        except AnswerError as exc:
+            raise UnusableAnswer(Failure(stage, exc.kind, str(exc)), response.text) from None
+        refusal = usable(parsed) if usable is not None else None
+        if refusal is not None:
+            raise UnusableAnswer(refusal, response.text)
+        return parsed
+
     try:
-        response = backend.complete(request)
+        counters.health.before_call()
+        response, parsed = complete_checked(backend, request, check)
+    except UnusableAnswer as exc:
+        counters.health.answered()
+        counters.add("calls")
+        counters.add("answers_unusable")
+        info["outcome"] = "unusable_answer"
+        info["answer"] = exc.text[:2000]
+        return exc.failure
     except BackendError as exc:
+        counters.health.failed(exc)
         counters.add("calls_failed")
         info["outcome"] = "backend_failed"
         return Failure(stage, backend_failure_kind(exc), str(exc)[:500])
+    counters.health.answered()
     counters.usage(response)
     if debug:
         info["answer"] = response.text
-    try:
-        return parse_answer(response.text)
-    except AnswerError as exc:
-        counters.add("answers_unusable")
-        info["outcome"] = "unusable_answer"
-        info["answer"] = response.text[:2000]
-        return Failure(stage, exc.kind, str(exc))
+    return parsed
 
 
 def run_mllm_stage(
@@ -178,21 +259,28 @@ def run_mllm_stage(
     process: Callable[[SampleResult, Counters], SampleResult],
     debug: bool = False,
     unusable: str | None = None,
+    required: bool = False,
 ) -> tuple[list[SampleResult], StageSummary]:
     """The frame both MLLM stages share: skip when disabled or unreachable (or
     ``unusable`` says why the backend cannot serve this stage), else run
     ``process`` over every result at the backend's concurrency and merge the
-    counters into the summary."""
+    counters into the summary.
+
+    With ``required`` an unreachable backend, or one that failed every call, is
+    a ``StageUnavailable`` error (raised after the results are written) instead
+    of a note."""
     out_path = Path(out_path)
-    forgotten = forget_skipped(out_path, stage)
+    forgotten = forget_unfinished(out_path, stage)
     skip = {"needs_call": needs_call, "backend": backend.describe()}
     if not enabled:
         reason = f"the {stage} stage is disabled in the config"
         return skip_stage(stage, results, out_path, reason=reason, reason_key="disabled", **skip)
-    reason = backend.check_available() or unusable
+    reason = unusable or (backend.check_available() if any(map(needs_call, results)) else None)
     if reason:
+        if required:
+            raise StageUnavailable(f"{backend.describe()}: {reason}", where=stage)
         return skip_stage(stage, results, out_path, reason=reason, **skip)
-    counters = Counters()
+    counters = Counters(breaker_after=max(8, 2 * backend.max_concurrency))
     out, summary = run_stage(
         stage,
         results,
@@ -203,8 +291,12 @@ def run_mllm_stage(
     )
     summary.counters.update(counters.counts)
     if forgotten:
-        summary.counters["redone_after_skip"] = forgotten
+        summary.counters["retried_from_last_run"] = forgotten
     summary.notes["backend"] = backend.describe()
+    if counters.health.tripped:
+        summary.notes["stopped"] = counters.health.tripped
+        if required:
+            raise StageUnavailable(f"{backend.describe()}: {counters.health.tripped}", where=stage)
     return out, summary
 
 

@@ -1,0 +1,87 @@
+"""``refineg config show --defaults``: the whole resolved config, every option
+with its value and description, including the options of each selected plugin
+(like ``spacy init fill-config``), so a user sees what a run will really use."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pydantic
+
+from refineg_core.config import SLOT_NAMES, Config, _redact, slot_kind
+
+#: One table of the printed config: its dotted name and (key, value, description) rows.
+Table = tuple[str, list[tuple[str, Any, str]]]
+
+
+def _rows(model: pydantic.BaseModel) -> tuple[list[tuple[str, Any, str]], list[tuple[str, Any]]]:
+    """Scalar rows of a model, and its sub-models (to print as their own tables)."""
+    rows, subs = [], []
+    for name, field in type(model).model_fields.items():
+        if field.exclude:
+            continue
+        value = getattr(model, name)
+        if isinstance(value, pydantic.BaseModel):
+            subs.append((name, value))
+        else:
+            rows.append((name, value, field.description or ""))
+    return rows, subs
+
+
+def _tables(prefix: str, model: pydantic.BaseModel) -> Iterator[Table]:
+    rows, subs = _rows(model)
+    yield prefix, rows
+    for name, sub in subs:
+        yield from _tables(f"{prefix}.{name}" if prefix else name, sub)
+
+
+def full_config(config: Config) -> list[Table]:
+    """Every table of the config with defaults filled in; plugin ``options`` are
+    the selected plugin's own validated options model."""
+    from refineg_core import registry
+
+    tables: list[Table] = []
+    for prefix, rows in _tables("", config):
+        keep = [(k, v, d) for k, v, d in rows if not (k == "options" and prefix in SLOT_NAMES)]
+        tables.append((prefix, keep))
+        if prefix in SLOT_NAMES:
+            slot = config.slot(prefix)
+            assert slot is not None
+            kind = slot_kind(prefix)
+            cls = registry.load_class(kind, slot.plugin, config_key=prefix)
+            options = registry.validate_options(
+                kind, slot.plugin, cls, slot.options, config_key=prefix
+            )
+            tables.extend(_tables(f"{prefix}.options", options))
+    return tables
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return json.dumps(str(value))
+
+
+def render_full_config(config: Config) -> str:
+    """TOML text with a ``#`` comment above each documented key; secrets redacted."""
+    lines: list[str] = []
+    for name, rows in full_config(config):
+        if not rows:
+            continue
+        if name:
+            lines.append(f"\n[{name}]")
+        for key, value, description in rows:
+            value = _redact({key: pydantic.TypeAdapter(Any).dump_python(value, mode="json")})[key]
+            if description:
+                lines.append(f"# {description}")
+            # TOML has no null: an unset key is shown commented out.
+            lines.append(f"# {key} = (unset)" if value is None else f"{key} = {_toml(value)}")
+    return "\n".join(lines).lstrip("\n") + "\n"

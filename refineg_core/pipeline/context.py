@@ -1,0 +1,162 @@
+"""The one owner of a run's components.
+
+Every plugin a config names is built here, once, from its validated options,
+handed to every stage that needs it, and closed exactly once when the run ends,
+error or not (``with RunContext(...) as ctx``). Two stages that use the MLLM get
+the same backend object, so a local model is loaded once and one usage meter
+counts every call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any
+
+from refineg_core import registry
+from refineg_core.config import Config, slot_kind
+from refineg_core.errors import ConfigError, RefinegError
+from refineg_core.interfaces import (
+    ContextSelector,
+    MLLMBackend,
+    Plugin,
+    PluginOptions,
+    Synthesizer,
+    Tagger,
+    UncertaintyEstimator,
+)
+from refineg_core.mllm_cache import CachedBackend
+
+log = logging.getLogger(__name__)
+
+
+class RunContext:
+    """Builds each configured component once and closes them all together."""
+
+    def __init__(self, config: Config, cache_dir: Path) -> None:
+        self.config = config
+        self.labels = config.label_set
+        self.cache_dir = Path(cache_dir)
+        self._built: dict[str, Any] = {}
+        self._order: list[Any] = []
+        self._closed = False
+
+    # ---------------------------------------------------------------- options
+    def options(self, key: str) -> PluginOptions:
+        """The validated options of the plugin in config table ``key``."""
+        slot = self.config.slot(key)
+        if slot is None:
+            raise ConfigError(f"no plugin configured for {key}", where=f"{key}.plugin")
+        kind = slot_kind(key)
+        cls = registry.load_class(kind, slot.plugin, config_key=key)
+        return registry.validate_options(kind, slot.plugin, cls, slot.options, config_key=key)
+
+    def plugin_class(self, key: str) -> type[Plugin]:
+        slot = self.config.slot(key)
+        if slot is None:
+            raise ConfigError(f"no plugin configured for {key}", where=f"{key}.plugin")
+        return registry.load_class(slot_kind(key), slot.plugin, config_key=key)
+
+    # ------------------------------------------------------------- components
+    def _once(self, name: str, build) -> Any:
+        if self._closed:
+            raise RefinegError("this run has been closed; open a new one")
+        if name not in self._built:
+            component = build()
+            self._built[name] = component
+            self._order.append(component)
+        return self._built[name]
+
+    def _plugin(self, key: str) -> Plugin:
+        slot = self.config.slot(key)
+        assert slot is not None
+        return registry.create(
+            slot_kind(key), slot.plugin, slot.options, self.labels, config_key=key
+        )
+
+    def gate(self) -> UncertaintyEstimator:
+        gate = self._once("uncertainty", lambda: self._plugin("uncertainty"))
+        assert isinstance(gate, UncertaintyEstimator)
+        return gate
+
+    def selector(self) -> ContextSelector | None:
+        if self.config.selector is None:
+            return None
+        selector = self._once("selector", lambda: self._plugin("selector"))
+        assert isinstance(selector, ContextSelector)
+        return selector
+
+    def synthesizer(self) -> Synthesizer:
+        synthesizer = self._once("synthesizer", lambda: self._plugin("synthesizer"))
+        assert isinstance(synthesizer, Synthesizer)
+        return synthesizer
+
+    def backend(self, key: str = "backend") -> CachedBackend | None:
+        """The backend of ``key`` behind the run's response cache; ``synth_backend``
+        falls back to (the same object as) ``backend``."""
+        if self.config.slot(key) is None:
+            return self.backend("backend") if key == "synth_backend" else None
+
+        def build() -> CachedBackend:
+            inner = self._plugin(key)
+            assert isinstance(inner, MLLMBackend)
+            return CachedBackend(inner, self.cache_dir)
+
+        return self._once(key, build)
+
+    def tagger(self, directory: Path) -> Tagger:
+        """The saved tagger in ``directory``, loaded once with the config's options."""
+        cls = self.plugin_class("tagger")
+
+        def build() -> Tagger:
+            if not Path(directory).is_dir():
+                raise RefinegError(
+                    f"no trained tagger at {directory}; run `refineg train` first "
+                    "or set tagger.load_from"
+                )
+            tagger = cls.load(Path(directory), self.options("tagger"), self.labels)  # type: ignore[attr-defined]
+            assert isinstance(tagger, Tagger)
+            return tagger
+
+        return self._once(f"tagger:{Path(directory).resolve()}", build)
+
+    def untrained_tagger(self) -> Tagger:
+        """A fresh tagger to fit (not cached: training builds a new one each time)."""
+        tagger = self._plugin("tagger")
+        assert isinstance(tagger, Tagger)
+        self._order.append(tagger)
+        return tagger
+
+    def forget_tagger(self, directory: Path) -> None:
+        """Drop a loaded tagger whose directory was retrained (closing it)."""
+        tagger = self._built.pop(f"tagger:{Path(directory).resolve()}", None)
+        if tagger is not None:
+            self._order.remove(tagger)
+            tagger.close()
+
+    # ---------------------------------------------------------------- closing
+    def close(self) -> None:
+        """Close every component once, newest first; one failing close does not
+        keep the others open."""
+        if self._closed:
+            return
+        self._closed = True
+        errors = []
+        for component in reversed(self._order):
+            try:
+                component.close()
+            except Exception as exc:  # closing must reach every component
+                errors.append(exc)
+                log.warning("closing %s failed: %s", type(component).__name__, exc)
+        self._built.clear()
+        self._order.clear()
+        if errors:
+            raise errors[0]
+
+    def __enter__(self) -> RunContext:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(Exception) if exc[0] is not None else contextlib.nullcontext():
+            self.close()

@@ -1,0 +1,227 @@
+"""Stage fingerprints: a record of exactly what made a stage's output.
+
+A stage may reuse its earlier output only when every input that shapes it is
+unchanged: the data it read (content digests), the plugins and options that
+affect it, its own settings and prompt templates, the backend's identity, and
+the upstream stage's output. Anything else recomputes, and the log says why
+("predict: uncertainty.options.threshold changed 0.4 -> 0.99"), the way DVC or
+Snakemake rerun a step when its parameters change.
+
+Each stage keeps ``stages/<stage>.json`` in the run directory: the flat parts,
+their digest, and whether the stage finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from refineg_core.formats.base import Dataset
+from refineg_core.formats.native import sample_to_dict
+
+#: Parts whose values are digests: a change is reported without the values.
+_DIGEST_PREFIXES = ("data.", "upstream.", "tagger.saved")
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as dotted keys with JSON-able leaves (lists kept whole)."""
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for k in sorted(value, key=str):
+            key = f"{prefix}.{k}" if prefix else str(k)
+            out.update(flatten(value[k], key))
+        return out
+    return {prefix: json.loads(json.dumps(value, default=str))}
+
+
+def digest_of(value: Any) -> str:
+    return hashlib.sha256(
+        json.dumps(value, sort_keys=True, default=str, ensure_ascii=False).encode()
+    ).hexdigest()
+
+
+def dataset_digest(dataset: Dataset | None) -> str | None:
+    """Content digest of the samples as read (text, tokens, entities, boxes, image refs).
+
+    Hashing what was read, not the file bytes, also covers XML box files and a
+    ``limit``; an image counts by path, size and modification time.
+    """
+    if dataset is None:
+        return None
+    h = hashlib.sha256()
+    for sample in dataset.samples:
+        h.update(json.dumps(sample_to_dict(sample), sort_keys=True, default=str).encode())
+        img = sample.image
+        if img is not None and img.path is not None:
+            try:
+                st = os.stat(img.path)
+                h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+            except OSError:
+                h.update(b"missing")
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def file_digest(path: Path) -> str | None:
+    path = Path(path)
+    if not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tree_digest(directory: Path) -> str | None:
+    """Digest of every file under ``directory`` (names, sizes, contents)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    h = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        h.update(str(path.relative_to(directory)).encode() + b"\0")
+        h.update((file_digest(path) or "").encode() + b"\n")
+    return h.hexdigest()
+
+
+@attrs.frozen
+class Fingerprint:
+    """The flat inputs of one stage and their digest."""
+
+    stage: str
+    parts: Mapping[str, Any] = attrs.field(converter=lambda p: dict(sorted(p.items())))
+
+    @property
+    def digest(self) -> str:
+        return digest_of(self.parts)
+
+    def changes(self, old: Mapping[str, Any]) -> list[str]:
+        """Human-readable differences from an earlier record's parts."""
+        out = []
+        for key in sorted(set(self.parts) | set(old)):
+            if key not in old:
+                out.append(f"{key} is new")
+            elif key not in self.parts:
+                out.append(f"{key} was removed")
+            elif self.parts[key] != old[key]:
+                if key.startswith(_DIGEST_PREFIXES):
+                    out.append(f"{key} changed")
+                else:
+                    out.append(f"{key} changed {_short(old[key])} -> {_short(self.parts[key])}")
+        return out
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+@attrs.frozen
+class StageRecord:
+    """What ``stages/<stage>.json`` holds."""
+
+    parts: Mapping[str, Any]
+    digest: str
+    complete: bool
+    #: Content digest of the stage's output file (downstream stages key on it).
+    output: str | None = None
+    #: Samples a rerun must redo (failed calls, unusable answers, skipped).
+    pending: int = 0
+
+
+class StageStore:
+    """Reads and writes the stage records of one run directory."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.dir = Path(run_dir) / "stages"
+
+    def path(self, stage: str) -> Path:
+        return self.dir / f"{stage}.json"
+
+    def read(self, stage: str) -> StageRecord | None:
+        return read_record(self.path(stage))
+
+    def write(
+        self, fp: Fingerprint, *, complete: bool, output: str | None = None, pending: int = 0
+    ) -> None:
+        write_record(self.path(fp.stage), fp, complete=complete, output=output, pending=pending)
+
+    def forget(self, stages: Iterable[str]) -> None:
+        for stage in stages:
+            self.path(stage).unlink(missing_ok=True)
+
+
+def read_record(path: Path) -> StageRecord | None:
+    """A stage record, or None when there is none or it is torn (never reusable)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        return StageRecord(
+            dict(data["parts"]),
+            str(data["digest"]),
+            bool(data["complete"]),
+            data.get("output"),
+            int(data.get("pending") or 0),
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def write_record(
+    path: Path, fp: Fingerprint, *, complete: bool, output: str | None = None, pending: int = 0
+) -> None:
+    """Atomically write a stage record (a kill mid-write leaves the old one)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {
+        "stage": fp.stage,
+        "digest": fp.digest,
+        "complete": complete,
+        "output": output,
+        "pending": pending,
+        "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "parts": dict(fp.parts),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+@attrs.frozen
+class Freshness:
+    """Whether a stage's output on disk may be reused, and if not, why."""
+
+    state: str  # "fresh", "stale", "partial" (same inputs, unfinished) or "missing"
+    reasons: tuple[str, ...] = ()
+
+    @property
+    def reusable_lines(self) -> bool:
+        """Lines already written were made from the same inputs (resume them)."""
+        return self.state in ("fresh", "partial")
+
+    def describe(self) -> str:
+        if not self.reasons:
+            return self.state
+        more = f" (+{len(self.reasons) - 3} more)" if len(self.reasons) > 3 else ""
+        return f"{self.state}: " + "; ".join(self.reasons[:3]) + more
+
+
+def freshness(fp: Fingerprint, record: StageRecord | None) -> Freshness:
+    if record is None:
+        return Freshness("missing")
+    if record.digest != fp.digest:
+        return Freshness("stale", tuple(fp.changes(record.parts)) or ("inputs changed",))
+    if record.pending:
+        return Freshness(
+            "partial", (f"{record.pending} samples failed or were skipped; a rerun retries them",)
+        )
+    if not record.complete:
+        return Freshness("partial", ("interrupted or not finished",))
+    return Freshness("fresh")
