@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -154,7 +155,12 @@ def print_table(
 ) -> None:
     """A plain aligned text table (stderr unless ``out`` says otherwise)."""
     out = out or sys.stderr
-    cells = [[str(c) for c in header], *[[str(c) for c in r] for r in rows]]
+    cells = [[str(c) for c in header]]
+    for row in rows:  # a long last cell wraps onto continuation lines
+        *head, last = (str(c) for c in row)
+        wrapped = textwrap.wrap(last, 90) or [""]
+        cells.append([*head, wrapped[0]])
+        cells += [[""] * len(head) + [more] for more in wrapped[1:]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     for i, row in enumerate(cells):
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(), file=out)

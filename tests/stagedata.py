@@ -27,6 +27,7 @@ from refineg_core.types import (
     Sample,
     SampleResult,
 )
+from tests import fakeserver
 
 LABELS = LabelSet(TWITTER_GMNER_TYPES)
 
@@ -152,3 +153,27 @@ def backend_for(server, box_frame: str = "pixels", **kw):
     )
     opts.update(kw)
     return OpenAIBackend(OpenAIBackend.Options(**opts))
+
+
+def oracle(gold_by_text):
+    """Answer like a perfect MLLM: gold entities for refinement, gold boxes for grounding."""
+
+    def respond(request):
+        text = query_text(request.text)
+        gold = gold_by_text.get(text)
+        if gold is None:
+            return fakeserver.ok("[]")
+        if "box" in request.text.lower():
+            items = [
+                {
+                    "entity": e.text,
+                    "type": e.type,
+                    "boxes": [[round(v) for v in b.as_list()] for b in e.boxes],
+                }
+                for e in gold.entities
+            ]
+        else:
+            items = [{"name": e.text, "type": e.type} for e in gold.entities]
+        return fakeserver.ok("Reasoning: looked at it.\n```json\n" + json.dumps(items) + "\n```")
+
+    return respond

@@ -13,7 +13,7 @@ from refineg_core.formats import read_twitter_gmner, write_twitter_gmner
 from refineg_core.formats.native import read_results
 from refineg_core.testing import run_cli
 from tests.fakeserver import FakeOpenAIServer, ok
-from tests.stagedata import paint_image, query_text
+from tests.stagedata import oracle, paint_image
 
 pytestmark = pytest.mark.slow
 
@@ -77,30 +77,6 @@ def config_text(root, base_url, run_dir):
         [ground]
         k = 2
     ''')
-
-
-def oracle(gold_by_text):
-    """Answer like a perfect MLLM: gold entities for refinement, gold boxes for grounding."""
-
-    def respond(request):
-        text = query_text(request.text)
-        gold = gold_by_text.get(text)
-        if gold is None:
-            return ok("[]")
-        if "box" in request.text.lower():
-            items = [
-                {
-                    "entity": e.text,
-                    "type": e.type,
-                    "boxes": [[round(v) for v in b.as_list()] for b in e.boxes],
-                }
-                for e in gold.entities
-            ]
-        else:
-            items = [{"name": e.text, "type": e.type} for e in gold.entities]
-        return ok("Reasoning: looked at it.\n```json\n" + json.dumps(items) + "\n```")
-
-    return respond
 
 
 def test_run_end_to_end_then_rerun_makes_no_calls(dataset, tmp_path, monkeypatch):

@@ -206,11 +206,9 @@ class Freshness:
         """Lines already written were made from the same inputs (resume them)."""
         return self.state in ("fresh", "partial")
 
-    def describe(self) -> str:
-        if not self.reasons:
-            return self.state
-        more = f" (+{len(self.reasons) - 3} more)" if len(self.reasons) > 3 else ""
-        return f"{self.state}: " + "; ".join(self.reasons[:3]) + more
+    def why(self, limit: int = 4) -> str:
+        more = f" (+{len(self.reasons) - limit} more)" if len(self.reasons) > limit else ""
+        return "; ".join(self.reasons[:limit]) + more
 
 
 def freshness(fp: Fingerprint, record: StageRecord | None) -> Freshness:

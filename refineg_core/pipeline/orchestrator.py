@@ -358,7 +358,7 @@ class Pipeline:
             self.log(f"train: reusing the tagger at {target} (same data and options)")
             return self._record("train", {"reused": True, "tagger": str(target)}, started)
         if fresh.state == "stale":
-            self.log(f"train: retraining: {fresh.describe()}")
+            self.log(f"train: retraining: {fresh.why()}")
         elif target.exists() and fresh.state == "missing" and any(target.iterdir()):
             self.log(f"train: {target} has no {TRAINED_MARKER}; retraining")
         train = self.training_samples()
@@ -390,9 +390,9 @@ class Pipeline:
             self.log(f"{stage}: reusing {out} (inputs unchanged)")
             return read_results(out)
         if fresh.state == "stale":
-            self.log(f"{stage}: recomputing: {fresh.describe()}")
+            self.log(f"{stage}: recomputing: {fresh.why()}")
         elif fresh.state == "partial":
-            self.log(f"{stage}: resuming: {fresh.describe()}")
+            self.log(f"{stage}: resuming: {fresh.why()}")
         if fresh.state != "partial":
             out.unlink(missing_ok=True)  # lines made from other inputs are never resumed
         return None

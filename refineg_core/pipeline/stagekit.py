@@ -77,6 +77,7 @@ class CallHealth:
         self._lock = threading.Lock()
         self._in_a_row = 0
         self._answered = False
+        self._last = ""
         self.tripped: str | None = None
 
     def before_call(self) -> None:
@@ -88,8 +89,18 @@ class CallHealth:
             self._answered = True
             self._in_a_row = 0
 
+    @property
+    def every_call_failed(self) -> str | None:
+        """Why the stage must count as unavailable: calls were made, none answered."""
+        if self.tripped:
+            return self.tripped
+        if self._in_a_row and not self._answered:
+            return f"all {self._in_a_row} calls failed (last: {self._last})"
+        return None
+
     def failed(self, exc: BaseException) -> None:
         with self._lock:
+            self._last = str(exc)[:200]
             self._in_a_row += 1
             if not self._answered and self._in_a_row >= self.limit and not self.tripped:
                 self.tripped = (
@@ -293,10 +304,11 @@ def run_mllm_stage(
     if forgotten:
         summary.counters["retried_from_last_run"] = forgotten
     summary.notes["backend"] = backend.describe()
-    if counters.health.tripped:
-        summary.notes["stopped"] = counters.health.tripped
+    down = counters.health.every_call_failed
+    if down:
+        summary.notes["stopped"] = down
         if required:
-            raise StageUnavailable(f"{backend.describe()}: {counters.health.tripped}", where=stage)
+            raise StageUnavailable(f"{backend.describe()}: {down}", where=stage)
     return out, summary
 
 

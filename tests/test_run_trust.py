@@ -1,0 +1,277 @@
+"""A run never hands back a wrong result that looks right.
+
+Each test is a case that the first review reproduced on the old main: stale
+stages reused after a setting changed, outages written as "not groundable",
+failures replayed from the cache forever, late validation, plugins built per
+stage, resumed summaries that lied. The real gazetteer tagger (example plugin),
+the real entropy gate and the real OpenAI backend over HTTP to a loopback
+server run on real tweets.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+from refineg_openai.backend import OpenAIBackend
+
+from refineg_core.formats import read_twitter_gmner, write_twitter_gmner
+from refineg_core.formats.native import read_results
+from refineg_core.registry import registered
+from refineg_core.testing import run_cli
+from tests.fakeserver import FakeOpenAIServer, drop, error, ok
+from tests.stagedata import oracle, paint_image, query_text
+
+pytest.importorskip("refineg_gazetteer", reason="pip install -e examples/refineg-gazetteer")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from tests.conftest import TWITTER
+
+    if not TWITTER.exists():
+        pytest.skip(f"real data not found at {TWITTER}")
+    root = tmp_path_factory.mktemp("tw")
+    train = read_twitter_gmner(TWITTER / "train.txt").samples[:400]
+    dev = [s for s in read_twitter_gmner(TWITTER / "dev.txt").samples if s.entities][:30]
+    write_twitter_gmner(train, root / "train" / "train.txt")
+    write_twitter_gmner(dev, root / "dev" / "dev.txt")
+    for i, s in enumerate(dev):
+        paint_image(root / "images" / f"{s.image.image_id}.jpg", s.image.size or (400, 300), i)
+    return root, {s.text: s for s in dev}
+
+
+def config(root: Path, base_url: str, run_dir: Path, *, refine="auto", ground="auto") -> str:
+    def switch(v):
+        return json.dumps(v) if isinstance(v, str) else str(v).lower()
+
+    return textwrap.dedent(f'''
+        run_dir = "{run_dir}"
+        [labels]
+        PER = "person"
+        LOC = "location"
+        ORG = "organisation"
+        OTHER = "other named entity"
+        [data.train]
+        path = "{root}/train/train.txt"
+        [data.predict]
+        path = "{root}/dev/dev.txt"
+        images_dir = "{root}/images"
+        [stages]
+        refine = {switch(refine)}
+        ground = {switch(ground)}
+        [tagger]
+        plugin = "gazetteer"
+        [uncertainty.options]
+        threshold = 0.4
+        [backend]
+        plugin = "openai"
+        [backend.options]
+        base_url = "{base_url}"
+        model = "fake-model"
+        concurrency = 4
+        retries = 0
+        timeout = 10
+        [ground]
+        k = 0
+    ''')
+
+
+def write_config(tmp_path: Path, text: str, name: str = "c.toml") -> Path:
+    cfg = tmp_path / name
+    cfg.write_text(text, encoding="utf-8")
+    return cfg
+
+
+def entities(run: Path) -> list:
+    return [(r.id, e.key, e.boxes) for r in read_results(run / "final.jsonl") for e in r.entities]
+
+
+def test_changed_gate_setting_recomputes_downstream_reuses_tagger_and_says_why(data, tmp_path):
+    root, gold = data
+    with FakeOpenAIServer(oracle(gold)) as server:
+        cfg = write_config(tmp_path, config(root, server.base_url, tmp_path / "run"))
+        first = run_cli(["run", "-c", str(cfg)])
+        assert first.code == 0, first.stderr
+        calls = len(server.chat_requests)
+        assert calls > 0
+
+        same = run_cli(["run", "-c", str(cfg)])
+        assert same.code == 0, same.stderr
+        assert len(server.chat_requests) == calls  # an unchanged rerun makes no call
+        for stage in ("train", "predict", "refine", "ground"):
+            assert f"{stage}: reusing" in same.stderr, same.stderr
+        status = run_cli(["status", "-c", str(cfg)])
+        assert status.code == 0 and status.stdout.count("fresh") == 4, status.stdout
+
+        changed = ["--set", "uncertainty.options.threshold=0.99",
+                   "--set", "uncertainty.options.missed_entities=false"]
+        stale = run_cli(["status", "-c", str(cfg), *changed])
+        assert "uncertainty.options.threshold changed 0.4 -> 0.99" in " ".join(stale.stdout.split())
+        second = run_cli(["run", "-c", str(cfg), *changed])
+        assert second.code == 0, second.stderr
+        assert "train: reusing" in second.stderr  # a gate change never retrains
+        assert "predict: recomputing: uncertainty.options.missed_entities changed" in second.stderr
+        assert "refine: recomputing" in second.stderr and "ground: recomputing" in second.stderr
+
+        # The result equals a fresh run directory with the new settings.
+        fresh_cfg = write_config(tmp_path, config(root, server.base_url, tmp_path / "fresh"),
+                                 "fresh.toml")
+        fresh = run_cli(["run", "-c", str(fresh_cfg), *changed])
+        assert fresh.code == 0, fresh.stderr
+        assert entities(tmp_path / "run") == entities(tmp_path / "fresh")
+
+        retrain = run_cli(["run", "-c", str(cfg), *changed,
+                           "--set", "tagger.options.case_sensitive=false"])
+        assert retrain.code == 0, retrain.stderr
+        assert "train: retraining: tagger.options.case_sensitive changed true -> false" in (
+            retrain.stderr)
+
+
+def test_resumed_predict_summary_counts_the_gate(data, tmp_path):
+    root, gold = data
+    with FakeOpenAIServer(oracle(gold)) as server:
+        cfg = write_config(tmp_path, config(root, server.base_url, tmp_path / "run"))
+        assert run_cli(["run", "-c", str(cfg)]).code == 0
+        first = json.loads((tmp_path / "run" / "summary.json").read_text())["stages"]["predict"]
+        assert run_cli(["run", "-c", str(cfg)]).code == 0
+        again = json.loads((tmp_path / "run" / "summary.json").read_text())["stages"]["predict"]
+    assert again["resumed"] and first["entities_delegated"] > 0
+    for key in ("entities_delegated", "samples_delegated", "entities"):
+        assert again[key] == first[key]
+
+
+def test_required_stage_without_server_fails_in_one_line(data, tmp_path):
+    root, _ = data
+    cfg = write_config(tmp_path, config(root, "http://127.0.0.1:9/v1", tmp_path / "run",
+                                        ground=True))
+    result = run_cli(["run", "-c", str(cfg)])
+    assert result.code == 3
+    error_lines = [ln for ln in result.stderr.splitlines() if ln.startswith("refineg: error")]
+    assert len(error_lines) == 1 and "127.0.0.1:9" in error_lines[0]
+
+
+def test_auto_stage_without_server_exits_0_and_nothing_claims_a_judgement(data, tmp_path):
+    root, _ = data
+    cfg = write_config(tmp_path, config(root, "http://127.0.0.1:9/v1", tmp_path / "run"))
+    result = run_cli(["run", "-c", str(cfg)])
+    assert result.code == 0, result.stderr
+    final = read_results(tmp_path / "run" / "final.jsonl")
+    assert final and all(e.boxes is None for r in final for e in r.entities)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["final"]["grounding_not_attempted"] == summary["final"]["entities"] > 0
+    assert summary["final"]["judged_not_groundable"] == 0
+    ccks = json.loads((tmp_path / "run" / "final.ccks.json").read_text())
+    assert sum(len(v) for v in ccks.values()) == summary["final"]["entities"]
+
+
+@pytest.mark.parametrize("base", ["wrong-model", "no-v1"])
+def test_misconfigured_backend_is_an_error_when_required(data, tmp_path, base):
+    root, gold = data
+    answer = oracle(gold)
+
+    def like_vllm(request):  # vLLM serves the API under /v1 only
+        return answer(request) if request.path.startswith("/v1/") else error(404, "Not Found")
+
+    with FakeOpenAIServer(like_vllm) as server:
+        url = server.base_url.removesuffix("/v1") if base == "no-v1" else server.base_url
+        text = config(root, url, tmp_path / "run", refine=True)
+        if base == "wrong-model":
+            text = text.replace('model = "fake-model"', 'model = "not-served"')
+        result = run_cli(["run", "-c", str(write_config(tmp_path, text))])
+        assert result.code == 3, result.stderr
+        # a breaker stops a backend that fails every call: no thousand failed requests
+        assert len(server.chat_requests) <= 8
+
+
+def test_server_killed_mid_run_then_restarted_redoes_exactly_what_failed(data, tmp_path):
+    root, gold = data
+    answer = oracle(gold)
+    seen: dict[tuple[bool, str], int] = {}
+
+    def flaky(request):
+        key = ("box" in request.text.lower(), query_text(request.text))
+        seen[key] = seen.get(key, 0) + 1
+        # the first 8 distinct queries of each stage answer, then the server "dies"
+        if sum(k[0] == key[0] for k in seen) > 8 and seen[key] == 1:
+            return drop()
+        return answer(request)
+
+    with FakeOpenAIServer(flaky) as server:
+        text = config(root, server.base_url, tmp_path / "run").replace(
+            "threshold = 0.4", "threshold = 0.0")  # delegate every sample with an entity
+        cfg = write_config(tmp_path, text)
+        first = run_cli(["run", "-c", str(cfg)])
+        assert first.code == 0, first.stderr
+        failed = [r for r in read_results(tmp_path / "run" / "refine.jsonl")
+                  if any(f.stage == "refine" for f in r.failures)]
+        failed_ground = [r for r in read_results(tmp_path / "run" / "ground.jsonl")
+                         if any(f.stage == "ground" for f in r.failures)]
+        assert failed and failed_ground
+        before = len(server.chat_requests)
+
+        server.responder = answer  # "restarted", healthy
+        second = run_cli(["run", "-c", str(cfg)])
+        assert second.code == 0, second.stderr
+        refine_calls = [r for r in server.chat_requests[before:] if "box" not in r.text.lower()]
+        assert len(refine_calls) == len(failed)  # only what had no usable answer
+    final = read_results(tmp_path / "run" / "final.jsonl")
+    ids = [r.id for r in final]
+    assert len(ids) == len(set(ids)) == len(gold)  # nothing lost, nothing twice
+    assert not any(r.failures for r in final)
+    for stage in ("refine", "ground"):
+        lines = [r.id for r in read_results(tmp_path / "run" / f"{stage}.jsonl")]
+        assert len(lines) == len(set(lines))
+
+
+def test_unusable_answers_are_not_cached_and_are_asked_again(data, tmp_path):
+    root, gold = data
+    with FakeOpenAIServer(default=ok("I am sorry, I cannot help with that.")) as server:
+        cfg = write_config(tmp_path, config(root, server.base_url, tmp_path / "run",
+                                            ground=False))
+        assert run_cli(["run", "-c", str(cfg)]).code == 0
+        first = len(server.chat_requests)
+        refine = read_results(tmp_path / "run" / "refine.jsonl")
+        assert first > 0 and all(
+            any(f.stage == "refine" for f in r.failures) for r in refine if r.gate.delegate_sample
+        )
+        server.default = ok("[]")
+        server.responder = oracle(gold)
+        assert run_cli(["run", "-c", str(cfg)]).code == 0
+        assert len(server.chat_requests) == 2 * first  # every unusable answer asked again
+    assert not any(r.failures for r in read_results(tmp_path / "run" / "final.jsonl"))
+
+
+def test_one_backend_per_run_and_every_plugin_closed(data, tmp_path):
+    root, gold = data
+    built, closed = [], []
+
+    class CountingBackend(OpenAIBackend):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            built.append(self)
+
+        def close(self):
+            closed.append(self)
+            super().close()
+
+    with FakeOpenAIServer(oracle(gold)) as server, registered(
+        "backend", "counting", CountingBackend
+    ):
+        text = config(root, server.base_url, tmp_path / "run").replace(
+            'plugin = "openai"', 'plugin = "counting"')
+        result = run_cli(["run", "-c", str(write_config(tmp_path, text))])
+        assert result.code == 0, result.stderr
+    assert len(built) == 1 and closed == built
+
+
+def test_failed_command_leaves_no_run_directory_and_flags_go_anywhere(data, tmp_path):
+    root, _ = data
+    text = config(root, "http://127.0.0.1:9/v1", tmp_path / "run").replace(
+        'path = "' + str(root) + '/train/train.txt"', 'path = "' + str(root) + '/train/train.txt"\n'
+        'format = "jsonl"')  # a CoNLL file read as JSONL: fails at data load
+    result = run_cli(["run", "-c", str(write_config(tmp_path, text)), "--debug", "--quiet"])
+    assert result.code != 0
+    assert not (tmp_path / "run").exists()
