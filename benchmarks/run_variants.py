@@ -10,7 +10,9 @@ A variants file lists named sets of overrides (the same syntax as `--set`):
     set = ["uncertainty.options.threshold=0.3"]
 
 Each variant runs in its own run directory under --out (so reruns resume and
-MLLM answers come from each run's cache); the comparison table (metrics, MLLM
+MLLM answers come from each run's cache); variants whose training inputs are
+equal (same train fingerprint: data, tagger options, labels) share one trained
+tagger instead of each training its own. The comparison table (metrics, MLLM
 calls, tokens, failures, seconds per stage) is written as Markdown and JSON.
 """
 
@@ -40,13 +42,37 @@ def load_variants(path: Path) -> list[dict[str, Any]]:
     return variants
 
 
-def run_variant(config_path: Path, variant: dict[str, Any], out: Path, extra: list[str]) -> dict:
+def run_variant(
+    config_path: Path,
+    variant: dict[str, Any],
+    out: Path,
+    extra: list[str],
+    trained: dict[str, tuple[str, Path]],
+) -> dict:
+    """Run one variant; a tagger whose training inputs match an earlier variant's
+    (same train fingerprint) is reused through ``tagger.load_from``, not retrained."""
     run_dir = out / variant["name"].replace("/", "_").replace(" ", "_")
     config = load_config(config_path, [*extra, *variant["set"]])
     config.run_dir = run_dir
-    pipeline = Pipeline(config, log=lambda m: print(f"[{variant['name']}] {m}", file=sys.stderr))
-    summary = pipeline.run()
-    row: dict[str, Any] = {"variant": variant["name"], "overrides": variant["set"]}
+
+    def log(m: str) -> None:
+        print(f"[{variant['name']}] {m}", file=sys.stderr)
+
+    with Pipeline(config, log=log) as probe:
+        key = probe.fingerprint("train").digest if config.stages.train else None
+    shared = trained.get(key) if key else None
+    if shared is not None and not config.tagger.load_from:
+        config.tagger.load_from = shared[1]
+        log(f"sharing the tagger trained for variant {shared[0]} (same training inputs)")
+    with Pipeline(config, log=log) as pipeline:
+        summary = pipeline.run()
+        if key and shared is None:
+            trained[key] = (variant["name"], pipeline.tagger_dir())
+    row: dict[str, Any] = {
+        "variant": variant["name"],
+        "overrides": variant["set"],
+        "tagger": f"shared ({shared[0]})" if shared else "trained here",
+    }
     for stage, data in summary.get("stages", {}).items():
         row[f"{stage}_s"] = data.get("seconds")
         backend = data.get("backend") or {}
@@ -86,7 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], help="override applied to every variant")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = [run_variant(args.config, v, args.out, args.set) for v in load_variants(args.variants)]
+    trained: dict[str, tuple[str, Path]] = {}
+    variants = load_variants(args.variants)
+    rows = [run_variant(args.config, v, args.out, args.set, trained) for v in variants]
+    saved = len(variants) - len(trained)
+    print(f"tagger trainings: {len(trained)} for {len(variants)} variants ({saved} saved)",
+          file=sys.stderr)
     (args.out / "comparison.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
     table = to_markdown(rows)
     (args.out / "comparison.md").write_text(table, encoding="utf-8")

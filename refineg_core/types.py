@@ -226,6 +226,14 @@ class SampleResult:
     def id(self) -> str:
         return self.sample.id
 
+    @property
+    def text(self) -> str:
+        return self.sample.text
+
+    @property
+    def tokens(self) -> tuple[str, ...]:
+        return self.sample.tokens
+
     def as_sample(self) -> Sample:
         """The sample carrying the predicted entities (what writers and evaluators read)."""
         return attrs.evolve(self.sample, entities=self.entities)

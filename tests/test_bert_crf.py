@@ -343,3 +343,14 @@ def test_created_through_the_registry(minilm_path):
         with pytest.raises(TaggerError, match="no CUDA"):
             BertCrfTagger(BertCrfTagger.Options(device="cuda", encoder=str(minilm_path)),
                           LABELS).fit([Sample("a", ("x",), "x")])
+
+
+def test_load_applies_the_configs_inference_options_and_checks_labels(trained, saved, minilm_path):
+    tagger, _, _, _ = trained
+    config_options = tiny_options(minilm_path, eval_batch_size=3, lr=0.5)
+    loaded = BertCrfTagger.load(saved, config_options, LABELS)
+    # how to run it comes from the config; what it learned from the directory
+    assert loaded.options.eval_batch_size == 3
+    assert loaded.options.lr == tagger.options.lr != 0.5
+    with pytest.raises(TaggerError, match="trained for types"):
+        BertCrfTagger.load(saved, config_options, LabelSet({"PER": "person"}))

@@ -275,3 +275,24 @@ def test_failed_command_leaves_no_run_directory_and_flags_go_anywhere(data, tmp_
     result = run_cli(["run", "-c", str(write_config(tmp_path, text)), "--debug", "--quiet"])
     assert result.code != 0
     assert not (tmp_path / "run").exists()
+
+
+def test_variants_harness_trains_one_tagger_for_gate_only_variants(data, tmp_path):
+    import subprocess
+    import sys
+
+    root, _ = data
+    cfg = write_config(tmp_path, config(root, "http://127.0.0.1:9/v1", tmp_path / "unused"))
+    repo = Path(__file__).resolve().parents[1]
+    variants = repo / "benchmarks" / "variants" / "gate-thresholds.toml"
+    proc = subprocess.run(
+        [sys.executable, str(repo / "benchmarks" / "run_variants.py"), "--config", str(cfg),
+         "--variants", str(variants), "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "tagger trainings: 1 for 3 variants (2 saved)" in proc.stderr
+    rows = json.loads((tmp_path / "out" / "comparison.json").read_text())
+    assert [r["tagger"] for r in rows] == ["trained here", "shared (tau-0.1)", "shared (tau-0.1)"]
+    delegated = [r["delegated_entities"] for r in rows]
+    assert delegated == sorted(delegated, reverse=True) and delegated[0] > delegated[-1]

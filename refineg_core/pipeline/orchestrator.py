@@ -29,7 +29,7 @@ import json
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -419,19 +419,90 @@ class Pipeline:
             return reused
         hooks = get_hooks()
         hooks.stage_started("predict", len(samples))
-        tagger = self.load_tagger()
-        gate = self.context.gate()
-        predictions = tagger.predict(samples)
-        decisions = gate.decide(samples, predictions)
-        results = [
-            SampleResult(s, d.entities, gate=GateVerdict.of(d))
-            for s, d in zip(samples, decisions, strict=True)
-        ]
+        results = self.tag(samples)
         write_jsonl(results, out)
         self._finish_stage("predict", out, results)
         data = self._record("predict", self._gate_counts(results), started)
         hooks.stage_finished("predict", data)
         return results
+
+    def tag(self, samples: Sequence[Sample]) -> list[SampleResult]:
+        """The tagger's entities with the gate's verdict (the predict stage, in memory)."""
+        samples = list(samples)
+        predictions = self.load_tagger().predict(samples)
+        decisions = self.context.gate().decide(samples, predictions)
+        return [
+            SampleResult(s, d.entities, gate=GateVerdict.of(d))
+            for s, d in zip(samples, decisions, strict=True)
+        ]
+
+    # ------------------------------------------------------------ Python API
+    def __call__(self, text: str | Sample, *, image: str | Path | None = None) -> SampleResult:
+        """Annotate one post: ``pipe("Obama visits Paris", image="photo.jpg")``.
+
+        Returns the result with entities (type, span, text, uncertainty, source,
+        boxes; ``boxes is None`` when grounding was not attempted). MLLM stages
+        run when the backend answers and are skipped otherwise, as with
+        ``"auto"``; nothing is written to the run directory but the MLLM cache.
+        """
+        return next(iter(self.pipe([text], images=[image])))
+
+    def pipe(
+        self,
+        texts: Iterable[str | Sample],
+        *,
+        images: Iterable[str | Path | None] | None = None,
+        batch_size: int = 64,
+    ) -> Iterator[SampleResult]:
+        """Annotate many posts, ``batch_size`` at a time, yielding results in order."""
+        from refineg_core.api import as_sample
+
+        image_iter = iter(images) if images is not None else None
+        batch: list[Sample] = []
+        for i, text in enumerate(texts):
+            image = next(image_iter, None) if image_iter is not None else None
+            batch.append(as_sample(text, image, i))
+            if len(batch) >= batch_size:
+                yield from self._annotate(batch)
+                batch = []
+        if batch:
+            yield from self._annotate(batch)
+
+    def _annotate(self, samples: list[Sample]) -> list[SampleResult]:
+        import tempfile
+
+        from refineg_core.pipeline.ground import run_ground
+        from refineg_core.pipeline.refine import run_refine
+
+        results = self.tag(samples)
+        backend = self.backend()
+        if backend is None:
+            return results
+        with tempfile.TemporaryDirectory(prefix="refineg-api-") as tmp:
+            if self._stage_mode("refine") is not False:
+                results, _ = run_refine(
+                    results, backend, self.labels, self.config.refine, Path(tmp) / "r.jsonl"
+                )
+            if self._stage_mode("ground") is not False:
+                selector = self._indexed_selector()
+                results, _ = run_ground(
+                    results, [], selector, backend, self.labels, self.config.ground,
+                    Path(tmp) / "g.jsonl",
+                )
+        return results
+
+    def _indexed_selector(self):
+        """The selector, indexed once on the demonstration pool (None without one)."""
+        selector = self.context.selector()
+        if selector is None or self.config.ground.k == 0:
+            return None
+        if not getattr(self, "_pool_indexed", False):
+            pool = self.dataset("pool")
+            if pool is None:
+                return None
+            selector.index(list(pool.samples))
+            self._pool_indexed = True
+        return selector
 
     @staticmethod
     def _gate_counts(results: Sequence[SampleResult], resumed: bool = False) -> dict[str, Any]:

@@ -1,0 +1,86 @@
+"""The Python API is the CLI's own Pipeline: ``refineg.load(run_dir)(text)``."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import refineg
+from refineg_core.testing import run_cli
+from tests.fakeserver import FakeOpenAIServer, ok
+from tests.stagedata import paint_image
+
+pytest.importorskip("refineg_gazetteer", reason="pip install -e examples/refineg-gazetteer")
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> tuple[Path, Path]:
+    """A run directory whose tagger was trained by `refineg train` on real tweets."""
+    from tests.conftest import TWITTER
+
+    if not TWITTER.exists():
+        pytest.skip(f"real data not found at {TWITTER}")
+    root = tmp_path_factory.mktemp("api")
+    cfg = root / "c.toml"
+    cfg.write_text(textwrap.dedent(f'''
+        run_dir = "{root / "run"}"
+        [labels]
+        PER = "person"
+        LOC = "location"
+        ORG = "organisation"
+        OTHER = "other named entity"
+        [data.train]
+        path = "{TWITTER / "train.txt"}"
+        limit = 2000
+        [tagger]
+        plugin = "gazetteer"
+        [uncertainty.options]
+        threshold = 0.0
+        [backend]
+        plugin = "openai"
+        [backend.options]
+        base_url = "http://127.0.0.1:9/v1"
+        model = "fake-model"
+        retries = 0
+    '''), encoding="utf-8")
+    result = run_cli(["train", "-c", str(cfg)])
+    assert result.code == 0, result.stderr
+    return root / "run", cfg
+
+
+def test_readme_five_lines_on_a_trained_tagger(trained_run):
+    run_dir, _ = trained_run
+    pipe = refineg.load(run_dir)
+    doc = pipe("Obama visits Paris with Justin Bieber")
+    found = {(e.text, e.type) for e in doc.entities}
+    assert ("Obama", "PER") in found and ("Paris", "LOC") in found
+    for e in doc.entities:  # no server answers: grounding was not attempted, and says so
+        assert e.source == "tagger" and e.boxes is None and e.uncertainty is not None
+    assert isinstance(pipe, refineg.Pipeline) and doc.text.startswith("Obama")
+
+
+def test_pipe_streams_many_in_order_and_uses_the_mllm_when_it_answers(trained_run, tmp_path):
+    run_dir, _ = trained_run
+    image = paint_image(tmp_path / "photo.jpg", (640, 480))
+    texts = ["Obama visits Paris", "nothing to see here", "Madrid beat Barcelona"]
+    with FakeOpenAIServer() as server:
+        def respond(request):
+            if "box" in request.text.lower():
+                return ok('[{"entity": "Obama", "type": "PER", "boxes": [[10, 10, 200, 300]]}]')
+            return ok('[{"name": "Obama", "type": "PER"}, {"name": "Paris", "type": "LOC"}]')
+
+        server.responder = respond
+        with refineg.load(
+            run_dir,
+            overrides=[f'backend.options.base_url="{server.base_url}"',
+                       'backend.options.box_frame="pixels"'],
+        ) as pipe:
+            docs = list(pipe.pipe(texts, images=[image, None, None], batch_size=2))
+        assert [d.text for d in docs] == texts
+        obama = next(e for e in docs[0].entities if e.text == "Obama")
+        assert obama.source == "mllm" and obama.boxes and obama.grounded_by == "mllm"
+        assert server.chat_requests, "the answering backend was used"
+    # nothing but the MLLM cache is written into the run directory by the API
+    assert not (run_dir / "refine.jsonl").exists() and not (run_dir / "ground.jsonl").exists()
