@@ -184,8 +184,10 @@ def print_summary(summary: dict[str, Any]) -> None:
                 and not isinstance(v, (dict, list))
             )
             backend = data.get("backend")
-            if isinstance(backend, dict) and backend.get("calls"):
-                details += f"; backend calls={backend['calls']}, hits={backend.get('hits', 0)}"
+            if isinstance(backend, dict) and (backend.get("calls") or backend.get("cached_calls")):
+                details += (f"; backend: calls={backend['calls']}, "
+                            f"from cache={backend.get('cached_calls', 0)}, "
+                            f"failed={backend.get('failed_calls', 0)}")
             count = data.get("samples", data.get("total", ""))
             rows.append((name, f"{data.get('seconds', 0):.1f}", count, data.get("failed", ""),
                          details))

@@ -27,14 +27,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from refineg_core.boxcodecs import BoxCodec
+from refineg_core.backend_wrapper import BackendWrapper
 from refineg_core.chat import ChatRequest, ChatResponse, Usage
 from refineg_core.interfaces import MLLMBackend
+from refineg_core.usage import UsageMeter
 
 T = TypeVar("T")
 
 
-class CachedBackend(MLLMBackend):
+class CachedBackend(BackendWrapper):
     """``MLLMBackend`` that answers from ``cache_dir`` when it can, else asks ``inner``.
 
     Counters (``stats``): ``hits``, ``misses``, ``calls`` (inner calls made),
@@ -49,10 +50,8 @@ class CachedBackend(MLLMBackend):
     """
 
     def __init__(self, inner: MLLMBackend, cache_dir: Path | str) -> None:
-        super().__init__(inner.options, inner.labels)
-        self.inner = inner
+        super().__init__(inner)
         self.cache_dir = Path(cache_dir)
-        self.supports_images = inner.supports_images  # type: ignore[misc]
         self._identity = json.dumps(inner.cache_identity(), sort_keys=True, default=str)
         self._stats_lock = threading.Lock()
         self._key_locks: dict[str, threading.Lock] = {}
@@ -60,30 +59,11 @@ class CachedBackend(MLLMBackend):
         self.stats: Counter = Counter(
             hits=0, misses=0, calls=0, errors=0, unusable=0, rejected_hits=0, corrupt=0
         )
-        #: Tokens spent by inner calls in this process, and tokens the cache saved.
-        self.usage = Usage()
-        self.saved_usage = Usage()
-
-    # -- delegation ----------------------------------------------------------
-    @property
-    def box_codec(self) -> BoxCodec:
-        return self.inner.box_codec
-
-    @property
-    def max_concurrency(self) -> int:
-        return self.inner.max_concurrency
+        #: The run's one usage meter: calls and tokens spent, and what the cache saved.
+        self.meter = UsageMeter()
 
     def describe(self) -> str:
         return f"{self.inner.describe()} (cache: {self.cache_dir})"
-
-    def cache_identity(self) -> dict:
-        return self.inner.cache_identity()
-
-    def check_available(self) -> str | None:
-        return self.inner.check_available()
-
-    def close(self) -> None:
-        self.inner.close()
 
     # -- the cache -----------------------------------------------------------
     def key(self, request: ChatRequest) -> str:
@@ -129,8 +109,7 @@ class CachedBackend(MLLMBackend):
                 self._count("rejected_hits")
             return None
         self._count("hits")
-        with self._stats_lock:
-            self.saved_usage = self.saved_usage + hit.usage
+        self.meter.answered(hit)
         return hit, value
 
     def _miss(
@@ -145,9 +124,9 @@ class CachedBackend(MLLMBackend):
             response = self.inner.complete(request)
         except Exception:
             self._count("errors")
+            self.meter.failed()
             raise
-        with self._stats_lock:
-            self.usage = self.usage + response.usage
+        self.meter.answered(response)
         try:
             value = check(response)
         except Exception:

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from refineg_openai.backend import OpenAIBackend
 
-from refineg_core.chat import ChatMessage, ChatRequest, ImagePart, TextPart, Usage
+from refineg_core.chat import ChatMessage, ChatRequest, ImagePart, TextPart
 from refineg_core.errors import BackendError, BackendUnavailable
 from refineg_core.mllm_cache import CachedBackend
 from tests.fakeserver import FakeOpenAIServer, error, ok
@@ -53,7 +53,8 @@ def test_second_run_makes_zero_calls(server, tmp_path):
     answers = run_job(first, reqs)
     assert len(server.chat_requests) == 12
     assert first.stats["calls"] == 12 and first.stats["hits"] == 0
-    assert first.usage == Usage(12 * 9, 12 * 3)
+    spent = first.meter.snapshot()
+    assert (spent.prompt_tokens, spent.completion_tokens) == (12 * 9, 12 * 3)
 
     # a fresh process-like object over the same folder: the rerun of the same job
     server.reset()
@@ -62,7 +63,9 @@ def test_second_run_makes_zero_calls(server, tmp_path):
     assert again == answers
     assert server.chat_requests == []
     assert second.stats["calls"] == 0 and second.stats["hits"] == 12
-    assert second.saved_usage == Usage(12 * 9, 12 * 3)
+    saved = second.meter.snapshot()
+    assert (saved.saved_prompt_tokens, saved.saved_completion_tokens) == (12 * 9, 12 * 3)
+    assert saved.calls == 0 and saved.cached_calls == 12
     assert all(second.complete(r).cached for r in reqs)
 
 

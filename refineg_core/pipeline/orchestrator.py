@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -547,16 +546,9 @@ class Pipeline:
             self._record(stage, {"reused": True, "samples": len(reused)}, started)
             return reused
         self.store.write(self.fingerprint(stage), complete=False)
-        before = Counter(backend.stats)
-        usage_before = backend.usage
-        try:
-            new, summary = run(backend, mode, out)
-        finally:
-            spent = dict(Counter(backend.stats) - before)
-            spent["prompt_tokens"] = backend.usage.prompt_tokens - usage_before.prompt_tokens
-            spent["completion_tokens"] = (
-                backend.usage.completion_tokens - usage_before.completion_tokens
-            )
+        before = backend.meter.snapshot()
+        new, summary = run(backend, mode, out)
+        spent = (backend.meter.snapshot() - before).as_dict()
         self._finish_stage(stage, out, new)
         self._record(stage, {**summary.as_dict(), "backend": spent}, started)
         return new

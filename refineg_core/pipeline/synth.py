@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import threading
 import time
 import traceback
 from collections import Counter
@@ -36,6 +35,7 @@ from typing import Any, Literal
 import attrs
 import pydantic
 
+from refineg_core.backend_wrapper import BackendWrapper
 from refineg_core.chat import ChatRequest, ChatResponse, Usage
 from refineg_core.errors import BackendError, BackendUnavailable, DataError
 from refineg_core.formats.conll import write_conll
@@ -51,6 +51,7 @@ from refineg_core.pipeline.runner import (
 )
 from refineg_core.progress import bar
 from refineg_core.types import Entity, Sample, SynthesisCandidate
+from refineg_core.usage import UsageMeter
 
 STAGE = "synth"
 SAMPLES_FILE = "synthetic.jsonl"
@@ -167,39 +168,23 @@ def check_candidate(
     return tokens, entities
 
 
-class _CountingBackend(MLLMBackend):
-    """Wraps the real backend for one seed, counting requests and tokens."""
+class _SeedBackend(BackendWrapper):
+    """The run's backend as one seed sees it: text only, with the seed's own meter."""
+
+    supports_images = False  # type: ignore[assignment]
 
     def __init__(self, inner: MLLMBackend) -> None:
-        super().__init__(inner.options, inner.labels)
-        self.inner = inner
-        self.requests = 0
-        self.usage = Usage()
-        self._lock = threading.Lock()
-
-    supports_images = False
+        super().__init__(inner)
+        self.meter = UsageMeter()
 
     def complete(self, request: ChatRequest) -> ChatResponse:
-        with self._lock:
-            self.requests += 1
-        response = self.inner.complete(request)
-        with self._lock:
-            self.usage = self.usage + response.usage
+        try:
+            response = self.inner.complete(request)
+        except Exception:
+            self.meter.failed()
+            raise
+        self.meter.answered(response)
         return response
-
-    @property
-    def box_codec(self):  # type: ignore[override]
-        return self.inner.box_codec
-
-    @property
-    def max_concurrency(self) -> int:
-        return self.inner.max_concurrency
-
-    def describe(self) -> str:
-        return self.inner.describe()
-
-    def cache_identity(self) -> dict:
-        return self.inner.cache_identity()
 
 
 @attrs.frozen
@@ -215,7 +200,7 @@ class _SeedOutcome:
 def _synthesize_one(
     seed: Sample, synthesizer: Synthesizer, backend: MLLMBackend, retries: int, debug: bool
 ) -> _SeedOutcome:
-    counting = _CountingBackend(backend)
+    counting = _SeedBackend(backend)
     started = time.perf_counter()
     failure = None
     candidates: list[SynthesisCandidate] = []
@@ -236,11 +221,12 @@ def _synthesize_one(
             if not retryable or attempt == retries:
                 break
             time.sleep(min(0.2 * 2**attempt, 2.0))
+    spent = counting.meter.snapshot()
     return _SeedOutcome(
         seed,
         tuple(candidates),
-        counting.requests,
-        counting.usage,
+        spent.calls + spent.cached_calls + spent.failed_calls,
+        Usage(spent.prompt_tokens, spent.completion_tokens),
         time.perf_counter() - started,
         failure,
     )
