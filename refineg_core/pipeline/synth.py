@@ -243,73 +243,114 @@ def run_synthesis(
     debug: bool = False,
 ) -> SynthesisReport:
     """Synthesize from every seed not yet done; return the yield over all done seeds."""
-    started = time.perf_counter()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {name: out / name for name in (SAMPLES_FILE, CONLL_FILE, DONE_FILE, REPORT_FILE)}
     reason = backend.check_available()
     if reason:
         raise BackendUnavailable(f"{backend.describe()}: {reason}", where="synth")
-    chosen = list(seeds[: settings.limit] if settings.limit is not None else seeds)
+    return _SynthesisRun(seeds, labels, settings, Path(out_dir)).run(synthesizer, backend, debug)
 
-    # What an earlier run finished: the last record per seed wins.
-    records = {r["seed_id"]: r for r in load_records(paths[DONE_FILE])}
-    finished = {
-        sid for sid, r in records.items() if r.get("failure") is None or not settings.retry_failed
-    }
-    kept_before = [sample_from_dict(r) for r in load_records(paths[SAMPLES_FILE])]
-    kept = [s for s in kept_before if s.meta.get("seed_id") in finished]
-    if len(kept) != len(kept_before):  # samples of a seed interrupted before its record
-        with paths[SAMPLES_FILE].open("w", encoding="utf-8") as fh:
-            for s in kept:
-                fh.write(json.dumps(sample_to_dict(s), ensure_ascii=False) + "\n")
 
-    seed_texts = {normalize_for_dedupe(s.text) for s in seeds}
-    seen = {normalize_for_dedupe(s.text) for s in kept}
-    todo = [s for s in chosen if s.id not in finished]
-    report = SynthesisReport(seeds=len(chosen), resumed=len(chosen) - len(todo))
-    workers = settings.workers or max(1, backend.max_concurrency)
-    hooks = get_hooks()
-    hooks.stage_started(STAGE, len(todo))
+class _SynthesisRun:
+    """One synthesis run in named steps: resume what an earlier run finished, run
+    the remaining seeds, absorb each seed's candidates, tally the yield."""
 
-    samples_out = JsonlAppender(paths[SAMPLES_FILE])
-    done_out = JsonlAppender(paths[DONE_FILE])
-    progress = bar(desc=STAGE, total=len(todo), unit="seed")
+    def __init__(
+        self, seeds: Sequence[Sample], labels: LabelSet, settings: SynthSettings, out: Path
+    ) -> None:
+        self.started = time.perf_counter()
+        self.labels = labels
+        self.settings = settings
+        out.mkdir(parents=True, exist_ok=True)
+        self.paths = {n: out / n for n in (SAMPLES_FILE, CONLL_FILE, DONE_FILE, REPORT_FILE)}
+        self.chosen = list(seeds[: settings.limit] if settings.limit is not None else seeds)
+        self.seed_texts = {normalize_for_dedupe(s.text) for s in seeds}
 
-    def absorb(outcome: _SeedOutcome) -> None:
+    def resume(self) -> list[Sample]:
+        """Seeds still to do; keeps the samples of seeds an earlier run finished."""
+        records = {r["seed_id"]: r for r in load_records(self.paths[DONE_FILE])}
+        finished = {
+            sid
+            for sid, r in records.items()
+            if r.get("failure") is None or not self.settings.retry_failed
+        }
+        kept_before = [sample_from_dict(r) for r in load_records(self.paths[SAMPLES_FILE])]
+        self.kept = [s for s in kept_before if s.meta.get("seed_id") in finished]
+        if len(self.kept) != len(kept_before):  # samples of a seed interrupted before its record
+            with self.paths[SAMPLES_FILE].open("w", encoding="utf-8") as fh:
+                for s in self.kept:
+                    fh.write(json.dumps(sample_to_dict(s), ensure_ascii=False) + "\n")
+        self.seen = {normalize_for_dedupe(s.text) for s in self.kept}
+        return [s for s in self.chosen if s.id not in finished]
+
+    def run(self, synthesizer: Synthesizer, backend: MLLMBackend, debug: bool) -> SynthesisReport:
+        todo = self.resume()
+        report = SynthesisReport(seeds=len(self.chosen), resumed=len(self.chosen) - len(todo))
+        workers = self.settings.workers or max(1, backend.max_concurrency)
+        hooks = get_hooks()
+        hooks.stage_started(STAGE, len(todo))
+        self.samples_out = JsonlAppender(self.paths[SAMPLES_FILE])
+        self.done_out = JsonlAppender(self.paths[DONE_FILE])
+        progress = bar(desc=STAGE, total=len(todo), unit="seed")
+
+        def done(outcome: _SeedOutcome) -> None:
+            self.absorb(outcome)
+            report.processed += 1
+            progress.update(1)
+
+        try:
+            run_concurrently(
+                todo,
+                lambda seed: _synthesize_one(
+                    seed, synthesizer, backend, self.settings.retries, debug
+                ),
+                done,
+                workers=workers,
+            )
+        finally:
+            progress.close()
+            self.samples_out.close()
+            self.done_out.close()
+        self.tally(report)
+        hooks.stage_finished(STAGE, report.as_dict())
+        return report
+
+    def keep(self, outcome: _SeedOutcome, cand: SynthesisCandidate, n_kept: int) -> str | Sample:
+        """The candidate as a training sample, or the reason it is dropped."""
+        checked = check_candidate(cand, self.labels)
+        if isinstance(checked, str):
+            return checked
+        tokens, entities = checked
+        if self.settings.require_entities and outcome.seed.entities and not entities:
+            return UNTAGGED
+        norm = " ".join(t.casefold() for t in tokens)
+        if self.settings.dedupe and norm in self.seed_texts:
+            return DUPLICATE_OF_SEED
+        if self.settings.dedupe and norm in self.seen:
+            return DUPLICATE
+        self.seen.add(norm)
+        return Sample(
+            f"{outcome.seed.id}-syn{n_kept}",
+            tokens,
+            cand.text.strip(),
+            None,
+            entities,
+            meta={"synthetic": True, "seed_id": outcome.seed.id, "kind": cand.kind},
+        )
+
+    def absorb(self, outcome: _SeedOutcome) -> None:
+        """Validate, de-duplicate and write one seed's candidates, then its record."""
         dropped: Counter = Counter()
         by_kind: Counter = Counter()
         n_kept = 0
         for cand in outcome.candidates:
-            checked = check_candidate(cand, labels)
-            if isinstance(checked, str):
-                dropped[checked] += 1
+            sample = self.keep(outcome, cand, n_kept)
+            if isinstance(sample, str):
+                dropped[sample] += 1
                 continue
-            tokens, entities = checked
-            if settings.require_entities and outcome.seed.entities and not entities:
-                dropped[UNTAGGED] += 1
-                continue
-            norm = " ".join(t.casefold() for t in tokens)
-            if settings.dedupe and norm in seed_texts:
-                dropped[DUPLICATE_OF_SEED] += 1
-                continue
-            if settings.dedupe and norm in seen:
-                dropped[DUPLICATE] += 1
-                continue
-            seen.add(norm)
-            sample = Sample(
-                f"{outcome.seed.id}-syn{n_kept}",
-                tokens,
-                cand.text.strip(),
-                None,
-                entities,
-                meta={"synthetic": True, "seed_id": outcome.seed.id, "kind": cand.kind},
-            )
-            samples_out.write_record(sample_to_dict(sample))
-            kept.append(sample)
+            self.samples_out.write_record(sample_to_dict(sample))
+            self.kept.append(sample)
             n_kept += 1
             by_kind[cand.kind] += 1
-        done_out.write_record(
+        self.done_out.write_record(
             {
                 "seed_id": outcome.seed.id,
                 "requests": outcome.requests,
@@ -324,54 +365,37 @@ def run_synthesis(
             }
         )
 
-    def one(seed: Sample) -> _SeedOutcome:
-        return _synthesize_one(seed, synthesizer, backend, settings.retries, debug)
-
-    def done(outcome: _SeedOutcome) -> None:
-        absorb(outcome)
-        report.processed += 1
-        progress.update(1)
-
-    try:
-        run_concurrently(todo, one, done, workers=workers)
-    finally:
-        progress.close()
-        samples_out.close()
-        done_out.close()
-
-    # The yield over every seed of this selection, resumed ones included; a seed
-    # tried in several runs contributes all its requests and seconds (the cost),
-    # and its last record says whether it failed.
-    chosen_ids = {s.id for s in chosen}
-    per_seed_seconds: dict[str, float] = {}
-    last: dict[str, dict[str, Any]] = {}
-    for rec in load_records(paths[DONE_FILE]):
-        sid = rec["seed_id"]
-        if sid not in chosen_ids:
-            continue
-        last[sid] = rec
-        report.requests += rec["requests"]
-        report.prompt_tokens += rec.get("prompt_tokens", 0)
-        report.completion_tokens += rec.get("completion_tokens", 0)
-        report.generated += rec["generated"]
-        report.kept += rec["kept"]
-        report.kept_by_kind.update(rec.get("kept_by_kind", {}))
-        report.dropped.update(rec.get("dropped", {}))
-        per_seed_seconds[sid] = per_seed_seconds.get(sid, 0.0) + rec["seconds"]
-    report.seconds_per_seed = list(per_seed_seconds.values())
-    for rec in last.values():
-        if rec.get("failure"):
-            report.failed += 1
-            report.failure_kinds[rec["failure"]["kind"]] += 1
-
-    write_conll(kept, paths[CONLL_FILE], scheme=settings.scheme)
-    report.seconds = time.perf_counter() - started
-    report.outputs = {
-        "jsonl": str(paths[SAMPLES_FILE]),
-        "conll": str(paths[CONLL_FILE]),
-        "done": str(paths[DONE_FILE]),
-        "report": str(paths[REPORT_FILE]),
-    }
-    paths[REPORT_FILE].write_text(json.dumps(report.as_dict(), indent=1), encoding="utf-8")
-    hooks.stage_finished(STAGE, report.as_dict())
-    return report
+    def tally(self, report: SynthesisReport) -> None:
+        """The yield over every seed of this selection, resumed ones included; a seed
+        tried in several runs contributes all its requests and seconds (the cost),
+        and its last record says whether it failed."""
+        chosen_ids = {s.id for s in self.chosen}
+        per_seed_seconds: dict[str, float] = {}
+        last: dict[str, dict[str, Any]] = {}
+        for rec in load_records(self.paths[DONE_FILE]):
+            sid = rec["seed_id"]
+            if sid not in chosen_ids:
+                continue
+            last[sid] = rec
+            report.requests += rec["requests"]
+            report.prompt_tokens += rec.get("prompt_tokens", 0)
+            report.completion_tokens += rec.get("completion_tokens", 0)
+            report.generated += rec["generated"]
+            report.kept += rec["kept"]
+            report.kept_by_kind.update(rec.get("kept_by_kind", {}))
+            report.dropped.update(rec.get("dropped", {}))
+            per_seed_seconds[sid] = per_seed_seconds.get(sid, 0.0) + rec["seconds"]
+        report.seconds_per_seed = list(per_seed_seconds.values())
+        for rec in last.values():
+            if rec.get("failure"):
+                report.failed += 1
+                report.failure_kinds[rec["failure"]["kind"]] += 1
+        write_conll(self.kept, self.paths[CONLL_FILE], scheme=self.settings.scheme)
+        report.seconds = time.perf_counter() - self.started
+        report.outputs = {
+            "jsonl": str(self.paths[SAMPLES_FILE]),
+            "conll": str(self.paths[CONLL_FILE]),
+            "done": str(self.paths[DONE_FILE]),
+            "report": str(self.paths[REPORT_FILE]),
+        }
+        self.paths[REPORT_FILE].write_text(json.dumps(report.as_dict(), indent=1), encoding="utf-8")
