@@ -27,8 +27,9 @@ from typing import Any
 from refineg_core import registry
 from refineg_core.config import Config, DataSource, redacted_dump, slot_kind
 from refineg_core.errors import ConfigError, RefinegError
-from refineg_core.formats import Dataset, load_dataset
+from refineg_core.formats import Dataset, load_dataset, load_source
 from refineg_core.formats.native import read_results, write_jsonl
+from refineg_core.formats.paths import output_dir
 from refineg_core.hooks import get_hooks
 from refineg_core.interfaces import (
     ContextSelector,
@@ -65,21 +66,14 @@ class Pipeline:
         self.log: Log = log or (lambda msg: None)
         self.summary: dict[str, Any] = {"stages": {}}
         self._datasets: dict[str, Dataset | None] = {}
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        output_dir(self.run_dir, config_key="run_dir")
         (self.run_dir / "config.json").write_text(
             json.dumps(redacted_dump(config), indent=2), encoding="utf-8"
         )
 
     # ----------------------------------------------------------------- inputs
-    def _load(self, source: DataSource) -> Dataset:
-        ds = load_dataset(
-            source.path,
-            source.format,
-            xml_dir=source.xml_dir,
-            images_dir=source.images_dir,
-            entities=source.entities,
-            limit=source.limit,
-        )
+    def _load(self, source: DataSource, config_key: str = "data") -> Dataset:
+        ds = load_source(source, config_key=config_key)
         if ds.warnings:
             log_path = self.run_dir / "data-warnings.log"
             with log_path.open("a", encoding="utf-8") as fh:
@@ -96,7 +90,7 @@ class Pipeline:
                 source = data.train
             if source is None and key == "gold":
                 source = data.predict
-            self._datasets[key] = self._load(source) if source else None
+            self._datasets[key] = self._load(source, f"data.{key}") if source else None
         return self._datasets[key]
 
     def require(self, key: str) -> Dataset:
