@@ -65,7 +65,10 @@ FILES: dict[str, dict[str, str | bytes]] = {
         "outside/secret.xml": voc(obj("Obama", 1, 1, 9, 9)),
         "xml/.keep": "",
     },
-    "twitter-duplicate-imgid": {"split.txt": f"IMGID:7\n{TWEET}\nIMGID:7\n{TWEET}", "xml/.keep": ""},
+    "twitter-duplicate-imgid": {
+        "split.txt": f"IMGID:7\n{TWEET}\nIMGID:7\n{TWEET}",
+        "xml/.keep": "",
+    },
     "twitter-no-xml-folder": {"split.txt": "IMGID:7\n" + TWEET},
     "twitter-xml-dir-missing": {"split.txt": "IMGID:7\n" + TWEET},
     "twitter-xml-bomb": {

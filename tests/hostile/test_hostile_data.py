@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import re
 import shutil
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
+import tomllib
 
 from refineg_core.errors import RefinegError
 from refineg_core.formats import load_dataset
