@@ -10,6 +10,7 @@ one readable error instead of a traceback.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from refineg_core.errors import ConfigError, DataError
@@ -54,9 +55,8 @@ def output_dir(path: Path | str, *, config_key: str = "run_dir") -> Path:
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".refineg-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        with tempfile.TemporaryFile(dir=path):  # writable? (unique: runs may share it)
+            pass
     except FileExistsError:
         raise ConfigError(
             f"cannot create the folder {path}: a file of that name exists", where=config_key
