@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from refineg_core.errors import DataError
-from refineg_core.formats.base import Dataset, read_text_file
+from refineg_core.formats.base import Dataset, DatasetFormat, read_text_file
 from refineg_core.formats.images import IMAGE_FAILURE, resolve_image
+from refineg_core.interfaces import PluginOptions
 from refineg_core.labels import find_token_spans, tokenize
 from refineg_core.types import Box, Entity, Sample
 
@@ -188,3 +189,17 @@ def write_ccks(samples: Iterable[Sample], path: Path | str) -> None:
                     }
                 )
     Path(path).write_text(json.dumps(out, ensure_ascii=False, indent=1), encoding="utf-8")
+
+
+class CcksFormat(DatasetFormat):
+    """CCKS 2025 GMNER JSON: the texts file, with the entities JSON beside it."""
+
+    class Options(PluginOptions):
+        entities: Path | None = None
+        images_dir: Path | None = None
+
+    def read(self, path: Path) -> Dataset:
+        return read_ccks(path, self.options.entities, images_dir=self.options.images_dir)
+
+    def write(self, samples: Iterable[Sample], path: Path) -> None:
+        write_ccks(samples, path)

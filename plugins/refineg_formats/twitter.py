@@ -19,10 +19,11 @@ from pathlib import Path
 import attrs
 
 from refineg_core.errors import DataError
-from refineg_core.formats.base import Dataset
+from refineg_core.formats.base import Dataset, DatasetFormat
 from refineg_core.formats.conll import conll_lines, parse_conll, sentence_to_sample
 from refineg_core.formats.images import IMAGE_FAILURE, resolve_image
 from refineg_core.formats.paths import child_path
+from refineg_core.interfaces import PluginOptions
 from refineg_core.types import Box, Sample
 
 #: A VOC file of one tweet is a few hundred bytes; anything far larger is refused.
@@ -222,3 +223,18 @@ def write_twitter_gmner(samples: Iterable[Sample], path: Path | str) -> None:
     xml_dir.mkdir(exist_ok=True)
     for xml_path, s in targets:
         xml_path.write_text(_voc_xml(s), encoding="utf-8")
+
+
+class TwitterGmnerFormat(DatasetFormat):
+    """Twitter-GMNER: CoNLL with ``IMGID:`` lines, VOC XML boxes in ``xml_dir``."""
+
+    class Options(PluginOptions):
+        xml_dir: Path | None = None  # default: <folder of the file>/xml
+        images_dir: Path | None = None
+
+    def read(self, path: Path) -> Dataset:
+        o = self.options
+        return read_twitter_gmner(path, xml_dir=o.xml_dir, images_dir=o.images_dir)
+
+    def write(self, samples: Iterable[Sample], path: Path) -> None:
+        write_twitter_gmner(samples, path)

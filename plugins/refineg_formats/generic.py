@@ -1,4 +1,8 @@
-"""The built-in format plugins: thin classes over the readers and writers."""
+"""The generic built-in formats: plain CoNLL and refineg's native JSONL.
+
+Each format plugin lives in its own module so that loading one imports only
+its own reader.
+"""
 
 from __future__ import annotations
 
@@ -11,37 +15,6 @@ from refineg_core.formats.conll import read_conll, write_conll
 from refineg_core.formats.native import read_jsonl, write_jsonl
 from refineg_core.interfaces import PluginOptions
 from refineg_core.types import Sample
-from refineg_formats.ccks import read_ccks, write_ccks
-from refineg_formats.twitter import read_twitter_gmner, write_twitter_gmner
-
-
-class TwitterGmnerFormat(DatasetFormat):
-    """Twitter-GMNER: CoNLL with ``IMGID:`` lines, VOC XML boxes in ``xml_dir``."""
-
-    class Options(PluginOptions):
-        xml_dir: Path | None = None  # default: <folder of the file>/xml
-        images_dir: Path | None = None
-
-    def read(self, path: Path) -> Dataset:
-        o = self.options
-        return read_twitter_gmner(path, xml_dir=o.xml_dir, images_dir=o.images_dir)
-
-    def write(self, samples: Iterable[Sample], path: Path) -> None:
-        write_twitter_gmner(samples, path)
-
-
-class CcksFormat(DatasetFormat):
-    """CCKS 2025 GMNER JSON: the texts file, with the entities JSON beside it."""
-
-    class Options(PluginOptions):
-        entities: Path | None = None
-        images_dir: Path | None = None
-
-    def read(self, path: Path) -> Dataset:
-        return read_ccks(path, self.options.entities, images_dir=self.options.images_dir)
-
-    def write(self, samples: Iterable[Sample], path: Path) -> None:
-        write_ccks(samples, path)
 
 
 class ConllFormat(DatasetFormat):
