@@ -9,8 +9,12 @@
      "meta": {...}}
 
 ``image``, ``failures`` and ``meta`` are optional; ``boxes: []`` means "not
-groundable". Results of every stage use the same shape, so any stage's output
-can be evaluated or fed to the next stage.
+groundable", ``boxes: null`` "never grounded / region unknown". Results of
+every stage use the same shape, so any stage's output can be evaluated or fed
+to the next stage. Records are checked by ``records.SampleRecord`` (an error
+names file:line and the key). Read as input data, an image ``path`` is
+resolved against ``images_dir`` (default: the file's folder) and must lie
+inside it.
 """
 
 from __future__ import annotations
