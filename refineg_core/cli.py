@@ -283,6 +283,21 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _stdout_closed() -> int:
+    """The reader went away (``refineg plugins --json | head``): stop quietly, like cat.
+
+    Python would otherwise print a BrokenPipeError when it flushes stdout at exit,
+    so stdout is pointed at /dev/null first. Exit code 141 = 128 + SIGPIPE.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout without a file descriptor (captured in tests)
+        pass
+    return 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
@@ -294,7 +309,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not getattr(args, "func", None):
             parser.print_help()
             return 2
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows up here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        return _stdout_closed()
     except RefinegError as exc:
         if debug:
             traceback.print_exc()

@@ -2,6 +2,8 @@
 
 The lead's CLI registers it with ``add_eval_command(subparsers)``; the command
 returns an exit code and raises ``RefinegError`` (one readable line) on bad input.
+Gold whose box annotations are missing is an error (scoring it would count
+every entity as "not groundable") unless ``--no-boxes`` says the data has none.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ import json
 import sys
 from pathlib import Path
 
+from refineg_core.errors import DataError
 from refineg_core.evaluation import EvaluationReport, evaluate
-from refineg_core.formats import FORMATS, load_dataset
+from refineg_core.formats import load_dataset
 from refineg_core.formats.loader import guess_format
 from refineg_core.formats.native import read_results
 from refineg_core.types import Sample, SampleResult
@@ -24,45 +27,100 @@ def add_eval_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         help="GMNER/MNER/EEG precision, recall and F1 of predictions against gold",
         description="Score predictions against gold: GMNER (span, type, region), MNER "
         "(span, type) and EEG (span, region), micro P/R/F1 plus a per-type table. "
-        "Samples are aligned by id; a gold sample without prediction counts as all-missed.",
+        "Samples are aligned by id; a gold sample without prediction counts as all-missed "
+        "(use --ids-from-pred to score a subset).",
     )
     p.add_argument("--gold", required=True, type=Path, help="gold data file")
     p.add_argument("--pred", required=True, type=Path, help="predictions (any data format)")
-    p.add_argument("--format", choices=FORMATS, help="format of both files (default: guessed)")
-    p.add_argument("--gold-format", choices=FORMATS, help="format of the gold file")
-    p.add_argument("--pred-format", choices=FORMATS, help="format of the prediction file")
+    p.add_argument("--format", help="format plugin of both files (default: guessed)")
+    p.add_argument("--gold-format", help="format plugin of the gold file")
+    p.add_argument("--pred-format", help="format plugin of the prediction file")
     p.add_argument("--gold-entities", type=Path, help="CCKS entities JSON of the gold texts")
     p.add_argument("--pred-entities", type=Path, help="CCKS entities JSON of the predictions")
-    p.add_argument("--json", type=Path, metavar="OUT", help="also write the report as JSON")
+    p.add_argument(
+        "--xml-dir",
+        type=Path,
+        help="Twitter-GMNER: folder of the gold VOC XML (default: xml/ beside the gold file)",
+    )
+    p.add_argument(
+        "--no-boxes",
+        action="store_true",
+        help="the gold data has no box annotations: every gold region is None",
+    )
+    p.add_argument(
+        "--ids-from-pred",
+        action="store_true",
+        help="score only the gold samples whose id is in the predictions",
+    )
+    p.add_argument(
+        "--json",
+        metavar="OUT",
+        help="also write the report as JSON ('-': to stdout, and the table to stderr)",
+    )
     p.add_argument("--iou", type=float, default=0.5, help="IoU a box must exceed (default 0.5)")
     p.add_argument(
-        "--by-name", action="store_true",
+        "--by-name",
+        action="store_true",
         help="identify entities by normalised name + type instead of token span (CCKS gold)",
     )
     p.set_defaults(func=run_eval)
     return p
 
 
-def _load(path: Path, fmt: str | None, entities: Path | None) -> list[Sample]:
-    ds = load_dataset(path, fmt, entities=entities)
-    if ds.warnings:
-        print(f"{path}: {len(ds.warnings)} warning(s), e.g. {ds.warnings[0]}", file=sys.stderr)
+def _warn(path: Path, warnings: tuple[str, ...]) -> None:
+    if warnings:
+        print(f"{path}: {len(warnings)} warning(s), e.g. {warnings[0]}", file=sys.stderr)
+
+
+def _load_gold(args: argparse.Namespace) -> list[Sample]:
+    ds = load_dataset(
+        args.gold,
+        args.gold_format or args.format,
+        xml_dir=args.xml_dir,
+        entities=args.gold_entities,
+        boxes=False if args.no_boxes else None,
+        config_key="gold",
+    )
+    _warn(args.gold, ds.warnings)
     return list(ds.samples)
 
 
-def _load_pred(path: Path, fmt: str | None, entities: Path | None) -> list[Sample | SampleResult]:
-    if path.exists() and (fmt or guess_format(path)) == "jsonl":
+def _load_pred(args: argparse.Namespace) -> list[Sample | SampleResult]:
+    path, fmt = args.pred, args.pred_format or args.format
+    if path.is_file() and (fmt or guess_format(path)) == "jsonl":
         return list(read_results(path))  # results keep their recorded failures
-    return list(_load(path, fmt, entities))
+    ds = load_dataset(path, fmt, entities=args.pred_entities, config_key="pred")
+    _warn(path, ds.warnings)
+    return list(ds.samples)
+
+
+def _check_regions(report: EvaluationReport, gold: Path) -> None:
+    if report.gold_regions_unknown:
+        raise DataError(
+            f"{report.gold_regions_unknown} gold entities have no box annotation (region "
+            "unknown), so GMNER and EEG cannot be scored; give the folder of the boxes "
+            "(--xml-dir), or pass --no-boxes if the gold data has none",
+            where=str(gold),
+        )
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    gold = _load(args.gold, args.gold_format or args.format, args.gold_entities)
-    pred = _load_pred(args.pred, args.pred_format or args.format, args.pred_entities)
+    gold = _load_gold(args)
+    pred = _load_pred(args)
+    if args.ids_from_pred:
+        ids = {p.id for p in pred}
+        gold = [g for g in gold if g.id in ids]
     report: EvaluationReport = evaluate(gold, pred, iou_threshold=args.iou, by_name=args.by_name)
-    print(report.format_table())
+    _check_regions(report, args.gold)
+    to_stdout = args.json == "-"
+    print(report.format_table(), file=sys.stderr if to_stdout else sys.stdout)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
-        print(f"report written to {args.json}", file=sys.stderr)
+        text = json.dumps(report.to_dict(), indent=2) + "\n"
+        if to_stdout:
+            sys.stdout.write(text)
+        else:
+            out = Path(args.json)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text, encoding="utf-8")
+            print(f"report written to {out}", file=sys.stderr)
     return 0

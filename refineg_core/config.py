@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pydantic
 import tomllib
@@ -31,11 +31,21 @@ class DataSource(StrictModel):
     """One dataset file and what is needed to read it."""
 
     path: Path
-    format: Literal["twitter-gmner", "conll", "ccks", "jsonl"] | None = None
+    format: str | None = Field(
+        None, description="format plugin name (refineg plugins lists them; default: guessed)"
+    )
     xml_dir: Path | None = None
     images_dir: Path | None = None
     entities: Path | None = Field(None, description="CCKS: the entities JSON beside the texts")
     limit: int | None = Field(None, ge=1, description="use only the first N samples")
+    boxes: bool | None = Field(
+        None,
+        description="false: the data has no box annotations (every gold region is None); "
+        "true: every entity must have its region; default: as the format reads it",
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="more options of the format plugin"
+    )
 
 
 class DataConfig(StrictModel):
@@ -260,6 +270,9 @@ def validate_plugins(config: Config) -> None:
         kind = slot_kind(key)
         cls = registry.load_class(kind, slot_cfg.plugin, config_key=key)
         registry.validate_options(kind, slot_cfg.plugin, cls, slot_cfg.options, config_key=key)
+    from refineg_core.formats.loader import check_data_sources
+
+    check_data_sources(config.data)
 
 
 def redacted_dump(config: Config) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Filling the five component slots: stevedore loads exactly the named plugin.
+"""Filling the five component slots (and the other plugin kinds): stevedore loads
+exactly the named plugin.
 
 Only the plugin a config names is imported (plugins import torch; a config that
 uses one backend should not pay for all of them). stevedore's own failure modes
@@ -19,8 +20,16 @@ import stevedore
 from stevedore.exception import NoMatches
 
 from refineg_core.errors import PluginError
+from refineg_core.formats.base import FORMAT_GROUP, DatasetFormat
 from refineg_core.interfaces import SLOTS, Plugin, PluginOptions
 from refineg_core.labels import LabelSet
+
+#: Plugin kinds besides the five component slots: kind -> (entry-point group, base).
+EXTRA_KINDS: dict[str, tuple[str, type[Plugin]]] = {
+    "format": (FORMAT_GROUP, DatasetFormat),
+}
+#: The config key that names a plugin of each kind, when it is not ``plugin``.
+_NAME_KEYS = {"format": "format"}
 
 # In-memory plugins registered by tests and notebooks: (group, name) -> class.
 _IN_MEMORY: dict[tuple[str, str], type[Plugin]] = {}
@@ -38,16 +47,21 @@ class InstalledPlugin:
         return attrs.asdict(self)
 
 
+def kind_spec(slot: str) -> tuple[str, type[Plugin]]:
+    """(entry-point group, base class) of a slot or other plugin kind."""
+    spec = SLOTS.get(slot) or EXTRA_KINDS.get(slot)
+    if spec is None:
+        raise PluginError(f"unknown slot {slot!r}; slots are {sorted({*SLOTS, *EXTRA_KINDS})}")
+    return spec
+
+
 def slot_group(slot: str) -> str:
-    try:
-        return SLOTS[slot][0]
-    except KeyError:
-        raise PluginError(f"unknown slot {slot!r}; slots are {sorted(SLOTS)}") from None
+    return kind_spec(slot)[0]
 
 
 def installed(group: str | None = None) -> list[InstalledPlugin]:
     """Every plugin entry point (without importing any), plus in-memory ones."""
-    groups = [group] if group else [g for g, _ in SLOTS.values()]
+    groups = [group] if group else [g for g, _ in (*SLOTS.values(), *EXTRA_KINDS.values())]
     found: list[InstalledPlugin] = []
     for g in groups:
         for ep in metadata.entry_points(group=g):
@@ -80,7 +94,7 @@ def _unknown(slot: str, name: str, key: str) -> PluginError:
     return PluginError(
         f"{slot} plugin {name!r} is not installed; available: {', '.join(names) or 'none'}. "
         f"If it comes from another package, install that package into this environment.",
-        where=f"{key}.plugin",
+        where=f"{key}.{_NAME_KEYS.get(slot, 'plugin')}",
     )
 
 
@@ -100,11 +114,13 @@ def load_class(slot: str, name: str, *, config_key: str | None = None) -> type[P
     dist = eps[0].dist
     origin = f"{dist.metadata['Name']} {dist.version}" if dist else "an unknown distribution"
 
+    where = f"{key}.{_NAME_KEYS.get(slot, 'plugin')}"
+
     def fail(_manager: Any, entrypoint: Any, exc: Exception) -> None:
         raise PluginError(
             f"{slot} plugin {name!r} from {origin} failed to import "
             f"({entrypoint.value}): {type(exc).__name__}: {exc}",
-            where=f"{key}.plugin",
+            where=where,
         ) from exc
 
     try:
@@ -117,11 +133,11 @@ def load_class(slot: str, name: str, *, config_key: str | None = None) -> type[P
     except NoMatches:
         raise _unknown(slot, name, key) from None
     cls = manager.driver
-    base = SLOTS[slot][1]
+    base = kind_spec(slot)[1]
     if not (isinstance(cls, type) and issubclass(cls, base)):
         raise PluginError(
             f"{slot} plugin {name!r} from {origin} is {cls!r}, not a {base.__name__} subclass",
-            where=f"{key}.plugin",
+            where=where,
         )
     return cls
 

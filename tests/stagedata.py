@@ -14,8 +14,8 @@ from pathlib import Path
 
 import attrs
 from PIL import Image, ImageDraw
+from refineg_formats.twitter import read_twitter_gmner
 
-from refineg_core.formats import read_twitter_gmner
 from refineg_core.interfaces import ContextSelector, MLLMBackend
 from refineg_core.labels import LabelSet
 from refineg_core.pipeline.prompts import TWITTER_GMNER_TYPES

@@ -31,13 +31,17 @@ def no_hooks() -> Hooks:
 
 
 def ent(start: int, end: int, etype: str, *boxes: Box, text: str | None = None) -> Entity:
-    return Entity(start, end, etype, text if text is not None else " ".join(TOKENS[start:end]),
-                  boxes=tuple(boxes))
+    return Entity(
+        start,
+        end,
+        etype,
+        text if text is not None else " ".join(TOKENS[start:end]),
+        boxes=tuple(boxes),
+    )
 
 
 def sample(sid: str, *entities: Entity, tokens=TOKENS, meta=None) -> Sample:
-    return Sample(sid, tuple(tokens), " ".join(tokens), entities=tuple(entities),
-                  meta=meta or {})
+    return Sample(sid, tuple(tokens), " ".join(tokens), entities=tuple(entities), meta=meta or {})
 
 
 def run(gold, pred, **kw):
@@ -84,17 +88,20 @@ def test_wrong_span_fails_every_task():
     ("pred_box", "threshold", "correct"),
     [
         # IoU with B0 (area 100): intersection / (100 + area - intersection)
-        (Box(0, 0, 10, 5.1), 0.5, True),   # 51 / 100 = 0.51 > 0.5
+        (Box(0, 0, 10, 5.1), 0.5, True),  # 51 / 100 = 0.51 > 0.5
         (Box(0, 0, 10, 5.0), 0.5, False),  # 50 / 100 = 0.50, not strictly greater
         (Box(0, 0, 10, 4.9), 0.5, False),  # 49 / 100 = 0.49
-        (Box(0, 0, 10, 4.9), 0.4, True),   # 0.49 > 0.4: the threshold is configurable
-        (Box(5, 0, 15, 10), 0.3, True),    # 50 / 150 = 0.333 > 0.3
+        (Box(0, 0, 10, 4.9), 0.4, True),  # 0.49 > 0.4: the threshold is configurable
+        (Box(5, 0, 15, 10), 0.3, True),  # 50 / 150 = 0.333 > 0.3
         (Box(5, 0, 15, 10), 0.34, False),  # 0.333 < 0.34
     ],
 )
 def test_iou_threshold_is_strict_and_configurable(pred_box, threshold, correct):
-    r = run([sample("s", ent(4, 5, "LOC", B0))], [sample("s", ent(4, 5, "LOC", pred_box))],
-            iou_threshold=threshold)
+    r = run(
+        [sample("s", ent(4, 5, "LOC", B0))],
+        [sample("s", ent(4, 5, "LOC", pred_box))],
+        iou_threshold=threshold,
+    )
     expected = (1, 0, 0) if correct else (0, 1, 1)
     assert counts(r.gmner) == expected
     assert counts(r.eeg) == expected
@@ -104,8 +111,10 @@ def test_iou_threshold_is_strict_and_configurable(pred_box, threshold, correct):
 
 def test_multi_box_gold_entity_matches_any_of_its_boxes():
     # Gold Paris has two boxes; the prediction hits the second one only: correct.
-    r = run([sample("s", ent(4, 5, "LOC", B0, FAR))],
-            [sample("s", ent(4, 5, "LOC", Box(50, 50, 60, 61)))])  # IoU 100/110 with FAR
+    r = run(
+        [sample("s", ent(4, 5, "LOC", B0, FAR))],
+        [sample("s", ent(4, 5, "LOC", Box(50, 50, 60, 61)))],
+    )  # IoU 100/110 with FAR
     assert counts(r.gmner) == (1, 0, 0)
     assert counts(r.eeg) == (1, 0, 0)
 
@@ -144,8 +153,10 @@ def test_none_region_against_none_is_correct():
 def test_duplicate_prediction_is_a_false_positive():
     # The same correct triple twice: one gold can be matched once -> tp 1, fp 1, fn 0.
     # P = 1/2 = 50, R = 1/1 = 100, F1 = 2*1/(2*1+1+0) = 66.67.
-    r = run([sample("s", ent(0, 1, "PER", B0))],
-            [sample("s", ent(0, 1, "PER", B0), ent(0, 1, "PER", B0))])
+    r = run(
+        [sample("s", ent(0, 1, "PER", B0))],
+        [sample("s", ent(0, 1, "PER", B0), ent(0, 1, "PER", B0))],
+    )
     for s in (r.gmner, r.mner, r.eeg):
         assert counts(s) == (1, 1, 0)
         assert prf(s) == (50.0, 100.0, 66.67)
@@ -165,8 +176,10 @@ def test_same_span_with_two_types_is_one_eeg_pair_plus_a_false_positive():
     # Predicted (Alice, PER, B0) and (Alice, LOC, B0) for gold (Alice, PER, B0):
     # GMNER/MNER: PER matches, LOC is fp -> (1,1,0). EEG sees the span+region twice:
     # one matches, the other is a duplicate -> (1,1,0).
-    r = run([sample("s", ent(0, 1, "PER", B0))],
-            [sample("s", ent(0, 1, "PER", B0), ent(0, 1, "LOC", B0))])
+    r = run(
+        [sample("s", ent(0, 1, "PER", B0))],
+        [sample("s", ent(0, 1, "PER", B0), ent(0, 1, "LOC", B0))],
+    )
     assert counts(r.gmner) == counts(r.mner) == counts(r.eeg) == (1, 1, 0)
 
 
@@ -191,8 +204,10 @@ def test_empty_prediction_for_gold_sample_counts_false_negatives():
 
 def test_both_empty_samples_add_nothing_but_are_counted():
     # s1: exact match (1 tp); s2: empty gold and empty prediction -> adds 0/0/0.
-    r = run([sample("s1", ent(0, 1, "PER")), sample("s2")],
-            [sample("s1", ent(0, 1, "PER")), sample("s2")])
+    r = run(
+        [sample("s1", ent(0, 1, "PER")), sample("s2")],
+        [sample("s1", ent(0, 1, "PER")), sample("s2")],
+    )
     assert counts(r.gmner) == (1, 0, 0)
     assert r.n_gold_samples == r.n_pred_samples == 2
     empty = run([sample("s2")], [sample("s2")])
@@ -272,7 +287,12 @@ def test_per_type_table():
     assert r.per_type["PER"].mner.support == 2
     d = r.to_dict()
     assert d["per_type"]["PER"]["mner"] == {
-        "precision": 100.0, "recall": 50.0, "f1": 66.6667, "tp": 1, "fp": 0, "fn": 1,
+        "precision": 100.0,
+        "recall": 50.0,
+        "f1": 66.6667,
+        "tp": 1,
+        "fp": 0,
+        "fn": 1,
     }
 
 
@@ -283,8 +303,11 @@ def test_per_type_counts_sum_to_the_totals():
     for task in ("gmner", "mner"):
         rows = [getattr(row, task) for row in r.per_type.values()]
         total = r.task(task)
-        assert (sum(s.tp for s in rows), sum(s.fp for s in rows), sum(s.fn for s in rows)) \
-            == counts(total)
+        assert (
+            sum(s.tp for s in rows),
+            sum(s.fp for s in rows),
+            sum(s.fn for s in rows),
+        ) == counts(total)
     # By hand: Alice box wrong, Bob type wrong, Paris right -> GMNER tp1 fp2 fn2.
     assert counts(r.gmner) == (1, 2, 2)
 
@@ -302,12 +325,23 @@ def test_name_based_counts_unaligned_gold_names():
     # "MiG 29" ("mig29") != "MiG-29" ("mig-29"): GMNER tp1 fp1 fn1.
     # Same gold with the name "MiG29" unaligned: both match -> tp 2.
     def gold(unaligned_name: str) -> Sample:
-        return sample("c1", ent(1, 2, "aircraft", text="F-35A"), tokens=CCKS_TOKENS,
-                      meta={"unaligned": [{"name": unaligned_name, "label": "aircraft",
-                                           "boxes": [B0.as_list()]}]})
+        return sample(
+            "c1",
+            ent(1, 2, "aircraft", text="F-35A"),
+            tokens=CCKS_TOKENS,
+            meta={
+                "unaligned": [
+                    {"name": unaligned_name, "label": "aircraft", "boxes": [B0.as_list()]}
+                ]
+            },
+        )
 
-    pred = sample("c1", ent(1, 2, "aircraft", text="f-35a"),
-                  ent(5, 7, "aircraft", B0, text="MiG 29"), tokens=CCKS_TOKENS)
+    pred = sample(
+        "c1",
+        ent(1, 2, "aircraft", text="f-35a"),
+        ent(5, 7, "aircraft", B0, text="MiG 29"),
+        tokens=CCKS_TOKENS,
+    )
     r = run([gold("MiG-29")], [pred], by_name=True)
     assert counts(r.gmner) == (1, 1, 1)
     r = run([gold("MiG29")], [pred], by_name=True)
@@ -323,8 +357,11 @@ def test_name_based_counts_unaligned_gold_names():
 
 def test_name_based_unaligned_region_is_scored():
     # The unaligned gold has box B0; the prediction has no box -> GMNER/EEG wrong, MNER right.
-    g = sample("c1", tokens=CCKS_TOKENS,
-               meta={"unaligned": [{"name": "Kyiv", "label": "location", "boxes": [B0.as_list()]}]})
+    g = sample(
+        "c1",
+        tokens=CCKS_TOKENS,
+        meta={"unaligned": [{"name": "Kyiv", "label": "location", "boxes": [B0.as_list()]}]},
+    )
     p = sample("c1", ent(8, 9, "location", text="Kyiv"), tokens=CCKS_TOKENS)
     r = run([g], [p], by_name=True)
     assert (counts(r.gmner), counts(r.mner), counts(r.eeg)) == ((0, 1, 1), (1, 0, 0), (0, 1, 1))
@@ -334,12 +371,16 @@ def test_name_based_collapses_repeated_names():
     # "Paris" is gold twice (two spans). By name it is one entity, so a prediction
     # naming it once is complete (tp 1, fn 0) and naming it three times is still one.
     toks = ("Paris", "loves", "Paris")
-    gold = [sample("p", Entity(0, 1, "LOC", "Paris"), Entity(2, 3, "LOC", "Paris"), tokens=toks)]
+    paris = (Entity(0, 1, "LOC", "Paris", boxes=()), Entity(2, 3, "LOC", "Paris", boxes=()))
+    gold = [sample("p", *paris, tokens=toks)]
     once = run(gold, [sample("p", Entity(2, 3, "LOC", "Paris"), tokens=toks)], by_name=True)
     assert counts(once.gmner) == (1, 0, 0)
     # By span the same prediction misses one mention: tp 1, fn 1.
-    assert counts(run(gold, [sample("p", Entity(2, 3, "LOC", "Paris"), tokens=toks)]).gmner) \
-        == (1, 0, 1)
+    assert counts(run(gold, [sample("p", Entity(2, 3, "LOC", "Paris"), tokens=toks)]).gmner) == (
+        1,
+        0,
+        1,
+    )
 
 
 def test_normalize_name():
@@ -370,16 +411,23 @@ def test_extra_metrics_from_a_hook_plugin_are_included():
 
 
 def test_report_renders_as_table_and_json():
-    r = run([sample("s", ent(0, 1, "PER", B0), ent(4, 5, "LOC"))],
-            [sample("s", ent(0, 1, "PER", B0))])
+    r = run(
+        [sample("s", ent(0, 1, "PER", B0), ent(4, 5, "LOC"))], [sample("s", ent(0, 1, "PER", B0))]
+    )
     # tp 1, fp 0, fn 1 -> P 100, R 50, F1 66.67 for every task.
     table = r.format_table()
     rows = {line.split()[0]: line.split()[1:] for line in table.splitlines() if line.strip()}
     want = ["100.00", "50.00", "66.67", "1", "0", "1"]
     assert rows["GMNER"] == rows["MNER"] == rows["EEG"] == want
     d = json.loads(json.dumps(r.to_dict()))
-    assert d["gmner"] == {"precision": 100.0, "recall": 50.0, "f1": 66.6667,
-                          "tp": 1, "fp": 0, "fn": 1}
+    assert d["gmner"] == {
+        "precision": 100.0,
+        "recall": 50.0,
+        "f1": 66.6667,
+        "tp": 1,
+        "fp": 0,
+        "fn": 1,
+    }
     assert d["protocol"]["identity"] == "span"
 
 
@@ -443,10 +491,12 @@ def test_twitter_dev_perturbed_gives_hand_derived_counts(
     # dropped: fn everywhere; retyped: fp+fn in GMNER/MNER, still right in EEG;
     # broken/added box: fp+fn in GMNER/EEG, still right in MNER.
     expected = {
-        "gmner": (n["all"] - n["dropped"] - n["retyped"] - region,
-                  n["retyped"] + region, n["dropped"] + n["retyped"] + region),
-        "mner": (n["all"] - n["dropped"] - n["retyped"], n["retyped"],
-                 n["dropped"] + n["retyped"]),
+        "gmner": (
+            n["all"] - n["dropped"] - n["retyped"] - region,
+            n["retyped"] + region,
+            n["dropped"] + n["retyped"] + region,
+        ),
+        "mner": (n["all"] - n["dropped"] - n["retyped"], n["retyped"], n["dropped"] + n["retyped"]),
         "eeg": (n["all"] - n["dropped"] - region, region, n["dropped"] + region),
     }
     r = run(dev, pred)
@@ -456,8 +506,17 @@ def test_twitter_dev_perturbed_gives_hand_derived_counts(
     pred_file = tmp_path / "pred.jsonl"
     write_jsonl(pred, pred_file)
     out = tmp_path / "report.json"
-    res = run_cli(["eval", "--gold", str(twitter_dir / "dev.txt"), "--pred", str(pred_file),
-                   "--json", str(out)])
+    res = run_cli(
+        [
+            "eval",
+            "--gold",
+            str(twitter_dir / "dev.txt"),
+            "--pred",
+            str(pred_file),
+            "--json",
+            str(out),
+        ]
+    )
     assert res.code == 0, res.stderr
     report = json.loads(out.read_text())
     for task, want in expected.items():

@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 import attrs
+from refineg_formats.twitter import read_twitter_gmner
 
-from refineg_core.formats import read_jsonl, read_twitter_gmner
+from refineg_core.formats import read_jsonl
 from refineg_core.pipeline.outputs import non_overlapping, write_outputs
 from refineg_core.types import SOURCE_MLLM, Box, Entity, SampleResult
 from tests.stagedata import real_samples

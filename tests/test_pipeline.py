@@ -8,8 +8,8 @@ import json
 import textwrap
 
 import pytest
+from refineg_formats.twitter import read_twitter_gmner, write_twitter_gmner
 
-from refineg_core.formats import read_twitter_gmner, write_twitter_gmner
 from refineg_core.formats.native import read_results
 from refineg_core.testing import run_cli
 from tests.fakeserver import FakeOpenAIServer, ok

@@ -40,8 +40,9 @@ def _check_tokens(gold: Sample, pred: Sample) -> None:
     tokens = pred.tokens
     if tokens and tuple(tokens) != tuple(gold.tokens):
         pairs = zip(tokens, gold.tokens, strict=False)
-        at = next((i for i, (a, b) in enumerate(pairs) if a != b),
-                  min(len(tokens), len(gold.tokens)))
+        at = next(
+            (i for i, (a, b) in enumerate(pairs) if a != b), min(len(tokens), len(gold.tokens))
+        )
         raise DataError(
             f"predicted tokens differ from the gold tokens at token {at} "
             f"({len(tokens)} vs {len(gold.tokens)} tokens), so token spans cannot be "
@@ -139,7 +140,7 @@ def evaluate(
     per_type = {t: {} for t in ("gmner", "mner")}
     missing: list[str] = []
     aligned: list[Prediction] = []
-    multi_box = failed = unaligned = 0
+    multi_box = failed = unaligned = gold_unknown = not_attempted = 0
     for sid, g in gold_by_id.items():
         pred = pred_by_id.get(sid)
         if pred is None:
@@ -150,12 +151,16 @@ def evaluate(
         if not by_name:
             _check_tokens(g, pred_sample)
         p_ents = _entities(pred)
+        gold_unknown += sum(e.boxes is None for e in g.entities)
+        not_attempted += sum(e.boxes is None for e in p_ents)
         multi_box += sum(len(e.box_list) > 1 for e in p_ents)
         failed += bool(isinstance(pred, SampleResult) and pred.failures)
         extra_gold = _gold_unaligned(g)
         unaligned += len(extra_gold)
         for task, with_type, with_region in (
-            ("gmner", True, True), ("mner", True, False), ("eeg", False, True)
+            ("gmner", True, True),
+            ("mner", True, False),
+            ("eeg", False, True),
         ):
             if by_name:
                 golds = _name_items([*_named(g, g.entities), *extra_gold], with_type=with_type)
@@ -163,18 +168,24 @@ def evaluate(
             else:
                 golds, preds = _span_items(g.entities), _span_items(p_ents)
             count_sample(
-                golds, preds, with_type=with_type, with_region=with_region,
-                iou_threshold=iou_threshold, totals=totals[task],
+                golds,
+                preds,
+                with_type=with_type,
+                with_region=with_region,
+                iou_threshold=iou_threshold,
+                totals=totals[task],
                 per_type=per_type.get(task),
             )
 
-    def score(c: Counts) -> Score:
-        return Score(c.tp, c.fp, c.fn)
+    def score(c: Counts, *, region: bool = False) -> Score | None:
+        # Unknown gold regions would count as "not groundable": a wrong number, so none.
+        return None if region and gold_unknown else Score(c.tp, c.fp, c.fn)
 
     types = per_type["gmner"].keys() | per_type["mner"].keys()
     table = {
         t: TypeScore(
-            score(per_type["gmner"].get(t, Counts())), score(per_type["mner"].get(t, Counts()))
+            score(per_type["gmner"].get(t, Counts()), region=True),
+            Score(**attrs.asdict(per_type["mner"].get(t, Counts()))),
         )
         for t in types
     }
@@ -182,9 +193,9 @@ def evaluate(
     if extra_metrics:
         extra = _numbers((hooks or get_hooks()).extra_metrics(list(gold_by_id.values()), aligned))
     return EvaluationReport(
-        gmner=score(totals["gmner"]),
-        mner=score(totals["mner"]),
-        eeg=score(totals["eeg"]),
+        gmner=score(totals["gmner"], region=True),
+        mner=Score(**attrs.asdict(totals["mner"])),
+        eeg=score(totals["eeg"], region=True),
         per_type=table,
         iou_threshold=iou_threshold,
         by_name=by_name,
@@ -195,4 +206,6 @@ def evaluate(
         multi_box_predictions=multi_box,
         gold_unaligned=unaligned,
         extra=extra,
+        gold_regions_unknown=gold_unknown,
+        pred_grounding_not_attempted=not_attempted,
     )

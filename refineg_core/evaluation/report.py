@@ -62,18 +62,24 @@ class Score:
 class TypeScore:
     """GMNER and MNER for one entity type (EEG ignores types, so it has no row)."""
 
-    gmner: Score
+    gmner: Score | None  # None: gold regions unknown
     mner: Score
 
     def to_dict(self) -> dict[str, Any]:
-        return {"gmner": self.gmner.to_dict(), "mner": self.mner.to_dict()}
+        return {"gmner": _score_dict(self.gmner), "mner": self.mner.to_dict()}
+
+
+def _score_dict(score: Score | None) -> dict[str, Any] | None:
+    return None if score is None else score.to_dict()
 
 
 @attrs.frozen
 class EvaluationReport:
-    gmner: Score
+    """Scores of one evaluation; ``gmner``/``eeg`` are None when gold regions are unknown."""
+
+    gmner: Score | None
     mner: Score
-    eeg: Score
+    eeg: Score | None
     per_type: Mapping[str, TypeScore]
     iou_threshold: float
     by_name: bool
@@ -88,8 +94,12 @@ class EvaluationReport:
     #: gold names that match no token span: scored by name only, not in span mode
     gold_unaligned: int = 0
     extra: Mapping[str, float] = attrs.field(factory=dict)
+    #: gold entities whose region is unknown (boxes None): GMNER and EEG are not scored
+    gold_regions_unknown: int = 0
+    #: predicted entities never grounded (boxes None), scored as region None
+    pred_grounding_not_attempted: int = 0
 
-    def task(self, name: str) -> Score:
+    def task(self, name: str) -> Score | None:
         return getattr(self, name)
 
     def to_dict(self) -> dict[str, Any]:
@@ -99,16 +109,23 @@ class EvaluationReport:
                 "iou_threshold": self.iou_threshold,
                 "region": "first predicted box vs any gold box (IoU > threshold); None == None",
                 "matching": "one-to-one: a duplicated prediction is a false positive"
-                + ("; mentions sharing a normalised name (and type) are one entity"
-                   if self.by_name else ""),
+                + (
+                    "; mentions sharing a normalised name (and type) are one entity"
+                    if self.by_name
+                    else ""
+                ),
             },
-            **{t: self.task(t).to_dict() for t in TASKS},
+            **{t: _score_dict(self.task(t)) for t in TASKS},
             "per_type": {k: v.to_dict() for k, v in sorted(self.per_type.items())},
             "samples": {
                 "gold": self.n_gold_samples,
                 "predicted": self.n_pred_samples,
                 "missing_predictions": list(self.missing_predictions),
                 "failed": self.failed_samples,
+            },
+            "regions": {
+                "gold_unknown": self.gold_regions_unknown,
+                "pred_grounding_not_attempted": self.pred_grounding_not_attempted,
             },
             "multi_box_predictions": self.multi_box_predictions,
             "gold_unaligned": self.gold_unaligned,
@@ -128,6 +145,9 @@ class EvaluationReport:
         ]
         for t in TASKS:
             s = self.task(t)
+            if s is None:
+                lines.append(f"{t.upper():<8}{'n/a (gold regions unknown)':>32}")
+                continue
             lines.append(
                 f"{t.upper():<8}{s.precision:>8.2f}{s.recall:>8.2f}{s.f1:>8.2f}"
                 f"{s.tp:>8}{s.fp:>8}{s.fn:>8}"
@@ -141,15 +161,31 @@ class EvaluationReport:
             ]
             for name, row in sorted(self.per_type.items()):
                 g, m = row.gmner, row.mner
+                gmner = (
+                    f"{g.precision:>9.2f}{g.recall:>9.2f}{g.f1:>10.2f}"
+                    if g is not None
+                    else f"{'n/a':>9}{'n/a':>9}{'n/a':>10}"
+                )
                 lines.append(
-                    f"{name:<{width}}{m.support:>6}{g.precision:>9.2f}{g.recall:>9.2f}"
-                    f"{g.f1:>10.2f}{m.precision:>9.2f}{m.recall:>9.2f}{m.f1:>9.2f}"
+                    f"{name:<{width}}{m.support:>6}{gmner}"
+                    f"{m.precision:>9.2f}{m.recall:>9.2f}{m.f1:>9.2f}"
                 )
         notes = []
         if self.missing_predictions:
             shown = ", ".join(self.missing_predictions[:5])
             more = len(self.missing_predictions) - 5
             notes.append(f"no prediction for: {shown}" + (f" (+{more} more)" if more > 0 else ""))
+        if self.gold_regions_unknown:
+            notes.append(
+                f"{self.gold_regions_unknown} gold entities have no box annotation (region "
+                "unknown), so GMNER and EEG are not scored; give the boxes (xml_dir / "
+                "--xml-dir) or say the data has none (boxes = false / --no-boxes)"
+            )
+        if self.pred_grounding_not_attempted:
+            notes.append(
+                f"{self.pred_grounding_not_attempted} predicted entities were never grounded "
+                "(boxes null) and were scored as region None"
+            )
         if self.failed_samples:
             notes.append(f"{self.failed_samples} predicted samples recorded failures")
         if self.multi_box_predictions:

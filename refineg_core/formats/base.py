@@ -1,14 +1,27 @@
-"""What every reader shares: decoding files with a clear error, and the Dataset type."""
+"""What every format shares: the Dataset type, the format plugin contract, decoding.
+
+A dataset format is a plugin kind like the five components: a class
+registered under the ``refineg.formats`` entry-point group, selected by the
+``format`` key of a data source, with its own pydantic ``Options``. A
+third-party package adds a format without touching the core.
+"""
 
 from __future__ import annotations
 
+import abc
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
+from typing import ClassVar
 
 import attrs
 
 from refineg_core.errors import DataError
+from refineg_core.interfaces import Plugin, PluginOptions
 from refineg_core.types import Sample
+
+#: Entry-point group of dataset format plugins.
+FORMAT_GROUP = "refineg.formats"
 
 
 @attrs.frozen
@@ -53,3 +66,25 @@ def read_text_file(path: Path) -> str:
             "convert the file to UTF-8",
             where=f"{path}:{line}",
         ) from None
+
+
+class DatasetFormat(Plugin):
+    """Reads a dataset file into samples; optionally writes samples back.
+
+    Options come from the data source: its ``xml_dir``, ``images_dir`` and
+    ``entities`` keys (each accepted only by formats whose ``Options`` declare
+    it) plus its ``options`` table, validated by ``Options`` (unknown keys are
+    errors). ``read`` returns every recoverable problem in ``Dataset.warnings``
+    and raises ``DataError`` (with file and line) for the rest. An entity's
+    ``boxes`` must be None when the file cannot say its region, ``()`` when the
+    file says it has none.
+    """
+
+    Options: ClassVar[type[PluginOptions]] = PluginOptions
+
+    @abc.abstractmethod
+    def read(self, path: Path) -> Dataset: ...
+
+    def write(self, samples: Iterable[Sample], path: Path) -> None:
+        """Write ``samples`` to ``path`` (and only inside ``path``'s folder)."""
+        raise DataError(f"the {type(self).__name__} format cannot write files", where=str(path))

@@ -60,6 +60,8 @@ def parse_conll(path: Path) -> list[RawSentence]:
             )
         token, _, tag = line.rpartition("\t")
         tag = tag.strip()
+        if not token.strip():
+            raise DataError("empty token before the tab", where=f"{path}:{lineno}")
         try:
             split_tag(tag)
         except DataError as exc:
@@ -106,11 +108,18 @@ def read_conll(path: Path | str, *, id_prefix: str | None = None) -> Dataset:
 
 
 def conll_lines(samples: Iterable[Sample], *, scheme: str = "BIO", image_ids: bool = False):
+    """The lines of a CoNLL file; a token CoNLL cannot hold (empty, tab, newline) is an error."""
     for s in samples:
         if image_ids:
             yield f"IMGID:{s.image.image_id if s.image else s.id}"
         tags = spans_to_tags(len(s.tokens), (e.key for e in s.entities), scheme)
-        for tok, tag in zip(s.tokens, tags, strict=True):
+        for i, (tok, tag) in enumerate(zip(s.tokens, tags, strict=True)):
+            if not tok.strip() or any(c in tok for c in "\t\r\n"):
+                raise DataError(
+                    f"token {i} ({tok!r}) is empty or holds a tab or line break; "
+                    "CoNLL cannot represent it",
+                    where=f"sample {s.id!r}",
+                )
             yield f"{tok}\t{tag}"
         yield ""
 

@@ -1,33 +1,69 @@
-"""Finding a sample's image and its size without failing on missing files."""
+"""Finding a sample's image and its size without failing on missing or hostile files.
+
+An image that is missing, corrupt, or too large to decode safely (a
+decompression bomb) is a per-sample failure: the sample keeps its text and
+runs without the image, ``meta["image_failure"]`` says what and where, and
+the reader adds a warning. An image id never names a file outside
+``images_dir``.
+"""
 
 from __future__ import annotations
 
+import warnings as pywarnings
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from refineg_core.errors import DataError
+from refineg_core.formats.paths import child_path
 from refineg_core.types import ImageRef
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")
+#: Key of a sample's ``meta`` that records why its image is not used.
+IMAGE_FAILURE = "image_failure"
 
 
 def find_image(images_dir: Path | None, image_id: str) -> Path | None:
+    """The image file of ``image_id`` inside ``images_dir``; never a path outside it."""
     if images_dir is None:
         return None
+    try:
+        base = child_path(images_dir, image_id)
+    except DataError:
+        return None
     for suffix in ("", *IMAGE_SUFFIXES):
-        candidate = images_dir / f"{image_id}{suffix}"
+        candidate = base.with_name(base.name + suffix)
         if candidate.is_file():
             return candidate
     return None
 
 
-def image_size(path: Path) -> tuple[int, int] | None:
-    """Read the size from the header only; None for unreadable or corrupt files."""
+def check_image(path: Path) -> tuple[tuple[int, int] | None, str | None]:
+    """``(size, None)`` for a usable image, ``(None, reason)`` otherwise.
+
+    Only the header is read. An image with more pixels than Pillow's
+    ``MAX_IMAGE_PIXELS`` is refused here, before any stage decodes it.
+    """
     try:
-        with Image.open(path) as img:
-            return img.size
-    except (OSError, UnidentifiedImageError, ValueError):
-        return None
+        with pywarnings.catch_warnings():
+            pywarnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        return None, f"refused as a decompression bomb ({exc})"
+    except Exception as exc:  # Pillow raises many exception types on bad files
+        return None, f"unreadable or corrupt ({type(exc).__name__}: {exc})"
+    limit = Image.MAX_IMAGE_PIXELS
+    if width <= 0 or height <= 0:
+        return None, f"has an empty size {width}x{height}"
+    if limit and width * height > limit:
+        return None, f"refused: {width}x{height} pixels exceeds the limit of {limit}"
+    return (width, height), None
+
+
+def image_size(path: Path) -> tuple[int, int] | None:
+    """The size from the header only; None for unreadable, corrupt or oversized files."""
+    return check_image(path)[0]
 
 
 def resolve_image(
@@ -35,23 +71,28 @@ def resolve_image(
     image_id: str,
     size: tuple[int, int] | None,
     warnings: list[str],
-) -> ImageRef:
-    """An ImageRef that is honest about what is there: no path when the file is not."""
+) -> tuple[ImageRef, str | None]:
+    """An ImageRef honest about what is there, plus the image failure (or None).
+
+    No path when the file is missing, unreadable or refused; the failure
+    message names the file (or the id) and the reason.
+    """
+    failure = None
     path = find_image(images_dir, image_id)
     if path is not None:
-        real = image_size(path)
+        real, reason = check_image(path)
         if real is None:
-            warnings.append(f"{path}: image unreadable or corrupt; the sample continues without it")
+            failure = f"{path}: image {reason}; the sample continues without it"
             path = None
         else:
             size = real
     elif images_dir is not None:
-        warnings.append(
-            f"{images_dir}/{image_id}.*: image missing; the sample continues without it"
-        )
-    return ImageRef(
-        image_id,
-        path,
-        size[0] if size else None,
-        size[1] if size else None,
-    )
+        try:
+            child_path(images_dir, image_id)
+            failure = f"{images_dir}/{image_id}.*: image missing; the sample continues without it"
+        except DataError as exc:
+            failure = f"{exc}; the sample continues without an image"
+    if failure:
+        warnings.append(failure)
+    ref = ImageRef(image_id, path, size[0] if size else None, size[1] if size else None)
+    return ref, failure

@@ -1,17 +1,26 @@
-"""Pick a reader by format name; the pipeline and CLI load every dataset through here."""
+"""Load a dataset through its format plugin; the pipeline and CLI read every file here.
+
+A format is a plugin (``refineg.formats`` entry points) named by a data
+source's ``format`` key; only that one is imported. Without a name the format
+is guessed among the built-ins from the file name and first line. What every
+format shares is applied here: the ``boxes`` policy and ``limit``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from refineg_core.errors import DataError
-from refineg_core.formats.base import Dataset
-from refineg_core.formats.ccks import read_ccks
-from refineg_core.formats.conll import read_conll
-from refineg_core.formats.native import read_jsonl
-from refineg_core.formats.twitter import read_twitter_gmner
+import attrs
 
-FORMATS = ("twitter-gmner", "conll", "ccks", "jsonl")
+from refineg_core.errors import DataError, PluginError
+from refineg_core.formats.base import Dataset, DatasetFormat
+
+#: The formats that ship with refineg (others come from installed packages).
+BUILTIN_FORMATS = ("twitter-gmner", "conll", "ccks", "jsonl")
+#: Data source keys that are handed to the format as options when set.
+SOURCE_OPTION_KEYS = ("xml_dir", "images_dir", "entities")
 
 
 def guess_format(path: Path) -> str:
@@ -19,8 +28,74 @@ def guess_format(path: Path) -> str:
         return "jsonl"
     if path.suffix == ".json":
         return "ccks"
-    head = path.read_text(encoding="utf-8", errors="replace")[:200] if path.is_file() else ""
+    head = ""
+    if path.is_file():
+        with path.open("rb") as fh:
+            head = fh.read(200).decode("utf-8-sig", errors="replace")
     return "twitter-gmner" if head.startswith("IMGID:") else "conll"
+
+
+def format_plugin(
+    name: str,
+    source_options: Mapping[str, Any] | None = None,
+    options: Mapping[str, Any] | None = None,
+    *,
+    config_key: str = "data",
+) -> DatasetFormat:
+    """The named format with validated options (only that plugin is imported).
+
+    ``source_options`` are the data source's own keys (``xml_dir``...): a key
+    the format does not take is an error at ``<config_key>.<key>``;
+    ``options`` is the source's ``options`` table.
+    """
+    from refineg_core import registry  # the registry imports this package's base
+
+    cls = registry.load_class("format", name, config_key=config_key)
+    fields = cls.Options.model_fields
+    merged = dict(options or {})
+    for key, value in (source_options or {}).items():
+        if value is None:
+            continue
+        if key not in fields:
+            raise PluginError(
+                f"format {name!r} does not take {key!r}"
+                + (f"; its options: {', '.join(sorted(fields))}" if fields else ""),
+                where=f"{config_key}.{key}",
+            )
+        merged[key] = value
+    opts = registry.validate_options("format", name, cls, merged, config_key=config_key)
+    plugin = cls(opts, None)
+    assert isinstance(plugin, DatasetFormat)
+    return plugin
+
+
+def apply_boxes_policy(ds: Dataset, boxes: bool | None) -> Dataset:
+    """``boxes=False``: the data has no box annotations, every gold region is None.
+
+    ``boxes=True``: every entity must carry its region; an unknown one is an
+    error. ``None``: what the format read (unknown regions stay unknown).
+    """
+    if boxes is None:
+        return ds
+    unknown = [(s.id, e) for s in ds.samples for e in s.entities if e.boxes is None]
+    if boxes:
+        if unknown:
+            sid, ent = unknown[0]
+            raise DataError(
+                f"boxes = true, but the regions of {len(unknown)} entities are unknown "
+                f"(e.g. {ent.text!r} of sample {sid!r}); check xml_dir or the file",
+                where=ds.source,
+            )
+        return ds
+    dropped = sum(len(e.boxes or ()) for s in ds.samples for e in s.entities)
+    samples = tuple(
+        attrs.evolve(s, entities=tuple(attrs.evolve(e, boxes=()) for e in s.entities))
+        for s in ds.samples
+    )
+    warnings = ds.warnings
+    if dropped:
+        warnings += (f"{ds.source}: boxes = false: {dropped} annotated boxes ignored",)
+    return Dataset(samples, warnings, ds.source)
 
 
 def load_dataset(
@@ -31,21 +106,61 @@ def load_dataset(
     images_dir: Path | str | None = None,
     entities: Path | str | None = None,
     limit: int | None = None,
+    boxes: bool | None = None,
+    options: Mapping[str, Any] | None = None,
+    config_key: str = "data",
 ) -> Dataset:
+    """Read ``path`` with the named (or guessed) format plugin.
+
+    ``config_key`` is the config table of the data source (``data.train``),
+    so errors name the key to fix.
+    """
     path = Path(path)
     if not path.exists():
         raise DataError("file not found", where=str(path))
-    fmt = format or guess_format(path)
-    if fmt == "twitter-gmner":
-        ds = read_twitter_gmner(path, xml_dir=xml_dir, images_dir=images_dir)
-    elif fmt == "conll":
-        ds = read_conll(path)
-    elif fmt == "ccks":
-        ds = read_ccks(path, entities, images_dir=images_dir)
-    elif fmt == "jsonl":
-        ds = read_jsonl(path)
-    else:
-        raise DataError(f"unknown data format {fmt!r}; known: {', '.join(FORMATS)}")
+    name = format or guess_format(path)
+    source_options = {"xml_dir": xml_dir, "images_dir": images_dir, "entities": entities}
+    plugin = format_plugin(name, source_options, options, config_key=config_key)
+    ds = plugin.read(path)
+    if not ds.samples:
+        ds = Dataset((), (*ds.warnings, f"{path}: the file holds no samples"), ds.source)
+    ds = apply_boxes_policy(ds, boxes)
     if limit is not None:
         ds = Dataset(ds.samples[:limit], ds.warnings, ds.source)
     return ds
+
+
+def load_source(source: Any, *, config_key: str = "data") -> Dataset:
+    """Load a config ``DataSource`` (path, format, its option keys, boxes, limit)."""
+    return load_dataset(
+        source.path,
+        source.format,
+        **{k: getattr(source, k, None) for k in SOURCE_OPTION_KEYS},
+        limit=source.limit,
+        boxes=getattr(source, "boxes", None),
+        options=getattr(source, "options", None),
+        config_key=config_key,
+    )
+
+
+def check_source(source: Any, *, config_key: str) -> None:
+    """Validate a data source's format name and options at config load (reads nothing)."""
+    if source.format is None:
+        return
+    format_plugin(
+        source.format,
+        {k: getattr(source, k, None) for k in SOURCE_OPTION_KEYS},
+        getattr(source, "options", None),
+        config_key=config_key,
+    )
+
+
+def check_data_sources(data: Any) -> None:
+    """Validate every data source of a config's ``[data]`` table (for ``load_config``)."""
+    for name in type(data).model_fields:
+        value = getattr(data, name)
+        sources = value if isinstance(value, list) else [value]
+        for i, source in enumerate(sources):
+            if source is not None and hasattr(source, "format"):
+                key = f"data.{name}" + (f"[{i}]" if isinstance(value, list) else "")
+                check_source(source, config_key=key)

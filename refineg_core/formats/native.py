@@ -9,21 +9,32 @@
      "meta": {...}}
 
 ``image``, ``failures`` and ``meta`` are optional; ``boxes: []`` means "not
-groundable". Results of every stage use the same shape, so any stage's output
-can be evaluated or fed to the next stage.
+groundable", ``boxes: null`` "never grounded / region unknown". Results of
+every stage use the same shape, so any stage's output can be evaluated or fed
+to the next stage. Records are checked by ``records.SampleRecord`` (an error
+names file:line and the key). Read as input data, an image ``path`` is
+resolved against ``images_dir`` (default: the file's folder) and must lie
+inside it.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import pydantic
 
 from refineg_core.errors import DataError
 from refineg_core.formats.base import Dataset, read_text_file
+from refineg_core.formats.images import IMAGE_FAILURE, check_image, resolve_image
+from refineg_core.formats.paths import inside
+from refineg_core.formats.records import EntityRecord, SampleRecord
 from refineg_core.labels import tokenize
 from refineg_core.types import Box, Entity, Failure, GateVerdict, ImageRef, Sample, SampleResult
+
+T = TypeVar("T")
 
 
 def entity_to_dict(e: Entity) -> dict[str, Any]:
@@ -32,9 +43,7 @@ def entity_to_dict(e: Entity) -> dict[str, Any]:
         "end": e.end,
         "type": e.type,
         "text": e.text,
-        "boxes": None
-        if e.boxes is None
-        else [[round(v, 2) for v in b.as_list()] for b in e.boxes],
+        "boxes": None if e.boxes is None else [[round(v, 2) for v in b.as_list()] for b in e.boxes],
         "source": e.source,
     }
     for key in ("confidence", "uncertainty", "grounded_by"):
@@ -44,19 +53,19 @@ def entity_to_dict(e: Entity) -> dict[str, Any]:
     return d
 
 
-def entity_from_dict(d: dict[str, Any]) -> Entity:
+def entity_from_dict(d: Mapping[str, Any]) -> Entity:
+    """An Entity from a checked record (``EntityRecord`` or its plain-dict form)."""
+    rec = d if isinstance(d, EntityRecord) else EntityRecord.model_validate(d)
     return Entity(
-        start=int(d["start"]),
-        end=int(d["end"]),
-        type=str(d["type"]),
-        text=str(d.get("text", "")),
-        boxes=None
-        if d.get("boxes") is None
-        else tuple(Box(*map(float, b)) for b in d["boxes"]),
-        confidence=d.get("confidence"),
-        uncertainty=d.get("uncertainty"),
-        source=d.get("source", "gold"),
-        grounded_by=d.get("grounded_by"),
+        start=rec.start,
+        end=rec.end,
+        type=rec.type,
+        text=rec.text,
+        boxes=None if rec.boxes is None else tuple(Box(*map(float, b)) for b in rec.boxes),
+        confidence=rec.confidence,
+        uncertainty=rec.uncertainty,
+        source=rec.source,
+        grounded_by=rec.grounded_by,
     )
 
 
@@ -86,32 +95,85 @@ def sample_to_dict(
     return d
 
 
-def sample_from_dict(d: dict[str, Any]) -> Sample:
-    tokens = d.get("tokens") or tokenize(d.get("text", ""))
-    img = d.get("image")
-    image = None
-    if img:
-        image = ImageRef(
-            str(img.get("id", d["id"])),
-            Path(img["path"]) if img.get("path") else None,
-            img.get("width"),
-            img.get("height"),
+def _image_from(rec: SampleRecord, images_dir: Path | None, root: Path | None, warnings):
+    """The record's image; with ``root`` set, a path outside it is refused (a failure)."""
+    img = rec.image
+    if img is None:
+        if images_dir is None:
+            return None, None
+        return resolve_image(images_dir, str(rec.id), None, warnings)
+    image_id = str(img.id if img.id is not None else rec.id)
+    size = (img.width, img.height) if img.width and img.height else None
+    if root is None:  # a run's own output: paths were checked when the data was read
+        path = Path(img.path) if img.path else None
+        return ImageRef(image_id, path, img.width, img.height), None
+    if not img.path:
+        return resolve_image(images_dir, image_id, size, warnings)
+    path = Path(img.path) if Path(img.path).is_absolute() else root / img.path
+    if not inside(root, path):
+        failure = (
+            f"image path {img.path!r} lies outside {root}; refused, the sample continues "
+            "without it (set images_dir to the folder holding the images)"
         )
+        warnings.append(failure)
+        return ImageRef(image_id, None, *(size or (None, None))), failure
+    real, reason = check_image(path) if path.is_file() else (None, "missing")
+    if real is None:
+        failure = f"{path}: image {reason}; the sample continues without it"
+        warnings.append(failure)
+        return ImageRef(image_id, None, *(size or (None, None))), failure
+    return ImageRef(image_id, path, *real), None
+
+
+def _sample(
+    rec: SampleRecord,
+    images_dir: Path | None = None,
+    root: Path | None = None,
+    warnings: list[str] | None = None,
+) -> Sample:
+    tokens = tuple(rec.tokens) if rec.tokens else tuple(tokenize(rec.text or ""))
+    entities = tuple(entity_from_dict(e) for e in rec.entities)
+    for i, e in enumerate(entities):
+        if e.end > len(tokens):
+            raise DataError(
+                f"entities[{i}] span [{e.start}, {e.end}) runs past the {len(tokens)} tokens"
+            )
+    image, failure = _image_from(rec, images_dir, root, warnings if warnings is not None else [])
+    meta = dict(rec.meta or {})
+    if failure:
+        meta[IMAGE_FAILURE] = failure
     return Sample(
-        id=str(d["id"]),
-        tokens=tuple(tokens),
-        text=d.get("text") or " ".join(tokens),
+        id=str(rec.id),
+        tokens=tokens,
+        text=rec.text or " ".join(tokens),
         image=image,
-        entities=tuple(entity_from_dict(e) for e in d.get("entities", ())),
-        meta=d.get("meta") or {},
+        entities=entities,
+        meta=meta,
     )
 
 
-def result_from_dict(d: dict[str, Any]) -> SampleResult:
-    sample = sample_from_dict(d)
-    failures = tuple(Failure(f["stage"], f["kind"], f["message"]) for f in d.get("failures", ()))
+def sample_from_dict(d: Mapping[str, Any]) -> Sample:
+    """A Sample from one native record; malformed records raise DataError."""
+    return _sample(_validated(d))
+
+
+def result_from_dict(d: Mapping[str, Any]) -> SampleResult:
+    rec = _validated(d)
+    sample = _sample(rec)
+    failures = tuple(Failure(f.stage, f.kind, f.message) for f in rec.failures)
     gate = GateVerdict.from_dict(d["gate"]) if d.get("gate") is not None else None
     return SampleResult(sample, sample.entities, failures, gate=gate)
+
+
+def _validated(d: Mapping[str, Any]) -> SampleRecord:
+    try:
+        return SampleRecord.model_validate(d)
+    except pydantic.ValidationError as exc:
+        err = exc.errors()[0]
+        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        got = json.dumps(err.get("input"), ensure_ascii=False, default=str)[:60]
+        raise DataError(f"{loc or 'record'}: {err['msg']}, got {got}{more}") from None
 
 
 def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -122,25 +184,48 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(f"invalid JSON: {exc.msg}", where=f"{path}:{lineno}") from None
+        except RecursionError:
+            raise DataError("JSON nested too deeply", where=f"{path}:{lineno}") from None
         if not isinstance(record, dict) or "id" not in record:
             raise DataError("each line must be an object with an 'id'", where=f"{path}:{lineno}")
         yield lineno, record
 
 
-def read_jsonl(path: Path | str) -> Dataset:
-    path = Path(path)
-    samples = []
+def _records(path: Path, build: Callable[[dict[str, Any]], T]) -> Iterator[T]:
+    """Each line built with ``build``; an error names the file and line; ids are unique."""
+    first_line: dict[str, int] = {}
     for lineno, record in iter_jsonl(path):
+        sid = str(record["id"])
+        if sid in first_line:
+            raise DataError(
+                f"sample id {sid!r} already used on line {first_line[sid]}",
+                where=f"{path}:{lineno}",
+            )
+        first_line[sid] = lineno
         try:
-            samples.append(sample_from_dict(record))
-        except (KeyError, TypeError, ValueError, DataError) as exc:
+            yield build(record)
+        except DataError as exc:
             raise DataError(f"bad sample record: {exc}", where=f"{path}:{lineno}") from None
-    return Dataset(tuple(samples), (), str(path))
+
+
+def read_jsonl(path: Path | str, *, images_dir: Path | str | None = None) -> Dataset:
+    """Read native JSONL as input data.
+
+    Image paths in the records are resolved against ``images_dir`` (default:
+    the file's folder) and must lie inside it; without a path in a record,
+    the image is looked up by id in ``images_dir``.
+    """
+    path = Path(path)
+    img_root = Path(images_dir) if images_dir else None
+    root = img_root or path.parent
+    warnings: list[str] = []
+    samples = tuple(_records(path, lambda r: _sample(_validated(r), img_root, root, warnings)))
+    return Dataset(samples, tuple(warnings), str(path))
 
 
 def read_results(path: Path | str) -> list[SampleResult]:
-    path = Path(path)
-    return [result_from_dict(r) for _, r in iter_jsonl(path)]
+    """A stage's results (or any native file) with their recorded failures."""
+    return list(_records(Path(path), result_from_dict))
 
 
 def write_jsonl(items: Iterable[Sample | SampleResult], path: Path | str) -> None:

@@ -34,8 +34,9 @@ from typing import Any
 
 from refineg_core.config import Config, DataSource, redacted_dump
 from refineg_core.errors import ConfigError, RefinegError
-from refineg_core.formats import Dataset, load_dataset
+from refineg_core.formats import Dataset, load_dataset, load_source
 from refineg_core.formats.native import read_results, write_jsonl
+from refineg_core.formats.paths import output_dir
 from refineg_core.hooks import get_hooks
 from refineg_core.mllm_cache import CachedBackend
 from refineg_core.pipeline.context import RunContext
@@ -96,16 +97,7 @@ class Pipeline:
         """Create the run directory on first write, with a clear error when it cannot be."""
         if self._run_dir_ready:
             return self.run_dir
-        try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            probe = self.run_dir / ".write-test"
-            probe.write_text("", encoding="utf-8")
-            probe.unlink()
-        except OSError as exc:
-            reason = exc.strerror or str(exc)
-            raise ConfigError(
-                f"cannot use {self.run_dir} as the run directory: {reason}", where="run_dir"
-            ) from None
+        output_dir(self.run_dir, config_key="run_dir")
         (self.run_dir / "config.json").write_text(
             json.dumps(redacted_dump(self.config), indent=2), encoding="utf-8"
         )
@@ -132,15 +124,8 @@ class Pipeline:
             )
 
     # ----------------------------------------------------------------- inputs
-    def _load(self, source: DataSource) -> Dataset:
-        ds = load_dataset(
-            source.path,
-            source.format,
-            xml_dir=source.xml_dir,
-            images_dir=source.images_dir,
-            entities=source.entities,
-            limit=source.limit,
-        )
+    def _load(self, source: DataSource, config_key: str = "data") -> Dataset:
+        ds = load_source(source, config_key=config_key)
         if ds.warnings:
             self._warnings.extend(ds.warnings)
             self._write_warnings()
@@ -157,7 +142,7 @@ class Pipeline:
                 source = data.train
             if source is None and key == "gold":
                 source = data.predict
-            self._datasets[key] = self._load(source) if source else None
+            self._datasets[key] = self._load(source, f"data.{key}") if source else None
         return self._datasets[key]
 
     def require(self, key: str) -> Dataset:

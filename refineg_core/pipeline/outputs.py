@@ -14,7 +14,7 @@ from pathlib import Path
 
 import attrs
 
-from refineg_core.formats import write_ccks, write_jsonl, write_twitter_gmner
+from refineg_core.formats import format_plugin, write_jsonl
 from refineg_core.types import Entity, Sample, SampleResult
 
 FORMAT_FILES = {
@@ -76,9 +76,9 @@ def write_outputs(
         if fmt == "jsonl":
             write_jsonl(results, path)
         elif fmt == "ccks":
-            write_ccks(as_samples(results), path)
+            format_plugin("ccks").write(as_samples(results), path)
         else:
             flat, dropped = flat_samples(results)
-            write_twitter_gmner(flat, path)
+            format_plugin("twitter-gmner").write(flat, path)
         paths[fmt] = path
     return Written(paths, dropped)

@@ -1,3 +1,4 @@
-"""Example third-party refineg plugins: a gazetteer tagger and a rule-based gate."""
+"""Example third-party refineg plugins: a gazetteer tagger, a rule-based gate
+and a CSV dataset format."""
 
 __version__ = "0.1.0"

@@ -1,0 +1,44 @@
+"""The generic built-in formats: plain CoNLL and refineg's native JSONL.
+
+Each format plugin lives in its own module so that loading one imports only
+its own reader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Literal
+
+from refineg_core.formats.base import Dataset, DatasetFormat
+from refineg_core.formats.conll import read_conll, write_conll
+from refineg_core.formats.native import read_jsonl, write_jsonl
+from refineg_core.interfaces import PluginOptions
+from refineg_core.types import Sample
+
+
+class ConllFormat(DatasetFormat):
+    """Plain CoNLL ``token<TAB>tag``; no images, no boxes (regions unknown)."""
+
+    class Options(PluginOptions):
+        scheme: Literal["BIO", "BIOES"] = "BIO"  # for writing; reading accepts both
+        id_prefix: str | None = None  # sample ids <prefix>-<n> (default: file stem)
+
+    def read(self, path: Path) -> Dataset:
+        return read_conll(path, id_prefix=self.options.id_prefix)
+
+    def write(self, samples: Iterable[Sample], path: Path) -> None:
+        write_conll(samples, path, scheme=self.options.scheme)
+
+
+class JsonlFormat(DatasetFormat):
+    """refineg's native JSONL (the format of every stage's output)."""
+
+    class Options(PluginOptions):
+        images_dir: Path | None = None  # image paths must lie inside (default: the file's folder)
+
+    def read(self, path: Path) -> Dataset:
+        return read_jsonl(path, images_dir=self.options.images_dir)
+
+    def write(self, samples: Iterable[Sample], path: Path) -> None:
+        write_jsonl(samples, path)

@@ -1,0 +1,240 @@
+"""Twitter-GMNER: CoNLL with ``IMGID:`` lines plus Pascal-VOC XML boxes per image.
+
+An XML ``<object>``'s name is the entity's surface string (tokens joined by
+spaces). The dataset ships XML only for tweets with a groundable entity, so
+with the ``xml/`` folder present an entity without an object is "not
+groundable" (boxes ``()``). Without the folder, or when a tweet's XML cannot
+be read, the regions are unknown (boxes ``None``): evaluation then refuses to
+score GMNER/EEG instead of counting every entity as ungroundable. Bad boxes
+are dropped with a warning, never with their entity.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+import attrs
+
+from refineg_core.errors import DataError
+from refineg_core.formats.base import Dataset, DatasetFormat
+from refineg_core.formats.conll import conll_lines, parse_conll, sentence_to_sample
+from refineg_core.formats.images import IMAGE_FAILURE, resolve_image
+from refineg_core.formats.paths import child_path
+from refineg_core.interfaces import PluginOptions
+from refineg_core.types import Box, Sample
+
+#: A VOC file of one tweet is a few hundred bytes; anything far larger is refused.
+MAX_XML_BYTES = 1 << 20
+
+
+@attrs.frozen
+class VocBoxes:
+    size: tuple[int, int] | None
+    boxes: dict[str, list[Box]]
+
+
+def _parse_xml(path: Path) -> ET.Element:
+    """Parse a VOC file, refusing DTDs and entities (XML bombs) and oversized files."""
+    data = path.read_bytes()
+    if len(data) > MAX_XML_BYTES:
+        raise DataError(f"{len(data)} bytes, more than the {MAX_XML_BYTES} a VOC file needs")
+    if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
+        raise DataError("declares a DTD or entities, which VOC files never need; refused")
+    try:
+        return ET.fromstring(data)
+    except ET.ParseError as exc:
+        raise DataError(f"XML does not parse ({exc})") from None
+
+
+def _size(root: ET.Element, path: Path, warnings: list[str]) -> tuple[int, int] | None:
+    w, h = root.findtext("size/width"), root.findtext("size/height")
+    if not (w and h):
+        return None
+    try:
+        size = (int(float(w)), int(float(h)))
+    except (ValueError, OverflowError):
+        warnings.append(f"{path}: unreadable <size> {w!r}x{h!r}; ignored")
+        return None
+    if size[0] <= 0 or size[1] <= 0:
+        warnings.append(f"{path}: <size> {size[0]}x{size[1]} is empty or negative; ignored")
+        return None
+    return size
+
+
+def read_voc_xml(path: Path, warnings: list[str]) -> VocBoxes:
+    """Boxes per object name; raises DataError when the file cannot be used at all."""
+    try:
+        root = _parse_xml(path)
+    except DataError as exc:
+        raise DataError(str(exc), where=str(path)) from None
+    size = _size(root, path, warnings)
+    boxes: dict[str, list[Box]] = {}
+    for obj in root.iter("object"):
+        name = (obj.findtext("name") or "").strip()
+        coords = [obj.findtext(f"bndbox/{k}") for k in ("xmin", "ymin", "xmax", "ymax")]
+        try:
+            x1, y1, x2, y2 = (float(c) for c in coords)  # type: ignore[arg-type]
+            box = Box(x1, y1, x2, y2)
+        except (TypeError, ValueError, DataError) as exc:
+            warnings.append(f"{path}: box of {name!r} dropped: {exc}")
+            continue
+        if size and (x1 < 0 or y1 < 0 or x2 > size[0] + 1 or y2 > size[1] + 1):
+            clipped = Box.clipped(x1, y1, x2, y2, size)
+            warnings.append(
+                f"{path}: box of {name!r} {box.as_list()} lies outside the "
+                f"{size[0]}x{size[1]} image; " + ("clipped" if clipped else "dropped")
+            )
+            if clipped is None:
+                continue
+            box = clipped
+        boxes.setdefault(name, []).append(box)
+    return VocBoxes(size, boxes)
+
+
+def _xml_dir(path: Path, xml_dir: Path | str | None, warnings: list[str]) -> Path | None:
+    """The folder of the VOC files, or None (with a warning) when it is not there."""
+    if xml_dir is not None:
+        root = Path(xml_dir)
+        if not root.is_dir():
+            raise DataError("xml_dir does not exist or is not a folder", where=str(root))
+        return root
+    root = path.parent / "xml"
+    if root.is_dir():
+        return root
+    warnings.append(
+        f"{path}: no xml/ folder beside the file, so the gold regions are unknown; "
+        "name the folder of the VOC files (xml_dir / --xml-dir), or say the data has "
+        "no boxes (boxes = false / --no-boxes)"
+    )
+    return None
+
+
+def _tweet_boxes(
+    xml_root: Path | None, image_id: str, warnings: list[str]
+) -> tuple[VocBoxes | None, str | None]:
+    """``(boxes, None)``; ``(None, reason)`` when this tweet's regions are unknown."""
+    if xml_root is None:
+        return None, "no xml folder"
+    try:
+        xml_path = child_path(xml_root, image_id, ".xml")
+    except DataError as exc:
+        return None, str(exc)
+    if not xml_path.is_file():
+        return VocBoxes(None, {}), None
+    try:
+        return read_voc_xml(xml_path, warnings), None
+    except DataError as exc:
+        return None, str(exc)
+
+
+def read_twitter_gmner(
+    path: Path | str,
+    *,
+    xml_dir: Path | str | None = None,
+    images_dir: Path | str | None = None,
+) -> Dataset:
+    """Read a Twitter-GMNER split; ``xml_dir`` defaults to ``<split dir>/xml``."""
+    path = Path(path)
+    img_root = Path(images_dir) if images_dir else None
+    warnings: list[str] = []
+    xml_root = _xml_dir(path, xml_dir, warnings)
+    seen: Counter[str] = Counter()
+    samples: list[Sample] = []
+    for sent in parse_conll(path):
+        where = f"{path}:{sent.line}"
+        if sent.image_id is None:
+            raise DataError("sentence without an IMGID: line", where=where)
+        if not sent.image_id:
+            raise DataError("IMGID: line without an id", where=where)
+        seen[sent.image_id] += 1
+        n = seen[sent.image_id]
+        sid = sent.image_id if n == 1 else f"{sent.image_id}#{n}"
+        if n == 2:
+            warnings.append(f"{where}: IMGID:{sent.image_id} repeats; this tweet is {sid!r}")
+        voc, unknown = _tweet_boxes(xml_root, sent.image_id, warnings)
+        if unknown and xml_root is not None:
+            warnings.append(f"{where}: regions of this tweet unknown: {unknown}")
+        image, failure = resolve_image(img_root, sent.image_id, voc.size if voc else None, warnings)
+        sample = sentence_to_sample(sent, sid, image, warnings, where)
+        if voc is not None:
+            names = {e.text for e in sample.entities}
+            for name in sorted(set(voc.boxes) - names):
+                warnings.append(
+                    f"{where}: XML object {name!r} of IMGID:{sent.image_id} matches no entity"
+                )
+            sample = attrs.evolve(
+                sample,
+                entities=tuple(
+                    attrs.evolve(e, boxes=tuple(voc.boxes.get(e.text, ()))) for e in sample.entities
+                ),
+            )
+        if failure:
+            sample = attrs.evolve(sample, meta={**sample.meta, IMAGE_FAILURE: failure})
+        samples.append(sample)
+    return Dataset(tuple(samples), tuple(warnings), str(path))
+
+
+def _voc_xml(sample: Sample) -> str:
+    root = ET.Element("annotation")
+    ET.SubElement(
+        root, "filename"
+    ).text = f"{sample.image.image_id if sample.image else sample.id}.jpg"
+    if sample.image and sample.image.size:
+        size = ET.SubElement(root, "size")
+        ET.SubElement(size, "width").text = str(sample.image.width)
+        ET.SubElement(size, "height").text = str(sample.image.height)
+        ET.SubElement(size, "depth").text = "3"
+    for ent in sample.entities:
+        for box in ent.box_list:
+            obj = ET.SubElement(root, "object")
+            ET.SubElement(obj, "name").text = ent.text
+            ET.SubElement(obj, "type").text = ent.type
+            bnd = ET.SubElement(obj, "bndbox")
+            for k, v in zip(("xmin", "ymin", "xmax", "ymax"), box.as_list(), strict=True):
+                ET.SubElement(bnd, k).text = str(round(v))
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode")
+
+
+def write_twitter_gmner(samples: Iterable[Sample], path: Path | str) -> None:
+    """Write the CoNLL file and an ``xml/`` folder beside it, as the dataset ships.
+
+    Every image id must be a plain file name: the ids are checked before
+    anything is written, so a hostile id (``/tmp/x``, ``../x``) writes nothing.
+    """
+    path = Path(path)
+    samples = list(samples)
+    xml_dir = path.parent / "xml"
+    targets = []
+    for s in samples:
+        image_id = s.image.image_id if s.image else s.id
+        try:
+            xml_path = child_path(xml_dir, image_id, ".xml")
+        except DataError as exc:
+            raise DataError(f"sample {s.id!r}: {exc}", where=str(path)) from None
+        if any(e.boxes for e in s.entities):
+            targets.append((xml_path, s))
+    lines = "\n".join(conll_lines(samples, image_ids=True))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(lines, encoding="utf-8")
+    xml_dir.mkdir(exist_ok=True)
+    for xml_path, s in targets:
+        xml_path.write_text(_voc_xml(s), encoding="utf-8")
+
+
+class TwitterGmnerFormat(DatasetFormat):
+    """Twitter-GMNER: CoNLL with ``IMGID:`` lines, VOC XML boxes in ``xml_dir``."""
+
+    class Options(PluginOptions):
+        xml_dir: Path | None = None  # default: <folder of the file>/xml
+        images_dir: Path | None = None
+
+    def read(self, path: Path) -> Dataset:
+        o = self.options
+        return read_twitter_gmner(path, xml_dir=o.xml_dir, images_dir=o.images_dir)
+
+    def write(self, samples: Iterable[Sample], path: Path) -> None:
+        write_twitter_gmner(samples, path)
