@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from refineg_openai.backend import OpenAIBackend
 
-from refineg_core.formats import read_twitter_gmner, write_twitter_gmner
+from refineg_formats.twitter import read_twitter_gmner, write_twitter_gmner
 from refineg_core.formats.native import read_results
 from refineg_core.registry import registered
 from refineg_core.testing import run_cli
