@@ -216,10 +216,10 @@ def config_from_dict(
     config.source = base
     if base is not None:
         _resolve_paths(config, base)
-    if check_paths:
-        check_input_paths(config)
     if check_plugins:
         validate_plugins(config)
+    if check_paths:
+        check_input_paths(config)
     return config
 
 

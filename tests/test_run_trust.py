@@ -296,3 +296,16 @@ def test_variants_harness_trains_one_tagger_for_gate_only_variants(data, tmp_pat
     assert [r["tagger"] for r in rows] == ["trained here", "shared (tau-0.1)", "shared (tau-0.1)"]
     delegated = [r["delegated_entities"] for r in rows]
     assert delegated == sorted(delegated, reverse=True) and delegated[0] > delegated[-1]
+
+
+def test_data_limit_is_applied_while_reading_and_the_warning_log_is_per_run(data, tmp_path):
+    root, _ = data
+    text = config(root, "http://127.0.0.1:9/v1", tmp_path / "run").replace(
+        f'path = "{root}/train/train.txt"',
+        f'path = "{root}/train/train.txt"\nimages_dir = "{root}/images"\nlimit = 5')
+    cfg = write_config(tmp_path, text)
+    for _ in range(2):
+        assert run_cli(["run", "-c", str(cfg)]).code == 0
+        log = (tmp_path / "run" / "data-warnings.log").read_text().splitlines()
+        # only the 5 training tweets read are checked for an image (none is there)
+        assert 0 < len(log) <= 5, log

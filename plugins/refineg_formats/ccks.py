@@ -198,8 +198,9 @@ class CcksFormat(DatasetFormat):
         entities: Path | None = None
         images_dir: Path | None = None
 
-    def read(self, path: Path) -> Dataset:
-        return read_ccks(path, self.options.entities, images_dir=self.options.images_dir)
+    def read(self, path: Path, limit: int | None = None) -> Dataset:
+        ds = read_ccks(path, self.options.entities, images_dir=self.options.images_dir)
+        return ds if limit is None else Dataset(ds.samples[:limit], ds.warnings, ds.source)
 
     def write(self, samples: Iterable[Sample], path: Path) -> None:
         write_ccks(samples, path)

@@ -24,8 +24,8 @@ class ConllFormat(DatasetFormat):
         scheme: Literal["BIO", "BIOES"] = "BIO"  # for writing; reading accepts both
         id_prefix: str | None = None  # sample ids <prefix>-<n> (default: file stem)
 
-    def read(self, path: Path) -> Dataset:
-        return read_conll(path, id_prefix=self.options.id_prefix)
+    def read(self, path: Path, limit: int | None = None) -> Dataset:
+        return read_conll(path, id_prefix=self.options.id_prefix, limit=limit)
 
     def write(self, samples: Iterable[Sample], path: Path) -> None:
         write_conll(samples, path, scheme=self.options.scheme)
@@ -37,8 +37,8 @@ class JsonlFormat(DatasetFormat):
     class Options(PluginOptions):
         images_dir: Path | None = None  # image paths must lie inside (default: the file's folder)
 
-    def read(self, path: Path) -> Dataset:
-        return read_jsonl(path, images_dir=self.options.images_dir)
+    def read(self, path: Path, limit: int | None = None) -> Dataset:
+        return read_jsonl(path, images_dir=self.options.images_dir, limit=limit)
 
     def write(self, samples: Iterable[Sample], path: Path) -> None:
         write_jsonl(samples, path)

@@ -11,6 +11,7 @@ are dropped with a warning, never with their entity.
 
 from __future__ import annotations
 
+import itertools
 import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Iterable
@@ -135,6 +136,7 @@ def read_twitter_gmner(
     *,
     xml_dir: Path | str | None = None,
     images_dir: Path | str | None = None,
+    limit: int | None = None,
 ) -> Dataset:
     """Read a Twitter-GMNER split; ``xml_dir`` defaults to ``<split dir>/xml``."""
     path = Path(path)
@@ -143,7 +145,7 @@ def read_twitter_gmner(
     xml_root = _xml_dir(path, xml_dir, warnings)
     seen: Counter[str] = Counter()
     samples: list[Sample] = []
-    for sent in parse_conll(path):
+    for sent in itertools.islice(parse_conll(path), limit):
         where = f"{path}:{sent.line}"
         if sent.image_id is None:
             raise DataError("sentence without an IMGID: line", where=where)
@@ -232,9 +234,9 @@ class TwitterGmnerFormat(DatasetFormat):
         xml_dir: Path | None = None  # default: <folder of the file>/xml
         images_dir: Path | None = None
 
-    def read(self, path: Path) -> Dataset:
+    def read(self, path: Path, limit: int | None = None) -> Dataset:
         o = self.options
-        return read_twitter_gmner(path, xml_dir=o.xml_dir, images_dir=o.images_dir)
+        return read_twitter_gmner(path, xml_dir=o.xml_dir, images_dir=o.images_dir, limit=limit)
 
     def write(self, samples: Iterable[Sample], path: Path) -> None:
         write_twitter_gmner(samples, path)

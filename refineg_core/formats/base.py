@@ -83,7 +83,10 @@ class DatasetFormat(Plugin):
     Options: ClassVar[type[PluginOptions]] = PluginOptions
 
     @abc.abstractmethod
-    def read(self, path: Path) -> Dataset: ...
+    def read(self, path: Path, limit: int | None = None) -> Dataset:
+        """The samples of ``path``; with ``limit``, only the first ``limit`` of them,
+        and nothing past them is parsed or warned about (a 30-post trial run of a
+        100k-post file reads 30 posts)."""
 
     def write(self, samples: Iterable[Sample], path: Path) -> None:
         """Write ``samples`` to ``path`` (and only inside ``path``'s folder)."""

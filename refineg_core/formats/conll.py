@@ -6,6 +6,7 @@ hands those ids to the caller, so the Twitter reader is a thin layer on top.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -95,14 +96,16 @@ def sentence_to_sample(
     )
 
 
-def read_conll(path: Path | str, *, id_prefix: str | None = None) -> Dataset:
+def read_conll(
+    path: Path | str, *, id_prefix: str | None = None, limit: int | None = None
+) -> Dataset:
     """Read plain CoNLL BIO/BIOES; sample ids are ``<file stem>-<n>``."""
     path = Path(path)
     prefix = id_prefix if id_prefix is not None else path.stem
     warnings: list[str] = []
     samples = [
         sentence_to_sample(s, f"{prefix}-{i}", warnings=warnings, where=f"{path}:{s.line}")
-        for i, s in enumerate(parse_conll(path))
+        for i, s in enumerate(itertools.islice(parse_conll(path), limit))
     ]
     return Dataset(tuple(samples), tuple(warnings), str(path))
 

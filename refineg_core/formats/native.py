@@ -19,6 +19,7 @@ inside it.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -208,7 +209,9 @@ def _records(path: Path, build: Callable[[dict[str, Any]], T]) -> Iterator[T]:
             raise DataError(f"bad sample record: {exc}", where=f"{path}:{lineno}") from None
 
 
-def read_jsonl(path: Path | str, *, images_dir: Path | str | None = None) -> Dataset:
+def read_jsonl(
+    path: Path | str, *, images_dir: Path | str | None = None, limit: int | None = None
+) -> Dataset:
     """Read native JSONL as input data.
 
     Image paths in the records are resolved against ``images_dir`` (default:
@@ -219,7 +222,8 @@ def read_jsonl(path: Path | str, *, images_dir: Path | str | None = None) -> Dat
     img_root = Path(images_dir) if images_dir else None
     root = img_root or path.parent
     warnings: list[str] = []
-    samples = tuple(_records(path, lambda r: _sample(_validated(r), img_root, root, warnings)))
+    records = _records(path, lambda r: _sample(_validated(r), img_root, root, warnings))
+    samples = tuple(itertools.islice(records, limit))
     return Dataset(samples, tuple(warnings), str(path))
 
 

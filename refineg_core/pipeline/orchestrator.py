@@ -138,11 +138,11 @@ class Pipeline:
         if key not in self._datasets:
             data = self.config.data
             source: DataSource | None = getattr(data, key)
-            if source is None and key == "pool":
-                source = data.train
-            if source is None and key == "gold":
-                source = data.predict
-            self._datasets[key] = self._load(source, f"data.{key}") if source else None
+            fallback = {"pool": "train", "gold": "predict"}.get(key)
+            if source is None and fallback:  # the same data, read once
+                self._datasets[key] = self.dataset(fallback)
+            else:
+                self._datasets[key] = self._load(source, f"data.{key}") if source else None
         return self._datasets[key]
 
     def require(self, key: str) -> Dataset:
