@@ -15,9 +15,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from refineg_formats.twitter import read_twitter_gmner, write_twitter_gmner
 from refineg_openai.backend import OpenAIBackend
 
-from refineg_formats.twitter import read_twitter_gmner, write_twitter_gmner
 from refineg_core.formats.native import read_results
 from refineg_core.registry import registered
 from refineg_core.testing import run_cli
