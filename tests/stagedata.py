@@ -29,6 +29,12 @@ from refineg_core.types import (
 )
 from tests import fakeserver
 
+#: The Twitter-GMNER label table as a config's TOML (one line, for f-strings).
+TWITTER_LABELS_TOML = (
+    '[labels]\nPER = "person"\nLOC = "location"\nORG = "organisation"\n'
+    'OTHER = "other named entity"'
+)
+
 LABELS = LabelSet(TWITTER_GMNER_TYPES)
 
 

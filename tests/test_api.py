@@ -10,7 +10,7 @@ import pytest
 import refineg
 from refineg_core.testing import run_cli
 from tests.fakeserver import FakeOpenAIServer, ok
-from tests.stagedata import paint_image
+from tests.stagedata import TWITTER_LABELS_TOML, paint_image
 
 pytest.importorskip("refineg_gazetteer", reason="pip install -e examples/refineg-gazetteer")
 
@@ -26,11 +26,7 @@ def trained_run(tmp_path_factory) -> tuple[Path, Path]:
     cfg = root / "c.toml"
     cfg.write_text(textwrap.dedent(f'''
         run_dir = "{root / "run"}"
-        [labels]
-        PER = "person"
-        LOC = "location"
-        ORG = "organisation"
-        OTHER = "other named entity"
+        {TWITTER_LABELS_TOML}
         [data.train]
         path = "{TWITTER / "train.txt"}"
         limit = 2000

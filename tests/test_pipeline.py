@@ -13,7 +13,7 @@ from refineg_formats.twitter import read_twitter_gmner, write_twitter_gmner
 from refineg_core.formats.native import read_results
 from refineg_core.testing import run_cli
 from tests.fakeserver import FakeOpenAIServer, ok
-from tests.stagedata import oracle, paint_image
+from tests.stagedata import TWITTER_LABELS_TOML, oracle, paint_image
 
 pytestmark = pytest.mark.slow
 
@@ -44,11 +44,7 @@ def twitter_dir_module():
 def config_text(root, base_url, run_dir):
     return textwrap.dedent(f'''
         run_dir = "{run_dir}"
-        [labels]
-        PER = "person"
-        LOC = "location"
-        ORG = "organisation"
-        OTHER = "other named entity"
+        {TWITTER_LABELS_TOML}
         [data.train]
         path = "{root}/train/train.txt"
         images_dir = "{root}/images"

@@ -22,7 +22,7 @@ from refineg_core.formats.native import read_results
 from refineg_core.registry import registered
 from refineg_core.testing import run_cli
 from tests.fakeserver import FakeOpenAIServer, drop, error, ok
-from tests.stagedata import oracle, paint_image, query_text
+from tests.stagedata import TWITTER_LABELS_TOML, oracle, paint_image, query_text
 
 pytest.importorskip("refineg_gazetteer", reason="pip install -e examples/refineg-gazetteer")
 
@@ -49,11 +49,7 @@ def config(root: Path, base_url: str, run_dir: Path, *, refine="auto", ground="a
 
     return textwrap.dedent(f'''
         run_dir = "{run_dir}"
-        [labels]
-        PER = "person"
-        LOC = "location"
-        ORG = "organisation"
-        OTHER = "other named entity"
+        {TWITTER_LABELS_TOML}
         [data.train]
         path = "{root}/train/train.txt"
         [data.predict]

@@ -528,6 +528,9 @@ class Pipeline:
             return results
         reused = self._reuse(stage, out)
         if reused is not None:
+            # The file is in completion order (concurrent calls); hand on input order.
+            by_id = {r.id: r for r in reused}
+            reused = [by_id.get(r.id, r) for r in results]
             self._record(stage, {"reused": True, "samples": len(reused)}, started)
             return reused
         self.store.write(self.fingerprint(stage), complete=False)
