@@ -527,12 +527,14 @@ class Pipeline:
             self._record(stage, {"skipped": "no backend configured"}, started)
             return results
         reused = self._reuse(stage, out)
-        if reused is not None:
+        by_id = {r.id: r for r in reused or ()}
+        if reused is not None and by_id.keys() == {r.id for r in results}:
             # The file is in completion order (concurrent calls); hand on input order.
-            by_id = {r.id: r for r in reused}
-            reused = [by_id.get(r.id, r) for r in results]
-            self._record(stage, {"reused": True, "samples": len(reused)}, started)
-            return reused
+            self._record(stage, {"reused": True, "samples": len(by_id)}, started)
+            return [by_id[r.id] for r in results]
+        if reused is not None:
+            self.log(f"{stage}: {out} does not hold exactly this input's samples; recomputing")
+            out.unlink()
         self.store.write(self.fingerprint(stage), complete=False)
         before = backend.meter.snapshot()
         new, summary = run(backend, mode, out)
