@@ -1,10 +1,10 @@
 """The Python API: ``refineg.load(...)`` returns the same ``Pipeline`` the CLI uses.
 
-    import refineg
-    pipe = refineg.load("runs/twitter-gmner")        # a run directory or a config
-    doc = pipe("Obama visits Paris", image="photo.jpg")
-    for e in doc.entities:
-        print(e.text, e.type, e.uncertainty, e.source, e.boxes)
+import refineg
+pipe = refineg.load("runs/twitter-gmner")        # a run directory or a config
+doc = pipe("Obama visits Paris", image="photo.jpg")
+for e in doc.entities:
+    print(e.text, e.type, e.uncertainty, e.source, e.boxes)
 """
 
 from __future__ import annotations

@@ -24,7 +24,8 @@ def trained_run(tmp_path_factory) -> tuple[Path, Path]:
         pytest.skip(f"real data not found at {TWITTER}")
     root = tmp_path_factory.mktemp("api")
     cfg = root / "c.toml"
-    cfg.write_text(textwrap.dedent(f'''
+    cfg.write_text(
+        textwrap.dedent(f'''
         run_dir = "{root / "run"}"
         {TWITTER_LABELS_TOML}
         [data.train]
@@ -40,7 +41,9 @@ def trained_run(tmp_path_factory) -> tuple[Path, Path]:
         base_url = "http://127.0.0.1:9/v1"
         model = "fake-model"
         retries = 0
-    '''), encoding="utf-8")
+    '''),
+        encoding="utf-8",
+    )
     result = run_cli(["train", "-c", str(cfg)])
     assert result.code == 0, result.stderr
     return root / "run", cfg
@@ -62,6 +65,7 @@ def test_pipe_streams_many_in_order_and_uses_the_mllm_when_it_answers(trained_ru
     image = paint_image(tmp_path / "photo.jpg", (640, 480))
     texts = ["Obama visits Paris", "nothing to see here", "Madrid beat Barcelona"]
     with FakeOpenAIServer() as server:
+
         def respond(request):
             if "box" in request.text.lower():
                 return ok('[{"entity": "Obama", "type": "PER", "boxes": [[10, 10, 200, 300]]}]')
@@ -70,8 +74,10 @@ def test_pipe_streams_many_in_order_and_uses_the_mllm_when_it_answers(trained_ru
         server.responder = respond
         with refineg.load(
             run_dir,
-            overrides=[f'backend.options.base_url="{server.base_url}"',
-                       'backend.options.box_frame="pixels"'],
+            overrides=[
+                f'backend.options.base_url="{server.base_url}"',
+                'backend.options.box_frame="pixels"',
+            ],
         ) as pipe:
             docs = list(pipe.pipe(texts, images=[image, None, None], batch_size=2))
         assert [d.text for d in docs] == texts

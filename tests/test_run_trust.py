@@ -102,8 +102,12 @@ def test_changed_gate_setting_recomputes_downstream_reuses_tagger_and_says_why(d
         status = run_cli(["status", "-c", str(cfg)])
         assert status.code == 0 and status.stdout.count("fresh") == 4, status.stdout
 
-        changed = ["--set", "uncertainty.options.threshold=0.99",
-                   "--set", "uncertainty.options.missed_entities=false"]
+        changed = [
+            "--set",
+            "uncertainty.options.threshold=0.99",
+            "--set",
+            "uncertainty.options.missed_entities=false",
+        ]
         stale = run_cli(["status", "-c", str(cfg), *changed])
         assert "uncertainty.options.threshold changed 0.4 -> 0.99" in " ".join(stale.stdout.split())
         second = run_cli(["run", "-c", str(cfg), *changed])
@@ -113,17 +117,20 @@ def test_changed_gate_setting_recomputes_downstream_reuses_tagger_and_says_why(d
         assert "refine: recomputing" in second.stderr and "ground: recomputing" in second.stderr
 
         # The result equals a fresh run directory with the new settings.
-        fresh_cfg = write_config(tmp_path, config(root, server.base_url, tmp_path / "fresh"),
-                                 "fresh.toml")
+        fresh_cfg = write_config(
+            tmp_path, config(root, server.base_url, tmp_path / "fresh"), "fresh.toml"
+        )
         fresh = run_cli(["run", "-c", str(fresh_cfg), *changed])
         assert fresh.code == 0, fresh.stderr
         assert entities(tmp_path / "run") == entities(tmp_path / "fresh")
 
-        retrain = run_cli(["run", "-c", str(cfg), *changed,
-                           "--set", "tagger.options.case_sensitive=false"])
+        retrain = run_cli(
+            ["run", "-c", str(cfg), *changed, "--set", "tagger.options.case_sensitive=false"]
+        )
         assert retrain.code == 0, retrain.stderr
         assert "train: retraining: tagger.options.case_sensitive changed true -> false" in (
-            retrain.stderr)
+            retrain.stderr
+        )
 
 
 def test_resumed_predict_summary_counts_the_gate(data, tmp_path):
@@ -141,8 +148,9 @@ def test_resumed_predict_summary_counts_the_gate(data, tmp_path):
 
 def test_required_stage_without_server_fails_in_one_line(data, tmp_path):
     root, _ = data
-    cfg = write_config(tmp_path, config(root, "http://127.0.0.1:9/v1", tmp_path / "run",
-                                        ground=True))
+    cfg = write_config(
+        tmp_path, config(root, "http://127.0.0.1:9/v1", tmp_path / "run", ground=True)
+    )
     result = run_cli(["run", "-c", str(cfg)])
     assert result.code == 3
     error_lines = [ln for ln in result.stderr.splitlines() if ln.startswith("refineg: error")]
@@ -197,14 +205,21 @@ def test_server_killed_mid_run_then_restarted_redoes_exactly_what_failed(data, t
 
     with FakeOpenAIServer(flaky) as server:
         text = config(root, server.base_url, tmp_path / "run").replace(
-            "threshold = 0.4", "threshold = 0.0")  # delegate every sample with an entity
+            "threshold = 0.4", "threshold = 0.0"
+        )  # delegate every sample with an entity
         cfg = write_config(tmp_path, text)
         first = run_cli(["run", "-c", str(cfg)])
         assert first.code == 0, first.stderr
-        failed = [r for r in read_results(tmp_path / "run" / "refine.jsonl")
-                  if any(f.stage == "refine" for f in r.failures)]
-        failed_ground = [r for r in read_results(tmp_path / "run" / "ground.jsonl")
-                         if any(f.stage == "ground" for f in r.failures)]
+        failed = [
+            r
+            for r in read_results(tmp_path / "run" / "refine.jsonl")
+            if any(f.stage == "refine" for f in r.failures)
+        ]
+        failed_ground = [
+            r
+            for r in read_results(tmp_path / "run" / "ground.jsonl")
+            if any(f.stage == "ground" for f in r.failures)
+        ]
         assert failed and failed_ground
         before = len(server.chat_requests)
 
@@ -225,8 +240,7 @@ def test_server_killed_mid_run_then_restarted_redoes_exactly_what_failed(data, t
 def test_unusable_answers_are_not_cached_and_are_asked_again(data, tmp_path):
     root, gold = data
     with FakeOpenAIServer(default=ok("I am sorry, I cannot help with that.")) as server:
-        cfg = write_config(tmp_path, config(root, server.base_url, tmp_path / "run",
-                                            ground=False))
+        cfg = write_config(tmp_path, config(root, server.base_url, tmp_path / "run", ground=False))
         assert run_cli(["run", "-c", str(cfg)]).code == 0
         first = len(server.chat_requests)
         refine = read_results(tmp_path / "run" / "refine.jsonl")
@@ -253,11 +267,13 @@ def test_one_backend_per_run_and_every_plugin_closed(data, tmp_path):
             closed.append(self)
             super().close()
 
-    with FakeOpenAIServer(oracle(gold)) as server, registered(
-        "backend", "counting", CountingBackend
+    with (
+        FakeOpenAIServer(oracle(gold)) as server,
+        registered("backend", "counting", CountingBackend),
     ):
         text = config(root, server.base_url, tmp_path / "run").replace(
-            'plugin = "openai"', 'plugin = "counting"')
+            'plugin = "openai"', 'plugin = "counting"'
+        )
         result = run_cli(["run", "-c", str(write_config(tmp_path, text))])
         assert result.code == 0, result.stderr
     assert len(built) == 1 and closed == built
@@ -266,8 +282,9 @@ def test_one_backend_per_run_and_every_plugin_closed(data, tmp_path):
 def test_failed_command_leaves_no_run_directory_and_flags_go_anywhere(data, tmp_path):
     root, _ = data
     text = config(root, "http://127.0.0.1:9/v1", tmp_path / "run").replace(
-        'path = "' + str(root) + '/train/train.txt"', 'path = "' + str(root) + '/train/train.txt"\n'
-        'format = "jsonl"')  # a CoNLL file read as JSONL: fails at data load
+        'path = "' + str(root) + '/train/train.txt"',
+        'path = "' + str(root) + '/train/train.txt"\nformat = "jsonl"',
+    )  # a CoNLL file read as JSONL: fails at data load
     result = run_cli(["run", "-c", str(write_config(tmp_path, text)), "--debug", "--quiet"])
     assert result.code != 0
     assert not (tmp_path / "run").exists()
@@ -282,9 +299,19 @@ def test_variants_harness_trains_one_tagger_for_gate_only_variants(data, tmp_pat
     repo = Path(__file__).resolve().parents[1]
     variants = repo / "benchmarks" / "variants" / "gate-thresholds.toml"
     proc = subprocess.run(
-        [sys.executable, str(repo / "benchmarks" / "run_variants.py"), "--config", str(cfg),
-         "--variants", str(variants), "--out", str(tmp_path / "out")],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            str(repo / "benchmarks" / "run_variants.py"),
+            "--config",
+            str(cfg),
+            "--variants",
+            str(variants),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr
     assert "tagger trainings: 1 for 3 variants (2 saved)" in proc.stderr
@@ -298,7 +325,8 @@ def test_data_limit_is_applied_while_reading_and_the_warning_log_is_per_run(data
     root, _ = data
     text = config(root, "http://127.0.0.1:9/v1", tmp_path / "run").replace(
         f'path = "{root}/train/train.txt"',
-        f'path = "{root}/train/train.txt"\nimages_dir = "{root}/images"\nlimit = 5')
+        f'path = "{root}/train/train.txt"\nimages_dir = "{root}/images"\nlimit = 5',
+    )
     cfg = write_config(tmp_path, text)
     for _ in range(2):
         assert run_cli(["run", "-c", str(cfg)]).code == 0

@@ -219,8 +219,9 @@ class Pipeline:
             "upstream.tagger": self._tagger_digest(),
             **flatten(infer_opts, "tagger.options"),
             "uncertainty.plugin": self.config.uncertainty.plugin,
-            **flatten(self.context.options("uncertainty").model_dump(mode="json"),
-                      "uncertainty.options"),
+            **flatten(
+                self.context.options("uncertainty").model_dump(mode="json"), "uncertainty.options"
+            ),
             "data.predict": dataset_digest(self.require("predict")),
         }
 
@@ -243,8 +244,9 @@ class Pipeline:
         if self.config.selector is not None:
             parts["selector.plugin"] = self.config.selector.plugin
             parts.update(
-                flatten(self.context.options("selector").model_dump(mode="json"),
-                        "selector.options")
+                flatten(
+                    self.context.options("selector").model_dump(mode="json"), "selector.options"
+                )
             )
         parts["data.pool"] = dataset_digest(self.dataset("pool"))
         return parts
@@ -470,7 +472,12 @@ class Pipeline:
             if self._stage_mode("ground") is not False:
                 selector = self._indexed_selector()
                 results, _ = run_ground(
-                    results, [], selector, backend, self.labels, self.config.ground,
+                    results,
+                    [],
+                    selector,
+                    backend,
+                    self.labels,
+                    self.config.ground,
                     Path(tmp) / "g.jsonl",
                 )
         return results
@@ -548,8 +555,13 @@ class Pipeline:
 
         def run(backend, mode, out):
             return run_refine(
-                results_in, backend, self.labels, self.config.refine, out,
-                debug=self.debug, required=mode is True,
+                results_in,
+                backend,
+                self.labels,
+                self.config.refine,
+                out,
+                debug=self.debug,
+                required=mode is True,
             )
 
         results_in = list(results) if results is not None else self._stage_input("refine")
@@ -562,15 +574,23 @@ class Pipeline:
             settings = self.config.ground
             selector = self.context.selector()
             pool = self.dataset("pool")
-            needs = any(r.entities and r.sample.image and r.sample.image.available
-                        for r in results_in)
+            needs = any(
+                r.entities and r.sample.image and r.sample.image.available for r in results_in
+            )
             # Embedding the pool is the expensive part of grounding: only when calls follow.
             will_call = mode is not False and needs and backend.check_available() is None
             if selector is not None and pool is not None and will_call and settings.k > 0:
                 selector.index(list(pool.samples))
             return run_ground(
-                results_in, list(pool.samples) if pool else [], selector, backend,
-                self.labels, settings, out, debug=self.debug, required=mode is True,
+                results_in,
+                list(pool.samples) if pool else [],
+                selector,
+                backend,
+                self.labels,
+                settings,
+                out,
+                debug=self.debug,
+                required=mode is True,
             )
 
         results_in = list(results) if results is not None else self._stage_input("ground")
