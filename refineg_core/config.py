@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from refineg_core.errors import ConfigError
 from refineg_core.labels import LabelSet
+from refineg_core.pipeline.prompts import PromptWording
 
 
 class StrictModel(BaseModel):
@@ -93,6 +94,9 @@ class Config(StrictModel):
     synth: dict[str, Any] = Field(default_factory=dict)
     refine: dict[str, Any] = Field(default_factory=dict)
     ground: dict[str, Any] = Field(default_factory=dict)
+    prompts: PromptWording = Field(
+        default_factory=PromptWording, description="domain wording of the MLLM prompts"
+    )
 
     # Where the file was; relative paths were resolved against it.
     source: Path | None = Field(None, exclude=True)

@@ -1,4 +1,4 @@
-"""Filling the five component slots: stevedore loads exactly the named plugin.
+"""Filling the five component slots (and box frames): stevedore loads exactly the named plugin.
 
 Only the plugin a config names is imported (plugins import torch; a config that
 uses one backend should not pay for all of them). stevedore's own failure modes
@@ -18,12 +18,27 @@ import pydantic
 import stevedore
 from stevedore.exception import NoMatches
 
+from refineg_core.boxcodecs import BOX_FRAME_GROUP, BoxCodec
 from refineg_core.errors import PluginError
 from refineg_core.interfaces import SLOTS, Plugin, PluginOptions
 from refineg_core.labels import LabelSet
 
 # In-memory plugins registered by tests and notebooks: (group, name) -> class.
-_IN_MEMORY: dict[tuple[str, str], type[Plugin]] = {}
+_IN_MEMORY: dict[tuple[str, str], type[Any]] = {}
+
+#: Plugin kinds that fill no component slot: kind -> (entry-point group, base class).
+#: A backend builds its box frame by name (``create_box_frame``).
+EXTRA_KINDS: dict[str, tuple[str, type]] = {
+    "box_frame": (BOX_FRAME_GROUP, BoxCodec),
+}
+
+
+def _kind(slot: str) -> tuple[str, type]:
+    """(entry-point group, base class) of a slot or an extra kind."""
+    found = SLOTS.get(slot) or EXTRA_KINDS.get(slot)
+    if found is None:
+        raise PluginError(f"unknown slot {slot!r}; slots are {sorted(SLOTS)}")
+    return found
 
 
 @attrs.frozen
@@ -38,16 +53,18 @@ class InstalledPlugin:
         return attrs.asdict(self)
 
 
+def _where(slot: str, key: str) -> str:
+    """The config path naming the plugin: ``tagger.plugin``, or the key itself for a frame."""
+    return key if slot in EXTRA_KINDS else f"{key}.plugin"
+
+
 def slot_group(slot: str) -> str:
-    try:
-        return SLOTS[slot][0]
-    except KeyError:
-        raise PluginError(f"unknown slot {slot!r}; slots are {sorted(SLOTS)}") from None
+    return _kind(slot)[0]
 
 
 def installed(group: str | None = None) -> list[InstalledPlugin]:
     """Every plugin entry point (without importing any), plus in-memory ones."""
-    groups = [group] if group else [g for g, _ in SLOTS.values()]
+    groups = [group] if group else [g for g, _ in (*SLOTS.values(), *EXTRA_KINDS.values())]
     found: list[InstalledPlugin] = []
     for g in groups:
         for ep in metadata.entry_points(group=g):
@@ -77,10 +94,11 @@ def available_names(group: str) -> list[str]:
 
 def _unknown(slot: str, name: str, key: str) -> PluginError:
     names = available_names(slot_group(slot))
+    what = f"unknown {slot.replace('_', ' ')}" if slot in EXTRA_KINDS else f"{slot} plugin"
     return PluginError(
-        f"{slot} plugin {name!r} is not installed; available: {', '.join(names) or 'none'}. "
+        f"{what} {name!r} is not installed; available: {', '.join(names) or 'none'}. "
         f"If it comes from another package, install that package into this environment.",
-        where=f"{key}.plugin",
+        where=_where(slot, key),
     )
 
 
@@ -104,7 +122,7 @@ def load_class(slot: str, name: str, *, config_key: str | None = None) -> type[P
         raise PluginError(
             f"{slot} plugin {name!r} from {origin} failed to import "
             f"({entrypoint.value}): {type(exc).__name__}: {exc}",
-            where=f"{key}.plugin",
+            where=_where(slot, key),
         ) from exc
 
     try:
@@ -117,11 +135,11 @@ def load_class(slot: str, name: str, *, config_key: str | None = None) -> type[P
     except NoMatches:
         raise _unknown(slot, name, key) from None
     cls = manager.driver
-    base = SLOTS[slot][1]
+    base = _kind(slot)[1]
     if not (isinstance(cls, type) and issubclass(cls, base)):
         raise PluginError(
             f"{slot} plugin {name!r} from {origin} is {cls!r}, not a {base.__name__} subclass",
-            where=f"{key}.plugin",
+            where=_where(slot, key),
         )
     return cls
 
@@ -164,6 +182,29 @@ def create(
     cls = load_class(slot, name, config_key=config_key)
     options = validate_options(slot, name, cls, options or {}, config_key=config_key)
     return cls(options, labels)
+
+
+def create_box_frame(
+    name: str, options: Mapping[str, Any] | None = None, *, config_key: str | None = None
+) -> BoxCodec:
+    """Load, validate options and build the box frame ``name`` (a ``refineg.box_frames`` plugin).
+
+    ``config_key`` is where the frame was named (e.g. ``backend.options.box_frame``),
+    so errors point at the right line of the config.
+    """
+    key = config_key or "box_frame"
+    cls = load_class("box_frame", name, config_key=key)
+    try:
+        validated = cls.Options.model_validate(dict(options or {}))
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        valid = ", ".join(sorted(cls.Options.model_fields)) or "none"
+        raise PluginError(
+            f"box frame {name!r}: {field or 'options'}: {first['msg']} (its options: {valid})",
+            where=key,
+        ) from None
+    return cls(validated)
 
 
 @contextlib.contextmanager

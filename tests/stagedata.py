@@ -13,15 +13,21 @@ from functools import cache
 from pathlib import Path
 
 import attrs
+import tomllib
 from PIL import Image, ImageDraw
 
 from refineg_core.formats import read_twitter_gmner
 from refineg_core.interfaces import ContextSelector, MLLMBackend
 from refineg_core.labels import LabelSet
-from refineg_core.pipeline.prompts import TWITTER_GMNER_TYPES
+from refineg_core.pipeline.prompts import PromptWording
 from refineg_core.types import SOURCE_TAGGER, Demonstration, ImageRef, Sample, SampleResult
 
-LABELS = LabelSet(TWITTER_GMNER_TYPES)
+#: The shipped Twitter-GMNER config: its label descriptions and prompt wording.
+TWITTER_CONFIG = tomllib.loads(
+    (Path(__file__).resolve().parents[1] / "configs" / "twitter-gmner.toml").read_text("utf-8")
+)
+LABELS = LabelSet(TWITTER_CONFIG["labels"])
+WORDING = PromptWording(**TWITTER_CONFIG["prompts"])
 
 
 @cache

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import attrs
 import pytest
+from refineg_frames.qwen import Qwen25VLCodec
 from refineg_openai.backend import OpenAIBackend
 
-from refineg_core.boxcodecs import Qwen25VLCodec
 from refineg_core.formats.native import read_results
 from refineg_core.pipeline.ground import GroundSettings, box_candidates, run_ground
 from refineg_core.types import SOURCE_MLLM, Box, Entity, ImageRef, Sample, SampleResult

@@ -12,9 +12,9 @@ import time
 import pydantic
 import pytest
 from PIL import Image
+from refineg_frames.qwen import Qwen2VLCodec, Qwen25VLCodec
 from refineg_openai.backend import OpenAIBackend
 
-from refineg_core.boxcodecs import Qwen2VLCodec, Qwen25VLCodec
 from refineg_core.chat import ChatMessage, ChatRequest, ImagePart, TextPart, Usage
 from refineg_core.errors import BackendError, BackendUnavailable
 from refineg_core.registry import load_class

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from refineg_frames.qwen import Qwen2VLCodec, Qwen25VLCodec
 from refineg_qwen_vl.backend import QwenVLBackend
 
-from refineg_core.boxcodecs import Qwen2VLCodec, Qwen25VLCodec
 from refineg_core.chat import ChatMessage, ChatRequest, ImagePart, TextPart
 from refineg_core.errors import BackendError, BackendUnavailable
 from refineg_core.registry import load_class

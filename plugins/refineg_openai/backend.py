@@ -21,10 +21,11 @@ from typing import Any, Literal
 import httpx
 import pydantic
 
-from refineg_core.boxcodecs import BoxCodec, codec_by_name
+from refineg_core.boxcodecs import BoxCodec
 from refineg_core.chat import ChatMessage, ChatRequest, ChatResponse, ImagePart, TextPart, Usage
-from refineg_core.errors import BackendError, BackendUnavailable, ConfigError
+from refineg_core.errors import BackendError, BackendUnavailable, PluginError
 from refineg_core.interfaces import MLLMBackend, PluginOptions
+from refineg_core.registry import create_box_frame
 from refineg_openai.images import image_data_url
 
 #: Statuses worth retrying although they are 4xx.
@@ -47,8 +48,9 @@ class OpenAIOptions(PluginOptions):
     backoff_max: float = pydantic.Field(30.0, ge=0)
     #: Longest Retry-After the client will wait; longer ones are cut to this.
     retry_after_max: float = pydantic.Field(120.0, ge=0)
-    #: The model's box convention (``refineg_core.boxcodecs.CODECS``): "qwen2.5-vl"
-    #: (what the paper served), "qwen2-vl", "qwen3-vl", "pixels", "norm1000".
+    #: The model's box convention, a ``refineg.box_frames`` plugin (``refineg plugins``
+    #: lists them): "qwen2.5-vl" (what the paper served), "qwen2-vl", "qwen3-vl",
+    #: "pixels", "normalized"...
     box_frame: str = "qwen2.5-vl"
     #: Pixel bounds of the Qwen frames; keep them within the server's own (vLLM's
     #: ``--mm-processor-kwargs``), or the server resizes again and the frame moves.
@@ -68,17 +70,21 @@ class OpenAIOptions(PluginOptions):
             raise ValueError(f"base_url must start with http:// or https://, got {v!r}")
         return v.rstrip("/")
 
+    def frame(self) -> BoxCodec:
+        """The box frame these options name, with the pixel settings that were given."""
+        given = {"min_pixels": self.min_pixels, "max_pixels": self.max_pixels,
+                 "max_side": self.max_side}
+        return create_box_frame(
+            self.box_frame, {k: v for k, v in given.items() if v is not None},
+            config_key="backend.options.box_frame",
+        )
+
     @pydantic.model_validator(mode="after")
     def _codec(self) -> OpenAIOptions:
         try:
-            codec_by_name(
-                self.box_frame,
-                min_pixels=self.min_pixels,
-                max_pixels=self.max_pixels,
-                max_side=self.max_side,
-            )
-        except ConfigError as exc:  # as a validation error, so the config path is reported
-            raise ValueError(str(exc)) from None
+            self.frame()
+        except PluginError as exc:  # as a validation error, so the config path is reported
+            raise ValueError(str(exc).removeprefix(f"{exc.where}: ")) from None
         return self
 
 
@@ -129,9 +135,7 @@ class OpenAIBackend(MLLMBackend):
     def __init__(self, options: OpenAIOptions | None = None, labels: Any = None) -> None:
         super().__init__(options, labels)
         o = self.options
-        self._codec = codec_by_name(
-            o.box_frame, min_pixels=o.min_pixels, max_pixels=o.max_pixels, max_side=o.max_side
-        )
+        self._codec = o.frame()
         self._slots = threading.BoundedSemaphore(o.concurrency)
         self._client: httpx.Client | None = None
         self._client_lock = threading.Lock()

@@ -23,17 +23,18 @@ from typing import Any, Literal
 import pydantic
 from PIL import Image
 
-from refineg_core.boxcodecs import BoxCodec, Qwen2VLCodec, Qwen3VLCodec, Qwen25VLCodec
+from refineg_core.boxcodecs import BoxCodec
 from refineg_core.chat import ChatMessage, ChatRequest, ChatResponse, ImagePart, TextPart, Usage
 from refineg_core.errors import BackendError, BackendUnavailable
 from refineg_core.interfaces import MLLMBackend, PluginOptions
+from refineg_core.registry import create_box_frame
 
-#: config.json ``model_type`` -> codec class.
-MODEL_TYPES: dict[str, type[BoxCodec]] = {
-    "qwen2_vl": Qwen2VLCodec,
-    "qwen2_5_vl": Qwen25VLCodec,
-    "qwen3_vl": Qwen3VLCodec,
-    "qwen3_vl_moe": Qwen3VLCodec,
+#: config.json ``model_type`` -> the box frame (a ``refineg.box_frames`` plugin) it answers in.
+MODEL_TYPES: dict[str, str] = {
+    "qwen2_vl": "qwen2-vl",
+    "qwen2_5_vl": "qwen2.5-vl",
+    "qwen3_vl": "qwen3-vl",
+    "qwen3_vl_moe": "qwen3-vl",
 }
 
 #: Used only when the model folder ships no chat template (the Qwen2-VL format).
@@ -209,8 +210,11 @@ class QwenVLBackend(MLLMBackend):
         ip = processor.image_processor
         factor = int(getattr(ip, "patch_size", 14)) * int(getattr(ip, "merge_size", 2))
         lo, hi = self._pixel_bounds(processor)
-        codec_cls = MODEL_TYPES[self._model_type() or ""]
-        return codec_cls(min_pixels=lo, max_pixels=hi, factor=factor)
+        frame = MODEL_TYPES[self._model_type() or ""]
+        return create_box_frame(
+            frame, {"min_pixels": lo, "max_pixels": hi, "factor": factor},
+            config_key="backend.options",
+        )
 
     def _load(self) -> None:
         with self._load_lock:

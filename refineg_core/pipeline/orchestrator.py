@@ -278,6 +278,7 @@ class Pipeline:
             self._record("refine", {"skipped": "no backend configured"}, started)
             return results
         settings = RefineSettings.model_validate(self.config.refine)
+        settings = settings.model_copy(update={"wording": self.config.prompts})
         out, summary = run_refine(
             results,
             backend,
@@ -300,6 +301,7 @@ class Pipeline:
             self._record("ground", {"skipped": "no backend configured"}, started)
             return results
         settings = GroundSettings.model_validate(self.config.ground)
+        settings = settings.model_copy(update={"wording": self.config.prompts})
         selector = self.plugin("selector") if self.config.selector else None
         pool = self.dataset("pool")
         # Embedding the pool is the expensive part of grounding: only when calls will follow.
