@@ -13,9 +13,7 @@ from refineg_core.interfaces import PluginOptions
 from refineg_core.types import Box
 
 
-def round_box(
-    x1: float, y1: float, x2: float, y2: float, frame: tuple[float, float]
-) -> list[int]:
+def round_box(x1: float, y1: float, x2: float, y2: float, frame: tuple[float, float]) -> list[int]:
     """Round a box to whole frame units without letting a tiny box collapse.
 
     A demonstration box narrower than one unit would otherwise round to

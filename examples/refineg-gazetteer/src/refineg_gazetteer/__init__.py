@@ -1,3 +1,3 @@
-"""Example third-party refineg plugins: a gazetteer tagger and a rule-based gate."""
+"""Example third-party refineg plugins: a gazetteer tagger, a rule-based gate, an xywh frame."""
 
 __version__ = "0.1.0"
