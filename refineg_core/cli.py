@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from refineg_core import __version__, registry
+from refineg_core import __version__, progress, registry
 from refineg_core.config import load_config, redacted_dump
 from refineg_core.errors import RefinegError
 from refineg_core.hooks import get_hooks, hook_plugins
@@ -164,7 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"refineg {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress bars, no library info logging"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("plugins", help="list installed plugins")
@@ -218,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = build_parser()
         args = parser.parse_args(argv)
         if args.quiet:
-            os.environ["REFINEG_NO_PROGRESS"] = "1"
+            progress.quiet()
         if not getattr(args, "func", None):
             parser.print_help()
             return 2

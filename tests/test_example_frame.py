@@ -136,7 +136,7 @@ def test_xywh_frame_selected_in_a_config_grounds_end_to_end(tmp_path: Path, monk
             cfg = tmp_path / "xywh.toml"
             cfg.write_text(config_text(tmp_path / "data.jsonl", server.base_url,
                                        tmp_path / "run"), encoding="utf-8")
-            res = run_cli(["--quiet", "run", "-c", str(cfg)])
+            res = run_cli(["run", "-c", str(cfg)])
             assert res.code == 0, res.stderr
             assert len(server.chat_requests) == len(gold)
             system = server.chat_requests[0].body["messages"][0]["content"]

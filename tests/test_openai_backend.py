@@ -74,6 +74,19 @@ def test_request_parameters_override_options(server):
     assert (body["temperature"], body["max_tokens"]) == (0.0, 5)
 
 
+def test_a_stage_limit_never_raises_the_backends_max_tokens(server):
+    capped = backend(server, max_tokens=77)
+    capped.complete(ChatRequest((ChatMessage.text("user", "x"),), max_tokens=2000))
+    uncapped = backend(server)
+    uncapped.complete(ChatRequest((ChatMessage.text("user", "x"),), max_tokens=2000))
+    uncapped.complete(text_request())
+    sent = [r.body["max_tokens"] for r in server.chat_requests]
+    assert sent == [77, 2000, 1024]  # the lower of the two; the stage's; the default
+    # a cap is part of what shapes an answer, so it is part of the cache identity
+    assert capped.cache_identity() != backend(server, max_tokens=2000).cache_identity()
+    assert uncapped.cache_identity()["max_tokens"] == 1024  # caches made before stay valid
+
+
 def test_box_frame_option_picks_codec_and_pixel_bounds(server, image):
     b = backend(server, box_frame="qwen2-vl", max_pixels=200_000, image_format="png")
     assert isinstance(b.box_codec, Qwen2VLCodec)

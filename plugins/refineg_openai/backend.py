@@ -28,6 +28,8 @@ from refineg_core.interfaces import MLLMBackend, PluginOptions
 from refineg_core.registry import create_box_frame
 from refineg_openai.images import image_data_url
 
+#: Tokens per answer when neither the request nor the options say.
+DEFAULT_MAX_TOKENS = 1024
 #: Statuses worth retrying although they are 4xx.
 _RETRYABLE_4XX = {408, 409, 425, 429}
 
@@ -39,7 +41,9 @@ class OpenAIOptions(PluginOptions):
     api_key_env: str | None = None
     timeout: float = pydantic.Field(120.0, gt=0)
     temperature: float = pydantic.Field(0.1, ge=0)
-    max_tokens: int = pydantic.Field(1024, ge=1)
+    #: The most tokens one answer may have. A stage's own limit (``[refine] max_tokens``...)
+    #: is used when lower, never when higher. None: the stage decides (1024 if it does not).
+    max_tokens: int | None = pydantic.Field(None, ge=1)
     seed: int | None = 0
     concurrency: int = pydantic.Field(8, ge=1, le=512)
     #: Retries after the first attempt (so ``retries=3`` means at most 4 attempts).
@@ -166,7 +170,9 @@ class OpenAIBackend(MLLMBackend):
             "backend": "openai",
             "model": o.model,
             "temperature": o.temperature,
-            "max_tokens": o.max_tokens,
+            # unset keeps the identity answers were cached under before the cap existed
+            "max_tokens": 1024 if o.max_tokens is None else o.max_tokens,
+            **({} if o.max_tokens is None else {"max_tokens_cap": True}),
             "seed": o.seed,
             "box_frame": self._codec.describe(),
             "max_side": o.max_side,
@@ -221,7 +227,7 @@ class OpenAIBackend(MLLMBackend):
             "model": o.model,
             "messages": [self._message(m) for m in request.messages],
             "temperature": o.temperature if request.temperature is None else request.temperature,
-            "max_tokens": o.max_tokens if request.max_tokens is None else request.max_tokens,
+            "max_tokens": request.token_limit(o.max_tokens, DEFAULT_MAX_TOKENS),
         }
         if o.seed is not None:
             body["seed"] = o.seed

@@ -58,6 +58,7 @@ class QwenVLOptions(PluginOptions):
     device: str = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     batch_size: int = pydantic.Field(1, ge=1, le=256)
+    #: The most tokens one answer may have; a stage's ``max_tokens`` applies only when lower.
     max_new_tokens: int = pydantic.Field(1024, ge=1)
     temperature: float = pydantic.Field(0.0, ge=0)
     #: None: sample exactly when temperature > 0.
@@ -112,6 +113,7 @@ class QwenVLBackend(MLLMBackend):
             "weights": self._weights_fingerprint(),
             "dtype": o.dtype,
             "max_new_tokens": o.max_new_tokens,
+            "token_limit": "min(request, max_new_tokens)",  # was: the request's alone
             "temperature": o.temperature,
             "do_sample": self._sampling(o.temperature),
             "seed": o.seed,
@@ -354,7 +356,8 @@ class QwenVLBackend(MLLMBackend):
             padding=True,
             size={"shortest_edge": lo, "longest_edge": hi},
         ).to(self._device)
-        max_new = max((p[2].max_tokens or self.options.max_new_tokens) for p in prepared)
+        cap = self.options.max_new_tokens
+        max_new = max(p[2].token_limit(cap) for p in prepared)
         sample = self._sampling(temperature)
         gen_kwargs: dict[str, Any] = {"max_new_tokens": max_new, "do_sample": sample}
         if sample:
@@ -373,7 +376,7 @@ class QwenVLBackend(MLLMBackend):
             new_tokens, inputs["attention_mask"], prepared, strict=True
         ):
             ids = row.tolist()
-            limit = request.max_tokens or self.options.max_new_tokens
+            limit = request.token_limit(cap)
             n = next((i for i, t in enumerate(ids) if t in eos), len(ids))
             n = min(n, limit)
             text = tok.decode(ids[:n], skip_special_tokens=True)
