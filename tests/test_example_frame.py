@@ -32,11 +32,20 @@ pytest.importorskip(
 
 #: (text, image size, [(start, end, type, box in original pixels)]).
 GOLD = [
-    ("Obama visits Paris today", (640, 480),
-     [(0, 1, "PER", (101.0, 37.5, 260.25, 410.0)), (2, 3, "LOC", (300.0, 12.0, 639.0, 200.5))]),
-    ("Merkel met Obama in Berlin", (333, 517),
-     [(0, 1, "PER", (5.0, 7.0, 120.0, 300.0)), (2, 3, "PER", (130.5, 40.0, 330.0, 512.0)),
-      (4, 5, "LOC", (0.0, 400.0, 333.0, 517.0))]),
+    (
+        "Obama visits Paris today",
+        (640, 480),
+        [(0, 1, "PER", (101.0, 37.5, 260.25, 410.0)), (2, 3, "LOC", (300.0, 12.0, 639.0, 200.5))],
+    ),
+    (
+        "Merkel met Obama in Berlin",
+        (333, 517),
+        [
+            (0, 1, "PER", (5.0, 7.0, 120.0, 300.0)),
+            (2, 3, "PER", (130.5, 40.0, 330.0, 512.0)),
+            (4, 5, "LOC", (0.0, 400.0, 333.0, 517.0)),
+        ],
+    ),
     ("Berlin at night", (1000, 200), [(0, 1, "LOC", (0.0, 0.0, 1000.0, 200.0))]),
 ]
 
@@ -46,19 +55,30 @@ def gold_samples(images: Path) -> list[Sample]:
     for i, (text, size, ents) in enumerate(GOLD):
         tokens = tuple(text.split())
         path = paint_image(images / f"img{i}.jpg", size, seed=i)
-        out.append(Sample(
-            f"s{i}", tokens, text, ImageRef(f"img{i}", path, *size),
-            tuple(Entity(a, b, t, " ".join(tokens[a:b]), boxes=(Box(*box),))
-                  for a, b, t, box in ents),
-        ))
+        out.append(
+            Sample(
+                f"s{i}",
+                tokens,
+                text,
+                ImageRef(f"img{i}", path, *size),
+                tuple(
+                    Entity(a, b, t, " ".join(tokens[a:b]), boxes=(Box(*box),))
+                    for a, b, t, box in ents
+                ),
+            )
+        )
     return out
 
 
 def as_xywh(box: Box, size: tuple[int, int]) -> list[float]:
     """What an xywh model writes, computed here independently of the frame's code."""
     w, h = size
-    return [round(box.x1 / w, 4), round(box.y1 / h, 4),
-            round((box.x2 - box.x1) / w, 4), round((box.y2 - box.y1) / h, 4)]
+    return [
+        round(box.x1 / w, 4),
+        round(box.y1 / h, 4),
+        round((box.x2 - box.x1) / w, 4),
+        round((box.y2 - box.y1) / h, 4),
+    ]
 
 
 def test_xywh_frame_is_installed_and_round_trips():
@@ -125,17 +145,24 @@ def test_xywh_frame_selected_in_a_config_grounds_end_to_end(tmp_path: Path, monk
 
     def respond(request):
         sample = by_text[query_text(request.text)]
-        items = [{"entity": e.text, "type": e.type,
-                  "boxes": [as_xywh(b, sample.image.size) for b in e.boxes]}
-                 for e in sample.entities]
+        items = [
+            {
+                "entity": e.text,
+                "type": e.type,
+                "boxes": [as_xywh(b, sample.image.size) for b in e.boxes],
+            }
+            for e in sample.entities
+        ]
         return ok("```json\n" + json.dumps(items) + "\n```")
 
     try:
         with FakeOpenAIServer() as server:
             server.responder = respond
             cfg = tmp_path / "xywh.toml"
-            cfg.write_text(config_text(tmp_path / "data.jsonl", server.base_url,
-                                       tmp_path / "run"), encoding="utf-8")
+            cfg.write_text(
+                config_text(tmp_path / "data.jsonl", server.base_url, tmp_path / "run"),
+                encoding="utf-8",
+            )
             res = run_cli(["run", "-c", str(cfg)])
             assert res.code == 0, res.stderr
             assert len(server.chat_requests) == len(gold)

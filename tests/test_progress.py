@@ -81,8 +81,12 @@ def test_quiet_flag_silences_transformers_bars_and_logging(order, monkeypatch):
         monkeypatch.delenv(var, raising=False)
 
     def stderr(*flags: str) -> str:
-        run = subprocess.run([sys.executable, "-c", NOISE, order, *flags],
-                             capture_output=True, text=True, timeout=120)
+        run = subprocess.run(
+            [sys.executable, "-c", NOISE, order, *flags],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert run.returncode == 0, run.stderr
         return run.stderr
 
