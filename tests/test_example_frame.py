@@ -21,8 +21,8 @@ from refineg_core.formats.native import read_results
 from refineg_core.hooks import get_hooks
 from refineg_core.registry import create_box_frame, installed
 from refineg_core.testing import run_cli
+from refineg_core.testing.fake_openai import FakeOpenAIServer, ok
 from refineg_core.types import Box, Entity, ImageRef, Sample
-from tests.fakeserver import FakeOpenAIServer, ok
 from tests.stagedata import paint_image, query_text
 
 pytest.importorskip(

@@ -18,7 +18,7 @@ from refineg_openai.backend import OpenAIBackend
 from refineg_core.chat import ChatMessage, ChatRequest, ImagePart, TextPart, Usage
 from refineg_core.errors import BackendError, BackendUnavailable
 from refineg_core.registry import load_class
-from tests.fakeserver import FakeOpenAIServer, drop, error, garbage, ok
+from refineg_core.testing.fake_openai import FakeOpenAIServer, drop, error, garbage, ok
 
 
 @pytest.fixture

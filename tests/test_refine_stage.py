@@ -10,8 +10,8 @@ import pytest
 
 from refineg_core.formats.native import read_results
 from refineg_core.pipeline.refine import RefineSettings, run_refine, validate_items
+from refineg_core.testing.fake_openai import FakeOpenAIServer, drop, error, ok
 from refineg_core.types import SOURCE_MLLM, SOURCE_TAGGER, Entity, Sample, SampleResult
-from tests.fakeserver import FakeOpenAIServer, drop, error, ok
 from tests.stagedata import (
     LABELS,
     ScriptedBackend,
