@@ -75,9 +75,12 @@ class MLLMBackend(Plugin):
     @property
     def box_codec(self) -> BoxCodec:
         """The frame the model reads and writes boxes in (default: the ``pixels`` frame)."""
-        from refineg_core.registry import create_box_frame
+        frame = self.__dict__.get("_default_box_frame")
+        if frame is None:  # built once: loading a plugin per sample would cost ~5 ms each
+            from refineg_core.registry import create_box_frame
 
-        return create_box_frame("pixels")
+            frame = self.__dict__["_default_box_frame"] = create_box_frame("pixels")
+        return frame
 
     @property
     def max_concurrency(self) -> int:

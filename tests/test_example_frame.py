@@ -117,7 +117,7 @@ def config_text(data: Path, base_url: str, run_dir: Path) -> str:
         [stages]
         train = true
         predict = true
-        refine = false
+        refine = true
         ground = true
         [tagger]
         plugin = "gazetteer"
@@ -131,6 +131,8 @@ def config_text(data: Path, base_url: str, run_dir: Path) -> str:
         box_frame = "xywh"
         retries = 0
         timeout = 10
+        [refine]
+        delegate = "all"
         [ground]
         k = 0
     ''')
@@ -145,6 +147,8 @@ def test_xywh_frame_selected_in_a_config_grounds_end_to_end(tmp_path: Path, monk
 
     def respond(request):
         sample = by_text[query_text(request.text)]
+        if "Candidate entities" in request.text:  # refinement: confirm the gold entities
+            return ok(json.dumps([{"name": e.text, "type": e.type} for e in sample.entities]))
         items = [
             {
                 "entity": e.text,
@@ -165,10 +169,16 @@ def test_xywh_frame_selected_in_a_config_grounds_end_to_end(tmp_path: Path, monk
             )
             res = run_cli(["run", "-c", str(cfg)])
             assert res.code == 0, res.stderr
-            assert len(server.chat_requests) == len(gold)
-            system = server.chat_requests[0].body["messages"][0]["content"]
+            refine = [r for r in server.chat_requests if "Candidate entities" in r.text]
+            ground = [r for r in server.chat_requests if r not in refine]
+            assert len(refine) == len(ground) == len(gold)
+            # the [prompts] wording reaches both stages
+            assert "named entities in captioned press photos" in refine[0].text
+            assert "such as crowd, city" in refine[0].text
+            system = ground[0].body["messages"][0]["content"]
+            assert "comes from captioned press photos" in system
+            # the frame's own sentence tells the model how to write a box
             assert "Each box is [x, y, width, height]: the top-left corner" in system
-            assert "comes from captioned press photos" in system  # [prompts] wording
     finally:
         get_hooks.cache_clear()
     results = {r.id: r for r in read_results(tmp_path / "run" / "ground.jsonl")}
