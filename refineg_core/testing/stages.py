@@ -38,9 +38,7 @@ def _samples(path: Path) -> tuple[Sample, ...]:
     return load_dataset(path).samples
 
 
-def first_samples(
-    path: Path, n: int, *, min_entities: int = 1, skip: int = 0
-) -> list[Sample]:
+def first_samples(path: Path, n: int, *, min_entities: int = 1, skip: int = 0) -> list[Sample]:
     """The first ``n`` samples of a dataset file with at least ``min_entities`` entities."""
     picked = [s for s in _samples(Path(path)) if len(s.entities) >= min_entities]
     return picked[skip : skip + n]
