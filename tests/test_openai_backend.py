@@ -74,6 +74,18 @@ def test_request_parameters_override_options(server):
     assert (body["temperature"], body["max_tokens"]) == (0.0, 5)
 
 
+def test_a_frames_own_options_pass_through(server):
+    from refineg_frames.generic import NormalizedCodec
+
+    b = backend(server, box_frame="normalized", max_side=640, box_frame_options={"scale": 100})
+    assert isinstance(b.box_codec, NormalizedCodec)
+    assert (b.box_codec.scale, b.box_codec.model_size((1280, 960))) == (100, (640, 480))
+    with pytest.raises(pydantic.ValidationError, match="its options: max_side, scale"):
+        OpenAIBackend.Options(box_frame="normalized", box_frame_options={"scael": 10})
+    with pytest.raises(pydantic.ValidationError, match="given both"):
+        OpenAIBackend.Options(box_frame="pixels", max_side=5, box_frame_options={"max_side": 9})
+
+
 def test_a_stage_limit_never_raises_the_backends_max_tokens(server):
     capped = backend(server, max_tokens=77)
     capped.complete(ChatRequest((ChatMessage.text("user", "x"),), max_tokens=2000))

@@ -62,6 +62,8 @@ class OpenAIOptions(PluginOptions):
     max_pixels: int | None = pydantic.Field(None, ge=1)
     #: Downscale for "pixels"/"norm1000" frames (longest side).
     max_side: int | None = pydantic.Field(None, ge=1)
+    #: Any other option of the box frame (a third-party frame's own settings).
+    box_frame_options: dict[str, Any] = pydantic.Field(default_factory=dict)
     image_format: Literal["jpeg", "png"] = "jpeg"
     jpeg_quality: int = pydantic.Field(90, ge=1, le=100)
     #: Extra server-specific request fields (vLLM's ``top_k``, ``repetition_penalty``...).
@@ -75,11 +77,16 @@ class OpenAIOptions(PluginOptions):
         return v.rstrip("/")
 
     def frame(self) -> BoxCodec:
-        """The box frame these options name, with the pixel settings that were given."""
+        """The box frame these options name, with the settings that were given for it."""
         given = {"min_pixels": self.min_pixels, "max_pixels": self.max_pixels,
                  "max_side": self.max_side}
+        settings = {k: v for k, v in given.items() if v is not None}
+        twice = sorted(settings.keys() & self.box_frame_options.keys())
+        if twice:
+            raise PluginError(f"{twice} given both directly and in box_frame_options",
+                              where="backend.options.box_frame_options")
         return create_box_frame(
-            self.box_frame, {k: v for k, v in given.items() if v is not None},
+            self.box_frame, {**settings, **self.box_frame_options},
             config_key="backend.options.box_frame",
         )
 
