@@ -178,7 +178,7 @@ class OpenAIBackend(MLLMBackend):
             "model": o.model,
             "temperature": o.temperature,
             # unset keeps the identity answers were cached under before the cap existed
-            "max_tokens": 1024 if o.max_tokens is None else o.max_tokens,
+            "max_tokens": DEFAULT_MAX_TOKENS if o.max_tokens is None else o.max_tokens,
             **({} if o.max_tokens is None else {"max_tokens_cap": True}),
             "seed": o.seed,
             "box_frame": self._codec.describe(),
