@@ -29,16 +29,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import ROOT
+from refineg_frames.qwen import Qwen25VLCodec
+from tokenizers import Tokenizer
+
+from refineg_core.config import load_config
+from refineg_core.pipeline.orchestrator import Pipeline
+from refineg_core.testing.fake_openai import FakeOpenAIServer, ok
+
 os.environ.setdefault("REFINEG_NO_PROGRESS", "1")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
-
-from tokenizers import Tokenizer  # noqa: E402
-
-from refineg_core.boxcodecs import Qwen25VLCodec  # noqa: E402
-from refineg_core.config import load_config  # noqa: E402
-from refineg_core.pipeline.orchestrator import Pipeline  # noqa: E402
-from tests.fakeserver import FakeOpenAIServer, ok  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 

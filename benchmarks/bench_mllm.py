@@ -35,31 +35,23 @@ import multiprocessing as mp
 import os
 import random
 import statistics
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
+from _common import ROOT, real_samples, twitter_labels
+from refineg_frames.qwen import Qwen25VLCodec
+from refineg_openai import images as openai_images
+from refineg_openai.backend import OpenAIBackend
+
+from refineg_core.mllm_cache import CachedBackend
+from refineg_core.pipeline.ground import GroundSettings, run_ground
+from refineg_core.testing.fake_openai import FakeOpenAIServer, drop, error, ok
+from refineg_core.testing.stages import OverlapSelector, prediction, query_text, with_image
+
 os.environ.setdefault("REFINEG_NO_PROGRESS", "1")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
-
-from refineg_openai import images as openai_images  # noqa: E402
-from refineg_openai.backend import OpenAIBackend  # noqa: E402
-
-from refineg_core.boxcodecs import Qwen25VLCodec  # noqa: E402
-from refineg_core.mllm_cache import CachedBackend  # noqa: E402
-from refineg_core.pipeline.ground import GroundSettings, run_ground  # noqa: E402
-from tests.fakeserver import FakeOpenAIServer, drop, error, ok  # noqa: E402
-from tests.stagedata import (  # noqa: E402
-    LABELS,
-    OverlapSelector,
-    prediction,
-    query_text,
-    real_samples,
-    with_image,
-)
+LABELS = twitter_labels()
 
 
 def responder_for(samples, fail: float, seed: int):

@@ -17,28 +17,20 @@ import argparse
 import json
 import os
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from _common import ROOT, real_samples, twitter_labels
+from refineg_openai.backend import OpenAIBackend
+
+from refineg_core.pipeline.ground import GroundSettings, run_ground
+from refineg_core.pipeline.refine import RefineSettings, run_refine
+from refineg_core.testing.fake_openai import FakeOpenAIServer, error, garbage, ok
+from refineg_core.testing.stages import OverlapSelector, prediction, query_text, with_image
+
 os.environ.setdefault("REFINEG_NO_PROGRESS", "1")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
-
-from refineg_openai.backend import OpenAIBackend  # noqa: E402
-
-from refineg_core.pipeline.ground import GroundSettings, run_ground  # noqa: E402
-from refineg_core.pipeline.refine import RefineSettings, run_refine  # noqa: E402
-from tests.fakeserver import FakeOpenAIServer, error, garbage, ok  # noqa: E402
-from tests.stagedata import (  # noqa: E402
-    LABELS,
-    OverlapSelector,
-    prediction,
-    query_text,
-    real_samples,
-    with_image,
-)
+LABELS = twitter_labels()
 
 
 def responder_for(samples, fail: float, seed: int):

@@ -22,27 +22,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
-os.environ.setdefault("REFINEG_NO_PROGRESS", "1")
-
-from refineg_clip_selector.scoring import (  # noqa: E402
+from _common import ROOT
+from refineg_clip_selector.scoring import (
     EntityIndex,
     entity_similarity,
     fuse,
     minmax,
     top_k,
 )
-from refineg_clip_selector.selector import ClipSimilaritySelector  # noqa: E402
+from refineg_clip_selector.selector import ClipSimilaritySelector
 
-from refineg_core.formats import load_dataset  # noqa: E402
+from refineg_core.formats import load_dataset
+
+os.environ.setdefault("REFINEG_NO_PROGRESS", "1")
 
 VARIANTS = {  # explicit options, so the rows do not change when a default does
     "random": {"variant": "random"},

@@ -17,22 +17,19 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import torch
+from _common import ROOT
+from refineg_llm_synth.synthesizer import LLMSynthesizer
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
+from refineg_core.formats import load_dataset, read_jsonl
+from refineg_core.labels import LabelSet
+from refineg_core.pipeline.synth import SynthSettings, run_synthesis
+from refineg_core.registry import create
+
 os.environ.setdefault("REFINEG_NO_PROGRESS", "1")
-
-from refineg_llm_synth.synthesizer import LLMSynthesizer  # noqa: E402
-
-from refineg_core.formats import load_dataset, read_jsonl  # noqa: E402
-from refineg_core.labels import LabelSet  # noqa: E402
-from refineg_core.pipeline.synth import SynthSettings, run_synthesis  # noqa: E402
-from refineg_core.registry import create  # noqa: E402
 
 CCKS_LABELS = LabelSet({
     "vehicle": "a specific land vehicle model or class (e.g. PUMA, Leopard 2, M1 Abrams)",

@@ -32,21 +32,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import DATA
+from bench_tagger_gate import gate_quality
+from refineg_bert_crf.tagger import BertCrfTagger
+from refineg_bert_crf.training import span_f1
+from refineg_entropy.gate import EntropyGate
+
+from refineg_core.formats import load_dataset
+from refineg_core.labels import LabelSet, tags_to_spans
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(ROOT / "plugins"))
-sys.path.insert(0, str(HERE))
-
-from bench_tagger_gate import gate_quality  # noqa: E402
-from refineg_bert_crf.tagger import BertCrfTagger  # noqa: E402
-from refineg_bert_crf.training import span_f1  # noqa: E402
-from refineg_entropy.gate import EntropyGate  # noqa: E402
-
-from refineg_core.formats import load_dataset  # noqa: E402
-from refineg_core.labels import LabelSet, tags_to_spans  # noqa: E402
-
-DATA = Path(os.environ.get("REFINEG_DATA", ROOT.parent / "shared" / "data")).resolve()
 RESULTS = HERE / "results"
 TWITTER_TYPES = LabelSet({"PER": "person", "LOC": "location", "ORG": "organisation",
                           "OTHER": "other named entity"})

@@ -65,6 +65,14 @@ class ChatRequest:
     def has_images(self) -> bool:
         return bool(self.images)
 
+    def token_limit(self, cap: int | None, default: int | None = None) -> int | None:
+        """How many tokens this call may generate: the request's ``max_tokens``, but
+        never above the backend's own ``cap`` (a stage asks for at most that many; it
+        must not raise a limit the user set on the backend). ``default`` when neither
+        says."""
+        limits = [v for v in (self.max_tokens, cap) if v is not None]
+        return min(limits) if limits else default
+
     def fingerprint(self) -> str:
         """A content hash (image *bytes*, not paths) used as the response-cache key."""
         h = hashlib.sha256()

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from refineg_core import __version__, registry
+from refineg_core import __version__, progress, registry
 from refineg_core.config import load_config, redacted_dump
 from refineg_core.errors import RefinegError
 from refineg_core.hooks import get_hooks, hook_plugins
@@ -305,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = build_parser()
         args = parser.parse_args(argv)
         if args.quiet:
-            os.environ["REFINEG_NO_PROGRESS"] = "1"
+            progress.quiet()
         if not getattr(args, "func", None):
             parser.print_help()
             return 2

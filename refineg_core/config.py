@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from refineg_core.errors import ConfigError
 from refineg_core.labels import LabelSet
 from refineg_core.pipeline.ground import GroundSettings
+from refineg_core.pipeline.prompts import PromptWording
 from refineg_core.pipeline.refine import RefineSettings
 from refineg_core.pipeline.synth import SynthSettings
 
@@ -115,6 +116,9 @@ class Config(StrictModel):
     synth: SynthSettings = Field(default_factory=SynthSettings)
     refine: RefineSettings = Field(default_factory=RefineSettings)
     ground: GroundSettings = Field(default_factory=GroundSettings)
+    prompts: PromptWording = Field(
+        default_factory=PromptWording, description="domain wording of the MLLM prompts"
+    )
 
     # Where the file was; relative paths were resolved against it.
     source: Path | None = Field(None, exclude=True)

@@ -11,11 +11,10 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import pydantic
 
-from refineg_core.boxcodecs import BoxCodec, PixelCodec
 from refineg_core.chat import ChatRequest, ChatResponse
 from refineg_core.labels import LabelSet
 from refineg_core.types import (
@@ -25,6 +24,9 @@ from refineg_core.types import (
     SynthesisCandidate,
     TaggerPrediction,
 )
+
+if TYPE_CHECKING:
+    from refineg_core.boxcodecs import BoxCodec
 
 
 class PluginOptions(pydantic.BaseModel):
@@ -72,8 +74,13 @@ class MLLMBackend(Plugin):
 
     @property
     def box_codec(self) -> BoxCodec:
-        """The frame the model reads and writes boxes in (default: pixels as sent)."""
-        return PixelCodec()
+        """The frame the model reads and writes boxes in (default: the ``pixels`` frame)."""
+        frame = self.__dict__.get("_default_box_frame")
+        if frame is None:  # built once: loading a plugin per sample would cost ~5 ms each
+            from refineg_core.registry import create_box_frame
+
+            frame = self.__dict__["_default_box_frame"] = create_box_frame("pixels")
+        return frame
 
     @property
     def max_concurrency(self) -> int:

@@ -1,8 +1,16 @@
-"""One place that decides how progress is shown (tqdm on stderr, off when quiet)."""
+"""One place that decides how progress is shown (tqdm on stderr, off when quiet).
+
+One bar at a time: a bar opened while another is shown (a plugin embedding one
+query inside the ground stage, from any thread) stays hidden, so a stage shows
+one bar, not one nested bar per sample. ``quiet()`` silences our bars and the
+libraries' own (transformers, huggingface_hub) for the ``--quiet`` flag.
+"""
 
 from __future__ import annotations
 
 import os
+import sys
+import threading
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
@@ -10,9 +18,26 @@ from tqdm.auto import tqdm
 
 T = TypeVar("T")
 
+_lock = threading.Lock()
+_shown = 0  # bars currently on screen (0 or 1)
+
 
 def progress_disabled() -> bool:
     return os.environ.get("REFINEG_NO_PROGRESS", "") not in ("", "0")
+
+
+class _Bar(tqdm):
+    """A tqdm bar that gives the screen back when closed (or garbage-collected)."""
+
+    _holds_screen = False
+
+    def close(self) -> None:
+        global _shown
+        if self._holds_screen:
+            self._holds_screen = False
+            with _lock:
+                _shown -= 1
+        super().close()
 
 
 def bar(
@@ -23,14 +48,48 @@ def bar(
     unit: str = "it",
     **kwargs: Any,
 ) -> tqdm:
-    """A progress bar; set REFINEG_NO_PROGRESS=1 to silence it (tests, logs)."""
-    return tqdm(
-        iterable,
-        desc=desc,
-        total=total,
-        unit=unit,
-        disable=progress_disabled(),
-        dynamic_ncols=True,
-        leave=False,
-        **kwargs,
-    )
+    """A progress bar; hidden when another bar is shown or REFINEG_NO_PROGRESS=1."""
+    global _shown
+    with _lock:
+        show = not progress_disabled() and _shown == 0
+        if show:
+            _shown += 1
+    try:
+        progress = _Bar(
+            iterable,
+            desc=desc,
+            total=total,
+            unit=unit,
+            disable=not show,
+            dynamic_ncols=True,
+            leave=False,
+            **kwargs,
+        )
+    except BaseException:
+        if show:
+            with _lock:
+                _shown -= 1
+        raise
+    progress._holds_screen = show
+    return progress
+
+
+def quiet() -> None:
+    """Silence every progress bar and the libraries' info logging (``refineg --quiet``).
+
+    Environment variables reach libraries not imported yet (and subprocesses);
+    libraries already imported are told directly.
+    """
+    os.environ["REFINEG_NO_PROGRESS"] = "1"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+    os.environ["TRANSFORMERS_NO_ADVISORY_WARNINGS"] = "1"
+    if "transformers" in sys.modules:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.set_verbosity_error()
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()

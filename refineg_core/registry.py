@@ -19,20 +19,25 @@ import pydantic
 import stevedore
 from stevedore.exception import NoMatches
 
+from refineg_core.boxcodecs import BOX_FRAME_GROUP, BoxCodec
 from refineg_core.errors import PluginError
 from refineg_core.formats.base import FORMAT_GROUP, DatasetFormat
 from refineg_core.interfaces import SLOTS, Plugin, PluginOptions
 from refineg_core.labels import LabelSet
 
 #: Plugin kinds besides the five component slots: kind -> (entry-point group, base).
+#: A data source names its format; a backend builds its box frame by name
+#: (``create_box_frame``).
 EXTRA_KINDS: dict[str, tuple[str, type[Plugin]]] = {
     "format": (FORMAT_GROUP, DatasetFormat),
+    "box_frame": (BOX_FRAME_GROUP, BoxCodec),
 }
 #: The config key that names a plugin of each kind, when it is not ``plugin``.
 _NAME_KEYS = {"format": "format"}
 
 # In-memory plugins registered by tests and notebooks: (group, name) -> class.
-_IN_MEMORY: dict[tuple[str, str], type[Plugin]] = {}
+_IN_MEMORY: dict[tuple[str, str], type[Any]] = {}
+
 
 
 @attrs.frozen
@@ -57,6 +62,14 @@ def kind_spec(slot: str) -> tuple[str, type[Plugin]]:
 
 def slot_group(slot: str) -> str:
     return kind_spec(slot)[0]
+
+
+def _where(slot: str, key: str) -> str:
+    """The config path naming the plugin: ``tagger.plugin``, ``data.train.format``, or
+    the key itself for a box frame (``backend.options.box_frame``)."""
+    if slot == "box_frame":
+        return key
+    return f"{key}.{_NAME_KEYS.get(slot, 'plugin')}"
 
 
 def installed(group: str | None = None) -> list[InstalledPlugin]:
@@ -91,10 +104,11 @@ def available_names(group: str) -> list[str]:
 
 def _unknown(slot: str, name: str, key: str) -> PluginError:
     names = available_names(slot_group(slot))
+    what = f"unknown {slot.replace('_', ' ')}" if slot in EXTRA_KINDS else f"{slot} plugin"
     return PluginError(
-        f"{slot} plugin {name!r} is not installed; available: {', '.join(names) or 'none'}. "
+        f"{what} {name!r} is not installed; available: {', '.join(names) or 'none'}. "
         f"If it comes from another package, install that package into this environment.",
-        where=f"{key}.{_NAME_KEYS.get(slot, 'plugin')}",
+        where=_where(slot, key),
     )
 
 
@@ -114,13 +128,11 @@ def load_class(slot: str, name: str, *, config_key: str | None = None) -> type[P
     dist = eps[0].dist
     origin = f"{dist.metadata['Name']} {dist.version}" if dist else "an unknown distribution"
 
-    where = f"{key}.{_NAME_KEYS.get(slot, 'plugin')}"
-
     def fail(_manager: Any, entrypoint: Any, exc: Exception) -> None:
         raise PluginError(
             f"{slot} plugin {name!r} from {origin} failed to import "
             f"({entrypoint.value}): {type(exc).__name__}: {exc}",
-            where=where,
+            where=_where(slot, key),
         ) from exc
 
     try:
@@ -137,7 +149,7 @@ def load_class(slot: str, name: str, *, config_key: str | None = None) -> type[P
     if not (isinstance(cls, type) and issubclass(cls, base)):
         raise PluginError(
             f"{slot} plugin {name!r} from {origin} is {cls!r}, not a {base.__name__} subclass",
-            where=where,
+            where=_where(slot, key),
         )
     return cls
 
@@ -180,6 +192,29 @@ def create(
     cls = load_class(slot, name, config_key=config_key)
     options = validate_options(slot, name, cls, options or {}, config_key=config_key)
     return cls(options, labels)
+
+
+def create_box_frame(
+    name: str, options: Mapping[str, Any] | None = None, *, config_key: str | None = None
+) -> BoxCodec:
+    """Load, validate options and build the box frame ``name`` (a ``refineg.box_frames`` plugin).
+
+    ``config_key`` is where the frame was named (e.g. ``backend.options.box_frame``),
+    so errors point at the right line of the config.
+    """
+    key = config_key or "box_frame"
+    cls = load_class("box_frame", name, config_key=key)
+    try:
+        validated = cls.Options.model_validate(dict(options or {}))
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        valid = ", ".join(sorted(cls.Options.model_fields)) or "none"
+        raise PluginError(
+            f"box frame {name!r}: {field or 'options'}: {first['msg']} (its options: {valid})",
+            where=key,
+        ) from None
+    return cls(validated)
 
 
 @contextlib.contextmanager

@@ -43,8 +43,8 @@ def minilm_path() -> Path:
 
 @pytest.fixture
 def server():
-    """A fresh fake OpenAI-compatible server on loopback (see tests/fakeserver.py)."""
-    from tests.fakeserver import FakeOpenAIServer
+    """A fresh fake OpenAI-compatible server on loopback (refineg_core.testing.fake_openai)."""
+    from refineg_core.testing.fake_openai import FakeOpenAIServer
 
     with FakeOpenAIServer() as srv:
         yield srv

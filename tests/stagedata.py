@@ -1,33 +1,33 @@
 """Real Twitter-GMNER samples turned into stage inputs, with images made on disk.
 
-The dataset ships no images, so tests paint one per sample (PIL) at the size
-the sample's XML declares; a sample without a declared size gets 480x360.
+The dataset ships no images: ``with_image`` (from ``refineg_core.testing.stages``,
+re-exported here with the other stage helpers) paints one per sample at the
+size the sample's XML declares.
 """
 
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Sequence
-from functools import cache
 from pathlib import Path
 
-import attrs
-from PIL import Image, ImageDraw
-from refineg_formats.twitter import read_twitter_gmner
+import tomllib
 
-from refineg_core.interfaces import ContextSelector, MLLMBackend
 from refineg_core.labels import LabelSet
-from refineg_core.pipeline.prompts import TWITTER_GMNER_TYPES
-from refineg_core.types import (
-    SOURCE_TAGGER,
-    Demonstration,
-    GateVerdict,
-    ImageRef,
-    Sample,
-    SampleResult,
+from refineg_core.pipeline.prompts import PromptWording
+from refineg_core.testing import fake_openai
+from refineg_core.testing.stages import (  # noqa: F401  (re-exported for the tests)
+    OverlapSelector,
+    ScriptedBackend,
+    _samples,
+    answer,
+    backend_for,
+    first_samples,
+    paint_image,
+    prediction,
+    query_text,
+    with_image,
 )
-from tests import fakeserver
+from refineg_core.types import Sample
 
 #: The Twitter-GMNER label table as a config's TOML (one line, for f-strings).
 TWITTER_LABELS_TOML = (
@@ -35,130 +35,23 @@ TWITTER_LABELS_TOML = (
     'OTHER = "other named entity"'
 )
 
-LABELS = LabelSet(TWITTER_GMNER_TYPES)
+#: The shipped Twitter-GMNER config: its label descriptions and prompt wording.
+TWITTER_CONFIG = tomllib.loads(
+    (Path(__file__).resolve().parents[1] / "configs" / "twitter-gmner.toml").read_text("utf-8")
+)
+LABELS = LabelSet(TWITTER_CONFIG["labels"])
+WORDING = PromptWording(**TWITTER_CONFIG["prompts"])
 
 
-@cache
 def _dev(twitter_dir: Path) -> tuple[Sample, ...]:
-    return read_twitter_gmner(twitter_dir / "dev.txt").samples
+    return _samples(twitter_dir / "dev.txt")
 
 
 def real_samples(
     twitter_dir: Path, n: int, *, min_entities: int = 1, skip: int = 0
 ) -> list[Sample]:
     """The first ``n`` dev tweets with at least ``min_entities`` entities (after ``skip``)."""
-    picked = [s for s in _dev(twitter_dir) if len(s.entities) >= min_entities]
-    return picked[skip : skip + n]
-
-
-def paint_image(path: Path, size: tuple[int, int], seed: int = 0) -> Path:
-    """A deterministic picture with a few coloured blocks (something to look at)."""
-    w, h = size
-    img = Image.new("RGB", size, (40 + seed * 37 % 180, 90, 140))
-    draw = ImageDraw.Draw(img)
-    for i in range(4):
-        x, y = (seed * 53 + i * 97) % max(1, w - 40), (seed * 31 + i * 71) % max(1, h - 40)
-        draw.rectangle([x, y, x + w // 4, y + h // 4], fill=((i * 60) % 255, 200 - i * 30, 60))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path, format="JPEG", quality=85)
-    return path
-
-
-def with_image(sample: Sample, folder: Path, seed: int = 0) -> Sample:
-    size = sample.image.size if sample.image and sample.image.size else (480, 360)
-    image_id = sample.image.image_id if sample.image else sample.id
-    path = paint_image(folder / f"{image_id}.jpg", size, seed)
-    return attrs.evolve(sample, image=ImageRef(image_id, path, size[0], size[1]))
-
-
-def prediction(
-    sample: Sample,
-    *,
-    uncertainty: Sequence[float] | None = None,
-    tau: float = 0.5,
-    missed: float = 0.0,
-) -> SampleResult:
-    """What the prediction stage hands over: tagger entities plus the gate's decision.
-
-    The gold entities play the tagger's prediction (without their boxes); an
-    entity above ``tau`` is delegated.
-    """
-    us = list(uncertainty) if uncertainty is not None else [0.1] * len(sample.entities)
-    ents = tuple(
-        attrs.evolve(e, boxes=None, source=SOURCE_TAGGER, uncertainty=u)
-        for e, u in zip(sample.entities, us, strict=True)
-    )
-    delegated = frozenset(e.key for e in ents if (e.uncertainty or 0) > tau)
-    gate = GateVerdict(bool(delegated) or missed > tau, missed, delegated)
-    return SampleResult(sample, ents, gate=gate)
-
-
-def query_text(request_text: str) -> str:
-    """The text of the query (the last ``Text:`` line of a prompt)."""
-    return request_text.rsplit("Text: ", 1)[1].split("\n", 1)[0]
-
-
-def answer(items: list[dict]) -> str:
-    return json.dumps(items)
-
-
-class ScriptedBackend(MLLMBackend):
-    """A backend answering from a callable: for prompt-level tests only."""
-
-    def __init__(self, reply, *, images: bool = True) -> None:
-        super().__init__()
-        self.reply = reply
-        self.requests: list = []
-        self._images = images
-
-    @property
-    def supports_images(self) -> bool:  # type: ignore[override]
-        return self._images
-
-    def complete(self, request):
-        from refineg_core.chat import ChatResponse, Usage
-
-        self.requests.append(request)
-        return ChatResponse(self.reply(request), Usage(5, 3))
-
-
-_WORD = re.compile(r"\w+")
-
-
-class OverlapSelector(ContextSelector):
-    """A deterministic selector (word overlap): a real ContextSelector for stage tests."""
-
-    def index(self, pool: Sequence[Sample]) -> None:
-        self.pool = list(pool)
-        self.calls = 0
-
-    def select(self, query: Sample, k: int) -> list[Demonstration]:
-        self.calls += 1
-        q = set(_WORD.findall(query.text.lower()))
-        scored = []
-        for s in self.pool:
-            words = set(_WORD.findall(s.text.lower()))
-            score = len(q & words) / (len(q | words) or 1)
-            scored.append(Demonstration(s, score, {"text": score}))
-        scored.sort(key=lambda d: (-d.score, d.sample.id))
-        return scored[:k]
-
-
-def backend_for(server, box_frame: str = "pixels", **kw):
-    """The real ``openai`` backend pointed at a fake server, with fast test retries."""
-    from refineg_openai.backend import OpenAIBackend
-
-    opts = dict(
-        base_url=server.base_url,
-        model="fake-model",
-        box_frame=box_frame,
-        retries=1,
-        backoff_base=0.01,
-        timeout=5.0,
-        concurrency=4,
-    )
-    opts.update(kw)
-    return OpenAIBackend(OpenAIBackend.Options(**opts))
+    return first_samples(twitter_dir / "dev.txt", n, min_entities=min_entities, skip=skip)
 
 
 def oracle(gold_by_text):
@@ -168,7 +61,7 @@ def oracle(gold_by_text):
         text = query_text(request.text)
         gold = gold_by_text.get(text)
         if gold is None:
-            return fakeserver.ok("[]")
+            return fake_openai.ok("[]")
         if "box" in request.text.lower():
             items = [
                 {
@@ -180,6 +73,6 @@ def oracle(gold_by_text):
             ]
         else:
             items = [{"name": e.text, "type": e.type} for e in gold.entities]
-        return fakeserver.ok("Reasoning: looked at it.\n```json\n" + json.dumps(items) + "\n```")
+        return fake_openai.ok("Reasoning: looked at it.\n```json\n" + json.dumps(items) + "\n```")
 
     return respond

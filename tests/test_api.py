@@ -9,7 +9,7 @@ import pytest
 
 import refineg
 from refineg_core.testing import run_cli
-from tests.fakeserver import FakeOpenAIServer, ok
+from refineg_core.testing.fake_openai import FakeOpenAIServer, ok
 from tests.stagedata import TWITTER_LABELS_TOML, paint_image
 
 pytest.importorskip("refineg_gazetteer", reason="pip install -e examples/refineg-gazetteer")

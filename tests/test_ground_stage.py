@@ -7,13 +7,13 @@ from pathlib import Path
 
 import attrs
 import pytest
+from refineg_frames.qwen import Qwen25VLCodec
 from refineg_openai.backend import OpenAIBackend
 
-from refineg_core.boxcodecs import Qwen25VLCodec
 from refineg_core.formats.native import read_results
 from refineg_core.pipeline.ground import GroundSettings, box_candidates, run_ground
+from refineg_core.testing.fake_openai import FakeOpenAIServer, error, garbage, ok
 from refineg_core.types import SOURCE_MLLM, Box, Entity, ImageRef, Sample, SampleResult
-from tests.fakeserver import FakeOpenAIServer, error, garbage, ok
 from tests.stagedata import (
     LABELS,
     OverlapSelector,

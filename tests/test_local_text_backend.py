@@ -51,6 +51,17 @@ def test_real_smollm2_prompt_in_text_out(smollm2):
     assert answers == [resp.text, resp.text]
 
 
+@pytest.mark.slow
+def test_a_stage_limit_never_raises_max_new_tokens(smollm2):
+    # SmolLM2 once wrote 4,647 tokens for 8 tweets: [refine] max_tokens = 1024 beat the
+    # backend's max_new_tokens. The lower of the two wins now.
+    story = [ChatMessage.text("user", "Write a long story about a dragon, in detail.")]
+    long_ask = smollm2.complete(ChatRequest(tuple(story), max_tokens=1024))
+    assert 1 <= long_ask.usage.completion_tokens <= 8  # the backend's cap
+    short_ask = smollm2.complete(ChatRequest(tuple(story), max_tokens=3))
+    assert 1 <= short_ask.usage.completion_tokens <= 3  # the stage's, lower
+
+
 def test_image_parts_are_refused_clearly(tmp_path):
     backend = LocalTextBackend()
     req = ChatRequest((ChatMessage("user", (ImagePart(tmp_path / "x.jpg"), TextPart("hi"))),),

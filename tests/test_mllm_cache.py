@@ -12,7 +12,7 @@ from refineg_openai.backend import OpenAIBackend
 from refineg_core.chat import ChatMessage, ChatRequest, ImagePart, TextPart
 from refineg_core.errors import BackendError, BackendUnavailable
 from refineg_core.mllm_cache import CachedBackend
-from tests.fakeserver import FakeOpenAIServer, error, ok
+from refineg_core.testing.fake_openai import FakeOpenAIServer, error, ok
 
 
 @pytest.fixture

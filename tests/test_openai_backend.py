@@ -12,13 +12,13 @@ import time
 import pydantic
 import pytest
 from PIL import Image
+from refineg_frames.qwen import Qwen2VLCodec, Qwen25VLCodec
 from refineg_openai.backend import OpenAIBackend
 
-from refineg_core.boxcodecs import Qwen2VLCodec, Qwen25VLCodec
 from refineg_core.chat import ChatMessage, ChatRequest, ImagePart, TextPart, Usage
 from refineg_core.errors import BackendError, BackendUnavailable
 from refineg_core.registry import load_class
-from tests.fakeserver import FakeOpenAIServer, drop, error, garbage, ok
+from refineg_core.testing.fake_openai import FakeOpenAIServer, drop, error, garbage, ok
 
 
 @pytest.fixture
@@ -72,6 +72,31 @@ def test_request_parameters_override_options(server):
     b.complete(ChatRequest((ChatMessage.text("user", "x"),), max_tokens=5, temperature=0.0))
     body = server.chat_requests[0].body
     assert (body["temperature"], body["max_tokens"]) == (0.0, 5)
+
+
+def test_a_frames_own_options_pass_through(server):
+    from refineg_frames.generic import NormalizedCodec
+
+    b = backend(server, box_frame="normalized", max_side=640, box_frame_options={"scale": 100})
+    assert isinstance(b.box_codec, NormalizedCodec)
+    assert (b.box_codec.scale, b.box_codec.model_size((1280, 960))) == (100, (640, 480))
+    with pytest.raises(pydantic.ValidationError, match="its options: max_side, scale"):
+        OpenAIBackend.Options(box_frame="normalized", box_frame_options={"scael": 10})
+    with pytest.raises(pydantic.ValidationError, match="given both"):
+        OpenAIBackend.Options(box_frame="pixels", max_side=5, box_frame_options={"max_side": 9})
+
+
+def test_a_stage_limit_never_raises_the_backends_max_tokens(server):
+    capped = backend(server, max_tokens=77)
+    capped.complete(ChatRequest((ChatMessage.text("user", "x"),), max_tokens=2000))
+    uncapped = backend(server)
+    uncapped.complete(ChatRequest((ChatMessage.text("user", "x"),), max_tokens=2000))
+    uncapped.complete(text_request())
+    sent = [r.body["max_tokens"] for r in server.chat_requests]
+    assert sent == [77, 2000, 1024]  # the lower of the two; the stage's; the default
+    # a cap is part of what shapes an answer, so it is part of the cache identity
+    assert capped.cache_identity() != backend(server, max_tokens=2000).cache_identity()
+    assert uncapped.cache_identity()["max_tokens"] == 1024  # caches made before stay valid
 
 
 def test_box_frame_option_picks_codec_and_pixel_bounds(server, image):

@@ -8,23 +8,27 @@ from pathlib import Path
 import attrs
 import pydantic
 import pytest
+from refineg_frames.generic import PixelCodec
+from refineg_frames.qwen import Qwen2VLCodec, Qwen25VLCodec
 
-from refineg_core.boxcodecs import PixelCodec, Qwen2VLCodec, Qwen25VLCodec
 from refineg_core.chat import ImagePart, TextPart
+from refineg_core.config import load_config
 from refineg_core.errors import ConfigError
 from refineg_core.labels import LabelSet
 from refineg_core.pipeline.ground import GroundSettings
 from refineg_core.pipeline.prompts import (
-    CCKS_TYPES,
+    DEFAULT_WORDING,
     REFINE_FIELDS,
-    TWITTER_GMNER_TYPES,
+    PromptWording,
     build_ground_request,
     build_refine_request,
     check_template,
 )
 from refineg_core.pipeline.refine import RefineSettings
 from refineg_core.types import Box, Entity, ImageRef, Sample
-from tests.stagedata import LABELS, prediction, real_samples, with_image
+from tests.stagedata import LABELS, WORDING, prediction, real_samples, with_image
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def _texts(request) -> str:
@@ -36,14 +40,14 @@ def test_refine_prompt_has_everything_the_mllm_needs(twitter_dir: Path, tmp_path
     pred = prediction(sample, uncertainty=[0.05] + [0.9] * (len(sample.entities) - 1))
     delegated = set(pred.gate.delegated)
     req = build_refine_request(sample, pred.entities, delegated, LABELS, with_image=True,
-                               max_tokens=300, temperature=0.2)
+                               max_tokens=300, temperature=0.2, wording=WORDING)
     assert req.purpose == "refine" and req.max_tokens == 300 and req.temperature == 0.2
     [msg] = req.messages
     assert isinstance(msg.parts[0], ImagePart) and msg.parts[0].path == sample.image.path
     assert msg.parts[0].size == sample.image.size
     text = _texts(req)
     assert sample.text in text
-    for etype, desc in TWITTER_GMNER_TYPES.items():
+    for etype, desc in LABELS.descriptions.items():
         assert f"- {etype}: {desc}" in text
     assert "never tag generic nouns" in text
     first, second = pred.entities[0], pred.entities[1]
@@ -65,14 +69,44 @@ def test_refine_prompt_text_only_when_no_image_or_text_backend(tmp_path: Path) -
     assert "An image accompanies" not in _texts(req)
 
 
-def test_ccks_wording_and_descriptions() -> None:
-    labels = LabelSet(CCKS_TYPES)
+def test_ccks_wording_comes_from_its_config() -> None:
+    config = load_config(CONFIGS / "ccks.toml", check_plugins=False)
     sample = Sample("c1", ("The", "F-35", "landed"), "The F-35 landed")
-    req = build_refine_request(sample, (), set(), labels, with_image=False)
+    req = build_refine_request(sample, (), set(), config.label_set, with_image=False,
+                               wording=config.prompts)
     text = _texts(req)
-    assert "military" in text and "gun, air base, soldier" in text
+    assert "military news" in text and "gun, air base, soldier" in text
     assert "vehicle, aircraft, vessel, weapon, location, other" in text
     assert "(none)" in text
+
+
+def test_without_prompts_table_the_wording_is_generic() -> None:
+    labels = LabelSet({"vehicle": "a named vehicle", "aircraft": "a named aircraft"})
+    config = load_config(CONFIGS / "ccks.toml", ["prompts={}"], check_plugins=False)
+    assert config.prompts == DEFAULT_WORDING
+    sample = Sample("c1", ("The", "F-35", "landed"), "The F-35 landed")
+    text = _texts(build_refine_request(sample, (), set(), labels, with_image=False))
+    assert f"named entities in {DEFAULT_WORDING.domain}." in text
+    assert DEFAULT_WORDING.generic_examples in text
+    assert "military" not in text and "tweets" not in text  # no domain guessed from labels
+
+
+def test_prompts_table_is_validated_at_load_time() -> None:
+    from refineg_core.errors import ConfigError as Err
+
+    with pytest.raises(Err) as err:
+        load_config(CONFIGS / "ccks.toml", ["prompts.domian=x"], check_plugins=False)
+    assert "prompts.domian" in str(err.value)
+    with pytest.raises(pydantic.ValidationError):
+        PromptWording(domain="")
+
+
+def test_wording_reaches_the_ground_system_prompt() -> None:
+    words = PromptWording(domain="museum labels", generic_examples="vase")
+    query = Sample("q", ("Obama",), "Obama")
+    req = build_ground_request(query, (Entity(0, 1, "PER", "Obama"),), [], LABELS, PixelCodec(),
+                               wording=words)
+    assert "Each text below comes from museum labels with an image" in req.messages[0].parts[0].text
 
 
 def test_user_template_overrides_default() -> None:
@@ -136,6 +170,7 @@ def test_ground_request_demos_in_model_frame(tmp_path: Path, codec) -> None:
     system = req.messages[0].parts[0].text
     assert "[] when the entity is not visible" in system and "One or more boxes" in system
     assert ("0-1000 grid" in system) == isinstance(codec, Qwen2VLCodec)
+    assert f"Each box is {codec.box_format()}." in system  # the frame's own sentence
     for demo, msg, ans in ((demos[0], req.messages[1], req.messages[2]),
                            (demos[1], req.messages[3], req.messages[4])):
         w, h = codec.model_size(demo.image.size)

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from refineg_frames.qwen import Qwen2VLCodec, Qwen25VLCodec
 from refineg_qwen_vl.backend import QwenVLBackend
 
-from refineg_core.boxcodecs import Qwen2VLCodec, Qwen25VLCodec
 from refineg_core.chat import ChatMessage, ChatRequest, ImagePart, TextPart
 from refineg_core.errors import BackendError, BackendUnavailable
 from refineg_core.registry import load_class
@@ -143,6 +143,8 @@ def test_image_and_text_reach_the_model_plumbing(tiny_qwen2vl, image):
     assert isinstance(resp.text, str)
     assert 1 <= resp.usage.completion_tokens <= 6
     assert resp.usage.prompt_tokens == len(ids)
+    # a stage asking for more than max_new_tokens does not raise the backend's cap
+    assert b.complete(_request("Tell me more.", max_tokens=500)).usage.completion_tokens <= 6
     # an answered box (in the model's 0-1000 frame) comes back in original pixels
     assert codec.decode([0, 0, 500, 1000], (333, 517)) == Box(0, 0, 166.5, 517)
     b.close()

@@ -10,6 +10,7 @@ import pytest
 
 from refineg_core.formats.native import read_results
 from refineg_core.pipeline.refine import RefineSettings, run_refine, validate_items
+from refineg_core.testing.fake_openai import FakeOpenAIServer, drop, error, ok
 from refineg_core.types import (
     SOURCE_MLLM,
     SOURCE_TAGGER,
@@ -18,7 +19,6 @@ from refineg_core.types import (
     Sample,
     SampleResult,
 )
-from tests.fakeserver import FakeOpenAIServer, drop, error, ok
 from tests.stagedata import (
     LABELS,
     ScriptedBackend,

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from refineg_report import hooks as report_hooks
-from refineg_report.report import COLOURS, render_report
+from refineg_report.report import COLOURS, DrawnBox, label_rows, render_report, render_sample
 
 from refineg_core.formats.native import write_jsonl
 from refineg_core.hooks import get_hooks
@@ -22,6 +22,7 @@ from refineg_core.types import (
     SOURCE_MLLM,
     SOURCE_TAGGER,
     Box,
+    Entity,
     ImageRef,
     Sample,
     SampleResult,
@@ -172,3 +173,43 @@ def test_report_command_through_the_hook(twitter_dir: Path, tmp_path: Path, caps
 
 def test_gold_colour_differs_from_stage_colours() -> None:
     assert len({COLOURS[SOURCE_GOLD], COLOURS[SOURCE_MLLM], COLOURS[SOURCE_TAGGER]}) == 3
+
+
+def test_labels_of_coinciding_boxes_do_not_overlap(tmp_path: Path) -> None:
+    # The MLLM confirms the tagger's box and a second entity shares it: three labels
+    # at one corner; gold on the same box twice; one box far away.
+    same, far = Box(40, 50, 200, 250), Box(300, 200, 390, 290)
+    drawn = [
+        DrawnBox(same, "Obama (PER)", "#f0f", False),
+        DrawnBox(same, "Barack Obama (PER)", "#0ff", False),
+        DrawnBox(Box(42, 51, 199, 250), "POTUS (PER)", "#0ff", False),
+        DrawnBox(far, "Paris (LOC)", "#0ff", False),
+        DrawnBox(same, "gold: Obama (PER)", "#0f0", True),
+        DrawnBox(same, "gold: Barack Obama (PER)", "#0f0", True),
+    ]
+    assert label_rows(drawn, (W, H), 400) == [0, 1, 2, 0, 0, 1]
+    sample = Sample("s", ("Obama",), "Obama", ImageRef("s", photo(tmp_path / "s.jpg"), W, H))
+    result = SampleResult(sample, (
+        Entity(0, 1, "PER", "Obama", boxes=(same, same), source=SOURCE_MLLM),
+    ))
+    html = render_sample(result, None)
+    assert "top:-18px" in html and "top:-35px" in html  # one line apart
+
+
+def test_report_without_out_writes_beside_the_predictions(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    sample = Sample("s", ("Obama",), "Obama", ImageRef("s", photo(tmp_path / "s.jpg"), W, H))
+    write_jsonl([SampleResult(sample, ())], run / "ground.jsonl")
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    parser = argparse.ArgumentParser(prog="refineg")
+    get_hooks().add_commands(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["report", "--pred", str(run / "ground.jsonl")])
+    assert args.func(args) == 0
+    assert (run / "ground.report.html").is_file()
+    assert list(elsewhere.iterdir()) == []
+    assert str(run / "ground.report.html") in capsys.readouterr().out

@@ -21,7 +21,7 @@ from refineg_openai.backend import OpenAIBackend
 from refineg_core.formats.native import read_results
 from refineg_core.registry import registered
 from refineg_core.testing import run_cli
-from tests.fakeserver import FakeOpenAIServer, drop, error, ok
+from refineg_core.testing.fake_openai import FakeOpenAIServer, drop, error, ok
 from tests.stagedata import TWITTER_LABELS_TOML, oracle, paint_image, query_text
 
 pytest.importorskip("refineg_gazetteer", reason="pip install -e examples/refineg-gazetteer")

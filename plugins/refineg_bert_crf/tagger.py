@@ -32,6 +32,7 @@ from refineg_bert_crf.model import BertCrfModel, EncodedSentence, SentenceEncode
 from refineg_bert_crf.model import encoder_config as make_encoder_config
 from refineg_bert_crf.training import length_batches, set_seed, span_f1, train_loop
 from refineg_core.errors import DataError, TaggerError
+from refineg_core.filemodes import respect_umask
 from refineg_core.interfaces import PluginOptions, Tagger
 from refineg_core.labels import LabelSet, spans_to_tags, tags_to_spans
 from refineg_core.progress import bar
@@ -274,6 +275,7 @@ class BertCrfTagger(Tagger):
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
         save_file(state, str(directory / WEIGHTS))
+        respect_umask(directory / WEIGHTS)  # safetensors writes 0600
         self.encoder_config.save_pretrained(str(directory / "encoder"))
         self.tokenizer.save_pretrained(str(directory / "encoder"))
         (directory / "labels.json").write_text(json.dumps({

@@ -53,6 +53,7 @@ class LocalTextOptions(PluginOptions):
     model_path: str | None = None
     #: A GGUF file inside ``model_path``; None = SmolLM2's when model_path is None, else none.
     gguf_file: str | None = None
+    #: The most tokens one answer may have; a stage's ``max_tokens`` applies only when lower.
     max_new_tokens: int = pydantic.Field(256, ge=1)
     temperature: float = pydantic.Field(0.0, ge=0)
     top_p: float = pydantic.Field(0.95, gt=0, le=1)
@@ -112,6 +113,7 @@ class LocalTextBackend(MLLMBackend):
             "model": str(weights) if weights else None,
             "weights_bytes": size,
             "max_new_tokens": o.max_new_tokens,
+            "token_limit": "min(request, max_new_tokens)",  # was: the request's alone
             "temperature": o.temperature,
             "top_p": o.top_p,
             "repetition_penalty": o.repetition_penalty,
@@ -159,7 +161,7 @@ class LocalTextBackend(MLLMBackend):
         ]
         o = self.options
         temperature = o.temperature if request.temperature is None else request.temperature
-        max_new = request.max_tokens or o.max_new_tokens
+        max_new = request.token_limit(o.max_new_tokens)
         with self._lock:
             self._load()
             import torch

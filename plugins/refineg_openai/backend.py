@@ -21,12 +21,15 @@ from typing import Any, Literal
 import httpx
 import pydantic
 
-from refineg_core.boxcodecs import BoxCodec, codec_by_name
+from refineg_core.boxcodecs import BoxCodec
 from refineg_core.chat import ChatMessage, ChatRequest, ChatResponse, ImagePart, TextPart, Usage
-from refineg_core.errors import BackendError, BackendUnavailable, ConfigError
+from refineg_core.errors import BackendError, BackendUnavailable, PluginError
 from refineg_core.interfaces import MLLMBackend, PluginOptions
+from refineg_core.registry import create_box_frame
 from refineg_openai.images import image_data_url
 
+#: Tokens per answer when neither the request nor the options say.
+DEFAULT_MAX_TOKENS = 1024
 #: Statuses worth retrying although they are 4xx.
 _RETRYABLE_4XX = {408, 409, 425, 429}
 
@@ -38,7 +41,9 @@ class OpenAIOptions(PluginOptions):
     api_key_env: str | None = None
     timeout: float = pydantic.Field(120.0, gt=0)
     temperature: float = pydantic.Field(0.1, ge=0)
-    max_tokens: int = pydantic.Field(1024, ge=1)
+    #: The most tokens one answer may have. A stage's own limit (``[refine] max_tokens``...)
+    #: is used when lower, never when higher. None: the stage decides (1024 if it does not).
+    max_tokens: int | None = pydantic.Field(None, ge=1)
     seed: int | None = 0
     concurrency: int = pydantic.Field(8, ge=1, le=512)
     #: Retries after the first attempt (so ``retries=3`` means at most 4 attempts).
@@ -47,8 +52,9 @@ class OpenAIOptions(PluginOptions):
     backoff_max: float = pydantic.Field(30.0, ge=0)
     #: Longest Retry-After the client will wait; longer ones are cut to this.
     retry_after_max: float = pydantic.Field(120.0, ge=0)
-    #: The model's box convention (``refineg_core.boxcodecs.CODECS``): "qwen2.5-vl"
-    #: (what the paper served), "qwen2-vl", "qwen3-vl", "pixels", "norm1000".
+    #: The model's box convention, a ``refineg.box_frames`` plugin (``refineg plugins``
+    #: lists them): "qwen2.5-vl" (what the paper served), "qwen2-vl", "qwen3-vl",
+    #: "pixels", "normalized"...
     box_frame: str = "qwen2.5-vl"
     #: Pixel bounds of the Qwen frames; keep them within the server's own (vLLM's
     #: ``--mm-processor-kwargs``), or the server resizes again and the frame moves.
@@ -56,6 +62,8 @@ class OpenAIOptions(PluginOptions):
     max_pixels: int | None = pydantic.Field(None, ge=1)
     #: Downscale for "pixels"/"norm1000" frames (longest side).
     max_side: int | None = pydantic.Field(None, ge=1)
+    #: Any other option of the box frame (a third-party frame's own settings).
+    box_frame_options: dict[str, Any] = pydantic.Field(default_factory=dict)
     image_format: Literal["jpeg", "png"] = "jpeg"
     jpeg_quality: int = pydantic.Field(90, ge=1, le=100)
     #: Extra server-specific request fields (vLLM's ``top_k``, ``repetition_penalty``...).
@@ -68,17 +76,26 @@ class OpenAIOptions(PluginOptions):
             raise ValueError(f"base_url must start with http:// or https://, got {v!r}")
         return v.rstrip("/")
 
+    def frame(self) -> BoxCodec:
+        """The box frame these options name, with the settings that were given for it."""
+        given = {"min_pixels": self.min_pixels, "max_pixels": self.max_pixels,
+                 "max_side": self.max_side}
+        settings = {k: v for k, v in given.items() if v is not None}
+        twice = sorted(settings.keys() & self.box_frame_options.keys())
+        if twice:
+            raise PluginError(f"{twice} given both directly and in box_frame_options",
+                              where="backend.options.box_frame_options")
+        return create_box_frame(
+            self.box_frame, {**settings, **self.box_frame_options},
+            config_key="backend.options.box_frame",
+        )
+
     @pydantic.model_validator(mode="after")
     def _codec(self) -> OpenAIOptions:
         try:
-            codec_by_name(
-                self.box_frame,
-                min_pixels=self.min_pixels,
-                max_pixels=self.max_pixels,
-                max_side=self.max_side,
-            )
-        except ConfigError as exc:  # as a validation error, so the config path is reported
-            raise ValueError(str(exc)) from None
+            self.frame()
+        except PluginError as exc:  # as a validation error, so the config path is reported
+            raise ValueError(str(exc).removeprefix(f"{exc.where}: ")) from None
         return self
 
 
@@ -129,9 +146,7 @@ class OpenAIBackend(MLLMBackend):
     def __init__(self, options: OpenAIOptions | None = None, labels: Any = None) -> None:
         super().__init__(options, labels)
         o = self.options
-        self._codec = codec_by_name(
-            o.box_frame, min_pixels=o.min_pixels, max_pixels=o.max_pixels, max_side=o.max_side
-        )
+        self._codec = o.frame()
         self._slots = threading.BoundedSemaphore(o.concurrency)
         self._client: httpx.Client | None = None
         self._client_lock = threading.Lock()
@@ -162,7 +177,9 @@ class OpenAIBackend(MLLMBackend):
             "backend": "openai",
             "model": o.model,
             "temperature": o.temperature,
-            "max_tokens": o.max_tokens,
+            # unset keeps the identity answers were cached under before the cap existed
+            "max_tokens": DEFAULT_MAX_TOKENS if o.max_tokens is None else o.max_tokens,
+            **({} if o.max_tokens is None else {"max_tokens_cap": True}),
             "seed": o.seed,
             "box_frame": self._codec.describe(),
             "max_side": o.max_side,
@@ -217,7 +234,7 @@ class OpenAIBackend(MLLMBackend):
             "model": o.model,
             "messages": [self._message(m) for m in request.messages],
             "temperature": o.temperature if request.temperature is None else request.temperature,
-            "max_tokens": o.max_tokens if request.max_tokens is None else request.max_tokens,
+            "max_tokens": request.token_limit(o.max_tokens, DEFAULT_MAX_TOKENS),
         }
         if o.seed is not None:
             body["seed"] = o.seed

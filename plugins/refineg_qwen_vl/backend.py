@@ -23,17 +23,18 @@ from typing import Any, Literal
 import pydantic
 from PIL import Image
 
-from refineg_core.boxcodecs import BoxCodec, Qwen2VLCodec, Qwen3VLCodec, Qwen25VLCodec
+from refineg_core.boxcodecs import BoxCodec
 from refineg_core.chat import ChatMessage, ChatRequest, ChatResponse, ImagePart, TextPart, Usage
 from refineg_core.errors import BackendError, BackendUnavailable
 from refineg_core.interfaces import MLLMBackend, PluginOptions
+from refineg_core.registry import create_box_frame
 
-#: config.json ``model_type`` -> codec class.
-MODEL_TYPES: dict[str, type[BoxCodec]] = {
-    "qwen2_vl": Qwen2VLCodec,
-    "qwen2_5_vl": Qwen25VLCodec,
-    "qwen3_vl": Qwen3VLCodec,
-    "qwen3_vl_moe": Qwen3VLCodec,
+#: config.json ``model_type`` -> the box frame (a ``refineg.box_frames`` plugin) it answers in.
+MODEL_TYPES: dict[str, str] = {
+    "qwen2_vl": "qwen2-vl",
+    "qwen2_5_vl": "qwen2.5-vl",
+    "qwen3_vl": "qwen3-vl",
+    "qwen3_vl_moe": "qwen3-vl",
 }
 
 #: Used only when the model folder ships no chat template (the Qwen2-VL format).
@@ -57,6 +58,7 @@ class QwenVLOptions(PluginOptions):
     device: str = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     batch_size: int = pydantic.Field(1, ge=1, le=256)
+    #: The most tokens one answer may have; a stage's ``max_tokens`` applies only when lower.
     max_new_tokens: int = pydantic.Field(1024, ge=1)
     temperature: float = pydantic.Field(0.0, ge=0)
     #: None: sample exactly when temperature > 0.
@@ -111,6 +113,7 @@ class QwenVLBackend(MLLMBackend):
             "weights": self._weights_fingerprint(),
             "dtype": o.dtype,
             "max_new_tokens": o.max_new_tokens,
+            "token_limit": "min(request, max_new_tokens)",  # was: the request's alone
             "temperature": o.temperature,
             "do_sample": self._sampling(o.temperature),
             "seed": o.seed,
@@ -209,8 +212,11 @@ class QwenVLBackend(MLLMBackend):
         ip = processor.image_processor
         factor = int(getattr(ip, "patch_size", 14)) * int(getattr(ip, "merge_size", 2))
         lo, hi = self._pixel_bounds(processor)
-        codec_cls = MODEL_TYPES[self._model_type() or ""]
-        return codec_cls(min_pixels=lo, max_pixels=hi, factor=factor)
+        frame = MODEL_TYPES[self._model_type() or ""]
+        return create_box_frame(
+            frame, {"min_pixels": lo, "max_pixels": hi, "factor": factor},
+            config_key="backend.options",
+        )
 
     def _load(self) -> None:
         with self._load_lock:
@@ -350,7 +356,8 @@ class QwenVLBackend(MLLMBackend):
             padding=True,
             size={"shortest_edge": lo, "longest_edge": hi},
         ).to(self._device)
-        max_new = max((p[2].max_tokens or self.options.max_new_tokens) for p in prepared)
+        cap = self.options.max_new_tokens
+        max_new = max(p[2].token_limit(cap) for p in prepared)
         sample = self._sampling(temperature)
         gen_kwargs: dict[str, Any] = {"max_new_tokens": max_new, "do_sample": sample}
         if sample:
@@ -369,7 +376,7 @@ class QwenVLBackend(MLLMBackend):
             new_tokens, inputs["attention_mask"], prepared, strict=True
         ):
             ids = row.tolist()
-            limit = request.max_tokens or self.options.max_new_tokens
+            limit = request.token_limit(cap)
             n = next((i for i, t in enumerate(ids) if t in eos), len(ids))
             n = min(n, limit)
             text = tok.decode(ids[:n], skip_special_tokens=True)

@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import attrs
 from PIL import Image, UnidentifiedImageError
 
 from refineg_core.formats.images import find_image
@@ -92,15 +93,64 @@ def embed_image(path: Path, max_side: int = MAX_SIDE) -> tuple[str, tuple[int, i
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii"), original
 
 
-def _box_div(box: Box, size: tuple[int, int], label: str, colour: str, gold: bool) -> str:
+#: Label geometry in CSS px (11px monospace: about 6.6 px a character, 16 px a line).
+LABEL_LINE = 17
+_CHAR_W = 6.7
+
+
+@attrs.frozen
+class DrawnBox:
+    box: Box
+    label: str
+    colour: str
+    gold: bool
+
+
+def label_rows(drawn: Sequence[DrawnBox], frame: tuple[int, int], display_w: int) -> list[int]:
+    """How many lines each label moves away from its box so no two labels overlap.
+
+    Predicted labels sit above the box's top-left corner and move up; gold ones
+    below its bottom-left corner and move down. Coinciding boxes (the MLLM
+    confirming the tagger's box, two entities on one face) would otherwise
+    print their labels on top of each other.
+    """
+    scale = display_w / frame[0]
+    placed: list[tuple[float, float, float, float]] = []
+    rows: list[int] = []
+    for d in drawn:
+        x = d.box.x1 * scale
+        width = len(d.label) * _CHAR_W + 6
+        row = 0
+        while True:
+            if d.gold:
+                y = d.box.y2 * scale + 2 + row * LABEL_LINE
+            else:
+                y = d.box.y1 * scale - 18 - row * LABEL_LINE
+            rect = (x, y, x + width, y + LABEL_LINE - 1)
+            if not any(_overlap(rect, other) for other in placed):
+                break
+            row += 1
+        placed.append(rect)
+        rows.append(row)
+    return rows
+
+
+def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _box_div(d: DrawnBox, size: tuple[int, int], row: int = 0) -> str:
     w, h = size
+    box = d.box
     left, top = 100 * box.x1 / w, 100 * box.y1 / h
     width, height = 100 * (box.x2 - box.x1) / w, 100 * (box.y2 - box.y1) / h
-    cls = "box gold" if gold else "box"
+    cls = "box gold" if d.gold else "box"
+    offset = -18 - row * LABEL_LINE
+    place = f"bottom:{offset}px" if d.gold else f"top:{offset}px"
     return (
         f'<div class="{cls}" style="left:{left:.3f}%;top:{top:.3f}%;width:{width:.3f}%;'
-        f'height:{height:.3f}%;border-color:{colour}">'
-        f'<span class="lbl" style="background:{colour}">{_esc(label)}</span></div>'
+        f'height:{height:.3f}%;border-color:{d.colour}">'
+        f'<span class="lbl" style="background:{d.colour};{place}">{_esc(d.label)}</span></div>'
     )
 
 
@@ -148,13 +198,12 @@ def render_sample(
         dh = round(dw * frame[1] / frame[0])
         parts.append(f'<div class="frame" style="width:{dw}px;height:{dh}px">'
                      f'<img src="{url}" alt="{_esc(sample.id)}">')
-        for e in result.entities:
-            for b in e.box_list:
-                parts.append(_box_div(b, frame, f"{e.text} ({e.type})", _colour(e.source), False))
-        for e in gold.entities if gold else ():
-            for b in e.box_list:
-                parts.append(_box_div(b, frame, f"gold: {e.text} ({e.type})",
-                                      COLOURS[SOURCE_GOLD], True))
+        drawn = [DrawnBox(b, f"{e.text} ({e.type})", _colour(e.source), False)
+                 for e in result.entities for b in e.box_list]
+        drawn += [DrawnBox(b, f"gold: {e.text} ({e.type})", COLOURS[SOURCE_GOLD], True)
+                  for e in (gold.entities if gold else ()) for b in e.box_list]
+        for d, row in zip(drawn, label_rows(drawn, frame, dw), strict=True):
+            parts.append(_box_div(d, frame, row))
         parts.append("</div>")
     else:
         why = "image not available" if path is None else "image unreadable"

@@ -27,6 +27,7 @@ from refineg_core.labels import LabelSet
 from refineg_core.pipeline.prompts import (
     GROUND_QUERY_FIELDS,
     GROUND_SYSTEM_FIELDS,
+    PromptWording,
     build_ground_request,
     original_size,
     validate_template,
@@ -64,6 +65,8 @@ class GroundSettings(PluginOptions):
     #: ``string.Template`` overrides (see refineg_core.pipeline.prompts for placeholders).
     system_prompt: str | None = None
     query_prompt: str | None = None
+    #: Domain wording; the run fills it from the config's ``[prompts]``.
+    wording: PromptWording = pydantic.Field(default_factory=PromptWording)
 
     @pydantic.field_validator("system_prompt")
     @classmethod
@@ -236,6 +239,7 @@ def _ground_one(
         query_template=settings.query_prompt,
         max_tokens=settings.max_tokens,
         temperature=settings.temperature,
+        wording=settings.wording,
     )
     meta: dict[str, Any] = {
         **item.meta,

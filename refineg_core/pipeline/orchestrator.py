@@ -225,9 +225,13 @@ class Pipeline:
             "data.predict": dataset_digest(self.require("predict")),
         }
 
+    def stage_settings(self, stage: str):
+        """An MLLM stage's settings with the config's prompt wording filled in."""
+        return getattr(self.config, stage).model_copy(update={"wording": self.config.prompts})
+
     def _mllm_parts(self, stage: str) -> dict[str, Any]:
         backend = self.backend()
-        settings = getattr(self.config, stage)
+        settings = self.stage_settings(stage)
         return {
             f"upstream.{self._upstream(stage)}": self._output_digest(self._upstream(stage)),
             f"stages.{stage}": self._stage_mode(stage),
@@ -467,7 +471,8 @@ class Pipeline:
         with tempfile.TemporaryDirectory(prefix="refineg-api-") as tmp:
             if self._stage_mode("refine") is not False:
                 results, _ = run_refine(
-                    results, backend, self.labels, self.config.refine, Path(tmp) / "r.jsonl"
+                    results, backend, self.labels, self.stage_settings("refine"),
+                    Path(tmp) / "r.jsonl",
                 )
             if self._stage_mode("ground") is not False:
                 selector = self._indexed_selector()
@@ -477,7 +482,7 @@ class Pipeline:
                     selector,
                     backend,
                     self.labels,
-                    self.config.ground,
+                    self.stage_settings("ground"),
                     Path(tmp) / "g.jsonl",
                 )
         return results
@@ -558,7 +563,7 @@ class Pipeline:
                 results_in,
                 backend,
                 self.labels,
-                self.config.refine,
+                self.stage_settings("refine"),
                 out,
                 debug=self.debug,
                 required=mode is True,
@@ -571,7 +576,7 @@ class Pipeline:
         from refineg_core.pipeline.ground import run_ground
 
         def run(backend, mode, out):
-            settings = self.config.ground
+            settings = self.stage_settings("ground")
             selector = self.context.selector()
             pool = self.dataset("pool")
             needs = any(

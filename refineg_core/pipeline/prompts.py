@@ -13,16 +13,16 @@ Refinement placeholders (``REFINE_FIELDS``):
   small model's entities with their uncertainty (one per line).
 
 Grounding system placeholders (``GROUND_SYSTEM_FIELDS``): ``$domain``,
-``$types``, ``$labels``, ``$box_format`` (how coordinates are written in this
-backend's frame).
+``$types``, ``$labels``, ``$box_format`` (how a box is written in this
+backend's frame, completing "Each box is ...").
 Grounding query placeholders (``GROUND_QUERY_FIELDS``, used for every
 demonstration and the query alike): ``$text``, ``$entities`` (a JSON list of
 ``{entity, type}``), ``$size`` ("W x H", the image as the model sees it).
 
-Defaults exist for the Twitter-GMNER (PER/LOC/ORG/OTHER) and CCKS
-(vehicle/aircraft/vessel/weapon/location/other) label sets; any other label
-set gets neutral wording. The type descriptions always come from the task's
-``LabelSet``.
+The defaults are domain-neutral. ``$domain`` and ``$generic_examples`` come
+from the config's ``[prompts]`` table (``PromptWording``), the type
+descriptions from ``[labels]``, and ``$box_format`` from the backend's box
+frame (``BoxCodec.box_format``), so no dataset or model wording lives here.
 """
 
 from __future__ import annotations
@@ -31,52 +31,33 @@ import json
 import string
 from collections.abc import Sequence
 
-import attrs
+import pydantic
 
-from refineg_core.boxcodecs import BoxCodec, NormalizedCodec
+from refineg_core.boxcodecs import BoxCodec
 from refineg_core.chat import ChatMessage, ChatRequest, ImagePart, Part, TextPart
 from refineg_core.errors import ConfigError
 from refineg_core.formats.images import image_size
+from refineg_core.interfaces import PluginOptions
 from refineg_core.labels import LabelSet
 from refineg_core.types import Entity, ImageRef, Sample
 
-#: Type descriptions for the two reference label sets (a config may copy them).
-TWITTER_GMNER_TYPES: dict[str, str] = {
-    "PER": "a named person, real or fictional (e.g. Barack Obama, Taylor Swift)",
-    "LOC": "a named place: country, city, region, street, landmark, body of water",
-    "ORG": "a named organisation: company, team, band, party, agency, institution",
-    "OTHER": "another named thing: event, product, work of art, brand, hashtag topic",
-}
-CCKS_TYPES: dict[str, str] = {
-    "vehicle": "a specific model or class of land vehicle (e.g. M1 Abrams, T-90, Humvee)",
-    "aircraft": "a specific model or class of aircraft or drone (e.g. F-35, Su-57, MQ-9 Reaper)",
-    "vessel": "a specific ship, submarine or ship class (e.g. USS Nimitz, Type 055)",
-    "weapon": "a specific weapon system or munition (e.g. HIMARS, Javelin, AK-47)",
-    "location": "a named place: country, city, region, base, sea, strait",
-    "other": "another named military entity: unit, exercise, programme, organisation",
-}
+
+class PromptWording(PluginOptions):
+    """``[prompts]`` in the config: the few words that differ between domains.
+
+    The core's defaults are neutral; a dataset's config carries its own wording
+    (configs/twitter-gmner.toml, configs/ccks.toml). The entity types and their
+    descriptions (with examples of names) come from ``[labels]``.
+    """
+
+    #: What the texts are ($domain), e.g. "social media posts (tweets)".
+    domain: str = pydantic.Field("texts", min_length=1)
+    #: Generic nouns the model must never tag ($generic_examples).
+    generic_examples: str = pydantic.Field("person, place, company, vehicle", min_length=1)
 
 
-@attrs.frozen
-class Wording:
-    """The few words that differ between domains."""
-
-    domain: str
-    generic_examples: str
-
-
-_TWITTER = Wording("social media posts (tweets)", "people, city, team, band, president, phone")
-_CCKS = Wording("military news and reports", "gun, air base, soldier, tank, warship, missile")
-_GENERIC = Wording("texts", "person, place, company, vehicle")
-
-
-def wording_for(labels: LabelSet) -> Wording:
-    types = {t.lower() for t in labels.types}
-    if types == {t.lower() for t in TWITTER_GMNER_TYPES}:
-        return _TWITTER
-    if types & {"vehicle", "aircraft", "vessel", "weapon"}:
-        return _CCKS
-    return _GENERIC
+#: The neutral wording a config without ``[prompts]`` gets.
+DEFAULT_WORDING = PromptWording()
 
 
 REFINE_TEMPLATE = """\
@@ -111,10 +92,11 @@ $types
 For each entity you are given, answer with the boxes of the regions of the \
 image that show it:
 - One or more boxes per entity; use [] when the entity is not visible in the image.
-- Each box is [x1, y1, x2, y2]: $box_format.
+- Each box is $box_format.
 - Answer only for the entities given, with their names and types unchanged \
 (types are among: $labels).
-- Output only a JSON list of {"entity": ..., "type": ..., "boxes": [[x1, y1, x2, y2], ...]}."""
+- Output only a JSON list of {"entity": ..., "type": ..., "boxes": [box, ...]}, \
+each box written as above."""
 
 GROUND_QUERY_TEMPLATE = """\
 Image size: $size
@@ -221,9 +203,10 @@ def build_refine_request(
     template: str | None = None,
     max_tokens: int | None = None,
     temperature: float | None = None,
+    wording: PromptWording | None = None,
 ) -> ChatRequest:
     """One user turn: the image (when there is one and the backend sees images), then text."""
-    words = wording_for(labels)
+    words = wording or DEFAULT_WORDING
     image = _image_part(sample.image) if with_image else None
     note = "An image accompanies the text; use it to decide types.\n" if image else ""
     text = _render(
@@ -250,17 +233,6 @@ def build_refine_request(
 # -- grounding ------------------------------------------------------------------
 
 
-def box_format(codec: BoxCodec) -> str:
-    """How the model should write coordinates, in words, for its codec."""
-    if isinstance(codec, NormalizedCodec):
-        n = codec.scale
-        return f"integers on a 0-{n} grid over the image (0,0 top-left, {n},{n} bottom-right)"
-    return (
-        "integer pixel coordinates of the image as you see it (0,0 is the top-left corner; "
-        "the size is given with each image)"
-    )
-
-
 def _size_text(codec: BoxCodec, size: tuple[int, int] | None) -> str:
     if size is None:
         return "unknown"
@@ -279,7 +251,7 @@ def entity_list_json(entities: Sequence[Entity]) -> str:
 
 def demo_answer_json(sample: Sample, codec: BoxCodec, size: tuple[int, int]) -> str:
     """The gold answer of a demonstration, boxes in the model's frame."""
-    merged: dict[tuple[str, str], list[list[int]]] = {}
+    merged: dict[tuple[str, str], list[list[float]]] = {}
     for e in sample.entities:
         boxes = merged.setdefault((e.text, e.type), [])
         for b in e.box_list:
@@ -318,20 +290,21 @@ def build_ground_request(
     query_template: str | None = None,
     max_tokens: int | None = None,
     temperature: float | None = None,
+    wording: PromptWording | None = None,
 ) -> ChatRequest:
     """System rules, then one user/assistant pair per demonstration, then the query.
 
     Demonstrations need an available image and a known size (their gold boxes
     are encoded into the model's frame); the caller filters them.
     """
-    words = wording_for(labels)
+    words = wording or DEFAULT_WORDING
     system = _render(
         system_template or GROUND_SYSTEM_TEMPLATE,
         {
             "domain": words.domain,
             "types": type_lines(labels),
             "labels": ", ".join(labels.types),
-            "box_format": box_format(codec),
+            "box_format": codec.box_format(),
         },
     )
     qt = query_template or GROUND_QUERY_TEMPLATE

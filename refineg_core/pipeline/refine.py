@@ -26,7 +26,12 @@ import pydantic
 from refineg_core.errors import DataError
 from refineg_core.interfaces import MLLMBackend, PluginOptions
 from refineg_core.labels import LabelSet, find_token_spans
-from refineg_core.pipeline.prompts import REFINE_FIELDS, build_refine_request, validate_template
+from refineg_core.pipeline.prompts import (
+    REFINE_FIELDS,
+    PromptWording,
+    build_refine_request,
+    validate_template,
+)
 from refineg_core.pipeline.runner import StageSummary
 from refineg_core.pipeline.stagekit import (
     Counters,
@@ -53,6 +58,8 @@ class RefineSettings(PluginOptions):
     #: ``entities`` (every sample with a predicted entity, all of them delegated:
     #: the reference release's behaviour) or ``all`` (every sample).
     delegate: Literal["gate", "entities", "all"] = "gate"
+    #: Domain wording; the run fills it from the config's ``[prompts]``.
+    wording: PromptWording = pydantic.Field(default_factory=PromptWording)
 
     @pydantic.field_validator("prompt")
     @classmethod
@@ -245,6 +252,7 @@ def _refine_one(
         template=settings.prompt,
         max_tokens=settings.max_tokens,
         temperature=settings.temperature,
+        wording=settings.wording,
     )
     info: dict[str, Any] = {"delegated": [list(k) for k in sorted(plan.delegated)]}
     parsed = ask(backend, request, STAGE, counters, info, debug)

@@ -1,4 +1,4 @@
-"""Example third-party refineg plugins: a gazetteer tagger, a rule-based gate
-and a CSV dataset format."""
+"""Example third-party refineg plugins: a gazetteer tagger, a rule-based gate,
+a CSV dataset format and an xywh box frame."""
 
 __version__ = "0.1.0"

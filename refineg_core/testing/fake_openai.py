@@ -5,7 +5,7 @@ dropped connections, status codes and concurrency behave as with vLLM.
 
 Usage::
 
-    from tests.fakeserver import FakeOpenAIServer, ok, error, drop, garbage
+    from refineg_core.testing.fake_openai import FakeOpenAIServer, ok, error, drop, garbage
 
     @pytest.fixture
     def server():

@@ -1,4 +1,8 @@
-"""Box codecs: the resize rule matches transformers, boxes round-trip, bad answers become None."""
+"""Box frames: the resize rule matches transformers, boxes round-trip, bad answers become None.
+
+The built-in frames are the ``refineg_frames`` plugins; they are loaded by name
+through the registry exactly as a backend loads them.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +10,14 @@ import itertools
 import math
 
 import pytest
+from refineg_frames.generic import NormalizedCodec, PixelCodec
+from refineg_frames.qwen import Qwen2VLCodec, Qwen3VLCodec, Qwen25VLCodec, smart_resize
 
-from refineg_core.boxcodecs import (
-    NormalizedCodec,
-    PixelCodec,
-    Qwen2VLCodec,
-    Qwen3VLCodec,
-    Qwen25VLCodec,
-    codec_by_name,
-    smart_resize,
-)
-from refineg_core.errors import ConfigError
+from refineg_core import registry
+from refineg_core.boxcodecs import BOX_FRAME_GROUP, BoxCodec
+from refineg_core.errors import PluginError
+from refineg_core.registry import create_box_frame
+from refineg_core.testing import run_cli
 from refineg_core.types import Box
 
 ODD_SIZES = [(333, 517), (1, 2000), (2000, 1), (4000, 3000), (27, 29), (640, 480), (1000, 56)]
@@ -26,8 +27,8 @@ CODECS = [
     Qwen25VLCodec(min_pixels=256 * 28 * 28, max_pixels=1280 * 28 * 28),
     Qwen2VLCodec(),
     Qwen3VLCodec(),
-    NormalizedCodec(1000),
-    NormalizedCodec(100, max_side=512),
+    NormalizedCodec(scale=1000),
+    NormalizedCodec(scale=100, max_side=512),
     PixelCodec(),
     PixelCodec(max_side=1000),
 ]
@@ -163,19 +164,75 @@ def test_decode_all_counts_invalid():
     assert invalid == 2
 
 
-def test_codec_by_name():
-    assert isinstance(codec_by_name("qwen2.5-vl"), Qwen25VLCodec)
-    assert isinstance(codec_by_name("Qwen2_5_VL"), Qwen25VLCodec)
-    c = codec_by_name("qwen2-vl", min_pixels=3136, max_pixels=200_000, max_side=None)
-    assert isinstance(c, Qwen2VLCodec)
+def test_frames_by_name_through_the_registry():
+    assert type(create_box_frame("qwen2.5-vl")) is Qwen25VLCodec
+    c = create_box_frame("qwen2-vl", {"min_pixels": 3136, "max_pixels": 200_000})
+    assert type(c) is Qwen2VLCodec
     assert c.model_size((4000, 3000))[0] * c.model_size((4000, 3000))[1] <= 200_000
-    p = codec_by_name("pixels", max_side=1000)
-    assert isinstance(p, PixelCodec) and p.model_size((4000, 3000)) == (1000, 750)
-    n = codec_by_name("norm1000")
-    assert isinstance(n, NormalizedCodec) and n.scale == 1000
-    with pytest.raises(ConfigError, match="unknown box frame"):
-        codec_by_name("yolo")
-    with pytest.raises(ConfigError, match="does not take options"):
-        codec_by_name("pixels", min_pixels=5)
-    with pytest.raises(ConfigError):
-        codec_by_name("qwen2.5-vl", min_pixels=10, max_pixels=5)
+    p = create_box_frame("pixels", {"max_side": 1000})
+    assert type(p) is PixelCodec and p.model_size((4000, 3000)) == (1000, 750)
+    n = create_box_frame("norm1000")
+    assert type(n) is NormalizedCodec and n.scale == 1000
+    assert create_box_frame("qwen3-vl").factor == 32
+
+
+def test_frame_errors_name_the_installed_frames_and_the_options():
+    with pytest.raises(PluginError) as err:
+        create_box_frame("yolo", config_key="backend.options.box_frame")
+    assert err.value.where == "backend.options.box_frame"
+    for name in ("pixels", "normalized", "qwen2.5-vl", "qwen2-vl", "qwen3-vl"):
+        assert name in str(err.value)
+    with pytest.raises(PluginError, match=r"min_pixels.*its options: max_side"):
+        create_box_frame("pixels", {"min_pixels": 5})
+    with pytest.raises(PluginError, match="min_pixels <= max_pixels"):
+        create_box_frame("qwen2.5-vl", {"min_pixels": 10, "max_pixels": 5})
+
+
+def test_plugins_command_lists_box_frames():
+    found = {p.name: p for p in registry.installed(BOX_FRAME_GROUP)}
+    assert {"pixels", "normalized", "qwen2.5-vl", "qwen2-vl", "qwen3-vl"} <= set(found)
+    assert found["qwen2.5-vl"].target == "refineg_frames.qwen:Qwen25VLCodec"
+    assert found["qwen2.5-vl"].distribution == "refineg"
+    out = run_cli(["plugins"])
+    assert out.code == 0
+    rows = [line.split() for line in out.stdout.splitlines()]
+    assert [BOX_FRAME_GROUP, "qwen2.5-vl", "refineg"] in [r[:3] for r in rows]
+
+
+def test_only_the_named_frame_module_is_imported():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from refineg_core.registry import create_box_frame\n"
+        "create_box_frame('pixels')\n"
+        "print('refineg_frames.qwen' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_a_frame_registered_in_memory_is_selectable():
+    class Swapped(PixelCodec):
+        """A made-up model that writes [y1, x1, y2, x2]."""
+
+        name = "swapped"
+
+        def encode(self, box, original):
+            x1, y1, x2, y2 = super().encode(box, original)
+            return [y1, x1, y2, x2]
+
+        def decode_raw(self, coords, original):
+            y1, x1, y2, x2 = coords
+            return super().decode_raw([x1, y1, x2, y2], original)
+
+        def box_format(self):
+            return "[y1, x1, y2, x2]: pixels, rows first"
+
+    with registry.registered("box_frame", "swapped", Swapped):
+        frame = create_box_frame("swapped", {"max_side": 100})
+        assert isinstance(frame, BoxCodec)
+        assert frame.decode([10, 20, 30, 40], (200, 100)) == Box(40, 20, 80, 60)
+    with pytest.raises(PluginError, match="not installed"):
+        create_box_frame("swapped")

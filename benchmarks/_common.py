@@ -1,0 +1,33 @@
+"""What the benchmarks share, built on the installed ``refineg`` package only.
+
+Benchmarks run as scripts (``python benchmarks/bench_x.py``), so this folder is
+on ``sys.path`` and ``import _common`` works; nothing puts the repository or
+``tests`` on the path. Generic helpers (the fake OpenAI server, painted images,
+tagger-like predictions) come from ``refineg_core.testing``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from refineg_core.config import load_config
+from refineg_core.labels import LabelSet
+from refineg_core.testing.stages import first_samples
+from refineg_core.types import Sample
+
+ROOT = Path(__file__).resolve().parents[1]
+#: The shared data folder (``REFINEG_DATA`` overrides).
+DATA = Path(os.environ.get("REFINEG_DATA", ROOT.parent / "shared" / "data")).resolve()
+
+
+def twitter_labels() -> LabelSet:
+    """The label set (with descriptions) of the shipped Twitter-GMNER config."""
+    return load_config(ROOT / "configs" / "twitter-gmner.toml", check_plugins=False).label_set
+
+
+def real_samples(
+    twitter_dir: Path, n: int, *, min_entities: int = 1, skip: int = 0
+) -> list[Sample]:
+    """The first ``n`` dev tweets with at least ``min_entities`` entities (after ``skip``)."""
+    return first_samples(twitter_dir / "dev.txt", n, min_entities=min_entities, skip=skip)

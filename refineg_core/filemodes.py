@@ -1,0 +1,30 @@
+"""Files refineg writes get the mode a plain ``open()`` would give them.
+
+``tempfile.mkstemp`` and safetensors' ``save_file`` create files 0600 whatever
+the umask, so saved tagger weights were unreadable to a group sharing the run
+directory while every other file of it was readable.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS shows it (Linux)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: the only portable way is to set it and put it back
+    os.umask(mask)
+    return mask
+
+
+def respect_umask(path: Path | str) -> None:
+    """Give ``path`` the mode ``open(path, "w")`` would have: 0666 minus the umask."""
+    os.chmod(path, 0o666 & ~current_umask())
