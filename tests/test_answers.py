@@ -10,43 +10,45 @@ from refineg_core.pipeline.answers import AnswerError, extract_json_list, parse_
 OBAMA = {"name": "Obama", "type": "PER"}
 
 
-@pytest.mark.parametrize(
-    "text",
-    [
-        '[{"name": "Obama", "type": "PER"}]',
-        '  \n[\n  {"name": "Obama", "type": "PER"}\n]\n',
-        # reasoning first, then a fenced block, then a sign-off
-        "The post is about a speech. Obama is clearly a person, not an organisation.\n\n"
-        '```json\n[{"name": "Obama", "type": "PER"}]\n```\nLet me know if you need more.',
-        # fence without a language tag
-        'Answer:\n```\n[{"name": "Obama", "type": "PER"}]\n```',
-        # bare JSON after prose, prose after it
-        'Final answer: [{"name": "Obama", "type": "PER"}] (Obama is the only named entity.)',
-        # a reasoning model's think block that quotes a wrong draft
-        '<think>First guess: [{"name": "Obama", "type": "ORG"}]. No, he is a person.</think>\n'
-        '[{"name": "Obama", "type": "PER"}]',
-        # an example list in the reasoning, the real answer last
-        'Format is [{"name": ..., "type": ...}]. e.g. [{"name": "X", "type": "LOC"}]\n'
-        'So: [{"name": "Obama", "type": "PER"}]',
-        # wrapped in an object
-        '{"entities": [{"name": "Obama", "type": "PER"}]}',
-        # apostrophes in the prose around the JSON
-        "Here's what I found, it's simple: [{\"name\": \"Obama\", \"type\": \"PER\"}] that's all",
-    ],
-)
+#: Answers whose list is exactly [OBAMA] (also read by benchmarks/bench_answers.py).
+FOUND_CASES = [
+    '[{"name": "Obama", "type": "PER"}]',
+    '  \n[\n  {"name": "Obama", "type": "PER"}\n]\n',
+    # reasoning first, then a fenced block, then a sign-off
+    "The post is about a speech. Obama is clearly a person, not an organisation.\n\n"
+    '```json\n[{"name": "Obama", "type": "PER"}]\n```\nLet me know if you need more.',
+    # fence without a language tag
+    'Answer:\n```\n[{"name": "Obama", "type": "PER"}]\n```',
+    # bare JSON after prose, prose after it
+    'Final answer: [{"name": "Obama", "type": "PER"}] (Obama is the only named entity.)',
+    # a reasoning model's think block that quotes a wrong draft
+    '<think>First guess: [{"name": "Obama", "type": "ORG"}]. No, he is a person.</think>\n'
+    '[{"name": "Obama", "type": "PER"}]',
+    # an example list in the reasoning, the real answer last
+    'Format is [{"name": ..., "type": ...}]. e.g. [{"name": "X", "type": "LOC"}]\n'
+    'So: [{"name": "Obama", "type": "PER"}]',
+    # wrapped in an object
+    '{"entities": [{"name": "Obama", "type": "PER"}]}',
+    # apostrophes in the prose around the JSON
+    'Here\'s what I found, it\'s simple: [{"name": "Obama", "type": "PER"}] that\'s all',
+]
+
+
+@pytest.mark.parametrize("text", FOUND_CASES)
 def test_finds_the_answer_list(text: str) -> None:
     assert extract_json_list(text) == [OBAMA]
 
 
-@pytest.mark.parametrize(
-    "text",
-    [
-        "[{'name': 'Obama', 'type': 'PER'}]",  # Python quotes
-        '[{"name": "Obama", "type": "PER"},]',  # trailing comma in the list
-        '[{"name": "Obama", "type": "PER",}]',  # trailing comma in the object
-        "```json\n[{'name': 'Obama', 'type': 'PER',},\n]\n```",
-    ],
-)
+#: Answers that need repair to give [OBAMA].
+REPAIR_CASES = [
+    "[{'name': 'Obama', 'type': 'PER'}]",  # Python quotes
+    '[{"name": "Obama", "type": "PER"},]',  # trailing comma in the list
+    '[{"name": "Obama", "type": "PER",}]',  # trailing comma in the object
+    "```json\n[{'name': 'Obama', 'type': 'PER',},\n]\n```",
+]
+
+
+@pytest.mark.parametrize("text", REPAIR_CASES)
 def test_repairs_what_is_safely_fixable(text: str) -> None:
     parsed = parse_answer(text)
     assert list(parsed.items) == [OBAMA]
@@ -95,18 +97,19 @@ def test_single_bare_object_is_a_one_item_list() -> None:
     assert extract_json_list('The answer is {"name": "Obama", "type": "PER"}.') == [OBAMA]
 
 
-@pytest.mark.parametrize(
-    ("text", "kind"),
-    [
-        ("", "empty"),
-        ("   \n ", "empty"),
-        ("I cannot identify any entities in this image.", "no_json"),
-        ('[{"name": "Oba', "truncated"),
-        ("```json\n[{\"name\": \"Obama\" \"type\": \"PER\"}]\n```", "invalid_json"),
-        ("[Obama, PER]", "invalid_json"),
-        ('"just a string"  and {oops', "truncated"),
-    ],
-)
+#: Answers with no usable list, and the kind of error each must give.
+UNUSABLE_CASES = [
+    ("", "empty"),
+    ("   \n ", "empty"),
+    ("I cannot identify any entities in this image.", "no_json"),
+    ('[{"name": "Oba', "truncated"),
+    ('```json\n[{"name": "Obama" "type": "PER"}]\n```', "invalid_json"),
+    ("[Obama, PER]", "invalid_json"),
+    ('"just a string"  and {oops', "truncated"),
+]
+
+
+@pytest.mark.parametrize(("text", "kind"), UNUSABLE_CASES)
 def test_unusable_answers_raise_a_short_kind(text: str, kind: str) -> None:
     with pytest.raises(AnswerError) as info:
         parse_answer(text)
