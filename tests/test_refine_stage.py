@@ -8,8 +8,9 @@ from pathlib import Path
 import attrs
 import pytest
 
+from refineg_core.errors import ConfigError
 from refineg_core.formats.native import read_results
-from refineg_core.pipeline.refine import RefineSettings, run_refine, validate_items
+from refineg_core.pipeline.refine import RefineSettings, apply_decision, run_refine, validate_items
 from refineg_core.types import SOURCE_MLLM, SOURCE_TAGGER, Entity, Sample, SampleResult
 from tests.fakeserver import FakeOpenAIServer, drop, error, ok
 from tests.stagedata import (
@@ -41,7 +42,7 @@ def test_good_answer_replaces_only_delegated_entities(
         {"name": second.text, "type": other_type},  # the delegated one: retyped
         {"name": extra, "type": "per"},  # a missed one (type case is forgiven)
         {"name": "Nonexistent Person", "type": "PER"},  # not in the text
-        {"name": extra, "type": "CITY"},  # unknown type
+        {"name": extra, "type": "VEHICLE"},  # unknown type
         "just a string",
     ])
     server.script(ok("Thinking about it...\n```json\n" + reply + "\n```\nDone."))
@@ -280,3 +281,88 @@ def test_every_sample_survives_a_crashing_backend(tmp_path: Path) -> None:
                                 tmp_path / "r.jsonl")
     assert res.entities == pred.entities
     assert res.failures[0].kind == "RuntimeError" and summary.failed == 1
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        [{"name": "{first}", "type": "POLITICIAN"}],  # type outside the label set
+        [["{first}", "PER"], "PER", 3, None],  # items of the wrong JSON shape
+        [{"name": "Nobody Atall", "type": "PER"}],  # names not in the text
+        [{"name": "{first}"}, {"type": "PER"}],  # a field missing in each
+    ],
+    ids=["unknown-types", "wrong-shapes", "names-not-in-text", "missing-fields"],
+)
+def test_answer_with_no_usable_item_is_a_failure_that_keeps_the_tagger(
+    twitter_dir: Path, tmp_path: Path, server: FakeOpenAIServer, answer: list
+) -> None:
+    samples = real_samples(twitter_dir, 4)
+    preds = [prediction(s, uncertainty=[0.9] * len(s.entities)) for s in samples]
+    text = json.dumps(answer)
+    server.responder = lambda req: ok(
+        text.replace("{first}", next(s for s in samples
+                                     if s.text == query_text(req.text)).entities[0].text))
+    results, summary = run_refine(preds, backend_for(server), LABELS,
+                                  RefineSettings(delegate="entities"), tmp_path / "r.jsonl")
+    for pred, res in zip(preds, results, strict=True):
+        assert res.entities == pred.entities  # nothing lost, nothing changed
+        [failure] = res.failures
+        assert failure.kind == "no_usable_item" and "kept" in failure.message
+    assert summary.failed == len(preds)
+    assert summary.counters["answers_without_usable_item"] == len(preds)
+
+
+def test_empty_list_is_still_a_legitimate_no_entities(
+    twitter_dir: Path, tmp_path: Path, server: FakeOpenAIServer
+) -> None:
+    [sample] = real_samples(twitter_dir, 1)
+    pred = prediction(sample, uncertainty=[0.9] * len(sample.entities))
+    server.script(ok("No named entities here.\n[]"))
+    [res], summary = run_refine([pred], backend_for(server), LABELS, RefineSettings(),
+                                tmp_path / "r.jsonl")
+    assert res.entities == () and not res.failures and summary.failed == 0
+
+
+def test_type_names_written_out_are_understood(
+    twitter_dir: Path, tmp_path: Path, server: FakeOpenAIServer
+) -> None:
+    sample = real_samples(twitter_dir, 1, min_entities=2)[0]
+    pred = prediction(sample, uncertainty=[0.9] * len(sample.entities))
+    spoken = {"PER": "Person", "ORG": "Organisation", "LOC": "place", "OTHER": "Miscellaneous"}
+    server.script(ok(json.dumps([{"name": e.text, "type": spoken[e.type]}
+                                 for e in sample.entities])))
+    [res], summary = run_refine([pred], backend_for(server), LABELS, RefineSettings(),
+                                tmp_path / "r.jsonl")
+    assert [(e.key, e.source) for e in res.entities] == [
+        (e.key, SOURCE_MLLM) for e in sample.entities]
+    assert summary.counters["entities_confirmed"] == len(sample.entities)
+    assert "invalid_unknown_type" not in summary.counters
+
+
+def test_configured_type_synonyms(tmp_path: Path, server: FakeOpenAIServer) -> None:
+    sample = Sample("s", ("Ate", "at", "Nandos", "today"), "Ate at Nandos today")
+    pred = SampleResult(sample, (Entity(2, 3, "ORG", "Nandos", source=SOURCE_TAGGER),),
+                        meta={"gate": {"delegate_sample": True, "delegated": [[2, 3, "ORG"]]}})
+    server.default = ok('[{"name": "Nandos", "type": "restaurant chain"}]')
+    [plain], _ = run_refine([pred], backend_for(server), LABELS, RefineSettings(),
+                            tmp_path / "a.jsonl")
+    assert plain.failures[0].kind == "no_usable_item" and plain.entities == pred.entities
+    settings = RefineSettings(type_synonyms={"ORG": ["Restaurant chain", "brand"]})
+    [res], _ = run_refine([pred], backend_for(server), LABELS, settings, tmp_path / "b.jsonl")
+    assert not res.failures and res.entities[0].source == SOURCE_MLLM
+    with pytest.raises(ConfigError, match=r"refine\.type_synonyms"):
+        run_refine([pred], backend_for(server), LABELS,
+                   RefineSettings(type_synonyms={"FOOD": ["meal"]}), tmp_path / "c.jsonl")
+
+
+def test_item_with_unreadable_type_keeps_the_delegated_entity_it_names() -> None:
+    sample = Sample("s", ("Obama", "met", "NASA"), "Obama met NASA")
+    pred = SampleResult(sample, (Entity(0, 1, "PER", "Obama", source=SOURCE_TAGGER),
+                                 Entity(2, 3, "ORG", "NASA", source=SOURCE_TAGGER)))
+    delegated = frozenset({(0, 1, "PER"), (2, 3, "ORG")})
+    decision = validate_items([{"name": "Obama", "type": "Politician"},
+                               {"name": "NASA", "type": "ORG"}], sample.tokens, [], LABELS)
+    assert decision.usable == 1 and decision.unread == ((0, 1),)
+    entities, counts = apply_decision(pred, delegated, decision)
+    assert [e.text for e in entities] == ["Obama", "NASA"]
+    assert counts["entities_kept_unread_type"] == 1 and counts["entities_confirmed"] == 1
