@@ -325,3 +325,52 @@ def test_qwen_style_answer_one_item_per_box(tmp_path: Path) -> None:
     assert len(got) == 2 and got[0].iou(b1) > 0.95 and got[1].iou(b2) > 0.95
     assert res.entities[1].boxes == () and res.entities[1].grounded_by is None
     assert summary.notes["demonstrations"].startswith("none (zero-shot)")
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        [{"entity": "Somebody Else", "type": "PER", "boxes": [[1, 2, 30, 40]]}],  # invented
+        [["{name}", [1, 2, 3, 4]], 7],  # wrong shapes
+        [{"entity": "{name}", "type": "{type}", "boxes": [[50, 50, 10, 10]]}],  # invalid box
+        [{"entity": "{name}", "boxes": "somewhere on the left"}],  # not a box at all
+    ],
+    ids=["invented", "wrong-shapes", "inverted-box", "prose-box"],
+)
+def test_answer_with_no_usable_item_leaves_entities_ungrounded(
+    world, tmp_path: Path, server: FakeOpenAIServer, items: list
+) -> None:
+    pool, queries, selector = world
+    inputs = [as_input(q) for q in queries]
+    by_text = {q.text: q for q in queries}
+
+    def reply(req):
+        first = by_text[query_text(req.text)].entities[0]
+        return ok(json.dumps(items).replace("{name}", first.text).replace("{type}", first.type))
+
+    server.responder = reply
+    results, summary = run_ground(inputs, pool, selector, backend_for(server), LABELS,
+                                  GroundSettings(k=1), tmp_path / "g.jsonl")
+    for inp, res in zip(inputs, results, strict=True):
+        assert res.entities == inp.entities  # not marked "not groundable", not grounded
+        assert all(e.grounded_by is None for e in res.entities)
+        assert [f.kind for f in res.failures] == ["no_usable_item"]
+    assert summary.failed == len(inputs)
+
+
+def test_item_with_only_invalid_boxes_does_not_mean_not_groundable(
+    world, tmp_path: Path, server: FakeOpenAIServer
+) -> None:
+    pool, queries, selector = world
+    q = next(q for q in queries if len(q.entities) >= 2)
+    first, second = q.entities[0], q.entities[1]
+    server.script(ok(json.dumps([
+        {"entity": first.text, "type": "Person", "boxes": [[10, 10, 5, 5], "x"]},
+        {"entity": second.text, "type": second.type, "boxes": []},
+    ])))
+    [res], summary = run_ground([as_input(q)], pool, selector, backend_for(server), LABELS,
+                                GroundSettings(k=0), tmp_path / "g.jsonl")
+    got = {e.key: e for e in res.entities}
+    assert got[first.key].grounded_by is None  # no valid box: grounding not done
+    assert got[second.key].grounded_by == SOURCE_MLLM and got[second.key].boxes == ()
+    assert summary.counters["items_only_invalid_boxes"] == 1 and not res.failures
