@@ -6,6 +6,9 @@ its cache alone. The key is the SHA-256 of the backend's ``cache_identity()``
 parameters and image *bytes*), so a changed image, prompt or model is a miss.
 One JSON file per key in 256 shard folders, written atomically (temp file +
 rename), so a killed run never leaves a torn entry. Errors are never cached.
+Secrets never reach the cache: the identity is ``secrets.redact``-ed before it
+is hashed or stored, and every string of an entry goes through
+``secrets.scrub`` (a prompt or an answer could quote a key).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from refineg_core import secrets
 from refineg_core.boxcodecs import BoxCodec
 from refineg_core.chat import ChatRequest, ChatResponse, Usage
 from refineg_core.errors import BackendUnavailable
@@ -46,7 +50,8 @@ class CachedBackend(MLLMBackend):
         self.inner = inner
         self.cache_dir = Path(cache_dir)
         self.supports_images = inner.supports_images  # type: ignore[misc]
-        self._identity = json.dumps(inner.cache_identity(), sort_keys=True, default=str)
+        identity = secrets.redact(inner.cache_identity())
+        self._identity = json.dumps(identity, sort_keys=True, default=str)
         self._stats_lock = threading.Lock()
         self._key_locks: dict[str, threading.Lock] = {}
         self._key_locks_lock = threading.Lock()
@@ -168,6 +173,7 @@ class CachedBackend(MLLMBackend):
                 "model": response.model,
             },
         }
+        entry = secrets.scrub_data(entry)
         fd, tmp = tempfile.mkstemp(prefix=f".{key[:8]}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
