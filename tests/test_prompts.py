@@ -161,3 +161,25 @@ def test_ground_query_template_override(tmp_path: Path) -> None:
                                query_template=settings.query_prompt)
     assert req.messages[0].parts[0].text == "Types PER, LOC, ORG, OTHER"
     assert req.messages[1].parts[0].text == 'T=Obama E=[{"entity": "Obama", "type": "PER"}]'
+
+
+def test_stage_requests_carry_their_answer_schema():
+    from refineg_core.boxcodecs import PixelCodec
+    from refineg_core.chat import ChatRequest
+    from refineg_core.labels import LabelSet
+    from refineg_core.pipeline.prompts import build_ground_request, build_refine_request
+    from refineg_core.types import Entity, Sample
+
+    labels = LabelSet({"PER": "a person", "LOC": "a place"})
+    sample = Sample("s", ("Obama",), "Obama", entities=(Entity(0, 1, "PER", "Obama"),))
+    refine = build_refine_request(sample, sample.entities, set(), labels, with_image=False)
+    assert refine.answer_schema["type"] == "array"
+    item = refine.answer_schema["items"]
+    assert item["properties"]["type"] == {"enum": ["PER", "LOC"]}
+    assert item["required"] == ["name", "type"]
+    ground = build_ground_request(sample, sample.entities, [], labels, PixelCodec())
+    boxes = ground.answer_schema["items"]["properties"]["boxes"]
+    assert boxes["items"]["minItems"] == boxes["items"]["maxItems"] == 4
+    # the schema is part of what is asked: it changes the cache key
+    bare = ChatRequest(refine.messages, purpose="refine")
+    assert bare.fingerprint() != refine.fingerprint()
