@@ -51,7 +51,7 @@ def test_trickling_server_is_cut_at_the_deadline(server: FakeOpenAIServer) -> No
         b.complete(request())
     took = time.perf_counter() - t0
     assert info.value.kind == "deadline" and "deadline of 1.5s" in str(info.value)
-    assert 1.4 < took < 2.2
+    assert 1.4 < took < 3.5  # the body would take 17 s
     assert b.stats["deadline_exceeded"] == 1
 
 
@@ -61,7 +61,7 @@ def test_headers_then_silence_is_cut_at_the_deadline(server: FakeOpenAIServer) -
     t0 = time.perf_counter()
     with pytest.raises(BackendError) as info:
         b.complete(request())
-    assert info.value.kind == "deadline" and time.perf_counter() - t0 < 1.6
+    assert info.value.kind == "deadline" and time.perf_counter() - t0 < 3.5  # not 30 s
 
 
 def test_deadline_covers_retries_and_waits(server: FakeOpenAIServer) -> None:
@@ -71,7 +71,7 @@ def test_deadline_covers_retries_and_waits(server: FakeOpenAIServer) -> None:
     with pytest.raises(BackendError) as info:
         b.complete(request())
     assert info.value.kind == "deadline" and "busy" in str(info.value)
-    assert time.perf_counter() - t0 < 1.2 and len(server.chat_requests) == 1
+    assert time.perf_counter() - t0 < 3.5 and len(server.chat_requests) == 1  # no 5 s wait
 
 
 def test_huge_answer_is_refused_unread_and_never_cached(

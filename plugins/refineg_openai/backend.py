@@ -618,7 +618,8 @@ class OpenAIBackend(MLLMBackend):
         except (TypeError, ValueError):
             tokens = Usage()
         return ChatResponse(
-            text=text if isinstance(text, str) else "",
+            # an answer quoting a key (a server echoing its input) must not carry it on
+            text=secrets.scrub(text) if isinstance(text, str) else "",
             usage=tokens,
             model=data.get("model") or self.options.model,
         )
