@@ -105,6 +105,8 @@ UNUSABLE_CASES = [
     ('[{"name": "Oba', "truncated"),
     ('```json\n[{"name": "Obama" "type": "PER"}]\n```', "invalid_json"),
     ("[Obama, PER]", "invalid_json"),
+    # Python would join the two strings into one key: a missing colon is not repaired
+    ('[{"name" "NBA" "type": "ORG"}]', "invalid_json"),
     ('"just a string"  and {oops', "truncated"),
 ]
 

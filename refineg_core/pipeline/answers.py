@@ -119,6 +119,30 @@ class _Budget:
         return self.left >= 0
 
 
+def _adjacent_strings(text: str) -> bool:
+    """Two string literals with only space between them: Python would join them
+    (``"name" "NBA"`` -> ``"nameNBA"``), JSON would not; a missing comma or colon."""
+    quote: str | None = None
+    last_end = -1
+    skip_to = -1
+    for m in _SIGNIFICANT.finditer(text):
+        i = m.start()
+        ch = text[i]
+        if i < skip_to or ch not in "\"'\\":
+            continue
+        if quote is None:
+            if ch != "\\":
+                if last_end >= 0 and not text[last_end:i].strip():
+                    return True
+                quote = ch
+        elif ch == "\\":
+            skip_to = i + 2
+        elif ch == quote:
+            quote = None
+            last_end = i + 1
+    return False
+
+
 def _outside_strings(text: str, fn) -> str:
     """Apply ``fn`` to each stretch of ``text`` that is not inside a string literal."""
     out: list[str] = []
@@ -168,6 +192,8 @@ def _lenient_loads(raw: str, budget: _Budget) -> tuple[Any, bool]:
         return json.loads(fixed), True
     except (json.JSONDecodeError, RecursionError):
         pass
+    if _adjacent_strings(fixed):
+        raise ValueError("two strings side by side (a missing comma or colon)")
     pythonish = _outside_strings(fixed, lambda s: _JSON_WORDS.sub(lambda m: _PY_WORDS[m[1]], s))
     try:
         value = ast.literal_eval(pythonish)
