@@ -23,6 +23,8 @@ from typing import Any
 #: A key containing one of these words holds a secret (``*_env`` keys hold a
 #: variable's *name*, not its value).
 SECRET_WORDS = ("key", "token", "secret", "password", "passwd", "auth", "credential")
+#: "token" in these names means text units, not credentials (``max_tokens``, ``eos_token``).
+_TOKENIZER_NAMES = re.compile(r"tokens|(eos|bos|pad|unk|sep|cls|mask|stop|special)_?token|tokeniz")
 MASK = "***"
 #: Shorter values are not scrubbed: they would mangle ordinary text and are no real key.
 MIN_SECRET_LENGTH = 6
@@ -33,8 +35,13 @@ _pattern: re.Pattern[str] | None = None
 
 
 def is_secret_key(key: str) -> bool:
+    """Whether a value under ``key`` is a secret (``api_key``, ``Authorization``, ``hf_token``)."""
     lowered = key.lower()
-    return any(w in lowered for w in SECRET_WORDS) and not lowered.endswith("_env")
+    if lowered.endswith("_env"):
+        return False
+    if any(w in lowered for w in SECRET_WORDS if w != "token"):
+        return True
+    return "token" in lowered and not _TOKENIZER_NAMES.search(lowered)
 
 
 def _variants(value: str) -> set[str]:
@@ -94,7 +101,9 @@ def secret_values(node: Any, inside: bool = False) -> list[str]:
     """Every string under a secret-sounding key of an option tree (to ``register``)."""
     if isinstance(node, Mapping):
         return [
-            s for k, v in node.items() for s in secret_values(v, inside or is_secret_key(str(k)))
+            s
+            for k, v in node.items()
+            for s in secret_values(v, inside or (isinstance(k, str) and is_secret_key(k)))
         ]
     if isinstance(node, (list, tuple)):
         return [s for v in node for s in secret_values(v, inside)]
@@ -103,15 +112,20 @@ def secret_values(node: Any, inside: bool = False) -> list[str]:
     return []
 
 
-def redact(node: Any, key: str = "") -> Any:
-    """An option tree with every value under a secret-sounding key replaced by ``***``."""
+def redact(node: Any, inside: bool = False) -> Any:
+    """An option tree with every string under a secret-sounding key replaced by ``***``.
+
+    Only strings: numbers and flags (``max_tokens = 1024``) are never secrets,
+    and they shape answers, so a cache identity must keep them.
+    """
     if isinstance(node, Mapping):
-        if key and is_secret_key(key):
-            return MASK
-        return {k: redact(v, str(k)) for k, v in node.items()}
+        return {
+            k: redact(v, inside or (isinstance(k, str) and is_secret_key(k)))
+            for k, v in node.items()
+        }
     if isinstance(node, (list, tuple)):
-        return MASK if key and is_secret_key(key) else [redact(v) for v in node]
-    if key and is_secret_key(key) and node is not None and not isinstance(node, bool):
+        return [redact(v, inside) for v in node]
+    if inside and isinstance(node, str):
         return MASK
     return node
 

@@ -1,0 +1,96 @@
+"""The one scrubber every writer uses: what counts as a secret, and where it is hidden."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from refineg_core import secrets
+
+
+@pytest.fixture(autouse=True)
+def _forget():
+    yield
+    secrets.forget_all()
+
+
+def test_secret_keys_and_the_token_words_that_are_not():
+    for key in ("api_key", "X-Api-Key", "Authorization", "hf_token", "access_token", "password"):
+        assert secrets.is_secret_key(key), key
+    for key in (
+        "api_key_env",
+        "max_tokens",
+        "eos_token",
+        "stop_token",
+        "skip_special_tokens",
+        "top_k",
+        "model",
+    ):
+        assert not secrets.is_secret_key(key), key
+
+
+def test_redact_masks_strings_under_secret_keys_and_keeps_numbers():
+    tree = {
+        "api_key": "sk-1",
+        "max_tokens": 1024,
+        "headers": {"Authorization": "Bearer x"},
+        "auth": {"user": "u", "pass": "p"},
+        "eos_token": "<|im_end|>",
+        "temperature": 0.1,
+    }
+    assert secrets.redact(tree) == {
+        "api_key": "***",
+        "max_tokens": 1024,
+        "headers": {"Authorization": "***"},
+        "auth": {"user": "***", "pass": "***"},
+        "eos_token": "<|im_end|>",
+        "temperature": 0.1,
+    }
+    assert sorted(secrets.secret_values(tree)) == ["Bearer x", "p", "sk-1", "u"]
+
+
+def test_scrubber_hides_every_form_of_a_secret():
+    secrets.register(['s3cr3t/with"quote'])
+    text = 'a s3cr3t/with"quote b s3cr3t/with\\"quote c s3cr3t%2Fwith%22quote'
+    assert secrets.scrub(text) == "a *** b *** c ***"
+    assert secrets.scrub_data({"k": ['x s3cr3t/with"quote']}) == {"k": ["x ***"]}
+    secrets.register(["abc"])  # too short to be a key: ordinary text is left alone
+    assert secrets.scrub("abcdef") == "abcdef"
+
+
+def test_bearer_header_value_hides_the_bare_token_too():
+    secrets.register(["Bearer tok-abcdef123456"])
+    assert secrets.scrub("got tok-abcdef123456") == "got ***"
+
+
+def test_log_records_are_scrubbed(caplog):
+    root = logging.getLogger()
+    handler = logging.StreamHandler()
+    root.addHandler(handler)
+    try:
+        secrets.register(["sk-logged-998877"])
+        assert any(isinstance(f, secrets.ScrubFilter) for f in handler.filters)
+        record = logging.LogRecord(
+            "x", logging.ERROR, __file__, 1, "key was %s", ("sk-logged-998877",), None
+        )
+        assert handler.filter(record)
+        assert record.getMessage() == "key was ***"
+    finally:
+        root.removeHandler(handler)
+
+
+def test_config_dump_redacts_headers_of_a_backend(tmp_path):
+    from refineg_core.config import load_config, redacted_dump
+
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[labels]\nPER = "a person"\n[backend]\nplugin = "openai"\n[backend.options]\n'
+        'headers = {Authorization = "Bearer gw-123456789"}\nmax_tokens = 512\n'
+        'extra_body = {api_key = "body-987654321", top_k = 5}\n',
+        encoding="utf-8",
+    )
+    dumped = redacted_dump(load_config(path, check_plugins=False))
+    opts = dumped["backend"]["options"]
+    assert opts["headers"] == {"Authorization": "***"} and opts["max_tokens"] == 512
+    assert opts["extra_body"] == {"api_key": "***", "top_k": 5}
