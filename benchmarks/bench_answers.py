@@ -15,11 +15,12 @@ interleaved; a reader that takes over 1 s at 8 KB is not run at 100 KB
 (git show 445bc6a:refineg_core/pipeline/answers.py) took 1.2-8 s at 8 KB.
 
     pip install json-repair        # only for this comparison
-    nice -n 10 python benchmarks/bench_answers.py
+    nice -n 10 python benchmarks/bench_answers.py --old 445bc6a
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import statistics
 import sys
@@ -105,7 +106,42 @@ def timed(fn: Callable[[str], Any], text: str) -> float:
     return time.perf_counter() - t0
 
 
+def old_reader(rev: str) -> Callable[[str], list[Any]]:
+    """``parse_answer`` as it was at ``rev`` (git), for the speed table."""
+    import importlib.util
+    import subprocess
+    import tempfile
+
+    source = subprocess.run(
+        ["git", "show", f"{rev}:refineg_core/pipeline/answers.py"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    path = Path(tempfile.mkdtemp()) / "old_answers.py"
+    path.write_text(source, encoding="utf-8")
+    spec = importlib.util.spec_from_file_location("old_answers", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def read(text: str) -> list[Any]:
+        try:
+            return list(module.parse_answer(text).items)
+        except module.AnswerError:
+            return []
+
+    return read
+
+
 def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--old", metavar="REV", help="also time parse_answer as of this git revision")
+    args = ap.parse_args()
+    readers: dict[str, Callable[[str], Any]] = {"parse_answer": ours, "json_repair": library}
+    if args.old:
+        readers[f"parse_answer@{args.old}"] = old_reader(args.old)
     rows = cases()
     print(f"quality on the {len(rows)} cases of tests/test_answers.py")
     print("| group | cases | parse_answer | json_repair |")
@@ -129,15 +165,15 @@ def main() -> None:
     for m in misses:
         print("  " + m)
     print("\nseconds to read a hostile answer (median of 3, interleaved; min-max)")
-    print("| answer | size | parse_answer | json_repair |")
-    print("| --- | --- | --- | --- |")
+    print(f"| answer | size | {' | '.join(readers)} |")
+    print("| --- | --- |" + " --- |" * len(readers))
     for name, make in HOSTILE.items():
         slow: set[str] = set()  # a reader over 1 s at 8 KB is not run at 100 KB
         for n in (8192, 100_000):
             text = make(n)
-            times: dict[str, list[float]] = {"ours": [], "lib": []}
+            times: dict[str, list[float]] = {key: [] for key in readers}
             for _ in range(3):
-                for key, fn in (("ours", ours), ("lib", library)):
+                for key, fn in readers.items():
                     if key not in slow:
                         times[key].append(timed(fn, text))
             cells = [
@@ -147,7 +183,7 @@ def main() -> None:
                 for v in times.values()
             ]
             slow |= {k for k, v in times.items() if v and statistics.median(v) > 1.0}
-            print(f"| {name} | {n // 1024} KB | {cells[0]} | {cells[1]} |")
+            print(f"| {name} | {n // 1024} KB | {' | '.join(cells)} |")
 
 
 if __name__ == "__main__":
