@@ -112,6 +112,17 @@ def secret_values(node: Any, inside: bool = False) -> list[str]:
     return []
 
 
+def url_secrets(url: str) -> str | None:
+    """The password of ``https://user:pass@host`` (or of ``?api_key=...``), if any."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password:
+        return parts.password
+    for key, value in urllib.parse.parse_qsl(parts.query):
+        if is_secret_key(key):
+            return value
+    return None
+
+
 def redact(node: Any, inside: bool = False) -> Any:
     """An option tree with every string under a secret-sounding key replaced by ``***``.
 

@@ -94,3 +94,19 @@ def test_config_dump_redacts_headers_of_a_backend(tmp_path):
     opts = dumped["backend"]["options"]
     assert opts["headers"] == {"Authorization": "***"} and opts["max_tokens"] == 512
     assert opts["extra_body"] == {"api_key": "***", "top_k": 5}
+
+
+def test_credentials_in_a_base_url_are_secrets():
+    from refineg_openai.backend import OpenAIBackend
+
+    backend = OpenAIBackend(
+        OpenAIBackend.Options(
+            base_url=[
+                "https://me:url-pass-4321@gw.example/v1",
+                "https://gw2.example/v1?api_key=q-key-8765",
+            ]
+        )
+    )
+    described = backend.describe()  # goes into summaries as it is
+    assert "url-pass-4321" not in described and "q-key-8765" not in described
+    assert "gw.example" in described

@@ -226,6 +226,7 @@ class OpenAIBackend(MLLMBackend):
         )
         secrets.register(secrets.secret_values(o.extra_body))
         secrets.register(secrets.secret_values(o.headers))
+        secrets.register(secrets.url_secrets(u) for u in o.urls)
         self._slots = threading.BoundedSemaphore(o.concurrency)
         self._pool = EndpointPool(o.urls, o.endpoint_rest)
         self._client: httpx.Client | None = None
@@ -259,7 +260,8 @@ class OpenAIBackend(MLLMBackend):
         return self.options.concurrency
 
     def describe(self) -> str:
-        return f"openai-compatible at {', '.join(self.options.urls)}, model {self.options.model}"
+        urls = ", ".join(self.options.urls)
+        return secrets.scrub(f"openai-compatible at {urls}, model {self.options.model}")
 
     def cache_identity(self) -> dict:
         """Model and everything that shapes the answer; not where it is served or how fast.
