@@ -221,10 +221,11 @@ class FakeOpenAIServer:
     def stop(self) -> None:
         """Stop listening and cut open keep-alive connections (a server that went away)."""
         self._stopping.set()
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
+        with self._lock:  # idempotent, also when two threads stop it at once
+            httpd, self._httpd = self._httpd, None
+        if httpd is not None:
+            httpd.shutdown()
+            httpd.server_close()
         with self._lock:
             conns, self._connections = list(self._connections), set()
         for conn in conns:

@@ -13,6 +13,7 @@ fault.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -248,3 +249,47 @@ def test_ten_percent_mixed_faults_lose_nothing(
     # 12 faulty samples, 8 at a time: hangs are cut at the deadline, not waited out
     assert took < 4 * DEADLINE + 10, took
     _assert_no_secret(tmp_path)
+
+
+def test_refine_run_survives_a_replica_killed_mid_run(twitter_dir: Path, tmp_path: Path) -> None:
+    """Issue 10 item 4: two endpoints, one killed mid-run: no sample lost, the run
+    finishes on the other, and the per-endpoint counts say so."""
+    samples = real_samples(twitter_dir, 60, min_entities=1)
+    by_text = {s.text: s for s in samples}
+    # 60 calls x 0.2 s over 6 workers: ~2 s, and stopping a server takes up to 0.5 s
+    one = FakeOpenAIServer(latency=0.2).start()
+    two = FakeOpenAIServer(latency=0.2).start()
+    served_by_one = []
+    dead = threading.Event()
+
+    def respond_one(req: RecordedRequest) -> Reply:
+        served_by_one.append(req)
+        if len(served_by_one) == 8:  # the replica dies while requests are in flight:
+            dead.set()  # what reaches it now gets its connection closed, and it stops
+            threading.Thread(target=one.stop, daemon=True).start()
+        if dead.is_set():
+            return drop()
+        return good_reply("refine", by_text[query_text(req.text)])
+
+    one.responder = respond_one
+    two.responder = lambda req: good_reply("refine", by_text[query_text(req.text)])
+    try:
+        backend = backend_for(
+            one, base_url=[one.base_url, two.base_url], concurrency=6, retries=2, endpoint_rest=60
+        )
+        inputs = _inputs("refine", samples, tmp_path)
+        results, summary = run_refine(
+            inputs, backend, LABELS, RefineSettings(), tmp_path / "refine.jsonl"
+        )
+    finally:
+        one.stop()
+        two.stop()
+    assert len(results) == 60 and summary.failed == 0
+    for inp, res in zip(inputs, results, strict=True):
+        assert res.failures == ()
+        assert [e.key for e in res.entities] == [e.key for e in inp.entities]
+    stats = backend.endpoint_stats()
+    assert stats[one.base_url]["failed"] >= 1, (stats, len(served_by_one), summary.counters)
+    assert stats[one.base_url]["rested"] >= 1
+    assert stats[two.base_url]["ok"] >= 60 - stats[one.base_url]["ok"]
+    assert len(two.chat_requests) > len(one.chat_requests)
