@@ -240,8 +240,9 @@ def test_replica_killed_mid_run_loses_nothing(tmp_path: Path) -> None:
         stats = b.endpoint_stats()
         assert stats[one.base_url]["failed"] >= 1
         assert stats[two.base_url]["ok"] > stats[one.base_url]["ok"]
-        # once rested, the dead replica gets (almost) nothing: at most one try per thread
-        assert stats[one.base_url]["failed"] <= 5
+        # once rested, the dead replica gets nothing more: only the requests that were
+        # on it or chose it before its first failure came back (a few, not 40 - 12)
+        assert stats[one.base_url]["failed"] <= 2 * 4, stats
     finally:
         one.stop()
         two.stop()

@@ -31,8 +31,9 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
+import attrs
 import httpx
 import pydantic
 
@@ -50,8 +51,6 @@ _RETRYABLE_4XX = {408, 409, 425, 429}
 _SCHEMA_REJECTED = re.compile(r"response_format|json_schema|guided|grammar|structured", re.I)
 #: Most of an error body that is read (the message is all that is kept).
 _ERROR_BODY_MAX = 65536
-
-T = TypeVar("T")
 
 
 class OpenAIOptions(PluginOptions):
@@ -175,6 +174,16 @@ def _retry_after(headers: httpx.Headers) -> float | None:
 
 class _DeadlinePassed(Exception):
     pass
+
+
+@attrs.frozen
+class _Failed:
+    """An attempt that failed in a way another attempt may fix."""
+
+    error: BackendError
+    wait: float | None = None  # what the server asked for (Retry-After)
+    endpoint_fault: bool = False  # connection, timeout, 5xx: rest the endpoint, try another
+    refused: bool = False  # nothing listens there (connection refused)
 
 
 class _TooLarge(Exception):
@@ -469,24 +478,22 @@ class OpenAIBackend(MLLMBackend):
             if attempt:
                 self._count("retries")
             self._count("attempts")
-            endpoint = self._pool.acquire(avoid=failed_at)
-            url = f"{endpoint.url}/chat/completions"
-            outcome = self._attempt(endpoint, url, payload, purpose, deadline_at)
+            endpoint_url, outcome = self._attempt(failed_at, payload, purpose, deadline_at)
             if isinstance(outcome, ChatResponse):
                 return outcome
             if outcome == "schema_refused":
                 payload = {k: v for k, v in payload.items() if k != "response_format"}
                 continue  # the same attempt again, without the schema
-            last, wait, endpoint_fault, connect_error = outcome
-            only_connect_errors = only_connect_errors and connect_error
-            if endpoint_fault:
-                failed_at.add(endpoint.url)
+            last = outcome.error
+            only_connect_errors = only_connect_errors and outcome.refused
+            if outcome.endpoint_fault:
+                failed_at.add(endpoint_url)
             attempt += 1
             if attempt >= attempts:
                 break
-            if endpoint_fault and self._pool.has_healthy(avoid=failed_at):
+            if outcome.endpoint_fault and self._pool.has_healthy(avoid=failed_at):
                 continue  # another replica is ready: no reason to wait
-            pause = self._backoff(attempt - 1) if wait is None else wait
+            pause = self._backoff(attempt - 1) if outcome.wait is None else outcome.wait
             if time.monotonic() + pause >= deadline_at:
                 self._count("deadline_exceeded")
                 raise _error(
@@ -512,24 +519,34 @@ class OpenAIBackend(MLLMBackend):
         )
 
     def _attempt(
-        self,
-        endpoint: Endpoint,
-        url: str,
-        payload: dict[str, Any],
-        purpose: str,
-        deadline_at: float,
-    ) -> ChatResponse | str | tuple[BackendError, float | None, bool, bool]:
-        """One attempt: the answer, ``"schema_refused"``, or (error, wait, endpoint's fault,
-        connection refused). Failures no retry can fix are raised."""
+        self, avoid: set[str], payload: dict[str, Any], purpose: str, deadline_at: float
+    ) -> tuple[str, ChatResponse | _Failed | Literal["schema_refused"]]:
+        """One attempt on the endpoint least loaded *when a slot is free* (so a
+        replica that dies only fails the requests it really had): the endpoint's
+        URL and the answer, a failure worth another attempt, or ``"schema_refused"``.
+        Failures no retry can fix are raised."""
+        if not self._slots.acquire(timeout=max(0.0, deadline_at - time.monotonic())):
+            self._count("deadline_exceeded")
+            raise _error(
+                f"{purpose}: no free request slot within the deadline of "
+                f"{self.options.deadline:g}s",
+                "deadline",
+                retryable=True,
+            )
+        try:
+            endpoint = self._pool.acquire(avoid=avoid)
+            return endpoint.url, self._on_endpoint(endpoint, payload, purpose, deadline_at)
+        finally:
+            self._slots.release()
+
+    def _on_endpoint(
+        self, endpoint: Endpoint, payload: dict[str, Any], purpose: str, deadline_at: float
+    ) -> ChatResponse | _Failed | Literal["schema_refused"]:
         o = self.options
+        url = f"{endpoint.url}/chat/completions"
         fault = False
         try:
-            if not self._slots.acquire(timeout=max(0.0, deadline_at - time.monotonic())):
-                raise _DeadlinePassed
-            try:
-                status, body, headers = self._exchange(url, payload, deadline_at)
-            finally:
-                self._slots.release()
+            status, body, headers = self._exchange(url, payload, deadline_at)
         except _DeadlinePassed:
             self._pool.release(endpoint, failed=False)
             self._count("deadline_exceeded")
@@ -548,7 +565,7 @@ class OpenAIBackend(MLLMBackend):
                 "timeout",
                 retryable=True,
             )
-            return err, None, True, isinstance(exc, httpx.ConnectTimeout)
+            return _Failed(err, endpoint_fault=True, refused=isinstance(exc, httpx.ConnectTimeout))
         except httpx.TransportError as exc:
             self._pool.release(endpoint, failed=True)
             err = _error(
@@ -556,14 +573,14 @@ class OpenAIBackend(MLLMBackend):
                 "connection",
                 retryable=True,
             )
-            return err, None, True, isinstance(exc, httpx.ConnectError)
+            return _Failed(err, endpoint_fault=True, refused=isinstance(exc, httpx.ConnectError))
         self._down = False
         if status == 200:
             self._pool.release(endpoint, failed=False)
             try:
                 response = self._parse(body, url)
             except BackendError as exc:
-                return exc, None, False, False
+                return _Failed(exc)
             size = len(response.text.encode("utf-8", "surrogatepass"))
             if size > o.max_answer_bytes:
                 raise self._too_large(purpose, url, f"{size} bytes")
@@ -584,7 +601,7 @@ class OpenAIBackend(MLLMBackend):
         if status in _RETRYABLE_4XX or status >= 500:
             after = _retry_after(headers)
             wait = None if after is None else min(after, o.retry_after_max)
-            return _error(text, f"http_{status}", retryable=True), wait, fault, False
+            return _Failed(_error(text, f"http_{status}", retryable=True), wait, fault)
         raise _error(text, f"http_{status}", retryable=False)
 
     def _too_large(self, purpose: str, url: str, size: str) -> BackendError:
