@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from refineg_core.errors import DataError
@@ -139,3 +141,34 @@ def test_deeply_nested_garbage_does_not_crash() -> None:
         parse_answer("[" * 2000)
     nested = extract_json_list("[" * 50 + "]" * 50)  # a list, though not of objects
     assert len(nested) == 1 and isinstance(nested[0], list)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" * 200_000,  # nested, never closed
+        "[" * 99_999 + "x" + "]" * 100_000,  # nested, closed, invalid at the bottom
+        "['" * 100_000,  # open lists and quotes
+        "[a " * 66_000,  # unclosed lists in prose
+        "```" * 60_000,  # fences with no newline
+    ],
+    ids=["unclosed", "closed-invalid", "quotes", "prose", "fences"],
+)
+def test_hostile_200kb_answers_are_read_in_linear_time(text: str) -> None:
+    # the old scanner was quadratic: 2-13 s at 8 KB, hours at 200 KB; this one takes
+    # well under a second (benchmarks/bench_answers.py); the bound only catches a hang
+    t0 = time.perf_counter()
+    with pytest.raises(AnswerError):
+        parse_answer(text)
+    assert time.perf_counter() - t0 < 10
+
+
+def test_answer_over_the_size_limit_is_not_read() -> None:
+    big = '[{"name": "Obama", "type": "PER"}]' + " " * 5000
+    with pytest.raises(AnswerError) as info:
+        parse_answer(big, max_bytes=4096)
+    assert info.value.kind == "too_large" and "4096" in str(info.value)
+    assert parse_answer(big, max_bytes=None).items == (OBAMA,)
+    assert parse_answer("[]" + "é" * 1000, max_bytes=2100).items == ()  # 2002 bytes
+    with pytest.raises(AnswerError):
+        parse_answer("[]" + "é" * 1100, max_bytes=2100)  # 2202 bytes, 1102 characters
