@@ -141,8 +141,9 @@ class CachedBackend(MLLMBackend):
             resp = data["response"]
             tokens = resp["usage"]
             usage = Usage(int(tokens["prompt_tokens"]), int(tokens["completion_tokens"]))
-            hit = ChatResponse(text=str(resp["text"]), usage=usage, model=resp.get("model"),
-                               cached=True)
+            hit = ChatResponse(
+                text=str(resp["text"]), usage=usage, model=resp.get("model"), cached=True
+            )
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError):

@@ -107,14 +107,24 @@ class Reply:
 def ok(
     text: str, *, latency: float = 0.0, prompt_tokens: int = 11, completion_tokens: int = 7
 ) -> Reply:
-    return Reply(text=text, latency=latency, prompt_tokens=prompt_tokens,
-                 completion_tokens=completion_tokens)
+    return Reply(
+        text=text, latency=latency, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
+    )
 
 
-def error(status: int, message: str | None = None, *, retry_after: float | None = None,
-          latency: float = 0.0) -> Reply:
-    return Reply(status=status, message=message or f"fake server error {status}",
-                 retry_after=retry_after, latency=latency)
+def error(
+    status: int,
+    message: str | None = None,
+    *,
+    retry_after: float | None = None,
+    latency: float = 0.0,
+) -> Reply:
+    return Reply(
+        status=status,
+        message=message or f"fake server error {status}",
+        retry_after=retry_after,
+        latency=latency,
+    )
 
 
 def drop(*, latency: float = 0.0) -> Reply:
@@ -355,8 +365,14 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
             with contextlib.suppress(OSError):
                 super().finish()
 
-        def _send(self, status: int, payload: bytes, headers: dict[str, str] | None = None,
-                  content_type: str = "application/json", reply: Reply | None = None) -> None:
+        def _send(
+            self,
+            status: int,
+            payload: bytes,
+            headers: dict[str, str] | None = None,
+            content_type: str = "application/json",
+            reply: Reply | None = None,
+        ) -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(payload)))
@@ -390,13 +406,19 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
                 return raw.decode("utf-8", "replace")
 
         def do_GET(self) -> None:
-            req = RecordedRequest("GET", self.path, {k.lower(): v for k, v in self.headers.items()},
-                                  None, time.perf_counter())
+            req = RecordedRequest(
+                "GET",
+                self.path,
+                {k.lower(): v for k, v in self.headers.items()},
+                None,
+                time.perf_counter(),
+            )
             server._record(req, chat=False)
             try:
                 if self.path.rstrip("/").endswith("/models"):
-                    data = [{"id": m, "object": "model", "owned_by": "fake"}
-                            for m in server.model_ids]
+                    data = [
+                        {"id": m, "object": "model", "owned_by": "fake"} for m in server.model_ids
+                    ]
                     self._send(200, json.dumps({"object": "list", "data": data}).encode())
                 else:
                     self._not_found()
@@ -416,6 +438,7 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
                 if not finished:
                     finished = True
                     server._done(req, chat=chat)
+
             try:
                 if not chat:
                     self._not_found()
@@ -426,8 +449,9 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
                 if reply.reset:
                     self.close_connection = True
                     mark_done()
-                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                               struct.pack("ii", 1, 0))
+                    self.connection.setsockopt(
+                        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                    )
                     self.connection.close()
                     return
                 if reply.drop:
@@ -446,8 +470,13 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
                     extra = {}
                     if reply.retry_after is not None:
                         extra["Retry-After"] = f"{reply.retry_after:g}"
-                    payload = {"error": {"message": reply.message, "type": "fake_error",
-                                         "code": reply.status}}
+                    payload = {
+                        "error": {
+                            "message": reply.message,
+                            "type": "fake_error",
+                            "code": reply.status,
+                        }
+                    }
                     self._send(reply.status, json.dumps(payload).encode(), extra)
             except (BrokenPipeError, ConnectionResetError):
                 self.close_connection = True  # the client gave up (timeout): fine

@@ -35,8 +35,9 @@ def test_refine_prompt_has_everything_the_mllm_needs(twitter_dir: Path, tmp_path
     sample = with_image(real_samples(twitter_dir, 1, min_entities=2)[0], tmp_path)
     pred = prediction(sample, uncertainty=[0.05] + [0.9] * (len(sample.entities) - 1))
     delegated = {tuple(k) for k in pred.meta["gate"]["delegated"]}
-    req = build_refine_request(sample, pred.entities, delegated, LABELS, with_image=True,
-                               max_tokens=300, temperature=0.2)
+    req = build_refine_request(
+        sample, pred.entities, delegated, LABELS, with_image=True, max_tokens=300, temperature=0.2
+    )
     assert req.purpose == "refine" and req.max_tokens == 300 and req.temperature == 0.2
     [msg] = req.messages
     assert isinstance(msg.parts[0], ImagePart) and msg.parts[0].path == sample.image.path
@@ -54,8 +55,12 @@ def test_refine_prompt_has_everything_the_mllm_needs(twitter_dir: Path, tmp_path
 
 
 def test_refine_prompt_text_only_when_no_image_or_text_backend(tmp_path: Path) -> None:
-    sample = Sample("s1", ("Obama", "visits", "Paris"), "Obama visits Paris",
-                    ImageRef("s1", tmp_path / "missing.jpg", 100, 80))
+    sample = Sample(
+        "s1",
+        ("Obama", "visits", "Paris"),
+        "Obama visits Paris",
+        ImageRef("s1", tmp_path / "missing.jpg", 100, 80),
+    )
     ents = (Entity(0, 1, "PER", "Obama", source="tagger", uncertainty=0.7),)
     req = build_refine_request(sample, ents, {(0, 1, "PER")}, LABELS, with_image=True)
     assert not req.has_images  # file missing: never a dangling path
@@ -80,8 +85,9 @@ def test_user_template_overrides_default() -> None:
     settings = RefineSettings(prompt=template)
     sample = Sample("s", ("Obama",), "Obama")
     ents = (Entity(0, 1, "PER", "Obama", source="tagger", uncertainty=0.3),)
-    req = build_refine_request(sample, ents, set(), LABELS, with_image=False,
-                               template=settings.prompt)
+    req = build_refine_request(
+        sample, ents, set(), LABELS, with_image=False, template=settings.prompt
+    )
     assert _texts(req) == (
         "Types: PER, LOC, ORG, OTHER\nSentence: Obama\nCands:\n"
         '- {"name": "Obama", "type": "PER"} uncertainty=0.30 (confident)\nPrice: $5'
@@ -113,13 +119,19 @@ def test_settings_reject_unknown_keys() -> None:
 
 
 def _boxed_sample(sid: str, folder: Path, size: tuple[int, int], box: Box, seed: int) -> Sample:
-    base = Sample(sid, ("Obama", "in", "Paris"), "Obama in Paris", ImageRef(sid, None, *size),
-                  (Entity(0, 1, "PER", "Obama", boxes=(box,)), Entity(2, 3, "LOC", "Paris")))
+    base = Sample(
+        sid,
+        ("Obama", "in", "Paris"),
+        "Obama in Paris",
+        ImageRef(sid, None, *size),
+        (Entity(0, 1, "PER", "Obama", boxes=(box,)), Entity(2, 3, "LOC", "Paris")),
+    )
     return with_image(base, folder, seed)
 
 
-@pytest.mark.parametrize("codec", [PixelCodec(), Qwen25VLCodec(), Qwen2VLCodec()],
-                         ids=lambda c: c.name)
+@pytest.mark.parametrize(
+    "codec", [PixelCodec(), Qwen25VLCodec(), Qwen2VLCodec()], ids=lambda c: c.name
+)
 def test_ground_request_demos_in_model_frame(tmp_path: Path, codec) -> None:
     demos = [
         _boxed_sample("d1", tmp_path, (641, 427), Box(10.4, 20.2, 300.7, 400.1), 1),
@@ -131,18 +143,26 @@ def test_ground_request_demos_in_model_frame(tmp_path: Path, codec) -> None:
     req = build_ground_request(query, ents, demos, LABELS, codec, max_tokens=500)
     roles = [m.role for m in req.messages]
     assert roles == ["system", "user", "assistant", "user", "assistant", "user"]
-    assert [p.path for p in req.images] == [demos[0].image.path, demos[1].image.path,
-                                            query.image.path]
+    assert [p.path for p in req.images] == [
+        demos[0].image.path,
+        demos[1].image.path,
+        query.image.path,
+    ]
     system = req.messages[0].parts[0].text
     assert "[] when the entity is not visible" in system and "One or more boxes" in system
     assert ("0-1000 grid" in system) == isinstance(codec, Qwen2VLCodec)
-    for demo, msg, ans in ((demos[0], req.messages[1], req.messages[2]),
-                           (demos[1], req.messages[3], req.messages[4])):
+    for demo, msg, ans in (
+        (demos[0], req.messages[1], req.messages[2]),
+        (demos[1], req.messages[3], req.messages[4]),
+    ):
         w, h = codec.model_size(demo.image.size)
         assert f"Image size: {w} x {h}" in msg.parts[1].text
         gold = json.loads(ans.parts[0].text)
-        assert gold[0]["entity"] == "Obama" and gold[1] == {"entity": "Paris", "type": "LOC",
-                                                              "boxes": []}
+        assert gold[0]["entity"] == "Obama" and gold[1] == {
+            "entity": "Paris",
+            "type": "LOC",
+            "boxes": [],
+        }
         [coded] = gold[0]["boxes"]
         assert coded == codec.encode(demo.entities[0].boxes[0], demo.image.size)
         back = codec.decode(coded, demo.image.size)
@@ -156,9 +176,15 @@ def test_ground_query_template_override(tmp_path: Path) -> None:
     settings = GroundSettings(query_prompt="T=$text E=$entities", system_prompt="Types $labels")
     query = Sample("q", ("Obama",), "Obama")
     ents = (Entity(0, 1, "PER", "Obama"),)
-    req = build_ground_request(query, ents, [], LABELS, PixelCodec(),
-                               system_template=settings.system_prompt,
-                               query_template=settings.query_prompt)
+    req = build_ground_request(
+        query,
+        ents,
+        [],
+        LABELS,
+        PixelCodec(),
+        system_template=settings.system_prompt,
+        query_template=settings.query_prompt,
+    )
     assert req.messages[0].parts[0].text == "Types PER, LOC, ORG, OTHER"
     assert req.messages[1].parts[0].text == 'T=Obama E=[{"entity": "Obama", "type": "PER"}]'
 
