@@ -146,7 +146,11 @@ class ScrubFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if _pattern is not None:
-            record.msg = scrub(record.getMessage())
+            try:
+                message = record.getMessage()
+            except (TypeError, ValueError):  # a malformed record: logging reports it itself
+                return True
+            record.msg = scrub(message)
             record.args = None
         return True
 
