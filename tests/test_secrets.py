@@ -110,3 +110,28 @@ def test_credentials_in_a_base_url_are_secrets():
     described = backend.describe()  # goes into summaries as it is
     assert "url-pass-4321" not in described and "q-key-8765" not in described
     assert "gw.example" in described
+
+
+def test_stage_jsonl_is_scrubbed_whatever_the_backend(tmp_path):
+    """A backend that is not the openai one (no scrubbing of its own) leaks a key
+    into an exception: the stage's JSONL line still never holds it."""
+    from refineg_core.pipeline.refine import RefineSettings, run_refine
+    from refineg_core.types import SOURCE_TAGGER, Entity, Sample, SampleResult
+    from tests.stagedata import LABELS, ScriptedBackend
+
+    secrets.register(["local-secret-55aa66bb"])
+
+    def leak(request):
+        raise RuntimeError("auth failed with key local-secret-55aa66bb")
+
+    sample = Sample("x", ("Obama",), "Obama")
+    pred = SampleResult(
+        sample,
+        (Entity(0, 1, "PER", "Obama", source=SOURCE_TAGGER),),
+        meta={"gate": {"delegate_sample": True, "delegated": [[0, 1, "PER"]]}},
+    )
+    out = tmp_path / "refine.jsonl"
+    [res], _ = run_refine([pred], ScriptedBackend(leak), LABELS, RefineSettings(), out)
+    assert res.failures and res.entities == pred.entities
+    written = out.read_text(encoding="utf-8")
+    assert "local-secret-55aa66bb" not in written and "key ***" in written
