@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +51,17 @@ class ChatMessage:
 
 @attrs.frozen
 class ChatRequest:
-    """One chat call. ``purpose`` names the stage (for logs, caches and usage counts)."""
+    """One chat call. ``purpose`` names the stage (for logs, caches and usage counts).
+
+    ``answer_schema`` is the JSON schema the answer must follow, for backends
+    that can make the model follow it (guided decoding); others ignore it.
+    """
 
     messages: tuple[ChatMessage, ...]
     max_tokens: int | None = None
     temperature: float | None = None
     purpose: str = "chat"
+    answer_schema: Mapping[str, Any] | None = attrs.field(default=None, hash=False)
 
     @property
     def images(self) -> tuple[ImagePart, ...]:
@@ -98,6 +104,7 @@ class ChatRequest:
             ],
             "max_tokens": self.max_tokens,
             "temperature": self.temperature,
+            **({"answer_schema": self.answer_schema} if self.answer_schema is not None else {}),
         }
 
 

@@ -16,6 +16,7 @@ import pydantic
 import tomllib
 from pydantic import BaseModel, ConfigDict, Field
 
+from refineg_core import secrets
 from refineg_core.errors import ConfigError
 from refineg_core.labels import LabelSet
 from refineg_core.pipeline.ground import GroundSettings
@@ -282,22 +283,4 @@ def validate_plugins(config: Config) -> None:
 def redacted_dump(config: Config) -> dict[str, Any]:
     """The resolved config as plain data, safe to print and to store in a run dir."""
     data = config.model_dump(mode="json", exclude_none=True)
-    return _redact(data)
-
-
-_SECRET_WORDS = ("key", "token", "secret", "password")
-
-
-def _redact(node: Any, key: str = "") -> Any:
-    if isinstance(node, dict):
-        return {k: _redact(v, k) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_redact(v) for v in node]
-    lowered = key.lower()
-    if (
-        isinstance(node, str)
-        and any(w in lowered for w in _SECRET_WORDS)
-        and not lowered.endswith("_env")
-    ):
-        return "***"
-    return node
+    return secrets.redact(data)

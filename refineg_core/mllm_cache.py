@@ -11,6 +11,10 @@ Only *usable* answers are cached: a failed call is never stored, and a stage
 passes a ``check`` (parse + validate) that an answer must pass before it is
 written. A transport error, an unparsable or unusable answer is therefore asked
 again by the next run instead of being replayed as a failure forever.
+
+Secrets never reach the cache: the identity is ``secrets.redact``-ed before it
+is hashed or stored, and every string of an entry goes through
+``secrets.scrub`` (a prompt or an answer could quote a key).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from refineg_core import secrets
 from refineg_core.backend_wrapper import BackendWrapper
 from refineg_core.chat import ChatRequest, ChatResponse, Usage
 from refineg_core.interfaces import MLLMBackend
@@ -52,7 +57,8 @@ class CachedBackend(BackendWrapper):
     def __init__(self, inner: MLLMBackend, cache_dir: Path | str) -> None:
         super().__init__(inner)
         self.cache_dir = Path(cache_dir)
-        self._identity = json.dumps(inner.cache_identity(), sort_keys=True, default=str)
+        identity = secrets.redact(inner.cache_identity())
+        self._identity = json.dumps(identity, sort_keys=True, default=str)
         self._stats_lock = threading.Lock()
         self._key_locks: dict[str, threading.Lock] = {}
         self._key_locks_lock = threading.Lock()
@@ -143,8 +149,9 @@ class CachedBackend(BackendWrapper):
             resp = data["response"]
             tokens = resp["usage"]
             usage = Usage(int(tokens["prompt_tokens"]), int(tokens["completion_tokens"]))
-            hit = ChatResponse(text=str(resp["text"]), usage=usage, model=resp.get("model"),
-                               cached=True)
+            hit = ChatResponse(
+                text=str(resp["text"]), usage=usage, model=resp.get("model"), cached=True
+            )
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError):
@@ -172,6 +179,7 @@ class CachedBackend(BackendWrapper):
                 "model": response.model,
             },
         }
+        entry = secrets.scrub_data(entry)
         fd, tmp = tempfile.mkstemp(prefix=f".{key[:8]}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:

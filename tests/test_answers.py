@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from refineg_core.errors import DataError
@@ -10,43 +12,45 @@ from refineg_core.pipeline.answers import AnswerError, extract_json_list, parse_
 OBAMA = {"name": "Obama", "type": "PER"}
 
 
-@pytest.mark.parametrize(
-    "text",
-    [
-        '[{"name": "Obama", "type": "PER"}]',
-        '  \n[\n  {"name": "Obama", "type": "PER"}\n]\n',
-        # reasoning first, then a fenced block, then a sign-off
-        "The post is about a speech. Obama is clearly a person, not an organisation.\n\n"
-        '```json\n[{"name": "Obama", "type": "PER"}]\n```\nLet me know if you need more.',
-        # fence without a language tag
-        'Answer:\n```\n[{"name": "Obama", "type": "PER"}]\n```',
-        # bare JSON after prose, prose after it
-        'Final answer: [{"name": "Obama", "type": "PER"}] (Obama is the only named entity.)',
-        # a reasoning model's think block that quotes a wrong draft
-        '<think>First guess: [{"name": "Obama", "type": "ORG"}]. No, he is a person.</think>\n'
-        '[{"name": "Obama", "type": "PER"}]',
-        # an example list in the reasoning, the real answer last
-        'Format is [{"name": ..., "type": ...}]. e.g. [{"name": "X", "type": "LOC"}]\n'
-        'So: [{"name": "Obama", "type": "PER"}]',
-        # wrapped in an object
-        '{"entities": [{"name": "Obama", "type": "PER"}]}',
-        # apostrophes in the prose around the JSON
-        "Here's what I found, it's simple: [{\"name\": \"Obama\", \"type\": \"PER\"}] that's all",
-    ],
-)
+#: Answers whose list is exactly [OBAMA] (also read by benchmarks/bench_answers.py).
+FOUND_CASES = [
+    '[{"name": "Obama", "type": "PER"}]',
+    '  \n[\n  {"name": "Obama", "type": "PER"}\n]\n',
+    # reasoning first, then a fenced block, then a sign-off
+    "The post is about a speech. Obama is clearly a person, not an organisation.\n\n"
+    '```json\n[{"name": "Obama", "type": "PER"}]\n```\nLet me know if you need more.',
+    # fence without a language tag
+    'Answer:\n```\n[{"name": "Obama", "type": "PER"}]\n```',
+    # bare JSON after prose, prose after it
+    'Final answer: [{"name": "Obama", "type": "PER"}] (Obama is the only named entity.)',
+    # a reasoning model's think block that quotes a wrong draft
+    '<think>First guess: [{"name": "Obama", "type": "ORG"}]. No, he is a person.</think>\n'
+    '[{"name": "Obama", "type": "PER"}]',
+    # an example list in the reasoning, the real answer last
+    'Format is [{"name": ..., "type": ...}]. e.g. [{"name": "X", "type": "LOC"}]\n'
+    'So: [{"name": "Obama", "type": "PER"}]',
+    # wrapped in an object
+    '{"entities": [{"name": "Obama", "type": "PER"}]}',
+    # apostrophes in the prose around the JSON
+    'Here\'s what I found, it\'s simple: [{"name": "Obama", "type": "PER"}] that\'s all',
+]
+
+
+@pytest.mark.parametrize("text", FOUND_CASES)
 def test_finds_the_answer_list(text: str) -> None:
     assert extract_json_list(text) == [OBAMA]
 
 
-@pytest.mark.parametrize(
-    "text",
-    [
-        "[{'name': 'Obama', 'type': 'PER'}]",  # Python quotes
-        '[{"name": "Obama", "type": "PER"},]',  # trailing comma in the list
-        '[{"name": "Obama", "type": "PER",}]',  # trailing comma in the object
-        "```json\n[{'name': 'Obama', 'type': 'PER',},\n]\n```",
-    ],
-)
+#: Answers that need repair to give [OBAMA].
+REPAIR_CASES = [
+    "[{'name': 'Obama', 'type': 'PER'}]",  # Python quotes
+    '[{"name": "Obama", "type": "PER"},]',  # trailing comma in the list
+    '[{"name": "Obama", "type": "PER",}]',  # trailing comma in the object
+    "```json\n[{'name': 'Obama', 'type': 'PER',},\n]\n```",
+]
+
+
+@pytest.mark.parametrize("text", REPAIR_CASES)
 def test_repairs_what_is_safely_fixable(text: str) -> None:
     parsed = parse_answer(text)
     assert list(parsed.items) == [OBAMA]
@@ -95,18 +99,21 @@ def test_single_bare_object_is_a_one_item_list() -> None:
     assert extract_json_list('The answer is {"name": "Obama", "type": "PER"}.') == [OBAMA]
 
 
-@pytest.mark.parametrize(
-    ("text", "kind"),
-    [
-        ("", "empty"),
-        ("   \n ", "empty"),
-        ("I cannot identify any entities in this image.", "no_json"),
-        ('[{"name": "Oba', "truncated"),
-        ("```json\n[{\"name\": \"Obama\" \"type\": \"PER\"}]\n```", "invalid_json"),
-        ("[Obama, PER]", "invalid_json"),
-        ('"just a string"  and {oops', "truncated"),
-    ],
-)
+#: Answers with no usable list, and the kind of error each must give.
+UNUSABLE_CASES = [
+    ("", "empty"),
+    ("   \n ", "empty"),
+    ("I cannot identify any entities in this image.", "no_json"),
+    ('[{"name": "Oba', "truncated"),
+    ('```json\n[{"name": "Obama" "type": "PER"}]\n```', "invalid_json"),
+    ("[Obama, PER]", "invalid_json"),
+    # Python would join the two strings into one key: a missing colon is not repaired
+    ('[{"name" "NBA" "type": "ORG"}]', "invalid_json"),
+    ('"just a string"  and {oops', "truncated"),
+]
+
+
+@pytest.mark.parametrize(("text", "kind"), UNUSABLE_CASES)
 def test_unusable_answers_raise_a_short_kind(text: str, kind: str) -> None:
     with pytest.raises(AnswerError) as info:
         parse_answer(text)
@@ -134,3 +141,34 @@ def test_deeply_nested_garbage_does_not_crash() -> None:
         parse_answer("[" * 2000)
     nested = extract_json_list("[" * 50 + "]" * 50)  # a list, though not of objects
     assert len(nested) == 1 and isinstance(nested[0], list)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" * 200_000,  # nested, never closed
+        "[" * 99_999 + "x" + "]" * 100_000,  # nested, closed, invalid at the bottom
+        "['" * 100_000,  # open lists and quotes
+        "[a " * 66_000,  # unclosed lists in prose
+        "```" * 60_000,  # fences with no newline
+    ],
+    ids=["unclosed", "closed-invalid", "quotes", "prose", "fences"],
+)
+def test_hostile_200kb_answers_are_read_in_linear_time(text: str) -> None:
+    # the old scanner was quadratic: 2-13 s at 8 KB, hours at 200 KB; this one takes
+    # well under a second (benchmarks/bench_answers.py); the bound only catches a hang
+    t0 = time.perf_counter()
+    with pytest.raises(AnswerError):
+        parse_answer(text)
+    assert time.perf_counter() - t0 < 10
+
+
+def test_answer_over_the_size_limit_is_not_read() -> None:
+    big = '[{"name": "Obama", "type": "PER"}]' + " " * 5000
+    with pytest.raises(AnswerError) as info:
+        parse_answer(big, max_bytes=4096)
+    assert info.value.kind == "too_large" and "4096" in str(info.value)
+    assert parse_answer(big, max_bytes=None).items == (OBAMA,)
+    assert parse_answer("[]" + "é" * 1000, max_bytes=2100).items == ()  # 2002 bytes
+    with pytest.raises(AnswerError):
+        parse_answer("[]" + "é" * 1100, max_bytes=2100)  # 2202 bytes, 1102 characters

@@ -62,3 +62,37 @@ def test_label_set_tags_and_type_check():
     assert len(labels.tags("BIOES")) == 9
     with pytest.raises(DataError, match=r"\['ORG'\]"):
         labels.check_types(["PER", "ORG"], where="train.txt")
+
+
+def test_type_resolver_understands_common_names_and_descriptions():
+    from refineg_core.labels import TypeResolver
+    from refineg_core.pipeline.prompts import CCKS_TYPES, TWITTER_GMNER_TYPES
+
+    twitter = TypeResolver(LabelSet(TWITTER_GMNER_TYPES))
+    for names, label in [
+        (["PER", "per", "Person", "people"], "PER"),
+        (["ORG", "organization", "Organisation", "company"], "ORG"),
+        (["LOC", "Location", "place", "city"], "LOC"),
+        (["OTHER", "MISC", "miscellaneous", "event"], "OTHER"),
+    ]:
+        assert {twitter.resolve(n) for n in names} == {label}, names
+    # words every description shares, or no description has, name nothing
+    assert twitter.resolve("named") is None and twitter.resolve("Politician") is None
+    ccks = TypeResolver(LabelSet(CCKS_TYPES))
+    assert ccks.resolve("LOC") == "location" and ccks.resolve("ship") == "vessel"
+    assert ccks.resolve("Misc") == "other" and ccks.resolve("drone") == "aircraft"
+
+
+def test_type_resolver_user_synonyms_and_ambiguity():
+    from refineg_core.labels import TypeResolver
+
+    labels = LabelSet({"PER": "", "ORG": "", "BRAND": "a brand name"})
+    resolver = TypeResolver(labels, {"BRAND": ["Product line", "marque"]})
+    assert resolver.resolve("product_line") == "BRAND" and resolver.resolve("MARQUE") == "BRAND"
+    with pytest.raises(DataError, match="not in the label set"):
+        TypeResolver(labels, {"LOC": ["place"]})
+    with pytest.raises(DataError, match="synonym of"):
+        TypeResolver(labels, {"PER": ["star"], "BRAND": ["star"]})
+    # two labels in one common group: neither gets the group's other names
+    both = TypeResolver(LabelSet({"PER": "", "PERSON": "", "ORG": ""}))
+    assert both.resolve("people") is None and both.resolve("person") == "PERSON"

@@ -58,8 +58,12 @@ def test_refine_prompt_has_everything_the_mllm_needs(twitter_dir: Path, tmp_path
 
 
 def test_refine_prompt_text_only_when_no_image_or_text_backend(tmp_path: Path) -> None:
-    sample = Sample("s1", ("Obama", "visits", "Paris"), "Obama visits Paris",
-                    ImageRef("s1", tmp_path / "missing.jpg", 100, 80))
+    sample = Sample(
+        "s1",
+        ("Obama", "visits", "Paris"),
+        "Obama visits Paris",
+        ImageRef("s1", tmp_path / "missing.jpg", 100, 80),
+    )
     ents = (Entity(0, 1, "PER", "Obama", source="tagger", uncertainty=0.7),)
     req = build_refine_request(sample, ents, {(0, 1, "PER")}, LABELS, with_image=True)
     assert not req.has_images  # file missing: never a dangling path
@@ -114,8 +118,9 @@ def test_user_template_overrides_default() -> None:
     settings = RefineSettings(prompt=template)
     sample = Sample("s", ("Obama",), "Obama")
     ents = (Entity(0, 1, "PER", "Obama", source="tagger", uncertainty=0.3),)
-    req = build_refine_request(sample, ents, set(), LABELS, with_image=False,
-                               template=settings.prompt)
+    req = build_refine_request(
+        sample, ents, set(), LABELS, with_image=False, template=settings.prompt
+    )
     assert _texts(req) == (
         "Types: PER, LOC, ORG, OTHER\nSentence: Obama\nCands:\n"
         '- {"name": "Obama", "type": "PER"} uncertainty=0.30 (confident)\nPrice: $5'
@@ -147,13 +152,19 @@ def test_settings_reject_unknown_keys() -> None:
 
 
 def _boxed_sample(sid: str, folder: Path, size: tuple[int, int], box: Box, seed: int) -> Sample:
-    base = Sample(sid, ("Obama", "in", "Paris"), "Obama in Paris", ImageRef(sid, None, *size),
-                  (Entity(0, 1, "PER", "Obama", boxes=(box,)), Entity(2, 3, "LOC", "Paris")))
+    base = Sample(
+        sid,
+        ("Obama", "in", "Paris"),
+        "Obama in Paris",
+        ImageRef(sid, None, *size),
+        (Entity(0, 1, "PER", "Obama", boxes=(box,)), Entity(2, 3, "LOC", "Paris")),
+    )
     return with_image(base, folder, seed)
 
 
-@pytest.mark.parametrize("codec", [PixelCodec(), Qwen25VLCodec(), Qwen2VLCodec()],
-                         ids=lambda c: c.name)
+@pytest.mark.parametrize(
+    "codec", [PixelCodec(), Qwen25VLCodec(), Qwen2VLCodec()], ids=lambda c: c.name
+)
 def test_ground_request_demos_in_model_frame(tmp_path: Path, codec) -> None:
     demos = [
         _boxed_sample("d1", tmp_path, (641, 427), Box(10.4, 20.2, 300.7, 400.1), 1),
@@ -165,8 +176,11 @@ def test_ground_request_demos_in_model_frame(tmp_path: Path, codec) -> None:
     req = build_ground_request(query, ents, demos, LABELS, codec, max_tokens=500)
     roles = [m.role for m in req.messages]
     assert roles == ["system", "user", "assistant", "user", "assistant", "user"]
-    assert [p.path for p in req.images] == [demos[0].image.path, demos[1].image.path,
-                                            query.image.path]
+    assert [p.path for p in req.images] == [
+        demos[0].image.path,
+        demos[1].image.path,
+        query.image.path,
+    ]
     system = req.messages[0].parts[0].text
     assert "[] when the entity is not visible" in system and "One or more boxes" in system
     assert ("0-1000 grid" in system) == isinstance(codec, Qwen2VLCodec)
@@ -176,8 +190,11 @@ def test_ground_request_demos_in_model_frame(tmp_path: Path, codec) -> None:
         w, h = codec.model_size(demo.image.size)
         assert f"Image size: {w} x {h}" in msg.parts[1].text
         gold = json.loads(ans.parts[0].text)
-        assert gold[0]["entity"] == "Obama" and gold[1] == {"entity": "Paris", "type": "LOC",
-                                                              "boxes": []}
+        assert gold[0]["entity"] == "Obama" and gold[1] == {
+            "entity": "Paris",
+            "type": "LOC",
+            "boxes": [],
+        }
         [coded] = gold[0]["boxes"]
         assert coded == codec.encode(demo.entities[0].boxes[0], demo.image.size)
         back = codec.decode(coded, demo.image.size)
@@ -191,8 +208,36 @@ def test_ground_query_template_override(tmp_path: Path) -> None:
     settings = GroundSettings(query_prompt="T=$text E=$entities", system_prompt="Types $labels")
     query = Sample("q", ("Obama",), "Obama")
     ents = (Entity(0, 1, "PER", "Obama"),)
-    req = build_ground_request(query, ents, [], LABELS, PixelCodec(),
-                               system_template=settings.system_prompt,
-                               query_template=settings.query_prompt)
+    req = build_ground_request(
+        query,
+        ents,
+        [],
+        LABELS,
+        PixelCodec(),
+        system_template=settings.system_prompt,
+        query_template=settings.query_prompt,
+    )
     assert req.messages[0].parts[0].text == "Types PER, LOC, ORG, OTHER"
     assert req.messages[1].parts[0].text == 'T=Obama E=[{"entity": "Obama", "type": "PER"}]'
+
+
+def test_stage_requests_carry_their_answer_schema():
+    from refineg_core.boxcodecs import PixelCodec
+    from refineg_core.chat import ChatRequest
+    from refineg_core.labels import LabelSet
+    from refineg_core.pipeline.prompts import build_ground_request, build_refine_request
+    from refineg_core.types import Entity, Sample
+
+    labels = LabelSet({"PER": "a person", "LOC": "a place"})
+    sample = Sample("s", ("Obama",), "Obama", entities=(Entity(0, 1, "PER", "Obama"),))
+    refine = build_refine_request(sample, sample.entities, set(), labels, with_image=False)
+    assert refine.answer_schema["type"] == "array"
+    item = refine.answer_schema["items"]
+    assert item["properties"]["type"] == {"enum": ["PER", "LOC"]}
+    assert item["required"] == ["name", "type"]
+    ground = build_ground_request(sample, sample.entities, [], labels, PixelCodec())
+    boxes = ground.answer_schema["items"]["properties"]["boxes"]
+    assert boxes["items"]["minItems"] == boxes["items"]["maxItems"] == 4
+    # the schema is part of what is asked: it changes the cache key
+    bare = ChatRequest(refine.messages, purpose="refine")
+    assert bare.fingerprint() != refine.fingerprint()

@@ -7,6 +7,11 @@ so this module tries, in order: the text after a closed ``<think>`` block,
 fenced blocks (last first), then bare JSON anywhere in the text (last list of
 objects wins, since reasoning often quotes examples before the final answer).
 A list cut off by the token limit yields the complete objects before the cut.
+
+Answers come from a server the project does not control, so reading one is
+linear in its length: brackets are matched in one pass (``_Brackets``), the
+parse attempts share a budget proportional to the text, and an answer larger
+than ``max_bytes`` is refused before any of it is read.
 """
 
 from __future__ import annotations
@@ -20,6 +25,10 @@ import attrs
 
 from refineg_core.errors import DataError
 
+#: Answers larger than this (UTF-8 bytes) are refused unread by default; backends
+#: that read answers off the network bound them earlier (``max_answer_bytes``).
+DEFAULT_MAX_ANSWER_BYTES = 1 << 20
+
 
 class AnswerError(DataError):
     """An answer with no usable JSON list; ``kind`` is a short machine-readable reason.
@@ -27,7 +36,8 @@ class AnswerError(DataError):
     Kinds: ``empty`` (blank answer), ``no_json`` (no bracket at all),
     ``invalid_json`` (brackets that do not parse, even leniently),
     ``truncated`` (cut off before its first complete object), ``not_a_list``
-    (JSON, but neither a list nor objects).
+    (JSON, but neither a list nor objects), ``too_large`` (over the size limit,
+    not read).
     """
 
     def __init__(self, kind: str, message: str, *, where: str | None = None) -> None:
@@ -45,68 +55,118 @@ class ParsedAnswer:
     fenced: bool = False  # came from a ``` block
 
 
-_FENCE_RE = re.compile(r"```[ \t]*([A-Za-z0-9_-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _THINK_END = "</think>"
+_FENCE = "```"
 _OPENERS = {"[": "]", "{": "}"}
+_SIGNIFICANT = re.compile(r"[\[\]{}\"'\\]")
+_LIST_OF_OBJECTS_START = re.compile(r"\[\s*\{")
 
 
-def _match(text: str, start: int) -> int | None:
-    """Index of the bracket closing ``text[start]``, skipping strings; None when unclosed."""
-    stack: list[str] = []
+class _Brackets:
+    """Every bracket pair of a text, found in one left-to-right pass.
+
+    Quotes only count inside brackets (prose around JSON is full of
+    apostrophes); an apostrophe between letters is English, not a Python
+    string. A closer that does not match the innermost opener makes every open
+    bracket unmatched (none of them is a JSON structure) and starts afresh.
+    ``pairs`` maps an opener's index to its closer's; unclosed or mismatched
+    openers are absent. ``openers[c]`` lists the openers of kind ``c`` that are
+    outside strings, in order.
+    """
+
+    def __init__(self, text: str) -> None:
+        self.pairs: dict[int, int] = {}
+        self.openers: dict[str, list[int]] = {"[": [], "{": []}
+        stack: list[int] = []
+        quote: str | None = None
+        skip_to = -1
+        n = len(text)
+        for m in _SIGNIFICANT.finditer(text):
+            i = m.start()
+            if i < skip_to:
+                continue  # the character after a backslash inside a string
+            ch = text[i]
+            if quote is not None:
+                if ch == "\\":
+                    skip_to = i + 2
+                elif ch == quote:
+                    quote = None
+                continue
+            if ch in _OPENERS:
+                stack.append(i)
+                self.openers[ch].append(i)
+            elif ch in "]}":
+                if not stack:
+                    continue  # a closer in prose
+                if _OPENERS[text[stack[-1]]] != ch:
+                    stack.clear()  # mismatched: no open bracket is a JSON structure
+                    continue
+                self.pairs[stack.pop()] = i
+            elif stack and ch in "\"'":
+                if ch == "'" and 0 < i < n - 1 and text[i - 1].isalnum() and text[i + 1].isalnum():
+                    continue
+                quote = ch
+
+
+class _Budget:
+    """Caps the characters handed to the parsers, so nested garbage stays linear."""
+
+    def __init__(self, text: str) -> None:
+        self.left = 8 * len(text) + 65536
+
+    def spend(self, n: int) -> bool:
+        self.left -= n
+        return self.left >= 0
+
+
+def _adjacent_strings(text: str) -> bool:
+    """Two string literals with only space between them: Python would join them
+    (``"name" "NBA"`` -> ``"nameNBA"``), JSON would not; a missing comma or colon."""
     quote: str | None = None
-    i = start
-    n = len(text)
-    while i < n:
+    last_end = -1
+    skip_to = -1
+    for m in _SIGNIFICANT.finditer(text):
+        i = m.start()
         ch = text[i]
-        if quote is not None:
-            if ch == "\\":
-                i += 2
-                continue
-            if ch == quote:
-                quote = None
-        elif ch in "\"'":
-            # An apostrophe between letters is English, not a Python string.
-            if ch == "'" and 0 < i < n - 1 and text[i - 1].isalnum() and text[i + 1].isalnum():
-                i += 1
-                continue
-            quote = ch
-        elif ch in _OPENERS:
-            stack.append(_OPENERS[ch])
-        elif ch in "]}":
-            if not stack or stack[-1] != ch:
-                return None  # mismatched: not a JSON structure
-            stack.pop()
-            if not stack:
-                return i
-        i += 1
-    return None
+        if i < skip_to or ch not in "\"'\\":
+            continue
+        if quote is None:
+            if ch != "\\":
+                if last_end >= 0 and not text[last_end:i].strip():
+                    return True
+                quote = ch
+        elif ch == "\\":
+            skip_to = i + 2
+        elif ch == quote:
+            quote = None
+            last_end = i + 1
+    return False
 
 
 def _outside_strings(text: str, fn) -> str:
     """Apply ``fn`` to each stretch of ``text`` that is not inside a string literal."""
     out: list[str] = []
-    buf: list[str] = []
+    start = 0  # start of the current stretch outside strings
     quote: str | None = None
-    i = 0
-    while i < len(text):
+    skip_to = -1
+    for m in _SIGNIFICANT.finditer(text):
+        i = m.start()
         ch = text[i]
+        if i < skip_to or ch not in "\"'\\":
+            continue
         if quote is None:
-            if ch in "\"'":
-                out.append(fn("".join(buf)))
-                buf = []
+            if ch != "\\":
+                out.append(fn(text[start:i]))
+                start = i
                 quote = ch
-                out.append(ch)
-            else:
-                buf.append(ch)
-        else:
-            out.append(ch)
-            if ch == "\\" and i + 1 < len(text):
-                out.append(text[i + 1])
-                i += 1
-            elif ch == quote:
-                quote = None
-        i += 1
-    out.append(fn("".join(buf)))
+        elif ch == "\\":
+            skip_to = i + 2
+        elif ch == quote:
+            out.append(text[start : i + 1])
+            start = i + 1
+            quote = None
+    tail = text[start:]
+    out.append(tail if quote is not None else fn(tail))
     return "".join(out)
 
 
@@ -115,8 +175,14 @@ _JSON_WORDS = re.compile(r"\b(true|false|null)\b")
 _PY_WORDS = {"true": "True", "false": "False", "null": "None"}
 
 
-def _lenient_loads(raw: str) -> tuple[Any, bool]:
+class _OutOfBudget(Exception):
+    pass
+
+
+def _lenient_loads(raw: str, budget: _Budget) -> tuple[Any, bool]:
     """``json.loads``, else with trailing commas removed, else as a Python literal."""
+    if not budget.spend(3 * len(raw)):
+        raise _OutOfBudget
     try:
         return json.loads(raw), False
     except (json.JSONDecodeError, RecursionError):
@@ -126,6 +192,8 @@ def _lenient_loads(raw: str) -> tuple[Any, bool]:
         return json.loads(fixed), True
     except (json.JSONDecodeError, RecursionError):
         pass
+    if _adjacent_strings(fixed):
+        raise ValueError("two strings side by side (a missing comma or colon)")
     pythonish = _outside_strings(fixed, lambda s: _JSON_WORDS.sub(lambda m: _PY_WORDS[m[1]], s))
     try:
         value = ast.literal_eval(pythonish)
@@ -142,23 +210,26 @@ class _Found:
     repaired: bool
 
 
-def _recover_truncated(text: str, start: int) -> tuple[list[Any], bool]:
+def _recover_truncated(
+    text: str, start: int, br: _Brackets, budget: _Budget
+) -> tuple[list[Any], bool]:
     """Complete ``{...}`` objects after the ``[`` at ``start`` of a list that never closes."""
     items: list[Any] = []
     repaired = False
     i = start + 1
-    while i < len(text):
+    n = len(text)
+    while i < n:
         ch = text[i]
         if ch.isspace() or ch == ",":
             i += 1
             continue
         if ch != "{":
             break
-        end = _match(text, i)
+        end = br.pairs.get(i)
         if end is None:
             break
         try:
-            value, fixed = _lenient_loads(text[i : end + 1])
+            value, fixed = _lenient_loads(text[i : end + 1], budget)
         except ValueError:
             break
         items.append(value)
@@ -174,55 +245,55 @@ def _scan(text: str) -> tuple[list[_Found], list[str]]:
     """
     found: list[_Found] = []
     problems: list[str] = []
-    i = 0
-    while True:
-        i = text.find("[", i)
-        if i < 0:
-            break
-        end = _match(text, i)
-        if end is None:
-            items, repaired = _recover_truncated(text, i)
-            if items:
-                found.append(_Found(tuple(items), len(text), True, repaired))
-                break
-            if re.match(r"\[\s*\{", text[i:]):
-                problems.append("truncated")
-                break
-            i += 1
-            continue
-        try:
-            value, repaired = _lenient_loads(text[i : end + 1])
-        except ValueError:
-            problems.append("invalid_json")
-            i += 1  # maybe a valid list is nested inside (e.g. prose in brackets around it)
-            continue
-        if isinstance(value, list):
-            found.append(_Found(tuple(value), end, False, repaired))
-        i = end + 1
-    if not found:
-        found.extend(_scan_objects(text, problems))
+    br = _Brackets(text)
+    budget = _Budget(text)
+    after = 0  # openers before this index are inside something already read
+    try:
+        for i in br.openers["["]:
+            if i < after:
+                continue
+            end = br.pairs.get(i)
+            if end is None:
+                items, repaired = _recover_truncated(text, i, br, budget)
+                if items:
+                    found.append(_Found(tuple(items), len(text), True, repaired))
+                    break
+                if _LIST_OF_OBJECTS_START.match(text, i):
+                    problems.append("truncated")
+                    break
+                continue
+            try:
+                value, repaired = _lenient_loads(text[i : end + 1], budget)
+            except ValueError:
+                problems.append("invalid_json")
+                continue  # maybe a valid list is nested inside (e.g. prose in brackets around it)
+            if isinstance(value, list):
+                found.append(_Found(tuple(value), end, False, repaired))
+            after = end + 1
+        if not found:
+            found.extend(_scan_objects(text, br, budget, problems))
+    except _OutOfBudget:
+        problems.append("invalid_json")
     return found, problems
 
 
-def _scan_objects(text: str, problems: list[str]) -> list[_Found]:
+def _scan_objects(text: str, br: _Brackets, budget: _Budget, problems: list[str]) -> list[_Found]:
     """Top-level objects: ``{"entities": [...]}`` or a bare single ``{name, type}``."""
     objects: list[Any] = []
     repaired_any = False
-    i = 0
     last = 0
-    while True:
-        i = text.find("{", i)
-        if i < 0:
-            break
-        end = _match(text, i)
+    after = 0
+    for i in br.openers["{"]:
+        if i < after:
+            continue
+        end = br.pairs.get(i)
         if end is None:
             problems.append("truncated")
             break
         try:
-            value, repaired = _lenient_loads(text[i : end + 1])
+            value, repaired = _lenient_loads(text[i : end + 1], budget)
         except ValueError:
             problems.append("invalid_json")
-            i += 1
             continue
         if isinstance(value, dict):
             lists = [v for v in value.values() if isinstance(v, list)]
@@ -231,7 +302,7 @@ def _scan_objects(text: str, problems: list[str]) -> list[_Found]:
             objects.append(value)
             repaired_any = repaired_any or repaired
             last = end
-        i = end + 1
+        after = end + 1
     return [_Found(tuple(objects), last, False, repaired_any)] if objects else []
 
 
@@ -248,15 +319,51 @@ def _best(found: list[_Found]) -> _Found | None:
     return None
 
 
-def parse_answer(text: str | None) -> ParsedAnswer:
+def fenced_blocks(text: str) -> list[str]:
+    """The bodies of ``` blocks in order; an unclosed last block runs to the end.
+
+    A fence opens at ``` (an info string may follow on the same line) and its
+    body starts on the next line. Each search moves forward, so this is linear.
+    """
+    bodies: list[str] = []
+    pos = 0
+    while True:
+        start = text.find(_FENCE, pos)
+        if start < 0:
+            return bodies
+        newline = text.find("\n", start + len(_FENCE))
+        if newline < 0:
+            return bodies
+        close = text.find(_FENCE, newline + 1)
+        if close < 0:
+            bodies.append(text[newline + 1 :])
+            return bodies
+        bodies.append(text[newline + 1 : close])
+        pos = close + len(_FENCE)
+
+
+def check_size(text: str, max_bytes: int | None) -> None:
+    """Refuse an answer over ``max_bytes`` UTF-8 bytes (``AnswerError`` ``too_large``)."""
+    if max_bytes is None or len(text) * 4 <= max_bytes:
+        return  # no character takes more than 4 bytes
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        raise AnswerError(
+            "too_large", f"the answer is {size} bytes, over the limit of {max_bytes}; not read"
+        )
+
+
+def parse_answer(
+    text: str | None, *, max_bytes: int | None = DEFAULT_MAX_ANSWER_BYTES
+) -> ParsedAnswer:
     """The JSON list in an MLLM answer; raises ``AnswerError`` when there is none."""
     if text is None or not text.strip():
         raise AnswerError("empty", "the answer is empty")
+    check_size(text, max_bytes)
     regions: list[tuple[str, bool]] = []
     if _THINK_END in text:
         regions.append((text.rsplit(_THINK_END, 1)[1], False))
-    fences = [m[2] for m in _FENCE_RE.finditer(text)]
-    regions.extend((body, True) for body in reversed(fences))
+    regions.extend((body, True) for body in reversed(fenced_blocks(text)))
     regions.append((text, False))
     problems: list[str] = []
     for region, fenced in regions:
@@ -265,7 +372,7 @@ def parse_answer(text: str | None) -> ParsedAnswer:
         best = _best(found)
         if best is not None:
             return ParsedAnswer(best.items, best.truncated, best.repaired, fenced)
-    snippet = " ".join(text.split())[:80]
+    snippet = " ".join(text[:400].split())[:80]
     if "truncated" in problems:
         raise AnswerError(
             "truncated", f"the JSON list is cut off before its first item: {snippet!r}"

@@ -7,7 +7,9 @@ matched to the input entities by name (and type); boxes go back to original
 pixels through the backend's codec, and an invalid box is dropped and counted.
 Every input entity comes out, with the MLLM's boxes or none; names the MLLM
 invents are ignored and counted; a failed call or an unusable answer keeps the
-entities as they were and records why.
+entities as they were and records why. An item whose boxes are all invalid
+does not say "not groundable": its entity stays ungrounded (never attempted),
+and an answer none of whose items is usable is a recorded failure.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import pydantic
 
 from refineg_core.boxcodecs import BoxCodec
 from refineg_core.interfaces import ContextSelector, MLLMBackend, PluginOptions
-from refineg_core.labels import LabelSet
+from refineg_core.labels import LabelSet, TypeResolver
+from refineg_core.pipeline.answers import ParsedAnswer
 from refineg_core.pipeline.prompts import (
     GROUND_QUERY_FIELDS,
     GROUND_SYSTEM_FIELDS,
@@ -126,10 +129,15 @@ def _item_boxes(item: dict) -> Any:
 
 @attrs.frozen
 class Grounding:
-    """Answer items matched to input entities (by entity key) plus what was refused."""
+    """Answer items matched to input entities (by entity key) plus what was refused.
+
+    ``usable`` counts the items that named an input entity and gave valid boxes
+    or an explicit "no box".
+    """
 
     boxes: dict[tuple[int, int, str], list[Box]]
     counts: Counter
+    usable: int = 0
 
 
 def match_answer(
@@ -137,14 +145,18 @@ def match_answer(
     entities: Sequence[Entity],
     codec: BoxCodec,
     size: tuple[int, int],
+    types: TypeResolver | None = None,
 ) -> Grounding:
     """Give each input entity the boxes of the answer items that name it.
 
     Name match ignores case and spaces; when several input entities share the
     name, the item's type picks among them (a type the answer got wrong still
-    matches by name alone, counted). Items naming no input entity are ignored.
+    matches by name alone, counted). Items naming no input entity are ignored;
+    so are items all of whose boxes are invalid (counted), which must not make
+    their entity "not groundable".
     """
     counts: Counter = Counter()
+    usable = 0
     by_name: dict[str, list[Entity]] = {}
     for e in entities:
         by_name.setdefault(_norm(e.text), []).append(e)
@@ -165,23 +177,32 @@ def match_answer(
             counts["invented_entities"] += 1
             continue
         etype = item.get("type")
-        typed = [
-            e
-            for e in targets
-            if isinstance(etype, str) and e.type.casefold() == etype.strip().casefold()
-        ]
+        resolved = _resolve(etype, types)
+        typed = [e for e in targets if resolved is not None and e.type == resolved]
         if not typed:
             if etype is not None:
                 counts["type_mismatch"] += 1
             typed = targets
         decoded, invalid = codec.decode_all(box_candidates(_item_boxes(item)), size)
         counts["boxes_invalid"] += invalid
+        if invalid and not decoded:
+            counts["items_only_invalid_boxes"] += 1
+            continue
+        usable += 1
         for e in typed:
             slot = boxes.setdefault(e.key, [])
             for b in decoded:
                 if b not in slot:
                     slot.append(b)
-    return Grounding(boxes, counts)
+    return Grounding(boxes, counts, usable)
+
+
+def _resolve(etype: Any, types: TypeResolver | None) -> str | None:
+    if not isinstance(etype, str):
+        return None
+    if types is not None:
+        return types.resolve(etype)
+    return etype.strip()
 
 
 def usable_demos(
@@ -246,12 +267,37 @@ def _ground_one(
         "demos": [{"id": d.sample.id, "score": round(float(d.score), 6)} for d in demos],
     }
     info: dict[str, Any] = {}
-    parsed = ask(backend, request, STAGE, counters, info, debug)
+    judged: dict[str, Grounding] = {}
+
+    def usable(parsed: ParsedAnswer) -> Failure | None:
+        """An answer none of whose items is usable is a failure (the entities stay
+        ungrounded, not "not groundable"), and is not cached."""
+        grounding = judged["grounding"] = match_answer(
+            parsed.items, item.entities, codec, size, TypeResolver(labels)
+        )
+        if parsed.items and not grounding.usable:
+            counts = {k: v for k, v in grounding.counts.items() if v}
+            refused = ", ".join(f"{k} x{v}" for k, v in sorted(counts.items()))
+            return Failure(
+                STAGE,
+                "no_usable_item",
+                f"none of the answer's {len(parsed.items)} items is usable ({refused}); "
+                "the entities were left ungrounded",
+            )
+        return None
+
+    parsed = ask(backend, request, STAGE, counters, info, debug, usable=usable)
     if isinstance(parsed, Failure):
+        if parsed.kind == "no_usable_item":
+            counts = Counter(judged["grounding"].counts)
+            counters.update(counts)
+            counters.add("answers_without_usable_item")
+            info.update({k: v for k, v in counts.items() if v})
+            info["outcome"] = "no_usable_item"
         return attrs.evolve(
             item, failures=(*item.failures, parsed), meta={**meta, STAGE: info}
         )
-    grounding = match_answer(parsed.items, item.entities, codec, size)
+    grounding = judged["grounding"]
     entities = []
     for e in item.entities:
         if e.key in grounding.boxes:

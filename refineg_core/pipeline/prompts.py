@@ -179,6 +179,36 @@ def original_size(image: ImageRef | None) -> tuple[int, int] | None:
     return None
 
 
+# -- answer schemas (for servers that can follow one: guided decoding) ------------
+# A list at the top, like the prompts and demonstrations; a server that wants an
+# object there (OpenAI's own) refuses it, and the backend then asks without it.
+
+
+def refine_answer_schema(labels: LabelSet) -> dict:
+    """The refine answer as JSON schema: ``[{"name", "type"}]``, as the prompt asks."""
+    item = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "type": {"enum": list(labels.types)}},
+        "required": ["name", "type"],
+    }
+    return {"type": "array", "items": item}
+
+
+def ground_answer_schema(labels: LabelSet) -> dict:
+    """The ground answer as JSON schema: ``[{"entity", "type", "boxes"}]``, as the demos show."""
+    box = {"type": "array", "items": {"type": "integer"}, "minItems": 4, "maxItems": 4}
+    item = {
+        "type": "object",
+        "properties": {
+            "entity": {"type": "string"},
+            "type": {"enum": list(labels.types)},
+            "boxes": {"type": "array", "items": box},
+        },
+        "required": ["entity", "type", "boxes"],
+    }
+    return {"type": "array", "items": item}
+
+
 # -- refinement -----------------------------------------------------------------
 
 
@@ -227,6 +257,7 @@ def build_refine_request(
         max_tokens=max_tokens,
         temperature=temperature,
         purpose="refine",
+        answer_schema=refine_answer_schema(labels),
     )
 
 
@@ -316,5 +347,9 @@ def build_ground_request(
         messages.append(ChatMessage.text("assistant", demo_answer_json(demo, codec, size)))
     messages.append(_turn(query, entities, codec, qt))
     return ChatRequest(
-        tuple(messages), max_tokens=max_tokens, temperature=temperature, purpose="ground"
+        tuple(messages),
+        max_tokens=max_tokens,
+        temperature=temperature,
+        purpose="ground",
+        answer_schema=ground_answer_schema(labels),
     )

@@ -8,9 +8,12 @@ the type descriptions and every candidate with its uncertainty, reasons briefly
 and answers with a JSON list of ``{name, type}``. Each item is validated (name
 on word boundaries in the text, type in the label set, no clash with a
 confident entity); the delegated entities are replaced by the validated
-decision. Anything invalid is dropped and counted; an answer that cannot be
-used at all keeps the tagger's prediction and records the failure, so no
-sample and no confident entity is ever lost.
+decision. Type names go through ``TypeResolver`` ("Person", "organisation",
+"place" and the user's ``type_synonyms`` name labels too). Anything invalid is
+dropped and counted; an answer that cannot be used at all (no JSON list, or a
+non-empty list none of whose items is usable) keeps the tagger's prediction
+and records the failure, so no sample and no confident entity is ever lost. An
+empty list is an answer: "no entities".
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ from typing import Any, Literal
 import attrs
 import pydantic
 
-from refineg_core.errors import DataError
+from refineg_core.errors import ConfigError, DataError
 from refineg_core.interfaces import MLLMBackend, PluginOptions
-from refineg_core.labels import LabelSet, find_token_spans
+from refineg_core.labels import LabelSet, TypeResolver, find_token_spans
+from refineg_core.pipeline.answers import ParsedAnswer
 from refineg_core.pipeline.prompts import (
     REFINE_FIELDS,
     PromptWording,
@@ -60,6 +64,10 @@ class RefineSettings(PluginOptions):
     delegate: Literal["gate", "entities", "all"] = "gate"
     #: Domain wording; the run fills it from the config's ``[prompts]``.
     wording: PromptWording = pydantic.Field(default_factory=PromptWording)
+    #: More names the model may write for a type, label -> names (e.g.
+    #: ``{OTHER = ["event", "product"]}``); common ones (Person, organisation,
+    #: place, misc...) and words of the type descriptions are understood already.
+    type_synonyms: dict[str, list[str]] = pydantic.Field(default_factory=dict)
 
     @pydantic.field_validator("prompt")
     @classmethod
@@ -103,23 +111,27 @@ def _first_str(item: dict, keys: Sequence[str]) -> str | None:
     return None
 
 
-def _type_map(labels: LabelSet) -> dict[str, str]:
-    return {t.casefold(): t for t in labels.types}
-
-
 @attrs.frozen
 class Decision:
-    """The validated MLLM spans for one sample and why other items were refused."""
+    """The validated MLLM spans for one sample and why other items were refused.
+
+    ``usable`` counts the items that were understood (accepted, or repeating a
+    confident entity or another item); ``unread`` holds the token spans of
+    items whose name is in the text but whose type could not be read, so the
+    delegated entities there are kept rather than dropped on a misread.
+    """
 
     spans: tuple[tuple[int, int, str], ...]
     invalid: Counter
+    usable: int = 0
+    unread: tuple[tuple[int, int], ...] = ()
 
 
 def validate_items(
     items: Sequence[Any],
     tokens: Sequence[str],
     kept: Sequence[Entity],
-    labels: LabelSet,
+    labels: LabelSet | TypeResolver,
 ) -> Decision:
     """Map answer items to token spans; refuse what cannot be trusted.
 
@@ -128,8 +140,9 @@ def validate_items(
     with a confident entity (repeating one unchanged is fine) or with another
     accepted item. Longer names go first so "New York Times" wins over "New York".
     """
-    types = _type_map(labels)
+    types = labels if isinstance(labels, TypeResolver) else TypeResolver(labels)
     invalid: Counter = Counter()
+    unread: list[tuple[int, int]] = []
     taken: dict[int, tuple[int, int, str]] = {}
     kept_keys = {e.key for e in kept}
     for e in kept:
@@ -142,18 +155,19 @@ def validate_items(
             invalid["not_an_object"] += 1
             continue
         name, etype = _first_str(item, NAME_KEYS), _first_str(item, TYPE_KEYS)
-        if name is None or etype is None:
-            invalid["missing_field"] += 1
-            continue
-        norm_type = types.get(etype.casefold())
-        if norm_type is None:
-            invalid["unknown_type"] += 1
+        norm_type = types.resolve(etype) if etype is not None else None
+        if name is None or norm_type is None:
+            invalid["missing_field" if name is None or etype is None else "unknown_type"] += 1
+            if name is not None:
+                unread.extend(find_token_spans(tokens, name))
             continue
         parsed.append((name, norm_type))
+    usable = 0
     seen: set[tuple[str, str]] = set()
     for name, etype in sorted(parsed, key=lambda p: -len(p[0])):
         key = ("".join(name.split()).casefold(), etype)
         if key in seen:
+            usable += 1
             continue  # the same item twice: harmless
         seen.add(key)
         spans = find_token_spans(tokens, name)
@@ -173,9 +187,11 @@ def validate_items(
                 used += 1  # repeats a confident entity or an accepted item exactly
             else:
                 clash = "contradicts_confident" if owners & kept_keys else "overlaps_other_item"
-        if not used and clash:
+        if used:
+            usable += 1
+        elif clash:
             invalid[clash] += 1
-    return Decision(tuple(sorted(accepted)), invalid)
+    return Decision(tuple(sorted(accepted)), invalid, usable, tuple(sorted(set(unread))))
 
 
 def _overlaps(a: tuple[int, int, str], b: tuple[int, int, str]) -> bool:
@@ -192,7 +208,8 @@ def apply_decision(
     """Confident entities unchanged; delegated ones replaced by the MLLM's spans.
 
     With ``partial`` (a truncated answer) a delegated entity the answer never
-    reached is kept as the tagger had it instead of being dropped.
+    reached is kept as the tagger had it instead of being dropped; so is one
+    under an item whose type could not be read (``decision.unread``).
     """
     counts: Counter = Counter()
     tokens = result.sample.tokens
@@ -224,6 +241,9 @@ def apply_decision(
         if partial:
             out.append(ent)
             counts["entities_unanswered"] += 1
+        elif any(key[0] < e and s < key[1] for s, e in decision.unread):
+            out.append(ent)
+            counts["entities_kept_unread_type"] += 1
         else:
             counts["entities_dropped"] += 1
     return tuple(sorted(out, key=lambda e: (e.start, e.end))), counts
@@ -233,6 +253,7 @@ def _refine_one(
     item: SampleResult,
     backend: MLLMBackend,
     labels: LabelSet,
+    types: TypeResolver,
     settings: RefineSettings,
     counters: Counters,
     debug: bool,
@@ -255,15 +276,35 @@ def _refine_one(
         wording=settings.wording,
     )
     info: dict[str, Any] = {"delegated": [list(k) for k in sorted(plan.delegated)]}
-    parsed = ask(backend, request, STAGE, counters, info, debug)
-    if isinstance(parsed, Failure):
-        return _keep(item, info, parsed)
     kept = [e for e in item.entities if e.key not in plan.delegated]
-    decision = validate_items(parsed.items, item.sample.tokens, kept, labels)
+    judged: dict[str, Decision] = {}
+
+    def usable(parsed: ParsedAnswer) -> Failure | None:
+        """An answer whose items are all refused is a failure, and is not cached."""
+        decision = validate_items(parsed.items, item.sample.tokens, kept, types)
+        judged["decision"] = decision
+        if parsed.items and not decision.usable:
+            refused = ", ".join(f"{k} x{v}" for k, v in sorted(decision.invalid.items()))
+            return Failure(
+                STAGE,
+                "no_usable_item",
+                f"none of the answer's {len(parsed.items)} items is usable ({refused}); "
+                "the tagger's entities were kept",
+            )
+        return None
+
+    parsed = ask(backend, request, STAGE, counters, info, debug, usable=usable)
+    if "decision" in judged:
+        info["invalid"] = dict(judged["decision"].invalid)
+        counters.update({f"invalid_{k}": v for k, v in judged["decision"].invalid.items()})
+    if isinstance(parsed, Failure):
+        if parsed.kind == "no_usable_item":
+            counters.add("answers_without_usable_item")
+            info["outcome"] = "no_usable_item"
+        return _keep(item, info, parsed)
+    decision = judged["decision"]
     entities, counts = apply_decision(item, plan.delegated, decision, partial=parsed.truncated)
     counters.update(counts)
-    counters.update({f"invalid_{k}": v for k, v in decision.invalid.items()})
-    info["invalid"] = dict(decision.invalid)
     info.update({k: v for k, v in counts.items() if k != "entities_kept"})
     failures = note_answer(
         parsed,
@@ -302,11 +343,16 @@ def run_refine(
                 'them after the predict stage, or set refine.delegate = "entities" or "all"'
             )
 
+    try:
+        types = TypeResolver(labels, settings.type_synonyms)
+    except DataError as exc:
+        raise ConfigError(str(exc), where="refine.type_synonyms") from None
+
     def needs_call(r: SampleResult) -> bool:
         return delegation(r, settings.delegate).send
 
     def process(item: SampleResult, counters: Counters) -> SampleResult:
-        return _refine_one(item, backend, labels, settings, counters, debug)
+        return _refine_one(item, backend, labels, types, settings, counters, debug)
 
     return run_mllm_stage(
         STAGE,

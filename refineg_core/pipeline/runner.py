@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import attrs
 
+from refineg_core import secrets
 from refineg_core.errors import DataError, RefinegError
 from refineg_core.formats.native import result_from_dict, sample_to_dict
 from refineg_core.hooks import get_hooks
@@ -80,7 +81,7 @@ class JsonlAppender:
             self.path.write_bytes(data[: data.rfind(b"\n") + 1])
 
     def write_record(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, ensure_ascii=False)
+        line = secrets.scrub(json.dumps(record, ensure_ascii=False))
         with self._lock:
             self._fh.write(line + "\n")
             self._fh.flush()

@@ -39,6 +39,11 @@ Replies (all take ``latency=`` seconds, slept before answering):
   body ``{"error": {"message", "type", "code"}}`` with that status, and a
   ``Retry-After`` header when given (seconds).
 - ``drop()``: closes the connection without sending anything.
+- ``reset()``: aborts the connection with a TCP RST (connection reset by peer).
+- ``trickle(text, interval=0.5)``: a correct 200 whose body goes out one byte
+  every ``interval`` seconds (a client timeout between bytes never fires).
+- ``stall(text, seconds)``: sends the status line and headers, then nothing
+  for ``seconds`` before the body.
 - ``ok(text, latency=5)`` with a client timeout below 5 s: a slow answer.
 
 ``server.latency`` adds a fixed delay to every chat reply (e.g. 0.2 for the
@@ -58,6 +63,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import struct
 import threading
 import time
 from collections import deque
@@ -74,6 +80,9 @@ __all__ = [
     "error",
     "garbage",
     "ok",
+    "reset",
+    "stall",
+    "trickle",
 ]
 
 
@@ -90,23 +99,48 @@ class Reply:
     prompt_tokens: int = 11
     completion_tokens: int = 7
     raw_body: bytes | None = None
+    reset: bool = False
+    trickle: float = 0.0  # seconds between body bytes
+    stall: float = 0.0  # seconds between headers and body
 
 
 def ok(
     text: str, *, latency: float = 0.0, prompt_tokens: int = 11, completion_tokens: int = 7
 ) -> Reply:
-    return Reply(text=text, latency=latency, prompt_tokens=prompt_tokens,
-                 completion_tokens=completion_tokens)
+    return Reply(
+        text=text, latency=latency, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
+    )
 
 
-def error(status: int, message: str | None = None, *, retry_after: float | None = None,
-          latency: float = 0.0) -> Reply:
-    return Reply(status=status, message=message or f"fake server error {status}",
-                 retry_after=retry_after, latency=latency)
+def error(
+    status: int,
+    message: str | None = None,
+    *,
+    retry_after: float | None = None,
+    latency: float = 0.0,
+) -> Reply:
+    return Reply(
+        status=status,
+        message=message or f"fake server error {status}",
+        retry_after=retry_after,
+        latency=latency,
+    )
 
 
 def drop(*, latency: float = 0.0) -> Reply:
     return Reply(drop=True, latency=latency)
+
+
+def reset(*, latency: float = 0.0) -> Reply:
+    return Reply(reset=True, latency=latency)
+
+
+def trickle(text: str, interval: float = 0.5) -> Reply:
+    return Reply(text=text, trickle=interval)
+
+
+def stall(text: str, seconds: float) -> Reply:
+    return Reply(text=text, stall=seconds)
 
 
 def garbage(*, latency: float = 0.0) -> Reply:
@@ -197,10 +231,11 @@ class FakeOpenAIServer:
     def stop(self) -> None:
         """Stop listening and cut open keep-alive connections (a server that went away)."""
         self._stopping.set()
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
+        with self._lock:  # idempotent, also when two threads stop it at once
+            httpd, self._httpd = self._httpd, None
+        if httpd is not None:
+            httpd.shutdown()
+            httpd.server_close()
         with self._lock:
             conns, self._connections = list(self._connections), set()
         for conn in conns:
@@ -330,14 +365,31 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
             with contextlib.suppress(OSError):
                 super().finish()
 
-        def _send(self, status: int, payload: bytes, headers: dict[str, str] | None = None,
-                  content_type: str = "application/json") -> None:
+        def _send(
+            self,
+            status: int,
+            payload: bytes,
+            headers: dict[str, str] | None = None,
+            content_type: str = "application/json",
+            reply: Reply | None = None,
+        ) -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(payload)))
             for k, v in (headers or {}).items():
                 self.send_header(k, v)
             self.end_headers()
+            if reply is not None and (reply.stall or reply.trickle):
+                self.wfile.flush()
+                server._sleep(reply.stall)
+                if reply.trickle:
+                    for i in range(len(payload)):
+                        if server._stopping.is_set():
+                            return
+                        self.wfile.write(payload[i : i + 1])
+                        self.wfile.flush()
+                        server._sleep(reply.trickle)
+                    return
             self.wfile.write(payload)
             self.wfile.flush()
 
@@ -354,13 +406,19 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
                 return raw.decode("utf-8", "replace")
 
         def do_GET(self) -> None:
-            req = RecordedRequest("GET", self.path, {k.lower(): v for k, v in self.headers.items()},
-                                  None, time.perf_counter())
+            req = RecordedRequest(
+                "GET",
+                self.path,
+                {k.lower(): v for k, v in self.headers.items()},
+                None,
+                time.perf_counter(),
+            )
             server._record(req, chat=False)
             try:
                 if self.path.rstrip("/").endswith("/models"):
-                    data = [{"id": m, "object": "model", "owned_by": "fake"}
-                            for m in server.model_ids]
+                    data = [
+                        {"id": m, "object": "model", "owned_by": "fake"} for m in server.model_ids
+                    ]
                     self._send(200, json.dumps({"object": "list", "data": data}).encode())
                 else:
                     self._not_found()
@@ -380,6 +438,7 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
                 if not finished:
                     finished = True
                     server._done(req, chat=chat)
+
             try:
                 if not chat:
                     self._not_found()
@@ -387,6 +446,14 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
                 reply = server._choose(req)
                 req.reply = reply
                 server._sleep(server.latency + reply.latency)
+                if reply.reset:
+                    self.close_connection = True
+                    mark_done()
+                    self.connection.setsockopt(
+                        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                    )
+                    self.connection.close()
+                    return
                 if reply.drop:
                     self.close_connection = True
                     mark_done()
@@ -398,13 +465,18 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
                     self._send(reply.status, reply.raw_body, content_type="text/html")
                 elif reply.status == 200:
                     model = body.get("model", "fake-model") if isinstance(body, dict) else "?"
-                    self._send(200, _completion_body(reply, model))
+                    self._send(200, _completion_body(reply, model), reply=reply)
                 else:
                     extra = {}
                     if reply.retry_after is not None:
                         extra["Retry-After"] = f"{reply.retry_after:g}"
-                    payload = {"error": {"message": reply.message, "type": "fake_error",
-                                         "code": reply.status}}
+                    payload = {
+                        "error": {
+                            "message": reply.message,
+                            "type": "fake_error",
+                            "code": reply.status,
+                        }
+                    }
                     self._send(reply.status, json.dumps(payload).encode(), extra)
             except (BrokenPipeError, ConnectionResetError):
                 self.close_connection = True  # the client gave up (timeout): fine

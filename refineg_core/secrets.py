@@ -1,0 +1,165 @@
+"""Keep configured secrets out of everything the project writes.
+
+Servers echo what they were sent (a 401 that repeats the Authorization
+header), and options may carry keys (``extra_body = {api_key = ...}``), so a
+secret can reach failure messages, cache entries, logs and summaries by many
+roads. Instead of guarding each road, secrets are *registered* once (by the
+backend that reads them) in one process-wide registry, and every writer passes
+its text through ``scrub``, which replaces each registered value with ``***``.
+``redact`` is the structural counterpart for option trees (config dumps, cache
+identities): values under a secret-sounding key become ``***``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import urllib.parse
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+#: A key containing one of these words holds a secret (``*_env`` keys hold a
+#: variable's *name*, not its value).
+SECRET_WORDS = ("key", "token", "secret", "password", "passwd", "auth", "credential")
+#: "token" in these names means text units, not credentials (``max_tokens``, ``eos_token``).
+_TOKENIZER_NAMES = re.compile(r"tokens|(eos|bos|pad|unk|sep|cls|mask|stop|special)_?token|tokeniz")
+MASK = "***"
+#: Shorter values are not scrubbed: they would mangle ordinary text and are no real key.
+MIN_SECRET_LENGTH = 6
+
+_lock = threading.Lock()
+_secrets: set[str] = set()
+_pattern: re.Pattern[str] | None = None
+
+
+def is_secret_key(key: str) -> bool:
+    """Whether a value under ``key`` is a secret (``api_key``, ``Authorization``, ``hf_token``)."""
+    lowered = key.lower()
+    if lowered.endswith("_env"):
+        return False
+    if any(w in lowered for w in SECRET_WORDS if w != "token"):
+        return True
+    return "token" in lowered and not _TOKENIZER_NAMES.search(lowered)
+
+
+def _variants(value: str) -> set[str]:
+    """The forms a secret takes in writers' output: raw, JSON-escaped, URL-quoted, bare token."""
+    out = {value, json.dumps(value, ensure_ascii=False)[1:-1], json.dumps(value)[1:-1]}
+    out.add(urllib.parse.quote(value, safe=""))
+    out.update(part for part in value.split() if len(part) >= MIN_SECRET_LENGTH)
+    return {v for v in out if len(v) >= MIN_SECRET_LENGTH}
+
+
+def register(values: Iterable[str | None]) -> None:
+    """Add secret values; every later ``scrub`` hides them."""
+    global _pattern
+    new = set()
+    for value in values:
+        if isinstance(value, str) and value.strip():
+            new |= _variants(value.strip())
+    with _lock:
+        if new <= _secrets:
+            return
+        _secrets.update(new)
+        ordered = sorted(_secrets, key=len, reverse=True)  # longest first: no partial leaks
+        _pattern = re.compile("|".join(re.escape(s) for s in ordered))
+    _install_log_filter()
+
+
+def forget_all() -> None:
+    """Drop every registered secret (tests)."""
+    global _pattern
+    with _lock:
+        _secrets.clear()
+        _pattern = None
+
+
+def scrub(text: str) -> str:
+    """``text`` with every registered secret replaced by ``***``."""
+    pattern = _pattern
+    if pattern is None or not isinstance(text, str):
+        return text
+    return pattern.sub(MASK, text)
+
+
+def scrub_data(node: Any) -> Any:
+    """``scrub`` applied to every string (keys included) of a JSON-like tree."""
+    if _pattern is None:
+        return node
+    if isinstance(node, str):
+        return scrub(node)
+    if isinstance(node, Mapping):
+        return {scrub_data(k): scrub_data(v) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return [scrub_data(v) for v in node]
+    return node
+
+
+def secret_values(node: Any, inside: bool = False) -> list[str]:
+    """Every string under a secret-sounding key of an option tree (to ``register``)."""
+    if isinstance(node, Mapping):
+        return [
+            s
+            for k, v in node.items()
+            for s in secret_values(v, inside or (isinstance(k, str) and is_secret_key(k)))
+        ]
+    if isinstance(node, (list, tuple)):
+        return [s for v in node for s in secret_values(v, inside)]
+    if isinstance(node, str) and inside:
+        return [node]
+    return []
+
+
+def url_secrets(url: str) -> str | None:
+    """The password of ``https://user:pass@host`` (or of ``?api_key=...``), if any."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password:
+        return parts.password
+    for key, value in urllib.parse.parse_qsl(parts.query):
+        if is_secret_key(key):
+            return value
+    return None
+
+
+def redact(node: Any, inside: bool = False) -> Any:
+    """An option tree with every string under a secret-sounding key replaced by ``***``.
+
+    Only strings: numbers and flags (``max_tokens = 1024``) are never secrets,
+    and they shape answers, so a cache identity must keep them.
+    """
+    if isinstance(node, Mapping):
+        return {
+            k: redact(v, inside or (isinstance(k, str) and is_secret_key(k)))
+            for k, v in node.items()
+        }
+    if isinstance(node, (list, tuple)):
+        return [redact(v, inside) for v in node]
+    if inside and isinstance(node, str):
+        return MASK
+    return node
+
+
+class ScrubFilter(logging.Filter):
+    """Scrubs log records on their way to a handler (message and arguments)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _pattern is not None:
+            try:
+                message = record.getMessage()
+            except (TypeError, ValueError):  # a malformed record: logging reports it itself
+                return True
+            record.msg = scrub(message)
+            record.args = None
+        return True
+
+
+_filter = ScrubFilter()
+
+
+def _install_log_filter() -> None:
+    """Put the filter on the root logger's handlers (idempotent)."""
+    for handler in logging.getLogger().handlers:
+        if _filter not in handler.filters:
+            handler.addFilter(_filter)
