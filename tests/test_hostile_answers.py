@@ -25,7 +25,6 @@ from refineg_core import secrets
 from refineg_core.mllm_cache import CachedBackend
 from refineg_core.pipeline.ground import GroundSettings, run_ground
 from refineg_core.pipeline.refine import RefineSettings, run_refine
-from refineg_core.types import Sample, SampleResult
 from refineg_core.testing.fake_openai import (
     FakeOpenAIServer,
     RecordedRequest,
@@ -38,6 +37,7 @@ from refineg_core.testing.fake_openai import (
     stall,
     trickle,
 )
+from refineg_core.types import Sample, SampleResult
 from tests.stagedata import (
     LABELS,
     backend_for,

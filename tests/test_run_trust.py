@@ -19,6 +19,7 @@ from refineg_formats.twitter import read_twitter_gmner, write_twitter_gmner
 from refineg_openai.backend import OpenAIBackend
 
 from refineg_core.formats.native import read_results
+from refineg_core.pipeline.stagekit import needs_retry
 from refineg_core.registry import registered
 from refineg_core.testing import run_cli
 from refineg_core.testing.fake_openai import FakeOpenAIServer, drop, error, ok
@@ -94,9 +95,13 @@ def test_changed_gate_setting_recomputes_downstream_reuses_tagger_and_says_why(d
         calls = len(server.chat_requests)
         assert calls > 0
 
+        run = tmp_path / "run"
+        retry = [r.id for stage in ("refine", "ground")
+                 for r in read_results(run / f"{stage}.jsonl") if needs_retry(r, stage)]
         same = run_cli(["run", "-c", str(cfg)])
         assert same.code == 0, same.stderr
-        assert len(server.chat_requests) == calls  # an unchanged rerun makes no call
+        # an unchanged rerun asks again only what had no usable answer (none here)
+        assert retry == [] and len(server.chat_requests) == calls
         for stage in ("train", "predict", "refine", "ground"):
             assert f"{stage}: reusing" in same.stderr, same.stderr
         status = run_cli(["status", "-c", str(cfg)])
