@@ -22,20 +22,25 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import runpy
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+try:  # the comparison library is not a dependency: `pip install json-repair`
+    import json_repair
+except ImportError:
+    raise SystemExit("this benchmark compares against json-repair: pip install json-repair") from None
+
+from refineg_core.pipeline.answers import AnswerError, parse_answer
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
-
-import json_repair  # noqa: E402
-
-from refineg_core.pipeline.answers import AnswerError, parse_answer  # noqa: E402
-from tests.test_answers import FOUND_CASES, OBAMA, REPAIR_CASES, UNUSABLE_CASES  # noqa: E402
+# The answer cases are data kept with the tests; read them from the file, not as a package.
+_CASES = runpy.run_path(str(ROOT / "tests" / "test_answers.py"))
+FOUND_CASES, OBAMA = _CASES["FOUND_CASES"], _CASES["OBAMA"]
+REPAIR_CASES, UNUSABLE_CASES = _CASES["REPAIR_CASES"], _CASES["UNUSABLE_CASES"]
 
 TRUNCATED = [
     (

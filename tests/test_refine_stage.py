@@ -381,7 +381,7 @@ def test_configured_type_synonyms(tmp_path: Path, server: FakeOpenAIServer) -> N
     pred = SampleResult(
         sample,
         (Entity(2, 3, "ORG", "Nandos", source=SOURCE_TAGGER),),
-        meta={"gate": {"delegate_sample": True, "delegated": [[2, 3, "ORG"]]}},
+        gate=GateVerdict(True, 0.0, frozenset({(2, 3, "ORG")})),
     )
     server.default = ok('[{"name": "Nandos", "type": "restaurant chain"}]')
     [plain], _ = run_refine(

@@ -116,7 +116,7 @@ def test_stage_jsonl_is_scrubbed_whatever_the_backend(tmp_path):
     """A backend that is not the openai one (no scrubbing of its own) leaks a key
     into an exception: the stage's JSONL line still never holds it."""
     from refineg_core.pipeline.refine import RefineSettings, run_refine
-    from refineg_core.types import SOURCE_TAGGER, Entity, Sample, SampleResult
+    from refineg_core.types import SOURCE_TAGGER, Entity, GateVerdict, Sample, SampleResult
     from tests.stagedata import LABELS, ScriptedBackend
 
     secrets.register(["local-secret-55aa66bb"])
@@ -128,7 +128,7 @@ def test_stage_jsonl_is_scrubbed_whatever_the_backend(tmp_path):
     pred = SampleResult(
         sample,
         (Entity(0, 1, "PER", "Obama", source=SOURCE_TAGGER),),
-        meta={"gate": {"delegate_sample": True, "delegated": [[0, 1, "PER"]]}},
+        gate=GateVerdict(True, 0.0, frozenset({(0, 1, "PER")})),
     )
     out = tmp_path / "refine.jsonl"
     [res], _ = run_refine([pred], ScriptedBackend(leak), LABELS, RefineSettings(), out)
