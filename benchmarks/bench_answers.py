@@ -32,7 +32,7 @@ from typing import Any
 try:  # the comparison library is not a dependency: `pip install json-repair`
     import json_repair
 except ImportError:
-    raise SystemExit("this benchmark compares against json-repair: pip install json-repair") from None
+    raise SystemExit("it compares against json-repair: pip install json-repair") from None
 
 from refineg_core.pipeline.answers import AnswerError, parse_answer
 
