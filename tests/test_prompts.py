@@ -223,6 +223,7 @@ def test_ground_query_template_override(tmp_path: Path) -> None:
 
 def test_stage_requests_carry_their_answer_schema():
     from refineg_frames.generic import PixelCodec
+
     from refineg_core.chat import ChatRequest
     from refineg_core.labels import LabelSet
     from refineg_core.pipeline.prompts import build_ground_request, build_refine_request
