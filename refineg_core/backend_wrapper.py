@@ -37,6 +37,9 @@ class BackendWrapper(MLLMBackend):
     def check_available(self) -> str | None:
         return self.inner.check_available()
 
+    def report(self) -> dict:
+        return self.inner.report()
+
     def complete(self, request: ChatRequest) -> ChatResponse:
         return self.inner.complete(request)
 

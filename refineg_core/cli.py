@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from refineg_core import __version__, progress, registry
+from refineg_core import __version__, progress, registry, secrets
 from refineg_core.config import load_config, redacted_dump
 from refineg_core.errors import RefinegError
 from refineg_core.hooks import get_hooks, hook_plugins
@@ -317,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RefinegError as exc:
         if debug:
             traceback.print_exc()
-        _say(f"refineg: error: {exc}")
+        _say(secrets.scrub(f"refineg: error: {exc}"))
         return exc.exit_code
     except KeyboardInterrupt:
         _say("refineg: interrupted; run the same command again to resume")
@@ -325,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if debug:
             raise
-        _say(f"refineg: unexpected {type(exc).__name__}: {exc} (rerun with --debug for details)")
+        _say(secrets.scrub(f"refineg: unexpected {type(exc).__name__}: {exc} (rerun with --debug)"))
         return 1
 
 

@@ -94,6 +94,10 @@ class MLLMBackend(Plugin):
         """Return None when usable, else a reason (checked once before a stage)."""
         return None
 
+    def report(self) -> dict:
+        """Facts for the run summary beyond calls and tokens (e.g. per-endpoint counts)."""
+        return {}
+
     def cache_identity(self) -> dict:
         """What, besides the request, determines an answer (model, sampling options)."""
         return {"backend": type(self).__name__, **self.options.model_dump(mode="json")}

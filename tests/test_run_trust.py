@@ -338,3 +338,28 @@ def test_data_limit_is_applied_while_reading_and_the_warning_log_is_per_run(data
         log = (tmp_path / "run" / "data-warnings.log").read_text().splitlines()
         # only the 5 training tweets read are checked for an image (none is there)
         assert 0 < len(log) <= 5, log
+
+
+def test_two_replicas_one_killed_mid_run_the_summary_counts_each(data, tmp_path):
+    root, gold = data
+    answer = oracle(gold)
+    with FakeOpenAIServer(answer) as a, FakeOpenAIServer(answer) as b:
+        calls = {"n": 0}
+
+        def dies_after_five(request):
+            calls["n"] += 1
+            if calls["n"] == 5:
+                a.stop()  # the replica goes away mid-run
+            return answer(request)
+
+        a.responder = dies_after_five
+        text = config(root, a.base_url, tmp_path / "run").replace(
+            f'base_url = "{a.base_url}"', f'base_url = ["{a.base_url}", "{b.base_url}"]'
+        ).replace("threshold = 0.4", "threshold = 0.0")
+        result = run_cli(["run", "-c", str(write_config(tmp_path, text))])
+        assert result.code == 0, result.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    endpoints = summary["stages"]["refine"]["backend"]["endpoints"]
+    assert len(endpoints) == 2 and all(e["requests"] > 0 for e in endpoints.values())
+    final = read_results(tmp_path / "run" / "final.jsonl")
+    assert len(final) == len(gold) and not any(r.failures for r in final)

@@ -268,6 +268,7 @@ class OpenAIBackend(MLLMBackend):
             "requests": 0,
             "attempts": 0,
             "retries": 0,
+            "failovers": 0,
             "failures": 0,
             "deadline_exceeded": 0,
             "answers_too_large": 0,
@@ -313,6 +314,9 @@ class OpenAIBackend(MLLMBackend):
     def endpoint_stats(self) -> dict[str, dict[str, int]]:
         """Per-endpoint counts (requests, ok, failed, rested) for the run summary."""
         return self._pool.stats()
+
+    def report(self) -> dict:
+        return {"endpoints": self.endpoint_stats()}
 
     def check_available(self) -> str | None:
         o = self.options
@@ -505,11 +509,14 @@ class OpenAIBackend(MLLMBackend):
             only_connect_errors = only_connect_errors and outcome.refused
             if outcome.endpoint_fault:
                 failed_at.add(endpoint_url)
+                if self._pool.has_healthy(avoid=failed_at):
+                    # Failing over to a healthy replica costs no retry (at most once
+                    # per replica): a dead replica never fails a request on its own.
+                    self._count("failovers")
+                    continue
             attempt += 1
             if attempt >= attempts:
                 break
-            if outcome.endpoint_fault and self._pool.has_healthy(avoid=failed_at):
-                continue  # another replica is ready: no reason to wait
             pause = self._backoff(attempt - 1) if outcome.wait is None else outcome.wait
             if time.monotonic() + pause >= deadline_at:
                 self._count("deadline_exceeded")

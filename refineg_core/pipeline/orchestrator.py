@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from refineg_core import secrets
 from refineg_core.config import Config, DataSource, redacted_dump
 from refineg_core.errors import ConfigError, RefinegError
 from refineg_core.formats import Dataset, load_dataset, load_source
@@ -237,7 +238,7 @@ class Pipeline:
             f"stages.{stage}": self._stage_mode(stage),
             **flatten(settings.model_dump(mode="json"), stage),
             **flatten(dict(self.labels.descriptions), "labels"),
-            **flatten(backend.cache_identity() if backend else None, "backend"),
+            **flatten(secrets.redact(backend.cache_identity()) if backend else None, "backend"),
         }
 
     def _parts_refine(self) -> dict[str, Any]:
@@ -552,6 +553,7 @@ class Pipeline:
         new, summary = run(backend, mode, out)
         spent = (backend.meter.snapshot() - before).as_dict()
         self._finish_stage(stage, out, new)
+        spent.update(backend.report())
         self._record(stage, {**summary.as_dict(), "backend": spent}, started)
         return new
 
@@ -669,5 +671,5 @@ class Pipeline:
     def write_summary(self) -> None:
         self.prepare_run_dir()
         (self.run_dir / "summary.json").write_text(
-            json.dumps(self.summary, indent=2, default=str), encoding="utf-8"
+            secrets.scrub(json.dumps(self.summary, indent=2, default=str)), encoding="utf-8"
         )
