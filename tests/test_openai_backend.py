@@ -17,6 +17,7 @@ from refineg_openai.backend import OpenAIBackend
 
 from refineg_core.chat import ChatMessage, ChatRequest, ImagePart, TextPart, Usage
 from refineg_core.errors import BackendError, BackendUnavailable
+from refineg_core.mllm_cache import CachedBackend
 from refineg_core.registry import load_class
 from refineg_core.testing.fake_openai import FakeOpenAIServer, drop, error, garbage, ok
 
@@ -221,14 +222,15 @@ def test_missing_key_variable_is_reported(server, monkeypatch):
     assert reason is not None and "REFINEG_TEST_KEY" in reason
 
 
-def test_usage_is_counted(server):
+def test_usage_is_read_from_the_answer_and_metered_once_by_the_run(server, tmp_path):
     server.script(ok("a", prompt_tokens=100, completion_tokens=20),
                   ok("b", prompt_tokens=50, completion_tokens=5))
-    b = backend(server)
+    b = CachedBackend(backend(server), tmp_path / "cache")
     r1 = b.complete(text_request("1"))
     b.complete(text_request("2"))
     assert r1.usage == Usage(100, 20)
-    assert b.usage == Usage(150, 25)
+    spent = b.meter.snapshot()
+    assert (spent.calls, spent.prompt_tokens, spent.completion_tokens) == (2, 150, 25)
 
 
 def test_check_available(server):

@@ -74,7 +74,6 @@ class LocalTextBackend(MLLMBackend):
         self._lock = threading.Lock()
         self._model: Any = None
         self._tokenizer: Any = None
-        self.usage = Usage()
 
     # -- where the weights are -------------------------------------------------
     def _source(self) -> tuple[Path | None, str | None]:
@@ -189,8 +188,6 @@ class LocalTextBackend(MLLMBackend):
         new = out[0, prompt_len:]
         text = tok.decode(new, skip_special_tokens=True)
         usage = Usage(int(prompt_len), int(new.shape[0]))
-        with self._lock:
-            self.usage = self.usage + usage
         folder, gguf = self._source()
         return ChatResponse(text=text.strip(), usage=usage, model=gguf or str(folder))
 

@@ -263,7 +263,6 @@ class OpenAIBackend(MLLMBackend):
         self._down = False
         #: Set when the server refused ``response_format``: no schema for the rest of the run.
         self._schema_refused = False
-        self.usage = Usage()
         self.stats: dict[str, int] = {
             "requests": 0,
             "attempts": 0,
@@ -364,8 +363,6 @@ class OpenAIBackend(MLLMBackend):
             with self._stats_lock:
                 self.stats["failures"] += 1
             raise
-        with self._stats_lock:
-            self.usage = self.usage + response.usage
         return response
 
     # -- building the request ---------------------------------------------

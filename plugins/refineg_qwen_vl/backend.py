@@ -94,7 +94,6 @@ class QwenVLBackend(MLLMBackend):
         self._queue: queue.Queue[tuple[ChatRequest, Future] | None] = queue.Queue()
         self._worker: threading.Thread | None = None
         self._stats_lock = threading.Lock()
-        self.usage = Usage()
         self.stats: dict[str, int] = {"requests": 0, "batches": 0, "failures": 0}
 
     # -- contract ----------------------------------------------------------
@@ -302,8 +301,6 @@ class QwenVLBackend(MLLMBackend):
             with self._stats_lock:
                 self.stats["batches"] += 1
             for (*_, fut), response in zip(group, answers, strict=True):
-                with self._stats_lock:
-                    self.usage = self.usage + response.usage
                 fut.set_result(response)
 
     def _temperature(self, request: ChatRequest) -> float:
