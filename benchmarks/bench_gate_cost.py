@@ -85,7 +85,7 @@ def refine_cost(config_path, tagger, tau, policy, base_url, run_dir, predictions
     return {
         "policy": policy,
         "calls": backend.get("calls", 0),
-        "cache_hits": backend.get("hits", 0),
+        "cache_hits": backend.get("cached_calls", 0),
         "prompt_tokens": backend.get("prompt_tokens", 0),
         "seconds": round(time.perf_counter() - started, 2),
         "entities_from_mllm": changed,

@@ -76,7 +76,7 @@ def run_variant(
     for stage, data in summary.get("stages", {}).items():
         row[f"{stage}_s"] = data.get("seconds")
         backend = data.get("backend") or {}
-        for key in ("calls", "prompt_tokens", "completion_tokens", "cache_hits"):
+        for key in ("calls", "cached_calls", "failed_calls", "prompt_tokens", "completion_tokens"):
             if key in backend:
                 row[f"{stage}_{key}"] = backend[key]
     stages = summary.get("stages", {})

@@ -153,18 +153,6 @@ class Pipeline:
         return ds
 
     # ---------------------------------------------------------------- plugins
-    def plugin(self, key: str):
-        """The run's one instance of a configured component (built on first use)."""
-        builders = {
-            "uncertainty": self.context.gate,
-            "selector": self.context.selector,
-            "synthesizer": self.context.synthesizer,
-            "backend": self.context.backend,
-        }
-        if key not in builders:
-            raise ConfigError(f"no shared component {key!r}", where=key)
-        return builders[key]()
-
     def backend(self, key: str = "backend") -> CachedBackend | None:
         return self.context.backend(key)
 
