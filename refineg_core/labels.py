@@ -105,7 +105,8 @@ class TypeResolver:
         described: dict[str, set[str]] = {}
         for label, text in self.labels.descriptions.items():
             for word in _DESCRIPTION_WORD.findall((text or "").split("(")[0]):
-                described.setdefault(_type_key(word), set()).add(label)
+                for form in {word, _singular(word)}:  # "cities" also names "city"
+                    described.setdefault(_type_key(form), set()).add(label)
         self._add_unambiguous(table, described)
         object.__setattr__(self, "_table", table)
 
@@ -123,7 +124,20 @@ class TypeResolver:
 
     def resolve(self, name: str) -> str | None:
         """The label ``name`` means, or None when it is unknown or ambiguous."""
-        return self._table.get(_type_key(name))
+        found = self._table.get(_type_key(name))
+        return found if found is not None else self._table.get(_type_key(_singular(name)))
+
+
+def _singular(word: str) -> str:
+    """A plain English singular, enough to match "Cities" with "city" ("ss" kept)."""
+    lower = word.casefold()
+    if lower.endswith("ies") and len(word) > 4:
+        return word[:-3] + "y"
+    if lower.endswith(("ses", "xes", "ches", "shes")):
+        return word[:-2]
+    if lower.endswith("s") and not lower.endswith("ss") and len(word) > 3:
+        return word[:-1]
+    return word
 
 
 def split_tag(tag: str) -> tuple[str, str | None]:
