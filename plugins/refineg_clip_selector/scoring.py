@@ -27,21 +27,38 @@ class EntityIndex:
     type_id: np.ndarray  # (M,) int64
     n_pool: int
     #: First entity of each owner's segment (computed once, reused by every query).
-    starts: np.ndarray = attrs.field(init=False, default=attrs.Factory(
-        lambda self: np.flatnonzero(np.r_[True, self.owner[1:] != self.owner[:-1]])
-        if len(self.owner) else np.zeros(0, dtype=np.int64), takes_self=True))
-    counts: np.ndarray = attrs.field(init=False, default=attrs.Factory(
-        lambda self: np.diff(np.r_[self.starts, len(self.owner)]), takes_self=True))
+    starts: np.ndarray = attrs.field(
+        init=False,
+        default=attrs.Factory(
+            lambda self: (
+                np.flatnonzero(np.r_[True, self.owner[1:] != self.owner[:-1]])
+                if len(self.owner)
+                else np.zeros(0, dtype=np.int64)
+            ),
+            takes_self=True,
+        ),
+    )
+    counts: np.ndarray = attrs.field(
+        init=False,
+        default=attrs.Factory(
+            lambda self: np.diff(np.r_[self.starts, len(self.owner)]), takes_self=True
+        ),
+    )
 
     @classmethod
-    def build(cls, vectors: np.ndarray, owner: np.ndarray, type_id: np.ndarray,
-              n_pool: int) -> EntityIndex:
+    def build(
+        cls, vectors: np.ndarray, owner: np.ndarray, type_id: np.ndarray, n_pool: int
+    ) -> EntityIndex:
         """Store the (M, d) name vectors transposed and contiguous: ``q @ V`` with a
         contiguous (d, M) matrix is several times faster than through a ``.T`` view."""
         order = np.argsort(owner, kind="stable")
         vecs = np.asarray(vectors, dtype=np.float32)[order]
-        return cls(np.ascontiguousarray(vecs.T), np.asarray(owner, dtype=np.int64)[order],
-                   np.asarray(type_id, dtype=np.int64)[order], n_pool)
+        return cls(
+            np.ascontiguousarray(vecs.T),
+            np.asarray(owner, dtype=np.int64)[order],
+            np.asarray(type_id, dtype=np.int64)[order],
+            n_pool,
+        )
 
 
 def entity_similarity(
@@ -55,20 +72,52 @@ def entity_similarity(
     """Per pool row: mean or max over (query entity, pool entity) pairs of cos + bonus.
 
     Mean (not the release's sum) so a demo with many entities is not favoured
-    just for having them. NaN for rows without entities.
+    just for having them. NaN for rows without entities. One query; see
+    ``entity_similarity_many`` for a batch.
     """
-    out = np.full(index.n_pool, np.nan, dtype=np.float32)
-    if len(query_vecs) == 0 or index.vectors_t.shape[1] == 0:
+    if len(query_vecs) == 0:
+        return np.full(index.n_pool, np.nan, dtype=np.float32)
+    return entity_similarity_many(
+        query_vecs, query_types, np.array([len(query_vecs)]), index, type_bonus=type_bonus, agg=agg
+    )[0]
+
+
+def entity_similarity_many(
+    query_vecs: np.ndarray,
+    query_types: np.ndarray,
+    lengths: np.ndarray,
+    index: EntityIndex,
+    *,
+    type_bonus: float,
+    agg: str,
+) -> np.ndarray:
+    """``entity_similarity`` for a batch: one (queries, pool) matrix from one product.
+
+    ``query_vecs``/``query_types`` hold the entities of all queries, query after
+    query; ``lengths[i] >= 1`` is how many belong to query ``i``. Every step is
+    the one-query arithmetic done per row (the reductions add rows in the same
+    order), so a row equals the one-query result on the same product.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if len(lengths) and lengths.min() < 1:
+        raise ValueError("every query in a batch needs at least one entity")
+    out = np.full((len(lengths), index.n_pool), np.nan, dtype=np.float32)
+    if len(lengths) == 0 or index.vectors_t.shape[1] == 0:
         return out
-    sims = query_vecs @ index.vectors_t  # (nq, M)
+    sims = query_vecs @ index.vectors_t  # (sum(lengths), M)
     if type_bonus:
         sims = sims + type_bonus * (query_types[:, None] == index.type_id[None, :])
+    first = np.r_[0, np.cumsum(lengths)[:-1]]
     starts = index.starts
     owners = index.owner[starts]
     if agg == "max":
-        out[owners] = np.maximum.reduceat(sims.max(axis=0), starts)
+        per_query = np.maximum.reduceat(sims, first, axis=0)
+        out[:, owners] = np.maximum.reduceat(per_query, starts, axis=1)
     else:
-        out[owners] = np.add.reduceat(sims.sum(axis=0), starts) / (len(query_vecs) * index.counts)
+        per_query = np.add.reduceat(sims, first, axis=0)
+        out[:, owners] = np.add.reduceat(per_query, starts, axis=1) / (
+            lengths[:, None] * index.counts[None, :]
+        )
     return out
 
 
@@ -91,8 +140,11 @@ def minmax(values: np.ndarray, exclude: np.ndarray) -> np.ndarray:
     return (v - lo) / (hi - lo)
 
 
-def fuse(components: Mapping[str, np.ndarray], weights: Mapping[str, float],
-         missing: Mapping[str, str] | None = None) -> np.ndarray:
+def fuse(
+    components: Mapping[str, np.ndarray],
+    weights: Mapping[str, float],
+    missing: Mapping[str, str] | None = None,
+) -> np.ndarray:
     """Weighted combination of normalised components; NaN where a row has none of them.
 
     Per component, ``missing[name]`` says what a NaN (the pool row lacks it) means:
