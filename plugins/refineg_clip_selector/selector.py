@@ -96,7 +96,7 @@ class ClipSimilaritySelector(ContextSelector):
         cache_dir: Path | None = Path("~/.cache/refineg/selector")
         seed: int = 0
         #: Memory for one block of queries' similarity matrices in ``select_many`` (MiB).
-        block_mb: int = pydantic.Field(128, ge=1)
+        block_mb: float = pydantic.Field(128.0, gt=0)
 
     options: Options
 
@@ -435,7 +435,7 @@ class ClipSimilaritySelector(ContextSelector):
         """Consecutive groups whose similarity matrices stay near ``block_mb`` MiB."""
         n = len(self._pool)
         m = self._entities.vectors_t.shape[1] if self._needs("entity") else 0
-        budget = self.options.block_mb << 20
+        budget = self.options.block_mb * 2**20
         blocks: list[list[Sample]] = [[]]
         used = 0
         for q in queries:
