@@ -44,6 +44,58 @@ class EntityIndex:
             lambda self: np.diff(np.r_[self.starts, len(self.owner)]), takes_self=True
         ),
     )
+    #: Per depth c >= 1: (segments with more than c entities, their c-th entity's
+    #: column); a max over segments then costs one pass over the entities instead
+    #: of ``np.maximum.reduceat``'s per-segment overhead.
+    layers: list[tuple[np.ndarray, np.ndarray]] = attrs.field(
+        init=False,
+        default=attrs.Factory(
+            lambda self: [
+                (seg, self.starts[seg] + c)
+                for c in range(1, int(self.counts.max(initial=0)))
+                for seg in [np.flatnonzero(self.counts > c)]
+            ],
+            takes_self=True,
+        ),
+    )
+    _bonus_rows: dict[float, np.ndarray] = attrs.field(init=False, factory=dict)
+
+    def bonus_rows(self, type_bonus: float) -> np.ndarray:
+        """(types + 1, M) float64: ``type_bonus * (type_id == t)`` per type ``t``, and
+        a last row of zeros for a query type the pool does not have (id -1)."""
+        rows = self._bonus_rows.get(type_bonus)
+        if rows is None:
+            n_types = int(self.type_id.max(initial=-1)) + 1
+            rows = np.zeros((n_types + 1, len(self.type_id)), dtype=np.float64)
+            for t in range(n_types):
+                rows[t] = type_bonus * (self.type_id == t)
+            self._bonus_rows[type_bonus] = rows
+        return rows
+
+    def subset(self, rows: np.ndarray) -> EntityIndex:
+        """The entities of pool ``rows`` (sorted, unique), renumbered 0..len(rows)-1:
+        scoring a few candidate rows exactly without touching the others."""
+        first = np.full(self.n_pool, -1, dtype=np.int64)
+        count = np.zeros(self.n_pool, dtype=np.int64)
+        owners = self.owner[self.starts]
+        first[owners], count[owners] = self.starts, self.counts
+        local = np.flatnonzero(count[rows] > 0)
+        c = count[rows[local]]
+        offsets = np.arange(int(c.sum())) - np.repeat(np.cumsum(c) - c, c)
+        cols = np.repeat(first[rows[local]], c) + offsets
+        return EntityIndex(
+            np.ascontiguousarray(self.vectors_t[:, cols]),
+            np.repeat(local, c),
+            self.type_id[cols],
+            len(rows),
+        )
+
+    def segment_max(self, values: np.ndarray) -> np.ndarray:
+        """``np.maximum.reduceat(values, starts)``, the same numbers, faster."""
+        out = values[self.starts]
+        for seg, cols in self.layers:
+            out[seg] = np.maximum(out[seg], values[cols])
+        return out
 
     @classmethod
     def build(
@@ -104,20 +156,23 @@ def entity_similarity_many(
     out = np.full((len(lengths), index.n_pool), np.nan, dtype=np.float32)
     if len(lengths) == 0 or index.vectors_t.shape[1] == 0:
         return out
-    sims = query_vecs @ index.vectors_t  # (sum(lengths), M)
-    if type_bonus:
-        sims = sims + type_bonus * (query_types[:, None] == index.type_id[None, :])
-    first = np.r_[0, np.cumsum(lengths)[:-1]]
-    starts = index.starts
-    owners = index.owner[starts]
-    if agg == "max":
-        per_query = np.maximum.reduceat(sims, first, axis=0)
-        out[:, owners] = np.maximum.reduceat(per_query, starts, axis=1)
-    else:
-        per_query = np.add.reduceat(sims, first, axis=0)
-        out[:, owners] = np.add.reduceat(per_query, starts, axis=1) / (
-            lengths[:, None] * index.counts[None, :]
-        )
+    sims = query_vecs @ index.vectors_t  # (sum(lengths), M): the one big product
+    bonus = index.bonus_rows(type_bonus) if type_bonus else None
+    if bonus is not None:  # a type the pool lacks gets the zero row (never a bonus)
+        query_types = np.where((query_types >= 0) & (query_types < len(bonus) - 1), query_types, -1)
+    owners = index.owner[index.starts]
+    lo = 0
+    for i, n in enumerate(lengths.tolist()):
+        # Per query, the one-query arithmetic: bonus in float64, then max/sum over
+        # its entities (rows added in order), then per pool sample.
+        part = sims[lo : lo + n]
+        if bonus is not None:
+            part = part + bonus[query_types[lo : lo + n]]
+        lo += n
+        if agg == "max":
+            out[i, owners] = index.segment_max(part.max(axis=0))
+        else:
+            out[i, owners] = np.add.reduceat(part.sum(axis=0), index.starts) / (n * index.counts)
     return out
 
 
@@ -130,12 +185,11 @@ def minmax(values: np.ndarray, exclude: np.ndarray) -> np.ndarray:
     """
     v = values.astype(np.float32, copy=True)
     v[exclude] = np.nan
-    finite = ~np.isnan(v)
-    if not finite.any():
+    lo, hi = np.fmin.reduce(v), np.fmax.reduce(v)  # NaN only when every value is NaN
+    if np.isnan(lo):
         return v
-    lo, hi = v[finite].min(), v[finite].max()
     if hi - lo <= 1e-12:
-        v[finite] = 0.0
+        v[~np.isnan(v)] = 0.0
         return v
     return (v - lo) / (hi - lo)
 

@@ -41,9 +41,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
+import attrs
 import numpy as np
 import pydantic
 
+from refineg_clip_selector.ann import AnnIndex
 from refineg_clip_selector.cache import EmbeddingStore, content_key
 from refineg_clip_selector.encoders import (
     ImageEncoder,
@@ -53,6 +55,7 @@ from refineg_clip_selector.encoders import (
 )
 from refineg_clip_selector.scoring import (
     EntityIndex,
+    entity_similarity,
     entity_similarity_many,
     fuse,
     minmax,
@@ -97,6 +100,13 @@ class ClipSimilaritySelector(ContextSelector):
         seed: int = 0
         #: Memory for one block of queries' similarity matrices in ``select_many`` (MiB).
         block_mb: float = pydantic.Field(128.0, gt=0)
+        #: ``exact``: every pool row is scored. ``ann``: an HNSW index (usearch)
+        #: proposes ``ann_candidates`` rows per component and query, which are scored
+        #: exactly with ``ann_sample`` spread-out rows that anchor each component's
+        #: per-query minimum (recall against exact: benchmarks/RESULTS.md).
+        index: Literal["exact", "ann"] = "exact"
+        ann_candidates: int = pydantic.Field(256, ge=8)
+        ann_sample: int = pydantic.Field(1024, ge=0)
 
     options: Options
 
@@ -231,6 +241,9 @@ class ClipSimilaritySelector(ContextSelector):
             self._index_entities()
         if self._needs("image"):
             self._index_images()
+        self._ann: dict[str, AnnIndex] = {}
+        if self.options.index == "ann" and self.options.variant != "random":
+            self._build_ann()
         self._indexed = True
         log.info(
             "clip_similarity: indexed %d samples (%d items embedded, the rest cached)",
@@ -308,6 +321,21 @@ class ClipSimilaritySelector(ContextSelector):
         self._image_vecs = np.where(has[:, None], vecs, 0.0).astype(np.float32)
         self._has_image = has
 
+    def _build_ann(self) -> None:
+        """One HNSW graph per component vector set (cached on disk by content)."""
+        sets = {"text": self._text_vecs}
+        if self._needs("entity"):
+            sets["entity"] = self._entities.vectors_t.T
+        if self._needs("image"):
+            sets["image"] = self._image_vecs[self._has_image]
+            self._image_rows = np.flatnonzero(self._has_image)
+        for name, vecs in sets.items():
+            self._ann[name] = AnnIndex(vecs, cache_dir=self.cache_root, name=name)
+        n = len(self._pool)
+        self._anchor_rows = np.unique(
+            np.linspace(0, n - 1, min(n, self.options.ann_sample)).astype(np.int64)
+        )
+
     # -------------------------------------------------------------------- select
     def _exclude(self, query: Sample) -> np.ndarray:
         ex = np.zeros(len(self._pool), dtype=bool)
@@ -346,7 +374,32 @@ class ClipSimilaritySelector(ContextSelector):
     def _raw_many(self, queries: Sequence[Sample]) -> list[dict[str, np.ndarray]]:
         """``raw_components`` for a batch: one encoder pass for every query text and
         entity name, then one matrix product per component."""
+        qv = self._query_vectors(queries)
         comps: list[dict[str, np.ndarray]] = [{} for _ in queries]
+        if qv.text is not None:
+            for c, row in zip(comps, qv.text @ self._text_vecs.T, strict=True):
+                c["text"] = row
+        if qv.with_entities:
+            sims = entity_similarity_many(
+                qv.entities,
+                qv.types,
+                qv.lengths,
+                self._entities,
+                type_bonus=self.options.type_bonus,
+                agg=self.options.entity_agg,
+            )
+            for i, row in zip(qv.with_entities, sims, strict=True):
+                comps[i]["entity"] = row
+        seen = [i for i, v in enumerate(qv.images) if v is not None]
+        if seen:
+            sims = np.stack([qv.images[i] for i in seen]) @ self._image_vecs.T
+            sims = np.where(self._has_image[None, :], sims, np.nan).astype(np.float32)
+            for i, row in zip(seen, sims, strict=True):
+                comps[i]["image"] = row
+        return [self._variant_view(q, c) for q, c in zip(queries, comps, strict=True)]
+
+    def _query_vectors(self, queries: Sequence[Sample]) -> _QueryVectors:
+        """Embeddings of a batch: texts and entity names in one encoder pass."""
         texts = [q.text for q in queries] if self._needs("text") else []
         with_ents = (
             [i for i, q in enumerate(queries) if q.entities] if self._needs("entity") else []
@@ -359,37 +412,63 @@ class ClipSimilaritySelector(ContextSelector):
         vecs = (
             self._embed_strings(texts + names, persist=False, desc="embed queries")
             if texts or names
-            else None
+            else np.zeros((0, 0), dtype=np.float32)
         )
-        if texts:
-            assert vecs is not None
-            for c, row in zip(comps, vecs[: len(texts)] @ self._text_vecs.T, strict=True):
-                c["text"] = row
-        if with_ents:
-            assert vecs is not None
-            types = np.asarray(
-                [self._type_ids.get(e.type, -1) for i in with_ents for e in queries[i].entities]
-            )
-            lengths = np.asarray([len(queries[i].entities) for i in with_ents])
-            sims = entity_similarity_many(
-                vecs[len(texts) :],
-                types,
-                lengths,
-                self._entities,
-                type_bonus=self.options.type_bonus,
-                agg=self.options.entity_agg,
-            )
-            for i, row in zip(with_ents, sims, strict=True):
-                comps[i]["entity"] = row
-        if self._needs("image"):
-            images = self._query_images(queries)
-            seen = [i for i, v in enumerate(images) if v is not None]
-            if seen:
-                sims = np.stack([images[i] for i in seen]) @ self._image_vecs.T
-                sims = np.where(self._has_image[None, :], sims, np.nan).astype(np.float32)
-                for i, row in zip(seen, sims, strict=True):
-                    comps[i]["image"] = row
-        return [self._variant_view(q, c) for q, c in zip(queries, comps, strict=True)]
+        types = np.asarray(
+            [self._type_ids.get(e.type, -1) for i in with_ents for e in queries[i].entities],
+            dtype=np.int64,
+        )
+        return _QueryVectors(
+            text=vecs[: len(texts)] if texts else None,
+            with_entities=with_ents,
+            entities=vecs[len(texts) :],
+            types=types,
+            lengths=np.asarray([len(queries[i].entities) for i in with_ents], dtype=np.int64),
+            images=self._query_images(queries) if self._needs("image") else [None] * len(queries),
+        )
+
+    def _raw_ann(self, queries: Sequence[Sample]) -> list[tuple[np.ndarray, dict]]:
+        """Candidate pool rows per query (ANN neighbours of its text, entity names and
+        image, plus the anchor rows) and the exact raw similarities of those rows."""
+        qv = self._query_vectors(queries)
+        c = self.options.ann_candidates
+        found: list[list[np.ndarray]] = [[self._anchor_rows] for _ in queries]
+        if qv.text is not None:
+            for rows, hits in zip(found, self._ann["text"].search(qv.text, c), strict=True):
+                rows.append(hits)
+        if qv.with_entities:
+            hits = self._ann["entity"].search(qv.entities, c)
+            lo = 0
+            for i, n in zip(qv.with_entities, qv.lengths.tolist(), strict=True):
+                found[i] += [self._entities.owner[h] for h in hits[lo : lo + n]]
+                lo += n
+        seen = [i for i, v in enumerate(qv.images) if v is not None]
+        if seen:
+            hits = self._ann["image"].search(np.stack([qv.images[i] for i in seen]), c)
+            for i, h in zip(seen, hits, strict=True):
+                found[i].append(self._image_rows[h])
+        out = []
+        lo = 0
+        for i, query in enumerate(queries):
+            rows = np.unique(np.concatenate(found[i]))
+            raw: dict[str, np.ndarray] = {}
+            if qv.text is not None:
+                raw["text"] = self._text_vecs[rows] @ qv.text[i]
+            if i in qv.with_entities:
+                n = len(query.entities)
+                raw["entity"] = entity_similarity(
+                    qv.entities[lo : lo + n],
+                    qv.types[lo : lo + n],
+                    self._entities.subset(rows),
+                    type_bonus=self.options.type_bonus,
+                    agg=self.options.entity_agg,
+                )
+                lo += n
+            if qv.images[i] is not None:
+                sims = self._image_vecs[rows] @ qv.images[i]
+                raw["image"] = np.where(self._has_image[rows], sims, np.nan).astype(np.float32)
+            out.append((rows, self._variant_view(query, raw)))
+        return out
 
     def _variant_view(self, query: Sample, out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """What a single-component variant keeps (text when its component is missing)."""
@@ -427,8 +506,12 @@ class ClipSimilaritySelector(ContextSelector):
             return [self._rank_random(q, k) for q in queries]
         out: list[list[Demonstration]] = []
         for block in self._blocks(queries):
-            for query, raw in zip(block, self._raw_many(block), strict=True):
-                out.append(self._rank(query, raw, k))
+            if self._ann:
+                for query, (rows, raw) in zip(block, self._raw_ann(block), strict=True):
+                    out.append(self._rank(query, raw, k, rows))
+            else:
+                for query, raw in zip(block, self._raw_many(block), strict=True):
+                    out.append(self._rank(query, raw, k))
         return out
 
     def _blocks(self, queries: list[Sample]) -> list[list[Sample]]:
@@ -455,9 +538,12 @@ class ClipSimilaritySelector(ContextSelector):
             for i in top_k(scores, self._exclude(query), k)
         ]
 
-    def _rank(self, query: Sample, raw: dict[str, np.ndarray], k: int) -> list[Demonstration]:
-        """Per-query min-max, fusion and top-K of one query's raw similarity rows."""
-        exclude = self._exclude(query)
+    def _rank(
+        self, query: Sample, raw: dict[str, np.ndarray], k: int, rows: np.ndarray | None = None
+    ) -> list[Demonstration]:
+        """Per-query min-max, fusion and top-K of one query's raw similarity rows
+        (over the whole pool, or over the candidate pool ``rows`` of the ANN path)."""
+        exclude = self._exclude(query) if rows is None else self._exclude(query)[rows]
         normed = {name: minmax(vals, exclude) for name, vals in raw.items()}
         weights = {
             "text": self.options.text_weight,
@@ -481,5 +567,17 @@ class ClipSimilaritySelector(ContextSelector):
                     comps[name] = float(normed[name][i])
                     comps[f"{name}_raw"] = float(raw[name][i])
             score = float(scores[i]) if not np.isnan(scores[i]) else 0.0
-            demos.append(Demonstration(self._pool[i], score, comps))
+            demos.append(Demonstration(self._pool[i if rows is None else rows[i]], score, comps))
         return demos
+
+
+@attrs.frozen
+class _QueryVectors:
+    """One batch of queries, embedded: text rows, entity rows (query after query)."""
+
+    text: np.ndarray | None
+    with_entities: list[int]
+    entities: np.ndarray
+    types: np.ndarray
+    lengths: np.ndarray
+    images: list[np.ndarray | None]
