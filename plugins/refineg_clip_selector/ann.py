@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 #: HNSW build and search settings (connectivity 16, wide beams: recall over speed).
 CONNECTIVITY = 16
 EXPANSION_ADD = 128
-EXPANSION_SEARCH = 256
+EXPANSION_SEARCH = 128
 
 
 class AnnIndex:

@@ -55,7 +55,6 @@ from refineg_clip_selector.encoders import (
 )
 from refineg_clip_selector.scoring import (
     EntityIndex,
-    entity_similarity,
     entity_similarity_many,
     fuse,
     minmax,
@@ -101,11 +100,12 @@ class ClipSimilaritySelector(ContextSelector):
         #: Memory for one block of queries' similarity matrices in ``select_many`` (MiB).
         block_mb: float = pydantic.Field(128.0, gt=0)
         #: ``exact``: every pool row is scored. ``ann``: an HNSW index (usearch)
-        #: proposes ``ann_candidates`` rows per component and query, which are scored
-        #: exactly with ``ann_sample`` spread-out rows that anchor each component's
-        #: per-query minimum (recall against exact: benchmarks/RESULTS.md).
+        #: proposes ``ann_candidates`` rows per component and query; a block of
+        #: queries is scored exactly on the union of its candidates plus
+        #: ``ann_sample`` spread-out rows that anchor each component's per-query
+        #: minimum (recall against exact: benchmarks/RESULTS.md).
         index: Literal["exact", "ann"] = "exact"
-        ann_candidates: int = pydantic.Field(256, ge=8)
+        ann_candidates: int = pydantic.Field(64, ge=8)
         ann_sample: int = pydantic.Field(1024, ge=0)
 
     options: Options
@@ -368,23 +368,33 @@ class ClipSimilaritySelector(ContextSelector):
         ]
 
     def raw_components(self, query: Sample) -> dict[str, np.ndarray]:
-        """Un-normalised similarity of the query to every pool row, per available component."""
-        return self._raw_many([query])[0]
+        """Un-normalised similarity of the query to every pool row, per available
+        component (to its candidate rows only, with ``index = "ann"``)."""
+        return self._raw_block([query])[1][0]
 
-    def _raw_many(self, queries: Sequence[Sample]) -> list[dict[str, np.ndarray]]:
-        """``raw_components`` for a batch: one encoder pass for every query text and
-        entity name, then one matrix product per component."""
+    def _raw_block(
+        self, queries: Sequence[Sample]
+    ) -> tuple[np.ndarray | None, list[dict[str, np.ndarray]]]:
+        """Raw similarity rows for a batch: one encoder pass for every query text and
+        entity name, then one matrix product per component. Over the whole pool
+        (rows None), or with ``index = "ann"`` over the union of the block's ANN
+        candidates and the anchor rows (each query scored on all of them)."""
         qv = self._query_vectors(queries)
+        rows = self._candidates(qv) if self._ann else None
+        text = self._text_vecs if rows is None else self._text_vecs[rows]
+        entities = self._entities if rows is None else None
         comps: list[dict[str, np.ndarray]] = [{} for _ in queries]
         if qv.text is not None:
-            for c, row in zip(comps, qv.text @ self._text_vecs.T, strict=True):
+            for c, row in zip(comps, qv.text @ text.T, strict=True):
                 c["text"] = row
         if qv.with_entities:
+            if entities is None:
+                entities = self._entities.subset(rows)
             sims = entity_similarity_many(
                 qv.entities,
                 qv.types,
                 qv.lengths,
-                self._entities,
+                entities,
                 type_bonus=self.options.type_bonus,
                 agg=self.options.entity_agg,
             )
@@ -392,11 +402,14 @@ class ClipSimilaritySelector(ContextSelector):
                 comps[i]["entity"] = row
         seen = [i for i, v in enumerate(qv.images) if v is not None]
         if seen:
-            sims = np.stack([qv.images[i] for i in seen]) @ self._image_vecs.T
-            sims = np.where(self._has_image[None, :], sims, np.nan).astype(np.float32)
+            vecs, has = self._image_vecs, self._has_image
+            if rows is not None:
+                vecs, has = vecs[rows], has[rows]
+            sims = np.stack([qv.images[i] for i in seen]) @ vecs.T
+            sims = np.where(has[None, :], sims, np.nan).astype(np.float32)
             for i, row in zip(seen, sims, strict=True):
                 comps[i]["image"] = row
-        return [self._variant_view(q, c) for q, c in zip(queries, comps, strict=True)]
+        return rows, [self._variant_view(q, c) for q, c in zip(queries, comps, strict=True)]
 
     def _query_vectors(self, queries: Sequence[Sample]) -> _QueryVectors:
         """Embeddings of a batch: texts and entity names in one encoder pass."""
@@ -427,48 +440,19 @@ class ClipSimilaritySelector(ContextSelector):
             images=self._query_images(queries) if self._needs("image") else [None] * len(queries),
         )
 
-    def _raw_ann(self, queries: Sequence[Sample]) -> list[tuple[np.ndarray, dict]]:
-        """Candidate pool rows per query (ANN neighbours of its text, entity names and
-        image, plus the anchor rows) and the exact raw similarities of those rows."""
-        qv = self._query_vectors(queries)
+    def _candidates(self, qv: _QueryVectors) -> np.ndarray:
+        """Sorted pool rows: ANN neighbours of every query text, entity name and image
+        in the block, plus the anchor rows that keep each component's minimum honest."""
         c = self.options.ann_candidates
-        found: list[list[np.ndarray]] = [[self._anchor_rows] for _ in queries]
+        found = [self._anchor_rows]
         if qv.text is not None:
-            for rows, hits in zip(found, self._ann["text"].search(qv.text, c), strict=True):
-                rows.append(hits)
+            found += self._ann["text"].search(qv.text, c)
         if qv.with_entities:
-            hits = self._ann["entity"].search(qv.entities, c)
-            lo = 0
-            for i, n in zip(qv.with_entities, qv.lengths.tolist(), strict=True):
-                found[i] += [self._entities.owner[h] for h in hits[lo : lo + n]]
-                lo += n
-        seen = [i for i, v in enumerate(qv.images) if v is not None]
+            found += [self._entities.owner[h] for h in self._ann["entity"].search(qv.entities, c)]
+        seen = [v for v in qv.images if v is not None]
         if seen:
-            hits = self._ann["image"].search(np.stack([qv.images[i] for i in seen]), c)
-            for i, h in zip(seen, hits, strict=True):
-                found[i].append(self._image_rows[h])
-        out = []
-        lo = 0
-        for i, query in enumerate(queries):
-            rows = np.unique(np.concatenate(found[i]))
-            raw: dict[str, np.ndarray] = {}
-            if qv.text is not None:
-                raw["text"] = self._text_vecs[rows] @ qv.text[i]
-            if i in qv.with_entities:
-                n = len(query.entities)
-                raw["entity"] = entity_similarity(
-                    qv.entities[lo : lo + n],
-                    qv.types[lo : lo + n],
-                    self._entities.subset(rows),
-                    type_bonus=self.options.type_bonus,
-                    agg=self.options.entity_agg,
-                )
-                lo += n
-            if qv.images[i] is not None:
-                sims = self._image_vecs[rows] @ qv.images[i]
-                raw["image"] = np.where(self._has_image[rows], sims, np.nan).astype(np.float32)
-            out.append((rows, self._variant_view(query, raw)))
-        return out
+            found += [self._image_rows[h] for h in self._ann["image"].search(np.stack(seen), c)]
+        return np.unique(np.concatenate(found))
 
     def _variant_view(self, query: Sample, out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """What a single-component variant keeps (text when its component is missing)."""
@@ -506,12 +490,8 @@ class ClipSimilaritySelector(ContextSelector):
             return [self._rank_random(q, k) for q in queries]
         out: list[list[Demonstration]] = []
         for block in self._blocks(queries):
-            if self._ann:
-                for query, (rows, raw) in zip(block, self._raw_ann(block), strict=True):
-                    out.append(self._rank(query, raw, k, rows))
-            else:
-                for query, raw in zip(block, self._raw_many(block), strict=True):
-                    out.append(self._rank(query, raw, k))
+            rows, raws = self._raw_block(block)
+            out += [self._rank(q, raw, k, rows) for q, raw in zip(block, raws, strict=True)]
         return out
 
     def _blocks(self, queries: list[Sample]) -> list[list[Sample]]:
