@@ -229,3 +229,61 @@ def test_query_memory_is_bounded(tmp_path, minilm_path):
     store.remember(["a", "b", "c", "d"], np.eye(4, dtype=np.float32))
     assert "a" not in store and "d" in store
     np.testing.assert_array_equal(store.get(["d"], 4)[0], np.eye(4)[3])
+
+
+def test_ann_index_recall_exclusions_and_disk_cache(tmp_path, minilm_path):
+    """``index = "ann"`` on 3,000 pool samples with clustered embeddings: the same
+    top-K as exact for nearly every query, never the query itself, and the HNSW
+    graphs are read back from the cache by the next selector."""
+    pytest.importorskip("usearch", reason="pip install 'refineg[ann]'")
+    rng = np.random.default_rng(3)
+    types = ("PER", "LOC", "ORG", "OTHER")
+
+    def synthetic(prefix, n, lo):
+        out = []
+        for i, c in enumerate(rng.integers(lo, 4, n).tolist()):
+            toks = tuple(f"{prefix}{i}w{j}" for j in range(5))
+            ents = tuple(
+                Entity(j, j + 1, types[int(rng.integers(0, 4))], toks[j]) for j in range(c)
+            )
+            out.append(Sample(f"{prefix}{i}", toks, " ".join(toks), None, ents))
+        return out
+
+    pool = synthetic("p", 3000, 0)
+    queries = [*synthetic("q", 60, 1), pool[5]]  # the last one is a pool member
+    strings = [s.text for s in (*pool, *queries)]
+    strings += [e.text for s in (*pool, *queries) for e in s.entities]
+    centers = rng.standard_normal((40, 384)).astype(np.float32)
+    vecs = centers[rng.integers(0, 40, len(strings))] + rng.standard_normal(
+        (len(strings), 384)
+    ).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+
+    def make(index):
+        sel = ClipSimilaritySelector(
+            ClipSimilaritySelector.Options(
+                text_model=minilm_path, cache_dir=tmp_path, index=index, ann_sample=256
+            )
+        )
+        sel._text_encoder()
+        sel._strings.remember([content_key(s) for s in strings], vecs)
+        sel.index(pool)
+        return sel
+
+    exact = make("exact").select_many(queries, 5)
+    ann_sel = make("ann")
+    assert all(not a.loaded for a in ann_sel._ann.values())  # built, then saved
+    ann = ann_sel.select_many(queries, 5)
+    recall = np.mean(
+        [
+            len({d.sample.id for d in a} & {d.sample.id for d in e}) / len(e)
+            for a, e in zip(ann, exact, strict=True)
+        ]
+    )
+    assert recall >= 0.95
+    assert pool[5].id not in {d.sample.id for d in ann[-1]}
+    again = make("ann")
+    assert all(a.loaded for a in again._ann.values())  # read back from the cache
+    assert [[d.sample.id for d in x] for x in again.select_many(queries, 5)] == [
+        [d.sample.id for d in x] for x in ann
+    ]
