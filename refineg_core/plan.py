@@ -249,7 +249,9 @@ def ground_cost(
         "max_tokens": settings.max_tokens,
         "temperature": settings.temperature,
     }
-    if k == 0:
+    if not called:
+        how = "none: no sample has entities and an available image"
+    elif k == 0:
         how = "none (k = 0)"
     elif selector is not None:
         how = "chosen by the configured selector (exact prompts)"
@@ -276,6 +278,37 @@ def ground_cost(
             cost.image_tokens += round(image * shown * len(called))
             cost.images += shown * len(called)
     return cost, how
+
+
+def absent_image_cost(
+    results: Sequence[SampleResult],
+    labels: LabelSet,
+    settings: GroundSettings,
+    codec: BoxCodec,
+    counter: TokenCounter,
+    answer_tokens: int,
+) -> StageCost:
+    """What ground would add if the images a dataset declares (size known, e.g. from
+    Twitter-GMNER's XML) but does not have on disk were there: zero-shot prompts,
+    the query image only. Not part of the totals: the stage skips these samples."""
+    cost = StageCost()
+    for r in results:
+        image = r.sample.image
+        if not r.entities or _needs_call(r) or image is None or image.size is None:
+            continue
+        request = build_ground_request(
+            r.sample,
+            r.entities,
+            [],
+            labels,
+            codec,
+            system_template=settings.system_prompt,
+            query_template=settings.query_prompt,
+        )
+        cost.add(request, counter, codec, answer_tokens)
+        cost.images += 1
+        cost.image_tokens += image_tokens(codec, image.size)
+    return cost
 
 
 def _usable_count(pool: Sequence[Sample]) -> int:
@@ -333,6 +366,7 @@ class Plan:
     release: dict[str, StageCost]
     notes: dict[str, str]
     counts: dict[str, int]
+    absent_images: StageCost | None = None
 
     def as_dict(self) -> dict[str, Any]:
         def table(costs: dict[str, StageCost]) -> dict[str, Any]:
@@ -359,6 +393,11 @@ class Plan:
             "configured": configured,
             "release_policy": release,
             "release_over_configured": ratio,
+            "ground_if_absent_images_were_present": (
+                self.absent_images.as_dict(self.speed, self.concurrency)
+                if self.absent_images is not None
+                else None
+            ),
             "notes": self.notes,
         }
 
@@ -384,6 +423,7 @@ def make_plan(
     costs: dict[str, StageCost] = {}
     release: dict[str, StageCost] = {}
     notes: dict[str, str] = {}
+    absent = None
     if "refine" in stages and refine.enabled:
         costs["refine"] = refine_cost(
             results, refine.delegate, labels, refine, codec, supports_images, counter, n
@@ -398,6 +438,7 @@ def make_plan(
                 results, labels, ground, codec, counter, n, pool=pool, selector=selector
             )
             costs["ground"] = release["ground"] = cost
+            absent = absent_image_cost(results, labels, ground, codec, counter, n)
             notes["ground"] = (
                 f"k = {ground.k}; demonstrations: {how}; counted on the predicted entities "
                 "(refinement may change which samples have entities)"
@@ -419,6 +460,7 @@ def make_plan(
         release=release,
         notes=notes,
         counts=counts,
+        absent_images=absent,
     )
 
 
@@ -454,6 +496,13 @@ def format_plan(data: dict[str, Any]) -> str:
             f"wall time assumes {speed['tokens_per_second'] or '-'} tokens/s, "
             f"{speed['seconds_per_request'] or '-'} s/request, "
             f"{speed['answer_tokens']} answer tokens per request"
+        )
+    absent = data.get("ground_if_absent_images_were_present")
+    if absent and absent["requests"]:
+        lines.append(
+            f"images declared but absent: ground skips {absent['requests']} samples; with "
+            f"their images it would add {absent['requests']} zero-shot requests, "
+            f"{absent['prompt_text_tokens']} text + {absent['image_tokens']} image tokens"
         )
     lines += [f"{k}: {v}" for k, v in data["notes"].items()]
     return "\n".join(lines)

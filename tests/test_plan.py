@@ -125,6 +125,9 @@ def test_plan_counts_equal_what_the_stages_send(dataset, tmp_path, minilm_path):
     assert release["refine"]["requests"] == plan["samples_with_entities"]
     assert release["refine"]["requests"] > mine["refine"]["requests"]
     assert plan["samples_with_entities_without_image"] > 0  # dev tweets without a picture
+    absent = plan["ground_if_absent_images_were_present"]  # declared in the XML, not on disk
+    assert 0 < absent["requests"] <= plan["samples_with_entities_without_image"]
+    assert absent["image_tokens"] > 0
     assert plan["tokenizer"].startswith("Qwen tokenizer")
     assert mine["total"]["wall_seconds"] == pytest.approx(
         mine["total"]["requests"] * 0.5 / 4, abs=0.1
