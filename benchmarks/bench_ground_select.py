@@ -13,7 +13,10 @@ interleaved repetitions. Rows:
 * ``k=3 clip warm``: the same selector again on the same queries: their
   embeddings are remembered, so selection is scoring only;
 * ``k=3 overlap``: the stage tests' word-overlap selector, which has no
-  batched path (the interface's default ``select_many`` loop).
+  batched path (the interface's default ``select_many`` loop);
+* ``k=3 fixed demos``: the demonstrations the cold selector chose, handed
+  back from a dict (selection costs nothing): what three demo images and
+  turns per request cost the client and server by themselves.
 
 Throughput ratio = seconds(k=0) / seconds(row); the goal is >= 0.8. The
 selection-only time of one ``select_many`` over all queries (fresh selector:
@@ -42,9 +45,24 @@ from refineg_clip_selector.selector import ClipSimilaritySelector  # noqa: E402
 from refineg_openai.backend import OpenAIBackend  # noqa: E402
 
 from refineg_core.formats import read_twitter_gmner  # noqa: E402
+from refineg_core.interfaces import ContextSelector  # noqa: E402
 from refineg_core.pipeline.ground import GroundSettings, ground_query, run_ground  # noqa: E402
 from tests.fakeserver import FakeOpenAIServer, ok  # noqa: E402
 from tests.stagedata import LABELS, OverlapSelector, prediction, with_image  # noqa: E402
+
+
+class Fixed(ContextSelector):
+    """Hands back demonstrations chosen beforehand: selection at no cost."""
+
+    def __init__(self, chosen: dict[str, list]) -> None:
+        super().__init__()
+        self.chosen = chosen
+
+    def index(self, pool) -> None:
+        pass
+
+    def select(self, query, k):
+        return self.chosen[query.id][:k]
 
 
 def clip(cache: Path) -> ClipSimilaritySelector:
@@ -109,8 +127,9 @@ def main() -> None:
     fresh = clip(args.cache)
     fresh.index(pool)
     started = time.perf_counter()
-    fresh.select_many([ground_query(r) for r in inputs], 4)
+    chosen = fresh.select_many([ground_query(r) for r in inputs], 4)
     select_s = time.perf_counter() - started
+    fixed = Fixed({r.id: c for r, c in zip(inputs, chosen, strict=True)})
     print(
         json.dumps(
             {
@@ -132,6 +151,7 @@ def main() -> None:
             ("k=3 clip cold", cold, 3),
             ("k=3 clip warm", cold, 3),
             ("k=3 overlap", overlap, 3),
+            ("k=3 fixed demos", fixed, 3),
         ):
             out = work / f"{rep}-{name.replace(' ', '_')}.jsonl"
             row = run_once(inputs, pool, sel, k, args, out)
