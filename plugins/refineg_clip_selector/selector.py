@@ -382,14 +382,12 @@ class ClipSimilaritySelector(ContextSelector):
         qv = self._query_vectors(queries)
         rows = self._candidates(qv) if self._ann else None
         text = self._text_vecs if rows is None else self._text_vecs[rows]
-        entities = self._entities if rows is None else None
         comps: list[dict[str, np.ndarray]] = [{} for _ in queries]
         if qv.text is not None:
             for c, row in zip(comps, qv.text @ text.T, strict=True):
                 c["text"] = row
         if qv.with_entities:
-            if entities is None:
-                entities = self._entities.subset(rows)
+            entities = self._entities if rows is None else self._entities.subset(rows)
             sims = entity_similarity_many(
                 qv.entities,
                 qv.types,
