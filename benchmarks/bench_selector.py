@@ -201,7 +201,9 @@ def _timed(fn):
     return out, time.perf_counter() - wall, time.process_time() - cpu
 
 
-def batched(sizes: list[int], n_queries: int, n_single: int, k: int, reps: int) -> list[dict]:
+def batched(
+    sizes: list[int], n_queries: int, n_single: int, k: int, reps: int, candidates: int = 64
+) -> list[dict]:
     rng = np.random.default_rng(0)
     centers = rng.standard_normal((256, 384)).astype(np.float32)
     queries = _synthetic(rng, "q", n_queries, 1, 3)
@@ -226,7 +228,7 @@ def batched(sizes: list[int], n_queries: int, n_single: int, k: int, reps: int) 
             [d.sample.id for d in a] == [d.sample.id for d in b]
             for a, b in zip(picks_a, picks_b, strict=False)
         )
-        ann = _seeded_selector(seeded, index="ann")
+        ann = _seeded_selector(seeded, index="ann", ann_candidates=candidates)
         _, build_s, _ = _timed(lambda s=ann, p=pool: s.index(p))
         ann.select_many(queries[:8], k)
         ann_ms = []
@@ -248,7 +250,7 @@ def batched(sizes: list[int], n_queries: int, n_single: int, k: int, reps: int) 
             "batched_cpu_ms": med(many, 1),
             "speedup_wall": round(med(single, 0) / med(many, 0), 1),
             "exact_topk_equal": f"{same}/{min(n_single, n_queries)}",
-            "ann_build_s": round(build_s, 1), "ann_wall_ms": med(ann_ms, 0),
+            "ann_candidates": candidates, "ann_build_s": round(build_s, 1), "ann_wall_ms": med(ann_ms, 0),
             "ann_wall_range": span(ann_ms, 0), "ann_cpu_ms": med(ann_ms, 1),
             f"ann_recall_at_{k}": round(float(recall), 4),
         })
@@ -272,6 +274,7 @@ def main() -> None:
     ap.add_argument("--batched-queries", type=int, default=300)
     ap.add_argument("--single-queries", type=int, default=30)
     ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--ann-candidates", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None, help="write all rows as JSON here")
     args = ap.parse_args()
@@ -281,7 +284,7 @@ def main() -> None:
     if args.batched:
         sizes = [int(s) for s in args.batched_sizes.split(",")]
         out["batched"] = batched(sizes, args.batched_queries, args.single_queries, args.k,
-                                 args.reps)
+                                 args.reps, args.ann_candidates)
     if not args.skip_speed:
         out["speed"] = speed([int(s) for s in args.sizes.split(",")], args.k,
                              args.loop_queries, args.vec_queries)

@@ -322,10 +322,19 @@ class ClipSimilaritySelector(ContextSelector):
         self._has_image = has
 
     def _build_ann(self) -> None:
-        """One HNSW graph per component vector set (cached on disk by content)."""
+        """One HNSW graph per component vector set (cached on disk by content).
+
+        Entity names get one graph per type: the type bonus lifts same-type names
+        above closer names of another type, so a query entity searches its own
+        type's graph (every type's graph when the pool lacks its type)."""
         sets = {"text": self._text_vecs}
+        self._type_cols: dict[int, np.ndarray] = {}
         if self._needs("entity"):
-            sets["entity"] = self._entities.vectors_t.T
+            vecs = self._entities.vectors_t.T
+            for t in np.unique(self._entities.type_id).tolist():
+                cols = np.flatnonzero(self._entities.type_id == t)
+                self._type_cols[t] = cols
+                sets[f"entity-{t}"] = vecs[cols]
         if self._needs("image"):
             sets["image"] = self._image_vecs[self._has_image]
             self._image_rows = np.flatnonzero(self._has_image)
@@ -445,8 +454,11 @@ class ClipSimilaritySelector(ContextSelector):
         found = [self._anchor_rows]
         if qv.text is not None:
             found += self._ann["text"].search(qv.text, c)
-        if qv.with_entities:
-            found += [self._entities.owner[h] for h in self._ann["entity"].search(qv.entities, c)]
+        for t, cols in self._type_cols.items():
+            mine = (qv.types == t) | ~np.isin(qv.types, list(self._type_cols))
+            if mine.any():
+                hits = self._ann[f"entity-{t}"].search(qv.entities[mine], c)
+                found += [self._entities.owner[cols[h]] for h in hits]
         seen = [v for v in qv.images if v is not None]
         if seen:
             found += [self._image_rows[h] for h in self._ann["image"].search(np.stack(seen), c)]
