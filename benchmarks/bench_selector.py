@@ -250,7 +250,8 @@ def batched(
             "batched_cpu_ms": med(many, 1),
             "speedup_wall": round(med(single, 0) / med(many, 0), 1),
             "exact_topk_equal": f"{same}/{min(n_single, n_queries)}",
-            "ann_candidates": candidates, "ann_build_s": round(build_s, 1), "ann_wall_ms": med(ann_ms, 0),
+            "ann_candidates": candidates, "ann_build_s": round(build_s, 1),
+            "ann_wall_ms": med(ann_ms, 0),
             "ann_wall_range": span(ann_ms, 0), "ann_cpu_ms": med(ann_ms, 1),
             f"ann_recall_at_{k}": round(float(recall), 4),
         })
