@@ -236,7 +236,7 @@ class DemoBook:
         self._ready = [threading.Event() for _ in self._blocks]
         self._chosen: dict[str, list[Demonstration] | Exception] = {}
         self._start_lock = threading.Lock()
-        self._late_lock = threading.Lock()
+        self._selector_lock = threading.Lock()  # selectors hold models not thread-safe
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
 
@@ -250,6 +250,12 @@ class DemoBook:
 
     def _select(self, chunk: Sequence[SampleResult]) -> dict[str, list[Demonstration] | Exception]:
         queries = [ground_query(r) for r in chunk]
+        with self._selector_lock:
+            return self._select_locked(chunk, queries)
+
+    def _select_locked(
+        self, chunk: Sequence[SampleResult], queries: list[Sample]
+    ) -> dict[str, list[Demonstration] | Exception]:
         try:
             chosen: list = self.selector.select_many(queries, self.k)
             if len(chosen) != len(queries):
@@ -270,7 +276,7 @@ class DemoBook:
         """The item's demonstrations (selected now, under a lock, if it was not planned)."""
         b = self._block_of.get(item.id)
         if b is None:
-            with self._late_lock:  # selectors hold models that are not thread-safe
+            with self._selector_lock:
                 return self.selector.select(ground_query(item), self.k)
         with self._start_lock:
             if self._thread is None:
