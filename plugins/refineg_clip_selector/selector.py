@@ -105,7 +105,7 @@ class ClipSimilaritySelector(ContextSelector):
         #: ``ann_sample`` spread-out rows that anchor each component's per-query
         #: minimum (recall against exact: benchmarks/RESULTS.md).
         index: Literal["exact", "ann"] = "exact"
-        ann_candidates: int = pydantic.Field(64, ge=8)
+        ann_candidates: int = pydantic.Field(256, ge=8)
         ann_sample: int = pydantic.Field(1024, ge=0)
 
     options: Options
