@@ -68,6 +68,8 @@ from refineg_core.types import Demonstration, Sample
 log = logging.getLogger(__name__)
 
 COMPONENTS = ("text", "image", "entity")
+#: Queries whose ANN candidates are pooled and scored together.
+ANN_BLOCK = 32
 _SPACES = re.compile(r"\s+")
 
 
@@ -505,7 +507,10 @@ class ClipSimilaritySelector(ContextSelector):
         return out
 
     def _blocks(self, queries: list[Sample]) -> list[list[Sample]]:
-        """Consecutive groups whose similarity matrices stay near ``block_mb`` MiB."""
+        """Consecutive groups whose similarity matrices stay near ``block_mb`` MiB
+        (with ``index = "ann"``: groups of 32, scored on their candidates only)."""
+        if self._ann:
+            return [queries[i : i + ANN_BLOCK] for i in range(0, len(queries), ANN_BLOCK)]
         n = len(self._pool)
         m = self._entities.vectors_t.shape[1] if self._needs("entity") else 0
         budget = self.options.block_mb * 2**20
