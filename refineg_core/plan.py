@@ -171,12 +171,8 @@ class StageCost:
 
 
 def _part_size(img: ImagePart) -> tuple[int, int] | None:
-    if img.size is not None:
-        return img.size
-    try:
-        return image_size(img.path)
-    except Exception:  # an unreadable header: counted as unsized, never a crash
-        return None
+    """The original size: given, else from the header (None: unreadable, counted)."""
+    return img.size if img.size is not None else image_size(img.path)
 
 
 @attrs.frozen
@@ -376,6 +372,9 @@ class Plan:
                 for f in attrs.fields(StageCost):
                     setattr(total, f.name, getattr(total, f.name) + getattr(c, f.name))
             out["total"] = total.as_dict(self.speed, self.concurrency)
+            walls = [c["wall_seconds"] for n, c in out.items() if n != "total"]
+            if walls and None not in walls:  # the stages run one after the other
+                out["total"]["wall_seconds"] = round(sum(walls), 1)
             return out
 
         configured, release = table(self.stages), table(self.release)
