@@ -287,3 +287,18 @@ def test_ann_index_recall_exclusions_and_disk_cache(tmp_path, minilm_path):
     assert [[d.sample.id for d in x] for x in again.select_many(queries, 5)] == [
         [d.sample.id for d in x] for x in ann
     ]
+
+
+def test_ann_index_search_one_and_many_queries(tmp_path):
+    pytest.importorskip("usearch", reason="pip install 'refineg[ann]'")
+    from refineg_clip_selector.ann import AnnIndex
+
+    rng = np.random.default_rng(0)
+    vecs = rng.standard_normal((200, 16)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    index = AnnIndex(vecs, cache_dir=tmp_path, name="t")
+    [one] = index.search(vecs[3:4], 5)  # a single query comes back flat from usearch
+    assert one[0] == 3 and len(one) == 5
+    many = index.search(vecs[:4], 500)  # more than the index holds: all of it
+    assert [m[0] for m in many] == [0, 1, 2, 3] and all(len(m) == 200 for m in many)
+    assert index.search(vecs[:0], 5) == []

@@ -81,6 +81,8 @@ class AnnIndex:
         if len(queries) == 0 or self.size == 0:
             return [np.zeros(0, dtype=np.int64) for _ in queries]
         found = self._index.search(queries, min(count, self.size))
+        if not hasattr(found, "counts"):  # usearch answers one query with a flat Matches
+            return [np.asarray(found.keys, dtype=np.int64).reshape(-1)]
         keys = np.asarray(found.keys, dtype=np.int64).reshape(len(queries), -1)
         counts = np.asarray(found.counts).reshape(len(queries))
         return [keys[i, : counts[i]] for i in range(len(queries))]
