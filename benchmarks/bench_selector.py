@@ -63,7 +63,10 @@ VARIANTS = {  # explicit options, so the rows do not change when a default does
     "entity (mean)": {"variant": "entity", "entity_agg": "mean"},
     "fused, entity_agg=mean": {"variant": "fused", "entity_agg": "mean"},
     "fused, entity_agg=mean, no_entities=renormalize": {
-        "variant": "fused", "entity_agg": "mean", "no_entities": "renormalize"},
+        "variant": "fused",
+        "entity_agg": "mean",
+        "no_entities": "renormalize",
+    },
     "fused, entity_agg=max (default)": {"variant": "fused", "entity_agg": "max"},
 }
 
@@ -89,17 +92,19 @@ def relevance(data: Path, n_queries: int, k: int, cache: Path) -> list[dict]:
                 boxed += any(e.boxes for e in d.sample.entities)
                 n_ents += len(d.sample.entities)
         sel_s = time.perf_counter() - t0
-        rows.append({
-            "variant": name,
-            "share_type_match": round(shared / n_demos, 4),
-            "share_with_box": round(boxed / n_demos, 4),
-            "entities_per_demo": round(n_ents / n_demos, 3),
-            "index_s": round(index_s, 2),
-            "embedded": sel.embedded_count,
-            "ms_per_query": round(1000 * sel_s / len(queries), 2),
-            "queries": len(queries),
-            "pool": len(pool),
-        })
+        rows.append(
+            {
+                "variant": name,
+                "share_type_match": round(shared / n_demos, 4),
+                "share_with_box": round(boxed / n_demos, 4),
+                "entities_per_demo": round(n_ents / n_demos, 3),
+                "index_s": round(index_s, 2),
+                "embedded": sel.embedded_count,
+                "ms_per_query": round(1000 * sel_s / len(queries), 2),
+                "queries": len(queries),
+                "pool": len(pool),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -110,9 +115,10 @@ def _random_unit(rng, n, d):
 
 
 def vectorised(qt, qe, qtypes, text, ents: EntityIndex, exclude, k):
-    comps = {"text": minmax(text @ qt, exclude),
-             "entity": minmax(entity_similarity(qe, qtypes, ents, type_bonus=0.2, agg="mean"),
-                              exclude)}
+    comps = {
+        "text": minmax(text @ qt, exclude),
+        "entity": minmax(entity_similarity(qe, qtypes, ents, type_bonus=0.2, agg="mean"), exclude),
+    }
     scores = fuse(comps, {"text": 0.4, "entity": 0.6}, {"entity": "zero"})
     return top_k(scores, exclude, k)
 
@@ -122,8 +128,11 @@ def loop(qt, qe, qtypes, text, ent_lists, k):
     t_raw, e_raw = [], []
     for i in range(len(text)):
         t_raw.append(float(np.dot(text[i], qt)))
-        pairs = [float(np.dot(a, b)) + 0.2 * (ta == tb)
-                 for a, ta in zip(qe, qtypes, strict=True) for b, tb in ent_lists[i]]
+        pairs = [
+            float(np.dot(a, b)) + 0.2 * (ta == tb)
+            for a, ta in zip(qe, qtypes, strict=True)
+            for b, tb in ent_lists[i]
+        ]
         e_raw.append(sum(pairs) / len(pairs) if pairs else None)
     t_lo, t_hi = min(t_raw), max(t_raw)
     have = [v for v in e_raw if v is not None]
@@ -151,8 +160,10 @@ def speed(sizes: list[int], k: int, loop_queries: int, vec_queries: int) -> list
         for j, o in enumerate(owner):
             ent_lists[o].append((evecs[j], int(etypes[j])))
         exclude = np.zeros(n, dtype=bool)
-        qs = [(_random_unit(rng, 1, d)[0], _random_unit(rng, 2, d), rng.integers(0, 4, 2))
-              for _ in range(max(loop_queries, vec_queries))]
+        qs = [
+            (_random_unit(rng, 1, d)[0], _random_unit(rng, 2, d), rng.integers(0, 4, 2))
+            for _ in range(max(loop_queries, vec_queries))
+        ]
         vectorised(*qs[0], text, ents, exclude, k)  # warm-up
         t0 = time.perf_counter()
         for q in qs[:vec_queries]:
@@ -163,10 +174,19 @@ def speed(sizes: list[int], k: int, loop_queries: int, vec_queries: int) -> list
             loop(*q, text, ent_lists, k)
         loop_ms = 1000 * (time.perf_counter() - t0) / loop_queries
         assert vectorised(*qs[0], text, ents, exclude, k).tolist() == loop(
-            *qs[0], text, ent_lists, k), "vectorised and loop disagree"
-        rows.append({"pool": n, "entities": len(owner), "vectorised_ms": round(vec_ms, 2),
-                     "loop_ms": round(loop_ms, 1), "speedup": round(loop_ms / vec_ms, 1),
-                     "loop_queries": loop_queries, "vectorised_queries": vec_queries})
+            *qs[0], text, ent_lists, k
+        ), "vectorised and loop disagree"
+        rows.append(
+            {
+                "pool": n,
+                "entities": len(owner),
+                "vectorised_ms": round(vec_ms, 2),
+                "loop_ms": round(loop_ms, 1),
+                "speedup": round(loop_ms / vec_ms, 1),
+                "loop_queries": loop_queries,
+                "vectorised_queries": vec_queries,
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -235,26 +255,37 @@ def batched(
         for _ in range(reps):
             picks_c, wall, cpu = _timed(lambda s=ann: s.select_many(queries, k))
             ann_ms.append((1000 * wall / n_queries, 1000 * cpu / n_queries))
-        recall = np.mean([
-            len({d.sample.id for d in a} & {d.sample.id for d in b}) / max(1, len(b))
-            for a, b in zip(picks_c, picks_b, strict=True)
-        ])
+        recall = np.mean(
+            [
+                len({d.sample.id for d in a} & {d.sample.id for d in b}) / max(1, len(b))
+                for a, b in zip(picks_c, picks_b, strict=True)
+            ]
+        )
         med = lambda xs, i: round(float(np.median([x[i] for x in xs])), 2)  # noqa: E731
         span = lambda xs, i: [round(min(x[i] for x in xs), 2), round(max(x[i] for x in xs), 2)]  # noqa: E731
-        rows.append({
-            "pool": n, "pool_entities": int(exact._entities.vectors_t.shape[1]),
-            "queries": n_queries, "k": k, "reps": reps,
-            "per_query_wall_ms": med(single, 0), "per_query_wall_range": span(single, 0),
-            "per_query_cpu_ms": med(single, 1),
-            "batched_wall_ms": med(many, 0), "batched_wall_range": span(many, 0),
-            "batched_cpu_ms": med(many, 1),
-            "speedup_wall": round(med(single, 0) / med(many, 0), 1),
-            "exact_topk_equal": f"{same}/{min(n_single, n_queries)}",
-            "ann_candidates": candidates, "ann_build_s": round(build_s, 1),
-            "ann_wall_ms": med(ann_ms, 0),
-            "ann_wall_range": span(ann_ms, 0), "ann_cpu_ms": med(ann_ms, 1),
-            f"ann_recall_at_{k}": round(float(recall), 4),
-        })
+        rows.append(
+            {
+                "pool": n,
+                "pool_entities": int(exact._entities.vectors_t.shape[1]),
+                "queries": n_queries,
+                "k": k,
+                "reps": reps,
+                "per_query_wall_ms": med(single, 0),
+                "per_query_wall_range": span(single, 0),
+                "per_query_cpu_ms": med(single, 1),
+                "batched_wall_ms": med(many, 0),
+                "batched_wall_range": span(many, 0),
+                "batched_cpu_ms": med(many, 1),
+                "speedup_wall": round(med(single, 0) / med(many, 0), 1),
+                "exact_topk_equal": f"{same}/{min(n_single, n_queries)}",
+                "ann_candidates": candidates,
+                "ann_build_s": round(build_s, 1),
+                "ann_wall_ms": med(ann_ms, 0),
+                "ann_wall_range": span(ann_ms, 0),
+                "ann_cpu_ms": med(ann_ms, 1),
+                f"ann_recall_at_{k}": round(float(recall), 4),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -284,11 +315,13 @@ def main() -> None:
     out = {}
     if args.batched:
         sizes = [int(s) for s in args.batched_sizes.split(",")]
-        out["batched"] = batched(sizes, args.batched_queries, args.single_queries, args.k,
-                                 args.reps, args.ann_candidates)
+        out["batched"] = batched(
+            sizes, args.batched_queries, args.single_queries, args.k, args.reps, args.ann_candidates
+        )
     if not args.skip_speed:
-        out["speed"] = speed([int(s) for s in args.sizes.split(",")], args.k,
-                             args.loop_queries, args.vec_queries)
+        out["speed"] = speed(
+            [int(s) for s in args.sizes.split(",")], args.k, args.loop_queries, args.vec_queries
+        )
     if not args.skip_relevance:
         out["relevance"] = relevance(args.data, args.queries, args.k, args.cache)
     if args.out:
