@@ -306,7 +306,7 @@ def main() -> None:
     ap.add_argument("--batched-queries", type=int, default=300)
     ap.add_argument("--single-queries", type=int, default=30)
     ap.add_argument("--reps", type=int, default=2)
-    ap.add_argument("--ann-candidates", type=int, default=64)
+    ap.add_argument("--ann-candidates", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None, help="write all rows as JSON here")
     args = ap.parse_args()
