@@ -172,6 +172,16 @@ def print_table(
 _STAGE_COLUMNS = ("samples", "total", "processed", "resumed", "failed")
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from refineg_core.plan import format_plan, plan_for_run
+
+    p = _pipeline(args)
+    with p:
+        data = plan_for_run(p, p.predict(), args)
+    print(json.dumps(data, indent=2) if args.json else format_plan(data))
+    return 0
+
+
 def print_summary(summary: dict[str, Any]) -> None:
     stages = summary.get("stages", {})
     if stages:
@@ -255,6 +265,14 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--run-dir", help="override run_dir")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
+
+    sp = sub.add_parser("plan", help="what the MLLM stages will cost, before any call")
+    _config_args(sp)
+    sp.add_argument("--run-dir", help="override run_dir")
+    from refineg_core.plan import add_plan_arguments
+
+    add_plan_arguments(sp)
+    sp.set_defaults(func=cmd_plan)
 
     from refineg_core.cli_eval import add_eval_command
 

@@ -158,6 +158,11 @@ class ContextSelector(Plugin):
     @abc.abstractmethod
     def select(self, query: Sample, k: int) -> list[Demonstration]: ...
 
+    def select_many(self, queries: Sequence[Sample], k: int) -> list[list[Demonstration]]:
+        """``select`` for a batch, one list per query in order. Stages call this so
+        a selector can embed and score all queries at once; the default loops."""
+        return [self.select(q, k) for q in queries]
+
 
 class Synthesizer(Plugin):
     """Generates new labelled sentences from one gold seed through an LLM backend.

@@ -12,6 +12,8 @@ import hashlib
 import logging
 import os
 import tempfile
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -28,11 +30,20 @@ def content_key(data: bytes | str) -> str:
 
 
 class EmbeddingStore:
-    """key -> float32 vector, loaded lazily from a folder of chunks."""
+    """key -> float32 vector, loaded lazily from a folder of chunks.
 
-    def __init__(self, root: Path | None, namespace: str, identity: str) -> None:
+    Query vectors (``remember``) live in a bounded in-memory LRU beside the pool
+    vectors, so selecting for millions of queries does not keep them all.
+    """
+
+    def __init__(
+        self, root: Path | None, namespace: str, identity: str, *, max_recent: int = 200_000
+    ) -> None:
         self.folder = Path(root) / namespace / identity if root is not None else None
         self._vectors: dict[str, np.ndarray] = {}
+        self._recent: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._recent_lock = threading.Lock()
+        self.max_recent = max_recent
         self._loaded = False
 
     def _load(self) -> None:
@@ -57,7 +68,7 @@ class EmbeddingStore:
         seen: set[str] = set()
         out = []
         for k in keys:
-            if k not in self._vectors and k not in seen:
+            if k not in self and k not in seen:
                 seen.add(k)
                 out.append(k)
         return out
@@ -84,16 +95,22 @@ class EmbeddingStore:
     def remember(self, keys: Sequence[str], vectors: np.ndarray) -> None:
         """Keep vectors in memory only (query embeddings: not worth a file each)."""
         self._load()
-        for key, vec in zip(keys, np.asarray(vectors, dtype=np.float32), strict=True):
-            self._vectors[key] = vec
+        with self._recent_lock:
+            for key, vec in zip(keys, np.asarray(vectors, dtype=np.float32), strict=True):
+                self._recent[key] = vec
+                self._recent.move_to_end(key)
+            while len(self._recent) > self.max_recent:
+                self._recent.popitem(last=False)
 
     def get(self, keys: Sequence[str], dim: int) -> np.ndarray:
         self._load()
         out = np.zeros((len(keys), dim), dtype=np.float32)
-        for i, key in enumerate(keys):
-            out[i] = self._vectors[key]
+        with self._recent_lock:
+            for i, key in enumerate(keys):
+                vec = self._vectors.get(key)
+                out[i] = vec if vec is not None else self._recent[key]
         return out
 
     def __contains__(self, key: str) -> bool:
         self._load()
-        return key in self._vectors
+        return key in self._vectors or key in self._recent

@@ -61,14 +61,17 @@ def default_text_model() -> Path:
 class TextEncoder:
     """Mean-pooled, L2-normalised sentence embeddings from a local transformers encoder."""
 
-    def __init__(self, folder: Path, *, max_length: int = 128, batch_size: int = 64,
-                 device: str = "cpu") -> None:
+    def __init__(
+        self, folder: Path, *, max_length: int = 128, batch_size: int = 64, device: str = "cpu"
+    ) -> None:
         from transformers import AutoModel, AutoTokenizer
 
         folder = Path(folder)
         if not (folder / "config.json").is_file():
-            raise PluginError(f"{folder} is not a transformers model folder (no config.json)",
-                              where="selector.options.text_model")
+            raise PluginError(
+                f"{folder} is not a transformers model folder (no config.json)",
+                where="selector.options.text_model",
+            )
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.model = AutoModel.from_pretrained(folder).to(device).eval()
         self.device = device
@@ -96,8 +99,11 @@ class TextEncoder:
             for lo in range(0, len(texts), self.batch_size):
                 idx = order[lo : lo + self.batch_size]
                 batch = self.tokenizer(
-                    [texts[i] for i in idx], padding=True, truncation=True,
-                    max_length=self.max_length, return_tensors="pt",
+                    [texts[i] for i in idx],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
                 ).to(self.device)
                 hidden = self.model(**batch).last_hidden_state
                 mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
@@ -117,17 +123,24 @@ class ImageEncoder:
     config JSON (registered under its file stem), or ``local-dir:<folder>``.
     """
 
-    def __init__(self, model: str, *, checkpoint: str | None = None,
-                 pretrained: str | None = None, batch_size: int = 32,
-                 device: str = "cpu") -> None:
+    def __init__(
+        self,
+        model: str,
+        *,
+        checkpoint: str | None = None,
+        pretrained: str | None = None,
+        batch_size: int = 32,
+        device: str = "cpu",
+    ) -> None:
         import open_clip
 
         name = model
         config_file = Path(model)
         if model.endswith(".json"):
             if not config_file.is_file():
-                raise PluginError(f"open_clip config {model} not found",
-                                  where="selector.options.clip_model")
+                raise PluginError(
+                    f"open_clip config {model} not found", where="selector.options.clip_model"
+                )
             open_clip.add_model_config(config_file)
             name = config_file.stem
         source: str | None = None
@@ -135,8 +148,9 @@ class ImageEncoder:
         if checkpoint:
             ckpt = Path(checkpoint).expanduser()
             if not ckpt.is_file():
-                raise PluginError(f"CLIP checkpoint {ckpt} not found",
-                                  where="selector.options.clip_checkpoint")
+                raise PluginError(
+                    f"CLIP checkpoint {ckpt} not found", where="selector.options.clip_checkpoint"
+                )
             source = str(ckpt)
             ident = f"{name}-{file_fingerprint(ckpt)}"
         elif pretrained:
@@ -149,8 +163,10 @@ class ImageEncoder:
                 name, pretrained=source, device=device
             )
         except (RuntimeError, OSError, ValueError, KeyError) as exc:
-            raise PluginError(f"cannot build open_clip model {model!r}: {exc}",
-                              where="selector.options.clip_model") from exc
+            raise PluginError(
+                f"cannot build open_clip model {model!r}: {exc}",
+                where="selector.options.clip_model",
+            ) from exc
         self.model = clip.eval()
         self.preprocess = preprocess
         self.device = device
@@ -194,12 +210,15 @@ class ImageEncoder:
         return out
 
 
-def describe_image_config(model: str | None, checkpoint: str | None,
-                          pretrained: str | None) -> str | None:
+def describe_image_config(
+    model: str | None, checkpoint: str | None, pretrained: str | None
+) -> str | None:
     """None when image weights are configured, else the reason the image part is off."""
     if not model:
         return "no clip_model configured"
     if not (checkpoint or pretrained or model.startswith("local-dir:")):
-        return (f"clip_model {model!r} has no weights configured (set clip_checkpoint to a "
-                "local file, or clip_pretrained to a tag if this machine may download)")
+        return (
+            f"clip_model {model!r} has no weights configured (set clip_checkpoint to a "
+            "local file, or clip_pretrained to a tag if this machine may download)"
+        )
     return None

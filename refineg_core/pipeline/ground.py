@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import attrs
 import pydantic
 
 from refineg_core.boxcodecs import BoxCodec
+from refineg_core.errors import PluginError
 from refineg_core.interfaces import ContextSelector, MLLMBackend, PluginOptions
 from refineg_core.labels import LabelSet, TypeResolver
 from refineg_core.pipeline.answers import ParsedAnswer
@@ -35,10 +36,11 @@ from refineg_core.pipeline.prompts import (
     original_size,
     validate_template,
 )
-from refineg_core.pipeline.runner import StageSummary
+from refineg_core.pipeline.runner import StageSummary, load_done
 from refineg_core.pipeline.stagekit import (
     Counters,
     ask,
+    is_skipped,
     note_answer,
     run_mllm_stage,
 )
@@ -224,10 +226,104 @@ def usable_demos(
     return out[:k], dropped
 
 
+def ground_query(item: SampleResult) -> Sample:
+    """What the selector sees: the sample with its *predicted* entities, never gold."""
+    return attrs.evolve(item.sample, entities=item.entities)
+
+
+class DemoBook:
+    """Demonstrations for the items a stage will call, selected ahead of the calls.
+
+    A background thread asks ``selector.select_many`` for one block of queries
+    at a time, in the order the stage submits them, so the selector embeds and
+    scores a whole block in one pass while the calls of earlier blocks run; no
+    lock is held around any call. A worker's ``get`` waits only for its own
+    block. A block the selector fails on is retried query by query, so a bad
+    query costs only its own item (``get`` raises its error, which the stage
+    records as that item's failure).
+    """
+
+    def __init__(
+        self,
+        items: Sequence[SampleResult],
+        selector: ContextSelector,
+        k: int,
+        *,
+        block: int = 32,
+        skip: Collection[str] = (),
+    ) -> None:
+        self.selector = selector
+        self.k = k
+        wanted = [r for r in items if _needs_call(r) and r.id not in skip]
+        self._blocks = [wanted[i : i + block] for i in range(0, len(wanted), max(1, block))]
+        self._block_of = {r.id: b for b, chunk in enumerate(self._blocks) for r in chunk}
+        self._ready = [threading.Event() for _ in self._blocks]
+        self._chosen: dict[str, list[Demonstration] | Exception] = {}
+        self._start_lock = threading.Lock()
+        self._selector_lock = threading.Lock()  # selectors hold models not thread-safe
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def _run(self) -> None:
+        for b, chunk in enumerate(self._blocks):
+            try:
+                if not self._stop.is_set():
+                    self._chosen.update(self._select(chunk))
+            finally:
+                self._ready[b].set()
+
+    def _select(self, chunk: Sequence[SampleResult]) -> dict[str, list[Demonstration] | Exception]:
+        queries = [ground_query(r) for r in chunk]
+        with self._selector_lock:
+            return self._select_locked(chunk, queries)
+
+    def _select_locked(
+        self, chunk: Sequence[SampleResult], queries: list[Sample]
+    ) -> dict[str, list[Demonstration] | Exception]:
+        try:
+            chosen: list = self.selector.select_many(queries, self.k)
+            if len(chosen) != len(queries):
+                raise PluginError(
+                    f"select_many returned {len(chosen)} lists for {len(queries)} queries",
+                    where="selector",
+                )
+        except Exception:  # one bad query must not cost the block: retry one by one
+            chosen = []
+            for q in queries:
+                try:
+                    chosen.append(self.selector.select(q, self.k))
+                except Exception as exc:
+                    chosen.append(exc)
+        return {r.id: c for r, c in zip(chunk, chosen, strict=True)}
+
+    def get(self, item: SampleResult) -> list[Demonstration]:
+        """The item's demonstrations (selected now, under a lock, if it was not planned)."""
+        b = self._block_of.get(item.id)
+        if b is None:
+            with self._selector_lock:
+                return self.selector.select(ground_query(item), self.k)
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="demo-book", daemon=True)
+                self._thread.start()
+        self._ready[b].wait()
+        chosen = self._chosen.get(item.id)
+        if chosen is None:
+            raise PluginError("demonstration selection was stopped", where="selector")
+        if isinstance(chosen, Exception):
+            raise chosen
+        return chosen
+
+    def close(self) -> None:
+        """Stop selecting blocks nobody will ask for (the stage ended early)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
 def _ground_one(
     item: SampleResult,
-    selector: ContextSelector | None,
-    select_lock: threading.Lock,
+    demo_book: DemoBook | None,
     backend: MLLMBackend,
     labels: LabelSet,
     settings: GroundSettings,
@@ -242,12 +338,10 @@ def _ground_one(
     if size is None:
         counters.add("skipped_no_image")
         return item
-    query = attrs.evolve(item.sample, entities=item.entities)  # predicted, never gold
+    query = ground_query(item)
     demos: list[Demonstration] = []
-    if settings.k > 0 and selector is not None:
-        with select_lock:  # selectors hold models that are not thread-safe
-            chosen = selector.select(query, settings.k + 1)
-        demos, dropped = usable_demos(chosen, item.id, settings.k)
+    if demo_book is not None:
+        demos, dropped = usable_demos(demo_book.get(item), item.id, settings.k)
         counters.add("demos_without_image", dropped)
     codec = backend.box_codec
     request = build_ground_request(
@@ -349,23 +443,36 @@ def run_ground(
     unusable = None
     if not backend.supports_images:
         unusable = f"{backend.describe()} is text-only; grounding needs a backend that sees images"
-    select_lock = threading.Lock()
+    book = None
+    if selector is not None and settings.k > 0:
+        finished = {r.id for r in load_done(out_path).values() if not is_skipped(r, STAGE)}
+        book = DemoBook(
+            results,
+            selector,
+            settings.k + 1,  # one spare: the query itself may come back
+            block=max(8, 2 * backend.max_concurrency),
+            skip=finished,
+        )
 
     def process(item: SampleResult, counters: Counters) -> SampleResult:
-        return _ground_one(item, selector, select_lock, backend, labels, settings, counters, debug)
+        return _ground_one(item, book, backend, labels, settings, counters, debug)
 
-    out, summary = run_mllm_stage(
-        STAGE,
-        results,
-        backend,
-        out_path,
-        enabled=settings.enabled,
-        needs_call=_needs_call,
-        process=process,
-        debug=debug,
-        unusable=unusable,
-        required=required,
-    )
+    try:
+        out, summary = run_mllm_stage(
+            STAGE,
+            results,
+            backend,
+            out_path,
+            enabled=settings.enabled,
+            needs_call=_needs_call,
+            process=process,
+            debug=debug,
+            unusable=unusable,
+            required=required,
+        )
+    finally:
+        if book is not None:
+            book.close()
     summary.counters["samples_without_image"] = sum(
         1 for r in results if r.entities and not (r.sample.image and r.sample.image.available)
     )

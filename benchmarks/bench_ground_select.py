@@ -1,0 +1,192 @@
+"""Does selecting demonstrations keep the ground stage's concurrency busy?
+
+Ground stage on real Twitter-GMNER dev tweets (images painted at their XML
+sizes) against the loopback fake OpenAI server with a fixed latency, through
+the real ``openai`` backend at ``--concurrency``; same process, same samples,
+interleaved repetitions. Rows:
+
+* ``k=0``: zero-shot, no selection (the baseline);
+* ``k=3 clip cold``: the real ``clip_similarity`` selector (MiniLM text +
+  entity similarity; pool embeddings cached on disk, indexed before the
+  timing), a fresh selector per repetition, so every query text and entity
+  name goes through MiniLM during the stage, batched per block;
+* ``k=3 clip warm``: the same selector again on the same queries: their
+  embeddings are remembered, so selection is scoring only;
+* ``k=3 overlap``: the stage tests' word-overlap selector, which has no
+  batched path (the interface's default ``select_many`` loop);
+* ``k=3 fixed demos``: the demonstrations the cold selector chose, handed
+  back from a dict (selection costs nothing): what three demo images and
+  turns per request cost the client and server by themselves.
+
+Throughput ratio = seconds(k=0) / seconds(row); the goal is >= 0.8. The
+selection-only time of one ``select_many`` over all queries (fresh selector:
+encoder + scoring) is printed too.
+
+    nice -n 10 python benchmarks/bench_ground_select.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("REFINEG_NO_PROGRESS", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
+
+import torch  # noqa: E402
+from refineg_clip_selector.selector import ClipSimilaritySelector  # noqa: E402
+from refineg_openai.backend import OpenAIBackend  # noqa: E402
+from tests.fakeserver import FakeOpenAIServer, ok  # noqa: E402
+
+from refineg_core.formats import read_twitter_gmner  # noqa: E402
+from refineg_core.interfaces import ContextSelector  # noqa: E402
+from refineg_core.pipeline.ground import GroundSettings, ground_query, run_ground  # noqa: E402
+from tests.stagedata import LABELS, OverlapSelector, prediction, with_image  # noqa: E402
+
+
+class Fixed(ContextSelector):
+    """Hands back demonstrations chosen beforehand: selection at no cost."""
+
+    def __init__(self, chosen: dict[str, list]) -> None:
+        super().__init__()
+        self.chosen = chosen
+
+    def index(self, pool) -> None:
+        pass
+
+    def select(self, query, k):
+        return self.chosen[query.id][:k]
+
+
+def clip(cache: Path) -> ClipSimilaritySelector:
+    return ClipSimilaritySelector(ClipSimilaritySelector.Options(cache_dir=cache, image_weight=0.0))
+
+
+def run_once(inputs, pool, selector, k: int, args, out: Path) -> dict:
+    with FakeOpenAIServer(latency=args.latency) as server:
+        server.default = ok("[]")
+        backend = OpenAIBackend(
+            OpenAIBackend.Options(
+                base_url=server.base_url,
+                model="fake-model",
+                concurrency=args.concurrency,
+                retries=0,
+                timeout=30.0,
+                box_frame="pixels",
+            )
+        )
+        started = time.perf_counter()
+        results, summary = run_ground(
+            inputs, pool, selector, backend, LABELS, GroundSettings(k=k), out
+        )
+        seconds = time.perf_counter() - started
+        backend.close()
+        demos = sum(len(r.meta.get("demos", ())) for r in results)
+        return {
+            "seconds": seconds,
+            "calls": len(server.chat_requests),
+            "max_in_flight": server.max_in_flight,
+            "failed": summary.failed,
+            "demos_per_call": round(demos / max(1, len(server.chat_requests)), 2),
+        }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=300, help="dev tweets with >= 1 entity")
+    ap.add_argument("--pool", type=int, default=300, help="train tweets with boxes (pool)")
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--latency", type=float, default=0.2)
+    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--cache", type=Path, default=Path("/tmp/refineg-bench-ground-cache"))
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "twitter-gmner")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch threads: {torch.get_num_threads()}", flush=True)
+    work = Path(tempfile.mkdtemp(prefix="refineg-ground-select-"))
+    dev = [s for s in read_twitter_gmner(args.data / "dev.txt").samples if s.entities]
+    train = [
+        s
+        for s in read_twitter_gmner(args.data / "train.txt").samples
+        if any(e.boxes for e in s.entities) and s.image and s.image.size
+    ]
+    samples = [with_image(s, work / "q", i) for i, s in enumerate(dev[: args.n])]
+    pool = [with_image(s, work / "pool", i) for i, s in enumerate(train[: args.pool])]
+    inputs = [prediction(s) for s in samples]
+    clip(args.cache).index(pool)  # embed the pool once (disk cache), outside every timing
+
+    fresh = clip(args.cache)
+    fresh.index(pool)
+    started = time.perf_counter()
+    chosen = fresh.select_many([ground_query(r) for r in inputs], 4)
+    select_s = time.perf_counter() - started
+    fixed = Fixed({r.id: c for r, c in zip(inputs, chosen, strict=True)})
+    print(
+        json.dumps(
+            {
+                "select_many_cold_seconds": round(select_s, 2),
+                "ms_per_query": round(1000 * select_s / len(inputs), 1),
+            }
+        ),
+        flush=True,
+    )
+
+    overlap = OverlapSelector()
+    overlap.index(pool)
+    rows: dict[str, list[dict]] = {}
+    for rep in range(args.reps):
+        cold = clip(args.cache)
+        cold.index(pool)
+        for name, sel, k in (
+            ("k=0", None, 0),
+            ("k=3 clip cold", cold, 3),
+            ("k=3 clip warm", cold, 3),
+            ("k=3 overlap", overlap, 3),
+            ("k=3 fixed demos", fixed, 3),
+        ):
+            out = work / f"{rep}-{name.replace(' ', '_')}.jsonl"
+            row = run_once(inputs, pool, sel, k, args, out)
+            rows.setdefault(name, []).append(row)
+            print(json.dumps({"rep": rep, "run": name, **row}), flush=True)
+    base = statistics.median(r["seconds"] for r in rows["k=0"])
+    table = []
+    for name, reps in rows.items():
+        secs = [r["seconds"] for r in reps]
+        med = statistics.median(secs)
+        table.append(
+            {
+                "run": name,
+                "seconds_median": round(med, 2),
+                "seconds_range": [round(min(secs), 2), round(max(secs), 2)],
+                "throughput_vs_k0": round(base / med, 2),
+                "calls": reps[0]["calls"],
+                "max_in_flight": max(r["max_in_flight"] for r in reps),
+                "demos_per_call": reps[0]["demos_per_call"],
+                "failed": reps[0]["failed"],
+            }
+        )
+        print(json.dumps(table[-1]), flush=True)
+    if args.out:
+        args.out.write_text(
+            json.dumps(
+                {
+                    "select_many_cold_seconds": select_s,
+                    "rows": table,
+                    "args": {k: str(v) for k, v in vars(args).items()},
+                },
+                indent=1,
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
