@@ -31,24 +31,24 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("REFINEG_NO_PROGRESS", "1")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
 
-import torch  # noqa: E402
-from refineg_clip_selector.selector import ClipSimilaritySelector  # noqa: E402
-from refineg_openai.backend import OpenAIBackend  # noqa: E402
-from tests.fakeserver import FakeOpenAIServer, ok  # noqa: E402
+import torch
+from _common import ROOT, twitter_labels
+from refineg_clip_selector.selector import ClipSimilaritySelector
+from refineg_formats.twitter import read_twitter_gmner
+from refineg_openai.backend import OpenAIBackend
 
-from refineg_core.formats import read_twitter_gmner  # noqa: E402
-from refineg_core.interfaces import ContextSelector  # noqa: E402
-from refineg_core.pipeline.ground import GroundSettings, ground_query, run_ground  # noqa: E402
-from tests.stagedata import LABELS, OverlapSelector, prediction, with_image  # noqa: E402
+from refineg_core.interfaces import ContextSelector
+from refineg_core.pipeline.ground import GroundSettings, ground_query, run_ground
+from refineg_core.testing.fake_openai import FakeOpenAIServer, ok
+from refineg_core.testing.stages import OverlapSelector, prediction, with_image
+
+LABELS = twitter_labels()
 
 
 class Fixed(ContextSelector):

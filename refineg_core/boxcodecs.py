@@ -63,6 +63,11 @@ class BoxCodec(abc.ABC):
         their frame, e.g. "[x1, y1, x2, y2]: integers on a 0-1000 grid ...".
         """
 
+    def image_tokens(self, original: tuple[int, int]) -> int | None:
+        """Tokens the model spends on one image sent at ``model_size(original)``, for
+        cost plans; None when the frame does not know its model's image cost."""
+        return None
+
     def decode(self, coords: Any, original: tuple[int, int] | None) -> Box | None:
         """Model answer -> a valid box in original pixels, or None when it is not one.
 

@@ -88,6 +88,12 @@ def _print_toml(data: dict[str, Any], prefix: str = "") -> None:
 
 
 # ----------------------------------------------------------------- pipeline
+def pipeline_from_args(args: argparse.Namespace):
+    """The Pipeline a command's ``--config``/``--set``/``--run-dir`` describe (for
+    plugins adding commands through ``refineg_add_commands``)."""
+    return _pipeline(args)
+
+
 def _pipeline(args: argparse.Namespace):
     from refineg_core.pipeline.orchestrator import Pipeline
 
@@ -170,16 +176,6 @@ def print_table(
 
 #: Summary keys shown as table columns, in order; the rest go to "details".
 _STAGE_COLUMNS = ("samples", "total", "processed", "resumed", "failed")
-
-
-def cmd_plan(args: argparse.Namespace) -> int:
-    from refineg_core.plan import format_plan, plan_for_run
-
-    p = _pipeline(args)
-    with p:
-        data = plan_for_run(p, p.predict(), args)
-    print(json.dumps(data, indent=2) if args.json else format_plan(data))
-    return 0
 
 
 def print_summary(summary: dict[str, Any]) -> None:
@@ -266,13 +262,6 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
 
-    sp = sub.add_parser("plan", help="what the MLLM stages will cost, before any call")
-    _config_args(sp)
-    sp.add_argument("--run-dir", help="override run_dir")
-    from refineg_core.plan import add_plan_arguments
-
-    add_plan_arguments(sp)
-    sp.set_defaults(func=cmd_plan)
 
     from refineg_core.cli_eval import add_eval_command
 
@@ -287,6 +276,11 @@ def _global_flags(p: argparse.ArgumentParser, *, suppress: bool = False) -> None
     default = argparse.SUPPRESS if suppress else False
     p.add_argument("--debug", action="store_true", default=default, help="show tracebacks")
     p.add_argument("--quiet", action="store_true", default=default, help="no progress bars")
+
+
+def config_args(p: argparse.ArgumentParser) -> None:
+    """``--config``/``--set`` (and the global flags) on a subcommand parser."""
+    _config_args(p)
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:

@@ -15,8 +15,8 @@ import pytest
 from refineg_openai.backend import OpenAIBackend
 
 from refineg_core.pipeline.ground import GroundSettings, run_ground
+from refineg_core.testing.fake_openai import FakeOpenAIServer, ok
 from refineg_core.types import Sample, SampleResult
-from tests.fakeserver import FakeOpenAIServer, ok
 from tests.stagedata import LABELS, OverlapSelector, backend_for, real_samples, with_image
 
 

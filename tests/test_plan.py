@@ -14,18 +14,19 @@ import re
 import textwrap
 
 import pytest
-
-from refineg_core.boxcodecs import PixelCodec, Qwen3VLCodec, Qwen25VLCodec
-from refineg_core.chat import ChatMessage, ChatRequest, ImagePart
-from refineg_core.formats import read_twitter_gmner, write_twitter_gmner
-from refineg_core.plan import (
+from refineg_formats.twitter import read_twitter_gmner, write_twitter_gmner
+from refineg_frames.generic import PixelCodec
+from refineg_frames.qwen import Qwen3VLCodec, Qwen25VLCodec
+from refineg_plan.plan import (
     StageCost,
     TokenCounter,
     image_tokens,
     qwen_prompt_text,
 )
+
+from refineg_core.chat import ChatMessage, ChatRequest, ImagePart
 from refineg_core.testing import run_cli
-from tests.fakeserver import FakeOpenAIServer, ok
+from refineg_core.testing.fake_openai import FakeOpenAIServer, ok
 from tests.stagedata import paint_image
 
 pytest.importorskip("refineg_gazetteer", reason="pip install -e examples/refineg-gazetteer")
@@ -155,8 +156,9 @@ def test_image_tokens_follow_the_codec_resize_rule():
     assert image_tokens(Qwen3VLCodec(), (640, 480)) == 20 * 15
     # a huge image is capped by max_pixels (16384 cells)
     assert image_tokens(Qwen25VLCodec(), (20000, 20000)) <= 16384
-    # a pixel codec is costed as a Qwen2.5-VL server would resize what it sends
-    assert image_tokens(PixelCodec(max_side=320), (640, 480)) == 11 * 9  # 320x240 -> 308x252
+    # a frame that does not know its model's image cost is not guessed at
+    assert PixelCodec(max_side=320).image_tokens((640, 480)) is None
+    assert image_tokens(PixelCodec(max_side=320), (640, 480)) == 0
 
 
 def test_counting_renders_qwen_template_and_counts_images(tmp_path):

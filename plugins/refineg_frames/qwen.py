@@ -93,6 +93,12 @@ class _QwenResize:
             *original, factor=o.factor, min_pixels=o.min_pixels, max_pixels=o.max_pixels
         )
 
+    def image_tokens(self, original: tuple[int, int]) -> int:
+        """One token per ``factor`` x ``factor`` cell (14-px patches merged 2x2 for
+        Qwen2/2.5-VL: 28 px; Qwen3-VL: 32 px) of the resized image."""
+        w, h = self.model_size(original)
+        return (w // self.factor) * (h // self.factor)
+
 
 class Qwen25VLCodec(_QwenResize, ScaledFrame):
     """Qwen2.5-VL: absolute pixels of its resized input grid (``smart_resize``)."""

