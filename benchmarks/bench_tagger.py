@@ -86,10 +86,12 @@ def part_twitter(args) -> None:
     dev = load_dataset(DATA / "twitter-gmner" / "dev.txt").samples
     if args.train_limit:
         train = train[: args.train_limit]
+    if args.dev_limit:
+        dev = dev[: args.dev_limit]
     tagger = BertCrfTagger(opts(args, epochs=args.epochs, ensemble_size=args.ensemble,
                                 use_shape_features=not args.no_shape_features), TWITTER_TYPES)
     started = time.perf_counter()
-    report = tagger.fit(train, dev)
+    report = tagger.fit(train, None if args.no_fit_dev else dev)
     fit_s = time.perf_counter() - started
     if args.save:
         tagger.save(Path(args.save))
@@ -101,10 +103,10 @@ def part_twitter(args) -> None:
         "train_sentences": len(train), "dev_sentences": len(dev), "epochs": args.epochs,
         "seed": args.seed, "fit_seconds": fit_s,
         "seconds_per_epoch": [e["seconds"] for e in report["epochs"]],
-        "dev_f1_per_epoch": [e["dev"]["f1"] for e in report["epochs"]],
+        "dev_f1_per_epoch": [e["dev"]["f1"] for e in report["epochs"] if "dev" in e],
         "best_epoch": report["best_epoch"], "dev": scores, "gate": gate,
         "ensemble_size": args.ensemble,
-        "member_dev_f1_per_epoch": [[e["dev"]["f1"] for e in r["epochs"]]
+        "member_dev_f1_per_epoch": [[e["dev"]["f1"] for e in r["epochs"] if "dev" in e]
                                     for r in report.get("members", [report])],
         "member_seconds_per_epoch": [[e["seconds"] for e in r["epochs"]]
                                      for r in report.get("members", [report])],
@@ -310,7 +312,10 @@ def main() -> None:
     ap.add_argument("--no-shape-features", action="store_true",
                     help="twitter: ablation without the word-shape (casing) features")
     ap.add_argument("--train-limit", type=int, default=None, help="twitter: first N tweets only")
-    ap.add_argument("--dev-limit", type=int, default=None, help="curve/speed: first N dev tweets")
+    ap.add_argument("--dev-limit", type=int, default=None,
+                    help="twitter/curve/speed: first N dev tweets")
+    ap.add_argument("--no-fit-dev", action="store_true",
+                    help="twitter: no dev evaluation during fit (the last epoch is kept)")
     ap.add_argument("--sizes", default="100,500,1000")
     ap.add_argument("--seeds", default="1,2,3")
     ap.add_argument("--curve-epochs", default="100:10,500:5,1000:4",
