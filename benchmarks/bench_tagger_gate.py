@@ -163,7 +163,7 @@ def _compare_main() -> None:
         row.update(estimator=label, tagger_passes=passes, gate_seconds=time.perf_counter() - t0)
         doc["estimators"].append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "budget_rows"}), flush=True)
-        print("   ", [(r["budget"], round(r["oracle_f1"], 4), round(r["kept_precision"], 4))
+        print("   ", [(r["budget"], r["oracle_f1"], r["kept_precision"])
                       for r in row["budget_rows"]], flush=True)
 
     single = tagger.member(0)
@@ -208,10 +208,39 @@ def _compare_main() -> None:
     print(f"wrote {out}")
 
 
+def render_compare(doc: dict) -> str:
+    """Markdown table of one ``compare`` result (AUROC, AURC, budget rows, passes)."""
+
+    def pct(x):
+        return "–" if x is None else f"{100 * x:.1f}"
+
+    lines = [
+        "| estimator | tagger passes | tagger F1 | AUROC | AURC | "
+        + " | ".join(f"kept P / oracle F1 @{int(100 * r['budget'])}%"
+                     for r in doc["estimators"][0]["budget_rows"]) + " |",
+        "|---|---:|---:|---:|---:|" + "---:|" * len(doc["estimators"][0]["budget_rows"]),
+    ]
+    for e in doc["estimators"]:
+        cal = e.get("calibration", {}).get("temperature")
+        name = e["estimator"] + (f" (T = {cal:.2f})" if cal else "")
+        rows = " | ".join(f"{pct(r['kept_precision'])} / {pct(r['oracle_f1'])}"
+                          for r in e["budget_rows"])
+        auroc_s = "–" if e["auroc"] is None else f"{e['auroc']:.3f}"
+        lines.append(f"| {name} | {e['tagger_passes']} | {pct(e['tagger_f1'])} | {auroc_s} | "
+                     f"{'–' if e['aurc'] is None else format(e['aurc'], '.4f')} | {rows} |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     import sys as _sys
 
     if len(_sys.argv) > 1 and _sys.argv[1] == "compare":
         _compare_main()
+    elif len(_sys.argv) > 2 and _sys.argv[1] == "render":
+        import json as _json
+        from pathlib import Path as _Path
+
+        print(render_compare(_json.loads(_Path(_sys.argv[2]).read_text(encoding="utf-8"))))
     else:
-        raise SystemExit("usage: bench_tagger_gate.py compare --tagger DIR --name NAME [...]")
+        raise SystemExit("usage: bench_tagger_gate.py compare --tagger DIR --name NAME [...] | "
+                         "render results/gate_NAME.json")
