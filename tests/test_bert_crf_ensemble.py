@@ -20,12 +20,14 @@ from refineg_core.errors import TaggerError
 from refineg_core.formats import load_dataset
 from refineg_core.labels import LabelSet
 from refineg_core.types import Sample
-from tests.test_bert_crf import LABELS, tiny_options
+from tests.test_bert_crf import LABELS, TWITTER, tiny_options
 
 
 @pytest.fixture(scope="module")
-def data(twitter_dir):
-    tweets = load_dataset(twitter_dir / "train.txt", limit=80).samples
+def data():
+    if not TWITTER.exists():
+        pytest.skip(f"real data not found at {TWITTER}")
+    tweets = load_dataset(TWITTER / "train.txt", limit=80).samples
     short = Sample("short", ("Obama", "visits", "Paris", "today"), "Obama visits Paris today")
     empty = Sample("empty", (), "")
     return list(tweets[:32]), [*tweets[60:70], short, empty]
