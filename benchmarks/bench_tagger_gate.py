@@ -29,16 +29,18 @@ def auroc(scores: Sequence[float], positive: Sequence[bool]) -> float | None:
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def gate_quality(samples, predictions, taus: Sequence[float],
-                 budgets: Sequence[float] = (0.1, 0.2, 0.3)) -> dict:
+def gate_quality(
+    samples, predictions, taus: Sequence[float], budgets: Sequence[float] = (0.1, 0.2, 0.3)
+) -> dict:
     gold = [{e.key for e in s.entities} for s in samples]
     out: dict = {"rows": {}, "auroc": {}, "budget_rows": []}
     for aggregate in ("mean", "max"):
         base = EntropyGate(EntropyGate.Options(threshold=0.5, aggregate=aggregate))
         decisions = base.decide(samples, predictions)
         ents = [(e, e.key in g) for d, g in zip(decisions, gold, strict=True) for e in d.entities]
-        out["auroc"][aggregate] = auroc([e.uncertainty for e, _ in ents],
-                                        [not ok for _, ok in ents])
+        out["auroc"][aggregate] = auroc(
+            [e.uncertainty for e, _ in ents], [not ok for _, ok in ents]
+        )
         rows = []
         for tau in taus:
             gate = EntropyGate(EntropyGate.Options(threshold=tau, aggregate=aggregate))
@@ -47,8 +49,9 @@ def gate_quality(samples, predictions, taus: Sequence[float],
     for budget in budgets:
         gate = EntropyGate(EntropyGate.Options(threshold=0.0, budget=budget))
         out["budget_rows"].append(_row(gate, samples, predictions, gold, budget=budget))
-    out["tagger_f1"] = span_f1(gold, [{e.key for e in d.entities}
-                                      for d in EntropyGate().decide(samples, predictions)])["f1"]
+    out["tagger_f1"] = span_f1(
+        gold, [{e.key for e in d.entities} for d in EntropyGate().decide(samples, predictions)]
+    )["f1"]
     return out
 
 
@@ -58,11 +61,15 @@ def _row(gate: EntropyGate, samples, predictions, gold, **key) -> dict:
     n_del = sum(len(d.delegated) for d in decisions)
     kept = [(e.key in g) for d, g in zip(decisions, gold, strict=True) for e in d.kept]
     # Oracle upper bound: a delegated sample comes back exactly right (gold).
-    oracle = [g if d.delegate_sample else {e.key for e in d.entities}
-              for d, g in zip(decisions, gold, strict=True)]
+    oracle = [
+        g if d.delegate_sample else {e.key for e in d.entities}
+        for d, g in zip(decisions, gold, strict=True)
+    ]
     # Narrower oracle: only delegated entities are judged (wrong ones dropped), no recall gain.
-    entity_oracle = [{e.key for e in d.kept} | {e.key for e in d.delegated if e.key in g}
-                     for d, g in zip(decisions, gold, strict=True)]
+    entity_oracle = [
+        {e.key for e in d.kept} | {e.key for e in d.delegated if e.key in g}
+        for d, g in zip(decisions, gold, strict=True)
+    ]
     return {
         **key,
         "entities_delegated": n_del / n_ent if n_ent else 0.0,
@@ -87,8 +94,15 @@ def risk_coverage_area(uncertainty: Sequence[float], wrong: Sequence[bool]) -> f
     return float(np.mean(np.cumsum(errors) / np.arange(1, len(errors) + 1)))
 
 
-def estimator_quality(gate_cls, samples, predictions, *, options: dict | None = None,
-                      budgets: Sequence[float] = (0.1, 0.2, 0.3), calibrate: bool = False) -> dict:
+def estimator_quality(
+    gate_cls,
+    samples,
+    predictions,
+    *,
+    options: dict | None = None,
+    budgets: Sequence[float] = (0.1, 0.2, 0.3),
+    calibrate: bool = False,
+) -> dict:
     """AUROC / AURC of entity uncertainty for "wrong", and budget rows, for one gate class."""
     gold = [{e.key for e in s.entities} for s in samples]
     options = dict(options or {})
@@ -103,15 +117,19 @@ def estimator_quality(gate_cls, samples, predictions, *, options: dict | None = 
         return gate
 
     decisions = make(threshold=0.5).decide(samples, predictions)
-    ents = [(e.uncertainty, e.key not in g)
-            for d, g in zip(decisions, gold, strict=True) for e in d.entities]
+    ents = [
+        (e.uncertainty, e.key not in g)
+        for d, g in zip(decisions, gold, strict=True)
+        for e in d.entities
+    ]
     out["entities"] = len(ents)
     out["wrong_entities"] = sum(w for _, w in ents)
     out["auroc"] = auroc([u for u, _ in ents], [w for _, w in ents])
     out["aurc"] = risk_coverage_area([u for u, _ in ents], [w for _, w in ents])
     out["tagger_f1"] = span_f1(gold, [{e.key for e in d.entities} for d in decisions])["f1"]
-    out["budget_rows"] = [_row(make(threshold=0.0, budget=b), samples, predictions, gold,
-                               budget=b) for b in budgets]
+    out["budget_rows"] = [
+        _row(make(threshold=0.0, budget=b), samples, predictions, gold, budget=b) for b in budgets
+    ]
     if calibration:
         out["calibration"] = calibration
     return out
@@ -134,9 +152,11 @@ def _compare_main() -> None:
     ap.add_argument("--mc-dropout", type=int, default=5, help="K dropout passes (0: skip)")
     ap.add_argument("--dev-limit", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--data", type=Path,
-                    default=Path(os.environ.get("REFINEG_DATA", here.parent.parent / "shared"
-                                                / "data")))
+    ap.add_argument(
+        "--data",
+        type=Path,
+        default=Path(os.environ.get("REFINEG_DATA", here.parent.parent / "shared" / "data")),
+    )
     args = ap.parse_args(sys.argv[2:])
     torch.set_num_threads(args.threads)
     os.environ.setdefault("REFINEG_NO_PROGRESS", "1")
@@ -152,10 +172,15 @@ def _compare_main() -> None:
         dev = dev[: args.dev_limit]
     tagger = BertCrfTagger.load(Path(args.tagger))
     m = len(tagger.members)
-    doc: dict = {"tagger": args.tagger, "members": m, "dev_sentences": len(dev),
-                 "threads": torch.get_num_threads(), "mc_dropout_passes": args.mc_dropout,
-                 "command": "nice -n 5 python benchmarks/bench_tagger_gate.py "
-                            + " ".join(sys.argv[1:]), "estimators": []}
+    doc: dict = {
+        "tagger": args.tagger,
+        "members": m,
+        "dev_sentences": len(dev),
+        "threads": torch.get_num_threads(),
+        "mc_dropout_passes": args.mc_dropout,
+        "command": "nice -n 5 python benchmarks/bench_tagger_gate.py " + " ".join(sys.argv[1:]),
+        "estimators": [],
+    }
 
     def add(label, gate_cls, preds, passes, **kw):
         t0 = time.perf_counter()
@@ -163,8 +188,11 @@ def _compare_main() -> None:
         row.update(estimator=label, tagger_passes=passes, gate_seconds=time.perf_counter() - t0)
         doc["estimators"].append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "budget_rows"}), flush=True)
-        print("   ", [(r["budget"], r["oracle_f1"], r["kept_precision"])
-                      for r in row["budget_rows"]], flush=True)
+        print(
+            "   ",
+            [(r["budget"], r["oracle_f1"], r["kept_precision"]) for r in row["budget_rows"]],
+            flush=True,
+        )
 
     single = tagger.member(0)
     t0 = time.perf_counter()
@@ -176,8 +204,14 @@ def _compare_main() -> None:
     add(f"{prefix}: margin (mean)", MarginGate, one, 1)
     add(f"{prefix}: margin (max)", MarginGate, one, 1, options={"aggregate": "max"})
     add(f"{prefix}: temperature entropy (mean)", TemperatureEntropyGate, one, 1, calibrate=True)
-    add(f"{prefix}: temperature entropy (max)", TemperatureEntropyGate, one, 1,
-        options={"aggregate": "max"}, calibrate=True)
+    add(
+        f"{prefix}: temperature entropy (max)",
+        TemperatureEntropyGate,
+        one,
+        1,
+        options={"aggregate": "max"},
+        calibrate=True,
+    )
     if args.mc_dropout >= 2:
         single.options = single.options.model_copy(update={"mc_dropout_samples": args.mc_dropout})
         t0 = time.perf_counter()
@@ -185,23 +219,48 @@ def _compare_main() -> None:
         doc["mc_predict_seconds"] = time.perf_counter() - t0
         k = 1 + args.mc_dropout
         for agg in ("mean", "max"):
-            add(f"{prefix}: MC dropout K={args.mc_dropout} MI ({agg})", MCDropoutGate, mc, k,
-                options={"aggregate": agg})
-            add(f"{prefix}: MC dropout K={args.mc_dropout} predictive entropy ({agg})",
-                MCDropoutGate, mc, k, options={"aggregate": agg, "score": "predictive_entropy"})
+            add(
+                f"{prefix}: MC dropout K={args.mc_dropout} MI ({agg})",
+                MCDropoutGate,
+                mc,
+                k,
+                options={"aggregate": agg},
+            )
+            add(
+                f"{prefix}: MC dropout K={args.mc_dropout} predictive entropy ({agg})",
+                MCDropoutGate,
+                mc,
+                k,
+                options={"aggregate": agg, "score": "predictive_entropy"},
+            )
     if m > 1:
         t0 = time.perf_counter()
         ens = tagger.predict(dev)
         doc["ensemble_predict_seconds"] = time.perf_counter() - t0
         for agg in ("mean", "max"):
-            add(f"ensemble of {m}: entropy of mean marginals ({agg})", EntropyGate, ens, m,
-                options={"aggregate": agg})
-            add(f"ensemble of {m}: margin ({agg})", MarginGate, ens, m,
-                options={"aggregate": agg})
-            add(f"ensemble of {m}: mutual information ({agg})", EnsembleMIGate, ens, m,
-                options={"aggregate": agg})
-            add(f"ensemble of {m}: temperature entropy ({agg})", TemperatureEntropyGate, ens, m,
-                options={"aggregate": agg}, calibrate=True)
+            add(
+                f"ensemble of {m}: entropy of mean marginals ({agg})",
+                EntropyGate,
+                ens,
+                m,
+                options={"aggregate": agg},
+            )
+            add(f"ensemble of {m}: margin ({agg})", MarginGate, ens, m, options={"aggregate": agg})
+            add(
+                f"ensemble of {m}: mutual information ({agg})",
+                EnsembleMIGate,
+                ens,
+                m,
+                options={"aggregate": agg},
+            )
+            add(
+                f"ensemble of {m}: temperature entropy ({agg})",
+                TemperatureEntropyGate,
+                ens,
+                m,
+                options={"aggregate": agg},
+                calibrate=True,
+            )
     out = here / "results" / f"gate_{args.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2), encoding="utf-8")
@@ -216,18 +275,24 @@ def render_compare(doc: dict) -> str:
 
     lines = [
         "| estimator | tagger passes | tagger F1 | AUROC | AURC | "
-        + " | ".join(f"kept P / oracle F1 @{int(100 * r['budget'])}%"
-                     for r in doc["estimators"][0]["budget_rows"]) + " |",
+        + " | ".join(
+            f"kept P / oracle F1 @{int(100 * r['budget'])}%"
+            for r in doc["estimators"][0]["budget_rows"]
+        )
+        + " |",
         "|---|---:|---:|---:|---:|" + "---:|" * len(doc["estimators"][0]["budget_rows"]),
     ]
     for e in doc["estimators"]:
         cal = e.get("calibration", {}).get("temperature")
         name = e["estimator"] + (f" (T = {cal:.2f})" if cal else "")
-        rows = " | ".join(f"{pct(r['kept_precision'])} / {pct(r['oracle_f1'])}"
-                          for r in e["budget_rows"])
+        rows = " | ".join(
+            f"{pct(r['kept_precision'])} / {pct(r['oracle_f1'])}" for r in e["budget_rows"]
+        )
         auroc_s = "–" if e["auroc"] is None else f"{e['auroc']:.3f}"
-        lines.append(f"| {name} | {e['tagger_passes']} | {pct(e['tagger_f1'])} | {auroc_s} | "
-                     f"{'–' if e['aurc'] is None else format(e['aurc'], '.4f')} | {rows} |")
+        lines.append(
+            f"| {name} | {e['tagger_passes']} | {pct(e['tagger_f1'])} | {auroc_s} | "
+            f"{'–' if e['aurc'] is None else format(e['aurc'], '.4f')} | {rows} |"
+        )
     return "\n".join(lines)
 
 
@@ -242,5 +307,7 @@ if __name__ == "__main__":
 
         print(render_compare(_json.loads(_Path(_sys.argv[2]).read_text(encoding="utf-8"))))
     else:
-        raise SystemExit("usage: bench_tagger_gate.py compare --tagger DIR --name NAME [...] | "
-                         "render results/gate_NAME.json")
+        raise SystemExit(
+            "usage: bench_tagger_gate.py compare --tagger DIR --name NAME [...] | "
+            "render results/gate_NAME.json"
+        )
