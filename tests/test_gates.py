@@ -184,3 +184,39 @@ def test_budget_mode_applies_to_every_estimator(gate_cls):
     decisions = gate.decide(samples, preds)
     assert [d.delegate_sample for d in decisions] == [False, True, False, True]
     assert gate.last_stats["capped_by_budget"] == 2
+
+
+def _bench():
+    """benchmarks/bench_tagger_gate.py as a module (benchmarks/ is not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_tagger_gate.py"
+    spec = importlib.util.spec_from_file_location("bench_tagger_gate", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_risk_coverage_area_orders_perfect_random_and_reversed_rankings():
+    bench = _bench()
+    wrong = [False] * 8 + [True] * 2  # error rate 0.2
+    perfect = bench.risk_coverage_area(list(range(10)), wrong)
+    reverse = bench.risk_coverage_area(list(range(10))[::-1], wrong)
+    assert perfect == pytest.approx(np.mean([max(0, k - 8) / k for k in range(1, 11)]))
+    assert perfect < 0.2 < reverse
+    assert bench.risk_coverage_area([], []) is None
+
+
+def test_estimator_quality_scores_a_gate_on_gold():
+    bench = _bench()
+    samples, preds = [], []
+    for k, (p, right) in enumerate([(0.99, True), (0.95, True), (0.6, False), (0.55, False)]):
+        gold = (Entity(0, 1, "PER", "Obama"),) if right else ()
+        samples.append(Sample(f"s{k}", ("Obama",), "Obama", entities=gold))
+        preds.append(TaggerPrediction(f"s{k}", ("B-PER",), LABELS, np.array([[1 - p, p, 0.0]])))
+    row = bench.estimator_quality(MarginGate, samples, preds, budgets=(0.5,))
+    assert row["auroc"] == 1.0 and row["wrong_entities"] == 2
+    (budget,) = row["budget_rows"]
+    assert budget["samples_delegated"] == 0.5 and budget["kept_precision"] == 1.0
+    assert budget["oracle_f1"] == 1.0  # the two wrong samples delegated, returned as gold
