@@ -70,7 +70,7 @@ def evaluate(tagger: BertCrfTagger, samples) -> tuple[dict, list]:
 
 def opts(args, **kw) -> BertCrfTagger.Options:
     base = {"max_length": args.max_length, "batch_size": args.batch_size, "seed": args.seed,
-            "device": "cpu", "patience": None}
+            "device": "cpu", "patience": None, "encoder": args.encoder}
     base.update(kw)
     return BertCrfTagger.Options(**base)
 
@@ -81,20 +81,30 @@ def part_twitter(args) -> None:
     dev = load_dataset(DATA / "twitter-gmner" / "dev.txt").samples
     if args.train_limit:
         train = train[: args.train_limit]
-    tagger = BertCrfTagger(opts(args, epochs=args.epochs,
+    if args.dev_limit:
+        dev = dev[: args.dev_limit]
+    tagger = BertCrfTagger(opts(args, epochs=args.epochs, ensemble_size=args.ensemble,
                                 use_shape_features=not args.no_shape_features), TWITTER_TYPES)
     started = time.perf_counter()
-    report = tagger.fit(train, dev)
+    report = tagger.fit(train, None if args.no_fit_dev else dev)
     fit_s = time.perf_counter() - started
+    if args.save:
+        tagger.save(Path(args.save))
     scores, preds = evaluate(tagger, dev)
     gate = gate_quality(dev, preds, [x / 10 for x in range(1, 10)])
-    write("twitter_noshape" if args.no_shape_features else "twitter", {
+    write(("twitter_noshape" if args.no_shape_features else "twitter") + args.suffix, {
+        "encoder": args.encoder or "all-minilm-l6-v2",
         "shape_features": not args.no_shape_features,
         "train_sentences": len(train), "dev_sentences": len(dev), "epochs": args.epochs,
         "seed": args.seed, "fit_seconds": fit_s,
         "seconds_per_epoch": [e["seconds"] for e in report["epochs"]],
-        "dev_f1_per_epoch": [e["dev"]["f1"] for e in report["epochs"]],
+        "dev_f1_per_epoch": [e["dev"]["f1"] for e in report["epochs"] if "dev" in e],
         "best_epoch": report["best_epoch"], "dev": scores, "gate": gate,
+        "ensemble_size": args.ensemble,
+        "member_dev_f1_per_epoch": [[e["dev"]["f1"] for e in r["epochs"] if "dev" in e]
+                                    for r in report.get("members", [report])],
+        "member_seconds_per_epoch": [[e["seconds"] for e in r["epochs"]]
+                                     for r in report.get("members", [report])],
         "peak_rss_mb": peak_rss_mb(),
     })
 
@@ -111,18 +121,21 @@ def part_curve(args) -> None:
             subset = random.Random(seed).sample(list(train), min(size, len(train)))
             for shapes in (True, False) if size in args.ablation_sizes else (True,):
                 tagger = BertCrfTagger(
-                    opts(args, epochs=epochs[size], seed=seed, use_shape_features=shapes),
+                    opts(args, epochs=epochs[size], seed=seed, use_shape_features=shapes,
+                         ensemble_size=args.ensemble),
                     TWITTER_TYPES)
                 t0 = time.perf_counter()
                 tagger.fit(subset, None)
                 scores, _ = evaluate(tagger, dev)
                 runs.append({"size": size, "seed": seed, "shape_features": shapes,
+                             "ensemble_size": args.ensemble,
                              "epochs": epochs[size], "f1": scores["f1"],
                              "precision": scores["precision"], "recall": scores["recall"],
                              "seconds": time.perf_counter() - t0})
                 print(runs[-1], flush=True)
-    write("curve", {"runs": runs, "summary": summarise(runs, ("size", "shape_features")),
-                    "dev_sentences": len(dev), "peak_rss_mb": peak_rss_mb()})
+    write("curve" + args.suffix, {
+        "runs": runs, "summary": summarise(runs, ("size", "shape_features")),
+        "dev_sentences": len(dev), "peak_rss_mb": peak_rss_mb()})
 
 
 def summarise(runs: list[dict], keys: tuple[str, ...]) -> list[dict]:
@@ -294,7 +307,10 @@ def main() -> None:
     ap.add_argument("--no-shape-features", action="store_true",
                     help="twitter: ablation without the word-shape (casing) features")
     ap.add_argument("--train-limit", type=int, default=None, help="twitter: first N tweets only")
-    ap.add_argument("--dev-limit", type=int, default=None, help="curve/speed: first N dev tweets")
+    ap.add_argument("--dev-limit", type=int, default=None,
+                    help="twitter/curve/speed: first N dev tweets")
+    ap.add_argument("--no-fit-dev", action="store_true",
+                    help="twitter: no dev evaluation during fit (the last epoch is kept)")
     ap.add_argument("--sizes", default="100,500,1000")
     ap.add_argument("--seeds", default="1,2,3")
     ap.add_argument("--curve-epochs", default="100:10,500:5,1000:4",
@@ -302,7 +318,13 @@ def main() -> None:
     ap.add_argument("--ablation-sizes", default="500,1000",
                     type=lambda s: {int(x) for x in s.split(",") if x},
                     help="curve sizes also trained without shape features")
-    ap.add_argument("--suffix", default="", help="ccks: suffix of the result file (variants)")
+    ap.add_argument("--suffix", default="",
+                    help="twitter/ccks: suffix of the result file (variants)")
+    ap.add_argument("--encoder", default=None,
+                    help="encoder name (all-minilm-l6-v2, all-mpnet-base-v2) or local folder")
+    ap.add_argument("--save", default=None, help="twitter: save the trained tagger here")
+    ap.add_argument("--ensemble", type=int, default=1,
+                    help="twitter/curve: ensemble members (seeds seed, seed+1, ...)")
     ap.add_argument("--settings", default="gold,gold+synthetic",
                     help="ccks: which settings to train (comma-separated)")
     ap.add_argument("--synthetic-with-entities", action="store_true",

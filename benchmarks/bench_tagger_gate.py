@@ -29,16 +29,18 @@ def auroc(scores: Sequence[float], positive: Sequence[bool]) -> float | None:
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def gate_quality(samples, predictions, taus: Sequence[float],
-                 budgets: Sequence[float] = (0.1, 0.2, 0.3)) -> dict:
+def gate_quality(
+    samples, predictions, taus: Sequence[float], budgets: Sequence[float] = (0.1, 0.2, 0.3)
+) -> dict:
     gold = [{e.key for e in s.entities} for s in samples]
     out: dict = {"rows": {}, "auroc": {}, "budget_rows": []}
     for aggregate in ("mean", "max"):
         base = EntropyGate(EntropyGate.Options(threshold=0.5, aggregate=aggregate))
         decisions = base.decide(samples, predictions)
         ents = [(e, e.key in g) for d, g in zip(decisions, gold, strict=True) for e in d.entities]
-        out["auroc"][aggregate] = auroc([e.uncertainty for e, _ in ents],
-                                        [not ok for _, ok in ents])
+        out["auroc"][aggregate] = auroc(
+            [e.uncertainty for e, _ in ents], [not ok for _, ok in ents]
+        )
         rows = []
         for tau in taus:
             gate = EntropyGate(EntropyGate.Options(threshold=tau, aggregate=aggregate))
@@ -47,8 +49,9 @@ def gate_quality(samples, predictions, taus: Sequence[float],
     for budget in budgets:
         gate = EntropyGate(EntropyGate.Options(threshold=0.0, budget=budget))
         out["budget_rows"].append(_row(gate, samples, predictions, gold, budget=budget))
-    out["tagger_f1"] = span_f1(gold, [{e.key for e in d.entities}
-                                      for d in EntropyGate().decide(samples, predictions)])["f1"]
+    out["tagger_f1"] = span_f1(
+        gold, [{e.key for e in d.entities} for d in EntropyGate().decide(samples, predictions)]
+    )["f1"]
     return out
 
 
@@ -58,11 +61,15 @@ def _row(gate: EntropyGate, samples, predictions, gold, **key) -> dict:
     n_del = sum(len(d.delegated) for d in decisions)
     kept = [(e.key in g) for d, g in zip(decisions, gold, strict=True) for e in d.kept]
     # Oracle upper bound: a delegated sample comes back exactly right (gold).
-    oracle = [g if d.delegate_sample else {e.key for e in d.entities}
-              for d, g in zip(decisions, gold, strict=True)]
+    oracle = [
+        g if d.delegate_sample else {e.key for e in d.entities}
+        for d, g in zip(decisions, gold, strict=True)
+    ]
     # Narrower oracle: only delegated entities are judged (wrong ones dropped), no recall gain.
-    entity_oracle = [{e.key for e in d.kept} | {e.key for e in d.delegated if e.key in g}
-                     for d, g in zip(decisions, gold, strict=True)]
+    entity_oracle = [
+        {e.key for e in d.kept} | {e.key for e in d.delegated if e.key in g}
+        for d, g in zip(decisions, gold, strict=True)
+    ]
     return {
         **key,
         "entities_delegated": n_del / n_ent if n_ent else 0.0,
@@ -71,3 +78,236 @@ def _row(gate: EntropyGate, samples, predictions, gold, **key) -> dict:
         "oracle_f1": span_f1(gold, oracle)["f1"],
         "entity_oracle_f1": span_f1(gold, entity_oracle)["f1"],
     }
+
+
+# ----------------------------------------------------------------- estimators compared
+def risk_coverage_area(uncertainty: Sequence[float], wrong: Sequence[bool]) -> float | None:
+    """Area under the risk-coverage curve: keep entities most-certain first; mean error rate.
+
+    Lower is better; a perfect ranking gives ``~ e^2/2`` for error rate ``e``, a random
+    one ``~ e``.
+    """
+    if not len(wrong):
+        return None
+    order = np.argsort(np.asarray(uncertainty, dtype=float), kind="mergesort")
+    errors = np.asarray(wrong, dtype=float)[order]
+    return float(np.mean(np.cumsum(errors) / np.arange(1, len(errors) + 1)))
+
+
+def estimator_quality(
+    gate_cls,
+    samples,
+    predictions,
+    *,
+    options: dict | None = None,
+    budgets: Sequence[float] = (0.1, 0.2, 0.3),
+    calibrate: bool = False,
+) -> dict:
+    """AUROC / AURC of entity uncertainty for "wrong", and budget rows, for one gate class."""
+    gold = [{e.key for e in s.entities} for s in samples]
+    options = dict(options or {})
+    out: dict = {"options": options}
+    calibration = None
+
+    def make(**kw):
+        nonlocal calibration
+        gate = gate_cls(gate_cls.Options(**{**options, **kw}))
+        report = gate.calibrate(samples, predictions) if calibrate else {}
+        calibration = report or calibration
+        return gate
+
+    decisions = make(threshold=0.5).decide(samples, predictions)
+    ents = [
+        (e.uncertainty, e.key not in g)
+        for d, g in zip(decisions, gold, strict=True)
+        for e in d.entities
+    ]
+    out["entities"] = len(ents)
+    out["wrong_entities"] = sum(w for _, w in ents)
+    out["auroc"] = auroc([u for u, _ in ents], [w for _, w in ents])
+    out["aurc"] = risk_coverage_area([u for u, _ in ents], [w for _, w in ents])
+    out["tagger_f1"] = span_f1(gold, [{e.key for e in d.entities} for d in decisions])["f1"]
+    out["budget_rows"] = [
+        _row(make(threshold=0.0, budget=b), samples, predictions, gold, budget=b) for b in budgets
+    ]
+    if calibration:
+        out["calibration"] = calibration
+    return out
+
+
+def _compare_main() -> None:
+    import argparse
+    import json
+    import os
+    import sys
+    import time
+    from pathlib import Path
+
+    import torch
+
+    here = Path(__file__).resolve().parent
+    ap = argparse.ArgumentParser(description="Every uncertainty estimator on one dev split.")
+    ap.add_argument("--tagger", required=True, help="saved bert_crf tagger (an ensemble or not)")
+    ap.add_argument("--name", required=True, help="result file: results/gate_<name>.json")
+    ap.add_argument("--mc-dropout", type=int, default=5, help="K dropout passes (0: skip)")
+    ap.add_argument("--dev-limit", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--data",
+        type=Path,
+        default=Path(os.environ.get("REFINEG_DATA", here.parent.parent / "shared" / "data")),
+    )
+    args = ap.parse_args(sys.argv[2:])
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("REFINEG_NO_PROGRESS", "1")
+    from refineg_bert_crf.tagger import BertCrfTagger
+    from refineg_gates.margin import MarginGate
+    from refineg_gates.sampling import EnsembleMIGate, MCDropoutGate
+    from refineg_gates.temperature import TemperatureEntropyGate
+
+    from refineg_core.formats import load_dataset
+
+    dev = list(load_dataset(args.data / "twitter-gmner" / "dev.txt").samples)
+    if args.dev_limit:
+        dev = dev[: args.dev_limit]
+    tagger = BertCrfTagger.load(Path(args.tagger))
+    m = len(tagger.members)
+    doc: dict = {
+        "tagger": args.tagger,
+        "members": m,
+        "dev_sentences": len(dev),
+        "threads": torch.get_num_threads(),
+        "mc_dropout_passes": args.mc_dropout,
+        "command": "nice -n 5 python benchmarks/bench_tagger_gate.py " + " ".join(sys.argv[1:]),
+        "estimators": [],
+    }
+
+    def add(label, gate_cls, preds, passes, **kw):
+        t0 = time.perf_counter()
+        row = estimator_quality(gate_cls, dev, preds, **kw)
+        row.update(estimator=label, tagger_passes=passes, gate_seconds=time.perf_counter() - t0)
+        doc["estimators"].append(row)
+        print(json.dumps({k: v for k, v in row.items() if k != "budget_rows"}), flush=True)
+        print(
+            "   ",
+            [(r["budget"], r["oracle_f1"], r["kept_precision"]) for r in row["budget_rows"]],
+            flush=True,
+        )
+
+    single = tagger.member(0)
+    t0 = time.perf_counter()
+    one = single.predict(dev)
+    doc["single_predict_seconds"] = time.perf_counter() - t0
+    prefix = "member 0" if m > 1 else "single"
+    add(f"{prefix}: entropy (mean)", EntropyGate, one, 1)
+    add(f"{prefix}: entropy (max)", EntropyGate, one, 1, options={"aggregate": "max"})
+    add(f"{prefix}: margin (mean)", MarginGate, one, 1)
+    add(f"{prefix}: margin (max)", MarginGate, one, 1, options={"aggregate": "max"})
+    add(f"{prefix}: temperature entropy (mean)", TemperatureEntropyGate, one, 1, calibrate=True)
+    add(
+        f"{prefix}: temperature entropy (max)",
+        TemperatureEntropyGate,
+        one,
+        1,
+        options={"aggregate": "max"},
+        calibrate=True,
+    )
+    if args.mc_dropout >= 2:
+        single.options = single.options.model_copy(update={"mc_dropout_samples": args.mc_dropout})
+        t0 = time.perf_counter()
+        mc = single.predict(dev)
+        doc["mc_predict_seconds"] = time.perf_counter() - t0
+        k = 1 + args.mc_dropout
+        for agg in ("mean", "max"):
+            add(
+                f"{prefix}: MC dropout K={args.mc_dropout} MI ({agg})",
+                MCDropoutGate,
+                mc,
+                k,
+                options={"aggregate": agg},
+            )
+            add(
+                f"{prefix}: MC dropout K={args.mc_dropout} predictive entropy ({agg})",
+                MCDropoutGate,
+                mc,
+                k,
+                options={"aggregate": agg, "score": "predictive_entropy"},
+            )
+    if m > 1:
+        t0 = time.perf_counter()
+        ens = tagger.predict(dev)
+        doc["ensemble_predict_seconds"] = time.perf_counter() - t0
+        for agg in ("mean", "max"):
+            add(
+                f"ensemble of {m}: entropy of mean marginals ({agg})",
+                EntropyGate,
+                ens,
+                m,
+                options={"aggregate": agg},
+            )
+            add(f"ensemble of {m}: margin ({agg})", MarginGate, ens, m, options={"aggregate": agg})
+            add(
+                f"ensemble of {m}: mutual information ({agg})",
+                EnsembleMIGate,
+                ens,
+                m,
+                options={"aggregate": agg},
+            )
+            add(
+                f"ensemble of {m}: temperature entropy ({agg})",
+                TemperatureEntropyGate,
+                ens,
+                m,
+                options={"aggregate": agg},
+                calibrate=True,
+            )
+    out = here / "results" / f"gate_{args.name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2), encoding="utf-8")
+    print(f"wrote {out}")
+
+
+def render_compare(doc: dict) -> str:
+    """Markdown table of one ``compare`` result (AUROC, AURC, budget rows, passes)."""
+
+    def pct(x):
+        return "–" if x is None else f"{100 * x:.1f}"
+
+    lines = [
+        "| estimator | tagger passes | tagger F1 | AUROC | AURC | "
+        + " | ".join(
+            f"kept P / oracle F1 @{int(100 * r['budget'])}%"
+            for r in doc["estimators"][0]["budget_rows"]
+        )
+        + " |",
+        "|---|---:|---:|---:|---:|" + "---:|" * len(doc["estimators"][0]["budget_rows"]),
+    ]
+    for e in doc["estimators"]:
+        cal = e.get("calibration", {}).get("temperature")
+        name = e["estimator"] + (f" (T = {cal:.2f})" if cal else "")
+        rows = " | ".join(
+            f"{pct(r['kept_precision'])} / {pct(r['oracle_f1'])}" for r in e["budget_rows"]
+        )
+        auroc_s = "–" if e["auroc"] is None else f"{e['auroc']:.3f}"
+        lines.append(
+            f"| {name} | {e['tagger_passes']} | {pct(e['tagger_f1'])} | {auroc_s} | "
+            f"{'–' if e['aurc'] is None else format(e['aurc'], '.4f')} | {rows} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import sys as _sys
+
+    if len(_sys.argv) > 1 and _sys.argv[1] == "compare":
+        _compare_main()
+    elif len(_sys.argv) > 2 and _sys.argv[1] == "render":
+        import json as _json
+        from pathlib import Path as _Path
+
+        print(render_compare(_json.loads(_Path(_sys.argv[2]).read_text(encoding="utf-8"))))
+    else:
+        raise SystemExit(
+            "usage: bench_tagger_gate.py compare --tagger DIR --name NAME [...] | "
+            "render results/gate_NAME.json"
+        )

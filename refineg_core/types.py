@@ -248,19 +248,31 @@ class TaggerPrediction:
 
     ``marginals[i, j]`` is P(token i has label ``label_names[j]``); rows sum to 1.
     The uncertainty gate needs the marginals, not only the Viterbi path.
+    Optional stacks of marginals ``(M, tokens, labels)`` let a gate measure
+    disagreement: ``member_marginals`` from the M members of an ensemble
+    (``marginals`` is then their mean), ``dropout_marginals`` from M stochastic
+    (MC dropout) passes.
     """
 
     sample_id: str
     tags: tuple[str, ...]
     label_names: tuple[str, ...]
     marginals: np.ndarray
+    member_marginals: np.ndarray | None = None
+    dropout_marginals: np.ndarray | None = None
 
     def __attrs_post_init__(self) -> None:
-        if self.marginals.shape != (len(self.tags), len(self.label_names)):
+        shape = (len(self.tags), len(self.label_names))
+        if self.marginals.shape != shape:
             raise DataError(
                 f"{self.sample_id}: marginals shape {self.marginals.shape} does not match "
                 f"{len(self.tags)} tokens x {len(self.label_names)} labels"
             )
+        for name in ("member_marginals", "dropout_marginals"):
+            stack = getattr(self, name)
+            if stack is not None and (stack.ndim != 3 or stack.shape[1:] != shape):
+                raise DataError(f"{self.sample_id}: {name} shape {stack.shape} is not "
+                                f"(M, {shape[0]}, {shape[1]})")
 
 
 @attrs.frozen

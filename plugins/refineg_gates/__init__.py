@@ -1,0 +1,1 @@
+"""Uncertainty estimators for the gate: margin, MC dropout, ensemble MI, temperature scaling."""

@@ -1,0 +1,161 @@
+"""The keep/delegate logic every token-score gate shares.
+
+A gate plugin supplies one thing: a per-token uncertainty in 0..1
+(:meth:`TokenScoreGate.token_uncertainty`), optionally from recalibrated
+probabilities (:meth:`TokenScoreGate.probabilities`). This base turns it into
+decisions:
+
+- entity uncertainty: mean or max of the token scores over its tokens
+  (``aggregate``); its confidence is the mean (with ``max``: the minimum)
+  probability of the decoded tag over its tokens;
+- sample "missed entity" uncertainty: the highest token score among tokens
+  decoded as ``O`` (0 when there is none).
+
+Threshold mode: an entity is delegated when its uncertainty is > τ, a sample
+when it has a delegated entity or its missed-entity score is > τ.
+
+Budget mode (``budget`` = a fraction of samples): the threshold decision is
+capped. Delegated samples cost one MLLM call each, so the budget counts
+*samples*: every sample that the threshold would delegate is ranked by its
+score ``max(missed-entity score, uncertainty of its delegated entities)``,
+highest first (ties: input order), and only the first ``floor(budget * N)``
+stay delegated; the others keep all their entities. Set ``threshold: 0`` to
+delegate exactly the budget's most uncertain samples.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import pydantic
+
+from refineg_core.errors import DataError
+from refineg_core.interfaces import PluginOptions, UncertaintyEstimator
+from refineg_core.labels import tags_to_spans
+from refineg_core.types import SOURCE_TAGGER, Entity, GateDecision, Sample, TaggerPrediction
+
+
+class GateOptions(PluginOptions):
+    """Options every token-score gate has (subclasses add their own)."""
+
+    threshold: pydantic.confloat(ge=0, le=1) = 0.4
+    aggregate: Literal["mean", "max"] = "mean"
+    budget: pydantic.confloat(ge=0, le=1) | None = pydantic.Field(
+        None, description="delegate at most this fraction of samples, most uncertain first"
+    )
+    missed_entities: bool = pydantic.Field(
+        True, description="delegate samples whose O tokens look uncertain"
+    )
+
+
+def normalised_entropy(p: np.ndarray) -> np.ndarray:
+    """Entropy over the last axis divided by log(#labels): [..., L] -> [...] in 0..1."""
+    p = np.asarray(p, dtype=np.float64)
+    n_labels = p.shape[-1]
+    if n_labels < 2 or p.size == 0:
+        return np.zeros(p.shape[:-1])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h = -np.where(p > 0, p * np.log(p), 0.0).sum(axis=-1)
+    return np.clip(h / math.log(n_labels), 0.0, 1.0)
+
+
+class TokenScoreGate(UncertaintyEstimator):
+    """Threshold / budget gate over a per-token uncertainty that subclasses define."""
+
+    Options = GateOptions
+
+    def __init__(self, options=None, labels=None):
+        super().__init__(options, labels)
+        self.options: GateOptions
+        #: Counts from the last ``decide`` call (repaired tags, capped samples).
+        self.last_stats: dict[str, int] = {}
+
+    # ---------------------------------------------------------------- the plugin's part
+    @abc.abstractmethod
+    def token_uncertainty(self, pred: TaggerPrediction, probs: np.ndarray) -> np.ndarray:
+        """Uncertainty of each token in 0..1, shape [T]; ``probs`` = :meth:`probabilities`."""
+
+    def probabilities(self, pred: TaggerPrediction) -> np.ndarray:
+        """The per-token label probabilities the gate trusts (default: the marginals)."""
+        return np.asarray(pred.marginals, dtype=np.float64)
+
+    # ---------------------------------------------------------------- shared logic
+    def score(self, sample: Sample, pred: TaggerPrediction) -> tuple[list[Entity], float]:
+        """The sample's predicted entities with uncertainty/confidence, and its missed score."""
+        if pred.sample_id != sample.id:
+            raise DataError(
+                f"prediction for {pred.sample_id!r} paired with sample {sample.id!r}",
+                where="uncertainty",
+            )
+        if len(pred.tags) != len(sample.tokens):
+            raise DataError(
+                f"{len(pred.tags)} predicted tags for {len(sample.tokens)} tokens",
+                where=f"uncertainty: sample {sample.id}",
+            )
+        probs = self.probabilities(pred)
+        u = np.asarray(self.token_uncertainty(pred, probs), dtype=np.float64)
+        if u.shape != (len(pred.tags),) or not np.all(np.isfinite(u)):
+            raise DataError(
+                f"token uncertainty has shape {u.shape} or non-finite values",
+                where=f"uncertainty: sample {sample.id}",
+            )
+        index = {t: i for i, t in enumerate(pred.label_names)}
+        decoded = tags_to_spans(pred.tags)
+        self.last_stats["tag_repairs"] = self.last_stats.get("tag_repairs", 0) + decoded.repairs
+        p_tag = np.array(
+            [probs[i, index[t]] if t in index else 0.0 for i, t in enumerate(pred.tags)]
+        )
+        entities = []
+        for start, end, etype in decoded.spans:
+            if self.options.aggregate == "max":
+                unc, conf = float(u[start:end].max()), float(p_tag[start:end].min())
+            else:
+                unc, conf = float(u[start:end].mean()), float(p_tag[start:end].mean())
+            entities.append(
+                Entity(
+                    start,
+                    end,
+                    etype,
+                    sample.span_text(start, end),
+                    source=SOURCE_TAGGER,
+                    uncertainty=unc,
+                    confidence=conf,
+                )
+            )
+        outside = [i for i, t in enumerate(pred.tags) if t == "O"]
+        missed = float(u[outside].max()) if outside else 0.0
+        return entities, missed
+
+    def decide(
+        self, samples: Sequence[Sample], predictions: Sequence[TaggerPrediction]
+    ) -> list[GateDecision]:
+        if len(samples) != len(predictions):
+            raise DataError(
+                f"{len(samples)} samples but {len(predictions)} predictions", where="uncertainty"
+            )
+        tau = self.options.threshold
+        self.last_stats = {"tag_repairs": 0, "capped_by_budget": 0}
+        scored = [self.score(s, p) for s, p in zip(samples, predictions, strict=True)]
+        wants: list[bool] = []
+        ranks: list[float] = []
+        for entities, missed in scored:
+            unc = [e.uncertainty for e in entities if e.uncertainty > tau]
+            missed_hit = self.options.missed_entities and missed > tau
+            wants.append(bool(unc) or missed_hit)
+            ranks.append(max([*unc, missed if self.options.missed_entities else 0.0]))
+        if self.options.budget is not None:
+            cap = math.floor(self.options.budget * len(samples))
+            order = sorted((i for i, w in enumerate(wants) if w), key=lambda i: -ranks[i])
+            for i in order[cap:]:
+                wants[i] = False
+            self.last_stats["capped_by_budget"] = max(0, len(order) - cap)
+        decisions = []
+        for sample, (entities, missed), delegate in zip(samples, scored, wants, strict=True):
+            delegated = tuple(e for e in entities if delegate and e.uncertainty > tau)
+            kept = tuple(e for e in entities if e not in delegated)
+            decisions.append(GateDecision(sample.id, kept, delegated, missed, delegate))
+        return decisions
