@@ -433,9 +433,8 @@ class BertCrfTagger(Tagger):
                                   "copied from another tagger)", where=where)
         labels_doc = cls._read_json(directory, "labels.json")
         try:
-            config_options = options
             options = cls.Options.model_validate(cls._read_json(directory, "options.json"))
-            saved_labels = LabelSet(labels_doc["types"])
+            labels = LabelSet(labels_doc["types"])
         except (pydantic.ValidationError, KeyError, DataError) as exc:
             raise TaggerError(f"options.json / labels.json are invalid: {exc}",
                               where=where) from None
