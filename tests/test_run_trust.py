@@ -96,8 +96,12 @@ def test_changed_gate_setting_recomputes_downstream_reuses_tagger_and_says_why(d
         assert calls > 0
 
         run = tmp_path / "run"
-        retry = [r.id for stage in ("refine", "ground")
-                 for r in read_results(run / f"{stage}.jsonl") if needs_retry(r, stage)]
+        retry = [
+            r.id
+            for stage in ("refine", "ground")
+            for r in read_results(run / f"{stage}.jsonl")
+            if needs_retry(r, stage)
+        ]
         same = run_cli(["run", "-c", str(cfg)])
         assert same.code == 0, same.stderr
         # an unchanged rerun asks again only what had no usable answer (none here)
@@ -353,9 +357,11 @@ def test_two_replicas_one_killed_mid_run_the_summary_counts_each(data, tmp_path)
             return answer(request)
 
         a.responder = dies_after_five
-        text = config(root, a.base_url, tmp_path / "run").replace(
-            f'base_url = "{a.base_url}"', f'base_url = ["{a.base_url}", "{b.base_url}"]'
-        ).replace("threshold = 0.4", "threshold = 0.0")
+        text = (
+            config(root, a.base_url, tmp_path / "run")
+            .replace(f'base_url = "{a.base_url}"', f'base_url = ["{a.base_url}", "{b.base_url}"]')
+            .replace("threshold = 0.4", "threshold = 0.0")
+        )
         result = run_cli(["run", "-c", str(write_config(tmp_path, text))])
         assert result.code == 0, result.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -363,3 +369,22 @@ def test_two_replicas_one_killed_mid_run_the_summary_counts_each(data, tmp_path)
     assert len(endpoints) == 2 and all(e["requests"] > 0 for e in endpoints.values())
     final = read_results(tmp_path / "run" / "final.jsonl")
     assert len(final) == len(gold) and not any(r.failures for r in final)
+
+
+def test_a_gate_that_fits_on_dev_is_calibrated_by_the_run(data, tmp_path):
+    root, _ = data
+    text = (
+        config(root, "http://127.0.0.1:9/v1", tmp_path / "run")
+        .replace(
+            "[uncertainty.options]",
+            '[uncertainty]\nplugin = "temperature_entropy"\n[uncertainty.options]',
+        )
+        .replace("[data.predict]", f'[data.dev]\npath = "{root}/dev/dev.txt"\n[data.predict]')
+    )
+    cfg = write_config(tmp_path, text)
+    result = run_cli(["run", "-c", str(cfg)])
+    assert result.code == 0, result.stderr
+    calibration = json.loads((tmp_path / "run" / "summary.json").read_text())["calibration"]
+    assert calibration["temperature"] > 0
+    status = run_cli(["status", "-c", str(cfg), "--json"])
+    assert json.loads(status.stdout)["predict"]["state"] == "fresh"

@@ -39,6 +39,7 @@ from refineg_core.formats import Dataset, load_dataset, load_source
 from refineg_core.formats.native import read_results, write_jsonl
 from refineg_core.formats.paths import output_dir
 from refineg_core.hooks import get_hooks
+from refineg_core.interfaces import UncertaintyEstimator
 from refineg_core.mllm_cache import CachedBackend
 from refineg_core.pipeline.context import RunContext
 from refineg_core.pipeline.fingerprint import (
@@ -212,6 +213,10 @@ class Pipeline:
                 self.context.options("uncertainty").model_dump(mode="json"), "uncertainty.options"
             ),
             "data.predict": dataset_digest(self.require("predict")),
+            # a gate that fits on dev (temperature) decides differently when dev changes
+            **(
+                {"data.dev": dataset_digest(self.dataset("dev"))} if self._gate_calibrates() else {}
+            ),
         }
 
     def stage_settings(self, stage: str):
@@ -405,11 +410,33 @@ class Pipeline:
         hooks.stage_finished("predict", data)
         return results
 
+    def _gate_calibrates(self) -> bool:
+        gate_cls = self.context.plugin_class("uncertainty")
+        return getattr(gate_cls, "calibrate", None) is not UncertaintyEstimator.calibrate
+
+    def calibrated_gate(self) -> UncertaintyEstimator:
+        """The run's gate, calibrated once on data.dev when the estimator fits
+        parameters (e.g. a temperature); its report goes into the summary."""
+        gate = self.context.gate()
+        if self._gate_calibrates() and "calibration" not in self.summary:
+            dev = self.dataset("dev")
+            if dev is None:
+                self.log(
+                    f"uncertainty: {self.config.uncertainty.plugin} fits on data.dev, "
+                    "which is not configured"
+                )
+                self.summary["calibration"] = {"skipped": "no data.dev"}
+            else:
+                samples = list(dev.samples)
+                predictions = self.load_tagger().predict(samples)
+                self.summary["calibration"] = gate.calibrate(samples, predictions)
+        return gate
+
     def tag(self, samples: Sequence[Sample]) -> list[SampleResult]:
         """The tagger's entities with the gate's verdict (the predict stage, in memory)."""
         samples = list(samples)
         predictions = self.load_tagger().predict(samples)
-        decisions = self.context.gate().decide(samples, predictions)
+        decisions = self.calibrated_gate().decide(samples, predictions)
         return [
             SampleResult(s, d.entities, gate=GateVerdict.of(d))
             for s, d in zip(samples, decisions, strict=True)
@@ -460,7 +487,10 @@ class Pipeline:
         with tempfile.TemporaryDirectory(prefix="refineg-api-") as tmp:
             if self.stage_mode("refine") is not False:
                 results, _ = run_refine(
-                    results, backend, self.labels, self.stage_settings("refine"),
+                    results,
+                    backend,
+                    self.labels,
+                    self.stage_settings("refine"),
                     Path(tmp) / "r.jsonl",
                 )
             if self.stage_mode("ground") is not False:
