@@ -9,6 +9,8 @@ are not needed to load it):
 - ``labels.json`` — the tag vocabulary, scheme and the label set's types
 - ``options.json`` — the options it was trained with
 - ``manifest.json`` — every file above with its size and SHA-256
+- ``inference/`` — the encoder exported for fast CPU prediction (ONNX), named
+  by the weights' SHA-256; a cache, not in the manifest, rebuilt when stale
 
 Loading checks the manifest first, so a missing, truncated or swapped file is
 one clear :class:`TaggerError` instead of a shape error deep inside torch.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -28,6 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoTokenizer
 
+from refineg_bert_crf import inference
 from refineg_bert_crf.model import BertCrfModel, EncodedSentence, SentenceEncoder, build_encoder
 from refineg_bert_crf.model import encoder_config as make_encoder_config
 from refineg_bert_crf.training import length_batches, set_seed, span_f1, train_loop
@@ -37,10 +41,14 @@ from refineg_core.labels import LabelSet, spans_to_tags, tags_to_spans
 from refineg_core.progress import bar
 from refineg_core.types import Sample, TaggerPrediction
 
+log = logging.getLogger(__name__)
+
 FORMAT = "refineg-bert-crf"
 FORMAT_VERSION = 1
 WEIGHTS = "weights.safetensors"
 REQUIRED = (WEIGHTS, "labels.json", "options.json", "encoder.json", "encoder/config.json")
+#: Options a config may change on a saved tagger: how it predicts, not what it learned.
+INFERENCE_OPTIONS = ("device", "eval_batch_size", "inference")
 
 PosFloat = pydantic.confloat(gt=0, allow_inf_nan=False)
 
@@ -77,6 +85,9 @@ class BertCrfTagger(Tagger):
         epochs: int = pydantic.Field(10, ge=1)
         batch_size: int = pydantic.Field(32, ge=1)
         eval_batch_size: int = pydantic.Field(64, ge=1)
+        inference: Literal["auto", "torch", "int8", "onnx", "onnx-int8"] = pydantic.Field(
+            "auto", description="encoder back-end for predict(): auto = onnx-int8 on CPU when "
+            "onnxruntime is installed, else torch (bf16/fp16 autocast on CUDA)")
         lr: PosFloat = 1e-4
         head_lr: PosFloat | None = pydantic.Field(
             3e-3, description="emission + shape layers (None: same as lr)")
@@ -107,6 +118,12 @@ class BertCrfTagger(Tagger):
         self.sentences: SentenceEncoder | None = None
         #: Called as ``on_step(step, model)`` after each optimizer step (monitoring, tests).
         self.on_step = None
+        #: The encoder back-end of predict() (built lazily; reset when the weights change).
+        self.runner: inference.EncoderRunner | None = None
+        #: The resolved inference mode of ``runner`` (``torch``, ``int8``, ``onnx``, ...).
+        self.inference_mode: str | None = None
+        #: (directory, weights SHA-256, encoder config SHA-256) once saved or loaded.
+        self._saved: tuple[Path, str, str] | None = None
 
     # ----------------------------------------------------------------- building
     def _device(self) -> torch.device:
@@ -178,6 +195,7 @@ class BertCrfTagger(Tagger):
             raise TaggerError("no non-empty training sentence", where="tagger.fit")
         self.build()
         assert self.model is not None and self.sentences is not None
+        self._forget_runner()  # the weights are about to change
         encoded = self.sentences.encode([train[i].tokens for i in keep])
         tags = [gold[i] for i in keep]
         model, enc = self.model, self.sentences
@@ -195,7 +213,7 @@ class BertCrfTagger(Tagger):
             dev_gold = [{e.key for e in s.entities} for s in dev]
 
             def evaluate() -> dict:
-                preds = self._predict(dev, marginals=False)
+                preds = self._predict(dev, marginals=False, encode=None)
                 pred = [set(tags_to_spans(p.tags).spans) for p in preds]
                 return span_f1(dev_gold, pred)
 
@@ -207,6 +225,7 @@ class BertCrfTagger(Tagger):
             patience=o.patience, seed=o.seed, evaluate=evaluate,
             on_step=self.on_step,
         )
+        self._forget_runner()
         report["train_sentences"] = len(keep)
         report["skipped_empty"] = len(train) - len(keep)
         report["tag_repairs"] = sum(int(s.meta.get("tag_repairs", 0)) for s in train)
@@ -216,12 +235,38 @@ class BertCrfTagger(Tagger):
     # ---------------------------------------------------------------- inference
     def predict(self, samples: Sequence[Sample]) -> list[TaggerPrediction]:
         """Viterbi tags and forward-backward marginals for every sample (empty -> empty)."""
-        return self._predict(samples, marginals=True)
+        self._require_model()
+        return self._predict(samples, marginals=True, encode=self.encoder_runner())
 
-    def _predict(self, samples: Sequence[Sample], *, marginals: bool) -> list[TaggerPrediction]:
+    def _require_model(self) -> None:
         if self.model is None or self.sentences is None:
             raise TaggerError("the tagger is not trained: call fit() or load() first",
                               where="tagger.predict")
+
+    def encoder_runner(self) -> inference.EncoderRunner:
+        """The encoder back-end of ``options.inference``, built on first use."""
+        self._require_model()
+        assert self.model is not None
+        if self.runner is None:
+            device = self._device()
+            mode = inference.resolve_mode(self.options.inference, device)
+            folder = name = None
+            if self._saved is not None:  # the export lives beside the saved weights
+                directory, weights_sha, config_sha = self._saved
+                folder = directory / inference.CACHE_DIR
+                name = inference.artifact_name(mode, weights_sha, config_sha)
+            self.model.eval()
+            self.runner = inference.build_runner(mode, self.model.encoder, device,
+                                                 folder=folder, name=name)
+            self.inference_mode = mode
+        return self.runner
+
+    def _forget_runner(self) -> None:
+        self.runner, self.inference_mode, self._saved = None, None, None
+
+    def _predict(self, samples: Sequence[Sample], *, marginals: bool,
+                 encode: inference.EncoderRunner | None) -> list[TaggerPrediction]:
+        self._require_model()
         n_labels = len(self.label_names)
         results: list[TaggerPrediction | None] = [None] * len(samples)
         encoded = self.sentences.encode([s.tokens for s in samples])
@@ -237,7 +282,7 @@ class BertCrfTagger(Tagger):
             for batch in bar(batches, desc="predict", unit="batch"):
                 idx = [todo[k] for k in batch]
                 emissions, mask = model.emissions([encoded[i] for i in idx], enc.prefix,
-                                                  enc.suffix, enc.pad)
+                                                  enc.suffix, enc.pad, encode)
                 paths = model.crf.viterbi(emissions, mask)
                 post = model.crf.marginals(emissions, mask).double().cpu().numpy() if marginals \
                     else None
@@ -285,14 +330,29 @@ class BertCrfTagger(Tagger):
         files = {}
         for path in sorted(directory.rglob("*")):
             rel = path.relative_to(directory).as_posix()
-            if path.is_file() and rel != "manifest.json":
+            cache = rel.startswith(inference.CACHE_DIR + "/")
+            if path.is_file() and rel != "manifest.json" and not cache:
                 files[rel] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
         (directory / "manifest.json").write_text(json.dumps({
             "format": FORMAT, "version": FORMAT_VERSION, "files": files}, indent=2),
             encoding="utf-8")
+        self._forget_runner()
+        self._saved = (directory, files[WEIGHTS]["sha256"], files["encoder/config.json"]["sha256"])
+        try:  # export now, so the predict stage finds it ready (train pays the seconds)
+            self.encoder_runner()
+        except TaggerError as exc:  # the weights are saved; load() will report it again
+            log.warning("saved the tagger, but its inference back-end could not be built: %s",
+                        exc)
 
     @classmethod
-    def load(cls, directory: Path) -> BertCrfTagger:
+    def load(cls, directory: Path, options: PluginOptions | dict | None = None,
+             labels: LabelSet | None = None) -> BertCrfTagger:
+        """Load a saved tagger; ``options`` (the run's config) set how it predicts.
+
+        Only :data:`INFERENCE_OPTIONS` are taken from ``options``: what the tagger
+        learned (encoder, scheme, shapes, window length...) is fixed by its files.
+        ``labels``, when given, must have the saved tagger's entity types.
+        """
         directory = Path(directory)
         where = str(directory)
         manifest = cls._read_json(directory, "manifest.json")
@@ -312,12 +372,19 @@ class BertCrfTagger(Tagger):
                 raise TaggerError(f"{rel} does not match manifest.json (changed, truncated or "
                                   "copied from another tagger)", where=where)
         labels_doc = cls._read_json(directory, "labels.json")
+        given_labels = labels
         try:
-            options = cls.Options.model_validate(cls._read_json(directory, "options.json"))
+            saved_options = cls.Options.model_validate(cls._read_json(directory, "options.json"))
             labels = LabelSet(labels_doc["types"])
         except (pydantic.ValidationError, KeyError, DataError) as exc:
             raise TaggerError(f"options.json / labels.json are invalid: {exc}",
                               where=where) from None
+        options = saved_options if options is None else saved_options.model_copy(
+            update={k: getattr(cls._as_options(options), k) for k in INFERENCE_OPTIONS})
+        if given_labels is not None and set(given_labels.types) != set(labels.types):
+            raise TaggerError(
+                f"the config's entity types {list(given_labels.types)} differ from the saved "
+                f"tagger's {list(labels.types)}: retrain it or fix [labels]", where=where)
         tagger = cls(options, labels)
         if list(tagger.label_names) != labels_doc.get("label_names"):
             raise TaggerError(
@@ -338,7 +405,20 @@ class BertCrfTagger(Tagger):
                 f"{WEIGHTS} does not fit the saved labels/options/encoder: "
                 f"{str(exc).splitlines()[0][:300]}", where=where) from None
         tagger.model.eval()
+        tagger._saved = (directory, files[WEIGHTS]["sha256"],
+                         files["encoder/config.json"]["sha256"])
+        tagger.encoder_runner()  # build (or rebuild) the fast encoder now: errors surface here
         return tagger
+
+    @classmethod
+    def _as_options(cls, options: PluginOptions | dict) -> BertCrfTagger.Options:
+        if isinstance(options, cls.Options):
+            return options
+        raw = options if isinstance(options, dict) else options.model_dump()
+        try:
+            return cls.Options.model_validate(raw)
+        except pydantic.ValidationError as exc:
+            raise TaggerError(f"invalid tagger options: {exc}", where="tagger.options") from None
 
     @staticmethod
     def _read_json(directory: Path, name: str) -> dict:
