@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
-import importlib.util
 import logging
 import os
 import tempfile
@@ -53,7 +52,11 @@ EncoderRunner = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def onnxruntime_available() -> bool:
-    return importlib.util.find_spec("onnxruntime") is not None
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def resolve_mode(mode: str, device: torch.device) -> str:
@@ -146,7 +149,7 @@ def artifact_name(mode: str, weights_sha256: str, config_sha256: str) -> str:
     return f"{mode}.{key[:20]}.onnx"
 
 
-def _eager_copy(encoder: nn.Module) -> nn.Module:
+def eager_copy(encoder: nn.Module) -> nn.Module:
     """A CPU fp32 copy with eager attention: its mask handling traces for any padding."""
     clone = copy.deepcopy(encoder).float().cpu().eval()
     if hasattr(clone, "set_attn_implementation"):
@@ -171,7 +174,7 @@ def _root_log_quiet():
 def export_onnx(encoder: nn.Module, path: Path, *, quantize: bool) -> None:
     """Export ``encoder`` to ``path`` (written atomically); int8 weights if ``quantize``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    module = _HiddenStates(_eager_copy(encoder))
+    module = _HiddenStates(eager_copy(encoder))
     # Padding in the example input: the traced graph must keep the attention mask.
     ids = torch.ones((2, 8), dtype=torch.long)
     mask = torch.ones((2, 8), dtype=torch.long)
