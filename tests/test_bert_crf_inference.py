@@ -188,6 +188,7 @@ def test_auto_mode_picks_onnx_int8_on_cpu_and_checks_explicit_modes(monkeypatch)
         inference.resolve_mode("onnx-int8", gpu)
     with pytest.raises(TaggerError, match="unknown inference mode"):
         inference.resolve_mode("fp8", cpu)
+    assert inference.resolve_mode("auto", cpu, saved=False) == "torch"  # no one-off export
     if inference.onnxruntime_available():
         assert inference.resolve_mode("auto", cpu) == "onnx-int8"
     monkeypatch.setattr(inference, "onnxruntime_available", lambda: False)

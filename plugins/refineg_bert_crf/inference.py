@@ -19,7 +19,7 @@ Modes (``tagger.options.inference``):
   stale export: a missing, stale or unreadable file is rebuilt.
 - ``auto``: ``torch`` on CUDA; on CPU ``onnx-int8`` (the fastest mode within
   the F1 tolerance in benchmarks/RESULTS.md section 4), or ``torch`` when
-  onnxruntime is not installed.
+  onnxruntime is not installed or the tagger was never saved (fit in memory).
 """
 
 from __future__ import annotations
@@ -59,15 +59,19 @@ def onnxruntime_available() -> bool:
     return True
 
 
-def resolve_mode(mode: str, device: torch.device) -> str:
-    """The concrete mode for ``mode`` on ``device`` (``auto`` picks; others are checked)."""
+def resolve_mode(mode: str, device: torch.device, *, saved: bool = True) -> str:
+    """The concrete mode for ``mode`` on ``device`` (``auto`` picks; others are checked).
+
+    ``saved=False`` (a tagger fit in memory, never saved): ``auto`` stays with
+    torch, since a one-off export costs more than it saves on a dev set.
+    """
     if mode not in MODES:
         raise TaggerError(
             f"unknown inference mode {mode!r}; choose one of {', '.join(MODES)}",
             where="tagger.options.inference",
         )
     if mode == "auto":
-        if device.type != "cpu":
+        if device.type != "cpu" or not saved:
             return "torch"
         if onnxruntime_available():
             return "onnx-int8"

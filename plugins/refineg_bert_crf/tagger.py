@@ -86,8 +86,8 @@ class BertCrfTagger(Tagger):
         batch_size: int = pydantic.Field(32, ge=1)
         eval_batch_size: int = pydantic.Field(64, ge=1)
         inference: Literal["auto", "torch", "int8", "onnx", "onnx-int8"] = pydantic.Field(
-            "auto", description="encoder back-end for predict(): auto = onnx-int8 on CPU when "
-            "onnxruntime is installed, else torch (bf16/fp16 autocast on CUDA)")
+            "auto", description="encoder back-end for predict(): auto = onnx-int8 for a saved "
+            "tagger on CPU when onnxruntime is installed, else torch (autocast on CUDA)")
         lr: PosFloat = 1e-4
         head_lr: PosFloat | None = pydantic.Field(
             3e-3, description="emission + shape layers (None: same as lr)")
@@ -249,7 +249,8 @@ class BertCrfTagger(Tagger):
         assert self.model is not None
         if self.runner is None:
             device = self._device()
-            mode = inference.resolve_mode(self.options.inference, device)
+            mode = inference.resolve_mode(self.options.inference, device,
+                                          saved=self._saved is not None)
             folder = name = None
             if self._saved is not None:  # the export lives beside the saved weights
                 directory, weights_sha, config_sha = self._saved
