@@ -198,8 +198,8 @@ def part_ccks(args) -> None:
 # --------------------------------------------------------------------------- report
 def part_report(_args) -> None:
     docs = {p: json.loads((RESULTS / f"tagger_{p}.json").read_text())
-            for p in ("twitter", "twitter_noshape", "curve", "ccks", "speed_inference",
-                      "speed_train", "speed_stage")
+            for p in ("twitter", "twitter_noshape", "curve", "ccks", "speed_quality",
+                      "speed_inference", "speed_train", "speed_stage")
             if (RESULTS / f"tagger_{p}.json").exists()}
     speed_notes = RESULTS / "tagger_speed_notes.md"  # hand-written reading of section 4
     if speed_notes.exists():

@@ -137,15 +137,17 @@ def render_speed(docs: dict) -> list[str]:
     """Section 4 from bench_tagger_speed.py's JSON files (interleaved, same process)."""
     d = docs["speed_inference"]
     threads = list(d["by_threads"])
-    base = d["quality"].get("torch", {}).get("dev_mner_f1")
+    quality = docs.get("speed_quality", {}).get("quality", {})
+    base = quality.get("torch", {}).get("dev_mner_f1")
     out = [
         "### 4. Speed (2-core CPU shared with other jobs; interleaved, same process)",
         "",
         f"Command: `{d['command']}`. {d['dev_sentences']} dev tweets timed per repetition, "
         f"{d['reps']} interleaved repetitions after one excluded warm-up; median (min-max) "
         f"sentences/s; torch threads fixed per column (ONNX Runtime gets the same count); "
-        f"dev MNER F1 on all {1500} dev tweets; load average at the end "
-        f"{', '.join(f'{x:.1f}' for x in d['load_average_at_end'])}.",
+        f"load average at the end {', '.join(f'{x:.1f}' for x in d['load_average_at_end'])}. "
+        + (f"Dev MNER F1 and model size on all {docs['speed_quality']['dev_sentences']} dev "
+           f"tweets: `{docs['speed_quality']['command']}`." if quality else ""),
         "",
         "| encoder back-end | dev MNER F1 | vs fp32 | model MB | "
         + " | ".join(f"sent/s, {t} thread(s)" for t in threads)
@@ -157,7 +159,7 @@ def render_speed(docs: dict) -> list[str]:
     names = list(d["by_threads"][threads[0]]["timing"])
     for name in names:
         mode = name[name.find("[") + 1 : -1] if name.startswith("bert_crf") else None
-        q = d["quality"].get(mode, {}) if mode else {}
+        q = quality.get(mode, {}) if mode else {}
         f1 = pct(q["dev_mner_f1"]) if q else "-"
         delta = (f"{100 * (q['dev_mner_f1'] - base):+.2f}" if q and base is not None else "-")
         size = f"{q['model_bytes'] / 1e6:.0f}" if q else "-"

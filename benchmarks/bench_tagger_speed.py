@@ -29,6 +29,7 @@ import argparse
 import io
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -49,11 +50,14 @@ from refineg_bert_crf.training import span_f1  # noqa: E402
 from refineg_entropy.gate import EntropyGate  # noqa: E402
 
 from refineg_core.formats import load_dataset  # noqa: E402
-from refineg_core.labels import tags_to_spans  # noqa: E402
+from refineg_core.labels import LabelSet, tags_to_spans  # noqa: E402
 
 DATA = Path(os.environ.get("REFINEG_DATA", ROOT.parent / "shared" / "data")).resolve()
 RESULTS = HERE / "results"
 MODES = ("torch", "int8", "onnx", "onnx-int8")
+TWITTER_TYPES = LabelSet(
+    {"PER": "person", "LOC": "location", "ORG": "organisation", "OTHER": "other named entity"}
+)
 
 
 # --------------------------------------------------------------------------- harness
@@ -115,6 +119,25 @@ def model_bytes(tagger: BertCrfTagger, directory: Path) -> int:
 
 
 # --------------------------------------------------------------------------- parts
+def part_quality(args) -> None:
+    """Dev MNER F1 and model size of each back-end, on all of dev (not timed)."""
+    directory = Path(args.tagger)
+    dev = list(load_dataset(DATA / "twitter-gmner" / "dev.txt").samples)
+    torch.set_num_threads(max(args.threads))
+    quality = {}
+    for mode in [m for m in MODES if m not in args.skip.split(",")]:
+        tagger = BertCrfTagger.load(directory, {"inference": mode})
+        started = time.perf_counter()
+        preds = tagger.predict(dev)
+        quality[mode] = {
+            "dev_mner_f1": mner_f1(dev, preds),
+            "model_bytes": model_bytes(tagger, directory),
+            "full_dev_seconds_once": time.perf_counter() - started,
+        }
+        print(mode, quality[mode], flush=True)
+    write("quality", {"tagger": str(directory), "dev_sentences": len(dev), "quality": quality})
+
+
 def part_inference(args) -> None:
     from refineg_bert_crf.model import quiet_transformers
     from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
@@ -131,22 +154,7 @@ def part_inference(args) -> None:
     }
     modes = [m for m in MODES if m not in args.skip.split(",")]
 
-    # Quality and size once per back-end, on all of dev (not timed).
-    torch.set_num_threads(max(args.threads))
-    quality = {}
-    for mode in modes:
-        tagger = BertCrfTagger.load(directory, {"inference": mode})
-        started = time.perf_counter()
-        preds = tagger.predict(dev_all)
-        quality[mode] = {
-            "dev_mner_f1": mner_f1(dev_all, preds),
-            "model_bytes": model_bytes(tagger, directory),
-            "full_dev_seconds_once": time.perf_counter() - started,
-        }
-        print(mode, quality[mode], flush=True)
-    doc["quality"] = quality
-
-    gate = EntropyGate(None, BertCrfTagger.load(directory, {"inference": "torch"}).labels)
+    gate = EntropyGate(None, TWITTER_TYPES)
 
     def ours(t: BertCrfTagger) -> Callable[[], object]:
         return lambda: gate.decide(dev, t.predict(dev))
@@ -215,12 +223,11 @@ def inference_encoder_path() -> str:
 def part_train(args) -> None:
     train = list(load_dataset(DATA / "twitter-gmner" / "train.txt").samples)
     chunk = train[: args.train_items]
-    labels = BertCrfTagger.load(Path(args.tagger), {"inference": "torch"}).labels
     tagger = BertCrfTagger(
         BertCrfTagger.Options(
             epochs=1, batch_size=32, device="cpu", patience=None, inference="torch"
         ),
-        labels,
+        TWITTER_TYPES,
     )
     steps = -(-len(chunk) // 32)
 
@@ -252,7 +259,7 @@ def part_train(args) -> None:
 
 
 def part_stage(args) -> None:
-    from refineg_core.pipeline.runner import read_results
+    from refineg_core.formats.native import read_results
 
     dev = {s.id: s for s in load_dataset(DATA / "twitter-gmner" / "dev.txt").samples}
     config = ROOT / "configs" / "twitter-gmner.toml"
@@ -264,10 +271,12 @@ def part_stage(args) -> None:
         trees = {f"today ({args.baseline})": Path(old_tree), "this tree": ROOT}
         env = {**os.environ, "OMP_NUM_THREADS": str(args.stage_threads), "REFINEG_NO_PROGRESS": "1"}
         outputs: dict[str, Path] = {}
+        created: list[Path] = []
 
         def run_in(name: str, tree: Path) -> Callable[[], object]:
             def run():
                 run_dir = Path(tempfile.mkdtemp(prefix="stage-", dir=args.scratch))
+                created.append(run_dir)
                 pythonpath = os.pathsep.join([str(tree), str(tree / "plugins")])
                 subprocess.run(
                     [
@@ -281,7 +290,12 @@ def part_stage(args) -> None:
                         "--run-dir",
                         str(run_dir),
                         "--set",
-                        f"tagger.load_from={args.tagger}",
+                        f"tagger.load_from={Path(args.tagger).resolve()}",
+                        *(
+                            ["--set", f"data.predict.limit={args.predict_limit}"]
+                            if args.predict_limit
+                            else []
+                        ),
                     ],
                     check=True,
                     env={**env, "PYTHONPATH": pythonpath},
@@ -292,6 +306,9 @@ def part_stage(args) -> None:
             return run
 
         timing = interleave({n: run_in(n, t) for n, t in trees.items()}, args.reps)
+    for run_dir in created:
+        if run_dir not in outputs.values():
+            shutil.rmtree(run_dir, ignore_errors=True)
     doc: dict = {
         "threads": args.stage_threads,
         "reps": args.reps,
@@ -308,6 +325,8 @@ def part_stage(args) -> None:
         pred = [{e.key for e in r.entities} for r in results]
         doc["dev_mner_f1"][name] = span_f1(gold, pred)["f1"]
         doc["samples"] = len(results)
+    for run_dir in outputs.values():
+        shutil.rmtree(run_dir, ignore_errors=True)
     names = list(trees)
     doc["speedup_wall"] = timing[names[0]]["median_s"] / timing[names[1]]["median_s"]
     write("stage", doc)
@@ -316,8 +335,8 @@ def part_stage(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("part", choices=["inference", "train", "stage"])
-    ap.add_argument("--tagger", required=True, help="a saved bert_crf tagger directory")
+    ap.add_argument("part", choices=["quality", "inference", "train", "stage"])
+    ap.add_argument("--tagger", help="a saved bert_crf tagger directory (not for train)")
     ap.add_argument("--threads", default="1,2", type=lambda s: [int(x) for x in s.split(",")])
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--dev-limit", type=int, default=500, help="inference: timed dev tweets")
@@ -330,10 +349,17 @@ def main() -> None:
     ap.add_argument("--train-items", type=int, default=128, help="train: tweets per repetition")
     ap.add_argument("--baseline", default="445bc6a", help="stage: git revision of 'today'")
     ap.add_argument("--stage-threads", type=int, default=2)
+    ap.add_argument("--predict-limit", type=int, default=None, help="stage: first N tweets")
     ap.add_argument("--scratch", default=None, help="stage: where run folders go")
     args = ap.parse_args()
     os.environ.setdefault("REFINEG_NO_PROGRESS", "1")
-    {"inference": part_inference, "train": part_train, "stage": part_stage}[args.part](args)
+    parts = {
+        "quality": part_quality,
+        "inference": part_inference,
+        "train": part_train,
+        "stage": part_stage,
+    }
+    parts[args.part](args)
 
 
 if __name__ == "__main__":
