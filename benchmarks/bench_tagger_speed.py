@@ -269,7 +269,13 @@ def part_stage(args) -> None:
         ).stdout
         subprocess.run(["tar", "-x", "-C", old_tree], input=archive, check=True)
         trees = {f"today ({args.baseline})": Path(old_tree), "this tree": ROOT}
-        env = {**os.environ, "OMP_NUM_THREADS": str(args.stage_threads), "REFINEG_NO_PROGRESS": "1"}
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": str(args.stage_threads),
+            "REFINEG_NO_PROGRESS": "1",
+            # only this project's hooks: other packages in a shared venv may be broken
+            "REFINEG_HOOK_PLUGINS": os.environ.get("REFINEG_HOOK_PLUGINS", "report"),
+        }
         outputs: dict[str, Path] = {}
         created: list[Path] = []
 
