@@ -9,10 +9,11 @@ so peak memory is per part):
   and without the word-shape (casing) features.
 - ``ccks``: 5-fold CV on the 500 gold CCKS sentences, gold folds alone vs gold
   folds + synthetic sentences that do not mention a held-out entity name.
-- ``speed``: inference sentences/s against transformers' token-classification
-  pipeline with the same encoder in the same process; CRF + entropy share of
-  encoder forward time; peak RSS.
 - ``report``: write the Tagger section of ``benchmarks/RESULTS.md`` from the JSON.
+
+Speed (section 4: inference back-ends vs the transformers pipeline, training
+steps/s, the predict stage) lives in ``bench_tagger_speed.py``: it needs a
+saved tagger and interleaves every comparison in one process.
 
 Results go to ``benchmarks/results/tagger_<part>.json`` (+ ``.md``).
 """
@@ -36,7 +37,6 @@ from _common import DATA
 from bench_tagger_gate import gate_quality
 from refineg_bert_crf.tagger import BertCrfTagger
 from refineg_bert_crf.training import span_f1
-from refineg_entropy.gate import EntropyGate
 
 from refineg_core.formats import load_dataset
 from refineg_core.labels import LabelSet, tags_to_spans
@@ -203,80 +203,15 @@ def part_ccks(args) -> None:
                    "peak_rss_mb": peak_rss_mb()})
 
 
-def part_speed(args) -> None:
-    from refineg_bert_crf.model import quiet_transformers
-    from refineg_bert_crf.tagger import default_encoder_path
-    from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
-
-    train = load_dataset(DATA / "twitter-gmner" / "train.txt").samples
-    dev = list(load_dataset(DATA / "twitter-gmner" / "dev.txt").samples)
-    if args.dev_limit:
-        dev = dev[: args.dev_limit]
-    # Throughput does not depend on how well the weights are trained: a short fit suffices.
-    tagger = BertCrfTagger(opts(args, epochs=1), TWITTER_TYPES)
-    tagger.fit(train[:64], None)
-    tagger.predict(dev[:64])  # warm-up
-    results: dict = {"dev_sentences": len(dev)}
-
-    t0 = time.perf_counter()
-    preds = tagger.predict(dev)
-    ours = time.perf_counter() - t0
-    gate = EntropyGate(None, TWITTER_TYPES)
-    t0 = time.perf_counter()
-    gate.decide(dev, preds)
-    gate_s = time.perf_counter() - t0
-    results["bert_crf"] = {"seconds": ours, "sentences_per_s": len(dev) / ours,
-                           "batch_size": tagger.options.eval_batch_size}
-    results["bert_crf_plus_gate"] = {"seconds": ours + gate_s,
-                                     "sentences_per_s": len(dev) / (ours + gate_s)}
-
-    # Component timing: encoder forward vs CRF (Viterbi + marginals) + entropy gate.
-    model, enc = tagger.model, tagger.sentences
-    encoded = tagger.encode(dev)
-    from refineg_bert_crf.training import length_batches
-    lengths = [sum(len(p) for p in e.pieces) for e in encoded]
-    t_enc = t_crf = 0.0
-    with torch.inference_mode():
-        for batch in length_batches(lengths, tagger.options.eval_batch_size, None):
-            items = [encoded[i] for i in batch]
-            t0 = time.perf_counter()
-            em, mask = model.emissions(items, enc.prefix, enc.suffix, enc.pad)
-            t1 = time.perf_counter()
-            model.crf.viterbi(em, mask)
-            model.crf.marginals(em, mask)
-            t2 = time.perf_counter()
-            t_enc += t1 - t0
-            t_crf += t2 - t1
-    results["components"] = {"encoder_forward_s": t_enc, "crf_viterbi_marginals_s": t_crf,
-                             "entropy_gate_s": gate_s,
-                             "crf_plus_entropy_share_of_encoder": (t_crf + gate_s) / t_enc}
-
-    path = default_encoder_path()
-    with quiet_transformers():
-        hf_model = AutoModelForTokenClassification.from_pretrained(
-            path, num_labels=len(tagger.label_names))
-    hf_model.eval()
-    tok = AutoTokenizer.from_pretrained(path)
-    texts = [" ".join(s.tokens) for s in dev]
-    for bs in (1, args.pipeline_batch):
-        pipe = pipeline("token-classification", model=hf_model, tokenizer=tok, device=-1,
-                        batch_size=bs)
-        pipe(texts[:16])  # warm-up
-        t0 = time.perf_counter()
-        pipe(texts)
-        secs = time.perf_counter() - t0
-        results[f"pipeline_batch{bs}"] = {"seconds": secs, "sentences_per_s": len(dev) / secs}
-        results[f"ratio_vs_pipeline_batch{bs}"] = results["bert_crf_plus_gate"][
-            "sentences_per_s"] / (len(dev) / secs)
-    results["peak_rss_mb"] = peak_rss_mb()
-    write("speed", results)
-
-
 # --------------------------------------------------------------------------- report
 def part_report(_args) -> None:
     docs = {p: json.loads((RESULTS / f"tagger_{p}.json").read_text())
-            for p in ("twitter", "twitter_noshape", "curve", "ccks", "speed")
+            for p in ("twitter", "twitter_noshape", "curve", "ccks", "speed_quality",
+                      "speed_inference", "speed_train", "speed_stage")
             if (RESULTS / f"tagger_{p}.json").exists()}
+    speed_notes = RESULTS / "tagger_speed_notes.md"  # hand-written reading of section 4
+    if speed_notes.exists():
+        docs["speed_notes"] = speed_notes.read_text(encoding="utf-8")
     from bench_tagger_report import render
     docs["ccks_variants"] = [json.loads(p.read_text())
                              for p in sorted(RESULTS.glob("tagger_ccks*.json"))]
@@ -298,7 +233,7 @@ def part_report(_args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("part", choices=["twitter", "curve", "ccks", "speed", "report", "all"])
+    ap.add_argument("part", choices=["twitter", "curve", "ccks", "report", "all"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--max-length", type=int, default=128)
@@ -308,7 +243,7 @@ def main() -> None:
                     help="twitter: ablation without the word-shape (casing) features")
     ap.add_argument("--train-limit", type=int, default=None, help="twitter: first N tweets only")
     ap.add_argument("--dev-limit", type=int, default=None,
-                    help="twitter/curve/speed: first N dev tweets")
+                    help="twitter/curve: first N dev tweets")
     ap.add_argument("--no-fit-dev", action="store_true",
                     help="twitter: no dev evaluation during fit (the last epoch is kept)")
     ap.add_argument("--sizes", default="100,500,1000")
@@ -334,16 +269,15 @@ def main() -> None:
     ap.add_argument("--synth-epochs", type=int, default=3)
     ap.add_argument("--synthetic-size", type=int, default=1200,
                     help="synthetic sentences sampled per fold (after the leakage filter)")
-    ap.add_argument("--pipeline-batch", type=int, default=32)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("REFINEG_NO_PROGRESS", "1")
     if args.part == "all":
         rest = sys.argv[2:]
-        for part in ("speed", "twitter", "curve", "ccks", "report"):
+        for part in ("twitter", "curve", "ccks", "report"):
             subprocess.run([sys.executable, __file__, part, *rest], check=True)
         return
-    {"twitter": part_twitter, "curve": part_curve, "ccks": part_ccks, "speed": part_speed,
+    {"twitter": part_twitter, "curve": part_curve, "ccks": part_ccks,
      "report": part_report}[args.part](args)
 
 

@@ -123,31 +123,90 @@ def render(docs: dict) -> str:
                        f"{pct(r['entities_delegated'])} | {pct(r['kept_precision'])} | "
                        f"{pct(r['oracle_f1'])} |")
         out.append("")
-    if "speed" in docs:
-        d = docs["speed"]
-        c = d["components"]
-        out += [
-            "### 4. Speed and memory (2-core CPU, shared with other jobs)",
-            "",
-            f"Command: `{d['command']}` (torch threads: {d['threads']}), "
-            f"{d['dev_sentences']} dev tweets, same process.",
-            "",
-            "| inference | sentences/s |", "|---|---:|",
-            f"| bert_crf (batch {d['bert_crf']['batch_size']}, Viterbi + marginals) | "
-            f"{d['bert_crf']['sentences_per_s']:.1f} |",
-            f"| bert_crf + entropy gate | {d['bert_crf_plus_gate']['sentences_per_s']:.1f} |",
-        ]
-        for k in sorted(x for x in d if x.startswith("pipeline_batch")):
-            out.append(f"| transformers token-classification pipeline ({k[9:]}) | "
-                       f"{d[k]['sentences_per_s']:.1f} |")
-        out += [""]
-        for k in sorted(x for x in d if x.startswith("ratio_vs_")):
-            out.append(f"- Ratio bert_crf+gate / pipeline ({k[18:]}): **{d[k]:.2f}x**")
-        out += [
-            f"- Encoder forward {c['encoder_forward_s']:.2f} s, CRF Viterbi + marginals "
-            f"{c['crf_viterbi_marginals_s']:.2f} s, entropy gate {c['entropy_gate_s']:.3f} s: "
-            f"**CRF + entropy = {pct(c['crf_plus_entropy_share_of_encoder'])}% of encoder time**.",
-            f"- Peak RSS of the speed process: {d['peak_rss_mb']:.0f} MB.",
-            "",
-        ]
+    if "speed_inference" in docs:
+        out += render_speed(docs)
     return "\n".join(out)
+
+
+def _rng(t: dict, key: str, fmt: str = ".1f") -> str:
+    r = t[key]
+    return f"{r['median']:{fmt}} ({r['min']:{fmt}}-{r['max']:{fmt}})"
+
+
+def _secs(t: dict) -> str:
+    return f"{t['median_s']:.2f} ({t['min_s']:.2f}-{t['max_s']:.2f})"
+
+
+def render_speed(docs: dict) -> list[str]:
+    """Section 4 from bench_tagger_speed.py's JSON files (interleaved, same process)."""
+    d = docs["speed_inference"]
+    threads = list(d["by_threads"])
+    quality = docs.get("speed_quality", {}).get("quality", {})
+    base = quality.get("torch", {}).get("dev_mner_f1")
+    out = [
+        "### 4. Speed (2-core CPU shared with other jobs; interleaved, same process)",
+        "",
+        f"Command: `{d['command']}`. {d['dev_sentences']} dev tweets timed per repetition, "
+        f"{d['reps']} interleaved repetitions after one excluded warm-up; median (min-max) "
+        f"sentences/s; torch threads fixed per column (ONNX Runtime gets the same count); "
+        f"load average at the end {', '.join(f'{x:.1f}' for x in d['load_average_at_end'])}. "
+        + (f"Dev MNER F1 and model size on all {docs['speed_quality']['dev_sentences']} dev "
+           f"tweets: `{docs['speed_quality']['command']}`." if quality else ""),
+        "",
+        "| encoder back-end | dev MNER F1 | vs fp32 | model MB | "
+        + " | ".join(f"sent/s, {t} thread(s)" for t in threads)
+        + " | "
+        + " | ".join(f"x pipeline b32 / b1, {t}t" for t in threads)
+        + " |",
+        "|---|---:|---:|---:|" + "---:|" * (2 * len(threads)),
+    ]
+    names = list(d["by_threads"][threads[0]]["timing"])
+    for name in names:
+        mode = name[name.find("[") + 1 : -1] if name.startswith("bert_crf") else None
+        q = quality.get(mode, {}) if mode else {}
+        f1 = pct(q["dev_mner_f1"]) if q else "-"
+        delta = (f"{100 * (q['dev_mner_f1'] - base):+.2f}" if q and base is not None else "-")
+        size = f"{q['model_bytes'] / 1e6:.0f}" if q else "-"
+        row = [f"bert_crf + gate, {mode}" if mode else f"transformers {name}", f1, delta, size]
+        for t in threads:
+            row.append(_rng(d["by_threads"][t]["timing"][name], "sentences_per_s"))
+        for t in threads:
+            ratios = d["by_threads"][t]["ratios"]
+            if mode:
+                row.append(" / ".join(f"{ratios[f'{name} / pipeline batch {b}']:.2f}x"
+                                      for b in (32, 1) if f"{name} / pipeline batch {b}" in ratios))
+            else:
+                row.append("-")
+        out.append("| " + " | ".join(row) + " |")
+    if "compile_seconds" in d:
+        out.append("")
+        out.append("torch.compile (dynamic shapes) compile time: " + ", ".join(
+            f"{s:.0f} s at {t} thread(s)" for t, s in d["compile_seconds"].items()) + ".")
+    if "speed_train" in docs:
+        tr = docs["speed_train"]
+        out += ["", f"Training, same harness: `{tr['command']}` ({tr['train_items']} tweets = "
+                f"{tr['steps_per_rep']} optimizer steps of batch {tr['batch_size']} per "
+                f"repetition, {tr['reps']} repetitions):", "",
+                "| torch threads | optimizer steps/s |", "|---|---:|"]
+        for name, t in tr["timing"].items():
+            out.append(f"| {name} | {_rng(t, 'steps_per_s', '.2f')} |")
+    if "speed_stage" in docs:
+        st = docs["speed_stage"]
+        out += ["", f"The main job's predict stage (`refineg predict`, configs/twitter-gmner.toml, "
+                f"{st.get('samples', '?')} dev tweets, load + tag + gate + write; fresh process "
+                f"each, {st['reps']} alternating repetitions, OMP_NUM_THREADS={st['threads']}): "
+                f"`{st['command']}`", "",
+                "| code | wall s per run (process start included) | predict stage s | "
+                "MNER F1 of predict.jsonl |", "|---|---:|---:|---:|"]
+        for name, t in st["timing"].items():
+            out.append(f"| {name} | {t['median_s']:.1f} ({t['min_s']:.1f}-{t['max_s']:.1f}) | "
+                       f"{_secs(st['stage_seconds'][name])} | {pct(st['dev_mner_f1'][name])} |")
+        out.append("")
+        out.append(f"Predict stage speed-up (median stage seconds, as summary.json records them): "
+                   f"**{st['speedup_stage']:.2f}x**; median wall time per process: "
+                   f"**{st['speedup_wall']:.2f}x**.")
+    notes = docs.get("speed_notes")
+    if notes:
+        out += ["", notes.strip()]
+    out.append("")
+    return out

@@ -37,7 +37,8 @@ TWITTER = Path(os.environ.get("REFINEG_DATA", ROOT / ".." / "shared" / "data")).
 
 def tiny_options(minilm_path, **kw) -> BertCrfTagger.Options:
     base = {"encoder": str(minilm_path), "epochs": 3, "batch_size": 8, "max_length": 32,
-            "device": "cpu", "patience": 2, "seed": 3, "warmup_ratio": 0.2}
+            "device": "cpu", "patience": 2, "seed": 3, "warmup_ratio": 0.2,
+            "inference": "torch"}  # the other back-ends: test_bert_crf_inference.py
     base.update(kw)
     return BertCrfTagger.Options(**base)
 

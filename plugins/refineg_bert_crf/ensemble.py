@@ -52,9 +52,14 @@ def decode(
     *,
     marginals: bool,
     crf: CRF | None = None,
+    encode=None,
 ) -> BatchOutput:
-    """Viterbi (+ marginals) for one batch; ``crf`` is :func:`mean_crf` of ``members``."""
-    outs = [m.emissions(batch, prefix, suffix, pad) for m in members]
+    """Viterbi (+ marginals) for one batch; ``crf`` is :func:`mean_crf` of ``members``.
+
+    ``encode`` (a fast encoder back-end, ``inference.py``) serves a single model only:
+    ensemble members each run their own PyTorch encoder."""
+    fast = encode if len(members) == 1 else None
+    outs = [m.emissions(batch, prefix, suffix, pad, fast) for m in members]
     mask = outs[0][1]
     if len(members) == 1:
         emissions = outs[0][0]

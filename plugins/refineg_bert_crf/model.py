@@ -18,6 +18,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel
 
 from refineg_bert_crf.crf import CRF, allowed_transitions
+from refineg_bert_crf.inference import EncoderRunner
 from refineg_bert_crf.shapes import SHAPES, word_shape
 from refineg_bert_crf.windows import Window, owner_of_words, plan_windows
 
@@ -164,9 +165,13 @@ class BertCrfModel(nn.Module):
 
     def word_vectors(
         self, batch: Sequence[EncodedSentence], prefix: Sequence[int], suffix: Sequence[int],
-        pad_id: int,
+        pad_id: int, encode: EncoderRunner | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encode every window of the batch; return word vectors [B, N, H] and mask [B, N]."""
+        """Encode every window of the batch; return word vectors [B, N, H] and mask [B, N].
+
+        ``encode(input_ids, attention_mask)`` replaces the PyTorch encoder at
+        inference (``inference.py``: int8, ONNX Runtime); training never passes it.
+        """
         device = self.device
         rows: list[list[int]] = []
         firsts: list[list[int]] = []
@@ -186,9 +191,12 @@ class BertCrfModel(nn.Module):
         for i, r in enumerate(rows):
             input_ids[i, : len(r)] = torch.tensor(r)
             attn[i, : len(r)] = 1
-        hidden = self.encoder(
-            input_ids=input_ids.to(device), attention_mask=attn.to(device)
-        ).last_hidden_state  # [W, S, H]
+        if encode is None:
+            hidden = self.encoder(
+                input_ids=input_ids.to(device), attention_mask=attn.to(device)
+            ).last_hidden_state  # [W, S, H]
+        else:
+            hidden = encode(input_ids.to(device), attn.to(device)).to(device)
         flat = hidden.reshape(-1, hidden.shape[-1])
         n_max = max(s.n_words for s in batch)
         index = torch.zeros((len(batch), n_max), dtype=torch.long)
@@ -204,9 +212,10 @@ class BertCrfModel(nn.Module):
         return vectors, mask.to(device)
 
     def emissions(
-        self, batch: Sequence[EncodedSentence], prefix, suffix, pad_id: int
+        self, batch: Sequence[EncodedSentence], prefix, suffix, pad_id: int,
+        encode: EncoderRunner | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        vectors, mask = self.word_vectors(batch, prefix, suffix, pad_id)
+        vectors, mask = self.word_vectors(batch, prefix, suffix, pad_id, encode)
         if self.shape_embedding is not None:
             n_max = vectors.shape[1]
             shapes = torch.zeros((len(batch), n_max), dtype=torch.long)

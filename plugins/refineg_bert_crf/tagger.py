@@ -10,6 +10,8 @@ are not needed to load it):
 - ``options.json`` — the options it was trained with
 - ``ensemble.json`` — how many members the weights hold (absent: one)
 - ``manifest.json`` — every file above with its size and SHA-256
+- ``inference/`` — the encoder exported for fast CPU prediction (ONNX), named
+  by the weights' SHA-256; a cache, not in the manifest, rebuilt when stale
 
 An ensemble stores every member in the one weights file (keys prefixed
 ``member<k>.``); a single model keeps the plain keys.
@@ -23,6 +25,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -33,7 +36,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoTokenizer
 
-from refineg_bert_crf import ensemble
+from refineg_bert_crf import ensemble, inference
 from refineg_bert_crf.encoders import KNOWN, resolve_encoder
 from refineg_bert_crf.model import BertCrfModel, EncodedSentence, SentenceEncoder, build_encoder
 from refineg_bert_crf.model import encoder_config as make_encoder_config
@@ -45,12 +48,16 @@ from refineg_core.labels import LabelSet, spans_to_tags, tags_to_spans
 from refineg_core.progress import bar
 from refineg_core.types import Sample, TaggerPrediction
 
+log = logging.getLogger(__name__)
+
 FORMAT = "refineg-bert-crf"
 FORMAT_VERSION = 1
 WEIGHTS = "weights.safetensors"
 REQUIRED = (WEIGHTS, "labels.json", "options.json", "encoder.json", "encoder/config.json")
-#: Options that only affect inference: a config's values replace the saved ones at load.
-INFERENCE_OPTIONS = ("device", "eval_batch_size", "mc_dropout_samples", "mc_dropout_seed")
+#: Options a config may change on a saved tagger: how it predicts, not what it learned.
+INFERENCE_OPTIONS = (
+    "device", "eval_batch_size", "inference", "mc_dropout_samples", "mc_dropout_seed"
+)
 
 PosFloat = pydantic.confloat(gt=0, allow_inf_nan=False)
 
@@ -88,6 +95,9 @@ class BertCrfTagger(Tagger):
         epochs: int = pydantic.Field(10, ge=1)
         batch_size: int = pydantic.Field(32, ge=1)
         eval_batch_size: int = pydantic.Field(64, ge=1)
+        inference: Literal["auto", "torch", "int8", "onnx", "onnx-int8"] = pydantic.Field(
+            "auto", description="encoder back-end for predict(): auto = onnx-int8 for a saved "
+            "tagger on CPU when onnxruntime is installed, else torch (autocast on CUDA)")
         lr: PosFloat = 1e-4
         head_lr: PosFloat | None = pydantic.Field(
             3e-3, description="emission + shape layers (None: same as lr)")
@@ -139,6 +149,12 @@ class BertCrfTagger(Tagger):
         self.sentences: SentenceEncoder | None = None
         #: Called as ``on_step(step, model)`` after each optimizer step (monitoring, tests).
         self.on_step = None
+        #: The encoder back-end of predict() (built lazily; reset when the weights change).
+        self.runner: inference.EncoderRunner | None = None
+        #: The resolved inference mode of ``runner`` (``torch``, ``int8``, ``onnx``, ...).
+        self.inference_mode: str | None = None
+        #: (directory, weights SHA-256, encoder config SHA-256) once saved or loaded.
+        self._saved: tuple[Path, str, str] | None = None
 
     # ----------------------------------------------------------------- building
     def _device(self) -> torch.device:
@@ -217,6 +233,7 @@ class BertCrfTagger(Tagger):
             raise TaggerError("no non-empty training sentence", where="tagger.fit")
         self.build()
         assert self.model is not None and self.sentences is not None
+        self._forget_runner()  # the weights are about to change
         encoded = self.sentences.encode([train[i].tokens for i in keep])
         tags = [gold[i] for i in keep]
         if o.ensemble_mode == "snapshots":
@@ -297,13 +314,44 @@ class BertCrfTagger(Tagger):
     # ---------------------------------------------------------------- inference
     def predict(self, samples: Sequence[Sample]) -> list[TaggerPrediction]:
         """Viterbi tags and forward-backward marginals for every sample (empty -> empty)."""
-        return self._predict(samples, marginals=True)
+        self._require_model()
+        return self._predict(samples, marginals=True, encode=self.encoder_runner())
 
-    def _predict(self, samples: Sequence[Sample], *, marginals: bool,
-                 members: Sequence[BertCrfModel] | None = None) -> list[TaggerPrediction]:
+    def _require_model(self) -> None:
         if self.model is None or self.sentences is None:
             raise TaggerError("the tagger is not trained: call fit() or load() first",
                               where="tagger.predict")
+
+    def encoder_runner(self) -> inference.EncoderRunner | None:
+        """The encoder back-end of ``options.inference``, built on first use; None for
+        an ensemble, whose members each run their own PyTorch encoder."""
+        self._require_model()
+        assert self.model is not None
+        if len(self.members) > 1:
+            self.inference_mode = "torch"
+            return None
+        if self.runner is None:
+            device = self._device()
+            mode = inference.resolve_mode(self.options.inference, device,
+                                          saved=self._saved is not None)
+            folder = name = None
+            if self._saved is not None:  # the export lives beside the saved weights
+                directory, weights_sha, config_sha = self._saved
+                folder = directory / inference.CACHE_DIR
+                name = inference.artifact_name(mode, weights_sha, config_sha)
+            self.model.eval()
+            self.runner = inference.build_runner(mode, self.model.encoder, device,
+                                                 folder=folder, name=name)
+            self.inference_mode = mode
+        return self.runner
+
+    def _forget_runner(self) -> None:
+        self.runner, self.inference_mode, self._saved = None, None, None
+
+    def _predict(self, samples: Sequence[Sample], *, marginals: bool,
+                 members: Sequence[BertCrfModel] | None = None,
+                 encode: inference.EncoderRunner | None = None) -> list[TaggerPrediction]:
+        self._require_model()
         members = list(members) if members is not None else self.members
         n_members = len(members)
         passes = self.options.mc_dropout_samples if marginals else 0
@@ -329,7 +377,7 @@ class BertCrfTagger(Tagger):
                 idx = [todo[k] for k in batch]
                 items = [encoded[i] for i in idx]
                 out = ensemble.decode(members, items, enc.prefix, enc.suffix, enc.pad,
-                                      marginals=marginals, crf=crf)
+                                      marginals=marginals, crf=crf, encode=encode)
                 post = _numpy(out.marginals)
                 member_post = _numpy(out.member_marginals)
                 dropout_post = _numpy(ensemble.dropout_marginals(
@@ -398,11 +446,19 @@ class BertCrfTagger(Tagger):
         files = {}
         for path in sorted(directory.rglob("*")):
             rel = path.relative_to(directory).as_posix()
-            if path.is_file() and rel != "manifest.json":
+            cache = rel.startswith(inference.CACHE_DIR + "/")
+            if path.is_file() and rel != "manifest.json" and not cache:
                 files[rel] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
         (directory / "manifest.json").write_text(json.dumps({
             "format": FORMAT, "version": FORMAT_VERSION, "files": files}, indent=2),
             encoding="utf-8")
+        self._forget_runner()
+        self._saved = (directory, files[WEIGHTS]["sha256"], files["encoder/config.json"]["sha256"])
+        try:  # export now, so the predict stage finds it ready (train pays the seconds)
+            self.encoder_runner()
+        except TaggerError as exc:  # the weights are saved; load() will report it again
+            log.warning("saved the tagger, but its inference back-end could not be built: %s",
+                        exc)
 
     @classmethod
     def load(cls, directory: Path, options: Options | None = None,
@@ -432,8 +488,9 @@ class BertCrfTagger(Tagger):
                 raise TaggerError(f"{rel} does not match manifest.json (changed, truncated or "
                                   "copied from another tagger)", where=where)
         labels_doc = cls._read_json(directory, "labels.json")
+        given_labels = labels
         try:
-            options = cls.Options.model_validate(cls._read_json(directory, "options.json"))
+            saved_options = cls.Options.model_validate(cls._read_json(directory, "options.json"))
             labels = LabelSet(labels_doc["types"])
         except (pydantic.ValidationError, KeyError, DataError) as exc:
             raise TaggerError(f"options.json / labels.json are invalid: {exc}",
@@ -441,7 +498,7 @@ class BertCrfTagger(Tagger):
         saved_options, saved_labels = options, labels
         if given_options is not None:
             saved_options = saved_options.model_copy(update={
-                k: getattr(given_options, k) for k in INFERENCE_OPTIONS})
+                k: getattr(cls._as_options(given_options), k) for k in INFERENCE_OPTIONS})
         if given_labels is not None and tuple(given_labels.types) != tuple(saved_labels.types):
             raise TaggerError(
                 f"the saved tagger was trained for types {list(saved_labels.types)}, the "
@@ -483,7 +540,20 @@ class BertCrfTagger(Tagger):
                 f"{str(exc).splitlines()[0][:300]}", where=where) from None
         for m in tagger.members:
             m.eval()
+        tagger._saved = (directory, files[WEIGHTS]["sha256"],
+                         files["encoder/config.json"]["sha256"])
+        tagger.encoder_runner()  # build (or rebuild) the fast encoder now: errors surface here
         return tagger
+
+    @classmethod
+    def _as_options(cls, options: PluginOptions | dict) -> BertCrfTagger.Options:
+        if isinstance(options, cls.Options):
+            return options
+        raw = options if isinstance(options, dict) else options.model_dump()
+        try:
+            return cls.Options.model_validate(raw)
+        except pydantic.ValidationError as exc:
+            raise TaggerError(f"invalid tagger options: {exc}", where="tagger.options") from None
 
     @staticmethod
     def _read_json(directory: Path, name: str) -> dict:
