@@ -488,21 +488,20 @@ class BertCrfTagger(Tagger):
                 raise TaggerError(f"{rel} does not match manifest.json (changed, truncated or "
                                   "copied from another tagger)", where=where)
         labels_doc = cls._read_json(directory, "labels.json")
-        given_labels = labels
         try:
             saved_options = cls.Options.model_validate(cls._read_json(directory, "options.json"))
-            labels = LabelSet(labels_doc["types"])
+            saved_labels = LabelSet(labels_doc["types"])
         except (pydantic.ValidationError, KeyError, DataError) as exc:
             raise TaggerError(f"options.json / labels.json are invalid: {exc}",
                               where=where) from None
-        saved_options, saved_labels = options, labels
         if given_options is not None:
             saved_options = saved_options.model_copy(update={
                 k: getattr(cls._as_options(given_options), k) for k in INFERENCE_OPTIONS})
-        if given_labels is not None and tuple(given_labels.types) != tuple(saved_labels.types):
+        if given_labels is not None and set(given_labels.types) != set(saved_labels.types):
             raise TaggerError(
                 f"the saved tagger was trained for types {list(saved_labels.types)}, the "
-                f"config asks for {list(given_labels.types)}: retrain it", where=where)
+                f"config's entity types are {list(given_labels.types)}: retrain it or fix "
+                "[labels]", where=where)
         tagger = cls(saved_options, saved_labels)
         if list(tagger.label_names) != labels_doc.get("label_names"):
             raise TaggerError(
