@@ -39,20 +39,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from _common import DATA, ROOT
+from refineg_bert_crf import inference
+from refineg_bert_crf.tagger import BertCrfTagger
+from refineg_bert_crf.training import span_f1
+from refineg_entropy.gate import EntropyGate
+
+from refineg_core.formats import load_dataset
+from refineg_core.labels import LabelSet, tags_to_spans
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(ROOT / "plugins"))
-
-from refineg_bert_crf import inference  # noqa: E402
-from refineg_bert_crf.tagger import BertCrfTagger  # noqa: E402
-from refineg_bert_crf.training import span_f1  # noqa: E402
-from refineg_entropy.gate import EntropyGate  # noqa: E402
-
-from refineg_core.formats import load_dataset  # noqa: E402
-from refineg_core.labels import LabelSet, tags_to_spans  # noqa: E402
-
-DATA = Path(os.environ.get("REFINEG_DATA", ROOT.parent / "shared" / "data")).resolve()
 RESULTS = HERE / "results"
 MODES = ("torch", "int8", "onnx", "onnx-int8")
 TWITTER_TYPES = LabelSet(
