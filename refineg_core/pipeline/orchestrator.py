@@ -276,7 +276,9 @@ class Pipeline:
                 record = read_record(self.tagger_dir() / TRAINED_MARKER)
             else:
                 record = self.store.read(stage)
-            upstream_stale = [s for s, f in out.items() if f.state != "fresh"]
+            # a stale upstream will recompute (and change) this stage's input; a
+            # partial one only retries its failures, which this stage then sees as changed
+            upstream_stale = [s for s, f in out.items() if f.state in ("stale", "missing")]
             fresh = freshness(self.fingerprint(stage), record)
             if fresh.state == "fresh" and upstream_stale:
                 fresh = Freshness("stale", (f"upstream {upstream_stale[-1]} is not fresh",))

@@ -178,9 +178,11 @@ def skip_stage(
             summary.resumed += 1
             continue
         if needs_call(it):
+            # only what needed a call is marked: a rerun retries exactly these
             skipped += 1
-        meta = {**it.meta, stage: {"skipped": reason_key}}
-        out.append(attrs.evolve(it, meta=meta))
+            out.append(attrs.evolve(it, meta={**it.meta, stage: {"skipped": reason_key}}))
+        else:
+            out.append(it)
     _write_all(out_path, out)
     summary.counters["requests_skipped"] = skipped
     summary.counters["passed_through"] = len(todo)
