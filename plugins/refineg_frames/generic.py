@@ -39,6 +39,12 @@ def downscaled(original: tuple[int, int], max_side: int | None) -> tuple[int, in
     return (max(1, round(w * s)), max(1, round(h * s)))
 
 
+#: How a frame in pixels of the image as sent asks the model to write a box.
+PIXEL_BOX_FORMAT = (
+    "[x1, y1, x2, y2]: integer pixel coordinates of the image as you see it "
+    "(0,0 is the top-left corner; the size is given with each image)"
+)
+
 class ScaledFrame(BoxCodec):
     """A frame that is the original scaled per axis to ``frame_size``; corners as integers."""
 
@@ -81,10 +87,7 @@ class PixelCodec(ScaledFrame):
         return self.model_size(original)
 
     def box_format(self) -> str:
-        return (
-            "[x1, y1, x2, y2]: integer pixel coordinates of the image as you see it "
-            "(0,0 is the top-left corner; the size is given with each image)"
-        )
+        return PIXEL_BOX_FORMAT
 
     def describe(self) -> str:
         return self.name  # max_side is part of a backend's cache identity on its own

@@ -12,7 +12,7 @@ import math
 import pydantic
 
 from refineg_core.interfaces import PluginOptions
-from refineg_frames.generic import NormalizedCodec, ScaledFrame
+from refineg_frames.generic import PIXEL_BOX_FORMAT, NormalizedCodec, ScaledFrame
 
 #: Qwen2-VL / Qwen2.5-VL read images in 14 px patches merged 2x2: sides are multiples of 28.
 QWEN_FACTOR = 28
@@ -111,10 +111,7 @@ class Qwen25VLCodec(_QwenResize, ScaledFrame):
         return self.model_size(original)
 
     def box_format(self) -> str:
-        return (
-            "[x1, y1, x2, y2]: integer pixel coordinates of the image as you see it "
-            "(0,0 is the top-left corner; the size is given with each image)"
-        )
+        return PIXEL_BOX_FORMAT
 
     def describe(self) -> str:
         return (

@@ -41,6 +41,7 @@ from refineg_core.pipeline.stagekit import (
     Counters,
     ask,
     is_skipped,
+    no_usable_item,
     note_answer,
     run_mllm_stage,
 )
@@ -370,13 +371,8 @@ def _ground_one(
             parsed.items, item.entities, codec, size, TypeResolver(labels)
         )
         if parsed.items and not grounding.usable:
-            counts = {k: v for k, v in grounding.counts.items() if v}
-            refused = ", ".join(f"{k} x{v}" for k, v in sorted(counts.items()))
-            return Failure(
-                STAGE,
-                "no_usable_item",
-                f"none of the answer's {len(parsed.items)} items is usable ({refused}); "
-                "the entities were left ungrounded",
+            return no_usable_item(
+                STAGE, len(parsed.items), grounding.counts, "the entities were left ungrounded"
             )
         return None
 

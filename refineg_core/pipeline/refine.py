@@ -40,6 +40,7 @@ from refineg_core.pipeline.runner import StageSummary
 from refineg_core.pipeline.stagekit import (
     Counters,
     ask,
+    no_usable_item,
     note_answer,
     run_mllm_stage,
 )
@@ -284,12 +285,8 @@ def _refine_one(
         decision = validate_items(parsed.items, item.sample.tokens, kept, types)
         judged["decision"] = decision
         if parsed.items and not decision.usable:
-            refused = ", ".join(f"{k} x{v}" for k, v in sorted(decision.invalid.items()))
-            return Failure(
-                STAGE,
-                "no_usable_item",
-                f"none of the answer's {len(parsed.items)} items is usable ({refused}); "
-                "the tagger's entities were kept",
+            return no_usable_item(
+                STAGE, len(parsed.items), decision.invalid, "the tagger's entities were kept"
             )
         return None
 

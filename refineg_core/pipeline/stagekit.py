@@ -314,6 +314,16 @@ def run_mllm_stage(
     return out, summary
 
 
+def no_usable_item(stage: str, n_items: int, refused: dict[str, int], outcome: str) -> Failure:
+    """The failure of an answer none of whose ``n_items`` items could be used."""
+    why = ", ".join(f"{k} x{v}" for k, v in sorted(refused.items()) if v)
+    return Failure(
+        stage,
+        "no_usable_item",
+        f"none of the answer's {n_items} items is usable ({why}); {outcome}",
+    )
+
+
 def note_answer(
     parsed: ParsedAnswer,
     stage: str,
