@@ -70,10 +70,15 @@ def responder_for(samples, fail: float, seed: int):
         if s is None:
             return ok("[]")
         size = s.image.size
-        items = [{"entity": e.text, "type": e.type,
-                  "boxes": [codec.encode(b, size) for b in e.boxes]} for e in s.entities]
-        return ok("The boxes are:\n```json\n" + json.dumps(items) + "\n```",
-                  prompt_tokens=800, completion_tokens=60)
+        items = [
+            {"entity": e.text, "type": e.type, "boxes": [codec.encode(b, size) for b in e.boxes]}
+            for e in s.entities
+        ]
+        return ok(
+            "The boxes are:\n```json\n" + json.dumps(items) + "\n```",
+            prompt_tokens=800,
+            completion_tokens=60,
+        )
 
     return respond
 
@@ -84,8 +89,9 @@ def _serve(conn, samples, fail: float, seed: int, latency: float) -> None:
         conn.send(server.base_url)
         while (cmd := conn.recv()) != "stop":
             if cmd == "stats":
-                conn.send({"attempts": len(server.chat_requests),
-                           "max_in_flight": server.max_in_flight})
+                conn.send(
+                    {"attempts": len(server.chat_requests), "max_in_flight": server.max_in_flight}
+                )
 
 
 @contextlib.contextmanager
@@ -93,8 +99,9 @@ def server_process(samples, fail: float, seed: int, latency: float):
     """The fake server in its own process, as a real server would be: its work does not
     compete with the client for this process's GIL."""
     parent, child = mp.get_context("fork").Pipe()
-    proc = mp.get_context("fork").Process(target=_serve, args=(child, samples, fail, seed,
-                                                                latency), daemon=True)
+    proc = mp.get_context("fork").Process(
+        target=_serve, args=(child, samples, fail, seed, latency), daemon=True
+    )
     proc.start()
     base_url = parent.recv()
     stats: dict = {}
@@ -111,25 +118,39 @@ def server_process(samples, fail: float, seed: int, latency: float):
         proc.join(timeout=10)
 
 
-def run_once(samples, pool, args, *, concurrency: int, fail: float, cache_dir: Path,
-             out: Path, label: str) -> dict:
+def run_once(
+    samples, pool, args, *, concurrency: int, fail: float, cache_dir: Path, out: Path, label: str
+) -> dict:
     openai_images._encode_cached.cache_clear()  # every run encodes its images itself
     with server_process(samples, fail, args.seed, args.latency) as (base_url, server_stats):
-        inner = OpenAIBackend(OpenAIBackend.Options(
-            base_url=base_url, model="fake-model", concurrency=concurrency,
-            retries=args.retries, backoff_base=args.backoff_base, backoff_max=2.0, timeout=10.0))
+        inner = OpenAIBackend(
+            OpenAIBackend.Options(
+                base_url=base_url,
+                model="fake-model",
+                concurrency=concurrency,
+                retries=args.retries,
+                backoff_base=args.backoff_base,
+                backoff_max=2.0,
+                timeout=10.0,
+            )
+        )
         backend = CachedBackend(inner, cache_dir)
         selector = OverlapSelector()
         selector.index(pool)
         inputs = [prediction(s, uncertainty=[0.9] * len(s.entities)) for s in samples]
         started = time.perf_counter()
-        results, summary = run_ground(inputs, pool, selector, backend, LABELS,
-                                      GroundSettings(k=args.k), out)
+        results, summary = run_ground(
+            inputs, pool, selector, backend, LABELS, GroundSettings(k=args.k), out
+        )
         seconds = time.perf_counter() - started
         inner.close()
         server = server_stats()
-    lost = sum(1 for i, r in zip(inputs, results, strict=True)
-               for e in i.entities if e.key not in {x.key for x in r.entities})
+    lost = sum(
+        1
+        for i, r in zip(inputs, results, strict=True)
+        for e in i.entities
+        if e.key not in {x.key for x in r.entities}
+    )
     gold = {s.id: {e.key: e.boxes for e in s.entities} for s in samples}
     boxed = recovered = 0
     for r in results:
@@ -138,7 +159,8 @@ def run_once(samples, pool, args, *, concurrency: int, fail: float, cache_dir: P
             if want:
                 boxed += 1
                 recovered += bool(e.boxes) and all(
-                    any(b.iou(g) > 0.9 for b in e.boxes) for g in want)
+                    any(b.iou(g) > 0.9 for b in e.boxes) for g in want
+                )
     return {
         "run": label,
         "concurrency": concurrency,
@@ -167,10 +189,17 @@ def main() -> None:
     ap.add_argument("--retries", type=int, default=3)
     ap.add_argument("--backoff-base", type=float, default=0.2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--repeat", type=int, default=3,
-                    help="repeat each concurrent run; the median is used (the machine is shared)")
-    ap.add_argument("--skip-faulty-sequential", action="store_true",
-                    help="skip the slowest run (sequential with failures)")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="repeat each concurrent run; the median is used (the machine is shared)",
+    )
+    ap.add_argument(
+        "--skip-faulty-sequential",
+        action="store_true",
+        help="skip the slowest run (sequential with failures)",
+    )
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     args = ap.parse_args()
     twitter = args.data / "twitter-gmner"
@@ -178,31 +207,50 @@ def main() -> None:
         tmp = Path(d)
         picked = real_samples(twitter, args.n + (args.n if args.k else 0))
         samples = [with_image(s, tmp / "img", i) for i, s in enumerate(picked[: args.n])]
-        pool = [with_image(s, tmp / "pool", i) for i, s in enumerate(picked[args.n:])]
+        pool = [with_image(s, tmp / "pool", i) for i, s in enumerate(picked[args.n :])]
         rows = []
 
         def run(label: str, concurrency: int, fail: float, cache: str, out: str) -> dict:
-            row = run_once(samples, pool, args, concurrency=concurrency, fail=fail,
-                           cache_dir=tmp / cache, out=tmp / out, label=label)
+            row = run_once(
+                samples,
+                pool,
+                args,
+                concurrency=concurrency,
+                fail=fail,
+                cache_dir=tmp / cache,
+                out=tmp / out,
+                label=label,
+            )
             print(json.dumps(row), flush=True)
             rows.append(row)
             return row
 
         def median_of(label: str, fail: float, cache: str) -> float:
-            times = [run(label, args.concurrency, fail, f"{cache}-{i}", f"{cache}-{i}.jsonl")
-                     ["seconds"] for i in range(max(1, args.repeat))]
+            times = [
+                run(label, args.concurrency, fail, f"{cache}-{i}", f"{cache}-{i}.jsonl")["seconds"]
+                for i in range(max(1, args.repeat))
+            ]
             return statistics.median(times)
 
         seq = run("clean-sequential", 1, 0.0, "cache-seq", "seq.jsonl")
         par = median_of("clean-concurrent", 0.0, "cache-par")
-        print(json.dumps({"speedup_clean": round(seq["seconds"] / par, 1),
-                          "median_concurrent_s": par}))
+        print(
+            json.dumps(
+                {"speedup_clean": round(seq["seconds"] / par, 1), "median_concurrent_s": par}
+            )
+        )
         if not args.skip_faulty_sequential:
             fseq = run("faulty-sequential", 1, args.fail, "cache-fseq", "fseq.jsonl")
         fpar = median_of("faulty-concurrent", args.fail, "cache-fpar")
         if not args.skip_faulty_sequential:
-            print(json.dumps({"speedup_faulty": round(fseq["seconds"] / fpar, 1),
-                              "median_concurrent_s": fpar}))
+            print(
+                json.dumps(
+                    {
+                        "speedup_faulty": round(fseq["seconds"] / fpar, 1),
+                        "median_concurrent_s": fpar,
+                    }
+                )
+            )
         warm = run("warm-cache-rerun", args.concurrency, 0.0, "cache-par-0", "par-rerun.jsonl")
         assert warm["calls_made"] == 0, warm
         assert all(r["lost_entities"] == 0 for r in rows), rows

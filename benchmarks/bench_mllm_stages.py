@@ -45,10 +45,19 @@ def responder_for(samples, fail: float, seed: int):
         if s is None:
             return ok("[]")
         if "boxes" in req.text:
-            return ok(json.dumps([{"entity": e.text, "type": e.type, "boxes": [[1, 1, 20, 20]]}
-                                  for e in s.entities]))
-        return ok("Brief reasoning.\n```json\n"
-                  + json.dumps([{"name": e.text, "type": e.type} for e in s.entities]) + "\n```")
+            return ok(
+                json.dumps(
+                    [
+                        {"entity": e.text, "type": e.type, "boxes": [[1, 1, 20, 20]]}
+                        for e in s.entities
+                    ]
+                )
+            )
+        return ok(
+            "Brief reasoning.\n```json\n"
+            + json.dumps([{"name": e.text, "type": e.type} for e in s.entities])
+            + "\n```"
+        )
 
     return respond
 
@@ -56,28 +65,51 @@ def responder_for(samples, fail: float, seed: int):
 def run_once(stage: str, samples, concurrency: int, args, tmp: Path) -> dict:
     with FakeOpenAIServer(latency=args.latency) as server:
         server.responder = responder_for(samples, args.fail, args.seed)
-        backend = OpenAIBackend(OpenAIBackend.Options(
-            base_url=server.base_url, model="fake-model", concurrency=concurrency, retries=0,
-            timeout=10.0, box_frame="pixels"))
+        backend = OpenAIBackend(
+            OpenAIBackend.Options(
+                base_url=server.base_url,
+                model="fake-model",
+                concurrency=concurrency,
+                retries=0,
+                timeout=10.0,
+                box_frame="pixels",
+            )
+        )
         inputs = [prediction(s, uncertainty=[0.9] * len(s.entities)) for s in samples]
         out = tmp / f"{stage}-{concurrency}.jsonl"
         started = time.perf_counter()
         if stage == "refine":
             results, summary = run_refine(inputs, backend, LABELS, RefineSettings(), out)
-            lost = sum(1 for i, r in zip(inputs, results, strict=True) if r.failures
-                       for e in i.entities if e not in r.entities)
+            lost = sum(
+                1
+                for i, r in zip(inputs, results, strict=True)
+                if r.failures
+                for e in i.entities
+                if e not in r.entities
+            )
         else:
             selector = OverlapSelector()
             selector.index([])
-            results, summary = run_ground(inputs, [], selector, backend, LABELS,
-                                          GroundSettings(k=0), out)
-            lost = sum(1 for i, r in zip(inputs, results, strict=True)
-                       for e in i.entities if e.key not in {x.key for x in r.entities})
+            results, summary = run_ground(
+                inputs, [], selector, backend, LABELS, GroundSettings(k=0), out
+            )
+            lost = sum(
+                1
+                for i, r in zip(inputs, results, strict=True)
+                for e in i.entities
+                if e.key not in {x.key for x in r.entities}
+            )
         seconds = time.perf_counter() - started
         backend.close()
-        return {"stage": stage, "concurrency": concurrency, "seconds": round(seconds, 2),
-                "calls": len(server.chat_requests), "failed_samples": summary.failed,
-                "lost_entities": lost, "max_in_flight": server.max_in_flight}
+        return {
+            "stage": stage,
+            "concurrency": concurrency,
+            "seconds": round(seconds, 2),
+            "calls": len(server.chat_requests),
+            "failed_samples": summary.failed,
+            "lost_entities": lost,
+            "max_in_flight": server.max_in_flight,
+        }
 
 
 def main() -> None:
@@ -91,8 +123,10 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        samples = [with_image(s, tmp / "img", i) for i, s in
-                   enumerate(real_samples(args.data / "twitter-gmner", args.n))]
+        samples = [
+            with_image(s, tmp / "img", i)
+            for i, s in enumerate(real_samples(args.data / "twitter-gmner", args.n))
+        ]
         rows = []
         for stage in ("refine", "ground"):
             seq = run_once(stage, samples, 1, args, tmp)

@@ -31,14 +31,16 @@ from refineg_core.registry import create
 
 os.environ.setdefault("REFINEG_NO_PROGRESS", "1")
 
-CCKS_LABELS = LabelSet({
-    "vehicle": "a specific land vehicle model or class (e.g. PUMA, Leopard 2, M1 Abrams)",
-    "aircraft": "a specific aircraft model or class (e.g. Boeing E-3, Tornado, F-35)",
-    "vessel": "a specific ship, submarine or ship class (e.g. USS Nimitz, Type 45)",
-    "weapon": "a specific weapon model or system (e.g. AK-47, Patriot, MG3)",
-    "location": "a specific named place (e.g. Baltic Sea, Ramstein Air Base)",
-    "other": "another specific named military entity: a unit, organisation or exercise",
-})
+CCKS_LABELS = LabelSet(
+    {
+        "vehicle": "a specific land vehicle model or class (e.g. PUMA, Leopard 2, M1 Abrams)",
+        "aircraft": "a specific aircraft model or class (e.g. Boeing E-3, Tornado, F-35)",
+        "vessel": "a specific ship, submarine or ship class (e.g. USS Nimitz, Type 45)",
+        "weapon": "a specific weapon model or system (e.g. AK-47, Patriot, MG3)",
+        "location": "a specific named place (e.g. Baltic Sea, Ramstein Air Base)",
+        "other": "another specific named military entity: a unit, organisation or exercise",
+    }
+)
 
 
 def main() -> None:
@@ -53,8 +55,12 @@ def main() -> None:
     ap.add_argument("--backend-options", default="{}", help="JSON options of local_text")
     ap.add_argument("--out", type=Path, default=Path("/tmp/refineg-bench-synth"))
     ap.add_argument("--fresh", action="store_true", help="delete --out first (else resume)")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (2 threads on a busy 2-core machine ran 5x slower)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (2 threads on a busy 2-core machine ran 5x slower)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.fresh and args.out.exists():
@@ -66,13 +72,17 @@ def main() -> None:
     backend = create("backend", "local_text", json.loads(args.backend_options))
     if reason := backend.check_available():
         raise SystemExit(f"local_text backend unavailable: {reason}")
-    synth = LLMSynthesizer(LLMSynthesizer.Options(
-        n_rewrites=args.n_rewrites, n_new=args.n_new, max_tokens=args.max_tokens), CCKS_LABELS)
+    synth = LLMSynthesizer(
+        LLMSynthesizer.Options(
+            n_rewrites=args.n_rewrites, n_new=args.n_new, max_tokens=args.max_tokens
+        ),
+        CCKS_LABELS,
+    )
     load_s = time.perf_counter() - t0
-    report = run_synthesis(seeds, synth, backend, CCKS_LABELS, SynthSettings(retries=args.retries),
-                           args.out)
-    out = {"backend": backend.describe(), "backend_setup_s": round(load_s, 1),
-           **report.as_dict()}
+    report = run_synthesis(
+        seeds, synth, backend, CCKS_LABELS, SynthSettings(retries=args.retries), args.out
+    )
+    out = {"backend": backend.describe(), "backend_setup_s": round(load_s, 1), **report.as_dict()}
     print(json.dumps(out, indent=1))
     kept = read_jsonl(args.out / "synthetic.jsonl").samples
     for s in kept[:5]:

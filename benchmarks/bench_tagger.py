@@ -43,10 +43,12 @@ from refineg_core.labels import LabelSet, tags_to_spans
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-TWITTER_TYPES = LabelSet({"PER": "person", "LOC": "location", "ORG": "organisation",
-                          "OTHER": "other named entity"})
-CCKS_TYPES = LabelSet({t: t for t in ("vehicle", "aircraft", "vessel", "weapon", "location",
-                                      "other")})
+TWITTER_TYPES = LabelSet(
+    {"PER": "person", "LOC": "location", "ORG": "organisation", "OTHER": "other named entity"}
+)
+CCKS_TYPES = LabelSet(
+    {t: t for t in ("vehicle", "aircraft", "vessel", "weapon", "location", "other")}
+)
 
 
 def peak_rss_mb() -> float:
@@ -69,8 +71,14 @@ def evaluate(tagger: BertCrfTagger, samples) -> tuple[dict, list]:
 
 
 def opts(args, **kw) -> BertCrfTagger.Options:
-    base = {"max_length": args.max_length, "batch_size": args.batch_size, "seed": args.seed,
-            "device": "cpu", "patience": None, "encoder": args.encoder}
+    base = {
+        "max_length": args.max_length,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "device": "cpu",
+        "patience": None,
+        "encoder": args.encoder,
+    }
     base.update(kw)
     return BertCrfTagger.Options(**base)
 
@@ -83,8 +91,15 @@ def part_twitter(args) -> None:
         train = train[: args.train_limit]
     if args.dev_limit:
         dev = dev[: args.dev_limit]
-    tagger = BertCrfTagger(opts(args, epochs=args.epochs, ensemble_size=args.ensemble,
-                                use_shape_features=not args.no_shape_features), TWITTER_TYPES)
+    tagger = BertCrfTagger(
+        opts(
+            args,
+            epochs=args.epochs,
+            ensemble_size=args.ensemble,
+            use_shape_features=not args.no_shape_features,
+        ),
+        TWITTER_TYPES,
+    )
     started = time.perf_counter()
     report = tagger.fit(train, None if args.no_fit_dev else dev)
     fit_s = time.perf_counter() - started
@@ -92,21 +107,32 @@ def part_twitter(args) -> None:
         tagger.save(Path(args.save))
     scores, preds = evaluate(tagger, dev)
     gate = gate_quality(dev, preds, [x / 10 for x in range(1, 10)])
-    write(("twitter_noshape" if args.no_shape_features else "twitter") + args.suffix, {
-        "encoder": args.encoder or "all-minilm-l6-v2",
-        "shape_features": not args.no_shape_features,
-        "train_sentences": len(train), "dev_sentences": len(dev), "epochs": args.epochs,
-        "seed": args.seed, "fit_seconds": fit_s,
-        "seconds_per_epoch": [e["seconds"] for e in report["epochs"]],
-        "dev_f1_per_epoch": [e["dev"]["f1"] for e in report["epochs"] if "dev" in e],
-        "best_epoch": report["best_epoch"], "dev": scores, "gate": gate,
-        "ensemble_size": args.ensemble,
-        "member_dev_f1_per_epoch": [[e["dev"]["f1"] for e in r["epochs"] if "dev" in e]
-                                    for r in report.get("members", [report])],
-        "member_seconds_per_epoch": [[e["seconds"] for e in r["epochs"]]
-                                     for r in report.get("members", [report])],
-        "peak_rss_mb": peak_rss_mb(),
-    })
+    write(
+        ("twitter_noshape" if args.no_shape_features else "twitter") + args.suffix,
+        {
+            "encoder": args.encoder or "all-minilm-l6-v2",
+            "shape_features": not args.no_shape_features,
+            "train_sentences": len(train),
+            "dev_sentences": len(dev),
+            "epochs": args.epochs,
+            "seed": args.seed,
+            "fit_seconds": fit_s,
+            "seconds_per_epoch": [e["seconds"] for e in report["epochs"]],
+            "dev_f1_per_epoch": [e["dev"]["f1"] for e in report["epochs"] if "dev" in e],
+            "best_epoch": report["best_epoch"],
+            "dev": scores,
+            "gate": gate,
+            "ensemble_size": args.ensemble,
+            "member_dev_f1_per_epoch": [
+                [e["dev"]["f1"] for e in r["epochs"] if "dev" in e]
+                for r in report.get("members", [report])
+            ],
+            "member_seconds_per_epoch": [
+                [e["seconds"] for e in r["epochs"]] for r in report.get("members", [report])
+            ],
+            "peak_rss_mb": peak_rss_mb(),
+        },
+    )
 
 
 def part_curve(args) -> None:
@@ -121,35 +147,64 @@ def part_curve(args) -> None:
             subset = random.Random(seed).sample(list(train), min(size, len(train)))
             for shapes in (True, False) if size in args.ablation_sizes else (True,):
                 tagger = BertCrfTagger(
-                    opts(args, epochs=epochs[size], seed=seed, use_shape_features=shapes,
-                         ensemble_size=args.ensemble),
-                    TWITTER_TYPES)
+                    opts(
+                        args,
+                        epochs=epochs[size],
+                        seed=seed,
+                        use_shape_features=shapes,
+                        ensemble_size=args.ensemble,
+                    ),
+                    TWITTER_TYPES,
+                )
                 t0 = time.perf_counter()
                 tagger.fit(subset, None)
                 scores, _ = evaluate(tagger, dev)
-                runs.append({"size": size, "seed": seed, "shape_features": shapes,
-                             "ensemble_size": args.ensemble,
-                             "epochs": epochs[size], "f1": scores["f1"],
-                             "precision": scores["precision"], "recall": scores["recall"],
-                             "seconds": time.perf_counter() - t0})
+                runs.append(
+                    {
+                        "size": size,
+                        "seed": seed,
+                        "shape_features": shapes,
+                        "ensemble_size": args.ensemble,
+                        "epochs": epochs[size],
+                        "f1": scores["f1"],
+                        "precision": scores["precision"],
+                        "recall": scores["recall"],
+                        "seconds": time.perf_counter() - t0,
+                    }
+                )
                 print(runs[-1], flush=True)
-    write("curve" + args.suffix, {
-        "runs": runs, "summary": summarise(runs, ("size", "shape_features")),
-        "dev_sentences": len(dev), "peak_rss_mb": peak_rss_mb()})
+    write(
+        "curve" + args.suffix,
+        {
+            "runs": runs,
+            "summary": summarise(runs, ("size", "shape_features")),
+            "dev_sentences": len(dev),
+            "peak_rss_mb": peak_rss_mb(),
+        },
+    )
 
 
 def summarise(runs: list[dict], keys: tuple[str, ...]) -> list[dict]:
     groups: dict[tuple, list[float]] = {}
     for r in runs:
         groups.setdefault(tuple(r[k] for k in keys), []).append(r["f1"])
-    return [{**dict(zip(keys, k, strict=True)), "n": len(v), "mean_f1": float(np.mean(v)),
-             "std_f1": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
-             "min_f1": float(min(v)), "max_f1": float(max(v))} for k, v in groups.items()]
+    return [
+        {
+            **dict(zip(keys, k, strict=True)),
+            "n": len(v),
+            "mean_f1": float(np.mean(v)),
+            "std_f1": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
+            "min_f1": float(min(v)),
+            "max_f1": float(max(v)),
+        }
+        for k, v in groups.items()
+    ]
 
 
 def _name_pattern(names: set[str]) -> re.Pattern | None:
-    parts = sorted({r"\s+".join(map(re.escape, n.split())) for n in names if n.strip()},
-                   key=len, reverse=True)
+    parts = sorted(
+        {r"\s+".join(map(re.escape, n.split())) for n in names if n.strip()}, key=len, reverse=True
+    )
     if not parts:
         return None
     return re.compile(r"(?<!\w)(?:" + "|".join(parts) + r")(?!\w)", re.IGNORECASE)
@@ -165,7 +220,7 @@ def part_ccks(args) -> None:
             synth.append(s)
     order = list(range(len(gold)))
     random.Random(args.seed).shuffle(order)
-    folds = [order[k::args.folds] for k in range(args.folds)]
+    folds = [order[k :: args.folds] for k in range(args.folds)]
     runs = []
     for k, held in enumerate(folds):
         test = [gold[i] for i in held]
@@ -175,46 +230,81 @@ def part_ccks(args) -> None:
         if args.synthetic_with_entities:  # drop the flawed untagged sentences (see data README)
             clean = [s for s in clean if s.entities]
         picked = random.Random(args.seed + k).sample(clean, min(args.synthetic_size, len(clean)))
-        settings = [("gold", train, args.gold_epochs),
-                    ("gold+synthetic", train + picked, args.synth_epochs)]
+        settings = [
+            ("gold", train, args.gold_epochs),
+            ("gold+synthetic", train + picked, args.synth_epochs),
+        ]
         for setting, data, ep in (x for x in settings if x[0] in args.settings.split(",")):
             tagger = BertCrfTagger(opts(args, epochs=ep, seed=args.seed), CCKS_TYPES)
             t0 = time.perf_counter()
             tagger.fit(data, None)
             scores, _ = evaluate(tagger, test)
-            runs.append({"fold": k, "setting": setting, "train_sentences": len(data),
-                         "synthetic_available": len(clean),
-                         "synthetic_removed_for_leakage": len(synth) - len(clean),
-                         "epochs": ep, "f1": scores["f1"], "precision": scores["precision"],
-                         "recall": scores["recall"], "tp": scores["tp"], "gold": scores["gold"],
-                         "pred": scores["pred"], "seconds": time.perf_counter() - t0})
+            runs.append(
+                {
+                    "fold": k,
+                    "setting": setting,
+                    "train_sentences": len(data),
+                    "synthetic_available": len(clean),
+                    "synthetic_removed_for_leakage": len(synth) - len(clean),
+                    "epochs": ep,
+                    "f1": scores["f1"],
+                    "precision": scores["precision"],
+                    "recall": scores["recall"],
+                    "tp": scores["tp"],
+                    "gold": scores["gold"],
+                    "pred": scores["pred"],
+                    "seconds": time.perf_counter() - t0,
+                }
+            )
             print(runs[-1], flush=True)
     pooled = {}
     for setting in sorted({r["setting"] for r in runs}):
         rs = [r for r in runs if r["setting"] == setting]
         tp, g, p = (sum(r[x] for r in rs) for x in ("tp", "gold", "pred"))
         prec, rec = (tp / p if p else 0.0), (tp / g if g else 0.0)
-        pooled[setting] = {"micro_f1": 2 * prec * rec / (prec + rec) if prec + rec else 0.0,
-                           "precision": prec, "recall": rec}
-    write("ccks" + args.suffix, {
-        "runs": runs, "summary": summarise(runs, ("setting",)), "pooled": pooled,
-        "synthetic_with_entities_only": args.synthetic_with_entities,
-        "synthetic_unique": len(synth), "synthetic_size": args.synthetic_size,
-                   "peak_rss_mb": peak_rss_mb()})
+        pooled[setting] = {
+            "micro_f1": 2 * prec * rec / (prec + rec) if prec + rec else 0.0,
+            "precision": prec,
+            "recall": rec,
+        }
+    write(
+        "ccks" + args.suffix,
+        {
+            "runs": runs,
+            "summary": summarise(runs, ("setting",)),
+            "pooled": pooled,
+            "synthetic_with_entities_only": args.synthetic_with_entities,
+            "synthetic_unique": len(synth),
+            "synthetic_size": args.synthetic_size,
+            "peak_rss_mb": peak_rss_mb(),
+        },
+    )
 
 
 # --------------------------------------------------------------------------- report
 def part_report(_args) -> None:
-    docs = {p: json.loads((RESULTS / f"tagger_{p}.json").read_text())
-            for p in ("twitter", "twitter_noshape", "curve", "ccks", "speed_quality",
-                      "speed_inference", "speed_train", "speed_stage")
-            if (RESULTS / f"tagger_{p}.json").exists()}
+    docs = {
+        p: json.loads((RESULTS / f"tagger_{p}.json").read_text())
+        for p in (
+            "twitter",
+            "twitter_noshape",
+            "curve",
+            "ccks",
+            "speed_quality",
+            "speed_inference",
+            "speed_train",
+            "speed_stage",
+        )
+        if (RESULTS / f"tagger_{p}.json").exists()
+    }
     speed_notes = RESULTS / "tagger_speed_notes.md"  # hand-written reading of section 4
     if speed_notes.exists():
         docs["speed_notes"] = speed_notes.read_text(encoding="utf-8")
     from bench_tagger_report import render
-    docs["ccks_variants"] = [json.loads(p.read_text())
-                             for p in sorted(RESULTS.glob("tagger_ccks*.json"))]
+
+    docs["ccks_variants"] = [
+        json.loads(p.read_text()) for p in sorted(RESULTS.glob("tagger_ccks*.json"))
+    ]
     text = render(docs)
     notes = RESULTS / "tagger_notes.md"  # hand-written reading of the numbers, if any
     if notes.exists():
@@ -226,8 +316,9 @@ def part_report(_args) -> None:
     start = doc.index(head)
     nxt = doc.find("\n## ", start + len(head))
     end = nxt + 1 if nxt >= 0 else len(doc)
-    results_md.write_text(doc[:start] + head + "\n\n" + text.strip() + "\n\n" + doc[end:],
-                          encoding="utf-8")
+    results_md.write_text(
+        doc[:start] + head + "\n\n" + text.strip() + "\n\n" + doc[end:], encoding="utf-8"
+    )
     print(text)
 
 
@@ -239,36 +330,63 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--epochs", type=int, default=3, help="twitter: epochs on the full split")
-    ap.add_argument("--no-shape-features", action="store_true",
-                    help="twitter: ablation without the word-shape (casing) features")
+    ap.add_argument(
+        "--no-shape-features",
+        action="store_true",
+        help="twitter: ablation without the word-shape (casing) features",
+    )
     ap.add_argument("--train-limit", type=int, default=None, help="twitter: first N tweets only")
-    ap.add_argument("--dev-limit", type=int, default=None,
-                    help="twitter/curve: first N dev tweets")
-    ap.add_argument("--no-fit-dev", action="store_true",
-                    help="twitter: no dev evaluation during fit (the last epoch is kept)")
+    ap.add_argument("--dev-limit", type=int, default=None, help="twitter/curve: first N dev tweets")
+    ap.add_argument(
+        "--no-fit-dev",
+        action="store_true",
+        help="twitter: no dev evaluation during fit (the last epoch is kept)",
+    )
     ap.add_argument("--sizes", default="100,500,1000")
     ap.add_argument("--seeds", default="1,2,3")
-    ap.add_argument("--curve-epochs", default="100:10,500:5,1000:4",
-                    help="size:epochs pairs for the curve")
-    ap.add_argument("--ablation-sizes", default="500,1000",
-                    type=lambda s: {int(x) for x in s.split(",") if x},
-                    help="curve sizes also trained without shape features")
-    ap.add_argument("--suffix", default="",
-                    help="twitter/ccks: suffix of the result file (variants)")
-    ap.add_argument("--encoder", default=None,
-                    help="encoder name (all-minilm-l6-v2, all-mpnet-base-v2) or local folder")
+    ap.add_argument(
+        "--curve-epochs", default="100:10,500:5,1000:4", help="size:epochs pairs for the curve"
+    )
+    ap.add_argument(
+        "--ablation-sizes",
+        default="500,1000",
+        type=lambda s: {int(x) for x in s.split(",") if x},
+        help="curve sizes also trained without shape features",
+    )
+    ap.add_argument(
+        "--suffix", default="", help="twitter/ccks: suffix of the result file (variants)"
+    )
+    ap.add_argument(
+        "--encoder",
+        default=None,
+        help="encoder name (all-minilm-l6-v2, all-mpnet-base-v2) or local folder",
+    )
     ap.add_argument("--save", default=None, help="twitter: save the trained tagger here")
-    ap.add_argument("--ensemble", type=int, default=1,
-                    help="twitter/curve: ensemble members (seeds seed, seed+1, ...)")
-    ap.add_argument("--settings", default="gold,gold+synthetic",
-                    help="ccks: which settings to train (comma-separated)")
-    ap.add_argument("--synthetic-with-entities", action="store_true",
-                    help="ccks: use only synthetic sentences that have at least one entity")
+    ap.add_argument(
+        "--ensemble",
+        type=int,
+        default=1,
+        help="twitter/curve: ensemble members (seeds seed, seed+1, ...)",
+    )
+    ap.add_argument(
+        "--settings",
+        default="gold,gold+synthetic",
+        help="ccks: which settings to train (comma-separated)",
+    )
+    ap.add_argument(
+        "--synthetic-with-entities",
+        action="store_true",
+        help="ccks: use only synthetic sentences that have at least one entity",
+    )
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--gold-epochs", type=int, default=8)
     ap.add_argument("--synth-epochs", type=int, default=3)
-    ap.add_argument("--synthetic-size", type=int, default=1200,
-                    help="synthetic sentences sampled per fold (after the leakage filter)")
+    ap.add_argument(
+        "--synthetic-size",
+        type=int,
+        default=1200,
+        help="synthetic sentences sampled per fold (after the leakage filter)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("REFINEG_NO_PROGRESS", "1")
@@ -277,8 +395,9 @@ def main() -> None:
         for part in ("twitter", "curve", "ccks", "report"):
             subprocess.run([sys.executable, __file__, part, *rest], check=True)
         return
-    {"twitter": part_twitter, "curve": part_curve, "ccks": part_ccks,
-     "report": part_report}[args.part](args)
+    {"twitter": part_twitter, "curve": part_curve, "ccks": part_ccks, "report": part_report}[
+        args.part
+    ](args)
 
 
 if __name__ == "__main__":

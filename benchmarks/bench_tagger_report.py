@@ -33,7 +33,8 @@ def render(docs: dict) -> str:
                 f"{pct(n['dev']['f1'])} (P {pct(n['dev']['precision'])}, "
                 f"R {pct(n['dev']['recall'])}); per epoch "
                 + ", ".join(pct(x) for x in n["dev_f1_per_epoch"])
-                + f". Command: `{n['command']}`.")
+                + f". Command: `{n['command']}`."
+            )
         out.append("")
     if "curve" in docs:
         d = docs["curve"]
@@ -51,22 +52,27 @@ def render(docs: dict) -> str:
             out.append(
                 f"| {s['size']} | {epochs[s['size']]} | {'on' if s['shape_features'] else 'off'} "
                 f"| {s['n']} | {pct(s['mean_f1'])} | {pct(s['std_f1'])} | {pct(s['min_f1'])} "
-                f"| {pct(s['max_f1'])} |")
+                f"| {pct(s['max_f1'])} |"
+            )
         for key in ("twitter", "twitter_noshape"):
             if key in docs:
                 t = docs[key]
-                out.append(f"| {t['train_sentences']} (full)\\* | {t['epochs']} | "
-                           f"{'on' if t.get('shape_features', True) else 'off'} | 1 | "
-                           f"{pct(t['dev']['f1'])} | – | – | – |")
+                out.append(
+                    f"| {t['train_sentences']} (full)\\* | {t['epochs']} | "
+                    f"{'on' if t.get('shape_features', True) else 'off'} | 1 | "
+                    f"{pct(t['dev']['f1'])} | – | – | – |"
+                )
         if "twitter" in docs:
-            out += ["", "\\* full-split rows come from part 1: evaluated on all 1,500 dev "
-                    "tweets (the small sizes on the first 500), best epoch chosen on dev."]
+            out += [
+                "",
+                "\\* full-split rows come from part 1: evaluated on all 1,500 dev "
+                "tweets (the small sizes on the first 500), best epoch chosen on dev.",
+            ]
         out.append("")
     variants = docs.get("ccks_variants", [])
     if variants:
         d0 = variants[0]
-        removed = list({r["fold"]: r["synthetic_removed_for_leakage"]
-                        for r in d0["runs"]}.values())
+        removed = list({r["fold"]: r["synthetic_removed_for_leakage"] for r in d0["runs"]}.values())
         out += [
             "### 2. CCKS military NER: 5-fold CV on gold-500, gold vs gold + synthetic",
             "",
@@ -84,21 +90,25 @@ def render(docs: dict) -> str:
             for s in d["summary"]:
                 r0 = next(r for r in d["runs"] if r["setting"] == s["setting"])
                 p = d["pooled"][s["setting"]]
-                synth = (f"{d['synthetic_size']}" + (" (with entities)" if
-                         d.get("synthetic_with_entities_only") else "")
-                         if s["setting"] != "gold" else "0")
+                synth = (
+                    f"{d['synthetic_size']}"
+                    + (" (with entities)" if d.get("synthetic_with_entities_only") else "")
+                    if s["setting"] != "gold"
+                    else "0"
+                )
                 out.append(
                     f"| {s['setting']} | {synth} | {r0['epochs']} | {r0['train_sentences']} "
                     f"| {pct(s['mean_f1'])} ± {pct(s['std_f1'])} "
                     f"| {pct(p['precision'])} / {pct(p['recall'])} / {pct(p['micro_f1'])} "
-                    f"| `{d['command']}` |")
+                    f"| `{d['command']}` |"
+                )
         out.append("")
     if "twitter" in docs:
         g = docs["twitter"]["gate"]
         out += [
             "### 3. Entropy gate on Twitter-GMNER dev (tagger of part 1)",
             "",
-            f"AUROC of entity uncertainty for \"this predicted entity is wrong\": mean "
+            f'AUROC of entity uncertainty for "this predicted entity is wrong": mean '
             f"{g['auroc']['mean']:.3f}, max {g['auroc']['max']:.3f}. Tagger F1 without gate "
             f"{pct(g['tagger_f1'])}.",
             "",
@@ -112,16 +122,25 @@ def render(docs: dict) -> str:
         ]
         for agg in ("mean", "max"):
             for r in g["rows"][agg]:
-                out.append(f"| {r['tau']:.1f} | {agg} | {pct(r['entities_delegated'])} | "
-                           f"{pct(r['samples_delegated'])} | {pct(r['kept_precision'])} | "
-                           f"{pct(r['oracle_f1'])} | {pct(r['entity_oracle_f1'])} |")
-        out += ["", "Budget mode (threshold 0, most uncertain samples first):", "",
-                "| budget | samples delegated % | entities delegated % | kept precision | "
-                "oracle F1 (upper bound) |", "|---:|---:|---:|---:|---:|"]
+                out.append(
+                    f"| {r['tau']:.1f} | {agg} | {pct(r['entities_delegated'])} | "
+                    f"{pct(r['samples_delegated'])} | {pct(r['kept_precision'])} | "
+                    f"{pct(r['oracle_f1'])} | {pct(r['entity_oracle_f1'])} |"
+                )
+        out += [
+            "",
+            "Budget mode (threshold 0, most uncertain samples first):",
+            "",
+            "| budget | samples delegated % | entities delegated % | kept precision | "
+            "oracle F1 (upper bound) |",
+            "|---:|---:|---:|---:|---:|",
+        ]
         for r in g["budget_rows"]:
-            out.append(f"| {r['budget']:.1f} | {pct(r['samples_delegated'])} | "
-                       f"{pct(r['entities_delegated'])} | {pct(r['kept_precision'])} | "
-                       f"{pct(r['oracle_f1'])} |")
+            out.append(
+                f"| {r['budget']:.1f} | {pct(r['samples_delegated'])} | "
+                f"{pct(r['entities_delegated'])} | {pct(r['kept_precision'])} | "
+                f"{pct(r['oracle_f1'])} |"
+            )
         out.append("")
     if "speed_inference" in docs:
         out += render_speed(docs)
@@ -150,8 +169,12 @@ def render_speed(docs: dict) -> list[str]:
         f"{d['reps']} interleaved repetitions after one excluded warm-up; median (min-max) "
         f"sentences/s; torch threads fixed per column (ONNX Runtime gets the same count); "
         f"load average at the end {', '.join(f'{x:.1f}' for x in d['load_average_at_end'])}. "
-        + (f"Dev MNER F1 and model size on all {docs['speed_quality']['dev_sentences']} dev "
-           f"tweets: `{docs['speed_quality']['command']}`." if quality else ""),
+        + (
+            f"Dev MNER F1 and model size on all {docs['speed_quality']['dev_sentences']} dev "
+            f"tweets: `{docs['speed_quality']['command']}`."
+            if quality
+            else ""
+        ),
         "",
         "| encoder back-end | dev MNER F1 | vs fp32 | model MB | "
         + " | ".join(f"sent/s, {t} thread(s)" for t in threads)
@@ -165,7 +188,7 @@ def render_speed(docs: dict) -> list[str]:
         mode = name[name.find("[") + 1 : -1] if name.startswith("bert_crf") else None
         q = quality.get(mode, {}) if mode else {}
         f1 = pct(q["dev_mner_f1"]) if q else "-"
-        delta = (f"{100 * (q['dev_mner_f1'] - base):+.2f}" if q and base is not None else "-")
+        delta = f"{100 * (q['dev_mner_f1'] - base):+.2f}" if q and base is not None else "-"
         size = f"{q['model_bytes'] / 1e6:.0f}" if q else "-"
         row = [f"bert_crf + gate, {mode}" if mode else f"transformers {name}", f1, delta, size]
         for t in threads:
@@ -173,38 +196,60 @@ def render_speed(docs: dict) -> list[str]:
         for t in threads:
             ratios = d["by_threads"][t]["ratios"]
             if mode:
-                row.append(" / ".join(f"{ratios[f'{name} / pipeline batch {b}']:.2f}x"
-                                      for b in (32, 1) if f"{name} / pipeline batch {b}" in ratios))
+                row.append(
+                    " / ".join(
+                        f"{ratios[f'{name} / pipeline batch {b}']:.2f}x"
+                        for b in (32, 1)
+                        if f"{name} / pipeline batch {b}" in ratios
+                    )
+                )
             else:
                 row.append("-")
         out.append("| " + " | ".join(row) + " |")
     if "compile_seconds" in d:
         out.append("")
-        out.append("torch.compile (dynamic shapes) compile time: " + ", ".join(
-            f"{s:.0f} s at {t} thread(s)" for t, s in d["compile_seconds"].items()) + ".")
+        out.append(
+            "torch.compile (dynamic shapes) compile time: "
+            + ", ".join(f"{s:.0f} s at {t} thread(s)" for t, s in d["compile_seconds"].items())
+            + "."
+        )
     if "speed_train" in docs:
         tr = docs["speed_train"]
-        out += ["", f"Training, same harness: `{tr['command']}` ({tr['train_items']} tweets = "
-                f"{tr['steps_per_rep']} optimizer steps of batch {tr['batch_size']} per "
-                f"repetition, {tr['reps']} repetitions):", "",
-                "| torch threads | optimizer steps/s |", "|---|---:|"]
+        out += [
+            "",
+            f"Training, same harness: `{tr['command']}` ({tr['train_items']} tweets = "
+            f"{tr['steps_per_rep']} optimizer steps of batch {tr['batch_size']} per "
+            f"repetition, {tr['reps']} repetitions):",
+            "",
+            "| torch threads | optimizer steps/s |",
+            "|---|---:|",
+        ]
         for name, t in tr["timing"].items():
             out.append(f"| {name} | {_rng(t, 'steps_per_s', '.2f')} |")
     if "speed_stage" in docs:
         st = docs["speed_stage"]
-        out += ["", f"The main job's predict stage (`refineg predict`, configs/twitter-gmner.toml, "
-                f"{st.get('samples', '?')} dev tweets, load + tag + gate + write; fresh process "
-                f"each, {st['reps']} alternating repetitions, OMP_NUM_THREADS={st['threads']}): "
-                f"`{st['command']}`", "",
-                "| code | wall s per run (process start included) | predict stage s | "
-                "MNER F1 of predict.jsonl |", "|---|---:|---:|---:|"]
+        out += [
+            "",
+            f"The main job's predict stage (`refineg predict`, configs/twitter-gmner.toml, "
+            f"{st.get('samples', '?')} dev tweets, load + tag + gate + write; fresh process "
+            f"each, {st['reps']} alternating repetitions, OMP_NUM_THREADS={st['threads']}): "
+            f"`{st['command']}`",
+            "",
+            "| code | wall s per run (process start included) | predict stage s | "
+            "MNER F1 of predict.jsonl |",
+            "|---|---:|---:|---:|",
+        ]
         for name, t in st["timing"].items():
-            out.append(f"| {name} | {t['median_s']:.1f} ({t['min_s']:.1f}-{t['max_s']:.1f}) | "
-                       f"{_secs(st['stage_seconds'][name])} | {pct(st['dev_mner_f1'][name])} |")
+            out.append(
+                f"| {name} | {t['median_s']:.1f} ({t['min_s']:.1f}-{t['max_s']:.1f}) | "
+                f"{_secs(st['stage_seconds'][name])} | {pct(st['dev_mner_f1'][name])} |"
+            )
         out.append("")
-        out.append(f"Predict stage speed-up (median stage seconds, as summary.json records them): "
-                   f"**{st['speedup_stage']:.2f}x**; median wall time per process: "
-                   f"**{st['speedup_wall']:.2f}x**.")
+        out.append(
+            f"Predict stage speed-up (median stage seconds, as summary.json records them): "
+            f"**{st['speedup_stage']:.2f}x**; median wall time per process: "
+            f"**{st['speedup_wall']:.2f}x**."
+        )
     notes = docs.get("speed_notes")
     if notes:
         out += ["", notes.strip()]

@@ -116,8 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     variants = load_variants(args.variants)
     rows = [run_variant(args.config, v, args.out, args.set, trained) for v in variants]
     saved = len(variants) - len(trained)
-    print(f"tagger trainings: {len(trained)} for {len(variants)} variants ({saved} saved)",
-          file=sys.stderr)
+    print(
+        f"tagger trainings: {len(trained)} for {len(variants)} variants ({saved} saved)",
+        file=sys.stderr,
+    )
     (args.out / "comparison.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
     table = to_markdown(rows)
     (args.out / "comparison.md").write_text(table, encoding="utf-8")

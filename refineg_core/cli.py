@@ -148,17 +148,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     with p:
         states = p.status()
     if args.json:
-        print(json.dumps({k: {"state": v.state, "reasons": list(v.reasons)}
-                          for k, v in states.items()}, indent=2))
+        print(
+            json.dumps(
+                {k: {"state": v.state, "reasons": list(v.reasons)} for k, v in states.items()},
+                indent=2,
+            )
+        )
         return 0
     rows = [(stage, f.state, "; ".join(f.reasons)) for stage, f in states.items()]
     print_table(("stage", "state", "why"), rows, out=sys.stdout)
     return 0
 
 
-def print_table(
-    header: Sequence[str], rows: Sequence[Sequence[Any]], *, out=None
-) -> None:
+def print_table(header: Sequence[str], rows: Sequence[Sequence[Any]], *, out=None) -> None:
     """A plain aligned text table (stderr unless ``out`` says otherwise)."""
     out = out or sys.stderr
     cells = [[str(c) for c in header]]
@@ -191,27 +193,33 @@ def print_summary(summary: dict[str, Any]) -> None:
             )
             backend = data.get("backend")
             if isinstance(backend, dict) and (backend.get("calls") or backend.get("cached_calls")):
-                details += (f"; backend: calls={backend['calls']}, "
-                            f"from cache={backend.get('cached_calls', 0)}, "
-                            f"failed={backend.get('failed_calls', 0)}")
+                details += (
+                    f"; backend: calls={backend['calls']}, "
+                    f"from cache={backend.get('cached_calls', 0)}, "
+                    f"failed={backend.get('failed_calls', 0)}"
+                )
             count = data.get("samples", data.get("total", ""))
-            rows.append((name, f"{data.get('seconds', 0):.1f}", count, data.get("failed", ""),
-                         details))
+            rows.append(
+                (name, f"{data.get('seconds', 0):.1f}", count, data.get("failed", ""), details)
+            )
         _say("")
         print_table(("stage", "seconds", "samples", "failed", "details"), rows)
     final = summary.get("final")
     if final:
         _say("")
-        print_table(("final", "count"),
-                    [(k, v) for k, v in final.items() if not isinstance(v, dict)])
+        print_table(
+            ("final", "count"), [(k, v) for k, v in final.items() if not isinstance(v, dict)]
+        )
     evals = summary.get("eval", {})
     if evals:
         kinds = sorted({k for m in evals.values() for k in m})
         _say("")
         print_table(
             ("F1 after", *kinds),
-            [(stage, *(f"{m[k]:.2f}" if m.get(k) is not None else "" for k in kinds))
-             for stage, m in evals.items()],
+            [
+                (stage, *(f"{m[k]:.2f}" if m.get(k) is not None else "" for k in kinds))
+                for stage, m in evals.items()
+            ],
         )
 
 
@@ -261,7 +269,6 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--run-dir", help="override run_dir")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
-
 
     from refineg_core.cli_eval import add_eval_command
 

@@ -147,9 +147,7 @@ class UncertaintyEstimator(Plugin):
         self, samples: Sequence[Sample], predictions: Sequence[TaggerPrediction]
     ) -> list[GateDecision]: ...
 
-    def calibrate(
-        self, samples: Sequence[Sample], predictions: Sequence[TaggerPrediction]
-    ) -> dict:
+    def calibrate(self, samples: Sequence[Sample], predictions: Sequence[TaggerPrediction]) -> dict:
         """Fit any parameters on gold ``samples`` (dev) and their predictions; return a report.
 
         Called before ``decide`` when dev data is available; the default has nothing to fit.

@@ -39,7 +39,6 @@ _NAME_KEYS = {"format": "format"}
 _IN_MEMORY: dict[tuple[str, str], type[Any]] = {}
 
 
-
 @attrs.frozen
 class InstalledPlugin:
     group: str

@@ -192,9 +192,7 @@ class GateVerdict:
     def from_dict(cls, d: Mapping[str, Any]) -> GateVerdict:
         """Strict: a malformed gate record is a DataError, never a silent "keep"."""
         try:
-            delegated = frozenset(
-                (int(s), int(e), str(t)) for s, e, t in d.get("delegated") or ()
-            )
+            delegated = frozenset((int(s), int(e), str(t)) for s, e, t in d.get("delegated") or ())
             return cls(bool(d["delegate_sample"]), float(d["missed_uncertainty"]), delegated)
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"malformed gate record {dict(d)!r}: {exc}") from None
@@ -271,8 +269,10 @@ class TaggerPrediction:
         for name in ("member_marginals", "dropout_marginals"):
             stack = getattr(self, name)
             if stack is not None and (stack.ndim != 3 or stack.shape[1:] != shape):
-                raise DataError(f"{self.sample_id}: {name} shape {stack.shape} is not "
-                                f"(M, {shape[0]}, {shape[1]})")
+                raise DataError(
+                    f"{self.sample_id}: {name} shape {stack.shape} is not "
+                    f"(M, {shape[0]}, {shape[1]})"
+                )
 
 
 @attrs.frozen

@@ -31,8 +31,7 @@ from refineg_core.types import Sample
 
 #: The Twitter-GMNER label table as a config's TOML (one line, for f-strings).
 TWITTER_LABELS_TOML = (
-    '[labels]\nPER = "person"\nLOC = "location"\nORG = "organisation"\n'
-    'OTHER = "other named entity"'
+    '[labels]\nPER = "person"\nLOC = "location"\nORG = "organisation"\nOTHER = "other named entity"'
 )
 
 #: The shipped Twitter-GMNER config: its label descriptions and prompt wording.

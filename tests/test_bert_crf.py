@@ -32,13 +32,22 @@ LABELS = LabelSet({"PER": "person", "LOC": "location", "ORG": "organisation", "O
 ROOT = Path(__file__).resolve().parents[1]
 # Same rule as conftest's twitter_dir fixture (module-scoped fixtures cannot use that one).
 TWITTER = Path(os.environ.get("REFINEG_DATA", ROOT / ".." / "shared" / "data")).resolve() / (
-    "twitter-gmner")
+    "twitter-gmner"
+)
 
 
 def tiny_options(minilm_path, **kw) -> BertCrfTagger.Options:
-    base = {"encoder": str(minilm_path), "epochs": 3, "batch_size": 8, "max_length": 32,
-            "device": "cpu", "patience": 2, "seed": 3, "warmup_ratio": 0.2,
-            "inference": "torch"}  # the other back-ends: test_bert_crf_inference.py
+    base = {
+        "encoder": str(minilm_path),
+        "epochs": 3,
+        "batch_size": 8,
+        "max_length": 32,
+        "device": "cpu",
+        "patience": 2,
+        "seed": 3,
+        "warmup_ratio": 0.2,
+        "inference": "torch",
+    }  # the other back-ends: test_bert_crf_inference.py
     base.update(kw)
     return BertCrfTagger.Options(**base)
 
@@ -86,9 +95,12 @@ def test_short_training_lowers_loss_and_restores_best_epoch(trained):
     from refineg_bert_crf.training import span_f1
 
     from refineg_core.labels import tags_to_spans
+
     preds = tagger.predict(dev)
-    f1 = span_f1([{e.key for e in s.entities} for s in dev],
-                 [set(tags_to_spans(p.tags).spans) for p in preds])["f1"]
+    f1 = span_f1(
+        [{e.key for e in s.entities} for s in dev],
+        [set(tags_to_spans(p.tags).spans) for p in preds],
+    )["f1"]
     assert f1 == pytest.approx(max(f1s))
 
 
@@ -266,10 +278,18 @@ def test_save_load_gives_identical_predictions_in_a_fresh_process(trained, saved
         "out = [[list(p.tags), p.marginals.tolist()] for p in preds]\n"
         f"json.dump(out, open({str(out)!r}, 'w'))\n"
     )
-    env = {**os.environ, "REFINEG_NO_PROGRESS": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins")])}
-    subprocess.run([sys.executable, "-c", script, str(TWITTER / "train.txt")], check=True,
-                   env=env, cwd=str(ROOT), timeout=300)
+    env = {
+        **os.environ,
+        "REFINEG_NO_PROGRESS": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins")]),
+    }
+    subprocess.run(
+        [sys.executable, "-c", script, str(TWITTER / "train.txt")],
+        check=True,
+        env=env,
+        cwd=str(ROOT),
+        timeout=300,
+    )
     fresh = json.loads(out.read_text())
     here = tagger.predict(samples)
     for (tags, marg), p in zip(fresh, here, strict=True):
@@ -277,8 +297,12 @@ def test_save_load_gives_identical_predictions_in_a_fresh_process(trained, saved
         assert np.allclose(np.array(marg), p.marginals, atol=1e-6)
     assert (saved / "encoder" / "config.json").is_file()
     manifest = json.loads((saved / "manifest.json").read_text())
-    assert set(manifest["files"]) >= {"weights.safetensors", "labels.json", "options.json",
-                                      "encoder.json"}
+    assert set(manifest["files"]) >= {
+        "weights.safetensors",
+        "labels.json",
+        "options.json",
+        "encoder.json",
+    }
 
 
 def _copy(saved: Path, dst: Path) -> Path:
@@ -332,8 +356,9 @@ def test_weights_that_do_not_fit_the_label_map_are_a_clear_error(saved, tmp_path
 
 # ---------------------------------------------------------------- plugin surface
 def test_created_through_the_registry(minilm_path):
-    tagger = registry.create("tagger", "bert_crf",
-                             {"encoder": str(minilm_path), "scheme": "BIOES", "epochs": 2}, LABELS)
+    tagger = registry.create(
+        "tagger", "bert_crf", {"encoder": str(minilm_path), "scheme": "BIOES", "epochs": 2}, LABELS
+    )
     assert isinstance(tagger, BertCrfTagger)
     assert tagger.label_names[1:4] == ("B-PER", "I-PER", "E-PER")
     with pytest.raises(PluginError, match="crf_lr"):
@@ -342,8 +367,9 @@ def test_created_through_the_registry(minilm_path):
         tagger.predict([])
     if not torch.cuda.is_available():
         with pytest.raises(TaggerError, match="no CUDA"):
-            BertCrfTagger(BertCrfTagger.Options(device="cuda", encoder=str(minilm_path)),
-                          LABELS).fit([Sample("a", ("x",), "x")])
+            BertCrfTagger(
+                BertCrfTagger.Options(device="cuda", encoder=str(minilm_path)), LABELS
+            ).fit([Sample("a", ("x",), "x")])
 
 
 def test_load_applies_the_configs_inference_options_and_checks_labels(trained, saved, minilm_path):

@@ -39,8 +39,12 @@ def _boxes_for(size: tuple[int, int]) -> list[Box]:
     return [
         Box(0, 0, w, h),
         Box(w * 0.1, h * 0.2, w * 0.55, h * 0.9),
-        Box(w * 0.5, h * 0.5, min(w, w * 0.5 + max(1.0, w * 0.01)),
-            min(h, h * 0.5 + max(1.0, h * 0.01))),
+        Box(
+            w * 0.5,
+            h * 0.5,
+            min(w, w * 0.5 + max(1.0, w * 0.01)),
+            min(h, h * 0.5 + max(1.0, h * 0.01)),
+        ),
     ]
 
 
@@ -75,8 +79,11 @@ def test_max_pixels_bound_shrinks_large_images():
     assert abs(mw / mh - 4 / 3) < 0.05
 
 
-@pytest.mark.parametrize(("codec", "size"), list(itertools.product(CODECS, ODD_SIZES)),
-                         ids=lambda v: getattr(v, "name", str(v)))
+@pytest.mark.parametrize(
+    ("codec", "size"),
+    list(itertools.product(CODECS, ODD_SIZES)),
+    ids=lambda v: getattr(v, "name", str(v)),
+)
 def test_round_trip(codec, size):
     fw, fh = getattr(codec, "frame_size", codec.model_size)(size)
     # one unit of the model's frame, in original pixels: the rounding error bound
@@ -87,8 +94,9 @@ def test_round_trip(codec, size):
         assert all(isinstance(v, int) for v in encoded)
         decoded = codec.decode(encoded, size)
         assert decoded is not None, (box, encoded)
-        for a, b, tol in zip(box.as_list(), decoded.as_list(), (tol_x, tol_y, tol_x, tol_y),
-                             strict=True):
+        for a, b, tol in zip(
+            box.as_list(), decoded.as_list(), (tol_x, tol_y, tol_x, tol_y), strict=True
+        ):
             assert abs(a - b) <= tol, (codec.name, size, box, encoded, decoded)
 
 

@@ -50,8 +50,7 @@ def queries(twitter_dir):
 
 def selector(tmp_path, minilm_path, **options) -> ClipSimilaritySelector:
     options.setdefault("cache_dir", tmp_path / "cache")
-    return ClipSimilaritySelector(
-        ClipSimilaritySelector.Options(text_model=minilm_path, **options))
+    return ClipSimilaritySelector(ClipSimilaritySelector.Options(text_model=minilm_path, **options))
 
 
 def sample(sid, text, entities=(), image=None) -> Sample:
@@ -61,8 +60,9 @@ def sample(sid, text, entities=(), image=None) -> Sample:
 
 
 def test_registered_and_options_checked(tmp_path, minilm_path):
-    sel = create("selector", "clip_similarity", {"cache_dir": str(tmp_path),
-                                                 "text_model": str(minilm_path)})
+    sel = create(
+        "selector", "clip_similarity", {"cache_dir": str(tmp_path), "text_model": str(minilm_path)}
+    )
     assert isinstance(sel, ClipSimilaritySelector)
     with pytest.raises(PluginError, match="entity_wieght"):
         create("selector", "clip_similarity", {"entity_wieght": 1})
@@ -85,8 +85,7 @@ def test_entity_similarity_max_and_type_bonus(tmp_path, minilm_path, pool):
     ent = target.entities[0]
     sel = selector(tmp_path, minilm_path, variant="entity", entity_agg="max", type_bonus=0.25)
     sel.index(pool)
-    query = sample("q", f"news about {ent.text} today",
-                   [(2, 2 + len(ent.text.split()), ent.type)])
+    query = sample("q", f"news about {ent.text} today", [(2, 2 + len(ent.text.split()), ent.type)])
     top = sel.select(query, 1)[0]
     # identical name and type: cosine 1 plus the bonus, the maximum possible
     assert top.components["entity_raw"] == pytest.approx(1.25, abs=1e-4)
@@ -94,8 +93,9 @@ def test_entity_similarity_max_and_type_bonus(tmp_path, minilm_path, pool):
     other_type = "PER" if ent.type != "PER" else "LOC"
     query2 = sample("q2", query.text, [(2, 2 + len(ent.text.split()), other_type)])
     top2 = sel.select(query2, 1)[0]
-    assert top2.components["entity_raw"] <= 1.25 - 0.25 + 1e-4 or \
-        any(e.type == other_type for e in top2.sample.entities)
+    assert top2.components["entity_raw"] <= 1.25 - 0.25 + 1e-4 or any(
+        e.type == other_type for e in top2.sample.entities
+    )
 
 
 def test_entity_mean_is_mean_over_pairs(tmp_path, minilm_path, pool, queries):
@@ -106,10 +106,12 @@ def test_entity_mean_is_mean_over_pairs(tmp_path, minilm_path, pool, queries):
         demo = sel.select(query, 1)[0]
         q = enc.encode([e.text for e in query.entities])
         p = enc.encode([e.text for e in demo.sample.entities])
-        bonus = np.array([[0.1 * (a.type == b.type) for b in demo.sample.entities]
-                          for a in query.entities])
-        assert demo.components["entity_raw"] == pytest.approx(float((q @ p.T + bonus).mean()),
-                                                              abs=1e-4)
+        bonus = np.array(
+            [[0.1 * (a.type == b.type) for b in demo.sample.entities] for a in query.entities]
+        )
+        assert demo.components["entity_raw"] == pytest.approx(
+            float((q @ p.T + bonus).mean()), abs=1e-4
+        )
 
 
 def test_fused_is_normalised_per_query(tmp_path, minilm_path, pool, queries):
@@ -179,7 +181,8 @@ def test_cache_second_index_embeds_nothing(tmp_path, minilm_path, pool, queries)
     assert second.embedded_count == 0
     for q in queries[:3]:
         assert [d.sample.id for d in first.select(q, 3)] == [
-            d.sample.id for d in second.select(q, 3)]
+            d.sample.id for d in second.select(q, 3)
+        ]
     edited = [*pool[:-1], sample(pool[-1].id, pool[-1].text + " edited")]
     third = selector(tmp_path, minilm_path)
     third.index(edited)
@@ -257,8 +260,9 @@ def test_image_similarity_plumbing(tmp_path, minilm_path, tiny_clip, image_pool)
     import open_clip
 
     config, ckpt, model = tiny_clip
-    sel = selector(tmp_path, minilm_path, variant="image", clip_model=str(config),
-                   clip_checkpoint=ckpt)
+    sel = selector(
+        tmp_path, minilm_path, variant="image", clip_model=str(config), clip_checkpoint=ckpt
+    )
     sel.index(image_pool)
     assert sel.missing_images == 3 and sel.embedded["image"] == 6
     # the checkpoint really went in: both towers match the model built here
@@ -273,8 +277,9 @@ def test_image_similarity_plumbing(tmp_path, minilm_path, tiny_clip, image_pool)
     # image-less pool samples are still returned, after every scored one
     assert {d.sample.id for d in demos[-3:]} == {"corrupt", "gone", "noimg"}
     assert all("image" not in d.components for d in demos[-3:])
-    again = selector(tmp_path, minilm_path, variant="image", clip_model=str(config),
-                     clip_checkpoint=ckpt)
+    again = selector(
+        tmp_path, minilm_path, variant="image", clip_model=str(config), clip_checkpoint=ckpt
+    )
     again.index(image_pool)
     assert again.embedded_count == 0 and again.missing_images == 3
     assert again.select(query, 1)[0].sample.id == "p4"
@@ -284,22 +289,22 @@ def test_fused_with_images_plumbing(tmp_path, minilm_path, tiny_clip, image_pool
     config, ckpt, _ = tiny_clip
     sel = selector(tmp_path, minilm_path, clip_model=str(config), clip_checkpoint=ckpt)
     sel.index(image_pool)
-    query = sample("q", "tweet number 2 about tanks !", [(3, 4, "OTHER")],
-                   image_pool[2].image.path)
+    query = sample("q", "tweet number 2 about tanks !", [(3, 4, "OTHER")], image_pool[2].image.path)
     demos = sel.select(query, len(image_pool))
     top = demos[0]
     assert top.sample.id == "p2" and {"text", "image", "entity"} <= set(top.components)
     for d in demos:  # missing image: weighted mean of what the sample has
-        have = {c: w for c, w in (("text", 0.4), ("image", 0.2), ("entity", 0.6))
-                if c in d.components}
+        have = {
+            c: w for c, w in (("text", 0.4), ("image", 0.2), ("entity", 0.6)) if c in d.components
+        }
         if "image" not in d.components:
-            expected = (sum(w * d.components.get(c, 0.0) for c, w in have.items())
-                        + 0) / (sum(have.values()) + (0.6 if "entity" not in have else 0))
+            expected = (sum(w * d.components.get(c, 0.0) for c, w in have.items()) + 0) / (
+                sum(have.values()) + (0.6 if "entity" not in have else 0)
+            )
             assert d.score == pytest.approx(expected, abs=1e-5)
 
 
-def test_no_clip_weights_means_no_image_and_no_download(tmp_path, minilm_path, image_pool,
-                                                         caplog):
+def test_no_clip_weights_means_no_image_and_no_download(tmp_path, minilm_path, image_pool, caplog):
     sel = selector(tmp_path, minilm_path, clip_model="ViT-B-32")
     assert not sel.image_available
     with caplog.at_level(logging.INFO):
@@ -310,5 +315,10 @@ def test_no_clip_weights_means_no_image_and_no_download(tmp_path, minilm_path, i
     with pytest.raises(PluginError, match="CLIP weights"):
         selector(tmp_path, minilm_path, variant="image")
     with pytest.raises(PluginError, match="not found"):
-        selector(tmp_path, minilm_path, variant="image", clip_model="ViT-B-32",
-                 clip_checkpoint=tmp_path / "nope.pt").index(image_pool)
+        selector(
+            tmp_path,
+            minilm_path,
+            variant="image",
+            clip_model="ViT-B-32",
+            clip_checkpoint=tmp_path / "nope.pt",
+        ).index(image_pool)

@@ -55,16 +55,20 @@ def test_stage_settings_are_validated_at_load(tmp_path):
     with pytest.raises(ConfigError, match=r"ground.k"):
         load_config(write(tmp_path, '[ground]\nk = "abc"\n'), check_plugins=False)
     with pytest.raises(ConfigError, match=r"ground.kk"):
-        load_config(write(tmp_path, '[ground]\nkk = 3\n'), check_plugins=False)
+        load_config(write(tmp_path, "[ground]\nkk = 3\n"), check_plugins=False)
     with pytest.raises(ConfigError, match=r"refine.prompt"):
-        load_config(write(tmp_path, '[refine]\nprompt = "$text $candidates $nosuch"\n'),
-                    check_plugins=False)
+        load_config(
+            write(tmp_path, '[refine]\nprompt = "$text $candidates $nosuch"\n'), check_plugins=False
+        )
 
 
 def test_unknown_key_names_its_dotted_path(tmp_path):
     with pytest.raises(ConfigError) as exc:
-        load_config(write(tmp_path, '[data.train]\npath = "x"\nlimt = 3\n'), check_plugins=False,
-                    check_paths=False)
+        load_config(
+            write(tmp_path, '[data.train]\npath = "x"\nlimt = 3\n'),
+            check_plugins=False,
+            check_paths=False,
+        )
     assert "data.train.limt" in str(exc.value)
 
 
@@ -161,26 +165,32 @@ def test_entry_point_from_an_installed_distribution_is_found_and_loaded(tmp_path
 
 
 def test_plugin_import_error_is_loud_and_names_the_distribution(tmp_path):
-    with fake_distribution(
-        tmp_path / "site",
-        "refineg-broken",
-        "0.1",
-        {"refineg.taggers": {"broken": "broken_tagger:Tagger"}},
-        {"broken_tagger": "import a_module_that_does_not_exist\n"},
-    ), pytest.raises(PluginError) as exc:
+    with (
+        fake_distribution(
+            tmp_path / "site",
+            "refineg-broken",
+            "0.1",
+            {"refineg.taggers": {"broken": "broken_tagger:Tagger"}},
+            {"broken_tagger": "import a_module_that_does_not_exist\n"},
+        ),
+        pytest.raises(PluginError) as exc,
+    ):
         registry.load_class("tagger", "broken")
     msg = str(exc.value)
     assert "refineg-broken 0.1" in msg and "a_module_that_does_not_exist" in msg
 
 
 def test_plugin_of_wrong_kind_is_rejected(tmp_path):
-    with fake_distribution(
-        tmp_path / "site",
-        "refineg-wrong",
-        "0.1",
-        {"refineg.taggers": {"wrong": "wrong_kind:Thing"}},
-        {"wrong_kind": "class Thing:\n    pass\n"},
-    ), pytest.raises(PluginError, match="not a Tagger subclass"):
+    with (
+        fake_distribution(
+            tmp_path / "site",
+            "refineg-wrong",
+            "0.1",
+            {"refineg.taggers": {"wrong": "wrong_kind:Thing"}},
+            {"wrong_kind": "class Thing:\n    pass\n"},
+        ),
+        pytest.raises(PluginError, match="not a Tagger subclass"),
+    ):
         registry.load_class("tagger", "wrong")
 
 

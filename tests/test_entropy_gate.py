@@ -23,13 +23,18 @@ def h(*p: float) -> float:
 
 def make(sid: str, tokens, tags, rows) -> tuple[Sample, TaggerPrediction]:
     sample = Sample(sid, tuple(tokens), " ".join(tokens))
-    return sample, TaggerPrediction(sid, tuple(tags), NAMES, np.array(rows, dtype=float).reshape(
-        len(tags), len(NAMES)))
+    return sample, TaggerPrediction(
+        sid, tuple(tags), NAMES, np.array(rows, dtype=float).reshape(len(tags), len(NAMES))
+    )
 
 
 def bob() -> tuple[Sample, TaggerPrediction]:
-    return make("s1", ["Bob", "Smith", "runs"], ["B-PER", "I-PER", "O"],
-                [[0, 1, 0], [0, 0.5, 0.5], [0.8, 0.2, 0]])
+    return make(
+        "s1",
+        ["Bob", "Smith", "runs"],
+        ["B-PER", "I-PER", "O"],
+        [[0, 1, 0], [0, 0.5, 0.5], [0.8, 0.2, 0]],
+    )
 
 
 def test_token_entropy_hand_computed():
@@ -41,8 +46,9 @@ def test_token_entropy_hand_computed():
 def test_entity_mean_vs_max_and_missed_score():
     sample, pred = bob()
     mean = EntropyGate(EntropyGate.Options(aggregate="mean")).decide([sample], [pred])[0]
-    mx = EntropyGate(EntropyGate.Options(aggregate="max", threshold=0.9)).decide(
-        [sample], [pred])[0]
+    mx = EntropyGate(EntropyGate.Options(aggregate="max", threshold=0.9)).decide([sample], [pred])[
+        0
+    ]
     (e_mean,) = mean.entities
     (e_max,) = mx.entities
     assert (e_mean.start, e_mean.end, e_mean.type, e_mean.text) == (0, 2, "PER", "Bob Smith")
@@ -64,7 +70,8 @@ def test_threshold_mode():
     d = EntropyGate(EntropyGate.Options(threshold=0.5, aggregate="max")).decide([sample], [pred])[0]
     assert not d.kept and len(d.delegated) == 1 and d.delegate_sample
     d = EntropyGate(EntropyGate.Options(threshold=0.4, missed_entities=False)).decide(
-        [sample], [pred])[0]
+        [sample], [pred]
+    )[0]
     assert not d.delegate_sample
 
 
@@ -101,8 +108,9 @@ def test_budget_ranks_by_entity_and_missed_scores():
 
 
 def test_broken_tags_are_repaired_and_counted():
-    s, p = make("r", ["Ann", "Lee", "x"], ["I-PER", "I-PER", "O"],
-                [[0, 0, 1], [0, 0, 1], [1, 0, 0]])
+    s, p = make(
+        "r", ["Ann", "Lee", "x"], ["I-PER", "I-PER", "O"], [[0, 0, 1], [0, 0, 1], [1, 0, 0]]
+    )
     gate = EntropyGate()
     (d,) = gate.decide([s], [p])
     assert [(e.start, e.end, e.type) for e in d.entities] == [(0, 2, "PER")]

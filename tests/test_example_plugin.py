@@ -153,9 +153,17 @@ def test_save_load_roundtrip_and_clear_errors(tmp_path: Path):
     with pytest.raises(TaggerError, match="corrupt") as err:
         GazetteerTagger.load(bad)
     assert err.value.where == str(bad / "gazetteer.json")
-    (bad / "gazetteer.json").write_text(json.dumps(
-        {"format": "refineg-gazetteer/1", "options": {}, "labels": {"x": "x"},
-         "entries": [{"tokens": ["A"], "counts": {"x": 0}}]}), "utf-8")
+    (bad / "gazetteer.json").write_text(
+        json.dumps(
+            {
+                "format": "refineg-gazetteer/1",
+                "options": {},
+                "labels": {"x": "x"},
+                "entries": [{"tokens": ["A"], "counts": {"x": 0}}],
+            }
+        ),
+        "utf-8",
+    )
     with pytest.raises(TaggerError, match="corrupt"):
         GazetteerTagger.load(bad)
     with pytest.raises(TaggerError, match="fit"):
@@ -228,8 +236,12 @@ def test_training_set_errors_are_exactly_the_ambiguities(ccks_dir: Path):
             exp_fn += wrong
             exp_fp += wrong + counts.get("O", 0)
     preds = [
-        Sample(s.id, s.tokens, s.text, entities=tuple(
-            Entity(a, b, t, s.span_text(a, b)) for a, b, t in entities_of(p)))
+        Sample(
+            s.id,
+            s.tokens,
+            s.text,
+            entities=tuple(Entity(a, b, t, s.span_text(a, b)) for a, b, t in entities_of(p)),
+        )
         for s, p in zip(gold, tagger.predict(gold), strict=True)
     ]
     r = evaluate(gold, preds, extra_metrics=False)
@@ -245,7 +257,8 @@ def test_selected_through_a_config_file(ccks_dir: Path, tmp_path: Path, monkeypa
     gold = ccks_dir / "gold-500.conll"
     labels = "\n".join(f'{t} = "a named {t}"' for t in CCKS_TYPES)
     config = tmp_path / "gazetteer.toml"
-    config.write_text(f"""
+    config.write_text(
+        f"""
 run_dir = "run"
 [labels]
 {labels}
@@ -267,7 +280,9 @@ plugin = "gazetteer"
 case_sensitive = false
 [uncertainty]
 plugin = "rules"
-""", encoding="utf-8")
+""",
+        encoding="utf-8",
+    )
     try:
         res = run_cli(["run", "--config", str(config)])
         assert res.code == 0, res.stderr
@@ -276,8 +291,9 @@ plugin = "rules"
         results = read_results(tmp_path / "run" / "predict.jsonl")
         assert len(results) == 50
         assert any(r.entities for r in results)
-        assert all(e.source == "tagger" and e.uncertainty is not None
-                   for r in results for e in r.entities)
+        assert all(
+            e.source == "tagger" and e.uncertainty is not None for r in results for e in r.entities
+        )
         bad = run_cli(["run", "--config", str(config), "--set", "tagger.options.colour=1"])
         assert bad.code == 2 and "tagger.options.colour" in bad.stderr
     finally:

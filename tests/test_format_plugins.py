@@ -87,6 +87,7 @@ def test_config_names_unknown_format_or_bad_option_at_its_key(tmp_path: Path):
     with pytest.raises(PluginError) as err:
         config_from_dict(config(format="conll", options={"scheme": "IOB3"}))
     assert err.value.where == "data.train.options.scheme"
-    ok = config_from_dict(config(format="conll", boxes=False, options={"scheme": "BIOES"}),
-                          check_paths=False)
+    ok = config_from_dict(
+        config(format="conll", boxes=False, options={"scheme": "BIOES"}), check_paths=False
+    )
     assert ok.data.train.boxes is False

@@ -341,8 +341,15 @@ def test_entities_sharing_a_name_use_the_type(tmp_path: Path) -> None:
     backend = ScriptedBackend(lambda r: reply)
     sel = OverlapSelector()
     sel.index([])
-    [res], _ = run_ground([SampleResult(sample, ents)], [], sel, backend, LABELS,
-                          GroundSettings(), tmp_path / "g.jsonl")
+    [res], _ = run_ground(
+        [SampleResult(sample, ents)],
+        [],
+        sel,
+        backend,
+        LABELS,
+        GroundSettings(),
+        tmp_path / "g.jsonl",
+    )
     assert res.entities[0].boxes is None and res.entities[0].grounded_by is None
     assert res.entities[1].boxes == (Box(10, 10, 50, 50),)
 

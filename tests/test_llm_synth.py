@@ -29,14 +29,16 @@ from refineg_core.pipeline.synth import (
 )
 from refineg_core.types import Entity, Sample, SynthesisCandidate
 
-CCKS_LABELS = LabelSet({
-    "vehicle": "a specific land vehicle model or class, e.g. PUMA, Leopard 2",
-    "aircraft": "a specific aircraft model or class, e.g. Boeing E-3, Tornado",
-    "vessel": "a specific ship or ship class, e.g. USS Nimitz",
-    "weapon": "a specific weapon model, e.g. AK-47, Patriot",
-    "location": "a named place, e.g. Baltic Sea, Ramstein",
-    "other": "another specific named military entity, e.g. a named unit or exercise",
-})
+CCKS_LABELS = LabelSet(
+    {
+        "vehicle": "a specific land vehicle model or class, e.g. PUMA, Leopard 2",
+        "aircraft": "a specific aircraft model or class, e.g. Boeing E-3, Tornado",
+        "vessel": "a specific ship or ship class, e.g. USS Nimitz",
+        "weapon": "a specific weapon model, e.g. AK-47, Patriot",
+        "location": "a named place, e.g. Baltic Sea, Ramstein",
+        "other": "another specific named military entity, e.g. a named unit or exercise",
+    }
+)
 
 
 class ScriptedBackend(MLLMBackend):
@@ -44,8 +46,9 @@ class ScriptedBackend(MLLMBackend):
 
     supports_images = False
 
-    def __init__(self, answer: Callable[[ChatRequest], str], concurrency: int = 1,
-                 delay: float = 0.0) -> None:
+    def __init__(
+        self, answer: Callable[[ChatRequest], str], concurrency: int = 1, delay: float = 0.0
+    ) -> None:
         super().__init__()
         self.answer = answer
         self.concurrency = concurrency
@@ -81,8 +84,12 @@ def synth(**options) -> LLMSynthesizer:
     return LLMSynthesizer(LLMSynthesizer.Options(**options), CCKS_LABELS)
 
 
-PUMA = Sample("s1", ("Soldiers", "test", "the", "PUMA", "."), "Soldiers test the PUMA .",
-              entities=(Entity(3, 4, "vehicle", "PUMA"),))
+PUMA = Sample(
+    "s1",
+    ("Soldiers", "test", "the", "PUMA", "."),
+    "Soldiers test the PUMA .",
+    entities=(Entity(3, 4, "vehicle", "PUMA"),),
+)
 
 
 def test_prompt_has_types_rule_seed_and_counts():
@@ -90,8 +97,10 @@ def test_prompt_has_types_rule_seed_and_counts():
     system, user = (m.parts[0].text for m in req.messages)
     assert "vehicle: a specific land vehicle" in system and "aircraft" in system
     assert "never tag generic nouns such as gun, air base, soldier" in system.lower()
-    assert seed_of(req) == {"text": "Soldiers test the PUMA .",
-                            "entity": [{"name": "PUMA", "type": "vehicle"}]}
+    assert seed_of(req) == {
+        "text": "Soldiers test the PUMA .",
+        "entity": [{"name": "PUMA", "type": "vehicle"}],
+    }
     assert "(a) 7 " in user and "(b) 4 " in user
     assert not req.has_images and req.temperature == 0.1 and req.purpose == "synth"
 
@@ -104,19 +113,25 @@ def test_seed_without_entities_asks_for_entityless_rewrites_only():
     assert "(b) 3 " in user2
 
 
-@pytest.mark.parametrize("answer", [
-    '```json\n[{"text": "The PUMA drove .", "entity": [{"name": "PUMA", "type": "vehicle"}]}]\n```',
-    'Sure! Here you go:\n[{"text": "The PUMA drove .", "entity": [{"name": "PUMA", '
-    '"type": "vehicle"}]}]\nI hope this helps. {not json}',
-    '{"sentences": [{"text": "The PUMA drove .", "entities": [["PUMA", "vehicle"]]}]}',
-])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        '```json\n[{"text": "The PUMA drove .", '
+        '"entity": [{"name": "PUMA", "type": "vehicle"}]}]\n```',
+        'Sure! Here you go:\n[{"text": "The PUMA drove .", "entity": [{"name": "PUMA", '
+        '"type": "vehicle"}]}]\nI hope this helps. {not json}',
+        '{"sentences": [{"text": "The PUMA drove .", "entities": [["PUMA", "vehicle"]]}]}',
+    ],
+)
 def test_parse_fenced_bare_prose_and_nested(answer):
     assert parse_samples(answer) == [("The PUMA drove .", (("PUMA", "vehicle"),))]
 
 
 def test_parse_truncated_list_keeps_complete_items():
-    answer = ('[{"text": "A", "entity": []}, {"text": "The PUMA drove .", "entity": '
-              '[{"name": "PUMA", "type": "vehicle"}]}, {"text": "The Leopard 2 fi')
+    answer = (
+        '[{"text": "A", "entity": []}, {"text": "The PUMA drove .", "entity": '
+        '[{"name": "PUMA", "type": "vehicle"}]}, {"text": "The Leopard 2 fi'
+    )
     assert [t for t, _ in parse_samples(answer)] == ["A", "The PUMA drove ."]
 
 
@@ -134,34 +149,48 @@ def test_unparsable_answer_is_a_retryable_backend_error(garbage):
 
 
 def test_synthesize_labels_rewrites_and_new():
-    answer = json.dumps([
-        {"text": "A PUMA crossed the river .", "entity": [{"name": "PUMA", "type": "vehicle"}]},
-        {"text": "A Leopard 2 crossed the river .",
-         "entity": [{"name": "Leopard 2", "type": "vehicle"}]},
-    ])
+    answer = json.dumps(
+        [
+            {"text": "A PUMA crossed the river .", "entity": [{"name": "PUMA", "type": "vehicle"}]},
+            {
+                "text": "A Leopard 2 crossed the river .",
+                "entity": [{"name": "Leopard 2", "type": "vehicle"}],
+            },
+        ]
+    )
     cands = synth().synthesize(PUMA, ScriptedBackend(lambda r: answer))
     assert [(c.kind, c.seed_id) for c in cands] == [("rewrite", "s1"), ("new", "s1")]
 
 
-@pytest.mark.parametrize(("text", "entities", "expected"), [
-    ("", (), "empty_text"),
-    ("The PUMA moved .", (("PUMA", "tank"),), "unknown_type"),
-    ("The PUMA moved .", (("Leopard", "vehicle"),), NAME_NOT_IN_TEXT),
-    ("A shotgun was fired .", (("gun", "weapon"),), NAME_NOT_IN_TEXT),  # word boundaries
-    ("The PUMA moved .", (("PUMA", "vehicle"), ("puma", "aircraft")), "conflicting_types"),
-    ("The PUMA moved .", (("", "vehicle"),), "malformed_entity"),
-])
+@pytest.mark.parametrize(
+    ("text", "entities", "expected"),
+    [
+        ("", (), "empty_text"),
+        ("The PUMA moved .", (("PUMA", "tank"),), "unknown_type"),
+        ("The PUMA moved .", (("Leopard", "vehicle"),), NAME_NOT_IN_TEXT),
+        ("A shotgun was fired .", (("gun", "weapon"),), NAME_NOT_IN_TEXT),  # word boundaries
+        ("The PUMA moved .", (("PUMA", "vehicle"), ("puma", "aircraft")), "conflicting_types"),
+        ("The PUMA moved .", (("", "vehicle"),), "malformed_entity"),
+    ],
+)
 def test_check_candidate_reasons(text, entities, expected):
     assert check_candidate(SynthesisCandidate(text, entities), CCKS_LABELS) == expected
 
 
 def test_check_candidate_tags_like_the_readers():
-    tokens, ents = check_candidate(SynthesisCandidate(
-        "The Boeing E-3 met the Boeing E-3 near Ramstein .",
-        (("Boeing E-3", "Aircraft"), ("Ramstein", "location"))), CCKS_LABELS)
+    tokens, ents = check_candidate(
+        SynthesisCandidate(
+            "The Boeing E-3 met the Boeing E-3 near Ramstein .",
+            (("Boeing E-3", "Aircraft"), ("Ramstein", "location")),
+        ),
+        CCKS_LABELS,
+    )
     assert tokens[:3] == ("The", "Boeing", "E-3")
     assert [(e.start, e.end, e.type) for e in ents] == [
-        (1, 3, "aircraft"), (5, 7, "aircraft"), (8, 9, "location")]
+        (1, 3, "aircraft"),
+        (5, 7, "aircraft"),
+        (8, 9, "location"),
+    ]
 
 
 def scripted_answer(request: ChatRequest) -> str:
@@ -170,14 +199,20 @@ def scripted_answer(request: ChatRequest) -> str:
     seed = seed_of(request)
     ents = seed["entity"]
     rewrite = "Yesterday , " + seed["text"]
-    return "```json\n" + json.dumps([
-        {"text": rewrite, "entity": ents},
-        {"text": rewrite.upper(), "entity": ents},  # duplicate up to case
-        {"text": seed["text"], "entity": ents},  # duplicate of the seed
-        {"text": "The Zumwalt sailed .", "entity": [{"name": "Zumwalt", "type": "boat"}]},
-        {"text": "Nothing named here .", "entity": [{"name": "Gepard", "type": "vehicle"}]},
-        {"text": "An untagged Eurofighter flew by .", "entity": []},
-    ]) + "\n```"
+    return (
+        "```json\n"
+        + json.dumps(
+            [
+                {"text": rewrite, "entity": ents},
+                {"text": rewrite.upper(), "entity": ents},  # duplicate up to case
+                {"text": seed["text"], "entity": ents},  # duplicate of the seed
+                {"text": "The Zumwalt sailed .", "entity": [{"name": "Zumwalt", "type": "boat"}]},
+                {"text": "Nothing named here .", "entity": [{"name": "Gepard", "type": "vehicle"}]},
+                {"text": "An untagged Eurofighter flew by .", "entity": []},
+            ]
+        )
+        + "\n```"
+    )
 
 
 def test_run_synthesis_validates_dedupes_and_writes(ccks_dir, tmp_path):
@@ -190,8 +225,13 @@ def test_run_synthesis_validates_dedupes_and_writes(ccks_dir, tmp_path):
     assert 0 < with_ents < 8
     assert report.generated == 48
     duplicates = 8 + (8 - with_ents - 1)  # upper-cased rewrites + repeated entity-less one
-    assert report.dropped == {"duplicate": duplicates, "duplicate_of_seed": 8, "unknown_type": 8,
-                              NAME_NOT_IN_TEXT: 8, "no_entities_from_entity_seed": with_ents}
+    assert report.dropped == {
+        "duplicate": duplicates,
+        "duplicate_of_seed": 8,
+        "unknown_type": 8,
+        NAME_NOT_IN_TEXT: 8,
+        "no_entities_from_entity_seed": with_ents,
+    }
     # one rewrite per seed, plus the entity-less sentence once (from an entity-less seed;
     # the other entity-less seeds' copies are duplicates of it)
     assert report.kept == 9 and report.kept_by_kind == {"rewrite": 9}
@@ -202,8 +242,7 @@ def test_run_synthesis_validates_dedupes_and_writes(ccks_dir, tmp_path):
     for seed in seeds:  # the seed's entities re-found in the rewrite, one token later
         got = [(e.start - 2, e.end - 2, e.type) for e in by_seed[seed.id].entities]
         assert got == [e.key for e in seed.entities]
-    assert [e.key for s in conll for e in s.entities] == [
-        e.key for s in native for e in s.entities]
+    assert [e.key for s in conll for e in s.entities] == [e.key for s in native for e in s.entities]
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["kept"] == 9 and saved["requests"] == 8 and saved["seconds_per_seed_mean"] > 0
 
@@ -219,21 +258,33 @@ def test_run_synthesis_resumes_and_retries_failures(ccks_dir, tmp_path):
         return json.dumps([{"text": "Later , " + seed["text"], "entity": seed["entity"]}])
 
     first = ScriptedBackend(answer)
-    r1 = run_synthesis(seeds, synth(), first, CCKS_LABELS, SynthSettings(limit=4, retries=1),
-                       tmp_path)
+    r1 = run_synthesis(
+        seeds, synth(), first, CCKS_LABELS, SynthSettings(limit=4, retries=1), tmp_path
+    )
     assert r1.seeds == 4 and r1.failed == 1 and r1.failure_kinds == {"unparsable": 1}
     assert len(first.requests) == 5  # the unparsable seed was tried twice
     assert r1.kept == 3
     # a run killed after writing a sample but before its seed's done record
     with (tmp_path / "synthetic.jsonl").open("a") as fh:
-        fh.write(json.dumps({"id": "orphan", "text": "x", "tokens": ["x"], "entities": [],
-                             "meta": {"seed_id": seeds[5].id}}) + '\n{"id": "torn')
+        fh.write(
+            json.dumps(
+                {
+                    "id": "orphan",
+                    "text": "x",
+                    "tokens": ["x"],
+                    "entities": [],
+                    "meta": {"seed_id": seeds[5].id},
+                }
+            )
+            + '\n{"id": "torn'
+        )
     broken.clear()
     second = ScriptedBackend(answer)
     r2 = run_synthesis(seeds, synth(), second, CCKS_LABELS, SynthSettings(), tmp_path)
     # only the failed seed and the two never-run seeds are asked again
     assert sorted(seed_of(r)["text"] for r in second.requests) == sorted(
-        s.text for s in (seeds[1], seeds[4], seeds[5]))
+        s.text for s in (seeds[1], seeds[4], seeds[5])
+    )
     assert r2.resumed == 3 and r2.processed == 3 and r2.failed == 0
     assert r2.kept == 6 and r2.requests == 5 + 3
     native = read_jsonl(tmp_path / "synthetic.jsonl").samples
@@ -252,16 +303,23 @@ def test_settings_reject_unknown_keys():
 @pytest.mark.slow
 def test_real_smollm2_run(ccks_dir, tmp_path):
     """The whole path on a real (weak) model: it runs, and validation accounts for everything."""
-    pytest.importorskip("refineg_local_text.backend",
-                        reason="the local_text backend plugin is not built yet")
+    pytest.importorskip(
+        "refineg_local_text.backend", reason="the local_text backend plugin is not built yet"
+    )
     from refineg_core.registry import create
 
     backend = create("backend", "local_text", {})
     if reason := backend.check_available():
         pytest.skip(f"local_text backend unavailable: {reason}")
     seeds = [s for s in load_dataset(ccks_dir / "gold-500.conll").samples if s.entities][:1]
-    report = run_synthesis(seeds, synth(n_rewrites=2, n_new=1, max_tokens=256), backend,
-                           CCKS_LABELS, SynthSettings(retries=0), tmp_path)
+    report = run_synthesis(
+        seeds,
+        synth(n_rewrites=2, n_new=1, max_tokens=256),
+        backend,
+        CCKS_LABELS,
+        SynthSettings(retries=0),
+        tmp_path,
+    )
     assert report.requests == 1 and report.processed == 1
     assert report.kept + sum(report.dropped.values()) == report.generated
     assert report.failed == (1 if report.generated == 0 else 0)

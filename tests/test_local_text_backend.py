@@ -33,8 +33,12 @@ def test_registered_as_plugin_and_text_only():
 
 @pytest.mark.slow
 def test_real_smollm2_prompt_in_text_out(smollm2):
-    req = ChatRequest((ChatMessage.text("system", "You answer in one short sentence."),
-                       ChatMessage.text("user", "What is the capital of France?")))
+    req = ChatRequest(
+        (
+            ChatMessage.text("system", "You answer in one short sentence."),
+            ChatMessage.text("user", "What is the capital of France?"),
+        )
+    )
     resp = smollm2.complete(req)
     assert resp.text.strip()
     assert 1 <= resp.usage.completion_tokens <= 8
@@ -42,8 +46,10 @@ def test_real_smollm2_prompt_in_text_out(smollm2):
     assert "SmolLM2" in (resp.model or "")
     # greedy decoding is deterministic, and concurrent callers share one loaded model
     answers: list[str] = []
-    threads = [threading.Thread(target=lambda: answers.append(smollm2.complete(req).text))
-               for _ in range(2)]
+    threads = [
+        threading.Thread(target=lambda: answers.append(smollm2.complete(req).text))
+        for _ in range(2)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -64,8 +70,9 @@ def test_a_stage_limit_never_raises_max_new_tokens(smollm2):
 
 def test_image_parts_are_refused_clearly(tmp_path):
     backend = LocalTextBackend()
-    req = ChatRequest((ChatMessage("user", (ImagePart(tmp_path / "x.jpg"), TextPart("hi"))),),
-                      purpose="grounding")
+    req = ChatRequest(
+        (ChatMessage("user", (ImagePart(tmp_path / "x.jpg"), TextPart("hi"))),), purpose="grounding"
+    )
     with pytest.raises(BackendError, match="text-only") as info:
         backend.complete(req)
     assert not info.value.retryable
@@ -76,8 +83,9 @@ def test_image_parts_are_refused_clearly(tmp_path):
 def test_missing_weights_are_reported(tmp_path):
     backend = LocalTextBackend(LocalTextBackend.Options(model_path=str(tmp_path)))
     assert "config.json" in (backend.check_available() or "")
-    backend = LocalTextBackend(LocalTextBackend.Options(model_path=str(tmp_path),
-                                                        gguf_file="nope.gguf"))
+    backend = LocalTextBackend(
+        LocalTextBackend.Options(model_path=str(tmp_path), gguf_file="nope.gguf")
+    )
     assert "nope.gguf" in (backend.check_available() or "")
     with pytest.raises(BackendUnavailable):
         backend.complete(ChatRequest((ChatMessage.text("user", "hi"),)))

@@ -17,15 +17,17 @@ from refineg_core.testing.fake_openai import FakeOpenAIServer, error, ok
 
 @pytest.fixture
 def server():
-    with FakeOpenAIServer(responder=lambda req: ok(f"echo: {req.text}", prompt_tokens=9,
-                                                   completion_tokens=3)) as srv:
+    with FakeOpenAIServer(
+        responder=lambda req: ok(f"echo: {req.text}", prompt_tokens=9, completion_tokens=3)
+    ) as srv:
         yield srv
 
 
 def openai(server, **kw) -> OpenAIBackend:
     options = {"retries": 1, "backoff_base": 0.01, **kw}
-    return OpenAIBackend(OpenAIBackend.Options(base_url=server.base_url, model="fake-model",
-                                               **options))
+    return OpenAIBackend(
+        OpenAIBackend.Options(base_url=server.base_url, model="fake-model", **options)
+    )
 
 
 def requests(n: int) -> list[ChatRequest]:

@@ -30,8 +30,13 @@ def image(tmp_path):
 
 
 def backend(server, **kw) -> OpenAIBackend:
-    opts = {"base_url": server.base_url, "model": "fake-model", "backoff_base": 0.01,
-            "backoff_max": 0.05, **kw}
+    opts = {
+        "base_url": server.base_url,
+        "model": "fake-model",
+        "backoff_base": 0.01,
+        "backoff_max": 0.05,
+        **kw,
+    }
     return OpenAIBackend(OpenAIBackend.Options(**opts))
 
 
@@ -223,8 +228,10 @@ def test_missing_key_variable_is_reported(server, monkeypatch):
 
 
 def test_usage_is_read_from_the_answer_and_metered_once_by_the_run(server, tmp_path):
-    server.script(ok("a", prompt_tokens=100, completion_tokens=20),
-                  ok("b", prompt_tokens=50, completion_tokens=5))
+    server.script(
+        ok("a", prompt_tokens=100, completion_tokens=20),
+        ok("b", prompt_tokens=50, completion_tokens=5),
+    )
     b = CachedBackend(backend(server), tmp_path / "cache")
     r1 = b.complete(text_request("1"))
     b.complete(text_request("2"))
@@ -247,8 +254,11 @@ def _free_port() -> int:
 
 
 def test_nothing_listening_is_fast_and_clear():
-    b = OpenAIBackend(OpenAIBackend.Options(base_url=f"http://127.0.0.1:{_free_port()}/v1",
-                                            retries=2, backoff_base=0.01))
+    b = OpenAIBackend(
+        OpenAIBackend.Options(
+            base_url=f"http://127.0.0.1:{_free_port()}/v1", retries=2, backoff_base=0.01
+        )
+    )
     t0 = time.perf_counter()
     reason = b.check_available()
     assert reason is not None and "nothing answers" in reason
@@ -261,8 +271,9 @@ def test_nothing_listening_is_fast_and_clear():
 def test_dead_server_is_tried_once_per_call_until_it_answers():
     with FakeOpenAIServer() as srv:
         url = srv.base_url
-        b = OpenAIBackend(OpenAIBackend.Options(base_url=url, model="fake-model", retries=3,
-                                                backoff_base=0.01))
+        b = OpenAIBackend(
+            OpenAIBackend.Options(base_url=url, model="fake-model", retries=3, backoff_base=0.01)
+        )
         assert b.complete(text_request()).text == "[]"
     # the server is gone: the first call retries, later ones fail after one attempt
     with pytest.raises(BackendUnavailable):

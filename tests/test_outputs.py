@@ -17,8 +17,10 @@ from tests.stagedata import real_samples
 def _results(twitter_dir: Path) -> list[SampleResult]:
     out = []
     for s in real_samples(twitter_dir, 5, min_entities=0):
-        ents = tuple(attrs.evolve(e, source=SOURCE_MLLM, grounded_by=SOURCE_MLLM if e.boxes
-                                  else None) for e in s.entities)
+        ents = tuple(
+            attrs.evolve(e, source=SOURCE_MLLM, grounded_by=SOURCE_MLLM if e.boxes else None)
+            for e in s.entities
+        )
         out.append(SampleResult(attrs.evolve(s, entities=()), ents))
     return out
 
@@ -38,20 +40,24 @@ def test_all_formats_round_trip(twitter_dir: Path, tmp_path: Path) -> None:
             mine = [row for row in rows if row["name"] == e.text and row["label"] == e.type]
             if e.boxes:
                 assert {tuple(row["bnd"].values()) for row in mine} == {
-                    tuple(round(v) for v in b.as_list()) for b in e.boxes}
+                    tuple(round(v) for v in b.as_list()) for b in e.boxes
+                }
             else:
                 assert [row["bnd"] for row in mine] == [None]
     tw = read_twitter_gmner(written.paths["twitter"])
     assert [s.tokens for s in tw] == [r.sample.tokens for r in results]
     assert [[(e.key, len(e.boxes)) for e in s.entities] for s in tw] == [
-        [(e.key, len(e.boxes)) for e in r.entities] for r in results]
+        [(e.key, len(e.boxes)) for e in r.entities] for r in results
+    ]
 
 
 def test_overlaps_are_resolved_for_flat_formats(twitter_dir: Path, tmp_path: Path) -> None:
     [r] = _results(twitter_dir)[:1]
     n = len(r.sample.tokens)
-    extra = (Entity(0, 2, "ORG", " ".join(r.sample.tokens[:2]), boxes=(Box(1, 1, 5, 5),)),
-             Entity(1, 3, "LOC", " ".join(r.sample.tokens[1:3])))
+    extra = (
+        Entity(0, 2, "ORG", " ".join(r.sample.tokens[:2]), boxes=(Box(1, 1, 5, 5),)),
+        Entity(1, 3, "LOC", " ".join(r.sample.tokens[1:3])),
+    )
     assert n >= 3
     clashing = attrs.evolve(r, entities=extra)
     written = write_outputs([clashing], tmp_path)

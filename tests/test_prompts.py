@@ -39,8 +39,16 @@ def test_refine_prompt_has_everything_the_mllm_needs(twitter_dir: Path, tmp_path
     sample = with_image(real_samples(twitter_dir, 1, min_entities=2)[0], tmp_path)
     pred = prediction(sample, uncertainty=[0.05] + [0.9] * (len(sample.entities) - 1))
     delegated = set(pred.gate.delegated)
-    req = build_refine_request(sample, pred.entities, delegated, LABELS, with_image=True,
-                               max_tokens=300, temperature=0.2, wording=WORDING)
+    req = build_refine_request(
+        sample,
+        pred.entities,
+        delegated,
+        LABELS,
+        with_image=True,
+        max_tokens=300,
+        temperature=0.2,
+        wording=WORDING,
+    )
     assert req.purpose == "refine" and req.max_tokens == 300 and req.temperature == 0.2
     [msg] = req.messages
     assert isinstance(msg.parts[0], ImagePart) and msg.parts[0].path == sample.image.path
@@ -76,8 +84,9 @@ def test_refine_prompt_text_only_when_no_image_or_text_backend(tmp_path: Path) -
 def test_ccks_wording_comes_from_its_config() -> None:
     config = load_config(CONFIGS / "ccks.toml", check_plugins=False)
     sample = Sample("c1", ("The", "F-35", "landed"), "The F-35 landed")
-    req = build_refine_request(sample, (), set(), config.label_set, with_image=False,
-                               wording=config.prompts)
+    req = build_refine_request(
+        sample, (), set(), config.label_set, with_image=False, wording=config.prompts
+    )
     text = _texts(req)
     assert "military news" in text and "gun, air base, soldier" in text
     assert "vehicle, aircraft, vessel, weapon, location, other" in text
@@ -108,8 +117,9 @@ def test_prompts_table_is_validated_at_load_time() -> None:
 def test_wording_reaches_the_ground_system_prompt() -> None:
     words = PromptWording(domain="museum labels", generic_examples="vase")
     query = Sample("q", ("Obama",), "Obama")
-    req = build_ground_request(query, (Entity(0, 1, "PER", "Obama"),), [], LABELS, PixelCodec(),
-                               wording=words)
+    req = build_ground_request(
+        query, (Entity(0, 1, "PER", "Obama"),), [], LABELS, PixelCodec(), wording=words
+    )
     assert "Each text below comes from museum labels with an image" in req.messages[0].parts[0].text
 
 
@@ -185,8 +195,10 @@ def test_ground_request_demos_in_model_frame(tmp_path: Path, codec) -> None:
     assert "[] when the entity is not visible" in system and "One or more boxes" in system
     assert ("0-1000 grid" in system) == isinstance(codec, Qwen2VLCodec)
     assert f"Each box is {codec.box_format()}." in system  # the frame's own sentence
-    for demo, msg, ans in ((demos[0], req.messages[1], req.messages[2]),
-                           (demos[1], req.messages[3], req.messages[4])):
+    for demo, msg, ans in (
+        (demos[0], req.messages[1], req.messages[2]),
+        (demos[1], req.messages[3], req.messages[4]),
+    ):
         w, h = codec.model_size(demo.image.size)
         assert f"Image size: {w} x {h}" in msg.parts[1].text
         gold = json.loads(ans.parts[0].text)

@@ -63,11 +63,19 @@ def tiny_qwen2vl(tmp_path_factory) -> Path:
             "num_attention_heads": 2,
             "num_key_value_heads": 1,
             "max_position_embeddings": 4096,
-            "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3],
-                                "rope_theta": 10000.0},
+            "rope_parameters": {
+                "rope_type": "default",
+                "mrope_section": [2, 3, 3],
+                "rope_theta": 10000.0,
+            },
         },
-        vision_config={"depth": 1, "embed_dim": 32, "hidden_size": 32, "num_heads": 2,
-                       "mlp_ratio": 2},
+        vision_config={
+            "depth": 1,
+            "embed_dim": 32,
+            "hidden_size": 32,
+            "num_heads": 2,
+            "mlp_ratio": 2,
+        },
     )
     torch.manual_seed(0)
     model = tf.Qwen2VLForConditionalGeneration(config).eval()
@@ -92,8 +100,10 @@ def image(tmp_path) -> Path:
 
 def _request(text: str, image: Path | None = None, max_tokens: int | None = None) -> ChatRequest:
     parts = ((ImagePart(image, size=(333, 517)),) if image else ()) + (TextPart(text),)
-    return ChatRequest((ChatMessage.text("system", "Find the entities."),
-                        ChatMessage("user", parts)), max_tokens=max_tokens)
+    return ChatRequest(
+        (ChatMessage.text("system", "Find the entities."), ChatMessage("user", parts)),
+        max_tokens=max_tokens,
+    )
 
 
 def test_registered_as_plugin():
@@ -110,8 +120,9 @@ def test_missing_model_path_is_reported_not_downloaded(tmp_path):
 
 
 def test_image_and_text_reach_the_model_plumbing(tiny_qwen2vl, image):
-    b = QwenVLBackend(QwenVLBackend.Options(model_path=str(tiny_qwen2vl), device="cpu",
-                                            max_new_tokens=6))
+    b = QwenVLBackend(
+        QwenVLBackend.Options(model_path=str(tiny_qwen2vl), device="cpu", max_new_tokens=6)
+    )
     assert b.check_available() is None
     codec = b.box_codec
     assert isinstance(codec, Qwen2VLCodec)
@@ -129,7 +140,7 @@ def test_image_and_text_reach_the_model_plumbing(tiny_qwen2vl, image):
         with_kwargs=True,
     )
     resp = b.complete(_request("Who is Barack Obama?", image))
-    (pixel_values, grid_thw), = vision_calls  # the image reached the vision tower once
+    ((pixel_values, grid_thw),) = vision_calls  # the image reached the vision tower once
     grid = grid_thw.tolist()
     assert len(grid) == 1 and grid[0][0] == 1
     assert pixel_values.shape[0] == grid[0][0] * grid[0][1] * grid[0][2]
@@ -182,8 +193,15 @@ def test_batched_requests_match_single_plumbing(tiny_qwen2vl, image):
 
 
 def test_bad_image_fails_only_its_request_plumbing(tiny_qwen2vl, image, tmp_path):
-    b = QwenVLBackend(QwenVLBackend.Options(model_path=str(tiny_qwen2vl), device="cpu",
-                                            max_new_tokens=3, batch_size=2, batch_wait_s=0.5))
+    b = QwenVLBackend(
+        QwenVLBackend.Options(
+            model_path=str(tiny_qwen2vl),
+            device="cpu",
+            max_new_tokens=3,
+            batch_size=2,
+            batch_wait_s=0.5,
+        )
+    )
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not a jpeg")
     results: dict[str, object] = {}
@@ -195,8 +213,10 @@ def test_bad_image_fails_only_its_request_plumbing(tiny_qwen2vl, image, tmp_path
             results[name] = exc
 
     b._load()
-    threads = [threading.Thread(target=call, args=("bad", _request("x", broken))),
-               threading.Thread(target=call, args=("good", _request("y", image)))]
+    threads = [
+        threading.Thread(target=call, args=("bad", _request("x", broken))),
+        threading.Thread(target=call, args=("good", _request("y", image))),
+    ]
     for t in threads:
         t.start()
     for t in threads:

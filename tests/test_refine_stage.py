@@ -302,10 +302,14 @@ def test_every_sample_survives_a_crashing_backend(tmp_path: Path) -> None:
         raise RuntimeError("segfault in the model")
 
     sample = Sample("x", ("Obama",), "Obama")
-    pred = SampleResult(sample, (Entity(0, 1, "PER", "Obama", source=SOURCE_TAGGER),),
-                        gate=GateVerdict(True, 0.0, frozenset({(0, 1, "PER")})))
-    [res], summary = run_refine([pred], ScriptedBackend(boom), LABELS, RefineSettings(),
-                                tmp_path / "r.jsonl")
+    pred = SampleResult(
+        sample,
+        (Entity(0, 1, "PER", "Obama", source=SOURCE_TAGGER),),
+        gate=GateVerdict(True, 0.0, frozenset({(0, 1, "PER")})),
+    )
+    [res], summary = run_refine(
+        [pred], ScriptedBackend(boom), LABELS, RefineSettings(), tmp_path / "r.jsonl"
+    )
     assert res.entities == pred.entities
     assert res.failures[0].kind == "RuntimeError" and summary.failed == 1
 

@@ -30,8 +30,14 @@ from refineg_core.types import (
 from tests.stagedata import real_samples
 
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
     "--hide-scrollbars",
 ]
 PURPLE = (128, 64, 192)
@@ -51,8 +57,14 @@ def chromium() -> str:
 
 def screenshot(html_path: Path, tmp_path: Path) -> np.ndarray:
     png = Path(os.environ.get("REFINEG_REPORT_SHOT", tmp_path / "shot.png"))
-    cmd = [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
-           f"--screenshot={png}", "--window-size=1200,900", html_path.resolve().as_uri()]
+    cmd = [
+        chromium(),
+        *CHROMIUM_FLAGS,
+        f"--user-data-dir={tmp_path / 'profile'}",
+        f"--screenshot={png}",
+        "--window-size=1200,900",
+        html_path.resolve().as_uri(),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert png.is_file(), (
         f"chromium wrote no screenshot (rc {proc.returncode}): {proc.stderr[-800:]}"
@@ -79,11 +91,19 @@ def _case(twitter_dir: Path, tmp_path: Path) -> tuple[list[SampleResult], dict[s
     tweet = real_samples(twitter_dir, 1, min_entities=2)[0]
     a, b = tweet.entities[0], tweet.entities[1]
     with_img = attrs.evolve(tweet, image=ImageRef("img1", photo(tmp_path / "img1.jpg"), W, H))
-    pred = SampleResult(with_img, (
-        attrs.evolve(a, boxes=(MLLM_BOX,), source=SOURCE_MLLM, grounded_by=SOURCE_MLLM),
-        attrs.evolve(b, boxes=(TAGGER_BOX,), source=SOURCE_TAGGER, grounded_by=SOURCE_MLLM,
-                     uncertainty=0.12),
-    ))
+    pred = SampleResult(
+        with_img,
+        (
+            attrs.evolve(a, boxes=(MLLM_BOX,), source=SOURCE_MLLM, grounded_by=SOURCE_MLLM),
+            attrs.evolve(
+                b,
+                boxes=(TAGGER_BOX,),
+                source=SOURCE_TAGGER,
+                grounded_by=SOURCE_MLLM,
+                uncertainty=0.12,
+            ),
+        ),
+    )
     gold = attrs.evolve(with_img, entities=(attrs.evolve(b, boxes=(GOLD_BOX,)),))
     other = real_samples(twitter_dir, 1, min_entities=1, skip=1)[0]
     no_image = SampleResult(
@@ -96,7 +116,7 @@ def _case(twitter_dir: Path, tmp_path: Path) -> tuple[list[SampleResult], dict[s
 def test_report_html_is_self_contained(twitter_dir: Path, tmp_path: Path) -> None:
     results, gold = _case(twitter_dir, tmp_path)
     html = render_report(results, gold)
-    assert "data:image/jpeg;base64," in html and "src=\"file:" not in html
+    assert "data:image/jpeg;base64," in html and 'src="file:' not in html
     assert html.count('class="box"') == 2 and html.count('class="box gold"') == 1
     assert "image not available" in html and "missing" in html
     for r in results:  # the sample without an image still lists its entities
@@ -104,13 +124,13 @@ def test_report_html_is_self_contained(twitter_dir: Path, tmp_path: Path) -> Non
             assert e.text.replace("&", "&amp;").replace("'", "&#x27;") in html
     assert "predicted = gold (span + type)" in html
     assert "<script" not in html  # nothing to execute: a text in a tweet cannot inject one
-    evil = attrs.evolve(results[1], sample=attrs.evolve(results[1].sample,
-                                                        text="<script>alert(1)</script>"))
+    evil = attrs.evolve(
+        results[1], sample=attrs.evolve(results[1].sample, text="<script>alert(1)</script>")
+    )
     assert "<script>alert" not in render_report([evil])
 
 
-def test_report_screenshot_shows_boxes_where_they_belong(twitter_dir: Path,
-                                                         tmp_path: Path) -> None:
+def test_report_screenshot_shows_boxes_where_they_belong(twitter_dir: Path, tmp_path: Path) -> None:
     results, gold = _case(twitter_dir, tmp_path)
     page = tmp_path / "report.html"
     page.write_text(render_report(results, gold), encoding="utf-8")
@@ -140,8 +160,9 @@ def test_report_screenshot_shows_boxes_where_they_belong(twitter_dir: Path,
         cx, cy = x0 + int((box.x1 + box.x2) / 2), y0 + int((box.y1 + box.y2) / 2)
         assert near(px[cy, cx], PURPLE, 30)  # the box is an outline, not a fill
     # the two stages really get different colours on screen
-    assert not near(px[y0 + int(MLLM_BOX.y2) - 2, x0 + int(MLLM_BOX.x1) + 30],
-                    _rgb(COLOURS[SOURCE_TAGGER]))
+    assert not near(
+        px[y0 + int(MLLM_BOX.y2) - 2, x0 + int(MLLM_BOX.x1) + 30], _rgb(COLOURS[SOURCE_TAGGER])
+    )
     # gold is dashed: its sides are partly gold-coloured, partly background
     gold_hits = edge_hits(GOLD_BOX, COLOURS[SOURCE_GOLD])
     assert 0.25 < gold_hits["left"] < 0.95 and 0.25 < gold_hits["top"] < 0.95, gold_hits
@@ -162,8 +183,19 @@ def test_report_command_through_the_hook(twitter_dir: Path, tmp_path: Path, caps
     sub = parser.add_subparsers(dest="command")
     get_hooks().add_commands(sub)  # the installed entry point, as the CLI loads it
     out = tmp_path / "r.html"
-    args = parser.parse_args(["report", "--pred", str(pred_path), "--gold", str(gold_path),
-                              "--out", str(out), "--limit", "1"])
+    args = parser.parse_args(
+        [
+            "report",
+            "--pred",
+            str(pred_path),
+            "--gold",
+            str(gold_path),
+            "--out",
+            str(out),
+            "--limit",
+            "1",
+        ]
+    )
     assert args.func is report_hooks.run_report
     assert args.func(args) == 0
     html = out.read_text()
@@ -189,9 +221,9 @@ def test_labels_of_coinciding_boxes_do_not_overlap(tmp_path: Path) -> None:
     ]
     assert label_rows(drawn, (W, H), 400) == [0, 1, 2, 0, 0, 1]
     sample = Sample("s", ("Obama",), "Obama", ImageRef("s", photo(tmp_path / "s.jpg"), W, H))
-    result = SampleResult(sample, (
-        Entity(0, 1, "PER", "Obama", boxes=(same, same), source=SOURCE_MLLM),
-    ))
+    result = SampleResult(
+        sample, (Entity(0, 1, "PER", "Obama", boxes=(same, same), source=SOURCE_MLLM),)
+    )
     html = render_sample(result, None)
     assert "top:-18px" in html and "top:-35px" in html  # one line apart
 

@@ -90,9 +90,7 @@ class SentenceEncoder:
         self.tokenizer = tokenizer
         with_special = tokenizer("a")["input_ids"]
         plain = tokenizer("a", add_special_tokens=False)["input_ids"]
-        i = next(
-            k for k in range(len(with_special)) if with_special[k : k + len(plain)] == plain
-        )
+        i = next(k for k in range(len(with_special)) if with_special[k : k + len(plain)] == plain)
         self.prefix = list(with_special[:i])
         self.suffix = list(with_special[i + len(plain) :])
         limit = max_length
@@ -164,8 +162,12 @@ class BertCrfModel(nn.Module):
         return self.emission.weight.device
 
     def word_vectors(
-        self, batch: Sequence[EncodedSentence], prefix: Sequence[int], suffix: Sequence[int],
-        pad_id: int, encode: EncoderRunner | None = None,
+        self,
+        batch: Sequence[EncodedSentence],
+        prefix: Sequence[int],
+        suffix: Sequence[int],
+        pad_id: int,
+        encode: EncoderRunner | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode every window of the batch; return word vectors [B, N, H] and mask [B, N].
 
@@ -212,7 +214,11 @@ class BertCrfModel(nn.Module):
         return vectors, mask.to(device)
 
     def emissions(
-        self, batch: Sequence[EncodedSentence], prefix, suffix, pad_id: int,
+        self,
+        batch: Sequence[EncodedSentence],
+        prefix,
+        suffix,
+        pad_id: int,
         encode: EncoderRunner | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         vectors, mask = self.word_vectors(batch, prefix, suffix, pad_id, encode)

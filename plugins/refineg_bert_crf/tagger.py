@@ -56,7 +56,11 @@ WEIGHTS = "weights.safetensors"
 REQUIRED = (WEIGHTS, "labels.json", "options.json", "encoder.json", "encoder/config.json")
 #: Options a config may change on a saved tagger: how it predicts, not what it learned.
 INFERENCE_OPTIONS = (
-    "device", "eval_batch_size", "inference", "mc_dropout_samples", "mc_dropout_seed"
+    "device",
+    "eval_batch_size",
+    "inference",
+    "mc_dropout_samples",
+    "mc_dropout_seed",
 )
 
 PosFloat = pydantic.confloat(gt=0, allow_inf_nan=False)
@@ -89,18 +93,24 @@ class BertCrfTagger(Tagger):
 
     class Options(PluginOptions):
         encoder: str | None = pydantic.Field(
-            None, description="an installed encoder name (" + ", ".join(sorted(KNOWN))
-            + ") or a local transformers folder; default: all-minilm-l6-v2")
+            None,
+            description="an installed encoder name ("
+            + ", ".join(sorted(KNOWN))
+            + ") or a local transformers folder; default: all-minilm-l6-v2",
+        )
         device: str = pydantic.Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
         epochs: int = pydantic.Field(10, ge=1)
         batch_size: int = pydantic.Field(32, ge=1)
         eval_batch_size: int = pydantic.Field(64, ge=1)
         inference: Literal["auto", "torch", "int8", "onnx", "onnx-int8"] = pydantic.Field(
-            "auto", description="encoder back-end for predict(): auto = onnx-int8 for a saved "
-            "tagger on CPU when onnxruntime is installed, else torch (autocast on CUDA)")
+            "auto",
+            description="encoder back-end for predict(): auto = onnx-int8 for a saved "
+            "tagger on CPU when onnxruntime is installed, else torch (autocast on CUDA)",
+        )
         lr: PosFloat = 1e-4
         head_lr: PosFloat | None = pydantic.Field(
-            3e-3, description="emission + shape layers (None: same as lr)")
+            3e-3, description="emission + shape layers (None: same as lr)"
+        )
         crf_lr: PosFloat = 1e-2
         weight_decay: pydantic.confloat(ge=0, allow_inf_nan=False) = 0.01
         max_length: int = pydantic.Field(128, ge=8, description="sub-words per encoder window")
@@ -114,20 +124,28 @@ class BertCrfTagger(Tagger):
         shape_dim: int = pydantic.Field(16, ge=1)
         constrain_transitions: bool = True
         ensemble_size: int = pydantic.Field(
-            1, ge=1, description="members averaged at prediction (marginals and emissions)")
+            1, ge=1, description="members averaged at prediction (marginals and emissions)"
+        )
         ensemble_mode: Literal["seeds", "snapshots"] = pydantic.Field(
-            "seeds", description="seeds: member k trained from scratch with seed + k; "
-            "snapshots: one run, members = the epochs ending at the best one")
+            "seeds",
+            description="seeds: member k trained from scratch with seed + k; "
+            "snapshots: one run, members = the epochs ending at the best one",
+        )
         mc_dropout_samples: int = pydantic.Field(
-            0, ge=0, description="extra forward passes with dropout on at prediction "
-            "(TaggerPrediction.dropout_marginals, for the mc_dropout gate)")
+            0,
+            ge=0,
+            description="extra forward passes with dropout on at prediction "
+            "(TaggerPrediction.dropout_marginals, for the mc_dropout gate)",
+        )
         mc_dropout_seed: int = 0
 
         @pydantic.model_validator(mode="after")
         def _snapshots_fit(self):
             if self.ensemble_mode == "snapshots" and self.ensemble_size > self.epochs:
-                raise ValueError(f"ensemble_size {self.ensemble_size} snapshots need at least "
-                                 f"as many epochs (epochs = {self.epochs})")
+                raise ValueError(
+                    f"ensemble_size {self.ensemble_size} snapshots need at least "
+                    f"as many epochs (epochs = {self.epochs})"
+                )
             return self
 
     inference_options: ClassVar[frozenset[str]] = frozenset(INFERENCE_OPTIONS)
@@ -162,8 +180,10 @@ class BertCrfTagger(Tagger):
         if wanted == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if wanted.startswith("cuda") and not torch.cuda.is_available():
-            raise TaggerError("device 'cuda' requested but no CUDA GPU is available",
-                              where="tagger.options.device")
+            raise TaggerError(
+                "device 'cuda' requested but no CUDA GPU is available",
+                where="tagger.options.device",
+            )
         return torch.device(wanted)
 
     def _assemble(self, encoder_dir: str, *, pretrained: bool, members: int = 1) -> None:
@@ -173,28 +193,41 @@ class BertCrfTagger(Tagger):
             self.tokenizer = AutoTokenizer.from_pretrained(encoder_dir)
             encoder = build_encoder(encoder_dir, config, pretrained=pretrained)
         except (OSError, ValueError) as exc:
-            raise TaggerError(f"cannot load the encoder from {encoder_dir}: {exc}",
-                              where="tagger.options.encoder") from None
+            raise TaggerError(
+                f"cannot load the encoder from {encoder_dir}: {exc}", where="tagger.options.encoder"
+            ) from None
         if not getattr(self.tokenizer, "is_fast", False):
-            raise TaggerError(f"the encoder at {encoder_dir} has no fast tokenizer "
-                              "(word_ids() is needed to map sub-words to words)",
-                              where="tagger.options.encoder")
+            raise TaggerError(
+                f"the encoder at {encoder_dir} has no fast tokenizer "
+                "(word_ids() is needed to map sub-words to words)",
+                where="tagger.options.encoder",
+            )
         self.encoder_config = config
-        constraints = (BertCrfModel.constraints_for(self.label_names, o.scheme)
-                       if o.constrain_transitions else None)
+        constraints = (
+            BertCrfModel.constraints_for(self.label_names, o.scheme)
+            if o.constrain_transitions
+            else None
+        )
         self.members = []
         for k in range(members):
             if k:  # member 0 uses the encoder loaded above (and the caller's seed)
                 if pretrained:
                     set_seed(o.seed + k)
                 encoder = build_encoder(encoder_dir, config, pretrained=pretrained)
-            self.members.append(BertCrfModel(
-                encoder, len(self.label_names), constraints=constraints, dropout=o.dropout,
-                use_shape_features=o.use_shape_features, shape_dim=o.shape_dim,
-            ).to(self._device()))
+            self.members.append(
+                BertCrfModel(
+                    encoder,
+                    len(self.label_names),
+                    constraints=constraints,
+                    dropout=o.dropout,
+                    use_shape_features=o.use_shape_features,
+                    shape_dim=o.shape_dim,
+                ).to(self._device())
+            )
         self.model = self.members[0]
         self.sentences = SentenceEncoder(
-            self.tokenizer, o.max_length, getattr(config, "max_position_embeddings", None))
+            self.tokenizer, o.max_length, getattr(config, "max_position_embeddings", None)
+        )
 
     def build(self) -> None:
         """Load the pretrained encoder and assemble the untrained model (``fit`` calls this).
@@ -206,8 +239,9 @@ class BertCrfTagger(Tagger):
             self.encoder_source = self.options.encoder or folder
             set_seed(self.options.seed)  # the new layers' initialisation is part of the run
             seeds = self.options.ensemble_mode == "seeds"
-            self._assemble(folder, pretrained=True,
-                           members=self.options.ensemble_size if seeds else 1)
+            self._assemble(
+                folder, pretrained=True, members=self.options.ensemble_size if seeds else 1
+            )
 
     # ----------------------------------------------------------------- training
     def _gold_tags(self, samples: Sequence[Sample], split: str) -> list[list[int]]:
@@ -215,8 +249,9 @@ class BertCrfTagger(Tagger):
         out = []
         for s in samples:
             try:
-                tags = spans_to_tags(len(s.tokens), (e.key for e in s.entities),
-                                     self.options.scheme)
+                tags = spans_to_tags(
+                    len(s.tokens), (e.key for e in s.entities), self.options.scheme
+                )
             except DataError as exc:
                 raise DataError(str(exc), where=f"{split}: sample {s.id}") from None
             out.append([self.label_index[t] for t in tags])
@@ -239,8 +274,10 @@ class BertCrfTagger(Tagger):
         if o.ensemble_mode == "snapshots":
             report = self._fit_snapshots(encoded, tags, dev)
         else:
-            reports = [self._fit_member(m, encoded, tags, dev, seed=o.seed + k)
-                       for k, m in enumerate(self.members)]
+            reports = [
+                self._fit_member(m, encoded, tags, dev, seed=o.seed + k)
+                for k, m in enumerate(self.members)
+            ]
             self.member_origin = [{"seed": o.seed + k} for k in range(len(self.members))]
             report = reports[0]
             if len(reports) > 1:
@@ -267,8 +304,14 @@ class BertCrfTagger(Tagger):
         """
         o = self.options
         states: dict[int, dict] = {}
-        report = self._fit_member(self.members[0], encoded, tags, dev, seed=o.seed,
-                                  on_epoch=lambda epoch, m: states.update({epoch: snapshot(m)}))
+        report = self._fit_member(
+            self.members[0],
+            encoded,
+            tags,
+            dev,
+            seed=o.seed,
+            on_epoch=lambda epoch, m: states.update({epoch: snapshot(m)}),
+        )
         best = report["best_epoch"] or max(states)
         # M consecutive epochs ending at the best, or starting at 1 when the best is early.
         start = max(1, best - o.ensemble_size + 1)
@@ -286,8 +329,9 @@ class BertCrfTagger(Tagger):
         report["snapshot_epochs"] = epochs
         return report
 
-    def _fit_member(self, model: BertCrfModel, encoded, tags, dev, *, seed: int,
-                    on_epoch=None) -> dict:
+    def _fit_member(
+        self, model: BertCrfModel, encoded, tags, dev, *, seed: int, on_epoch=None
+    ) -> dict:
         """Train one member (its own seed and dev early stopping) and return its report."""
         o = self.options
         enc = self.sentences
@@ -303,12 +347,23 @@ class BertCrfTagger(Tagger):
 
         evaluate = (lambda: self._dev_f1(dev, [model])) if dev else None
         return train_loop(
-            model, len(encoded), [sum(len(p) for p in e.pieces) for e in encoded], loss_fn,
-            epochs=o.epochs, batch_size=o.batch_size, lr=o.lr,
-            head_lr=o.head_lr if o.head_lr is not None else o.lr, crf_lr=o.crf_lr,
-            warmup_ratio=o.warmup_ratio, grad_clip=o.grad_clip, weight_decay=o.weight_decay,
-            patience=o.patience, seed=seed, evaluate=evaluate,
-            on_step=self.on_step, on_epoch=on_epoch,
+            model,
+            len(encoded),
+            [sum(len(p) for p in e.pieces) for e in encoded],
+            loss_fn,
+            epochs=o.epochs,
+            batch_size=o.batch_size,
+            lr=o.lr,
+            head_lr=o.head_lr if o.head_lr is not None else o.lr,
+            crf_lr=o.crf_lr,
+            warmup_ratio=o.warmup_ratio,
+            grad_clip=o.grad_clip,
+            weight_decay=o.weight_decay,
+            patience=o.patience,
+            seed=seed,
+            evaluate=evaluate,
+            on_step=self.on_step,
+            on_epoch=on_epoch,
         )
 
     # ---------------------------------------------------------------- inference
@@ -319,8 +374,9 @@ class BertCrfTagger(Tagger):
 
     def _require_model(self) -> None:
         if self.model is None or self.sentences is None:
-            raise TaggerError("the tagger is not trained: call fit() or load() first",
-                              where="tagger.predict")
+            raise TaggerError(
+                "the tagger is not trained: call fit() or load() first", where="tagger.predict"
+            )
 
     def encoder_runner(self) -> inference.EncoderRunner | None:
         """The encoder back-end of ``options.inference``, built on first use; None for
@@ -332,25 +388,32 @@ class BertCrfTagger(Tagger):
             return None
         if self.runner is None:
             device = self._device()
-            mode = inference.resolve_mode(self.options.inference, device,
-                                          saved=self._saved is not None)
+            mode = inference.resolve_mode(
+                self.options.inference, device, saved=self._saved is not None
+            )
             folder = name = None
             if self._saved is not None:  # the export lives beside the saved weights
                 directory, weights_sha, config_sha = self._saved
                 folder = directory / inference.CACHE_DIR
                 name = inference.artifact_name(mode, weights_sha, config_sha)
             self.model.eval()
-            self.runner = inference.build_runner(mode, self.model.encoder, device,
-                                                 folder=folder, name=name)
+            self.runner = inference.build_runner(
+                mode, self.model.encoder, device, folder=folder, name=name
+            )
             self.inference_mode = mode
         return self.runner
 
     def _forget_runner(self) -> None:
         self.runner, self.inference_mode, self._saved = None, None, None
 
-    def _predict(self, samples: Sequence[Sample], *, marginals: bool,
-                 members: Sequence[BertCrfModel] | None = None,
-                 encode: inference.EncoderRunner | None = None) -> list[TaggerPrediction]:
+    def _predict(
+        self,
+        samples: Sequence[Sample],
+        *,
+        marginals: bool,
+        members: Sequence[BertCrfModel] | None = None,
+        encode: inference.EncoderRunner | None = None,
+    ) -> list[TaggerPrediction]:
         self._require_model()
         members = list(members) if members is not None else self.members
         n_members = len(members)
@@ -362,10 +425,15 @@ class BertCrfTagger(Tagger):
         for i, s in enumerate(samples):
             if not s.tokens:
                 results[i] = TaggerPrediction(
-                    s.id, (), self.label_names, np.zeros((0, n_labels)),
+                    s.id,
+                    (),
+                    self.label_names,
+                    np.zeros((0, n_labels)),
                     member_marginals=np.zeros((n_members, 0, n_labels))
-                    if marginals and n_members > 1 else None,
-                    dropout_marginals=np.zeros((passes, 0, n_labels)) if passes else None)
+                    if marginals and n_members > 1
+                    else None,
+                    dropout_marginals=np.zeros((passes, 0, n_labels)) if passes else None,
+                )
         lengths = [sum(len(p) for p in encoded[i].pieces) for i in todo]
         enc = self.sentences
         for m in members:
@@ -376,30 +444,56 @@ class BertCrfTagger(Tagger):
             for number, batch in enumerate(bar(batches, desc="predict", unit="batch")):
                 idx = [todo[k] for k in batch]
                 items = [encoded[i] for i in idx]
-                out = ensemble.decode(members, items, enc.prefix, enc.suffix, enc.pad,
-                                      marginals=marginals, crf=crf, encode=encode)
+                out = ensemble.decode(
+                    members,
+                    items,
+                    enc.prefix,
+                    enc.suffix,
+                    enc.pad,
+                    marginals=marginals,
+                    crf=crf,
+                    encode=encode,
+                )
                 post = _numpy(out.marginals)
                 member_post = _numpy(out.member_marginals)
-                dropout_post = _numpy(ensemble.dropout_marginals(
-                    members, items, enc.prefix, enc.suffix, enc.pad, passes=passes,
-                    seed=self.options.mc_dropout_seed + number)) if passes else None
+                dropout_post = (
+                    _numpy(
+                        ensemble.dropout_marginals(
+                            members,
+                            items,
+                            enc.prefix,
+                            enc.suffix,
+                            enc.pad,
+                            passes=passes,
+                            seed=self.options.mc_dropout_seed + number,
+                        )
+                    )
+                    if passes
+                    else None
+                )
                 for b, i in enumerate(idx):
                     n = encoded[i].n_words
                     m = _rows(post[b, :n]) if post is not None else np.zeros((n, n_labels))
                     results[i] = TaggerPrediction(
-                        samples[i].id, tuple(self.label_names[t] for t in out.paths[b]),
-                        self.label_names, m,
-                        member_marginals=None if member_post is None
+                        samples[i].id,
+                        tuple(self.label_names[t] for t in out.paths[b]),
+                        self.label_names,
+                        m,
+                        member_marginals=None
+                        if member_post is None
                         else _rows(member_post[:, b, :n]),
-                        dropout_marginals=None if dropout_post is None
-                        else _rows(dropout_post[:, b, :n]))
+                        dropout_marginals=None
+                        if dropout_post is None
+                        else _rows(dropout_post[:, b, :n]),
+                    )
         return results  # type: ignore[return-value]
 
     def member(self, k: int) -> BertCrfTagger:
         """Member ``k`` alone as a tagger (shares weights; benchmarks compare it to the whole)."""
         if not 0 <= k < len(self.members):
-            raise TaggerError(f"no member {k} (the tagger has {len(self.members)})",
-                              where="tagger.member")
+            raise TaggerError(
+                f"no member {k} (the tagger has {len(self.members)})", where="tagger.member"
+            )
         single = copy.copy(self)
         single.members = [self.members[k]]
         single.model = self.members[k]
@@ -423,46 +517,75 @@ class BertCrfTagger(Tagger):
             raise TaggerError("nothing to save: the tagger is not trained", where="tagger.save")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        prefixes = [""] if len(self.members) == 1 else [f"member{k}." for k in
-                                                        range(len(self.members))]
-        state = {pre + k: v.detach().cpu().contiguous()
-                 for pre, m in zip(prefixes, self.members, strict=True)
-                 for k, v in m.state_dict().items()}
+        prefixes = (
+            [""] if len(self.members) == 1 else [f"member{k}." for k in range(len(self.members))]
+        )
+        state = {
+            pre + k: v.detach().cpu().contiguous()
+            for pre, m in zip(prefixes, self.members, strict=True)
+            for k, v in m.state_dict().items()
+        }
         save_file(state, str(directory / WEIGHTS))
         respect_umask(directory / WEIGHTS)  # safetensors writes 0600
-        (directory / "ensemble.json").write_text(json.dumps({
-            "members": len(self.members), "mode": self.options.ensemble_mode,
-            "origin": self.member_origin}, indent=2), encoding="utf-8")
+        (directory / "ensemble.json").write_text(
+            json.dumps(
+                {
+                    "members": len(self.members),
+                    "mode": self.options.ensemble_mode,
+                    "origin": self.member_origin,
+                },
+                indent=2,
+            ),
+            encoding="utf-8",
+        )
         self.encoder_config.save_pretrained(str(directory / "encoder"))
         self.tokenizer.save_pretrained(str(directory / "encoder"))
-        (directory / "labels.json").write_text(json.dumps({
-            "label_names": list(self.label_names), "scheme": self.options.scheme,
-            "types": dict(self.labels.descriptions)}, indent=2), encoding="utf-8")
+        (directory / "labels.json").write_text(
+            json.dumps(
+                {
+                    "label_names": list(self.label_names),
+                    "scheme": self.options.scheme,
+                    "types": dict(self.labels.descriptions),
+                },
+                indent=2,
+            ),
+            encoding="utf-8",
+        )
         (directory / "options.json").write_text(
-            json.dumps(self.options.model_dump(mode="json"), indent=2), encoding="utf-8")
-        (directory / "encoder.json").write_text(json.dumps({
-            "source": self.encoder_source, "model_type": self.encoder_config.model_type,
-            "hidden_size": self.encoder_config.hidden_size}, indent=2), encoding="utf-8")
+            json.dumps(self.options.model_dump(mode="json"), indent=2), encoding="utf-8"
+        )
+        (directory / "encoder.json").write_text(
+            json.dumps(
+                {
+                    "source": self.encoder_source,
+                    "model_type": self.encoder_config.model_type,
+                    "hidden_size": self.encoder_config.hidden_size,
+                },
+                indent=2,
+            ),
+            encoding="utf-8",
+        )
         files = {}
         for path in sorted(directory.rglob("*")):
             rel = path.relative_to(directory).as_posix()
             cache = rel.startswith(inference.CACHE_DIR + "/")
             if path.is_file() and rel != "manifest.json" and not cache:
                 files[rel] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
-        (directory / "manifest.json").write_text(json.dumps({
-            "format": FORMAT, "version": FORMAT_VERSION, "files": files}, indent=2),
-            encoding="utf-8")
+        (directory / "manifest.json").write_text(
+            json.dumps({"format": FORMAT, "version": FORMAT_VERSION, "files": files}, indent=2),
+            encoding="utf-8",
+        )
         self._forget_runner()
         self._saved = (directory, files[WEIGHTS]["sha256"], files["encoder/config.json"]["sha256"])
         try:  # export now, so the predict stage finds it ready (train pays the seconds)
             self.encoder_runner()
         except TaggerError as exc:  # the weights are saved; load() will report it again
-            log.warning("saved the tagger, but its inference back-end could not be built: %s",
-                        exc)
+            log.warning("saved the tagger, but its inference back-end could not be built: %s", exc)
 
     @classmethod
-    def load(cls, directory: Path, options: Options | None = None,
-             labels: LabelSet | None = None) -> BertCrfTagger:
+    def load(
+        cls, directory: Path, options: Options | None = None, labels: LabelSet | None = None
+    ) -> BertCrfTagger:
         """Load a saved tagger; ``options`` (the config's) replace its inference options.
 
         Everything that shaped the weights (encoder, scheme, shapes, members...)
@@ -474,8 +597,9 @@ class BertCrfTagger(Tagger):
         manifest = cls._read_json(directory, "manifest.json")
         if manifest.get("format") != FORMAT or manifest.get("version") != FORMAT_VERSION:
             found = f"{manifest.get('format')} v{manifest.get('version')}"
-            raise TaggerError(f"not a {FORMAT} v{FORMAT_VERSION} directory (manifest says {found})",
-                              where=where)
+            raise TaggerError(
+                f"not a {FORMAT} v{FORMAT_VERSION} directory (manifest says {found})", where=where
+            )
         files = manifest.get("files", {})
         for rel in REQUIRED:
             if rel not in files:
@@ -485,28 +609,37 @@ class BertCrfTagger(Tagger):
             if not path.is_file():
                 raise TaggerError(f"missing file {rel} (listed in manifest.json)", where=where)
             if path.stat().st_size != info["bytes"] or _sha256(path) != info["sha256"]:
-                raise TaggerError(f"{rel} does not match manifest.json (changed, truncated or "
-                                  "copied from another tagger)", where=where)
+                raise TaggerError(
+                    f"{rel} does not match manifest.json (changed, truncated or "
+                    "copied from another tagger)",
+                    where=where,
+                )
         labels_doc = cls._read_json(directory, "labels.json")
         try:
             saved_options = cls.Options.model_validate(cls._read_json(directory, "options.json"))
             saved_labels = LabelSet(labels_doc["types"])
         except (pydantic.ValidationError, KeyError, DataError) as exc:
-            raise TaggerError(f"options.json / labels.json are invalid: {exc}",
-                              where=where) from None
+            raise TaggerError(
+                f"options.json / labels.json are invalid: {exc}", where=where
+            ) from None
         if given_options is not None:
-            saved_options = saved_options.model_copy(update={
-                k: getattr(cls._as_options(given_options), k) for k in INFERENCE_OPTIONS})
+            saved_options = saved_options.model_copy(
+                update={k: getattr(cls._as_options(given_options), k) for k in INFERENCE_OPTIONS}
+            )
         if given_labels is not None and set(given_labels.types) != set(saved_labels.types):
             raise TaggerError(
                 f"the saved tagger was trained for types {list(saved_labels.types)}, the "
                 f"config's entity types are {list(given_labels.types)}: retrain it or fix "
-                "[labels]", where=where)
+                "[labels]",
+                where=where,
+            )
         tagger = cls(saved_options, saved_labels)
         if list(tagger.label_names) != labels_doc.get("label_names"):
             raise TaggerError(
                 f"labels.json lists tags {labels_doc.get('label_names')} but its types and "
-                f"scheme give {list(tagger.label_names)}", where=where)
+                f"scheme give {list(tagger.label_names)}",
+                where=where,
+            )
         tagger.encoder_source = cls._read_json(directory, "encoder.json").get("source")
         try:
             AutoConfig.from_pretrained(str(directory / "encoder"))
@@ -518,8 +651,10 @@ class BertCrfTagger(Tagger):
             doc = cls._read_json(directory, "ensemble.json")
             members, origin = doc.get("members"), doc.get("origin", [])
             if not isinstance(members, int) or members < 1:
-                raise TaggerError(f"ensemble.json: members must be a positive integer, got "
-                                  f"{members!r}", where=where)
+                raise TaggerError(
+                    f"ensemble.json: members must be a positive integer, got {members!r}",
+                    where=where,
+                )
         tagger._assemble(str(directory / "encoder"), pretrained=False, members=members)
         tagger.member_origin = list(origin)
         try:
@@ -528,19 +663,26 @@ class BertCrfTagger(Tagger):
                 tagger.members[0].load_state_dict(state, strict=True)
             for k, member in enumerate(tagger.members if members > 1 else []):
                 pre = f"member{k}."
-                member.load_state_dict({n[len(pre):]: v for n, v in state.items()
-                                        if n.startswith(pre)}, strict=True)
-            if members > 1 and any(not n.startswith(tuple(f"member{k}." for k in range(members)))
-                                   for n in state):
+                member.load_state_dict(
+                    {n[len(pre) :]: v for n, v in state.items() if n.startswith(pre)}, strict=True
+                )
+            if members > 1 and any(
+                not n.startswith(tuple(f"member{k}." for k in range(members))) for n in state
+            ):
                 raise ValueError("weights hold keys of no member")
         except Exception as exc:
             raise TaggerError(
                 f"{WEIGHTS} does not fit the saved labels/options/encoder: "
-                f"{str(exc).splitlines()[0][:300]}", where=where) from None
+                f"{str(exc).splitlines()[0][:300]}",
+                where=where,
+            ) from None
         for m in tagger.members:
             m.eval()
-        tagger._saved = (directory, files[WEIGHTS]["sha256"],
-                         files["encoder/config.json"]["sha256"])
+        tagger._saved = (
+            directory,
+            files[WEIGHTS]["sha256"],
+            files["encoder/config.json"]["sha256"],
+        )
         tagger.encoder_runner()  # build (or rebuild) the fast encoder now: errors surface here
         return tagger
 

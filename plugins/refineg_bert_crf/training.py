@@ -79,12 +79,19 @@ def span_f1(gold: Iterable[set], pred: Iterable[set]) -> dict[str, float]:
     precision = tp / n_pred if n_pred else 0.0
     recall = tp / n_gold if n_gold else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1, "tp": tp, "gold": n_gold,
-            "pred": n_pred}
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "tp": tp,
+        "gold": n_gold,
+        "pred": n_pred,
+    }
 
 
-def param_groups(model: nn.Module, lr: float, head_lr: float, crf_lr: float,
-                 weight_decay: float) -> list[dict]:
+def param_groups(
+    model: nn.Module, lr: float, head_lr: float, crf_lr: float, weight_decay: float
+) -> list[dict]:
     """Encoder (decayed / not), head (emission + shapes) and CRF, each with its lr."""
     groups: dict[str, list] = {"encoder": [], "encoder_no_decay": [], "head": [], "crf": []}
     for name, p in model.named_parameters():
@@ -99,8 +106,12 @@ def param_groups(model: nn.Module, lr: float, head_lr: float, crf_lr: float,
             groups["head"].append(p)
     return [
         {"name": "encoder", "params": groups["encoder"], "lr": lr, "weight_decay": weight_decay},
-        {"name": "encoder_no_decay", "params": groups["encoder_no_decay"], "lr": lr,
-         "weight_decay": 0.0},
+        {
+            "name": "encoder_no_decay",
+            "params": groups["encoder_no_decay"],
+            "lr": lr,
+            "weight_decay": 0.0,
+        },
         {"name": "head", "params": groups["head"], "lr": head_lr, "weight_decay": 0.0},
         {"name": "crf", "params": groups["crf"], "lr": crf_lr, "weight_decay": 0.0},
     ]
@@ -148,8 +159,14 @@ def train_loop(
     factor = warmup_linear(round(warmup_ratio * total_steps), total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
-    report: dict = {"epochs": [], "steps": 0, "total_steps": total_steps,
-                    "steps_per_epoch": steps_per_epoch, "lr_trace": {}, "stopped": "completed"}
+    report: dict = {
+        "epochs": [],
+        "steps": 0,
+        "total_steps": total_steps,
+        "steps_per_epoch": steps_per_epoch,
+        "lr_trace": {},
+        "stopped": "completed",
+    }
     for g in optimizer.param_groups:
         report["lr_trace"][g["name"]] = []
     good_state = snapshot(model)
@@ -181,12 +198,16 @@ def train_loop(
                 report["steps"] = step
                 losses.append(float(loss.detach()))
                 progress.update(1)
-                progress.set_postfix(epoch=epoch, loss=f"{losses[-1]:.3f}",
-                                     dev_f1=f"{max(best_f1, 0):.3f}")
+                progress.set_postfix(
+                    epoch=epoch, loss=f"{losses[-1]:.3f}", dev_f1=f"{max(best_f1, 0):.3f}"
+                )
                 if on_step is not None:
                     on_step(step, model)
-            entry = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else 0.0,
-                     "seconds": time.perf_counter() - started}
+            entry = {
+                "epoch": epoch,
+                "loss": float(np.mean(losses)) if losses else 0.0,
+                "seconds": time.perf_counter() - started,
+            }
             if evaluate is not None:
                 entry["dev"] = evaluate()
                 f1 = entry["dev"]["f1"]
@@ -200,8 +221,9 @@ def train_loop(
             report["epochs"].append(entry)
             if on_epoch is not None:
                 on_epoch(epoch, model)
-            progress.set_postfix(epoch=epoch, loss=f"{entry['loss']:.3f}",
-                                 dev_f1=f"{max(best_f1, 0):.3f}")
+            progress.set_postfix(
+                epoch=epoch, loss=f"{entry['loss']:.3f}", dev_f1=f"{max(best_f1, 0):.3f}"
+            )
             if patience is not None and evaluate is not None and bad_epochs >= patience:
                 report["stopped"] = f"early stop after epoch {epoch} (patience {patience})"
                 break
@@ -214,14 +236,24 @@ def train_loop(
     return report
 
 
-def _fail(model: nn.Module, good_state: dict, good_epoch: int, epoch: int, step: int,
-          what: str, report: dict) -> None:
+def _fail(
+    model: nn.Module,
+    good_state: dict,
+    good_epoch: int,
+    epoch: int,
+    step: int,
+    what: str,
+    report: dict,
+) -> None:
     model.load_state_dict(copy.deepcopy(good_state))
     model.eval()
     report["stopped"] = f"non-finite {what} at epoch {epoch}, step {step + 1}"
     report["best_epoch"] = good_epoch
-    kept = (f"the checkpoint of epoch {good_epoch}" if good_epoch
-            else "the weights from before training")
+    kept = (
+        f"the checkpoint of epoch {good_epoch}"
+        if good_epoch
+        else "the weights from before training"
+    )
     err = TaggerError(
         f"training stopped: the {what} became NaN/inf at epoch {epoch}, step {step + 1}; "
         f"the tagger keeps {kept} (try a lower lr or crf_lr, or set grad_clip)",

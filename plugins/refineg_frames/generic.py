@@ -45,6 +45,7 @@ PIXEL_BOX_FORMAT = (
     "(0,0 is the top-left corner; the size is given with each image)"
 )
 
+
 class ScaledFrame(BoxCodec):
     """A frame that is the original scaled per axis to ``frame_size``; corners as integers."""
 

@@ -31,8 +31,10 @@ def _entity(item: Any) -> tuple[str, str]:
     if isinstance(item, dict):
         name = item.get("name", item.get("entity", ""))
         etype = item.get("type", item.get("label", ""))
-        return (name.strip() if isinstance(name, str) else "",
-                etype.strip() if isinstance(etype, str) else "")
+        return (
+            name.strip() if isinstance(name, str) else "",
+            etype.strip() if isinstance(etype, str) else "",
+        )
     if isinstance(item, (list, tuple)) and len(item) == 2 and all(isinstance(x, str) for x in item):
         return item[0].strip(), item[1].strip()
     return "", ""

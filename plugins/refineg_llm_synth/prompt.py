@@ -31,8 +31,14 @@ def seed_json(seed: Sample) -> str:
     return json.dumps({"text": seed.text, "entity": ents}, ensure_ascii=False)
 
 
-def build_prompt(seed: Sample, descriptions: Mapping[str, str], *, n_rewrites: int,
-                 n_new: int, new_for_empty_seeds: bool) -> tuple[str, str]:
+def build_prompt(
+    seed: Sample,
+    descriptions: Mapping[str, str],
+    *,
+    n_rewrites: int,
+    n_new: int,
+    new_for_empty_seeds: bool,
+) -> tuple[str, str]:
     """(system, user) texts for one seed.
 
     A seed without entities asks for entity-less rewrites (and, only when
@@ -47,31 +53,35 @@ def build_prompt(seed: Sample, descriptions: Mapping[str, str], *, n_rewrites: i
         f"{GENERIC_NOUN_RULE}\n"
         'Answer with a JSON list only, each item {"text": "...", "entity": '
         '[{"name": "...", "type": "..."}]}. Every name must be copied exactly as it '
-        "appears in its text, and every type must be one of: "
-        + ", ".join(descriptions) + "."
+        "appears in its text, and every type must be one of: " + ", ".join(descriptions) + "."
     )
     has_entities = bool(seed.entities)
     tasks = []
     if has_entities:
         tasks.append(
             f"(a) {n_rewrites} new sentences of the same domain that reuse the seed's entities "
-            "unchanged (same names, same types) in new contexts;")
+            "unchanged (same names, same types) in new contexts;"
+        )
         if n_new:
             tasks.append(
                 f"(b) {n_new} sentences with newly invented, specific entities of the same types "
-                "as the seed's entities, in the same style.")
+                "as the seed's entities, in the same style."
+            )
     else:
         tasks.append(
             f"(a) {n_rewrites} new sentences of the same domain and style that, like the seed, "
-            "mention no specific named entity at all; give each an empty entity list;")
+            "mention no specific named entity at all; give each an empty entity list;"
+        )
         if n_new and new_for_empty_seeds:
             tasks.append(
                 f"(b) {n_new} sentences of the same topic that mention specific entities of the "
-                "types above, each tagged.")
+                "types above, each tagged."
+            )
     # The seed comes last and the answer cue after it: small models continue
     # from the end of the prompt (put first, they echoed the instructions).
     user = (
-        "Write:\n" + "\n".join(tasks)
+        "Write:\n"
+        + "\n".join(tasks)
         + "\nReturn one JSON list with all sentences, in the same schema as the seed sample. "
         "Answer with the JSON list only, without repeating these instructions."
         f"\n\nSeed sample:\n{seed_json(seed)}\n\nAnswer (JSON list):"

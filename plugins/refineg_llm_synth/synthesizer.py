@@ -33,11 +33,16 @@ class LLMSynthesizer(Synthesizer):
 
     def build_request(self, seed: Sample) -> ChatRequest:
         if self.labels is None:
-            raise PluginError("the llm synthesizer needs the task's label set (type descriptions)",
-                              where="synthesizer")
+            raise PluginError(
+                "the llm synthesizer needs the task's label set (type descriptions)",
+                where="synthesizer",
+            )
         system, user = build_prompt(
-            seed, self.labels.descriptions, n_rewrites=self.options.n_rewrites,
-            n_new=self.options.n_new, new_for_empty_seeds=self.options.new_for_empty_seeds,
+            seed,
+            self.labels.descriptions,
+            n_rewrites=self.options.n_rewrites,
+            n_new=self.options.n_new,
+            new_for_empty_seeds=self.options.new_for_empty_seeds,
         )
         return ChatRequest(
             (ChatMessage.text("system", system), ChatMessage.text("user", user)),

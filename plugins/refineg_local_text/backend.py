@@ -136,9 +136,7 @@ class LocalTextBackend(MLLMBackend):
             kwargs["gguf_file"] = gguf
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(folder), **kwargs)
-            model = AutoModelForCausalLM.from_pretrained(
-                str(folder), dtype=torch.float32, **kwargs
-            )
+            model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, **kwargs)
         except (OSError, ValueError, ImportError) as exc:
             raise BackendUnavailable(f"cannot load {self.describe()}: {exc}") from exc
         if getattr(tokenizer, "chat_template", None) is None:
@@ -155,9 +153,7 @@ class LocalTextBackend(MLLMBackend):
                 "backend for stages that need images",
                 retryable=False,
             )
-        messages = [
-            {"role": m.role, "content": _text_of(m.parts)} for m in request.messages
-        ]
+        messages = [{"role": m.role, "content": _text_of(m.parts)} for m in request.messages]
         o = self.options
         temperature = o.temperature if request.temperature is None else request.temperature
         max_new = request.token_limit(o.max_new_tokens)
@@ -173,7 +169,8 @@ class LocalTextBackend(MLLMBackend):
                 "max_new_tokens": max_new,
                 "do_sample": temperature > 0,
                 "repetition_penalty": o.repetition_penalty,
-                "pad_token_id": tok.pad_token_id if tok.pad_token_id is not None
+                "pad_token_id": tok.pad_token_id
+                if tok.pad_token_id is not None
                 else tok.eos_token_id,
             }
             if temperature > 0:

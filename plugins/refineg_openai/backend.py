@@ -126,15 +126,21 @@ class OpenAIOptions(PluginOptions):
 
     def frame(self) -> BoxCodec:
         """The box frame these options name, with the settings that were given for it."""
-        given = {"min_pixels": self.min_pixels, "max_pixels": self.max_pixels,
-                 "max_side": self.max_side}
+        given = {
+            "min_pixels": self.min_pixels,
+            "max_pixels": self.max_pixels,
+            "max_side": self.max_side,
+        }
         settings = {k: v for k, v in given.items() if v is not None}
         twice = sorted(settings.keys() & self.box_frame_options.keys())
         if twice:
-            raise PluginError(f"{twice} given both directly and in box_frame_options",
-                              where="backend.options.box_frame_options")
+            raise PluginError(
+                f"{twice} given both directly and in box_frame_options",
+                where="backend.options.box_frame_options",
+            )
         return create_box_frame(
-            self.box_frame, {**settings, **self.box_frame_options},
+            self.box_frame,
+            {**settings, **self.box_frame_options},
             config_key="backend.options.box_frame",
         )
 

@@ -213,7 +213,8 @@ class QwenVLBackend(MLLMBackend):
         lo, hi = self._pixel_bounds(processor)
         frame = MODEL_TYPES[self._model_type() or ""]
         return create_box_frame(
-            frame, {"min_pixels": lo, "max_pixels": hi, "factor": factor},
+            frame,
+            {"min_pixels": lo, "max_pixels": hi, "factor": factor},
             config_key="backend.options",
         )
 
@@ -281,8 +282,12 @@ class QwenVLBackend(MLLMBackend):
                 self._fail(fut, exc)
                 continue
             except Exception as exc:  # a template or processor error: this request only
-                self._fail(fut, BackendError(
-                    f"cannot build the prompt: {type(exc).__name__}: {exc}", retryable=False))
+                self._fail(
+                    fut,
+                    BackendError(
+                        f"cannot build the prompt: {type(exc).__name__}: {exc}", retryable=False
+                    ),
+                )
                 continue
             prepared.append((text, images, request, fut))
         if not prepared:

@@ -18,12 +18,21 @@ def refineg_add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--pred", required=True, type=Path, help="a stage's results (native JSONL)")
     p.add_argument("--gold", type=Path, help="gold data in any format refineg reads")
-    p.add_argument("--gold-format", default=None,
-                   help="format of --gold (guessed from the file when omitted)")
-    p.add_argument("--images", type=Path, default=None,
-                   help="folder to look for images whose recorded path is missing")
-    p.add_argument("--out", type=Path, default=None,
-                   help="output HTML file (default: beside --pred, named <pred>.report.html)")
+    p.add_argument(
+        "--gold-format", default=None, help="format of --gold (guessed from the file when omitted)"
+    )
+    p.add_argument(
+        "--images",
+        type=Path,
+        default=None,
+        help="folder to look for images whose recorded path is missing",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output HTML file (default: beside --pred, named <pred>.report.html)",
+    )
     p.add_argument("--limit", type=int, default=None, help="show at most N samples")
     p.set_defaults(func=run_report)
 
@@ -44,9 +53,14 @@ def run_report(args: argparse.Namespace) -> int:
     gold = None
     if args.gold is not None:
         gold = load_dataset(args.gold, args.gold_format).by_id()
-    out = write_report(results, args.out or default_out(args.pred), gold,
-                       images_dir=args.images, limit=args.limit,
-                       title=f"refineg report: {Path(args.pred).name}")
+    out = write_report(
+        results,
+        args.out or default_out(args.pred),
+        gold,
+        images_dir=args.images,
+        limit=args.limit,
+        title=f"refineg report: {Path(args.pred).name}",
+    )
     shown = len(results) if args.limit is None else min(args.limit, len(results))
     print(f"wrote {out} ({shown} of {len(results)} samples)")
     return 0

@@ -156,13 +156,17 @@ def _box_div(d: DrawnBox, size: tuple[int, int], row: int = 0) -> str:
 
 def _entity_line(e: Entity) -> str:
     colour = _colour(e.source)
-    bits = [f"<b>{_esc(e.text)}</b>", f'<span class="tag" style="background:{colour}">'
-            f"{_esc(e.type)} · {_esc(e.source)}</span>"]
+    bits = [
+        f"<b>{_esc(e.text)}</b>",
+        f'<span class="tag" style="background:{colour}">{_esc(e.type)} · {_esc(e.source)}</span>',
+    ]
     if e.uncertainty is not None:
         bits.append(f"u={e.uncertainty:.2f}")
     if e.boxes:
-        bits.append(f"{len(e.boxes)} box{'es' if len(e.boxes) > 1 else ''}"
-                    + (f" by {_esc(e.grounded_by)}" if e.grounded_by else ""))
+        bits.append(
+            f"{len(e.boxes)} box{'es' if len(e.boxes) > 1 else ''}"
+            + (f" by {_esc(e.grounded_by)}" if e.grounded_by else "")
+        )
     elif e.boxes is not None:
         bits.append(f"not visible (per {_esc(e.grounded_by or 'gold')})")
     else:
@@ -196,12 +200,20 @@ def render_sample(
         frame = sample.image.size if sample.image and sample.image.size else size
         dw = min(display_width, frame[0])
         dh = round(dw * frame[1] / frame[0])
-        parts.append(f'<div class="frame" style="width:{dw}px;height:{dh}px">'
-                     f'<img src="{url}" alt="{_esc(sample.id)}">')
-        drawn = [DrawnBox(b, f"{e.text} ({e.type})", _colour(e.source), False)
-                 for e in result.entities for b in e.box_list]
-        drawn += [DrawnBox(b, f"gold: {e.text} ({e.type})", COLOURS[SOURCE_GOLD], True)
-                  for e in (gold.entities if gold else ()) for b in e.box_list]
+        parts.append(
+            f'<div class="frame" style="width:{dw}px;height:{dh}px">'
+            f'<img src="{url}" alt="{_esc(sample.id)}">'
+        )
+        drawn = [
+            DrawnBox(b, f"{e.text} ({e.type})", _colour(e.source), False)
+            for e in result.entities
+            for b in e.box_list
+        ]
+        drawn += [
+            DrawnBox(b, f"gold: {e.text} ({e.type})", COLOURS[SOURCE_GOLD], True)
+            for e in (gold.entities if gold else ())
+            for b in e.box_list
+        ]
         for d, row in zip(drawn, label_rows(drawn, frame, dw), strict=True):
             parts.append(_box_div(d, frame, row))
         parts.append("</div>")
@@ -222,8 +234,9 @@ def render_sample(
         if not gold.entities:
             parts.append('<div class="ent">(none)</div>')
     for f in result.failures:
-        parts.append(f'<div class="fail">{_esc(f.stage)} failed ({_esc(f.kind)}): '
-                     f"{_esc(f.message)}</div>")
+        parts.append(
+            f'<div class="fail">{_esc(f.stage)} failed ({_esc(f.kind)}): {_esc(f.message)}</div>'
+        )
     parts.append("</div></section>")
     return "".join(parts)
 
@@ -248,7 +261,8 @@ def summarize(
         g_keys = sum(len({e.key for e in s.entities}) for s in matched)
         hits = sum(
             len({e.key for e in r.entities} & {e.key for e in gold[r.id].entities})
-            for r in results if r.id in gold
+            for r in results
+            if r.id in gold
         )
         rows += [
             ("samples with gold", str(len(matched))),
@@ -277,9 +291,11 @@ def render_report(
     table = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in rows)
     legend = "".join(
         f'<span><i style="background:{c}"></i>{_esc(name)}</span>'
-        for name, c in (("decided by tagger", COLOURS[SOURCE_TAGGER]),
-                        ("decided by MLLM", COLOURS[SOURCE_MLLM]),
-                        ("gold (dashed)", COLOURS[SOURCE_GOLD]))
+        for name, c in (
+            ("decided by tagger", COLOURS[SOURCE_TAGGER]),
+            ("decided by MLLM", COLOURS[SOURCE_MLLM]),
+            ("gold (dashed)", COLOURS[SOURCE_GOLD]),
+        )
     )
     more = ""
     if limit is not None and len(results) > limit:
@@ -288,9 +304,7 @@ def render_report(
         "<!DOCTYPE html><html><head><meta charset='utf-8'>"
         f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>"
         f"<h1>{_esc(title)}</h1><table class='summary'>{table}</table>"
-        f"<div class='legend'>{legend}</div>{more}<hr>"
-        + "".join(sections)
-        + "</body></html>"
+        f"<div class='legend'>{legend}</div>{more}<hr>" + "".join(sections) + "</body></html>"
     )
 
 

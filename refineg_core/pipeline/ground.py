@@ -384,9 +384,7 @@ def _ground_one(
             counters.add("answers_without_usable_item")
             info.update({k: v for k, v in counts.items() if v})
             info["outcome"] = "no_usable_item"
-        return attrs.evolve(
-            item, failures=(*item.failures, parsed), meta={**meta, STAGE: info}
-        )
+        return attrs.evolve(item, failures=(*item.failures, parsed), meta={**meta, STAGE: info})
     grounding = judged["grounding"]
     entities = []
     for e in item.entities:

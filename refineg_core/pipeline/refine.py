@@ -316,9 +316,7 @@ def _refine_one(
 
 def _keep(item: SampleResult, info: dict[str, Any], failure: Failure) -> SampleResult:
     """The tagger's prediction, unchanged, with the failure recorded."""
-    return attrs.evolve(
-        item, failures=(*item.failures, failure), meta={**item.meta, STAGE: info}
-    )
+    return attrs.evolve(item, failures=(*item.failures, failure), meta={**item.meta, STAGE: info})
 
 
 def run_refine(

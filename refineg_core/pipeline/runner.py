@@ -164,6 +164,7 @@ def run_concurrently(
                 raise error
             refill()
 
+
 def failure_from_exception(stage: str, exc: BaseException) -> Failure:
     kind = getattr(exc, "kind", None) or type(exc).__name__
     message = str(exc) if isinstance(exc, RefinegError) else f"{type(exc).__name__}: {exc}"

@@ -99,8 +99,9 @@ class Gazetteer:
                     covered = inside.intersection(range(m.start, m.end))
                     if (m.start, m.end) not in spans and not covered:
                         untagged[table.key(s.tokens[m.start : m.end])] += 1
-            entries = {k: {**c, OUTSIDE: untagged[k]} if untagged[k] else c
-                       for k, c in entries.items()}
+            entries = {
+                k: {**c, OUTSIDE: untagged[k]} if untagged[k] else c for k, c in entries.items()
+            }
         return cls(entries, case_sensitive), dict(skipped)
 
     def to_json(self) -> list[dict[str, Any]]:

@@ -55,11 +55,13 @@ class RuleGate(UncertaintyEstimator):
         for sample in samples:
             pred = by_id.get(sample.id)
             if pred is None:
-                raise DataError("the tagger returned no prediction for this sample",
-                                where=sample.id)
+                raise DataError(
+                    "the tagger returned no prediction for this sample", where=sample.id
+                )
             if len(pred.tags) != len(sample.tokens):
-                raise DataError(f"{len(pred.tags)} tags for {len(sample.tokens)} tokens",
-                                where=sample.id)
+                raise DataError(
+                    f"{len(pred.tags)} tags for {len(sample.tokens)} tokens", where=sample.id
+                )
             decisions.append(self._decide_one(sample, pred))
         return decisions
 
@@ -69,9 +71,15 @@ class RuleGate(UncertaintyEstimator):
         kept, delegated = [], []
         for start, end, etype in tags_to_spans(pred.tags).spans:
             confidence = float(tag_prob[start:end].mean())
-            entity = Entity(start, end, etype, sample.span_text(start, end),
-                            confidence=confidence, uncertainty=1.0 - confidence,
-                            source=SOURCE_TAGGER)
+            entity = Entity(
+                start,
+                end,
+                etype,
+                sample.span_text(start, end),
+                confidence=confidence,
+                uncertainty=1.0 - confidence,
+                source=SOURCE_TAGGER,
+            )
             (delegated if 1.0 - confidence > self.options.max_uncertainty else kept).append(entity)
         outside = [i for i, t in enumerate(pred.tags) if t == "O"]
         suspicious = [i for i in outside if self._looks_like_name(sample.tokens, i)]
@@ -89,5 +97,4 @@ class RuleGate(UncertaintyEstimator):
         token = tokens[i]
         if not token[:1].isupper() or token in self.options.ignore_words:
             return False
-        return not (self.options.skip_sentence_start
-                    and (i == 0 or tokens[i - 1] in SENTENCE_END))
+        return not (self.options.skip_sentence_start and (i == 0 or tokens[i - 1] in SENTENCE_END))

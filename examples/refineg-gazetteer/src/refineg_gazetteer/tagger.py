@@ -33,12 +33,15 @@ class GazetteerOptions(PluginOptions):
         True, description="match names with their case (False: 'puma' finds 'PUMA')"
     )
     smoothing: float = pydantic.Field(
-        0.1, ge=0.0, lt=1.0,
+        0.1,
+        ge=0.0,
+        lt=1.0,
         description="probability mass spread evenly over all labels of every token",
     )
     min_count: int = pydantic.Field(1, ge=1, description="times a name must be seen as entity")
     outside_evidence: bool = pydantic.Field(
-        True, description="count untagged occurrences of a name as evidence for O",
+        True,
+        description="count untagged occurrences of a name as evidence for O",
     )
     scheme: Literal["BIO", "BIOES"] = "BIO"
 
@@ -77,9 +80,11 @@ class GazetteerTagger(Tagger):
         if dev:
             preds = [_as_sample(s, p) for s, p in zip(dev, self.predict(dev), strict=True)]
             scores = evaluate(dev, preds, extra_metrics=False)
-            report["dev"] = {"mner_f1": round(scores.mner.f1, 2),
-                             "mner_precision": round(scores.mner.precision, 2),
-                             "mner_recall": round(scores.mner.recall, 2)}
+            report["dev"] = {
+                "mner_f1": round(scores.mner.f1, 2),
+                "mner_precision": round(scores.mner.precision, 2),
+                "mner_recall": round(scores.mner.recall, 2),
+            }
         return report
 
     # -- prediction -------------------------------------------------------
@@ -108,9 +113,13 @@ class GazetteerTagger(Tagger):
             probs[m.start : m.end] = 0.0
             for label, count in m.counts.items():
                 # Where this label would put its tags on the span (B-/I- or S-/B-/I-/E-).
-                tags = (["O"] * (m.end - m.start) if label == OUTSIDE else
-                        spans_to_tags(m.end - m.start, [(0, m.end - m.start, label)],
-                                      self.options.scheme))
+                tags = (
+                    ["O"] * (m.end - m.start)
+                    if label == OUTSIDE
+                    else spans_to_tags(
+                        m.end - m.start, [(0, m.end - m.start, label)], self.options.scheme
+                    )
+                )
                 for offset, tag in enumerate(tags):
                     probs[m.start + offset, index[tag]] += count / total
             best = m.best(self.labels.types)
@@ -142,23 +151,33 @@ class GazetteerTagger(Tagger):
     def load(cls, directory: Path, options=None, labels=None) -> GazetteerTagger:
         path = Path(directory) / FILE
         if not path.is_file():
-            raise TaggerError(f"no {FILE} here; train with `refineg train` (fit + save) first",
-                              where=str(directory))
+            raise TaggerError(
+                f"no {FILE} here; train with `refineg train` (fit + save) first",
+                where=str(directory),
+            )
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise TaggerError(f"corrupt gazetteer file ({exc}); retrain it",
-                              where=str(path)) from None
+            raise TaggerError(
+                f"corrupt gazetteer file ({exc}); retrain it", where=str(path)
+            ) from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise TaggerError(f"not a {FORMAT} file", where=str(path))
         try:
             options = GazetteerOptions.model_validate(data["options"])
             tagger = cls(options, LabelSet(data["labels"]))
             tagger.gazetteer = Gazetteer.from_json(data["entries"], options.case_sensitive)
-        except (KeyError, TypeError, ValueError, AttributeError, pydantic.ValidationError,
-                TaggerError) as exc:
-            raise TaggerError(f"corrupt gazetteer file: {exc}; retrain it",
-                              where=str(path)) from None
+        except (
+            KeyError,
+            TypeError,
+            ValueError,
+            AttributeError,
+            pydantic.ValidationError,
+            TaggerError,
+        ) as exc:
+            raise TaggerError(
+                f"corrupt gazetteer file: {exc}; retrain it", where=str(path)
+            ) from None
         return tagger
 
 
