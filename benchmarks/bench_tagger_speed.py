@@ -258,7 +258,6 @@ def part_stage(args) -> None:
     from refineg_core.formats.native import read_results
 
     dev = {s.id: s for s in load_dataset(DATA / "twitter-gmner" / "dev.txt").samples}
-    config = ROOT / "configs" / "twitter-gmner.toml"
     with tempfile.TemporaryDirectory(prefix="refineg-today-") as old_tree:
         archive = subprocess.run(
             ["git", "-C", str(ROOT), "archive", args.baseline], check=True, capture_output=True
@@ -289,7 +288,7 @@ def part_stage(args) -> None:
                         "--quiet",
                         "predict",
                         "-c",
-                        str(config),
+                        str(tree / "configs" / "twitter-gmner.toml"),  # each tree's own
                         "--run-dir",
                         str(run_dir),
                         "--set",

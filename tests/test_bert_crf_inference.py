@@ -181,7 +181,7 @@ def test_labels_of_another_task_are_refused_at_load(saved):
         BertCrfTagger.load(saved, None, LabelSet({"PER": "p", "LOC": "l"}))
 
 
-def test_auto_mode_picks_onnx_int8_on_cpu_and_checks_explicit_modes(monkeypatch):
+def test_auto_mode_picks_exact_onnx_on_cpu_and_checks_explicit_modes(monkeypatch):
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     assert inference.resolve_mode("auto", gpu) == "torch"
     with pytest.raises(TaggerError, match="CPU only"):
@@ -190,7 +190,7 @@ def test_auto_mode_picks_onnx_int8_on_cpu_and_checks_explicit_modes(monkeypatch)
         inference.resolve_mode("fp8", cpu)
     assert inference.resolve_mode("auto", cpu, saved=False) == "torch"  # no one-off export
     if inference.onnxruntime_available():
-        assert inference.resolve_mode("auto", cpu) == "onnx-int8"
+        assert inference.resolve_mode("auto", cpu) == "onnx"  # exact: int8 is opt-in
     monkeypatch.setattr(inference, "onnxruntime_available", lambda: False)
     assert inference.resolve_mode("auto", cpu) == "torch"
     with pytest.raises(TaggerError, match="pip install onnxruntime"):

@@ -17,9 +17,12 @@ Modes (``tagger.options.inference``):
   The ``.onnx`` file is saved beside the tagger under ``inference/``, named
   by a key of the saved weights' SHA-256, so a retrained tagger never runs a
   stale export: a missing, stale or unreadable file is rebuilt.
-- ``auto``: ``torch`` on CUDA; on CPU ``onnx-int8`` (the fastest mode within
-  the F1 tolerance in benchmarks/RESULTS.md section 4), or ``torch`` when
-  onnxruntime is not installed or the tagger was never saved (fit in memory).
+- ``auto``: ``torch`` on CUDA; on CPU ``onnx`` (fp32 ONNX Runtime: the same
+  tags as torch, 2x its speed), or ``torch`` when onnxruntime is not installed
+  or the tagger was never saved (fit in memory). The int8 modes are faster
+  still but opt-in: their F1 moved by +0.5 on a 2-epoch tagger and by -1.1 to
+  -1.35 on a weaker one (benchmarks/RESULTS.md section 4), more than the 0.3
+  a default may cost.
 """
 
 from __future__ import annotations
@@ -74,7 +77,7 @@ def resolve_mode(mode: str, device: torch.device, *, saved: bool = True) -> str:
         if device.type != "cpu" or not saved:
             return "torch"
         if onnxruntime_available():
-            return "onnx-int8"
+            return "onnx"
         log.warning(
             "onnxruntime is not installed: the tagger predicts with plain PyTorch "
             "(pip install onnxruntime for the faster CPU path)"
