@@ -585,22 +585,16 @@ class OpenAIBackend(MLLMBackend):
         except _TooLarge as exc:
             self._pool.release(endpoint, failed=False)
             raise self._too_large(purpose, url, f"over {exc.size} bytes of body") from None
-        except httpx.TimeoutException as exc:
+        except httpx.TransportError as exc:  # timeouts included: an endpoint fault either way
             self._pool.release(endpoint, failed=True)
-            err = _error(
-                f"{purpose}: {url} timed out after {o.timeout:g}s ({type(exc).__name__})",
-                "timeout",
-                retryable=True,
-            )
-            return _Failed(err, endpoint_fault=True, refused=isinstance(exc, httpx.ConnectTimeout))
-        except httpx.TransportError as exc:
-            self._pool.release(endpoint, failed=True)
-            err = _error(
-                f"{purpose}: connection to {url} failed ({type(exc).__name__}: {exc})",
-                "connection",
-                retryable=True,
-            )
-            return _Failed(err, endpoint_fault=True, refused=isinstance(exc, httpx.ConnectError))
+            if isinstance(exc, httpx.TimeoutException):
+                message = f"{url} timed out after {o.timeout:g}s ({type(exc).__name__})"
+                kind, refused = "timeout", isinstance(exc, httpx.ConnectTimeout)
+            else:
+                message = f"connection to {url} failed ({type(exc).__name__}: {exc})"
+                kind, refused = "connection", isinstance(exc, httpx.ConnectError)
+            err = _error(f"{purpose}: {message}", kind, retryable=True)
+            return _Failed(err, endpoint_fault=True, refused=refused)
         self._down = False
         if status == 200:
             self._pool.release(endpoint, failed=False)

@@ -371,7 +371,8 @@ class Pipeline:
         fp = self.fingerprint(stage)
         record = self.store.read(stage)
         fresh = freshness(fp, record)
-        intact = record is not None and record.output == file_digest(out) is not None
+        on_disk = file_digest(out)
+        intact = record is not None and on_disk is not None and record.output == on_disk
         if fresh.state == "fresh" and intact:
             self.log(f"{stage}: reusing {out} (inputs unchanged)")
             return read_results(out)
