@@ -97,7 +97,10 @@ def pipeline_from_args(args: argparse.Namespace):
 def _pipeline(args: argparse.Namespace):
     from refineg_core.pipeline.orchestrator import Pipeline
 
-    config = load_config(args.config, args.set)
+    overrides = list(args.set)
+    if getattr(args, "engine", None):
+        overrides.append(f'engine.kind="{args.engine}"')
+    config = load_config(args.config, overrides)
     if getattr(args, "run_dir", None):
         config.run_dir = Path(args.run_dir)
     return Pipeline(config, debug=args.debug, log=_say)
@@ -260,6 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=text)
         _config_args(sp)
         sp.add_argument("--run-dir", help="override run_dir")
+        if name in ("predict", "refine", "ground", "run"):
+            sp.add_argument(
+                "--engine",
+                choices=("local", "ray"),
+                help="where the stages run (overrides engine.kind): this process or Ray",
+            )
         if name in ("train", "run"):
             sp.add_argument("--force", action="store_true", help="retrain even if a tagger exists")
         sp.set_defaults(func=func)

@@ -101,11 +101,36 @@ class StagesConfig(StrictModel):
     )
 
 
+class EngineConfig(StrictModel):
+    """How stages are executed over the corpus: in this process, or on Ray."""
+
+    kind: Literal["local", "ray"] = Field(
+        "local",
+        description='"local" (this process) or "ray" (Ray Data; `pip install refineg[ray]`)',
+    )
+    chunk_size: int = Field(
+        1000,
+        ge=1,
+        description="posts per chunk: stages hold one chunk in memory, commit it to their "
+        "output and resume after the last committed chunk",
+    )
+    address: str | None = Field(
+        None, description='Ray cluster address ("auto", "ray://host:10001"); default: local Ray'
+    )
+    tagger_actors: int = Field(1, ge=1, description="Ray: tagger + gate actors")
+    mllm_actors: int = Field(
+        1, ge=1, description="Ray: actors per MLLM stage (each keeps the backend's concurrency)"
+    )
+    num_cpus: float = Field(1.0, gt=0, description="Ray: CPUs reserved per actor")
+    num_gpus: float = Field(0.0, ge=0, description="Ray: GPUs per tagger actor")
+
+
 class Config(StrictModel):
     run_dir: Path = Path("runs/default")
     labels: dict[str, str] = Field(description="entity type -> description for prompts")
     data: DataConfig = Field(default_factory=DataConfig)
     stages: StagesConfig = Field(default_factory=StagesConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
     synthesizer: SlotConfig | None = None
     tagger: TaggerSlot = Field(default_factory=TaggerSlot)
     uncertainty: GateSlot = Field(default_factory=GateSlot)

@@ -65,6 +65,10 @@ class Hooks:
                 merged.update(result)
         return merged
 
+    def has_extra_metrics(self) -> bool:
+        """Whether any plugin adds metrics (they see the whole set, so scoring loads it)."""
+        return bool(self.pm.hook.refineg_extra_metrics.get_hookimpls())
+
     def register(self, plugin: object, name: str | None = None) -> None:
         self.pm.register(plugin, name=name)
         self.pm.check_pending()

@@ -147,6 +147,24 @@ class UncertaintyEstimator(Plugin):
         self, samples: Sequence[Sample], predictions: Sequence[TaggerPrediction]
     ) -> list[GateDecision]: ...
 
+    @property
+    def budget(self) -> float | None:
+        """The fraction of *all* samples the gate may delegate, or None (no cap).
+
+        A gate with a budget implements ``decide_each`` (decisions without the
+        cap, ranked by ``GateDecision.priority``); streaming stages then call it
+        chunk by chunk and apply the cap over the whole input in a second pass
+        (``refineg_core.gating.within_budget``), so the result equals ``decide``
+        on the whole set.
+        """
+        return None
+
+    def decide_each(
+        self, samples: Sequence[Sample], predictions: Sequence[TaggerPrediction]
+    ) -> list[GateDecision]:
+        """Decisions that depend on each sample alone (no budget applied)."""
+        return self.decide(samples, predictions)
+
     def calibrate(self, samples: Sequence[Sample], predictions: Sequence[TaggerPrediction]) -> dict:
         """Fit any parameters on gold ``samples`` (dev) and their predictions; return a report.
 

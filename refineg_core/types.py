@@ -180,22 +180,36 @@ class GateVerdict:
     delegate_sample: bool
     missed_uncertainty: float
     delegated: frozenset[tuple[int, int, str]] = frozenset()
+    #: How urgently a delegated sample wants the MLLM (a budget keeps the highest).
+    priority: float = attrs.field(default=0.0, eq=False)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "delegate_sample": self.delegate_sample,
             "missed_uncertainty": round(float(self.missed_uncertainty), 6),
             "delegated": [list(k) for k in sorted(self.delegated)],
         }
+        if self.delegate_sample:
+            d["priority"] = round(float(self.priority), 6)
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> GateVerdict:
         """Strict: a malformed gate record is a DataError, never a silent "keep"."""
         try:
             delegated = frozenset((int(s), int(e), str(t)) for s, e, t in d.get("delegated") or ())
-            return cls(bool(d["delegate_sample"]), float(d["missed_uncertainty"]), delegated)
+            return cls(
+                bool(d["delegate_sample"]),
+                float(d["missed_uncertainty"]),
+                delegated,
+                float(d.get("priority") or 0.0),
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"malformed gate record {dict(d)!r}: {exc}") from None
+
+    def capped(self) -> GateVerdict:
+        """The verdict of a sample the budget keeps whole (see ``GateDecision.capped``)."""
+        return GateVerdict(False, self.missed_uncertainty, frozenset())
 
     @classmethod
     def of(cls, decision: GateDecision) -> GateVerdict:
@@ -203,6 +217,7 @@ class GateVerdict:
             decision.delegate_sample,
             float(decision.missed_uncertainty),
             frozenset(e.key for e in decision.delegated),
+            float(decision.priority),
         )
 
 
@@ -282,7 +297,8 @@ class GateDecision:
     ``kept`` entities are final; ``delegated`` ones go to the MLLM. A sample with
     no delegated entity can still be delegated when a token tagged O looks
     uncertain (``missed_uncertainty`` above the threshold): a possibly missed
-    entity.
+    entity. ``priority`` ranks delegated samples when a budget caps them (higher
+    first); a capped sample keeps all its entities (``capped``).
     """
 
     sample_id: str
@@ -290,6 +306,11 @@ class GateDecision:
     delegated: tuple[Entity, ...]
     missed_uncertainty: float
     delegate_sample: bool
+    priority: float = 0.0
+
+    def capped(self) -> GateDecision:
+        """The same sample kept whole: over the budget, nothing goes to the MLLM."""
+        return GateDecision(self.sample_id, self.entities, (), self.missed_uncertainty, False)
 
     @property
     def entities(self) -> tuple[Entity, ...]:

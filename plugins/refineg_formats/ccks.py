@@ -173,13 +173,20 @@ def read_ccks(
 
 
 def write_ccks(samples: Iterable[Sample], path: Path | str) -> None:
-    """Submission JSON: one entry per (entity, box); ``bnd: null`` when not groundable."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    for s in samples:
-        rows = out.setdefault(s.id, [])
-        for e in s.entities:
-            for box in e.boxes or (None,):
-                rows.append(
+    """Submission JSON: one entry per (entity, box); ``bnd: null`` when not groundable.
+
+    Written one sample at a time (a corpus's output never sits in memory whole).
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    seen: set[str] = set()
+    try:
+        with tmp.open("w", encoding="utf-8") as fh:
+            fh.write("{")
+            for s in samples:
+                if s.id in seen:
+                    raise DataError(f"sample id {s.id!r} occurs twice", where=str(path))
+                rows = [
                     {
                         "name": e.text,
                         "label": e.type,
@@ -187,8 +194,18 @@ def write_ccks(samples: Iterable[Sample], path: Path | str) -> None:
                         if box is None
                         else dict(zip(_BND_KEYS, map(round, box.as_list()), strict=True)),
                     }
-                )
-    Path(path).write_text(json.dumps(out, ensure_ascii=False, indent=1), encoding="utf-8")
+                    for e in s.entities
+                    for box in e.boxes or (None,)
+                ]
+                body = json.dumps(rows, ensure_ascii=False, indent=1).replace("\n", "\n ")
+                fh.write(("," if seen else "") + f"\n {json.dumps(s.id, ensure_ascii=False)}: ")
+                fh.write(body)
+                seen.add(s.id)
+            fh.write("\n}" if seen else "}")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.replace(path)
 
 
 class CcksFormat(DatasetFormat):

@@ -6,13 +6,14 @@ its own reader.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import itertools
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Literal
 
 from refineg_core.formats.base import Dataset, DatasetFormat
 from refineg_core.formats.conll import read_conll, write_conll
-from refineg_core.formats.native import read_jsonl, write_jsonl
+from refineg_core.formats.native import iter_jsonl_samples, read_jsonl, write_jsonl
 from refineg_core.interfaces import PluginOptions
 from refineg_core.types import Sample
 
@@ -39,6 +40,12 @@ class JsonlFormat(DatasetFormat):
 
     def read(self, path: Path, limit: int | None = None) -> Dataset:
         return read_jsonl(path, images_dir=self.options.images_dir, limit=limit)
+
+    def iter_read(
+        self, path: Path, warnings: list[str], limit: int | None = None
+    ) -> Iterator[Sample]:
+        samples = iter_jsonl_samples(path, warnings, images_dir=self.options.images_dir)
+        return itertools.islice(samples, limit)
 
     def write(self, samples: Iterable[Sample], path: Path) -> None:
         write_jsonl(samples, path)

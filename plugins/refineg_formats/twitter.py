@@ -206,25 +206,39 @@ def write_twitter_gmner(samples: Iterable[Sample], path: Path | str) -> None:
 
     Every image id must be a plain file name: the ids are checked before
     anything is written, so a hostile id (``/tmp/x``, ``../x``) writes nothing.
+    A re-iterable input (a list, a stage's output) is read twice instead of held
+    in memory: once to check the ids, once to write.
     """
     path = Path(path)
-    samples = list(samples)
+    if iter(samples) is samples:  # a one-shot iterator: it has to be kept
+        samples = list(samples)
     xml_dir = path.parent / "xml"
-    targets = []
     for s in samples:
-        image_id = s.image.image_id if s.image else s.id
-        try:
-            xml_path = child_path(xml_dir, image_id, ".xml")
-        except DataError as exc:
-            raise DataError(f"sample {s.id!r}: {exc}", where=str(path)) from None
-        if any(e.boxes for e in s.entities):
-            targets.append((xml_path, s))
-    lines = "\n".join(conll_lines(samples, image_ids=True))
+        _xml_path(xml_dir, s, path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(lines, encoding="utf-8")
     xml_dir.mkdir(exist_ok=True)
-    for xml_path, s in targets:
-        xml_path.write_text(_voc_xml(s), encoding="utf-8")
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with tmp.open("w", encoding="utf-8") as fh:
+            first = True
+            for s in samples:
+                for line in conll_lines([s], image_ids=True):
+                    fh.write(line if first else "\n" + line)
+                    first = False
+                if any(e.boxes for e in s.entities):
+                    _xml_path(xml_dir, s, path).write_text(_voc_xml(s), encoding="utf-8")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.replace(path)
+
+
+def _xml_path(xml_dir: Path, s: Sample, path: Path) -> Path:
+    image_id = s.image.image_id if s.image else s.id
+    try:
+        return child_path(xml_dir, image_id, ".xml")
+    except DataError as exc:
+        raise DataError(f"sample {s.id!r}: {exc}", where=str(path)) from None
 
 
 class TwitterGmnerFormat(DatasetFormat):

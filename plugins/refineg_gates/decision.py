@@ -34,6 +34,7 @@ import numpy as np
 import pydantic
 
 from refineg_core.errors import DataError
+from refineg_core.gating import apply_budget
 from refineg_core.interfaces import PluginOptions, UncertaintyEstimator
 from refineg_core.labels import tags_to_spans
 from refineg_core.types import SOURCE_TAGGER, Entity, GateDecision, Sample, TaggerPrediction
@@ -130,7 +131,20 @@ class TokenScoreGate(UncertaintyEstimator):
         missed = float(u[outside].max()) if outside else 0.0
         return entities, missed
 
+    @property
+    def budget(self) -> float | None:
+        return self.options.budget
+
     def decide(
+        self, samples: Sequence[Sample], predictions: Sequence[TaggerPrediction]
+    ) -> list[GateDecision]:
+        decisions = self.decide_each(samples, predictions)
+        capped = apply_budget(decisions, self.options.budget)
+        before = sum(d.delegate_sample for d in decisions)
+        self.last_stats["capped_by_budget"] = before - sum(d.delegate_sample for d in capped)
+        return capped
+
+    def decide_each(
         self, samples: Sequence[Sample], predictions: Sequence[TaggerPrediction]
     ) -> list[GateDecision]:
         if len(samples) != len(predictions):
@@ -139,23 +153,14 @@ class TokenScoreGate(UncertaintyEstimator):
             )
         tau = self.options.threshold
         self.last_stats = {"tag_repairs": 0, "capped_by_budget": 0}
-        scored = [self.score(s, p) for s, p in zip(samples, predictions, strict=True)]
-        wants: list[bool] = []
-        ranks: list[float] = []
-        for entities, missed in scored:
+        decisions = []
+        for sample, pred in zip(samples, predictions, strict=True):
+            entities, missed = self.score(sample, pred)
             unc = [e.uncertainty for e in entities if e.uncertainty > tau]
             missed_hit = self.options.missed_entities and missed > tau
-            wants.append(bool(unc) or missed_hit)
-            ranks.append(max([*unc, missed if self.options.missed_entities else 0.0]))
-        if self.options.budget is not None:
-            cap = math.floor(self.options.budget * len(samples))
-            order = sorted((i for i, w in enumerate(wants) if w), key=lambda i: -ranks[i])
-            for i in order[cap:]:
-                wants[i] = False
-            self.last_stats["capped_by_budget"] = max(0, len(order) - cap)
-        decisions = []
-        for sample, (entities, missed), delegate in zip(samples, scored, wants, strict=True):
+            delegate = bool(unc) or missed_hit
+            priority = max([*unc, missed if self.options.missed_entities else 0.0])
             delegated = tuple(e for e in entities if delegate and e.uncertainty > tau)
             kept = tuple(e for e in entities if e not in delegated)
-            decisions.append(GateDecision(sample.id, kept, delegated, missed, delegate))
+            decisions.append(GateDecision(sample.id, kept, delegated, missed, delegate, priority))
         return decisions

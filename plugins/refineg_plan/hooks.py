@@ -36,6 +36,6 @@ def run_plan(args: argparse.Namespace) -> int:
 
     pipeline = pipeline_from_args(args)
     with pipeline:
-        data = plan_for_run(pipeline, pipeline.predict(), args)
+        data = plan_for_run(pipeline, pipeline.predict().load(), args)
     print(json.dumps(data, indent=2) if args.json else format_plan(data))
     return 0

@@ -4,8 +4,16 @@ The scoring rules are stated once, in ``matching``; ``evaluate`` aligns
 predictions with gold by sample id; ``report`` renders the result.
 """
 
-from refineg_core.evaluation.evaluate import evaluate
+from refineg_core.evaluation.evaluate import evaluate, evaluate_stream
 from refineg_core.evaluation.matching import normalize_name, region_correct
 from refineg_core.evaluation.report import EvaluationReport, Score, TypeScore
 
-__all__ = ["EvaluationReport", "Score", "TypeScore", "evaluate", "normalize_name", "region_correct"]
+__all__ = [
+    "EvaluationReport",
+    "Score",
+    "TypeScore",
+    "evaluate",
+    "evaluate_stream",
+    "normalize_name",
+    "region_correct",
+]

@@ -7,7 +7,8 @@ with no prediction at all counts as all-missed and is listed in the report.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import itertools
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import attrs
@@ -105,6 +106,102 @@ def _named(sample: Sample, entities: Iterable[Entity]):
         yield (e.text or sample.span_text(e.start, e.end), e.type, e.box_list)
 
 
+@attrs.define
+class _Scoring:
+    """Counts accumulated one (gold, prediction) pair at a time."""
+
+    iou_threshold: float
+    by_name: bool
+    totals: dict[str, Counts] = attrs.field(factory=lambda: {t: Counts() for t in TASKS})
+    per_type: dict[str, dict] = attrs.field(factory=lambda: {"gmner": {}, "mner": {}})
+    missing: list[str] = attrs.field(factory=list)
+    n_gold: int = 0
+    gold_entities: int = 0
+    multi_box: int = 0
+    failed: int = 0
+    unaligned: int = 0
+    gold_unknown: int = 0
+    not_attempted: int = 0
+
+    def add(self, g: Sample, pred: Prediction | None) -> Prediction:
+        """Score one gold sample against its prediction (None: not predicted)."""
+        self.n_gold += 1
+        self.gold_entities += len(g.entities)
+        if pred is None:
+            self.missing.append(g.id)
+            pred = SampleResult(attrs.evolve(g, entities=(), meta={}), ())
+        pred_sample = pred.sample if isinstance(pred, SampleResult) else pred
+        if not self.by_name:
+            _check_tokens(g, pred_sample)
+        p_ents = _entities(pred)
+        self.gold_unknown += sum(e.boxes is None for e in g.entities)
+        self.not_attempted += sum(e.boxes is None for e in p_ents)
+        self.multi_box += sum(len(e.box_list) > 1 for e in p_ents)
+        self.failed += bool(isinstance(pred, SampleResult) and pred.failures)
+        extra_gold = _gold_unaligned(g)
+        self.unaligned += len(extra_gold)
+        for task, with_type, with_region in TASK_RULES:
+            if self.by_name:
+                golds = _name_items([*_named(g, g.entities), *extra_gold], with_type=with_type)
+                preds = _name_items(_named(pred_sample, p_ents), with_type=with_type)
+            else:
+                golds, preds = _span_items(g.entities), _span_items(p_ents)
+            count_sample(
+                golds,
+                preds,
+                with_type=with_type,
+                with_region=with_region,
+                iou_threshold=self.iou_threshold,
+                totals=self.totals[task],
+                per_type=self.per_type.get(task),
+            )
+        return pred
+
+    def report(self, n_pred: int, extra: dict[str, Any]) -> EvaluationReport:
+        def score(c: Counts, *, region: bool = False) -> Score | None:
+            # Unknown gold regions would count as "not groundable": a wrong number, so none.
+            return None if region and self.gold_unknown else Score(c.tp, c.fp, c.fn)
+
+        per_type = self.per_type
+        types = per_type["gmner"].keys() | per_type["mner"].keys()
+        table = {
+            t: TypeScore(
+                score(per_type["gmner"].get(t, Counts()), region=True),
+                Score(**attrs.asdict(per_type["mner"].get(t, Counts()))),
+            )
+            for t in types
+        }
+        return EvaluationReport(
+            gmner=score(self.totals["gmner"], region=True),
+            mner=Score(**attrs.asdict(self.totals["mner"])),
+            eeg=score(self.totals["eeg"], region=True),
+            per_type=table,
+            iou_threshold=self.iou_threshold,
+            by_name=self.by_name,
+            n_gold_samples=self.n_gold,
+            n_pred_samples=n_pred,
+            missing_predictions=tuple(self.missing),
+            failed_samples=self.failed,
+            multi_box_predictions=self.multi_box,
+            gold_unaligned=self.unaligned,
+            extra=extra,
+            gold_regions_unknown=self.gold_unknown,
+            pred_grounding_not_attempted=self.not_attempted,
+        )
+
+
+TASKS = ("gmner", "mner", "eeg")
+#: (task, entity type counts, region counts)
+TASK_RULES = (("gmner", True, True), ("mner", True, False), ("eeg", False, True))
+
+
+def _check_iou(iou_threshold: float) -> None:
+    if not 0.0 <= iou_threshold < 1.0:
+        raise RefinegError(
+            f"IoU threshold must be in [0, 1), got {iou_threshold}", where="iou_threshold"
+        )
+
+
 def evaluate(
     gold: Sequence[Sample],
     predicted: Sequence[Prediction],
@@ -122,10 +219,7 @@ def evaluate(
     hook add their numbers under ``extra`` (``hooks`` defaults to the
     process-wide ones; ``extra_metrics=False`` skips them).
     """
-    if not 0.0 <= iou_threshold < 1.0:
-        raise RefinegError(
-            f"IoU threshold must be in [0, 1), got {iou_threshold}", where="iou_threshold"
-        )
+    _check_iou(iou_threshold)
     gold_by_id = _unique_ids(gold, "gold data")
     pred_by_id = _unique_ids(predicted, "predictions")
     unknown = [i for i in pred_by_id if i not in gold_by_id]
@@ -135,77 +229,45 @@ def evaluate(
         raise DataError(
             f"{len(unknown)} predicted sample id(s) are not in the gold data: {shown}{more}"
         )
-
-    totals = {t: Counts() for t in ("gmner", "mner", "eeg")}
-    per_type = {t: {} for t in ("gmner", "mner")}
-    missing: list[str] = []
-    aligned: list[Prediction] = []
-    multi_box = failed = unaligned = gold_unknown = not_attempted = 0
-    for sid, g in gold_by_id.items():
-        pred = pred_by_id.get(sid)
-        if pred is None:
-            missing.append(sid)
-            pred = SampleResult(attrs.evolve(g, entities=(), meta={}), ())
-        aligned.append(pred)
-        pred_sample = pred.sample if isinstance(pred, SampleResult) else pred
-        if not by_name:
-            _check_tokens(g, pred_sample)
-        p_ents = _entities(pred)
-        gold_unknown += sum(e.boxes is None for e in g.entities)
-        not_attempted += sum(e.boxes is None for e in p_ents)
-        multi_box += sum(len(e.box_list) > 1 for e in p_ents)
-        failed += bool(isinstance(pred, SampleResult) and pred.failures)
-        extra_gold = _gold_unaligned(g)
-        unaligned += len(extra_gold)
-        for task, with_type, with_region in (
-            ("gmner", True, True),
-            ("mner", True, False),
-            ("eeg", False, True),
-        ):
-            if by_name:
-                golds = _name_items([*_named(g, g.entities), *extra_gold], with_type=with_type)
-                preds = _name_items(_named(pred_sample, p_ents), with_type=with_type)
-            else:
-                golds, preds = _span_items(g.entities), _span_items(p_ents)
-            count_sample(
-                golds,
-                preds,
-                with_type=with_type,
-                with_region=with_region,
-                iou_threshold=iou_threshold,
-                totals=totals[task],
-                per_type=per_type.get(task),
-            )
-
-    def score(c: Counts, *, region: bool = False) -> Score | None:
-        # Unknown gold regions would count as "not groundable": a wrong number, so none.
-        return None if region and gold_unknown else Score(c.tp, c.fp, c.fn)
-
-    types = per_type["gmner"].keys() | per_type["mner"].keys()
-    table = {
-        t: TypeScore(
-            score(per_type["gmner"].get(t, Counts()), region=True),
-            Score(**attrs.asdict(per_type["mner"].get(t, Counts()))),
-        )
-        for t in types
-    }
+    scoring = _Scoring(iou_threshold, by_name)
+    aligned = [scoring.add(g, pred_by_id.get(sid)) for sid, g in gold_by_id.items()]
     extra: dict[str, Any] = {}
     if extra_metrics:
         extra = _numbers((hooks or get_hooks()).extra_metrics(list(gold_by_id.values()), aligned))
-    return EvaluationReport(
-        gmner=score(totals["gmner"], region=True),
-        mner=Score(**attrs.asdict(totals["mner"])),
-        eeg=score(totals["eeg"], region=True),
-        per_type=table,
-        iou_threshold=iou_threshold,
-        by_name=by_name,
-        n_gold_samples=len(gold_by_id),
-        n_pred_samples=len(pred_by_id),
-        missing_predictions=tuple(missing),
-        failed_samples=failed,
-        multi_box_predictions=multi_box,
-        gold_unaligned=unaligned,
-        extra=extra,
-        gold_regions_unknown=gold_unknown,
-        pred_grounding_not_attempted=not_attempted,
-    )
+    return scoring.report(len(pred_by_id), extra)
+
+
+def evaluate_stream(
+    gold: Callable[[], Iterable[Sample]],
+    predicted: Callable[[], Iterable[Prediction]],
+    *,
+    iou_threshold: float = 0.5,
+) -> EvaluationReport | None:
+    """``evaluate`` over two streams in the same order (a stage file beside the data
+    it was made from), holding one pair at a time; None when gold has no entity.
+
+    When the streams do not pair up id by id, or a plugin adds metrics (which
+    see the whole set), both are loaded and scored by ``evaluate`` instead.
+    """
+    _check_iou(iou_threshold)
+    hooks = get_hooks()
+    if hooks.has_extra_metrics():
+        return _whole(gold, predicted, iou_threshold)
+    scoring = _Scoring(iou_threshold, False)
+    seen: set[str] = set()
+    pairs = itertools.zip_longest(gold(), predicted())
+    for g, pred in pairs:
+        if g is None or pred is None or g.id != pred.id or g.id in seen:
+            return _whole(gold, predicted, iou_threshold)
+        seen.add(g.id)
+        scoring.add(g, pred)
+    if not scoring.gold_entities:
+        return None
+    return scoring.report(scoring.n_gold, {})
+
+
+def _whole(gold, predicted, iou_threshold: float) -> EvaluationReport | None:
+    gold_samples = list(gold())
+    if not any(s.entities for s in gold_samples):
+        return None
+    return evaluate(gold_samples, list(predicted()), iou_threshold=iou_threshold)

@@ -12,6 +12,7 @@ from refineg_core.formats.conll import read_conll, write_conll
 from refineg_core.formats.loader import (
     BUILTIN_FORMATS,
     format_plugin,
+    iter_source,
     load_dataset,
     load_source,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "Dataset",
     "DatasetFormat",
     "format_plugin",
+    "iter_source",
     "load_dataset",
     "load_source",
     "read_conll",

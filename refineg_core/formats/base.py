@@ -9,8 +9,9 @@ third-party package adds a format without touching the core.
 from __future__ import annotations
 
 import abc
+import inspect
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import ClassVar
 
@@ -87,6 +88,22 @@ class DatasetFormat(Plugin):
         """The samples of ``path``; with ``limit``, only the first ``limit`` of them,
         and nothing past them is parsed or warned about (a 30-post trial run of a
         100k-post file reads 30 posts)."""
+
+    def iter_read(
+        self, path: Path, warnings: list[str], limit: int | None = None
+    ) -> Iterator[Sample]:
+        """The samples of ``path`` one at a time, appending problems to ``warnings``.
+
+        Streaming stages read their input this way so memory does not grow with
+        the corpus. The default reads the whole file with ``read``; a format
+        whose files can outgrow memory overrides it (the native JSONL does).
+        """
+        if "limit" in inspect.signature(self.read).parameters:
+            ds = self.read(path, limit=limit)
+        else:  # a plugin written before ``limit`` joined the contract
+            ds = self.read(path)
+        warnings.extend(ds.warnings)
+        yield from ds.samples[:limit] if limit is not None else ds.samples
 
     def write(self, samples: Iterable[Sample], path: Path) -> None:
         """Write ``samples`` to ``path`` (and only inside ``path``'s folder)."""

@@ -9,7 +9,7 @@ format shares is applied here: the ``boxes`` policy and ``limit``.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import attrs
 
 from refineg_core.errors import DataError, PluginError
 from refineg_core.formats.base import Dataset, DatasetFormat
+from refineg_core.types import Entity, Sample
 
 #: The formats that ship with refineg (others come from installed packages).
 BUILTIN_FORMATS = ("twitter-gmner", "conll", "ccks", "jsonl")
@@ -70,6 +71,24 @@ def format_plugin(
     return plugin
 
 
+def _unknown_regions_error(n: int, ent: Entity, sid: str, source: str) -> DataError:
+    return DataError(
+        f"boxes = true, but the regions of {n} entities are unknown "
+        f"(e.g. {ent.text!r} of sample {sid!r}); check xml_dir or the file",
+        where=source,
+    )
+
+
+def _boxes_dropped(dropped: int, source: str) -> str:
+    return f"{source}: boxes = false: {dropped} annotated boxes ignored"
+
+
+def _without_boxes(sample: Sample) -> tuple[Sample, int]:
+    dropped = sum(len(e.boxes or ()) for e in sample.entities)
+    ents = tuple(attrs.evolve(e, boxes=()) for e in sample.entities)
+    return attrs.evolve(sample, entities=ents), dropped
+
+
 def apply_boxes_policy(ds: Dataset, boxes: bool | None) -> Dataset:
     """``boxes=False``: the data has no box annotations, every gold region is None.
 
@@ -82,21 +101,14 @@ def apply_boxes_policy(ds: Dataset, boxes: bool | None) -> Dataset:
     if boxes:
         if unknown:
             sid, ent = unknown[0]
-            raise DataError(
-                f"boxes = true, but the regions of {len(unknown)} entities are unknown "
-                f"(e.g. {ent.text!r} of sample {sid!r}); check xml_dir or the file",
-                where=ds.source,
-            )
+            raise _unknown_regions_error(len(unknown), ent, sid, ds.source)
         return ds
-    dropped = sum(len(e.boxes or ()) for s in ds.samples for e in s.entities)
-    samples = tuple(
-        attrs.evolve(s, entities=tuple(attrs.evolve(e, boxes=()) for e in s.entities))
-        for s in ds.samples
-    )
+    pairs = [_without_boxes(s) for s in ds.samples]
+    dropped = sum(n for _, n in pairs)
     warnings = ds.warnings
     if dropped:
-        warnings += (f"{ds.source}: boxes = false: {dropped} annotated boxes ignored",)
-    return Dataset(samples, warnings, ds.source)
+        warnings += (_boxes_dropped(dropped, ds.source),)
+    return Dataset(tuple(s for s, _ in pairs), warnings, ds.source)
 
 
 def load_dataset(
@@ -145,6 +157,40 @@ def load_source(source: Any, *, config_key: str = "data") -> Dataset:
         options=getattr(source, "options", None),
         config_key=config_key,
     )
+
+
+def iter_source(source: Any, warnings: list[str], *, config_key: str = "data") -> Iterator[Sample]:
+    """A config ``DataSource`` one sample at a time (what streaming stages read).
+
+    The same samples as ``load_source`` in the same order; problems are
+    appended to ``warnings`` as they are met. With ``boxes = true`` an unknown
+    region is an error when it is reached (the stage's fingerprint pass reads
+    the whole source first, so a run fails before any work).
+    """
+    path = Path(source.path)
+    if not path.exists():
+        raise DataError("file not found", where=str(path))
+    name = source.format or guess_format(path)
+    source_options = {k: getattr(source, k, None) for k in SOURCE_OPTION_KEYS}
+    plugin = format_plugin(
+        name, source_options, getattr(source, "options", None), config_key=config_key
+    )
+    boxes = getattr(source, "boxes", None)
+    n = dropped = 0
+    for sample in plugin.iter_read(path, warnings, limit=source.limit):
+        n += 1
+        if boxes is False:
+            sample, lost = _without_boxes(sample)
+            dropped += lost
+        elif boxes:
+            unknown = [e for e in sample.entities if e.boxes is None]
+            if unknown:
+                raise _unknown_regions_error(len(unknown), unknown[0], sample.id, str(path))
+        yield sample
+    if not n:
+        warnings.append(f"{path}: the file holds no samples")
+    if dropped:
+        warnings.append(_boxes_dropped(dropped, str(path)))
 
 
 def check_source(source: Any, *, config_key: str) -> None:

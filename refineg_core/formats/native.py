@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import pydantic
 
 from refineg_core.errors import DataError
-from refineg_core.formats.base import Dataset, read_text_file
+from refineg_core.formats.base import Dataset
 from refineg_core.formats.images import IMAGE_FAILURE, check_image, resolve_image
 from refineg_core.formats.paths import inside
 from refineg_core.formats.records import EntityRecord, SampleRecord
@@ -178,18 +178,33 @@ def _validated(d: Mapping[str, Any]) -> SampleRecord:
 
 
 def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    for lineno, line in enumerate(read_text_file(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"invalid JSON: {exc.msg}", where=f"{path}:{lineno}") from None
-        except RecursionError:
-            raise DataError("JSON nested too deeply", where=f"{path}:{lineno}") from None
-        if not isinstance(record, dict) or "id" not in record:
-            raise DataError("each line must be an object with an 'id'", where=f"{path}:{lineno}")
-        yield lineno, record
+    """Each record of a JSONL file with its line number, read line by line (a corpus
+    larger than memory streams); bad bytes or JSON name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("file not found", where=str(path))
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    f"not valid UTF-8 (byte 0x{raw[exc.start]:02x}); convert the file to UTF-8",
+                    where=f"{path}:{lineno}",
+                ) from None
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"invalid JSON: {exc.msg}", where=f"{path}:{lineno}") from None
+            except RecursionError:
+                raise DataError("JSON nested too deeply", where=f"{path}:{lineno}") from None
+            if not isinstance(record, dict) or "id" not in record:
+                raise DataError(
+                    "each line must be an object with an 'id'", where=f"{path}:{lineno}"
+                )
+            yield lineno, record
 
 
 def _records(path: Path, build: Callable[[dict[str, Any]], T]) -> Iterator[T]:
@@ -209,10 +224,10 @@ def _records(path: Path, build: Callable[[dict[str, Any]], T]) -> Iterator[T]:
             raise DataError(f"bad sample record: {exc}", where=f"{path}:{lineno}") from None
 
 
-def read_jsonl(
-    path: Path | str, *, images_dir: Path | str | None = None, limit: int | None = None
-) -> Dataset:
-    """Read native JSONL as input data.
+def iter_jsonl_samples(
+    path: Path | str, warnings: list[str], *, images_dir: Path | str | None = None
+) -> Iterator[Sample]:
+    """Native JSONL as input data, one sample at a time.
 
     Image paths in the records are resolved against ``images_dir`` (default:
     the file's folder) and must lie inside it; without a path in a record,
@@ -221,15 +236,27 @@ def read_jsonl(
     path = Path(path)
     img_root = Path(images_dir) if images_dir else None
     root = img_root or path.parent
+    return _records(path, lambda r: _sample(_validated(r), img_root, root, warnings))
+
+
+def read_jsonl(
+    path: Path | str, *, images_dir: Path | str | None = None, limit: int | None = None
+) -> Dataset:
+    """Read native JSONL as input data (see ``iter_jsonl_samples``)."""
     warnings: list[str] = []
-    records = _records(path, lambda r: _sample(_validated(r), img_root, root, warnings))
+    records = iter_jsonl_samples(path, warnings, images_dir=images_dir)
     samples = tuple(itertools.islice(records, limit))
     return Dataset(samples, tuple(warnings), str(path))
 
 
+def iter_results(path: Path | str) -> Iterator[SampleResult]:
+    """A stage's results one at a time, in file order (streaming stages read this)."""
+    return _records(Path(path), result_from_dict)
+
+
 def read_results(path: Path | str) -> list[SampleResult]:
     """A stage's results (or any native file) with their recorded failures."""
-    return list(_records(Path(path), result_from_dict))
+    return list(iter_results(path))
 
 
 def write_jsonl(items: Iterable[Sample | SampleResult], path: Path | str) -> None:

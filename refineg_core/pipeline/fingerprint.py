@@ -25,6 +25,7 @@ import attrs
 
 from refineg_core.formats.base import Dataset
 from refineg_core.formats.native import sample_to_dict
+from refineg_core.types import Sample
 
 #: Parts whose values are digests: a change is reported without the values.
 _DIGEST_PREFIXES = ("data.", "upstream.", "tagger.saved")
@@ -53,10 +54,13 @@ def dataset_digest(dataset: Dataset | None) -> str | None:
     Hashing what was read, not the file bytes, also covers XML box files and a
     ``limit``; an image counts by path, size and modification time.
     """
-    if dataset is None:
-        return None
+    return None if dataset is None else samples_digest(dataset.samples)
+
+
+def samples_digest(samples: Iterable[Sample]) -> str:
+    """``dataset_digest`` of samples read one at a time (a streamed corpus)."""
     h = hashlib.sha256()
-    for sample in dataset.samples:
+    for sample in samples:
         h.update(json.dumps(sample_to_dict(sample), sort_keys=True, default=str).encode())
         img = sample.image
         if img is not None and img.path is not None:

@@ -39,6 +39,7 @@ from refineg_core.pipeline.prompts import (
 from refineg_core.pipeline.runner import StageSummary, load_done
 from refineg_core.pipeline.stagekit import (
     Counters,
+    StageHealth,
     ask,
     is_skipped,
     no_usable_item,
@@ -427,6 +428,7 @@ def run_ground(
     *,
     debug: bool = False,
     required: bool = False,
+    health: StageHealth | None = None,
 ) -> tuple[list[SampleResult], StageSummary]:
     """Ground every result's entities through ``backend``; resumable through ``out_path``.
 
@@ -463,6 +465,7 @@ def run_ground(
             debug=debug,
             unusable=unusable,
             required=required,
+            health=health,
         )
     finally:
         if book is not None:
@@ -472,7 +475,7 @@ def run_ground(
     )
     if "passed_through" in summary.counters:  # skipped: no calls were made
         return out, summary
-    summary.counters["demo_pool"] = len(pool)
+    summary.notes["demo_pool"] = f"{len(pool)} samples"
     if selector is None or settings.k == 0:
         summary.notes["demonstrations"] = "none (zero-shot): no selector or k = 0"
     summary.notes["box_frame"] = backend.box_codec.describe()

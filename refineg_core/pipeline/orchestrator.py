@@ -25,22 +25,35 @@ Layout of a run directory:
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from refineg_core import secrets
 from refineg_core.config import Config, DataSource, redacted_dump
 from refineg_core.errors import ConfigError, RefinegError
-from refineg_core.formats import Dataset, load_dataset, load_source
-from refineg_core.formats.native import read_results, write_jsonl
+from refineg_core.formats import Dataset, iter_source, load_dataset, load_source
+from refineg_core.formats.native import iter_results, read_results, write_jsonl
 from refineg_core.formats.paths import output_dir
+from refineg_core.gating import within_budget
 from refineg_core.hooks import get_hooks
 from refineg_core.interfaces import UncertaintyEstimator
 from refineg_core.mllm_cache import CachedBackend
+from refineg_core.pipeline.chunked import (
+    PreviousResults,
+    StageOutput,
+    append_results,
+    chunks,
+    skip_written,
+    written_ids,
+)
 from refineg_core.pipeline.context import RunContext
 from refineg_core.pipeline.fingerprint import (
     Fingerprint,
@@ -51,11 +64,14 @@ from refineg_core.pipeline.fingerprint import (
     flatten,
     freshness,
     read_record,
+    samples_digest,
     tree_digest,
     write_record,
 )
 from refineg_core.pipeline.outputs import write_outputs
-from refineg_core.pipeline.stagekit import needs_retry
+from refineg_core.pipeline.runner import StageSummary
+from refineg_core.pipeline.stagekit import StageHealth, needs_retry
+from refineg_core.progress import bar
 from refineg_core.types import GateVerdict, Sample, SampleResult
 
 Log = Callable[[str], None]
@@ -81,6 +97,8 @@ class Pipeline:
         self._datasets: dict[str, Dataset | None] = {}
         self._warnings: list[str] = []
         self._fingerprints: dict[str, Fingerprint] = {}
+        self._stats: dict[str, tuple[str, int]] = {}
+        self._engine = None
         self._created_run_dir = not self.run_dir.exists()
         self._run_dir_ready = False
 
@@ -128,12 +146,15 @@ class Pipeline:
     # ----------------------------------------------------------------- inputs
     def _load(self, source: DataSource, config_key: str = "data") -> Dataset:
         ds = load_source(source, config_key=config_key)
-        if ds.warnings:
-            self._warnings.extend(ds.warnings)
+        self._note_warnings(source, ds.warnings)
+        return ds
+
+    def _note_warnings(self, source: DataSource, warnings: Sequence[str]) -> None:
+        if warnings:
+            self._warnings.extend(warnings)
             self._write_warnings()
             where = self.run_dir / "data-warnings.log"
-            self.log(f"{source.path}: {len(ds.warnings)} data warnings (see {where})")
-        return ds
+            self.log(f"{source.path}: {len(warnings)} data warnings (see {where})")
 
     def dataset(self, key: str) -> Dataset | None:
         """A configured split by name (train, dev, predict, gold, pool), loaded once."""
@@ -146,6 +167,40 @@ class Pipeline:
             else:
                 self._datasets[key] = self._load(source, f"data.{key}") if source else None
         return self._datasets[key]
+
+    def _source(self, key: str) -> DataSource | None:
+        source: DataSource | None = getattr(self.config.data, key)
+        fallback = {"pool": "train", "gold": "predict"}.get(key)
+        return self._source(fallback) if source is None and fallback else source
+
+    def iter_samples(self, key: str) -> Iterator[Sample]:
+        """A configured split streamed one sample at a time (what the corpus stages
+        read); its warnings were recorded by the pass that fingerprinted it."""
+        source = self._source(key)
+        if source is None:
+            raise ConfigError(f"this stage needs data.{key}", where=f"data.{key}")
+        return iter_source(source, [], config_key=f"data.{key}")
+
+    def source_stats(self, key: str) -> tuple[str, int]:
+        """(content digest, number of samples) of a split, from one streamed pass that
+        also validates it and records its warnings (computed once per run)."""
+        if key not in self._stats:
+            source = self._source(key)
+            if source is None:
+                raise ConfigError(f"this stage needs data.{key}", where=f"data.{key}")
+            warnings: list[str] = []
+            count = 0
+
+            def counted() -> Iterator[Sample]:
+                nonlocal count
+                for sample in iter_source(source, warnings, config_key=f"data.{key}"):
+                    count += 1
+                    yield sample
+
+            digest = samples_digest(counted())
+            self._note_warnings(source, warnings)
+            self._stats[key] = (digest, count)
+        return self._stats[key]
 
     def require(self, key: str) -> Dataset:
         ds = self.dataset(key)
@@ -212,7 +267,7 @@ class Pipeline:
             **flatten(
                 self.context.options("uncertainty").model_dump(mode="json"), "uncertainty.options"
             ),
-            "data.predict": dataset_digest(self.require("predict")),
+            "data.predict": self.source_stats("predict")[0],
             # a gate that fits on dev (temperature) decides differently when dev changes
             **(
                 {"data.dev": dataset_digest(self.dataset("dev"))} if self._gate_calibrates() else {}
@@ -366,8 +421,10 @@ class Pipeline:
         hooks.stage_finished("train", data)
         return data
 
-    def _reuse(self, stage: str, out: Path) -> list[SampleResult] | None:
-        """The stage's earlier output when its fingerprint matches and it finished."""
+    def _reuse(self, stage: str, out: Path, *scratch: Path) -> bool:
+        """True when the stage's earlier output may be reused as it is (fingerprint
+        matches, finished, file intact). Output made from other inputs is deleted
+        with the stage's ``scratch`` files; a partial one is kept to resume."""
         fp = self.fingerprint(stage)
         record = self.store.read(stage)
         fresh = freshness(fp, record)
@@ -375,43 +432,97 @@ class Pipeline:
         intact = record is not None and on_disk is not None and record.output == on_disk
         if fresh.state == "fresh" and intact:
             self.log(f"{stage}: reusing {out} (inputs unchanged)")
-            return read_results(out)
+            return True
         if fresh.state == "stale":
             self.log(f"{stage}: recomputing: {fresh.why()}")
         elif fresh.state == "partial":
             self.log(f"{stage}: resuming: {fresh.why()}")
-        if fresh.state != "partial":
-            out.unlink(missing_ok=True)  # lines made from other inputs are never resumed
-        return None
+        if fresh.state != "partial":  # lines made from other inputs are never resumed
+            for path in (out, *scratch):
+                path.unlink(missing_ok=True)
+        return False
 
-    def _finish_stage(self, stage: str, out: Path, results: Sequence[SampleResult]) -> None:
-        mllm = stage in ("refine", "ground")
-        pending = sum(needs_retry(r, stage) for r in results) if mllm else 0
+    def _finish_stage(self, stage: str, out: Path, pending: int = 0) -> None:
         self.store.write(
             self.fingerprint(stage), complete=True, output=file_digest(out), pending=pending
         )
         for downstream in STAGES[STAGES.index(stage) + 1 :]:
             self._fingerprints.pop(downstream, None)
 
-    def predict(self) -> list[SampleResult]:
-        """Tagger + gate over data.predict. Atomic: written once, whole (the gate's
-        budget mode ranks the whole set, so partial output would be wrong)."""
+    @property
+    def chunk_size(self) -> int:
+        return self.config.engine.chunk_size
+
+    def engine(self):
+        """The configured engine (built once): this process, or Ray."""
+        if self._engine is None:
+            from refineg_core.pipeline.engines import build_engine
+
+            self._engine = build_engine(self)
+        return self._engine
+
+    def predict(self) -> StageOutput:
+        """Tagger + gate over data.predict, chunk by chunk, appended in input order.
+
+        An interrupted run resumes after the last result written. With a budget
+        the gate ranks the whole input: the first pass writes every chunk's
+        uncapped decisions, the second keeps the budget's most uncertain samples.
+        """
         started = time.perf_counter()
         out = self.run_dir / "predict.jsonl"
-        samples = list(self.require("predict").samples)
+        uncapped = self.run_dir / "predict.uncapped.jsonl"
+        _, total = self.source_stats("predict")
         self.prepare_run_dir()
-        reused = self._reuse("predict", out)
-        if reused is not None:
-            self._record("predict", self._gate_counts(reused, resumed=True), started)
-            return reused
+        if self._reuse("predict", out, uncapped):
+            self._record("predict", self._gate_counts(iter_results(out), resumed=True), started)
+            return StageOutput("predict", out)
         hooks = get_hooks()
-        hooks.stage_started("predict", len(samples))
-        results = self.tag(samples)
-        write_jsonl(results, out)
-        self._finish_stage("predict", out, results)
-        data = self._record("predict", self._gate_counts(results), started)
+        gate = self.calibrated_gate()
+        work = out if gate.budget is None else uncapped
+        done = written_ids(work)
+        self.store.write(self.fingerprint("predict"), complete=False)
+        hooks.stage_started("predict", total - len(done))
+        samples = skip_written(self.iter_samples("predict"), done, lambda s: s.id, work)
+        progress = bar(desc="predict", total=total, initial=len(done), unit="sample")
+        try:
+            for results in self.engine().tag(chunks(samples, self.chunk_size)):
+                append_results(work, results)
+                progress.update(len(results))
+        finally:
+            progress.close()
+        capped = 0
+        if gate.budget is not None:
+            capped = self._apply_budget(uncapped, out, gate.budget)
+        self._finish_stage("predict", out)
+        data = self._gate_counts(iter_results(out), resumed=bool(done))
+        if gate.budget is not None:
+            data["capped_by_budget"] = capped
+        data = self._record("predict", data, started)
         hooks.stage_finished("predict", data)
-        return results
+        return StageOutput("predict", out)
+
+    @staticmethod
+    def _apply_budget(uncapped: Path, out: Path, budget: float) -> int:
+        """The budget's second pass: rank every delegated sample of the whole input,
+        write ``out`` with the others kept whole; return how many were capped."""
+        delegated: list[tuple[int, float]] = []
+        n = 0
+        for n, result in enumerate(iter_results(uncapped), start=1):
+            if result.gate is not None and result.gate.delegate_sample:
+                delegated.append((n - 1, result.gate.priority))
+        keep = within_budget(delegated, n, budget)
+        capped = len(delegated) - len(keep)
+
+        def decided() -> Iterator[SampleResult]:
+            for i, result in enumerate(iter_results(uncapped)):
+                gate = result.gate
+                if gate is not None and gate.delegate_sample and i not in keep:
+                    result = attrs.evolve(result, gate=gate.capped())
+                yield result
+
+        write_jsonl(decided(), out)
+        uncapped.unlink()
+        return capped
 
     def _gate_calibrates(self) -> bool:
         gate_cls = self.context.plugin_class("uncertainty")
@@ -435,11 +546,14 @@ class Pipeline:
                 self.summary["calibration"] = gate.calibrate(samples, predictions)
         return gate
 
-    def tag(self, samples: Sequence[Sample]) -> list[SampleResult]:
-        """The tagger's entities with the gate's verdict (the predict stage, in memory)."""
+    def tag(self, samples: Sequence[Sample], *, each: bool = False) -> list[SampleResult]:
+        """The tagger's entities with the gate's verdict, in memory. ``each``: decide
+        every sample alone (a chunk of a streamed corpus; the budget comes later)."""
         samples = list(samples)
         predictions = self.load_tagger().predict(samples)
-        decisions = self.calibrated_gate().decide(samples, predictions)
+        gate = self.calibrated_gate()
+        decide = gate.decide_each if each else gate.decide
+        decisions = decide(samples, predictions)
         return [
             SampleResult(s, d.entities, gate=GateVerdict.of(d))
             for s, d in zip(samples, decisions, strict=True)
@@ -523,34 +637,42 @@ class Pipeline:
         return selector
 
     @staticmethod
-    def _gate_counts(results: Sequence[SampleResult], resumed: bool = False) -> dict[str, Any]:
-        gates = [r.gate for r in results if r.gate is not None]
-        delegated = sum(len(g.delegated) for g in gates)
-        total = sum(len(r.entities) for r in results)
+    def _gate_counts(results: Iterable[SampleResult], resumed: bool = False) -> dict[str, Any]:
+        counts = dict.fromkeys(
+            ("samples", "entities", "entities_delegated", "samples_delegated"), 0
+        )
+        for r in results:
+            counts["samples"] += 1
+            counts["entities"] += len(r.entities)
+            if r.gate is not None:
+                counts["entities_delegated"] += len(r.gate.delegated)
+                counts["samples_delegated"] += r.gate.delegate_sample
         return {
-            "samples": len(results),
-            "entities": total,
-            "entities_kept": total - delegated,
-            "entities_delegated": delegated,
-            "samples_delegated": sum(g.delegate_sample for g in gates),
+            "samples": counts["samples"],
+            "entities": counts["entities"],
+            "entities_kept": counts["entities"] - counts["entities_delegated"],
+            "entities_delegated": counts["entities_delegated"],
+            "samples_delegated": counts["samples_delegated"],
             "resumed": resumed,
         }
 
-    def _stage_input(self, stage: str) -> list[SampleResult]:
+    def _stage_input(self, stage: str) -> StageOutput:
         upstream = self._upstream(stage)
         path = self.run_dir / f"{upstream}.jsonl"
         if not path.exists() or self.store.read(upstream) is None:
             raise RefinegError(
                 f"nothing to work on in {self.run_dir}: run `refineg {upstream}` first"
             )
-        return read_results(path)
+        return StageOutput(upstream, path)
 
-    def _mllm_stage(self, stage: str, results, run) -> list[SampleResult]:
-        """The frame of refine and ground: reuse, or run with the shared backend and
-        record what it spent."""
+    def _mllm_stage(self, stage: str, results: Iterable[SampleResult] | None) -> StageOutput:
+        """The frame of refine and ground: reuse, or run chunk by chunk with the shared
+        backend (resuming what an earlier run left), and record what it spent."""
         started = time.perf_counter()
-        results = list(results) if results is not None else self._stage_input(stage)
+        source = results if results is not None else self._stage_input(stage)
         out = self.run_dir / f"{stage}.jsonl"
+        earlier_file = self.run_dir / f"{stage}.prev.jsonl"
+        part = self.run_dir / f"{stage}.part.jsonl"
         self.prepare_run_dir()
         backend = self.backend()
         mode = self.stage_mode(stage)
@@ -559,68 +681,80 @@ class Pipeline:
                 raise ConfigError(f"stages.{stage} = true needs a [backend]", where="backend")
             self.log(f"{stage}: no backend configured; results pass through")
             self._record(stage, {"skipped": "no backend configured"}, started)
-            return results
-        reused = self._reuse(stage, out)
-        by_id = {r.id: r for r in reused or ()}
-        if reused is not None and by_id.keys() == {r.id for r in results}:
-            # The file is in completion order (concurrent calls); hand on input order.
-            self._record(stage, {"reused": True, "samples": len(by_id)}, started)
-            return [by_id[r.id] for r in results]
-        if reused is not None:
-            self.log(f"{stage}: {out} does not hold exactly this input's samples; recomputing")
-            out.unlink()
+            if isinstance(source, StageOutput):
+                return source
+            return StageOutput(stage, items=tuple(source))
+        if self._reuse(stage, out, earlier_file, part):
+            self._record(stage, {"reused": True, "samples": _count(iter_results(out))}, started)
+            return StageOutput(stage, out)
+        if out.exists():  # a partial earlier run: its results seed the chunks they belong to
+            _set_aside(out, earlier_file)
         self.store.write(self.fingerprint(stage), complete=False)
         before = backend.meter.snapshot()
-        new, summary = run(backend, mode, out)
+        earlier = PreviousResults(earlier_file)
+        summary = StageSummary(stage)
+        pending = 0
+        work = (
+            (chunk, earlier.take([r.id for r in chunk]))
+            for chunk in chunks(source, self.chunk_size)
+        )
+        for new, chunk_summary in self.engine().mllm(stage, work):
+            append_results(out, new)
+            pending += sum(needs_retry(r, stage) for r in new)
+            summary.merge(chunk_summary)
+        earlier_file.unlink(missing_ok=True)
+        part.unlink(missing_ok=True)
+        self._finish_stage(stage, out, pending)
         spent = (backend.meter.snapshot() - before).as_dict()
-        self._finish_stage(stage, out, new)
         spent.update(backend.report())
+        for key, value in self.engine().usage(stage).items():
+            spent[key] = spent.get(key, 0) + value
         self._record(stage, {**summary.as_dict(), "backend": spent}, started)
-        return new
+        return StageOutput(stage, out)
 
-    def refine(self, results: Sequence[SampleResult] | None = None) -> list[SampleResult]:
-        from refineg_core.pipeline.refine import run_refine
+    def run_mllm_chunk(
+        self,
+        stage: str,
+        items: Sequence[SampleResult],
+        earlier: Sequence[SampleResult],
+        part: Path,
+        health: StageHealth,
+    ) -> tuple[list[SampleResult], StageSummary]:
+        """One chunk of refine or ground: ``earlier`` results of these samples (from a
+        run that stopped) are kept unless they need a retry; the rest are processed,
+        each written to ``part`` as it finishes."""
+        have = set(written_ids(part))  # a stopped run's results of this chunk stay
+        append_results(part, [r for r in earlier if r.id not in have])
+        backend = self.backend()
+        mode = self.stage_mode(stage)
+        settings = self.stage_settings(stage)
+        common = {"debug": self.debug, "required": mode is True, "health": health}
+        if stage == "refine":
+            from refineg_core.pipeline.refine import run_refine
 
-        def run(backend, mode, out):
-            return run_refine(
-                results_in,
-                backend,
-                self.labels,
-                self.stage_settings("refine"),
-                out,
-                debug=self.debug,
-                required=mode is True,
-            )
+            done = run_refine(items, backend, self.labels, settings, part, **common)
+        else:
+            from refineg_core.pipeline.ground import needs_grounding_call, run_ground
 
-        results_in = list(results) if results is not None else self._stage_input("refine")
-        return self._mllm_stage("refine", results_in, run)
-
-    def ground(self, results: Sequence[SampleResult] | None = None) -> list[SampleResult]:
-        from refineg_core.pipeline.ground import needs_grounding_call, run_ground
-
-        def run(backend, mode, out):
-            settings = self.stage_settings("ground")
-            selector = self.context.selector()
             pool = self.dataset("pool")
-            needs = any(map(needs_grounding_call, results_in))
-            # Embedding the pool is the expensive part of grounding: only when calls follow.
-            will_call = mode is not False and needs and backend.check_available() is None
-            if selector is not None and pool is not None and will_call and settings.k > 0:
-                selector.index(list(pool.samples))
-            return run_ground(
-                results_in,
-                list(pool.samples) if pool else [],
-                selector,
-                backend,
-                self.labels,
-                settings,
-                out,
-                debug=self.debug,
-                required=mode is True,
+            will_call = (
+                mode is not False
+                and any(map(needs_grounding_call, items))
+                and health.unavailable(backend) is None
             )
+            selector = self._indexed_selector() if will_call else None
+            pool_samples = list(pool.samples) if pool else []
+            done = run_ground(
+                items, pool_samples, selector, backend, self.labels, settings, part, **common
+            )
+        part.unlink(missing_ok=True)  # the chunk is whole: its caller commits it to the stage file
+        return done
 
-        results_in = list(results) if results is not None else self._stage_input("ground")
-        return self._mllm_stage("ground", results_in, run)
+    def refine(self, results: Iterable[SampleResult] | None = None) -> StageOutput:
+        return self._mllm_stage("refine", results)
+
+    def ground(self, results: Iterable[SampleResult] | None = None) -> StageOutput:
+        return self._mllm_stage("ground", results)
 
     # ------------------------------------------------------------------- run
     def run(self, *, force_train: bool = False) -> dict[str, Any]:
@@ -630,7 +764,7 @@ class Pipeline:
             self.synth()
         if stages.train:
             self.train(force=force_train)
-        results: list[SampleResult] | None = None
+        results: StageOutput | None = None
         if stages.predict:
             results = self.predict()
         if self.stage_mode("refine") is not False:
@@ -643,21 +777,32 @@ class Pipeline:
         self.write_summary()
         return self.summary
 
-    def finish(self, results: Sequence[SampleResult]) -> None:
-        """Write the final outputs in every format and evaluate against gold."""
+    def finish(self, results: Iterable[SampleResult]) -> None:
+        """Write the final outputs in every format and evaluate against gold (each a
+        streamed pass over the last stage's results)."""
         self.prepare_run_dir()
         written = write_outputs(results, self.run_dir)
-        entities = [e for r in results for e in r.entities]
-        final: dict[str, Any] = {
-            "samples": len(results),
-            "entities": len(entities),
-            "with_boxes": sum(1 for e in entities if e.boxes),
-            "judged_not_groundable": sum(1 for e in entities if e.boxes == ()),
-            "grounding_not_attempted": sum(1 for e in entities if e.boxes is None),
-            "samples_with_failures": sum(1 for r in results if r.failures),
-            "failures": sum(len(r.failures) for r in results),
-            "outputs": {fmt: str(path) for fmt, path in written.paths.items()},
-        }
+        final = dict.fromkeys(
+            (
+                "samples",
+                "entities",
+                "with_boxes",
+                "judged_not_groundable",
+                "grounding_not_attempted",
+                "samples_with_failures",
+                "failures",
+            ),
+            0,
+        )
+        for r in results:
+            final["samples"] += 1
+            final["entities"] += len(r.entities)
+            final["with_boxes"] += sum(1 for e in r.entities if e.boxes)
+            final["judged_not_groundable"] += sum(1 for e in r.entities if e.boxes == ())
+            final["grounding_not_attempted"] += sum(1 for e in r.entities if e.boxes is None)
+            final["samples_with_failures"] += bool(r.failures)
+            final["failures"] += len(r.failures)
+        final["outputs"] = {fmt: str(path) for fmt, path in written.paths.items()}
         if written.overlaps_dropped:
             final["twitter_overlaps_dropped"] = written.overlaps_dropped
         if final["grounding_not_attempted"]:
@@ -670,17 +815,32 @@ class Pipeline:
         self.evaluate_stages()
 
     def evaluate_stages(self) -> None:
-        gold = self.dataset("gold")
-        if gold is None or not any(s.entities for s in gold.samples):
+        """Score each stage file against gold. Gold that is the predict data itself is
+        streamed beside the stage file (both in input order); other gold is loaded."""
+        source = self._source("gold")
+        if source is None:
             return
-        from refineg_core.evaluation import evaluate
+        from refineg_core.evaluation import evaluate, evaluate_stream
 
         report: dict[str, Any] = {}
+        gold: Dataset | None = None
+        streamed = self.config.data.gold is None
         for stage in ("predict", "refine", "ground"):
             path = self.run_dir / f"{stage}.jsonl"
-            if path.exists():
+            if not path.exists():
+                continue
+            if streamed:
+                metrics = evaluate_stream(
+                    lambda: self.iter_samples("gold"), lambda p=path: iter_results(p)
+                )
+            else:
+                gold = gold or self.dataset("gold")
                 metrics = evaluate(list(gold.samples), read_results(path))
-                report[stage] = metrics.to_dict()
+            if metrics is None:  # no gold entities: nothing to score
+                return
+            report[stage] = metrics.to_dict()
+        if not report:
+            return
         (self.run_dir / "eval.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
         self.summary["eval"] = {
             stage: {k: v.get("f1") for k, v in m.items() if isinstance(v, dict) and "f1" in v}
@@ -692,3 +852,25 @@ class Pipeline:
         (self.run_dir / "summary.json").write_text(
             secrets.scrub(json.dumps(self.summary, indent=2, default=str)), encoding="utf-8"
         )
+
+
+def _count(items: Iterable[Any]) -> int:
+    return sum(1 for _ in items)
+
+
+def _set_aside(out: Path, earlier: Path) -> None:
+    """Move a partial stage file aside; when an earlier resume was itself stopped,
+    the results it had already redone are kept ahead of the older ones."""
+    if not earlier.exists():
+        os.replace(out, earlier)
+        return
+    redone = {r.id for r in iter_results(out)}
+    merged = earlier.with_name(earlier.name + ".tmp")
+    write_jsonl(
+        itertools.chain(
+            iter_results(out), (r for r in iter_results(earlier) if r.id not in redone)
+        ),
+        merged,
+    )
+    os.replace(merged, earlier)
+    out.unlink()

@@ -9,7 +9,7 @@ counted, instead of failing at the end of a long run.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import attrs
@@ -44,28 +44,39 @@ def non_overlapping(entities: Iterable[Entity]) -> tuple[tuple[Entity, ...], int
     return tuple(sorted(chosen, key=lambda e: (e.start, e.end))), dropped
 
 
-def as_samples(results: Iterable[SampleResult]) -> list[Sample]:
+def as_samples(results: Iterable[SampleResult]) -> Iterator[Sample]:
     """Samples carrying the predicted entities (what the format writers read)."""
-    return [attrs.evolve(r.sample, entities=r.entities) for r in results]
+    return (attrs.evolve(r.sample, entities=r.entities) for r in results)
 
 
-def flat_samples(results: Iterable[SampleResult]) -> tuple[list[Sample], int]:
-    samples, dropped = [], 0
-    for s in as_samples(results):
-        ents, n = non_overlapping(s.entities)
-        dropped += n
-        samples.append(attrs.evolve(s, entities=ents))
-    return samples, dropped
+class FlatSamples:
+    """The samples of ``results`` without overlapping spans, re-iterable (a writer
+    may read it twice); ``dropped`` counts what the last full pass left out."""
+
+    def __init__(self, results: Iterable[SampleResult]) -> None:
+        self.results = results
+        self.dropped = 0
+
+    def __iter__(self) -> Iterator[Sample]:
+        dropped = 0
+        for s in as_samples(self.results):
+            ents, n = non_overlapping(s.entities)
+            dropped += n
+            yield attrs.evolve(s, entities=ents)
+        self.dropped = dropped
 
 
 def write_outputs(
-    results: Sequence[SampleResult],
+    results: Iterable[SampleResult],
     out_dir: Path,
     formats: Iterable[str] = ("jsonl", "ccks", "twitter"),
 ) -> Written:
-    """Write ``results`` into ``out_dir`` in each requested format."""
+    """Write ``results`` into ``out_dir`` in each requested format. ``results`` is
+    read once per format (a stage's output streams from its file each time)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if iter(results) is results:  # a one-shot iterator cannot be read per format
+        results = list(results)
     paths: dict[str, Path] = {}
     dropped = 0
     for fmt in formats:
@@ -78,7 +89,8 @@ def write_outputs(
         elif fmt == "ccks":
             format_plugin("ccks").write(as_samples(results), path)
         else:
-            flat, dropped = flat_samples(results)
+            flat = FlatSamples(results)
             format_plugin("twitter-gmner").write(flat, path)
+            dropped = flat.dropped
         paths[fmt] = path
     return Written(paths, dropped)

@@ -39,6 +39,7 @@ from refineg_core.pipeline.prompts import (
 from refineg_core.pipeline.runner import StageSummary
 from refineg_core.pipeline.stagekit import (
     Counters,
+    StageHealth,
     ask,
     no_usable_item,
     note_answer,
@@ -328,6 +329,7 @@ def run_refine(
     *,
     debug: bool = False,
     required: bool = False,
+    health: StageHealth | None = None,
 ) -> tuple[list[SampleResult], StageSummary]:
     """Refine delegated samples through ``backend``; resumable through ``out_path``."""
     if settings.delegate == "gate":
@@ -359,4 +361,5 @@ def run_refine(
         process=process,
         debug=debug,
         required=required,
+        health=health,
     )

@@ -45,6 +45,38 @@ class StageSummary:
     #: Free-text facts a user must see (e.g. which backend was unavailable and why).
     notes: dict[str, str] = attrs.field(factory=dict)
 
+    def merge(self, other: StageSummary) -> StageSummary:
+        """Add a later chunk's summary to this one (notes: the later chunk's wins)."""
+        self.total += other.total
+        self.processed += other.processed
+        self.resumed += other.resumed
+        self.failed += other.failed
+        self.seconds += other.seconds
+        self.failure_kinds.update(other.failure_kinds)
+        self.counters.update(other.counters)
+        self.notes.update(other.notes)
+        return self
+
+    def to_json(self) -> dict[str, Any]:
+        """Everything, structured (``from_json`` rebuilds it in another process)."""
+        return {
+            **{k: getattr(self, k) for k in ("stage", "total", "processed", "resumed", "failed")},
+            "seconds": self.seconds,
+            "failure_kinds": dict(self.failure_kinds),
+            "counters": dict(self.counters),
+            "notes": dict(self.notes),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StageSummary:
+        return cls(
+            **{k: data[k] for k in ("stage", "total", "processed", "resumed", "failed")},
+            seconds=float(data["seconds"]),
+            failure_kinds=Counter(data["failure_kinds"]),
+            counters=Counter(data["counters"]),
+            notes=dict(data["notes"]),
+        )
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "stage": self.stage,

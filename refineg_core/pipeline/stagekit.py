@@ -41,10 +41,10 @@ FINAL_FAILURE_KINDS = frozenset({"truncated"})
 class Counters:
     """A Counter that many worker threads may bump, plus the stage's call health."""
 
-    def __init__(self, breaker_after: int = 8) -> None:
+    def __init__(self, breaker_after: int = 8, health: CallHealth | None = None) -> None:
         self._lock = threading.Lock()
         self.counts: Counter = Counter()
-        self.health = CallHealth(breaker_after)
+        self.health = health or CallHealth(breaker_after)
 
     def add(self, key: str, n: int = 1) -> None:
         if n:
@@ -107,6 +107,27 @@ class CallHealth:
                     f"stopped calling after the first {self._in_a_row} calls all failed "
                     f"(last: {str(exc)[:200]})"
                 )
+
+
+class StageHealth:
+    """What one stage learns about its backend, shared by every chunk it runs:
+    whether the backend is reachable (asked once) and the call breaker."""
+
+    def __init__(self) -> None:
+        self.calls: CallHealth | None = None
+        self._checked = False
+        self._reason: str | None = None
+
+    def unavailable(self, backend) -> str | None:
+        if not self._checked:
+            self._reason = backend.check_available()
+            self._checked = True
+        return self._reason
+
+    def breaker(self, limit: int) -> CallHealth:
+        if self.calls is None:
+            self.calls = CallHealth(limit)
+        return self.calls
 
 
 def merged_meta(result: SampleResult) -> dict[str, Any]:
@@ -273,6 +294,7 @@ def run_mllm_stage(
     debug: bool = False,
     unusable: str | None = None,
     required: bool = False,
+    health: StageHealth | None = None,
 ) -> tuple[list[SampleResult], StageSummary]:
     """The frame both MLLM stages share: skip when disabled or unreachable (or
     ``unusable`` says why the backend cannot serve this stage), else run
@@ -281,19 +303,21 @@ def run_mllm_stage(
 
     With ``required`` an unreachable backend, or one that failed every call, is
     a ``StageUnavailable`` error (raised after the results are written) instead
-    of a note."""
+    of a note. ``health`` carries what earlier chunks of the same stage learnt
+    about the backend (reachability, the breaker)."""
+    health = health or StageHealth()
     out_path = Path(out_path)
     forgotten = forget_unfinished(out_path, stage)
     skip = {"needs_call": needs_call, "backend": backend.describe()}
     if not enabled:
         reason = f"the {stage} stage is disabled in the config"
         return skip_stage(stage, results, out_path, reason=reason, reason_key="disabled", **skip)
-    reason = unusable or (backend.check_available() if any(map(needs_call, results)) else None)
+    reason = unusable or (health.unavailable(backend) if any(map(needs_call, results)) else None)
     if reason:
         if required:
             raise StageUnavailable(f"{backend.describe()}: {reason}", where=stage)
         return skip_stage(stage, results, out_path, reason=reason, **skip)
-    counters = Counters(breaker_after=max(8, 2 * backend.max_concurrency))
+    counters = Counters(health=health.breaker(max(8, 2 * backend.max_concurrency)))
     out, summary = run_stage(
         stage,
         results,

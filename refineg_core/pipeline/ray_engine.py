@@ -1,0 +1,216 @@
+"""The Ray Data engine: a stage's chunks processed by actor pools on a Ray cluster.
+
+``[engine] kind = "ray"`` (or ``refineg run --engine ray``). The driver (this
+process) stays the owner of the run: it writes the input of a stage as JSONL
+shards (one chunk each) under ``<run_dir>/engine/``, Ray Data reads them
+(``read_text``) and runs ``map_batches`` over an actor pool, and the driver
+commits the results, in input order, to the same stage file the local engine
+writes. Each actor builds the run's plugins once from the same config (one
+loaded tagger per tagger actor, ``num_gpus`` when configured; one backend per
+MLLM actor, which keeps the backend's own concurrency) and calls the same
+per-chunk code as the local engine, so the outputs are equal.
+
+The same config runs on a laptop (a local Ray started here) and on a cluster
+(``engine.address``); on a cluster the run directory and the data must be on
+storage every node sees.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from refineg_core.errors import ConfigError, RefinegError
+from refineg_core.formats.native import result_from_dict, sample_from_dict, sample_to_dict
+from refineg_core.pipeline.engines import MllmChunk
+from refineg_core.pipeline.runner import StageSummary
+from refineg_core.pipeline.stagekit import StageHealth
+from refineg_core.types import Sample, SampleResult
+
+if TYPE_CHECKING:
+    from refineg_core.pipeline.orchestrator import Pipeline
+
+
+def _ray():
+    try:
+        import ray
+        import ray.data
+    except ImportError:
+        raise ConfigError(
+            "the ray engine needs Ray Data: pip install 'refineg[ray]'", where="engine.kind"
+        ) from None
+    return ray
+
+
+class ChunkWorker:
+    """A Ray actor: the run's plugins built once, then one chunk per call."""
+
+    def __init__(self, config_json: str, stage: str) -> None:
+        from refineg_core.config import Config
+        from refineg_core.pipeline.orchestrator import Pipeline
+
+        self.pipeline = Pipeline(Config.model_validate_json(config_json))
+        self.stage = stage
+        self.health = StageHealth()
+        self.part = Path(tempfile.mkdtemp(prefix="refineg-ray-")) / f"{stage}.part.jsonl"
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
+        rows = [json.loads(line) for line in batch["text"]]
+        meta: dict[str, Any] = {}
+        if self.stage == "predict":
+            results = self.pipeline.tag([sample_from_dict(r["item"]) for r in rows], each=True)
+        else:
+            items = [result_from_dict(r["item"]) for r in rows]
+            earlier = [result_from_dict(r["earlier"]) for r in rows if r.get("earlier")]
+            backend = self.pipeline.backend()
+            before = backend.meter.snapshot()
+            results, summary = self.pipeline.run_mllm_chunk(
+                self.stage, items, earlier, self.part, self.health
+            )
+            meta = {
+                "summary": summary.to_json(),
+                "usage": (backend.meter.snapshot() - before).as_dict(),
+            }
+        out = [json.dumps(sample_to_dict(r), ensure_ascii=False) for r in results]
+        notes = [""] * len(out)
+        if out:
+            notes[0] = json.dumps(meta)
+        return {"result": out, "meta": notes}
+
+    def __del__(self) -> None:
+        self.pipeline.close()
+
+
+class RayEngine:
+    """Chunks fanned out to Ray Data actor pools; results come back in input order."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self.settings = pipeline.config.engine
+        self.ray = _ray()
+        self._usage: dict[str, Counter] = {}
+        if not self.ray.is_initialized():
+            self.ray.init(
+                address=self.settings.address,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+            )
+        context = self.ray.data.DataContext.get_current()
+        context.execution_options.preserve_order = True
+        context.enable_progress_bars = False
+        self.payload = worker_config(pipeline.config)
+
+    # ------------------------------------------------------------------ stages
+    def tag(self, chunks: Iterator[list[Sample]]) -> Iterator[list[SampleResult]]:
+        rows = ({"item": sample_to_dict(s)} for chunk in chunks for s in chunk)
+        for results, _ in self._map("predict", rows, self.settings.tagger_actors, gpus=True):
+            yield results
+
+    def mllm(
+        self, stage: str, chunks: Iterator[MllmChunk]
+    ) -> Iterator[tuple[list[SampleResult], StageSummary]]:
+        self._usage[stage] = Counter()
+
+        def rows() -> Iterator[dict[str, Any]]:
+            for items, earlier in chunks:
+                by_id = {r.id: r for r in earlier}
+                for item in items:
+                    done = by_id.get(item.id)
+                    yield {
+                        "item": sample_to_dict(item),
+                        "earlier": sample_to_dict(done) if done else None,
+                    }
+
+        for results, metas in self._map(stage, rows(), self.settings.mllm_actors, gpus=False):
+            summary = StageSummary(stage)
+            for meta in metas:
+                summary.merge(StageSummary.from_json(meta["summary"]))
+                self._usage[stage].update(
+                    {k: v for k, v in meta["usage"].items() if isinstance(v, int | float)}
+                )
+            yield results, summary
+
+    def usage(self, stage: str) -> dict[str, Any]:
+        return dict(self._usage.get(stage, {}))
+
+    # ---------------------------------------------------------------- plumbing
+    def _map(
+        self, stage: str, rows: Iterable[dict[str, Any]], actors: int, *, gpus: bool
+    ) -> Iterator[tuple[list[SampleResult], list[dict[str, Any]]]]:
+        """Write ``rows`` as shards, run them through a pool of ``actors`` ChunkWorkers,
+        and yield each chunk's results (in order) with the metas its batches sent."""
+        size = self.settings.chunk_size
+        shards = self._write_shards(stage, rows, size)
+        if not shards:
+            return
+        try:
+            ds = self.ray.data.read_text([str(p) for p in shards]).map_batches(
+                ChunkWorker,
+                fn_constructor_args=(self.payload, stage),
+                batch_size=size,
+                concurrency=actors,
+                num_cpus=self.settings.num_cpus,
+                num_gpus=self.settings.num_gpus if gpus else 0,
+                batch_format="numpy",
+            )
+            results: list[SampleResult] = []
+            metas: list[dict[str, Any]] = []
+            for batch in _unwrapped(ds.iter_batches(batch_size=size, batch_format="numpy")):
+                for line, note in zip(batch["result"], batch["meta"], strict=True):
+                    results.append(result_from_dict(json.loads(line)))
+                    if note:
+                        meta = json.loads(note)
+                        if meta:
+                            metas.append(meta)
+                yield results, metas
+                results, metas = [], []
+        finally:
+            shutil.rmtree(shards[0].parent, ignore_errors=True)
+
+    def _write_shards(self, stage: str, rows: Iterable[dict[str, Any]], size: int) -> list[Path]:
+        folder = self.pipeline.run_dir / "engine" / stage
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        shards: list[Path] = []
+        fh = None
+        try:
+            for i, row in enumerate(rows):
+                if i % size == 0:
+                    if fh is not None:
+                        fh.close()
+                    shards.append(folder / f"part-{len(shards):06d}.jsonl")
+                    fh = shards[-1].open("w", encoding="utf-8")
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        finally:
+            if fh is not None:
+                fh.close()
+        return shards
+
+
+def worker_config(config) -> str:
+    """The run's config as the actors rebuild it: every path absolute (a worker's
+    working directory is not the driver's)."""
+    from refineg_core.config import _resolve_paths
+
+    copy = config.model_copy(deep=True)
+    _resolve_paths(copy, Path.cwd())
+    return copy.model_dump_json()
+
+
+def _unwrapped(batches: Iterator[Any]) -> Iterator[Any]:
+    """Ray's batches; an error raised in an actor comes back as the refineg error it was."""
+    try:
+        yield from batches
+    except Exception as exc:
+        cause: BaseException | None = exc
+        while cause is not None:
+            if isinstance(cause, RefinegError):
+                raise cause from None
+            cause = getattr(cause, "cause", None) or cause.__cause__
+        raise
