@@ -24,12 +24,13 @@ SOURCE_RULE = "rule"
 
 @attrs.frozen
 class Box:
-    """An axis-aligned box in pixels of the *original* image."""
+    """An axis-aligned box in pixels of the *original* image (floats, however made:
+    a box reads and writes the same whether it came from an answer or a file)."""
 
-    x1: float
-    y1: float
-    x2: float
-    y2: float
+    x1: float = attrs.field(converter=float)
+    y1: float = attrs.field(converter=float)
+    x2: float = attrs.field(converter=float)
+    y2: float = attrs.field(converter=float)
 
     def __attrs_post_init__(self) -> None:
         values = (self.x1, self.y1, self.x2, self.y2)

@@ -117,9 +117,7 @@ def test_ray_engine_final_equals_the_local_engine_on_500_dev_tweets(data500, tmp
         run(tmp_path, "local", config(root, server.base_url, local), *engine)
         local_calls = len(server.chat_requests)
         remote = tmp_path / "ray"
-        done = run(
-            tmp_path, "ray", config(root, server.base_url, remote), *ray_engine, "--engine", "ray"
-        )
+        run(tmp_path, "ray", config(root, server.base_url, remote), *ray_engine, "--engine", "ray")
         ray_calls = len(server.chat_requests) - local_calls
 
     assert lines(remote / "final.jsonl") == lines(local / "final.jsonl")
@@ -139,7 +137,12 @@ def test_ray_engine_final_equals_the_local_engine_on_500_dev_tweets(data500, tmp
     assert "engine" not in {p.name for p in remote.iterdir()} or not any(
         (remote / "engine").rglob("*.jsonl")
     ), "the Ray input shards were left behind"
-    assert "ray" in done.stderr.lower() or summary["stages"]["predict"]["samples"] == 500
+    for stage in ("predict", "refine", "ground"):  # Ray worker processes did the work
+        engine = summary["stages"][stage]["engine"]
+        assert engine["kind"] == "ray" and engine["worker_processes"] >= 1, engine
+        assert engine["batches"] >= 500 // 64, engine
+    local_summary = json.loads((local / "summary.json").read_text())
+    assert local_summary["stages"]["predict"]["engine"] == {"kind": "local"}
 
 
 def test_small_chunks_and_a_budget_give_the_same_outputs_as_one_chunk(data120, tmp_path):

@@ -14,14 +14,14 @@ from __future__ import annotations
 import itertools
 import xml.etree.ElementTree as ET
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import attrs
 
 from refineg_core.errors import DataError
 from refineg_core.formats.base import Dataset, DatasetFormat
-from refineg_core.formats.conll import conll_lines, parse_conll, sentence_to_sample
+from refineg_core.formats.conll import conll_lines, iter_conll, sentence_to_sample
 from refineg_core.formats.images import IMAGE_FAILURE, resolve_image
 from refineg_core.formats.paths import child_path
 from refineg_core.interfaces import PluginOptions
@@ -139,13 +139,25 @@ def read_twitter_gmner(
     limit: int | None = None,
 ) -> Dataset:
     """Read a Twitter-GMNER split; ``xml_dir`` defaults to ``<split dir>/xml``."""
+    warnings: list[str] = []
+    tweets = iter_twitter_gmner(path, warnings, xml_dir=xml_dir, images_dir=images_dir)
+    samples = tuple(itertools.islice(tweets, limit))
+    return Dataset(samples, tuple(warnings), str(path))
+
+
+def iter_twitter_gmner(
+    path: Path | str,
+    warnings: list[str],
+    *,
+    xml_dir: Path | str | None = None,
+    images_dir: Path | str | None = None,
+) -> Iterator[Sample]:
+    """``read_twitter_gmner`` one tweet at a time (the corpus stages stream it)."""
     path = Path(path)
     img_root = Path(images_dir) if images_dir else None
-    warnings: list[str] = []
     xml_root = _xml_dir(path, xml_dir, warnings)
     seen: Counter[str] = Counter()
-    samples: list[Sample] = []
-    for sent in itertools.islice(parse_conll(path), limit):
+    for sent in iter_conll(path):
         where = f"{path}:{sent.line}"
         if sent.image_id is None:
             raise DataError("sentence without an IMGID: line", where=where)
@@ -175,8 +187,7 @@ def read_twitter_gmner(
             )
         if failure:
             sample = attrs.evolve(sample, meta={**sample.meta, IMAGE_FAILURE: failure})
-        samples.append(sample)
-    return Dataset(tuple(samples), tuple(warnings), str(path))
+        yield sample
 
 
 def _voc_xml(sample: Sample) -> str:
@@ -251,6 +262,13 @@ class TwitterGmnerFormat(DatasetFormat):
     def read(self, path: Path, limit: int | None = None) -> Dataset:
         o = self.options
         return read_twitter_gmner(path, xml_dir=o.xml_dir, images_dir=o.images_dir, limit=limit)
+
+    def iter_read(
+        self, path: Path, warnings: list[str], limit: int | None = None
+    ) -> Iterator[Sample]:
+        o = self.options
+        tweets = iter_twitter_gmner(path, warnings, xml_dir=o.xml_dir, images_dir=o.images_dir)
+        return itertools.islice(tweets, limit)
 
     def write(self, samples: Iterable[Sample], path: Path) -> None:
         write_twitter_gmner(samples, path)

@@ -7,13 +7,13 @@ hands those ids to the caller, so the Twitter reader is a thin layer on top.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import attrs
 
 from refineg_core.errors import DataError
-from refineg_core.formats.base import Dataset, read_text_file
+from refineg_core.formats.base import Dataset
 from refineg_core.labels import spans_to_tags, split_tag, tags_to_spans
 from refineg_core.types import Entity, Sample
 
@@ -28,28 +28,56 @@ class RawSentence:
 
 def parse_conll(path: Path) -> list[RawSentence]:
     """Split a CoNLL file into sentences; a malformed line is an error with file:line."""
-    text = read_text_file(path)
-    sentences: list[RawSentence] = []
+    return list(iter_conll(path))
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """The file's lines, numbered, read one at a time; bad bytes name the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("file not found", where=str(path))
+    lineno = 0
+    with path.open("rb") as fh:
+        for raw in fh:
+            try:
+                text = raw.decode("utf-8-sig" if lineno == 0 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    f"not valid UTF-8 (byte 0x{raw[exc.start]:02x}); convert the file to UTF-8",
+                    where=f"{path}:{lineno + 1}",
+                ) from None
+            # the line breaks str.splitlines knows (a lone \r too), numbered as before
+            for line in text.splitlines() or [""]:
+                lineno += 1
+                yield lineno, line
+
+
+def iter_conll(path: Path) -> Iterator[RawSentence]:
+    """``parse_conll`` one sentence at a time (a corpus larger than memory streams)."""
     tokens: list[str] = []
     tags: list[str] = []
     image_id: str | None = None
     first_line = 0
 
-    def flush() -> None:
+    def flush() -> RawSentence | None:
         nonlocal tokens, tags, image_id
+        sent = None
         if tokens:
-            sentences.append(RawSentence(tuple(tokens), tuple(tags), image_id, first_line))
+            sent = RawSentence(tuple(tokens), tuple(tags), image_id, first_line)
         elif image_id is not None:
             raise DataError(f"IMGID:{image_id} has no tokens", where=f"{path}:{first_line}")
         tokens, tags, image_id = [], [], None
+        return sent
 
-    for lineno, raw in enumerate(text.splitlines(), start=1):
+    for lineno, raw in _lines(path):
         line = raw.rstrip("\r\n")
         if not line.strip():
-            flush()
+            if sent := flush():
+                yield sent
             continue
         if line.startswith("IMGID:"):
-            flush()
+            if sent := flush():
+                yield sent
             image_id = line[len("IMGID:") :].strip()
             first_line = lineno
             continue
@@ -71,8 +99,8 @@ def parse_conll(path: Path) -> list[RawSentence]:
             first_line = first_line if image_id is not None else lineno
         tokens.append(token)
         tags.append(tag)
-    flush()
-    return sentences
+    if sent := flush():
+        yield sent
 
 
 def sentence_to_sample(

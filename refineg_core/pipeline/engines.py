@@ -37,6 +37,12 @@ class Engine(Protocol):
     def usage(self, stage: str) -> dict[str, Any]:
         """Backend usage spent outside this process's meter during ``stage``."""
 
+    def report(self, stage: str) -> dict[str, Any]:
+        """What the engine did for ``stage`` (for the run summary)."""
+
+    def close(self) -> None:
+        """Release what the engine started."""
+
 
 class LocalEngine:
     """Chunks processed one after another in this process (the default)."""
@@ -58,6 +64,12 @@ class LocalEngine:
 
     def usage(self, stage: str) -> dict[str, Any]:
         return {}
+
+    def report(self, stage: str) -> dict[str, Any]:
+        return {"kind": "local"}
+
+    def close(self) -> None:
+        pass
 
 
 def build_engine(pipeline: Pipeline) -> Engine:

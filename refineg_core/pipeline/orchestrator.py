@@ -104,7 +104,10 @@ class Pipeline:
 
     # -------------------------------------------------------------- lifecycle
     def close(self) -> None:
-        """Close every plugin the run built (idempotent)."""
+        """Close every plugin the run built, and the engine (idempotent)."""
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
         self.context.close()
 
     def __enter__(self) -> Pipeline:
@@ -497,6 +500,7 @@ class Pipeline:
         data = self._gate_counts(iter_results(out), resumed=bool(done))
         if gate.budget is not None:
             data["capped_by_budget"] = capped
+        data["engine"] = self.engine().report("predict")
         data = self._record("predict", data, started)
         hooks.stage_finished("predict", data)
         return StageOutput("predict", out)
@@ -709,7 +713,8 @@ class Pipeline:
         spent.update(backend.report())
         for key, value in self.engine().usage(stage).items():
             spent[key] = spent.get(key, 0) + value
-        self._record(stage, {**summary.as_dict(), "backend": spent}, started)
+        report = self.engine().report(stage)
+        self._record(stage, {**summary.as_dict(), "backend": spent, "engine": report}, started)
         return StageOutput(stage, out)
 
     def run_mllm_chunk(

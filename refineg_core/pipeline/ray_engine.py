@@ -18,6 +18,7 @@ storage every node sees.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from collections import Counter
@@ -61,7 +62,7 @@ class ChunkWorker:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
         rows = [json.loads(line) for line in batch["text"]]
-        meta: dict[str, Any] = {}
+        meta: dict[str, Any] = {"pid": os.getpid()}
         if self.stage == "predict":
             results = self.pipeline.tag([sample_from_dict(r["item"]) for r in rows], each=True)
         else:
@@ -72,10 +73,8 @@ class ChunkWorker:
             results, summary = self.pipeline.run_mllm_chunk(
                 self.stage, items, earlier, self.part, self.health
             )
-            meta = {
-                "summary": summary.to_json(),
-                "usage": (backend.meter.snapshot() - before).as_dict(),
-            }
+            meta["summary"] = summary.to_json()
+            meta["usage"] = (backend.meter.snapshot() - before).as_dict()
         out = [json.dumps(sample_to_dict(r), ensure_ascii=False) for r in results]
         notes = [""] * len(out)
         if out:
@@ -94,7 +93,10 @@ class RayEngine:
         self.settings = pipeline.config.engine
         self.ray = _ray()
         self._usage: dict[str, Counter] = {}
-        if not self.ray.is_initialized():
+        self._workers: dict[str, set[int]] = {}
+        self._batches: Counter = Counter()
+        self._started_ray = not self.ray.is_initialized()
+        if self._started_ray:
             self.ray.init(
                 address=self.settings.address,
                 include_dashboard=False,
@@ -109,7 +111,8 @@ class RayEngine:
     # ------------------------------------------------------------------ stages
     def tag(self, chunks: Iterator[list[Sample]]) -> Iterator[list[SampleResult]]:
         rows = ({"item": sample_to_dict(s)} for chunk in chunks for s in chunk)
-        for results, _ in self._map("predict", rows, self.settings.tagger_actors, gpus=True):
+        for results, metas in self._map("predict", rows, self.settings.tagger_actors, gpus=True):
+            self._note_workers("predict", metas)
             yield results
 
     def mllm(
@@ -129,6 +132,7 @@ class RayEngine:
 
         for results, metas in self._map(stage, rows(), self.settings.mllm_actors, gpus=False):
             summary = StageSummary(stage)
+            self._note_workers(stage, metas)
             for meta in metas:
                 summary.merge(StageSummary.from_json(meta["summary"]))
                 self._usage[stage].update(
@@ -138,6 +142,22 @@ class RayEngine:
 
     def usage(self, stage: str) -> dict[str, Any]:
         return dict(self._usage.get(stage, {}))
+
+    def close(self) -> None:
+        """Stop the local Ray this run started (a cluster it joined keeps running)."""
+        if self._started_ray and self.ray.is_initialized():
+            self.ray.shutdown()
+
+    def report(self, stage: str) -> dict[str, Any]:
+        return {
+            "kind": "ray",
+            "batches": self._batches[stage],
+            "worker_processes": len(self._workers.get(stage, ())),
+        }
+
+    def _note_workers(self, stage: str, metas: list[dict[str, Any]]) -> None:
+        self._batches[stage] += len(metas)
+        self._workers.setdefault(stage, set()).update(m["pid"] for m in metas)
 
     # ---------------------------------------------------------------- plumbing
     def _map(
@@ -165,9 +185,7 @@ class RayEngine:
                 for line, note in zip(batch["result"], batch["meta"], strict=True):
                     results.append(result_from_dict(json.loads(line)))
                     if note:
-                        meta = json.loads(note)
-                        if meta:
-                            metas.append(meta)
+                        metas.append(json.loads(note))
                 yield results, metas
                 results, metas = [], []
         finally:
