@@ -237,3 +237,18 @@ def test_an_mllm_stage_retries_only_what_failed_chunk_by_chunk(data120, tmp_path
         # what is left is only the tweets the server answers with prose, not the outage
         kinds = {f.kind for r in results for f in r.failures if f.stage == stage}
         assert kinds <= {"no_json"}, kinds
+
+
+def test_ray_engine_reports_an_unreachable_required_backend_like_the_local_one(data120, tmp_path):
+    """An actor's StageUnavailable comes back as the same one-line error and exit 3."""
+    pytest.importorskip("ray", reason="pip install 'refineg[ray]'")
+    root, _ = data120
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(config(root, "http://127.0.0.1:9/v1", tmp_path / "run"), encoding="utf-8")
+    args = ["--set", "engine.num_cpus=0.25", "--set", "backend.options.timeout=2"]
+    assert run_cli(["train", "-c", str(cfg)]).code == 0
+    local = run_cli(["run", "-c", str(cfg), *args])
+    remote = run_cli(["run", "-c", str(cfg), *args, "--engine", "ray"])
+    assert local.code == remote.code == 3, (local.stderr, remote.stderr)
+    errors = [line for line in remote.stderr.splitlines() if line.startswith("refineg: error:")]
+    assert len(errors) == 1 and "127.0.0.1:9" in errors[0], remote.stderr

@@ -61,6 +61,14 @@ class ChunkWorker:
         self.part = Path(tempfile.mkdtemp(prefix="refineg-ray-")) / f"{stage}.part.jsonl"
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
+        try:
+            return self._process(batch)
+        except RefinegError as exc:
+            # Ray would wrap it beyond recognition; the driver raises it again as it was
+            error = {"class": type(exc).__name__, "message": str(exc)}
+            return {"result": [""], "meta": [json.dumps({"pid": os.getpid(), "error": error})]}
+
+    def _process(self, batch: dict[str, Any]) -> dict[str, list[str]]:
         rows = [json.loads(line) for line in batch["text"]]
         meta: dict[str, Any] = {"pid": os.getpid()}
         if self.stage == "predict":
@@ -181,11 +189,14 @@ class RayEngine:
             )
             results: list[SampleResult] = []
             metas: list[dict[str, Any]] = []
-            for batch in _unwrapped(ds.iter_batches(batch_size=size, batch_format="numpy")):
+            for batch in ds.iter_batches(batch_size=size, batch_format="numpy"):
                 for line, note in zip(batch["result"], batch["meta"], strict=True):
+                    meta = json.loads(note) if note else None
+                    if meta and "error" in meta:
+                        raise _as_raised(meta["error"])
                     results.append(result_from_dict(json.loads(line)))
-                    if note:
-                        metas.append(json.loads(note))
+                    if meta:
+                        metas.append(meta)
                 yield results, metas
                 results, metas = [], []
         finally:
@@ -221,14 +232,14 @@ def worker_config(config) -> str:
     return copy.model_dump_json()
 
 
-def _unwrapped(batches: Iterator[Any]) -> Iterator[Any]:
-    """Ray's batches; an error raised in an actor comes back as the refineg error it was."""
-    try:
-        yield from batches
-    except Exception as exc:
-        cause: BaseException | None = exc
-        while cause is not None:
-            if isinstance(cause, RefinegError):
-                raise cause from None
-            cause = getattr(cause, "cause", None) or cause.__cause__
-        raise
+def _as_raised(error: dict[str, str]) -> RefinegError:
+    """The refineg error an actor met, rebuilt with its class and message."""
+    from refineg_core import errors
+
+    cls = getattr(errors, error.get("class", ""), None)
+    if not (isinstance(cls, type) and issubclass(cls, RefinegError)):
+        cls = RefinegError
+    exc = cls.__new__(cls)
+    Exception.__init__(exc, error.get("message", "a Ray worker failed"))
+    exc.where = None
+    return exc
