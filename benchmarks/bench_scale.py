@@ -1,9 +1,11 @@
 """Corpus scale: wall time and peak memory of ``refineg`` on 10k-200k posts (issue 10).
 
-Synthetic corpora repeat the Twitter-GMNER dev split with new unique ids (and
-the same texts, gold entities and boxes), written once as native JSONL into a
-cache folder outside git. Every post points at one of a few painted images, so
-the ground stage has pixels to send. Each measured row is one fresh
+Synthetic corpora repeat the Twitter-GMNER dev split with new unique ids (the
+same texts plus the id as a last ``#p0000042`` token, the same gold entities
+and boxes), written once as native JSONL into a cache folder outside git.
+Every post points at one of ``--images`` painted images (used in turn), so the
+ground stage has pixels to send and, with the unique token, no request is
+answered from the run's response cache. Each measured row is one fresh
 ``refineg`` subprocess (the CLI as a user runs it, so the script measures
 whatever engine the installed code has); a poller sums the RSS of the process
 and all its descendants every 50 ms and keeps the peak of that sum.
@@ -58,7 +60,7 @@ HERE = Path(__file__).resolve().parent
 TWITTER = DATA / "twitter-gmner"
 REFINEG = Path(sys.executable).with_name("refineg")
 #: Bump when the corpus layout changes, so a stale cache is never reused.
-CORPUS_VERSION = 1
+CORPUS_VERSION = 2
 SKIP_RAY = "ray: skipped, engine not available in this build"
 
 
@@ -79,10 +81,20 @@ def paint_images(folder: Path, dev: list[Sample], count: int) -> list[ImageRef]:
 
 
 def repeated(dev: list[Sample], n: int, images: list[ImageRef]) -> Iterator[Sample]:
-    """``n`` posts: dev over and over, each with a new id and one of ``images``."""
+    """``n`` posts: dev over and over, each with a new id, one of ``images`` and its id
+    as a last hashtag token, so no two posts send the same MLLM request (a repeated
+    request would be answered by the run's response cache, which real posts never are)."""
     for i in range(n):
         s = dev[i % len(dev)]
-        yield attrs.evolve(s, id=f"p{i:07d}", image=images[i % len(images)], meta={})
+        sid = f"p{i:07d}"
+        yield attrs.evolve(
+            s,
+            id=sid,
+            tokens=(*s.tokens, f"#{sid}"),
+            text=f"{s.text} #{sid}",
+            image=images[i % len(images)],
+            meta={},
+        )
 
 
 def corpus(work: Path, n: int, n_images: int) -> Path:
@@ -309,7 +321,7 @@ def responder_for(dev: list[Sample]):
     by_text = {s.text: s for s in dev}
 
     def respond(req):
-        s = by_text.get(query_text(req.text))
+        s = by_text.get(query_text(req.text).rsplit(" #p", 1)[0])
         items = [
             {"entity": e.text, "type": e.type, "boxes": [[10, 10, 60, 60]]}
             for e in (s.entities if s else ())
@@ -541,7 +553,13 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=HERE / "results" / "scale.json")
     ap.add_argument("--repeats", type=int, default=1, help="interleaved rounds over all rows")
     ap.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the children")
-    ap.add_argument("--images", type=int, default=8, help="distinct painted images")
+    ap.add_argument(
+        "--images",
+        type=int,
+        default=300,
+        help="distinct painted images, used in turn (more than the openai backend's "
+        "256-entry encoded-image cache, so every request encodes its image as with real posts)",
+    )
     ap.add_argument("--bert-train", type=int, default=500, help="train tweets for bert_crf")
     ap.add_argument("--latency", type=float, default=0.05, help="fake server latency (s)")
     ap.add_argument("--concurrency", type=int, default=16, help="backend concurrency")
