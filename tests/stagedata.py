@@ -8,6 +8,7 @@ size the sample's XML declares.
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 
 import tomllib
@@ -81,3 +82,40 @@ def oracle(gold_by_text):
         return fake_openai.ok("Reasoning: looked at it.\n```json\n" + json.dumps(items) + "\n```")
 
     return respond
+
+
+def gazetteer_config(
+    root: Path, base_url: str, run_dir: Path, *, refine="auto", ground="auto"
+) -> str:
+    """A run of the example gazetteer tagger + entropy gate + openai backend on
+    ``root``/{train,dev} (Twitter-GMNER files) with images in ``root``/images."""
+
+    def switch(v):
+        return json.dumps(v) if isinstance(v, str) else str(v).lower()
+
+    return textwrap.dedent(f'''
+        run_dir = "{run_dir}"
+        {TWITTER_LABELS_TOML}
+        [data.train]
+        path = "{root}/train/train.txt"
+        [data.predict]
+        path = "{root}/dev/dev.txt"
+        images_dir = "{root}/images"
+        [stages]
+        refine = {switch(refine)}
+        ground = {switch(ground)}
+        [tagger]
+        plugin = "gazetteer"
+        [uncertainty.options]
+        threshold = 0.4
+        [backend]
+        plugin = "openai"
+        [backend.options]
+        base_url = "{base_url}"
+        model = "fake-model"
+        concurrency = 4
+        retries = 0
+        timeout = 10
+        [ground]
+        k = 0
+    ''')

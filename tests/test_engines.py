@@ -10,7 +10,6 @@ Twitter-GMNER dev tweets with painted images.
 from __future__ import annotations
 
 import json
-import textwrap
 import zlib
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from refineg_core.formats.native import read_results
 from refineg_core.pipeline.fingerprint import StageStore, read_record
 from refineg_core.testing import run_cli
 from refineg_core.testing.fake_openai import FakeOpenAIServer, drop, ok
-from tests.stagedata import TWITTER_LABELS_TOML, oracle, paint_image, query_text
+from tests.stagedata import gazetteer_config, oracle, paint_image, query_text
 
 pytest.importorskip("refineg_gazetteer", reason="pip install -e examples/refineg-gazetteer")
 
@@ -67,32 +66,7 @@ def mostly_oracle(gold_by_text):
 
 
 def config(root: Path, base_url: str, run_dir: Path) -> str:
-    return textwrap.dedent(f'''
-        run_dir = "{run_dir}"
-        {TWITTER_LABELS_TOML}
-        [data.train]
-        path = "{root}/train/train.txt"
-        [data.predict]
-        path = "{root}/dev/dev.txt"
-        images_dir = "{root}/images"
-        [stages]
-        refine = true
-        ground = true
-        [tagger]
-        plugin = "gazetteer"
-        [uncertainty.options]
-        threshold = 0.4
-        [backend]
-        plugin = "openai"
-        [backend.options]
-        base_url = "{base_url}"
-        model = "fake-model"
-        concurrency = 4
-        retries = 0
-        timeout = 20
-        [ground]
-        k = 0
-    ''')
+    return gazetteer_config(root, base_url, run_dir, refine=True, ground=True)
 
 
 def run(tmp_path: Path, name: str, text: str, *args: str):
@@ -252,3 +226,22 @@ def test_ray_engine_reports_an_unreachable_required_backend_like_the_local_one(d
     assert local.code == remote.code == 3, (local.stderr, remote.stderr)
     errors = [line for line in remote.stderr.splitlines() if line.startswith("refineg: error:")]
     assert len(errors) == 1 and "127.0.0.1:9" in errors[0], remote.stderr
+
+
+def test_a_torn_last_line_is_cut_reading_only_the_tail(tmp_path):
+    """A stage file is appended chunk by chunk for hours: opening it for the next
+    chunk repairs a torn tail of any length without reading the whole file."""
+    from refineg_core.pipeline.runner import JsonlAppender
+
+    path = tmp_path / "s.jsonl"
+    whole = '{"id": "a"}\n' * 3
+    for torn, expected in (
+        ("", whole),  # whole: untouched
+        ('{"id": "b", "text": "' + "x" * 200_000, whole),  # torn across many tail blocks
+    ):
+        path.write_text(whole + torn, encoding="utf-8")
+        JsonlAppender(path).close()
+        assert path.read_text(encoding="utf-8") == expected
+    path.write_text("x" * 70_000, encoding="utf-8")  # no whole line at all
+    JsonlAppender(path).close()
+    assert path.read_bytes() == b""

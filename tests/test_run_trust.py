@@ -11,7 +11,6 @@ server run on real tweets.
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,8 @@ from refineg_core.pipeline.stagekit import needs_retry
 from refineg_core.registry import registered
 from refineg_core.testing import run_cli
 from refineg_core.testing.fake_openai import FakeOpenAIServer, drop, error, ok
-from tests.stagedata import TWITTER_LABELS_TOML, oracle, paint_image, query_text
+from tests.stagedata import gazetteer_config as config
+from tests.stagedata import oracle, paint_image, query_text
 
 pytest.importorskip("refineg_gazetteer", reason="pip install -e examples/refineg-gazetteer")
 
@@ -42,38 +42,6 @@ def data(tmp_path_factory):
     for i, s in enumerate(dev):
         paint_image(root / "images" / f"{s.image.image_id}.jpg", s.image.size or (400, 300), i)
     return root, {s.text: s for s in dev}
-
-
-def config(root: Path, base_url: str, run_dir: Path, *, refine="auto", ground="auto") -> str:
-    def switch(v):
-        return json.dumps(v) if isinstance(v, str) else str(v).lower()
-
-    return textwrap.dedent(f'''
-        run_dir = "{run_dir}"
-        {TWITTER_LABELS_TOML}
-        [data.train]
-        path = "{root}/train/train.txt"
-        [data.predict]
-        path = "{root}/dev/dev.txt"
-        images_dir = "{root}/images"
-        [stages]
-        refine = {switch(refine)}
-        ground = {switch(ground)}
-        [tagger]
-        plugin = "gazetteer"
-        [uncertainty.options]
-        threshold = 0.4
-        [backend]
-        plugin = "openai"
-        [backend.options]
-        base_url = "{base_url}"
-        model = "fake-model"
-        concurrency = 4
-        retries = 0
-        timeout = 10
-        [ground]
-        k = 0
-    ''')
 
 
 def write_config(tmp_path: Path, text: str, name: str = "c.toml") -> Path:

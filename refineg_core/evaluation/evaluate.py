@@ -7,8 +7,7 @@ with no prediction at all counts as all-missed and is listed in the report.
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -239,35 +238,44 @@ def evaluate(
 
 def evaluate_stream(
     gold: Callable[[], Iterable[Sample]],
-    predicted: Callable[[], Iterable[Prediction]],
+    predicted: Mapping[str, Callable[[], Iterable[Prediction]]],
     *,
     iou_threshold: float = 0.5,
-) -> EvaluationReport | None:
-    """``evaluate`` over two streams in the same order (a stage file beside the data
-    it was made from), holding one pair at a time; None when gold has no entity.
+) -> dict[str, EvaluationReport] | None:
+    """``evaluate`` of several prediction streams (stage files) against one gold
+    stream, all in the same order, in one pass holding one sample at a time; None
+    when gold has no entity.
 
     When the streams do not pair up id by id, or a plugin adds metrics (which
-    see the whole set), both are loaded and scored by ``evaluate`` instead.
+    see the whole set), everything is loaded and scored by ``evaluate`` instead.
     """
     _check_iou(iou_threshold)
-    hooks = get_hooks()
-    if hooks.has_extra_metrics():
+    if get_hooks().has_extra_metrics():
         return _whole(gold, predicted, iou_threshold)
-    scoring = _Scoring(iou_threshold, False)
+    names = list(predicted)
+    scorings = {name: _Scoring(iou_threshold, False) for name in names}
+    streams = [iter(predicted[name]()) for name in names]
     seen: set[str] = set()
-    pairs = itertools.zip_longest(gold(), predicted())
-    for g, pred in pairs:
-        if g is None or pred is None or g.id != pred.id or g.id in seen:
+    end = object()
+    for g in gold():
+        preds = [next(stream, end) for stream in streams]
+        if g.id in seen or any(p is end or p.id != g.id for p in preds):
             return _whole(gold, predicted, iou_threshold)
         seen.add(g.id)
-        scoring.add(g, pred)
-    if not scoring.gold_entities:
+        for name, pred in zip(names, preds, strict=True):
+            scorings[name].add(g, pred)
+    if any(next(stream, end) is not end for stream in streams):
+        return _whole(gold, predicted, iou_threshold)
+    if not seen or not next(iter(scorings.values())).gold_entities:
         return None
-    return scoring.report(scoring.n_gold, {})
+    return {name: sc.report(sc.n_gold, {}) for name, sc in scorings.items()}
 
 
-def _whole(gold, predicted, iou_threshold: float) -> EvaluationReport | None:
+def _whole(gold, predicted, iou_threshold: float) -> dict[str, EvaluationReport] | None:
     gold_samples = list(gold())
     if not any(s.entities for s in gold_samples):
         return None
-    return evaluate(gold_samples, list(predicted()), iou_threshold=iou_threshold)
+    return {
+        name: evaluate(gold_samples, list(stream()), iou_threshold=iou_threshold)
+        for name, stream in predicted.items()
+    }

@@ -786,27 +786,9 @@ class Pipeline:
         """Write the final outputs in every format and evaluate against gold (each a
         streamed pass over the last stage's results)."""
         self.prepare_run_dir()
-        written = write_outputs(results, self.run_dir)
-        final = dict.fromkeys(
-            (
-                "samples",
-                "entities",
-                "with_boxes",
-                "judged_not_groundable",
-                "grounding_not_attempted",
-                "samples_with_failures",
-                "failures",
-            ),
-            0,
-        )
-        for r in results:
-            final["samples"] += 1
-            final["entities"] += len(r.entities)
-            final["with_boxes"] += sum(1 for e in r.entities if e.boxes)
-            final["judged_not_groundable"] += sum(1 for e in r.entities if e.boxes == ())
-            final["grounding_not_attempted"] += sum(1 for e in r.entities if e.boxes is None)
-            final["samples_with_failures"] += bool(r.failures)
-            final["failures"] += len(r.failures)
+        counts = FinalCounts()
+        written = write_outputs(results, self.run_dir, observe=counts.add)
+        final: dict[str, Any] = counts.as_dict()
         final["outputs"] = {fmt: str(path) for fmt, path in written.paths.items()}
         if written.overlaps_dropped:
             final["twitter_overlaps_dropped"] = written.overlaps_dropped
@@ -821,31 +803,29 @@ class Pipeline:
 
     def evaluate_stages(self) -> None:
         """Score each stage file against gold. Gold that is the predict data itself is
-        streamed beside the stage file (both in input order); other gold is loaded."""
-        source = self._source("gold")
-        if source is None:
+        streamed once beside every stage file (all in input order); other gold is loaded."""
+        if self._source("gold") is None:
             return
         from refineg_core.evaluation import evaluate, evaluate_stream
 
-        report: dict[str, Any] = {}
-        gold: Dataset | None = None
-        streamed = self.config.data.gold is None
-        for stage in ("predict", "refine", "ground"):
-            path = self.run_dir / f"{stage}.jsonl"
-            if not path.exists():
-                continue
-            if streamed:
-                metrics = evaluate_stream(
-                    lambda: self.iter_samples("gold"), lambda p=path: iter_results(p)
-                )
-            else:
-                gold = gold or self.dataset("gold")
-                metrics = evaluate(list(gold.samples), read_results(path))
-            if metrics is None:  # no gold entities: nothing to score
-                return
-            report[stage] = metrics.to_dict()
-        if not report:
+        paths = {
+            stage: self.run_dir / f"{stage}.jsonl"
+            for stage in ("predict", "refine", "ground")
+            if (self.run_dir / f"{stage}.jsonl").exists()
+        }
+        if not paths:
             return
+        if self.config.data.gold is None:
+            streams = {stage: (lambda p=path: iter_results(p)) for stage, path in paths.items()}
+            metrics = evaluate_stream(lambda: self.iter_samples("gold"), streams)
+        else:
+            gold = list(self.require("gold").samples)
+            metrics = None
+            if any(s.entities for s in gold):
+                metrics = {stage: evaluate(gold, read_results(p)) for stage, p in paths.items()}
+        if metrics is None:  # no gold entities: nothing to score
+            return
+        report = {stage: m.to_dict() for stage, m in metrics.items()}
         (self.run_dir / "eval.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
         self.summary["eval"] = {
             stage: {k: v.get("f1") for k, v in m.items() if isinstance(v, dict) and "f1" in v}
@@ -857,6 +837,31 @@ class Pipeline:
         (self.run_dir / "summary.json").write_text(
             secrets.scrub(json.dumps(self.summary, indent=2, default=str)), encoding="utf-8"
         )
+
+
+@attrs.define
+class FinalCounts:
+    """What ``summary.json`` says about the final results, counted as they stream by."""
+
+    samples: int = 0
+    entities: int = 0
+    with_boxes: int = 0
+    judged_not_groundable: int = 0
+    grounding_not_attempted: int = 0
+    samples_with_failures: int = 0
+    failures: int = 0
+
+    def add(self, r: SampleResult) -> None:
+        self.samples += 1
+        self.entities += len(r.entities)
+        self.with_boxes += sum(1 for e in r.entities if e.boxes)
+        self.judged_not_groundable += sum(1 for e in r.entities if e.boxes == ())
+        self.grounding_not_attempted += sum(1 for e in r.entities if e.boxes is None)
+        self.samples_with_failures += bool(r.failures)
+        self.failures += len(r.failures)
+
+    def as_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
 
 
 def _count(items: Iterable[Any]) -> int:

@@ -9,7 +9,8 @@ counted, instead of failing at the end of a long run.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import shutil
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import attrs
@@ -70,27 +71,58 @@ def write_outputs(
     results: Iterable[SampleResult],
     out_dir: Path,
     formats: Iterable[str] = ("jsonl", "ccks", "twitter"),
+    *,
+    observe: Callable[[SampleResult], None] | None = None,
 ) -> Written:
     """Write ``results`` into ``out_dir`` in each requested format. ``results`` is
-    read once per format (a stage's output streams from its file each time)."""
+    read once per format (a stage's output streams from its file each time; the
+    native JSONL of a stage file is copied, not re-read); ``observe`` sees every
+    result once."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if iter(results) is results:  # a one-shot iterator cannot be read per format
         results = list(results)
+    formats = list(formats)
+    unknown = [f for f in formats if f not in FORMAT_FILES]
+    if unknown:
+        raise ValueError(f"unknown output format {unknown[0]!r}; known: {', '.join(FORMAT_FILES)}")
     paths: dict[str, Path] = {}
     dropped = 0
+    observed = observe is None
     for fmt in formats:
-        if fmt not in FORMAT_FILES:
-            raise ValueError(f"unknown output format {fmt!r}; known: {', '.join(FORMAT_FILES)}")
         path = out_dir / FORMAT_FILES[fmt]
         path.parent.mkdir(parents=True, exist_ok=True)
+        if fmt == "jsonl" and getattr(results, "path", None) is not None:
+            _copy(results.path, path)
+            paths[fmt] = path
+            continue
+        # a one-pass writer observes; the Twitter writer reads its input twice
+        watch = not observed and fmt != "twitter"
+        stream = _observed(results, observe) if watch else results
+        observed = observed or watch
         if fmt == "jsonl":
-            write_jsonl(results, path)
+            write_jsonl(stream, path)
         elif fmt == "ccks":
-            format_plugin("ccks").write(as_samples(results), path)
+            format_plugin("ccks").write(as_samples(stream), path)
         else:
-            flat = FlatSamples(results)
+            flat = FlatSamples(stream)
             format_plugin("twitter-gmner").write(flat, path)
             dropped = flat.dropped
         paths[fmt] = path
+    if not observed:
+        for r in results:
+            observe(r)
     return Written(paths, dropped)
+
+
+def _observed(results: Iterable[SampleResult], observe) -> Iterator[SampleResult]:
+    for r in results:
+        observe(r)
+        yield r
+
+
+def _copy(source: Path, target: Path) -> None:
+    """Copy a stage file atomically (a reader never sees half of it)."""
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.copyfile(source, tmp)
+    tmp.replace(target)

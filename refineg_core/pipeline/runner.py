@@ -10,6 +10,7 @@ keeps the item's entities.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import traceback
@@ -106,11 +107,26 @@ class JsonlAppender:
         self._fh = self.path.open("a", encoding="utf-8")
 
     def _repair_tail(self) -> None:
+        """Cut a torn last line, reading only the file's tail (stage files are big)."""
         if not self.path.exists():
             return
-        data = self.path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            self.path.write_bytes(data[: data.rfind(b"\n") + 1])
+        with self.path.open("rb+") as fh:
+            end = fh.seek(0, os.SEEK_END)
+            if end == 0:
+                return
+            fh.seek(end - 1)
+            if fh.read(1) == b"\n":
+                return
+            pos = end
+            while pos > 0:
+                start = max(0, pos - (1 << 16))
+                fh.seek(start)
+                newline = fh.read(pos - start).rfind(b"\n")
+                if newline >= 0:
+                    fh.truncate(start + newline + 1)
+                    return
+                pos = start
+            fh.truncate(0)
 
     def write_record(self, record: dict[str, Any]) -> None:
         line = secrets.scrub(json.dumps(record, ensure_ascii=False))

@@ -39,9 +39,11 @@ class Match:
 class Gazetteer:
     entries: Mapping[tuple[str, ...], Mapping[str, int]]
     case_sensitive: bool
+    #: The longest name in tokens (computed once: ``matches`` runs per sentence).
+    max_len: int = attrs.field(init=False)
 
-    @property
-    def max_len(self) -> int:
+    @max_len.default
+    def _max_len(self) -> int:
         return max((len(k) for k in self.entries), default=0)
 
     def key(self, tokens: Iterable[str]) -> tuple[str, ...]:
