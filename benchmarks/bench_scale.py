@@ -369,15 +369,11 @@ def projected_too_big(row: Row, done: dict[str, list[dict]], limit_mb: float) ->
         for r in done.get(f"{row.kind}-{row.engine}", [])
         if r.get("exit_code") == 0 and r["size"] < row.size
     )
-    if not points:
+    if len(points) < 2:  # one point cannot tell fixed cost (a Ray runtime) from growth
         return None
-    if len(points) == 1:
-        (n1, m1) = points[0]
-        guess = m1 * row.size / n1 if n1 else m1  # nothing to fit: assume proportional
-    else:
-        (n0, m0), (n1, m1) = points[-2], points[-1]
-        slope = max(0.0, (m1 - m0) / (n1 - n0))
-        guess = m1 + slope * (row.size - n1)
+    (n0, m0), (n1, m1) = points[-2], points[-1]
+    slope = max(0.0, (m1 - m0) / (n1 - n0))
+    guess = m1 + slope * (row.size - n1)
     return guess if guess > limit_mb else None
 
 

@@ -124,6 +124,15 @@ class EngineConfig(StrictModel):
     num_cpus: float = Field(1.0, gt=0, description="Ray: CPUs reserved per actor")
     num_gpus: float = Field(0.0, ge=0, description="Ray: GPUs per tagger actor")
 
+    @pydantic.field_validator("kind")
+    @classmethod
+    def _engine_installed(cls, kind: str) -> str:
+        import importlib.util
+
+        if kind == "ray" and importlib.util.find_spec("ray") is None:
+            raise ValueError("the ray engine needs Ray Data: pip install 'refineg[ray]'")
+        return kind
+
 
 class Config(StrictModel):
     run_dir: Path = Path("runs/default")

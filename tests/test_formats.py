@@ -178,3 +178,16 @@ def test_jsonl_bad_line_is_located(tmp_path):
     path.write_text('{"id": "a", "tokens": ["x"]}\n{oops\n', encoding="utf-8")
     with pytest.raises(DataError, match=r"x.jsonl:2: invalid JSON"):
         read_jsonl(path)
+
+
+def test_a_repeated_id_is_found_with_its_first_line_far_apart():
+    """The reader's duplicate check keeps ~12 bytes per id (a corpus streams), and
+    still names the first line of an id seen more than a merge batch earlier."""
+    from refineg_core.formats.ids import _BATCH, SeenIds
+
+    seen = SeenIds()
+    n = 2 * _BATCH + 10
+    assert all(seen.add(f"p{i}", i + 1) is None for i in range(n))
+    assert seen.add("p5", n + 1) == 6  # in the merged, sorted part
+    assert seen.add(f"p{n - 1}", n + 2) == n  # still in the recent part
+    assert seen.add("new", n + 3) is None

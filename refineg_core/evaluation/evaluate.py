@@ -15,6 +15,7 @@ import attrs
 from refineg_core.errors import DataError, RefinegError
 from refineg_core.evaluation.matching import Counts, Item, count_sample, normalize_name
 from refineg_core.evaluation.report import EvaluationReport, Score, TypeScore
+from refineg_core.formats.ids import SeenIds
 from refineg_core.hooks import Hooks, get_hooks
 from refineg_core.types import Box, Entity, Sample, SampleResult
 
@@ -255,18 +256,18 @@ def evaluate_stream(
     names = list(predicted)
     scorings = {name: _Scoring(iou_threshold, False) for name in names}
     streams = [iter(predicted[name]()) for name in names]
-    seen: set[str] = set()
+    seen = SeenIds()
     end = object()
-    for g in gold():
+    for n, g in enumerate(gold(), start=1):
         preds = [next(stream, end) for stream in streams]
-        if g.id in seen or any(p is end or p.id != g.id for p in preds):
+        if seen.add(g.id, n) is not None or any(p is end or p.id != g.id for p in preds):
             return _whole(gold, predicted, iou_threshold)
-        seen.add(g.id)
         for name, pred in zip(names, preds, strict=True):
             scorings[name].add(g, pred)
     if any(next(stream, end) is not end for stream in streams):
         return _whole(gold, predicted, iou_threshold)
-    if not seen or not next(iter(scorings.values())).gold_entities:
+    first = next(iter(scorings.values()))
+    if not first.n_gold or not first.gold_entities:
         return None
     return {name: sc.report(sc.n_gold, {}) for name, sc in scorings.items()}
 

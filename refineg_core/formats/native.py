@@ -29,6 +29,7 @@ import pydantic
 
 from refineg_core.errors import DataError
 from refineg_core.formats.base import Dataset
+from refineg_core.formats.ids import SeenIds
 from refineg_core.formats.images import IMAGE_FAILURE, check_image, resolve_image
 from refineg_core.formats.paths import inside
 from refineg_core.formats.records import EntityRecord, SampleRecord
@@ -209,15 +210,14 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 def _records(path: Path, build: Callable[[dict[str, Any]], T]) -> Iterator[T]:
     """Each line built with ``build``; an error names the file and line; ids are unique."""
-    first_line: dict[str, int] = {}
+    seen = SeenIds()
     for lineno, record in iter_jsonl(path):
         sid = str(record["id"])
-        if sid in first_line:
+        first = seen.add(sid, lineno)
+        if first is not None:
             raise DataError(
-                f"sample id {sid!r} already used on line {first_line[sid]}",
-                where=f"{path}:{lineno}",
+                f"sample id {sid!r} already used on line {first}", where=f"{path}:{lineno}"
             )
-        first_line[sid] = lineno
         try:
             yield build(record)
         except DataError as exc:

@@ -792,7 +792,7 @@ class Pipeline:
         final["outputs"] = {fmt: str(path) for fmt, path in written.paths.items()}
         if written.overlaps_dropped:
             final["twitter_overlaps_dropped"] = written.overlaps_dropped
-        if final["grounding_not_attempted"]:
+        if final["grounding_not_attempted"] and self.stage_mode("ground") is not False:
             self.log(
                 f"final: {final['grounding_not_attempted']} entities were never grounded "
                 "(boxes: null in final.jsonl); the Twitter and CCKS files cannot say so and "
