@@ -364,11 +364,11 @@ def row_args(row: Row, cfg: Path) -> list[str]:
 def projected_too_big(row: Row, done: dict[str, list[dict]], limit_mb: float) -> float | None:
     """The peak RSS at ``row.size`` extrapolated from the two largest smaller sizes of the
     same kind and engine, when it passes ``limit_mb`` (else None)."""
-    points = sorted(
-        (r["size"], r["peak_rss_mb"])
-        for r in done.get(f"{row.kind}-{row.engine}", [])
-        if r.get("exit_code") == 0 and r["size"] < row.size
-    )
+    peaks: dict[int, float] = {}  # size -> the highest peak of its repetitions
+    for r in done.get(f"{row.kind}-{row.engine}", []):
+        if r.get("exit_code") == 0 and r["size"] < row.size:
+            peaks[r["size"]] = max(peaks.get(r["size"], 0.0), r["peak_rss_mb"])
+    points = sorted(peaks.items())
     if not points:
         return None
     if len(points) == 1:
@@ -440,11 +440,13 @@ def measure(args) -> dict:
         done: dict[str, list[dict]] = {}
         reps: dict[Row, list[dict]] = {row: [] for row in rows}
         skipped: dict[Row, str] = {}
+        limit_mb = args.max_rss_gb * 1024
         for rep in range(args.repeats):  # interleaved: every row once per round
             for row in rows:
                 if row in skipped:
                     continue
-                guess = projected_too_big(row, done, args.max_rss_gb * 1024)
+                # a size measured in an earlier round is measured again, never skipped
+                guess = None if reps[row] else projected_too_big(row, done, limit_mb)
                 if guess is not None:
                     skipped[row] = (
                         f"skipped: peak RSS projected at {guess / 1024:.1f} GB from the "
