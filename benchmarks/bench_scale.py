@@ -8,7 +8,9 @@ ground stage has pixels to send and, with the unique token, no request is
 answered from the run's response cache. Each measured row is one fresh
 ``refineg`` subprocess (the CLI as a user runs it, so the script measures
 whatever engine the installed code has); a poller sums the RSS of the process
-and all its descendants every 50 ms and keeps the peak of that sum.
+and all its descendants every 50 ms and keeps the peak of that sum (pages
+shared between processes, such as Ray's object store, count once per process
+that maps them, so a multi-process engine's sum is an upper bound).
 
 Rows (each for engine ``local``, and ``ray`` when the CLI lists ``--engine``):
 
@@ -347,15 +349,18 @@ def plan_rows(args, ray: dict[str, bool]) -> list[Row]:
     sizes = {"gazetteer": args.sizes, "bert_crf": args.bert_sizes, "ground": args.ground_sizes}
     rows = []
     for kind in args.parts:
-        command = "run" if kind == "ground" else "predict"
-        engines = ["local"] + (["ray"] if ray[command] else [])
+        engines = ["local"] + (["ray"] if ray[command_of(kind)] else [])
         rows += [Row(kind, n, e) for e in engines for n in sorted(sizes[kind])]
     return rows
 
 
+def command_of(kind: str) -> str:
+    """The CLI command a row kind runs: ground needs the whole ``run``."""
+    return "run" if kind == "ground" else "predict"
+
+
 def row_args(row: Row, cfg: Path) -> list[str]:
-    command = "run" if row.kind == "ground" else "predict"
-    args = [command, "-c", str(cfg)]
+    args = [command_of(row.kind), "-c", str(cfg)]
     if row.engine != "local":
         args += ["--engine", row.engine]
     return args
@@ -364,11 +369,11 @@ def row_args(row: Row, cfg: Path) -> list[str]:
 def projected_too_big(row: Row, done: dict[str, list[dict]], limit_mb: float) -> float | None:
     """The peak RSS at ``row.size`` extrapolated from the two largest smaller sizes of the
     same kind and engine, when it passes ``limit_mb`` (else None)."""
-    points = sorted(
-        (r["size"], r["peak_rss_mb"])
-        for r in done.get(f"{row.kind}-{row.engine}", [])
-        if r.get("exit_code") == 0 and r["size"] < row.size
-    )
+    peaks: dict[int, float] = {}  # size -> the highest peak of its repetitions
+    for r in done.get(f"{row.kind}-{row.engine}", []):
+        if r.get("exit_code") == 0 and r["size"] < row.size:
+            peaks[r["size"]] = max(peaks.get(r["size"], 0.0), r["peak_rss_mb"])
+    points = sorted(peaks.items())
     if len(points) < 2:  # one point cannot tell fixed cost (a Ray runtime) from growth
         return None
     (n0, m0), (n1, m1) = points[-2], points[-1]
@@ -386,8 +391,9 @@ def measure(args) -> dict:
         flush=True,
     )
     ray = {cmd: engines_offered(cmd) for cmd in ("predict", "run")}
-    if not all(ray.values()):
-        print(SKIP_RAY, flush=True)
+    for command, offered in ray.items():
+        if not offered:
+            print(f"refineg {command}: {SKIP_RAY}", flush=True)
     taggers = train_taggers(work, env, args)
     dev = list(load_dataset(TWITTER / "dev.txt", "twitter-gmner").samples)
     rows = plan_rows(args, ray)
@@ -397,7 +403,7 @@ def measure(args) -> dict:
         "torch_threads": threads,
         "cpu_count": os.cpu_count(),
         "memory_total_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "ray": "available" if all(ray.values()) else SKIP_RAY,
+        "ray": {cmd: "available" if offered else SKIP_RAY for cmd, offered in ray.items()},
         "repeats": args.repeats,
         "fake_server": {"latency_s": args.latency, "concurrency": args.concurrency, "k": 0},
         "images": args.images,
@@ -436,11 +442,13 @@ def measure(args) -> dict:
         done: dict[str, list[dict]] = {}
         reps: dict[Row, list[dict]] = {row: [] for row in rows}
         skipped: dict[Row, str] = {}
+        limit_mb = args.max_rss_gb * 1024
         for rep in range(args.repeats):  # interleaved: every row once per round
             for row in rows:
                 if row in skipped:
                     continue
-                guess = projected_too_big(row, done, args.max_rss_gb * 1024)
+                # a size measured in an earlier round is measured again, never skipped
+                guess = None if reps[row] else projected_too_big(row, done, limit_mb)
                 if guess is not None:
                     skipped[row] = (
                         f"skipped: peak RSS projected at {guess / 1024:.1f} GB from the "
@@ -478,8 +486,8 @@ def measure(args) -> dict:
             )
         entry["runs"] = reps[row]
         doc["rows"].append(entry)
-    if not ray["predict"]:
-        for kind in args.parts:
+    for kind in args.parts:
+        if not ray[command_of(kind)]:
             doc["rows"].append({"kind": kind, "engine": "ray", "skipped": SKIP_RAY})
     doc["rss_ratios"] = rss_ratios(doc["rows"])
     doc["load_at_end"] = [round(x, 2) for x in os.getloadavg()]
