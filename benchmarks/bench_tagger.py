@@ -8,7 +8,8 @@ so peak memory is per part):
 - ``curve``: low-resource curve (100 / 500 / 1000 tweets, several seeds), with
   and without the word-shape (casing) features.
 - ``ccks``: 5-fold CV on the 500 gold CCKS sentences, gold folds alone vs gold
-  folds + synthetic sentences that do not mention a held-out entity name.
+  folds + synthetic sentences that do not mention a held-out entity name; the
+  ``gold-matched`` setting is gold alone at the same optimiser steps.
 - ``report``: write the Tagger section of ``benchmarks/RESULTS.md`` from the JSON.
 
 Speed (section 4: inference back-ends vs the transformers pipeline, training
