@@ -8,7 +8,8 @@ so peak memory is per part):
 - ``curve``: low-resource curve (100 / 500 / 1000 tweets, several seeds), with
   and without the word-shape (casing) features.
 - ``ccks``: 5-fold CV on the 500 gold CCKS sentences, gold folds alone vs gold
-  folds + synthetic sentences that do not mention a held-out entity name.
+  folds + synthetic sentences that do not mention a held-out entity name; the
+  ``gold-matched`` setting is gold alone at the same optimiser steps.
 - ``report``: write the Tagger section of ``benchmarks/RESULTS.md`` from the JSON.
 
 Speed (section 4: inference back-ends vs the transformers pipeline, training
@@ -55,11 +56,12 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def write(part: str, doc: dict) -> None:
+def write(part: str, doc: dict, out: str | None = None) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     doc["command"] = "nice -n 10 python benchmarks/bench_tagger.py " + " ".join(sys.argv[1:])
     doc["threads"] = torch.get_num_threads()
-    (RESULTS / f"tagger_{part}.json").write_text(json.dumps(doc, indent=2), encoding="utf-8")
+    path = Path(out) if out else RESULTS / f"tagger_{part}.json"
+    path.write_text(json.dumps(doc, indent=2), encoding="utf-8")
     print(json.dumps({k: v for k, v in doc.items() if k != "runs"}, indent=2)[:3000])
 
 
@@ -210,6 +212,16 @@ def _name_pattern(names: set[str]) -> re.Pattern | None:
     return re.compile(r"(?<!\w)(?:" + "|".join(parts) + r")(?!\w)", re.IGNORECASE)
 
 
+def _repeat_to(samples: list, n: int, rng: random.Random) -> list:
+    """``samples`` repeated to exactly ``n`` items: whole copies, then a random remainder.
+
+    Trained for the same epochs, a gold set stretched to the size of gold +
+    synthetic gets the same optimiser steps and learning-rate schedule.
+    """
+    whole, rest = divmod(n, len(samples))
+    return samples * whole + rng.sample(samples, rest)
+
+
 def part_ccks(args) -> None:
     gold = list(load_dataset(DATA / "ccks-aug" / "gold-500.conll").samples)
     synth_all = load_dataset(DATA / "ccks-aug" / "synthetic-10k.conll").samples
@@ -221,32 +233,61 @@ def part_ccks(args) -> None:
     order = list(range(len(gold)))
     random.Random(args.seed).shuffle(order)
     folds = [order[k :: args.folds] for k in range(args.folds)]
-    runs = []
-    for k, held in enumerate(folds):
-        test = [gold[i] for i in held]
-        train = [gold[i] for i in order if i not in set(held)]
+    fold_ids = args.fold_ids if args.fold_ids is not None else list(range(args.folds))
+    if not set(fold_ids) <= set(range(args.folds)):
+        raise SystemExit(f"--fold-ids {fold_ids} outside 0..{args.folds - 1}")
+    wanted = args.settings.split(",")
+    runs: list[dict] = []
+    skipped: list[dict] = []
+    for k in fold_ids:
+        held = set(folds[k])
+        test = [gold[i] for i in folds[k]]
+        train = [gold[i] for i in order if i not in held]
         pattern = _name_pattern({e.text for s in test for e in s.entities})
         clean = [s for s in synth if pattern is None or not pattern.search(s.text)]
         if args.synthetic_with_entities:  # drop the flawed untagged sentences (see data README)
             clean = [s for s in clean if s.entities]
-        picked = random.Random(args.seed + k).sample(clean, min(args.synthetic_size, len(clean)))
-        settings = [
-            ("gold", train, args.gold_epochs),
-            ("gold+synthetic", train + picked, args.synth_epochs),
-        ]
-        for setting, data, ep in (x for x in settings if x[0] in args.settings.split(",")):
+        pools = {
+            "gold+synthetic": clean,
+            "gold+synthetic-with-entities": [s for s in clean if s.entities],
+        }
+        jobs = [("gold", train, args.gold_epochs, 0)] if "gold" in wanted else []
+        for size in args.synthetic_size:
+            ep = _epochs_for(args.synth_epochs, size)
+            mixes = []
+            for setting, pool in pools.items():
+                if setting not in wanted:
+                    continue
+                if len(pool) < size:  # a smaller run under this size's name would mislead
+                    skipped.append({"fold": k, "setting": setting, "size": size, "pool": len(pool)})
+                    print(f"fold {k}: {setting} skipped, {len(pool)} < {size}", flush=True)
+                    continue
+                mixes.append((setting, train + random.Random(args.seed + k).sample(pool, size)))
+            paired = [s for s in pools if s in wanted]
+            if "gold-matched" in wanted and (mixes or not paired):
+                # gold alone, stretched to the size of gold+synthetic: same steps and schedule
+                rng = random.Random(f"gold-matched:{args.seed}:{k}:{size}")
+                jobs.append(("gold-matched", _repeat_to(train, len(train) + size, rng), ep, size))
+            jobs += [(setting, data, ep, size) for setting, data in mixes]
+        for setting, data, ep, size in jobs:
             tagger = BertCrfTagger(opts(args, epochs=ep, seed=args.seed), CCKS_TYPES)
             t0 = time.perf_counter()
-            tagger.fit(data, None)
+            fit = tagger.fit(data, None)
             scores, _ = evaluate(tagger, test)
             runs.append(
                 {
                     "fold": k,
                     "setting": setting,
+                    "synthetic_requested": size,
+                    "synthetic_used": len(data) - len(train) if "synthetic" in setting else 0,
                     "train_sentences": len(data),
-                    "synthetic_available": len(clean),
+                    "distinct_train_sentences": len({s.text for s in data}),
+                    "synthetic_available": len(pools["gold+synthetic-with-entities"])
+                    if setting == "gold+synthetic-with-entities"
+                    else len(clean),
                     "synthetic_removed_for_leakage": len(synth) - len(clean),
                     "epochs": ep,
+                    "steps": fit["steps"],
                     "f1": scores["f1"],
                     "precision": scores["precision"],
                     "recall": scores["recall"],
@@ -257,28 +298,47 @@ def part_ccks(args) -> None:
                 }
             )
             print(runs[-1], flush=True)
+            _write_ccks(args, runs, skipped, synth)  # after every run: a cut grid keeps its folds
+
+
+def _epochs_for(spec: int | dict[int, int], size: int) -> int:
+    if isinstance(spec, int):
+        return spec
+    if size not in spec:
+        raise SystemExit(f"--synth-epochs names no epochs for synthetic size {size}")
+    return spec[size]
+
+
+def _write_ccks(args, runs: list[dict], skipped: list[dict], synth: list) -> None:
+    keys = ("setting", "synthetic_requested")
+    many = len(args.synthetic_size) > 1  # one size: pooled keys as before (the report reads them)
     pooled = {}
-    for setting in sorted({r["setting"] for r in runs}):
-        rs = [r for r in runs if r["setting"] == setting]
+    for key in sorted({tuple(r[x] for x in keys) for r in runs}):
+        rs = [r for r in runs if tuple(r[x] for x in keys) == key]
         tp, g, p = (sum(r[x] for r in rs) for x in ("tp", "gold", "pred"))
         prec, rec = (tp / p if p else 0.0), (tp / g if g else 0.0)
-        pooled[setting] = {
+        pooled[f"{key[0]}@{key[1]}" if many and key[1] else key[0]] = {
             "micro_f1": 2 * prec * rec / (prec + rec) if prec + rec else 0.0,
             "precision": prec,
             "recall": rec,
+            "folds": len(rs),
         }
-    write(
-        "ccks" + args.suffix,
-        {
-            "runs": runs,
-            "summary": summarise(runs, ("setting",)),
-            "pooled": pooled,
-            "synthetic_with_entities_only": args.synthetic_with_entities,
-            "synthetic_unique": len(synth),
-            "synthetic_size": args.synthetic_size,
-            "peak_rss_mb": peak_rss_mb(),
-        },
-    )
+    doc = {
+        "runs": runs,
+        "skipped": skipped,
+        "summary": summarise(runs, keys),
+        "pooled": pooled,
+        "synthetic_with_entities_only": args.synthetic_with_entities,
+        "synthetic_unique": len(synth),
+        "synthetic_size": args.synthetic_size
+        if len(args.synthetic_size) > 1
+        else args.synthetic_size[0],
+        "folds": args.folds,
+        "fold_ids": sorted({r["fold"] for r in runs}),
+        "batch_size": args.batch_size,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+    write("ccks" + args.suffix, doc, args.out)
 
 
 # --------------------------------------------------------------------------- report
@@ -371,7 +431,10 @@ def main() -> None:
     ap.add_argument(
         "--settings",
         default="gold,gold+synthetic",
-        help="ccks: which settings to train (comma-separated)",
+        help="ccks: which settings to train (comma-separated): gold (--gold-epochs); "
+        "gold+synthetic, gold+synthetic-with-entities (only synthetic sentences that have "
+        "an entity) and gold-matched (all --synth-epochs; gold-matched = the gold sentences "
+        "repeated to the size of gold+synthetic: same optimiser steps and lr schedule)",
     )
     ap.add_argument(
         "--synthetic-with-entities",
@@ -379,13 +442,28 @@ def main() -> None:
         help="ccks: use only synthetic sentences that have at least one entity",
     )
     ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument(
+        "--fold-ids",
+        default=None,
+        type=lambda s: [int(x) for x in s.split(",") if x],
+        help="ccks: train and test only these folds of the --folds split (e.g. 0,1,2)",
+    )
+    ap.add_argument(
+        "--out", default=None, help="results JSON path (default: results/tagger_<part>.json)"
+    )
     ap.add_argument("--gold-epochs", type=int, default=8)
-    ap.add_argument("--synth-epochs", type=int, default=3)
+    ap.add_argument(
+        "--synth-epochs",
+        default=3,
+        type=lambda s: dict(map(int, x.split(":")) for x in s.split(",")) if ":" in s else int(s),
+        help="ccks: epochs of gold+synthetic and gold-matched runs, or size:epochs pairs",
+    )
     ap.add_argument(
         "--synthetic-size",
-        type=int,
-        default=1200,
-        help="synthetic sentences sampled per fold (after the leakage filter)",
+        default=[1200],
+        type=lambda s: [int(x) for x in s.split(",") if x],
+        help="ccks: synthetic sentences sampled per fold after the leakage filter "
+        "(comma-separated sizes: one gold+synthetic run per size)",
     )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
