@@ -17,6 +17,7 @@ from typing import Any
 
 from refineg_core.errors import DataError
 from refineg_core.formats.base import Dataset, DatasetFormat, read_text_file
+from refineg_core.formats.ids import SeenIds
 from refineg_core.formats.images import IMAGE_FAILURE, resolve_image
 from refineg_core.interfaces import PluginOptions
 from refineg_core.labels import find_token_spans, tokenize
@@ -179,12 +180,13 @@ def write_ccks(samples: Iterable[Sample], path: Path | str) -> None:
     """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    seen: set[str] = set()
+    seen = SeenIds()
+    written = 0
     try:
         with tmp.open("w", encoding="utf-8") as fh:
             fh.write("{")
             for s in samples:
-                if s.id in seen:
+                if seen.add(s.id, written + 1) is not None:
                     raise DataError(f"sample id {s.id!r} occurs twice", where=str(path))
                 rows = [
                     {
@@ -198,10 +200,10 @@ def write_ccks(samples: Iterable[Sample], path: Path | str) -> None:
                     for box in e.boxes or (None,)
                 ]
                 body = json.dumps(rows, ensure_ascii=False, indent=1).replace("\n", "\n ")
-                fh.write(("," if seen else "") + f"\n {json.dumps(s.id, ensure_ascii=False)}: ")
+                fh.write(("," if written else "") + f"\n {json.dumps(s.id, ensure_ascii=False)}: ")
                 fh.write(body)
-                seen.add(s.id)
-            fh.write("\n}" if seen else "}")
+                written += 1
+            fh.write("\n}" if written else "}")
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
