@@ -262,8 +262,8 @@ def test_a_cached_export_loads_only_the_head_and_predicts_as_torch(exported, ref
 
 
 @needs_ort
-def test_a_cached_export_loads_without_transformers_model_code(exported, tmp_path, reference):
-    """A fresh process: the tagger predicts without importing the BERT model classes."""
+def test_a_cached_export_loads_without_importing_transformers(exported, tmp_path, reference):
+    """A fresh process: the tagger predicts without importing transformers at all."""
     _, ref = reference
     out = tmp_path / "tags.txt"
     script = (
@@ -273,9 +273,7 @@ def test_a_cached_export_loads_without_transformers_model_code(exported, tmp_pat
         "samples = load_dataset(sys.argv[1], limit=120).samples[60:100]\n"
         f"t = BertCrfTagger.load({str(exported)!r}, {{'inference': 'onnx'}})\n"
         "tags = [p.tags for p in t.predict(samples)]\n"
-        "heavy = [m for m in sys.modules if m.startswith('transformers.models.bert.modeling')]\n"
-        "assert not heavy, heavy\n"
-        "assert 'transformers.modeling_utils' not in sys.modules\n"
+        "assert 'transformers' not in sys.modules  # tokenizer from the cached backend\n"
         f"open({str(out)!r}, 'w').write(repr(tags))\n"
     )
     path = os.pathsep.join([str(ROOT), str(ROOT / "plugins")])
@@ -313,6 +311,21 @@ def test_a_head_only_tagger_builds_its_encoder_when_something_needs_it(
     )
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
+    resaved = BertCrfTagger.load(tmp_path / "resaved", {"inference": "onnx"})
+    assert _compare(ref, resaved.predict(samples))[1] < 1e-4
+
+
+@needs_ort
+def test_a_damaged_tokenizer_cache_falls_back_to_transformers(exported, reference, caplog):
+    samples, ref = reference
+    (meta,) = (exported / inference.CACHE_DIR).glob("encoder-meta.*.json")
+    meta.write_text('{"version": 1, "tokenizer_json": ')
+    with caplog.at_level("WARNING", logger="refineg_bert_crf.encoder_meta"):
+        tagger = BertCrfTagger.load(exported, {"inference": "onnx"})
+    assert "unreadable tokenizer cache" in caplog.text
+    assert type(tagger.tokenizer).__name__ != "RustTokenizer"
+    assert _compare(ref, tagger.predict(samples))[1] < 1e-4
+    assert BertCrfTagger.load(exported, {"inference": "onnx"}).encoder_config is None  # rewritten
 
 
 @needs_ort

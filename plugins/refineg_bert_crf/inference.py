@@ -145,6 +145,27 @@ def quantize_int8(encoder: nn.Module) -> nn.Module:
         return quantize_dynamic(copy.deepcopy(encoder).cpu().eval(), {nn.Linear}, dtype=torch.qint8)
 
 
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run the block with ``n`` torch threads (the previous count is restored).
+
+    Why: with the encoder in ONNX Runtime (its own thread pool), torch only runs
+    the head on tiny tensors (a batch of words x a few tags). More than one
+    OpenMP thread there buys nothing and leaves torch's threads spinning on the
+    cores ONNX Runtime needs for the next batch; on 2 shared cores that cost
+    more than the CRF itself (benchmarks/RESULTS.md section 4).
+    """
+    before = torch.get_num_threads()
+    if before == n:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 # --------------------------------------------------------------------- ONNX
 class _HiddenStates(nn.Module):
     """The encoder with positional inputs and one tensor output (what the exporter needs)."""

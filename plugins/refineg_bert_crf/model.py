@@ -212,11 +212,10 @@ class BertCrfModel(nn.Module):
                 rows.append(ids)
                 firsts.append(first)
         seq = max(len(r) for r in rows)
-        input_ids = torch.full((len(rows), seq), pad_id, dtype=torch.long)
-        attn = torch.zeros((len(rows), seq), dtype=torch.long)
-        for i, r in enumerate(rows):
-            input_ids[i, : len(r)] = torch.tensor(r)
-            attn[i, : len(r)] = 1
+        # Padded Python lists -> one tensor each (per-row tensor writes cost more than
+        # the CRF at inference speed).
+        input_ids = torch.tensor([r + [pad_id] * (seq - len(r)) for r in rows], dtype=torch.long)
+        attn = torch.tensor([[1] * len(r) + [0] * (seq - len(r)) for r in rows], dtype=torch.long)
         if encode is None:
             if self.encoder is None:
                 raise RuntimeError("this model holds no PyTorch encoder: pass encode=")
@@ -227,16 +226,15 @@ class BertCrfModel(nn.Module):
             hidden = encode(input_ids.to(device), attn.to(device)).to(device)
         flat = hidden.reshape(-1, hidden.shape[-1])
         n_max = max(s.n_words for s in batch)
-        index = torch.zeros((len(batch), n_max), dtype=torch.long)
-        mask = torch.zeros((len(batch), n_max), dtype=torch.bool)
+        index: list[list[int]] = []
         w_base = 0
-        for b, sent in enumerate(batch):
+        for sent in batch:
             owners = owner_of_words(sent.windows, sent.n_words)
-            for word, (w_idx, pos) in enumerate(owners):
-                index[b, word] = (w_base + w_idx) * seq + firsts[w_base + w_idx][pos]
-            mask[b, : sent.n_words] = True
+            row = [(w_base + w) * seq + firsts[w_base + w][pos] for w, pos in owners]
+            index.append(row + [0] * (n_max - len(row)))
             w_base += len(sent.windows)
-        vectors = flat[index.to(device)]
+        mask = torch.tensor([[True] * s.n_words + [False] * (n_max - s.n_words) for s in batch])
+        vectors = flat[torch.tensor(index, dtype=torch.long).to(device)]
         return vectors, mask.to(device)
 
     def emissions(
@@ -250,8 +248,8 @@ class BertCrfModel(nn.Module):
         vectors, mask = self.word_vectors(batch, prefix, suffix, pad_id, encode)
         if self.shape_embedding is not None:
             n_max = vectors.shape[1]
-            shapes = torch.zeros((len(batch), n_max), dtype=torch.long)
-            for b, sent in enumerate(batch):
-                shapes[b, : sent.n_words] = torch.tensor(sent.shapes)
+            shapes = torch.tensor(
+                [list(s.shapes) + [0] * (n_max - s.n_words) for s in batch], dtype=torch.long
+            )
             vectors = torch.cat([vectors, self.shape_embedding(shapes.to(vectors.device))], dim=-1)
         return self.emission(self.dropout(vectors)), mask

@@ -28,6 +28,7 @@ miss, ``fit``, ``save``, MC-dropout passes).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -42,7 +43,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from refineg_bert_crf import ensemble, inference, verify
+from refineg_bert_crf import encoder_meta, ensemble, inference, verify
 from refineg_bert_crf.encoders import KNOWN, resolve_encoder
 from refineg_bert_crf.model import (
     ENCODER_PREFIX,
@@ -90,6 +91,9 @@ def _numpy(t: torch.Tensor | None) -> np.ndarray | None:
 def _rows(p: np.ndarray) -> np.ndarray:
     """Renormalise marginal rows (float32 forward-backward sums drift by ~1e-6)."""
     return p / p.sum(axis=-1, keepdims=True)
+
+
+_sha256 = verify.sha256_file  # the name tests and older callers import
 
 
 def _stamp(directory: Path) -> Path:
@@ -184,6 +188,8 @@ class BertCrfTagger(Tagger):
         #: (saved directory, weights SHA-256) while the model is head-only: the
         #: encoder tensors wait in that weights file (see :meth:`torch_encoder`).
         self._deferred: tuple[Path, str] | None = None
+        #: The saved ``encoder/`` folder of a loaded tagger (config and tokenizer files).
+        self._encoder_dir: Path | None = None
 
     # ----------------------------------------------------------------- building
     def _device(self) -> torch.device:
@@ -222,31 +228,65 @@ class BertCrfTagger(Tagger):
                 where="tagger.options.encoder",
             )
         self.encoder_config = config
-        constraints = (
-            BertCrfModel.constraints_for(self.label_names, o.scheme)
-            if o.constrain_transitions
-            else None
-        )
         self.members = []
         for k in range(members):
             if k:  # member 0 uses the encoder loaded above (and the caller's seed)
                 if pretrained:
                     set_seed(o.seed + k)
                 encoder = build_encoder(encoder_dir, config, pretrained=pretrained)
-            self.members.append(
-                BertCrfModel(
-                    encoder,
-                    len(self.label_names),
-                    hidden_size=config.hidden_size,
-                    constraints=constraints,
-                    dropout=o.dropout,
-                    use_shape_features=o.use_shape_features,
-                    shape_dim=o.shape_dim,
-                ).to(self._device())
-            )
+            self.members.append(self._new_model(encoder, config.hidden_size))
         self.model = self.members[0]
         self.sentences = SentenceEncoder(
             self.tokenizer, o.max_length, getattr(config, "max_position_embeddings", None)
+        )
+
+    def _assemble_from_meta(self, meta: encoder_meta.EncoderMeta) -> None:
+        """A single head-only model and the cached tokenizer backend: no transformers
+        import (the real tokenizer and config are loaded if ``save`` or training
+        needs them, :meth:`_transformers_parts`)."""
+        self.tokenizer = encoder_meta.RustTokenizer(meta)
+        self.encoder_config = None
+        self.members = [self._new_model(None, meta.hidden_size)]
+        self.model = self.members[0]
+        self.sentences = SentenceEncoder(
+            self.tokenizer, self.options.max_length, meta.max_position_embeddings
+        )
+
+    def _new_model(self, encoder: nn.Module | None, hidden_size: int) -> BertCrfModel:
+        o = self.options
+        constraints = (
+            BertCrfModel.constraints_for(self.label_names, o.scheme)
+            if o.constrain_transitions
+            else None
+        )
+        return BertCrfModel(
+            encoder,
+            len(self.label_names),
+            hidden_size=hidden_size,
+            constraints=constraints,
+            dropout=o.dropout,
+            use_shape_features=o.use_shape_features,
+            shape_dim=o.shape_dim,
+        ).to(self._device())
+
+    def _transformers_parts(self) -> None:
+        """Load the real transformers tokenizer and encoder config of a tagger that
+        was loaded without them (they are needed to save it or build its encoder)."""
+        if self.encoder_config is not None or self._encoder_dir is None:
+            return
+        from transformers import AutoTokenizer
+
+        folder = str(self._encoder_dir)
+        try:
+            self.encoder_config = make_encoder_config(folder, self.options.dropout)
+            self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        except (OSError, ValueError) as exc:
+            msg = f"cannot load the encoder from {folder}: {exc}"
+            raise TaggerError(msg, where=folder) from None
+        self.sentences = SentenceEncoder(
+            self.tokenizer,
+            self.options.max_length,
+            getattr(self.encoder_config, "max_position_embeddings", None),
         )
 
     def build(self) -> None:
@@ -446,6 +486,7 @@ class BertCrfTagger(Tagger):
             return
         directory, digest = self._deferred
         where = str(directory)
+        self._transformers_parts()
         found = verify.digests(directory, [WEIGHTS], _stamp(directory)).get(WEIGHTS)
         if found != digest:
             raise TaggerError(
@@ -508,7 +549,13 @@ class BertCrfTagger(Tagger):
             m.eval()
         crf = ensemble.mean_crf(members) if n_members > 1 else None
         batches = length_batches(lengths, self.options.eval_batch_size, None)
-        with torch.inference_mode():
+        # Encoder in ONNX Runtime and no PyTorch encoder pass: torch runs only the head.
+        head_threads = (
+            inference.torch_threads(1)
+            if encode is not None and not passes and self.inference_mode in inference.ONNX_MODES
+            else contextlib.nullcontext()
+        )
+        with torch.inference_mode(), head_threads:
             for number, batch in enumerate(bar(batches, desc="predict", unit="batch")):
                 idx = [todo[k] for k in batch]
                 items = [encoded[i] for i in idx]
@@ -582,9 +629,12 @@ class BertCrfTagger(Tagger):
 
     # ----------------------------------------------------------- persistence
     def save(self, directory: Path) -> None:
-        if self.model is None or self.tokenizer is None or self.encoder_config is None:
+        if self.model is None:
             raise TaggerError("nothing to save: the tagger is not trained", where="tagger.save")
         self._attach_encoders()  # before anything is written (it may read this directory)
+        self._transformers_parts()
+        if self.tokenizer is None or self.encoder_config is None:
+            raise TaggerError("nothing to save: the tagger is not trained", where="tagger.save")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         prefixes = (
@@ -652,6 +702,12 @@ class BertCrfTagger(Tagger):
             self.encoder_runner()
         except TaggerError as exc:  # the weights are saved; load() will report it again
             log.warning("saved the tagger, but its inference back-end could not be built: %s", exc)
+            return
+        if self.inference_mode in inference.ONNX_MODES:  # and what loading it then needs
+            encoder_meta.write(
+                directory / inference.CACHE_DIR / encoder_meta.meta_name(files),
+                encoder_meta.from_transformers(self.tokenizer, self.encoder_config),
+            )
 
     @classmethod
     def load(
@@ -715,12 +771,7 @@ class BertCrfTagger(Tagger):
                 where=where,
             )
         tagger.encoder_source = cls._read_json(directory, "encoder.json").get("source")
-        from transformers import AutoConfig
-
-        try:
-            AutoConfig.from_pretrained(str(directory / "encoder"))
-        except (OSError, ValueError) as exc:
-            raise TaggerError(f"encoder/config.json is unreadable: {exc}", where=where) from None
+        tagger._encoder_dir = directory / "encoder"
         members = 1
         origin: list[dict] = []
         if "ensemble.json" in files:
@@ -741,9 +792,27 @@ class BertCrfTagger(Tagger):
             and folder is not None
             and (folder / name).is_file()
         )
-        tagger._assemble(
-            str(directory / "encoder"), pretrained=False, members=members, head_only=head_only
-        )
+        meta_path = folder / encoder_meta.meta_name(files) if folder is not None else None
+        meta = encoder_meta.read(meta_path) if head_only and meta_path is not None else None
+        if meta is not None:  # and the tokenizer cached: transformers is not even imported
+            tagger._assemble_from_meta(meta)
+        else:
+            from transformers import AutoConfig
+
+            try:
+                AutoConfig.from_pretrained(str(directory / "encoder"))
+            except (OSError, ValueError) as exc:
+                raise TaggerError(
+                    f"encoder/config.json is unreadable: {exc}", where=where
+                ) from None
+            tagger._assemble(
+                str(directory / "encoder"), pretrained=False, members=members, head_only=head_only
+            )
+            if head_only and meta_path is not None:  # the next load skips transformers
+                encoder_meta.write(
+                    meta_path,
+                    encoder_meta.from_transformers(tagger.tokenizer, tagger.encoder_config),
+                )
         tagger.member_origin = list(origin)
         try:
             if head_only:
