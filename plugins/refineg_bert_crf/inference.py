@@ -247,15 +247,29 @@ def export_onnx(encoder: nn.Module, path: Path, *, quantize: bool) -> None:
         os.replace(final, path)
 
 
+#: ONNX Runtime session settings beyond threads and graph level. Worker threads
+#: sleep instead of spinning when idle: on 2 cores shared with torch (the head)
+#: and other jobs, spinning workers took the cores the work needed (+28%
+#: sentences/s at 2 threads under load, no change at 1; RESULTS.md section 4).
+SESSION_CONFIG = {"session.intra_op.allow_spinning": "0"}
+
+
 def onnx_session(path: Path, threads: int):
-    """An ONNX Runtime CPU session with ``threads`` intra-op threads (as torch uses)."""
+    """An ONNX Runtime CPU session with ``threads`` intra-op threads (as torch uses).
+
+    Sequential execution (the default) and all graph optimisations; ONNX
+    Runtime's offline BERT optimiser (fused attention) was measured slower here.
+    """
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
+    for key, value in SESSION_CONFIG.items():
+        so.add_session_config_entry(key, value)
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
