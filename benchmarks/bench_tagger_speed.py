@@ -106,9 +106,8 @@ def model_bytes(tagger: BertCrfTagger, directory: Path) -> int:
     mode = tagger.inference_mode
     if mode in inference.ONNX_MODES:
         return sum(p.stat().st_size for p in (directory / inference.CACHE_DIR).glob(f"{mode}.*"))
-    encoder = (
-        tagger.model.encoder if mode == "torch" else inference.quantize_int8(tagger.model.encoder)
-    )
+    encoder = tagger.torch_encoder()
+    encoder = encoder if mode == "torch" else inference.quantize_int8(encoder)
     buf = io.BytesIO()
     torch.save(encoder.state_dict(), buf)
     return buf.tell()
@@ -161,13 +160,13 @@ def part_inference(args) -> None:
         cases = {f"bert_crf+gate [{m}]": ours(t) for m, t in taggers.items()}
         if args.eager:
             eager = BertCrfTagger.load(directory, {"inference": "torch"})
-            eager.runner = inference.torch_runner(inference.eager_copy(eager.model.encoder))
+            eager.runner = inference.torch_runner(inference.eager_copy(eager.torch_encoder()))
             cases["bert_crf+gate [torch, eager attention]"] = ours(eager)
         if args.compile:
             compiled = BertCrfTagger.load(directory, {"inference": "torch"})
             t0 = time.perf_counter()
             compiled.runner = inference.torch_runner(
-                torch.compile(compiled.model.encoder, dynamic=True)
+                torch.compile(compiled.torch_encoder(), dynamic=True)
             )
             compiled.predict(dev)  # compiles for the shapes it meets
             doc.setdefault("compile_seconds", {})[threads] = time.perf_counter() - t0

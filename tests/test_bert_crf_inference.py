@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -238,3 +239,153 @@ def test_autocast_runner_returns_float32_close_to_fp32(minilm_path):
     assert mixed.dtype == torch.float32
     assert torch.allclose(mixed[mask.bool()], plain[mask.bool()], atol=0.15)
     assert inference.autocast_dtype(torch.device("cpu")) is None
+
+
+# ------------------------------------------------------- loading from a cached export
+@pytest.fixture
+def exported(saved, tmp_path) -> Path:
+    """A copy of the saved tagger whose ONNX export is already cached."""
+    d = tmp_path / "tagger"
+    shutil.copytree(saved, d)
+    BertCrfTagger.load(d, {"inference": "onnx"})
+    assert len(list((d / inference.CACHE_DIR).glob("onnx.*.onnx"))) == 1
+    return d
+
+
+@needs_ort
+def test_a_cached_export_loads_only_the_head_and_predicts_as_torch(exported, reference):
+    samples, ref = reference
+    tagger = BertCrfTagger.load(exported, {"inference": "onnx"})
+    assert tagger.model is not None and tagger.model.encoder is None  # no PyTorch encoder
+    agreement, worst, _ = _compare(ref, tagger.predict(samples))
+    assert agreement == 1.0 and worst < 1e-4
+
+
+@needs_ort
+def test_a_cached_export_loads_without_importing_transformers(exported, tmp_path, reference):
+    """A fresh process: the tagger predicts without importing transformers at all."""
+    _, ref = reference
+    out = tmp_path / "tags.txt"
+    script = (
+        "import sys\n"
+        "from refineg_bert_crf.tagger import BertCrfTagger\n"
+        "from refineg_core.formats import load_dataset\n"
+        "samples = load_dataset(sys.argv[1], limit=120).samples[60:100]\n"
+        f"t = BertCrfTagger.load({str(exported)!r}, {{'inference': 'onnx'}})\n"
+        "tags = [p.tags for p in t.predict(samples)]\n"
+        "assert 'transformers' not in sys.modules  # tokenizer from the cached backend\n"
+        f"open({str(out)!r}, 'w').write(repr(tags))\n"
+    )
+    path = os.pathsep.join([str(ROOT), str(ROOT / "plugins")])
+    env = {**os.environ, "REFINEG_NO_PROGRESS": "1", "PYTHONPATH": path}
+    subprocess.run(
+        [sys.executable, "-c", script, str(TWITTER / "train.txt")],
+        check=True,
+        env=env,
+        cwd=str(ROOT),
+        timeout=300,
+    )
+    assert out.read_text() == repr([p.tags for p in ref])
+
+
+@needs_ort
+def test_a_head_only_tagger_builds_its_encoder_when_something_needs_it(
+    exported, saved, tmp_path, reference
+):
+    samples, ref = reference
+    tagger = BertCrfTagger.load(exported, {"inference": "onnx", "mc_dropout_samples": 2})
+    assert tagger.model.encoder is None
+    got = tagger.predict(samples[:5])  # MC-dropout passes run the PyTorch encoder
+    assert tagger.model.encoder is not None
+    assert all(p.dropout_marginals is not None for p in got)
+    assert _compare(ref[:5], got)[1] < 1e-4
+
+    again = BertCrfTagger.load(exported, {"inference": "onnx"})
+    assert again.model.encoder is None
+    again.save(tmp_path / "resaved")  # save needs every weight: built first, then written
+    from safetensors.torch import load_file
+
+    before, after = (
+        load_file(str(saved / "weights.safetensors")),
+        load_file(str(tmp_path / "resaved" / "weights.safetensors")),
+    )
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    resaved = BertCrfTagger.load(tmp_path / "resaved", {"inference": "onnx"})
+    assert _compare(ref, resaved.predict(samples))[1] < 1e-4
+
+
+@needs_ort
+def test_a_damaged_tokenizer_cache_falls_back_to_transformers(exported, reference, caplog):
+    samples, ref = reference
+    (meta,) = (exported / inference.CACHE_DIR).glob("encoder-meta.*.json")
+    meta.write_text('{"version": 1, "tokenizer_json": ')
+    with caplog.at_level("WARNING", logger="refineg_bert_crf.encoder_meta"):
+        tagger = BertCrfTagger.load(exported, {"inference": "onnx"})
+    assert "unreadable tokenizer cache" in caplog.text
+    assert type(tagger.tokenizer).__name__ != "RustTokenizer"
+    assert _compare(ref, tagger.predict(samples))[1] < 1e-4
+    assert BertCrfTagger.load(exported, {"inference": "onnx"}).encoder_config is None  # rewritten
+
+
+@needs_ort
+def test_retraining_a_head_only_tagger_replaces_its_export(exported, tweets, reference):
+    samples, ref = reference
+    tagger = BertCrfTagger.load(exported, {"inference": "onnx"})
+    (old,) = (exported / inference.CACHE_DIR).glob("onnx.*.onnx")
+    tagger.fit(tweets[100:120])  # a second fit continues from the saved weights
+    tagger.save(exported)
+    want = BertCrfTagger.load(exported, {"inference": "torch"}).predict(samples)
+    assert _compare(ref, want)[1] > 1e-3  # the retraining shows in the predictions
+
+    fresh = BertCrfTagger.load(exported, {"inference": "onnx"})
+    assert fresh.model.encoder is None
+    (new,) = (exported / inference.CACHE_DIR).glob("onnx.*.onnx")
+    assert new.name != old.name and not old.exists()
+    agreement, worst, _ = _compare(want, fresh.predict(samples))
+    assert agreement == 1.0 and worst < 1e-4
+
+
+@needs_ort
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "missing"])
+def test_a_damaged_or_missing_export_is_rebuilt_with_a_log(exported, reference, caplog, damage):
+    samples, ref = reference
+    (export,) = (exported / inference.CACHE_DIR).glob("onnx.*.onnx")
+    size = export.stat().st_size
+    if damage == "garbage":
+        export.write_bytes(b"not an onnx graph")
+    elif damage == "truncated":
+        export.write_bytes(export.read_bytes()[: size // 2])
+    else:
+        export.unlink()
+    with caplog.at_level("WARNING", logger="refineg_bert_crf.inference"):
+        tagger = BertCrfTagger.load(exported, {"inference": "onnx"})
+    if damage != "missing":
+        assert "unreadable" in caplog.text and "rebuilding" in caplog.text
+    assert export.is_file() and export.stat().st_size == size
+    agreement, worst, _ = _compare(ref, tagger.predict(samples))
+    assert agreement == 1.0 and worst < 1e-4
+
+
+@needs_ort
+def test_weights_changed_behind_the_manifest_are_refused_although_stamped(exported, monkeypatch):
+    """The stat stamp saves re-hashing, but a rewritten weights file is hashed again."""
+    from refineg_bert_crf import verify
+
+    monkeypatch.setattr(verify, "RACY_NS", 0)  # trust the stamp at once (no tick guard)
+    weights = exported / "weights.safetensors"
+    BertCrfTagger.load(exported, {"inference": "onnx"})  # the stamp vouches for every file
+    hashed = []
+    monkeypatch.setattr(verify, "sha256_file", lambda p: hashed.append(p) or "x")
+    BertCrfTagger.load(exported, {"inference": "onnx"})
+    assert hashed == []  # nothing re-hashed: the stamp was used
+    monkeypatch.undo()
+    monkeypatch.setattr(verify, "RACY_NS", 0)
+    st = weights.stat()
+    time.sleep(0.05)  # past the file system's timestamp tick
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # one byte of the last tensor, same size
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.raises(TaggerError, match=r"weights\.safetensors does not match manifest"):
+        BertCrfTagger.load(exported, {"inference": "onnx"})

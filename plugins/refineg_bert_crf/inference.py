@@ -16,7 +16,9 @@ Modes (``tagger.options.inference``):
   quantised by ONNX Runtime's dynamic quantiser) and run by ONNX Runtime.
   The ``.onnx`` file is saved beside the tagger under ``inference/``, named
   by a key of the saved weights' SHA-256, so a retrained tagger never runs a
-  stale export: a missing, stale or unreadable file is rebuilt.
+  stale export: a missing, stale or unreadable file is rebuilt. The PyTorch
+  encoder is asked for (built) only to export: a tagger loaded beside a valid
+  export never builds it.
 - ``auto``: ``torch`` on CUDA; on CPU ``onnx`` (fp32 ONNX Runtime: the same
   tags as torch, 2x its speed), or ``torch`` when onnxruntime is not installed
   or the tagger was never saved (fit in memory). The int8 modes are faster
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import hashlib
 import logging
 import os
@@ -62,6 +65,15 @@ def onnxruntime_available() -> bool:
     return True
 
 
+@functools.cache
+def _warn_no_onnxruntime() -> None:
+    """Once per process (a load resolves the mode more than once)."""
+    log.warning(
+        "onnxruntime is not installed: the tagger predicts with plain PyTorch "
+        "(pip install onnxruntime for the faster CPU path)"
+    )
+
+
 def resolve_mode(mode: str, device: torch.device, *, saved: bool = True) -> str:
     """The concrete mode for ``mode`` on ``device`` (``auto`` picks; others are checked).
 
@@ -78,10 +90,7 @@ def resolve_mode(mode: str, device: torch.device, *, saved: bool = True) -> str:
             return "torch"
         if onnxruntime_available():
             return "onnx"
-        log.warning(
-            "onnxruntime is not installed: the tagger predicts with plain PyTorch "
-            "(pip install onnxruntime for the faster CPU path)"
-        )
+        _warn_no_onnxruntime()
         return "torch"
     if mode != "torch" and device.type != "cpu":
         raise TaggerError(
@@ -134,6 +143,27 @@ def quantize_int8(encoder: nn.Module) -> nn.Module:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao deprecation notices, once per load
         return quantize_dynamic(copy.deepcopy(encoder).cpu().eval(), {nn.Linear}, dtype=torch.qint8)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run the block with ``n`` torch threads (the previous count is restored).
+
+    Why: with the encoder in ONNX Runtime (its own thread pool), torch only runs
+    the head on tiny tensors (a batch of words x a few tags). More than one
+    OpenMP thread there buys nothing and leaves torch's threads spinning on the
+    cores ONNX Runtime needs for the next batch; on 2 shared cores that cost
+    more than the CRF itself (benchmarks/RESULTS.md section 4).
+    """
+    before = torch.get_num_threads()
+    if before == n:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 # --------------------------------------------------------------------- ONNX
@@ -217,15 +247,29 @@ def export_onnx(encoder: nn.Module, path: Path, *, quantize: bool) -> None:
         os.replace(final, path)
 
 
+#: ONNX Runtime session settings beyond threads and graph level. Worker threads
+#: sleep instead of spinning when idle: on 2 cores shared with torch (the head)
+#: and other jobs, spinning workers took the cores the work needed (+28%
+#: sentences/s at 2 threads under load, no change at 1; RESULTS.md section 4).
+SESSION_CONFIG = {"session.intra_op.allow_spinning": "0"}
+
+
 def onnx_session(path: Path, threads: int):
-    """An ONNX Runtime CPU session with ``threads`` intra-op threads (as torch uses)."""
+    """An ONNX Runtime CPU session with ``threads`` intra-op threads (as torch uses).
+
+    Sequential execution (the default) and all graph optimisations; ONNX
+    Runtime's offline BERT optimiser (fused attention) was measured slower here.
+    """
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
+    for key, value in SESSION_CONFIG.items():
+        so.add_session_config_entry(key, value)
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
@@ -240,28 +284,42 @@ def session_runner(session) -> EncoderRunner:
     return run
 
 
+def open_export(path: Path, threads: int):
+    """A session on the cached export at ``path``; None when it is missing or unreadable.
+
+    A damaged file is logged (and rebuilt by the caller), never trusted.
+    """
+    if not path.is_file():
+        return None
+    try:
+        return onnx_session(path, threads)
+    except Exception as exc:  # damaged file: the caller rebuilds it
+        log.warning(
+            "cached ONNX encoder %s is unreadable (%s); rebuilding it",
+            path,
+            str(exc).splitlines()[0][:200],
+        )
+        return None
+
+
 def cached_onnx_session(
-    encoder: nn.Module, mode: str, folder: Path | None, name: str, threads: int
+    encoder: Callable[[], nn.Module], mode: str, folder: Path | None, name: str, threads: int
 ):
     """Load the export ``folder/name``, building it first when missing or unreadable.
 
+    ``encoder()`` gives the PyTorch encoder; it is called only to export (a
+    cache miss), so a cached export never needs the PyTorch encoder built.
     ``folder=None`` (a tagger never saved) or a read-only folder: export into a
     temporary folder for this process only.
     """
     quantize = mode == "onnx-int8"
     if folder is not None:
         path = folder / name
-        if path.is_file():
-            try:
-                return onnx_session(path, threads)
-            except Exception as exc:  # damaged file: rebuild it below
-                log.warning(
-                    "cached ONNX encoder %s is unreadable (%s); rebuilding it",
-                    path,
-                    str(exc).splitlines()[0][:200],
-                )
+        session = open_export(path, threads)
+        if session is not None:
+            return session
         try:
-            export_onnx(encoder, path, quantize=quantize)
+            export_onnx(encoder(), path, quantize=quantize)
             for old in folder.glob(f"{mode}.*.onnx"):  # this mode's exports of earlier weights
                 if old.name != name:
                     old.unlink(missing_ok=True)
@@ -274,23 +332,27 @@ def cached_onnx_session(
             )
     with tempfile.TemporaryDirectory(prefix="refineg-onnx-") as tmp:
         path = Path(tmp) / name
-        export_onnx(encoder, path, quantize=quantize)
+        export_onnx(encoder(), path, quantize=quantize)
         return onnx_session(path, threads)  # the session holds the graph in memory
 
 
 def build_runner(
     mode: str,
-    encoder: nn.Module,
+    encoder: Callable[[], nn.Module],
     device: torch.device,
     *,
     folder: Path | None = None,
     name: str | None = None,
 ) -> EncoderRunner:
-    """The encoder runner for a resolved ``mode`` (see :func:`resolve_mode`)."""
+    """The encoder runner for a resolved ``mode`` (see :func:`resolve_mode`).
+
+    ``encoder()`` gives the PyTorch encoder; the ONNX modes call it only when
+    they must export (no valid cached file).
+    """
     if mode == "torch":
-        return torch_runner(encoder, autocast_dtype(device))
+        return torch_runner(encoder(), autocast_dtype(device))
     if mode == "int8":
-        return torch_runner(quantize_int8(encoder))
+        return torch_runner(quantize_int8(encoder()))
     if mode in ONNX_MODES:
         try:
             session = cached_onnx_session(

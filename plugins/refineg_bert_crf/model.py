@@ -13,9 +13,7 @@ from pathlib import Path
 
 import attrs
 import torch
-import transformers
 from torch import nn
-from transformers import AutoConfig, AutoModel
 
 from refineg_bert_crf.crf import CRF, allowed_transitions
 from refineg_bert_crf.inference import EncoderRunner
@@ -35,6 +33,8 @@ _DROPOUT_KEYS = (
 @contextlib.contextmanager
 def quiet_transformers():
     """Silence transformers' load report (e.g. the unused pooler) for one call."""
+    import transformers
+
     level = transformers.logging.get_verbosity()
     bars = transformers.utils.logging.is_progress_bar_enabled()
     transformers.logging.set_verbosity_error()
@@ -49,6 +49,8 @@ def quiet_transformers():
 
 def encoder_config(path: str | Path, dropout: float):
     """The encoder's config with every dropout probability set to ``dropout``."""
+    from transformers import AutoConfig
+
     config = AutoConfig.from_pretrained(str(path))
     for key in _DROPOUT_KEYS:
         if isinstance(getattr(config, key, None), float):
@@ -57,7 +59,13 @@ def encoder_config(path: str | Path, dropout: float):
 
 
 def build_encoder(path: str | Path, config, *, pretrained: bool) -> nn.Module:
-    """Pretrained weights from ``path``, or just the architecture (weights loaded later)."""
+    """Pretrained weights from ``path``, or just the architecture (weights loaded later).
+
+    transformers' model classes are imported here, not at module import: a tagger
+    whose encoder runs from a cached ONNX export never needs them (seconds saved).
+    """
+    from transformers import AutoModel
+
     with quiet_transformers():
         if pretrained:
             try:
@@ -129,14 +137,24 @@ class SentenceEncoder:
         return out
 
 
+#: State-dict prefix of the encoder's weights; everything else is the head.
+ENCODER_PREFIX = "encoder."
+
+
 class BertCrfModel(nn.Module):
-    """Emission scores for words, and a CRF on top."""
+    """Emission scores for words, and a CRF on top.
+
+    ``encoder=None`` builds the head alone (shape features, emissions, CRF) for
+    a tagger whose encoder runs elsewhere (a cached ONNX export); ``hidden_size``
+    is then required, and :meth:`attach_encoder` adds the PyTorch encoder later.
+    """
 
     def __init__(
         self,
-        encoder: nn.Module,
+        encoder: nn.Module | None,
         num_tags: int,
         *,
+        hidden_size: int | None = None,
         constraints=None,
         dropout: float = 0.1,
         use_shape_features: bool = True,
@@ -144,7 +162,9 @@ class BertCrfModel(nn.Module):
     ):
         super().__init__()
         self.encoder = encoder
-        hidden = encoder.config.hidden_size
+        hidden = encoder.config.hidden_size if encoder is not None else hidden_size
+        if hidden is None:
+            raise ValueError("a head without an encoder needs hidden_size")
         self.use_shape_features = use_shape_features
         self.shape_embedding = (
             nn.Embedding(len(SHAPES), shape_dim, padding_idx=0) if use_shape_features else None
@@ -156,6 +176,10 @@ class BertCrfModel(nn.Module):
     @staticmethod
     def constraints_for(label_names: Sequence[str], scheme: str):
         return allowed_transitions(label_names, scheme)
+
+    def attach_encoder(self, encoder: nn.Module) -> None:
+        """Give a head-only model its PyTorch encoder (same device and train/eval mode)."""
+        self.encoder = encoder.to(self.device).train(self.training)
 
     @property
     def device(self) -> torch.device:
@@ -188,12 +212,13 @@ class BertCrfModel(nn.Module):
                 rows.append(ids)
                 firsts.append(first)
         seq = max(len(r) for r in rows)
-        input_ids = torch.full((len(rows), seq), pad_id, dtype=torch.long)
-        attn = torch.zeros((len(rows), seq), dtype=torch.long)
-        for i, r in enumerate(rows):
-            input_ids[i, : len(r)] = torch.tensor(r)
-            attn[i, : len(r)] = 1
+        # Padded Python lists -> one tensor each (per-row tensor writes cost more than
+        # the CRF at inference speed).
+        input_ids = torch.tensor([r + [pad_id] * (seq - len(r)) for r in rows], dtype=torch.long)
+        attn = torch.tensor([[1] * len(r) + [0] * (seq - len(r)) for r in rows], dtype=torch.long)
         if encode is None:
+            if self.encoder is None:
+                raise RuntimeError("this model holds no PyTorch encoder: pass encode=")
             hidden = self.encoder(
                 input_ids=input_ids.to(device), attention_mask=attn.to(device)
             ).last_hidden_state  # [W, S, H]
@@ -201,16 +226,15 @@ class BertCrfModel(nn.Module):
             hidden = encode(input_ids.to(device), attn.to(device)).to(device)
         flat = hidden.reshape(-1, hidden.shape[-1])
         n_max = max(s.n_words for s in batch)
-        index = torch.zeros((len(batch), n_max), dtype=torch.long)
-        mask = torch.zeros((len(batch), n_max), dtype=torch.bool)
+        index: list[list[int]] = []
         w_base = 0
-        for b, sent in enumerate(batch):
+        for sent in batch:
             owners = owner_of_words(sent.windows, sent.n_words)
-            for word, (w_idx, pos) in enumerate(owners):
-                index[b, word] = (w_base + w_idx) * seq + firsts[w_base + w_idx][pos]
-            mask[b, : sent.n_words] = True
+            row = [(w_base + w) * seq + firsts[w_base + w][pos] for w, pos in owners]
+            index.append(row + [0] * (n_max - len(row)))
             w_base += len(sent.windows)
-        vectors = flat[index.to(device)]
+        mask = torch.tensor([[True] * s.n_words + [False] * (n_max - s.n_words) for s in batch])
+        vectors = flat[torch.tensor(index, dtype=torch.long).to(device)]
         return vectors, mask.to(device)
 
     def emissions(
@@ -224,8 +248,8 @@ class BertCrfModel(nn.Module):
         vectors, mask = self.word_vectors(batch, prefix, suffix, pad_id, encode)
         if self.shape_embedding is not None:
             n_max = vectors.shape[1]
-            shapes = torch.zeros((len(batch), n_max), dtype=torch.long)
-            for b, sent in enumerate(batch):
-                shapes[b, : sent.n_words] = torch.tensor(sent.shapes)
+            shapes = torch.tensor(
+                [list(s.shapes) + [0] * (n_max - s.n_words) for s in batch], dtype=torch.long
+            )
             vectors = torch.cat([vectors, self.shape_embedding(shapes.to(vectors.device))], dim=-1)
         return self.emission(self.dropout(vectors)), mask

@@ -11,19 +11,25 @@ are not needed to load it):
 - ``ensemble.json`` — how many members the weights hold (absent: one)
 - ``manifest.json`` — every file above with its size and SHA-256
 - ``inference/`` — the encoder exported for fast CPU prediction (ONNX), named
-  by the weights' SHA-256; a cache, not in the manifest, rebuilt when stale
+  by the weights' SHA-256, and ``verified.json`` (which files were hashed at
+  which stat identity, ``verify.py``); a cache, not in the manifest, rebuilt
+  when stale
 
 An ensemble stores every member in the one weights file (keys prefixed
 ``member<k>.``); a single model keeps the plain keys.
 
 Loading checks the manifest first, so a missing, truncated or swapped file is
 one clear :class:`TaggerError` instead of a shape error deep inside torch.
+When the encoder runs from a valid cached ONNX export, loading builds only the
+head (shape features, emissions, CRF) from its saved tensors: the PyTorch
+encoder is built from the weights file only if something needs it (a cache
+miss, ``fit``, ``save``, MC-dropout passes).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -33,12 +39,19 @@ from typing import ClassVar, Literal
 import numpy as np
 import pydantic
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from transformers import AutoConfig, AutoTokenizer
+from torch import nn
 
-from refineg_bert_crf import ensemble, inference
+from refineg_bert_crf import encoder_meta, ensemble, inference, verify
 from refineg_bert_crf.encoders import KNOWN, resolve_encoder
-from refineg_bert_crf.model import BertCrfModel, EncodedSentence, SentenceEncoder, build_encoder
+from refineg_bert_crf.model import (
+    ENCODER_PREFIX,
+    BertCrfModel,
+    EncodedSentence,
+    SentenceEncoder,
+    build_encoder,
+)
 from refineg_bert_crf.model import encoder_config as make_encoder_config
 from refineg_bert_crf.training import length_batches, set_seed, snapshot, span_f1, train_loop
 from refineg_core.errors import DataError, TaggerError
@@ -80,12 +93,11 @@ def _rows(p: np.ndarray) -> np.ndarray:
     return p / p.sum(axis=-1, keepdims=True)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+_sha256 = verify.sha256_file  # the name tests and older callers import
+
+
+def _stamp(directory: Path) -> Path:
+    return directory / inference.CACHE_DIR / verify.STAMP
 
 
 class BertCrfTagger(Tagger):
@@ -104,8 +116,8 @@ class BertCrfTagger(Tagger):
         eval_batch_size: int = pydantic.Field(64, ge=1)
         inference: Literal["auto", "torch", "int8", "onnx", "onnx-int8"] = pydantic.Field(
             "auto",
-            description="encoder back-end for predict(): auto = onnx-int8 for a saved "
-            "tagger on CPU when onnxruntime is installed, else torch (autocast on CUDA)",
+            description="encoder back-end for predict(): auto = onnx (exact fp32) for a "
+            "saved tagger on CPU when onnxruntime is installed, else torch (autocast on CUDA)",
         )
         lr: PosFloat = 1e-4
         head_lr: PosFloat | None = pydantic.Field(
@@ -173,6 +185,11 @@ class BertCrfTagger(Tagger):
         self.inference_mode: str | None = None
         #: (directory, weights SHA-256, encoder config SHA-256) once saved or loaded.
         self._saved: tuple[Path, str, str] | None = None
+        #: (saved directory, weights SHA-256) while the model is head-only: the
+        #: encoder tensors wait in that weights file (see :meth:`torch_encoder`).
+        self._deferred: tuple[Path, str] | None = None
+        #: The saved ``encoder/`` folder of a loaded tagger (config and tokenizer files).
+        self._encoder_dir: Path | None = None
 
     # ----------------------------------------------------------------- building
     def _device(self) -> torch.device:
@@ -186,12 +203,20 @@ class BertCrfTagger(Tagger):
             )
         return torch.device(wanted)
 
-    def _assemble(self, encoder_dir: str, *, pretrained: bool, members: int = 1) -> None:
+    def _assemble(
+        self, encoder_dir: str, *, pretrained: bool, members: int = 1, head_only: bool = False
+    ) -> None:
+        """Tokenizer, encoder config and ``members`` models; ``head_only``: a single
+        model without its PyTorch encoder (loading with a cached ONNX export)."""
+        from transformers import AutoTokenizer
+
         o = self.options
         try:
             config = make_encoder_config(encoder_dir, o.dropout)
             self.tokenizer = AutoTokenizer.from_pretrained(encoder_dir)
-            encoder = build_encoder(encoder_dir, config, pretrained=pretrained)
+            encoder = (
+                None if head_only else build_encoder(encoder_dir, config, pretrained=pretrained)
+            )
         except (OSError, ValueError) as exc:
             raise TaggerError(
                 f"cannot load the encoder from {encoder_dir}: {exc}", where="tagger.options.encoder"
@@ -203,30 +228,65 @@ class BertCrfTagger(Tagger):
                 where="tagger.options.encoder",
             )
         self.encoder_config = config
-        constraints = (
-            BertCrfModel.constraints_for(self.label_names, o.scheme)
-            if o.constrain_transitions
-            else None
-        )
         self.members = []
         for k in range(members):
             if k:  # member 0 uses the encoder loaded above (and the caller's seed)
                 if pretrained:
                     set_seed(o.seed + k)
                 encoder = build_encoder(encoder_dir, config, pretrained=pretrained)
-            self.members.append(
-                BertCrfModel(
-                    encoder,
-                    len(self.label_names),
-                    constraints=constraints,
-                    dropout=o.dropout,
-                    use_shape_features=o.use_shape_features,
-                    shape_dim=o.shape_dim,
-                ).to(self._device())
-            )
+            self.members.append(self._new_model(encoder, config.hidden_size))
         self.model = self.members[0]
         self.sentences = SentenceEncoder(
             self.tokenizer, o.max_length, getattr(config, "max_position_embeddings", None)
+        )
+
+    def _assemble_from_meta(self, meta: encoder_meta.EncoderMeta) -> None:
+        """A single head-only model and the cached tokenizer backend: no transformers
+        import (the real tokenizer and config are loaded if ``save`` or training
+        needs them, :meth:`_transformers_parts`)."""
+        self.tokenizer = encoder_meta.RustTokenizer(meta)
+        self.encoder_config = None
+        self.members = [self._new_model(None, meta.hidden_size)]
+        self.model = self.members[0]
+        self.sentences = SentenceEncoder(
+            self.tokenizer, self.options.max_length, meta.max_position_embeddings
+        )
+
+    def _new_model(self, encoder: nn.Module | None, hidden_size: int) -> BertCrfModel:
+        o = self.options
+        constraints = (
+            BertCrfModel.constraints_for(self.label_names, o.scheme)
+            if o.constrain_transitions
+            else None
+        )
+        return BertCrfModel(
+            encoder,
+            len(self.label_names),
+            hidden_size=hidden_size,
+            constraints=constraints,
+            dropout=o.dropout,
+            use_shape_features=o.use_shape_features,
+            shape_dim=o.shape_dim,
+        ).to(self._device())
+
+    def _transformers_parts(self) -> None:
+        """Load the real transformers tokenizer and encoder config of a tagger that
+        was loaded without them (they are needed to save it or build its encoder)."""
+        if self.encoder_config is not None or self._encoder_dir is None:
+            return
+        from transformers import AutoTokenizer
+
+        folder = str(self._encoder_dir)
+        try:
+            self.encoder_config = make_encoder_config(folder, self.options.dropout)
+            self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        except (OSError, ValueError) as exc:
+            msg = f"cannot load the encoder from {folder}: {exc}"
+            raise TaggerError(msg, where=folder) from None
+        self.sentences = SentenceEncoder(
+            self.tokenizer,
+            self.options.max_length,
+            getattr(self.encoder_config, "max_position_embeddings", None),
         )
 
     def build(self) -> None:
@@ -268,6 +328,7 @@ class BertCrfTagger(Tagger):
             raise TaggerError("no non-empty training sentence", where="tagger.fit")
         self.build()
         assert self.model is not None and self.sentences is not None
+        self._attach_encoders()  # a head-only load trains its whole model again
         self._forget_runner()  # the weights are about to change
         encoded = self.sentences.encode([train[i].tokens for i in keep])
         tags = [gold[i] for i in keep]
@@ -387,24 +448,70 @@ class BertCrfTagger(Tagger):
             self.inference_mode = "torch"
             return None
         if self.runner is None:
-            device = self._device()
-            mode = inference.resolve_mode(
-                self.options.inference, device, saved=self._saved is not None
-            )
-            folder = name = None
-            if self._saved is not None:  # the export lives beside the saved weights
-                directory, weights_sha, config_sha = self._saved
-                folder = directory / inference.CACHE_DIR
-                name = inference.artifact_name(mode, weights_sha, config_sha)
+            mode, folder, name = self._export_plan()
             self.model.eval()
             self.runner = inference.build_runner(
-                mode, self.model.encoder, device, folder=folder, name=name
+                mode, self.torch_encoder, self._device(), folder=folder, name=name
             )
             self.inference_mode = mode
         return self.runner
 
+    def _export_plan(self) -> tuple[str, Path | None, str | None]:
+        """The resolved inference mode, and where its export lives (beside the
+        saved weights; None for a tagger never saved)."""
+        mode = inference.resolve_mode(
+            self.options.inference, self._device(), saved=self._saved is not None
+        )
+        if self._saved is None:
+            return mode, None, None
+        directory, weights_sha, config_sha = self._saved
+        name = inference.artifact_name(mode, weights_sha, config_sha)
+        return mode, directory / inference.CACHE_DIR, name
+
     def _forget_runner(self) -> None:
         self.runner, self.inference_mode, self._saved = None, None, None
+
+    def torch_encoder(self) -> nn.Module:
+        """The first model's PyTorch encoder, built from the saved weights first when
+        the load skipped it (a cached ONNX export made it unnecessary until now)."""
+        self._require_model()
+        assert self.model is not None
+        self._attach_encoders()
+        return self.model.encoder
+
+    def _attach_encoders(self) -> None:
+        """Build the encoder of a head-only model from its saved tensors (checked
+        against the digest the load verified: the file may not change in between)."""
+        if self._deferred is None or self.model is None or self.model.encoder is not None:
+            return
+        directory, digest = self._deferred
+        where = str(directory)
+        self._transformers_parts()
+        found = verify.digests(directory, [WEIGHTS], _stamp(directory)).get(WEIGHTS)
+        if found != digest:
+            raise TaggerError(
+                f"{WEIGHTS} changed since the tagger was loaded (or is gone): load it again",
+                where=where,
+            )
+        try:
+            encoder = build_encoder(
+                str(directory / "encoder"), self.encoder_config, pretrained=False
+            )
+            with safe_open(str(directory / WEIGHTS), framework="pt") as fh:
+                names = fh.keys()  # a safetensors file is not iterable
+                state = {
+                    k[len(ENCODER_PREFIX) :]: fh.get_tensor(k)
+                    for k in names
+                    if k.startswith(ENCODER_PREFIX)
+                }
+            encoder.load_state_dict(state, strict=True)
+        except Exception as exc:
+            raise TaggerError(
+                f"cannot build the encoder from {WEIGHTS}: {str(exc).splitlines()[0][:300]}",
+                where=where,
+            ) from None
+        self.model.attach_encoder(encoder)
+        self._deferred = None
 
     def _predict(
         self,
@@ -436,11 +543,19 @@ class BertCrfTagger(Tagger):
                 )
         lengths = [sum(len(p) for p in encoded[i].pieces) for i in todo]
         enc = self.sentences
+        if encode is None or passes:  # the PyTorch encoder runs (not only the export)
+            self._attach_encoders()
         for m in members:
             m.eval()
         crf = ensemble.mean_crf(members) if n_members > 1 else None
         batches = length_batches(lengths, self.options.eval_batch_size, None)
-        with torch.inference_mode():
+        # Encoder in ONNX Runtime and no PyTorch encoder pass: torch runs only the head.
+        head_threads = (
+            inference.torch_threads(1)
+            if encode is not None and not passes and self.inference_mode in inference.ONNX_MODES
+            else contextlib.nullcontext()
+        )
+        with torch.inference_mode(), head_threads:
             for number, batch in enumerate(bar(batches, desc="predict", unit="batch")):
                 idx = [todo[k] for k in batch]
                 items = [encoded[i] for i in idx]
@@ -503,6 +618,7 @@ class BertCrfTagger(Tagger):
     def emissions_and_mask(self, samples: Sequence[Sample]):
         """Raw emissions for non-empty samples (benchmarks time encoder vs CRF with it)."""
         assert self.model is not None and self.sentences is not None
+        self._attach_encoders()
         enc = self.sentences
         batch = [e for e in enc.encode([s.tokens for s in samples]) if e.n_words]
         return self.model.emissions(batch, enc.prefix, enc.suffix, enc.pad)
@@ -513,7 +629,11 @@ class BertCrfTagger(Tagger):
 
     # ----------------------------------------------------------- persistence
     def save(self, directory: Path) -> None:
-        if self.model is None or self.tokenizer is None or self.encoder_config is None:
+        if self.model is None:
+            raise TaggerError("nothing to save: the tagger is not trained", where="tagger.save")
+        self._attach_encoders()  # before anything is written (it may read this directory)
+        self._transformers_parts()
+        if self.tokenizer is None or self.encoder_config is None:
             raise TaggerError("nothing to save: the tagger is not trained", where="tagger.save")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -570,17 +690,24 @@ class BertCrfTagger(Tagger):
             rel = path.relative_to(directory).as_posix()
             cache = rel.startswith(inference.CACHE_DIR + "/")
             if path.is_file() and rel != "manifest.json" and not cache:
-                files[rel] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+                files[rel] = {"bytes": path.stat().st_size, "sha256": verify.sha256_file(path)}
         (directory / "manifest.json").write_text(
             json.dumps({"format": FORMAT, "version": FORMAT_VERSION, "files": files}, indent=2),
             encoding="utf-8",
         )
+        verify.remember(directory, {k: v["sha256"] for k, v in files.items()}, _stamp(directory))
         self._forget_runner()
         self._saved = (directory, files[WEIGHTS]["sha256"], files["encoder/config.json"]["sha256"])
         try:  # export now, so the predict stage finds it ready (train pays the seconds)
             self.encoder_runner()
         except TaggerError as exc:  # the weights are saved; load() will report it again
             log.warning("saved the tagger, but its inference back-end could not be built: %s", exc)
+            return
+        if self.inference_mode in inference.ONNX_MODES:  # and what loading it then needs
+            encoder_meta.write(
+                directory / inference.CACHE_DIR / encoder_meta.meta_name(files),
+                encoder_meta.from_transformers(self.tokenizer, self.encoder_config),
+            )
 
     @classmethod
     def load(
@@ -604,11 +731,14 @@ class BertCrfTagger(Tagger):
         for rel in REQUIRED:
             if rel not in files:
                 raise TaggerError(f"manifest.json does not list {rel}", where=where)
+        for rel in files:
+            if not (directory / rel).is_file():
+                raise TaggerError(f"missing file {rel} (listed in manifest.json)", where=where)
+        # Unchanged files are taken at the digest stamped when they were last hashed.
+        found = verify.digests(directory, files, _stamp(directory))
         for rel, info in files.items():
             path = directory / rel
-            if not path.is_file():
-                raise TaggerError(f"missing file {rel} (listed in manifest.json)", where=where)
-            if path.stat().st_size != info["bytes"] or _sha256(path) != info["sha256"]:
+            if path.stat().st_size != info["bytes"] or found.get(rel) != info["sha256"]:
                 raise TaggerError(
                     f"{rel} does not match manifest.json (changed, truncated or "
                     "copied from another tagger)",
@@ -641,10 +771,7 @@ class BertCrfTagger(Tagger):
                 where=where,
             )
         tagger.encoder_source = cls._read_json(directory, "encoder.json").get("source")
-        try:
-            AutoConfig.from_pretrained(str(directory / "encoder"))
-        except (OSError, ValueError) as exc:
-            raise TaggerError(f"encoder/config.json is unreadable: {exc}", where=where) from None
+        tagger._encoder_dir = directory / "encoder"
         members = 1
         origin: list[dict] = []
         if "ensemble.json" in files:
@@ -655,11 +782,45 @@ class BertCrfTagger(Tagger):
                     f"ensemble.json: members must be a positive integer, got {members!r}",
                     where=where,
                 )
-        tagger._assemble(str(directory / "encoder"), pretrained=False, members=members)
+        weights_sha = files[WEIGHTS]["sha256"]
+        tagger._saved = (directory, weights_sha, files["encoder/config.json"]["sha256"])
+        mode, folder, name = tagger._export_plan()
+        # A cached export of these exact weights: the PyTorch encoder is not needed.
+        head_only = (
+            members == 1
+            and mode in inference.ONNX_MODES
+            and folder is not None
+            and (folder / name).is_file()
+        )
+        meta_path = folder / encoder_meta.meta_name(files) if folder is not None else None
+        meta = encoder_meta.read(meta_path) if head_only and meta_path is not None else None
+        if meta is not None:  # and the tokenizer cached: transformers is not even imported
+            tagger._assemble_from_meta(meta)
+        else:
+            from transformers import AutoConfig
+
+            try:
+                AutoConfig.from_pretrained(str(directory / "encoder"))
+            except (OSError, ValueError) as exc:
+                raise TaggerError(
+                    f"encoder/config.json is unreadable: {exc}", where=where
+                ) from None
+            tagger._assemble(
+                str(directory / "encoder"), pretrained=False, members=members, head_only=head_only
+            )
+            if head_only and meta_path is not None:  # the next load skips transformers
+                encoder_meta.write(
+                    meta_path,
+                    encoder_meta.from_transformers(tagger.tokenizer, tagger.encoder_config),
+                )
         tagger.member_origin = list(origin)
         try:
-            state = load_file(str(directory / WEIGHTS), device=str(tagger._device()))
-            if members == 1:
+            if head_only:
+                tagger._load_head(directory / WEIGHTS)
+                tagger._deferred = (directory, weights_sha)
+            else:
+                state = load_file(str(directory / WEIGHTS), device=str(tagger._device()))
+            if members == 1 and not head_only:
                 tagger.members[0].load_state_dict(state, strict=True)
             for k, member in enumerate(tagger.members if members > 1 else []):
                 pre = f"member{k}."
@@ -678,13 +839,18 @@ class BertCrfTagger(Tagger):
             ) from None
         for m in tagger.members:
             m.eval()
-        tagger._saved = (
-            directory,
-            files[WEIGHTS]["sha256"],
-            files["encoder/config.json"]["sha256"],
-        )
         tagger.encoder_runner()  # build (or rebuild) the fast encoder now: errors surface here
         return tagger
+
+    def _load_head(self, weights: Path) -> None:
+        """Load the single model's head tensors only (the encoder's stay on disk)."""
+        assert self.model is not None
+        with safe_open(str(weights), framework="pt", device=str(self._device())) as fh:
+            keys = list(fh.keys())
+            head = {k: fh.get_tensor(k) for k in keys if not k.startswith(ENCODER_PREFIX)}
+        if len(head) == len(keys):
+            raise ValueError("the weights hold no encoder tensors")
+        self.model.load_state_dict(head, strict=True)
 
     @classmethod
     def _as_options(cls, options: PluginOptions | dict) -> BertCrfTagger.Options:
