@@ -109,6 +109,9 @@ class Tagger(Plugin):
     #: Options that change only how a trained tagger runs (batch size, device),
     #: never what it learned: changing them must not retrain it.
     inference_options: ClassVar[frozenset[str]] = frozenset()
+    #: Sub-folders of a saved tagger that hold caches derived from its files (an
+    #: exported model...): written on load, so not part of what the tagger *is*.
+    derived_folders: ClassVar[frozenset[str]] = frozenset()
 
     @abc.abstractmethod
     def fit(self, train: Sequence[Sample], dev: Sequence[Sample] | None = None) -> dict:

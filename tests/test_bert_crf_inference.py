@@ -389,3 +389,40 @@ def test_weights_changed_behind_the_manifest_are_refused_although_stamped(export
     os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
     with pytest.raises(TaggerError, match=r"weights\.safetensors does not match manifest"):
         BertCrfTagger.load(exported, {"inference": "onnx"})
+
+
+def test_a_saved_tagger_stays_fresh_after_its_first_load_writes_the_export(saved, tmp_path):
+    """``tagger.load_from`` fingerprints the tagger's files; the ONNX export and its
+    cache files written on first load are derived, so the next run reuses predict."""
+    import shutil
+    import textwrap
+
+    from refineg_core.testing import run_cli
+    from tests.stagedata import TWITTER_LABELS_TOML
+
+    tagger = tmp_path / "tagger"
+    shutil.copytree(saved, tagger)
+    shutil.rmtree(tagger / "inference", ignore_errors=True)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        textwrap.dedent(f"""
+            run_dir = "{tmp_path / "run"}"
+            [data.predict]
+            path = "{TWITTER / "dev.txt"}"
+            limit = 20
+            [stages]
+            refine = false
+            ground = false
+            [tagger]
+            load_from = "{tagger}"
+            [tagger.options]
+            inference = "onnx"
+        """)
+        + TWITTER_LABELS_TOML,
+        encoding="utf-8",
+    )
+    first = run_cli(["predict", "-c", str(cfg)])
+    assert first.code == 0, first.stderr
+    assert any((tagger / "inference").iterdir()), "the first load wrote no export"
+    again = run_cli(["predict", "-c", str(cfg)])
+    assert again.code == 0 and "predict: reusing" in again.stderr, again.stderr

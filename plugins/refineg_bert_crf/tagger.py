@@ -161,6 +161,7 @@ class BertCrfTagger(Tagger):
             return self
 
     inference_options: ClassVar[frozenset[str]] = frozenset(INFERENCE_OPTIONS)
+    derived_folders: ClassVar[frozenset[str]] = frozenset({"inference"})
 
     def __init__(self, options: Options | None = None, labels: LabelSet | None = None):
         super().__init__(options, labels)

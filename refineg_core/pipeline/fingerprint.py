@@ -84,14 +84,19 @@ def file_digest(path: Path) -> str | None:
     return h.hexdigest()
 
 
-def tree_digest(directory: Path) -> str | None:
-    """Digest of every file under ``directory`` (names, sizes, contents)."""
+def tree_digest(directory: Path, *, skip: Iterable[str] = ()) -> str | None:
+    """Digest of every file under ``directory`` (names, sizes, contents), leaving
+    out the top-level sub-folders named in ``skip``."""
     directory = Path(directory)
     if not directory.is_dir():
         return None
+    skipped = set(skip)
     h = hashlib.sha256()
     for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        h.update(str(path.relative_to(directory)).encode() + b"\0")
+        relative = path.relative_to(directory)
+        if relative.parts[0] in skipped:
+            continue
+        h.update(str(relative).encode() + b"\0")
         h.update((file_digest(path) or "").encode() + b"\n")
     return h.hexdigest()
 

@@ -239,7 +239,7 @@ class Pipeline:
 
     def _parts_train(self) -> dict[str, Any]:
         if self.config.tagger.load_from:
-            return {"tagger.saved": tree_digest(self.tagger_dir())}
+            return {"tagger.saved": self._saved_tagger_digest(self.tagger_dir())}
         train_opts, _ = self._tagger_options()
         parts: dict[str, Any] = {
             "tagger.plugin": self.config.tagger.plugin,
@@ -253,6 +253,11 @@ class Pipeline:
         if self.config.data.use_synthesized:
             parts["data.synthesized"] = file_digest(self._synth_file())
         return parts
+
+    def _saved_tagger_digest(self, directory: Path) -> str | None:
+        """What a saved tagger is: its files, not the caches its plugin derives on load."""
+        cls = self.context.plugin_class("tagger")
+        return tree_digest(directory, skip=getattr(cls, "derived_folders", ()))
 
     def _tagger_digest(self) -> str | None:
         """The trained tagger's content digest (what predict's output depends on)."""
@@ -417,7 +422,8 @@ class Pipeline:
         if target.exists():
             shutil.rmtree(target)
         tagger.save(target)
-        write_record(target / TRAINED_MARKER, fp, complete=True, output=tree_digest(target))
+        output = self._saved_tagger_digest(target)
+        write_record(target / TRAINED_MARKER, fp, complete=True, output=output)
         self._fingerprints.pop("predict", None)
         data = {"train_samples": len(train), "tagger": str(target), "report": report}
         data = self._record("train", data, started)
