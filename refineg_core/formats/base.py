@@ -69,6 +69,32 @@ def read_text_file(path: Path) -> str:
         ) from None
 
 
+def text_lines(path: Path, *, universal: bool = False) -> Iterator[tuple[int, str]]:
+    """The UTF-8 lines of ``path``, numbered from 1, read one at a time (a corpus
+    larger than memory streams); bad bytes are an error naming the line.
+
+    Lines end at ``\\n`` (JSONL: a U+2028 inside a string is text); ``universal``
+    also breaks at every separator ``str.splitlines`` knows (a lone ``\\r``...), as
+    line-oriented formats read whole used to.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("file not found", where=str(path))
+    lineno = 0
+    with path.open("rb") as fh:
+        for raw in fh:
+            try:
+                text = raw.decode("utf-8-sig" if lineno == 0 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    f"not valid UTF-8 (byte 0x{raw[exc.start]:02x}); convert the file to UTF-8",
+                    where=f"{path}:{lineno + 1}",
+                ) from None
+            for line in text.splitlines() or [""] if universal else [text.rstrip("\r\n")]:
+                lineno += 1
+                yield lineno, line
+
+
 class DatasetFormat(Plugin):
     """Reads a dataset file into samples; optionally writes samples back.
 

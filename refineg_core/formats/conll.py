@@ -13,7 +13,7 @@ from pathlib import Path
 import attrs
 
 from refineg_core.errors import DataError
-from refineg_core.formats.base import Dataset
+from refineg_core.formats.base import Dataset, text_lines
 from refineg_core.labels import spans_to_tags, split_tag, tags_to_spans
 from refineg_core.types import Entity, Sample
 
@@ -29,27 +29,6 @@ class RawSentence:
 def parse_conll(path: Path) -> list[RawSentence]:
     """Split a CoNLL file into sentences; a malformed line is an error with file:line."""
     return list(iter_conll(path))
-
-
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """The file's lines, numbered, read one at a time; bad bytes name the line."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError("file not found", where=str(path))
-    lineno = 0
-    with path.open("rb") as fh:
-        for raw in fh:
-            try:
-                text = raw.decode("utf-8-sig" if lineno == 0 else "utf-8")
-            except UnicodeDecodeError as exc:
-                raise DataError(
-                    f"not valid UTF-8 (byte 0x{raw[exc.start]:02x}); convert the file to UTF-8",
-                    where=f"{path}:{lineno + 1}",
-                ) from None
-            # the line breaks str.splitlines knows (a lone \r too), numbered as before
-            for line in text.splitlines() or [""]:
-                lineno += 1
-                yield lineno, line
 
 
 def iter_conll(path: Path) -> Iterator[RawSentence]:
@@ -69,7 +48,7 @@ def iter_conll(path: Path) -> Iterator[RawSentence]:
         tokens, tags, image_id = [], [], None
         return sent
 
-    for lineno, raw in _lines(path):
+    for lineno, raw in text_lines(path, universal=True):
         line = raw.rstrip("\r\n")
         if not line.strip():
             if sent := flush():

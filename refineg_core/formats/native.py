@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import pydantic
 
 from refineg_core.errors import DataError
-from refineg_core.formats.base import Dataset
+from refineg_core.formats.base import Dataset, text_lines
 from refineg_core.formats.ids import SeenIds
 from refineg_core.formats.images import IMAGE_FAILURE, check_image, resolve_image
 from refineg_core.formats.paths import inside
@@ -181,31 +181,18 @@ def _validated(d: Mapping[str, Any]) -> SampleRecord:
 def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Each record of a JSONL file with its line number, read line by line (a corpus
     larger than memory streams); bad bytes or JSON name the file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError("file not found", where=str(path))
-    with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            try:
-                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-            except UnicodeDecodeError as exc:
-                raise DataError(
-                    f"not valid UTF-8 (byte 0x{raw[exc.start]:02x}); convert the file to UTF-8",
-                    where=f"{path}:{lineno}",
-                ) from None
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"invalid JSON: {exc.msg}", where=f"{path}:{lineno}") from None
-            except RecursionError:
-                raise DataError("JSON nested too deeply", where=f"{path}:{lineno}") from None
-            if not isinstance(record, dict) or "id" not in record:
-                raise DataError(
-                    "each line must be an object with an 'id'", where=f"{path}:{lineno}"
-                )
-            yield lineno, record
+    for lineno, line in text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"invalid JSON: {exc.msg}", where=f"{path}:{lineno}") from None
+        except RecursionError:
+            raise DataError("JSON nested too deeply", where=f"{path}:{lineno}") from None
+        if not isinstance(record, dict) or "id" not in record:
+            raise DataError("each line must be an object with an 'id'", where=f"{path}:{lineno}")
+        yield lineno, record
 
 
 def _records(path: Path, build: Callable[[dict[str, Any]], T]) -> Iterator[T]:
