@@ -215,7 +215,8 @@ class RayEngine:
                         fh.close()
                     shards.append(folder / f"part-{len(shards):06d}.jsonl")
                     fh = shards[-1].open("w", encoding="utf-8")
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+                # ASCII-escaped: no line separator of any kind can appear inside a row
+                fh.write(json.dumps(row) + "\n")
         finally:
             if fh is not None:
                 fh.close()
