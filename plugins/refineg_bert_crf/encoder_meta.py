@@ -29,6 +29,8 @@ from pathlib import Path
 
 import attrs
 
+from refineg_core.filemodes import respect_umask
+
 log = logging.getLogger(__name__)
 
 META_VERSION = 1
@@ -84,6 +86,7 @@ def write(path: Path, meta: EncoderMeta) -> None:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".meta-", suffix=".tmp")
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump({"version": META_VERSION, **attrs.asdict(meta)}, fh)
+        respect_umask(tmp)  # mkstemp makes it 0600; the folder's other files are not
         os.replace(tmp, path)
         for old in path.parent.glob(f"{PREFIX}.*.json"):  # older tokenizer files' caches
             if old.name != path.name:

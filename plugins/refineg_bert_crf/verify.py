@@ -26,6 +26,8 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from refineg_core.filemodes import respect_umask
+
 log = logging.getLogger(__name__)
 
 STAMP = "verified.json"
@@ -70,6 +72,7 @@ def write_stamp(path: Path, files: Mapping[str, dict]) -> None:
             json.dump(
                 {"version": STAMP_VERSION, "written_ns": time.time_ns(), "files": dict(files)}, fh
             )
+        respect_umask(tmp)  # mkstemp makes it 0600; the folder's other files are not
         os.replace(tmp, path)
     except OSError as exc:
         log.debug("cannot write %s (%s): files are hashed on every load", path, exc)
