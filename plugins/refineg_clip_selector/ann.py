@@ -40,6 +40,7 @@ class AnnIndex:
             ) from None
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self.size = len(vectors)
+        self._vectors = vectors  # a reference: asked for all of it, rank it exactly
         digest = hashlib.sha256(vectors.tobytes()).hexdigest()[:16]
         path = cache_dir / "ann" / f"{name}-{digest}.usearch" if cache_dir else None
         self._index = Index(
@@ -80,7 +81,10 @@ class AnnIndex:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if len(queries) == 0 or self.size == 0:
             return [np.zeros(0, dtype=np.int64) for _ in queries]
-        found = self._index.search(queries, min(count, self.size))
+        if count >= self.size:  # HNSW need not reach every node; the whole pool is exact
+            scores = queries @ self._vectors.T
+            return list(np.argsort(-scores, axis=1, kind="stable").astype(np.int64))
+        found = self._index.search(queries, count)
         if not hasattr(found, "counts"):  # usearch answers one query with a flat Matches
             return [np.asarray(found.keys, dtype=np.int64).reshape(-1)]
         keys = np.asarray(found.keys, dtype=np.int64).reshape(len(queries), -1)
