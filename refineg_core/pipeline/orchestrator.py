@@ -753,7 +753,9 @@ class Pipeline:
                 and any(map(needs_grounding_call, items))
                 and health.unavailable(backend) is None
             )
-            selector = self._indexed_selector() if will_call else None
+            # embedding the pool is the costly part: only when calls follow (the
+            # unindexed selector still tells the summary how demonstrations are chosen)
+            selector = self._indexed_selector() if will_call else self.context.selector()
             pool_samples = list(pool.samples) if pool else []
             done = run_ground(
                 items, pool_samples, selector, backend, self.labels, settings, part, **common
