@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -48,3 +50,14 @@ def server():
 
     with FakeOpenAIServer() as srv:
         yield srv
+
+
+def run_fresh_python(script: str, *args: str) -> None:
+    """Run ``script`` in a fresh interpreter that imports this checkout (a cold
+    start: what a new ``refineg`` process loads), failing the test on any error."""
+    root = Path(__file__).resolve().parents[1]
+    path = os.pathsep.join([str(root), str(root / "plugins")])
+    env = {**os.environ, "REFINEG_NO_PROGRESS": "1", "PYTHONPATH": path}
+    subprocess.run(
+        [sys.executable, "-c", script, *args], check=True, env=env, cwd=str(root), timeout=300
+    )

@@ -11,8 +11,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +25,7 @@ from refineg_core.errors import DataError, PluginError, TaggerError
 from refineg_core.formats import load_dataset
 from refineg_core.labels import LabelSet
 from refineg_core.types import Entity, Sample
+from tests.conftest import run_fresh_python
 
 LABELS = LabelSet({"PER": "person", "LOC": "location", "ORG": "organisation", "OTHER": "other"})
 ROOT = Path(__file__).resolve().parents[1]
@@ -278,18 +277,7 @@ def test_save_load_gives_identical_predictions_in_a_fresh_process(trained, saved
         "out = [[list(p.tags), p.marginals.tolist()] for p in preds]\n"
         f"json.dump(out, open({str(out)!r}, 'w'))\n"
     )
-    env = {
-        **os.environ,
-        "REFINEG_NO_PROGRESS": "1",
-        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins")]),
-    }
-    subprocess.run(
-        [sys.executable, "-c", script, str(TWITTER / "train.txt")],
-        check=True,
-        env=env,
-        cwd=str(ROOT),
-        timeout=300,
-    )
+    run_fresh_python(script, str(TWITTER / "train.txt"))
     fresh = json.loads(out.read_text())
     here = tagger.predict(samples)
     for (tags, marg), p in zip(fresh, here, strict=True):

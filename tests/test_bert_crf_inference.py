@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from refineg_bert_crf.tagger import BertCrfTagger
 from refineg_core.errors import TaggerError
 from refineg_core.formats import load_dataset
 from refineg_core.labels import LabelSet
+from tests.conftest import run_fresh_python
 
 LABELS = LabelSet({"PER": "person", "LOC": "location", "ORG": "organisation", "OTHER": "other"})
 ROOT = Path(__file__).resolve().parents[1]
@@ -212,15 +211,7 @@ def test_auto_falls_back_to_torch_without_onnxruntime(saved, tmp_path, reference
         "assert t.inference_mode == 'torch', t.inference_mode\n"
         f"open({str(out)!r}, 'w').write(repr([p.tags for p in t.predict(samples)]))\n"
     )
-    path = os.pathsep.join([str(ROOT), str(ROOT / "plugins")])
-    env = {**os.environ, "REFINEG_NO_PROGRESS": "1", "PYTHONPATH": path}
-    subprocess.run(
-        [sys.executable, "-c", script, str(TWITTER / "train.txt")],
-        check=True,
-        env=env,
-        cwd=str(ROOT),
-        timeout=300,
-    )
+    run_fresh_python(script, str(TWITTER / "train.txt"))
     assert out.read_text() == repr([p.tags for p in ref])
 
 
@@ -244,11 +235,16 @@ def test_autocast_runner_returns_float32_close_to_fp32(minilm_path):
 # ------------------------------------------------------- loading from a cached export
 @pytest.fixture
 def exported(saved, tmp_path) -> Path:
-    """A copy of the saved tagger whose ONNX export is already cached."""
+    """A copy of the saved tagger whose ONNX export and tokenizer cache are in place:
+    the first load exports, the second (head only) caches the tokenizer. Made here,
+    not inherited from whatever earlier tests left in ``saved``."""
     d = tmp_path / "tagger"
     shutil.copytree(saved, d)
+    shutil.rmtree(d / inference.CACHE_DIR, ignore_errors=True)
+    BertCrfTagger.load(d, {"inference": "onnx"})
     BertCrfTagger.load(d, {"inference": "onnx"})
     assert len(list((d / inference.CACHE_DIR).glob("onnx.*.onnx"))) == 1
+    assert list((d / inference.CACHE_DIR).glob("encoder-meta.*.json"))
     return d
 
 
@@ -276,15 +272,7 @@ def test_a_cached_export_loads_without_importing_transformers(exported, tmp_path
         "assert 'transformers' not in sys.modules  # tokenizer from the cached backend\n"
         f"open({str(out)!r}, 'w').write(repr(tags))\n"
     )
-    path = os.pathsep.join([str(ROOT), str(ROOT / "plugins")])
-    env = {**os.environ, "REFINEG_NO_PROGRESS": "1", "PYTHONPATH": path}
-    subprocess.run(
-        [sys.executable, "-c", script, str(TWITTER / "train.txt")],
-        check=True,
-        env=env,
-        cwd=str(ROOT),
-        timeout=300,
-    )
+    run_fresh_python(script, str(TWITTER / "train.txt"))
     assert out.read_text() == repr([p.tags for p in ref])
 
 
