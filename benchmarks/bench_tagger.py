@@ -81,6 +81,8 @@ def opts(args, **kw) -> BertCrfTagger.Options:
         "patience": None,
         "encoder": args.encoder,
     }
+    if args.lr is not None:
+        base["lr"] = args.lr
     base.update(kw)
     return BertCrfTagger.Options(**base)
 
@@ -117,6 +119,7 @@ def part_twitter(args) -> None:
             "train_sentences": len(train),
             "dev_sentences": len(dev),
             "epochs": args.epochs,
+            "lr": opts(args).lr,
             "seed": args.seed,
             "fit_seconds": fit_s,
             "seconds_per_epoch": [e["seconds"] for e in report["epochs"]],
@@ -389,6 +392,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument(
+        "--lr", type=float, default=None, help="encoder learning rate (default: the tagger's, 1e-4)"
+    )
     ap.add_argument("--epochs", type=int, default=3, help="twitter: epochs on the full split")
     ap.add_argument(
         "--no-shape-features",

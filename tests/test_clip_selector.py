@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -223,7 +224,9 @@ def test_scoring_helpers_vectorised():
 # ---------------------------------------------------------------- image plumbing
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
-    import open_clip
+    open_clip = pytest.importorskip(
+        "open_clip", reason="pip install 'refineg[clip]' (not in bootstrap's cpu flavour)"
+    )
 
     root = tmp_path_factory.mktemp("clip")
     config = root / "refineg-tiny-clip.json"
@@ -322,3 +325,15 @@ def test_no_clip_weights_means_no_image_and_no_download(tmp_path, minilm_path, i
             clip_model="ViT-B-32",
             clip_checkpoint=tmp_path / "nope.pt",
         ).index(image_pool)
+
+
+def test_clip_weights_without_open_clip_name_the_extra(
+    tmp_path, minilm_path, image_pool, monkeypatch
+):
+    checkpoint = tmp_path / "clip.pt"
+    checkpoint.write_bytes(b"weights")
+    monkeypatch.setitem(sys.modules, "open_clip", None)  # import fails
+    sel = selector(tmp_path, minilm_path, clip_model="ViT-B-32", clip_checkpoint=checkpoint)
+    with pytest.raises(PluginError, match=r"refineg\[clip\]") as err:
+        sel.index(image_pool)
+    assert err.value.where == "selector.options.clip_model"

@@ -132,7 +132,14 @@ class ImageEncoder:
         batch_size: int = 32,
         device: str = "cpu",
     ) -> None:
-        import open_clip
+        try:
+            import open_clip
+        except ImportError as exc:
+            raise PluginError(
+                f"image similarity needs open_clip ({exc}); pip install 'refineg[clip]', "
+                "or leave clip_checkpoint/clip_pretrained unset to rank by text and entities",
+                where="selector.options.clip_model",
+            ) from exc
 
         name = model
         config_file = Path(model)
