@@ -41,6 +41,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -553,7 +554,12 @@ def main() -> None:
         default=["gazetteer", "bert_crf", "ground"],
         help="comma list of gazetteer,bert_crf,ground",
     )
-    ap.add_argument("--work-dir", default="/tmp/refineg-scale", help="corpora, taggers, runs")
+    ap.add_argument(
+        "--work-dir",
+        default=None,
+        help="corpora, taggers, runs (kept; default: a temporary folder removed at the end, "
+        "as the corpora and runs reach GBs)",
+    )
     ap.add_argument("--out", type=Path, default=HERE / "results" / "scale.json")
     ap.add_argument("--repeats", type=int, default=1, help="interleaved rounds over all rows")
     ap.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the children")
@@ -577,7 +583,14 @@ def main() -> None:
         ap.error(f"unknown parts {sorted(unknown)}")
     if not (TWITTER / "dev.txt").is_file():
         raise SystemExit(f"needs the Twitter-GMNER data at {TWITTER} (REFINEG_DATA overrides)")
-    doc = measure(args)
+    temporary = args.work_dir is None
+    if temporary:
+        args.work_dir = tempfile.mkdtemp(prefix="refineg-scale-")
+    try:
+        doc = measure(args)
+    finally:
+        if temporary:
+            shutil.rmtree(args.work_dir, ignore_errors=True)
     print_table(doc)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2), encoding="utf-8")

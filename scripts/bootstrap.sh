@@ -4,11 +4,12 @@
 #
 # torch comes in one of two flavours (REFINEG_TORCH, default auto):
 #   full: torch + torchvision as PyPI ships them for Linux (a CUDA build that also
-#         runs on the CPU, about 6.5 GB in the venv) and the `clip` extra
-#         (open_clip, for image similarity in the clip_similarity selector);
-#   cpu:  the CPU-only torch build (about 0.8 GB) and no torchvision, hence no
-#         open_clip: the selector ranks demonstrations by text and entities only,
-#         and the open_clip tests skip with that reason. PyPI has no CPU build for
+#         runs on the CPU, about 6.5 GB in the venv) and the `vision` extra
+#         (open_clip for image similarity in the clip_similarity selector; the
+#         local qwen_vl backend, whose transformers processors import torchvision);
+#   cpu:  the CPU-only torch build (about 0.8 GB) and no torchvision: the selector
+#         ranks demonstrations by text and entities only, qwen_vl reports itself
+#         unavailable, and their tests that need torchvision skip with that reason. PyPI has no CPU build for
 #         Linux: pip takes it from a local wheel folder (PIP_FIND_LINKS) or from
 #         PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu.
 #   auto: full when the disk holding the venv has room for it, else cpu.
@@ -57,7 +58,7 @@ fi
 if [ "$FLAVOUR" = full ]; then
   # torch + torchvision first, as one pair (see docs: a lone torch pin breaks torchvision).
   "${PIP[@]}" install "torch>=2.2" "torchvision>=0.17"
-  EXTRAS=dev,clip
+  EXTRAS=dev,vision
 else
   [ -n "$installed_torch" ] || "${PIP[@]}" install "$CPU_TORCH"
   EXTRAS=dev

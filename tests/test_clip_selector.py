@@ -225,7 +225,7 @@ def test_scoring_helpers_vectorised():
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
     open_clip = pytest.importorskip(
-        "open_clip", reason="pip install 'refineg[clip]' (not in bootstrap's cpu flavour)"
+        "open_clip", reason="pip install 'refineg[vision]' (not in bootstrap's cpu flavour)"
     )
 
     root = tmp_path_factory.mktemp("clip")
@@ -334,6 +334,6 @@ def test_clip_weights_without_open_clip_name_the_extra(
     checkpoint.write_bytes(b"weights")
     monkeypatch.setitem(sys.modules, "open_clip", None)  # import fails
     sel = selector(tmp_path, minilm_path, clip_model="ViT-B-32", clip_checkpoint=checkpoint)
-    with pytest.raises(PluginError, match=r"refineg\[clip\]") as err:
+    with pytest.raises(PluginError, match=r"refineg\[vision\]") as err:
         sel.index(image_pool)
     assert err.value.where == "selector.options.clip_model"

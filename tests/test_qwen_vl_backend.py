@@ -23,6 +23,7 @@ from refineg_core.chat import ChatMessage, ChatRequest, ImagePart, TextPart
 from refineg_core.errors import BackendError, BackendUnavailable
 from refineg_core.registry import load_class
 from refineg_core.types import Box
+from tests.conftest import run_fresh_python
 
 IMAGE_PAD = 151655
 
@@ -50,6 +51,9 @@ def _tokenizer_dir() -> Path:
 def tiny_qwen2vl(tmp_path_factory) -> Path:
     torch = pytest.importorskip("torch")
     tf = pytest.importorskip("transformers")
+    pytest.importorskip(
+        "torchvision", reason="transformers' Qwen2-VL processors import it: refineg[vision]"
+    )
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
     torch.set_num_threads(2)
@@ -246,3 +250,17 @@ def test_model_type_picks_the_box_frame_plumbing(tiny_qwen2vl, tmp_path):
     (folder / "config.json").write_text(json.dumps(cfg))
     reason = QwenVLBackend(QwenVLBackend.Options(model_path=str(folder))).check_available()
     assert reason is not None and "llama" in reason
+
+
+def test_missing_torchvision_is_unavailable_with_the_extra_named_plumbing(tiny_qwen2vl):
+    # A fresh interpreter where torchvision cannot be imported (the cpu flavour).
+    run_fresh_python(
+        "import sys\n"
+        "sys.modules['torchvision'] = None\n"
+        "from refineg_qwen_vl.backend import QwenVLBackend\n"
+        "b = QwenVLBackend(QwenVLBackend.Options(model_path=sys.argv[1], device='cpu'))\n"
+        "reason = b.check_available() or ''\n"
+        "assert 'torchvision' in reason.lower(), reason\n"
+        "assert 'refineg[vision]' in reason, reason\n",
+        str(tiny_qwen2vl),
+    )

@@ -132,15 +132,6 @@ class ImageEncoder:
         batch_size: int = 32,
         device: str = "cpu",
     ) -> None:
-        try:
-            import open_clip
-        except ImportError as exc:
-            raise PluginError(
-                f"image similarity needs open_clip ({exc}); pip install 'refineg[clip]', "
-                "or leave clip_checkpoint/clip_pretrained unset to rank by text and entities",
-                where="selector.options.clip_model",
-            ) from exc
-
         name = model
         config_file = Path(model)
         if model.endswith(".json"):
@@ -148,7 +139,6 @@ class ImageEncoder:
                 raise PluginError(
                     f"open_clip config {model} not found", where="selector.options.clip_model"
                 )
-            open_clip.add_model_config(config_file)
             name = config_file.stem
         source: str | None = None
         ident = name
@@ -165,6 +155,16 @@ class ImageEncoder:
             ident = f"{name}-{pretrained}"
         if model.endswith(".json"):
             ident += "-" + hashlib.sha256(config_file.read_bytes()).hexdigest()[:8]
+        try:
+            import open_clip
+        except ImportError as exc:
+            raise PluginError(
+                f"image similarity needs open_clip ({exc}); pip install 'refineg[vision]', "
+                "or leave clip_checkpoint/clip_pretrained unset to rank by text and entities",
+                where="selector.options.clip_model",
+            ) from exc
+        if model.endswith(".json"):
+            open_clip.add_model_config(config_file)
         try:
             clip, _, preprocess = open_clip.create_model_and_transforms(
                 name, pretrained=source, device=device

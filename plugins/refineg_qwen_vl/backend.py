@@ -137,6 +137,12 @@ class QwenVLBackend(MLLMBackend):
             import transformers  # noqa: F401
         except ImportError as exc:
             return f"transformers is not importable: {exc}"
+        try:
+            self.processor  # noqa: B018 - loading it is the check (cached for the calls)
+        except ImportError as exc:
+            # transformers' Qwen2-VL processors need torchvision (the video processor).
+            why = " ".join(str(exc).split()) or repr(exc)
+            return f"cannot load the Qwen-VL processor: {why}; pip install 'refineg[vision]'"
         return None
 
     @property
