@@ -26,9 +26,11 @@ free_gb() {  # free space, in whole GiB, on the disk that will hold the venv
   df -Pk "$(dirname "$(realpath -m "$VENV")")" | awk 'NR == 2 { print int($4 / 1048576) }'
 }
 
-[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
-
+case "$FLAVOUR" in auto | full | cpu) ;; *)
+  echo "bootstrap: REFINEG_TORCH must be auto, full or cpu, not '$FLAVOUR'" >&2
+  exit 2
+  ;;
+esac
 installed_torch=$("$VENV/bin/python" -c 'import torch; print(torch.__version__)' 2>/dev/null || true)
 if [ "$FLAVOUR" = auto ]; then
   if [ -n "$installed_torch" ]; then
@@ -40,19 +42,17 @@ if [ "$FLAVOUR" = auto ]; then
     FLAVOUR=cpu
     echo "bootstrap: $(free_gb) GiB free beside $VENV, too little for the full torch +" \
       "torchvision install (about 10 GiB while it installs); installing the CPU-only" \
-      "torch build without open_clip (REFINEG_TORCH=full forces the full one)." >&2
+      "torch build without torchvision: no open_clip image similarity, no local qwen_vl" \
+      "(REFINEG_TORCH=full forces the full one)." >&2
   fi
 fi
-case "$FLAVOUR" in full | cpu) ;; *)
-  echo "bootstrap: REFINEG_TORCH must be auto, full or cpu, not '$FLAVOUR'" >&2
-  exit 2
-  ;;
-esac
-if [ -z "$installed_torch" ] && [ "$(free_gb)" -lt 4 ]; then
+if [ -z "$installed_torch" ] && [ "$(free_gb)" -lt 3 ]; then
   echo "bootstrap: only $(free_gb) GiB free beside $VENV; even the CPU-only install" \
-    "needs about 4 GiB. Free some space and run it again." >&2
+    "needs about 3 GiB. Free some space and run it again." >&2
   exit 1
 fi
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 
 "${PIP[@]}" install --upgrade pip setuptools wheel
 if [ "$FLAVOUR" = full ]; then
