@@ -100,6 +100,7 @@ def part_twitter(args) -> None:
             args,
             epochs=args.epochs,
             ensemble_size=args.ensemble,
+            ensemble_mode=args.ensemble_mode,
             use_shape_features=not args.no_shape_features,
         ),
         TWITTER_TYPES,
@@ -128,6 +129,7 @@ def part_twitter(args) -> None:
             "dev": scores,
             "gate": gate,
             "ensemble_size": args.ensemble,
+            "ensemble_mode": args.ensemble_mode,
             "member_dev_f1_per_epoch": [
                 [e["dev"]["f1"] for e in r["epochs"] if "dev" in e]
                 for r in report.get("members", [report])
@@ -433,6 +435,12 @@ def main() -> None:
         type=int,
         default=1,
         help="twitter/curve: ensemble members (seeds seed, seed+1, ...)",
+    )
+    ap.add_argument(
+        "--ensemble-mode",
+        choices=["seeds", "snapshots"],
+        default="seeds",
+        help="twitter: members from seeds, or the last --ensemble epochs of one run",
     )
     ap.add_argument(
         "--settings",
