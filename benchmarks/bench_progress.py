@@ -24,8 +24,8 @@ import textwrap
 from pathlib import Path
 
 from _common import DATA
+from refineg_formats.twitter import read_twitter_gmner, write_twitter_gmner
 
-from refineg_core.formats import read_twitter_gmner, write_twitter_gmner
 from refineg_core.testing.fake_openai import FakeOpenAIServer, ok
 from refineg_core.testing.stages import paint_image, query_text
 
@@ -101,8 +101,13 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=30, help="tweets to run (dev, with entities)")
     ap.add_argument("--train", type=int, default=40)
     args = ap.parse_args()
+    # The tweets, painted images and two run folders: ~180 MB, removed at the end.
+    with tempfile.TemporaryDirectory(prefix="bench-progress-") as tmp:
+        measure(args, Path(tmp))
+
+
+def measure(args: argparse.Namespace, root: Path) -> None:
     tw = DATA / "twitter-gmner"
-    root = Path(tempfile.mkdtemp(prefix="bench-progress-"))
     train = read_twitter_gmner(tw / "train.txt").samples[: args.train]
     dev = [s for s in read_twitter_gmner(tw / "dev.txt").samples if s.entities][: args.n]
     write_twitter_gmner(train, root / "train.txt")
