@@ -9,9 +9,9 @@
 #         local qwen_vl backend, whose transformers processors import torchvision);
 #   cpu:  the CPU-only torch build (about 0.8 GB) and no torchvision: the selector
 #         ranks demonstrations by text and entities only, qwen_vl reports itself
-#         unavailable, and their tests that need torchvision skip with that reason. PyPI has no CPU build for
-#         Linux: pip takes it from a local wheel folder (PIP_FIND_LINKS) or from
-#         PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu.
+#         unavailable, and the tests that need torchvision skip with that reason.
+#         PyPI has no CPU build for Linux: pip takes it from a local wheel folder
+#         (PIP_FIND_LINKS) or from PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu.
 #   auto: full when the disk holding the venv has room for it, else cpu.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,9 +22,8 @@ CPU_TORCH=${REFINEG_CPU_TORCH:-torch==2.13.0+cpu}
 # pip's wheel cache would keep a second copy of every wheel (GBs for torch).
 export PIP_NO_CACHE_DIR=1
 
-free_gb() {  # free space, in whole GiB, on the disk that will hold the venv
-  df -Pk "$(dirname "$(realpath -m "$VENV")")" | awk 'NR == 2 { print int($4 / 1048576) }'
-}
+# Free space, in whole GiB, on the disk that will hold the venv.
+FREE_GB=$(df -Pk "$(dirname "$(realpath -m "$VENV")")" | awk 'NR == 2 { print int($4 / 1048576) }')
 
 case "$FLAVOUR" in auto | full | cpu) ;; *)
   echo "bootstrap: REFINEG_TORCH must be auto, full or cpu, not '$FLAVOUR'" >&2
@@ -36,18 +35,18 @@ if [ "$FLAVOUR" = auto ]; then
   if [ -n "$installed_torch" ]; then
     # Keep what an earlier bootstrap chose: switching flavours means a new venv.
     if "$VENV/bin/python" -c 'import torchvision' 2>/dev/null; then FLAVOUR=full; else FLAVOUR=cpu; fi
-  elif [ "$(free_gb)" -ge 10 ]; then
+  elif [ "$FREE_GB" -ge 10 ]; then
     FLAVOUR=full
   else
     FLAVOUR=cpu
-    echo "bootstrap: $(free_gb) GiB free beside $VENV, too little for the full torch +" \
+    echo "bootstrap: $FREE_GB GiB free beside $VENV, too little for the full torch +" \
       "torchvision install (about 10 GiB while it installs); installing the CPU-only" \
       "torch build without torchvision: no open_clip image similarity, no local qwen_vl" \
       "(REFINEG_TORCH=full forces the full one)." >&2
   fi
 fi
-if [ -z "$installed_torch" ] && [ "$(free_gb)" -lt 3 ]; then
-  echo "bootstrap: only $(free_gb) GiB free beside $VENV; even the CPU-only install" \
+if [ -z "$installed_torch" ] && [ "$FREE_GB" -lt 3 ]; then
+  echo "bootstrap: only $FREE_GB GiB free beside $VENV; even the CPU-only install" \
     "needs about 3 GiB. Free some space and run it again." >&2
   exit 1
 fi

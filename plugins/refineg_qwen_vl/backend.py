@@ -155,10 +155,11 @@ class QwenVLBackend(MLLMBackend):
         return self._codec
 
     def complete(self, request: ChatRequest) -> ChatResponse:
-        reason = self.check_available()
-        if reason:
-            raise BackendUnavailable(reason)
-        self._load()
+        if self._model is None:  # once loaded, the model needs neither folder nor check
+            reason = self.check_available()
+            if reason:
+                raise BackendUnavailable(reason)
+            self._load()
         self._ensure_worker()
         fut: Future = Future()
         self._queue.put((request, fut))
