@@ -265,7 +265,10 @@ class TaggerPrediction:
     Optional stacks of marginals ``(M, tokens, labels)`` let a gate measure
     disagreement: ``member_marginals`` from the M members of an ensemble
     (``marginals`` is then their mean), ``dropout_marginals`` from M stochastic
-    (MC dropout) passes.
+    (MC dropout) passes. ``transition_marginals[i, a, b]`` is
+    P(token i has label a and token i+1 label b), shape ``(tokens - 1, labels,
+    labels)``; with it a gate can score a whole span, not only its tokens
+    (``member_transition_marginals``: the same per ensemble member).
     """
 
     sample_id: str
@@ -274,21 +277,35 @@ class TaggerPrediction:
     marginals: np.ndarray
     member_marginals: np.ndarray | None = None
     dropout_marginals: np.ndarray | None = None
+    transition_marginals: np.ndarray | None = None
+    member_transition_marginals: np.ndarray | None = None
 
     def __attrs_post_init__(self) -> None:
-        shape = (len(self.tags), len(self.label_names))
+        n, n_labels = len(self.tags), len(self.label_names)
+        shape = (n, n_labels)
         if self.marginals.shape != shape:
             raise DataError(
                 f"{self.sample_id}: marginals shape {self.marginals.shape} does not match "
                 f"{len(self.tags)} tokens x {len(self.label_names)} labels"
             )
-        for name in ("member_marginals", "dropout_marginals"):
+        pairs = (max(n - 1, 0), n_labels, n_labels)
+        expected = {
+            "member_marginals": shape,
+            "dropout_marginals": shape,
+            "member_transition_marginals": pairs,
+        }
+        for name, inner in expected.items():
             stack = getattr(self, name)
-            if stack is not None and (stack.ndim != 3 or stack.shape[1:] != shape):
+            if stack is not None and (stack.ndim != len(inner) + 1 or stack.shape[1:] != inner):
                 raise DataError(
                     f"{self.sample_id}: {name} shape {stack.shape} is not "
-                    f"(M, {shape[0]}, {shape[1]})"
+                    f"(M, {', '.join(map(str, inner))})"
                 )
+        if self.transition_marginals is not None and self.transition_marginals.shape != pairs:
+            raise DataError(
+                f"{self.sample_id}: transition_marginals shape "
+                f"{self.transition_marginals.shape} is not {pairs}"
+            )
 
 
 @attrs.frozen

@@ -66,6 +66,26 @@ def test_log_likelihood_viterbi_marginals_match_brute_force(seed):
         assert torch.allclose(marg[b, :n].sum(1), torch.ones(n, dtype=torch.double))
 
 
+@pytest.mark.parametrize("seed", [0, 3])
+def test_transition_marginals_match_brute_force(seed):
+    crf, em, mask, _, lengths = _random_case(seed, n_tags=3)
+    post, pair = crf.posteriors(em, mask)
+    assert torch.allclose(post, crf.marginals(em, mask))
+    assert pair.shape == (len(lengths), em.shape[1] - 1, 3, 3)
+    for b, n in enumerate(lengths):
+        _, _, _, scores = _brute(crf, em[b], n)
+        log_z = torch.logsumexp(torch.stack(list(scores.values())), 0)
+        want = torch.zeros(max(n - 1, 0), 3, 3, dtype=em.dtype)
+        for path, score in scores.items():
+            for t in range(n - 1):
+                want[t, path[t], path[t + 1]] += torch.exp(score - log_z)
+        assert torch.allclose(pair[b, : n - 1], want, atol=1e-9)
+        assert torch.all(pair[b, max(n - 1, 0) :] == 0)  # past the last position: no mass
+        # Consistent with the node marginals on both sides.
+        assert torch.allclose(pair[b, : n - 1].sum(2), post[b, : n - 1], atol=1e-9)
+        assert torch.allclose(pair[b, : n - 1].sum(1), post[b, 1:n], atol=1e-9)
+
+
 def test_padding_values_do_not_leak_into_results():
     crf, em, mask, tags, _ = _random_case(5, n_tags=3)
     noisy = em.clone()

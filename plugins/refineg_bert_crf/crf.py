@@ -127,6 +127,17 @@ class CRF(nn.Module):
 
     def marginals(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Posterior P(y_t = j | x) by forward-backward, shape [B, T, L]; padding rows are 0."""
+        return self.posteriors(emissions, mask, pairs=False)[0]
+
+    def posteriors(
+        self, emissions: torch.Tensor, mask: torch.Tensor, *, pairs: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Node marginals [B, T, L] and, with ``pairs``, transition marginals [B, T-1, L, L].
+
+        ``pair[b, t, i, j] = P(y_t = i, y_{t+1} = j | x)``: what a gate needs for the
+        probability of a whole span (the posterior of a linear chain is a Markov chain).
+        Rows at or past a sequence's last position are 0.
+        """
         mask = self._check(emissions, mask)
         _, trans, end = self.scores()
         alphas = self._forward_alphas(emissions, mask)
@@ -142,7 +153,18 @@ class CRF(nn.Module):
         beta = torch.stack(betas, dim=1)
         log_z = torch.logsumexp(alphas[:, -1] + end, dim=1)
         post = torch.exp(alphas + beta - log_z[:, None, None])
-        return post * mask.unsqueeze(2).to(post.dtype)
+        post = post * mask.unsqueeze(2).to(post.dtype)
+        if not pairs:
+            return post, None
+        # alpha_t(i) + trans(i, j) + emission_{t+1}(j) + beta_{t+1}(j) - log Z
+        joint = (
+            alphas[:, :-1].unsqueeze(3)
+            + trans.view(1, 1, *trans.shape)
+            + (emissions[:, 1:] + beta[:, 1:]).unsqueeze(2)
+            - log_z.view(-1, 1, 1, 1)
+        )
+        pair = torch.exp(joint) * mask[:, 1:].view(*mask.shape[:1], -1, 1, 1).to(post.dtype)
+        return post, pair
 
     def viterbi(self, emissions: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
         """Best label path for each sequence (lists of its real length)."""

@@ -24,11 +24,14 @@ _PENALTIES = ("start_penalty", "trans_penalty", "end_penalty")
 
 @attrs.frozen
 class BatchOutput:
-    """Decoded paths, mean marginals [B, T, L] and member marginals [M, B, T, L] (M > 1)."""
+    """Decoded paths, mean marginals [B, T, L] and member marginals [M, B, T, L] (M > 1),
+    with the transition marginals beside them ([B, T-1, L, L], [M, B, T-1, L, L])."""
 
     paths: list[list[int]]
     marginals: torch.Tensor | None
     member_marginals: torch.Tensor | None
+    transitions: torch.Tensor | None = None
+    member_transitions: torch.Tensor | None = None
 
 
 def mean_crf(members: Sequence[BertCrfModel]) -> CRF:
@@ -64,16 +67,16 @@ def decode(
     if len(members) == 1:
         emissions = outs[0][0]
         head = members[0].crf
-        post = head.marginals(emissions, mask) if marginals else None
-        return BatchOutput(head.viterbi(emissions, mask), post, None)
+        post, pair = head.posteriors(emissions, mask) if marginals else (None, None)
+        return BatchOutput(head.viterbi(emissions, mask), post, None, pair)
     crf = crf if crf is not None else mean_crf(members)
     paths = crf.viterbi(torch.stack([e for e, _ in outs]).mean(0), mask)
     if not marginals:
         return BatchOutput(paths, None, None)
-    member_post = torch.stack(
-        [m.crf.marginals(e, mask) for m, (e, _) in zip(members, outs, strict=True)]
-    )
-    return BatchOutput(paths, member_post.mean(0), member_post)
+    each = [m.crf.posteriors(e, mask) for m, (e, _) in zip(members, outs, strict=True)]
+    member_post = torch.stack([post for post, _ in each])
+    member_pair = torch.stack([pair for _, pair in each])
+    return BatchOutput(paths, member_post.mean(0), member_post, member_pair.mean(0), member_pair)
 
 
 def dropout_marginals(

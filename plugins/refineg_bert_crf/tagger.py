@@ -572,6 +572,8 @@ class BertCrfTagger(Tagger):
                 )
                 post = _numpy(out.marginals)
                 member_post = _numpy(out.member_marginals)
+                pair = _numpy(out.transitions)
+                member_pair = _numpy(out.member_transitions)
                 dropout_post = (
                     _numpy(
                         ensemble.dropout_marginals(
@@ -601,6 +603,10 @@ class BertCrfTagger(Tagger):
                         dropout_marginals=None
                         if dropout_post is None
                         else _rows(dropout_post[:, b, :n]),
+                        transition_marginals=None if pair is None else pair[b, : n - 1],
+                        member_transition_marginals=None
+                        if member_pair is None
+                        else member_pair[:, b, : n - 1],
                     )
         return results  # type: ignore[return-value]
 
