@@ -135,6 +135,147 @@ def estimator_quality(
     return out
 
 
+def error_audit(
+    gate,
+    samples,
+    predictions,
+    train,
+    *,
+    confident_below: float = 0.1,
+    min_count: int = 3,
+    min_share: float = 0.8,
+) -> dict:
+    """Every wrong predicted entity: its uncertainty, its kind and what train says.
+
+    Kind: ``type`` (gold has the span with another type), ``boundary`` (it
+    overlaps a gold entity) or ``spurious``. ``train_agrees``: the training
+    annotations label the same string (case-folded) with the predicted type at
+    least ``min_count`` times and ``min_share`` of its occurrences; such errors
+    are often the gold's inconsistency, which no confidence can rank, so the
+    AUROC without them is reported beside the plain one.
+    """
+    labelled: dict[str, dict[str, int]] = {}
+    for s in train:
+        for e in s.entities:
+            counts = labelled.setdefault(e.text.lower(), {})
+            counts[e.type] = counts.get(e.type, 0) + 1
+    rows, scores, wrong, agrees = [], [], [], []
+    for sample, decision in zip(samples, gate.decide(samples, predictions), strict=True):
+        gold = {e.key for e in sample.entities}
+        for e in decision.entities:
+            counts = labelled.get(e.text.lower(), {})
+            total = sum(counts.values())
+            agree = (
+                counts.get(e.type, 0) >= min_count and counts.get(e.type, 0) >= min_share * total
+            )
+            scores.append(e.uncertainty)
+            wrong.append(e.key not in gold)
+            agrees.append(agree)
+            if e.key in gold:
+                continue
+            same_span = [g for g in sample.entities if (g.start, g.end) == (e.start, e.end)]
+            overlap = [g for g in sample.entities if g.start < e.end and e.start < g.end]
+            kind = "type" if same_span else "boundary" if overlap else "spurious"
+            rows.append(
+                {
+                    "sample": sample.id,
+                    "text": e.text,
+                    "type": e.type,
+                    "uncertainty": e.uncertainty,
+                    "kind": kind,
+                    "gold_overlapping": [f"{g.text}/{g.type}" for g in overlap],
+                    "train_labels": counts,
+                    "train_agrees": agree,
+                    "sentence": " ".join(sample.tokens),
+                }
+            )
+    rows.sort(key=lambda r: r["uncertainty"])
+    keep = [not (w and a) for w, a in zip(wrong, agrees, strict=True)]
+
+    def summary(selected):
+        out: dict = {
+            "wrong": len(selected),
+            "train_agrees": sum(r["train_agrees"] for r in selected),
+        }
+        for kind in ("type", "boundary", "spurious"):
+            out[kind] = sum(r["kind"] == kind for r in selected)
+        return out
+
+    return {
+        "entities": len(scores),
+        "auroc": auroc(scores, wrong),
+        "auroc_without_train_agreeing_errors": auroc(
+            [u for u, k in zip(scores, keep, strict=True) if k],
+            [w for w, k in zip(wrong, keep, strict=True) if k],
+        ),
+        "confident_below": confident_below,
+        "all_errors": summary(rows),
+        "confident_errors": summary([r for r in rows if r["uncertainty"] < confident_below]),
+        "errors": rows,
+    }
+
+
+def _errors_main() -> None:
+    import argparse
+    import json
+    import os
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    here = Path(__file__).resolve().parent
+    ap = argparse.ArgumentParser(description="The gate's most confident errors, audited.")
+    ap.add_argument("--tagger", required=True, help="saved bert_crf tagger")
+    ap.add_argument(
+        "--name",
+        required=True,
+        help="result file: runs/errors_<name>.json (git-ignored: it quotes the dev tweets)",
+    )
+    ap.add_argument("--gate", default="span", help="an uncertainty plugin name")
+    ap.add_argument("--options", default="{}", help="the gate's options, as JSON")
+    ap.add_argument("--top", type=int, default=40, help="rows printed, most confident first")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--data",
+        type=Path,
+        default=Path(os.environ.get("REFINEG_DATA", here.parent.parent / "shared" / "data")),
+    )
+    args = ap.parse_args(sys.argv[2:])
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("REFINEG_NO_PROGRESS", "1")
+    from refineg_bert_crf.tagger import BertCrfTagger
+
+    from refineg_core import registry
+    from refineg_core.formats import load_dataset
+
+    twitter = args.data / "twitter-gmner"
+    dev = list(load_dataset(twitter / "dev.txt").samples)
+    train = list(load_dataset(twitter / "train.txt").samples)
+    gate_cls = registry.load_class("uncertainty", args.gate)
+    gate = gate_cls(gate_cls.Options(**json.loads(args.options)))
+    doc = error_audit(gate, dev, BertCrfTagger.load(Path(args.tagger)).predict(dev), train)
+    doc.update(
+        tagger=args.tagger,
+        gate=args.gate,
+        options=json.loads(args.options),
+        command="python benchmarks/bench_tagger_gate.py " + " ".join(sys.argv[1:]),
+    )
+    out = here.parent / "runs" / f"errors_{args.name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2, ensure_ascii=False), encoding="utf-8")
+    print(json.dumps({k: v for k, v in doc.items() if k != "errors"}, indent=1))
+    print("| uncertainty | kind | predicted | gold overlapping | train labels | sentence |")
+    print("|---:|---|---|---|---|---|")
+    for r in doc["errors"][: args.top]:
+        print(
+            f"| {r['uncertainty']:.3f} | {r['kind']} | {r['text']} / {r['type']} | "
+            f"{', '.join(r['gold_overlapping']) or '–'} | {r['train_labels'] or '–'} | "
+            f"{r['sentence'][:90]} |"
+        )
+    print(f"wrote {out}")
+
+
 def _compare_main() -> None:
     import argparse
     import json
@@ -163,6 +304,7 @@ def _compare_main() -> None:
     from refineg_bert_crf.tagger import BertCrfTagger
     from refineg_gates.margin import MarginGate
     from refineg_gates.sampling import EnsembleMIGate, MCDropoutGate
+    from refineg_gates.span import SpanGate
     from refineg_gates.temperature import TemperatureEntropyGate
 
     from refineg_core.formats import load_dataset
@@ -203,6 +345,7 @@ def _compare_main() -> None:
     add(f"{prefix}: entropy (max)", EntropyGate, one, 1, options={"aggregate": "max"})
     add(f"{prefix}: margin (mean)", MarginGate, one, 1)
     add(f"{prefix}: margin (max)", MarginGate, one, 1, options={"aggregate": "max"})
+    add(f"{prefix}: span probability", SpanGate, one, 1)
     add(f"{prefix}: temperature entropy (mean)", TemperatureEntropyGate, one, 1, calibrate=True)
     add(
         f"{prefix}: temperature entropy (max)",
@@ -237,6 +380,7 @@ def _compare_main() -> None:
         t0 = time.perf_counter()
         ens = tagger.predict(dev)
         doc["ensemble_predict_seconds"] = time.perf_counter() - t0
+        add(f"ensemble of {m}: span probability (members' mean)", SpanGate, ens, m)
         for agg in ("mean", "max"):
             add(
                 f"ensemble of {m}: entropy of mean marginals ({agg})",
@@ -301,6 +445,8 @@ if __name__ == "__main__":
 
     if len(_sys.argv) > 1 and _sys.argv[1] == "compare":
         _compare_main()
+    elif len(_sys.argv) > 1 and _sys.argv[1] == "errors":
+        _errors_main()
     elif len(_sys.argv) > 2 and _sys.argv[1] == "render":
         import json as _json
         from pathlib import Path as _Path
@@ -309,5 +455,5 @@ if __name__ == "__main__":
     else:
         raise SystemExit(
             "usage: bench_tagger_gate.py compare --tagger DIR --name NAME [...] | "
-            "render results/gate_NAME.json"
+            "errors --tagger DIR --name NAME [--gate span] | render results/gate_NAME.json"
         )

@@ -16,6 +16,7 @@ from refineg_entropy.gate import EntropyGate
 from refineg_gates.decision import TokenScoreGate
 from refineg_gates.margin import MarginGate, token_margin_uncertainty
 from refineg_gates.sampling import EnsembleMIGate, MCDropoutGate, mutual_information
+from refineg_gates.span import SpanGate
 from refineg_gates.temperature import TemperatureEntropyGate, fit_temperature, nll, scale
 
 from refineg_core import registry
@@ -160,6 +161,7 @@ def test_every_estimator_is_registered_and_shares_the_decision_logic():
         "mc_dropout": MCDropoutGate,
         "ensemble_mi": EnsembleMIGate,
         "temperature_entropy": TemperatureEntropyGate,
+        "span": SpanGate,
     }
     for name, cls in expected.items():
         assert names[name].load() is cls
@@ -220,3 +222,59 @@ def test_estimator_quality_scores_a_gate_on_gold():
     (budget,) = row["budget_rows"]
     assert budget["samples_delegated"] == 0.5 and budget["kept_precision"] == 1.0
     assert budget["oracle_f1"] == 1.0  # the two wrong samples delegated, returned as gold
+
+
+def ents(*spans) -> tuple[Entity, ...]:
+    return tuple(Entity(*x) for x in spans)
+
+
+def test_error_audit_sorts_kinds_and_flags_errors_the_training_labels_agree_with():
+    bench = _bench()
+    train = [
+        Sample(f"t{k}", ("Lee", "won"), "Lee won", entities=ents((0, 1, "PER", "Lee")))
+        for k in range(3)
+    ]
+    tokens = ("Lee", "Ann", "met", "Kim")
+    samples = [
+        # predicted "Lee" PER: gold misses it (spurious), but train labels "Lee" PER 3x
+        Sample("a", tokens, " ".join(tokens), entities=ents((3, 4, "PER", "Kim"))),
+        # predicted "Lee Ann" PER: gold has "Lee" only (boundary)
+        Sample(
+            "b", tokens, " ".join(tokens), entities=ents((0, 1, "PER", "Lee"), (3, 4, "PER", "Kim"))
+        ),
+        # predicted "Kim" PER: gold says LOC (type)
+        Sample("c", tokens, " ".join(tokens), entities=ents((3, 4, "LOC", "Kim"))),
+    ]
+    tags = {
+        "a": ("B-PER", "O", "O", "B-PER"),
+        "b": ("B-PER", "I-PER", "O", "B-PER"),
+        "c": ("O", "O", "O", "B-PER"),
+    }
+    confident, unsure = [0.02, 0.98, 0.0], [0.4, 0.6, 0.0]
+    preds = []
+    for s in samples:
+        rows = [
+            [1.0, 0.0, 0.0]
+            if t == "O"
+            else (confident if s.id == "a" and i == 0 else unsure)
+            if t == "B-PER"
+            else [0.3, 0.0, 0.7]
+            for i, t in enumerate(tags[s.id])
+        ]
+        preds.append(TaggerPrediction(s.id, tags[s.id], LABELS, np.array(rows)))
+    doc = bench.error_audit(MarginGate(MarginGate.Options(aggregate="max")), samples, preds, train)
+    kinds = {(r["sample"], r["text"]): r["kind"] for r in doc["errors"]}
+    assert kinds == {("a", "Lee"): "spurious", ("b", "Lee Ann"): "boundary", ("c", "Kim"): "type"}
+    first = doc["errors"][0]  # most confident first
+    assert (first["sample"], first["text"], first["train_agrees"]) == ("a", "Lee", True)
+    assert first["train_labels"] == {"PER": 3}
+    assert doc["all_errors"] == {
+        "wrong": 3,
+        "train_agrees": 1,
+        "type": 1,
+        "boundary": 1,
+        "spurious": 1,
+    }
+    assert doc["confident_errors"]["wrong"] == 1
+    # Dropping the one train-agreeing error (the most confident one) can only raise AUROC here.
+    assert doc["auroc_without_train_agreeing_errors"] > doc["auroc"]

@@ -7,7 +7,8 @@ decisions:
 
 - entity uncertainty: mean or max of the token scores over its tokens
   (``aggregate``); its confidence is the mean (with ``max``: the minimum)
-  probability of the decoded tag over its tokens;
+  probability of the decoded tag over its tokens. A gate that scores whole
+  spans overrides :meth:`TokenScoreGate.entity_score` instead (``span``);
 - sample "missed entity" uncertainty: the highest token score among tokens
   decoded as ``O`` (0 when there is none).
 
@@ -40,17 +41,22 @@ from refineg_core.labels import tags_to_spans
 from refineg_core.types import SOURCE_TAGGER, Entity, GateDecision, Sample, TaggerPrediction
 
 
-class GateOptions(PluginOptions):
-    """Options every token-score gate has (subclasses add their own)."""
+class ThresholdOptions(PluginOptions):
+    """Options of every gate built on :class:`TokenScoreGate` (subclasses add their own)."""
 
     threshold: pydantic.confloat(ge=0, le=1) = 0.4
-    aggregate: Literal["mean", "max"] = "mean"
     budget: pydantic.confloat(ge=0, le=1) | None = pydantic.Field(
         None, description="delegate at most this fraction of samples, most uncertain first"
     )
     missed_entities: bool = pydantic.Field(
         True, description="delegate samples whose O tokens look uncertain"
     )
+
+
+class GateOptions(ThresholdOptions):
+    """A gate whose entity score aggregates its token scores."""
+
+    aggregate: Literal["mean", "max"] = "mean"
 
 
 def normalised_entropy(p: np.ndarray) -> np.ndarray:
@@ -84,6 +90,15 @@ class TokenScoreGate(UncertaintyEstimator):
         """The per-token label probabilities the gate trusts (default: the marginals)."""
         return np.asarray(pred.marginals, dtype=np.float64)
 
+    def entity_score(
+        self, pred: TaggerPrediction, u: np.ndarray, p_tag: np.ndarray, start: int, end: int
+    ) -> tuple[float, float]:
+        """(uncertainty, confidence) of the span ``[start, end)``; default: ``aggregate``
+        of its token uncertainties ``u`` and decoded-tag probabilities ``p_tag``."""
+        if self.options.aggregate == "max":
+            return float(u[start:end].max()), float(p_tag[start:end].min())
+        return float(u[start:end].mean()), float(p_tag[start:end].mean())
+
     # ---------------------------------------------------------------- shared logic
     def score(self, sample: Sample, pred: TaggerPrediction) -> tuple[list[Entity], float]:
         """The sample's predicted entities with uncertainty/confidence, and its missed score."""
@@ -112,10 +127,12 @@ class TokenScoreGate(UncertaintyEstimator):
         )
         entities = []
         for start, end, etype in decoded.spans:
-            if self.options.aggregate == "max":
-                unc, conf = float(u[start:end].max()), float(p_tag[start:end].min())
-            else:
-                unc, conf = float(u[start:end].mean()), float(p_tag[start:end].mean())
+            unc, conf = self.entity_score(pred, u, p_tag, start, end)
+            if not (math.isfinite(unc) and math.isfinite(conf)):
+                raise DataError(
+                    f"entity score of tokens {start}..{end} is not finite ({unc}, {conf})",
+                    where=f"uncertainty: sample {sample.id}",
+                )
             entities.append(
                 Entity(
                     start,
