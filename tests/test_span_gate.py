@@ -131,6 +131,11 @@ def test_ensemble_span_probability_is_the_members_mean():
     assert entities[0].confidence == pytest.approx(np.mean(each))
 
 
+def test_a_tag_outside_the_label_set_has_probability_zero():
+    names, node, pair, tags, _ = _gate_case()
+    assert span_probability(node, pair, names, ("B-ORG", "O", "O", "O"), 0, 1) == 0.0
+
+
 def test_gate_fails_loudly_without_transition_marginals():
     names, node, _, tags, s = _gate_case()
     with pytest.raises(DataError, match="transition marginals"):

@@ -62,6 +62,8 @@ def span_probability(
     marginals; ``tags`` the decoded tags (their labels at ``start..end-1`` are scored).
     """
     index = {name: i for i, name in enumerate(label_names)}
+    if any(t not in index for t in tags[start:end]):
+        return 0.0  # a tag the marginals do not cover has no probability
     path = [index[t] for t in tags[start:end]]
     prob = float(node[start, path[0]])
     for t in range(start + 1, end):
