@@ -132,7 +132,7 @@ def test_ensemble_span_probability_is_the_members_mean():
 
 
 def test_a_tag_outside_the_label_set_has_probability_zero():
-    names, node, pair, tags, _ = _gate_case()
+    names, node, pair, *_ = _gate_case()
     assert span_probability(node, pair, names, ("B-ORG", "O", "O", "O"), 0, 1) == 0.0
 
 
