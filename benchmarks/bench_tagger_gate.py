@@ -215,14 +215,32 @@ def error_audit(
     }
 
 
-def _errors_main() -> None:
-    import argparse
-    import json
+def _parse(ap):
+    """Add ``--threads`` and ``--data``, parse the subcommand's arguments, fix the threads."""
     import os
     import sys
     from pathlib import Path
 
     import torch
+
+    here = Path(__file__).resolve().parent
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--data",
+        type=Path,
+        default=Path(os.environ.get("REFINEG_DATA", here.parent.parent / "shared" / "data")),
+    )
+    args = ap.parse_args(sys.argv[2:])
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("REFINEG_NO_PROGRESS", "1")
+    return args
+
+
+def _errors_main() -> None:
+    import argparse
+    import json
+    import sys
+    from pathlib import Path
 
     here = Path(__file__).resolve().parent
     ap = argparse.ArgumentParser(description="The gate's most confident errors, audited.")
@@ -235,15 +253,7 @@ def _errors_main() -> None:
     ap.add_argument("--gate", default="span", help="an uncertainty plugin name")
     ap.add_argument("--options", default="{}", help="the gate's options, as JSON")
     ap.add_argument("--top", type=int, default=40, help="rows printed, most confident first")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument(
-        "--data",
-        type=Path,
-        default=Path(os.environ.get("REFINEG_DATA", here.parent.parent / "shared" / "data")),
-    )
-    args = ap.parse_args(sys.argv[2:])
-    torch.set_num_threads(args.threads)
-    os.environ.setdefault("REFINEG_NO_PROGRESS", "1")
+    args = _parse(ap)
     from refineg_bert_crf.tagger import BertCrfTagger
 
     from refineg_core import registry
@@ -279,7 +289,6 @@ def _errors_main() -> None:
 def _compare_main() -> None:
     import argparse
     import json
-    import os
     import sys
     import time
     from pathlib import Path
@@ -292,15 +301,7 @@ def _compare_main() -> None:
     ap.add_argument("--name", required=True, help="result file: results/gate_<name>.json")
     ap.add_argument("--mc-dropout", type=int, default=5, help="K dropout passes (0: skip)")
     ap.add_argument("--dev-limit", type=int, default=None)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument(
-        "--data",
-        type=Path,
-        default=Path(os.environ.get("REFINEG_DATA", here.parent.parent / "shared" / "data")),
-    )
-    args = ap.parse_args(sys.argv[2:])
-    torch.set_num_threads(args.threads)
-    os.environ.setdefault("REFINEG_NO_PROGRESS", "1")
+    args = _parse(ap)
     from refineg_bert_crf.tagger import BertCrfTagger
     from refineg_gates.margin import MarginGate
     from refineg_gates.sampling import EnsembleMIGate, MCDropoutGate
