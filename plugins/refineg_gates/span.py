@@ -26,6 +26,8 @@ it needs ``TaggerPrediction.transition_marginals`` (``bert_crf`` reports them).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from refineg_core.errors import DataError
@@ -34,14 +36,18 @@ from refineg_core.types import TaggerPrediction
 from refineg_gates.decision import ThresholdOptions, TokenScoreGate
 
 
-def _continuing(label_names: tuple[str, ...], etype: str | None, prefixes: str) -> list[int]:
-    """Indices of the labels of type ``etype`` whose prefix is one of ``prefixes``."""
-    out = []
+@functools.lru_cache(maxsize=64)
+def _label_info(label_names: tuple[str, ...]) -> tuple[dict[str, int], dict]:
+    """Label index, and per (type, prefixes) the labels of that type with those
+    prefixes (computed once per label set, not per entity)."""
+    index = {name: i for i, name in enumerate(label_names)}
+    by_type: dict = {}
     for i, name in enumerate(label_names):
         prefix, kind = split_tag(name)
-        if kind == etype and prefix in prefixes:
-            out.append(i)
-    return out
+        for prefixes in ("IE", "BI"):
+            if prefix in prefixes:
+                by_type.setdefault((kind, prefixes), []).append(i)
+    return index, by_type
 
 
 def _ratio(num: float, den: float) -> float:
@@ -61,7 +67,7 @@ def span_probability(
     ``node`` [T, L] and ``pair`` [T-1, L, L] are one model's node and transition
     marginals; ``tags`` the decoded tags (their labels at ``start..end-1`` are scored).
     """
-    index = {name: i for i, name in enumerate(label_names)}
+    index, by_type = _label_info(tuple(label_names))
     if any(t not in index for t in tags[start:end]):
         return 0.0  # a tag the marginals do not cover has no probability
     path = [index[t] for t in tags[start:end]]
@@ -72,10 +78,10 @@ def span_probability(
     first_prefix, etype = split_tag(tags[start])
     last = path[-1]
     if end < len(tags):  # the next token must not continue the span
-        cont = _continuing(label_names, etype, "IE")
+        cont = by_type.get((etype, "IE"), [])
         prob *= 1.0 - _ratio(float(pair[end - 1, last, cont].sum()), float(node[end - 1, last]))
     if start > 0 and first_prefix not in {"B", "S"}:  # nor the previous one run into it
-        into = _continuing(label_names, etype, "BI")
+        into = by_type.get((etype, "BI"), [])
         prob *= 1.0 - _ratio(
             float(pair[start - 1, into, path[0]].sum()), float(node[start, path[0]])
         )
