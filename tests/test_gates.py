@@ -170,19 +170,22 @@ def test_every_estimator_is_registered_and_shares_the_decision_logic():
         assert "decide" not in vars(cls) and "score" not in vars(cls)
 
 
-@pytest.mark.parametrize("gate_cls", [MarginGate, TemperatureEntropyGate])
+@pytest.mark.parametrize("gate_cls", [MarginGate, TemperatureEntropyGate, SpanGate])
 def test_budget_mode_applies_to_every_estimator(gate_cls):
     samples, preds = [], []
     for k, p in enumerate([0.99, 0.6, 0.8, 0.55]):
         samples.append(Sample(f"s{k}", ("Obama",), "Obama"))
-        preds.append(TaggerPrediction(f"s{k}", ("B-PER",), LABELS, np.array([[1 - p, p, 0.0]])))
-    gate = gate_cls(
-        gate_cls.Options(
-            threshold=0.0,
-            budget=0.5,
-            **({"temperature": 2.0} if gate_cls is not MarginGate else {}),
+        preds.append(
+            TaggerPrediction(
+                f"s{k}",
+                ("B-PER",),
+                LABELS,
+                np.array([[1 - p, p, 0.0]]),
+                transition_marginals=np.zeros((0, 3, 3)),  # one token: no pairs
+            )
         )
-    )
+    extra = {"temperature": 2.0} if gate_cls is TemperatureEntropyGate else {}
+    gate = gate_cls(gate_cls.Options(threshold=0.0, budget=0.5, **extra))
     decisions = gate.decide(samples, preds)
     assert [d.delegate_sample for d in decisions] == [False, True, False, True]
     assert gate.last_stats["capped_by_budget"] == 2
