@@ -100,6 +100,9 @@ def test_incompatible_taggers_are_refused_with_the_reason(saved, minilm_path, da
         combine([a, other])
     with pytest.raises(TaggerError, match="at least two"):
         combine([a])
+    with pytest.raises(TaggerError, match="same model") as err:  # one folder given twice
+        combine([a, BertCrfTagger.load(saved[1]), BertCrfTagger.load(saved[0])], names="abc")
+    assert err.value.where == "c" and "member of a" in str(err.value)
     untrained = BertCrfTagger(tiny_options(minilm_path), LABELS)
     with pytest.raises(TaggerError, match="not trained"):
         combine([a, untrained])

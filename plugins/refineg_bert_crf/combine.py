@@ -5,7 +5,8 @@ machines (or at different times) and joined afterwards: every member of every
 input tagger becomes a member of the result, in order. The inputs must agree on
 everything the shared parts depend on: labels and scheme, the encoder's
 architecture and tokenizer, and the options that shape the head or cut the
-sentences. Anything else (seed, epochs, learning rates) may differ.
+sentences. Anything else (seed, epochs, learning rates) may differ. A member
+given twice (identical weights) is refused: a copy adds nothing.
 
     python -m refineg_bert_crf.combine --out runs/ens3 runs/seed1 runs/seed2 runs/seed3
 
@@ -19,6 +20,8 @@ import copy
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+import torch
 
 from refineg_bert_crf.tagger import BertCrfTagger
 from refineg_core.errors import RefinegError, TaggerError
@@ -79,6 +82,15 @@ def combine(taggers: Sequence[BertCrfTagger], *, names: Sequence[str] | None = N
             raise TaggerError(f"cannot join it with {names[0]}: they differ in {shown}", where=name)
     device = next(taggers[0].model.parameters()).device
     members = [m.to(device) for t in taggers for m in t.members]
+    owner = [name for t, name in zip(taggers, names, strict=True) for _ in t.members]
+    for j, later in enumerate(members):
+        for i in range(j):
+            if torch.equal(members[i].emission.weight, later.emission.weight):
+                raise TaggerError(
+                    f"its member is the same model as a member of {owner[i]} (identical "
+                    "weights): a copy adds nothing to an ensemble",
+                    where=owner[j],
+                )
     origin = []
     for tagger, name in zip(taggers, names, strict=True):
         own = tagger.member_origin or [{} for _ in tagger.members]
