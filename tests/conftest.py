@@ -43,6 +43,21 @@ def minilm_path() -> Path:
     return Path(gt.get_model_path())
 
 
+@pytest.fixture(scope="session")
+def few_tweets():
+    """32 real training tweets, and 10 more plus a short and an empty sentence to predict:
+    enough for tiny bert_crf trainings that check plumbing, not quality."""
+    from refineg_core.formats import load_dataset
+    from refineg_core.types import Sample
+
+    if not TWITTER.exists():
+        pytest.skip(f"real data not found at {TWITTER}")
+    tweets = load_dataset(TWITTER / "train.txt", limit=80).samples
+    short = Sample("short", ("Obama", "visits", "Paris", "today"), "Obama visits Paris today")
+    empty = Sample("empty", (), "")
+    return list(tweets[:32]), [*tweets[60:70], short, empty]
+
+
 @pytest.fixture
 def server():
     """A fresh fake OpenAI-compatible server on loopback (refineg_core.testing.fake_openai)."""

@@ -17,13 +17,12 @@ from refineg_bert_crf.tagger import BertCrfTagger
 from refineg_core.errors import TaggerError
 from refineg_core.labels import LabelSet
 from tests.test_bert_crf import LABELS, tiny_options
-from tests.test_bert_crf_ensemble import data  # noqa: F401  (the fixture)
 
 
 @pytest.fixture(scope="module")
-def saved(minilm_path, data, tmp_path_factory):  # noqa: F811
+def saved(minilm_path, few_tweets, tmp_path_factory):
     """Two single taggers (seeds 3 and 5) and one ensemble of 2 (seeds 7, 8), saved."""
-    train, _ = data
+    train, _ = few_tweets
     root = tmp_path_factory.mktemp("combine")
     dirs = []
     for name, kw in [
@@ -38,8 +37,8 @@ def saved(minilm_path, data, tmp_path_factory):  # noqa: F811
     return dirs
 
 
-def test_joined_members_are_the_inputs_members(saved, data):  # noqa: F811
-    _, dev = data
+def test_joined_members_are_the_inputs_members(saved, few_tweets):
+    _, dev = few_tweets
     a, b, pair = (BertCrfTagger.load(d) for d in saved)
     joined = combine([a, b, pair], names=["a", "b", "pair"])
     assert len(joined.members) == 4 and joined.options.ensemble_size == 4
@@ -67,8 +66,8 @@ def test_joined_members_are_the_inputs_members(saved, data):  # noqa: F811
     assert len(a.members) == 1 and len(pair.members) == 2
 
 
-def test_command_line_saves_a_loadable_ensemble(saved, data, tmp_path, capsys):  # noqa: F811
-    _, dev = data
+def test_command_line_saves_a_loadable_ensemble(saved, few_tweets, tmp_path, capsys):
+    _, dev = few_tweets
     out = tmp_path / "ens"
     assert main([str(d) for d in saved[:2]] + ["--out", str(out)]) == 0
     assert "2 members" in capsys.readouterr().out
@@ -84,8 +83,8 @@ def test_command_line_saves_a_loadable_ensemble(saved, data, tmp_path, capsys): 
     assert "not empty" in capsys.readouterr().err
 
 
-def test_incompatible_taggers_are_refused_with_the_reason(saved, minilm_path, data):  # noqa: F811
-    train, _ = data
+def test_incompatible_taggers_are_refused_with_the_reason(saved, minilm_path, few_tweets):
+    train, _ = few_tweets
     a = BertCrfTagger.load(saved[0])
     bioes = BertCrfTagger(tiny_options(minilm_path, epochs=1, scheme="BIOES"), LABELS)
     bioes.fit(train[:8])

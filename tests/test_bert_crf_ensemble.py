@@ -17,25 +17,13 @@ from refineg_bert_crf import ensemble
 from refineg_bert_crf.tagger import BertCrfTagger
 
 from refineg_core.errors import TaggerError
-from refineg_core.formats import load_dataset
 from refineg_core.labels import LabelSet
-from refineg_core.types import Sample
-from tests.test_bert_crf import LABELS, TWITTER, tiny_options
+from tests.test_bert_crf import LABELS, tiny_options
 
 
 @pytest.fixture(scope="module")
-def data():
-    if not TWITTER.exists():
-        pytest.skip(f"real data not found at {TWITTER}")
-    tweets = load_dataset(TWITTER / "train.txt", limit=80).samples
-    short = Sample("short", ("Obama", "visits", "Paris", "today"), "Obama visits Paris today")
-    empty = Sample("empty", (), "")
-    return list(tweets[:32]), [*tweets[60:70], short, empty]
-
-
-@pytest.fixture(scope="module")
-def pair(minilm_path, data):
-    train, dev = data
+def pair(minilm_path, few_tweets):
+    train, dev = few_tweets
     tagger = BertCrfTagger(tiny_options(minilm_path, epochs=1, ensemble_size=2), LABELS)
     report = tagger.fit(train, [s for s in dev if s.entities])
     return tagger, report
@@ -51,9 +39,9 @@ def test_seed_members_are_trained_separately(pair):
     assert all(len(r["epochs"]) == 1 for r in report["members"])
 
 
-def test_marginals_are_the_member_mean_and_rows_sum_to_one(pair, data):
+def test_marginals_are_the_member_mean_and_rows_sum_to_one(pair, few_tweets):
     tagger, _ = pair
-    _, dev = data
+    _, dev = few_tweets
     preds = tagger.predict(dev)
     singles = [tagger.member(k).predict(dev) for k in range(2)]
     for i, p in enumerate(preds):
@@ -66,10 +54,10 @@ def test_marginals_are_the_member_mean_and_rows_sum_to_one(pair, data):
             np.testing.assert_allclose(p.marginals.sum(1), 1.0, atol=1e-9)
 
 
-def test_tags_are_the_best_path_of_the_averaged_potentials(pair, data):
+def test_tags_are_the_best_path_of_the_averaged_potentials(pair, few_tweets):
     """Brute force over all 9^4 paths of a 4-word sentence with the members' mean scores."""
     tagger, _ = pair
-    short = next(s for s in data[1] if s.id == "short")
+    short = next(s for s in few_tweets[1] if s.id == "short")
     ems, scores = [], []
     with torch.inference_mode():
         for k in range(2):
@@ -89,9 +77,9 @@ def test_tags_are_the_best_path_of_the_averaged_potentials(pair, data):
     assert list(pred.tags) == [tagger.label_names[j] for j in best]
 
 
-def test_save_load_round_trip_and_inference_options(pair, data, tmp_path):
+def test_save_load_round_trip_and_inference_options(pair, few_tweets, tmp_path):
     tagger, _ = pair
-    _, dev = data
+    _, dev = few_tweets
     tagger.save(tmp_path / "t")
     assert json.loads((tmp_path / "t" / "ensemble.json").read_text())["members"] == 2
     config_options = tiny_options(
@@ -112,8 +100,8 @@ def test_save_load_round_trip_and_inference_options(pair, data, tmp_path):
         BertCrfTagger.load(tmp_path / "t", None, other)
 
 
-def test_a_directory_without_ensemble_json_loads_as_one_model(minilm_path, data, tmp_path):
-    train, dev = data
+def test_a_directory_without_ensemble_json_loads_as_one_model(minilm_path, few_tweets, tmp_path):
+    train, dev = few_tweets
     tagger = BertCrfTagger(tiny_options(minilm_path, epochs=1), LABELS)
     tagger.fit(train[:8])
     tagger.save(tmp_path / "t")
@@ -127,9 +115,9 @@ def test_a_directory_without_ensemble_json_loads_as_one_model(minilm_path, data,
     assert all(p.member_marginals is None for p in loaded.predict(dev))
 
 
-def test_mc_dropout_passes_differ_are_reproducible_and_leave_the_rng_alone(pair, data):
+def test_mc_dropout_passes_differ_are_reproducible_and_leave_the_rng_alone(pair, few_tweets):
     tagger, _ = pair
-    _, dev = data
+    _, dev = few_tweets
     plain = tagger.predict(dev)
     mc = tagger.member(0)
     mc.options = mc.options.model_copy(update={"mc_dropout_samples": 3})
@@ -149,8 +137,8 @@ def test_mc_dropout_passes_differ_are_reproducible_and_leave_the_rng_alone(pair,
     assert all(not m.training for m in tagger.members)
 
 
-def test_snapshot_members_are_epochs_best_first(minilm_path, data):
-    train, dev = data
+def test_snapshot_members_are_epochs_best_first(minilm_path, few_tweets):
+    train, dev = few_tweets
     options = tiny_options(
         minilm_path, epochs=2, ensemble_size=2, ensemble_mode="snapshots", patience=None
     )
