@@ -10,12 +10,13 @@ Plugins add subcommands through the ``refineg_add_commands`` hook.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import textwrap
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -106,17 +107,27 @@ def _pipeline(args: argparse.Namespace):
     return Pipeline(config, debug=args.debug, log=_say)
 
 
-def _with_pipeline(args: argparse.Namespace, work: Callable[[Any], object]) -> int:
-    """Run ``work`` on the run's pipeline, close every plugin whatever happens,
-    and leave no half-made run directory behind a failure."""
+@contextlib.contextmanager
+def writing_pipeline(args: argparse.Namespace) -> Iterator[Any]:
+    """The run's pipeline holding its run directory's lock from before any work to
+    the end (a second process is refused at once); every plugin is closed whatever
+    happens, and a failure leaves no half-made run directory behind. Plugin
+    commands that write into the run directory (``refineg plan``) use this too."""
     p = _pipeline(args)
-    try:
-        with p:
-            work(p)
-    except BaseException:
-        p.discard_if_unused()
-        raise
-    p.write_summary()
+    with p:
+        try:
+            p.lock_run_dir()
+            yield p
+        except BaseException:
+            p.discard_if_unused()
+            raise
+
+
+def _with_pipeline(args: argparse.Namespace, work: Callable[[Any], object]) -> int:
+    """Run ``work`` on the run's locked pipeline and show its summary."""
+    with writing_pipeline(args) as p:
+        work(p)
+        p.write_summary()
     print_summary(p.summary)
     _say(f"run directory: {p.run_dir}")
     return 0
@@ -147,9 +158,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from refineg_core.pipeline.fingerprint import Freshness
+
     p = _pipeline(args)
-    with p:
+    with p:  # reads only: never takes the lock, so it answers while a run works
         states = p.status()
+        holder = p.store.holder()
+    if holder is not None:  # what is not fresh yet is what that run is working on
+        running = f"running (pid {holder.pid})"
+        states = {
+            stage: f if f.state == "fresh" else Freshness("running", (running, *f.reasons))
+            for stage, f in states.items()
+        }
+        if not args.json:
+            print(f"{running}: {holder.describe()} is writing {p.run_dir}")
     if args.json:
         print(
             json.dumps(

@@ -19,11 +19,8 @@ is hashed or stored, and every string of an entry goes through
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -35,6 +32,7 @@ from refineg_core import secrets
 from refineg_core.backend_wrapper import BackendWrapper
 from refineg_core.chat import ChatRequest, ChatResponse, Usage
 from refineg_core.interfaces import MLLMBackend
+from refineg_core.runstore import atomic_write
 from refineg_core.usage import UsageMeter
 
 T = TypeVar("T")
@@ -180,16 +178,9 @@ class CachedBackend(BackendWrapper):
             },
         }
         entry = secrets.scrub_data(entry)
-        fd, tmp = tempfile.mkstemp(prefix=f".{key[:8]}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(entry, fh, ensure_ascii=False)
-            # no fsync: an entry torn by a power cut reads as corrupt, i.e. a miss
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        # no fsync: an entry torn by a power cut reads as corrupt, i.e. a miss
+        with atomic_write(path) as fh:
+            json.dump(entry, fh, ensure_ascii=False)
 
     def _lock_for(self, key: str) -> threading.Lock:
         with self._key_locks_lock:

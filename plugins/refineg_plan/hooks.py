@@ -31,11 +31,15 @@ def refineg_add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_plan(args: argparse.Namespace) -> int:
-    from refineg_core.cli import pipeline_from_args
-    from refineg_plan.plan import format_plan, plan_for_run
+    from refineg_core.cli import writing_pipeline
+    from refineg_plan.plan import format_plan, plan_for_run, require_backend
 
-    pipeline = pipeline_from_args(args)
-    with pipeline:
+    # the plan writes the tagger and predict.jsonl: it holds the run directory like
+    # any writer, and a failure leaves a directory it created as it was
+    with writing_pipeline(args) as pipeline:
+        require_backend(pipeline)  # before any work: nothing to plan without it
+        if pipeline.config.stages.train:  # "runs or reuses the tagger"
+            pipeline.train()
         data = plan_for_run(pipeline, pipeline.predict().load(), args)
     print(json.dumps(data, indent=2) if args.json else format_plan(data))
     return 0

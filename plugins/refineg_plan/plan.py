@@ -542,18 +542,25 @@ def add_plan_arguments(parser: Any) -> None:
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
 
 
-def plan_for_run(pipeline: Any, results: Sequence[SampleResult], args: Any) -> dict[str, Any]:
-    """The plan of a ``Pipeline``'s configured stages over its prediction results."""
+def require_backend(pipeline: Any) -> Any:
+    """The run's backend (the pipeline closes it), or a ConfigError: a plan is made
+    from its box codec and concurrency, so it is checked before any work."""
     from refineg_core.errors import ConfigError
 
-    config = pipeline.config
-    refine = pipeline.stage_settings("refine")  # with the config's prompt wording:
-    ground = pipeline.stage_settings("ground")  # the words are tokens too
-    backend = pipeline.backend()  # the run's backend: the pipeline closes it
+    backend = pipeline.backend()
     if backend is None:
         raise ConfigError(
             "refineg plan needs the backend (its box codec and concurrency)", where="backend.plugin"
         )
+    return backend
+
+
+def plan_for_run(pipeline: Any, results: Sequence[SampleResult], args: Any) -> dict[str, Any]:
+    """The plan of a ``Pipeline``'s configured stages over its prediction results."""
+    config = pipeline.config
+    refine = pipeline.stage_settings("refine")  # with the config's prompt wording:
+    ground = pipeline.stage_settings("ground")  # the words are tokens too
+    backend = require_backend(pipeline)
     pool = pipeline.dataset("pool")
     samples = list(pool.samples) if pool is not None else []
     selector = None

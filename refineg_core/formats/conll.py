@@ -15,6 +15,7 @@ import attrs
 from refineg_core.errors import DataError
 from refineg_core.formats.base import Dataset, text_lines
 from refineg_core.labels import spans_to_tags, split_tag, tags_to_spans
+from refineg_core.runstore import atomic_write
 from refineg_core.types import Entity, Sample
 
 
@@ -135,4 +136,5 @@ def conll_lines(samples: Iterable[Sample], *, scheme: str = "BIO", image_ids: bo
 
 
 def write_conll(samples: Iterable[Sample], path: Path | str, *, scheme: str = "BIO") -> None:
-    Path(path).write_text("\n".join(conll_lines(samples, scheme=scheme)), encoding="utf-8")
+    with atomic_write(path) as fh:  # a sample CoNLL cannot hold leaves the old file
+        fh.write("\n".join(conll_lines(samples, scheme=scheme)))

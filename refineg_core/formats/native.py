@@ -34,6 +34,7 @@ from refineg_core.formats.images import IMAGE_FAILURE, check_image, resolve_imag
 from refineg_core.formats.paths import inside
 from refineg_core.formats.records import EntityRecord, SampleRecord
 from refineg_core.labels import tokenize
+from refineg_core.runstore import atomic_write
 from refineg_core.types import Box, Entity, Failure, GateVerdict, ImageRef, Sample, SampleResult
 
 T = TypeVar("T")
@@ -248,9 +249,6 @@ def read_results(path: Path | str) -> list[SampleResult]:
 
 def write_jsonl(items: Iterable[Sample | SampleResult], path: Path | str) -> None:
     """Write the whole file atomically: a reader never sees half of it."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
+    with atomic_write(path) as fh:
         for item in items:
             fh.write(json.dumps(sample_to_dict(item), ensure_ascii=False) + "\n")
-    tmp.replace(path)

@@ -8,7 +8,9 @@ the upstream stage's output. Anything else recomputes, and the log says why
 Snakemake rerun a step when its parameters change.
 
 Each stage keeps ``stages/<stage>.json`` in the run directory: the flat parts,
-their digest, and whether the stage finished.
+their digest, and whether the stage finished. The run store
+(``refineg_core.runstore``) reads and writes those records; the names are
+re-exported here for the callers that import them from this module.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,30 @@ import attrs
 
 from refineg_core.formats.base import Dataset
 from refineg_core.formats.native import sample_to_dict
+from refineg_core.runstore import (
+    StageRecord,
+    StageStore,
+    file_digest,
+    read_record,
+    write_record,
+)
 from refineg_core.types import Sample
+
+__all__ = [
+    "Fingerprint",
+    "Freshness",
+    "StageRecord",
+    "StageStore",
+    "dataset_digest",
+    "digest_of",
+    "file_digest",
+    "flatten",
+    "freshness",
+    "read_record",
+    "samples_digest",
+    "tree_digest",
+    "write_record",
+]
 
 #: Parts whose values are digests: a change is reported without the values.
 _DIGEST_PREFIXES = ("data.", "upstream.", "tagger.saved")
@@ -70,17 +94,6 @@ def samples_digest(samples: Iterable[Sample]) -> str:
             except OSError:
                 h.update(b"missing")
         h.update(b"\n")
-    return h.hexdigest()
-
-
-def file_digest(path: Path) -> str | None:
-    path = Path(path)
-    if not path.is_file():
-        return None
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
     return h.hexdigest()
 
 
@@ -131,76 +144,6 @@ class Fingerprint:
 def _short(value: Any) -> str:
     text = json.dumps(value, default=str)
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-@attrs.frozen
-class StageRecord:
-    """What ``stages/<stage>.json`` holds."""
-
-    parts: Mapping[str, Any]
-    digest: str
-    complete: bool
-    #: Content digest of the stage's output file (downstream stages key on it).
-    output: str | None = None
-    #: Samples a rerun must redo (failed calls, unusable answers, skipped).
-    pending: int = 0
-
-
-class StageStore:
-    """Reads and writes the stage records of one run directory."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.dir = Path(run_dir) / "stages"
-
-    def path(self, stage: str) -> Path:
-        return self.dir / f"{stage}.json"
-
-    def read(self, stage: str) -> StageRecord | None:
-        return read_record(self.path(stage))
-
-    def write(
-        self, fp: Fingerprint, *, complete: bool, output: str | None = None, pending: int = 0
-    ) -> None:
-        write_record(self.path(fp.stage), fp, complete=complete, output=output, pending=pending)
-
-    def forget(self, stages: Iterable[str]) -> None:
-        for stage in stages:
-            self.path(stage).unlink(missing_ok=True)
-
-
-def read_record(path: Path) -> StageRecord | None:
-    """A stage record, or None when there is none or it is torn (never reusable)."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-        return StageRecord(
-            dict(data["parts"]),
-            str(data["digest"]),
-            bool(data["complete"]),
-            data.get("output"),
-            int(data.get("pending") or 0),
-        )
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def write_record(
-    path: Path, fp: Fingerprint, *, complete: bool, output: str | None = None, pending: int = 0
-) -> None:
-    """Atomically write a stage record (a kill mid-write leaves the old one)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = {
-        "stage": fp.stage,
-        "digest": fp.digest,
-        "complete": complete,
-        "output": output,
-        "pending": pending,
-        "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "parts": dict(fp.parts),
-    }
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 @attrs.frozen

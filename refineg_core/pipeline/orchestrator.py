@@ -6,10 +6,13 @@ reads what the previous one wrote and writes its own file as it goes, so any
 stage can be (re)run alone and an interrupted run resumes. A stage reuses its
 earlier output only when its fingerprint (data digests, plugin options,
 settings, prompts, backend identity, upstream output) is unchanged; otherwise
-it and everything downstream recompute, and the log says why.
+it and everything downstream recompute, and the log says why. The run store
+(``refineg_core.runstore``) owns the directory: its lock, its stage records
+and how every file is written.
 
 Layout of a run directory:
 
+    refineg.lock           held by the one process writing here (its pid and command)
     config.json            the resolved, redacted config
     stages/<stage>.json    each stage's fingerprint and whether it finished
     synth/                 synthetic.jsonl/.conll + report.json (the yield)
@@ -25,9 +28,7 @@ Layout of a run directory:
 
 from __future__ import annotations
 
-import itertools
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -58,7 +59,6 @@ from refineg_core.pipeline.context import RunContext
 from refineg_core.pipeline.fingerprint import (
     Fingerprint,
     Freshness,
-    StageStore,
     dataset_digest,
     file_digest,
     flatten,
@@ -72,6 +72,7 @@ from refineg_core.pipeline.outputs import write_outputs
 from refineg_core.pipeline.runner import StageSummary
 from refineg_core.pipeline.stagekit import StageHealth, needs_retry
 from refineg_core.progress import bar
+from refineg_core.runstore import RunStore, set_aside, write_json, write_text
 from refineg_core.types import GateVerdict, Sample, SampleResult
 
 Log = Callable[[str], None]
@@ -93,22 +94,25 @@ class Pipeline:
         self.log: Log = log or (lambda msg: None)
         self.summary: dict[str, Any] = {"stages": {}}
         self.context = RunContext(config, self.run_dir / "cache")
-        self.store = StageStore(self.run_dir)
+        self.store = RunStore(self.run_dir)
         self._datasets: dict[str, Dataset | None] = {}
         self._warnings: list[str] = []
         self._fingerprints: dict[str, Fingerprint] = {}
         self._stats: dict[str, tuple[str, int]] = {}
         self._engine = None
-        self._created_run_dir = not self.run_dir.exists()
         self._run_dir_ready = False
 
     # -------------------------------------------------------------- lifecycle
     def close(self) -> None:
-        """Close every plugin the run built, and the engine (idempotent)."""
-        if self._engine is not None:
-            self._engine.close()
-            self._engine = None
-        self.context.close()
+        """Close every plugin the run built, and the engine, then release the run
+        directory (idempotent)."""
+        try:
+            if self._engine is not None:
+                self._engine.close()
+                self._engine = None
+            self.context.close()
+        finally:
+            self.store.close()
 
     def __enter__(self) -> Pipeline:
         return self
@@ -116,14 +120,20 @@ class Pipeline:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def lock_run_dir(self) -> Path:
+        """Create the run directory if needed and take its lock for this pipeline's
+        life: a command that writes calls this before any work, so a second process
+        on the same directory is refused at once (``RunDirBusy``, exit 2)."""
+        self.store.open(make_dir=lambda path: output_dir(path, config_key="run_dir"))
+        return self.run_dir
+
     def prepare_run_dir(self) -> Path:
-        """Create the run directory on first write, with a clear error when it cannot be."""
+        """Lock the run directory on first write (the Python API's writers lock here)
+        and write the resolved config, with a clear error when it cannot be."""
         if self._run_dir_ready:
             return self.run_dir
-        output_dir(self.run_dir, config_key="run_dir")
-        (self.run_dir / "config.json").write_text(
-            json.dumps(redacted_dump(self.config), indent=2), encoding="utf-8"
-        )
+        self.lock_run_dir()
+        write_json(self.run_dir / "config.json", redacted_dump(self.config))
         self._run_dir_ready = True
         self._write_warnings()
         return self.run_dir
@@ -131,20 +141,12 @@ class Pipeline:
     def discard_if_unused(self) -> None:
         """After a failed command: remove a run directory this command created and
         that holds no stage output yet, so no half-made run is left behind."""
-        if not self._created_run_dir or not self.run_dir.is_dir():
-            return
-        leftovers = {p.name for p in self.run_dir.iterdir()}
-        if leftovers <= {"config.json", "data-warnings.log", "stages", "cache"} and not any(
-            self.store.dir.glob("*.json")
-        ):
-            shutil.rmtree(self.run_dir, ignore_errors=True)
+        self.store.discard_if_unused()
 
     def _write_warnings(self) -> None:
         if self._run_dir_ready and self._warnings:
             # Rewritten, not appended: the log describes this run's data only.
-            (self.run_dir / "data-warnings.log").write_text(
-                "\n".join(self._warnings) + "\n", encoding="utf-8"
-            )
+            write_text(self.run_dir / "data-warnings.log", "\n".join(self._warnings) + "\n")
 
     # ----------------------------------------------------------------- inputs
     def _load(self, source: DataSource, config_key: str = "data") -> Dataset:
@@ -343,6 +345,13 @@ class Pipeline:
             # partial one only retries its failures, which this stage then sees as changed
             upstream_stale = [s for s, f in out.items() if f.state in ("stale", "missing")]
             fresh = freshness(self.fingerprint(stage), record)
+            problem = (
+                None
+                if stage == "train"
+                else self.store.output_problem(stage, self.run_dir / f"{stage}.jsonl")
+            )
+            if problem is not None and fresh.state != "stale":
+                fresh = Freshness("stale", (f"{problem}; a rerun recomputes it",))
             if fresh.state == "fresh" and upstream_stale:
                 fresh = Freshness("stale", (f"upstream {upstream_stale[-1]} is not fresh",))
             out[stage] = fresh
@@ -480,7 +489,14 @@ class Pipeline:
         started = time.perf_counter()
         out = self.run_dir / "predict.jsonl"
         uncapped = self.run_dir / "predict.uncapped.jsonl"
+        if not self.config.tagger.load_from and not self.tagger_dir().is_dir():
+            raise RefinegError(
+                f"no trained tagger at {self.tagger_dir()}; run `refineg train` first "
+                "or set tagger.load_from"
+            )
         _, total = self.source_stats("predict")
+        if total == 0:  # a finished, empty run (a day without posts), said out loud
+            self.log(f"predict: {self._source('predict').path} holds no samples; outputs are empty")
         self.prepare_run_dir()
         if self._reuse("predict", out, uncapped):
             self._record("predict", self._gate_counts(iter_results(out), resumed=True), started)
@@ -489,6 +505,7 @@ class Pipeline:
         gate = self.calibrated_gate()
         work = out if gate.budget is None else uncapped
         done = written_ids(work)
+        work.touch()  # an empty input is an empty (finished) stage file, not a missing one
         self.store.write(self.fingerprint("predict"), complete=False)
         hooks.stage_started("predict", total - len(done))
         samples = skip_written(self.iter_samples("predict"), done, lambda s: s.id, work)
@@ -698,7 +715,8 @@ class Pipeline:
             self._record(stage, {"reused": True, "samples": _count(iter_results(out))}, started)
             return StageOutput(stage, out)
         if out.exists():  # a partial earlier run: its results seed the chunks they belong to
-            _set_aside(out, earlier_file)
+            set_aside(out, earlier_file)
+        out.touch()  # an empty input is an empty (finished) stage file, not a missing one
         self.store.write(self.fingerprint(stage), complete=False)
         before = backend.meter.snapshot()
         earlier = PreviousResults(earlier_file)
@@ -834,7 +852,7 @@ class Pipeline:
         if metrics is None:  # no gold entities: nothing to score
             return
         report = {stage: m.to_dict() for stage, m in metrics.items()}
-        (self.run_dir / "eval.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+        write_json(self.run_dir / "eval.json", report)
         self.summary["eval"] = {
             stage: {k: v.get("f1") for k, v in m.items() if isinstance(v, dict) and "f1" in v}
             for stage, m in report.items()
@@ -842,8 +860,9 @@ class Pipeline:
 
     def write_summary(self) -> None:
         self.prepare_run_dir()
-        (self.run_dir / "summary.json").write_text(
-            secrets.scrub(json.dumps(self.summary, indent=2, default=str)), encoding="utf-8"
+        write_text(
+            self.run_dir / "summary.json",
+            secrets.scrub(json.dumps(self.summary, indent=2, default=str)),
         )
 
 
@@ -874,21 +893,3 @@ class FinalCounts:
 
 def _count(items: Iterable[Any]) -> int:
     return sum(1 for _ in items)
-
-
-def _set_aside(out: Path, earlier: Path) -> None:
-    """Move a partial stage file aside; when an earlier resume was itself stopped,
-    the results it had already redone are kept ahead of the older ones."""
-    if not earlier.exists():
-        os.replace(out, earlier)
-        return
-    redone = {r.id for r in iter_results(out)}
-    merged = earlier.with_name(earlier.name + ".tmp")
-    write_jsonl(
-        itertools.chain(
-            iter_results(out), (r for r in iter_results(earlier) if r.id not in redone)
-        ),
-        merged,
-    )
-    os.replace(merged, earlier)
-    out.unlink()

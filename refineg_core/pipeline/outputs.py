@@ -9,13 +9,13 @@ counted, instead of failing at the end of a long run.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import attrs
 
 from refineg_core.formats import format_plugin, write_jsonl
+from refineg_core.runstore import copy_file
 from refineg_core.types import Entity, Sample, SampleResult
 
 FORMAT_FILES = {
@@ -123,6 +123,4 @@ def _observed(results: Iterable[SampleResult], observe) -> Iterator[SampleResult
 
 def _copy(source: Path, target: Path) -> None:
     """Copy a stage file atomically (a reader never sees half of it)."""
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.copyfile(source, tmp)
-    tmp.replace(target)
+    copy_file(source, target)

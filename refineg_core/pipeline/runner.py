@@ -10,7 +10,6 @@ keeps the item's entities.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 import traceback
@@ -27,6 +26,7 @@ from refineg_core.errors import DataError, RefinegError
 from refineg_core.formats.native import result_from_dict, sample_to_dict
 from refineg_core.hooks import get_hooks
 from refineg_core.progress import bar
+from refineg_core.runstore import repair_tail
 from refineg_core.types import Failure, SampleResult
 
 T = TypeVar("T")
@@ -107,26 +107,8 @@ class JsonlAppender:
         self._fh = self.path.open("a", encoding="utf-8")
 
     def _repair_tail(self) -> None:
-        """Cut a torn last line, reading only the file's tail (stage files are big)."""
-        if not self.path.exists():
-            return
-        with self.path.open("rb+") as fh:
-            end = fh.seek(0, os.SEEK_END)
-            if end == 0:
-                return
-            fh.seek(end - 1)
-            if fh.read(1) == b"\n":
-                return
-            pos = end
-            while pos > 0:
-                start = max(0, pos - (1 << 16))
-                fh.seek(start)
-                newline = fh.read(pos - start).rfind(b"\n")
-                if newline >= 0:
-                    fh.truncate(start + newline + 1)
-                    return
-                pos = start
-            fh.truncate(0)
+        """Cut a torn last line (the run store's one repair)."""
+        repair_tail(self.path)
 
     def write_record(self, record: dict[str, Any]) -> None:
         line = secrets.scrub(json.dumps(record, ensure_ascii=False))

@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -32,6 +31,7 @@ from refineg_core.hooks import get_hooks
 from refineg_core.mllm_cache import complete_checked
 from refineg_core.pipeline.answers import AnswerError, ParsedAnswer, parse_answer
 from refineg_core.pipeline.runner import StageSummary, load_done, run_stage
+from refineg_core.runstore import atomic_write
 from refineg_core.types import Failure, SampleResult
 
 #: Failure kinds that do not make a sample be asked again (the answer was usable).
@@ -162,13 +162,9 @@ def forget_unfinished(out_path: Path, stage: str) -> int:
 
 def _write_all(path: Path, results: Sequence[SampleResult]) -> None:
     """Rewrite a stage file atomically (a kill mid-write leaves the old file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
+    with atomic_write(path) as fh:
         for r in results:
             fh.write(json.dumps(sample_to_dict(r), ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 def skip_stage(

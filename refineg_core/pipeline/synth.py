@@ -50,6 +50,7 @@ from refineg_core.pipeline.runner import (
     run_concurrently,
 )
 from refineg_core.progress import bar
+from refineg_core.runstore import atomic_write, write_json
 from refineg_core.types import Entity, Sample, SynthesisCandidate
 from refineg_core.usage import UsageMeter
 
@@ -275,7 +276,7 @@ class _SynthesisRun:
         kept_before = [sample_from_dict(r) for r in load_records(self.paths[SAMPLES_FILE])]
         self.kept = [s for s in kept_before if s.meta.get("seed_id") in finished]
         if len(self.kept) != len(kept_before):  # samples of a seed interrupted before its record
-            with self.paths[SAMPLES_FILE].open("w", encoding="utf-8") as fh:
+            with atomic_write(self.paths[SAMPLES_FILE]) as fh:  # a kill keeps the old file
                 for s in self.kept:
                     fh.write(json.dumps(sample_to_dict(s), ensure_ascii=False) + "\n")
         self.seen = {normalize_for_dedupe(s.text) for s in self.kept}
@@ -398,4 +399,4 @@ class _SynthesisRun:
             "done": str(self.paths[DONE_FILE]),
             "report": str(self.paths[REPORT_FILE]),
         }
-        self.paths[REPORT_FILE].write_text(json.dumps(report.as_dict(), indent=1), encoding="utf-8")
+        write_json(self.paths[REPORT_FILE], report.as_dict(), indent=1)

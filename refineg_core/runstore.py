@@ -1,0 +1,407 @@
+"""The run directory's one owner: who may write it, and how each file is written.
+
+Everything that writes into a run directory goes through here:
+
+- **the lock.** A command that writes (run, synth, train, predict, refine,
+  ground, plan, and the Python API's writing methods) holds an exclusive
+  ``flock`` on ``<run_dir>/refineg.lock`` for its whole life. A second
+  process is refused at once (exit 2) with the holder's pid, command line
+  and start time, which the holder writes into the lock file. The kernel
+  drops the lock when the holder dies, even by ``kill -9``, so a stale file
+  never blocks the next run; readers (``status``, ``config show``) never
+  take it and can ask ``holder()`` whether a run is working.
+- **whole files.** ``atomic_write`` is the one temp-and-rename helper: a
+  reader, or the next run after a kill, sees the old file or the new one,
+  never half of one; a writer that raises leaves no temp file behind.
+- **append-only stage files.** ``repair_tail`` cuts the torn last line a
+  killed writer left, so what is on disk is always whole records.
+- **stage records** (``stages/<stage>.json``): what made each stage's output
+  (its fingerprint), whether it finished, and the digest of the output it
+  wrote; ``output_problem`` says when the file on disk is no longer that
+  output (deleted, edited, left by another writer), so it is never reused.
+- **resume**: ``set_aside`` keeps a stopped stage's results for the rerun.
+
+Nothing here knows a stage's meaning; the pipeline decides what to run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+import attrs
+
+from refineg_core.errors import RefinegError
+from refineg_core.filemodes import respect_umask
+
+#: The lock file inside a run directory (kept: its lock, not its existence, counts).
+LOCK_FILE = "refineg.lock"
+#: How long a refused lock is retried: covers a reader's momentary probe, not a run.
+_LOCK_PATIENCE_S = 0.5
+
+
+class RunDirBusy(RefinegError):
+    """Another process holds the run directory (exit 2: rerun when it is done)."""
+
+
+# ------------------------------------------------------------- whole files
+@contextlib.contextmanager
+def atomic_write(
+    path: Path | str, *, binary: bool = False, encoding: str = "utf-8"
+) -> Iterator[IO[Any]]:
+    """Open a temp file beside ``path``; on a clean exit it replaces ``path``.
+
+    The temp name is unique (``mkstemp``), so two writers never share one; the
+    final file gets the mode a plain ``open()`` would give it. When the block
+    raises, ``path`` is untouched and the temp file is removed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(
+            fd, "wb" if binary else "w", **({} if binary else {"encoding": encoding})
+        ) as fh:
+            yield fh
+        respect_umask(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path: Path | str, text: str) -> None:
+    """Write a whole text file atomically."""
+    with atomic_write(path) as fh:
+        fh.write(text)
+
+
+def write_json(path: Path | str, data: Any, *, indent: int | None = 2) -> None:
+    """Write a whole JSON file atomically."""
+    write_text(path, json.dumps(data, indent=indent, default=str))
+
+
+def copy_file(source: Path | str, target: Path | str) -> None:
+    """Copy a file atomically (a reader never sees half of the copy)."""
+    with atomic_write(target, binary=True) as out, Path(source).open("rb") as src:
+        shutil.copyfileobj(src, out)
+
+
+# ------------------------------------------------------- append-only files
+def repair_tail(path: Path | str) -> None:
+    """Cut a torn last line (a writer killed mid-line), reading only the file's tail."""
+    path = Path(path)
+    if not path.exists():
+        return
+    with path.open("rb+") as fh:
+        end = fh.seek(0, os.SEEK_END)
+        if end == 0:
+            return
+        fh.seek(end - 1)
+        if fh.read(1) == b"\n":
+            return
+        pos = end
+        while pos > 0:
+            start = max(0, pos - (1 << 16))
+            fh.seek(start)
+            newline = fh.read(pos - start).rfind(b"\n")
+            if newline >= 0:
+                fh.truncate(start + newline + 1)
+                return
+            pos = start
+        fh.truncate(0)
+
+
+def set_aside(out: Path, earlier: Path) -> None:
+    """Move a stopped stage's file aside for the rerun; when an earlier resume was itself
+    stopped, the results it had already redone are kept ahead of the older ones.
+
+    Works on the JSONL lines as written (each a record with an ``id``), so the
+    records the rerun reads back are byte for byte the ones the stage wrote.
+    """
+    out, earlier = Path(out), Path(earlier)
+    repair_tail(out)
+    if not earlier.exists():
+        os.replace(out, earlier)
+        return
+    repair_tail(earlier)
+    with out.open(encoding="utf-8") as fh:
+        redone = {_line_id(line) for line in fh if line.strip()}
+    with atomic_write(earlier) as merged:
+        with out.open(encoding="utf-8") as fh:
+            merged.writelines(line for line in fh if line.strip())
+        with earlier.open(encoding="utf-8") as fh:
+            merged.writelines(line for line in fh if line.strip() and _line_id(line) not in redone)
+    out.unlink()
+
+
+def _line_id(line: str) -> str:
+    return str(json.loads(line)["id"])
+
+
+# --------------------------------------------------------------- the lock
+@attrs.frozen
+class Holder:
+    """Who holds a run directory, as the holder wrote it into the lock file."""
+
+    pid: int | None
+    command: str
+    started: str
+
+    def describe(self) -> str:
+        pid = f"pid {self.pid}" if self.pid is not None else "a process"
+        since = f" since {self.started}" if self.started else ""
+        return f"{pid} ({self.command or 'command unknown'}){since}"
+
+
+def this_command() -> str:
+    """This process's command line as a user would type it (``refineg run -c x``)."""
+    argv = list(sys.argv)
+    if argv and Path(argv[0]).name in ("refineg", "cli.py", "__main__.py"):
+        return " ".join(["refineg", *argv[1:]])
+    return " ".join(getattr(sys, "orig_argv", argv))
+
+
+def _read_holder(path: Path) -> Holder:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return Holder(int(data["pid"]), str(data.get("command", "")), str(data.get("started", "")))
+    except (OSError, ValueError, KeyError, TypeError):
+        return Holder(None, "", "")
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``<run_dir>/refineg.lock`` (released when closed or
+    when the process dies, however it dies)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / LOCK_FILE
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self, command: str | None = None) -> None:
+        """Take the lock or raise ``RunDirBusy`` naming the holder (idempotent)."""
+        if self._fd is not None:
+            return
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        deadline = time.monotonic() + _LOCK_PATIENCE_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    os.close(fd)
+                    raise
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    holder = _read_holder(self.path)
+                    raise RunDirBusy(
+                        f"{self.path.parent} is in use by {holder.describe()}; wait for it "
+                        "to finish, or use another run_dir (--run-dir)"
+                    ) from None
+                time.sleep(0.05)
+        info = {
+            "pid": os.getpid(),
+            "command": command if command is not None else this_command(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        # written in place, never renamed: the lock belongs to this inode
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode("utf-8"), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        """Say nobody holds it (the file stays) and drop the lock."""
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+        os.close(fd)  # closing the only descriptor drops the flock
+
+    def holder(self) -> Holder | None:
+        """Who holds the lock now (None when nobody does), without blocking anyone
+        for longer than a probe: a shared lock that fails means an exclusive holder."""
+        if self._fd is not None:
+            return _read_holder(self.path)
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return _read_holder(self.path)
+        finally:
+            os.close(fd)
+        return None
+
+
+# ----------------------------------------------------------- stage records
+class FingerprintLike(Protocol):
+    """What a record is written from (``refineg_core.pipeline.fingerprint.Fingerprint``)."""
+
+    stage: str
+    parts: Mapping[str, Any]
+
+    @property
+    def digest(self) -> str: ...
+
+
+@attrs.frozen
+class StageRecord:
+    """What ``stages/<stage>.json`` holds."""
+
+    parts: Mapping[str, Any]
+    digest: str
+    complete: bool
+    #: Content digest of the stage's output file (downstream stages key on it).
+    output: str | None = None
+    #: Samples a rerun must redo (failed calls, unusable answers, skipped).
+    pending: int = 0
+
+
+def read_record(path: Path) -> StageRecord | None:
+    """A stage record, or None when there is none or it is torn (never reusable)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        return StageRecord(
+            dict(data["parts"]),
+            str(data["digest"]),
+            bool(data["complete"]),
+            data.get("output"),
+            int(data.get("pending") or 0),
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def write_record(
+    path: Path, fp: FingerprintLike, *, complete: bool, output: str | None = None, pending: int = 0
+) -> None:
+    """Atomically write a stage record (a kill mid-write leaves the old one)."""
+    data = {
+        "stage": fp.stage,
+        "digest": fp.digest,
+        "complete": complete,
+        "output": output,
+        "pending": pending,
+        "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "parts": dict(fp.parts),
+    }
+    write_json(path, data, indent=1)
+
+
+def file_digest(path: Path) -> str | None:
+    """SHA-256 of a file's bytes (None when it is not a file)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class StageStore:
+    """Reads and writes the stage records of one run directory."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.dir = self.run_dir / "stages"
+
+    def path(self, stage: str) -> Path:
+        return self.dir / f"{stage}.json"
+
+    def read(self, stage: str) -> StageRecord | None:
+        return read_record(self.path(stage))
+
+    def write(
+        self, fp: FingerprintLike, *, complete: bool, output: str | None = None, pending: int = 0
+    ) -> None:
+        write_record(self.path(fp.stage), fp, complete=complete, output=output, pending=pending)
+
+    def forget(self, stages: Iterable[str]) -> None:
+        for stage in stages:
+            self.path(stage).unlink(missing_ok=True)
+
+    def output_problem(self, stage: str, out: Path) -> str | None:
+        """Why ``out`` is not the output a finished ``stage`` recorded (None when it is,
+        or when the stage never finished: a partial file is resumed, not judged)."""
+        record = self.read(stage)
+        if record is None or not record.complete:
+            return None
+        on_disk = file_digest(out)
+        if on_disk is None:
+            return f"{out.name} is missing"
+        if on_disk != record.output:
+            return f"{out.name} is not the file the stage wrote (changed since)"
+        return None
+
+
+class RunStore(StageStore):
+    """One run directory: its lock, its stage records, and what may be discarded.
+
+    ``open()`` creates the directory (when needed) and takes the lock; ``close()``
+    releases it. A store that created the directory and saw the command fail
+    removes it again if nothing but its own bookkeeping is inside.
+    """
+
+    #: What a run directory holds before any stage output (safe to discard).
+    BOOKKEEPING = frozenset({"config.json", "data-warnings.log", "stages", "cache", LOCK_FILE})
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(run_dir)
+        self.lock = RunLock(self.run_dir)
+        self.created = False
+
+    @property
+    def locked(self) -> bool:
+        return self.lock.held
+
+    def open(self, *, make_dir: Callable[[Path], object] | None = None, command: str | None = None):
+        """Create the run directory if needed and take its lock (idempotent).
+        ``make_dir`` creates it with a readable error (the default: ``mkdir -p``)."""
+        if self.lock.held:
+            return self
+        existed = self.run_dir.is_dir()
+        (make_dir or (lambda p: p.mkdir(parents=True, exist_ok=True)))(self.run_dir)
+        self.lock.acquire(command)
+        self.created = self.created or not existed
+        return self
+
+    def close(self) -> None:
+        self.lock.release()
+
+    def holder(self) -> Holder | None:
+        """Another process working in this run directory (None when none is)."""
+        if self.lock.held:
+            return None
+        return self.lock.holder()
+
+    def discard_if_unused(self) -> None:
+        """After a failed command: remove the run directory this store created when it
+        holds no stage output yet, so no half-made run is left behind. Only the lock
+        holder may: another process may be about to write here."""
+        if not (self.created and self.lock.held and self.run_dir.is_dir()):
+            return
+        leftovers = {p.name for p in self.run_dir.iterdir()}
+        if leftovers <= self.BOOKKEEPING and not any(self.dir.glob("*.json")):
+            shutil.rmtree(self.run_dir, ignore_errors=True)

@@ -1,0 +1,320 @@
+"""The run store owns the run directory: one writer at a time, whole files only.
+
+Two real ``refineg`` processes on one run directory (the second is refused at
+once, naming the holder), a holder killed with SIGKILL (its lock dies with
+it), an empty predict file (an empty run, every later command works), ``plan``
+on an untrained config (it trains) and a failed ``plan`` (the directory stays
+as it was), and the one atomic-write helper (a writer that raises leaves the
+old file and no temp file). The real gazetteer tagger, entropy gate and
+``openai`` backend over HTTP to a loopback server run on real tweets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from refineg_formats.twitter import read_twitter_gmner, write_twitter_gmner
+
+from refineg_core.errors import RefinegError
+from refineg_core.formats.native import read_results, write_jsonl
+from refineg_core.testing import run_cli
+from refineg_core.testing.fake_openai import FakeOpenAIServer, ok
+from tests.stagedata import gazetteer_config, paint_image
+
+pytest.importorskip("refineg_gazetteer", reason="pip install -e examples/refineg-gazetteer")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from tests.conftest import TWITTER
+
+    if not TWITTER.exists():
+        pytest.skip(f"real data not found at {TWITTER}")
+    root = tmp_path_factory.mktemp("tw")
+    train = read_twitter_gmner(TWITTER / "train.txt").samples[:400]
+    dev = [s for s in read_twitter_gmner(TWITTER / "dev.txt").samples if s.entities][:30]
+    write_twitter_gmner(train, root / "train" / "train.txt")
+    write_twitter_gmner(dev, root / "dev" / "dev.txt")
+    for i, s in enumerate(dev):
+        paint_image(root / "images" / f"{s.image.image_id}.jpg", s.image.size or (400, 300), i)
+    return root
+
+
+def write_config(tmp_path: Path, text: str, name: str = "c.toml") -> Path:
+    cfg = tmp_path / name
+    cfg.write_text(text, encoding="utf-8")
+    return cfg
+
+
+def slow_config(root: Path, base_url: str, run_dir: Path) -> str:
+    """A run whose MLLM stages take seconds: one call at a time to a slow server."""
+    return gazetteer_config(root, base_url, run_dir).replace("concurrency = 4", "concurrency = 1")
+
+
+def refineg(*args: str, **env: str) -> subprocess.Popen:
+    """A real ``refineg`` process on this checkout."""
+    path = os.pathsep.join([str(ROOT), str(ROOT / "plugins")])
+    return subprocess.Popen(
+        [sys.executable, "-m", "refineg_core.cli", *args],
+        cwd=str(ROOT),
+        env={**os.environ, "PYTHONPATH": path, "REFINEG_NO_PROGRESS": "1", **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for(condition, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.05)
+
+
+def listing(run: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(run)): p.read_bytes()
+        for p in sorted(run.rglob("*"))
+        if p.is_file() and p.name != "refineg.lock"
+    }
+
+
+def held_until(gate: threading.Event):
+    """A server whose answers wait for ``gate``: the run asking it holds the directory."""
+
+    def respond(request):
+        gate.wait(120)
+        return ok("[]")
+
+    return respond
+
+
+def test_second_run_is_refused_at_once_naming_the_holder_and_the_first_finishes(data, tmp_path):
+    gate = threading.Event()
+    with FakeOpenAIServer(held_until(gate)) as server:
+        run = tmp_path / "run"
+        cfg = write_config(tmp_path, slow_config(data, server.base_url, run))
+        first = refineg("run", "-c", str(cfg))
+        try:
+            wait_for(lambda: len(server.chat_requests) >= 1 or first.poll() is not None)
+            assert first.poll() is None, first.communicate()
+            # status only reads: it neither blocks nor fails while the run works
+            status = run_cli(["status", "-c", str(cfg)])
+            assert status.code == 0, status.stderr
+            assert f"running (pid {first.pid})" in status.stdout, status.stdout
+            as_json = json.loads(run_cli(["status", "-c", str(cfg), "--json"]).stdout)
+            assert as_json["ground"]["state"] == "running"
+
+            started = time.monotonic()
+            second = refineg("run", "-c", str(cfg))
+            _, err = second.communicate(timeout=120)
+            refused_after = time.monotonic() - started
+            calls_while_refused = len(server.chat_requests)
+        finally:
+            gate.set()
+            _, err1 = first.communicate(timeout=300)
+        assert second.returncode == 2, err
+        errors = [ln for ln in err.splitlines() if ln.startswith("refineg: error")]
+        assert len(errors) == 1, err
+        assert f"pid {first.pid}" in errors[0] and "refineg run -c" in errors[0]
+        assert str(run) in errors[0]
+        assert "train:" not in err and "predict" not in err  # refused before any work
+        assert refused_after < 60  # the time a cold interpreter takes, not the first run's
+        assert first.returncode == 0, err1
+        calls = len(server.chat_requests)
+        assert calls >= calls_while_refused
+        # every sample once per stage file, and the run is whole
+        for stage in ("predict", "refine", "ground", "final"):
+            ids = [r.id for r in read_results(run / f"{stage}.jsonl")]
+            assert len(ids) == len(set(ids)) == 30, stage
+
+        status = run_cli(["status", "-c", str(cfg)])
+        assert status.code == 0 and status.stdout.count("fresh") == 4, status.stdout
+        third = run_cli(["run", "-c", str(cfg)])
+        assert third.code == 0, third.stderr
+        assert len(server.chat_requests) == calls  # nothing asked twice
+        for stage in ("train", "predict", "refine", "ground"):
+            assert f"{stage}: reusing" in third.stderr, third.stderr
+
+
+def test_a_holder_killed_with_sigkill_does_not_block_the_next_run(data, tmp_path):
+    gate = threading.Event()
+    with FakeOpenAIServer(held_until(gate)) as server:
+        run = tmp_path / "run"
+        cfg = write_config(tmp_path, slow_config(data, server.base_url, run))
+        victim = refineg("run", "-c", str(cfg))
+        wait_for(lambda: len(server.chat_requests) >= 1 or victim.poll() is not None)
+        assert victim.poll() is None, victim.communicate()
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.communicate(timeout=60)
+        gate.set()
+        assert (run / "refineg.lock").exists()  # the file stays; its lock died with the process
+
+        status = run_cli(["status", "-c", str(cfg)])
+        assert status.code == 0 and "running" not in status.stdout, status.stdout
+        rerun = run_cli(["run", "-c", str(cfg)])
+        assert rerun.code == 0, rerun.stderr
+        ids = [r.id for r in read_results(run / "final.jsonl")]
+        assert len(ids) == len(set(ids)) == 30
+        status = run_cli(["status", "-c", str(cfg)])
+        assert status.stdout.count("fresh") == 4, status.stdout
+
+
+def test_a_writing_pipeline_of_the_python_api_takes_the_lock(data, tmp_path):
+    from refineg_core.config import load_config
+    from refineg_core.pipeline.orchestrator import Pipeline
+
+    cfg = write_config(tmp_path, gazetteer_config(data, "http://127.0.0.1:9/v1", tmp_path / "run"))
+    holder = Pipeline(load_config(cfg))
+    other = Pipeline(load_config(cfg))
+    with holder, other:
+        holder.lock_run_dir()
+        with pytest.raises(RefinegError) as refused:
+            other.train()  # the API's writers lock at their first write
+        assert refused.value.exit_code == 2
+        assert f"pid {os.getpid()}" in str(refused.value)
+        assert not (tmp_path / "run" / "tagger").exists()
+    # closed: the lock is released and the next writer proceeds
+    with Pipeline(load_config(cfg)) as again:
+        again.train()
+    assert (tmp_path / "run" / "tagger" / "refineg-trained.json").exists()
+
+
+@pytest.mark.parametrize("content", ["", "\n   \n\n\t\n"], ids=["empty", "blank-only"])
+def test_an_empty_predict_file_is_an_empty_run_and_every_later_command_works(
+    data, tmp_path, content
+):
+    empty = tmp_path / "empty.txt"
+    empty.write_text(content, encoding="utf-8")
+    run = tmp_path / "run"
+    text = gazetteer_config(data, "http://127.0.0.1:9/v1", run).replace(
+        f'path = "{data}/dev/dev.txt"', f'path = "{empty}"\n        format = "twitter-gmner"'
+    )
+    cfg = write_config(tmp_path, text)
+    first = run_cli(["run", "-c", str(cfg)])
+    assert first.code == 0, first.stderr
+    assert "holds no samples" in first.stderr  # said, not silent
+    for stage in ("predict", "refine", "ground", "final"):
+        assert (run / f"{stage}.jsonl").read_text(encoding="utf-8") == "", stage
+    assert json.loads((run / "summary.json").read_text())["final"]["samples"] == 0
+    status = run_cli(["status", "-c", str(cfg)])
+    assert status.code == 0 and status.stdout.count("fresh") == 4, status.stdout
+    again = run_cli(["run", "-c", str(cfg)])
+    assert again.code == 0, again.stderr
+    assert "predict: reusing" in again.stderr
+    for command in ("predict", "refine", "ground"):
+        result = run_cli([command, "-c", str(cfg)])
+        assert result.code == 0, (command, result.stderr)
+
+
+def test_a_status_of_a_deleted_stage_file_is_not_fresh(data, tmp_path):
+    run = tmp_path / "run"
+    with FakeOpenAIServer() as server:
+        cfg = write_config(tmp_path, gazetteer_config(data, server.base_url, run))
+        assert run_cli(["run", "-c", str(cfg)]).code == 0
+        status = run_cli(["status", "-c", str(cfg)])
+        assert status.stdout.count("fresh") == 4, status.stdout
+        (run / "refine.jsonl").unlink()
+        status = json.loads(run_cli(["status", "-c", str(cfg), "--json"]).stdout)
+        assert status["predict"]["state"] == "fresh"
+        assert status["refine"]["state"] == "stale"
+        assert "refine.jsonl is missing" in status["refine"]["reasons"][0]
+        assert status["ground"]["state"] == "stale"
+        rerun = run_cli(["run", "-c", str(cfg)])
+        assert rerun.code == 0, rerun.stderr
+        status = run_cli(["status", "-c", str(cfg)])
+        assert status.stdout.count("fresh") == 4, status.stdout
+
+
+def test_plan_trains_an_untrained_tagger(data, tmp_path):
+    run = tmp_path / "run"
+    with FakeOpenAIServer() as server:
+        cfg = write_config(tmp_path, gazetteer_config(data, server.base_url, run))
+        result = run_cli(["plan", "-c", str(cfg), "--json"])
+        assert result.code == 0, result.stderr
+        assert server.chat_requests == []  # a plan asks nothing
+    plan = json.loads(result.stdout)
+    assert plan["samples"] == 30
+    assert (run / "tagger" / "refineg-trained.json").exists()
+    assert not (run / "refineg.lock").read_text().strip()  # released: no holder recorded
+
+
+def test_a_failed_plan_leaves_the_run_directory_as_it_was(data, tmp_path):
+    run = tmp_path / "run"
+    no_backend = gazetteer_config(data, "http://127.0.0.1:9/v1", run).split("[backend]")[0]
+    no_backend = no_backend.replace('refine = "auto"', "refine = false").replace(
+        'ground = "auto"', "ground = false"
+    )
+    cfg = write_config(tmp_path, no_backend)
+    # progress bars on: the error still starts its own line
+    failed = refineg("plan", "-c", str(cfg), REFINEG_NO_PROGRESS="0")
+    _, err = failed.communicate(timeout=300)
+    assert failed.returncode == 2, err
+    assert any(ln.startswith("refineg: error") and "backend" in ln for ln in err.split("\n")), repr(
+        err
+    )
+    assert not run.exists()  # nothing left behind in a directory the plan created
+
+    assert run_cli(["train", "-c", str(cfg)]).code == 0
+    before = listing(run)
+    again = run_cli(["plan", "-c", str(cfg)])
+    assert again.code == 2, again.stderr
+    assert listing(run) == before  # no stages/predict.json, no config.json rewritten
+
+
+def test_atomic_write_leaves_the_old_file_and_no_temp_file_when_the_writer_raises(tmp_path):
+    from refineg_core.runstore import atomic_write
+
+    target = tmp_path / "out.json"
+    target.write_text("old", encoding="utf-8")
+    with pytest.raises(RuntimeError), atomic_write(target) as fh:
+        fh.write("half of the new")
+        raise RuntimeError("killed mid-way")
+    assert target.read_text(encoding="utf-8") == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
+
+    fresh = tmp_path / "new.bin"
+    with pytest.raises(RuntimeError), atomic_write(fresh, binary=True) as fh:
+        fh.write(b"x")
+        raise RuntimeError("killed")
+    assert not fresh.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
+
+    with atomic_write(target) as fh:
+        fh.write("new")
+    assert target.read_text(encoding="utf-8") == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
+    assert oct(target.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+
+def test_stage_files_written_whole_keep_the_old_file_when_the_input_raises(tmp_path):
+    from refineg_core.types import Sample
+
+    path = tmp_path / "predict.jsonl"
+    write_jsonl([Sample("a", ("x",), "x")], path)
+    before = path.read_bytes()
+
+    def broken():
+        yield Sample("b", ("y",), "y")
+        raise RuntimeError("reader died")
+
+    with pytest.raises(RuntimeError):
+        write_jsonl(broken(), path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["predict.jsonl"]
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
