@@ -171,7 +171,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             for stage, f in states.items()
         }
         if not args.json:
-            print(f"{running}: {holder.describe()} is writing {p.run_dir}")
+            print(f"running: {holder.describe()} is writing {p.run_dir}")
     if args.json:
         print(
             json.dumps(

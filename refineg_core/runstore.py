@@ -163,7 +163,10 @@ class Holder:
     def describe(self) -> str:
         pid = f"pid {self.pid}" if self.pid is not None else "a process"
         since = f" since {self.started}" if self.started else ""
-        return f"{pid} ({self.command or 'command unknown'}){since}"
+        command = " ".join(self.command.split())  # one line, whatever the argv held
+        if len(command) > 200:
+            command = command[:197] + "..."
+        return f"{pid} ({command or 'command unknown'}){since}"
 
 
 def this_command() -> str:
@@ -198,7 +201,13 @@ class RunLock:
         """Take the lock or raise ``RunDirBusy`` naming the holder (idempotent)."""
         if self._fd is not None:
             return
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:  # a folder or an unwritable file in its place
+            raise RefinegError(
+                f"cannot open the run directory's lock file: {exc.strerror or exc}",
+                where=str(self.path),
+            ) from None
         deadline = time.monotonic() + _LOCK_PATIENCE_S
         while True:
             try:

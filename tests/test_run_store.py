@@ -191,6 +191,17 @@ def test_a_writing_pipeline_of_the_python_api_takes_the_lock(data, tmp_path):
     assert (tmp_path / "run" / "tagger" / "refineg-trained.json").exists()
 
 
+def test_a_lock_file_that_cannot_be_opened_is_one_located_error(data, tmp_path):
+    run = tmp_path / "run"
+    (run / "refineg.lock").mkdir(parents=True)  # a folder where the lock file goes
+    cfg = write_config(tmp_path, gazetteer_config(data, "http://127.0.0.1:9/v1", run))
+    result = run_cli(["run", "-c", str(cfg)])
+    assert result.code == 2, result.stderr
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("refineg: error")]
+    assert len(errors) == 1 and str(run / "refineg.lock") in errors[0], result.stderr
+    assert "train:" not in result.stderr  # before any work
+
+
 @pytest.mark.parametrize("content", ["", "\n   \n\n\t\n"], ids=["empty", "blank-only"])
 def test_an_empty_predict_file_is_an_empty_run_and_every_later_command_works(
     data, tmp_path, content
