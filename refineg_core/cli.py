@@ -27,6 +27,7 @@ from refineg_core.hooks import get_hooks, hook_plugins
 
 
 def _say(msg: str) -> None:
+    progress.fresh_line(sys.stderr)  # never on the line a progress bar left
     print(msg, file=sys.stderr)
 
 

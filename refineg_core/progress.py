@@ -20,6 +20,7 @@ T = TypeVar("T")
 
 _lock = threading.Lock()
 _shown = 0  # bars currently on screen (0 or 1)
+_drawn = False  # a bar was drawn since the last ``fresh_line`` (its line has no newline)
 
 
 def progress_disabled() -> bool:
@@ -49,7 +50,7 @@ def bar(
     **kwargs: Any,
 ) -> tqdm:
     """A progress bar; hidden when another bar is shown or REFINEG_NO_PROGRESS=1."""
-    global _shown
+    global _shown, _drawn
     with _lock:
         show = not progress_disabled() and _shown == 0
         if show:
@@ -71,7 +72,29 @@ def bar(
                 _shown -= 1
         raise
     progress._holds_screen = show
+    if show:
+        _drawn = True
     return progress
+
+
+def fresh_line(stream: Any = None) -> None:
+    """Start the next message on a line of its own.
+
+    A bar redraws itself with carriage returns and never ends its line: a
+    terminal overwrites it, but a log file or pipe keeps the bar's text, and a
+    message printed next would continue that line (``predict: 100%| ...
+    refineg: error: ...``). Off a terminal, end the line first.
+    """
+    global _drawn
+    if not _drawn:
+        return
+    _drawn = _shown > 0  # a bar still shown redraws on the next line, and ends it again
+    stream = stream or sys.stderr
+    try:
+        if not stream.isatty():
+            stream.write("\n")
+    except (AttributeError, ValueError, OSError):  # a closed or odd stream: nothing to fix
+        pass
 
 
 def quiet() -> None:

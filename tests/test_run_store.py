@@ -61,8 +61,9 @@ def slow_config(root: Path, base_url: str, run_dir: Path) -> str:
     return gazetteer_config(root, base_url, run_dir).replace("concurrency = 4", "concurrency = 1")
 
 
-def refineg(*args: str, **env: str) -> subprocess.Popen:
-    """A real ``refineg`` process on this checkout."""
+def refineg(*args: str, raw: bool = False, **env: str) -> subprocess.Popen:
+    """A real ``refineg`` process on this checkout (``raw``: output as bytes, its
+    carriage returns kept)."""
     path = os.pathsep.join([str(ROOT), str(ROOT / "plugins")])
     return subprocess.Popen(
         [sys.executable, "-m", "refineg_core.cli", *args],
@@ -70,7 +71,7 @@ def refineg(*args: str, **env: str) -> subprocess.Popen:
         env={**os.environ, "PYTHONPATH": path, "REFINEG_NO_PROGRESS": "1", **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        text=True,
+        text=not raw,
     )
 
 
@@ -269,8 +270,8 @@ def test_a_failed_plan_leaves_the_run_directory_as_it_was(data, tmp_path):
     )
     cfg = write_config(tmp_path, no_backend)
     # progress bars on: the error still starts its own line
-    failed = refineg("plan", "-c", str(cfg), REFINEG_NO_PROGRESS="0")
-    _, err = failed.communicate(timeout=300)
+    failed = refineg("plan", "-c", str(cfg), raw=True, REFINEG_NO_PROGRESS="0")
+    err = failed.communicate(timeout=300)[1].decode("utf-8")
     assert failed.returncode == 2, err
     assert any(ln.startswith("refineg: error") and "backend" in ln for ln in err.split("\n")), repr(
         err
@@ -282,6 +283,18 @@ def test_a_failed_plan_leaves_the_run_directory_as_it_was(data, tmp_path):
     again = run_cli(["plan", "-c", str(cfg)])
     assert again.code == 2, again.stderr
     assert listing(run) == before  # no stages/predict.json, no config.json rewritten
+
+
+def test_an_error_after_a_progress_bar_starts_its_own_line(data, tmp_path):
+    run = tmp_path / "run"
+    text = gazetteer_config(data, "http://127.0.0.1:9/v1", run, refine=True)
+    cfg = write_config(tmp_path, text)
+    failed = refineg("run", "-c", str(cfg), raw=True, REFINEG_NO_PROGRESS="0")
+    err = failed.communicate(timeout=300)[1].decode("utf-8")
+    assert failed.returncode == 3, err
+    assert "\rpredict:" in err  # the bar was drawn (bars on, stderr a pipe)
+    errors = [ln for ln in err.split("\n") if "refineg: error" in ln]
+    assert len(errors) == 1 and errors[0].startswith("refineg: error"), repr(err)
 
 
 def test_atomic_write_leaves_the_old_file_and_no_temp_file_when_the_writer_raises(tmp_path):
