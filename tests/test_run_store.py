@@ -57,8 +57,11 @@ def write_config(tmp_path: Path, text: str, name: str = "c.toml") -> Path:
 
 
 def slow_config(root: Path, base_url: str, run_dir: Path) -> str:
-    """A run whose MLLM stages take seconds: one call at a time to a slow server."""
-    return gazetteer_config(root, base_url, run_dir).replace("concurrency = 4", "concurrency = 1")
+    """A run whose MLLM stages wait for the server: one call at a time, and a timeout
+    longer than the server holds an answer (so a loaded machine changes nothing)."""
+    text = gazetteer_config(root, base_url, run_dir)
+    text = text.replace("concurrency = 4", "concurrency = 1")
+    return text.replace("timeout = 10", "timeout = 150")
 
 
 def refineg(*args: str, raw: bool = False, **env: str) -> subprocess.Popen:
