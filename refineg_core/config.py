@@ -136,6 +136,11 @@ class EngineConfig(StrictModel):
 
 class Config(StrictModel):
     run_dir: Path = Path("runs/default")
+    cache_dir: Path | None = Field(
+        None,
+        description="MLLM response cache (default: <run_dir>/cache). Runs may share one: "
+        "an entry's key holds everything that determines its answer",
+    )
     labels: dict[str, str] = Field(description="entity type -> description for prompts")
     data: DataConfig = Field(default_factory=DataConfig)
     stages: StagesConfig = Field(default_factory=StagesConfig)

@@ -92,7 +92,7 @@ class Pipeline:
         self.debug = debug
         self.log: Log = log or (lambda msg: None)
         self.summary: dict[str, Any] = {"stages": {}}
-        self.context = RunContext(config, self.run_dir / "cache")
+        self.context = RunContext(config, config.cache_dir or self.run_dir / "cache")
         self.store = StageStore(self.run_dir)
         self._datasets: dict[str, Dataset | None] = {}
         self._warnings: list[str] = []
