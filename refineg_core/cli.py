@@ -52,9 +52,12 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 def cmd_config_show(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.set)
     if args.defaults:
-        from refineg_core.config_doc import render_full_config
+        from refineg_core.config_doc import full_config_data, render_full_config
 
-        print(render_full_config(config), end="")
+        if args.json:
+            print(json.dumps(full_config_data(config), indent=2))
+        else:
+            print(render_full_config(config), end="")
         return 0
     data = redacted_dump(config)
     if args.json:
@@ -283,7 +286,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_eval_command(sub)
     get_hooks().add_commands(sub)
+    _flags_everywhere(sub)
     return parser
+
+
+def _flags_everywhere(sub: argparse._SubParsersAction) -> None:
+    """``--debug``/``--quiet`` on every subcommand, also those a plugin or ``eval``
+    adds without them (README: they go before or after any subcommand)."""
+    for parser in sub.choices.values():
+        nested = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        for group in nested:
+            _flags_everywhere(group)
+        if not nested and "--debug" not in parser._option_string_actions:
+            _global_flags(parser, suppress=True)
 
 
 def _global_flags(p: argparse.ArgumentParser, *, suppress: bool = False) -> None:
