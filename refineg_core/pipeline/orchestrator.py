@@ -570,15 +570,23 @@ class Pipeline:
         ]
 
     # ------------------------------------------------------------ Python API
-    def __call__(self, text: str | Sample, *, image: str | Path | None = None) -> SampleResult:
+    def __call__(
+        self, text: str | Sample, *, image: str | Path | None = None, progress: bool = False
+    ) -> SampleResult:
         """Annotate one post: ``pipe("Obama visits Paris", image="photo.jpg")``.
 
-        Returns the result with entities (type, span, text, uncertainty, source,
-        boxes; ``boxes is None`` when grounding was not attempted). MLLM stages
-        run when the backend answers and are skipped otherwise, as with
-        ``"auto"``; nothing is written to the run directory but the MLLM cache.
+        Returns the result with entities (type, span, character offsets, text,
+        uncertainty, source, boxes; ``boxes is None`` when grounding was not
+        attempted) and ``meta["stages"]`` (what ran, what was skipped and why).
+        MLLM stages run when the backend answers and are skipped otherwise, as
+        with ``"auto"``; nothing is written to the run directory but the MLLM
+        cache. Bad arguments raise at once (``refineg_core.api``); no progress
+        is printed unless ``progress=True``.
         """
-        return next(iter(self.pipe([text], images=[image])))
+        from refineg_core.api import check_image, check_text
+
+        text, image = check_text(text), check_image(image)
+        return next(iter(self.pipe([text], images=[image], progress=progress)))
 
     def pipe(
         self,
@@ -586,52 +594,70 @@ class Pipeline:
         *,
         images: Iterable[str | Path | None] | None = None,
         batch_size: int = 64,
+        progress: bool = False,
     ) -> Iterator[SampleResult]:
         """Annotate many posts, ``batch_size`` at a time, yielding results in order."""
-        from refineg_core.api import as_sample
+        from refineg_core.api import as_sample, check_many
 
+        check_many(texts, "texts")
+        if images is not None:
+            check_many(images, "images")
         image_iter = iter(images) if images is not None else None
         batch: list[Sample] = []
         for i, text in enumerate(texts):
             image = next(image_iter, None) if image_iter is not None else None
-            batch.append(as_sample(text, image, i))
+            batch.append(as_sample(text, image, i, where=(f"texts[{i}]", f"images[{i}]")))
             if len(batch) >= batch_size:
-                yield from self._annotate(batch)
+                yield from self._annotate(batch, progress)
                 batch = []
         if batch:
-            yield from self._annotate(batch)
+            yield from self._annotate(batch, progress)
 
-    def _annotate(self, samples: list[Sample]) -> list[SampleResult]:
+    def _annotate(self, samples: list[Sample], progress: bool = False) -> list[SampleResult]:
+        import contextlib
         import tempfile
 
+        from refineg_core.api import StageLog, finish_results
         from refineg_core.pipeline.ground import run_ground
         from refineg_core.pipeline.refine import run_refine
+        from refineg_core.progress import silenced
 
-        results = self.tag(samples)
-        backend = self.backend()
-        if backend is None:
-            return results
-        with tempfile.TemporaryDirectory(prefix="refineg-api-") as tmp:
-            if self.stage_mode("refine") is not False:
-                results, _ = run_refine(
-                    results,
-                    backend,
-                    self.labels,
-                    self.stage_settings("refine"),
-                    Path(tmp) / "r.jsonl",
-                )
-            if self.stage_mode("ground") is not False:
-                selector = self._indexed_selector()
-                results, _ = run_ground(
-                    results,
-                    [],
-                    selector,
-                    backend,
-                    self.labels,
-                    self.stage_settings("ground"),
-                    Path(tmp) / "g.jsonl",
-                )
-        return results
+        log = StageLog()
+        with contextlib.nullcontext() if progress else silenced():
+            results = self.tag(samples)
+            log.ran("predict")
+            backend = self.backend()
+            if backend is None:
+                for stage in ("refine", "ground"):
+                    log.skipped(stage, "no backend configured")
+                return finish_results(samples, results, log)
+            with tempfile.TemporaryDirectory(prefix="refineg-api-") as tmp:
+                if self.stage_mode("refine") is not False:
+                    results, summary = run_refine(
+                        results,
+                        backend,
+                        self.labels,
+                        self.stage_settings("refine"),
+                        Path(tmp) / "r.jsonl",
+                    )
+                    log.record("refine", summary)
+                else:
+                    log.skipped("refine", "stages.refine = false")
+                if self.stage_mode("ground") is not False:
+                    selector = self._indexed_selector()
+                    results, summary = run_ground(
+                        results,
+                        [],
+                        selector,
+                        backend,
+                        self.labels,
+                        self.stage_settings("ground"),
+                        Path(tmp) / "g.jsonl",
+                    )
+                    log.record("ground", summary)
+                else:
+                    log.skipped("ground", "stages.ground = false")
+        return finish_results(samples, results, log)
 
     def _indexed_selector(self):
         """The selector, indexed once on the demonstration pool (None without one)."""

@@ -46,6 +46,8 @@ Replies (all take ``latency=`` seconds, slept before answering):
   for ``seconds`` before the body.
 - ``ok(text, latency=5)`` with a client timeout below 5 s: a slow answer.
 
+A request's ``path`` keeps its query string (``/v1/chat/completions?api-version=1``),
+so a responder can refuse a call without it, as Azure does; routing ignores it.
 ``server.latency`` adds a fixed delay to every chat reply (e.g. 0.2 for the
 benchmark). Every request is recorded in ``server.requests`` (chat ones also in
 ``server.chat_requests``) as a ``RecordedRequest`` with ``path``, ``headers``
@@ -66,6 +68,7 @@ import socket
 import struct
 import threading
 import time
+import urllib.parse
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -284,7 +287,7 @@ class FakeOpenAIServer:
 
     @property
     def chat_requests(self) -> list[RecordedRequest]:
-        return [r for r in self.requests if r.path.endswith("/chat/completions")]
+        return [r for r in self.requests if _route(r.path).endswith("/chat/completions")]
 
     @property
     def max_in_flight(self) -> int:
@@ -320,6 +323,11 @@ class FakeOpenAIServer:
     def _sleep(self, seconds: float) -> None:
         if seconds > 0:
             self._stopping.wait(seconds)
+
+
+def _route(path: str) -> str:
+    """A request path without its query string (``/v1/models?api-version=...``)."""
+    return urllib.parse.urlsplit(path).path.rstrip("/")
 
 
 def _completion_body(reply: Reply, model: str) -> bytes:
@@ -415,7 +423,7 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
             )
             server._record(req, chat=False)
             try:
-                if self.path.rstrip("/").endswith("/models"):
+                if _route(self.path).endswith("/models"):
                     data = [
                         {"id": m, "object": "model", "owned_by": "fake"} for m in server.model_ids
                     ]
@@ -428,7 +436,7 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             headers = {k.lower(): v for k, v in self.headers.items()}
             body = self._read_body()
-            chat = self.path.rstrip("/").endswith("/chat/completions")
+            chat = _route(self.path).endswith("/chat/completions")
             req = RecordedRequest("POST", self.path, headers, body, time.perf_counter())
             server._record(req, chat=chat)
             finished = False
