@@ -14,10 +14,10 @@ from pathlib import Path
 
 from refineg_core.config import config_from_dict, load_config
 from refineg_core.errors import ConfigError
-from refineg_core.formats.images import image_size
-from refineg_core.labels import tokenize
 from refineg_core.pipeline.orchestrator import Pipeline
-from refineg_core.types import ImageRef, Sample
+from refineg_core.posts import as_sample
+
+__all__ = ["Pipeline", "as_sample", "load"]
 
 
 def load(path: str | Path, *, overrides: list[str] | None = None) -> Pipeline:
@@ -38,15 +38,3 @@ def load(path: str | Path, *, overrides: list[str] | None = None) -> Pipeline:
         config.run_dir = path
         return Pipeline(config)
     return Pipeline(load_config(path, overrides, check_paths=False))
-
-
-def as_sample(text: str | Sample, image: str | Path | None, index: int) -> Sample:
-    """A post as the pipeline's Sample (tokenised text, image with its size)."""
-    if isinstance(text, Sample):
-        return text
-    ref = None
-    if image is not None:
-        image = Path(image)
-        size = image_size(image) if image.is_file() else None
-        ref = ImageRef(image.stem, image, *(size or (None, None)))
-    return Sample(f"doc-{index}", tuple(tokenize(text)), text, ref)
