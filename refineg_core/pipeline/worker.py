@@ -111,7 +111,7 @@ class Worker:
     # ------------------------------------------------------------ tagger + gate
     def _gate_calibrates(self) -> bool:
         gate_cls = self.context.plugin_class("uncertainty")
-        return getattr(gate_cls, "calibrate", None) is not UncertaintyEstimator.calibrate
+        return bool(getattr(gate_cls, "calibrates", False))
 
     def calibrated_gate(self) -> UncertaintyEstimator:
         """The run's gate, calibrated once on data.dev when the estimator fits
