@@ -16,20 +16,13 @@ from importlib import metadata
 
 import attrs
 
-from refineg_core.boxcodecs import BOX_FRAME_GROUP
-from refineg_core.formats.base import FORMAT_GROUP
 from refineg_core.hooks import PROJECT as HOOK_GROUP
-from refineg_core.interfaces import SLOTS
+from refineg_core.kinds import KINDS
 
 #: The distribution of refineg itself: a crash in its own plugins is its own bug.
 CORE_DISTRIBUTION = "refineg"
 #: Entry-point group -> the kind a user sees in ``refineg plugins`` and configs.
-_KINDS = {
-    **{group: kind for kind, (group, _) in SLOTS.items()},
-    FORMAT_GROUP: "format",
-    BOX_FRAME_GROUP: "box frame",
-    HOOK_GROUP: "hook",
-}
+_KINDS = {**{k.group: k.name.replace("_", " ") for k in KINDS}, HOOK_GROUP: "hook"}
 
 
 @attrs.frozen

@@ -37,6 +37,8 @@ def _say(msg: str) -> None:
 
 # ------------------------------------------------------------------ plugins
 def cmd_plugins(args: argparse.Namespace) -> int:
+    if args.kinds:
+        return _print_kinds(args.json)
     rows = [p.as_dict() for p in registry.installed()]
     hooks = [
         {"group": "refineg (hooks)", "name": n, "target": "", "distribution": d, "version": v}
@@ -51,6 +53,21 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
     for r in rows:
         print("  ".join(str(r[k]).ljust(w) for k, w in zip(header, widths, strict=True)))
+    return 0
+
+
+def _print_kinds(as_json: bool) -> int:
+    """The table of plugin kinds: what a plugin package registers, and where."""
+    from refineg_core.kinds import KINDS
+
+    rows = [k.as_dict() for k in KINDS]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for k in rows:
+        print(f"{k['kind']}: group {k['group']}, base refineg.plugin.{k['base']}, ", end="")
+        print(f"named by {k['config_key']}; writes {', '.join(k['required'])}", end="")
+        print(f"; may declare {', '.join(k['declares'])}" if k["declares"] else "")
     return 0
 
 
@@ -247,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plugins", help="list installed plugins")
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--kinds", action="store_true", help="list the plugin kinds (groups, contracts) instead"
+    )
     p.set_defaults(func=cmd_plugins)
 
     cfg = sub.add_parser("config", help="inspect a config")

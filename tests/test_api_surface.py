@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 import tomllib
+from refineg_openai.testing import FakeOpenAIServer, ok
 
 import refineg
 from refineg_core.testing import run_cli
-from refineg_core.testing.fake_openai import FakeOpenAIServer, ok
 from refineg_core.types import Entity
 from tests.stagedata import TWITTER_LABELS_TOML, paint_image
 

@@ -8,11 +8,11 @@ import threading
 import pytest
 from PIL import Image
 from refineg_openai.backend import OpenAIBackend
+from refineg_openai.testing import FakeOpenAIServer, error, ok
 
 from refineg_core.chat import ChatMessage, ChatRequest, ImagePart, TextPart
 from refineg_core.errors import BackendError, BackendUnavailable
 from refineg_core.mllm_cache import CachedBackend
-from refineg_core.testing.fake_openai import FakeOpenAIServer, error, ok
 
 
 @pytest.fixture

@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 from refineg_formats.twitter import read_twitter_gmner, write_twitter_gmner
 from refineg_openai.backend import OpenAIBackend
+from refineg_openai.testing import FakeOpenAIServer, drop, error, ok
 
 from refineg_core.formats.native import read_results
 from refineg_core.pipeline.stagekit import needs_retry
 from refineg_core.registry import registered
 from refineg_core.testing import run_cli
-from refineg_core.testing.fake_openai import FakeOpenAIServer, drop, error, ok
 from tests.stagedata import gazetteer_config as config
 from tests.stagedata import oracle, paint_image, query_text
 

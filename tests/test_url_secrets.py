@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from refineg_openai.backend import OpenAIBackend
 from refineg_openai.endpoints import join_url
+from refineg_openai.testing import FakeOpenAIServer, error, ok
 
 from refineg_core import secrets
 from refineg_core.chat import ChatMessage, ChatRequest
 from refineg_core.errors import BackendError
 from refineg_core.testing import run_cli
-from refineg_core.testing.fake_openai import FakeOpenAIServer, error, ok
 from tests.stagedata import TWITTER_LABELS_TOML, gazetteer_config, oracle, paint_image
 
 USER, PASSWORD, QKEY = "alice-user", "pw-Secret-93817", "qk-Secret-11223"

@@ -1,11 +1,14 @@
-"""A fake OpenAI-compatible chat-completions server on loopback (real HTTP).
+"""Testing helpers of the ``openai`` backend: a fake OpenAI-compatible
+chat-completions server on loopback (real HTTP), and ``backend_for``, the real
+backend pointed at it.
 
-Tests of MLLM backends and stages talk to it over a real socket, so timeouts,
+They live with the plugin they test (the core imports no plugin). Tests of MLLM
+backends and stages talk to the server over a real socket, so timeouts,
 dropped connections, status codes and concurrency behave as with vLLM.
 
 Usage::
 
-    from refineg_core.testing.fake_openai import FakeOpenAIServer, ok, error, drop, garbage
+    from refineg_openai.testing import FakeOpenAIServer, backend_for, ok, error, drop, garbage
 
     @pytest.fixture
     def server():
@@ -492,3 +495,20 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
                 mark_done()
 
     return Handler
+
+
+def backend_for(server: FakeOpenAIServer, box_frame: str = "pixels", **kw: Any):
+    """The real ``openai`` backend pointed at a fake server, with fast test retries."""
+    from refineg_openai.backend import OpenAIBackend
+
+    opts = dict(
+        base_url=server.base_url,
+        model="fake-model",
+        box_frame=box_frame,
+        retries=1,
+        backoff_base=0.01,
+        timeout=5.0,
+        concurrency=4,
+    )
+    opts.update(kw)
+    return OpenAIBackend(OpenAIBackend.Options(**opts))
