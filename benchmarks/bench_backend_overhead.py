@@ -18,10 +18,10 @@ from collections.abc import Callable
 
 import httpx
 from refineg_openai.backend import OpenAIBackend
+from refineg_openai.testing import FakeOpenAIServer, ok
 
 from refineg_core import secrets
 from refineg_core.chat import ChatMessage, ChatRequest
-from refineg_core.testing.fake_openai import FakeOpenAIServer, ok
 
 N = 400
 THREADS = 8

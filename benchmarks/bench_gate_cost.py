@@ -31,11 +31,11 @@ from pathlib import Path
 
 from _common import ROOT
 from refineg_frames.qwen import Qwen25VLCodec
+from refineg_openai.testing import FakeOpenAIServer, ok
 from tokenizers import Tokenizer
 
 from refineg_core.config import load_config
 from refineg_core.pipeline.orchestrator import Pipeline
-from refineg_core.testing.fake_openai import FakeOpenAIServer, ok
 
 os.environ.setdefault("REFINEG_NO_PROGRESS", "1")
 

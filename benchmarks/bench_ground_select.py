@@ -42,10 +42,10 @@ from _common import ROOT, twitter_labels
 from refineg_clip_selector.selector import ClipSimilaritySelector
 from refineg_formats.twitter import read_twitter_gmner
 from refineg_openai.backend import OpenAIBackend
+from refineg_openai.testing import FakeOpenAIServer, ok
 
 from refineg_core.interfaces import ContextSelector
 from refineg_core.pipeline.ground import GroundSettings, ground_query, run_ground
-from refineg_core.testing.fake_openai import FakeOpenAIServer, ok
 from refineg_core.testing.stages import OverlapSelector, prediction, with_image
 
 LABELS = twitter_labels()

@@ -35,10 +35,10 @@ os.environ.setdefault("REFINEG_NO_PROGRESS", "1")
 
 import attrs
 from _common import DATA, real_samples, twitter_labels
+from refineg_openai.testing import FakeOpenAIServer, Reply, error, ok
 
 from refineg_core.pipeline.ground import GroundSettings, run_ground
 from refineg_core.pipeline.refine import RefineSettings, run_refine
-from refineg_core.testing.fake_openai import FakeOpenAIServer, Reply, error, ok
 from refineg_core.testing.stages import (
     backend_for,
     prediction,

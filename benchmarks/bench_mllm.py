@@ -44,10 +44,10 @@ from _common import ROOT, real_samples, twitter_labels
 from refineg_frames.qwen import Qwen25VLCodec
 from refineg_openai import images as openai_images
 from refineg_openai.backend import OpenAIBackend
+from refineg_openai.testing import FakeOpenAIServer, drop, error, ok
 
 from refineg_core.mllm_cache import CachedBackend
 from refineg_core.pipeline.ground import GroundSettings, run_ground
-from refineg_core.testing.fake_openai import FakeOpenAIServer, drop, error, ok
 from refineg_core.testing.stages import OverlapSelector, prediction, query_text, with_image
 
 os.environ.setdefault("REFINEG_NO_PROGRESS", "1")

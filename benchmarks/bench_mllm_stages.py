@@ -23,10 +23,10 @@ from pathlib import Path
 
 from _common import ROOT, real_samples, twitter_labels
 from refineg_openai.backend import OpenAIBackend
+from refineg_openai.testing import FakeOpenAIServer, error, garbage, ok
 
 from refineg_core.pipeline.ground import GroundSettings, run_ground
 from refineg_core.pipeline.refine import RefineSettings, run_refine
-from refineg_core.testing.fake_openai import FakeOpenAIServer, error, garbage, ok
 from refineg_core.testing.stages import OverlapSelector, prediction, query_text, with_image
 
 os.environ.setdefault("REFINEG_NO_PROGRESS", "1")

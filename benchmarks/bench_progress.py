@@ -25,8 +25,8 @@ from pathlib import Path
 
 from _common import DATA
 from refineg_formats.twitter import read_twitter_gmner, write_twitter_gmner
+from refineg_openai.testing import FakeOpenAIServer, ok
 
-from refineg_core.testing.fake_openai import FakeOpenAIServer, ok
 from refineg_core.testing.stages import paint_image, query_text
 
 BAR = re.compile(r"^\s*(.+?):\s+\d+%\|")

@@ -52,10 +52,10 @@ import attrs
 import psutil
 import tomllib
 from _common import DATA, ROOT
+from refineg_openai.testing import FakeOpenAIServer, ok
 
 from refineg_core.formats import load_dataset
 from refineg_core.formats.native import write_jsonl
-from refineg_core.testing.fake_openai import FakeOpenAIServer, ok
 from refineg_core.testing.stages import paint_image, query_text
 from refineg_core.types import ImageRef, Sample
 

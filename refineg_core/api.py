@@ -4,7 +4,15 @@ import refineg
 pipe = refineg.load("runs/twitter-gmner")        # a run directory or a config
 doc = pipe("Obama visits Paris", image="photo.jpg")
 for e in doc.entities:
-    print(e.text, e.type, e.uncertainty, e.source, e.boxes)
+    print(e.text, e.type, e.char_start, e.char_end, e.uncertainty, e.source, e.boxes)
+print(doc.meta["stages"])   # which stages ran or were skipped, and why
+
+What the caller typed wrong (a text that is not a str, one str given to
+``pipe()``, an image path that does not exist, a folder, a URL) raises at call
+time naming the argument; an existing file that is no usable image is the
+sample's own failure (``doc.failures``, kind ``image``) and its text is still
+annotated, as a data file's broken image is. Calls print no progress unless
+``progress=True``.
 """
 
 from __future__ import annotations
@@ -14,10 +22,30 @@ from pathlib import Path
 
 from refineg_core.config import config_from_dict, load_config
 from refineg_core.errors import ConfigError
-from refineg_core.formats.images import image_size
-from refineg_core.labels import tokenize
 from refineg_core.pipeline.orchestrator import Pipeline
-from refineg_core.types import ImageRef, Sample
+from refineg_core.posts import (
+    INPUT_STAGE,
+    STAGES_META,
+    StageLog,
+    as_sample,
+    check_image,
+    check_many,
+    check_text,
+    finish_results,
+)
+
+__all__ = [
+    "INPUT_STAGE",
+    "STAGES_META",
+    "Pipeline",
+    "StageLog",
+    "as_sample",
+    "check_image",
+    "check_many",
+    "check_text",
+    "finish_results",
+    "load",
+]
 
 
 def load(path: str | Path, *, overrides: list[str] | None = None) -> Pipeline:
@@ -38,15 +66,3 @@ def load(path: str | Path, *, overrides: list[str] | None = None) -> Pipeline:
         config.run_dir = path
         return Pipeline(config)
     return Pipeline(load_config(path, overrides, check_paths=False))
-
-
-def as_sample(text: str | Sample, image: str | Path | None, index: int) -> Sample:
-    """A post as the pipeline's Sample (tokenised text, image with its size)."""
-    if isinstance(text, Sample):
-        return text
-    ref = None
-    if image is not None:
-        image = Path(image)
-        size = image_size(image) if image.is_file() else None
-        ref = ImageRef(image.stem, image, *(size or (None, None)))
-    return Sample(f"doc-{index}", tuple(tokenize(text)), text, ref)

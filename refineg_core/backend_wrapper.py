@@ -4,9 +4,8 @@ one place, so a wrapper overrides only what it adds."""
 
 from __future__ import annotations
 
-from refineg_core.boxcodecs import BoxCodec
 from refineg_core.chat import ChatRequest, ChatResponse
-from refineg_core.interfaces import MLLMBackend
+from refineg_core.interfaces import BoxCodec, MLLMBackend
 
 
 class BackendWrapper(MLLMBackend):
@@ -21,7 +20,7 @@ class BackendWrapper(MLLMBackend):
         return self.inner.supports_images
 
     @property
-    def box_codec(self) -> BoxCodec:
+    def box_codec(self) -> BoxCodec | None:
         return self.inner.box_codec
 
     @property

@@ -3,7 +3,9 @@
 Exit codes: 0 success; 1 an unexpected error (a bug: rerun with ``--debug``);
 2 an expected problem (bad config, bad data, unknown plugin), one readable line
 on stderr; 3 a stage set to ``true`` whose backend is unreachable,
-misconfigured or failed every call; 130 interrupted (rerun to resume).
+misconfigured or failed every call; 4 a plugin from another distribution
+crashed (the line names it, its distribution and version, and where);
+130 interrupted (rerun to resume).
 Plugins add subcommands through the ``refineg_add_commands`` hook.
 """
 
@@ -21,9 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from refineg_core import __version__, progress, registry, secrets
+from refineg_core.blame import Blame, blame
 from refineg_core.config import load_config, redacted_dump
 from refineg_core.errors import RefinegError
 from refineg_core.hooks import get_hooks, hook_plugins
+
+#: Exit code of a crash inside a plugin another distribution shipped.
+PLUGIN_CRASHED = 4
 
 
 def _say(msg: str) -> None:
@@ -33,6 +39,8 @@ def _say(msg: str) -> None:
 
 # ------------------------------------------------------------------ plugins
 def cmd_plugins(args: argparse.Namespace) -> int:
+    if args.kinds:
+        return _print_kinds(args.json)
     rows = [p.as_dict() for p in registry.installed()]
     hooks = [
         {"group": "refineg (hooks)", "name": n, "target": "", "distribution": d, "version": v}
@@ -50,13 +58,31 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_kinds(as_json: bool) -> int:
+    """The table of plugin kinds: what a plugin package registers, and where."""
+    from refineg_core.kinds import KINDS
+
+    rows = [k.as_dict() for k in KINDS]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for k in rows:
+        print(f"{k['kind']}: group {k['group']}, base refineg.plugin.{k['base']}, ", end="")
+        print(f"named by {k['config_key']}; writes {', '.join(k['required'])}", end="")
+        print(f"; may declare {', '.join(k['declares'])}" if k["declares"] else "")
+    return 0
+
+
 # ------------------------------------------------------------------- config
 def cmd_config_show(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.set)
     if args.defaults:
-        from refineg_core.config_doc import render_full_config
+        from refineg_core.config_doc import full_config_data, render_full_config
 
-        print(render_full_config(config), end="")
+        if args.json:
+            print(json.dumps(full_config_data(config), indent=2))
+        else:
+            print(render_full_config(config), end="")
         return 0
     data = redacted_dump(config)
     if args.json:
@@ -261,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plugins", help="list installed plugins")
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--kinds", action="store_true", help="list the plugin kinds (groups, contracts) instead"
+    )
     p.set_defaults(func=cmd_plugins)
 
     cfg = sub.add_parser("config", help="inspect a config")
@@ -306,7 +335,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_eval_command(sub)
     get_hooks().add_commands(sub)
+    _flags_everywhere(sub)
     return parser
+
+
+def _flags_everywhere(sub: argparse._SubParsersAction) -> None:
+    """``--debug``/``--quiet`` on every subcommand, also those a plugin or ``eval``
+    adds without them (README: they go before or after any subcommand)."""
+    for parser in sub.choices.values():
+        nested = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        for group in nested:
+            _flags_everywhere(group)
+        if not nested and "--debug" not in parser._option_string_actions:
+            _global_flags(parser, suppress=True)
 
 
 def _global_flags(p: argparse.ArgumentParser, *, suppress: bool = False) -> None:
@@ -349,6 +390,24 @@ def _stdout_closed() -> int:
     return 141
 
 
+def _plugin_crashed(exc: Exception, culprit: Blame, debug: bool) -> int:
+    """One line naming the plugin that raised, its distribution and the place; exit 4
+    when another distribution shipped it (not refineg's bug: report it there), 1 when
+    it is one of refineg's own plugins."""
+    if debug:
+        traceback.print_exc()
+    whom = culprit.distribution if culprit.third_party else "refineg"
+    _say(
+        secrets.scrub(
+            f"refineg: error: {culprit.describe()}: {type(exc).__name__}: {exc} "
+            f"(a bug in {whom}: report it there"
+            + ("" if debug else ", with the traceback of --debug")
+            + ")"
+        )
+    )
+    return PLUGIN_CRASHED if culprit.third_party else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
@@ -374,10 +433,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say("refineg: interrupted; run the same command again to resume")
         return 130
     except Exception as exc:
-        if debug:
-            raise
-        _say(secrets.scrub(f"refineg: unexpected {type(exc).__name__}: {exc} (rerun with --debug)"))
-        return 1
+        culprit = blame(exc)
+        if culprit is None:
+            if debug:
+                raise
+            _say(
+                secrets.scrub(
+                    f"refineg: unexpected {type(exc).__name__}: {exc} (rerun with --debug)"
+                )
+            )
+            return 1
+        return _plugin_crashed(exc, culprit, debug)
 
 
 if __name__ == "__main__":

@@ -136,6 +136,11 @@ class EngineConfig(StrictModel):
 
 class Config(StrictModel):
     run_dir: Path = Path("runs/default")
+    cache_dir: Path | None = Field(
+        None,
+        description="MLLM response cache (default: <run_dir>/cache). Runs may share one: "
+        "an entry's key holds everything that determines its answer",
+    )
     labels: dict[str, str] = Field(description="entity type -> description for prompts")
     data: DataConfig = Field(default_factory=DataConfig)
     stages: StagesConfig = Field(default_factory=StagesConfig)
@@ -252,6 +257,7 @@ def config_from_dict(
         raise ConfigError(f"{err['msg']}{more}", where=_dotted(err["loc"]) or "config") from None
     if not config.labels:
         raise ConfigError("at least one entity type is needed", where="labels")
+    _check_wording(config)
     config.source = base
     if base is not None:
         _resolve_paths(config, base)
@@ -314,7 +320,31 @@ def validate_plugins(config: Config) -> None:
     check_data_sources(config.data)
 
 
+def effective(config: Config) -> Config:
+    """The config as the stages use it: refine and ground take their prompt wording
+    from ``[prompts]`` (what ``config show`` must display, not the neutral default)."""
+    return config.model_copy(
+        update={
+            stage: getattr(config, stage).model_copy(update={"wording": config.prompts})
+            for stage in ("refine", "ground")
+        }
+    )
+
+
+def _check_wording(config: Config) -> None:
+    """A stage's own wording, when given, must say what ``[prompts]`` says: the
+    stages use ``[prompts]``, so a different one would be silently ignored."""
+    for stage in ("refine", "ground"):
+        settings = getattr(config, stage)
+        if "wording" in settings.model_fields_set and settings.wording != config.prompts:
+            raise ConfigError(
+                "the prompts' wording is set in [prompts]; this table is not used",
+                where=f"{stage}.wording",
+            )
+
+
 def redacted_dump(config: Config) -> dict[str, Any]:
-    """The resolved config as plain data, safe to print and to store in a run dir."""
-    data = config.model_dump(mode="json", exclude_none=True)
+    """The resolved config as plain data, safe to print and to store in a run dir
+    (secrets redacted by key and inside URLs; the wording the stages really use)."""
+    data = effective(config).model_dump(mode="json", exclude_none=True)
     return secrets.redact(data)

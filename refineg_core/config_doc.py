@@ -10,7 +10,8 @@ from typing import Any
 
 import pydantic
 
-from refineg_core.config import SLOT_NAMES, Config, _redact, slot_kind
+from refineg_core import secrets
+from refineg_core.config import SLOT_NAMES, Config, effective, slot_kind
 
 #: One table of the printed config: its dotted name and (key, value, description) rows.
 Table = tuple[str, list[tuple[str, Any, str]]]
@@ -42,6 +43,7 @@ def full_config(config: Config) -> list[Table]:
     the selected plugin's own validated options model."""
     from refineg_core import registry
 
+    config = effective(config)
     tables: list[Table] = []
     for prefix, rows in _tables("", config):
         keep = [(k, v, d) for k, v, d in rows if not (k == "options" and prefix in SLOT_NAMES)]
@@ -70,6 +72,23 @@ def _toml(value: Any) -> str:
     return json.dumps(str(value))
 
 
+def _shown(key: str, value: Any) -> Any:
+    """A value as JSON data, redacted like ``config.json`` (by key and inside URLs)."""
+    return secrets.redact({key: pydantic.TypeAdapter(Any).dump_python(value, mode="json")})[key]
+
+
+def full_config_data(config: Config) -> dict[str, Any]:
+    """``full_config`` as one nested mapping (``config show --defaults --json``)."""
+    out: dict[str, Any] = {}
+    for name, rows in full_config(config):
+        node = out
+        for part in name.split(".") if name else ():
+            node = node.setdefault(part, {})
+        for key, value, _ in rows:
+            node[key] = _shown(key, value)
+    return out
+
+
 def render_full_config(config: Config) -> str:
     """TOML text with a ``#`` comment above each documented key; secrets redacted."""
     lines: list[str] = []
@@ -79,7 +98,7 @@ def render_full_config(config: Config) -> str:
         if name:
             lines.append(f"\n[{name}]")
         for key, value, description in rows:
-            value = _redact({key: pydantic.TypeAdapter(Any).dump_python(value, mode="json")})[key]
+            value = _shown(key, value)
             if description:
                 lines.append(f"# {description}")
             # TOML has no null: an unset key is shown commented out.

@@ -1,32 +1,37 @@
-"""The five component contracts. Each is deliberately narrow.
+"""The plugin contracts: the five components and the box frame. Each is narrow.
 
 A plugin is a class with a nested pydantic ``Options`` model (unknown keys are
 rejected) and a constructor ``__init__(self, options, labels)``. Everything
 else — concurrency, caching, resuming, writing files, progress — is the core's
-job, so a plugin author writes only the part that is really theirs.
+job, so a plugin author writes only the part that is really theirs. What a
+plugin *can* do beyond its contract it declares as a class attribute (a gate
+``calibrates``, a tagger's ``inference_options``...); the core never guesses it
+from which methods were overridden. The table of plugin kinds (entry-point
+group, base class, config key) is ``refineg_core.kinds``; the dataset format
+contract is ``refineg_core.formats.base.DatasetFormat``. Plugin authors import
+all of it from one module, ``refineg.plugin``.
 """
 
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import Any, ClassVar
 
 import pydantic
 
 from refineg_core.chat import ChatRequest, ChatResponse
 from refineg_core.labels import LabelSet
 from refineg_core.types import (
+    Box,
     Demonstration,
     GateDecision,
     Sample,
     SynthesisCandidate,
     TaggerPrediction,
 )
-
-if TYPE_CHECKING:
-    from refineg_core.boxcodecs import BoxCodec
 
 
 class PluginOptions(pydantic.BaseModel):
@@ -73,14 +78,10 @@ class MLLMBackend(Plugin):
     def complete(self, request: ChatRequest) -> ChatResponse: ...
 
     @property
-    def box_codec(self) -> BoxCodec:
-        """The frame the model reads and writes boxes in (default: the ``pixels`` frame)."""
-        frame = self.__dict__.get("_default_box_frame")
-        if frame is None:  # built once: loading a plugin per sample would cost ~5 ms each
-            from refineg_core.registry import create_box_frame
-
-            frame = self.__dict__["_default_box_frame"] = create_box_frame("pixels")
-        return frame
+    def box_codec(self) -> BoxCodec | None:
+        """The frame the model reads and writes boxes in; None (the default): the
+        ``pixels`` frame, which the core builds (``registry.backend_frame``)."""
+        return None
 
     @property
     def max_concurrency(self) -> int:
@@ -168,10 +169,16 @@ class UncertaintyEstimator(Plugin):
         """Decisions that depend on each sample alone (no budget applied)."""
         return self.decide(samples, predictions)
 
+    #: True when ``calibrate`` fits parameters on dev data: the core then calls it
+    #: once before ``decide`` and fingerprints data.dev into the predict stage.
+    #: A gate that overrides ``calibrate`` must say so here (checked at load).
+    calibrates: ClassVar[bool] = False
+
     def calibrate(self, samples: Sequence[Sample], predictions: Sequence[TaggerPrediction]) -> dict:
         """Fit any parameters on gold ``samples`` (dev) and their predictions; return a report.
 
-        Called before ``decide`` when dev data is available; the default has nothing to fit.
+        Called before ``decide`` when the class declares ``calibrates = True`` and
+        dev data is available; the default has nothing to fit.
         """
         return {}
 
@@ -205,11 +212,99 @@ class Synthesizer(Plugin):
     def synthesize(self, seed: Sample, backend: MLLMBackend) -> list[SynthesisCandidate]: ...
 
 
-#: The five slots: config key -> (entry-point group, base class).
-SLOTS: dict[str, tuple[str, type[Plugin]]] = {
-    "synthesizer": ("refineg.synthesizers", Synthesizer),
-    "tagger": ("refineg.taggers", Tagger),
-    "uncertainty": ("refineg.uncertainty", UncertaintyEstimator),
-    "backend": ("refineg.mllm_backends", MLLMBackend),
-    "selector": ("refineg.context_selectors", ContextSelector),
-}
+class BoxCodec(Plugin, abc.ABC):
+    """Maps between original-image pixels and a model's box frame.
+
+    Every MLLM sees a resized image and answers in its own frame (pixels of what
+    it saw, a 0-1000 grid, x/y/width/height...). A frame maps gold boxes of
+    demonstrations into that frame, answers back into original-image pixels, and
+    says in one sentence how the model should write a box.
+
+    A frame author writes ``model_size``, ``encode``, ``decode_raw`` and
+    ``box_format``; ``decode``/``decode_all`` validate untrusted answers for them
+    (an invalid answer becomes "no box", never an exception). A frame is a plugin
+    like the others: built as ``Frame(options, labels)`` by the registry (labels
+    unused) or, from code, ``Frame(key=value, ...)``.
+    """
+
+    #: The name a config selects the frame by (the entry-point name).
+    name: ClassVar[str] = "frame"
+    Options: ClassVar[type[PluginOptions]] = PluginOptions
+
+    def __init__(
+        self,
+        options: PluginOptions | None = None,
+        labels: LabelSet | None = None,
+        **settings: Any,
+    ) -> None:
+        if options is not None and settings:
+            raise TypeError("give either an Options instance or keyword settings, not both")
+        super().__init__(options if options is not None else self.Options(**settings), labels)
+
+    @abc.abstractmethod
+    def model_size(self, original: tuple[int, int]) -> tuple[int, int]:
+        """The (width, height) the image is sent to the model at."""
+
+    @abc.abstractmethod
+    def encode(self, box: Box, original: tuple[int, int]) -> list[float]:
+        """Original pixels -> the model's frame, written as a model would write it."""
+
+    @abc.abstractmethod
+    def decode_raw(self, coords: Sequence[float], original: tuple[int, int]) -> tuple[float, ...]:
+        """Four numbers of the model's frame -> (x1, y1, x2, y2) original pixels, unclipped."""
+
+    @abc.abstractmethod
+    def box_format(self) -> str:
+        """How a box is written, for the prompt's ``$box_format``.
+
+        One phrase completing "Each box is ...", naming the four numbers and
+        their frame, e.g. "[x1, y1, x2, y2]: integers on a 0-1000 grid ...".
+        """
+
+    def image_tokens(self, original: tuple[int, int]) -> int | None:
+        """Tokens the model spends on one image sent at ``model_size(original)``, for
+        cost plans; None when the frame does not know its model's image cost."""
+        return None
+
+    def decode(self, coords: Any, original: tuple[int, int] | None) -> Box | None:
+        """Model answer -> a valid box in original pixels, or None when it is not one.
+
+        ``coords`` is untrusted (parsed from model text): anything that is not
+        four finite numbers, or that is empty after clipping, is None.
+        """
+        if original is None or isinstance(coords, (str, bytes)):
+            return None
+        try:
+            if len(coords) != 4:
+                return None
+            if any(isinstance(c, bool) for c in coords):
+                return None
+            values = [float(c) for c in coords]
+        except (TypeError, ValueError):
+            return None
+        if not all(math.isfinite(v) for v in values):
+            return None
+        try:
+            raw = self.decode_raw(values, original)
+        except (ArithmeticError, ValueError):
+            return None
+        return Box.clipped(*raw, original)
+
+    def decode_all(
+        self, answers: Sequence[Any], original: tuple[int, int] | None
+    ) -> tuple[list[Box], int]:
+        """Decode several answered boxes; return the valid ones and how many were invalid."""
+        boxes: list[Box] = []
+        invalid = 0
+        for coords in answers:
+            box = self.decode(coords, original)
+            if box is None:
+                invalid += 1
+            else:
+                boxes.append(box)
+        return boxes, invalid
+
+    def describe(self) -> str:
+        """The frame and its settings in one line (run summaries, cache identity)."""
+        set_ = self.options.model_dump(exclude_defaults=True)
+        return self.name + (f" {set_}" if set_ else "")

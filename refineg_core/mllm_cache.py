@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import shutil
 import threading
 import time
 from collections import Counter
@@ -36,6 +38,43 @@ from refineg_core.runstore import atomic_write
 from refineg_core.usage import UsageMeter
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+class _BadEntry(Exception):
+    """A cache entry that does not parse or validate: a miss, never a failure."""
+
+
+def _token_count(usage: Any, name: str) -> int:
+    """A usage number as stored: a finite, non-negative int (not a bool, not 2.5)."""
+    value = usage.get(name) if isinstance(usage, dict) else None
+    if type(value) is not int or value < 0:
+        raise _BadEntry(f"usage.{name} is {value!r}, not a non-negative integer")
+    return value
+
+
+def parse_entry(raw: bytes) -> ChatResponse:
+    """The cached answer of an entry file's bytes, or ``_BadEntry`` saying what is wrong.
+
+    Everything is checked, because a hit's numbers feed the run's token counts
+    and its text feeds the stages: a hand-edited, torn or hostile entry (Infinity,
+    deep nesting, negative usage) must become a miss, not a crash or a lie.
+    """
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise _BadEntry(f"does not parse ({type(exc).__name__})") from None
+    resp = data.get("response") if isinstance(data, dict) else None
+    if not isinstance(resp, dict):
+        raise _BadEntry("has no response object")
+    text, model = resp.get("text"), resp.get("model")
+    if not isinstance(text, str):
+        raise _BadEntry(f"response.text is {type(text).__name__}, not a string")
+    if model is not None and not isinstance(model, str):
+        raise _BadEntry(f"response.model is {type(model).__name__}, not a string")
+    tokens = resp.get("usage")
+    usage = Usage(_token_count(tokens, "prompt_tokens"), _token_count(tokens, "completion_tokens"))
+    return ChatResponse(text=text, usage=usage, model=model, cached=True)
 
 
 class CachedBackend(BackendWrapper):
@@ -45,8 +84,8 @@ class CachedBackend(BackendWrapper):
     ``errors`` (inner calls that raised), ``unusable`` (answers that failed the
     caller's check: not cached), ``rejected_hits`` (cached answers that fail
     today's check: asked again), ``corrupt`` (unreadable entries, treated as
-    misses and rewritten). Identical requests in flight at the same time make
-    one inner call.
+    misses, rewritten, and warned about on the ``refineg_core.mllm_cache`` logger).
+    Identical requests in flight at the same time make one inner call.
 
     The backend is available only when ``inner`` answers, whatever the cache
     holds: a dead server is never reported as alive because of old entries.
@@ -140,23 +179,28 @@ class CachedBackend(BackendWrapper):
         return response, value
 
     def _read(self, key: str, *, quiet: bool = False) -> ChatResponse | None:
-        """The cached answer, or None; ``quiet`` skips counting a corrupt entry twice."""
+        """The cached answer, or None. An entry that cannot be read or does not
+        validate is a miss (asked again, then rewritten) with a warning; ``quiet``
+        skips counting and warning (the lock-free first look, repeated under the lock)."""
         path = self.path_for(key)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            resp = data["response"]
-            tokens = resp["usage"]
-            usage = Usage(int(tokens["prompt_tokens"]), int(tokens["completion_tokens"]))
-            hit = ChatResponse(
-                text=str(resp["text"]), usage=usage, model=resp.get("model"), cached=True
-            )
+            return parse_entry(path.read_bytes())
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError, TypeError):
-            if not quiet:
-                self._count("corrupt")
-            return None
-        return hit
+        except IsADirectoryError:
+            problem = "is a directory, not an entry file"
+        except OSError as exc:
+            problem = f"cannot be read ({exc.strerror or type(exc).__name__})"
+        except _BadEntry as exc:
+            problem = str(exc)
+        if not quiet:
+            self._count("corrupt")
+            log.warning(
+                "%s: cache entry %s; treated as a miss, asked again and rewritten",
+                secrets.scrub(str(path)),
+                problem,
+            )
+        return None
 
     def _write(self, key: str, request: ChatRequest, response: ChatResponse) -> None:
         path = self.path_for(key)
@@ -178,6 +222,8 @@ class CachedBackend(BackendWrapper):
             },
         }
         entry = secrets.scrub_data(entry)
+        if path.is_dir() and not path.is_symlink():  # see _read: it was a miss
+            shutil.rmtree(path)
         # no fsync: an entry torn by a power cut reads as corrupt, i.e. a miss
         with atomic_write(path) as fh:
             json.dump(entry, fh, ensure_ascii=False)

@@ -8,10 +8,11 @@ libraries' own (transformers, huggingface_hub) for the ``--quiet`` flag.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
 from tqdm.auto import tqdm
@@ -21,6 +22,23 @@ T = TypeVar("T")
 _lock = threading.Lock()
 _shown = 0  # bars currently on screen (0 or 1)
 _drawn = False  # a bar was drawn since the last ``fresh_line`` (its line has no newline)
+_silenced = 0  # open ``silenced()`` blocks
+
+
+@contextlib.contextmanager
+def silenced() -> Iterator[None]:
+    """No bar shows inside the block (a library call is quiet unless asked).
+
+    Process-wide, not per thread: a stage's bars are opened by its worker threads.
+    """
+    global _silenced
+    with _lock:
+        _silenced += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _silenced -= 1
 
 
 def progress_disabled() -> bool:
@@ -49,10 +67,11 @@ def bar(
     unit: str = "it",
     **kwargs: Any,
 ) -> tqdm:
-    """A progress bar; hidden when another bar is shown or REFINEG_NO_PROGRESS=1."""
+    """A progress bar; hidden when another bar is shown, inside ``silenced()``, or
+    with REFINEG_NO_PROGRESS=1."""
     global _shown, _drawn
     with _lock:
-        show = not progress_disabled() and _shown == 0
+        show = not progress_disabled() and _shown == 0 and _silenced == 0
         if show:
             _shown += 1
     try:

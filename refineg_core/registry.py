@@ -1,4 +1,4 @@
-"""Filling the five component slots (and the other plugin kinds): stevedore loads
+"""Loading plugins of every kind (``refineg_core.kinds``): stevedore loads
 exactly the named plugin.
 
 Only the plugin a config names is imported (plugins import torch; a config that
@@ -19,21 +19,16 @@ import pydantic
 import stevedore
 from stevedore.exception import NoMatches
 
-from refineg_core.boxcodecs import BOX_FRAME_GROUP, BoxCodec
+from refineg_core import kinds
 from refineg_core.errors import PluginError
-from refineg_core.formats.base import FORMAT_GROUP, DatasetFormat
-from refineg_core.interfaces import SLOTS, Plugin, PluginOptions
+from refineg_core.interfaces import (
+    BoxCodec,
+    MLLMBackend,
+    Plugin,
+    PluginOptions,
+    UncertaintyEstimator,
+)
 from refineg_core.labels import LabelSet
-
-#: Plugin kinds besides the five component slots: kind -> (entry-point group, base).
-#: A data source names its format; a backend builds its box frame by name
-#: (``create_box_frame``).
-EXTRA_KINDS: dict[str, tuple[str, type[Plugin]]] = {
-    "format": (FORMAT_GROUP, DatasetFormat),
-    "box_frame": (BOX_FRAME_GROUP, BoxCodec),
-}
-#: The config key that names a plugin of each kind, when it is not ``plugin``.
-_NAME_KEYS = {"format": "format"}
 
 # In-memory plugins registered by tests and notebooks: (group, name) -> class.
 _IN_MEMORY: dict[tuple[str, str], type[Any]] = {}
@@ -52,11 +47,9 @@ class InstalledPlugin:
 
 
 def kind_spec(slot: str) -> tuple[str, type[Plugin]]:
-    """(entry-point group, base class) of a slot or other plugin kind."""
-    spec = SLOTS.get(slot) or EXTRA_KINDS.get(slot)
-    if spec is None:
-        raise PluginError(f"unknown slot {slot!r}; slots are {sorted({*SLOTS, *EXTRA_KINDS})}")
-    return spec
+    """(entry-point group, base class) of a plugin kind (``refineg_core.kinds``)."""
+    found = kinds.kind(slot)
+    return found.group, found.base
 
 
 def slot_group(slot: str) -> str:
@@ -66,14 +59,13 @@ def slot_group(slot: str) -> str:
 def _where(slot: str, key: str) -> str:
     """The config path naming the plugin: ``tagger.plugin``, ``data.train.format``, or
     the key itself for a box frame (``backend.options.box_frame``)."""
-    if slot == "box_frame":
-        return key
-    return f"{key}.{_NAME_KEYS.get(slot, 'plugin')}"
+    name_key = kinds.kind(slot).name_key
+    return key if name_key is None else f"{key}.{name_key}"
 
 
 def installed(group: str | None = None) -> list[InstalledPlugin]:
     """Every plugin entry point (without importing any), plus in-memory ones."""
-    groups = [group] if group else [g for g, _ in (*SLOTS.values(), *EXTRA_KINDS.values())]
+    groups = [group] if group else list(kinds.groups())
     found: list[InstalledPlugin] = []
     for g in groups:
         for ep in metadata.entry_points(group=g):
@@ -103,7 +95,8 @@ def available_names(group: str) -> list[str]:
 
 def _unknown(slot: str, name: str, key: str) -> PluginError:
     names = available_names(slot_group(slot))
-    what = f"unknown {slot.replace('_', ' ')}" if slot in EXTRA_KINDS else f"{slot} plugin"
+    plain = kinds.kind(slot).name_key == "plugin"
+    what = f"{slot} plugin" if plain else f"unknown {slot.replace('_', ' ')}"
     return PluginError(
         f"{what} {name!r} is not installed; available: {', '.join(names) or 'none'}. "
         f"If it comes from another package, install that package into this environment.",
@@ -120,7 +113,9 @@ def load_class(slot: str, name: str, *, config_key: str | None = None) -> type[P
     key = config_key or slot
     group = slot_group(slot)
     if (group, name) in _IN_MEMORY:
-        return _IN_MEMORY[(group, name)]
+        cls = _IN_MEMORY[(group, name)]
+        _check_declared(slot, name, cls, "memory", _where(slot, key))
+        return cls
     eps = [ep for ep in metadata.entry_points(group=group) if ep.name == name]
     if not eps:
         raise _unknown(slot, name, key)
@@ -150,7 +145,24 @@ def load_class(slot: str, name: str, *, config_key: str | None = None) -> type[P
             f"{slot} plugin {name!r} from {origin} is {cls!r}, not a {base.__name__} subclass",
             where=_where(slot, key),
         )
+    _check_declared(slot, name, cls, origin, _where(slot, key))
     return cls
+
+
+def _check_declared(slot: str, name: str, cls: type[Plugin], origin: str, where: str) -> None:
+    """A capability is declared, never guessed: a gate that overrides ``calibrate``
+    without declaring ``calibrates = True`` would silently never be calibrated."""
+    if (
+        slot == "uncertainty"
+        and issubclass(cls, UncertaintyEstimator)
+        and cls.calibrate is not UncertaintyEstimator.calibrate
+        and not cls.calibrates
+    ):
+        raise PluginError(
+            f"uncertainty plugin {name!r} from {origin} overrides calibrate() but does not "
+            "declare `calibrates = True`; declare it so the core calls calibrate on data.dev",
+            where=where,
+        )
 
 
 def validate_options(
@@ -214,6 +226,21 @@ def create_box_frame(
             where=key,
         ) from None
     return cls(validated)
+
+
+_DEFAULT_FRAME: list[BoxCodec] = []
+
+
+def backend_frame(backend: MLLMBackend) -> BoxCodec:
+    """The box frame ``backend`` reads and writes boxes in: its own ``box_codec``, or
+    the ``pixels`` frame when it names none (built once: loading a plugin per
+    sample would cost ~5 ms each)."""
+    frame = backend.box_codec
+    if frame is not None:
+        return frame
+    if not _DEFAULT_FRAME:
+        _DEFAULT_FRAME.append(create_box_frame("pixels"))
+    return _DEFAULT_FRAME[0]
 
 
 @contextlib.contextmanager

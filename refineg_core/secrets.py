@@ -12,6 +12,8 @@ identities): values under a secret-sounding key become ``***``.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 import re
@@ -26,6 +28,9 @@ SECRET_WORDS = ("key", "token", "secret", "password", "passwd", "auth", "credent
 #: "token" in these names means text units, not credentials (``max_tokens``, ``eos_token``).
 _TOKENIZER_NAMES = re.compile(r"tokens|(eos|bos|pad|unk|sep|cls|mask|stop|special)_?token|tokeniz")
 MASK = "***"
+#: Query-string keys whose values are never credentials (kept readable in a shown URL);
+#: every other query value of a URL is treated as a secret.
+PLAIN_QUERY_KEYS = frozenset({"api-version", "api_version", "version"})
 #: Shorter values are not scrubbed: they would mangle ordinary text and are no real key.
 MIN_SECRET_LENGTH = 6
 
@@ -49,7 +54,25 @@ def _variants(value: str) -> set[str]:
     out = {value, json.dumps(value, ensure_ascii=False)[1:-1], json.dumps(value)[1:-1]}
     out.add(urllib.parse.quote(value, safe=""))
     out.update(part for part in value.split() if len(part) >= MIN_SECRET_LENGTH)
+    scheme, _, credential = value.partition(" ")
+    if scheme.lower() == "basic" and credential:  # a server may echo it decoded
+        out |= _basic_forms(credential.strip())
     return {v for v in out if len(v) >= MIN_SECRET_LENGTH}
+
+
+def _basic_forms(encoded: str) -> set[str]:
+    """``user:password`` and ``password`` of a Basic credential (base64), if it decodes."""
+    try:
+        decoded = base64.b64decode(encoded, validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        return set()
+    password = decoded.partition(":")[2]
+    return {decoded, password} if password else {decoded}
+
+
+def basic_credential(user: str, password: str) -> str:
+    """What an HTTP client sends for ``user:password`` (``Basic`` + base64)."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
 
 
 def register(values: Iterable[str | None]) -> None:
@@ -112,19 +135,58 @@ def secret_values(node: Any, inside: bool = False) -> list[str]:
     return []
 
 
-def url_secrets(url: str) -> str | None:
-    """The password of ``https://user:pass@host`` (or of ``?api_key=...``), if any."""
+def url_secrets(url: str) -> list[str]:
+    """The secrets a URL carries, to ``register``: the userinfo of
+    ``https://user:pass@host`` (raw, percent-decoded, and as the Basic credential a
+    client builds from it) and every query value but an ``api-version``."""
     parts = urllib.parse.urlsplit(url)
-    if parts.password:
-        return parts.password
-    for key, value in urllib.parse.parse_qsl(parts.query):
-        if is_secret_key(key):
-            return value
-    return None
+    found: list[str] = []
+    if parts.username is not None or parts.password is not None:
+        user = urllib.parse.unquote(parts.username or "")
+        password = urllib.parse.unquote(parts.password or "")
+        # a key given as the user name (``https://KEY@host``) is the secret then
+        found += [parts.password or parts.username or "", password or user]
+        found += [f"{user}:{password}", basic_credential(user, password)]
+    for key, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
+        if key.lower() not in PLAIN_QUERY_KEYS or is_secret_key(key):
+            found.append(value)
+    return [f for f in found if f]
+
+
+def redact_url(text: str) -> str:
+    """A URL shown without its secrets: userinfo as ``***:***``, query values as
+    ``***`` (but an ``api-version``); any other string is returned as it is."""
+    if "://" not in text:
+        return text
+    try:
+        parts = urllib.parse.urlsplit(text)
+        parts.port  # noqa: B018  (raises on a malformed port: then it is no URL)
+    except ValueError:
+        return text
+    if not parts.scheme or not parts.netloc:
+        return text
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")
+        netloc = f"{MASK}:{MASK}@{host}" if ":" in userinfo else f"{MASK}@{host}"
+    query = parts.query
+    if query:
+        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+        query = "&".join(
+            f"{urllib.parse.quote(k, safe='-_.')}="
+            + (
+                urllib.parse.quote(v, safe="-_.:")
+                if k.lower() in PLAIN_QUERY_KEYS and not is_secret_key(k)
+                else MASK
+            )
+            for k, v in pairs
+        )
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def redact(node: Any, inside: bool = False) -> Any:
-    """An option tree with every string under a secret-sounding key replaced by ``***``.
+    """An option tree with every string under a secret-sounding key replaced by ``***``,
+    and every URL string without its credentials (``redact_url``).
 
     Only strings: numbers and flags (``max_tokens = 1024``) are never secrets,
     and they shape answers, so a cache identity must keep them.
@@ -138,6 +200,8 @@ def redact(node: Any, inside: bool = False) -> Any:
         return [redact(v, inside) for v in node]
     if inside and isinstance(node, str):
         return MASK
+    if isinstance(node, str):
+        return redact_url(node)
     return node
 
 

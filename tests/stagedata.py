@@ -11,17 +11,17 @@ import json
 import textwrap
 from pathlib import Path
 
+import refineg_openai.testing as fake_openai
 import tomllib
+from refineg_openai.testing import backend_for  # noqa: F401  (re-exported for the tests)
 
 from refineg_core.labels import LabelSet
 from refineg_core.pipeline.prompts import PromptWording
-from refineg_core.testing import fake_openai
 from refineg_core.testing.stages import (  # noqa: F401  (re-exported for the tests)
     OverlapSelector,
     ScriptedBackend,
     _samples,
     answer,
-    backend_for,
     first_samples,
     paint_image,
     prediction,

@@ -6,10 +6,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from refineg_openai.testing import FakeOpenAIServer, ok
 
 import refineg
 from refineg_core.testing import run_cli
-from refineg_core.testing.fake_openai import FakeOpenAIServer, ok
 from tests.stagedata import TWITTER_LABELS_TOML, paint_image
 
 pytest.importorskip("refineg_gazetteer", reason="pip install -e examples/refineg-gazetteer")

@@ -14,8 +14,9 @@ from refineg_frames.generic import NormalizedCodec, PixelCodec
 from refineg_frames.qwen import Qwen2VLCodec, Qwen3VLCodec, Qwen25VLCodec, smart_resize
 
 from refineg_core import registry
-from refineg_core.boxcodecs import BOX_FRAME_GROUP, BoxCodec
+from refineg_core.boxcodecs import BoxCodec
 from refineg_core.errors import PluginError
+from refineg_core.kinds import group
 from refineg_core.registry import create_box_frame
 from refineg_core.testing import run_cli
 from refineg_core.types import Box
@@ -197,14 +198,14 @@ def test_frame_errors_name_the_installed_frames_and_the_options():
 
 
 def test_plugins_command_lists_box_frames():
-    found = {p.name: p for p in registry.installed(BOX_FRAME_GROUP)}
+    found = {p.name: p for p in registry.installed(group("box_frame"))}
     assert {"pixels", "normalized", "qwen2.5-vl", "qwen2-vl", "qwen3-vl"} <= set(found)
     assert found["qwen2.5-vl"].target == "refineg_frames.qwen:Qwen25VLCodec"
     assert found["qwen2.5-vl"].distribution == "refineg"
     out = run_cli(["plugins"])
     assert out.code == 0
     rows = [line.split() for line in out.stdout.splitlines()]
-    assert [BOX_FRAME_GROUP, "qwen2.5-vl", "refineg"] in [r[:3] for r in rows]
+    assert [group("box_frame"), "qwen2.5-vl", "refineg"] in [r[:3] for r in rows]
 
 
 def test_only_the_named_frame_module_is_imported():

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 from refineg_formats.twitter import read_twitter_gmner, write_twitter_gmner
+from refineg_openai.testing import FakeOpenAIServer, drop, ok
 
 from refineg_core.formats.native import read_results
 from refineg_core.pipeline.fingerprint import StageStore, read_record
 from refineg_core.testing import run_cli
-from refineg_core.testing.fake_openai import FakeOpenAIServer, drop, ok
 from tests.stagedata import gazetteer_config, oracle, paint_image, query_text
 
 pytest.importorskip("refineg_gazetteer", reason="pip install -e examples/refineg-gazetteer")

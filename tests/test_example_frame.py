@@ -14,6 +14,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from refineg_openai.testing import FakeOpenAIServer, ok
 
 from refineg_core.errors import PluginError
 from refineg_core.formats import write_jsonl
@@ -21,7 +22,6 @@ from refineg_core.formats.native import read_results
 from refineg_core.hooks import get_hooks
 from refineg_core.registry import create_box_frame, installed
 from refineg_core.testing import run_cli
-from refineg_core.testing.fake_openai import FakeOpenAIServer, ok
 from refineg_core.types import Box, Entity, ImageRef, Sample
 from tests.stagedata import paint_image, query_text
 

@@ -20,12 +20,7 @@ from typing import Any
 
 import attrs
 import pytest
-
-from refineg_core import secrets
-from refineg_core.mllm_cache import CachedBackend
-from refineg_core.pipeline.ground import GroundSettings, run_ground
-from refineg_core.pipeline.refine import RefineSettings, run_refine
-from refineg_core.testing.fake_openai import (
+from refineg_openai.testing import (
     FakeOpenAIServer,
     RecordedRequest,
     Reply,
@@ -37,6 +32,11 @@ from refineg_core.testing.fake_openai import (
     stall,
     trickle,
 )
+
+from refineg_core import secrets
+from refineg_core.mllm_cache import CachedBackend
+from refineg_core.pipeline.ground import GroundSettings, run_ground
+from refineg_core.pipeline.refine import RefineSettings, run_refine
 from refineg_core.types import Sample, SampleResult
 from tests.stagedata import (
     LABELS,

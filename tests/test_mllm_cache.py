@@ -8,11 +8,11 @@ import threading
 import pytest
 from PIL import Image
 from refineg_openai.backend import OpenAIBackend
+from refineg_openai.testing import FakeOpenAIServer, error, ok
 
 from refineg_core.chat import ChatMessage, ChatRequest, ImagePart, TextPart
 from refineg_core.errors import BackendError, BackendUnavailable
 from refineg_core.mllm_cache import CachedBackend
-from refineg_core.testing.fake_openai import FakeOpenAIServer, error, ok
 
 
 @pytest.fixture
@@ -166,3 +166,66 @@ def test_delegates_contract(server, tmp_path):
     assert cached.cache_identity() == inner.cache_identity()
     assert inner.describe() in cached.describe()
     assert cached.supports_images
+
+
+def _entry(response: dict) -> str:
+    return json.dumps({"key": "k", "response": response})
+
+
+BAD_ENTRIES = {
+    "infinite usage": _entry(
+        {"text": "stale", "usage": {"prompt_tokens": 1e999, "completion_tokens": 1}}
+    ),
+    "negative usage": _entry(
+        {"text": "stale", "usage": {"prompt_tokens": -999999999999, "completion_tokens": 3}}
+    ),
+    "fractional usage": _entry(
+        {"text": "stale", "usage": {"prompt_tokens": 2.5, "completion_tokens": 3}}
+    ),
+    "boolean usage": _entry(
+        {"text": "stale", "usage": {"prompt_tokens": True, "completion_tokens": 3}}
+    ),
+    "text not a string": _entry(
+        {"text": ["x"], "usage": {"prompt_tokens": 1, "completion_tokens": 1}}
+    ),
+    "deep nesting": '{"response": ' + "[" * 200000 + "]" * 200000 + "}",
+    "not an object": "[1, 2, 3]",
+    "not UTF-8": b"\xff\xfe{".decode("latin-1"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_ENTRIES))
+def test_an_entry_that_does_not_validate_is_a_miss_asked_again_and_rewritten(
+    server, tmp_path, caplog, kind
+):
+    (req,) = requests(1)
+    cached = CachedBackend(openai(server), tmp_path / "c")
+    path = cached.path_for(cached.key(req))
+    path.parent.mkdir(parents=True)
+    raw = BAD_ENTRIES[kind]
+    path.write_bytes(raw.encode("latin-1") if kind == "not UTF-8" else raw.encode())
+    with caplog.at_level("WARNING", logger="refineg_core.mllm_cache"):
+        response = cached.complete(req)
+    assert not response.cached and response.text == "echo: question 0"
+    assert len(server.chat_requests) == 1  # asked again
+    assert cached.stats["corrupt"] == 1
+    assert any(str(path) in r.getMessage() for r in caplog.records), caplog.text
+    entry = json.loads(path.read_text(encoding="utf-8"))  # rewritten, valid
+    assert entry["response"]["usage"] == {"prompt_tokens": 9, "completion_tokens": 3}
+    assert cached.complete(req).cached  # and now a hit
+    saved = cached.meter.snapshot()
+    assert saved.saved_prompt_tokens == 9 and saved.prompt_tokens == 9
+
+
+def test_a_directory_in_place_of_an_entry_is_a_miss_and_is_replaced(server, tmp_path, caplog):
+    (req,) = requests(1)
+    cached = CachedBackend(openai(server), tmp_path / "c")
+    path = cached.path_for(cached.key(req))
+    (path / "inside").mkdir(parents=True)
+    (path / "inside" / "file.txt").write_text("x")
+    with caplog.at_level("WARNING", logger="refineg_core.mllm_cache"):
+        assert not cached.complete(req).cached
+    assert path.is_file() and cached.stats["corrupt"] == 1
+    assert "directory" in caplog.text
+    assert cached.complete(req).cached
+    assert len(server.chat_requests) == 1

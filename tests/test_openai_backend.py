@@ -14,12 +14,12 @@ import pytest
 from PIL import Image
 from refineg_frames.qwen import Qwen2VLCodec, Qwen25VLCodec
 from refineg_openai.backend import OpenAIBackend
+from refineg_openai.testing import FakeOpenAIServer, drop, error, garbage, ok
 
 from refineg_core.chat import ChatMessage, ChatRequest, ImagePart, TextPart, Usage
 from refineg_core.errors import BackendError, BackendUnavailable
 from refineg_core.mllm_cache import CachedBackend
 from refineg_core.registry import load_class
-from refineg_core.testing.fake_openai import FakeOpenAIServer, drop, error, garbage, ok
 
 
 @pytest.fixture

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from refineg_openai.backend import OpenAIBackend
 from refineg_openai.endpoints import EndpointPool
+from refineg_openai.testing import FakeOpenAIServer, error, ok, reset, stall, trickle
 
 from refineg_core import secrets
 from refineg_core.chat import ChatMessage, ChatRequest
 from refineg_core.errors import BackendError
 from refineg_core.mllm_cache import CachedBackend
-from refineg_core.testing.fake_openai import FakeOpenAIServer, error, ok, reset, stall, trickle
 
 SCHEMA = {"type": "object", "properties": {"entities": {"type": "array"}}}
 

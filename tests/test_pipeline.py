@@ -9,10 +9,10 @@ import textwrap
 
 import pytest
 from refineg_formats.twitter import read_twitter_gmner, write_twitter_gmner
+from refineg_openai.testing import FakeOpenAIServer, ok
 
 from refineg_core.formats.native import read_results
 from refineg_core.testing import run_cli
-from refineg_core.testing.fake_openai import FakeOpenAIServer, ok
 from tests.stagedata import TWITTER_LABELS_TOML, oracle, paint_image
 
 pytestmark = pytest.mark.slow

@@ -17,6 +17,7 @@ import pytest
 from refineg_formats.twitter import read_twitter_gmner, write_twitter_gmner
 from refineg_frames.generic import PixelCodec
 from refineg_frames.qwen import Qwen3VLCodec, Qwen25VLCodec
+from refineg_openai.testing import FakeOpenAIServer, ok
 from refineg_plan.plan import (
     StageCost,
     TokenCounter,
@@ -26,7 +27,6 @@ from refineg_plan.plan import (
 
 from refineg_core.chat import ChatMessage, ChatRequest, ImagePart
 from refineg_core.testing import run_cli
-from refineg_core.testing.fake_openai import FakeOpenAIServer, ok
 from tests.stagedata import paint_image
 
 pytest.importorskip("refineg_gazetteer", reason="pip install -e examples/refineg-gazetteer")

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pytest
 from refineg_formats.twitter import read_twitter_gmner, write_twitter_gmner
+from refineg_openai.testing import FakeOpenAIServer, ok
 
 from refineg_core.errors import RefinegError
 from refineg_core.formats.native import read_results, write_jsonl
 from refineg_core.testing import run_cli
-from refineg_core.testing.fake_openai import FakeOpenAIServer, ok
 from tests.stagedata import gazetteer_config, paint_image
 
 pytest.importorskip("refineg_gazetteer", reason="pip install -e examples/refineg-gazetteer")
@@ -67,7 +67,9 @@ def slow_config(root: Path, base_url: str, run_dir: Path) -> str:
 def refineg(*args: str, raw: bool = False, **env: str) -> subprocess.Popen:
     """A real ``refineg`` process on this checkout (``raw``: output as bytes, its
     carriage returns kept)."""
-    path = os.pathsep.join([str(ROOT), str(ROOT / "plugins")])
+    path = os.pathsep.join(
+        [str(ROOT), str(ROOT / "plugins"), str(ROOT / "examples" / "refineg-gazetteer" / "src")]
+    )
     return subprocess.Popen(
         [sys.executable, "-m", "refineg_core.cli", *args],
         cwd=str(ROOT),

@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 from refineg_formats.twitter import read_twitter_gmner, write_twitter_gmner
 from refineg_openai.backend import OpenAIBackend
+from refineg_openai.testing import FakeOpenAIServer, drop, error, ok
 
 from refineg_core.formats.native import read_results
 from refineg_core.pipeline.stagekit import needs_retry
 from refineg_core.registry import registered
 from refineg_core.testing import run_cli
-from refineg_core.testing.fake_openai import FakeOpenAIServer, drop, error, ok
 from tests.stagedata import gazetteer_config as config
 from tests.stagedata import oracle, paint_image, query_text
 
@@ -267,14 +267,11 @@ def test_failed_command_leaves_no_run_directory_and_flags_go_anywhere(data, tmp_
     assert not (tmp_path / "run").exists()
 
 
-def test_variants_harness_trains_one_tagger_for_gate_only_variants(data, tmp_path):
+def run_variants(tmp_path: Path, cfg: Path, variants: Path, *extra: str):
     import subprocess
     import sys
 
-    root, _ = data
-    cfg = write_config(tmp_path, config(root, "http://127.0.0.1:9/v1", tmp_path / "unused"))
     repo = Path(__file__).resolve().parents[1]
-    variants = repo / "benchmarks" / "variants" / "gate-thresholds.toml"
     proc = subprocess.run(
         [
             sys.executable,
@@ -285,17 +282,77 @@ def test_variants_harness_trains_one_tagger_for_gate_only_variants(data, tmp_pat
             str(variants),
             "--out",
             str(tmp_path / "out"),
+            *extra,
         ],
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "tagger trainings: 1 for 3 variants (2 saved)" in proc.stderr
-    rows = json.loads((tmp_path / "out" / "comparison.json").read_text())
+    return proc, json.loads((tmp_path / "out" / "comparison.json").read_text())
+
+
+def test_variants_harness_trains_one_tagger_for_gate_only_variants(data, tmp_path):
+    root, _ = data
+    cfg = write_config(tmp_path, config(root, "http://127.0.0.1:9/v1", tmp_path / "unused"))
+    variants = Path(__file__).resolve().parents[1] / "benchmarks/variants/gate-thresholds.toml"
+    proc, result = run_variants(tmp_path, cfg, variants, "--full")
+    assert "tagger trainings: 1 for 3 runs (2 saved)" in proc.stderr
+    rows = result["runs"]
     assert [r["tagger"] for r in rows] == ["trained here", "shared (tau-0.1)", "shared (tau-0.1)"]
     delegated = [r["delegated_entities"] for r in rows]
     assert delegated == sorted(delegated, reverse=True) and delegated[0] > delegated[-1]
+    # the compact table: one row per variant, the paper's columns, no raw counters
+    table = (tmp_path / "out" / "comparison.md").read_text().splitlines()
+    head = "| variant | tagger MNER | refine MNER | ground GMNER | ground EEG | requests | cached"
+    assert table[0] == head + " | tokens |", table[0]
+    assert [line.split(" | ")[0] for line in table[2:]] == ["| tau-0.1", "| tau-0.4", "| tau-0.8"]
+    assert "delegated_entities" in (tmp_path / "out" / "comparison-full.md").read_text()
+
+
+def test_variants_share_one_response_cache_so_a_prompt_is_asked_once(data, tmp_path):
+    """Two variants that send the same ground prompts (ground k=0 does not depend on
+    the gate threshold for samples both keep) pay for each prompt once."""
+    root, gold = data
+    variants = tmp_path / "v.toml"
+    variants.write_text(
+        '[[variant]]\nname = "a"\nset = ["uncertainty.options.threshold=0.4"]\n'
+        '[[variant]]\nname = "b"\nset = ["uncertainty.options.threshold=0.5"]\n',
+        encoding="utf-8",
+    )
+    with FakeOpenAIServer(oracle(gold)) as server:
+        cfg = write_config(tmp_path, config(root, server.base_url, tmp_path / "unused"))
+        _, result = run_variants(tmp_path, cfg, variants)
+        sent = [r.text for r in server.chat_requests]
+    a, b = result["runs"]
+    assert a["requests"] > 0 and a["cached_requests"] == 0
+    # the second variant found the first's answers in the shared cache
+    assert b["cached_requests"] > 0, b
+    # every prompt reached the server exactly once, over both variants
+    assert len(sent) == len(set(sent)) == a["requests"] + b["requests"]
+    assert (tmp_path / "out" / "cache").is_dir()
+    assert not (tmp_path / "out" / "a" / "cache").exists()
+
+
+def test_variants_table_reports_mean_and_spread_over_seeds():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "run_variants.py"
+    spec = importlib.util.spec_from_file_location("run_variants", path)
+    rv = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rv)
+    summaries = [
+        {"eval": {"predict": {"mner": f1}}, "stages": {"ground": {"backend": {"calls": c}}}}
+        for f1, c in ((0.70, 10), (0.74, 12), (0.72, 11))
+    ]
+    rows = [{**rv.summary_row(s), "variant": "x", "seed": i} for i, s in enumerate(summaries)]
+    (entry,) = rv.compare(rows)
+    f1 = entry["tagger MNER"]
+    assert f1["values"] == [70.0, 74.0, 72.0] and (f1["min"], f1["max"]) == (70.0, 74.0)
+    assert abs(f1["mean"] - 72.0) < 1e-9 and abs(f1["sd"] - 2.0) < 1e-9
+    table = rv.to_markdown([entry]).splitlines()
+    assert table[0] == "| variant | seeds | tagger MNER | requests | cached | tokens |"
+    assert table[2] == "| x | 3 | 72.0 ± 2.0 | 11 ± 1 | 0 ± 0 | 0 ± 0 |", table[2]
 
 
 def test_data_limit_is_applied_while_reading_and_the_warning_log_is_per_run(data, tmp_path):

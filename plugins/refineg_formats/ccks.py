@@ -217,6 +217,8 @@ class CcksFormat(DatasetFormat):
         entities: Path | None = None
         images_dir: Path | None = None
 
+    reads_limit = True  # read() stops after ``limit`` samples
+
     def read(self, path: Path, limit: int | None = None) -> Dataset:
         ds = read_ccks(path, self.options.entities, images_dir=self.options.images_dir)
         return ds if limit is None else Dataset(ds.samples[:limit], ds.warnings, ds.source)

@@ -25,6 +25,8 @@ class ConllFormat(DatasetFormat):
         scheme: Literal["BIO", "BIOES"] = "BIO"  # for writing; reading accepts both
         id_prefix: str | None = None  # sample ids <prefix>-<n> (default: file stem)
 
+    reads_limit = True  # read() stops after ``limit`` samples
+
     def read(self, path: Path, limit: int | None = None) -> Dataset:
         return read_conll(path, id_prefix=self.options.id_prefix, limit=limit)
 
@@ -37,6 +39,8 @@ class JsonlFormat(DatasetFormat):
 
     class Options(PluginOptions):
         images_dir: Path | None = None  # image paths must lie inside (default: the file's folder)
+
+    reads_limit = True  # read() stops after ``limit`` samples
 
     def read(self, path: Path, limit: int | None = None) -> Dataset:
         return read_jsonl(path, images_dir=self.options.images_dir, limit=limit)

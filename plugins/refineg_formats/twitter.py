@@ -259,6 +259,8 @@ class TwitterGmnerFormat(DatasetFormat):
         xml_dir: Path | None = None  # default: <folder of the file>/xml
         images_dir: Path | None = None
 
+    reads_limit = True  # read() stops after ``limit`` samples
+
     def read(self, path: Path, limit: int | None = None) -> Dataset:
         o = self.options
         return read_twitter_gmner(path, xml_dir=o.xml_dir, images_dir=o.images_dir, limit=limit)

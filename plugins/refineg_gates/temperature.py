@@ -70,6 +70,7 @@ class TemperatureEntropyGate(TokenScoreGate):
     """Normalised entropy of the marginals after temperature scaling fitted on dev."""
 
     Options = TemperatureOptions
+    calibrates = True  # fits T on dev before deciding
 
     def __init__(self, options=None, labels=None):
         super().__init__(options, labels)

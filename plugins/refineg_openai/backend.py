@@ -43,7 +43,7 @@ from refineg_core.chat import ChatMessage, ChatRequest, ChatResponse, ImagePart,
 from refineg_core.errors import BackendError, BackendUnavailable, PluginError
 from refineg_core.interfaces import MLLMBackend, PluginOptions
 from refineg_core.registry import create_box_frame
-from refineg_openai.endpoints import Endpoint, EndpointPool
+from refineg_openai.endpoints import Endpoint, EndpointPool, join_url
 from refineg_openai.images import image_data_url
 
 #: Tokens per answer when neither the request nor the options say.
@@ -256,7 +256,7 @@ class OpenAIBackend(MLLMBackend):
         self._codec = o.frame()
         secrets.register(secrets.secret_values(o.extra_body))
         secrets.register(secrets.secret_values(o.headers))
-        secrets.register(secrets.url_secrets(u) for u in o.urls)
+        secrets.register(s for u in o.urls for s in secrets.url_secrets(u))
         self._slots = threading.BoundedSemaphore(o.concurrency)
         self._pool = EndpointPool(o.urls, o.endpoint_rest)
         self._client: httpx.Client | None = None
@@ -290,7 +290,7 @@ class OpenAIBackend(MLLMBackend):
         return self.options.concurrency
 
     def describe(self) -> str:
-        urls = ", ".join(self.options.urls)
+        urls = ", ".join(secrets.redact_url(u) for u in self.options.urls)
         return secrets.scrub(f"openai-compatible at {urls}, model {self.options.model}")
 
     def cache_identity(self) -> dict:
@@ -317,8 +317,9 @@ class OpenAIBackend(MLLMBackend):
         }
 
     def endpoint_stats(self) -> dict[str, dict[str, int]]:
-        """Per-endpoint counts (requests, ok, failed, rested) for the run summary."""
-        return self._pool.stats()
+        """Per-endpoint counts (requests, ok, failed, rested) for the run summary, each
+        endpoint named by its URL without credentials."""
+        return {secrets.redact_url(url): n for url, n in self._pool.stats().items()}
 
     def report(self) -> dict:
         return {"endpoints": self.endpoint_stats()}
@@ -339,7 +340,7 @@ class OpenAIBackend(MLLMBackend):
         o = self.options
         try:
             resp = self.client.get(
-                f"{url}/models", headers=self._headers(), timeout=min(3.0, o.timeout)
+                join_url(url, "models"), headers=self._headers(), timeout=min(3.0, o.timeout)
             )
         except httpx.HTTPError as exc:
             self._pool.mark_down(url)
@@ -570,7 +571,7 @@ class OpenAIBackend(MLLMBackend):
         self, endpoint: Endpoint, payload: dict[str, Any], purpose: str, deadline_at: float
     ) -> ChatResponse | _Failed | Literal["schema_refused"]:
         o = self.options
-        url = f"{endpoint.url}/chat/completions"
+        url = join_url(endpoint.url, "chat/completions")
         fault = False
         try:
             status, body, headers = self._exchange(url, payload, deadline_at)

@@ -13,9 +13,18 @@ from __future__ import annotations
 
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Collection, Sequence
 
 import attrs
+
+
+def join_url(base: str, path: str) -> str:
+    """``path`` appended to ``base``'s path, its query kept after it: Azure's
+    ``.../deployments/d?api-version=...`` + ``chat/completions`` stays a valid URL."""
+    parts = urllib.parse.urlsplit(base)
+    joined = parts.path.rstrip("/") + "/" + path.lstrip("/")
+    return urllib.parse.urlunsplit(parts._replace(path=joined))
 
 
 @attrs.define

@@ -51,6 +51,7 @@ from refineg_core.pipeline.prompts import (
 )
 from refineg_core.pipeline.refine import RefineSettings, delegation
 from refineg_core.progress import bar
+from refineg_core.registry import backend_frame
 from refineg_core.types import Demonstration, Sample, SampleResult
 
 #: Qwen2.5-VL's chat template puts this system turn in when a request has none.
@@ -573,7 +574,7 @@ def plan_for_run(pipeline: Any, results: Sequence[SampleResult], args: Any) -> d
         labels=pipeline.labels,
         refine=refine,
         ground=ground,
-        codec=backend.box_codec,
+        codec=backend_frame(backend),
         supports_images=backend.supports_images,
         concurrency=backend.max_concurrency,
         pool=samples,

@@ -156,9 +156,10 @@ def _box_div(d: DrawnBox, size: tuple[int, int], row: int = 0) -> str:
 
 def _entity_line(e: Entity) -> str:
     colour = _colour(e.source)
+    source = _esc(e.source or "unstated")
     bits = [
         f"<b>{_esc(e.text)}</b>",
-        f'<span class="tag" style="background:{colour}">{_esc(e.type)} · {_esc(e.source)}</span>',
+        f'<span class="tag" style="background:{colour}">{_esc(e.type)} · {source}</span>',
     ]
     if e.uncertainty is not None:
         bits.append(f"u={e.uncertainty:.2f}")

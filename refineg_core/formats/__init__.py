@@ -7,7 +7,7 @@ live in ``plugins/refineg_formats``). Each reader returns a ``Dataset``
 silently dropped.
 """
 
-from refineg_core.formats.base import FORMAT_GROUP, Dataset, DatasetFormat, read_text_file
+from refineg_core.formats.base import Dataset, DatasetFormat, read_text_file
 from refineg_core.formats.conll import read_conll, write_conll
 from refineg_core.formats.loader import (
     BUILTIN_FORMATS,
@@ -20,7 +20,6 @@ from refineg_core.formats.native import read_jsonl, sample_from_dict, sample_to_
 
 __all__ = [
     "BUILTIN_FORMATS",
-    "FORMAT_GROUP",
     "Dataset",
     "DatasetFormat",
     "format_plugin",

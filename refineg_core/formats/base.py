@@ -1,15 +1,14 @@
 """What every format shares: the Dataset type, the format plugin contract, decoding.
 
-A dataset format is a plugin kind like the five components: a class
-registered under the ``refineg.formats`` entry-point group, selected by the
-``format`` key of a data source, with its own pydantic ``Options``. A
-third-party package adds a format without touching the core.
+A dataset format is a plugin kind like the five components (kind ``format`` in
+``refineg_core.kinds``): a class registered under its entry-point group,
+selected by the ``format`` key of a data source, with its own pydantic
+``Options``. A third-party package adds a format without touching the core.
 """
 
 from __future__ import annotations
 
 import abc
-import inspect
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -20,9 +19,6 @@ import attrs
 from refineg_core.errors import DataError
 from refineg_core.interfaces import Plugin, PluginOptions
 from refineg_core.types import Sample
-
-#: Entry-point group of dataset format plugins.
-FORMAT_GROUP = "refineg.formats"
 
 
 @attrs.frozen
@@ -108,6 +104,10 @@ class DatasetFormat(Plugin):
     """
 
     Options: ClassVar[type[PluginOptions]] = PluginOptions
+    #: True when ``read`` takes ``limit`` and stops after that many samples (a
+    #: trial run of a huge file then reads only its head); otherwise the core
+    #: calls ``read(path)`` and keeps the first ``limit`` samples itself.
+    reads_limit: ClassVar[bool] = False
 
     @abc.abstractmethod
     def read(self, path: Path, limit: int | None = None) -> Dataset:
@@ -124,10 +124,7 @@ class DatasetFormat(Plugin):
         the corpus. The default reads the whole file with ``read``; a format
         whose files can outgrow memory overrides it (the native JSONL does).
         """
-        if "limit" in inspect.signature(self.read).parameters:
-            ds = self.read(path, limit=limit)
-        else:  # a plugin written before ``limit`` joined the contract
-            ds = self.read(path)
+        ds = self.read(path, limit=limit) if self.reads_limit else self.read(path)
         warnings.extend(ds.warnings)
         yield from ds.samples[:limit] if limit is not None else ds.samples
 

@@ -8,7 +8,6 @@ format shares is applied here: the ``boxes`` policy and ``limit``.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -134,10 +133,7 @@ def load_dataset(
     name = format or guess_format(path)
     source_options = {"xml_dir": xml_dir, "images_dir": images_dir, "entities": entities}
     plugin = format_plugin(name, source_options, options, config_key=config_key)
-    if "limit" in inspect.signature(plugin.read).parameters:
-        ds = plugin.read(path, limit=limit)
-    else:  # a plugin written before ``limit`` joined the contract
-        ds = plugin.read(path)
+    ds = plugin.read(path, limit=limit) if plugin.reads_limit else plugin.read(path)
     if not ds.samples:
         ds = Dataset((), (*ds.warnings, f"{path}: the file holds no samples"), ds.source)
     ds = apply_boxes_policy(ds, boxes)

@@ -28,7 +28,7 @@ class EntityRecord(_Record):
     boxes: list[Coords] | None = None
     confidence: Number | None = None
     uncertainty: Number | None = None
-    source: StrictStr = "gold"
+    source: StrictStr | None = None
     grounded_by: StrictStr | None = None
 
 

@@ -2,27 +2,24 @@
 
 The orchestrator owns the stage files, fingerprints and resume; an engine only
 turns an iterator of chunks into an iterator of per-chunk results, **in input
-order**. ``local`` does it in this process with the run's own plugins; ``ray``
+order**. ``local`` does it in this process with the run's own ``Worker``; ``ray``
 (``refineg_core.pipeline.ray_engine``) fans chunks out to Ray Data actor pools
-that each build the same plugins from the same config. Both call the same
-per-chunk code (``Pipeline.tag`` and ``Pipeline.run_mllm_chunk``), which is
-why their outputs are equal.
+that each build a ``Worker`` from the same config. Both call the same per-chunk
+code (``Worker.tag`` and ``Worker.run_mllm_chunk``), which is why their outputs
+are equal. Engines depend on the worker only, never on the ``Pipeline``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from refineg_core.pipeline.runner import StageSummary
 from refineg_core.pipeline.stagekit import StageHealth
+from refineg_core.pipeline.worker import MllmChunk, Worker
 from refineg_core.types import Sample, SampleResult
 
-if TYPE_CHECKING:
-    from refineg_core.pipeline.orchestrator import Pipeline
-
-#: (the chunk's input results, earlier results of the same samples to keep)
-MllmChunk = tuple[list[SampleResult], list[SampleResult]]
+__all__ = ["Engine", "LocalEngine", "MllmChunk", "build_engine"]
 
 
 class Engine(Protocol):
@@ -47,20 +44,20 @@ class Engine(Protocol):
 class LocalEngine:
     """Chunks processed one after another in this process (the default)."""
 
-    def __init__(self, pipeline: Pipeline) -> None:
-        self.pipeline = pipeline
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
 
     def tag(self, chunks: Iterator[list[Sample]]) -> Iterator[list[SampleResult]]:
         for chunk in chunks:
-            yield self.pipeline.tag(chunk, each=True)
+            yield self.worker.tag(chunk, each=True)
 
     def mllm(
         self, stage: str, chunks: Iterator[MllmChunk]
     ) -> Iterator[tuple[list[SampleResult], StageSummary]]:
         health = StageHealth()  # one reachability check and one breaker per stage run
-        part = self.pipeline.run_dir / f"{stage}.part.jsonl"
+        part = self.worker.run_dir / f"{stage}.part.jsonl"
         for items, earlier in chunks:
-            yield self.pipeline.run_mllm_chunk(stage, items, earlier, part, health)
+            yield self.worker.run_mllm_chunk(stage, items, earlier, part, health)
 
     def usage(self, stage: str) -> dict[str, Any]:
         return {}
@@ -72,9 +69,11 @@ class LocalEngine:
         pass
 
 
-def build_engine(pipeline: Pipeline) -> Engine:
-    if pipeline.config.engine.kind == "ray":
+def build_engine(worker: Worker) -> Engine:
+    """The engine the config names, processing chunks with ``worker`` (local) or
+    with workers built from the same config (ray)."""
+    if worker.config.engine.kind == "ray":
         from refineg_core.pipeline.ray_engine import RayEngine
 
-        return RayEngine(pipeline)
-    return LocalEngine(pipeline)
+        return RayEngine(worker)
+    return LocalEngine(worker)

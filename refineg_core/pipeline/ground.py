@@ -46,6 +46,7 @@ from refineg_core.pipeline.stagekit import (
     note_answer,
     run_mllm_stage,
 )
+from refineg_core.registry import backend_frame
 from refineg_core.types import (
     SOURCE_MLLM,
     Box,
@@ -345,7 +346,7 @@ def _ground_one(
     if demo_book is not None:
         demos, dropped = usable_demos(demo_book.get(item), item.id, settings.k)
         counters.add("demos_without_image", dropped)
-    codec = backend.box_codec
+    codec = backend_frame(backend)
     request = build_ground_request(
         query,
         item.entities,
@@ -478,5 +479,5 @@ def run_ground(
     summary.notes["demo_pool"] = f"{len(pool)} samples"
     if selector is None or settings.k == 0:
         summary.notes["demonstrations"] = "none (zero-shot): no selector or k = 0"
-    summary.notes["box_frame"] = backend.box_codec.describe()
+    summary.notes["box_frame"] = backend_frame(backend).describe()
     return out, summary

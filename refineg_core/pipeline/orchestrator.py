@@ -28,6 +28,7 @@ Layout of a run directory:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -40,7 +41,7 @@ import attrs
 from refineg_core import secrets
 from refineg_core.config import Config, DataSource, redacted_dump
 from refineg_core.errors import ConfigError, RefinegError
-from refineg_core.formats import Dataset, iter_source, load_dataset, load_source
+from refineg_core.formats import Dataset, iter_source, load_dataset
 from refineg_core.formats.native import iter_results, read_results, write_jsonl
 from refineg_core.formats.paths import output_dir
 from refineg_core.gating import within_budget
@@ -71,9 +72,11 @@ from refineg_core.pipeline.fingerprint import (
 from refineg_core.pipeline.outputs import write_outputs
 from refineg_core.pipeline.runner import StageSummary
 from refineg_core.pipeline.stagekit import StageHealth, needs_retry
-from refineg_core.progress import bar
+from refineg_core.pipeline.worker import Worker
+from refineg_core.posts import as_sample, check_image, check_many, check_text
+from refineg_core.progress import bar, silenced
 from refineg_core.runstore import RunStore, set_aside, write_json, write_text
-from refineg_core.types import GateVerdict, Sample, SampleResult
+from refineg_core.types import Sample, SampleResult
 
 Log = Callable[[str], None]
 
@@ -93,9 +96,14 @@ class Pipeline:
         self.debug = debug
         self.log: Log = log or (lambda msg: None)
         self.summary: dict[str, Any] = {"stages": {}}
-        self.context = RunContext(config, self.run_dir / "cache")
+        self.worker = Worker(
+            config,
+            cache_dir=config.cache_dir or self.run_dir / "cache",
+            debug=debug,
+            log=self.log,
+            on_warnings=self._note_warnings,
+        )
         self.store = RunStore(self.run_dir)
-        self._datasets: dict[str, Dataset | None] = {}
         self._warnings: list[str] = []
         self._fingerprints: dict[str, Fingerprint] = {}
         self._stats: dict[str, tuple[str, int]] = {}
@@ -110,7 +118,7 @@ class Pipeline:
             if self._engine is not None:
                 self._engine.close()
                 self._engine = None
-            self.context.close()
+            self.worker.close()
         finally:
             self.store.close()
 
@@ -150,9 +158,7 @@ class Pipeline:
 
     # ----------------------------------------------------------------- inputs
     def _load(self, source: DataSource, config_key: str = "data") -> Dataset:
-        ds = load_source(source, config_key=config_key)
-        self._note_warnings(source, ds.warnings)
-        return ds
+        return self.worker._load(source, config_key)
 
     def _note_warnings(self, source: DataSource, warnings: Sequence[str]) -> None:
         if warnings:
@@ -163,15 +169,7 @@ class Pipeline:
 
     def dataset(self, key: str) -> Dataset | None:
         """A configured split by name (train, dev, predict, gold, pool), loaded once."""
-        if key not in self._datasets:
-            data = self.config.data
-            source: DataSource | None = getattr(data, key)
-            fallback = {"pool": "train", "gold": "predict"}.get(key)
-            if source is None and fallback:  # the same data, read once
-                self._datasets[key] = self.dataset(fallback)
-            else:
-                self._datasets[key] = self._load(source, f"data.{key}") if source else None
-        return self._datasets[key]
+        return self.worker.dataset(key)
 
     def _source(self, key: str) -> DataSource | None:
         source: DataSource | None = getattr(self.config.data, key)
@@ -214,14 +212,19 @@ class Pipeline:
         return ds
 
     # ---------------------------------------------------------------- plugins
+    @property
+    def context(self) -> RunContext:
+        """The run's built plugins (owned by its worker)."""
+        return self.worker.context
+
     def backend(self, key: str = "backend") -> CachedBackend | None:
-        return self.context.backend(key)
+        return self.worker.backend(key)
 
     def tagger_dir(self) -> Path:
-        return Path(self.config.tagger.load_from or self.run_dir / "tagger")
+        return self.worker.tagger_dir()
 
     def load_tagger(self):
-        return self.context.tagger(self.tagger_dir())
+        return self.worker.load_tagger()
 
     # ----------------------------------------------------------- fingerprints
     def fingerprint(self, stage: str) -> Fingerprint:
@@ -286,7 +289,7 @@ class Pipeline:
 
     def stage_settings(self, stage: str):
         """An MLLM stage's settings with the config's prompt wording filled in."""
-        return getattr(self.config, stage).model_copy(update={"wording": self.config.prompts})
+        return self.worker.stage_settings(stage)
 
     def _mllm_parts(self, stage: str) -> dict[str, Any]:
         backend = self.backend()
@@ -325,10 +328,7 @@ class Pipeline:
 
     def stage_mode(self, stage: str) -> bool | str:
         """``True``, ``False`` or ``"auto"`` for an MLLM stage, all settings considered."""
-        mode = getattr(self.config.stages, stage)
-        if not getattr(self.config, stage).enabled:
-            return False
-        return mode
+        return self.worker.stage_mode(stage)
 
     def status(self) -> dict[str, Freshness]:
         """Each stage as fresh / stale (with the reasons) / partial / missing."""
@@ -476,7 +476,7 @@ class Pipeline:
         if self._engine is None:
             from refineg_core.pipeline.engines import build_engine
 
-            self._engine = build_engine(self)
+            self._engine = build_engine(self.worker)
         return self._engine
 
     def predict(self) -> StageOutput:
@@ -552,50 +552,41 @@ class Pipeline:
         return capped
 
     def _gate_calibrates(self) -> bool:
-        gate_cls = self.context.plugin_class("uncertainty")
-        return getattr(gate_cls, "calibrate", None) is not UncertaintyEstimator.calibrate
+        return self.worker._gate_calibrates()
 
     def calibrated_gate(self) -> UncertaintyEstimator:
         """The run's gate, calibrated once on data.dev when the estimator fits
-        parameters (e.g. a temperature); its report goes into the summary."""
-        gate = self.context.gate()
-        if self._gate_calibrates() and "calibration" not in self.summary:
-            dev = self.dataset("dev")
-            if dev is None:
-                self.log(
-                    f"uncertainty: {self.config.uncertainty.plugin} fits on data.dev, "
-                    "which is not configured"
-                )
-                self.summary["calibration"] = {"skipped": "no data.dev"}
-            else:
-                samples = list(dev.samples)
-                predictions = self.load_tagger().predict(samples)
-                self.summary["calibration"] = gate.calibrate(samples, predictions)
+        parameters; its report goes into the summary."""
+        gate = self.worker.calibrated_gate()
+        self._note_calibration()
         return gate
 
+    def _note_calibration(self) -> None:
+        if self.worker.calibration is not None:
+            self.summary["calibration"] = self.worker.calibration
+
     def tag(self, samples: Sequence[Sample], *, each: bool = False) -> list[SampleResult]:
-        """The tagger's entities with the gate's verdict, in memory. ``each``: decide
-        every sample alone (a chunk of a streamed corpus; the budget comes later)."""
-        samples = list(samples)
-        predictions = self.load_tagger().predict(samples)
-        gate = self.calibrated_gate()
-        decide = gate.decide_each if each else gate.decide
-        decisions = decide(samples, predictions)
-        return [
-            SampleResult(s, d.entities, gate=GateVerdict.of(d))
-            for s, d in zip(samples, decisions, strict=True)
-        ]
+        """The tagger's entities with the gate's verdict, in memory (see ``Worker.tag``)."""
+        results = self.worker.tag(samples, each=each)
+        self._note_calibration()
+        return results
 
     # ------------------------------------------------------------ Python API
-    def __call__(self, text: str | Sample, *, image: str | Path | None = None) -> SampleResult:
+    def __call__(
+        self, text: str | Sample, *, image: str | Path | None = None, progress: bool = False
+    ) -> SampleResult:
         """Annotate one post: ``pipe("Obama visits Paris", image="photo.jpg")``.
 
-        Returns the result with entities (type, span, text, uncertainty, source,
-        boxes; ``boxes is None`` when grounding was not attempted). MLLM stages
-        run when the backend answers and are skipped otherwise, as with
-        ``"auto"``; nothing is written to the run directory but the MLLM cache.
+        Returns the result with entities (type, span, character offsets, text,
+        uncertainty, source, boxes; ``boxes is None`` when grounding was not
+        attempted) and ``meta["stages"]`` (what ran, what was skipped and why).
+        MLLM stages run when the backend answers and are skipped otherwise, as
+        with ``"auto"``; nothing is written to the run directory but the MLLM
+        cache. Bad arguments raise at once (``refineg_core.api``); no progress
+        is printed unless ``progress=True``.
         """
-        return next(iter(self.pipe([text], images=[image])))
+        text, image = check_text(text), check_image(image)
+        return next(iter(self.pipe([text], images=[image], progress=progress)))
 
     def pipe(
         self,
@@ -603,65 +594,28 @@ class Pipeline:
         *,
         images: Iterable[str | Path | None] | None = None,
         batch_size: int = 64,
+        progress: bool = False,
     ) -> Iterator[SampleResult]:
         """Annotate many posts, ``batch_size`` at a time, yielding results in order."""
-        from refineg_core.api import as_sample
-
+        check_many(texts, "texts")
+        if images is not None:
+            check_many(images, "images")
         image_iter = iter(images) if images is not None else None
         batch: list[Sample] = []
         for i, text in enumerate(texts):
             image = next(image_iter, None) if image_iter is not None else None
-            batch.append(as_sample(text, image, i))
+            batch.append(as_sample(text, image, i, where=(f"texts[{i}]", f"images[{i}]")))
             if len(batch) >= batch_size:
-                yield from self._annotate(batch)
+                yield from self._annotate(batch, progress)
                 batch = []
         if batch:
-            yield from self._annotate(batch)
+            yield from self._annotate(batch, progress)
 
-    def _annotate(self, samples: list[Sample]) -> list[SampleResult]:
-        import tempfile
-
-        from refineg_core.pipeline.ground import run_ground
-        from refineg_core.pipeline.refine import run_refine
-
-        results = self.tag(samples)
-        backend = self.backend()
-        if backend is None:
-            return results
-        with tempfile.TemporaryDirectory(prefix="refineg-api-") as tmp:
-            if self.stage_mode("refine") is not False:
-                results, _ = run_refine(
-                    results,
-                    backend,
-                    self.labels,
-                    self.stage_settings("refine"),
-                    Path(tmp) / "r.jsonl",
-                )
-            if self.stage_mode("ground") is not False:
-                selector = self._indexed_selector()
-                results, _ = run_ground(
-                    results,
-                    [],
-                    selector,
-                    backend,
-                    self.labels,
-                    self.stage_settings("ground"),
-                    Path(tmp) / "g.jsonl",
-                )
+    def _annotate(self, samples: list[Sample], progress: bool = False) -> list[SampleResult]:
+        with contextlib.nullcontext() if progress else silenced():
+            results = self.worker.annotate(samples)
+        self._note_calibration()
         return results
-
-    def _indexed_selector(self):
-        """The selector, indexed once on the demonstration pool (None without one)."""
-        selector = self.context.selector()
-        if selector is None or self.config.ground.k == 0:
-            return None
-        if not getattr(self, "_pool_indexed", False):
-            pool = self.dataset("pool")
-            if pool is None:
-                return None
-            selector.index(list(pool.samples))
-            self._pool_indexed = True
-        return selector
 
     @staticmethod
     def _gate_counts(results: Iterable[SampleResult], resumed: bool = False) -> dict[str, Any]:
@@ -749,37 +703,8 @@ class Pipeline:
         part: Path,
         health: StageHealth,
     ) -> tuple[list[SampleResult], StageSummary]:
-        """One chunk of refine or ground: ``earlier`` results of these samples (from a
-        run that stopped) are kept unless they need a retry; the rest are processed,
-        each written to ``part`` as it finishes."""
-        have = set(written_ids(part))  # a stopped run's results of this chunk stay
-        append_results(part, [r for r in earlier if r.id not in have])
-        backend = self.backend()
-        mode = self.stage_mode(stage)
-        settings = self.stage_settings(stage)
-        common = {"debug": self.debug, "required": mode is True, "health": health}
-        if stage == "refine":
-            from refineg_core.pipeline.refine import run_refine
-
-            done = run_refine(items, backend, self.labels, settings, part, **common)
-        else:
-            from refineg_core.pipeline.ground import needs_grounding_call, run_ground
-
-            pool = self.dataset("pool")
-            will_call = (
-                mode is not False
-                and any(map(needs_grounding_call, items))
-                and health.unavailable(backend) is None
-            )
-            # embedding the pool is the costly part: only when calls follow (the
-            # unindexed selector still tells the summary how demonstrations are chosen)
-            selector = self._indexed_selector() if will_call else self.context.selector()
-            pool_samples = list(pool.samples) if pool else []
-            done = run_ground(
-                items, pool_samples, selector, backend, self.labels, settings, part, **common
-            )
-        part.unlink(missing_ok=True)  # the chunk is whole: its caller commits it to the stage file
-        return done
+        """One chunk of refine or ground (see ``Worker.run_mllm_chunk``)."""
+        return self.worker.run_mllm_chunk(stage, items, earlier, part, health)
 
     def refine(self, results: Iterable[SampleResult] | None = None) -> StageOutput:
         return self._mllm_stage("refine", results)

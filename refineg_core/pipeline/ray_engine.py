@@ -24,17 +24,14 @@ import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from refineg_core.errors import ConfigError, RefinegError
 from refineg_core.formats.native import result_from_dict, sample_from_dict, sample_to_dict
-from refineg_core.pipeline.engines import MllmChunk
 from refineg_core.pipeline.runner import StageSummary
 from refineg_core.pipeline.stagekit import StageHealth
+from refineg_core.pipeline.worker import MllmChunk, Worker
 from refineg_core.types import Sample, SampleResult
-
-if TYPE_CHECKING:
-    from refineg_core.pipeline.orchestrator import Pipeline
 
 
 def _ray():
@@ -49,13 +46,12 @@ def _ray():
 
 
 class ChunkWorker:
-    """A Ray actor: the run's plugins built once, then one chunk per call."""
+    """A Ray actor: a ``Worker`` (the run's plugins, built once), then one chunk per call."""
 
     def __init__(self, config_json: str, stage: str) -> None:
         from refineg_core.config import Config
-        from refineg_core.pipeline.orchestrator import Pipeline
 
-        self.pipeline = Pipeline(Config.model_validate_json(config_json))
+        self.worker = Worker(Config.model_validate_json(config_json))
         self.stage = stage
         self.health = StageHealth()
         self.part = Path(tempfile.mkdtemp(prefix="refineg-ray-")) / f"{stage}.part.jsonl"
@@ -72,13 +68,13 @@ class ChunkWorker:
         rows = [json.loads(line) for line in batch["text"]]
         meta: dict[str, Any] = {"pid": os.getpid()}
         if self.stage == "predict":
-            results = self.pipeline.tag([sample_from_dict(r["item"]) for r in rows], each=True)
+            results = self.worker.tag([sample_from_dict(r["item"]) for r in rows], each=True)
         else:
             items = [result_from_dict(r["item"]) for r in rows]
             earlier = [result_from_dict(r["earlier"]) for r in rows if r.get("earlier")]
-            backend = self.pipeline.backend()
+            backend = self.worker.backend()
             before = backend.meter.snapshot()
-            results, summary = self.pipeline.run_mllm_chunk(
+            results, summary = self.worker.run_mllm_chunk(
                 self.stage, items, earlier, self.part, self.health
             )
             meta["summary"] = summary.to_json()
@@ -90,15 +86,15 @@ class ChunkWorker:
         return {"result": out, "meta": notes}
 
     def __del__(self) -> None:
-        self.pipeline.close()
+        self.worker.close()
 
 
 class RayEngine:
     """Chunks fanned out to Ray Data actor pools; results come back in input order."""
 
-    def __init__(self, pipeline: Pipeline) -> None:
-        self.pipeline = pipeline
-        self.settings = pipeline.config.engine
+    def __init__(self, worker: Worker) -> None:
+        self.run_dir = worker.run_dir
+        self.settings = worker.config.engine
         self.ray = _ray()
         self._usage: dict[str, Counter] = {}
         self._workers: dict[str, set[int]] = {}
@@ -114,7 +110,7 @@ class RayEngine:
         context = self.ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True
         context.enable_progress_bars = False
-        self.payload = worker_config(pipeline.config)
+        self.payload = worker_config(worker.config)
 
     # ------------------------------------------------------------------ stages
     def tag(self, chunks: Iterator[list[Sample]]) -> Iterator[list[SampleResult]]:
@@ -203,7 +199,7 @@ class RayEngine:
             shutil.rmtree(shards[0].parent, ignore_errors=True)
 
     def _write_shards(self, stage: str, rows: Iterable[dict[str, Any]], size: int) -> list[Path]:
-        folder = self.pipeline.run_dir / "engine" / stage
+        folder = self.run_dir / "engine" / stage
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         shards: list[Path] = []

@@ -3,10 +3,10 @@
 ``register_plugin`` makes a class selectable by name without installing
 anything; ``fake_distribution`` goes further and installs a real (temporary)
 distribution with entry points on ``sys.path``, so the test exercises exactly
-the discovery path a user's installed package takes. ``FakeOpenAIServer``
-(``refineg_core.testing.fake_openai``) is an OpenAI-compatible server on
-loopback for backend and stage tests; ``refineg_core.testing.stages`` builds
-stage inputs (painted images, tagger-like predictions, scripted backends).
+the discovery path a user's installed package takes.
+``refineg_core.testing.stages`` builds stage inputs (painted images,
+tagger-like predictions, scripted backends). The fake OpenAI-compatible server
+belongs to the plugin it tests: ``refineg_openai.testing``.
 """
 
 from __future__ import annotations
@@ -23,16 +23,10 @@ import attrs
 import stevedore
 
 from refineg_core.registry import registered as register_plugin
-from refineg_core.testing.fake_openai import FakeOpenAIServer, drop, error, garbage, ok
 
 __all__ = [
     "CliResult",
-    "FakeOpenAIServer",
-    "drop",
-    "error",
     "fake_distribution",
-    "garbage",
-    "ok",
     "register_plugin",
     "run_cli",
 ]

@@ -1,5 +1,6 @@
 """Helpers for stage tests and benchmarks: painted images, tagger-like predictions,
-scripted backends and a deterministic selector.
+scripted backends and a deterministic selector. (The fake OpenAI server and
+``backend_for`` are the openai plugin's: ``refineg_openai.testing``.)
 
 Datasets rarely ship their images, so ``with_image`` paints one per sample (PIL)
 at the size the sample declares (480x360 when it declares none).
@@ -31,7 +32,6 @@ __all__ = [
     "OverlapSelector",
     "ScriptedBackend",
     "answer",
-    "backend_for",
     "first_samples",
     "paint_image",
     "prediction",
@@ -142,20 +142,3 @@ class OverlapSelector(ContextSelector):
             scored.append(Demonstration(s, score, {"text": score}))
         scored.sort(key=lambda d: (-d.score, d.sample.id))
         return scored[:k]
-
-
-def backend_for(server, box_frame: str = "pixels", **kw):
-    """The real ``openai`` backend pointed at a fake server, with fast test retries."""
-    from refineg_openai.backend import OpenAIBackend
-
-    opts = dict(
-        base_url=server.base_url,
-        model="fake-model",
-        box_frame=box_frame,
-        retries=1,
-        backoff_base=0.01,
-        timeout=5.0,
-        concurrency=4,
-    )
-    opts.update(kw)
-    return OpenAIBackend(OpenAIBackend.Options(**opts))

@@ -19,11 +19,18 @@ from pathlib import Path
 
 from pydantic import Field
 
-from refineg_core.errors import DataError
-from refineg_core.formats import Dataset, DatasetFormat, read_text_file
-from refineg_core.interfaces import PluginOptions
-from refineg_core.labels import tag_names, tags_to_spans, tokenize
-from refineg_core.types import Entity, Sample
+from refineg.plugin import (
+    DataError,
+    Dataset,
+    DatasetFormat,
+    Entity,
+    PluginOptions,
+    Sample,
+    read_text_file,
+    tag_names,
+    tags_to_spans,
+    tokenize,
+)
 
 COLUMNS = ("id", "text", "entities")
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from refineg_core.types import Sample
+from refineg.plugin import Sample
 
 OUTSIDE = "O"
 

@@ -17,10 +17,17 @@ from collections.abc import Sequence
 import numpy as np
 import pydantic
 
-from refineg_core.errors import DataError
-from refineg_core.interfaces import PluginOptions, UncertaintyEstimator
-from refineg_core.labels import tags_to_spans
-from refineg_core.types import SOURCE_TAGGER, Entity, GateDecision, Sample, TaggerPrediction
+from refineg.plugin import (
+    SOURCE_TAGGER,
+    DataError,
+    Entity,
+    GateDecision,
+    PluginOptions,
+    Sample,
+    TaggerPrediction,
+    UncertaintyEstimator,
+    tags_to_spans,
+)
 
 SENTENCE_END = {".", "!", "?", ":", ";", "…", '"'}
 

@@ -17,11 +17,18 @@ from typing import Literal
 import numpy as np
 import pydantic
 
-from refineg_core.errors import TaggerError
-from refineg_core.evaluation import evaluate
-from refineg_core.interfaces import PluginOptions, Tagger
-from refineg_core.labels import LabelSet, spans_to_tags, tags_to_spans
-from refineg_core.types import Entity, Sample, TaggerPrediction
+from refineg.plugin import (
+    Entity,
+    LabelSet,
+    PluginOptions,
+    Sample,
+    Tagger,
+    TaggerError,
+    TaggerPrediction,
+    evaluate,
+    spans_to_tags,
+    tags_to_spans,
+)
 from refineg_gazetteer.gazetteer import OUTSIDE, Gazetteer
 
 FILE = "gazetteer.json"

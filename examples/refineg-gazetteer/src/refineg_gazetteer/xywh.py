@@ -1,6 +1,6 @@
 """A box frame for models that answer ``[x, y, width, height]`` as fractions of the image.
 
-Written only against the contract in ``refineg_core.boxcodecs``: the image is
+Written only against the contract ``refineg.plugin.BoxCodec``: the image is
 sent as is (or downscaled to ``max_side``), and since every number is a
 fraction of a side, the answer does not depend on the size it was sent at.
 """
@@ -11,9 +11,7 @@ from collections.abc import Sequence
 
 import pydantic
 
-from refineg_core.boxcodecs import BoxCodec
-from refineg_core.interfaces import PluginOptions
-from refineg_core.types import Box
+from refineg.plugin import Box, BoxCodec, PluginOptions
 
 
 class XywhOptions(PluginOptions):

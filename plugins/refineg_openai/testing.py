@@ -1,11 +1,14 @@
-"""A fake OpenAI-compatible chat-completions server on loopback (real HTTP).
+"""Testing helpers of the ``openai`` backend: a fake OpenAI-compatible
+chat-completions server on loopback (real HTTP), and ``backend_for``, the real
+backend pointed at it.
 
-Tests of MLLM backends and stages talk to it over a real socket, so timeouts,
+They live with the plugin they test (the core imports no plugin). Tests of MLLM
+backends and stages talk to the server over a real socket, so timeouts,
 dropped connections, status codes and concurrency behave as with vLLM.
 
 Usage::
 
-    from refineg_core.testing.fake_openai import FakeOpenAIServer, ok, error, drop, garbage
+    from refineg_openai.testing import FakeOpenAIServer, backend_for, ok, error, drop, garbage
 
     @pytest.fixture
     def server():
@@ -46,6 +49,8 @@ Replies (all take ``latency=`` seconds, slept before answering):
   for ``seconds`` before the body.
 - ``ok(text, latency=5)`` with a client timeout below 5 s: a slow answer.
 
+A request's ``path`` keeps its query string (``/v1/chat/completions?api-version=1``),
+so a responder can refuse a call without it, as Azure does; routing ignores it.
 ``server.latency`` adds a fixed delay to every chat reply (e.g. 0.2 for the
 benchmark). Every request is recorded in ``server.requests`` (chat ones also in
 ``server.chat_requests``) as a ``RecordedRequest`` with ``path``, ``headers``
@@ -66,6 +71,7 @@ import socket
 import struct
 import threading
 import time
+import urllib.parse
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -284,7 +290,7 @@ class FakeOpenAIServer:
 
     @property
     def chat_requests(self) -> list[RecordedRequest]:
-        return [r for r in self.requests if r.path.endswith("/chat/completions")]
+        return [r for r in self.requests if _route(r.path).endswith("/chat/completions")]
 
     @property
     def max_in_flight(self) -> int:
@@ -320,6 +326,11 @@ class FakeOpenAIServer:
     def _sleep(self, seconds: float) -> None:
         if seconds > 0:
             self._stopping.wait(seconds)
+
+
+def _route(path: str) -> str:
+    """A request path without its query string (``/v1/models?api-version=...``)."""
+    return urllib.parse.urlsplit(path).path.rstrip("/")
 
 
 def _completion_body(reply: Reply, model: str) -> bytes:
@@ -415,7 +426,7 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
             )
             server._record(req, chat=False)
             try:
-                if self.path.rstrip("/").endswith("/models"):
+                if _route(self.path).endswith("/models"):
                     data = [
                         {"id": m, "object": "model", "owned_by": "fake"} for m in server.model_ids
                     ]
@@ -428,7 +439,7 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             headers = {k.lower(): v for k, v in self.headers.items()}
             body = self._read_body()
-            chat = self.path.rstrip("/").endswith("/chat/completions")
+            chat = _route(self.path).endswith("/chat/completions")
             req = RecordedRequest("POST", self.path, headers, body, time.perf_counter())
             server._record(req, chat=chat)
             finished = False
@@ -484,3 +495,20 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
                 mark_done()
 
     return Handler
+
+
+def backend_for(server: FakeOpenAIServer, box_frame: str = "pixels", **kw: Any):
+    """The real ``openai`` backend pointed at a fake server, with fast test retries."""
+    from refineg_openai.backend import OpenAIBackend
+
+    opts = dict(
+        base_url=server.base_url,
+        model="fake-model",
+        box_frame=box_frame,
+        retries=1,
+        backoff_base=0.01,
+        timeout=5.0,
+        concurrency=4,
+    )
+    opts.update(kw)
+    return OpenAIBackend(OpenAIBackend.Options(**opts))

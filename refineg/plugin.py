@@ -1,0 +1,127 @@
+"""Everything a plugin author needs, from one module.
+
+    from refineg.plugin import Tagger, PluginOptions, Sample, TaggerPrediction
+
+A plugin is a class that subclasses one of the seven contracts below, has a
+nested pydantic ``Options`` model and the constructor ``(options, labels)``,
+and is registered under its kind's entry-point group (``KINDS``; ``refineg
+plugins --kinds`` prints the table). The value types are what the contracts
+take and return (all frozen); the errors are what a plugin raises (each turns
+into one located line and exit 2, or a sample failure for backends); the
+testing helpers make a class selectable by name without installing anything
+(``register_plugin``), install a throwaway distribution with entry points
+(``fake_distribution``) and run the CLI in-process (``run_cli``).
+
+Nothing here is new: these are the core's own classes, re-exported so that a
+plugin imports from one place and keeps working when the core moves things.
+"""
+
+from refineg_core.chat import ChatMessage, ChatRequest, ChatResponse, ImagePart, TextPart, Usage
+from refineg_core.errors import (
+    BackendError,
+    BackendUnavailable,
+    ConfigError,
+    DataError,
+    PluginError,
+    RefinegError,
+    TaggerError,
+)
+from refineg_core.evaluation import evaluate
+from refineg_core.formats.base import Dataset, DatasetFormat, read_text_file, text_lines
+from refineg_core.interfaces import (
+    BoxCodec,
+    ContextSelector,
+    MLLMBackend,
+    Plugin,
+    PluginOptions,
+    Synthesizer,
+    Tagger,
+    UncertaintyEstimator,
+)
+from refineg_core.kinds import KINDS, PluginKind
+from refineg_core.labels import (
+    LabelSet,
+    find_token_spans,
+    spans_to_tags,
+    tag_names,
+    tags_to_spans,
+    tokenize,
+)
+from refineg_core.testing import CliResult, fake_distribution, register_plugin, run_cli
+from refineg_core.types import (
+    SOURCE_GOLD,
+    SOURCE_MLLM,
+    SOURCE_RULE,
+    SOURCE_TAGGER,
+    Box,
+    Demonstration,
+    Entity,
+    Failure,
+    GateDecision,
+    GateVerdict,
+    ImageRef,
+    Sample,
+    SampleResult,
+    SynthesisCandidate,
+    TaggerPrediction,
+)
+
+#: The seven contracts, one per plugin kind (the same order as ``KINDS``).
+CONTRACTS = tuple(k.base for k in KINDS)
+
+__all__ = [
+    "CONTRACTS",
+    "KINDS",
+    "SOURCE_GOLD",
+    "SOURCE_MLLM",
+    "SOURCE_RULE",
+    "SOURCE_TAGGER",
+    "BackendError",
+    "BackendUnavailable",
+    "Box",
+    "BoxCodec",
+    "ChatMessage",
+    "ChatRequest",
+    "ChatResponse",
+    "CliResult",
+    "ConfigError",
+    "ContextSelector",
+    "DataError",
+    "Dataset",
+    "DatasetFormat",
+    "Demonstration",
+    "Entity",
+    "Failure",
+    "GateDecision",
+    "GateVerdict",
+    "ImagePart",
+    "ImageRef",
+    "LabelSet",
+    "MLLMBackend",
+    "Plugin",
+    "PluginError",
+    "PluginKind",
+    "PluginOptions",
+    "RefinegError",
+    "Sample",
+    "SampleResult",
+    "SynthesisCandidate",
+    "Synthesizer",
+    "Tagger",
+    "TaggerError",
+    "TaggerPrediction",
+    "TextPart",
+    "UncertaintyEstimator",
+    "Usage",
+    "evaluate",
+    "fake_distribution",
+    "find_token_spans",
+    "read_text_file",
+    "register_plugin",
+    "run_cli",
+    "spans_to_tags",
+    "tag_names",
+    "tags_to_spans",
+    "text_lines",
+    "tokenize",
+]
