@@ -47,6 +47,7 @@ from refineg_core.labels import (
     tags_to_spans,
     tokenize,
 )
+from refineg_core.runstore import atomic_write
 from refineg_core.testing import CliResult, fake_distribution, register_plugin, run_cli
 from refineg_core.types import (
     SOURCE_GOLD,
@@ -113,6 +114,7 @@ __all__ = [
     "TextPart",
     "UncertaintyEstimator",
     "Usage",
+    "atomic_write",
     "evaluate",
     "fake_distribution",
     "find_token_spans",
