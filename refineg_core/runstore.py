@@ -36,6 +36,7 @@ import shutil
 import sys
 import tempfile
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -68,7 +69,8 @@ def atomic_write(
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # the name kept short: a long file name plus the temp suffix must still fit NAME_MAX
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:100]}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(
             fd, "wb" if binary else "w", **({} if binary else {"encoding": encoding})
@@ -185,6 +187,25 @@ def _read_holder(path: Path) -> Holder:
         return Holder(None, "", "")
 
 
+#: Locks this process holds (a forked child drops its copies of them).
+_HELD: weakref.WeakSet[RunLock] = weakref.WeakSet()
+
+
+def _forget_in_child() -> None:
+    """In a forked child (a data loader worker...): close the inherited descriptors
+    without unlocking, so the lock lives exactly as long as the process that took it
+    (``flock`` holds while any copy of the descriptor is open)."""
+    for lock in list(_HELD):
+        if lock._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(lock._fd)
+            lock._fd = None
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
 class RunLock:
     """An exclusive ``flock`` on ``<run_dir>/refineg.lock`` (released when closed or
     when the process dies, however it dies)."""
@@ -234,12 +255,14 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode("utf-8"), 0)
         self._fd = fd
+        _HELD.add(self)
 
     def release(self) -> None:
         """Say nobody holds it (the file stays) and drop the lock."""
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
+        _HELD.discard(self)
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)
         os.close(fd)  # closing the only descriptor drops the flock

@@ -11,6 +11,7 @@ old file and no temp file). The real gazetteer tagger, entropy gate and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -175,6 +176,45 @@ def test_a_holder_killed_with_sigkill_does_not_block_the_next_run(data, tmp_path
         assert len(ids) == len(set(ids)) == 30
         status = run_cli(["status", "-c", str(cfg)])
         assert status.stdout.count("fresh") == 4, status.stdout
+
+
+HOLD_AND_FORK = """
+import os, sys, time
+from refineg_core.runstore import RunStore
+store = RunStore(sys.argv[1]).open()
+child = os.fork()
+if child == 0:  # a data-loader-like worker that outlives its parent
+    time.sleep(120)
+    os._exit(0)
+print(child, flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_forked_child_of_a_killed_holder_does_not_keep_the_lock(tmp_path):
+    from refineg_core.runstore import RunStore
+
+    run = tmp_path / "run"
+    path = os.pathsep.join([str(ROOT), str(ROOT / "plugins")])
+    parent = subprocess.Popen(
+        [sys.executable, "-c", HOLD_AND_FORK, str(run)],
+        env={**os.environ, "PYTHONPATH": path},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    child = int(parent.stdout.readline())
+    try:
+        assert RunStore(run).holder().pid == parent.pid
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(timeout=60)
+        os.kill(child, 0)  # the child still runs, with its copy of the descriptor
+        assert RunStore(run).holder() is None
+        store = RunStore(run).open()
+        assert store.locked
+        store.close()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
 
 
 def test_a_writing_pipeline_of_the_python_api_takes_the_lock(data, tmp_path):
