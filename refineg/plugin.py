@@ -12,7 +12,8 @@ testing helpers make a class selectable by name without installing anything
 (``register_plugin``), build a plugin by kind and name with validated options
 as a run does (``create_plugin``), install a throwaway distribution with entry
 points (``fake_distribution``) and run the CLI in-process (``run_cli``).
-``hookimpl`` marks pluggy hook implementations (events, extra commands).
+``hookimpl`` marks pluggy hook implementations (events, extra commands);
+``create_box_frame`` builds a box frame by name, for a backend's ``box_codec``.
 
 Nothing here is new: these are the core's own classes, re-exported so that a
 plugin imports from one place and keeps working when the core moves things.
@@ -51,6 +52,7 @@ from refineg_core.labels import (
     tokenize,
 )
 from refineg_core.registry import create as create_plugin
+from refineg_core.registry import create_box_frame
 from refineg_core.testing import CliResult, fake_distribution, register_plugin, run_cli
 from refineg_core.types import (
     SOURCE_GOLD,
@@ -117,6 +119,7 @@ __all__ = [
     "TextPart",
     "UncertaintyEstimator",
     "Usage",
+    "create_box_frame",
     "create_plugin",
     "evaluate",
     "fake_distribution",
