@@ -9,8 +9,11 @@ plugins --kinds`` prints the table). The value types are what the contracts
 take and return (all frozen); the errors are what a plugin raises (each turns
 into one located line and exit 2, or a sample failure for backends); the
 testing helpers make a class selectable by name without installing anything
-(``register_plugin``), install a throwaway distribution with entry points
-(``fake_distribution``) and run the CLI in-process (``run_cli``).
+(``register_plugin``), build a plugin by kind and name with validated options
+as a run does (``create_plugin``), install a throwaway distribution with entry
+points (``fake_distribution``) and run the CLI in-process (``run_cli``).
+``hookimpl`` marks pluggy hook implementations (events, extra commands);
+``create_box_frame`` builds a box frame by name, for a backend's ``box_codec``.
 
 Nothing here is new: these are the core's own classes, re-exported so that a
 plugin imports from one place and keeps working when the core moves things.
@@ -28,6 +31,7 @@ from refineg_core.errors import (
 )
 from refineg_core.evaluation import evaluate
 from refineg_core.formats.base import Dataset, DatasetFormat, read_text_file, text_lines
+from refineg_core.hooks import hookimpl
 from refineg_core.interfaces import (
     BoxCodec,
     ContextSelector,
@@ -48,6 +52,8 @@ from refineg_core.labels import (
     tokenize,
 )
 from refineg_core.runstore import atomic_write
+from refineg_core.registry import create as create_plugin
+from refineg_core.registry import create_box_frame
 from refineg_core.testing import CliResult, fake_distribution, register_plugin, run_cli
 from refineg_core.types import (
     SOURCE_GOLD,
@@ -115,9 +121,12 @@ __all__ = [
     "UncertaintyEstimator",
     "Usage",
     "atomic_write",
+    "create_box_frame",
+    "create_plugin",
     "evaluate",
     "fake_distribution",
     "find_token_spans",
+    "hookimpl",
     "read_text_file",
     "register_plugin",
     "run_cli",
