@@ -177,7 +177,9 @@ def run_concurrently(
     calling thread as soon as it is ready. At most 2x``workers`` items are in
     flight, so a huge input is never submitted all at once."""
     workers = max(1, workers)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    pool = ThreadPoolExecutor(max_workers=workers)
+    interrupted = False
+    try:
         queue = iter(items)
         pending: set[Future] = set()
 
@@ -202,15 +204,24 @@ def run_concurrently(
             return error
 
         refill()
-        while pending:
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            error = deliver(finished)
-            if error is not None:
-                for fut in pending:
-                    fut.cancel()
-                deliver(wait(pending).done)
-                raise error
-            refill()
+        try:
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                error = deliver(finished)
+                if error is not None:
+                    for fut in pending:
+                        fut.cancel()
+                    deliver(wait(pending).done)
+                    raise error
+                refill()
+        except KeyboardInterrupt:
+            # Ctrl-C: start nothing more and do not wait for the items in flight (a
+            # local model's generation would hold the exit for a minute; they were
+            # told to stop through refineg_core.interrupts)
+            interrupted = True
+            raise
+    finally:
+        pool.shutdown(wait=not interrupted, cancel_futures=interrupted)
 
 
 def failure_from_exception(stage: str, exc: BaseException) -> Failure:
