@@ -227,6 +227,12 @@ def run_concurrently(
 def failure_from_exception(stage: str, exc: BaseException) -> Failure:
     kind = getattr(exc, "kind", None) or type(exc).__name__
     message = str(exc) if isinstance(exc, RefinegError) else f"{type(exc).__name__}: {exc}"
+    if not isinstance(exc, RefinegError):  # an unexpected crash: say whose code it was
+        from refineg_core.blame import blame
+
+        culprit = blame(exc)
+        if culprit is not None:
+            message = f"{culprit.describe()}: {message}"
     return Failure(stage, kind, message[:500])
 
 
