@@ -159,3 +159,34 @@ def test_kill_9_of_the_driver_leaves_no_ray_process(twitter_dir, tmp_path):
         for proc in seen.values():
             with contextlib.suppress(psutil.Error):
                 proc.kill()
+
+
+def test_the_reaper_ends_the_session_and_spares_other_children(tmp_path):
+    """No Ray needed: a driver with one child of its 'session' (named by the session
+    directory) and one unrelated child; after kill -9 only the first is ended."""
+    session = str(tmp_path / "session_test")
+    script = textwrap.dedent(f"""
+        import subprocess, sys, time
+        from refineg_core.pipeline import ray_reaper
+        sleeper = [sys.executable, "-c", "import time; time.sleep(300)"]
+        ours = subprocess.Popen([*sleeper, "--session-dir={session}"])
+        theirs = subprocess.Popen(sleeper)
+        ray_reaper.start({session!r})
+        print(ours.pid, theirs.pid, flush=True)
+        time.sleep(300)
+    """)
+    driver = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, env=_env(), cwd=str(ROOT)
+    )
+    ours, theirs = (psutil.Process(int(p)) for p in driver.stdout.readline().split())
+    try:
+        time.sleep(2.0)  # the reaper takes a first look
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+        ours.wait(timeout=30)  # ended by the reaper
+        time.sleep(1.0)
+        assert theirs.is_running() and theirs.status() != psutil.STATUS_ZOMBIE
+    finally:
+        for proc in (ours, theirs):
+            with contextlib.suppress(psutil.Error):
+                proc.kill()

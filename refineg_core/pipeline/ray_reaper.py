@@ -4,7 +4,7 @@
 node's processes that Ray itself does not tie to the driver's life (the
 dashboard agent, the runtime-env agent, idle workers) would stay forever. So
 the engine starts this small watcher as a separate process: while the driver
-lives it notes the driver's descendants every half second (Ray's agents and
+lives it notes the driver's Ray descendants every half second (Ray's agents and
 workers rename themselves ``ray::...``, and are re-parented when the raylet
 dies, so they must be known beforehand); once the driver is gone it
 terminates every noted process still alive, and every process whose command
@@ -55,15 +55,25 @@ def _alive(pid: int, created: float) -> bool:
         return False
 
 
-def _descendants(pid: int) -> set[tuple[int, float]]:
-    """(pid, create time) of every process below ``pid`` now."""
+def _is_ray(proc, session_dir: str) -> bool:
+    """A process of this Ray session: a ``ray::`` worker or agent, or one whose
+    command line names the session (raylet, GCS, dashboard, monitors). Other
+    children of the driver (a user's own subprocesses) are never touched."""
+    if proc.name().startswith("ray::"):
+        return True
+    return any(session_dir in part for part in proc.cmdline())
+
+
+def _descendants(pid: int, session_dir: str) -> set[tuple[int, float]]:
+    """(pid, create time) of every Ray process below ``pid`` now."""
     import psutil
 
     found = set()
     try:
         for child in psutil.Process(pid).children(recursive=True):
             try:
-                found.add((child.pid, child.create_time()))
+                if _is_ray(child, session_dir):
+                    found.add((child.pid, child.create_time()))
             except psutil.Error:
                 continue
     except psutil.Error:
@@ -124,7 +134,7 @@ def main(argv: list[str]) -> int:
         return 2  # never match every process
     noted: set[tuple[int, float]] = set()
     while _alive(pid, created):
-        noted |= _descendants(pid)
+        noted |= _descendants(pid, session_dir)
         time.sleep(POLL)
     reap(session_dir, noted)
     return 0
