@@ -36,6 +36,7 @@ def smollm2():
     interrupts.clear()
 
 
+@pytest.mark.slow
 def test_a_requested_stop_ends_a_generation_within_a_token(smollm2):
     request = ChatRequest((ChatMessage.text("user", "Count from 1 to 5000, one per line."),))
     smollm2.complete(ChatRequest((ChatMessage.text("user", "hi"),), max_tokens=1))  # load
@@ -85,6 +86,7 @@ def _config(tmp_path: Path, twitter: Path) -> Path:
     return cfg
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("presses", [1, 2])
 def test_ctrl_c_during_local_generation_exits_130_promptly(smollm2, twitter_dir, tmp_path, presses):
     pytest.importorskip("refineg_gazetteer", reason="pip install -e examples/refineg-gazetteer")
