@@ -131,3 +131,28 @@ def test_ctrl_c_during_local_generation_exits_130_promptly(smollm2, twitter_dir,
     assert waited < 15, f"took {waited:.0f} s to stop"
     assert "terminate called" not in stderr and "Aborted" not in stderr
     assert "interrupted" in stderr
+
+
+def test_ctrl_c_does_not_wait_for_items_in_flight_nor_start_queued_ones():
+    """KeyboardInterrupt in the calling thread leaves run_concurrently at once: the
+    item in flight is not waited for and the queued ones never start."""
+    from refineg_core.pipeline.runner import run_concurrently
+
+    started: list[int] = []
+    release = threading.Event()
+
+    def work(i: int) -> int:
+        started.append(i)
+        release.wait(30)  # a long generation
+        return i
+
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))  # a real Ctrl-C
+    timer.start()
+    began = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_concurrently(range(10), work, lambda r: None, workers=1)
+        assert time.monotonic() - began < 5
+        assert started == [0]
+    finally:
+        release.set()
