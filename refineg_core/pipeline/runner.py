@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import attrs
 
-from refineg_core import secrets
+from refineg_core import interrupts, secrets
 from refineg_core.errors import DataError, RefinegError
 from refineg_core.formats.native import result_from_dict, sample_to_dict
 from refineg_core.hooks import get_hooks
@@ -177,6 +177,7 @@ def run_concurrently(
     calling thread as soon as it is ready. At most 2x``workers`` items are in
     flight, so a huge input is never submitted all at once."""
     workers = max(1, workers)
+    interrupts.clear()  # a stop asked of an earlier call (the Python API) is over
     pool = ThreadPoolExecutor(max_workers=workers)
     interrupted = False
     try:
@@ -217,7 +218,9 @@ def run_concurrently(
         except KeyboardInterrupt:
             # Ctrl-C: start nothing more and do not wait for the items in flight (a
             # local model's generation would hold the exit for a minute; they were
-            # told to stop through refineg_core.interrupts)
+            # told to stop through refineg_core.interrupts; set here too for callers
+            # without the CLI's handler, e.g. a notebook's "interrupt kernel")
+            interrupts.request()
             interrupted = True
             raise
     finally:
