@@ -88,10 +88,28 @@ def _owner(module: str, plugins: list[tuple[str, str, str, str, str]]):
     return best
 
 
+#: The plugin table per (sys.path, in-memory plugins): reading every entry point
+#: costs milliseconds, and a stage whose plugin crashes on every sample asks often.
+_tables: dict[tuple, list[tuple[str, str, str, str, str]]] = {}
+
+
+def _plugin_table() -> list[tuple[str, str, str, str, str]]:
+    import sys
+
+    from refineg_core.registry import _IN_MEMORY
+
+    key = (tuple(sys.path), tuple(sorted((g, n, id(c)) for (g, n), c in _IN_MEMORY.items())))
+    table = _tables.get(key)
+    if table is None:
+        _tables.clear()
+        table = _tables[key] = list(_plugin_modules())
+    return table
+
+
 def blame(exc: BaseException) -> Blame | None:
     """The plugin whose code is innermost on ``exc``'s traceback, or None (the core,
     or code no plugin owns)."""
-    plugins = list(_plugin_modules())
+    plugins = _plugin_table()
     tb = exc.__traceback__
     frames = list(traceback.walk_tb(tb))
     for frame, line in reversed(frames):

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from refineg_core import __version__, progress, registry, secrets
+from refineg_core import __version__, interrupts, progress, registry, secrets
 from refineg_core.blame import Blame, blame
 from refineg_core.config import load_config, redacted_dump
 from refineg_core.errors import RefinegError
@@ -232,8 +232,22 @@ def print_table(header: Sequence[str], rows: Sequence[Sequence[Any]], *, out=Non
 _STAGE_COLUMNS = ("samples", "total", "processed", "resumed", "failed")
 
 
+def _engine_line(stages: dict[str, Any]) -> str | None:
+    """Which engine processed the stages (``engine: ray, 3 worker processes``)."""
+    reports = [d["engine"] for d in stages.values() if isinstance(d.get("engine"), dict)]
+    kinds = sorted({str(r.get("kind")) for r in reports if r.get("kind")})
+    if not kinds:
+        return None
+    workers = max((r.get("worker_processes") or 0 for r in reports), default=0)
+    return f"engine: {', '.join(kinds)}" + (f", {workers} worker processes" if workers else "")
+
+
 def print_summary(summary: dict[str, Any]) -> None:
     stages = summary.get("stages", {})
+    engine = _engine_line(stages)
+    if engine:
+        _say("")
+        _say(engine)
     if stages:
         rows = []
         for name, data in stages.items():
@@ -411,6 +425,7 @@ def _plugin_crashed(exc: Exception, culprit: Blame, debug: bool) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    interrupts.install_handler()
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -431,7 +446,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         _say("refineg: interrupted; run the same command again to resume")
-        return 130
+        interrupts.leave_if_threads_linger()
+        return interrupts.EXIT_INTERRUPTED
     except Exception as exc:
         culprit = blame(exc)
         if culprit is None:

@@ -153,3 +153,19 @@ def test_quiet_and_debug_after_any_subcommand_are_not_usage_errors(tmp_path, com
     proc = refineg(command, *args, "--quiet", "--debug")
     assert "unrecognized arguments" not in proc.stderr, proc.stderr
     assert proc.returncode == 2 and "Traceback" in proc.stderr
+
+
+def test_a_stage_wording_that_differs_from_prompts_is_refused(tmp_path):
+    """The stages use [prompts]; a [refine.wording] that says otherwise would be
+    silently ignored, so it is an error naming the key."""
+    from refineg_core.testing import run_cli
+
+    cfg = tmp_path / "c.toml"
+    base = '[labels]\nPER = "person"\n[prompts]\ndomain = "tweets"\n'
+    cfg.write_text(base + '[refine.wording]\ndomain = "news"\n', encoding="utf-8")
+    result = run_cli(["config", "show", "-c", str(cfg)])
+    assert result.code == 2 and "refine.wording" in result.stderr and "[prompts]" in result.stderr
+    cfg.write_text(base + '[ground.wording]\ndomain = "tweets"\n', encoding="utf-8")
+    same = run_cli(["config", "show", "-c", str(cfg), "--json"])
+    assert same.code == 0, same.stderr
+    assert json.loads(same.stdout)["ground"]["wording"]["domain"] == "tweets"

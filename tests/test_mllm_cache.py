@@ -173,24 +173,24 @@ def _entry(response: dict) -> str:
 
 
 BAD_ENTRIES = {
-    "infinite usage": _entry(
+    "infinite-usage": _entry(
         {"text": "stale", "usage": {"prompt_tokens": 1e999, "completion_tokens": 1}}
     ),
-    "negative usage": _entry(
+    "negative-usage": _entry(
         {"text": "stale", "usage": {"prompt_tokens": -999999999999, "completion_tokens": 3}}
     ),
-    "fractional usage": _entry(
+    "fractional-usage": _entry(
         {"text": "stale", "usage": {"prompt_tokens": 2.5, "completion_tokens": 3}}
     ),
-    "boolean usage": _entry(
+    "boolean-usage": _entry(
         {"text": "stale", "usage": {"prompt_tokens": True, "completion_tokens": 3}}
     ),
-    "text not a string": _entry(
+    "text-not-a-string": _entry(
         {"text": ["x"], "usage": {"prompt_tokens": 1, "completion_tokens": 1}}
     ),
-    "deep nesting": '{"response": ' + "[" * 200000 + "]" * 200000 + "}",
-    "not an object": "[1, 2, 3]",
-    "not UTF-8": b"\xff\xfe{".decode("latin-1"),
+    "deep-nesting": '{"response": ' + "[" * 200000 + "]" * 200000 + "}",
+    "not-an-object": "[1, 2, 3]",
+    "not-utf8": b"\xff\xfe{".decode("latin-1"),
 }
 
 
@@ -203,7 +203,7 @@ def test_an_entry_that_does_not_validate_is_a_miss_asked_again_and_rewritten(
     path = cached.path_for(cached.key(req))
     path.parent.mkdir(parents=True)
     raw = BAD_ENTRIES[kind]
-    path.write_bytes(raw.encode("latin-1") if kind == "not UTF-8" else raw.encode())
+    path.write_bytes(raw.encode("latin-1") if kind == "not-utf8" else raw.encode())
     with caplog.at_level("WARNING", logger="refineg_core.mllm_cache"):
         response = cached.complete(req)
     assert not response.cached and response.text == "echo: question 0"
@@ -229,3 +229,12 @@ def test_a_directory_in_place_of_an_entry_is_a_miss_and_is_replaced(server, tmp_
     assert "directory" in caplog.text
     assert cached.complete(req).cached
     assert len(server.chat_requests) == 1
+
+
+def test_every_hostile_cache_entry_is_listed_in_contributing():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "CONTRIBUTING.md").read_text(encoding="utf-8")
+    section = text.split("## Hostile inputs: response cache entries", 1)[1].split("\n## ", 1)[0]
+    listed = {line.split("`")[1] for line in section.splitlines() if line.startswith("| `")}
+    assert listed == {*BAD_ENTRIES, "directory"}

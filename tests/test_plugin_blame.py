@@ -91,3 +91,41 @@ def test_a_crash_in_the_core_is_still_a_bug_of_refineg():
         int("x")  # raised here, in a test module: no plugin on the stack
     except ValueError as exc:
         assert blame(exc) is None
+
+
+BRITTLE_BACKEND = textwrap.dedent("""
+    from refineg_core.interfaces import MLLMBackend
+
+    class BrittleBackend(MLLMBackend):
+        def complete(self, request):
+            return {}["choices"]  # KeyError inside the plugin
+""")
+
+
+def test_a_plugin_crash_inside_a_stage_is_a_sample_failure_naming_the_plugin(tmp_path):
+    import attrs
+
+    from refineg_core.pipeline.refine import RefineSettings, run_refine
+    from refineg_core.registry import create
+    from refineg_core.types import SOURCE_TAGGER, Entity, GateVerdict, Sample
+    from tests.stagedata import LABELS, prediction
+
+    sample = Sample("s1", ("Obama", "visits", "Paris"), "Obama visits Paris")
+    with fake_distribution(
+        tmp_path / "site",
+        "refineg-brittle-backend",
+        "0.9",
+        {"refineg.mllm_backends": {"brittle": "brittle_backend:BrittleBackend"}},
+        {"brittle_backend": BRITTLE_BACKEND},
+    ):
+        backend = create("backend", "brittle", {}, LABELS)
+        pred = prediction(sample, uncertainty=[])
+        ent = Entity(0, 1, "PER", "Obama", source=SOURCE_TAGGER, uncertainty=0.9)
+        pred = attrs.evolve(
+            pred, entities=(ent,), gate=GateVerdict(True, 0.0, frozenset({ent.key}))
+        )
+        [res], _ = run_refine([pred], backend, LABELS, RefineSettings(), tmp_path / "refine.jsonl")
+    (failure,) = res.failures
+    assert "backend plugin 'brittle' from refineg-brittle-backend 0.9" in failure.message
+    assert "brittle_backend.py:" in failure.message and "KeyError" in failure.message
+    assert res.entities == (ent,)  # the tagger's entity is kept

@@ -17,6 +17,7 @@ from typing import Any
 
 import pydantic
 
+from refineg_core import interrupts
 from refineg_core.chat import ChatRequest, ChatResponse, TextPart, Usage
 from refineg_core.errors import BackendError, BackendUnavailable
 from refineg_core.interfaces import MLLMBackend, PluginOptions
@@ -176,17 +177,33 @@ class LocalTextBackend(MLLMBackend):
             if temperature > 0:
                 gen.update(temperature=temperature, top_p=o.top_p)
                 torch.manual_seed(o.seed)
+            gen["stopping_criteria"] = _stop_on_interrupt()
             try:
                 with torch.inference_mode():
                     out = self._model.generate(**inputs, **gen)
             except RuntimeError as exc:
                 raise BackendError(f"{request.purpose}: generation failed: {exc}") from exc
+            if interrupts.requested():  # cut short: not an answer, neither kept nor cached
+                raise KeyboardInterrupt
         prompt_len = inputs["input_ids"].shape[1]
         new = out[0, prompt_len:]
         text = tok.decode(new, skip_special_tokens=True)
         usage = Usage(int(prompt_len), int(new.shape[0]))
         folder, gguf = self._source()
         return ChatResponse(text=text.strip(), usage=usage, model=gguf or str(folder))
+
+
+def _stop_on_interrupt() -> Any:
+    """Stopping criteria that end ``generate`` after the current token once Ctrl-C
+    was pressed (``refineg_core.interrupts``): generation runs in a worker thread,
+    where KeyboardInterrupt never arrives."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class _Interrupted(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> bool:
+            return interrupts.requested()
+
+    return StoppingCriteriaList([_Interrupted()])
 
 
 def _text_of(parts: tuple) -> str:

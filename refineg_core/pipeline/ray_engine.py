@@ -100,13 +100,17 @@ class RayEngine:
         self._workers: dict[str, set[int]] = {}
         self._batches: Counter = Counter()
         self._started_ray = not self.ray.is_initialized()
+        self._reaper = None
         if self._started_ray:
+            _quiet_ray_logs()
             self.ray.init(
                 address=self.settings.address,
                 include_dashboard=False,
                 log_to_driver=False,
                 configure_logging=False,
             )
+            if self.settings.address is None:  # a local Ray: it ends with this driver
+                self._reaper = _start_reaper(self.ray)
         context = self.ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True
         context.enable_progress_bars = False
@@ -178,7 +182,7 @@ class RayEngine:
                 ChunkWorker,
                 fn_constructor_args=(self.payload, stage),
                 batch_size=size,
-                concurrency=actors,
+                compute=self.ray.data.ActorPoolStrategy(size=actors),
                 num_cpus=self.settings.num_cpus,
                 num_gpus=self.settings.num_gpus if gpus else 0,
                 batch_format="numpy",
@@ -217,6 +221,31 @@ class RayEngine:
             if fh is not None:
                 fh.close()
         return shards
+
+
+def _quiet_ray_logs() -> None:
+    """Ray's own INFO lines and advice (token auth, Ray Data's execution plan,
+    "progress bars disabled") stay off stderr under ``--quiet``; warnings and
+    errors still show without it."""
+    import logging
+
+    from refineg_core.progress import progress_disabled
+
+    level = logging.ERROR if progress_disabled() else logging.WARNING
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(level)
+
+
+def _start_reaper(ray) -> Any:
+    """The watcher that ends this local Ray's processes when the driver dies (kill -9
+    included; ``refineg_core.pipeline.ray_reaper``), or None when it cannot start."""
+    from refineg_core.pipeline import ray_reaper
+
+    try:
+        session_dir = ray._private.worker._global_node.get_session_dir_path()
+    except AttributeError:  # a Ray without this private path: no reaper, no crash
+        return None
+    return ray_reaper.start(str(session_dir))
 
 
 def worker_config(config) -> str:

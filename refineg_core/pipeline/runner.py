@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import attrs
 
-from refineg_core import secrets
+from refineg_core import interrupts, secrets
 from refineg_core.errors import DataError, RefinegError
 from refineg_core.formats.native import result_from_dict, sample_to_dict
 from refineg_core.hooks import get_hooks
@@ -159,7 +159,10 @@ def run_concurrently(
     calling thread as soon as it is ready. At most 2x``workers`` items are in
     flight, so a huge input is never submitted all at once."""
     workers = max(1, workers)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    interrupts.clear()  # a stop asked of an earlier call (the Python API) is over
+    pool = ThreadPoolExecutor(max_workers=workers)
+    interrupted = False
+    try:
         queue = iter(items)
         pending: set[Future] = set()
 
@@ -184,20 +187,37 @@ def run_concurrently(
             return error
 
         refill()
-        while pending:
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            error = deliver(finished)
-            if error is not None:
-                for fut in pending:
-                    fut.cancel()
-                deliver(wait(pending).done)
-                raise error
-            refill()
+        try:
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                error = deliver(finished)
+                if error is not None:
+                    for fut in pending:
+                        fut.cancel()
+                    deliver(wait(pending).done)
+                    raise error
+                refill()
+        except KeyboardInterrupt:
+            # Ctrl-C: start nothing more and do not wait for the items in flight (a
+            # local model's generation would hold the exit for a minute; they were
+            # told to stop through refineg_core.interrupts; set here too for callers
+            # without the CLI's handler, e.g. a notebook's "interrupt kernel")
+            interrupts.request()
+            interrupted = True
+            raise
+    finally:
+        pool.shutdown(wait=not interrupted, cancel_futures=interrupted)
 
 
 def failure_from_exception(stage: str, exc: BaseException) -> Failure:
     kind = getattr(exc, "kind", None) or type(exc).__name__
     message = str(exc) if isinstance(exc, RefinegError) else f"{type(exc).__name__}: {exc}"
+    if not isinstance(exc, RefinegError):  # an unexpected crash: say whose code it was
+        from refineg_core.blame import blame
+
+        culprit = blame(exc)
+        if culprit is not None:
+            message = f"{culprit.describe()}: {message}"
     return Failure(stage, kind, message[:500])
 
 
