@@ -37,6 +37,17 @@ class BackendError(RefinegError):
         super().__init__(message, where=where)
 
 
+class SampleImageError(BackendError):
+    """A sample's image that cannot be read or decoded (a truncated JPEG, a file
+    that vanished): the sample's own fault, recorded as an ``image`` failure and
+    never retried, never held against the backend (``refineg_core.pipeline.verdict``)."""
+
+    kind = "image"
+
+    def __init__(self, message: str, *, where: str | None = None) -> None:
+        super().__init__(message, retryable=False, where=where)
+
+
 class BackendUnavailable(BackendError):
     """The backend cannot be reached at all (no server, no weights): skip, don't retry."""
 

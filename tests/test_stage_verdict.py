@@ -103,7 +103,8 @@ def test_an_exception_that_is_not_a_backend_error_trips_the_breaker_and_fails_a_
         assert server.chat_requests == []
     run = tmp_path / "run"
     # the breaker counts it like any failed call: it stops calling after a few
-    assert 0 < sum(b.payloads for b in NanBackend.built) <= 8
+    # (8 in a row, plus what the other 3 of 4 workers had started)
+    assert 0 < sum(b.payloads for b in NanBackend.built) <= 8 + 3
     if mode is True:
         assert result.code == 3, result.stderr
         errors = [ln for ln in result.stderr.splitlines() if ln.startswith("refineg: error")]
@@ -223,9 +224,6 @@ def test_a_truncated_jpeg_is_the_samples_own_failure_and_is_not_retried(data, tm
     images.mkdir()
     for path in (root / "images").iterdir():
         (images / path.name).write_bytes(path.read_bytes())
-    first = next(iter(gold.values()))
-    broken = images / f"{first.image.image_id}.jpg"
-    broken.write_bytes(broken.read_bytes()[: broken.stat().st_size // 3])  # header intact
     with FakeOpenAIServer(oracle(gold)) as server:
         text = (
             config(root, server.base_url, tmp_path / "run", refine=True, ground=True)
@@ -233,6 +231,12 @@ def test_a_truncated_jpeg_is_the_samples_own_failure_and_is_not_retried(data, tm
             .replace("threshold = 0.4", "threshold = 0.0")
         )
         cfg = write_config(tmp_path, text)
+        off = ["--set", "stages.refine=false", "--set", "stages.ground=false"]
+        assert run_cli(["run", "-c", str(cfg), *off]).code == 0
+        # a sample the tagger finds entities in: both stages would call for it
+        first = next(r for r in read_results(tmp_path / "run" / "predict.jsonl") if r.entities)
+        broken = images / f"{first.sample.image.image_id}.jpg"
+        broken.write_bytes(broken.read_bytes()[: broken.stat().st_size // 3])  # header intact
         result = run_cli(["run", "-c", str(cfg)])
         assert result.code == 0, result.stderr
         run = tmp_path / "run"

@@ -36,9 +36,9 @@ from typing import Any
 
 import attrs
 
-from refineg_core import secrets
+from refineg_core import preflight, secrets
 from refineg_core.config import Config, DataSource, redacted_dump
-from refineg_core.errors import ConfigError, RefinegError
+from refineg_core.errors import ConfigError, RefinegError, StageUnavailable
 from refineg_core.formats import Dataset, iter_source, load_dataset, load_source
 from refineg_core.formats.native import iter_results, read_results, write_jsonl
 from refineg_core.formats.paths import output_dir
@@ -70,7 +70,9 @@ from refineg_core.pipeline.fingerprint import (
 )
 from refineg_core.pipeline.outputs import write_outputs
 from refineg_core.pipeline.runner import StageSummary
+from refineg_core.pipeline.spent import add, delta
 from refineg_core.pipeline.stagekit import StageHealth, needs_retry
+from refineg_core.pipeline.verdict import judge
 from refineg_core.progress import bar
 from refineg_core.types import GateVerdict, Sample, SampleResult
 
@@ -101,6 +103,7 @@ class Pipeline:
         self._engine = None
         self._created_run_dir = not self.run_dir.exists()
         self._run_dir_ready = False
+        self._saved_tagger_checked = False
 
     # -------------------------------------------------------------- lifecycle
     def close(self) -> None:
@@ -219,6 +222,9 @@ class Pipeline:
         return Path(self.config.tagger.load_from or self.run_dir / "tagger")
 
     def load_tagger(self):
+        if self.config.tagger.load_from and not self._saved_tagger_checked:
+            preflight.check_saved_tagger(self, self.log)  # never serve stale predictions
+            self._saved_tagger_checked = True
         return self.context.tagger(self.tagger_dir())
 
     # ----------------------------------------------------------- fingerprints
@@ -334,7 +340,10 @@ class Pipeline:
         for stage in STAGES:
             if stage == "train":
                 if self.config.tagger.load_from:
-                    out[stage] = Freshness("fresh", ("using tagger.load_from",))
+                    differ = preflight.saved_tagger_differences(self)
+                    why = ("tagger.load_from was trained with other options:", *(differ or ()))
+                    fresh = Freshness("fresh", ("using tagger.load_from",))
+                    out[stage] = Freshness("stale", why) if differ else fresh
                     continue
                 record = read_record(self.tagger_dir() / TRAINED_MARKER)
             else:
@@ -700,7 +709,7 @@ class Pipeline:
         if out.exists():  # a partial earlier run: its results seed the chunks they belong to
             _set_aside(out, earlier_file)
         self.store.write(self.fingerprint(stage), complete=False)
-        before = backend.meter.snapshot()
+        before, report_before = backend.meter.snapshot(), backend.report()
         earlier = PreviousResults(earlier_file)
         summary = StageSummary(stage)
         pending = 0
@@ -712,15 +721,25 @@ class Pipeline:
             append_results(out, new)
             pending += sum(needs_retry(r, stage) for r in new)
             summary.merge(chunk_summary)
-        earlier_file.unlink(missing_ok=True)
-        part.unlink(missing_ok=True)
-        self._finish_stage(stage, out, pending)
+            if judge(stage, summary, mode is True).hopeless:
+                break  # a required stage whose backend is down: unfinished, a rerun resumes
+        else:
+            earlier_file.unlink(missing_ok=True)
+            part.unlink(missing_ok=True)
+            self._finish_stage(stage, out, pending)
+        # this stage's share of counters the whole run shares (both stages, every actor)
         spent = (backend.meter.snapshot() - before).as_dict()
-        spent.update(backend.report())
-        for key, value in self.engine().usage(stage).items():
-            spent[key] = spent.get(key, 0) + value
+        spent.update(delta(backend.report(), report_before))
+        spent = add(spent, self.engine().usage(stage))
         report = self.engine().report(stage)
-        self._record(stage, {**summary.as_dict(), "backend": spent, "engine": report}, started)
+        data = {**summary.as_dict(), "backend": spent, "engine": report}
+        verdict = judge(stage, summary, mode is True)  # the one place a stage fails
+        if verdict.note():
+            data["verdict"] = verdict.note()
+        self._record(stage, data, started)
+        if verdict.failed:
+            self.write_summary()
+            raise StageUnavailable(verdict.note() or "failed", where=stage)
         return StageOutput(stage, out)
 
     def run_mllm_chunk(
@@ -773,6 +792,10 @@ class Pipeline:
     def run(self, *, force_train: bool = False) -> dict[str, Any]:
         stages = self.config.stages
         started = time.perf_counter()
+        preflight.check_backends(self, self.log)  # before any work (refineg_core.preflight)
+        if stages.predict and not self._saved_tagger_checked:
+            preflight.check_saved_tagger(self, self.log)
+            self._saved_tagger_checked = True
         if stages.synth:
             self.synth()
         if stages.train:
@@ -835,10 +858,8 @@ class Pipeline:
             return
         report = {stage: m.to_dict() for stage, m in metrics.items()}
         (self.run_dir / "eval.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
-        self.summary["eval"] = {
-            stage: {k: v.get("f1") for k, v in m.items() if isinstance(v, dict) and "f1" in v}
-            for stage, m in report.items()
-        }
+        # the numbers `refineg eval` prints, from the same computation (no double rounding)
+        self.summary["eval"] = {stage: m.headline() for stage, m in metrics.items()}
 
     def write_summary(self) -> None:
         self.prepare_run_dir()
