@@ -61,4 +61,4 @@ def image_data_url(part: ImagePart, codec: BoxCodec, fmt: str = "jpeg", quality:
     try:
         return _encode_cached(str(path), st.st_mtime_ns, st.st_size, target, fmt, quality)
     except Exception as exc:  # a truncated JPEG has a good header and fails here
-        raise SampleImageError(f"cannot decode image {path}: {type(exc).__name__}: {exc}") from exc
+        raise SampleImageError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from exc

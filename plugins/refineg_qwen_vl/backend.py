@@ -412,7 +412,7 @@ def _load_image(part: ImagePart) -> Image.Image:
             rgb = img.convert("RGB")
     except Exception as exc:  # a truncated or corrupt file: the sample's own fault
         raise SampleImageError(
-            f"cannot decode image {part.path}: {type(exc).__name__}: {exc}"
+            f"cannot read image {part.path}: {type(exc).__name__}: {exc}"
         ) from exc
     if part.size is not None and rgb.size != tuple(part.size):
         rgb = rgb.resize(tuple(part.size), Image.Resampling.BICUBIC)
