@@ -20,7 +20,7 @@ when the config is loaded (``refineg_core.config``).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,12 +37,15 @@ MLLM_STAGES = ("refine", "ground")
 TRAINED_MARKER = "refineg-trained.json"
 
 
-def check_backends(pipeline: Pipeline, log: Callable[[str], None]) -> dict[str, str]:
-    """Check the backend of every MLLM stage that is not off; raise for a required
-    one that cannot work, and return (and log) why each ``"auto"`` one will be skipped."""
+def check_backends(
+    pipeline: Pipeline, log: Callable[[str], None], stages: Sequence[str] = MLLM_STAGES
+) -> dict[str, str]:
+    """Check the backend of every MLLM stage in ``stages`` that is not off; raise for a
+    required one that cannot work, and return (and log) why each ``"auto"`` one will
+    be skipped."""
     skipped: dict[str, str] = {}
     availability: dict[str, str | None] = {}
-    for stage in MLLM_STAGES:
+    for stage in stages:
         mode = pipeline.stage_mode(stage)
         if mode is False:
             continue

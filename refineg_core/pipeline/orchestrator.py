@@ -104,6 +104,7 @@ class Pipeline:
         self._created_run_dir = not self.run_dir.exists()
         self._run_dir_ready = False
         self._saved_tagger_checked = False
+        self._preflighted: set[str] = set()
 
     # -------------------------------------------------------------- lifecycle
     def close(self) -> None:
@@ -688,6 +689,7 @@ class Pipeline:
         """The frame of refine and ground: reuse, or run chunk by chunk with the shared
         backend (resuming what an earlier run left), and record what it spent."""
         started = time.perf_counter()
+        self.check_backends((stage,))  # `refineg refine` alone is checked too
         source = results if results is not None else self._stage_input(stage)
         out = self.run_dir / f"{stage}.jsonl"
         earlier_file = self.run_dir / f"{stage}.prev.jsonl"
@@ -782,6 +784,13 @@ class Pipeline:
         part.unlink(missing_ok=True)  # the chunk is whole: its caller commits it to the stage file
         return done
 
+    def check_backends(self, stages: Sequence[str]) -> None:
+        """Check the backends of these MLLM stages once per run, before their work
+        (``refineg_core.preflight``: exit 3 for a required one that cannot work)."""
+        todo = [s for s in stages if s not in self._preflighted]
+        preflight.check_backends(self, self.log, todo)
+        self._preflighted.update(todo)
+
     def refine(self, results: Iterable[SampleResult] | None = None) -> StageOutput:
         return self._mllm_stage("refine", results)
 
@@ -792,7 +801,7 @@ class Pipeline:
     def run(self, *, force_train: bool = False) -> dict[str, Any]:
         stages = self.config.stages
         started = time.perf_counter()
-        preflight.check_backends(self, self.log)  # before any work (refineg_core.preflight)
+        self.check_backends(preflight.MLLM_STAGES)  # before any work
         if stages.predict and not self._saved_tagger_checked:
             preflight.check_saved_tagger(self, self.log)
             self._saved_tagger_checked = True
