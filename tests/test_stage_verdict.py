@@ -131,7 +131,7 @@ def test_an_exception_that_is_not_a_backend_error_trips_the_breaker_and_fails_a_
         ("backend.options.deadline=1e300", "backend.options.deadline"),
         ("backend.options.timeout=1e300", "backend.options.timeout"),
         ("backend.options.backoff_max=inf", "backend.options.backoff_max"),
-        ("backend.options.retry_after_max=-inf", "backend.options.retry_after_max"),
+        ("engine.num_cpus=inf", "engine.num_cpus"),
         ('engine.chunk_size="10"', "engine.chunk_size"),
         ('stages.refine="yes"', "stages.refine"),
         ('backend.options.base_url="http:///v1"', "backend.options.base_url"),

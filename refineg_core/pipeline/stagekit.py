@@ -318,7 +318,6 @@ def run_mllm_stage(
         return skip_stage(stage, results, out_path, reason=reason, reason_key="disabled", **skip)
     reason = unusable or (health.unavailable(backend) if any(map(needs_call, results)) else None)
     if reason:
-        reason = f"{backend.describe()}: {reason}" if required else reason
         return skip_stage(stage, results, out_path, reason=reason, **skip)
     counters = Counters(health=health.breaker(max(8, 2 * backend.max_concurrency)))
     out, summary = run_stage(

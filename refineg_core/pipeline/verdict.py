@@ -81,6 +81,8 @@ class Verdict:
     kinds_not_own: Mapping[str, int]
     #: The backend could not be used at all (unreachable, or it failed every call).
     down: str | None = None
+    #: Which backend (its ``describe()``), when the stage said.
+    backend: str | None = None
 
     @property
     def troubled(self) -> bool:
@@ -103,7 +105,8 @@ class Verdict:
             return None
         parts = []
         if self.down is not None:
-            parts.append(f"the backend could not be used: {self.down}")
+            which = f" ({self.backend})" if self.backend else ""
+            parts.append(f"the backend{which} could not be used: {self.down}")
         if self.failed_not_own:
             why = ", ".join(f"{k} x{v}" for k, v in sorted(self.kinds_not_own.items()))
             parts.append(
@@ -128,4 +131,5 @@ def judge(stage: str, summary: Any, required: bool) -> Verdict:
         failed_not_own=int(summary.counters.get(FAILED_NOT_OWN, 0)),
         kinds_not_own=kinds,
         down=down,
+        backend=notes.get("backend"),
     )
