@@ -355,3 +355,51 @@ def test_a_saved_tagger_trained_with_other_options_is_refused(data, tmp_path):
     assert "retrain" in message and "tagger.load_from" in message
     status = run_cli(["status", "-c", str(second), *changed])
     assert "fresh" not in status.stdout.splitlines()[2], status.stdout  # the train row
+
+
+def test_stage_counts_are_differences_of_nested_counters_and_batches_add_up():
+    from refineg_core.pipeline.spent import add, delta
+
+    before = {"calls": 3, "endpoints": {"http://a/v1": {"requests": 3, "ok": 3}}, "model": "m"}
+    after = {
+        "calls": 10,
+        "endpoints": {"http://a/v1": {"requests": 7, "ok": 6}, "http://b/v1": {"requests": 2}},
+        "model": "m",
+    }
+    stage = delta(after, before)
+    assert stage == {
+        "calls": 7,
+        "endpoints": {"http://a/v1": {"requests": 4, "ok": 3}, "http://b/v1": {"requests": 2}},
+        "model": "m",
+    }
+    # two Ray batches of one stage: their differences add up
+    assert add(stage, {"calls": 1, "endpoints": {"http://b/v1": {"requests": 1}}}) == {
+        "calls": 8,
+        "endpoints": {"http://a/v1": {"requests": 4, "ok": 3}, "http://b/v1": {"requests": 3}},
+        "model": "m",
+    }
+
+
+def test_every_exception_type_gets_a_kind_and_only_the_samples_own_faults_are_forgiven():
+    from refineg_core.errors import BackendError, BackendUnavailable, SampleImageError
+    from refineg_core.pipeline.runner import StageSummary
+    from refineg_core.pipeline.verdict import failure_kind, is_own_fault, judge
+
+    assert failure_kind(ValueError("nan")) == "ValueError"
+    assert failure_kind(OverflowError("inf")) == "OverflowError"
+    assert failure_kind(BackendUnavailable("down")) == "unavailable"
+    assert failure_kind(BackendError("x")) == "backend_error"
+    assert failure_kind(SampleImageError("truncated")) == "image"
+    assert is_own_fault("image") and is_own_fault("no_json") and is_own_fault("no_usable_item")
+    assert not any(map(is_own_fault, ("ValueError", "connection", "http_400", "unavailable")))
+
+    own = StageSummary("refine", total=5, failed=2)
+    own.failure_kinds.update({"image": 1, "no_json": 1})
+    assert not judge("refine", own, True).failed and judge("refine", own, True).note() is None
+    theirs = StageSummary("refine", total=5, failed=1)
+    theirs.failure_kinds.update({"ValueError": 1})
+    theirs.counters["samples_failed_not_own"] = 1
+    verdict = judge("refine", theirs, True)
+    assert verdict.failed and "1 of 5 samples failed" in (verdict.note() or "")
+    auto = judge("refine", theirs, False)  # "auto": a note, not a failure
+    assert not auto.failed and "goes on" in (auto.note() or "")
