@@ -57,7 +57,9 @@ class TaggerError(RefinegError):
 
 
 class StageUnavailable(RefinegError):
-    """A stage set to ``true`` cannot run: its backend is unreachable, misconfigured
-    or failed every call. Set the stage to ``"auto"`` to skip it with a note instead."""
+    """A stage set to ``true`` cannot run or did not succeed: its backend is
+    unreachable, misconfigured or failed every call, or some sample failed for a
+    reason that is not its own (``refineg_core.pipeline.verdict``). Set the stage
+    to ``"auto"`` to skip it or go on with a note instead."""
 
     exit_code = 3

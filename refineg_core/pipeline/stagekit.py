@@ -271,7 +271,7 @@ def ask(
         kind = failure_kind(exc)
         message = str(exc) if isinstance(exc, RefinegError) else f"{type(exc).__name__}: {exc}"
         if is_own_fault(kind):  # the sample's image: says nothing about the backend
-            counters.add("samples_refused")
+            counters.add("samples_own_fault")
             info["outcome"] = "sample_failed"
             return Failure(stage, kind, secrets.scrub(message)[:500])
         counters.health.failed(exc)
