@@ -738,6 +738,8 @@ class Pipeline:
         verdict = judge(stage, summary, mode is True)  # the one place a stage fails
         if verdict.note():
             data["verdict"] = verdict.note()
+            if not verdict.failed:
+                self.log(f"{stage}: {verdict.note()}")
         self._record(stage, data, started)
         if verdict.failed:
             self.write_summary()
