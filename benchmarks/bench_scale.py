@@ -47,6 +47,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import attrs
 import psutil
@@ -296,11 +297,18 @@ def run_cli(args: list[str], run_dir: Path, env: dict[str, str]) -> dict:
 
 
 # --------------------------------------------------------------------------- taggers
+#: The options each tagger is trained with; the rows that load it give the same ones
+#: (a saved tagger trained with other options than the config's is refused).
+TAGGER_OPTIONS: dict[str, dict[str, Any]] = {
+    "gazetteer": {},
+    "bert_crf": {"epochs": 1, "batch_size": 32},
+}
+
+
 def train_taggers(work: Path, env: dict[str, str], args) -> dict[str, Path]:
     """Both taggers, trained once into ``work/taggers`` (reused when already there)."""
-    wanted = {"gazetteer": {}, "bert_crf": {"epochs": 1, "batch_size": 32}}
     out = {}
-    for name, options in wanted.items():
+    for name, options in TAGGER_OPTIONS.items():
         run_dir = work / "taggers" / name
         tagger_dir = run_dir / "tagger"
         if not (tagger_dir / "refineg-trained.json").is_file():
@@ -420,6 +428,7 @@ def measure(args) -> dict:
                 tagger=tagger,
                 predict=predict,
                 load_from=taggers[tagger],
+                tagger_options=TAGGER_OPTIONS[tagger],
                 base_url=server.base_url if row.kind == "ground" else None,
                 concurrency=args.concurrency,
             )
@@ -433,6 +442,7 @@ def measure(args) -> dict:
                 tagger=tagger,
                 predict=warm,
                 load_from=taggers[tagger],
+                tagger_options=TAGGER_OPTIONS[tagger],
                 base_url=server.base_url if kind == "ground" else None,
                 concurrency=args.concurrency,
             )

@@ -8,6 +8,8 @@ here: backends take the *name* of an environment variable.
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -194,6 +196,61 @@ def _dotted(loc: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in loc)
 
 
+def _written(raw: Any, loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The part of an error location the user wrote (pydantic appends union members
+    such as ``bool`` to ``stages.refine``)."""
+    out: list[Any] = []
+    node = raw
+    for part in loc:
+        if isinstance(node, dict):
+            out.append(part)
+            if part not in node:
+                break  # a key the user left out (a required one)
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            out.append(part)
+            node = node[part]
+        else:
+            break  # below a value the user wrote: pydantic's own tags
+    return tuple(out)
+
+
+#: No option of refineg means a number beyond this (seconds, pixels, tokens...); a
+#: bigger one is a typo or an attempt to overflow a timer (``deadline = 1e300``).
+LARGEST_NUMBER = 1e12
+
+
+def check_numbers(raw: Any, where: str = "") -> None:
+    """Every number a user wrote is finite and of a sensible size, or a ConfigError
+    names its dotted key (``nan``/``inf`` in ``extra_body`` would otherwise fail every
+    call of a run with a ValueError; ``1e300`` would overflow a timer mid-run)."""
+    if isinstance(raw, dict):
+        for key, value in raw.items():
+            check_numbers(value, f"{where}.{key}" if where else str(key))
+    elif isinstance(raw, list | tuple):
+        for i, value in enumerate(raw):
+            check_numbers(value, f"{where}.{i}")
+    elif isinstance(raw, float):
+        if not math.isfinite(raw):
+            raise ConfigError(f"must be a finite number, got {raw}", where=where or "config")
+        if abs(raw) > LARGEST_NUMBER:
+            raise ConfigError(
+                f"{raw:g} is beyond any sensible value (at most {LARGEST_NUMBER:g})",
+                where=where or "config",
+            )
+    elif isinstance(raw, int) and not isinstance(raw, bool) and abs(raw) >= 2**63:
+        raise ConfigError(f"{raw} does not fit in 64 bits", where=where or "config")
+
+
+def _as_json(raw: dict[str, Any]) -> str:
+    """The config as JSON for strict validation (paths and other objects a Python
+    caller may pass become strings, as a TOML file would have them)."""
+    try:
+        return json.dumps(raw, default=str, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"a value cannot be read as config: {exc}", where="config") from None
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``a.b.c=VALUE`` with VALUE parsed as TOML (falls back to a plain string)."""
     key, sep, raw = text.partition("=")
@@ -249,12 +306,16 @@ def config_from_dict(
     check_plugins: bool = True,
     check_paths: bool = True,
 ) -> Config:
+    check_numbers(raw)
     try:
-        config = Config.model_validate(raw)
+        # strict, as JSON: a TOML string is never coerced ("10" is not 10, "yes" not
+        # true), while the JSON-like types TOML has (str paths, lists) are taken as meant
+        config = Config.model_validate_json(_as_json(raw), strict=True)
     except pydantic.ValidationError as exc:
         err = exc.errors()[0]
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise ConfigError(f"{err['msg']}{more}", where=_dotted(err["loc"]) or "config") from None
+        where = _dotted(_written(raw, err["loc"])) or "config"
+        raise ConfigError(f"{err['msg']}{more}", where=where) from None
     if not config.labels:
         raise ConfigError("at least one entity type is needed", where="labels")
     _check_wording(config)
@@ -315,6 +376,7 @@ def validate_plugins(config: Config) -> None:
         kind = slot_kind(key)
         cls = registry.load_class(kind, slot_cfg.plugin, config_key=key)
         registry.validate_options(kind, slot_cfg.plugin, cls, slot_cfg.options, config_key=key)
+        _strict_options(cls, slot_cfg.options, f"{key}.options", slot_cfg.plugin)
     from refineg_core.formats.loader import check_data_sources
 
     check_data_sources(config.data)
@@ -341,6 +403,23 @@ def _check_wording(config: Config) -> None:
                 "the prompts' wording is set in [prompts]; this table is not used",
                 where=f"{stage}.wording",
             )
+
+
+def _strict_options(cls: type, options: dict[str, Any], where: str, name: str) -> None:
+    """A plugin's options as the user wrote them are not coerced either (``concurrency
+    = "4"`` is refused, not read as 4); the plugin itself validates them as before."""
+    model = getattr(cls, "Options", None)
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return
+    raw = dict(options)
+    try:
+        model.model_validate_json(_as_json(raw), strict=True)
+    except pydantic.ValidationError as exc:
+        err = exc.errors()[0]
+        path = _dotted(_written(raw, err["loc"]))
+        raise ConfigError(
+            f"{err['msg']} (plugin {name!r})", where=f"{where}.{path}" if path else where
+        ) from None
 
 
 def redacted_dump(config: Config) -> dict[str, Any]:

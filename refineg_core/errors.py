@@ -37,6 +37,17 @@ class BackendError(RefinegError):
         super().__init__(message, where=where)
 
 
+class SampleImageError(BackendError):
+    """A sample's image that cannot be read or decoded (a truncated JPEG, a file
+    that vanished): the sample's own fault, recorded as an ``image`` failure and
+    never retried, never held against the backend (``refineg_core.pipeline.verdict``)."""
+
+    kind = "image"
+
+    def __init__(self, message: str, *, where: str | None = None) -> None:
+        super().__init__(message, retryable=False, where=where)
+
+
 class BackendUnavailable(BackendError):
     """The backend cannot be reached at all (no server, no weights): skip, don't retry."""
 
@@ -46,7 +57,9 @@ class TaggerError(RefinegError):
 
 
 class StageUnavailable(RefinegError):
-    """A stage set to ``true`` cannot run: its backend is unreachable, misconfigured
-    or failed every call. Set the stage to ``"auto"`` to skip it with a note instead."""
+    """A stage set to ``true`` cannot run or did not succeed: its backend is
+    unreachable, misconfigured or failed every call, or some sample failed for a
+    reason that is not its own (``refineg_core.pipeline.verdict``). Set the stage
+    to ``"auto"`` to skip it or go on with a note instead."""
 
     exit_code = 3

@@ -30,6 +30,7 @@ import re
 import socket
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -52,6 +53,9 @@ DEFAULT_MAX_TOKENS = 1024
 _RETRYABLE_4XX = {408, 409, 425, 429}
 #: A 4xx whose message says this is the server refusing the answer schema.
 _SCHEMA_REJECTED = re.compile(r"response_format|json_schema|guided|grammar|structured", re.I)
+#: Longest wait any timing option may ask for (seconds): timers must stay finite and
+#: within what ``threading`` accepts.
+_DAY = 86400.0
 #: Most of an error body that is read (the message is all that is kept).
 _ERROR_BODY_MAX = 65536
 
@@ -63,9 +67,9 @@ class OpenAIOptions(PluginOptions):
     #: Name of the environment variable holding the key (the key itself never goes in a config).
     api_key_env: str | None = None
     #: Longest wait for the next bytes (connect, send, or read) before an attempt fails.
-    timeout: float = pydantic.Field(120.0, gt=0)
+    timeout: float = pydantic.Field(120.0, gt=0, le=_DAY)
     #: Longest one request may take end to end, retries and waits included.
-    deadline: float = pydantic.Field(600.0, gt=0)
+    deadline: float = pydantic.Field(600.0, gt=0, le=7 * _DAY)
     #: Larger answers (UTF-8 bytes of the message) are a failure, neither parsed nor cached.
     max_answer_bytes: int = pydantic.Field(262144, ge=1024)
     temperature: float = pydantic.Field(0.1, ge=0)
@@ -77,13 +81,13 @@ class OpenAIOptions(PluginOptions):
     concurrency: int = pydantic.Field(8, ge=1, le=512)
     #: Retries after the first attempt (so ``retries=3`` means at most 4 attempts).
     retries: int = pydantic.Field(3, ge=0, le=20)
-    backoff_base: float = pydantic.Field(1.0, ge=0)
-    backoff_max: float = pydantic.Field(30.0, ge=0)
+    backoff_base: float = pydantic.Field(1.0, ge=0, le=_DAY)
+    backoff_max: float = pydantic.Field(30.0, ge=0, le=_DAY)
     #: Longest Retry-After the client will wait; longer ones are cut to this.
-    retry_after_max: float = pydantic.Field(120.0, ge=0)
+    retry_after_max: float = pydantic.Field(120.0, ge=0, le=_DAY)
     #: Seconds an endpoint that failed (connection, timeout, 5xx) gets no new request
     #: while another endpoint is healthy.
-    endpoint_rest: float = pydantic.Field(30.0, ge=0)
+    endpoint_rest: float = pydantic.Field(30.0, ge=0, le=_DAY)
     #: Send the stage's answer JSON schema as ``response_format`` (vLLM: guided
     #: decoding); a server that rejects it is asked without it for the rest of the run.
     answer_schema: bool = True
@@ -115,6 +119,7 @@ class OpenAIOptions(PluginOptions):
         for u in urls:
             if not u.startswith(("http://", "https://")):
                 raise ValueError(f"base_url must start with http:// or https://, got {u!r}")
+            _check_host(u)
         cleaned = [u.rstrip("/") for u in urls]
         if len(set(cleaned)) != len(cleaned):
             raise ValueError("base_url lists the same URL twice")
@@ -151,6 +156,18 @@ class OpenAIOptions(PluginOptions):
         except PluginError as exc:  # as a validation error, so the config path is reported
             raise ValueError(str(exc).removeprefix(f"{exc.where}: ")) from None
         return self
+
+
+def _check_host(url: str) -> None:
+    """A base URL names a host (``http:///v1`` does not) and a valid port, if any."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - reading it validates it
+    except ValueError as exc:
+        raise ValueError(f"base_url has an invalid port: {exc}") from None
+    if not parts.hostname:
+        shown = secrets.scrub(url)
+        raise ValueError(f"base_url names no host: {shown!r} (e.g. http://127.0.0.1:8000/v1)")
 
 
 def _error(

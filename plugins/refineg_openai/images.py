@@ -15,7 +15,7 @@ from PIL import Image
 
 from refineg_core.boxcodecs import BoxCodec
 from refineg_core.chat import ImagePart
-from refineg_core.errors import BackendError
+from refineg_core.errors import SampleImageError
 
 
 def image_size(part: ImagePart) -> tuple[int, int]:
@@ -29,8 +29,8 @@ def image_size(part: ImagePart) -> tuple[int, int]:
     try:
         with Image.open(part.path) as img:
             return img.size
-    except (OSError, ValueError) as exc:
-        raise BackendError(f"cannot read image {part.path}: {exc}", retryable=False) from exc
+    except Exception as exc:  # Pillow raises many types on bad files: the sample's own fault
+        raise SampleImageError(f"cannot read image {part.path}: {exc}") from exc
 
 
 @functools.lru_cache(maxsize=256)
@@ -56,9 +56,9 @@ def image_data_url(part: ImagePart, codec: BoxCodec, fmt: str = "jpeg", quality:
     try:
         st = path.stat()
     except OSError as exc:
-        raise BackendError(f"image not found: {path}", retryable=False) from exc
+        raise SampleImageError(f"image not found: {path}") from exc
     target = codec.model_size(image_size(part))
     try:
         return _encode_cached(str(path), st.st_mtime_ns, st.st_size, target, fmt, quality)
-    except (OSError, ValueError) as exc:
-        raise BackendError(f"cannot read image {path}: {exc}", retryable=False) from exc
+    except Exception as exc:  # a truncated JPEG has a good header and fails here
+        raise SampleImageError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from exc

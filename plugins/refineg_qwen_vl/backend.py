@@ -25,7 +25,7 @@ from PIL import Image
 
 from refineg_core.boxcodecs import BoxCodec
 from refineg_core.chat import ChatMessage, ChatRequest, ChatResponse, ImagePart, TextPart, Usage
-from refineg_core.errors import BackendError, BackendUnavailable
+from refineg_core.errors import BackendError, BackendUnavailable, SampleImageError
 from refineg_core.interfaces import MLLMBackend, PluginOptions
 from refineg_core.registry import create_box_frame
 
@@ -410,8 +410,10 @@ def _load_image(part: ImagePart) -> Image.Image:
     try:
         with Image.open(part.path) as img:
             rgb = img.convert("RGB")
-    except (OSError, ValueError) as exc:
-        raise BackendError(f"cannot read image {part.path}: {exc}", retryable=False) from exc
+    except Exception as exc:  # a truncated or corrupt file: the sample's own fault
+        raise SampleImageError(
+            f"cannot read image {part.path}: {type(exc).__name__}: {exc}"
+        ) from exc
     if part.size is not None and rgb.size != tuple(part.size):
         rgb = rgb.resize(tuple(part.size), Image.Resampling.BICUBIC)
     return rgb

@@ -102,6 +102,12 @@ class EvaluationReport:
     def task(self, name: str) -> Score | None:
         return getattr(self, name)
 
+    def headline(self) -> dict[str, float]:
+        """Each task's F1 exactly as ``format_table`` prints it (two decimals, rounded
+        once from the counts), for a run's summary: rounding the four-decimal JSON
+        value again would print 50.49 where ``refineg eval`` prints 50.50."""
+        return {t: round(s.f1, 2) for t in TASKS if (s := self.task(t)) is not None}
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "protocol": {

@@ -38,9 +38,9 @@ from typing import Any
 
 import attrs
 
-from refineg_core import secrets
+from refineg_core import preflight, secrets
 from refineg_core.config import Config, DataSource, redacted_dump
-from refineg_core.errors import ConfigError, RefinegError
+from refineg_core.errors import ConfigError, RefinegError, StageUnavailable
 from refineg_core.formats import Dataset, iter_source, load_dataset
 from refineg_core.formats.native import iter_results, read_results, write_jsonl
 from refineg_core.formats.paths import output_dir
@@ -71,7 +71,9 @@ from refineg_core.pipeline.fingerprint import (
 )
 from refineg_core.pipeline.outputs import write_outputs
 from refineg_core.pipeline.runner import StageSummary
+from refineg_core.pipeline.spent import add, delta
 from refineg_core.pipeline.stagekit import StageHealth, needs_retry
+from refineg_core.pipeline.verdict import judge
 from refineg_core.pipeline.worker import Worker
 from refineg_core.posts import as_sample, check_image, check_many, check_text
 from refineg_core.progress import bar, silenced
@@ -109,6 +111,8 @@ class Pipeline:
         self._stats: dict[str, tuple[str, int]] = {}
         self._engine = None
         self._run_dir_ready = False
+        self._saved_tagger_checked = False
+        self._preflighted: set[str] = set()
 
     # -------------------------------------------------------------- lifecycle
     def close(self) -> None:
@@ -224,6 +228,9 @@ class Pipeline:
         return self.worker.tagger_dir()
 
     def load_tagger(self):
+        if self.config.tagger.load_from and not self._saved_tagger_checked:
+            preflight.check_saved_tagger(self, self.log)  # never serve stale predictions
+            self._saved_tagger_checked = True
         return self.worker.load_tagger()
 
     # ----------------------------------------------------------- fingerprints
@@ -336,7 +343,10 @@ class Pipeline:
         for stage in STAGES:
             if stage == "train":
                 if self.config.tagger.load_from:
-                    out[stage] = Freshness("fresh", ("using tagger.load_from",))
+                    differ = preflight.saved_tagger_differences(self)
+                    why = ("tagger.load_from was trained with other options:", *(differ or ()))
+                    fresh = Freshness("fresh", ("using tagger.load_from",))
+                    out[stage] = Freshness("stale", why) if differ else fresh
                     continue
                 record = read_record(self.tagger_dir() / TRAINED_MARKER)
             else:
@@ -650,6 +660,7 @@ class Pipeline:
         """The frame of refine and ground: reuse, or run chunk by chunk with the shared
         backend (resuming what an earlier run left), and record what it spent."""
         started = time.perf_counter()
+        self.check_backends((stage,))  # `refineg refine` alone is checked too
         source = results if results is not None else self._stage_input(stage)
         out = self.run_dir / f"{stage}.jsonl"
         earlier_file = self.run_dir / f"{stage}.prev.jsonl"
@@ -672,7 +683,7 @@ class Pipeline:
             set_aside(out, earlier_file)
         out.touch()  # an empty input is an empty (finished) stage file, not a missing one
         self.store.write(self.fingerprint(stage), complete=False)
-        before = backend.meter.snapshot()
+        before, report_before = backend.meter.snapshot(), backend.report()
         earlier = PreviousResults(earlier_file)
         summary = StageSummary(stage)
         pending = 0
@@ -684,15 +695,27 @@ class Pipeline:
             append_results(out, new)
             pending += sum(needs_retry(r, stage) for r in new)
             summary.merge(chunk_summary)
-        earlier_file.unlink(missing_ok=True)
-        part.unlink(missing_ok=True)
-        self._finish_stage(stage, out, pending)
+            if judge(stage, summary, mode is True).hopeless:
+                break  # a required stage whose backend is down: unfinished, a rerun resumes
+        else:
+            earlier_file.unlink(missing_ok=True)
+            part.unlink(missing_ok=True)
+            self._finish_stage(stage, out, pending)
+        # this stage's share of counters the whole run shares (both stages, every actor)
         spent = (backend.meter.snapshot() - before).as_dict()
-        spent.update(backend.report())
-        for key, value in self.engine().usage(stage).items():
-            spent[key] = spent.get(key, 0) + value
+        spent.update(delta(backend.report(), report_before))
+        spent = add(spent, self.engine().usage(stage))
         report = self.engine().report(stage)
-        self._record(stage, {**summary.as_dict(), "backend": spent, "engine": report}, started)
+        data = {**summary.as_dict(), "backend": spent, "engine": report}
+        verdict = judge(stage, summary, mode is True)  # the one place a stage fails
+        if verdict.note():
+            data["verdict"] = verdict.note()
+            if not verdict.failed:
+                self.log(f"{stage}: {verdict.note()}")
+        self._record(stage, data, started)
+        if verdict.failed:
+            self.write_summary()
+            raise StageUnavailable(verdict.note() or "failed", where=stage)
         return StageOutput(stage, out)
 
     def run_mllm_chunk(
@@ -706,6 +729,13 @@ class Pipeline:
         """One chunk of refine or ground (see ``Worker.run_mllm_chunk``)."""
         return self.worker.run_mllm_chunk(stage, items, earlier, part, health)
 
+    def check_backends(self, stages: Sequence[str]) -> None:
+        """Check the backends of these MLLM stages once per run, before their work
+        (``refineg_core.preflight``: exit 3 for a required one that cannot work)."""
+        todo = [s for s in stages if s not in self._preflighted]
+        preflight.check_backends(self, self.log, todo)
+        self._preflighted.update(todo)
+
     def refine(self, results: Iterable[SampleResult] | None = None) -> StageOutput:
         return self._mllm_stage("refine", results)
 
@@ -716,6 +746,10 @@ class Pipeline:
     def run(self, *, force_train: bool = False) -> dict[str, Any]:
         stages = self.config.stages
         started = time.perf_counter()
+        self.check_backends(preflight.MLLM_STAGES)  # before any work
+        if stages.predict and not self._saved_tagger_checked:
+            preflight.check_saved_tagger(self, self.log)
+            self._saved_tagger_checked = True
         if stages.synth:
             self.synth()
         if stages.train:
@@ -778,10 +812,8 @@ class Pipeline:
             return
         report = {stage: m.to_dict() for stage, m in metrics.items()}
         write_json(self.run_dir / "eval.json", report)
-        self.summary["eval"] = {
-            stage: {k: v.get("f1") for k, v in m.items() if isinstance(v, dict) and "f1" in v}
-            for stage, m in report.items()
-        }
+        # the numbers `refineg eval` prints, from the same computation (no double rounding)
+        self.summary["eval"] = {stage: m.headline() for stage, m in metrics.items()}
 
     def write_summary(self) -> None:
         self.prepare_run_dir()

@@ -29,6 +29,7 @@ from typing import Any
 from refineg_core.errors import ConfigError, RefinegError
 from refineg_core.formats.native import result_from_dict, sample_from_dict, sample_to_dict
 from refineg_core.pipeline.runner import StageSummary
+from refineg_core.pipeline.spent import add, delta
 from refineg_core.pipeline.stagekit import StageHealth
 from refineg_core.pipeline.worker import MllmChunk, Worker
 from refineg_core.types import Sample, SampleResult
@@ -73,12 +74,16 @@ class ChunkWorker:
             items = [result_from_dict(r["item"]) for r in rows]
             earlier = [result_from_dict(r["earlier"]) for r in rows if r.get("earlier")]
             backend = self.worker.backend()
-            before = backend.meter.snapshot()
+            before, report_before = backend.meter.snapshot(), backend.report()
             results, summary = self.worker.run_mllm_chunk(
                 self.stage, items, earlier, self.part, self.health
             )
             meta["summary"] = summary.to_json()
-            meta["usage"] = (backend.meter.snapshot() - before).as_dict()
+            # this batch's share of the actor's backend counters (per-endpoint requests...)
+            meta["usage"] = {
+                **(backend.meter.snapshot() - before).as_dict(),
+                **delta(backend.report(), report_before),
+            }
         out = [json.dumps(sample_to_dict(r), ensure_ascii=False) for r in results]
         notes = [""] * len(out)
         if out:
@@ -96,7 +101,7 @@ class RayEngine:
         self.run_dir = worker.run_dir
         self.settings = worker.config.engine
         self.ray = _ray()
-        self._usage: dict[str, Counter] = {}
+        self._usage: dict[str, dict[str, Any]] = {}
         self._workers: dict[str, set[int]] = {}
         self._batches: Counter = Counter()
         self._started_ray = not self.ray.is_initialized()
@@ -126,7 +131,7 @@ class RayEngine:
     def mllm(
         self, stage: str, chunks: Iterator[MllmChunk]
     ) -> Iterator[tuple[list[SampleResult], StageSummary]]:
-        self._usage[stage] = Counter()
+        self._usage[stage] = {}
 
         def rows() -> Iterator[dict[str, Any]]:
             for items, earlier in chunks:
@@ -143,9 +148,7 @@ class RayEngine:
             self._note_workers(stage, metas)
             for meta in metas:
                 summary.merge(StageSummary.from_json(meta["summary"]))
-                self._usage[stage].update(
-                    {k: v for k, v in meta["usage"].items() if isinstance(v, int | float)}
-                )
+                self._usage[stage] = add(self._usage[stage], meta["usage"])
             yield results, summary
 
     def usage(self, stage: str) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from refineg_core import interrupts, secrets
 from refineg_core.errors import DataError, RefinegError
 from refineg_core.formats.native import result_from_dict, sample_to_dict
 from refineg_core.hooks import get_hooks
+from refineg_core.pipeline.verdict import count_failures, failure_kind
 from refineg_core.progress import bar
 from refineg_core.runstore import repair_tail
 from refineg_core.types import Failure, SampleResult
@@ -210,7 +211,7 @@ def run_concurrently(
 
 
 def failure_from_exception(stage: str, exc: BaseException) -> Failure:
-    kind = getattr(exc, "kind", None) or type(exc).__name__
+    kind = failure_kind(exc)
     message = str(exc) if isinstance(exc, RefinegError) else f"{type(exc).__name__}: {exc}"
     if not isinstance(exc, RefinegError):  # an unexpected crash: say whose code it was
         from refineg_core.blame import blame
@@ -258,6 +259,7 @@ def run_stage(
         if new_failures:
             summary.failed += 1
             summary.failure_kinds.update(f.kind for f in new_failures)
+            count_failures(summary.counters, (f.kind for f in new_failures))
         progress.update(1)
 
     progress = bar(desc=stage, total=len(todo), unit=unit)

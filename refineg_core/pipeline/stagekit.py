@@ -24,18 +24,22 @@ from typing import Any
 
 import attrs
 
+from refineg_core import secrets
 from refineg_core.chat import ChatRequest, ChatResponse
-from refineg_core.errors import BackendError, BackendUnavailable, StageUnavailable
+from refineg_core.errors import BackendUnavailable, RefinegError
 from refineg_core.formats.native import sample_to_dict
 from refineg_core.hooks import get_hooks
 from refineg_core.mllm_cache import complete_checked
 from refineg_core.pipeline.answers import AnswerError, ParsedAnswer, parse_answer
 from refineg_core.pipeline.runner import StageSummary, load_done, run_stage
+from refineg_core.pipeline.verdict import failure_kind, is_own_fault
 from refineg_core.runstore import atomic_write
 from refineg_core.types import Failure, SampleResult
 
-#: Failure kinds that do not make a sample be asked again (the answer was usable).
-FINAL_FAILURE_KINDS = frozenset({"truncated"})
+#: Failure kinds that do not make a sample be asked again: the answer was usable
+#: (``truncated``), or the sample's image cannot be decoded (``image``: asking again
+#: cannot help; a changed image file changes the data's fingerprint instead).
+FINAL_FAILURE_KINDS = frozenset({"truncated", "image"})
 
 
 class Counters:
@@ -210,15 +214,8 @@ def skip_stage(
 
 
 def backend_failure_kind(exc: BaseException) -> str:
-    """A short kind for a failed call: the backend's own kind when it gives one."""
-    kind = getattr(exc, "kind", None)
-    if isinstance(kind, str) and kind:
-        return kind
-    if isinstance(exc, BackendUnavailable):
-        return "unavailable"
-    if isinstance(exc, BackendError):
-        return "backend_error"
-    return type(exc).__name__
+    """A short kind for a failed call (``refineg_core.pipeline.verdict.failure_kind``)."""
+    return failure_kind(exc)
 
 
 class UnusableAnswer(Exception):
@@ -266,11 +263,17 @@ def ask(
         info["outcome"] = "unusable_answer"
         info["answer"] = exc.text[:2000]
         return exc.failure
-    except BackendError as exc:
+    except Exception as exc:  # whatever the type: the verdict classifies it
+        kind = failure_kind(exc)
+        message = str(exc) if isinstance(exc, RefinegError) else f"{type(exc).__name__}: {exc}"
+        if is_own_fault(kind):  # the sample's image: says nothing about the backend
+            counters.add("samples_own_fault")
+            info["outcome"] = "sample_failed"
+            return Failure(stage, kind, secrets.scrub(message)[:500])
         counters.health.failed(exc)
         counters.add("calls_failed")
         info["outcome"] = "backend_failed"
-        return Failure(stage, backend_failure_kind(exc), str(exc)[:500])
+        return Failure(stage, kind, secrets.scrub(message)[:500])
     counters.health.answered()
     counters.usage(response)
     if debug:
@@ -297,10 +300,11 @@ def run_mllm_stage(
     ``process`` over every result at the backend's concurrency and merge the
     counters into the summary.
 
-    With ``required`` an unreachable backend, or one that failed every call, is
-    a ``StageUnavailable`` error (raised after the results are written) instead
-    of a note. ``health`` carries what earlier chunks of the same stage learnt
-    about the backend (reachability, the breaker)."""
+    An unreachable backend, or one that failed every call, is a note
+    (``unavailable``/``stopped``); whether that fails the stage is decided once,
+    by ``refineg_core.pipeline.verdict.judge``, for ``required`` stages and
+    ``"auto"`` ones alike. ``health`` carries what earlier chunks of the same
+    stage learnt about the backend (reachability, the breaker)."""
     health = health or StageHealth()
     out_path = Path(out_path)
     forgotten = forget_unfinished(out_path, stage)
@@ -310,8 +314,6 @@ def run_mllm_stage(
         return skip_stage(stage, results, out_path, reason=reason, reason_key="disabled", **skip)
     reason = unusable or (health.unavailable(backend) if any(map(needs_call, results)) else None)
     if reason:
-        if required:
-            raise StageUnavailable(f"{backend.describe()}: {reason}", where=stage)
         return skip_stage(stage, results, out_path, reason=reason, **skip)
     counters = Counters(health=health.breaker(max(8, 2 * backend.max_concurrency)))
     out, summary = run_stage(
@@ -329,8 +331,6 @@ def run_mllm_stage(
     down = counters.health.every_call_failed
     if down:
         summary.notes["stopped"] = down
-        if required:
-            raise StageUnavailable(f"{backend.describe()}: {down}", where=stage)
     return out, summary
 
 
