@@ -18,6 +18,7 @@ from refineg_core.formats.images import image_size
 from refineg_core.labels import tokenize
 from refineg_core.pipeline.orchestrator import Pipeline
 from refineg_core.types import ImageRef, Sample
+from refineg_core.validity import check_sample
 
 
 def load(path: str | Path, *, overrides: list[str] | None = None) -> Pipeline:
@@ -41,12 +42,18 @@ def load(path: str | Path, *, overrides: list[str] | None = None) -> Pipeline:
 
 
 def as_sample(text: str | Sample, image: str | Path | None, index: int) -> Sample:
-    """A post as the pipeline's Sample (tokenised text, image with its size)."""
+    """A post as the pipeline's Sample (tokenised text, image with its size).
+
+    A Sample the run's output writers could not write (a token holding a tab...)
+    is refused here, as the file readers refuse it (``refineg_core.validity``).
+    """
     if isinstance(text, Sample):
-        return text
+        return check_sample(text, where=f"texts[{index}]")
     ref = None
     if image is not None:
         image = Path(image)
         size = image_size(image) if image.is_file() else None
         ref = ImageRef(image.stem, image, *(size or (None, None)))
-    return Sample(f"doc-{index}", tuple(tokenize(text)), text, ref)
+    return check_sample(
+        Sample(f"doc-{index}", tuple(tokenize(text)), text, ref), where=f"texts[{index}]"
+    )

@@ -22,6 +22,7 @@ from refineg_core.formats.images import IMAGE_FAILURE, resolve_image
 from refineg_core.interfaces import PluginOptions
 from refineg_core.labels import find_token_spans, tokenize
 from refineg_core.types import Box, Entity, Sample
+from refineg_core.validity import check_sample
 
 _BND_KEYS = ("xmin", "ymin", "xmax", "ymax")
 
@@ -160,16 +161,10 @@ def read_ccks(
         meta: dict[str, Any] = {"unaligned": unaligned} if unaligned else {}
         if failure:
             meta[IMAGE_FAILURE] = failure
-        samples.append(
-            Sample(
-                str(sid),
-                tokens,
-                text,
-                image,
-                tuple(sorted(ents.values(), key=lambda e: e.span)),
-                meta=meta,
-            )
+        sample = Sample(
+            str(sid), tokens, text, image, tuple(sorted(ents.values(), key=lambda e: e.span)), meta
         )
+        samples.append(check_sample(sample, where=where))
     return Dataset(tuple(samples), tuple(warnings), str(texts))
 
 
@@ -211,7 +206,10 @@ def write_ccks(samples: Iterable[Sample], path: Path | str) -> None:
 
 
 class CcksFormat(DatasetFormat):
-    """CCKS 2025 GMNER JSON: the texts file, with the entities JSON beside it."""
+    """CCKS 2025 GMNER JSON: the texts file, with the entities JSON beside it. JSON
+    holds any text, so it can write every sample (``unwritable`` is None)."""
+
+    checks_samples = True
 
     class Options(PluginOptions):
         entities: Path | None = None

@@ -12,6 +12,7 @@ are dropped with a warning, never with their entity.
 from __future__ import annotations
 
 import itertools
+import re
 import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -21,14 +22,45 @@ import attrs
 
 from refineg_core.errors import DataError
 from refineg_core.formats.base import Dataset, DatasetFormat
-from refineg_core.formats.conll import conll_lines, iter_conll, sentence_to_sample
+from refineg_core.formats.conll import conll_lines, conll_problem, iter_conll, sentence_to_sample
 from refineg_core.formats.images import IMAGE_FAILURE, resolve_image
-from refineg_core.formats.paths import child_path
+from refineg_core.formats.paths import child_path, plain_name_problem
 from refineg_core.interfaces import PluginOptions
 from refineg_core.types import Box, Sample
+from refineg_core.validity import check_sample
 
 #: A VOC file of one tweet is a few hundred bytes; anything far larger is refused.
 MAX_XML_BYTES = 1 << 20
+#: Characters XML 1.0 cannot hold (a NUL or form feed inside a token).
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+def voc_name(text: str) -> str:
+    """The ``<name>`` of an entity in a VOC file: its text without the characters XML
+    cannot hold, stripped (as the reader strips names). Writer and reader match
+    entities to objects through it, so an odd token keeps its boxes."""
+    return _NOT_XML.sub("", text).strip()
+
+
+def image_id_problem(image_id: str) -> str | None:
+    """Why ``image_id`` cannot be an ``IMGID:`` line naming ``xml/<id>.xml``, or None."""
+    if image_id != image_id.strip():
+        return f"image id {image_id[:80]!r} has whitespace at its ends"
+    problem = plain_name_problem(image_id)
+    if problem is not None:
+        return f"image id {image_id[:80]!r} {problem}"
+    return None
+
+
+def twitter_problem(sample: Sample) -> str | None:
+    """Why the Twitter-GMNER writer could not write ``sample``, or None: a token or
+    type CoNLL cannot hold, or an image id that cannot name a file in ``xml/``."""
+    problem = conll_problem(sample)
+    if problem is not None:
+        return problem
+    if not sample.tokens:  # left out by the writer: no IMGID line, no file
+        return None
+    return image_id_problem(sample.image.image_id if sample.image else sample.id)
 
 
 @attrs.frozen
@@ -163,6 +195,11 @@ def iter_twitter_gmner(
             raise DataError("sentence without an IMGID: line", where=where)
         if not sent.image_id:
             raise DataError("IMGID: line without an id", where=where)
+        if problem := image_id_problem(sent.image_id):
+            raise DataError(
+                f"{problem}; it must name its image and xml/<id>.xml inside their folders",
+                where=where,
+            )
         seen[sent.image_id] += 1
         n = seen[sent.image_id]
         sid = sent.image_id if n == 1 else f"{sent.image_id}#{n}"
@@ -174,7 +211,7 @@ def iter_twitter_gmner(
         image, failure = resolve_image(img_root, sent.image_id, voc.size if voc else None, warnings)
         sample = sentence_to_sample(sent, sid, image, warnings, where)
         if voc is not None:
-            names = {e.text for e in sample.entities}
+            names = {voc_name(e.text) for e in sample.entities}
             for name in sorted(set(voc.boxes) - names):
                 warnings.append(
                     f"{where}: XML object {name!r} of IMGID:{sent.image_id} matches no entity"
@@ -182,19 +219,20 @@ def iter_twitter_gmner(
             sample = attrs.evolve(
                 sample,
                 entities=tuple(
-                    attrs.evolve(e, boxes=tuple(voc.boxes.get(e.text, ()))) for e in sample.entities
+                    attrs.evolve(e, boxes=tuple(voc.boxes.get(voc_name(e.text), ())))
+                    for e in sample.entities
                 ),
             )
         if failure:
             sample = attrs.evolve(sample, meta={**sample.meta, IMAGE_FAILURE: failure})
-        yield sample
+        yield check_sample(sample, where=where)
 
 
 def _voc_xml(sample: Sample) -> str:
     root = ET.Element("annotation")
-    ET.SubElement(
-        root, "filename"
-    ).text = f"{sample.image.image_id if sample.image else sample.id}.jpg"
+    ET.SubElement(root, "filename").text = voc_name(
+        f"{sample.image.image_id if sample.image else sample.id}.jpg"
+    )
     if sample.image and sample.image.size:
         size = ET.SubElement(root, "size")
         ET.SubElement(size, "width").text = str(sample.image.width)
@@ -203,8 +241,8 @@ def _voc_xml(sample: Sample) -> str:
     for ent in sample.entities:
         for box in ent.box_list:
             obj = ET.SubElement(root, "object")
-            ET.SubElement(obj, "name").text = ent.text
-            ET.SubElement(obj, "type").text = ent.type
+            ET.SubElement(obj, "name").text = voc_name(sample.span_text(ent.start, ent.end))
+            ET.SubElement(obj, "type").text = voc_name(ent.type)
             bnd = ET.SubElement(obj, "bndbox")
             for k, v in zip(("xmin", "ymin", "xmax", "ymax"), box.as_list(), strict=True):
                 ET.SubElement(bnd, k).text = str(round(v))
@@ -215,8 +253,10 @@ def _voc_xml(sample: Sample) -> str:
 def write_twitter_gmner(samples: Iterable[Sample], path: Path | str) -> None:
     """Write the CoNLL file and an ``xml/`` folder beside it, as the dataset ships.
 
-    Every image id must be a plain file name: the ids are checked before
-    anything is written, so a hostile id (``/tmp/x``, ``../x``) writes nothing.
+    Every sample is checked (``twitter_problem``: tokens, types, image ids that
+    must be plain file names) before anything is written, so a hostile id
+    (``/tmp/x``, ``../x``) writes nothing; the readers refuse such samples first.
+    A sample without tokens is left out (CoNLL has no empty sentence).
     A re-iterable input (a list, a stage's output) is read twice instead of held
     in memory: once to check the ids, once to write.
     """
@@ -225,7 +265,9 @@ def write_twitter_gmner(samples: Iterable[Sample], path: Path | str) -> None:
         samples = list(samples)
     xml_dir = path.parent / "xml"
     for s in samples:
-        _xml_path(xml_dir, s, path)
+        problem = twitter_problem(s)
+        if problem is not None:
+            raise DataError(f"sample {s.id!r}: {problem}", where=str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     xml_dir.mkdir(exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -255,9 +297,15 @@ def _xml_path(xml_dir: Path, s: Sample, path: Path) -> Path:
 class TwitterGmnerFormat(DatasetFormat):
     """Twitter-GMNER: CoNLL with ``IMGID:`` lines, VOC XML boxes in ``xml_dir``."""
 
+    checks_samples = True
+
     class Options(PluginOptions):
         xml_dir: Path | None = None  # default: <folder of the file>/xml
         images_dir: Path | None = None
+
+    @classmethod
+    def unwritable(cls, sample: Sample) -> str | None:
+        return twitter_problem(sample)
 
     def read(self, path: Path, limit: int | None = None) -> Dataset:
         o = self.options

@@ -35,6 +35,7 @@ from refineg_core.formats.paths import inside
 from refineg_core.formats.records import EntityRecord, SampleRecord
 from refineg_core.labels import tokenize
 from refineg_core.types import Box, Entity, Failure, GateVerdict, ImageRef, Sample, SampleResult
+from refineg_core.validity import check_sample
 
 T = TypeVar("T")
 
@@ -223,7 +224,7 @@ def iter_jsonl_samples(
     path = Path(path)
     img_root = Path(images_dir) if images_dir else None
     root = img_root or path.parent
-    return _records(path, lambda r: _sample(_validated(r), img_root, root, warnings))
+    return _records(path, lambda r: check_sample(_sample(_validated(r), img_root, root, warnings)))
 
 
 def read_jsonl(
