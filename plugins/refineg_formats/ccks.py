@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from refineg_core.errors import DataError
-from refineg_core.formats.base import Dataset, DatasetFormat, read_text_file
+from refineg_core.formats.base import Dataset, DatasetFormat, read_text_file, whole_pixels
 from refineg_core.formats.ids import SeenIds
 from refineg_core.formats.images import IMAGE_FAILURE, resolve_image
 from refineg_core.interfaces import PluginOptions
@@ -189,7 +189,7 @@ def write_ccks(samples: Iterable[Sample], path: Path | str) -> None:
                         "label": e.type,
                         "bnd": None
                         if box is None
-                        else dict(zip(_BND_KEYS, map(round, box.as_list()), strict=True)),
+                        else dict(zip(_BND_KEYS, whole_pixels(box), strict=True)),
                     }
                     for e in s.entities
                     for box in e.boxes or (None,)

@@ -21,7 +21,7 @@ from pathlib import Path
 import attrs
 
 from refineg_core.errors import DataError
-from refineg_core.formats.base import Dataset, DatasetFormat
+from refineg_core.formats.base import Dataset, DatasetFormat, whole_pixels
 from refineg_core.formats.conll import conll_lines, conll_problem, iter_conll, sentence_to_sample
 from refineg_core.formats.images import IMAGE_FAILURE, resolve_image
 from refineg_core.formats.paths import child_path, plain_name_problem
@@ -238,14 +238,21 @@ def _voc_xml(sample: Sample) -> str:
         ET.SubElement(size, "width").text = str(sample.image.width)
         ET.SubElement(size, "height").text = str(sample.image.height)
         ET.SubElement(size, "depth").text = "3"
+    written: set[tuple[str, Box]] = set()
     for ent in sample.entities:
+        name = voc_name(sample.span_text(ent.start, ent.end))
         for box in ent.box_list:
+            # entities of one name share its objects when read: each (name, box) once,
+            # or every read-write cycle would double them
+            if (name, box) in written:
+                continue
+            written.add((name, box))
             obj = ET.SubElement(root, "object")
-            ET.SubElement(obj, "name").text = voc_name(sample.span_text(ent.start, ent.end))
+            ET.SubElement(obj, "name").text = name
             ET.SubElement(obj, "type").text = voc_name(ent.type)
             bnd = ET.SubElement(obj, "bndbox")
-            for k, v in zip(("xmin", "ymin", "xmax", "ymax"), box.as_list(), strict=True):
-                ET.SubElement(bnd, k).text = str(round(v))
+            for k, v in zip(("xmin", "ymin", "xmax", "ymax"), whole_pixels(box), strict=True):
+                ET.SubElement(bnd, k).text = str(v)
     ET.indent(root)
     return ET.tostring(root, encoding="unicode")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import inspect
+import math
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ import attrs
 
 from refineg_core.errors import DataError
 from refineg_core.interfaces import Plugin, PluginOptions
-from refineg_core.types import Sample
+from refineg_core.types import Box, Sample
 
 #: Entry-point group of dataset format plugins.
 FORMAT_GROUP = "refineg.formats"
@@ -50,6 +51,16 @@ class Dataset:
             f"{len(self.samples)} samples, {n_ent} entities ({dict(sorted(types.items()))}), "
             f"{boxed} with boxes, {len(self.warnings)} warnings"
         )
+
+
+def whole_pixels(box: Box) -> list[int]:
+    """``box`` in whole pixels for formats that store integers (CCKS, VOC XML):
+    rounded, or floor/ceil when rounding would leave it empty (a 0.4-pixel box
+    read back as ``x1 == x2`` would be dropped as invalid)."""
+    coords = [round(v) for v in box.as_list()]
+    if coords[0] < coords[2] and coords[1] < coords[3]:
+        return coords
+    return [math.floor(box.x1), math.floor(box.y1), math.ceil(box.x2), math.ceil(box.y2)]
 
 
 def read_text_file(path: Path) -> str:

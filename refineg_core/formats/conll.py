@@ -186,4 +186,7 @@ def conll_lines(samples: Iterable[Sample], *, scheme: str = "BIO", image_ids: bo
 
 
 def write_conll(samples: Iterable[Sample], path: Path | str, *, scheme: str = "BIO") -> None:
-    Path(path).write_text("\n".join(conll_lines(samples, scheme=scheme)), encoding="utf-8")
+    """Write CoNLL; a first token that starts with U+FEFF gets a byte-order mark in
+    front, which the reader drops (instead of the token's own)."""
+    text = "\n".join(conll_lines(samples, scheme=scheme))
+    Path(path).write_text(("\ufeff" if text.startswith("\ufeff") else "") + text, "utf-8")

@@ -40,13 +40,20 @@ from refineg_core.validity import check_sample
 T = TypeVar("T")
 
 
+def _two_decimals(box: Box) -> list[float]:
+    """Coordinates rounded to 0.01 px, unless that would make the box empty (a box
+    narrower than 0.01 px is written exactly, so the file reads back)."""
+    coords = [round(v, 2) for v in box.as_list()]
+    return coords if coords[0] < coords[2] and coords[1] < coords[3] else box.as_list()
+
+
 def entity_to_dict(e: Entity) -> dict[str, Any]:
     d: dict[str, Any] = {
         "start": e.start,
         "end": e.end,
         "type": e.type,
         "text": e.text,
-        "boxes": None if e.boxes is None else [[round(v, 2) for v in b.as_list()] for b in e.boxes],
+        "boxes": None if e.boxes is None else [_two_decimals(b) for b in e.boxes],
         "source": e.source,
     }
     for key in ("confidence", "uncertainty", "grounded_by"):
