@@ -59,7 +59,7 @@ def test_unicode_line_boundaries_inside_a_token_are_text(tmp_path, char):
 
 def test_a_carriage_return_inside_a_token_is_refused_at_its_line(tmp_path):
     path = _twitter(tmp_path, "IMGID:7\nObama\tB-PER\nvis\rits\tO\n")
-    with pytest.raises(DataError, match="line break") as err:
+    with pytest.raises(DataError, match="carriage return") as err:
         load_dataset(path, "twitter-gmner")
     assert err.value.where == f"{path}:3"
 

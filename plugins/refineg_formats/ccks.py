@@ -66,7 +66,7 @@ def _box(bnd: Any, where: str, warnings: list[str], size) -> tuple[Box, ...]:
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
             raise DataError(f"coordinates must be numbers, got {values}")
         box = Box(*(float(v) for v in values))
-    except (KeyError, TypeError, DataError) as exc:
+    except (KeyError, TypeError, OverflowError, DataError) as exc:
         warnings.append(f"{where}: box dropped: {exc}")
         return ()
     if size:

@@ -156,6 +156,8 @@ def _tweet_boxes(
     except DataError as exc:
         return None, str(exc)
     if not xml_path.is_file():
+        if xml_path.exists() or xml_path.is_symlink():  # a folder, a broken link...
+            return None, f"{xml_path} is not a readable file"
         return VocBoxes(None, {}), None
     try:
         return read_voc_xml(xml_path, warnings), None

@@ -50,6 +50,12 @@ def iter_conll(path: Path) -> Iterator[RawSentence]:
         return sent
 
     for lineno, line in text_lines(path):
+        if "\r" in line:
+            raise DataError(
+                "carriage return (\\r) inside a line: lines end with \\n or \\r\\n "
+                "(convert old Mac line ends), and a token cannot hold a line break",
+                where=f"{path}:{lineno}",
+            )
         if not line.strip():
             if sent := flush():
                 yield sent

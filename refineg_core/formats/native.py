@@ -66,12 +66,16 @@ def entity_to_dict(e: Entity) -> dict[str, Any]:
 def entity_from_dict(d: Mapping[str, Any]) -> Entity:
     """An Entity from a checked record (``EntityRecord`` or its plain-dict form)."""
     rec = d if isinstance(d, EntityRecord) else EntityRecord.model_validate(d)
+    try:
+        boxes = None if rec.boxes is None else tuple(Box(*map(float, b)) for b in rec.boxes)
+    except OverflowError:  # an integer of 400 digits: not a pixel
+        raise DataError("box coordinate too large to be a pixel position") from None
     return Entity(
         start=rec.start,
         end=rec.end,
         type=rec.type,
         text=rec.text,
-        boxes=None if rec.boxes is None else tuple(Box(*map(float, b)) for b in rec.boxes),
+        boxes=boxes,
         confidence=rec.confidence,
         uncertainty=rec.uncertainty,
         source=rec.source,
