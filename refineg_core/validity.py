@@ -19,7 +19,7 @@ import functools
 import json
 
 from refineg_core.errors import DataError
-from refineg_core.types import Sample
+from refineg_core.types import Entity, Sample
 
 #: Output format (as in ``[outputs]`` / ``write_outputs``) -> the format plugin writing it.
 OUTPUT_WRITERS = {"jsonl": "jsonl", "ccks": "ccks", "twitter": "twitter-gmner"}
@@ -85,3 +85,12 @@ def check_sample(sample: Sample, *, where: str | None = None) -> Sample:
     if problem is not None:
         raise DataError(f"sample {sample.id[:80]!r}: {problem}", where=where)
     return sample
+
+
+def label_problem(etype: str) -> str | None:
+    """Why entities of type ``etype`` could not be written (``"PER "``, ``"A\\tB"``), or
+    None: the label set is checked when it is made, so predictions of a paid run
+    never carry a type the output writers refuse."""
+    probe = Sample("labels", ("x",), "x", entities=(Entity(0, 1, etype, "x"),))
+    problem = sample_problem(probe)
+    return None if problem is None else "entity " + problem.removeprefix("entity 0 ")

@@ -137,3 +137,22 @@ def test_entity_past_the_sentence_end_is_a_problem():
     with pytest.raises(DataError, match="sample 'x'") as err:
         check_sample(s, where="here:1")
     assert err.value.where == "here:1"
+
+
+@pytest.mark.parametrize("etype", ["PER ", "A\tB", " ", "x\ud800"])
+def test_a_label_no_writer_can_write_is_refused_when_the_label_set_is_made(etype):
+    """Predicted entities carry the config's types: one the writers refuse would
+    otherwise fail the run while writing its outputs, after every MLLM call."""
+    from refineg_core.labels import LabelSet
+
+    with pytest.raises(DataError, match="entity type") as err:
+        LabelSet({"PER": "people", etype: "odd"})
+    assert err.value.where == "labels"
+    assert LabelSet({"PER": "people", "x-y Z": "fine"}).types == ("PER", "x-y Z")
+
+
+def test_the_checked_writers_are_the_run_outputs():
+    from refineg_core.pipeline.outputs import FORMAT_FILES
+    from refineg_core.validity import OUTPUT_WRITERS
+
+    assert set(OUTPUT_WRITERS) == set(FORMAT_FILES)
