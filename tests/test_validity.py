@@ -156,3 +156,37 @@ def test_the_checked_writers_are_the_run_outputs():
     from refineg_core.validity import OUTPUT_WRITERS
 
     assert set(OUTPUT_WRITERS) == set(FORMAT_FILES)
+
+
+def test_run_refuses_unwritable_predict_data_before_any_work(tmp_path):
+    """Issue 19 case 5 end to end: a JSONL post with a tab inside a token used to pass
+    reading and every MLLM call, then fail the run while writing its outputs."""
+    pytest.importorskip("refineg_gazetteer", reason="pip install -e examples/refineg-gazetteer")
+    from refineg_core.testing import run_cli
+    from refineg_core.testing.fake_openai import FakeOpenAIServer
+    from tests.stagedata import gazetteer_config
+
+    root = tmp_path / "data"
+    (root / "train").mkdir(parents=True)
+    train = "IMGID:1\nObama\tB-PER\nvisits\tO\nParis\tB-LOC\n\nIMGID:2\nMerkel\tB-PER\n"
+    _twitter(root / "train", train).rename(root / "train" / "train.txt")
+    (root / "dev").mkdir()
+    (root / "images").mkdir()
+    posts = [
+        {"id": "p1", "tokens": ["Obama", "in", "Paris"]},
+        {"id": "p2", "tokens": ["New\tYork"]},
+    ]
+    dev = _jsonl(root / "dev", *posts).rename(root / "dev" / "dev.txt")
+    with FakeOpenAIServer() as server:
+        text = gazetteer_config(root, server.base_url, tmp_path / "run", refine=True, ground=True)
+        text = text.replace(f'path = "{dev}"', f'path = "{dev}"\nformat = "jsonl"')
+        cfg = tmp_path / "c.toml"
+        cfg.write_text(text, encoding="utf-8")
+        result = run_cli(["run", "-c", str(cfg)])
+        assert not server.requests  # nothing was paid for
+    assert result.code == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert f"{dev}:2" in last and "holds a tab" in last and "twitter-gmner" in last, last
+    # refused before any stage: no tagger output, no stage file, no partial outputs
+    run = tmp_path / "run"
+    assert not any((run / name).exists() for name in ("predict.jsonl", "final.jsonl", "twitter"))
