@@ -42,8 +42,14 @@ def voc_name(text: str) -> str:
     return _NOT_XML.sub("", text).strip()
 
 
+#: An id that is surely a plain file name (anything else is looked at closely).
+_PLAIN_ID = re.compile(r"[^\x00-\x20\x7f/\\~.][^\x00-\x1f\x7f/\\]*")
+
+
 def image_id_problem(image_id: str) -> str | None:
     """Why ``image_id`` cannot be an ``IMGID:`` line naming ``xml/<id>.xml``, or None."""
+    if _PLAIN_ID.fullmatch(image_id) and not (image_id[0].isspace() or image_id[-1].isspace()):
+        return None
     if image_id != image_id.strip():
         return f"image id {image_id[:80]!r} has whitespace at its ends"
     problem = plain_name_problem(image_id)
