@@ -61,6 +61,14 @@ odd_text = st.text(
     st.one_of(st.sampled_from(ODD), st.characters(codec="utf-8"), st.characters()),
     max_size=30,
 )
+#: Plain text with exactly one hostile character in it (a mix of several would hide
+#: a check that misses one of them behind a check that finds another).
+one_odd = st.builds(
+    lambda a, c, b: a + c + b,
+    st.text("ab", max_size=2),
+    st.sampled_from(ODD),
+    st.text("b", max_size=2),
+)
 token = st.text(
     st.one_of(st.sampled_from(ODD), st.characters(codec="utf-8")), min_size=1, max_size=6
 )
@@ -310,9 +318,12 @@ def _check_located(fmt: str, folder: Path, name: str, data: bytes, line_numbers:
         if line_numbers and "file not found" not in str(exc):
             assert exc.where[len(str(path)) :].startswith(":"), exc.where
         return
-    # what was read can be written by every output writer of a run
+    # what was read can be written by every output writer of a run, and reads back
     results = [SampleResult(s, s.entities) for s in ds.samples]
-    write_outputs(results, folder / "out")
+    written = write_outputs(results, folder / "out")
+    back = read_twitter_gmner(written.paths["twitter"])
+    assert [s.tokens for s in back] == [s.tokens for s in ds.samples if s.tokens]
+    assert len(read_jsonl(written.paths["jsonl"])) == len(ds)
 
 
 @HOSTILE
@@ -353,3 +364,35 @@ def test_properties_cover_every_builtin_format():
 
     covered = {"jsonl", "twitter-gmner", "ccks", "conll"}
     assert set(BUILTIN_FORMATS) == covered
+
+
+@HOSTILE
+@given(
+    st.lists(st.lists(st.one_of(one_odd, odd_text), max_size=5), min_size=1, max_size=4),
+    st.booleans(),
+)
+def test_jsonl_with_any_tokens_reads_only_what_every_writer_writes(token_lists, ascii_only):
+    """Well-formed records with any token text: the reader's verdict and the writers'
+    must agree (read => written and read back the same; else refused at a line)."""
+    lines = [
+        json.dumps({"id": f"s{i}", "tokens": toks}, ensure_ascii=ascii_only)
+        for i, toks in enumerate(token_lists)
+    ]
+    data = "".join(line + "\n" for line in lines).encode("utf-8", errors="surrogatepass")
+    _reads_or_refuses_located("jsonl", "d.jsonl", data, line_numbers=True)
+
+
+@pytest.mark.parametrize("char", list(ODD + "\x7f\u00a0\u3000\U0001f468"), ids=ascii)
+@pytest.mark.parametrize("where", ["alone", "start", "middle", "end"])
+def test_each_hostile_character_in_a_token_is_read_and_written_or_refused(char, where):
+    """Every hostile character alone, at each place of a token, in JSONL and in a
+    Twitter-GMNER line: read, written by every output writer and read back equal, or
+    refused at its line. (Exhaustive where the properties above sample.)"""
+    tok = {"alone": char, "start": char + "ab", "middle": "a" + char + "b", "end": "ab" + char}[
+        where
+    ]
+    record = json.dumps({"id": "s0", "tokens": ["x", tok]}) + "\n"
+    _reads_or_refuses_located("jsonl", "d.jsonl", record.encode("utf-8", "surrogatepass"), True)
+    if char not in "\ud800":  # a UTF-8 file cannot hold a lone surrogate
+        line = f"IMGID:1\nx\tO\n{tok}\tB-PER\n".encode()
+        _reads_or_refuses_located("twitter-gmner", "split.txt", line, line_numbers=True)

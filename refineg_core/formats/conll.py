@@ -172,7 +172,8 @@ def conll_problem(sample: Sample) -> str | None:
     # (a line break inside a token only adds a false alarm): readers check each sample
     joined = "\n" + "\n".join(sample.tokens) + "\n"
     if (
-        "\t" in joined
+        joined.count("\n") != len(sample.tokens) + 1  # a line break inside a token
+        or "\t" in joined
         or "\r" in joined
         or "IMGID:" in joined
         or "-DOCSTART-" in joined
