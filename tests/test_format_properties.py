@@ -105,7 +105,8 @@ def samples(draw, *, boxes: bool = True, image: bool = True) -> list[Sample]:
 
 #: Found by these properties: a first token starting with a BOM lost it (CoNLL); a
 #: box narrower than the rounding came back empty and the file did not read
-#: (JSONL 0.01 px, CCKS and VOC XML 1 px); same-name objects doubled per cycle.
+#: (JSONL 0.01 px, CCKS and VOC XML 1 px); same-name objects doubled per cycle;
+#: a second tweet of one image overwrote the first one's XML.
 TINY_BOX = Entity(0, 1, "PER", "\ufeffx", boxes=(Box(1, 1, 1.004, 1.4),))
 PINNED = [
     Sample("a", ("\ufeffx", "y"), "\ufeffx y", ImageRef("a", None, 100, 80), (TINY_BOX,)),
@@ -118,6 +119,14 @@ PINNED = [
             Entity(0, 1, "LOC", "P", boxes=(Box(1, 2, 3, 4),)),
             Entity(2, 3, "LOC", "P", boxes=(Box(5, 6, 7, 8),)),
         ),
+    ),
+    # a second tweet of image "b": both read back the one xml/b.xml
+    Sample(
+        "b#2",
+        ("Q", "y"),
+        "Q y",
+        ImageRef("b", None, 100, 80),
+        (Entity(0, 1, "ORG", "Q", boxes=(Box(9, 9, 20, 20),)),),
     ),
 ]
 

@@ -190,3 +190,32 @@ def test_run_refuses_unwritable_predict_data_before_any_work(tmp_path):
     # refused before any stage: no tagger output, no stage file, no partial outputs
     run = tmp_path / "run"
     assert not any((run / name).exists() for name in ("predict.jsonl", "final.jsonl", "twitter"))
+
+
+def test_twitter_writer_leaves_no_stale_xml_and_merges_a_repeated_image(tmp_path):
+    """Rewriting into the same folder: a tweet that has no boxes now must not read back
+    the boxes an earlier write left in xml/; two tweets of one image share its file."""
+    from refineg_formats.twitter import write_twitter_gmner
+
+    from refineg_core.types import Box, ImageRef
+
+    def tweet(sid, image_id, name, box):
+        ent = Entity(0, 1, "PER", name, boxes=(box,) if box else ())
+        return Sample(sid, (name, "x"), f"{name} x", ImageRef(image_id, None, 100, 80), (ent,))
+
+    out = tmp_path / "pred.txt"
+    write_twitter_gmner([tweet("7", "7", "Obama", Box(1, 1, 9, 9))], out)
+    write_twitter_gmner([tweet("7", "7", "Obama", None)], out)
+    [again] = read_twitter_gmner(out).samples
+    assert again.entities[0].boxes == ()
+    first, second = (
+        tweet("7", "7", "Obama", Box(1, 1, 9, 9)),
+        tweet("7#2", "7", "Paris", Box(2, 2, 8, 8)),
+    )
+    write_twitter_gmner([first, second], out)
+    back = read_twitter_gmner(out).samples
+    assert [[b.as_list() for b in s.entities[0].boxes] for s in back] == [
+        [[1.0, 1.0, 9.0, 9.0]],
+        [[2.0, 2.0, 8.0, 8.0]],
+    ]
+    assert [s.id for s in back] == ["7", "7#2"]

@@ -23,6 +23,7 @@ import attrs
 from refineg_core.errors import DataError
 from refineg_core.formats.base import Dataset, DatasetFormat, whole_pixels
 from refineg_core.formats.conll import conll_lines, conll_problem, iter_conll, sentence_to_sample
+from refineg_core.formats.ids import SeenIds
 from refineg_core.formats.images import IMAGE_FAILURE, resolve_image
 from refineg_core.formats.paths import child_path, plain_name_problem
 from refineg_core.interfaces import PluginOptions
@@ -236,31 +237,40 @@ def iter_twitter_gmner(
         yield check_sample(sample, where=where)
 
 
-def _voc_xml(sample: Sample) -> str:
+def _voc_xml(sample: Sample, earlier: VocBoxes | None = None) -> str:
+    """The VOC file of ``sample``; ``earlier``: the objects an earlier tweet of the same
+    image id wrote (both tweets read this one file back, so it holds both)."""
     root = ET.Element("annotation")
     ET.SubElement(root, "filename").text = voc_name(
         f"{sample.image.image_id if sample.image else sample.id}.jpg"
     )
-    if sample.image and sample.image.size:
+    size_wh = sample.image.size if sample.image and sample.image.size else None
+    size_wh = size_wh or (earlier.size if earlier else None)
+    if size_wh:
         size = ET.SubElement(root, "size")
-        ET.SubElement(size, "width").text = str(sample.image.width)
-        ET.SubElement(size, "height").text = str(sample.image.height)
+        ET.SubElement(size, "width").text = str(size_wh[0])
+        ET.SubElement(size, "height").text = str(size_wh[1])
         ET.SubElement(size, "depth").text = "3"
-    written: set[tuple[str, Box]] = set()
+    objects = [
+        (n, None, b) for n, boxes in (earlier.boxes if earlier else {}).items() for b in boxes
+    ]
     for ent in sample.entities:
         name = voc_name(sample.span_text(ent.start, ent.end))
-        for box in ent.box_list:
-            # entities of one name share its objects when read: each (name, box) once,
-            # or every read-write cycle would double them
-            if (name, box) in written:
-                continue
-            written.add((name, box))
-            obj = ET.SubElement(root, "object")
-            ET.SubElement(obj, "name").text = name
-            ET.SubElement(obj, "type").text = voc_name(ent.type)
-            bnd = ET.SubElement(obj, "bndbox")
-            for k, v in zip(("xmin", "ymin", "xmax", "ymax"), whole_pixels(box), strict=True):
-                ET.SubElement(bnd, k).text = str(v)
+        objects += ((name, ent.type, box) for box in ent.box_list)
+    written: set[tuple[str, Box]] = set()
+    for name, etype, box in objects:
+        # entities of one name share its objects when read: each (name, box) once,
+        # or every read-write cycle would double them
+        if (name, box) in written:
+            continue
+        written.add((name, box))
+        obj = ET.SubElement(root, "object")
+        ET.SubElement(obj, "name").text = name
+        if etype is not None:
+            ET.SubElement(obj, "type").text = voc_name(etype)
+        bnd = ET.SubElement(obj, "bndbox")
+        for k, v in zip(("xmin", "ymin", "xmax", "ymax"), whole_pixels(box), strict=True):
+            ET.SubElement(bnd, k).text = str(v)
     ET.indent(root)
     return ET.tostring(root, encoding="unicode")
 
@@ -289,16 +299,35 @@ def write_twitter_gmner(samples: Iterable[Sample], path: Path | str) -> None:
     try:
         with tmp.open("w", encoding="utf-8") as fh:
             first = True
+            xml_seen = SeenIds()
             for s in samples:
                 for line in conll_lines([s], image_ids=True):
                     fh.write(line if first else "\n" + line)
                     first = False
-                if any(e.boxes for e in s.entities):
-                    _xml_path(xml_dir, s, path).write_text(_voc_xml(s), encoding="utf-8")
+                _write_xml(xml_dir, s, path, xml_seen)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     tmp.replace(path)
+
+
+def _write_xml(xml_dir: Path, s: Sample, path: Path, seen: SeenIds) -> None:
+    """``xml/<image id>.xml`` of one written tweet: what this write says, nothing older.
+
+    A tweet with boxes writes the file (merged with an earlier tweet of the same
+    image id: both read it back); one without removes a file an earlier write left
+    there, which the reader would otherwise take for this tweet's boxes.
+    """
+    if not s.tokens:
+        return
+    xml_path = _xml_path(xml_dir, s, path)
+    image_id = s.image.image_id if s.image else s.id
+    again = seen.add(image_id, 1) is not None
+    if any(e.boxes for e in s.entities):
+        earlier = read_voc_xml(xml_path, []) if again and xml_path.is_file() else None
+        xml_path.write_text(_voc_xml(s, earlier), encoding="utf-8")
+    elif not again and (xml_path.is_file() or xml_path.is_symlink()):
+        xml_path.unlink()
 
 
 def _xml_path(xml_dir: Path, s: Sample, path: Path) -> Path:
