@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+import attrs
 import pydantic
 
 from refineg_core.errors import DataError
@@ -152,7 +153,10 @@ def _sample(
             raise DataError(
                 f"entities[{i}] span [{e.start}, {e.end}) runs past the {len(tokens)} tokens"
             )
-    image, failure = _image_from(rec, images_dir, root, warnings if warnings is not None else [])
+    warnings = warnings if warnings is not None else []
+    image, failure = _image_from(rec, images_dir, root, warnings)
+    if root is not None and image is not None and image.size:  # input data: as Twitter
+        entities = tuple(_inside_image(e, image.size, str(rec.id), warnings) for e in entities)
     meta = dict(rec.meta or {})
     if failure:
         meta[IMAGE_FAILURE] = failure
@@ -164,6 +168,28 @@ def _sample(
         entities=entities,
         meta=meta,
     )
+
+
+def _inside_image(e: Entity, size: tuple[int, int], sid: str, warnings: list[str]) -> Entity:
+    """``e`` with its boxes clipped to the image (a pixel of slack, as VOC files have);
+    a box with nothing left is dropped. Each change is a warning: a gold box at
+    negative coordinates would otherwise lower every IoU against it."""
+    if not e.boxes:
+        return e
+    w, h = size
+    kept: list[Box] = []
+    for box in e.boxes:
+        if box.x1 >= 0 and box.y1 >= 0 and box.x2 <= w + 1 and box.y2 <= h + 1:
+            kept.append(box)
+            continue
+        clipped = Box.clipped(*box.as_list(), size)
+        warnings.append(
+            f"sample {sid!r}: box of {e.text!r} {box.as_list()} lies outside the {w}x{h} "
+            "image; " + ("clipped" if clipped else "dropped")
+        )
+        if clipped is not None:
+            kept.append(clipped)
+    return e if kept == list(e.boxes) else attrs.evolve(e, boxes=tuple(kept))
 
 
 def sample_from_dict(d: Mapping[str, Any]) -> Sample:

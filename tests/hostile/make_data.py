@@ -307,6 +307,16 @@ FILES.update(
         "image-exif-rotated": {**WITH_IMAGE, "images/7.jpg": exif_rotated_jpeg()},
         "image-wrong-extension": {**WITH_IMAGE, "images/7.jpg": image_bytes("RGB", "PNG")},
         "eval-pred-duplicate-id": {"gold.jsonl": jsonl(GOOD), "pred.jsonl": jsonl(GOOD, GOOD)},
+        "jsonl-box-outside-image": {
+            "data.jsonl": jsonl(
+                {
+                    **GOOD,
+                    "image": {"id": "s1", "width": 100, "height": 80},
+                    "entities": [ent(boxes=[[-5, -5, 10, 10], [200, 200, 300, 300]])],
+                }
+            )
+        },
+        "image-png-50k-header": {**WITH_IMAGE, "images/7.png": png_bomb_bytes(50000, 50000)},
     }
 )
 
