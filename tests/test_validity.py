@@ -158,7 +158,7 @@ def test_the_checked_writers_are_the_run_outputs():
     assert set(OUTPUT_WRITERS) == set(FORMAT_FILES)
 
 
-def test_run_refuses_unwritable_predict_data_before_any_work(tmp_path):
+def test_run_refuses_unwritable_predict_data_before_any_mllm_call(tmp_path):
     """Issue 19 case 5 end to end: a JSONL post with a tab inside a token used to pass
     reading and every MLLM call, then fail the run while writing its outputs."""
     pytest.importorskip("refineg_gazetteer", reason="pip install -e examples/refineg-gazetteer")
@@ -187,7 +187,8 @@ def test_run_refuses_unwritable_predict_data_before_any_work(tmp_path):
     assert result.code == 2, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert f"{dev}:2" in last and "holds a tab" in last and "twitter-gmner" in last, last
-    # refused before any stage: no tagger output, no stage file, no partial outputs
+    # refused when predict reads it (the tagger may be trained by then): nothing predicted,
+    # no MLLM call, no partial outputs
     run = tmp_path / "run"
     assert not any((run / name).exists() for name in ("predict.jsonl", "final.jsonl", "twitter"))
 
