@@ -51,9 +51,9 @@ from refineg_core.labels import (
     tags_to_spans,
     tokenize,
 )
-from refineg_core.runstore import atomic_write
 from refineg_core.registry import create as create_plugin
 from refineg_core.registry import create_box_frame
+from refineg_core.runstore import atomic_write
 from refineg_core.testing import CliResult, fake_distribution, register_plugin, run_cli
 from refineg_core.types import (
     SOURCE_GOLD,

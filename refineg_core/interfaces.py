@@ -280,7 +280,7 @@ class BoxCodec(Plugin, abc.ABC):
             if any(isinstance(c, bool) for c in coords):
                 return None
             values = [float(c) for c in coords]
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: a 400-digit int
             return None
         if not all(math.isfinite(v) for v in values):
             return None

@@ -26,6 +26,7 @@ from refineg_core.formats.images import check_image as check_image_file
 from refineg_core.labels import tokenize
 from refineg_core.pipeline.runner import StageSummary
 from refineg_core.types import Failure, ImageRef, Sample, SampleResult
+from refineg_core.validity import check_sample
 
 #: Where ``doc.meta`` says which stages ran (``{"refine": {"status", "reason"}}``).
 STAGES_META = "stages"
@@ -100,8 +101,8 @@ def as_sample(
     """A post as the pipeline's Sample (tokenised text, image with its size); the
     arguments are checked first (``where`` names them in errors)."""
     text = check_text(text, where[0])
-    if isinstance(text, Sample):
-        return text
+    if isinstance(text, Sample):  # what no output writer could write is refused here too
+        return check_sample(text, where=where[0])
     path = check_image(image, where[1])
     ref, meta = None, {}
     if path is not None:
@@ -112,7 +113,8 @@ def as_sample(
         else:
             assert size is not None
             ref = ImageRef(path.stem, path, *size)
-    return Sample(f"doc-{index}", tuple(tokenize(text)), text, ref, meta=meta)
+    sample = Sample(f"doc-{index}", tuple(tokenize(text)), text, ref, meta=meta)
+    return check_sample(sample, where=where[0])
 
 
 @attrs.define

@@ -64,7 +64,7 @@ class Box:
         """
         try:
             x1, y1, x2, y2 = (float(v) for v in (x1, y1, x2, y2))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: a 400-digit int
             return None
         if size is not None:
             w, h = size

@@ -66,12 +66,13 @@ def test_bomb_corrupt_and_missing_images_are_per_sample_failures(layout):
     "image_id", ["{outside}/secret", "../outside/secret", "a/../../outside/secret"]
 )
 def test_twitter_imgid_never_reads_outside_images_dir(layout, image_id: str):
+    """Refused at its line before anything is read: no writer could name its files."""
     root, images = layout
     image_id = image_id.format(outside=root / "outside")
-    ds = load_dataset(_twitter(root, image_id), "twitter-gmner", images_dir=images)
-    [sample] = ds.samples
-    assert sample.image.path is None and sample.image.size is None
-    assert "path separator" in sample.meta[IMAGE_FAILURE]
+    split = _twitter(root, image_id)
+    with pytest.raises(DataError, match="path separator") as err:
+        load_dataset(split, "twitter-gmner", images_dir=images)
+    assert err.value.where == f"{split}:1"
     assert find_image(images, image_id) is None
 
 
@@ -79,8 +80,9 @@ def test_ccks_and_jsonl_ids_and_paths_never_leave_images_dir(layout):
     root, images = layout
     texts = root / "texts.json"
     texts.write_text(json.dumps({"../outside/secret": {"text": "Obama smiles"}}), "utf-8")
-    [s] = load_dataset(texts, "ccks", images_dir=images).samples
-    assert s.image.path is None and "path separator" in s.meta[IMAGE_FAILURE]
+    with pytest.raises(DataError, match="path separator") as err:
+        load_dataset(texts, "ccks", images_dir=images)
+    assert err.value.where == f"{texts}:1 [../outside/secret]"
     secret = root / "outside" / "secret.png"
     lines = [
         {"id": "a", "text": "Obama smiles", "image": {"id": "a", "path": str(secret)}},

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
+from refineg_core.testing.fake_openai import FakeOpenAIServer, drop
 from refineg_formats.twitter import read_twitter_gmner, write_twitter_gmner
 from refineg_openai.backend import OpenAIBackend
 
@@ -27,7 +28,6 @@ from refineg_core.formats.native import read_results, write_jsonl
 from refineg_core.pipeline.stagekit import needs_retry
 from refineg_core.registry import registered
 from refineg_core.testing import run_cli
-from refineg_core.testing.fake_openai import FakeOpenAIServer, drop
 from refineg_core.types import Entity, Sample, SampleResult
 from tests.stagedata import TWITTER_LABELS_TOML, oracle, paint_image
 from tests.stagedata import gazetteer_config as config

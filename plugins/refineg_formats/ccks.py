@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from refineg_core.errors import DataError
-from refineg_core.formats.base import Dataset, DatasetFormat, read_text_file
+from refineg_core.formats.base import Dataset, DatasetFormat, read_text_file, whole_pixels
 from refineg_core.formats.ids import SeenIds
 from refineg_core.formats.images import IMAGE_FAILURE, resolve_image
 from refineg_core.interfaces import PluginOptions
 from refineg_core.labels import find_token_spans, tokenize
 from refineg_core.types import Box, Entity, Sample
+from refineg_core.validity import check_sample
 
 _BND_KEYS = ("xmin", "ymin", "xmax", "ymax")
 
@@ -65,7 +66,7 @@ def _box(bnd: Any, where: str, warnings: list[str], size) -> tuple[Box, ...]:
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
             raise DataError(f"coordinates must be numbers, got {values}")
         box = Box(*(float(v) for v in values))
-    except (KeyError, TypeError, DataError) as exc:
+    except (KeyError, TypeError, OverflowError, DataError) as exc:
         warnings.append(f"{where}: box dropped: {exc}")
         return ()
     if size:
@@ -160,16 +161,10 @@ def read_ccks(
         meta: dict[str, Any] = {"unaligned": unaligned} if unaligned else {}
         if failure:
             meta[IMAGE_FAILURE] = failure
-        samples.append(
-            Sample(
-                str(sid),
-                tokens,
-                text,
-                image,
-                tuple(sorted(ents.values(), key=lambda e: e.span)),
-                meta=meta,
-            )
+        sample = Sample(
+            str(sid), tokens, text, image, tuple(sorted(ents.values(), key=lambda e: e.span)), meta
         )
+        samples.append(check_sample(sample, where=where))
     return Dataset(tuple(samples), tuple(warnings), str(texts))
 
 
@@ -194,7 +189,7 @@ def write_ccks(samples: Iterable[Sample], path: Path | str) -> None:
                         "label": e.type,
                         "bnd": None
                         if box is None
-                        else dict(zip(_BND_KEYS, map(round, box.as_list()), strict=True)),
+                        else dict(zip(_BND_KEYS, whole_pixels(box), strict=True)),
                     }
                     for e in s.entities
                     for box in e.boxes or (None,)
@@ -211,7 +206,10 @@ def write_ccks(samples: Iterable[Sample], path: Path | str) -> None:
 
 
 class CcksFormat(DatasetFormat):
-    """CCKS 2025 GMNER JSON: the texts file, with the entities JSON beside it."""
+    """CCKS 2025 GMNER JSON: the texts file, with the entities JSON beside it. JSON
+    holds any text, so it can write every sample (``unwritable`` is None)."""
+
+    checks_samples = True
 
     class Options(PluginOptions):
         entities: Path | None = None

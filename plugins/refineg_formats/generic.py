@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from refineg_core.formats.base import Dataset, DatasetFormat
-from refineg_core.formats.conll import read_conll, write_conll
+from refineg_core.formats.conll import conll_problem, read_conll, write_conll
 from refineg_core.formats.native import iter_jsonl_samples, read_jsonl, write_jsonl
 from refineg_core.interfaces import PluginOptions
 from refineg_core.types import Sample
@@ -21,11 +21,17 @@ from refineg_core.types import Sample
 class ConllFormat(DatasetFormat):
     """Plain CoNLL ``token<TAB>tag``; no images, no boxes (regions unknown)."""
 
+    checks_samples = True
+
     class Options(PluginOptions):
         scheme: Literal["BIO", "BIOES"] = "BIO"  # for writing; reading accepts both
         id_prefix: str | None = None  # sample ids <prefix>-<n> (default: file stem)
 
     reads_limit = True  # read() stops after ``limit`` samples
+
+    @classmethod
+    def unwritable(cls, sample: Sample) -> str | None:
+        return conll_problem(sample)
 
     def read(self, path: Path, limit: int | None = None) -> Dataset:
         return read_conll(path, id_prefix=self.options.id_prefix, limit=limit)
@@ -35,7 +41,11 @@ class ConllFormat(DatasetFormat):
 
 
 class JsonlFormat(DatasetFormat):
-    """refineg's native JSONL (the format of every stage's output)."""
+    """refineg's native JSONL (the format of every stage's output); it can write any
+    sample (``unwritable`` is None), but its reader refuses what another output
+    format of the run could not write."""
+
+    checks_samples = True
 
     class Options(PluginOptions):
         images_dir: Path | None = None  # image paths must lie inside (default: the file's folder)

@@ -12,6 +12,7 @@ are dropped with a warning, never with their entity.
 from __future__ import annotations
 
 import itertools
+import re
 import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -20,15 +21,53 @@ from pathlib import Path
 import attrs
 
 from refineg_core.errors import DataError
-from refineg_core.formats.base import Dataset, DatasetFormat
-from refineg_core.formats.conll import conll_lines, iter_conll, sentence_to_sample
+from refineg_core.formats.base import Dataset, DatasetFormat, whole_pixels
+from refineg_core.formats.conll import conll_lines, conll_problem, iter_conll, sentence_to_sample
+from refineg_core.formats.ids import SeenIds
 from refineg_core.formats.images import IMAGE_FAILURE, resolve_image
-from refineg_core.formats.paths import child_path
+from refineg_core.formats.paths import child_path, plain_name_problem
 from refineg_core.interfaces import PluginOptions
 from refineg_core.types import Box, Sample
+from refineg_core.validity import check_sample
 
 #: A VOC file of one tweet is a few hundred bytes; anything far larger is refused.
 MAX_XML_BYTES = 1 << 20
+#: Characters XML 1.0 cannot hold (a NUL or form feed inside a token).
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+def voc_name(text: str) -> str:
+    """The ``<name>`` of an entity in a VOC file: its text without the characters XML
+    cannot hold, stripped (as the reader strips names). Writer and reader match
+    entities to objects through it, so an odd token keeps its boxes."""
+    return _NOT_XML.sub("", text).strip()
+
+
+#: An id that is surely a plain file name (anything else is looked at closely).
+_PLAIN_ID = re.compile(r"[^\x00-\x20\x7f/\\~.][^\x00-\x1f\x7f/\\]*")
+
+
+def image_id_problem(image_id: str) -> str | None:
+    """Why ``image_id`` cannot be an ``IMGID:`` line naming ``xml/<id>.xml``, or None."""
+    if _PLAIN_ID.fullmatch(image_id) and not (image_id[0].isspace() or image_id[-1].isspace()):
+        return None
+    if image_id != image_id.strip():
+        return f"image id {image_id[:80]!r} has whitespace at its ends"
+    problem = plain_name_problem(image_id)
+    if problem is not None:
+        return f"image id {image_id[:80]!r} {problem}"
+    return None
+
+
+def twitter_problem(sample: Sample) -> str | None:
+    """Why the Twitter-GMNER writer could not write ``sample``, or None: a token or
+    type CoNLL cannot hold, or an image id that cannot name a file in ``xml/``."""
+    problem = conll_problem(sample)
+    if problem is not None:
+        return problem
+    if not sample.tokens:  # left out by the writer: no IMGID line, no file
+        return None
+    return image_id_problem(sample.image.image_id if sample.image else sample.id)
 
 
 @attrs.frozen
@@ -124,6 +163,8 @@ def _tweet_boxes(
     except DataError as exc:
         return None, str(exc)
     if not xml_path.is_file():
+        if xml_path.exists() or xml_path.is_symlink():  # a folder, a broken link...
+            return None, f"{xml_path} is not a readable file"
         return VocBoxes(None, {}), None
     try:
         return read_voc_xml(xml_path, warnings), None
@@ -163,6 +204,11 @@ def iter_twitter_gmner(
             raise DataError("sentence without an IMGID: line", where=where)
         if not sent.image_id:
             raise DataError("IMGID: line without an id", where=where)
+        if problem := image_id_problem(sent.image_id):
+            raise DataError(
+                f"{problem}; it must name its image and xml/<id>.xml inside their folders",
+                where=where,
+            )
         seen[sent.image_id] += 1
         n = seen[sent.image_id]
         sid = sent.image_id if n == 1 else f"{sent.image_id}#{n}"
@@ -174,7 +220,7 @@ def iter_twitter_gmner(
         image, failure = resolve_image(img_root, sent.image_id, voc.size if voc else None, warnings)
         sample = sentence_to_sample(sent, sid, image, warnings, where)
         if voc is not None:
-            names = {e.text for e in sample.entities}
+            names = {voc_name(e.text) for e in sample.entities}
             for name in sorted(set(voc.boxes) - names):
                 warnings.append(
                     f"{where}: XML object {name!r} of IMGID:{sent.image_id} matches no entity"
@@ -182,32 +228,49 @@ def iter_twitter_gmner(
             sample = attrs.evolve(
                 sample,
                 entities=tuple(
-                    attrs.evolve(e, boxes=tuple(voc.boxes.get(e.text, ()))) for e in sample.entities
+                    attrs.evolve(e, boxes=tuple(voc.boxes.get(voc_name(e.text), ())))
+                    for e in sample.entities
                 ),
             )
         if failure:
             sample = attrs.evolve(sample, meta={**sample.meta, IMAGE_FAILURE: failure})
-        yield sample
+        yield check_sample(sample, where=where)
 
 
-def _voc_xml(sample: Sample) -> str:
+def _voc_xml(sample: Sample, earlier: VocBoxes | None = None) -> str:
+    """The VOC file of ``sample``; ``earlier``: the objects an earlier tweet of the same
+    image id wrote (both tweets read this one file back, so it holds both)."""
     root = ET.Element("annotation")
-    ET.SubElement(
-        root, "filename"
-    ).text = f"{sample.image.image_id if sample.image else sample.id}.jpg"
-    if sample.image and sample.image.size:
+    ET.SubElement(root, "filename").text = voc_name(
+        f"{sample.image.image_id if sample.image else sample.id}.jpg"
+    )
+    size_wh = sample.image.size if sample.image and sample.image.size else None
+    size_wh = size_wh or (earlier.size if earlier else None)
+    if size_wh:
         size = ET.SubElement(root, "size")
-        ET.SubElement(size, "width").text = str(sample.image.width)
-        ET.SubElement(size, "height").text = str(sample.image.height)
+        ET.SubElement(size, "width").text = str(size_wh[0])
+        ET.SubElement(size, "height").text = str(size_wh[1])
         ET.SubElement(size, "depth").text = "3"
+    objects = [
+        (n, None, b) for n, boxes in (earlier.boxes if earlier else {}).items() for b in boxes
+    ]
     for ent in sample.entities:
-        for box in ent.box_list:
-            obj = ET.SubElement(root, "object")
-            ET.SubElement(obj, "name").text = ent.text
-            ET.SubElement(obj, "type").text = ent.type
-            bnd = ET.SubElement(obj, "bndbox")
-            for k, v in zip(("xmin", "ymin", "xmax", "ymax"), box.as_list(), strict=True):
-                ET.SubElement(bnd, k).text = str(round(v))
+        name = voc_name(sample.span_text(ent.start, ent.end))
+        objects += ((name, ent.type, box) for box in ent.box_list)
+    written: set[tuple[str, Box]] = set()
+    for name, etype, box in objects:
+        # entities of one name share its objects when read: each (name, box) once,
+        # or every read-write cycle would double them
+        if (name, box) in written:
+            continue
+        written.add((name, box))
+        obj = ET.SubElement(root, "object")
+        ET.SubElement(obj, "name").text = name
+        if etype is not None:
+            ET.SubElement(obj, "type").text = voc_name(etype)
+        bnd = ET.SubElement(obj, "bndbox")
+        for k, v in zip(("xmin", "ymin", "xmax", "ymax"), whole_pixels(box), strict=True):
+            ET.SubElement(bnd, k).text = str(v)
     ET.indent(root)
     return ET.tostring(root, encoding="unicode")
 
@@ -215,8 +278,10 @@ def _voc_xml(sample: Sample) -> str:
 def write_twitter_gmner(samples: Iterable[Sample], path: Path | str) -> None:
     """Write the CoNLL file and an ``xml/`` folder beside it, as the dataset ships.
 
-    Every image id must be a plain file name: the ids are checked before
-    anything is written, so a hostile id (``/tmp/x``, ``../x``) writes nothing.
+    Every sample is checked (``twitter_problem``: tokens, types, image ids that
+    must be plain file names) before anything is written, so a hostile id
+    (``/tmp/x``, ``../x``) writes nothing; the readers refuse such samples first.
+    A sample without tokens is left out (CoNLL has no empty sentence).
     A re-iterable input (a list, a stage's output) is read twice instead of held
     in memory: once to check the ids, once to write.
     """
@@ -225,23 +290,44 @@ def write_twitter_gmner(samples: Iterable[Sample], path: Path | str) -> None:
         samples = list(samples)
     xml_dir = path.parent / "xml"
     for s in samples:
-        _xml_path(xml_dir, s, path)
+        problem = twitter_problem(s)
+        if problem is not None:
+            raise DataError(f"sample {s.id!r}: {problem}", where=str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     xml_dir.mkdir(exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:
         with tmp.open("w", encoding="utf-8") as fh:
             first = True
+            xml_seen = SeenIds()
             for s in samples:
                 for line in conll_lines([s], image_ids=True):
                     fh.write(line if first else "\n" + line)
                     first = False
-                if any(e.boxes for e in s.entities):
-                    _xml_path(xml_dir, s, path).write_text(_voc_xml(s), encoding="utf-8")
+                _write_xml(xml_dir, s, path, xml_seen)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     tmp.replace(path)
+
+
+def _write_xml(xml_dir: Path, s: Sample, path: Path, seen: SeenIds) -> None:
+    """``xml/<image id>.xml`` of one written tweet: what this write says, nothing older.
+
+    A tweet with boxes writes the file (merged with an earlier tweet of the same
+    image id: both read it back); one without removes a file an earlier write left
+    there, which the reader would otherwise take for this tweet's boxes.
+    """
+    if not s.tokens:
+        return
+    xml_path = _xml_path(xml_dir, s, path)
+    image_id = s.image.image_id if s.image else s.id
+    again = seen.add(image_id, 1) is not None
+    if any(e.boxes for e in s.entities):
+        earlier = read_voc_xml(xml_path, []) if again and xml_path.is_file() else None
+        xml_path.write_text(_voc_xml(s, earlier), encoding="utf-8")
+    elif not again and (xml_path.is_file() or xml_path.is_symlink()):
+        xml_path.unlink()
 
 
 def _xml_path(xml_dir: Path, s: Sample, path: Path) -> Path:
@@ -255,11 +341,17 @@ def _xml_path(xml_dir: Path, s: Sample, path: Path) -> Path:
 class TwitterGmnerFormat(DatasetFormat):
     """Twitter-GMNER: CoNLL with ``IMGID:`` lines, VOC XML boxes in ``xml_dir``."""
 
+    checks_samples = True
+
     class Options(PluginOptions):
         xml_dir: Path | None = None  # default: <folder of the file>/xml
         images_dir: Path | None = None
 
     reads_limit = True  # read() stops after ``limit`` samples
+
+    @classmethod
+    def unwritable(cls, sample: Sample) -> str | None:
+        return twitter_problem(sample)
 
     def read(self, path: Path, limit: int | None = None) -> Dataset:
         o = self.options

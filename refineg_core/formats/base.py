@@ -9,6 +9,7 @@ selected by the ``format`` key of a data source, with its own pydantic
 from __future__ import annotations
 
 import abc
+import math
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ import attrs
 
 from refineg_core.errors import DataError
 from refineg_core.interfaces import Plugin, PluginOptions
-from refineg_core.types import Sample
+from refineg_core.types import Box, Sample
 
 
 @attrs.frozen
@@ -48,6 +49,16 @@ class Dataset:
         )
 
 
+def whole_pixels(box: Box) -> list[int]:
+    """``box`` in whole pixels for formats that store integers (CCKS, VOC XML):
+    rounded, or floor/ceil when rounding would leave it empty (a 0.4-pixel box
+    read back as ``x1 == x2`` would be dropped as invalid)."""
+    coords = [round(v) for v in box.as_list()]
+    if coords[0] < coords[2] and coords[1] < coords[3]:
+        return coords
+    return [math.floor(box.x1), math.floor(box.y1), math.ceil(box.x2), math.ceil(box.y2)]
+
+
 def read_text_file(path: Path) -> str:
     """Read UTF-8 text, turning missing files and bad bytes into located errors."""
     path = Path(path)
@@ -65,13 +76,13 @@ def read_text_file(path: Path) -> str:
         ) from None
 
 
-def text_lines(path: Path, *, universal: bool = False) -> Iterator[tuple[int, str]]:
+def text_lines(path: Path) -> Iterator[tuple[int, str]]:
     """The UTF-8 lines of ``path``, numbered from 1, read one at a time (a corpus
     larger than memory streams); bad bytes are an error naming the line.
 
-    Lines end at ``\\n`` (JSONL: a U+2028 inside a string is text); ``universal``
-    also breaks at every separator ``str.splitlines`` knows (a lone ``\\r``...), as
-    line-oriented formats read whole used to.
+    Lines end at ``\\n`` or ``\\r\\n`` only: U+2028, U+0085 or a form feed inside
+    a token or a JSON string is text, as every writer writes it (``str.splitlines``
+    would split there and misread the rest of the line).
     """
     path = Path(path)
     if not path.is_file():
@@ -79,16 +90,15 @@ def text_lines(path: Path, *, universal: bool = False) -> Iterator[tuple[int, st
     lineno = 0
     with path.open("rb") as fh:
         for raw in fh:
+            lineno += 1
             try:
-                text = raw.decode("utf-8-sig" if lineno == 0 else "utf-8")
+                text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError as exc:
                 raise DataError(
                     f"not valid UTF-8 (byte 0x{raw[exc.start]:02x}); convert the file to UTF-8",
-                    where=f"{path}:{lineno + 1}",
+                    where=f"{path}:{lineno}",
                 ) from None
-            for line in text.splitlines() or [""] if universal else [text.rstrip("\r\n")]:
-                lineno += 1
-                yield lineno, line
+            yield lineno, text.removesuffix("\n").removesuffix("\r")
 
 
 class DatasetFormat(Plugin):
@@ -127,6 +137,21 @@ class DatasetFormat(Plugin):
         ds = self.read(path, limit=limit) if self.reads_limit else self.read(path)
         warnings.extend(ds.warnings)
         yield from ds.samples[:limit] if limit is not None else ds.samples
+
+    #: Whether ``read`` already refuses, at file and line, every sample that
+    #: ``refineg_core.validity`` finds unwritable (the loader checks the others).
+    checks_samples: ClassVar[bool] = False
+
+    @classmethod
+    def unwritable(cls, sample: Sample) -> str | None:
+        """Why ``write`` could not write ``sample`` so that ``read`` gives it back,
+        or None. The default (a format that can hold any text, like JSONL) is None.
+
+        A run writes every result in its output formats; the readers refuse a
+        sample an output format names here, at its file and line, before any
+        work (``refineg_core.validity``), so a write never fails at the end.
+        """
+        return None
 
     def write(self, samples: Iterable[Sample], path: Path) -> None:
         """Write ``samples`` to ``path`` (and only inside ``path``'s folder)."""

@@ -17,6 +17,7 @@ import attrs
 from refineg_core.errors import DataError, PluginError
 from refineg_core.formats.base import Dataset, DatasetFormat
 from refineg_core.types import Entity, Sample
+from refineg_core.validity import check_sample
 
 #: The formats that ship with refineg (others come from installed packages).
 BUILTIN_FORMATS = ("twitter-gmner", "conll", "ccks", "jsonl")
@@ -134,6 +135,9 @@ def load_dataset(
     source_options = {"xml_dir": xml_dir, "images_dir": images_dir, "entities": entities}
     plugin = format_plugin(name, source_options, options, config_key=config_key)
     ds = plugin.read(path, limit=limit) if plugin.reads_limit else plugin.read(path)
+    if not plugin.checks_samples:  # what is read can be written (refineg_core.validity)
+        for s in ds.samples:
+            check_sample(s, where=f"{path} [sample {s.id[:80]!r}]")
     if not ds.samples:
         ds = Dataset((), (*ds.warnings, f"{path}: the file holds no samples"), ds.source)
     ds = apply_boxes_policy(ds, boxes)
@@ -175,6 +179,8 @@ def iter_source(source: Any, warnings: list[str], *, config_key: str = "data") -
     n = dropped = 0
     for sample in plugin.iter_read(path, warnings, limit=source.limit):
         n += 1
+        if not plugin.checks_samples:  # what is read can be written (refineg_core.validity)
+            check_sample(sample, where=f"{path} [sample {sample.id[:80]!r}]")
         if boxes is False:
             sample, lost = _without_boxes(sample)
             dropped += lost

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+import attrs
 import pydantic
 
 from refineg_core.errors import DataError
@@ -36,8 +37,16 @@ from refineg_core.formats.records import EntityRecord, SampleRecord
 from refineg_core.labels import tokenize
 from refineg_core.runstore import atomic_write
 from refineg_core.types import Box, Entity, Failure, GateVerdict, ImageRef, Sample, SampleResult
+from refineg_core.validity import check_sample
 
 T = TypeVar("T")
+
+
+def _two_decimals(box: Box) -> list[float]:
+    """Coordinates rounded to 0.01 px, unless that would make the box empty (a box
+    narrower than 0.01 px is written exactly, so the file reads back)."""
+    coords = [round(v, 2) for v in box.as_list()]
+    return coords if coords[0] < coords[2] and coords[1] < coords[3] else box.as_list()
 
 
 def entity_to_dict(e: Entity) -> dict[str, Any]:
@@ -46,7 +55,7 @@ def entity_to_dict(e: Entity) -> dict[str, Any]:
         "end": e.end,
         "type": e.type,
         "text": e.text,
-        "boxes": None if e.boxes is None else [[round(v, 2) for v in b.as_list()] for b in e.boxes],
+        "boxes": None if e.boxes is None else [_two_decimals(b) for b in e.boxes],
         "source": e.source,
     }
     for key in ("confidence", "uncertainty", "grounded_by"):
@@ -59,12 +68,16 @@ def entity_to_dict(e: Entity) -> dict[str, Any]:
 def entity_from_dict(d: Mapping[str, Any]) -> Entity:
     """An Entity from a checked record (``EntityRecord`` or its plain-dict form)."""
     rec = d if isinstance(d, EntityRecord) else EntityRecord.model_validate(d)
+    try:
+        boxes = None if rec.boxes is None else tuple(Box(*map(float, b)) for b in rec.boxes)
+    except OverflowError:  # an integer of 400 digits: not a pixel
+        raise DataError("box coordinate too large to be a pixel position") from None
     return Entity(
         start=rec.start,
         end=rec.end,
         type=rec.type,
         text=rec.text,
-        boxes=None if rec.boxes is None else tuple(Box(*map(float, b)) for b in rec.boxes),
+        boxes=boxes,
         confidence=rec.confidence,
         uncertainty=rec.uncertainty,
         source=rec.source,
@@ -141,7 +154,10 @@ def _sample(
             raise DataError(
                 f"entities[{i}] span [{e.start}, {e.end}) runs past the {len(tokens)} tokens"
             )
-    image, failure = _image_from(rec, images_dir, root, warnings if warnings is not None else [])
+    warnings = warnings if warnings is not None else []
+    image, failure = _image_from(rec, images_dir, root, warnings)
+    if root is not None and image is not None and image.size:  # input data: as Twitter
+        entities = tuple(_inside_image(e, image.size, str(rec.id), warnings) for e in entities)
     meta = dict(rec.meta or {})
     if failure:
         meta[IMAGE_FAILURE] = failure
@@ -153,6 +169,28 @@ def _sample(
         entities=entities,
         meta=meta,
     )
+
+
+def _inside_image(e: Entity, size: tuple[int, int], sid: str, warnings: list[str]) -> Entity:
+    """``e`` with its boxes clipped to the image (a pixel of slack, as VOC files have);
+    a box with nothing left is dropped. Each change is a warning: a gold box at
+    negative coordinates would otherwise lower every IoU against it."""
+    if not e.boxes:
+        return e
+    w, h = size
+    kept: list[Box] = []
+    for box in e.boxes:
+        if box.x1 >= 0 and box.y1 >= 0 and box.x2 <= w + 1 and box.y2 <= h + 1:
+            kept.append(box)
+            continue
+        clipped = Box.clipped(*box.as_list(), size)
+        warnings.append(
+            f"sample {sid!r}: box of {e.text!r} {box.as_list()} lies outside the {w}x{h} "
+            "image; " + ("clipped" if clipped else "dropped")
+        )
+        if clipped is not None:
+            kept.append(clipped)
+    return e if kept == list(e.boxes) else attrs.evolve(e, boxes=tuple(kept))
 
 
 def sample_from_dict(d: Mapping[str, Any]) -> Sample:
@@ -224,7 +262,7 @@ def iter_jsonl_samples(
     path = Path(path)
     img_root = Path(images_dir) if images_dir else None
     root = img_root or path.parent
-    return _records(path, lambda r: _sample(_validated(r), img_root, root, warnings))
+    return _records(path, lambda r: check_sample(_sample(_validated(r), img_root, root, warnings)))
 
 
 def read_jsonl(

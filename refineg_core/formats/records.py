@@ -12,6 +12,8 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
 Number = StrictInt | StrictFloat
+#: The largest image side a record may state (Pillow refuses far smaller images).
+MAX_SIDE = 1 << 20
 Coords = Annotated[list[Number], Field(min_length=4, max_length=4)]
 
 
@@ -35,8 +37,8 @@ class EntityRecord(_Record):
 class ImageRecord(_Record):
     id: StrictStr | StrictInt | None = None
     path: StrictStr | None = None
-    width: Annotated[StrictInt, Field(gt=0)] | None = None
-    height: Annotated[StrictInt, Field(gt=0)] | None = None
+    width: Annotated[StrictInt, Field(gt=0, le=MAX_SIDE)] | None = None
+    height: Annotated[StrictInt, Field(gt=0, le=MAX_SIDE)] | None = None
 
 
 class FailureRecord(_Record):

@@ -1,7 +1,9 @@
 """Write a stage's results in every output format: native JSONL, CCKS JSON, Twitter-GMNER.
 
 The stage JSONL is already written (resumably) by the runner; these writers
-produce the submission formats from the same results. Flat formats (CoNLL
+produce the submission formats from the same results. Every sample was checked
+against these writers when it was read (``refineg_core.validity``), so a write
+cannot fail on a sample at the end of a paid run. Flat formats (CoNLL
 tags) cannot hold overlapping spans, which a plugin could still produce, so
 overlaps are resolved here (longer span first, then the earlier one) and
 counted, instead of failing at the end of a long run.
@@ -17,6 +19,7 @@ import attrs
 from refineg_core.formats import format_plugin, write_jsonl
 from refineg_core.runstore import copy_file
 from refineg_core.types import Entity, Sample, SampleResult
+from refineg_core.validity import OUTPUT_WRITERS
 
 FORMAT_FILES = {
     "jsonl": "final.jsonl",
@@ -103,10 +106,10 @@ def write_outputs(
         if fmt == "jsonl":
             write_jsonl(stream, path)
         elif fmt == "ccks":
-            format_plugin("ccks").write(as_samples(stream), path)
+            format_plugin(OUTPUT_WRITERS[fmt]).write(as_samples(stream), path)
         else:
             flat = FlatSamples(stream)
-            format_plugin("twitter-gmner").write(flat, path)
+            format_plugin(OUTPUT_WRITERS[fmt]).write(flat, path)
             dropped = flat.dropped
         paths[fmt] = path
     if not observed:

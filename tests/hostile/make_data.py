@@ -7,6 +7,7 @@ are produced by the test at run time instead (``generate`` in cases.toml).
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from pathlib import Path
@@ -193,6 +194,131 @@ FILES: dict[str, dict[str, str | bytes]] = {
         "pred.jsonl": jsonl({**GOOD, "tokens": ["Obama", "visits", "Paris", "!"]}),
     },
 }
+
+
+def image_bytes(mode: str, fmt: str, **save) -> bytes:
+    """A small real image of ``mode`` saved as ``fmt`` (CMYK JPEG, 16-bit PNG...)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new(mode, (8, 6)).save(buf, format=fmt, **save)
+    return buf.getvalue()
+
+
+def animated_gif() -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    frames = [Image.new("P", (8, 6), i) for i in range(3)]
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=50)
+    return buf.getvalue()
+
+
+def exif_rotated_jpeg() -> bytes:
+    """8x6 stored pixels whose EXIF says: display rotated 90 degrees (6x8)."""
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return image_bytes("RGB", "JPEG", exif=exif.tobytes())
+
+
+WITH_IMAGE = {"split.txt": "IMGID:7\n" + TWEET, "xml/.keep": ""}
+
+# Added for issue 19 (case 5 and the new hostile kinds): what is read can be written.
+FILES.update(
+    {
+        "twitter-token-tab": {"split.txt": "IMGID:7\nObama\tB-PER\nvis\tits\tO\n", "xml/.keep": ""},
+        "twitter-token-u2028": {
+            "split.txt": "IMGID:7\nOba\u2028ma\tB-PER\nvisits\tO\n",
+            "xml/.keep": "",
+        },
+        "twitter-token-nel": {
+            "split.txt": "IMGID:7\nOba\x85ma\tB-PER\nvisits\tO\n",
+            "xml/.keep": "",
+        },
+        "twitter-token-formfeed": {
+            "split.txt": "IMGID:7\nOba\x0cma\tB-PER\nvisits\tO\n",
+            "xml/.keep": "",
+        },
+        "twitter-multi-column": {"split.txt": "IMGID:7\nObama\tNNP\tB-PER\n", "xml/.keep": ""},
+        "twitter-imgid-control-char": {"split.txt": "IMGID:7\t8\n" + TWEET, "xml/.keep": ""},
+        "twitter-imgid-collide-after-strip": {
+            "split.txt": f"IMGID:7\n{TWEET}\nIMGID: 7 \n{TWEET}",
+            "xml/.keep": "",
+        },
+        "twitter-xml-is-directory": {"split.txt": "IMGID:7\n" + TWEET, "xml/7.xml/.keep": ""},
+        "twitter-xml-utf16": {
+            "split.txt": "IMGID:7\n" + TWEET,
+            "xml/7.xml": voc(obj("Obama", 1, 1, 9, 9)).encode("utf-16"),
+        },
+        "conll-lone-cr": {"data.conll": "Obama\tB-PER\rvisits\tO\r"},
+        "conll-zero-width-joiner": {
+            "data.conll": "\U0001f468\u200d\U0001f469\tO\nBar\u200dack\tB-PER\n"
+        },
+        "conll-lowercase-tag": {"data.conll": "Obama\tb-per\n"},
+        "conll-docstart": {"data.conll": "-DOCSTART-\tO\n\nObama\tB-PER\nvisits\tO\n"},
+        "jsonl-token-tab": {
+            "data.jsonl": jsonl(GOOD, {**GOOD, "id": "s2", "tokens": ["New\tYork"]})
+        },
+        "jsonl-lone-surrogate": {"data.jsonl": '{"id": "s1", "tokens": ["Oba\\ud800ma"]}\n'},
+        "jsonl-id-path-separator": {"data.jsonl": jsonl({**GOOD, "id": "train/s1"})},
+        "jsonl-ids-collide-int-str": {"data.jsonl": jsonl({**GOOD, "id": 1}, {**GOOD, "id": "1"})},
+        "jsonl-bom-crlf-u2028": {
+            "data.jsonl": "\ufeff"
+            + json.dumps(GOOD)
+            + "\r\n\r\n"
+            + json.dumps({"id": "s2", "text": "Obama\u2028visits"}, ensure_ascii=False)
+            + "\r\n"
+        },
+        "jsonl-utf16": {"data.jsonl": jsonl(GOOD).encode("utf-16")},
+        "jsonl-huge-int-box": {
+            "data.jsonl": '{"id": "s1", "tokens": ["Obama"], "entities": [{"start": 0, "end": 1, '
+            '"type": "PER", "boxes": [[0, 0, 1' + "0" * 400 + ", 5]]}]}\n"
+        },
+        "jsonl-infinity-box": {
+            "data.jsonl": '{"id": "s1", "tokens": ["Obama"], "entities": [{"start": 0, "end": 1, '
+            '"type": "PER", "boxes": [[0, 0, Infinity, 5]]}]}\n'
+        },
+        "jsonl-huge-image-size": {
+            "data.jsonl": jsonl({**GOOD, "image": {"id": "s1", "width": 10**30, "height": 5}})
+        },
+        "jsonl-entity-end-before-start": {
+            "data.jsonl": jsonl({**GOOD, "entities": [ent(start=2, end=1)]})
+        },
+        "jsonl-empty-tokens": {"data.jsonl": jsonl({"id": "s1", "tokens": [], "text": ""})},
+        "jsonl-token-imgid": {"data.jsonl": jsonl({**GOOD, "tokens": ["IMGID:9", "visits"]})},
+        "jsonl-type-whitespace": {"data.jsonl": jsonl({**GOOD, "entities": [ent(type="PER ")]})},
+        "ccks-empty-text": {"texts.json": json.dumps({"1": {"text": ""}, "2": {"text": "Obama"}})},
+        "ccks-id-path-separator": {
+            "texts.json": '{\n "1": {"text": "Obama"},\n "a/b": {"text": "Paris"}\n}\n'
+        },
+        "ccks-bom": {"texts.json": "\ufeff" + json.dumps({"1": {"text": "Obama visits"}})},
+        "ccks-huge-int-bnd": {
+            "texts.json": json.dumps({"1": {"text": "Obama visits Paris"}}),
+            "entities.json": '{"1": [{"name": "Obama", "label": "PER", "bnd": {"xmin": 0, '
+            '"ymin": 0, "xmax": 1' + "0" * 400 + ', "ymax": 5}}]}',
+        },
+        "image-is-directory": {**WITH_IMAGE, "images/7.png/.keep": ""},
+        "image-cmyk-jpeg": {**WITH_IMAGE, "images/7.jpg": image_bytes("CMYK", "JPEG")},
+        "image-16bit-png": {**WITH_IMAGE, "images/7.png": image_bytes("I;16", "PNG")},
+        "image-palette-png": {**WITH_IMAGE, "images/7.png": image_bytes("P", "PNG")},
+        "image-animated-gif": {**WITH_IMAGE, "images/7.gif": animated_gif()},
+        "image-exif-rotated": {**WITH_IMAGE, "images/7.jpg": exif_rotated_jpeg()},
+        "image-wrong-extension": {**WITH_IMAGE, "images/7.jpg": image_bytes("RGB", "PNG")},
+        "eval-pred-duplicate-id": {"gold.jsonl": jsonl(GOOD), "pred.jsonl": jsonl(GOOD, GOOD)},
+        "jsonl-box-outside-image": {
+            "data.jsonl": jsonl(
+                {
+                    **GOOD,
+                    "image": {"id": "s1", "width": 100, "height": 80},
+                    "entities": [ent(boxes=[[-5, -5, 10, 10], [200, 200, 300, 300]])],
+                }
+            )
+        },
+        "image-png-50k-header": {**WITH_IMAGE, "images/7.png": png_bomb_bytes(50000, 50000)},
+    }
+)
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import tomllib
+from PIL import Image
 
 from refineg_core.errors import RefinegError
 from refineg_core.formats import load_dataset
@@ -35,7 +36,15 @@ def deep_nesting(path: Path) -> None:
     path.write_text("[" * 100_000 + "]" * 100_000 + "\n", encoding="utf-8")
 
 
-GENERATORS = {"huge_token": huge_token, "deep_nesting": deep_nesting}
+def symlink_loop(path: Path) -> None:
+    """A Twitter split whose image is a symlink to itself (git keeps no such link)."""
+    path.write_text("IMGID:7\nObama\tB-PER\nvisits\tO\n", encoding="utf-8")
+    (path.parent / "xml").mkdir(exist_ok=True)
+    (path.parent / "images").mkdir(exist_ok=True)
+    (path.parent / "images" / "7.png").symlink_to("7.png")
+
+
+GENERATORS = {"huge_token": huge_token, "deep_nesting": deep_nesting, "symlink_loop": symlink_loop}
 
 
 @pytest.fixture(autouse=True)
@@ -94,6 +103,12 @@ def _check_loaded(case: dict[str, Any], ds) -> None:
         failure = samples[0].meta.get(IMAGE_FAILURE, "")
         assert re.search(case["image_failure"], failure), failure
         assert samples[0].image is not None and samples[0].image.path is None
+    if "image_size" in case:
+        image = samples[0].image
+        assert image is not None and image.path is not None, samples[0].meta
+        assert list(image.size) == case["image_size"]
+        with Image.open(image.path) as img:  # what a backend sends: RGB pixels
+            assert img.convert("RGB").size == tuple(case["image_size"])
     if case.get("regions") == "unknown":
         ents = [e for s in samples for e in s.entities]
         assert ents and all(e.boxes is None for e in ents)

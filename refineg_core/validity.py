@@ -1,0 +1,108 @@
+"""One validity check for samples: what is read can be written.
+
+A run writes its results in every output format (native JSONL, CCKS JSON,
+Twitter-GMNER; ``OUTPUT_WRITERS``). A sample one of those writers cannot
+write (a token holding a tab, an image id with a path separator...) would
+pass reading and every paid MLLM call, then kill the run while writing its
+outputs. So readers, the Python API and the writers ask the same question
+here, and a reader refuses such a sample at its file and line.
+
+What a format can write is the format plugin's knowledge
+(``DatasetFormat.unwritable``), not the core's: this module only asks each
+output format, plus what every writer shares (UTF-8 text, spans inside the
+tokens).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+from refineg_core.errors import DataError
+from refineg_core.types import Entity, Sample
+
+#: Output format (as in ``[outputs]`` / ``write_outputs``) -> the format plugin writing it.
+OUTPUT_WRITERS = {"jsonl": "jsonl", "ccks": "ccks", "twitter": "twitter-gmner"}
+
+
+@functools.cache
+def _writers() -> tuple[tuple[str, type], ...]:
+    from refineg_core import registry  # registry imports the formats package
+
+    names = dict.fromkeys(OUTPUT_WRITERS.values())
+    return tuple((name, registry.load_class("format", name)) for name in names)
+
+
+def _surrogate(text: str) -> bool:
+    """A lone surrogate (``"\\ud800"`` escaped in JSON) cannot be encoded as UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _shared_problem(sample: Sample) -> str | None:
+    """What no writer can write: text UTF-8 cannot encode, spans outside the tokens."""
+    texts = [sample.id, sample.text, *sample.tokens]
+    for e in sample.entities:
+        texts += (e.type, e.text)
+    if sample.image is not None:
+        texts.append(sample.image.image_id)
+    try:  # one encode of everything: the common case costs one C call
+        "".join(texts).encode("utf-8")
+    except UnicodeEncodeError:
+        return _surrogate_problem(sample)
+    if sample.meta:
+        try:
+            json.dumps(dict(sample.meta), ensure_ascii=False, default=str).encode("utf-8")
+        except (UnicodeEncodeError, ValueError, TypeError, RecursionError) as exc:
+            return f"meta cannot be written as UTF-8 JSON ({type(exc).__name__})"
+    for i, e in enumerate(sample.entities):
+        if e.end > len(sample.tokens):
+            return f"entity {i} span [{e.start}, {e.end}) runs past the {len(sample.tokens)} tokens"
+    return None
+
+
+def _surrogate_problem(sample: Sample) -> str:
+    """Which string holds the lone surrogate (only asked once one was found)."""
+    strings = [
+        ("id", sample.id),
+        ("text", sample.text),
+        *((f"token {i}", t) for i, t in enumerate(sample.tokens)),
+        *((f"entity {i} type", e.type) for i, e in enumerate(sample.entities)),
+        *((f"entity {i} text", e.text) for i, e in enumerate(sample.entities)),
+    ]
+    if sample.image is not None:
+        strings.append(("image id", sample.image.image_id))
+    what, value = next((w, v) for w, v in strings if _surrogate(v))
+    return f"{what} {value[:40]!r} holds a lone surrogate, which UTF-8 cannot encode"
+
+
+def sample_problem(sample: Sample) -> str | None:
+    """Why one of the run's output writers could not write ``sample``, or None."""
+    problem = _shared_problem(sample)
+    if problem is not None:
+        return problem
+    for name, cls in _writers():
+        problem = cls.unwritable(sample)
+        if problem is not None:
+            return f"{problem}; the {name} writer cannot write it"
+    return None
+
+
+def check_sample(sample: Sample, *, where: str | None = None) -> Sample:
+    """``sample`` unchanged, or a DataError at ``where`` saying why it cannot be written."""
+    problem = sample_problem(sample)
+    if problem is not None:
+        raise DataError(f"sample {sample.id[:80]!r}: {problem}", where=where)
+    return sample
+
+
+def label_problem(etype: str) -> str | None:
+    """Why entities of type ``etype`` could not be written (``"PER "``, ``"A\\tB"``), or
+    None: the label set is checked when it is made, so predictions of a paid run
+    never carry a type the output writers refuse."""
+    probe = Sample("labels", ("x",), "x", entities=(Entity(0, 1, etype, "x"),))
+    problem = sample_problem(probe)
+    return None if problem is None else "entity " + problem.removeprefix("entity 0 ")
