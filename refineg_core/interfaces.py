@@ -168,6 +168,12 @@ class UncertaintyEstimator(Plugin):
         """Decisions that depend on each sample alone (no budget applied)."""
         return self.decide(samples, predictions)
 
+    @property
+    def calibrates(self) -> bool:
+        """Whether this gate, with its options, fits anything on dev (``calibrate``);
+        the run then predicts dev first and the gate's output depends on dev."""
+        return type(self).calibrate is not UncertaintyEstimator.calibrate
+
     def calibrate(self, samples: Sequence[Sample], predictions: Sequence[TaggerPrediction]) -> dict:
         """Fit any parameters on gold ``samples`` (dev) and their predictions; return a report.
 

@@ -33,9 +33,15 @@ def refineg_add_commands(subparsers: argparse._SubParsersAction) -> None:
 def run_plan(args: argparse.Namespace) -> int:
     from refineg_core.cli import pipeline_from_args
     from refineg_plan.plan import format_plan, plan_for_run
+    from refineg_plan.targets import format_targets, target_table
 
     pipeline = pipeline_from_args(args)
     with pipeline:
-        data = plan_for_run(pipeline, pipeline.predict().load(), args)
-    print(json.dumps(data, indent=2) if args.json else format_plan(data))
+        results = pipeline.predict().load()
+        data = plan_for_run(pipeline, results, args)
+        data["targets"] = target_table(pipeline, results, args.targets, args.risk)
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print("\n".join([format_plan(data), *format_targets(data["targets"])]))
     return 0

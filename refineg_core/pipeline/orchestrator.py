@@ -535,8 +535,7 @@ class Pipeline:
         return capped
 
     def _gate_calibrates(self) -> bool:
-        gate_cls = self.context.plugin_class("uncertainty")
-        return getattr(gate_cls, "calibrate", None) is not UncertaintyEstimator.calibrate
+        return self.context.gate().calibrates
 
     def calibrated_gate(self) -> UncertaintyEstimator:
         """The run's gate, calibrated once on data.dev when the estimator fits
