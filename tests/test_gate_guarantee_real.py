@@ -178,6 +178,7 @@ def config(tmp_path, tagger_dir, dev_limit: int, target: float) -> str:
 def test_run_promises_on_enough_data_and_refuses_on_too_little(tagger_dir, tmp_path):
     done = run_cli(["run", "-c", config(tmp_path, tagger_dir, DEV_N, ENTITY_TARGET)])
     assert done.code == 0, done.stderr
+    assert f"precision of the entities the gate keeps >= {ENTITY_TARGET:g}" in done.stderr
     summary = json.loads((tmp_path / f"run{DEV_N}" / "summary.json").read_text())
     g = summary["calibration"]["guarantee"]
     assert g["promise"] == (

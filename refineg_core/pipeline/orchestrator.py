@@ -553,6 +553,14 @@ class Pipeline:
                 samples = list(dev.samples)
                 predictions = self.load_tagger().predict(samples)
                 self.summary["calibration"] = gate.calibrate(samples, predictions)
+                promised = self.summary["calibration"].get("guarantee")
+                if promised:  # what the gate promises, said where the user looks
+                    self.log(
+                        f"uncertainty: {promised['promise']}: threshold "
+                        f"{promised['threshold']:.4g} chosen on {len(samples)} data.dev samples "
+                        f"({promised['calibration_items']} {promised['unit']} items), "
+                        f"precision there {promised['realized_precision']}"
+                    )
         return gate
 
     def tag(self, samples: Sequence[Sample], *, each: bool = False) -> list[SampleResult]:
