@@ -44,7 +44,7 @@ def score(tagger_dir: Path, dev_path: Path, cache: Path) -> list:
 
     key = {
         "tagger": str(tagger_dir.resolve()),
-        "mtime": (tagger_dir / "config.json").stat().st_mtime,
+        "mtime": (tagger_dir / "manifest.json").stat().st_mtime,
     }
     if cache.exists():
         data = json.loads(cache.read_text())
