@@ -17,6 +17,7 @@ from refineg_gates.guarantee import (
     kept_counts,
     learn_then_test,
     min_kept,
+    start_count,
 )
 from refineg_gates.guarantee_gate import ScoredPost, delegated, items
 from refineg_gates.span import SpanGate
@@ -69,6 +70,19 @@ def test_fixed_sequence_stops_at_the_first_non_rejection():
     choice = learn_then_test(scores, wrong, target=0.9, risk=0.1, grid=scores)
     assert choice.threshold is None  # ... but 0.22 does not (p = 0.339), so nothing passes
     assert "1 of 22" in choice.stop_reason
+
+
+def test_the_sequence_starts_late_enough_for_one_confident_mistake():
+    """400 items, only the most confident one wrong. Starting at n_min = 22 the first
+    test (1 wrong of 22, p = 0.339) would stop everything; the sequence starts at
+    min(50, 400 // 4) = 50 kept items instead: 1 of 50 wrong, p = 0.034, and on."""
+    assert start_count(0.1, 0.1, 400) == 50 and start_count(0.1, 0.1, 60) == 22
+    scores = np.arange(1, 401) / 1000
+    wrong = np.zeros(400, bool)
+    wrong[0] = True
+    choice = learn_then_test(scores, wrong, 0.9, 0.1, grid=scores)
+    assert choice.first_tested == pytest.approx(0.05)
+    assert choice.threshold == pytest.approx(0.4) and (choice.kept, choice.wrong) == (400, 1)
 
 
 def test_too_few_items_is_a_refusal_with_the_reason():
