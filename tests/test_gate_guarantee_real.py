@@ -13,7 +13,11 @@ the threshold on one half with Learn-then-Test and checks two things:
 * what a user sees: the kept precision on the other half. That adds the test
   half's own sampling noise (a threshold whose population precision is just
   above the target falls below it on a finite test set about half the time),
-  so it is a looser check.
+  so a split counts as a miss there when the test half contradicts the
+  promise: its kept precision is below the target by more than its own
+  sampling error (exact one-sided binomial test at level 0.05). The raw
+  count of test halves below the target is printed: 27 of 200 for entities
+  and 36 of 200 for posts when this was written.
 
 Splits overlap, so both counts get the 99.9 % quantile of Binomial(200, risk)
 as tolerance, not a second guarantee.
@@ -91,7 +95,8 @@ def simulate(posts, unit: str, target: float, seed: int = 0) -> dict:
     """Promises made, and how often the population / the test half missed the target."""
     rng = np.random.default_rng(seed)
     half = len(posts) // 2
-    out = {"promised": 0, "population_misses": 0, "test_misses": 0, "kept_share": []}
+    out = {"promised": 0, "population_misses": 0, "test_misses": 0, "test_below": 0}
+    out["kept_share"] = []
     for _ in range(SPLITS):
         order = rng.permutation(len(posts))
         cal = [posts[i] for i in order[:half]]
@@ -102,10 +107,13 @@ def simulate(posts, unit: str, target: float, seed: int = 0) -> dict:
         out["promised"] += 1
         population = precision_at(posts, unit, choice.threshold)
         out["population_misses"] += population is not None and population < target
-        on_test = precision_at(test, unit, choice.threshold)
-        out["test_misses"] += on_test is not None and on_test < target
-        scores, _ = items(test, unit, True)
-        out["kept_share"].append(float((scores <= choice.threshold).mean()))
+        scores, wrong = items(test, unit, True)
+        kept = scores <= choice.threshold
+        n, k = int(kept.sum()), int(wrong[kept].sum())
+        out["test_below"] += bool(n) and 1 - k / n < target
+        # contradicted: P(at least k wrong of n | error rate exactly 1 - target) <= 0.05
+        out["test_misses"] += bool(n) and 1 - binomial_cdf(k - 1, n, 1 - target) <= 0.05
+        out["kept_share"].append(float(kept.mean()))
     return out
 
 
@@ -130,7 +138,8 @@ def test_guarantee_holds_on_random_splits_of_real_predictions(dev_posts, unit):
     share = np.median(out["kept_share"]) if out["kept_share"] else 0.0
     print(
         f"{unit}: target {target}, promised on {out['promised']}/{SPLITS} splits, missed "
-        f"{out['population_misses']} (population) / {out['test_misses']} (test half), kept "
+        f"{out['population_misses']} (population) / {out['test_misses']} (test half "
+        f"contradicts; {out['test_below']} below), kept "
         f"share median {share:.3f}, overall precision {1 - wrong.mean():.3f}"
     )
     # not vacuous: it promises on most splits (posts are fewer items than entities)
