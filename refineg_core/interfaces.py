@@ -171,8 +171,9 @@ class UncertaintyEstimator(Plugin):
 
     #: True when ``calibrate`` fits parameters on dev data: the core then calls it
     #: once before ``decide`` and fingerprints data.dev into the predict stage.
-    #: A gate that overrides ``calibrate`` must say so here (checked at load).
-    calibrates: ClassVar[bool] = False
+    #: A gate that overrides ``calibrate`` must say so here (checked at load); a
+    #: gate whose options decide it (a precision target) makes it a property.
+    calibrates: bool = False
 
     def calibrate(self, samples: Sequence[Sample], predictions: Sequence[TaggerPrediction]) -> dict:
         """Fit any parameters on gold ``samples`` (dev) and their predictions; return a report.

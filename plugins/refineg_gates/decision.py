@@ -22,6 +22,18 @@ score ``max(missed-entity score, uncertainty of its delegated entities)``,
 highest first (ties: input order), and only the first ``floor(budget * N)``
 stay delegated; the others keep all their entities. Set ``threshold: 0`` to
 delegate exactly the budget's most uncertain samples.
+
+Guarantee mode (``target_precision``, ``risk``): the threshold is not given but
+chosen on the calibration split (``data.dev``) by Learn-then-Test
+(:mod:`refineg_gates.guarantee`), so that what the gate keeps is right at
+least ``target_precision`` of the time with probability ``>= 1 - risk``.
+``guarantee = "entity"``: precision of the kept entities (an entity is kept
+when its uncertainty is ``<= tau``); the missed-entity rule keeps
+``threshold``, since delegating a post for a possible missed entity changes no
+kept entity. ``guarantee = "sample"``: the share of kept (not delegated) posts
+whose tagger output equals the gold exactly; one ``tau`` then decides posts by
+their priority (highest entity or missed-entity uncertainty). A budget would
+keep entities the guarantee did not cover, so the two do not combine.
 """
 
 from __future__ import annotations
@@ -34,7 +46,7 @@ from typing import Literal
 import numpy as np
 import pydantic
 
-from refineg_core.errors import DataError
+from refineg_core.errors import DataError, PluginError
 from refineg_core.gating import apply_budget
 from refineg_core.interfaces import PluginOptions, UncertaintyEstimator
 from refineg_core.labels import tags_to_spans
@@ -51,6 +63,28 @@ class ThresholdOptions(PluginOptions):
     missed_entities: bool = pydantic.Field(
         True, description="delegate samples whose O tokens look uncertain"
     )
+    target_precision: pydantic.confloat(gt=0, lt=1) | None = pydantic.Field(
+        None,
+        description="choose the threshold on data.dev so that the precision of what is kept "
+        "is >= this with probability >= 1 - risk (Learn-then-Test)",
+    )
+    risk: pydantic.confloat(gt=0, lt=1) = pydantic.Field(
+        0.1, description="allowed probability that the kept precision misses target_precision"
+    )
+    guarantee: Literal["entity", "sample"] = pydantic.Field(
+        "entity",
+        description="entity: precision of kept entities; sample: share of kept posts "
+        "whose tagger output equals the gold",
+    )
+
+    @pydantic.model_validator(mode="after")
+    def _one_mode(self):
+        if self.target_precision is not None and self.budget is not None:
+            raise ValueError(
+                "target_precision and budget do not combine: a budget keeps whole posts "
+                "that the precision guarantee would delegate"
+            )
+        return self
 
 
 class GateOptions(ThresholdOptions):
@@ -80,6 +114,37 @@ class TokenScoreGate(UncertaintyEstimator):
         self.options: GateOptions
         #: Counts from the last ``decide`` call (repaired tags, capped samples).
         self.last_stats: dict[str, int] = {}
+        #: The threshold chosen by :meth:`calibrate` in guarantee mode.
+        self.chosen_threshold: float | None = None
+
+    @property
+    def calibrates(self) -> bool:
+        """Only in guarantee mode: a threshold gate must not depend on dev."""
+        return self.options.target_precision is not None
+
+    def calibrate(self, samples: Sequence[Sample], predictions: Sequence[TaggerPrediction]) -> dict:
+        """Guarantee mode: choose the threshold on gold ``samples`` (see the module doc)."""
+        if self.options.target_precision is None:
+            return {}
+        from refineg_gates.guarantee_gate import choose_threshold
+
+        self.chosen_threshold, report = choose_threshold(self, samples, predictions)
+        return {"guarantee": report}
+
+    def thresholds(self) -> tuple[float, float]:
+        """(entity threshold, missed-entity threshold) the decisions use."""
+        opts = self.options
+        if opts.target_precision is None:
+            return opts.threshold, opts.threshold
+        if self.chosen_threshold is None:
+            raise PluginError(
+                f"the gate has target_precision = {opts.target_precision} but was not "
+                "calibrated: configure data.dev (the calibration split) to choose its threshold",
+                where="uncertainty",
+            )
+        if opts.guarantee == "sample":
+            return self.chosen_threshold, self.chosen_threshold
+        return self.chosen_threshold, opts.threshold
 
     # ---------------------------------------------------------------- the plugin's part
     @abc.abstractmethod
@@ -168,13 +233,13 @@ class TokenScoreGate(UncertaintyEstimator):
             raise DataError(
                 f"{len(samples)} samples but {len(predictions)} predictions", where="uncertainty"
             )
-        tau = self.options.threshold
+        tau, tau_missed = self.thresholds()
         self.last_stats = {"tag_repairs": 0, "capped_by_budget": 0}
         decisions = []
         for sample, pred in zip(samples, predictions, strict=True):
             entities, missed = self.score(sample, pred)
             unc = [e.uncertainty for e in entities if e.uncertainty > tau]
-            missed_hit = self.options.missed_entities and missed > tau
+            missed_hit = self.options.missed_entities and missed > tau_missed
             delegate = bool(unc) or missed_hit
             priority = max([*unc, missed if self.options.missed_entities else 0.0])
             delegated = tuple(e for e in entities if delegate and e.uncertainty > tau)

@@ -70,15 +70,23 @@ class TemperatureEntropyGate(TokenScoreGate):
     """Normalised entropy of the marginals after temperature scaling fitted on dev."""
 
     Options = TemperatureOptions
-    calibrates = True  # fits T on dev before deciding
 
     def __init__(self, options=None, labels=None):
         super().__init__(options, labels)
         self.options: TemperatureOptions
         self.temperature: float | None = self.options.temperature
 
+    @property
+    def calibrates(self) -> bool:
+        return True
+
     def calibrate(self, samples: Sequence[Sample], predictions: Sequence[TaggerPrediction]) -> dict:
-        """Fit T on the gold tags of ``samples`` (dev); return T and the NLL before/after."""
+        """Fit T on the gold tags of ``samples`` (dev), then, in guarantee mode, choose
+        the threshold on the rescaled scores; return T, the NLL before/after, the choice."""
+        report = self._fit(samples, predictions)
+        return {**report, **super().calibrate(samples, predictions)}
+
+    def _fit(self, samples: Sequence[Sample], predictions: Sequence[TaggerPrediction]) -> dict:
         if self.options.temperature is not None:
             return {"temperature": self.temperature, "fitted": False}
         if len(samples) != len(predictions):

@@ -33,6 +33,7 @@ def refineg_add_commands(subparsers: argparse._SubParsersAction) -> None:
 def run_plan(args: argparse.Namespace) -> int:
     from refineg_core.cli import writing_pipeline
     from refineg_plan.plan import format_plan, plan_for_run, require_backend
+    from refineg_plan.targets import format_targets, target_table
 
     # the plan writes the tagger and predict.jsonl: it holds the run directory like
     # any writer, and a failure leaves a directory it created as it was
@@ -40,6 +41,11 @@ def run_plan(args: argparse.Namespace) -> int:
         require_backend(pipeline)  # before any work: nothing to plan without it
         if pipeline.config.stages.train:  # "runs or reuses the tagger"
             pipeline.train()
-        data = plan_for_run(pipeline, pipeline.predict().load(), args)
-    print(json.dumps(data, indent=2) if args.json else format_plan(data))
+        results = pipeline.predict().load()
+        data = plan_for_run(pipeline, results, args)
+        data["targets"] = target_table(pipeline, results, args.targets, args.risk)
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print("\n".join([format_plan(data), *format_targets(data["targets"])]))
     return 0

@@ -540,7 +540,37 @@ def add_plan_arguments(parser: Any) -> None:
         help="run the configured selector for exact ground prompts "
         "(embeds the pool; otherwise demo cost is the pool mean)",
     )
+    parser.add_argument(
+        "--targets",
+        type=_targets,
+        default="0.85,0.90,0.95",
+        help="precision targets to cost (comma-separated; chosen on data.dev as "
+        "target_precision would; empty: no table)",
+    )
+    parser.add_argument(
+        "--risk", type=_risk, default=None, help="risk for --targets (default: the gate's)"
+    )
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+
+def _targets(text: str) -> tuple[float, ...]:
+    import argparse
+
+    from refineg_plan.targets import parse_targets
+
+    try:
+        return parse_targets(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _risk(text: str) -> float:
+    import argparse
+
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"risk {value} is not strictly between 0 and 1")
+    return value
 
 
 def require_backend(pipeline: Any) -> Any:

@@ -43,6 +43,24 @@ def default_out(pred: Path) -> Path:
     return pred.with_name(f"{pred.stem}.report.html")
 
 
+def run_guarantee(pred: Path) -> dict | None:
+    """The precision target of the run that wrote ``pred`` (its ``summary.json``
+    beside it, ``calibration.guarantee``), to mark on the curve; None without one."""
+    import json
+
+    summary = pred.with_name("summary.json")
+    try:
+        data = json.loads(summary.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    guarantee = (data.get("calibration") or {}).get("guarantee") if isinstance(data, dict) else None
+    return (
+        guarantee
+        if isinstance(guarantee, dict) and guarantee.get("threshold") is not None
+        else None
+    )
+
+
 def run_report(args: argparse.Namespace) -> int:
     """Build the report; errors in the inputs surface as RefinegError (one line, exit 2)."""
     from refineg_core.formats import load_dataset
@@ -60,6 +78,7 @@ def run_report(args: argparse.Namespace) -> int:
         images_dir=args.images,
         limit=args.limit,
         title=f"refineg report: {Path(args.pred).name}",
+        guarantee=run_guarantee(Path(args.pred)),
     )
     shown = len(results) if args.limit is None else min(args.limit, len(results))
     print(f"wrote {out} ({shown} of {len(results)} samples)")

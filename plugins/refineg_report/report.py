@@ -5,6 +5,13 @@ can be mailed or opened from anywhere without a server. Boxes are absolutely
 positioned divs placed in percent of the image, so they stay on their object
 however the browser scales the picture. The colour says who decided the entity
 (tagger or MLLM); gold boxes are dashed in a third colour.
+
+With gold, every predicted entity is marked right or wrong (exact span and
+type) and every gold entity the prediction lacks is marked missed; a filter
+(radio buttons and CSS, no script) shows only the posts with an error or only
+the posts the gate delegated. With gold and the gate's verdicts (the predict
+stage's results) the page opens with the gate's risk-coverage curve
+(:mod:`refineg_report.curve`).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import io
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import attrs
 from PIL import Image, UnidentifiedImageError
@@ -68,7 +76,24 @@ table.summary td, table.summary th { border: 1px solid #ccc; padding: 3px 8px; t
 .tag { display: inline-block; padding: 0 5px; border-radius: 3px; font-size: 11px;
        color: #000; margin-left: 4px; }
 .fail { color: #b00020; font-size: 12px; margin-top: 6px; }
+.mark { font-weight: bold; margin-right: 4px; }
+.mark.right { color: #1b7f2a; }
+.mark.wrong, .mark.missed { color: #b00020; }
+.deleg { font-size: 11px; color: #555; border: 1px solid #999; border-radius: 3px;
+         padding: 0 3px; margin-left: 4px; }
+.filter { font-size: 13px; margin: 6px 0; }
+.filter label { margin-right: 12px; }
+#show-err:checked ~ .samples .sample:not(.err) { display: none; }
+#show-del:checked ~ .samples .sample:not(.del) { display: none; }
+.curve { margin: 8px 0; }
 """
+
+#: How an entity compares with the gold: (css class, symbol, words).
+MARKS = {
+    "right": ("right", "\u2713", "right"),
+    "wrong": ("wrong", "\u2717", "wrong"),
+    "missed": ("missed", "\u2717", "missed"),
+}
 
 
 def _colour(source: str) -> str:
@@ -154,10 +179,14 @@ def _box_div(d: DrawnBox, size: tuple[int, int], row: int = 0) -> str:
     )
 
 
-def _entity_line(e: Entity) -> str:
+def _entity_line(e: Entity, mark: str | None = None, delegated: bool = False) -> str:
     colour = _colour(e.source)
     source = _esc(e.source or "unstated")
-    bits = [
+    bits = []
+    if mark is not None:
+        cls, symbol, words = MARKS[mark]
+        bits.append(f'<span class="mark {cls}" title="{words}">{symbol} {words}</span>')
+    bits += [
         f"<b>{_esc(e.text)}</b>",
         f'<span class="tag" style="background:{colour}">{_esc(e.type)} · {source}</span>',
     ]
@@ -172,6 +201,8 @@ def _entity_line(e: Entity) -> str:
         bits.append(f"not visible (per {_esc(e.grounded_by or 'gold')})")
     else:
         bits.append("grounding not attempted")
+    if delegated:
+        bits.append('<span class="deleg">delegated</span>')
     return f'<div class="ent">{" ".join(bits)}</div>'
 
 
@@ -194,7 +225,12 @@ def render_sample(
     sample = result.sample
     path = _image_path(sample, images_dir)
     embedded = embed_image(path) if path else None
-    parts = [f'<section class="sample" id="s-{_esc(sample.id)}">']
+    gold_keys = {e.key for e in gold.entities} if gold is not None else set()
+    pred_keys = {e.key for e in result.entities}
+    has_error = gold is not None and gold_keys != pred_keys
+    was_delegated = result.gate is not None and result.gate.delegate_sample
+    cls = "sample" + (" err" if has_error else "") + (" del" if was_delegated else "")
+    parts = [f'<section class="{cls}" id="s-{_esc(sample.id)}">']
     if embedded is not None:
         url, size = embedded
         # Boxes are in pixels of the size the data was annotated at; prefer it.
@@ -225,13 +261,25 @@ def render_sample(
     parts.append('<div class="info">')
     parts.append(f'<div class="id">{_esc(sample.id)}</div>')
     parts.append(f'<div class="text">{_esc(sample.text)}</div>')
-    parts.append("<div><b>predicted</b></div>")
-    parts.extend(_entity_line(e) for e in result.entities)
+    parts.append(
+        "<div><b>predicted</b>" + (" (delegated to the MLLM)" if was_delegated else "") + "</div>"
+    )
+    delegated_keys = result.gate.delegated if result.gate is not None else frozenset()
+    parts.extend(
+        _entity_line(
+            e,
+            None if gold is None else ("right" if e.key in gold_keys else "wrong"),
+            e.key in delegated_keys,
+        )
+        for e in result.entities
+    )
     if not result.entities:
         parts.append('<div class="ent">(none)</div>')
     if gold is not None:
         parts.append("<div style='margin-top:6px'><b>gold</b></div>")
-        parts.extend(_entity_line(e) for e in gold.entities)
+        parts.extend(
+            _entity_line(e, None if e.key in pred_keys else "missed") for e in gold.entities
+        )
         if not gold.entities:
             parts.append('<div class="ent">(none)</div>')
     for f in result.failures:
@@ -280,8 +328,10 @@ def render_report(
     title: str = "refineg report",
     images_dir: Path | None = None,
     limit: int | None = None,
+    guarantee: Mapping[str, Any] | None = None,
 ) -> str:
-    """The whole HTML page as a string."""
+    """The whole HTML page as a string. ``guarantee``: the run summary's record of a
+    precision target (``calibration.guarantee``), marked on the curve."""
     shown = list(results)[:limit] if limit is not None else list(results)
     sections = [
         render_sample(r, gold.get(r.id) if gold else None, images_dir=images_dir)
@@ -305,8 +355,58 @@ def render_report(
         "<!DOCTYPE html><html><head><meta charset='utf-8'>"
         f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>"
         f"<h1>{_esc(title)}</h1><table class='summary'>{table}</table>"
-        f"<div class='legend'>{legend}</div>{more}<hr>" + "".join(sections) + "</body></html>"
+        f"<div class='legend'>{legend}</div>{more}"
+        + _curve_block(results, gold, guarantee)
+        + _filter(shown, gold)
+        + "<hr><div class='samples'>"
+        + "".join(sections)
+        + "</div></body></html>"
     )
+
+
+def _filter(shown: Sequence[SampleResult], gold: Mapping[str, Sample] | None) -> str:
+    """Radio buttons that hide the other posts (CSS ``:checked``; no script)."""
+    options = [("all", f"all ({len(shown)})")]
+    if gold is not None:
+        errors = sum(
+            1
+            for r in shown
+            if r.id in gold and {e.key for e in r.entities} != {e.key for e in gold[r.id].entities}
+        )
+        options.append(("err", f"errors only ({errors})"))
+    if any(r.gate is not None for r in shown):
+        delegated = sum(1 for r in shown if r.gate is not None and r.gate.delegate_sample)
+        options.append(("del", f"delegated only ({delegated})"))
+    if len(options) == 1:
+        return ""
+    buttons = "".join(
+        f'<input type="radio" name="show" id="show-{key}"{" checked" if key == "all" else ""}>'
+        f'<label for="show-{key}">{_esc(text)}</label>'
+        for key, text in options
+    )
+    return f"<span class='filter'>show: </span>{buttons}"
+
+
+def _curve_block(
+    results: Sequence[SampleResult],
+    gold: Mapping[str, Sample] | None,
+    guarantee: Mapping[str, Any] | None,
+) -> str:
+    """The gate's risk-coverage curve over all results (not only the shown ones)."""
+    if gold is None:
+        return ""
+    from refineg_report.curve import curve_png, risk_coverage
+
+    curve = risk_coverage(results, gold)
+    if curve is None:
+        return ""
+    url = curve_png(curve, guarantee)
+    if url is None:
+        return (
+            "<p class='curve'>the gate's risk-coverage curve needs matplotlib: "
+            "pip install 'refineg[report]'</p>"
+        )
+    return f"<div class='curve'><img src='{url}' alt='gate risk-coverage curve'></div>"
 
 
 def write_report(

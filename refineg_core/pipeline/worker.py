@@ -111,8 +111,8 @@ class Worker:
 
     # ------------------------------------------------------------ tagger + gate
     def _gate_calibrates(self) -> bool:
-        gate_cls = self.context.plugin_class("uncertainty")
-        return bool(getattr(gate_cls, "calibrates", False))
+        # an instance's: a gate's options may decide it (a precision target)
+        return bool(self.context.gate().calibrates)
 
     def calibrated_gate(self) -> UncertaintyEstimator:
         """The run's gate, calibrated once on data.dev when the estimator fits
@@ -130,6 +130,14 @@ class Worker:
                 samples = list(dev.samples)
                 predictions = self.load_tagger().predict(samples)
                 self.calibration = gate.calibrate(samples, predictions)
+                promised = self.calibration.get("guarantee")
+                if promised:  # what the gate promises, said where the user looks
+                    self.log(
+                        f"uncertainty: {promised['promise']}: threshold "
+                        f"{promised['threshold']:.4g} chosen on {len(samples)} data.dev samples "
+                        f"({promised['calibration_items']} {promised['unit']} items), "
+                        f"precision there {promised['realized_precision']}"
+                    )
         return gate
 
     def tag(self, samples: Sequence[Sample], *, each: bool = False) -> list[SampleResult]:
