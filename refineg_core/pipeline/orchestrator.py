@@ -219,7 +219,21 @@ class Pipeline:
         return Path(self.config.tagger.load_from or self.run_dir / "tagger")
 
     def load_tagger(self):
-        return self.context.tagger(self.tagger_dir())
+        tagger = self.context.tagger(self.tagger_dir())
+        # A tagger that may run a lower-precision path checks its F1 on data.dev
+        # once, at its first load (bert_crf's precision = "fast").
+        wants = getattr(tagger, "wants_dev_check", None)
+        if wants is not None and wants():
+            dev = self.dataset("dev")
+            tagger.check_precision(list(dev.samples) if dev is not None else None)
+        return tagger
+
+    def _tagger_inference(self, tagger=None) -> dict[str, Any] | None:
+        """The tagger's account of its inference back-end, for the run summary."""
+        if tagger is None and self.config.engine.kind != "local":
+            return None  # the tagger lives in the engine's workers
+        report = getattr(tagger or self.load_tagger(), "inference_report", None)
+        return report() if report is not None else None
 
     # ----------------------------------------------------------- fingerprints
     def fingerprint(self, stage: str) -> Fingerprint:
@@ -426,6 +440,8 @@ class Pipeline:
         write_record(target / TRAINED_MARKER, fp, complete=True, output=output)
         self._fingerprints.pop("predict", None)
         data = {"train_samples": len(train), "tagger": str(target), "report": report}
+        if (inference := self._tagger_inference(tagger)) is not None:
+            data["inference"] = inference
         data = self._record("train", data, started)
         hooks.stage_finished("train", data)
         return data
@@ -507,6 +523,8 @@ class Pipeline:
         if gate.budget is not None:
             data["capped_by_budget"] = capped
         data["engine"] = self.engine().report("predict")
+        if (inference := self._tagger_inference()) is not None:
+            data["tagger_inference"] = inference
         data = self._record("predict", data, started)
         hooks.stage_finished("predict", data)
         return StageOutput("predict", out)
