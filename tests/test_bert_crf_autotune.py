@@ -119,6 +119,8 @@ def test_auto_measures_exact_back_ends_and_keeps_one_with_torch_tags(fresh, twee
     want = _tags(BertCrfTagger.load(fresh, {"inference": "torch"}).predict(samples))
     tagger = BertCrfTagger.load(fresh, AUTO)  # auto, nothing cached: waits for real sentences
     assert tagger.inference_mode is None
+    assert _tags(tagger.predict(samples[:3])) == want[:3]  # too few to measure on: torch
+    assert tagger.inference_mode is None and tagger.tuning is None
     got = tagger.predict(samples)
     assert tagger.inference_mode in autotune.EXACT
     assert tagger.tuning["measured"] and not tagger.tuning["cached"]

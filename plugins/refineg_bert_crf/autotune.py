@@ -45,6 +45,10 @@ VERSION = 1
 #: stay a small part of a first load.
 PROBE_SENTENCES = 96
 ROUNDS = 3
+#: Fewer sentences than this (one post through ``pipe``) are not measured on: a
+#: choice cached for the machine must not rest on one sentence's timing. Those
+#: calls run plain torch and the choice waits for a larger call.
+MIN_PROBE = 16
 #: Choices kept per cache file (machines x precisions x thread counts).
 MAX_CHOICES = 16
 EXACT = ("torch", "onnx")

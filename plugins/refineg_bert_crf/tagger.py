@@ -594,8 +594,8 @@ class BertCrfTagger(Tagger):
             self.tuning = {"mode": mode, "measured": False, "why": "the only candidate"}
         else:
             sentences = probe() if probe is not None else self._probe
-            if not sentences:
-                return None  # measured on the first predict's sentences
+            if not sentences or len(sentences) < autotune.MIN_PROBE:
+                return None  # plain torch now; measured on a predict call large enough
             entry = self._measure(modes, sentences, where)
             cache.put_choice(key, entry)
             mode = entry["mode"]
