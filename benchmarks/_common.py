@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from refineg_core import machine as _machine
 from refineg_core.config import load_config
 from refineg_core.labels import LabelSet
 from refineg_core.testing.stages import first_samples
@@ -31,3 +32,17 @@ def real_samples(
 ) -> list[Sample]:
     """The first ``n`` dev tweets with at least ``min_entities`` entities (after ``skip``)."""
     return first_samples(twitter_dir / "dev.txt", n, min_entities=min_entities, skip=skip)
+
+
+def machine(threads: int | None = None) -> dict:
+    """Where a result came from: CPU model and speed flags, cores, the thread count
+    the numbers ran at, library versions, and the load average when it was taken
+    (the machine is shared: a number is read with the load beside it). Every
+    benchmark writes this into its result file; numbers from different CPUs are
+    not compared with each other."""
+    doc = _machine.describe(threads)
+    try:
+        doc["loadavg_1_5_15"] = list(os.getloadavg())
+    except OSError:
+        doc["loadavg_1_5_15"] = None
+    return doc

@@ -38,9 +38,10 @@ from pathlib import Path
 os.environ.setdefault("REFINEG_NO_PROGRESS", "1")
 
 import torch
-from _common import ROOT, twitter_labels
+from _common import ROOT, machine, twitter_labels
 from refineg_clip_selector.selector import ClipSimilaritySelector
 from refineg_formats.twitter import read_twitter_gmner
+from refineg_openai import images as openai_images
 from refineg_openai.backend import OpenAIBackend
 from refineg_openai.testing import FakeOpenAIServer, ok
 
@@ -70,6 +71,7 @@ def clip(cache: Path) -> ClipSimilaritySelector:
 
 
 def run_once(inputs, pool, selector, k: int, args, out: Path) -> dict:
+    openai_images._encode_cached.cache_clear()  # each run prepares its own images
     with FakeOpenAIServer(latency=args.latency) as server:
         server.default = ok("[]")
         backend = OpenAIBackend(
@@ -79,7 +81,7 @@ def run_once(inputs, pool, selector, k: int, args, out: Path) -> dict:
                 concurrency=args.concurrency,
                 retries=0,
                 timeout=30.0,
-                box_frame="pixels",
+                box_frame=args.frame,
             )
         )
         started = time.perf_counter()
@@ -109,6 +111,11 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path("/tmp/refineg-bench-ground-cache"))
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "twitter-gmner")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument(
+        "--frame",
+        default="pixels",
+        help="the backend's box frame (qwen2.5-vl, the openai default, resizes every image)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch threads: {torch.get_num_threads()}", flush=True)
@@ -181,6 +188,7 @@ def main() -> None:
                 {
                     "select_many_cold_seconds": select_s,
                     "rows": table,
+                    "machine": machine(torch.get_num_threads()),
                     "args": {k: str(v) for k, v in vars(args).items()},
                 },
                 indent=1,

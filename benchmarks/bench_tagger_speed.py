@@ -39,7 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from _common import DATA, ROOT
+from _common import DATA, ROOT, machine
 from refineg_bert_crf import inference
 from refineg_bert_crf.tagger import BertCrfTagger
 from refineg_bert_crf.training import span_f1
@@ -50,7 +50,7 @@ from refineg_core.labels import LabelSet, tags_to_spans
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-MODES = ("torch", "int8", "onnx", "onnx-int8")
+MODES = ("torch", "bf16", "int8", "onnx", "onnx-int8")
 TWITTER_TYPES = LabelSet(
     {"PER": "person", "LOC": "location", "ORG": "organisation", "OTHER": "other named entity"}
 )
@@ -90,6 +90,7 @@ def write(part: str, doc: dict) -> None:
     doc["command"] = "nice -n 5 python benchmarks/bench_tagger_speed.py " + " ".join(sys.argv[1:])
     doc["cpu_count"] = os.cpu_count()
     doc["load_average_at_end"] = os.getloadavg()
+    doc["machine"] = machine()
     path = RESULTS / f"tagger_speed_{part}.json"
     path.write_text(json.dumps(doc, indent=2), encoding="utf-8")
     print(f"wrote {path}", flush=True)
@@ -158,6 +159,16 @@ def part_inference(args) -> None:
         torch.set_num_threads(threads)  # before loading: ONNX sessions copy the count
         taggers = {m: BertCrfTagger.load(directory, {"inference": m}) for m in modes}
         cases = {f"bert_crf+gate [{m}]": ours(t) for m, t in taggers.items()}
+        for precision in args.auto:  # autotuned (measured in the warm-up pass, or cached)
+            auto = BertCrfTagger.load(directory, {"inference": "auto", "precision": precision})
+            if auto.wants_dev_check():
+                auto.check_precision(dev_all)
+            cases[f"bert_crf+gate [auto, {precision}]"] = ours(auto)
+        if args.run:  # the tagger and its gate as a user calls them (MLLM stages off)
+            import refineg
+
+            api = refineg.load(args.run, overrides=["stages.refine=false", "stages.ground=false"])
+            cases["refineg.load(run).pipe"] = lambda a=api: list(a.pipe(texts))
         if args.eager:
             eager = BertCrfTagger.load(directory, {"inference": "torch"})
             eager.runner = inference.torch_runner(inference.eager_copy(eager.torch_encoder()))
@@ -215,42 +226,102 @@ def inference_encoder_path() -> str:
     return default_encoder_path()
 
 
+def plain_transformers_epoch(chunk, batch_size: int, num_labels: int) -> Callable[[], object]:
+    """The issue's baseline: transformers' token-classification model, fp32, AdamW,
+    one epoch over ``chunk`` in arrival order (first sub-word labelled), batch size
+    as the tagger's."""
+    from refineg_bert_crf.model import quiet_transformers
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    path = inference_encoder_path()
+    tok = AutoTokenizer.from_pretrained(path)
+    with quiet_transformers():
+        model = AutoModelForTokenClassification.from_pretrained(path, num_labels=num_labels)
+    labels = {t: i for i, t in enumerate(sorted({e.type for s in chunk for e in s.entities}))}
+    batches = []
+    for k in range(0, len(chunk), batch_size):
+        part = chunk[k : k + batch_size]
+        enc = tok(
+            [list(s.tokens) for s in part],
+            is_split_into_words=True,
+            truncation=True,
+            max_length=128,
+            padding=True,
+            return_tensors="pt",
+        )
+        target = torch.full(enc["input_ids"].shape, -100)
+        for b, s in enumerate(part):
+            tags = [0] * len(s.tokens)
+            for e in s.entities:
+                for w in range(e.start, e.end):
+                    tags[w] = 1 + labels.get(e.type, 0) % (num_labels - 1)
+            seen = set()
+            for j, w in enumerate(enc.word_ids(b)):
+                if w is not None and w not in seen:
+                    seen.add(w)
+                    target[b, j] = tags[w]
+        batches.append((enc, target))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5)
+
+    def run():
+        model.train()
+        for enc, target in batches:
+            loss = model(**enc, labels=target).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    return run
+
+
 def part_train(args) -> None:
+    """Training sentences/s: the tagger's ``fit`` (fp32 and bf16 autocast) against a
+    plain fp32 transformers loop (the issue's baseline), one epoch over the same
+    slice per repetition, interleaved in this process at each thread count."""
     train = list(load_dataset(DATA / "twitter-gmner" / "train.txt").samples)
     chunk = train[: args.train_items]
-    tagger = BertCrfTagger(
-        BertCrfTagger.Options(
-            epochs=1, batch_size=32, device="cpu", patience=None, inference="torch"
-        ),
-        TWITTER_TYPES,
-    )
-    steps = -(-len(chunk) // 32)
-
-    def fit_at(threads: int) -> Callable[[], object]:
-        def run():
-            torch.set_num_threads(threads)
-            return tagger.fit(chunk)
-
-        return run
-
-    timing = interleave({f"{t} threads": fit_at(t) for t in args.threads}, args.reps)
-    for t in timing.values():
-        t["steps_per_s"] = rate(t, steps)
-    write(
-        "train",
-        {
-            "train_items": len(chunk),
-            "batch_size": 32,
-            "steps_per_rep": steps,
-            "reps": args.reps,
-            "timing": timing,
-        },
-    )
-    for name, t in timing.items():
-        print(
-            f"{name}: {t['steps_per_s']['median']:.2f} steps/s "
-            f"({t['steps_per_s']['min']:.2f}-{t['steps_per_s']['max']:.2f})"
+    taggers = {
+        p: BertCrfTagger(
+            BertCrfTagger.Options(
+                epochs=1,
+                batch_size=32,
+                device="cpu",
+                patience=None,
+                inference="torch",
+                train_precision=p,
+            ),
+            TWITTER_TYPES,
         )
+        for p in args.train_precisions
+    }
+    doc: dict = {
+        "train_items": len(chunk),
+        "batch_size": 32,
+        "reps": args.reps,
+        "by_threads": {},
+    }
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        cases: dict[str, Callable[[], object]] = {
+            f"bert_crf fit [{p}]": (lambda t=t: t.fit(chunk)) for p, t in taggers.items()
+        }
+        cases["plain transformers fp32 loop"] = plain_transformers_epoch(chunk, 32, 9)
+        print(f"threads={torch.get_num_threads()}, {len(cases)} cases x {args.reps}", flush=True)
+        timing = interleave(cases, args.reps)
+        for name, t in timing.items():
+            t["sentences_per_s"] = rate(t, len(chunk))
+            print(
+                f"  {name:34s} {t['sentences_per_s']['median']:7.1f} sent/s "
+                f"({t['sentences_per_s']['min']:.1f}-{t['sentences_per_s']['max']:.1f})",
+                flush=True,
+            )
+        base = timing["plain transformers fp32 loop"]["median_s"]
+        doc["by_threads"][str(threads)] = {
+            "threads": torch.get_num_threads(),
+            "timing": timing,
+            "ratios_vs_plain": {n: base / t["median_s"] for n, t in timing.items()},
+        }
+    write("train", doc)
 
 
 def part_stage(args) -> None:
@@ -357,6 +428,19 @@ def main() -> None:
     ap.add_argument("--skip", default="", help="inference: back-ends to leave out (comma list)")
     ap.add_argument("--eager", action="store_true", help="inference: also eager attention")
     ap.add_argument("--compile", action="store_true", help="inference: also torch.compile")
+    ap.add_argument(
+        "--auto",
+        default="exact,fast",
+        type=lambda s: [x for x in s.split(",") if x],
+        help="inference: also inference='auto' at these precisions (comma list; '' for none)",
+    )
+    ap.add_argument(
+        "--train-precisions",
+        default="fp32,bf16",
+        type=lambda s: [x for x in s.split(",") if x],
+        help="train: the tagger's train_precision values to time",
+    )
+    ap.add_argument("--run", default=None, help="inference: a run dir for the API case (pipe)")
     ap.add_argument("--train-items", type=int, default=128, help="train: tweets per repetition")
     ap.add_argument("--baseline", default="445bc6a", help="stage: git revision of 'today'")
     ap.add_argument("--stage-threads", type=int, default=2)

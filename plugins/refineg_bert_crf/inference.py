@@ -19,12 +19,13 @@ Modes (``tagger.options.inference``):
   stale export: a missing, stale or unreadable file is rebuilt. The PyTorch
   encoder is asked for (built) only to export: a tagger loaded beside a valid
   export never builds it.
-- ``auto``: ``torch`` on CUDA; on CPU ``onnx`` (fp32 ONNX Runtime: the same
-  tags as torch, 2x its speed), or ``torch`` when onnxruntime is not installed
-  or the tagger was never saved (fit in memory). The int8 modes are faster
-  still but opt-in: their F1 moved by +0.5 on a 2-epoch tagger and by -1.1 to
-  -1.35 on a weaker one (benchmarks/RESULTS.md section 4), more than the 0.3
-  a default may cost.
+- ``bf16``: the PyTorch encoder under bf16 autocast on CPU (fast on CPUs
+  with AVX512_BF16 or AMX; slow emulation elsewhere) -- not exact.
+- ``auto``: ``torch`` on CUDA and for a tagger never saved; otherwise the
+  tagger measures the candidates on this machine (``autotune.py``): the exact
+  ones (torch, onnx) and, with ``precision = "fast"``, the lower-precision
+  ones whose dev F1 passed. Which back-end is fastest depends on the CPU: ONNX
+  Runtime fp32 was 2x torch on one Xeon and slower than torch on another.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from refineg_core.errors import TaggerError
 
 log = logging.getLogger(__name__)
 
-MODES = ("auto", "torch", "int8", "onnx", "onnx-int8")
+MODES = ("auto", "torch", "bf16", "int8", "onnx", "onnx-int8")
 ONNX_MODES = ("onnx", "onnx-int8")
 #: Bump when the export recipe changes: every cached file is then rebuilt.
 EXPORT_VERSION = 1
@@ -79,6 +80,9 @@ def resolve_mode(mode: str, device: torch.device, *, saved: bool = True) -> str:
 
     ``saved=False`` (a tagger fit in memory, never saved): ``auto`` stays with
     torch, since a one-off export costs more than it saves on a dev set.
+    On CPU, ``auto`` for a saved tagger stays ``auto``: the tagger measures the
+    candidates (``autotune.py``); without onnxruntime the exact candidate left
+    is torch (the low-precision ones remain for ``precision = "fast"``).
     """
     if mode not in MODES:
         raise TaggerError(
@@ -88,11 +92,10 @@ def resolve_mode(mode: str, device: torch.device, *, saved: bool = True) -> str:
     if mode == "auto":
         if device.type != "cpu" or not saved:
             return "torch"
-        if onnxruntime_available():
-            return "onnx"
-        _warn_no_onnxruntime()
-        return "torch"
-    if mode != "torch" and device.type != "cpu":
+        if not onnxruntime_available():
+            _warn_no_onnxruntime()
+        return "auto"
+    if mode not in ("torch", "bf16") and device.type != "cpu":
         raise TaggerError(
             f"inference mode {mode!r} runs on CPU only, but device is {device}; "
             "use inference = 'torch' (or 'auto') on a GPU",
@@ -351,6 +354,8 @@ def build_runner(
     """
     if mode == "torch":
         return torch_runner(encoder(), autocast_dtype(device))
+    if mode == "bf16":
+        return torch_runner(encoder(), torch.bfloat16)
     if mode == "int8":
         return torch_runner(quantize_int8(encoder()))
     if mode in ONNX_MODES:

@@ -11,9 +11,10 @@ are not needed to load it):
 - ``ensemble.json`` — how many members the weights hold (absent: one)
 - ``manifest.json`` — every file above with its size and SHA-256
 - ``inference/`` — the encoder exported for fast CPU prediction (ONNX), named
-  by the weights' SHA-256, and ``verified.json`` (which files were hashed at
-  which stat identity, ``verify.py``); a cache, not in the manifest, rebuilt
-  when stale
+  by the weights' SHA-256, ``verified.json`` (which files were hashed at
+  which stat identity, ``verify.py``) and ``autotune.json`` (the back-end
+  measured fastest per machine, and the fast paths' dev F1 check,
+  ``autotune.py``); a cache, not in the manifest, rebuilt when stale
 
 An ensemble stores every member in the one weights file (keys prefixed
 ``member<k>.``); a single model keeps the plain keys.
@@ -32,7 +33,8 @@ import contextlib
 import copy
 import json
 import logging
-from collections.abc import Sequence
+import statistics
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -43,7 +45,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from refineg_bert_crf import encoder_meta, ensemble, inference, verify
+from refineg_bert_crf import autotune, encoder_meta, ensemble, inference, verify
 from refineg_bert_crf.encoders import KNOWN, resolve_encoder
 from refineg_bert_crf.model import (
     ENCODER_PREFIX,
@@ -53,7 +55,8 @@ from refineg_bert_crf.model import (
     build_encoder,
 )
 from refineg_bert_crf.model import encoder_config as make_encoder_config
-from refineg_bert_crf.training import length_batches, set_seed, snapshot, span_f1, train_loop
+from refineg_bert_crf.training import padded_buckets, set_seed, snapshot, span_f1, train_loop
+from refineg_core import machine
 from refineg_core.errors import DataError, TaggerError
 from refineg_core.filemodes import respect_umask
 from refineg_core.interfaces import PluginOptions, Tagger
@@ -72,6 +75,7 @@ INFERENCE_OPTIONS = (
     "device",
     "eval_batch_size",
     "inference",
+    "precision",
     "mc_dropout_samples",
     "mc_dropout_seed",
 )
@@ -96,6 +100,9 @@ def _rows(p: np.ndarray) -> np.ndarray:
 _sha256 = verify.sha256_file  # the name tests and older callers import
 
 
+autotune_probe = autotune.probe_sentences
+
+
 def _stamp(directory: Path) -> Path:
     return directory / inference.CACHE_DIR / verify.STAMP
 
@@ -114,10 +121,23 @@ class BertCrfTagger(Tagger):
         epochs: int = pydantic.Field(10, ge=1)
         batch_size: int = pydantic.Field(32, ge=1)
         eval_batch_size: int = pydantic.Field(64, ge=1)
-        inference: Literal["auto", "torch", "int8", "onnx", "onnx-int8"] = pydantic.Field(
+        inference: Literal["auto", "torch", "bf16", "int8", "onnx", "onnx-int8"] = pydantic.Field(
             "auto",
-            description="encoder back-end for predict(): auto = onnx (exact fp32) for a "
-            "saved tagger on CPU when onnxruntime is installed, else torch (autocast on CUDA)",
+            description="encoder back-end for predict(): auto = the fastest measured on "
+            "this machine (cached per machine) among the exact ones, plus with "
+            "precision = 'fast' the lower-precision ones whose dev F1 passed; torch for "
+            "a tagger never saved and on CUDA (autocast)",
+        )
+        train_precision: Literal["fp32", "bf16", "auto"] = pydantic.Field(
+            "fp32",
+            description="training forward passes: fp32, bf16 autocast, or auto = bf16 "
+            "where the CPU has AVX512_BF16/AMX (or on a bf16 CUDA GPU), else fp32",
+        )
+        precision: Literal["exact", "fast"] = pydantic.Field(
+            "exact",
+            description="what inference = 'auto' may choose: exact = tags equal to fp32 "
+            "torch's; fast = also bf16 / int8 paths whose dev MNER F1 is within 0.3 of "
+            "fp32 (checked at training or at the first load with data.dev)",
         )
         lr: PosFloat = 1e-4
         head_lr: PosFloat | None = pydantic.Field(
@@ -184,6 +204,16 @@ class BertCrfTagger(Tagger):
         self.runner: inference.EncoderRunner | None = None
         #: The resolved inference mode of ``runner`` (``torch``, ``int8``, ``onnx``, ...).
         self.inference_mode: str | None = None
+        #: How ``inference = "auto"`` chose (measured or cached), for the run summary.
+        self.tuning: dict | None = None
+        #: Encoded sentences to time back-ends on when no choice is cached (fit keeps dev's).
+        self._probe: list[EncodedSentence] | None = None
+        #: The fast paths' dev F1 check of the current weights, before it is saved.
+        self._fast_check: dict | None = None
+        #: The training precision ``fit`` used (``train_precision`` resolved).
+        self.train_precision_used: str | None = None
+        #: Whether the first-load dev check was asked for (once per loaded tagger).
+        self._dev_check_done = False
         #: (directory, weights SHA-256, encoder config SHA-256) once saved or loaded.
         self._saved: tuple[Path, str, str] | None = None
         #: (saved directory, weights SHA-256) while the model is head-only: the
@@ -331,6 +361,7 @@ class BertCrfTagger(Tagger):
         assert self.model is not None and self.sentences is not None
         self._attach_encoders()  # a head-only load trains its whole model again
         self._forget_runner()  # the weights are about to change
+        self._fast_check = None
         encoded = self.sentences.encode([train[i].tokens for i in keep])
         tags = [gold[i] for i in keep]
         if o.ensemble_mode == "snapshots":
@@ -346,6 +377,14 @@ class BertCrfTagger(Tagger):
                 report = {**reports[0], "members": reports}
         if dev and len(self.members) > 1:
             report["ensemble_dev"] = self._dev_f1(dev, self.members)
+        self._probe = autotune_probe(
+            self.sentences.encode([s.tokens for s in dev]) if dev else encoded
+        )
+        if o.precision == "fast" and dev and len(self.members) == 1:
+            fp32 = report.get("best_dev_f1")
+            self._fast_check = self._check_fast(dev, fp32_f1=fp32)
+            report["fast_check"] = self._fast_check
+        report["train_precision"] = self.train_precision_used
         report["train_sentences"] = len(keep)
         report["skipped_empty"] = len(train) - len(keep)
         report["tag_repairs"] = sum(int(s.meta.get("tag_repairs", 0)) for s in train)
@@ -399,9 +438,13 @@ class BertCrfTagger(Tagger):
         enc = self.sentences
         assert enc is not None
 
+        mixed = self._train_autocast()
+
         def loss_fn(indices: list[int]) -> torch.Tensor:
             batch = [encoded[i] for i in indices]
-            emissions, mask = model.emissions(batch, enc.prefix, enc.suffix, enc.pad)
+            with mixed():  # bf16 matrix products where the hardware has them
+                emissions, mask = model.emissions(batch, enc.prefix, enc.suffix, enc.pad)
+            emissions = emissions.float()  # the CRF's log-sum-exps stay in fp32
             target = torch.zeros(mask.shape, dtype=torch.long)
             for b, i in enumerate(indices):
                 target[b, : len(tags[i])] = torch.tensor(tags[i])
@@ -428,11 +471,31 @@ class BertCrfTagger(Tagger):
             on_epoch=on_epoch,
         )
 
+    def _train_autocast(self) -> Callable[[], contextlib.AbstractContextManager]:
+        """The autocast context of a training forward pass (``train_precision``).
+
+        Why bf16: the encoder's matrix products are most of a step; on CPUs with
+        AVX512_BF16 / AMX (and CUDA) they run several times faster in bf16, with
+        fp32 master weights and optimizer state (autocast casts per op).
+        """
+        device = self._device()
+        wanted = self.options.train_precision
+        if wanted == "auto":
+            native = (
+                torch.cuda.is_bf16_supported() if device.type == "cuda" else autotune.bf16_capable()
+            )
+            wanted = "bf16" if native else "fp32"
+        self.train_precision_used = wanted
+        if wanted == "fp32":
+            return contextlib.nullcontext
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+
     # ---------------------------------------------------------------- inference
     def predict(self, samples: Sequence[Sample]) -> list[TaggerPrediction]:
         """Viterbi tags and forward-backward marginals for every sample (empty -> empty)."""
         self._require_model()
-        return self._predict(samples, marginals=True, encode=self.encoder_runner())
+        runner = self.encoder_runner(probe=lambda: autotune_probe(self.encode(samples)))
+        return self._predict(samples, marginals=True, encode=runner)
 
     def _require_model(self) -> None:
         if self.model is None or self.sentences is None:
@@ -440,9 +503,17 @@ class BertCrfTagger(Tagger):
                 "the tagger is not trained: call fit() or load() first", where="tagger.predict"
             )
 
-    def encoder_runner(self) -> inference.EncoderRunner | None:
+    def encoder_runner(
+        self, probe: Callable[[], list[EncodedSentence]] | None = None
+    ) -> inference.EncoderRunner | None:
         """The encoder back-end of ``options.inference``, built on first use; None for
-        an ensemble, whose members each run their own PyTorch encoder."""
+        an ensemble, whose members each run their own PyTorch encoder.
+
+        ``auto`` on CPU takes the choice cached for this machine; without one it
+        measures the candidates on ``probe()`` (the sentences being predicted) or
+        on the dev sentences kept from training. With neither (a load), the
+        choice waits for the first ``predict``: None is returned meanwhile.
+        """
         self._require_model()
         assert self.model is not None
         if len(self.members) > 1:
@@ -450,6 +521,8 @@ class BertCrfTagger(Tagger):
             return None
         if self.runner is None:
             mode, folder, name = self._export_plan()
+            if mode == "auto":
+                return self._autotuned(probe)
             self.model.eval()
             self.runner = inference.build_runner(
                 mode, self.torch_encoder, self._device(), folder=folder, name=name
@@ -457,20 +530,259 @@ class BertCrfTagger(Tagger):
             self.inference_mode = mode
         return self.runner
 
-    def _export_plan(self) -> tuple[str, Path | None, str | None]:
-        """The resolved inference mode, and where its export lives (beside the
-        saved weights; None for a tagger never saved)."""
-        mode = inference.resolve_mode(
-            self.options.inference, self._device(), saved=self._saved is not None
-        )
-        if self._saved is None:
+    def _export_plan(self, mode: str | None = None) -> tuple[str, Path | None, str | None]:
+        """The resolved inference mode (or ``mode``), and where its export lives
+        (beside the saved weights; None for a tagger never saved)."""
+        if mode is None:
+            mode = inference.resolve_mode(
+                self.options.inference, self._device(), saved=self._saved is not None
+            )
+        if self._saved is None or mode == "auto":
             return mode, None, None
         directory, weights_sha, config_sha = self._saved
         name = inference.artifact_name(mode, weights_sha, config_sha)
         return mode, directory / inference.CACHE_DIR, name
 
+    # ------------------------------------------------------------- autotuning
+    def _tune_cache(self) -> autotune.TuneCache:
+        if self._saved is None:
+            return autotune.TuneCache(None, None)
+        directory, weights_sha, _ = self._saved
+        return autotune.TuneCache(directory / inference.CACHE_DIR, weights_sha)
+
+    def _candidates(self, cache: autotune.TuneCache) -> tuple[list[str], str | None]:
+        """The back-ends ``auto`` may choose here, and why the fast ones are left out."""
+        modes = autotune.exact_candidates()
+        if self.options.precision != "fast":
+            return modes, None
+        check = cache.fast_check() or self._fast_check
+        if check is None:
+            return modes, (
+                "precision = 'fast' but no dev F1 check of these weights is recorded "
+                "(it runs at training, or at the first load with data.dev): exact"
+            )
+        here = set(autotune.fast_candidates())
+        accepted = [m for m in check["accepted"] if m in here]
+        why = None if accepted else "no fast path kept dev F1 within 0.3 of fp32: exact"
+        return modes + accepted, why
+
+    def planned_mode(self) -> str | None:
+        """The back-end ``auto`` will run without measuring (cached, or the only
+        candidate); None when it still has to measure."""
+        cache = self._tune_cache()
+        modes, _ = self._candidates(cache)
+        if len(modes) == 1:
+            return modes[0]
+        key, _ = autotune.choice_key(self.options.precision, torch.get_num_threads())
+        entry = cache.choice(key)
+        return entry["mode"] if entry is not None and entry["mode"] in modes else None
+
+    def _autotuned(
+        self, probe: Callable[[], list[EncodedSentence]] | None
+    ) -> inference.EncoderRunner | None:
+        """Build the runner ``auto`` chooses (cached choice, or measure now)."""
+        cache = self._tune_cache()
+        modes, why = self._candidates(cache)
+        threads = torch.get_num_threads()
+        key, where = autotune.choice_key(self.options.precision, threads)
+        entry = cache.choice(key)
+        if entry is not None and entry["mode"] in modes:
+            mode = entry["mode"]
+            self.tuning = {**entry, "cached": True}
+        elif len(modes) == 1:
+            mode = modes[0]
+            self.tuning = {"mode": mode, "measured": False, "why": "the only candidate"}
+        else:
+            sentences = probe() if probe is not None else self._probe
+            if not sentences or len(sentences) < autotune.MIN_PROBE:
+                return None  # plain torch now; measured on a predict call large enough
+            entry = self._measure(modes, sentences, where)
+            cache.put_choice(key, entry)
+            mode = entry["mode"]
+            self.tuning = {**entry, "cached": False}
+        if why:
+            self.tuning["note"] = why
+        self.tuning["precision"] = self.options.precision
+        self.model.eval()
+        self.runner = self._runner_for(mode)
+        self.inference_mode = mode
+        log.info("tagger inference: %s (%s)", mode, self.tuning)
+        return self.runner
+
+    def _runner_for(self, mode: str, quantizers: dict | None = None) -> inference.EncoderRunner:
+        """A runner of ``mode``; ``quantizers[mode](encoder)`` replaces the built-in
+        quantiser of a torch mode (``bf16``, ``int8``): tests inject a broken one."""
+        if quantizers and mode in quantizers:
+            encoder = quantizers[mode](self.torch_encoder())
+            return inference.torch_runner(encoder, torch.bfloat16 if mode == "bf16" else None)
+        _, folder, name = self._export_plan(mode)
+        return inference.build_runner(
+            mode, self.torch_encoder, self._device(), folder=folder, name=name
+        )
+
+    def _paths(self, mode: str, runner, batches: list[list[EncodedSentence]]) -> list:
+        """Viterbi paths of the probe batches with ``runner`` (the head as predict runs it)."""
+        assert self.model is not None and self.sentences is not None
+        enc = self.sentences
+        threads = (
+            inference.torch_threads(1) if mode in inference.ONNX_MODES else contextlib.nullcontext()
+        )
+        paths: list = []
+        with torch.inference_mode(), threads:
+            for items in batches:
+                out = ensemble.decode(
+                    [self.model],
+                    items,
+                    enc.prefix,
+                    enc.suffix,
+                    enc.pad,
+                    marginals=False,
+                    encode=runner,
+                )
+                paths.extend(out.paths)
+        return paths
+
+    def _measure(
+        self,
+        modes: list[str],
+        sentences: list[EncodedSentence],
+        where: dict,
+        *,
+        exact: Sequence[str] = autotune.EXACT,
+        quantizers: dict | None = None,
+    ) -> dict:
+        """Time ``modes`` on ``sentences`` (interleaved rounds after a warm-up pass that
+        also checks the ``exact`` ones' tags against torch's) and pick the fastest.
+        ``quantizers``: as in :meth:`_runner_for` (tests break a path on purpose)."""
+        self.model.eval()
+        lengths = [sum(len(p) for p in e.pieces) for e in sentences]
+        batches = [
+            [sentences[k] for k in b] for b in padded_buckets(lengths, self.options.eval_batch_size)
+        ]
+        runners: dict[str, inference.EncoderRunner] = {}
+        rejected: dict[str, str] = {}
+        reference = None
+        for mode in modes:
+            try:
+                runner = self._runner_for(mode, quantizers)
+            except TaggerError as exc:
+                rejected[mode] = str(exc)
+                continue
+            paths = self._paths(mode, runner, batches)  # also the warm-up
+            if mode == "torch":
+                reference = paths
+            elif mode in exact and paths != reference:
+                differ = sum(a != b for a, b in zip(paths, reference or [], strict=True))
+                rejected[mode] = f"tags differ from torch fp32's on {differ} probe sentences"
+                continue
+            runners[mode] = runner
+        seconds = autotune.measure(
+            {m: (lambda m=m, r=r: self._paths(m, r, batches)) for m, r in runners.items()}
+        )
+        mode = autotune.fastest(seconds)
+        rates = {m: round(len(sentences) / statistics.median(v), 1) for m, v in seconds.items()}
+        log.info("tagger inference autotune: %s sentences/s -> %s", rates, mode)
+        return {
+            "mode": mode,
+            "measured": True,
+            "sentences_per_s": rates,
+            "seconds": {m: [round(x, 4) for x in v] for m, v in seconds.items()},
+            "probe_sentences": len(sentences),
+            "rejected": rejected,
+            "machine": where,
+        }
+
+    # --------------------------------------------------- fast-path F1 check
+    def wants_dev_check(self) -> bool:
+        """True once for a loaded tagger that may run a fast path but has no dev F1
+        check of its weights yet: the pipeline then calls :meth:`check_precision`."""
+        if (
+            self._dev_check_done
+            or self.options.precision != "fast"
+            or self.options.inference != "auto"
+            or len(self.members) != 1
+        ):
+            return False
+        return self._tune_cache().fast_check() is None and self._fast_check is None
+
+    def check_precision(
+        self,
+        dev: Sequence[Sample] | None,
+        *,
+        quantizers: dict | None = None,
+        modes: Sequence[str] | None = None,
+    ) -> dict | None:
+        """Measure each fast path's dev MNER F1 against fp32 for these weights, record
+        it beside the tagger and let ``auto`` choose again. ``quantizers`` replaces
+        a torch fast path's quantiser (``{"int8": fn(encoder) -> encoder}``);
+        ``modes`` checks only those fast paths (default: every one this machine has)."""
+        self._dev_check_done = True
+        if not dev:
+            note = "precision = 'fast' needs data.dev to check F1: exact back-ends only"
+            log.warning("tagger: %s", note)
+            self.tuning = {**(self.tuning or {}), "note": note}
+            return None
+        record = self._check_fast(dev, quantizers=quantizers, modes=modes)
+        self._tune_cache().put_fast_check(record)
+        self.runner, self.inference_mode = None, None  # choose again with the new record
+        return record
+
+    def _check_fast(
+        self,
+        dev: Sequence[Sample],
+        *,
+        fp32_f1: float | None = None,
+        quantizers: dict | None = None,
+        modes: Sequence[str] | None = None,
+    ) -> dict:
+        gold = [{e.key for e in s.entities} for s in dev]
+
+        def f1_with(runner) -> float:
+            preds = self._predict(dev, marginals=False, encode=runner)
+            return span_f1(gold, [set(tags_to_spans(p.tags).spans) for p in preds])["f1"]
+
+        if fp32_f1 is None:
+            fp32_f1 = f1_with(inference.torch_runner(self.torch_encoder()))
+        candidates: dict[str, dict] = {}
+        for mode in modes if modes is not None else autotune.fast_candidates():
+            try:
+                f1 = f1_with(self._runner_for(mode, quantizers))
+            except TaggerError as exc:
+                candidates[mode] = {"f1": None, "accepted": False, "reason": str(exc)}
+                continue
+            reason = autotune.judge_fast(fp32_f1, f1)
+            candidates[mode] = {"f1": f1, "accepted": reason is None, "reason": reason}
+            if reason:
+                log.warning("tagger: fast path %s refused: %s", mode, reason)
+        return {
+            "fp32_f1": fp32_f1,
+            "tolerance_points": autotune.TOLERANCE,
+            "dev_sentences": len(dev),
+            "candidates": candidates,
+            "accepted": [m for m, c in candidates.items() if c["accepted"]],
+            "machine": machine.describe(torch.get_num_threads()),
+        }
+
+    def inference_report(self) -> dict:
+        """What predict runs and why (for the run summary)."""
+        doc: dict = {
+            "requested": self.options.inference,
+            "precision": self.options.precision,
+            "mode": self.inference_mode,
+            "threads": torch.get_num_threads(),
+        }
+        if self.tuning:
+            doc["autotune"] = self.tuning
+        check = self._tune_cache().fast_check() or self._fast_check
+        if check is not None:
+            doc["fast_check"] = {
+                k: check[k] for k in ("fp32_f1", "candidates", "accepted") if k in check
+            }
+        return doc
+
     def _forget_runner(self) -> None:
         self.runner, self.inference_mode, self._saved = None, None, None
+        self.tuning = None
 
     def torch_encoder(self) -> nn.Module:
         """The first model's PyTorch encoder, built from the saved weights first when
@@ -549,7 +861,7 @@ class BertCrfTagger(Tagger):
         for m in members:
             m.eval()
         crf = ensemble.mean_crf(members) if n_members > 1 else None
-        batches = length_batches(lengths, self.options.eval_batch_size, None)
+        batches = padded_buckets(lengths, self.options.eval_batch_size)
         # Encoder in ONNX Runtime and no PyTorch encoder pass: torch runs only the head.
         head_threads = (
             inference.torch_threads(1)
@@ -705,6 +1017,8 @@ class BertCrfTagger(Tagger):
         verify.remember(directory, {k: v["sha256"] for k, v in files.items()}, _stamp(directory))
         self._forget_runner()
         self._saved = (directory, files[WEIGHTS]["sha256"], files["encoder/config.json"]["sha256"])
+        if self._fast_check is not None:  # the check made at training, for these weights
+            self._tune_cache().put_fast_check(self._fast_check)
         try:  # export now, so the predict stage finds it ready (train pays the seconds)
             self.encoder_runner()
         except TaggerError as exc:  # the weights are saved; load() will report it again
@@ -792,6 +1106,8 @@ class BertCrfTagger(Tagger):
         weights_sha = files[WEIGHTS]["sha256"]
         tagger._saved = (directory, weights_sha, files["encoder/config.json"]["sha256"])
         mode, folder, name = tagger._export_plan()
+        if mode == "auto":  # the back-end measured fastest here earlier, if any
+            mode, folder, name = tagger._export_plan(tagger.planned_mode() or "torch")
         # A cached export of these exact weights: the PyTorch encoder is not needed.
         head_only = (
             members == 1

@@ -233,6 +233,13 @@ class Pipeline:
             self._saved_tagger_checked = True
         return self.worker.load_tagger()
 
+    def _tagger_inference(self, tagger=None) -> dict[str, Any] | None:
+        """The tagger's account of its inference back-end, for the run summary."""
+        if tagger is None and self.config.engine.kind != "local":
+            return None  # the tagger lives in the engine's workers
+        report = getattr(tagger or self.load_tagger(), "inference_report", None)
+        return report() if report is not None else None
+
     # ----------------------------------------------------------- fingerprints
     def fingerprint(self, stage: str) -> Fingerprint:
         """What ``stage`` would be made from now (computed once per run)."""
@@ -445,6 +452,8 @@ class Pipeline:
         write_record(target / TRAINED_MARKER, fp, complete=True, output=output)
         self._fingerprints.pop("predict", None)
         data = {"train_samples": len(train), "tagger": str(target), "report": report}
+        if (inference := self._tagger_inference(tagger)) is not None:
+            data["inference"] = inference
         data = self._record("train", data, started)
         hooks.stage_finished("train", data)
         return data
@@ -534,6 +543,8 @@ class Pipeline:
         if gate.budget is not None:
             data["capped_by_budget"] = capped
         data["engine"] = self.engine().report("predict")
+        if (inference := self._tagger_inference()) is not None:
+            data["tagger_inference"] = inference
         data = self._record("predict", data, started)
         hooks.stage_finished("predict", data)
         return StageOutput("predict", out)

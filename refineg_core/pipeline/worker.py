@@ -96,7 +96,14 @@ class Worker:
         return Path(self.config.tagger.load_from or self.run_dir / "tagger")
 
     def load_tagger(self):
-        return self.context.tagger(self.tagger_dir())
+        tagger = self.context.tagger(self.tagger_dir())
+        # A tagger that may run a lower-precision path checks its F1 on data.dev
+        # once, at its first load (bert_crf's precision = "fast").
+        wants = getattr(tagger, "wants_dev_check", None)
+        if wants is not None and wants():
+            dev = self.dataset("dev")
+            tagger.check_precision(list(dev.samples) if dev is not None else None)
+        return tagger
 
     def stage_settings(self, stage: str):
         """An MLLM stage's settings with the config's prompt wording filled in."""
