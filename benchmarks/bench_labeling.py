@@ -188,6 +188,8 @@ def run(args: argparse.Namespace) -> None:
         nxt = rounds[ri + 1] if ri + 1 < len(rounds) else None
         for seed in args.seeds:
             strategies = [START] if ri == 0 else args.strategies
+            if nxt is None:
+                strategies = [s for s in strategies if s in args.final_strategies]
             for strategy in strategies:
                 key = (strategy, seed, size)
                 if key in records:
@@ -197,6 +199,8 @@ def run(args: argparse.Namespace) -> None:
                     labeled = list(rng.permutation(loop.ids)[:size])
                 else:
                     prev = records[(START if ri == 1 else strategy, seed, rounds[ri - 1])]
+                    if (strategy if ri == 1 else "next") not in prev["next"]:
+                        continue  # chosen without a next round (--final-strategies)
                     labeled = prev["labeled"] + prev["next"][strategy if ri == 1 else "next"]
                 assert len(set(labeled)) == size, (key, len(set(labeled)))
                 t0 = time.perf_counter()
@@ -216,7 +220,12 @@ def run(args: argparse.Namespace) -> None:
                     "next": {},
                 }
                 if nxt is not None:
-                    for strat in args.strategies if ri == 0 else [strategy]:
+                    going_on = [
+                        s
+                        for s in (args.strategies if ri == 0 else [strategy])
+                        if nxt != rounds[-1] or s in args.final_strategies
+                    ]
+                    for strat in going_on:
                         chosen, facts = loop.next_ids(strat, tagger, labeled, nxt - size, seed, ri)
                         rec["next"][strat if ri == 0 else "next"] = chosen
                         rec.setdefault("selection", {})[strat] = facts
@@ -314,6 +323,7 @@ def report(args: argparse.Namespace) -> None:
             "batch_size": args.batch_size,
             "dev_limit": args.dev_limit,
             "candidates": args.candidates,
+            "final_strategies": args.final_strategies,
             "gate": "span (threshold 0: sample uncertainty over every entity)",
             "encoder": "all-minilm-l6-v2 (bert_crf default)",
         },
@@ -321,8 +331,9 @@ def report(args: argparse.Namespace) -> None:
         "runs": slim,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "labeling.json").write_text(json.dumps(doc, indent=2), encoding="utf-8")
-    plot(summary["table"], RESULTS / "labeling_curve.png")
+    name = f"labeling{args.suffix}"
+    (RESULTS / f"{name}.json").write_text(json.dumps(doc, indent=2), encoding="utf-8")
+    plot(summary["table"], RESULTS / f"{name}_curve.png")
     print(json.dumps({"table": summary["table"], "goal": summary["goal"]}, indent=1))
 
 
@@ -337,12 +348,19 @@ def main() -> None:
         type=lambda s: [x for x in s.split(",") if x],
     )
     ap.add_argument("--max-labels", type=int, default=ROUNDS[-1])
+    ap.add_argument(
+        "--final-strategies",
+        default=list(STRATEGIES),
+        type=lambda s: [x for x in s.split(",") if x],
+        help="strategies that run the last round (the goal needs only random's)",
+    )
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--min-steps", type=int, default=24)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--dev-limit", type=int, default=500)
     ap.add_argument("--candidates", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--suffix", default="", help="results/labeling<SUFFIX>.json and _curve.png")
     args = ap.parse_args()
     (run if args.part == "run" else report)(args)
 

@@ -179,3 +179,59 @@ def test_real_tweets_survive_the_round_trip(few_tweets):
                 assert [x.as_list() for x in b.boxes] == [
                     pytest.approx(x.as_list(), abs=1e-6) for x in a.boxes
                 ]
+
+
+# ------------------------------------------------------------ refineg select
+@pytest.mark.slow
+def test_select_command_ranks_by_the_gate_and_skips_labeled_posts(few_tweets, tmp_path):
+    """A real tiny bert_crf run: every strategy writes its own batch, none repeats a
+    post of data.train or of an earlier batch, uncertainty comes out ranked."""
+    import textwrap
+
+    from refineg_core.formats import load_dataset
+    from refineg_core.formats.native import read_results, write_jsonl
+    from refineg_core.testing import run_cli
+
+    train, more = few_tweets
+    train_file, pool_file = tmp_path / "train.jsonl", tmp_path / "pool.jsonl"
+    write_jsonl(train, train_file)
+    pool = [*train[:8], *[s for s in more if s.tokens]]
+    write_jsonl(pool, pool_file)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        textwrap.dedent(f"""\
+            run_dir = "{tmp_path / "run"}"
+            [labels]
+            PER = "person"
+            LOC = "location"
+            ORG = "organisation"
+            OTHER = "other"
+            [data.train]
+            path = "{train_file}"
+            format = "jsonl"
+            [tagger.options]
+            epochs = 1
+            batch_size = 8
+            max_length = 64
+            device = "cpu"
+            [uncertainty]
+            plugin = "span"
+        """),
+        encoding="utf-8",
+    )
+    assert run_cli(["train", "-c", str(cfg)]).code == 0
+    out = tmp_path / "batches"
+    seen = {s.id for s in train}
+    for k, strategy in enumerate(("uncertainty", "uncertainty+diversity", "random"), 1):
+        args = ["select", "-c", str(cfg), "--pool", str(pool_file), "--n", "3"]
+        res = run_cli([*args, "--strategy", strategy, "--out", str(out)])
+        assert res.code == 0, res.stderr
+        batch = read_results(out / f"batch-{k:03d}.jsonl")
+        assert len(batch) == 3 and not {r.id for r in batch} & seen
+        assert all(r.gate is not None for r in batch)  # the tagger's pre-annotations
+        if strategy == "uncertainty":
+            u = [r.sample.meta["selection"]["uncertainty"] for r in batch]
+            assert u == sorted(u, reverse=True)
+        seen |= {r.id for r in batch}
+    assert len(seen - {s.id for s in train}) == 9  # three batches, no post twice
+    assert {s.id for s in load_dataset(pool_file, "jsonl").samples} >= seen - {s.id for s in train}

@@ -143,7 +143,7 @@ def run_select(args: argparse.Namespace) -> int:
         ids = [s.id for s in candidates]
         results, scores, vectors = [], None, None
         if args.strategy != "random" and candidates:
-            chunk = pipeline.chunk_size()
+            chunk = pipeline.chunk_size
             for lo in range(0, len(candidates), chunk):
                 results += pipeline.tag(candidates[lo : lo + chunk], each=True)
             scores = [sample_uncertainty_of(r.gate.missed_uncertainty, r.entities) for r in results]
