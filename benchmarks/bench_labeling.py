@@ -230,7 +230,7 @@ def run(args: argparse.Namespace) -> None:
                         rec["next"][strat if ri == 0 else "next"] = chosen
                         rec.setdefault("selection", {})[strat] = facts
                 rec["seconds"] = round(time.perf_counter() - t0, 1)
-                append_record(work / f"records-s{seed}.jsonl", rec)
+                append_record(work / f"records-s{seed}{args.tag}.jsonl", rec)
                 records[key] = rec
                 print(
                     f"{time.strftime('%H:%M:%S')} {strategy:22s} seed={seed} labels={size:5d} "
@@ -360,6 +360,11 @@ def main() -> None:
     ap.add_argument("--dev-limit", type=int, default=500)
     ap.add_argument("--candidates", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--tag",
+        default="",
+        help="records-s<SEED><TAG>.jsonl: lets two processes share a seed (other strategies)",
+    )
     ap.add_argument("--suffix", default="", help="results/labeling<SUFFIX>.json and _curve.png")
     args = ap.parse_args()
     (run if args.part == "run" else report)(args)

@@ -169,7 +169,8 @@ def test_select_label_in_label_studio_import_and_retrain(
     base, token, files_root, ls_python = label_studio
     train_tweets, _ = few_tweets
     pool_gold = load_dataset(twitter_dir / "train.txt", limit=120).samples[80:120]
-    pool_gold = [with_image(s, files_root, i) for i, s in enumerate(pool_gold)]
+    images = files_root / "images"  # Label Studio serves a storage under the root, not the root
+    pool_gold = [with_image(s, images, i) for i, s in enumerate(pool_gold)]
     gold_by_id = {s.id: s for s in pool_gold}
     train_file, pool_file = tmp_path / "train.jsonl", tmp_path / "pool.jsonl"
     write_jsonl(train_tweets, train_file)
@@ -219,7 +220,7 @@ def test_select_label_in_label_studio_import_and_retrain(
     client = subprocess.run(
         [
             *(str(ls_python), str(ROOT / "tests" / "labelstudio_client.py"), base, token),
-            *(str(xml), str(tasks), str(answers_file), str(export)),
+            *(str(xml), str(tasks), str(answers_file), str(export), str(images)),
         ],
         capture_output=True,
         text=True,
@@ -227,12 +228,18 @@ def test_select_label_in_label_studio_import_and_retrain(
         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
     )
     assert client.returncode == 0, client.stderr[-3000:]
-    assert json.loads(client.stdout.strip().splitlines()[-1])["annotated"] == 6
+    told = json.loads(client.stdout.strip().splitlines()[-1])
+    assert told["imported"] == 6 and told["annotated"] == 6
+    # the pre-annotations went in as predictions, with the tagger's scores
+    assert len(told["predictions"]) == 6
+    scores = {r.id: r.entities for r in batch}
+    for pred in told["predictions"]:
+        assert pred["model_version"] == "refineg-tagger" and pred["score"] is not None
+        assert 0.0 <= pred["score"] <= 1.0
+    assert sum(p["regions"] for p in told["predictions"]) >= sum(map(len, scores.values()))
     raw = json.loads(export.read_text(encoding="utf-8"))
     assert len(raw) == 6
-    for task in raw:  # the pre-annotations went in with their scores and came back
-        (pred,) = task["predictions"]
-        assert pred["model_version"] == "refineg-tagger"
+    for task in raw:
         assert task["data"]["image"].startswith("/data/local-files/?d=")
     served = httpx.get(
         base + raw[0]["data"]["image"], headers={"Authorization": f"Token {token}"}, timeout=30
