@@ -361,8 +361,8 @@ def main() -> None:
         type=lambda s: [x for x in s.split(",") if x],
         help="strategies that run the last round (the goal needs only random's)",
     )
-    ap.add_argument("--epochs", type=int, default=1)
-    ap.add_argument("--min-steps", type=int, default=24)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--min-steps", type=int, default=40)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--dev-limit", type=int, default=500)
     ap.add_argument("--candidates", type=int, default=1000)
