@@ -75,3 +75,16 @@ fi
 # The example third-party plugin package, installed like any user's plugin.
 "${PIP[@]}" install -e examples/refineg-gazetteer
 echo "refineg installed in $VENV (torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__)'), flavour $FLAVOUR)"
+
+# ---------------------------------------------------------------- Label Studio
+# The real Label Studio server for the labeling loop's server test
+# (tests/test_labelstudio_server.py) and for users, in its OWN venv: it pins Django,
+# numpy and more, which must not move refineg's packages. The test finds it at
+# $REFINEG_LABEL_STUDIO or .venv-labelstudio/bin/label-studio and skips without it.
+# REFINEG_WITH_LABEL_STUDIO=0 leaves it out.
+if [ "${REFINEG_WITH_LABEL_STUDIO:-1}" = 1 ]; then
+  LS_VENV=.venv-labelstudio
+  [ -x "$LS_VENV/bin/python" ] || "$PY" -m venv "$LS_VENV"
+  "$LS_VENV/bin/python" -m pip --disable-pip-version-check -q install label-studio
+  echo "Label Studio installed in $LS_VENV ($("$LS_VENV/bin/python" -m pip show label-studio | grep '^Version'))"
+fi

@@ -1,0 +1,109 @@
+"""Choosing posts to label: uncertainty, uncertainty spread by embeddings, or random.
+
+The score of a post is the gate's *sample* uncertainty: the highest uncertainty
+among its predicted entities and its "missed entity" score (the most doubtful
+token tagged O). It is exactly what the gate ranks delegated posts by
+(``GateDecision.priority``), taken over every entity rather than only those over
+the threshold, so a post the gate would send to the MLLM is also a post worth a
+human label. Pure numpy, no model: the CLI and the benchmark feed it the same
+numbers, so the benchmark measures the code the command runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Literal
+
+import numpy as np
+
+from refineg_core.errors import ConfigError
+from refineg_core.types import Entity, GateDecision
+
+Strategy = Literal["uncertainty", "uncertainty+diversity", "random"]
+STRATEGIES: tuple[str, ...] = ("uncertainty", "uncertainty+diversity", "random")
+
+#: ``uncertainty+diversity`` spreads its choice over this many times ``n`` of the
+#: most uncertain candidates: wide enough to avoid near-duplicate tweets (retweets,
+#: the same news), narrow enough to stay among the posts the tagger doubts.
+DIVERSITY_FACTOR = 3
+
+
+def sample_uncertainty_of(missed: float, entities: Iterable[Entity]) -> float:
+    """max(missed-entity score, uncertainty of every predicted entity) of one post."""
+    scores = [float(missed)]
+    scores += [float(e.uncertainty) for e in entities if e.uncertainty is not None]
+    return max(scores)
+
+
+def sample_uncertainty(decision: GateDecision) -> float:
+    """:func:`sample_uncertainty_of` a gate decision (kept and delegated entities)."""
+    return sample_uncertainty_of(decision.missed_uncertainty, decision.entities)
+
+
+def k_center_greedy(
+    vectors: np.ndarray, k: int, *, first: int = 0, weights: np.ndarray | None = None
+) -> list[int]:
+    """``k`` row indices, each the farthest (cosine) from those already chosen.
+
+    Starts at ``first`` (the most uncertain candidate). ``weights`` (e.g. the
+    uncertainty) multiply the distance, so among equally far posts the more
+    uncertain one wins. Rows must be L2-normalised.
+    """
+    n = len(vectors)
+    k = min(k, n)
+    if k <= 0:
+        return []
+    chosen = [first]
+    dist = 1.0 - vectors @ vectors[first]
+    dist[first] = -np.inf
+    for _ in range(k - 1):
+        score = dist * weights if weights is not None else dist
+        score = np.where(np.isneginf(dist), -np.inf, score)
+        nxt = int(np.argmax(score))
+        chosen.append(nxt)
+        dist = np.minimum(dist, 1.0 - vectors @ vectors[nxt])
+        dist[chosen] = -np.inf
+    return chosen
+
+
+def choose(
+    strategy: str,
+    ids: Sequence[str],
+    n: int,
+    *,
+    scores: Sequence[float] | None = None,
+    vectors: np.ndarray | None = None,
+    exclude: set[str] | frozenset[str] = frozenset(),
+    seed: int = 0,
+) -> list[str]:
+    """The ``n`` ids to label next, most wanted first; ``exclude`` is never chosen.
+
+    ``scores`` (sample uncertainty, aligned with ``ids``) is needed by the
+    uncertainty strategies, ``vectors`` (L2-normalised embeddings) by
+    ``uncertainty+diversity``. Ties in uncertainty break by a seeded shuffle, not
+    by file order, so a file sorted by topic does not bias the choice.
+    """
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
+    if n < 1:
+        raise ConfigError(f"--n must be at least 1, got {n}")
+    rng = np.random.default_rng(seed)
+    open_idx = np.array([i for i, sid in enumerate(ids) if sid not in exclude], dtype=int)
+    if len(open_idx) == 0:
+        return []
+    if strategy == "random":
+        picked = rng.permutation(open_idx)[:n]
+        return [ids[i] for i in picked]
+    if scores is None or len(scores) != len(ids):
+        raise ValueError("the uncertainty strategies need one score per id")
+    s = np.asarray(scores, dtype=np.float64)
+    shuffled = rng.permutation(open_idx)
+    ranked = shuffled[np.argsort(-s[shuffled], kind="stable")]
+    if strategy == "uncertainty":
+        return [ids[i] for i in ranked[:n]]
+    if vectors is None or len(vectors) != len(ids):
+        raise ValueError("uncertainty+diversity needs one embedding per id")
+    top = ranked[: n * DIVERSITY_FACTOR]
+    v = np.asarray(vectors, dtype=np.float64)[top]
+    picked = k_center_greedy(v, n, first=0, weights=np.maximum(s[top], 1e-6))
+    return [ids[top[j]] for j in picked]
