@@ -11,8 +11,8 @@ import json
 import textwrap
 
 import pytest
-from refineg_core.testing.fake_openai import FakeOpenAIServer
 from refineg_formats.twitter import read_twitter_gmner, write_twitter_gmner
+from refineg_openai.testing import FakeOpenAIServer
 from refineg_plan.targets import format_targets, parse_targets
 
 from refineg_core.testing import run_cli

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
-from refineg_core.testing.fake_openai import FakeOpenAIServer, drop
 from refineg_formats.twitter import read_twitter_gmner, write_twitter_gmner
 from refineg_openai.backend import OpenAIBackend
+from refineg_openai.testing import FakeOpenAIServer, drop
 
 from refineg_core.config import load_config
 from refineg_core.errors import ConfigError, PluginError

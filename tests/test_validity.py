@@ -162,7 +162,7 @@ def test_run_refuses_unwritable_predict_data_before_any_mllm_call(tmp_path):
     """Issue 19 case 5 end to end: a JSONL post with a tab inside a token used to pass
     reading and every MLLM call, then fail the run while writing its outputs."""
     pytest.importorskip("refineg_gazetteer", reason="pip install -e examples/refineg-gazetteer")
-    from refineg_core.testing.fake_openai import FakeOpenAIServer
+    from refineg_openai.testing import FakeOpenAIServer
 
     from refineg_core.testing import run_cli
     from tests.stagedata import gazetteer_config
