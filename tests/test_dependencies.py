@@ -25,7 +25,7 @@ DISTRIBUTION = {"PIL": "pillow", "open_clip": "open-clip-torch", "yaml": "pyyaml
 #: Imports the core makes only when the package is there already or a feature is
 #: chosen: ``progress.quiet`` silences transformers/huggingface_hub if imported;
 #: the ray engine needs the ``ray`` extra.
-CORE_OPTIONAL = {"transformers", "huggingface_hub", "ray"}
+CORE_OPTIONAL = {"transformers", "huggingface_hub", "ray", "psutil"}  # psutil: the ray extra
 #: Packages that arrive with another requirement (transformers brings both).
 TRANSITIVE = {"safetensors", "tokenizers"}
 #: Packages of real weights, installed with --no-deps by the bootstrap (see README).
