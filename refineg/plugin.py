@@ -27,6 +27,7 @@ from refineg_core.errors import (
     DataError,
     PluginError,
     RefinegError,
+    SampleImageError,
     TaggerError,
 )
 from refineg_core.evaluation import evaluate
@@ -111,6 +112,7 @@ __all__ = [
     "PluginOptions",
     "RefinegError",
     "Sample",
+    "SampleImageError",
     "SampleResult",
     "SynthesisCandidate",
     "Synthesizer",

@@ -167,6 +167,15 @@ class Config(StrictModel):
 
     @property
     def label_set(self) -> LabelSet:
+        """The label set, each type checked against the output writers: predicted
+        entities carry these types, so one the writers refuse would fail a run
+        while writing its outputs, after every MLLM call."""
+        from refineg_core.validity import label_problem  # it asks the format plugins
+
+        for etype in self.labels:
+            problem = label_problem(etype)
+            if problem is not None:
+                raise ConfigError(problem, where="labels")
         return LabelSet(self.labels)
 
     def slot(self, name: str) -> SlotConfig | None:

@@ -25,12 +25,6 @@ class LabelSet:
     def __attrs_post_init__(self) -> None:
         if not self.descriptions:
             raise DataError("the label set is empty")
-        from refineg_core.validity import label_problem  # validity asks the format plugins
-
-        for etype in self.descriptions:
-            problem = label_problem(etype)
-            if problem is not None:
-                raise DataError(problem, where="labels")
 
     @property
     def types(self) -> tuple[str, ...]:

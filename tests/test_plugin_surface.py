@@ -150,7 +150,9 @@ def test_built_in_capabilities_are_declared():
     from refineg_gates.margin import MarginGate
     from refineg_gates.temperature import TemperatureEntropyGate
 
-    assert TemperatureEntropyGate.calibrates and not MarginGate.calibrates
+    # an instance says it (a gate's options may decide it: a precision target)
+    assert TemperatureEntropyGate().calibrates and not MarginGate().calibrates
+    assert MarginGate(MarginGate.Options(target_precision=0.9, risk=0.1)).calibrates
     assert all(f.reads_limit for f in (CcksFormat, ConllFormat, JsonlFormat, TwitterGmnerFormat))
     assert not DatasetFormat.reads_limit
 

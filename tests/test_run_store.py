@@ -331,11 +331,16 @@ def test_a_failed_plan_leaves_the_run_directory_as_it_was(data, tmp_path):
 
 
 def test_an_error_after_a_progress_bar_starts_its_own_line(data, tmp_path):
+    from refineg_openai.testing import FakeOpenAIServer, error
+
     run = tmp_path / "run"
-    text = gazetteer_config(data, "http://127.0.0.1:9/v1", run, refine=True)
-    cfg = write_config(tmp_path, text)
-    failed = refineg("run", "-c", str(cfg), raw=True, REFINEG_NO_PROGRESS="0")
-    err = failed.communicate(timeout=300)[1].decode("utf-8")
+    # the server lists its models (preflight passes) and fails every call: the
+    # required stage fails after predict drew its bar
+    with FakeOpenAIServer(lambda request: error(500)) as server:
+        text = gazetteer_config(data, server.base_url, run, refine=True)
+        cfg = write_config(tmp_path, text)
+        failed = refineg("run", "-c", str(cfg), raw=True, REFINEG_NO_PROGRESS="0")
+        err = failed.communicate(timeout=300)[1].decode("utf-8")
     assert failed.returncode == 3, err
     assert "\rpredict:" in err  # the bar was drawn (bars on, stderr a pipe)
     errors = [ln for ln in err.split("\n") if "refineg: error" in ln]

@@ -26,12 +26,12 @@ import attrs
 
 from refineg_core import secrets
 from refineg_core.chat import ChatRequest, ChatResponse
-from refineg_core.errors import BackendUnavailable, RefinegError
+from refineg_core.errors import BackendUnavailable
 from refineg_core.formats.native import sample_to_dict
 from refineg_core.hooks import get_hooks
 from refineg_core.mllm_cache import complete_checked
 from refineg_core.pipeline.answers import AnswerError, ParsedAnswer, parse_answer
-from refineg_core.pipeline.runner import StageSummary, load_done, run_stage
+from refineg_core.pipeline.runner import StageSummary, failure_from_exception, load_done, run_stage
 from refineg_core.pipeline.verdict import failure_kind, is_own_fault
 from refineg_core.runstore import atomic_write
 from refineg_core.types import Failure, SampleResult
@@ -264,8 +264,8 @@ def ask(
         info["answer"] = exc.text[:2000]
         return exc.failure
     except Exception as exc:  # whatever the type: the verdict classifies it
-        kind = failure_kind(exc)
-        message = str(exc) if isinstance(exc, RefinegError) else f"{type(exc).__name__}: {exc}"
+        failure = failure_from_exception(stage, exc)  # names the plugin that crashed
+        kind, message = failure.kind, failure.message
         if is_own_fault(kind):  # the sample's image: says nothing about the backend
             counters.add("samples_own_fault")
             info["outcome"] = "sample_failed"
