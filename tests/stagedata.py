@@ -119,3 +119,24 @@ def gazetteer_config(
         [ground]
         k = 0
     ''')
+
+
+def write_gazetteer_data(root: Path, twitter: Path) -> dict[str, Sample]:
+    """Real tweets for a fast gazetteer run under ``root``: 400 train tweets, 30 dev
+    tweets with entities and painted images at their sizes; the dev gold by text."""
+    from refineg_formats.twitter import read_twitter_gmner, write_twitter_gmner
+
+    train = read_twitter_gmner(twitter / "train.txt").samples[:400]
+    dev = [s for s in read_twitter_gmner(twitter / "dev.txt").samples if s.entities][:30]
+    write_twitter_gmner(train, root / "train" / "train.txt")
+    write_twitter_gmner(dev, root / "dev" / "dev.txt")
+    for i, s in enumerate(dev):
+        paint_image(root / "images" / f"{s.image.image_id}.jpg", s.image.size or (400, 300), i)
+    return {s.text: s for s in dev}
+
+
+def write_config(tmp_path: Path, text: str, name: str = "c.toml") -> Path:
+    """A config file holding ``text`` in ``tmp_path``."""
+    cfg = tmp_path / name
+    cfg.write_text(text, encoding="utf-8")
+    return cfg

@@ -14,7 +14,6 @@ import json
 from pathlib import Path
 
 import pytest
-from refineg_formats.twitter import read_twitter_gmner, write_twitter_gmner
 from refineg_openai.backend import OpenAIBackend
 from refineg_openai.testing import FakeOpenAIServer, drop, error, ok
 
@@ -23,7 +22,7 @@ from refineg_core.pipeline.stagekit import needs_retry
 from refineg_core.registry import registered
 from refineg_core.testing import run_cli
 from tests.stagedata import gazetteer_config as config
-from tests.stagedata import oracle, paint_image, query_text
+from tests.stagedata import oracle, query_text, write_config, write_gazetteer_data
 
 pytest.importorskip("refineg_gazetteer", reason="pip install -e examples/refineg-gazetteer")
 
@@ -35,19 +34,8 @@ def data(tmp_path_factory):
     if not TWITTER.exists():
         pytest.skip(f"real data not found at {TWITTER}")
     root = tmp_path_factory.mktemp("tw")
-    train = read_twitter_gmner(TWITTER / "train.txt").samples[:400]
-    dev = [s for s in read_twitter_gmner(TWITTER / "dev.txt").samples if s.entities][:30]
-    write_twitter_gmner(train, root / "train" / "train.txt")
-    write_twitter_gmner(dev, root / "dev" / "dev.txt")
-    for i, s in enumerate(dev):
-        paint_image(root / "images" / f"{s.image.image_id}.jpg", s.image.size or (400, 300), i)
-    return root, {s.text: s for s in dev}
-
-
-def write_config(tmp_path: Path, text: str, name: str = "c.toml") -> Path:
-    cfg = tmp_path / name
-    cfg.write_text(text, encoding="utf-8")
-    return cfg
+    gold = write_gazetteer_data(root, TWITTER)
+    return root, gold
 
 
 def entities(run: Path) -> list:

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
-from refineg_formats.twitter import read_twitter_gmner, write_twitter_gmner
 from refineg_openai.backend import OpenAIBackend
 from refineg_openai.testing import FakeOpenAIServer, drop
 
@@ -29,7 +28,12 @@ from refineg_core.pipeline.stagekit import needs_retry
 from refineg_core.registry import registered
 from refineg_core.testing import run_cli
 from refineg_core.types import Entity, Sample, SampleResult
-from tests.stagedata import TWITTER_LABELS_TOML, oracle, paint_image
+from tests.stagedata import (
+    TWITTER_LABELS_TOML,
+    oracle,
+    write_config,
+    write_gazetteer_data,
+)
 from tests.stagedata import gazetteer_config as config
 
 pytest.importorskip("refineg_gazetteer", reason="pip install -e examples/refineg-gazetteer")
@@ -42,19 +46,8 @@ def data(tmp_path_factory):
     if not TWITTER.exists():
         pytest.skip(f"real data not found at {TWITTER}")
     root = tmp_path_factory.mktemp("tw")
-    train = read_twitter_gmner(TWITTER / "train.txt").samples[:400]
-    dev = [s for s in read_twitter_gmner(TWITTER / "dev.txt").samples if s.entities][:30]
-    write_twitter_gmner(train, root / "train" / "train.txt")
-    write_twitter_gmner(dev, root / "dev" / "dev.txt")
-    for i, s in enumerate(dev):
-        paint_image(root / "images" / f"{s.image.image_id}.jpg", s.image.size or (400, 300), i)
-    return root, {s.text: s for s in dev}
-
-
-def write_config(tmp_path: Path, text: str, name: str = "c.toml") -> Path:
-    cfg = tmp_path / name
-    cfg.write_text(text, encoding="utf-8")
-    return cfg
+    gold = write_gazetteer_data(root, TWITTER)
+    return root, gold
 
 
 def summary_of(run: Path) -> dict:
