@@ -57,6 +57,13 @@ benchmark). Every request is recorded in ``server.requests`` (chat ones also in
 (lower-case keys), ``body`` (parsed JSON), ``text`` (all text parts joined),
 ``image_urls``, ``started``/``finished`` (perf_counter) and ``reply``.
 ``server.max_in_flight`` is the high-water mark of concurrent chat requests.
+
+``gold_responder(samples)`` is a responder that answers like a perfect model:
+a refine request with the gold entities of the sample whose text the request
+names (its last ``Text:`` line), a ground request with the gold boxes of the
+entities it asks about, written in the backend's box frame (``codec=``; pixels
+of the original by default). Benchmarks and tests use it instead of each
+writing its own "fake MLLM that answers with gold".
 ``GET .../models`` lists ``server.model_ids``. ``server.reset()`` forgets
 requests, queue and high-water mark. ``server.stop()`` (or leaving the
 ``with``) also cuts open keep-alive connections, like a server that went away;
@@ -85,6 +92,8 @@ __all__ = [
     "drop",
     "error",
     "garbage",
+    "gold_items",
+    "gold_responder",
     "ok",
     "reset",
     "stall",
@@ -512,3 +521,111 @@ def backend_for(server: FakeOpenAIServer, box_frame: str = "pixels", **kw: Any):
     )
     opts.update(kw)
     return OpenAIBackend(OpenAIBackend.Options(**opts))
+
+
+# -- a perfect model -----------------------------------------------------------
+
+
+def _query_field(text: str, field: str) -> str | None:
+    """The value of the last ``field: ...`` line of a prompt (the query comes last)."""
+    marker = f"{field}: "
+    if marker not in text:
+        return None
+    return text.rsplit(marker, 1)[1].split("\n", 1)[0]
+
+
+def _stage_of(req: RecordedRequest) -> str:
+    """``"ground"`` or ``"refine"``: from the answer schema when one was sent (its
+    items have ``boxes``), else from the prompt (only grounding asks for boxes)."""
+    body = req.body if isinstance(req.body, dict) else {}
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict):
+        schema = (fmt.get("json_schema") or {}).get("schema") or {}
+        props = (schema.get("items") or {}).get("properties") or {}
+        if props:
+            return "ground" if "boxes" in props else "refine"
+    return "ground" if "boxes" in req.text else "refine"
+
+
+def gold_items(
+    sample: Any,
+    stage: str,
+    *,
+    codec: Any = None,
+    asked: list[dict] | None = None,
+) -> list[dict]:
+    """What a perfect model answers for ``sample``.
+
+    ``refine``: ``[{"name", "type"}]`` for every gold entity. ``ground``:
+    ``[{"entity", "type", "boxes"}]`` for each entity in ``asked`` (all gold
+    entities when None), with the gold boxes of the gold entity of that name
+    and type (``[]`` for an entity gold does not have), encoded by ``codec``
+    (a ``BoxCodec``; None: integer pixels of the original image).
+    """
+    if stage == "refine":
+        return [{"name": e.text, "type": e.type} for e in sample.entities]
+    if stage != "ground":
+        raise ValueError(f"stage must be 'refine' or 'ground', got {stage!r}")
+    size = sample.image.size if sample.image is not None else None
+    boxes = {(e.text, e.type): tuple(e.boxes or ()) for e in sample.entities}
+
+    def encode(box: Any) -> list:
+        if codec is None or size is None:
+            return [round(v) for v in box.as_list()]
+        return list(codec.encode(box, size))
+
+    wanted = (
+        asked
+        if asked is not None
+        else [{"entity": e.text, "type": e.type} for e in sample.entities]
+    )
+    return [
+        {
+            "entity": a.get("entity"),
+            "type": a.get("type"),
+            "boxes": [encode(b) for b in boxes.get((a.get("entity"), a.get("type")), ())],
+        }
+        for a in wanted
+        if isinstance(a, dict)
+    ]
+
+
+def gold_responder(
+    samples: Any,
+    *,
+    codec: Any = None,
+    key: Callable[[str], str] | None = None,
+    prose: bool = False,
+    prompt_tokens: int = 11,
+    completion_tokens: int = 7,
+) -> Callable[[RecordedRequest], Reply]:
+    """A responder that answers refine and ground requests with gold (see :func:`gold_items`).
+
+    The sample is the one whose text is the request's last ``Text:`` line
+    (``key`` maps that line first, e.g. to strip a suffix a benchmark added);
+    a request naming no known sample gets ``[]``. ``prose`` wraps the JSON in
+    a sentence and a fenced block, as chatty models answer. Token counts go
+    into the reply's ``usage``.
+    """
+    by_text = {s.text: s for s in samples}
+
+    def respond(req: RecordedRequest) -> Reply:
+        text = _query_field(req.text, "Text")
+        sample = by_text.get(key(text) if key and text is not None else text)
+        if sample is None:
+            return ok("[]", prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+        stage = _stage_of(req)
+        asked = None
+        if stage == "ground":
+            line = _query_field(req.text, "Entities")
+            try:
+                parsed = json.loads(line) if line is not None else None
+            except ValueError:
+                parsed = None
+            asked = parsed if isinstance(parsed, list) else None
+        answer = json.dumps(gold_items(sample, stage, codec=codec, asked=asked))
+        if prose:
+            answer = f"Here is my answer.\n```json\n{answer}\n```"
+        return ok(answer, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+
+    return respond
