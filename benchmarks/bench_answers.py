@@ -20,10 +20,8 @@ interleaved; a reader that takes over 1 s at 8 KB is not run at 100 KB
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import runpy
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,12 +29,13 @@ from typing import Any
 
 try:  # the comparison library is not a dependency: `pip install json-repair`
     import json_repair
-except ImportError:
-    raise SystemExit("it compares against json-repair: pip install json-repair") from None
+except ImportError:  # --help still works; main() says what is missing
+    json_repair = None
+
+from harness import ROOT, parser, schedule, start, summary
 
 from refineg_core.pipeline.answers import AnswerError, parse_answer
 
-ROOT = Path(__file__).resolve().parents[1]
 # The answer cases are data kept with the tests; read them from the file, not as a package.
 _CASES = runpy.run_path(str(ROOT / "tests" / "test_answers.py"))
 FOUND_CASES, OBAMA = _CASES["FOUND_CASES"], _CASES["OBAMA"]
@@ -141,9 +140,13 @@ def old_reader(rev: str) -> Callable[[str], list[Any]]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = parser(__doc__, out="answers.json", reps=3)
     ap.add_argument("--old", metavar="REV", help="also time parse_answer as of this git revision")
     args = ap.parse_args()
+    if json_repair is None:
+        raise SystemExit("it compares against json-repair: pip install json-repair")
+    session = start(args)
+    doc: dict = {"quality": [], "speed": []}
     readers: dict[str, Callable[[str], Any]] = {"parse_answer": ours, "json_repair": library}
     if args.old:
         readers[f"parse_answer@{args.old}"] = old_reader(args.old)
@@ -166,10 +169,14 @@ def main() -> None:
             else:
                 misses.append(f"json_repair on {t[:60]!r}: {str(got)[:80]}")
         print(f"| {group} | {len(sel)} | {a} | {b} |")
+        doc["quality"].append(
+            {"group": group, "cases": len(sel), "parse_answer": a, "json_repair": b}
+        )
     print("\njson_repair misses:")
     for m in misses:
         print("  " + m)
-    print("\nseconds to read a hostile answer (median of 3, interleaved; min-max)")
+    doc["json_repair_misses"] = misses
+    print(f"\nseconds to read a hostile answer (median of {args.reps}, interleaved; min-max)")
     print(f"| answer | size | {' | '.join(readers)} |")
     print("| --- | --- |" + " --- |" * len(readers))
     for name, make in HOSTILE.items():
@@ -177,18 +184,20 @@ def main() -> None:
         for n in (8192, 100_000):
             text = make(n)
             times: dict[str, list[float]] = {key: [] for key in readers}
-            for _ in range(3):
-                for key, fn in readers.items():
-                    if key not in slow:
-                        times[key].append(timed(fn, text))
+            for key in schedule(list(readers), args.reps):
+                if key not in slow:
+                    times[key].append(timed(readers[key], text))
+            stats = {key: summary(v) if v else None for key, v in times.items()}
             cells = [
-                f"{statistics.median(v):.3f} ({min(v):.3f}-{max(v):.3f})"
-                if v
+                f"{st['median']:.3f} ({st['min']:.3f}-{st['max']:.3f})"
+                if st
                 else "not run (over 1 s at 8 KB)"
-                for v in times.values()
+                for st in stats.values()
             ]
-            slow |= {k for k, v in times.items() if v and statistics.median(v) > 1.0}
+            slow |= {k for k, st in stats.items() if st and st["median"] > 1.0}
             print(f"| {name} | {n // 1024} KB | {' | '.join(cells)} |")
+            doc["speed"].append({"answer": name, "bytes": n, "seconds": stats})
+    session.write(doc)
 
 
 if __name__ == "__main__":

@@ -18,13 +18,15 @@ usable item, and truncated answers. The free-text rates reflect the fake
 model's configured mix, not a real model; the point is what the schema
 changes and that the fallback costs one request.
 
+The clean answer is the gold one (``gold_items``: gold entities for refine,
+gold boxes in original pixels for ground).
+
     nice -n 10 python benchmarks/bench_hostile_answers.py            # 300 tweets
     nice -n 10 python benchmarks/bench_hostile_answers.py --samples 100
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -34,20 +36,22 @@ from pathlib import Path
 os.environ.setdefault("REFINEG_NO_PROGRESS", "1")
 
 import attrs
-from _common import DATA, real_samples, twitter_labels
-from refineg_openai.testing import FakeOpenAIServer, Reply, error, ok
+from _common import real_samples, twitter_labels
+from harness import parser, start
+from refineg_openai.testing import (
+    FakeOpenAIServer,
+    Reply,
+    backend_for,
+    error,
+    gold_items,
+    ok,
+)
 
 from refineg_core.pipeline.ground import GroundSettings, run_ground
 from refineg_core.pipeline.refine import RefineSettings, run_refine
-from refineg_core.testing.stages import (
-    backend_for,
-    prediction,
-    query_text,
-    with_image,
-)
+from refineg_core.testing.stages import prediction, query_text, with_image
 from refineg_core.types import Sample, SampleResult
 
-TWITTER = DATA / "twitter-gmner"
 LABELS = twitter_labels()
 
 #: The fake model's free-text habits: (share, name); the rest of the mass is a clean list.
@@ -62,13 +66,11 @@ FREE_TEXT_MIX = [
 
 
 def items_for(stage: str, sample: Sample) -> list[dict]:
-    if stage == "refine":
-        return [{"name": e.text, "type": e.type} for e in sample.entities]
-    return [{"entity": e.text, "type": e.type, "boxes": [[4, 4, 40, 40]]} for e in sample.entities]
+    return gold_items(sample, stage)
 
 
-def free_text(stage: str, sample: Sample) -> str:
-    rng = random.Random(f"{stage}:{sample.id}")
+def free_text(stage: str, sample: Sample, seed: int = 0) -> str:
+    rng = random.Random(f"{stage}:{sample.id}" if seed == 0 else f"{seed}:{stage}:{sample.id}")
     items = items_for(stage, sample)
     clean = json.dumps(items)
     roll = rng.random()
@@ -93,7 +95,7 @@ def free_text(stage: str, sample: Sample) -> str:
     return clean.replace(", ", " ", 1).replace('": "', '" "', 1)  # a missing comma/colon
 
 
-def serve(kind: str, stage: str, by_text: dict[str, Sample]):
+def serve(kind: str, stage: str, by_text: dict[str, Sample], seed: int = 0):
     def respond(req) -> Reply:
         sample = by_text[query_text(req.text)]
         schema = isinstance(req.body, dict) and "response_format" in req.body
@@ -101,14 +103,16 @@ def serve(kind: str, stage: str, by_text: dict[str, Sample]):
             return error(400, "response_format json_schema is not supported")
         if schema and kind == "honours":
             return ok(json.dumps(items_for(stage, sample)))
-        return ok(free_text(stage, sample))
+        return ok(free_text(stage, sample, seed))
 
     return respond
 
 
-def run(stage: str, server_kind: str, schema: bool, samples: list[Sample], tmp: Path) -> dict:
+def run(
+    stage: str, server_kind: str, schema: bool, samples: list[Sample], tmp: Path, seed: int = 0
+) -> dict:
     by_text = {s.text: s for s in samples}
-    with FakeOpenAIServer(serve(server_kind, stage, by_text)) as server:
+    with FakeOpenAIServer(serve(server_kind, stage, by_text, seed)) as server:
         backend = backend_for(server, answer_schema=schema, concurrency=8)
         out = tmp / f"{stage}-{server_kind}-{schema}.jsonl"
         if stage == "refine":
@@ -125,6 +129,9 @@ def run(stage: str, server_kind: str, schema: bool, samples: list[Sample], tmp: 
             _, summary = run_ground(inputs, [], None, backend, LABELS, GroundSettings(k=0), out)
         c = summary.counters
         return {
+            "stage": stage,
+            "server": server_kind,
+            "answer_schema": schema,
             "calls": c.get("calls", 0),
             "requests": len(server.chat_requests),
             "unusable": c.get("answers_unusable", 0),
@@ -135,27 +142,31 @@ def run(stage: str, server_kind: str, schema: bool, samples: list[Sample], tmp: 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = parser(__doc__, out="hostile_answers.json", reps=1)
     ap.add_argument("--samples", type=int, default=300)
     args = ap.parse_args()
-    samples = real_samples(TWITTER, args.samples, min_entities=1)
+    session = start(args)
+    samples = real_samples(args.data / "twitter-gmner", args.samples, min_entities=1)
     print(f"{len(samples)} dev tweets with entities; free-text error mix: {FREE_TEXT_MIX}")
     print(
         "| stage | server | answer_schema | HTTP requests | answers | unparsable | "
         "no usable item | truncated | schema fallbacks |"
     )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for stage in ("refine", "ground"):
             for server_kind in ("honours", "ignores", "refuses"):
                 for schema in (False, True):
-                    r = run(stage, server_kind, schema, samples, Path(tmp))
+                    r = run(stage, server_kind, schema, samples, Path(tmp), args.seed)
+                    rows.append(r)
                     rate = r["unusable"] / r["calls"] if r["calls"] else 0.0
                     print(
                         f"| {stage} | {server_kind} | {'on' if schema else 'off'} | "
                         f"{r['requests']} | {r['calls']} | {r['unusable']} ({rate:.1%}) | "
                         f"{r['no_item']} | {r['truncated']} | {r['fallbacks']} |"
                     )
+    session.write({"samples": len(samples), "free_text_mix": FREE_TEXT_MIX, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -19,36 +19,37 @@ Runs, all in one process on the same samples:
 3. a rerun of the concurrent clean job on its warm cache (new output file, so
    nothing is resumed): calls made (goal 0).
 
-Concurrent runs are repeated ``--repeat`` times and the median counts (the
-machine is shared); the sequential ones run once.
+Concurrent runs are repeated ``--reps`` times and the median counts (the
+machine is shared); the sequential ones run once. The fake model is
+``gold_responder`` (gold boxes in the Qwen2.5-VL frame, in prose with a fenced
+list) behind the failure injection.
 
-    nice -n 10 /work/venv/bin/python benchmarks/bench_mllm.py                 # 200 samples
-    nice -n 10 /work/venv/bin/python benchmarks/bench_mllm.py --n 500 --k 3   # fuller
+    nice -n 10 python benchmarks/bench_mllm.py                 # 200 samples
+    nice -n 10 python benchmarks/bench_mllm.py --n 500 --k 3   # fuller
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import multiprocessing as mp
 import os
 import random
-import statistics
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from _common import ROOT, real_samples, twitter_labels
+from _common import real_samples, twitter_labels
+from harness import parser, start, summary
 from refineg_frames.qwen import Qwen25VLCodec
 from refineg_openai import images as openai_images
 from refineg_openai.backend import OpenAIBackend
-from refineg_openai.testing import FakeOpenAIServer, drop, error, ok
+from refineg_openai.testing import FakeOpenAIServer, drop, error, gold_responder
 
 from refineg_core.mllm_cache import CachedBackend
 from refineg_core.pipeline.ground import GroundSettings, run_ground
-from refineg_core.testing.stages import OverlapSelector, prediction, query_text, with_image
+from refineg_core.testing.stages import OverlapSelector, prediction, with_image
 
 os.environ.setdefault("REFINEG_NO_PROGRESS", "1")
 LABELS = twitter_labels()
@@ -58,27 +59,16 @@ def responder_for(samples, fail: float, seed: int):
     """Gold boxes in the Qwen2.5-VL frame for the query; ``fail`` of attempts fail."""
     rng = random.Random(seed)
     lock = threading.Lock()
-    codec = Qwen25VLCodec()
-    by_text = {s.text: s for s in samples}
+    gold = gold_responder(
+        samples, codec=Qwen25VLCodec(), prose=True, prompt_tokens=800, completion_tokens=60
+    )
 
     def respond(req):
         with lock:
             roll, kind = rng.random(), rng.random()
         if roll < fail:
             return error(500, "injected failure") if kind < 0.5 else drop()
-        s = by_text.get(query_text(req.text))
-        if s is None:
-            return ok("[]")
-        size = s.image.size
-        items = [
-            {"entity": e.text, "type": e.type, "boxes": [codec.encode(b, size) for b in e.boxes]}
-            for e in s.entities
-        ]
-        return ok(
-            "The boxes are:\n```json\n" + json.dumps(items) + "\n```",
-            prompt_tokens=800,
-            completion_tokens=60,
-        )
+        return gold(req)
 
     return respond
 
@@ -180,7 +170,7 @@ def run_once(
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = parser(__doc__, out="mllm_client.json", reps=3)
     ap.add_argument("--n", type=int, default=200, help="query samples (Twitter-GMNER dev)")
     ap.add_argument("--k", type=int, default=0, help="demonstrations per query")
     ap.add_argument("--concurrency", type=int, default=16)
@@ -188,20 +178,14 @@ def main() -> None:
     ap.add_argument("--fail", type=float, default=0.1, help="share of failing HTTP attempts")
     ap.add_argument("--retries", type=int, default=3)
     ap.add_argument("--backoff-base", type=float, default=0.2)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument(
-        "--repeat",
-        type=int,
-        default=3,
-        help="repeat each concurrent run; the median is used (the machine is shared)",
-    )
     ap.add_argument(
         "--skip-faulty-sequential",
         action="store_true",
         help="skip the slowest run (sequential with failures)",
     )
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     args = ap.parse_args()
+    session = start(args)
+    doc: dict = {"settings": vars(args)}
     twitter = args.data / "twitter-gmner"
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -228,32 +212,28 @@ def main() -> None:
         def median_of(label: str, fail: float, cache: str) -> float:
             times = [
                 run(label, args.concurrency, fail, f"{cache}-{i}", f"{cache}-{i}.jsonl")["seconds"]
-                for i in range(max(1, args.repeat))
+                for i in range(max(1, args.reps))
             ]
-            return statistics.median(times)
+            doc[f"{label}_s"] = summary(times)
+            return doc[f"{label}_s"]["median"]
 
         seq = run("clean-sequential", 1, 0.0, "cache-seq", "seq.jsonl")
         par = median_of("clean-concurrent", 0.0, "cache-par")
-        print(
-            json.dumps(
-                {"speedup_clean": round(seq["seconds"] / par, 1), "median_concurrent_s": par}
-            )
-        )
+        doc["speedup_clean"] = round(seq["seconds"] / par, 1)
+        print(json.dumps({"speedup_clean": doc["speedup_clean"], "median_concurrent_s": par}))
         if not args.skip_faulty_sequential:
             fseq = run("faulty-sequential", 1, args.fail, "cache-fseq", "fseq.jsonl")
         fpar = median_of("faulty-concurrent", args.fail, "cache-fpar")
         if not args.skip_faulty_sequential:
+            doc["speedup_faulty"] = round(fseq["seconds"] / fpar, 1)
             print(
-                json.dumps(
-                    {
-                        "speedup_faulty": round(fseq["seconds"] / fpar, 1),
-                        "median_concurrent_s": fpar,
-                    }
-                )
+                json.dumps({"speedup_faulty": doc["speedup_faulty"], "median_concurrent_s": fpar})
             )
         warm = run("warm-cache-rerun", args.concurrency, 0.0, "cache-par-0", "par-rerun.jsonl")
         assert warm["calls_made"] == 0, warm
         assert all(r["lost_entities"] == 0 for r in rows), rows
+    doc["runs"] = rows
+    session.write(doc)
 
 
 if __name__ == "__main__":

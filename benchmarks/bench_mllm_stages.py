@@ -7,13 +7,15 @@ assorted ways (HTTP 500, a non-JSON body, prose, truncated JSON). Reports
 seconds, the speed-up and how many input entities are missing from the
 output (goal: 0).
 
-    nice -n 10 /work/venv/bin/python benchmarks/bench_mllm_stages.py            # quick
-    nice -n 10 /work/venv/bin/python benchmarks/bench_mllm_stages.py --n 500    # fuller
+The fake model answers with gold (``gold_responder``: gold entities for
+refine, gold boxes in the pixel frame for ground) unless the answer fails.
+
+    nice -n 10 python benchmarks/bench_mllm_stages.py            # quick
+    nice -n 10 python benchmarks/bench_mllm_stages.py --n 500    # fuller
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -21,48 +23,34 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import ROOT, real_samples, twitter_labels
+from _common import real_samples, twitter_labels
+from harness import parser, schedule, start, summary
 from refineg_openai.backend import OpenAIBackend
-from refineg_openai.testing import FakeOpenAIServer, error, garbage, ok
+from refineg_openai.testing import FakeOpenAIServer, error, garbage, gold_responder, ok
 
 from refineg_core.pipeline.ground import GroundSettings, run_ground
 from refineg_core.pipeline.refine import RefineSettings, run_refine
-from refineg_core.testing.stages import OverlapSelector, prediction, query_text, with_image
+from refineg_core.testing.stages import OverlapSelector, prediction, with_image
 
 os.environ.setdefault("REFINEG_NO_PROGRESS", "1")
 LABELS = twitter_labels()
 
 
 def responder_for(samples, fail: float, seed: int):
+    """Gold answers (``gold_responder``); ``fail`` of them fail in an assorted way."""
     rng = random.Random(seed)
-    by_text = {s.text: s for s in samples}
+    gold = gold_responder(samples, prose=True)
     bad = [error(500), garbage(), ok("I cannot tell."), ok('[{"name": "x", "ty')]
 
     def respond(req):
         if rng.random() < fail:
             return rng.choice(bad)
-        s = by_text.get(query_text(req.text))
-        if s is None:
-            return ok("[]")
-        if "boxes" in req.text:
-            return ok(
-                json.dumps(
-                    [
-                        {"entity": e.text, "type": e.type, "boxes": [[1, 1, 20, 20]]}
-                        for e in s.entities
-                    ]
-                )
-            )
-        return ok(
-            "Brief reasoning.\n```json\n"
-            + json.dumps([{"name": e.text, "type": e.type} for e in s.entities])
-            + "\n```"
-        )
+        return gold(req)
 
     return respond
 
 
-def run_once(stage: str, samples, concurrency: int, args, tmp: Path) -> dict:
+def run_once(stage: str, samples, concurrency: int, args, out: Path) -> dict:
     with FakeOpenAIServer(latency=args.latency) as server:
         server.responder = responder_for(samples, args.fail, args.seed)
         backend = OpenAIBackend(
@@ -76,7 +64,6 @@ def run_once(stage: str, samples, concurrency: int, args, tmp: Path) -> dict:
             )
         )
         inputs = [prediction(s, uncertainty=[0.9] * len(s.entities)) for s in samples]
-        out = tmp / f"{stage}-{concurrency}.jsonl"
         started = time.perf_counter()
         if stage == "refine":
             results, summary = run_refine(inputs, backend, LABELS, RefineSettings(), out)
@@ -113,28 +100,35 @@ def run_once(stage: str, samples, concurrency: int, args, tmp: Path) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = parser(__doc__, out="mllm_stages.json", reps=1)
     ap.add_argument("--n", type=int, default=96, help="samples (Twitter-GMNER dev)")
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--latency", type=float, default=0.2, help="fake server latency (s)")
     ap.add_argument("--fail", type=float, default=0.1, help="share of failing answers")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     args = ap.parse_args()
+    session = start(args)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         samples = [
             with_image(s, tmp / "img", i)
             for i, s in enumerate(real_samples(args.data / "twitter-gmner", args.n))
         ]
-        rows = []
+        rows, stages = [], {}
+        concurrency = {"sequential": 1, "concurrent": args.concurrency}
         for stage in ("refine", "ground"):
-            seq = run_once(stage, samples, 1, args, tmp)
-            par = run_once(stage, samples, args.concurrency, args, tmp)
-            par["speedup"] = round(seq["seconds"] / par["seconds"], 1)
-            rows += [seq, par]
-    for row in rows:
-        print(json.dumps(row))
+            seconds: dict[str, list[float]] = {name: [] for name in concurrency}
+            for rep, name in enumerate(schedule(list(concurrency), args.reps)):  # A B A B
+                out = tmp / f"{stage}-{name}-{rep}.jsonl"  # a new file: nothing is resumed
+                row = run_once(stage, samples, concurrency[name], args, out)
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+                seconds[name].append(row["seconds"])
+            stages[stage] = {name: summary(v) for name, v in seconds.items()}
+            stages[stage]["speedup"] = round(
+                stages[stage]["sequential"]["median"] / stages[stage]["concurrent"]["median"], 1
+            )
+            print(json.dumps({stage: stages[stage]}), flush=True)
+    session.write({"samples": len(samples), "settings": vars(args), "stages": stages, "runs": rows})
 
 
 if __name__ == "__main__":

@@ -8,13 +8,12 @@ server answering with gold, ``clip_similarity`` selector with MiniLM) goes
 through the CLI twice, without and with ``--quiet``; the script counts stderr
 lines and names the progress bars that appeared.
 
-    nice -n 10 .venv/bin/python benchmarks/bench_progress.py
+    nice -n 10 python benchmarks/bench_progress.py
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import subprocess
@@ -23,11 +22,11 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-from _common import DATA
+from harness import Session, parser, start
 from refineg_formats.twitter import read_twitter_gmner, write_twitter_gmner
-from refineg_openai.testing import FakeOpenAIServer, ok
+from refineg_openai.testing import FakeOpenAIServer, gold_responder
 
-from refineg_core.testing.stages import paint_image, query_text
+from refineg_core.testing.stages import paint_image
 
 BAR = re.compile(r"^\s*(.+?):\s+\d+%\|")
 
@@ -67,29 +66,6 @@ def config_text(root: Path, base_url: str) -> str:
     ''')
 
 
-def oracle(gold_by_text):
-    def respond(request):
-        gold = gold_by_text.get(query_text(request.text))
-        if gold is None:
-            return ok("[]")
-        if "Candidate entities" in request.text:
-            return ok(json.dumps([{"name": e.text, "type": e.type} for e in gold.entities]))
-        return ok(
-            json.dumps(
-                [
-                    {
-                        "entity": e.text,
-                        "type": e.type,
-                        "boxes": [[round(v) for v in b.as_list()] for b in e.box_list],
-                    }
-                    for e in gold.entities
-                ]
-            )
-        )
-
-    return respond
-
-
 def bars(stderr: str) -> list[str]:
     """The descriptions of the tqdm bars drawn ("desc:  40%|####  | 12/30 [...]")."""
     lines = stderr.replace("\r", "\n").split("\n")
@@ -97,17 +73,18 @@ def bars(stderr: str) -> list[str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = parser(__doc__, out="progress.json", reps=1)
     ap.add_argument("--n", type=int, default=30, help="tweets to run (dev, with entities)")
     ap.add_argument("--train", type=int, default=40)
     args = ap.parse_args()
+    session = start(args)
     # The tweets, painted images and two run folders: ~180 MB, removed at the end.
     with tempfile.TemporaryDirectory(prefix="bench-progress-") as tmp:
-        measure(args, Path(tmp))
+        measure(args, Path(tmp), session)
 
 
-def measure(args: argparse.Namespace, root: Path) -> None:
-    tw = DATA / "twitter-gmner"
+def measure(args: argparse.Namespace, root: Path, session: Session) -> None:
+    tw = args.data / "twitter-gmner"
     train = read_twitter_gmner(tw / "train.txt").samples[: args.train]
     dev = [s for s in read_twitter_gmner(tw / "dev.txt").samples if s.entities][: args.n]
     write_twitter_gmner(train, root / "train.txt")
@@ -115,8 +92,8 @@ def measure(args: argparse.Namespace, root: Path) -> None:
     for i, s in enumerate([*train, *dev]):
         paint_image(root / "images" / f"{s.image.image_id}.jpg", s.image.size or (400, 300), i)
     env = {k: v for k, v in os.environ.items() if k != "REFINEG_NO_PROGRESS"}
-    with FakeOpenAIServer() as server:
-        server.responder = oracle({s.text: s for s in dev})
+    rows = []
+    with FakeOpenAIServer(gold_responder(dev)) as server:
         cfg = root / "bench.toml"
         cfg.write_text(config_text(root, server.base_url), encoding="utf-8")
         for flags in ([], ["--quiet"]):
@@ -132,18 +109,16 @@ def measure(args: argparse.Namespace, root: Path) -> None:
                 str(root / f"run{'-quiet' if flags else ''}"),
             ]
             run = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            print(
-                json.dumps(
-                    {
-                        "flags": flags,
-                        "exit": run.returncode,
-                        "tweets": len(dev),
-                        "stderr_lines": run.stderr.count("\n"),
-                        "bars": bars(run.stderr),
-                    }
-                ),
-                flush=True,
-            )
+            row = {
+                "flags": flags,
+                "exit": run.returncode,
+                "tweets": len(dev),
+                "stderr_lines": run.stderr.count("\n"),
+                "bars": bars(run.stderr),
+            }
+            print(row, flush=True)
+            rows.append(row)
+    session.write({"train_tweets": len(train), "rows": rows})
 
 
 if __name__ == "__main__":
