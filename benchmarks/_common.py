@@ -1,5 +1,8 @@
 """What the benchmarks share, built on the installed ``refineg`` package only.
 
+The harness (flags, timing, the result writer) is ``harness.py``; this module
+keeps the data helpers and ``machine()``, which older scripts still call.
+
 Benchmarks run as scripts (``python benchmarks/bench_x.py``), so this folder is
 on ``sys.path`` and ``import _common`` works; nothing puts the repository or
 ``tests`` on the path. Generic helpers (the fake OpenAI server, painted images,
@@ -11,15 +14,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from harness import DATA, ROOT  # noqa: F401  (re-exported: scripts import them from here)
+
 from refineg_core import machine as _machine
 from refineg_core.config import load_config
 from refineg_core.labels import LabelSet
 from refineg_core.testing.stages import first_samples
 from refineg_core.types import Sample
-
-ROOT = Path(__file__).resolve().parents[1]
-#: The shared data folder (``REFINEG_DATA`` overrides).
-DATA = Path(os.environ.get("REFINEG_DATA", ROOT.parent / "shared" / "data")).resolve()
 
 
 def twitter_labels() -> LabelSet:

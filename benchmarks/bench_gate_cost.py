@@ -21,15 +21,13 @@ file removed so nothing is resumed): calls made should be 0.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _common import ROOT
+from harness import ROOT, parser, start
 from refineg_frames.qwen import Qwen25VLCodec
 from refineg_openai.testing import FakeOpenAIServer, ok
 from tokenizers import Tokenizer
@@ -38,8 +36,6 @@ from refineg_core.config import load_config
 from refineg_core.pipeline.orchestrator import Pipeline
 
 os.environ.setdefault("REFINEG_NO_PROGRESS", "1")
-
-RESULTS = ROOT / "benchmarks" / "results"
 
 
 def qwen_tokenizer() -> Tokenizer:
@@ -93,11 +89,12 @@ def refine_cost(config_path, tagger, tau, policy, base_url, run_dir, predictions
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = parser(__doc__, out="gate_cost.json", reps=1)
     ap.add_argument("--config", type=Path, default=ROOT / "configs" / "twitter-gmner.toml")
     ap.add_argument("--tagger", type=Path, default=ROOT / "runs" / "twitter-gmner" / "tagger")
     ap.add_argument("--tau", type=float, default=0.4)
     args = ap.parse_args(argv)
+    session = start(args)
     args.tagger = args.tagger.resolve()
     if not (args.tagger / "manifest.json").exists():
         raise SystemExit(f"no trained tagger at {args.tagger}: run `refineg train` first")
@@ -145,8 +142,7 @@ def main(argv=None) -> int:
         "samples_with_entities": len(with_entities),
         "rows": rows,
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "gate_cost.json").write_text(json.dumps(doc, indent=2), encoding="utf-8")
+    written = session.write(doc)
     lines = [
         f"tau={args.tau}, {len(predictions)} dev tweets, gate delegates {len(gated)}, "
         f"{len(with_entities)} have a predicted entity",
@@ -161,7 +157,8 @@ def main(argv=None) -> int:
             f"{r.get('image_tokens_est', '')} | {r['cache_hits']} |"
         )
     table = "\n".join(lines) + "\n"
-    (RESULTS / "gate_cost.md").write_text(table, encoding="utf-8")
+    if written is not None:  # the table beside the JSON
+        written.with_suffix(".md").write_text(table, encoding="utf-8")
     print(table)
     return 0
 

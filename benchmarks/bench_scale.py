@@ -26,8 +26,8 @@ timed runs only predict. A size whose peak RSS, extrapolated linearly from
 the two sizes below it, would pass ``--max-rss-gb`` is skipped and recorded
 as skipped. Goal: peak RSS(200k) / peak RSS(10k) within 1.2 per engine/tagger.
 
-    nice -n 5 .venv/bin/python benchmarks/bench_scale.py              # 10k/50k/200k
-    nice -n 5 .venv/bin/python benchmarks/bench_scale.py --quick      # 2k/5k smoke run
+    nice -n 5 python benchmarks/bench_scale.py              # 10k/50k/200k
+    nice -n 5 python benchmarks/bench_scale.py --quick      # 2k/5k smoke run
 
 Results: ``--out`` (default ``benchmarks/results/scale.json``) and a table on stdout.
 """
@@ -52,7 +52,7 @@ from typing import Any
 import attrs
 import psutil
 import tomllib
-from _common import DATA, ROOT
+from harness import ROOT, parser, start
 from refineg_openai.testing import FakeOpenAIServer, ok
 
 from refineg_core.formats import load_dataset
@@ -60,8 +60,8 @@ from refineg_core.formats.native import write_jsonl
 from refineg_core.testing.stages import paint_image, query_text
 from refineg_core.types import ImageRef, Sample
 
-HERE = Path(__file__).resolve().parent
-TWITTER = DATA / "twitter-gmner"
+#: The Twitter-GMNER folder (set from ``--data`` in main).
+TWITTER = Path("twitter-gmner")
 REFINEG = Path(sys.executable).with_name("refineg")
 #: Bump when the corpus layout changes, so a stale cache is never reused.
 CORPUS_VERSION = 2
@@ -263,7 +263,7 @@ def run_cli(args: list[str], run_dir: Path, env: dict[str, str]) -> dict:
             code = proc.wait()
     wall = time.perf_counter() - started
     row = {
-        "command": " ".join(cmd),
+        "command": " ".join(["refineg", *cmd[1:]]),
         "exit_code": code,
         "wall_s": round(wall, 2),
         "peak_rss_mb": round(rss.peak / 2**20, 1),
@@ -328,7 +328,10 @@ def train_taggers(work: Path, env: dict[str, str], args) -> dict[str, Path]:
 
 # --------------------------------------------------------------------------- the fake server
 def responder_for(dev: list[Sample]):
-    """Answers a grounding query with one box per gold entity of the dev text it repeats."""
+    """Answers a grounding query with one fixed box per gold entity of the dev text it
+    repeats. Not ``gold_responder``: a post here carries one of the painted images, of
+    another size than the one its gold boxes were drawn on, so gold boxes could fall
+    outside it; a fixed small box is valid on every image."""
     by_text = {s.text: s for s in dev}
 
     def respond(req):
@@ -407,13 +410,11 @@ def measure(args) -> dict:
     dev = list(load_dataset(TWITTER / "dev.txt", "twitter-gmner").samples)
     rows = plan_rows(args, ray)
     doc: dict = {
-        "command": "nice -n 5 python benchmarks/bench_scale.py " + " ".join(sys.argv[1:]),
         "threads": args.threads,
         "torch_threads": threads,
-        "cpu_count": os.cpu_count(),
         "memory_total_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "ray": {cmd: "available" if offered else SKIP_RAY for cmd, offered in ray.items()},
-        "repeats": args.repeats,
+        "repeats": args.reps,
         "fake_server": {"latency_s": args.latency, "concurrency": args.concurrency, "k": 0},
         "images": args.images,
         "bert_train_tweets": args.bert_train,
@@ -454,7 +455,7 @@ def measure(args) -> dict:
         reps: dict[Row, list[dict]] = {row: [] for row in rows}
         skipped: dict[Row, str] = {}
         limit_mb = args.max_rss_gb * 1024
-        for rep in range(args.repeats):  # interleaved: every row once per round
+        for rep in range(args.reps):  # interleaved: every row once per round
             for row in rows:
                 if row in skipped:
                     continue
@@ -553,7 +554,7 @@ def _sizes(text: str) -> list[int]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = parser(__doc__, out="scale.json", threads=1, reps=1)
     ap.add_argument("--sizes", type=_sizes, default=_sizes("10k,50k,200k"), help="gazetteer")
     ap.add_argument("--bert-sizes", type=_sizes, default=_sizes("10k,50k"))
     ap.add_argument("--ground-sizes", type=_sizes, default=_sizes("10k,50k"))
@@ -570,9 +571,8 @@ def main() -> None:
         help="corpora, taggers, runs (kept; default: a temporary folder removed at the end, "
         "as the corpora and runs reach GBs)",
     )
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "scale.json")
-    ap.add_argument("--repeats", type=int, default=1, help="interleaved rounds over all rows")
-    ap.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the children")
+    # --reps: interleaved rounds over all rows; --threads: OMP_NUM_THREADS of the children
+    ap.add_argument("--repeats", dest="reps", type=int, default=argparse.SUPPRESS, help="= --reps")
     ap.add_argument(
         "--images",
         type=int,
@@ -586,6 +586,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=300, help="posts of the excluded warm-up run")
     ap.add_argument("--max-rss-gb", type=float, default=8.0, help="skip sizes projected above")
     args = ap.parse_args()
+    session = start(args)
+    global TWITTER
+    TWITTER = args.data / "twitter-gmner"
     if args.quick:
         args.sizes = args.bert_sizes = args.ground_sizes = [2000, 5000]
     unknown = set(args.parts) - {"gazetteer", "bert_crf", "ground"}
@@ -602,9 +605,7 @@ def main() -> None:
         if temporary:
             shutil.rmtree(args.work_dir, ignore_errors=True)
     print_table(doc)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=2), encoding="utf-8")
-    print(f"wrote {args.out}", flush=True)
+    session.write(doc)
 
 
 if __name__ == "__main__":

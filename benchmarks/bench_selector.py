@@ -30,15 +30,14 @@ pool: build seconds, ms per query and recall@K against the exact top-K.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
-from _common import ROOT
+import torch  # noqa: F401  (imported before start(), which pins its threads)
+from harness import ROOT, parser, start
 from refineg_clip_selector.cache import content_key
 from refineg_clip_selector.scoring import (
     EntityIndex,
@@ -288,11 +287,15 @@ def batched(
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/twitter-gmner")
+    ap = parser(__doc__, out="selector.json", threads=2, reps=2)
     ap.add_argument("--queries", type=int, default=300, help="dev queries (0 = all 1,500)")
     ap.add_argument("--k", type=int, default=3)
-    ap.add_argument("--cache", type=Path, default=Path("/tmp/refineg-bench-selector-cache"))
+    ap.add_argument(
+        "--cache",
+        type=Path,
+        default=ROOT / "runs" / "bench-selector-cache",
+        help="the selector's embedding cache (default runs/bench-selector-cache)",
+    )
     ap.add_argument("--sizes", default="1000,10000,100000")
     ap.add_argument("--loop-queries", type=int, default=3)
     ap.add_argument("--vec-queries", type=int, default=30)
@@ -302,13 +305,9 @@ def main() -> None:
     ap.add_argument("--batched-sizes", default="1000,10000,100000")
     ap.add_argument("--batched-queries", type=int, default=300)
     ap.add_argument("--single-queries", type=int, default=30)
-    ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--ann-candidates", type=int, default=256)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=None, help="write all rows as JSON here")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    print(f"torch threads: {torch.get_num_threads()}", flush=True)
+    session = start(args)  # fixes torch's threads (torch is imported above)
     out = {}
     if args.batched:
         sizes = [int(s) for s in args.batched_sizes.split(",")]
@@ -320,9 +319,8 @@ def main() -> None:
             [int(s) for s in args.sizes.split(",")], args.k, args.loop_queries, args.vec_queries
         )
     if not args.skip_relevance:
-        out["relevance"] = relevance(args.data, args.queries, args.k, args.cache)
-    if args.out:
-        args.out.write_text(json.dumps(out, indent=1))
+        out["relevance"] = relevance(args.data / "twitter-gmner", args.queries, args.k, args.cache)
+    session.write(out)
 
 
 if __name__ == "__main__":

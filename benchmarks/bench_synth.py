@@ -13,7 +13,6 @@ validation accounts for every candidate.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -21,7 +20,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import ROOT
+from harness import ROOT, parser, start
 from refineg_llm_synth.synthesizer import LLMSynthesizer
 
 from refineg_core.formats import load_dataset, read_jsonl
@@ -44,8 +43,12 @@ CCKS_LABELS = LabelSet(
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/ccks-aug")
+    ap = parser(
+        __doc__ + "\n--threads: torch threads (2 threads on a busy 2-core machine ran 5x slower).",
+        out="synth.json",
+        threads=1,
+        reps=1,
+    )
     ap.add_argument("--seeds", type=int, default=20)
     ap.add_argument("--all-seeds", action="store_true", help="also seeds without entities")
     ap.add_argument("--n-rewrites", type=int, default=5)
@@ -53,20 +56,20 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--retries", type=int, default=0, help="extra attempts per failed seed")
     ap.add_argument("--backend-options", default="{}", help="JSON options of local_text")
-    ap.add_argument("--out", type=Path, default=Path("/tmp/refineg-bench-synth"))
-    ap.add_argument("--fresh", action="store_true", help="delete --out first (else resume)")
     ap.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch threads (2 threads on a busy 2-core machine ran 5x slower)",
+        "--work",
+        type=Path,
+        default=ROOT / "runs" / "bench-synth",
+        help="the synthesis output folder (resumed unless --fresh; default runs/bench-synth)",
     )
+    ap.add_argument("--fresh", action="store_true", help="delete --work first (else resume)")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    if args.fresh and args.out.exists():
-        shutil.rmtree(args.out)
+    session = start(args)
+    torch.set_num_threads(session.threads)
+    if args.fresh and args.work.exists():
+        shutil.rmtree(args.work)
 
-    gold = load_dataset(args.data / "gold-500.conll").samples
+    gold = load_dataset(args.data / "ccks-aug" / "gold-500.conll").samples
     seeds = [s for s in gold if args.all_seeds or s.entities][: args.seeds]
     t0 = time.perf_counter()
     backend = create("backend", "local_text", json.loads(args.backend_options))
@@ -80,13 +83,16 @@ def main() -> None:
     )
     load_s = time.perf_counter() - t0
     report = run_synthesis(
-        seeds, synth, backend, CCKS_LABELS, SynthSettings(retries=args.retries), args.out
+        seeds, synth, backend, CCKS_LABELS, SynthSettings(retries=args.retries), args.work
     )
     out = {"backend": backend.describe(), "backend_setup_s": round(load_s, 1), **report.as_dict()}
-    print(json.dumps(out, indent=1))
-    kept = read_jsonl(args.out / "synthetic.jsonl").samples
+    kept = read_jsonl(args.work / "synthetic.jsonl").samples
     for s in kept[:5]:
         print("kept:", s.text, [(e.text, e.type) for e in s.entities])
+    out["kept_examples"] = [
+        {"text": s.text, "entities": [[e.text, e.type] for e in s.entities]} for s in kept[:5]
+    ]
+    session.write(out)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ so peak memory is per part):
 - ``ccks``: 5-fold CV on the 500 gold CCKS sentences, gold folds alone vs gold
   folds + synthetic sentences that do not mention a held-out entity name; the
   ``gold-matched`` setting is gold alone at the same optimiser steps.
-- ``report``: write the Tagger section of ``benchmarks/RESULTS.md`` from the JSON.
+- ``report``: render ``benchmarks/results/tagger.md`` from the JSON (linked from
+  ``benchmarks/pages/tagger.md``).
 
 Speed (section 4: inference back-ends vs the transformers pipeline, training
 steps/s, the predict stage) lives in ``bench_tagger_speed.py``: it needs a
@@ -21,7 +22,6 @@ Results go to ``benchmarks/results/tagger_<part>.json`` (+ ``.md``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -33,17 +33,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
-from _common import DATA
 from bench_tagger_gate import gate_quality
+from harness import RESULTS, Session, parser, start
 from refineg_bert_crf.tagger import BertCrfTagger
 from refineg_bert_crf.training import span_f1
 
 from refineg_core.formats import load_dataset
 from refineg_core.labels import LabelSet, tags_to_spans
 
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
+#: The shared data folder (set from ``--data`` in main).
+DATA = Path("data")
 TWITTER_TYPES = LabelSet(
     {"PER": "person", "LOC": "location", "ORG": "organisation", "OTHER": "other named entity"}
 )
@@ -56,13 +55,15 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+#: The harness session of this process (set in main): every result goes through it.
+SESSION: Session | None = None
+
+
 def write(part: str, doc: dict, out: str | None = None) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    doc["command"] = "nice -n 10 python benchmarks/bench_tagger.py " + " ".join(sys.argv[1:])
-    doc["threads"] = torch.get_num_threads()
-    path = Path(out) if out else RESULTS / f"tagger_{part}.json"
-    path.write_text(json.dumps(doc, indent=2), encoding="utf-8")
+    """Write a part's result (with its provenance) to ``out`` or results/tagger_<part>.json."""
+    assert SESSION is not None, "main() starts the session"
     print(json.dumps({k: v for k, v in doc.items() if k != "runs"}, indent=2)[:3000])
+    SESSION.write(doc, out if out else RESULTS / f"tagger_{part}.json")
 
 
 def evaluate(tagger: BertCrfTagger, samples) -> tuple[dict, list]:
@@ -375,23 +376,15 @@ def part_report(_args) -> None:
     if notes.exists():
         text = text.rstrip() + "\n\n" + notes.read_text(encoding="utf-8").strip() + "\n"
     (RESULTS / "tagger.md").write_text(text, encoding="utf-8")
-    results_md = HERE / "RESULTS.md"
-    doc = results_md.read_text(encoding="utf-8")
-    head = "## Tagger (`bert_crf`) and gate (`entropy`)"
-    start = doc.index(head)
-    nxt = doc.find("\n## ", start + len(head))
-    end = nxt + 1 if nxt >= 0 else len(doc)
-    results_md.write_text(
-        doc[:start] + head + "\n\n" + text.strip() + "\n\n" + doc[end:], encoding="utf-8"
-    )
+    # the current numbers live on benchmarks/pages/tagger.md (a hand-kept table that
+    # links this file); RESULTS.md is an index and is no longer rewritten here
     print(text)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__, out=None, threads=2, reps=1, seed=1)
+    ap.set_defaults(out=None)  # default: results/tagger_<part>.json
     ap.add_argument("part", choices=["twitter", "curve", "ccks", "report", "all"])
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument(
@@ -462,9 +455,6 @@ def main() -> None:
         type=lambda s: [int(x) for x in s.split(",") if x],
         help="ccks: train and test only these folds of the --folds split (e.g. 0,1,2)",
     )
-    ap.add_argument(
-        "--out", default=None, help="results JSON path (default: results/tagger_<part>.json)"
-    )
     ap.add_argument("--gold-epochs", type=int, default=8)
     ap.add_argument(
         "--synth-epochs",
@@ -480,7 +470,9 @@ def main() -> None:
         "(comma-separated sizes: one gold+synthetic run per size)",
     )
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    global SESSION, DATA
+    SESSION = start(args)  # fixes torch's threads (torch is imported above)
+    DATA = args.data
     os.environ.setdefault("REFINEG_NO_PROGRESS", "1")
     if args.part == "all":
         rest = sys.argv[2:]

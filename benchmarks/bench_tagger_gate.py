@@ -215,45 +215,50 @@ def error_audit(
     }
 
 
+def _harness(description: str):
+    """The harness's parser for a subcommand (shared flags; ``--out`` defaults per command).
+
+    Imported here, not at the top: tests load this file as a module from
+    outside ``benchmarks/``, where ``harness`` is not on the path.
+    """
+    from harness import parser
+
+    ap = parser(description, out=None, threads=1, reps=1)
+    ap.set_defaults(out=None)
+    return ap
+
+
 def _parse(ap):
-    """Add ``--threads`` and ``--data``, parse the subcommand's arguments, fix the threads."""
+    """Parse the subcommand's arguments, fix and print the thread count."""
     import os
     import sys
-    from pathlib import Path
 
-    import torch
+    import torch  # noqa: F401  (imported before start(), which pins its threads)
+    from harness import start
 
-    here = Path(__file__).resolve().parent
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument(
-        "--data",
-        type=Path,
-        default=Path(os.environ.get("REFINEG_DATA", here.parent.parent / "shared" / "data")),
-    )
     args = ap.parse_args(sys.argv[2:])
-    torch.set_num_threads(args.threads)
+    session = start(args)
     os.environ.setdefault("REFINEG_NO_PROGRESS", "1")
-    return args
+    return args, session
 
 
 def _errors_main() -> None:
-    import argparse
     import json
-    import sys
     from pathlib import Path
 
     here = Path(__file__).resolve().parent
-    ap = argparse.ArgumentParser(description="The gate's most confident errors, audited.")
+    ap = _harness("The gate's most confident errors, audited.")
     ap.add_argument("--tagger", required=True, help="saved bert_crf tagger")
     ap.add_argument(
         "--name",
         required=True,
-        help="result file: runs/errors_<name>.json (git-ignored: it quotes the dev tweets)",
+        help="result file: runs/errors_<name>.json unless --out "
+        "(git-ignored: it quotes the dev tweets)",
     )
     ap.add_argument("--gate", default="span", help="an uncertainty plugin name")
     ap.add_argument("--options", default="{}", help="the gate's options, as JSON")
     ap.add_argument("--top", type=int, default=40, help="rows printed, most confident first")
-    args = _parse(ap)
+    args, session = _parse(ap)
     from refineg_bert_crf.tagger import BertCrfTagger
 
     from refineg_core import registry
@@ -265,15 +270,9 @@ def _errors_main() -> None:
     gate_cls = registry.load_class("uncertainty", args.gate)
     gate = gate_cls(gate_cls.Options(**json.loads(args.options)))
     doc = error_audit(gate, dev, BertCrfTagger.load(Path(args.tagger)).predict(dev), train)
-    doc.update(
-        tagger=args.tagger,
-        gate=args.gate,
-        options=json.loads(args.options),
-        command="python benchmarks/bench_tagger_gate.py " + " ".join(sys.argv[1:]),
-    )
-    out = here.parent / "runs" / f"errors_{args.name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2, ensure_ascii=False), encoding="utf-8")
+    doc.update(tagger=args.tagger, gate=args.gate, options=json.loads(args.options))
+    out = args.out or here.parent / "runs" / f"errors_{args.name}.json"
+    session.write(doc, out)
     print(json.dumps({k: v for k, v in doc.items() if k != "errors"}, indent=1))
     print("| uncertainty | kind | predicted | gold overlapping | train labels | sentence |")
     print("|---:|---|---|---|---|---|")
@@ -283,25 +282,22 @@ def _errors_main() -> None:
             f"{', '.join(r['gold_overlapping']) or '–'} | {r['train_labels'] or '–'} | "
             f"{r['sentence'][:90]} |"
         )
-    print(f"wrote {out}")
 
 
 def _compare_main() -> None:
-    import argparse
     import json
-    import sys
     import time
     from pathlib import Path
 
-    import torch
-
     here = Path(__file__).resolve().parent
-    ap = argparse.ArgumentParser(description="Every uncertainty estimator on one dev split.")
+    ap = _harness("Every uncertainty estimator on one dev split.")
     ap.add_argument("--tagger", required=True, help="saved bert_crf tagger (an ensemble or not)")
-    ap.add_argument("--name", required=True, help="result file: results/gate_<name>.json")
+    ap.add_argument(
+        "--name", required=True, help="result file: results/gate_<name>.json unless --out"
+    )
     ap.add_argument("--mc-dropout", type=int, default=5, help="K dropout passes (0: skip)")
     ap.add_argument("--dev-limit", type=int, default=None)
-    args = _parse(ap)
+    args, session = _parse(ap)
     from refineg_bert_crf.tagger import BertCrfTagger
     from refineg_gates.margin import MarginGate
     from refineg_gates.sampling import EnsembleMIGate, MCDropoutGate
@@ -319,9 +315,7 @@ def _compare_main() -> None:
         "tagger": args.tagger,
         "members": m,
         "dev_sentences": len(dev),
-        "threads": torch.get_num_threads(),
         "mc_dropout_passes": args.mc_dropout,
-        "command": "nice -n 5 python benchmarks/bench_tagger_gate.py " + " ".join(sys.argv[1:]),
         "estimators": [],
     }
 
@@ -406,10 +400,7 @@ def _compare_main() -> None:
                 options={"aggregate": agg},
                 calibrate=True,
             )
-    out = here / "results" / f"gate_{args.name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2), encoding="utf-8")
-    print(f"wrote {out}")
+    session.write(doc, args.out or here / "results" / f"gate_{args.name}.json")
 
 
 def render_compare(doc: dict) -> str:

@@ -276,7 +276,7 @@ class Session:
             raise ValueError("a result may not carry its own 'provenance' key")
         full = {"provenance": self.provenance(), **doc}
         target = str(out if out is not None else getattr(self.args, "out", "-"))
-        text = json.dumps(full, indent=2, default=_jsonable)
+        text = json.dumps(full, indent=2, ensure_ascii=False, default=_jsonable)
         if target == "-":
             print(text)
             return None
@@ -304,3 +304,11 @@ def start(args: argparse.Namespace, *, threads: int | None = None) -> Session:
     load = loadavg()
     print(f"threads: {actual} (--threads {wanted}); load average: {load}", flush=True)
     return Session(args, actual, load, time.perf_counter())
+
+
+def record(args: argparse.Namespace) -> Session:
+    """A session that only records (for a runner that leaves threads to its configs,
+    such as ``run_variants.py``): the thread count written is torch's at the end."""
+    torch = sys.modules.get("torch")
+    threads = int(torch.get_num_threads()) if torch is not None else 0
+    return Session(args, threads, loadavg(), time.perf_counter())

@@ -34,7 +34,6 @@ writes ``comparison-full.md``: every raw count of every run.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -229,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", type=Path, help="the shared MLLM response cache (OUT/cache)")
     ap.add_argument("--full", action="store_true", help="also write every raw count")
     args = ap.parse_args(argv)
+    # imported here: tests load this file as a module from outside benchmarks/
+    from harness import record
+
+    session = record(args)
     variants, seeds, seed_key = load_variants(args.variants)
     if args.seeds:
         try:
@@ -251,9 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         file=sys.stderr,
     )
     table = compare(rows)
-    (args.out / "comparison.json").write_text(
-        json.dumps({"runs": rows, "variants": table}, indent=2), encoding="utf-8"
-    )
+    session.write({"runs": rows, "variants": table}, args.out / "comparison.json")
     text = to_markdown(table)
     (args.out / "comparison.md").write_text(text, encoding="utf-8")
     if args.full:
