@@ -1,14 +1,16 @@
-"""Render the Tagger section of RESULTS.md from the bench_tagger JSON files."""
+"""Render ``benchmarks/results/tagger.md`` from the bench_tagger JSON files (a library of
+``bench_tagger.py report``, no command of its own; the page benchmarks/pages/tagger.md
+links the rendered file)."""
 
 from __future__ import annotations
 
 
-def command(doc: dict) -> str:
+def command_of(doc: dict) -> str:
     """The command a result came from: its harness provenance, or the older top-level field."""
     return doc["provenance"]["command"] if "provenance" in doc else doc["command"]
 
 
-def threads(doc: dict) -> int:
+def threads_of(doc: dict) -> int:
     """The thread count a result ran at (harness provenance, or the older top-level field)."""
     return doc["provenance"]["threads"] if "provenance" in doc else doc["threads"]
 
@@ -24,7 +26,7 @@ def render(docs: dict) -> str:
         out += [
             "### 1. Twitter-GMNER, full train split -> dev (MNER F1)",
             "",
-            f"Command: `{command(d)}` (torch threads: {threads(d)}).",
+            f"Command: `{command_of(d)}` (torch threads: {threads_of(d)}).",
             "",
             f"- Trained on {d['train_sentences']} tweets for {d['epochs']} epochs (seed "
             f"{d['seed']}), MiniLM-L6 (22M params, uncased) + word shapes + CRF, BIO.",
@@ -43,7 +45,7 @@ def render(docs: dict) -> str:
                 f"{pct(n['dev']['f1'])} (P {pct(n['dev']['precision'])}, "
                 f"R {pct(n['dev']['recall'])}); per epoch "
                 + ", ".join(pct(x) for x in n["dev_f1_per_epoch"])
-                + f". Command: `{command(n)}`."
+                + f". Command: `{command_of(n)}`."
             )
         out.append("")
     if "curve" in docs:
@@ -51,7 +53,7 @@ def render(docs: dict) -> str:
         out += [
             "### 1b. Low-resource curve on Twitter-GMNER dev (MNER F1, mean ± sd over seeds)",
             "",
-            f"Command: `{command(d)}`. Each seed draws its own random subset of train; fixed "
+            f"Command: `{command_of(d)}`. Each seed draws its own random subset of train; fixed "
             f"epochs, no early stopping, evaluated on {d['dev_sentences']} dev tweets.",
             "",
             "| train tweets | epochs | shape features | seeds | F1 mean | sd | min | max |",
@@ -110,7 +112,7 @@ def render(docs: dict) -> str:
                     f"| {s['setting']} | {synth} | {r0['epochs']} | {r0['train_sentences']} "
                     f"| {pct(s['mean_f1'])} ± {pct(s['std_f1'])} "
                     f"| {pct(p['precision'])} / {pct(p['recall'])} / {pct(p['micro_f1'])} "
-                    f"| `{command(d)}` |"
+                    f"| `{command_of(d)}` |"
                 )
         out.append("")
     if "twitter" in docs:
@@ -175,13 +177,13 @@ def render_speed(docs: dict) -> list[str]:
     out = [
         "### 4. Speed (2-core CPU shared with other jobs; interleaved, same process)",
         "",
-        f"Command: `{command(d)}`. {d['dev_sentences']} dev tweets timed per repetition, "
+        f"Command: `{command_of(d)}`. {d['dev_sentences']} dev tweets timed per repetition, "
         f"{d['reps']} interleaved repetitions after one excluded warm-up; median (min-max) "
         f"sentences/s; torch threads fixed per column (ONNX Runtime gets the same count); "
         f"load average at the end {', '.join(f'{x:.1f}' for x in d['load_average_at_end'])}. "
         + (
             f"Dev MNER F1 and model size on all {docs['speed_quality']['dev_sentences']} dev "
-            f"tweets: `{command(docs['speed_quality'])}`."
+            f"tweets: `{command_of(docs['speed_quality'])}`."
             if quality
             else ""
         ),
@@ -227,7 +229,7 @@ def render_speed(docs: dict) -> list[str]:
         tr = docs["speed_train"]
         out += [
             "",
-            f"Training, same harness: `{command(tr)}` ({tr['train_items']} tweets = "
+            f"Training, same harness: `{command_of(tr)}` ({tr['train_items']} tweets = "
             f"{tr['steps_per_rep']} optimizer steps of batch {tr['batch_size']} per "
             f"repetition, {tr['reps']} repetitions):",
             "",
@@ -242,8 +244,8 @@ def render_speed(docs: dict) -> list[str]:
             "",
             f"The main job's predict stage (`refineg predict`, configs/twitter-gmner.toml, "
             f"{st.get('samples', '?')} dev tweets, load + tag + gate + write; fresh process "
-            f"each, {st['reps']} alternating repetitions, OMP_NUM_THREADS={threads(st)}): "
-            f"`{command(st)}`",
+            f"each, {st['reps']} alternating repetitions, OMP_NUM_THREADS={threads_of(st)}): "
+            f"`{command_of(st)}`",
             "",
             "| code | wall s per run (process start included) | predict stage s | "
             "MNER F1 of predict.jsonl |",
