@@ -306,9 +306,13 @@ TAGGER_OPTIONS: dict[str, dict[str, Any]] = {
 
 
 def train_taggers(work: Path, env: dict[str, str], args) -> dict[str, Path]:
-    """Both taggers, trained once into ``work/taggers`` (reused when already there)."""
+    """The taggers the parts use (gazetteer always, bert_crf for its part), trained once
+    into ``work/taggers`` (reused when already there)."""
     out = {}
+    needed = {"gazetteer"} | ({"bert_crf"} if "bert_crf" in args.parts else set())
     for name, options in TAGGER_OPTIONS.items():
+        if name not in needed:
+            continue
         run_dir = work / "taggers" / name
         tagger_dir = run_dir / "tagger"
         if not (tagger_dir / "refineg-trained.json").is_file():

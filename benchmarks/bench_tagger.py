@@ -63,7 +63,7 @@ def write(part: str, doc: dict, out: str | None = None) -> None:
     """Write a part's result (with its provenance) to ``out`` or results/tagger_<part>.json."""
     assert SESSION is not None, "main() starts the session"
     print(json.dumps({k: v for k, v in doc.items() if k != "runs"}, indent=2)[:3000])
-    SESSION.write(doc, out if out else RESULTS / f"tagger_{part}.json")
+    SESSION.write(doc, out or SESSION.args.out or RESULTS / f"tagger_{part}.json")
 
 
 def evaluate(tagger: BertCrfTagger, samples) -> tuple[dict, list]:
