@@ -6,9 +6,10 @@ it, the code it ran (git revision, and whether the tree was dirty), the machine
 (CPU model and flags, cores, threads, library versions) and how busy that
 machine was (load average before and after). Each script used to record a
 different subset by hand; now every result file goes through
-:meth:`Session.write`, and every comparison through :func:`interleaved`
-(A B A B, so a burst of load from another job hits both sides alike),
-reported as median and min-max, never as a single run.
+:meth:`Session.write`, and comparisons run interleaved (:func:`interleaved`,
+or :func:`schedule` for a script that times inside its runs: A B A B, so a
+burst of load from another job hits both sides alike), reported as median and
+min-max (:class:`Timing`, :func:`summary`), never as a single run.
 
 A script::
 
