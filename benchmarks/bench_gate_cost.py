@@ -72,10 +72,11 @@ def refine_cost(config_path, tagger, tau, policy, base_url, run_dir, predictions
         ],
     )
     config.run_dir = run_dir
-    pipeline = Pipeline(config)
-    started = time.perf_counter()
-    out = pipeline.refine(predictions)
-    stage = pipeline.summary["stages"]["refine"]
+    with Pipeline(config) as pipeline:  # closed: the run directory's lock is released
+        started = time.perf_counter()
+        out = pipeline.refine(predictions).load()
+        stage = pipeline.summary["stages"]["refine"]
+        seconds = round(time.perf_counter() - started, 2)
     backend = stage.get("backend", {})
     changed = sum(1 for r in out for e in r.entities if e.source == "mllm")
     return {
@@ -83,7 +84,7 @@ def refine_cost(config_path, tagger, tau, policy, base_url, run_dir, predictions
         "calls": backend.get("calls", 0),
         "cache_hits": backend.get("cached_calls", 0),
         "prompt_tokens": backend.get("prompt_tokens", 0),
-        "seconds": round(time.perf_counter() - started, 2),
+        "seconds": seconds,
         "entities_from_mllm": changed,
     }
 
@@ -109,7 +110,8 @@ def main(argv=None) -> int:
         [f'tagger.load_from="{args.tagger}"', f"uncertainty.options.threshold={args.tau}"],
     )
     config.run_dir = work / "predict"
-    predictions = Pipeline(config).predict()
+    with Pipeline(config) as pipeline:
+        predictions = pipeline.predict().load()  # a stage streams from its file: load it
     gated = {r.id for r in predictions if r.gate.delegate_sample}
     with_entities = {r.id for r in predictions if r.entities}
     rows = []
