@@ -27,6 +27,7 @@ from refineg_core.formats.ids import SeenIds
 from refineg_core.formats.images import IMAGE_FAILURE, resolve_image
 from refineg_core.formats.paths import child_path, plain_name_problem
 from refineg_core.interfaces import PluginOptions
+from refineg_core.runstore import atomic_write
 from refineg_core.types import Box, Sample
 from refineg_core.validity import check_sample
 
@@ -295,20 +296,14 @@ def write_twitter_gmner(samples: Iterable[Sample], path: Path | str) -> None:
             raise DataError(f"sample {s.id!r}: {problem}", where=str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     xml_dir.mkdir(exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with tmp.open("w", encoding="utf-8") as fh:
-            first = True
-            xml_seen = SeenIds()
-            for s in samples:
-                for line in conll_lines([s], image_ids=True):
-                    fh.write(line if first else "\n" + line)
-                    first = False
-                _write_xml(xml_dir, s, path, xml_seen)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    tmp.replace(path)
+    with atomic_write(path) as fh:
+        first = True
+        xml_seen = SeenIds()
+        for s in samples:
+            for line in conll_lines([s], image_ids=True):
+                fh.write(line if first else "\n" + line)
+                first = False
+            _write_xml(xml_dir, s, path, xml_seen)
 
 
 def _write_xml(xml_dir: Path, s: Sample, path: Path, seen: SeenIds) -> None:
