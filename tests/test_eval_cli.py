@@ -81,7 +81,9 @@ def test_gold_without_xml_folder_is_an_error_not_a_wrong_f1(split, twitter_dir: 
 
 def test_missing_xml_dir_of_a_data_source_is_an_error(twitter_dir: Path, tmp_path: Path):
     with pytest.raises(DataError, match="xml_dir does not exist") as err:
-        load_dataset(twitter_dir / "dev.txt", "twitter-gmner", xml_dir=tmp_path / "nope")
+        load_dataset(
+            twitter_dir / "dev.txt", "twitter-gmner", options={"xml_dir": tmp_path / "nope"}
+        )
     assert err.value.where == str(tmp_path / "nope")
     lonely = tmp_path / "dev.txt"
     shutil.copy(twitter_dir / "dev.txt", lonely)

@@ -205,10 +205,15 @@ class CcksFormat(DatasetFormat):
     holds any text, so it can write every sample (``unwritable`` is None)."""
 
     checks_samples = True
+    output_file = "final.ccks.json"
 
     class Options(PluginOptions):
-        entities: Path | None = None
+        entities: Path | None = None  # the entities JSON of the texts (none: unlabelled)
         images_dir: Path | None = None
+
+    @classmethod
+    def recognises(cls, path: Path) -> bool:
+        return Path(path).suffix == ".json"
 
     reads_limit = True  # read() stops after ``limit`` samples
 

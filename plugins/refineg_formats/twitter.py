@@ -21,7 +21,7 @@ from pathlib import Path
 import attrs
 
 from refineg_core.errors import DataError
-from refineg_core.formats.base import Dataset, DatasetFormat, whole_pixels
+from refineg_core.formats.base import Dataset, DatasetFormat, first_line, whole_pixels
 from refineg_core.formats.conll import conll_lines, conll_problem, iter_conll, sentence_to_sample
 from refineg_core.formats.ids import SeenIds
 from refineg_core.formats.images import IMAGE_FAILURE, resolve_image
@@ -337,10 +337,17 @@ class TwitterGmnerFormat(DatasetFormat):
     """Twitter-GMNER: CoNLL with ``IMGID:`` lines, VOC XML boxes in ``xml_dir``."""
 
     checks_samples = True
+    output_file = "twitter/predictions.txt"  # with twitter/xml/ beside it
+    holds_overlaps = False  # CoNLL tags
+    writes_in_one_pass = False  # checks every image id first, then writes
 
     class Options(PluginOptions):
         xml_dir: Path | None = None  # default: <folder of the file>/xml
         images_dir: Path | None = None
+
+    @classmethod
+    def recognises(cls, path: Path) -> bool:
+        return first_line(path).startswith("IMGID:")
 
     reads_limit = True  # read() stops after ``limit`` samples
 
