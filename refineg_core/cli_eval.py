@@ -132,8 +132,9 @@ def _check_regions(report: EvaluationReport, gold: Path) -> None:
     if report.gold_regions_unknown:
         raise DataError(
             f"{report.gold_regions_unknown} gold entities have no box annotation (region "
-            "unknown), so GMNER and EEG cannot be scored; give the folder of the boxes "
-            "(--gold-option xml_dir=DIR), or pass --no-boxes if the gold data has none",
+            "unknown), so GMNER and EEG cannot be scored; give the gold format the option "
+            "that locates its boxes (e.g. --gold-option xml_dir=DIR for Twitter-GMNER), "
+            "or pass --no-boxes if the gold data has none",
             where=str(gold),
         )
 

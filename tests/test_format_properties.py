@@ -329,8 +329,8 @@ def _check_located(fmt: str, folder: Path, name: str, data: bytes, line_numbers:
         return
     # what was read can be written by every output writer of a run, and reads back
     results = [SampleResult(s, s.entities) for s in ds.samples]
-    written = write_outputs(results, folder / "out")
-    back = read_twitter_gmner(written.paths["twitter"])
+    written = write_outputs(results, folder / "out", ["twitter-gmner", "ccks"])
+    back = read_twitter_gmner(written.paths["twitter-gmner"])
     assert [s.tokens for s in back] == [s.tokens for s in ds.samples if s.tokens]
     assert len(read_jsonl(written.paths["jsonl"])) == len(ds)
 
