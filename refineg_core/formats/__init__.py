@@ -9,7 +9,7 @@ silently dropped.
 """
 
 from refineg_core.formats.base import Dataset, DatasetFormat, read_text_file
-from refineg_core.formats.conll import read_conll, write_conll
+from refineg_core.formats.conll import write_conll
 from refineg_core.formats.loader import (
     format_plugin,
     iter_source,
@@ -26,7 +26,6 @@ __all__ = [
     "iter_source",
     "load_dataset",
     "load_source",
-    "read_conll",
     "read_jsonl",
     "read_text_file",
     "recognised_format",
