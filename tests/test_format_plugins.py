@@ -41,7 +41,8 @@ def test_loading_one_format_imports_only_its_module(tmp_path: Path):
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == (
-        "['refineg_formats.ccks', 'refineg_formats.generic', 'refineg_formats.twitter']"
+        "['refineg_formats.ccks', 'refineg_formats.conll_read', 'refineg_formats.generic', "
+        "'refineg_formats.twitter']"
     )
 
 
