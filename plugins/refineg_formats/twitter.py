@@ -148,7 +148,8 @@ def _xml_dir(path: Path, xml_dir: Path | str | None, warnings: list[str]) -> Pat
         return root
     warnings.append(
         f"{path}: no xml/ folder beside the file, so the gold regions are unknown; "
-        "name the folder of the VOC files (xml_dir / --xml-dir), or say the data has "
+        "name the folder of the VOC files (options = {xml_dir = ...} / --gold-option "
+        "xml_dir=DIR), or say the data has "
         "no boxes (boxes = false / --no-boxes)"
     )
     return None
