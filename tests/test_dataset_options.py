@@ -160,3 +160,16 @@ def test_a_lone_surrogate_or_bad_bytes_in_a_config_is_located(tmp_path: Path):
     with pytest.raises(ConfigError, match=r"not valid UTF-8.*line 3, column 9") as err:
         load_config(cfg)
     assert err.value.where == f"{cfg}:3"
+
+
+@pytest.mark.parametrize(
+    ("name", "formats"), [("twitter-gmner", ["twitter-gmner", "ccks"]), ("ccks", ["ccks"])]
+)
+def test_the_shipped_configs_name_their_output_formats(name, formats):
+    from refineg_core.formats.writers import output_formats
+
+    root = Path(__file__).resolve().parents[1]
+    config = load_config(root / "configs" / f"{name}.toml", check_plugins=False, check_paths=False)
+    assert config.outputs.formats == formats
+    files = {n: cls.output_file for n, cls in output_formats(config.outputs.formats).items()}
+    assert "final.ccks.json" in files.values()

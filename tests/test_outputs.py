@@ -78,10 +78,14 @@ def test_without_output_formats_only_the_native_jsonl_is_written(
     twitter_dir: Path, tmp_path: Path
 ) -> None:
     results = _results(twitter_dir)
+    earlier = write_outputs(results[:2], tmp_path, ["ccks", "twitter-gmner"])
     seen: list[str] = []
     written = write_outputs(results, tmp_path, observe=lambda r: seen.append(r.id))
     assert set(written.paths) == {"jsonl"}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["final.jsonl"]
+    # an earlier run's files of formats no longer named would pass for this run's
+    assert set(written.removed) == {earlier.paths["ccks"], earlier.paths["twitter-gmner"]}
+    assert not earlier.paths["ccks"].exists() and not earlier.paths["twitter-gmner"].exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["final.jsonl"]
     assert seen == [r.id for r in results]  # observed once each
     assert [s.id for s in read_jsonl(written.paths["jsonl"])] == seen
 

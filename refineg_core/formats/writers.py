@@ -10,6 +10,7 @@ claiming one file fail before a run, not after its last paid MLLM call.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 from refineg_core.errors import ConfigError, PluginError
 from refineg_core.formats.base import DatasetFormat
@@ -53,3 +54,23 @@ def output_formats(
         files[target] = name
         found[name] = cls
     return found
+
+
+def stale_outputs(out_dir: Path, written: Iterable[str]) -> list[Path]:
+    """The files an earlier run wrote in an output format this run does not name
+    (``[outputs] formats`` shrank): left there, they would pass for this run's
+    results. Every installed output format is asked for its ``output_file``."""
+    from refineg_core import registry  # the registry imports this package's base
+
+    keep = {NATIVE, *written}
+    stale = []
+    for name in registry.available_names(registry.slot_group("format")):
+        if name in keep:
+            continue
+        try:
+            target = registry.load_class("format", name).output_file  # type: ignore[attr-defined]
+        except PluginError:
+            continue  # not importable now: it wrote nothing this run could be taken for
+        if target is not None and (Path(out_dir) / target).is_file():
+            stale.append(Path(out_dir) / target)
+    return stale

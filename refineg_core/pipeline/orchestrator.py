@@ -789,6 +789,8 @@ class Pipeline:
         final["outputs"] = {fmt: str(path) for fmt, path in written.paths.items()}
         if written.overlaps_dropped:
             final["overlaps_dropped"] = written.overlaps_dropped
+        if written.removed:  # an earlier run's files of formats [outputs] no longer names
+            final["outputs_removed"] = [str(p) for p in written.removed]
         if final["grounding_not_attempted"] and self.stage_mode("ground") is not False:
             self.log(
                 f"final: {final['grounding_not_attempted']} entities were never grounded "

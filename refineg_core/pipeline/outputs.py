@@ -19,17 +19,19 @@ from pathlib import Path
 import attrs
 
 from refineg_core.formats import format_plugin, write_jsonl
-from refineg_core.formats.writers import NATIVE, NATIVE_FILE, output_formats
+from refineg_core.formats.writers import NATIVE, NATIVE_FILE, output_formats, stale_outputs
 from refineg_core.runstore import copy_file
 from refineg_core.types import Entity, Sample, SampleResult
 
 
 @attrs.frozen
 class Written:
-    """Where each format went, and how many entities a flat format had to leave out."""
+    """Where each format went, how many entities a flat format had to leave out, and
+    which files of formats no longer named were removed."""
 
     paths: dict[str, Path]
     overlaps_dropped: int = 0
+    removed: tuple[Path, ...] = ()
 
 
 def non_overlapping(entities: Iterable[Entity]) -> tuple[tuple[Entity, ...], int]:
@@ -76,7 +78,9 @@ def write_outputs(
     """Write ``results`` into ``out_dir``: ``final.jsonl``, then each named format
     plugin's ``output_file``. ``results`` is read once per format (a stage's
     output streams from its file each time; the native JSONL of a stage file is
-    copied, not re-read); ``observe`` sees every result once."""
+    copied, not re-read); ``observe`` sees every result once. The file of an
+    installed output format not named now, left by an earlier run, is removed
+    (it would pass for this run's results)."""
     plugins = output_formats(formats)  # a bad name fails before anything is written
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -110,7 +114,10 @@ def write_outputs(
     if not observed:
         for r in results:
             observe(r)
-    return Written(paths, dropped)
+    removed = tuple(stale_outputs(out_dir, plugins))
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return Written(paths, dropped, removed)
 
 
 def _observed(results: Iterable[SampleResult], observe) -> Iterator[SampleResult]:
