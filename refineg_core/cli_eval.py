@@ -13,11 +13,11 @@ import json
 import sys
 from pathlib import Path
 
-from refineg_core.errors import DataError
+from refineg_core.errors import ConfigError, DataError
 from refineg_core.evaluation import EvaluationReport, evaluate
-from refineg_core.formats import load_dataset
-from refineg_core.formats.loader import guess_format
+from refineg_core.formats import load_dataset, recognised_format
 from refineg_core.formats.native import read_results
+from refineg_core.formats.writers import NATIVE
 from refineg_core.types import Sample, SampleResult
 
 
@@ -32,16 +32,27 @@ def add_eval_command(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     )
     p.add_argument("--gold", required=True, type=Path, help="gold data file")
     p.add_argument("--pred", required=True, type=Path, help="predictions (any data format)")
-    p.add_argument("--format", help="format plugin of both files (default: guessed)")
+    p.add_argument(
+        "--format",
+        help="format plugin of both files (default: the installed format that recognises each)",
+    )
     p.add_argument("--gold-format", help="format plugin of the gold file")
     p.add_argument("--pred-format", help="format plugin of the prediction file")
-    p.add_argument("--gold-entities", type=Path, help="CCKS entities JSON of the gold texts")
-    p.add_argument("--pred-entities", type=Path, help="CCKS entities JSON of the predictions")
-    p.add_argument(
-        "--xml-dir",
-        type=Path,
-        help="Twitter-GMNER: folder of the gold VOC XML (default: xml/ beside the gold file)",
-    )
+    for side in ("gold", "pred"):
+        p.add_argument(
+            f"--{side}-option",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            dest=f"{side}_options",
+            help=f"an option of the {side} file's format plugin, e.g. xml_dir=DIR "
+            "(Twitter-GMNER) or entities=FILE (CCKS); repeatable",
+        )
+    # the flags of earlier versions, kept as spellings of the options above
+    alias = "same as --{}-option {}=PATH"
+    p.add_argument("--xml-dir", type=Path, help=alias.format("gold", "xml_dir"))
+    p.add_argument("--gold-entities", type=Path, help=alias.format("gold", "entities"))
+    p.add_argument("--pred-entities", type=Path, help=alias.format("pred", "entities"))
     p.add_argument(
         "--no-boxes",
         action="store_true",
@@ -72,13 +83,33 @@ def _warn(path: Path, warnings: tuple[str, ...]) -> None:
         print(f"{path}: {len(warnings)} warning(s), e.g. {warnings[0]}", file=sys.stderr)
 
 
+def _options(pairs: list[str], flag: str, aliases: dict[str, Path | None]) -> dict[str, str]:
+    """``KEY=VALUE`` pairs as a format's options (validated by the format plugin,
+    which names an unknown key); an old flag's value counts as its option."""
+    options: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"expected KEY=VALUE, got {pair!r}", where=flag)
+        if key.strip() in options:
+            raise ConfigError(f"{key.strip()!r} is given twice", where=flag)
+        options[key.strip()] = value
+    for key, value in aliases.items():
+        if value is None:
+            continue
+        if key in options:
+            raise ConfigError(f"{key!r} is given twice (and by its old flag)", where=flag)
+        options[key] = str(value)
+    return options
+
+
 def _load_gold(args: argparse.Namespace) -> list[Sample]:
+    aliases = {"xml_dir": args.xml_dir, "entities": args.gold_entities}
     ds = load_dataset(
         args.gold,
         args.gold_format or args.format,
-        xml_dir=args.xml_dir,
-        entities=args.gold_entities,
         boxes=False if args.no_boxes else None,
+        options=_options(args.gold_options, "--gold-option", aliases),
         config_key="gold",
     )
     _warn(args.gold, ds.warnings)
@@ -87,9 +118,12 @@ def _load_gold(args: argparse.Namespace) -> list[Sample]:
 
 def _load_pred(args: argparse.Namespace) -> list[Sample | SampleResult]:
     path, fmt = args.pred, args.pred_format or args.format
-    if path.is_file() and (fmt or guess_format(path)) == "jsonl":
-        return list(read_results(path))  # results keep their recorded failures
-    ds = load_dataset(path, fmt, entities=args.pred_entities, config_key="pred")
+    options = _options(args.pred_options, "--pred-option", {"entities": args.pred_entities})
+    if path.is_file():
+        fmt = fmt or recognised_format(path, config_key="pred")
+        if fmt == NATIVE and not options:
+            return list(read_results(path))  # results keep their recorded failures
+    ds = load_dataset(path, fmt, options=options, config_key="pred")
     _warn(path, ds.warnings)
     return list(ds.samples)
 
@@ -98,8 +132,9 @@ def _check_regions(report: EvaluationReport, gold: Path) -> None:
     if report.gold_regions_unknown:
         raise DataError(
             f"{report.gold_regions_unknown} gold entities have no box annotation (region "
-            "unknown), so GMNER and EEG cannot be scored; give the folder of the boxes "
-            "(--xml-dir), or pass --no-boxes if the gold data has none",
+            "unknown), so GMNER and EEG cannot be scored; give the gold format the option "
+            "that locates its boxes (e.g. --gold-option xml_dir=DIR for Twitter-GMNER), "
+            "or pass --no-boxes if the gold data has none",
             where=str(gold),
         )
 

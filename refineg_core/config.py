@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,11 +37,13 @@ class DataSource(StrictModel):
 
     path: Path
     format: str | None = Field(
-        None, description="format plugin name (refineg plugins lists them; default: guessed)"
+        None,
+        description="format plugin name (refineg plugins lists them; default: the one "
+        "installed format that recognises the file)",
     )
-    xml_dir: Path | None = None
+    xml_dir: Path | None = Field(None, description="deprecated: options = {xml_dir = ...}")
     images_dir: Path | None = None
-    entities: Path | None = Field(None, description="CCKS: the entities JSON beside the texts")
+    entities: Path | None = Field(None, description="deprecated: options = {entities = ...}")
     limit: int | None = Field(None, ge=1, description="use only the first N samples")
     boxes: bool | None = Field(
         None,
@@ -48,7 +51,19 @@ class DataSource(StrictModel):
         "true: every entity must have its region; default: as the format reads it",
     )
     options: dict[str, Any] = Field(
-        default_factory=dict, description="more options of the format plugin"
+        default_factory=dict,
+        description="options of the format plugin (e.g. xml_dir, entities); relative "
+        "paths are resolved against the config file's folder",
+    )
+
+
+class OutputsConfig(StrictModel):
+    """What a run writes besides its native ``final.jsonl``."""
+
+    formats: list[str] = Field(
+        default_factory=list,
+        description="format plugins to write the final results in as well (e.g. "
+        '"twitter-gmner", "ccks"; refineg plugins lists them)',
     )
 
 
@@ -145,6 +160,7 @@ class Config(StrictModel):
     )
     labels: dict[str, str] = Field(description="entity type -> description for prompts")
     data: DataConfig = Field(default_factory=DataConfig)
+    outputs: OutputsConfig = Field(default_factory=OutputsConfig)
     stages: StagesConfig = Field(default_factory=StagesConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     synthesizer: SlotConfig | None = None
@@ -251,6 +267,27 @@ def check_numbers(raw: Any, where: str = "") -> None:
         raise ConfigError(f"{raw} does not fit in 64 bits", where=where or "config")
 
 
+def check_text(raw: Any, where: str = "") -> None:
+    """Every string and key a caller wrote is UTF-8 text, or a ConfigError names its
+    dotted key: a lone surrogate (``"\\ud800"`` from a ``--set`` value or a Python
+    dict) would otherwise surface as pydantic's "Invalid JSON" with no place."""
+    items = raw.items() if isinstance(raw, dict) else enumerate(raw)
+    for key, value in items:
+        here = f"{where}.{key}" if where else str(key)
+        for text in (key, value):
+            if isinstance(text, str):
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError as exc:
+                    raise ConfigError(
+                        f"holds a lone surrogate ({text[exc.start]!r} at character "
+                        f"{exc.start}), which is not text; write the character itself",
+                        where=here or "config",
+                    ) from None
+        if isinstance(value, dict | list | tuple):
+            check_text(value, here)
+
+
 def _as_json(raw: dict[str, Any]) -> str:
     """The config as JSON for strict validation (paths and other objects a Python
     caller may pass become strings, as a TOML file would have them)."""
@@ -289,16 +326,40 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 _INPUT_FIELDS = ("path", "xml_dir", "images_dir", "entities")
 
 
-def check_input_paths(config: Config) -> None:
-    """Every input path named in the config exists, or a ConfigError says which and where
-    it resolved to (a typo found before training, not after)."""
+def data_sources(config: Config) -> list[tuple[str, DataSource]]:
+    """Every data source of the config with its dotted key."""
     sources: list[tuple[str, DataSource]] = [
         (f"data.{name}", getattr(config.data, name))
         for name in ("train", "dev", "predict", "gold", "pool")
         if getattr(config.data, name) is not None
     ]
     sources += [(f"data.extra_train.{i}", src) for i, src in enumerate(config.data.extra_train)]
-    for where, source in sources:
+    return sources
+
+
+def _source_options(config: Config, base: Path | None, check_paths: bool) -> None:
+    """Resolve each source's path options against the config's folder (the format
+    says which options are paths), check they exist, and warn about the old keys."""
+    from refineg_core.formats.loader import DEPRECATED_SOURCE_KEYS, option_paths
+
+    for where, source in data_sources(config):
+        for key in DEPRECATED_SOURCE_KEYS:
+            if getattr(source, key, None) is not None:
+                warnings.warn(
+                    f"{where}.{key} is deprecated: write it as a format option, "
+                    f"options = {{{key} = ...}}",
+                    FutureWarning,
+                    stacklevel=4,
+                )
+        for key, path in option_paths(source, base, config_key=where):
+            if check_paths and not path.exists():
+                raise ConfigError(f"{path} does not exist", where=f"{where}.options.{key}")
+
+
+def check_input_paths(config: Config) -> None:
+    """Every input path named in the config exists, or a ConfigError says which and where
+    it resolved to (a typo found before training, not after)."""
+    for where, source in data_sources(config):
         for field in _INPUT_FIELDS:
             value = getattr(source, field)
             if value is not None and not Path(value).exists():
@@ -316,6 +377,7 @@ def config_from_dict(
     check_paths: bool = True,
 ) -> Config:
     check_numbers(raw)
+    check_text(raw)
     try:
         # strict, as JSON: a TOML string is never coerced ("10" is not 10, "yes" not
         # true), while the JSON-like types TOML has (str paths, lists) are taken as meant
@@ -331,6 +393,7 @@ def config_from_dict(
     config.source = base
     if base is not None:
         _resolve_paths(config, base)
+    _source_options(config, base, check_paths)
     if check_plugins:
         validate_plugins(config)
     if check_paths:
@@ -348,12 +411,19 @@ def load_config(
     path = Path(path)
     if not path.is_file():
         raise ConfigError("config file not found", where=str(path))
+    data = path.read_bytes()
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = tomllib.loads(data.decode("utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"TOML syntax error: {exc}", where=str(path)) from None
-    except UnicodeDecodeError:
-        raise ConfigError("config is not valid UTF-8", where=str(path)) from None
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ConfigError(
+            f"not valid UTF-8 (byte 0x{data[exc.start]:02x} at line {line}, column "
+            f"{column}); save the config as UTF-8",
+            where=f"{path}:{line}",
+        ) from None
     apply_overrides(raw, overrides or [])
     try:
         return config_from_dict(
@@ -387,8 +457,10 @@ def validate_plugins(config: Config) -> None:
         registry.validate_options(kind, slot_cfg.plugin, cls, slot_cfg.options, config_key=key)
         _strict_options(cls, slot_cfg.options, f"{key}.options", slot_cfg.plugin)
     from refineg_core.formats.loader import check_data_sources
+    from refineg_core.formats.writers import output_formats
 
     check_data_sources(config.data)
+    output_formats(config.outputs.formats)
 
 
 def effective(config: Config) -> Config:

@@ -1,16 +1,17 @@
 """One validity check for samples: what is read can be written.
 
-A run writes its results in every output format (native JSONL, CCKS JSON,
-Twitter-GMNER; ``OUTPUT_WRITERS``). A sample one of those writers cannot
+A run writes its results in its native JSONL and in the output formats its
+config names (``[outputs] formats``). A sample one of those writers cannot
 write (a token holding a tab, an image id with a path separator...) would
 pass reading and every paid MLLM call, then kill the run while writing its
 outputs. So readers, the Python API and the writers ask the same question
 here, and a reader refuses such a sample at its file and line.
 
 What a format can write is the format plugin's knowledge
-(``DatasetFormat.unwritable``), not the core's: this module only asks each
-output format, plus what every writer shares (UTF-8 text, spans inside the
-tokens).
+(``DatasetFormat.unwritable``), not the core's: this module only asks every
+installed format that can be an output (it declares ``output_file``; readers
+do not know which the run will name, so they ask all of them), plus what
+every writer shares (UTF-8 text, spans inside the tokens).
 """
 
 from __future__ import annotations
@@ -18,19 +19,26 @@ from __future__ import annotations
 import functools
 import json
 
-from refineg_core.errors import DataError
+from refineg_core.errors import DataError, PluginError
 from refineg_core.types import Entity, Sample
-
-#: Output format (as in ``[outputs]`` / ``write_outputs``) -> the format plugin writing it.
-OUTPUT_WRITERS = {"jsonl": "jsonl", "ccks": "ccks", "twitter": "twitter-gmner"}
 
 
 @functools.cache
 def _writers() -> tuple[tuple[str, type], ...]:
+    """Every installed format plugin that can be an output format (looked up once:
+    every sample read asks). One that fails to import is left out here; naming it
+    in ``[outputs]`` reports the failure at config load."""
     from refineg_core import registry  # registry imports the formats package
 
-    names = dict.fromkeys(OUTPUT_WRITERS.values())
-    return tuple((name, registry.load_class("format", name)) for name in names)
+    found = []
+    for name in registry.available_names(registry.slot_group("format")):
+        try:
+            cls = registry.load_class("format", name)
+        except PluginError:
+            continue
+        if getattr(cls, "output_file", None) is not None:
+            found.append((name, cls))
+    return tuple(found)
 
 
 def _surrogate(text: str) -> bool:

@@ -101,6 +101,8 @@ def gazetteer_config(
         [data.predict]
         path = "{root}/dev/dev.txt"
         images_dir = "{root}/images"
+        [outputs]
+        formats = ["twitter-gmner", "ccks"]
         [stages]
         refine = {switch(refine)}
         ground = {switch(ground)}

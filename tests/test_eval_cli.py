@@ -66,14 +66,23 @@ def test_gold_without_xml_folder_is_an_error_not_a_wrong_f1(split, twitter_dir: 
     assert real["gmner"]["fn"] == grounded and real["mner"]["f1"] == 100.0
     res = run_cli(["eval", "--gold", str(lonely), "--pred", str(pred)])
     assert res.code == 2
-    assert "no box annotation" in res.stderr and "--xml-dir" in res.stderr
+    assert "no box annotation" in res.stderr and "--gold-option xml_dir=" in res.stderr
     assert "--no-boxes" in res.stderr and str(lonely) in res.stderr
     assert len(res.stderr.strip().splitlines()) <= 2  # the data warning line + the error
-    # --xml-dir gives the same numbers as the file in its own folder.
-    again = _json(
-        ["--gold", str(lonely), "--pred", str(pred), "--xml-dir", str(twitter_dir / "xml")]
-    )
-    assert again["gmner"] == real["gmner"] and again["eeg"] == real["eeg"]
+    # --gold-option xml_dir=..., and its old spelling --xml-dir, give the same numbers
+    # as the file in its own folder.
+    xml = str(twitter_dir / "xml")
+    for flags in (["--gold-option", f"xml_dir={xml}"], ["--xml-dir", xml]):
+        again = _json(["--gold", str(lonely), "--pred", str(pred), *flags])
+        assert again["gmner"] == real["gmner"] and again["eeg"] == real["eeg"]
+    # a key the gold format does not take, or no KEY=VALUE: one located error line
+    bad = run_cli(["eval", "--gold", str(lonely), "--pred", str(pred), "--gold-option", "xmldir=x"])
+    assert bad.code == 2 and "xmldir" in bad.stderr and "gold.options" in bad.stderr
+    bad = run_cli(["eval", "--gold", str(lonely), "--pred", str(pred), "--gold-option", "xml_dir"])
+    assert bad.code == 2 and "--gold-option: expected KEY=VALUE" in bad.stderr
+    both = ["--gold-option", f"xml_dir={xml}", "--xml-dir", xml]
+    bad = run_cli(["eval", "--gold", str(lonely), "--pred", str(pred), *both])
+    assert bad.code == 2 and "given twice" in bad.stderr
     # --no-boxes: the user says the gold has no boxes; then box-less predictions are right.
     none = _json(["--gold", str(lonely), "--pred", str(pred), "--no-boxes"])
     assert none["gmner"]["f1"] == 100.0
@@ -81,7 +90,9 @@ def test_gold_without_xml_folder_is_an_error_not_a_wrong_f1(split, twitter_dir: 
 
 def test_missing_xml_dir_of_a_data_source_is_an_error(twitter_dir: Path, tmp_path: Path):
     with pytest.raises(DataError, match="xml_dir does not exist") as err:
-        load_dataset(twitter_dir / "dev.txt", "twitter-gmner", xml_dir=tmp_path / "nope")
+        load_dataset(
+            twitter_dir / "dev.txt", "twitter-gmner", options={"xml_dir": tmp_path / "nope"}
+        )
     assert err.value.where == str(tmp_path / "nope")
     lonely = tmp_path / "dev.txt"
     shutil.copy(twitter_dir / "dev.txt", lonely)

@@ -51,6 +51,8 @@ def config_text(root, base_url, run_dir):
         [data.predict]
         path = "{root}/dev/dev.txt"
         images_dir = "{root}/images"
+        [outputs]
+        formats = ["twitter-gmner", "ccks"]
         [tagger.options]
         epochs = 1
         batch_size = 16

@@ -116,8 +116,8 @@ def test_what_is_read_is_written_by_every_output_writer(tmp_path):
     ds = load_dataset(_jsonl(tmp_path, rec, {"id": "empty", "tokens": []}), "jsonl")
     results = [SampleResult(s, s.entities) for s in ds]
     out = tmp_path / "out"
-    written = write_outputs(results, out)
-    back = read_twitter_gmner(written.paths["twitter"])
+    written = write_outputs(results, out, ["twitter-gmner", "ccks"])
+    back = read_twitter_gmner(written.paths["twitter-gmner"])
     assert [s.tokens for s in back] == [tuple(tokens)]  # the empty sample has no CoNLL line
     assert back.samples[0].entities[0].boxes[0].as_list() == [1.0, 2.0, 30.0, 40.0]
     ccks = json.loads(written.paths["ccks"].read_text("utf-8"))
@@ -153,11 +153,18 @@ def test_a_label_no_writer_can_write_is_refused_when_the_label_set_is_made(etype
     assert fine.types == ("PER", "x-y Z")
 
 
-def test_the_checked_writers_are_the_run_outputs():
-    from refineg_core.pipeline.outputs import FORMAT_FILES
-    from refineg_core.validity import OUTPUT_WRITERS
+def test_the_checked_writers_are_every_installed_output_format():
+    """Readers do not know which formats a run will write, so they ask every
+    installed format that can be an output; a read-only format is not asked."""
+    from refineg_core import registry
+    from refineg_core.validity import _writers
 
-    assert set(OUTPUT_WRITERS) == set(FORMAT_FILES)
+    names = {name for name, _ in _writers()}
+    assert {"jsonl", "ccks", "twitter-gmner"} <= names
+    assert "csv" not in names and "conll" not in names  # these formats are read only
+    for name in registry.available_names("refineg.formats"):
+        cls = registry.load_class("format", name)
+        assert (name in names) == (cls.output_file is not None)
 
 
 def test_run_refuses_unwritable_predict_data_before_any_mllm_call(tmp_path):

@@ -24,15 +24,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from refineg_bert_crf import inference
 from refineg_core import machine
+from refineg_core.runstore import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -181,9 +180,7 @@ class TuneCache:
             return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".autotune-")
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            with atomic_write(self.path) as fh:
                 json.dump(self.doc, fh, indent=2)
-            os.replace(tmp, self.path)
         except OSError as exc:  # a read-only tagger folder: measured again next time
             log.warning("cannot write the autotune cache beside the tagger (%s)", exc)

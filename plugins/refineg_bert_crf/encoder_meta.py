@@ -21,15 +21,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 
 import attrs
 
-from refineg_core.filemodes import respect_umask
+from refineg_core.runstore import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +81,8 @@ def write(path: Path, meta: EncoderMeta) -> None:
     """Atomic write; a folder we cannot write to only costs the transformers import later."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".meta-", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        with atomic_write(path) as fh:
             json.dump({"version": META_VERSION, **attrs.asdict(meta)}, fh)
-        respect_umask(tmp)  # mkstemp makes it 0600; the folder's other files are not
-        os.replace(tmp, path)
         for old in path.parent.glob(f"{PREFIX}.*.json"):  # older tokenizer files' caches
             if old.name != path.name:
                 old.unlink(missing_ok=True)

@@ -21,12 +21,11 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from refineg_core.filemodes import respect_umask
+from refineg_core.runstore import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +66,10 @@ def write_stamp(path: Path, files: Mapping[str, dict]) -> None:
     """Write the stamp atomically; a folder we cannot write to only costs hashing later."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".verified-", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        with atomic_write(path) as fh:
             json.dump(
                 {"version": STAMP_VERSION, "written_ns": time.time_ns(), "files": dict(files)}, fh
             )
-        respect_umask(tmp)  # mkstemp makes it 0600; the folder's other files are not
-        os.replace(tmp, path)
     except OSError as exc:
         log.debug("cannot write %s (%s): files are hashed on every load", path, exc)
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from refineg_core.runstore import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -83,14 +83,11 @@ class EmbeddingStore:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         name = f"chunk-{content_key(''.join(keys))[:16]}.npz"
-        fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
         try:
-            with os.fdopen(fd, "wb") as fh:
+            with atomic_write(self.folder / name, binary=True) as fh:
                 np.savez(fh, keys=np.asarray(keys, dtype=str), vectors=vectors)
-            os.replace(tmp, self.folder / name)
         except OSError as exc:
             log.warning("could not write embedding cache %s: %s", self.folder / name, exc)
-            Path(tmp).unlink(missing_ok=True)
 
     def remember(self, keys: Sequence[str], vectors: np.ndarray) -> None:
         """Keep vectors in memory only (query embeddings: not worth a file each)."""

@@ -21,6 +21,7 @@ from refineg_core.formats.ids import SeenIds
 from refineg_core.formats.images import IMAGE_FAILURE, resolve_image
 from refineg_core.interfaces import PluginOptions
 from refineg_core.labels import find_token_spans, tokenize
+from refineg_core.runstore import atomic_write
 from refineg_core.types import Box, Entity, Sample
 from refineg_core.validity import check_sample
 
@@ -174,35 +175,29 @@ def write_ccks(samples: Iterable[Sample], path: Path | str) -> None:
     Written one sample at a time (a corpus's output never sits in memory whole).
     """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     seen = SeenIds()
     written = 0
-    try:
-        with tmp.open("w", encoding="utf-8") as fh:
-            fh.write("{")
-            for s in samples:
-                if seen.add(s.id, written + 1) is not None:
-                    raise DataError(f"sample id {s.id!r} occurs twice", where=str(path))
-                rows = [
-                    {
-                        "name": e.text,
-                        "label": e.type,
-                        "bnd": None
-                        if box is None
-                        else dict(zip(_BND_KEYS, whole_pixels(box), strict=True)),
-                    }
-                    for e in s.entities
-                    for box in e.boxes or (None,)
-                ]
-                body = json.dumps(rows, ensure_ascii=False, indent=1).replace("\n", "\n ")
-                fh.write(("," if written else "") + f"\n {json.dumps(s.id, ensure_ascii=False)}: ")
-                fh.write(body)
-                written += 1
-            fh.write("\n}" if written else "}")
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    tmp.replace(path)
+    with atomic_write(path) as fh:
+        fh.write("{")
+        for s in samples:
+            if seen.add(s.id, written + 1) is not None:
+                raise DataError(f"sample id {s.id!r} occurs twice", where=str(path))
+            rows = [
+                {
+                    "name": e.text,
+                    "label": e.type,
+                    "bnd": None
+                    if box is None
+                    else dict(zip(_BND_KEYS, whole_pixels(box), strict=True)),
+                }
+                for e in s.entities
+                for box in e.boxes or (None,)
+            ]
+            body = json.dumps(rows, ensure_ascii=False, indent=1).replace("\n", "\n ")
+            fh.write(("," if written else "") + f"\n {json.dumps(s.id, ensure_ascii=False)}: ")
+            fh.write(body)
+            written += 1
+        fh.write("\n}" if written else "}")
 
 
 class CcksFormat(DatasetFormat):
@@ -210,10 +205,15 @@ class CcksFormat(DatasetFormat):
     holds any text, so it can write every sample (``unwritable`` is None)."""
 
     checks_samples = True
+    output_file = "final.ccks.json"
 
     class Options(PluginOptions):
-        entities: Path | None = None
+        entities: Path | None = None  # the entities JSON of the texts (none: unlabelled)
         images_dir: Path | None = None
+
+    @classmethod
+    def recognises(cls, path: Path) -> bool:
+        return Path(path).suffix == ".json"
 
     reads_limit = True  # read() stops after ``limit`` samples
 

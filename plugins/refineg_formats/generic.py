@@ -7,15 +7,22 @@ its own reader.
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Literal
 
-from refineg_core.formats.base import Dataset, DatasetFormat
-from refineg_core.formats.conll import conll_problem, read_conll, write_conll
+from refineg_core.formats.base import Dataset, DatasetFormat, first_line
+from refineg_core.formats.conll import conll_problem, write_conll
 from refineg_core.formats.native import iter_jsonl_samples, read_jsonl, write_jsonl
 from refineg_core.interfaces import PluginOptions
 from refineg_core.types import Sample
+from refineg_formats.conll_read import read_conll
+
+#: File names a CoNLL file usually has.
+_CONLL_SUFFIXES = (".conll", ".bio", ".iob", ".tsv", ".txt")
+#: A CoNLL tag in the last column.
+_TAG = re.compile(r"O|[BIES]-\S+")
 
 
 class ConllFormat(DatasetFormat):
@@ -26,6 +33,17 @@ class ConllFormat(DatasetFormat):
     class Options(PluginOptions):
         scheme: Literal["BIO", "BIOES"] = "BIO"  # for writing; reading accepts both
         id_prefix: str | None = None  # sample ids <prefix>-<n> (default: file stem)
+
+    @classmethod
+    def recognises(cls, path: Path) -> bool:
+        """A ``.conll``/``.bio``/``.iob``/``.tsv``/``.txt`` file, or one whose first
+        line ends in a tag (``O``, ``B-PER``); never a Twitter-GMNER file (``IMGID:``)."""
+        line = first_line(path)
+        if line.startswith("IMGID:") or Path(path).suffix in (".json", ".jsonl"):
+            return False
+        fields = line.split()
+        tagged = len(fields) >= 2 and _TAG.fullmatch(fields[-1]) is not None
+        return Path(path).suffix.lower() in _CONLL_SUFFIXES or tagged
 
     reads_limit = True  # read() stops after ``limit`` samples
 
@@ -46,9 +64,14 @@ class JsonlFormat(DatasetFormat):
     format of the run could not write."""
 
     checks_samples = True
+    output_file = "final.jsonl"
 
     class Options(PluginOptions):
         images_dir: Path | None = None  # image paths must lie inside (default: the file's folder)
+
+    @classmethod
+    def recognises(cls, path: Path) -> bool:
+        return Path(path).suffix == ".jsonl"
 
     reads_limit = True  # read() stops after ``limit`` samples
 

@@ -21,14 +21,16 @@ from pathlib import Path
 import attrs
 
 from refineg_core.errors import DataError
-from refineg_core.formats.base import Dataset, DatasetFormat, whole_pixels
-from refineg_core.formats.conll import conll_lines, conll_problem, iter_conll, sentence_to_sample
+from refineg_core.formats.base import Dataset, DatasetFormat, first_line, whole_pixels
+from refineg_core.formats.conll import conll_lines, conll_problem
 from refineg_core.formats.ids import SeenIds
 from refineg_core.formats.images import IMAGE_FAILURE, resolve_image
 from refineg_core.formats.paths import child_path, plain_name_problem
 from refineg_core.interfaces import PluginOptions
+from refineg_core.runstore import atomic_write
 from refineg_core.types import Box, Sample
 from refineg_core.validity import check_sample
+from refineg_formats.conll_read import iter_conll, sentence_to_sample
 
 #: A VOC file of one tweet is a few hundred bytes; anything far larger is refused.
 MAX_XML_BYTES = 1 << 20
@@ -146,7 +148,8 @@ def _xml_dir(path: Path, xml_dir: Path | str | None, warnings: list[str]) -> Pat
         return root
     warnings.append(
         f"{path}: no xml/ folder beside the file, so the gold regions are unknown; "
-        "name the folder of the VOC files (xml_dir / --xml-dir), or say the data has "
+        "name the folder of the VOC files (options = {xml_dir = ...} / --gold-option "
+        "xml_dir=DIR), or say the data has "
         "no boxes (boxes = false / --no-boxes)"
     )
     return None
@@ -295,20 +298,14 @@ def write_twitter_gmner(samples: Iterable[Sample], path: Path | str) -> None:
             raise DataError(f"sample {s.id!r}: {problem}", where=str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     xml_dir.mkdir(exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with tmp.open("w", encoding="utf-8") as fh:
-            first = True
-            xml_seen = SeenIds()
-            for s in samples:
-                for line in conll_lines([s], image_ids=True):
-                    fh.write(line if first else "\n" + line)
-                    first = False
-                _write_xml(xml_dir, s, path, xml_seen)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    tmp.replace(path)
+    with atomic_write(path) as fh:
+        first = True
+        xml_seen = SeenIds()
+        for s in samples:
+            for line in conll_lines([s], image_ids=True):
+                fh.write(line if first else "\n" + line)
+                first = False
+            _write_xml(xml_dir, s, path, xml_seen)
 
 
 def _write_xml(xml_dir: Path, s: Sample, path: Path, seen: SeenIds) -> None:
@@ -342,10 +339,17 @@ class TwitterGmnerFormat(DatasetFormat):
     """Twitter-GMNER: CoNLL with ``IMGID:`` lines, VOC XML boxes in ``xml_dir``."""
 
     checks_samples = True
+    output_file = "twitter/predictions.txt"  # with twitter/xml/ beside it
+    holds_overlaps = False  # CoNLL tags
+    writes_in_one_pass = False  # checks every image id first, then writes
 
     class Options(PluginOptions):
         xml_dir: Path | None = None  # default: <folder of the file>/xml
         images_dir: Path | None = None
+
+    @classmethod
+    def recognises(cls, path: Path) -> bool:
+        return first_line(path).startswith("IMGID:")
 
     reads_limit = True  # read() stops after ``limit`` samples
 

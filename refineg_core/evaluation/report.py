@@ -184,8 +184,9 @@ class EvaluationReport:
         if self.gold_regions_unknown:
             notes.append(
                 f"{self.gold_regions_unknown} gold entities have no box annotation (region "
-                "unknown), so GMNER and EEG are not scored; give the boxes (xml_dir / "
-                "--xml-dir) or say the data has none (boxes = false / --no-boxes)"
+                "unknown), so GMNER and EEG are not scored; give the boxes (the gold "
+                "format's option, e.g. options = {xml_dir = ...} / --gold-option xml_dir=DIR) "
+                "or say the data has none (boxes = false / --no-boxes)"
             )
         if self.pred_grounding_not_attempted:
             notes.append(

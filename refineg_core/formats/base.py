@@ -76,6 +76,17 @@ def read_text_file(path: Path) -> str:
         ) from None
 
 
+def first_line(path: Path, size: int = 4096) -> str:
+    """The first line of ``path`` (at most ``size`` bytes of it, BOM removed), or
+    "" when it cannot be read: what ``recognises`` looks at."""
+    try:
+        with Path(path).open("rb") as fh:
+            head = fh.read(size)
+    except OSError:
+        return ""
+    return head.decode("utf-8-sig", errors="replace").split("\n", 1)[0].removesuffix("\r")
+
+
 def text_lines(path: Path) -> Iterator[tuple[int, str]]:
     """The UTF-8 lines of ``path``, numbered from 1, read one at a time (a corpus
     larger than memory streams); bad bytes are an error naming the line.
@@ -104,16 +115,35 @@ def text_lines(path: Path) -> Iterator[tuple[int, str]]:
 class DatasetFormat(Plugin):
     """Reads a dataset file into samples; optionally writes samples back.
 
-    Options come from the data source: its ``xml_dir``, ``images_dir`` and
-    ``entities`` keys (each accepted only by formats whose ``Options`` declare
-    it) plus its ``options`` table, validated by ``Options`` (unknown keys are
-    errors). ``read`` returns every recoverable problem in ``Dataset.warnings``
-    and raises ``DataError`` (with file and line) for the rest. An entity's
+    Options come from the data source: its ``images_dir`` key (accepted only by
+    formats whose ``Options`` declare it) plus its ``options`` table, validated
+    by ``Options`` (unknown keys are errors; a relative ``Path`` option is
+    resolved against the config file's folder). ``read`` returns every
+    recoverable problem in ``Dataset.warnings`` and raises ``DataError`` (with
+    file and line) for the rest. An entity's
     ``boxes`` must be None when the file cannot say its region, ``()`` when the
     file says it has none.
     """
 
     Options: ClassVar[type[PluginOptions]] = PluginOptions
+    #: Where a run writes its results in this format, relative to the run
+    #: directory (``[outputs] formats`` names the format); None: the format is
+    #: read only and cannot be an output format.
+    output_file: ClassVar[str | None] = None
+    #: False when a file of this format cannot hold overlapping spans (CoNLL
+    #: tags): the run then keeps the longer span of an overlap and counts the rest.
+    holds_overlaps: ClassVar[bool] = True
+    #: False when ``write`` reads a re-iterable input more than once (the run then
+    #: observes the results on another pass).
+    writes_in_one_pass: ClassVar[bool] = True
+
+    @classmethod
+    def recognises(cls, path: Path) -> bool:
+        """Whether ``path`` is surely a file of this format (a data source without
+        ``format`` is read by the one format that recognises it). Look at the name
+        and at most the first line; the default recognises nothing."""
+        return False
+
     #: True when ``read`` takes ``limit`` and stops after that many samples (a
     #: trial run of a huge file then reads only its head); otherwise the core
     #: calls ``read(path)`` and keeps the first ``limit`` samples itself.

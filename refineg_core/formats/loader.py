@@ -1,13 +1,16 @@
 """Load a dataset through its format plugin; the pipeline and CLI read every file here.
 
 A format is a plugin (``refineg.formats`` entry points) named by a data
-source's ``format`` key; only that one is imported. Without a name the format
-is guessed among the built-ins from the file name and first line. What every
-format shares is applied here: the ``boxes`` policy and ``limit``.
+source's ``format`` key; only that one is imported. Without a name, the one
+installed format that recognises the file reads it (``DatasetFormat.recognises``;
+none or several is an error). What every format shares is applied here: the
+``boxes`` policy and ``limit``.
 """
 
 from __future__ import annotations
 
+import os
+import typing
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -19,22 +22,51 @@ from refineg_core.formats.base import Dataset, DatasetFormat
 from refineg_core.types import Entity, Sample
 from refineg_core.validity import check_sample
 
-#: The formats that ship with refineg (others come from installed packages).
-BUILTIN_FORMATS = ("twitter-gmner", "conll", "ccks", "jsonl")
 #: Data source keys that are handed to the format as options when set.
-SOURCE_OPTION_KEYS = ("xml_dir", "images_dir", "entities")
+SOURCE_OPTION_KEYS = ("images_dir",)
+#: Data source keys of old configs, now format options (``options = {xml_dir = ...}``);
+#: still handed over, with a deprecation warning at config load.
+DEPRECATED_SOURCE_KEYS = ("xml_dir", "entities")
 
 
-def guess_format(path: Path) -> str:
-    if path.suffix == ".jsonl":
-        return "jsonl"
-    if path.suffix == ".json":
-        return "ccks"
-    head = ""
-    if path.is_file():
-        with path.open("rb") as fh:
-            head = fh.read(200).decode("utf-8-sig", errors="replace")
-    return "twitter-gmner" if head.startswith("IMGID:") else "conll"
+def source_keys(source: Any) -> dict[str, Any]:
+    """The option keys a config ``DataSource`` sets outside its ``options`` table."""
+    keys = (*SOURCE_OPTION_KEYS, *DEPRECATED_SOURCE_KEYS)
+    return {k: v for k in keys if (v := getattr(source, k, None)) is not None}
+
+
+def recognised_format(path: Path, *, config_key: str = "data") -> str:
+    """The name of the one installed format that recognises ``path``
+    (``DatasetFormat.recognises``); none or several is an error naming the file
+    and the candidates, so a file is never read by a format that only guessed."""
+    from refineg_core import registry  # the registry imports this package's base
+
+    group = registry.slot_group("format")
+    matches: list[str] = []
+    broken: list[str] = []
+    for name in registry.available_names(group):
+        try:
+            cls = registry.load_class("format", name, config_key=config_key)
+        except PluginError as exc:
+            broken.append(f"{name} ({exc})")
+            continue
+        if cls.recognises(path):
+            matches.append(name)
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise DataError(
+            f"the formats {', '.join(matches)} all recognise this file; "
+            f'name one with format = "NAME" at {config_key}.format',
+            where=str(path),
+        )
+    known = registry.available_names(group)
+    raise DataError(
+        "no installed format recognises this file; name its format with "
+        f'format = "NAME" at {config_key}.format (installed: {", ".join(known) or "none"})'
+        + (f"; formats that failed to load: {'; '.join(broken)}" if broken else ""),
+        where=str(path),
+    )
 
 
 def format_plugin(
@@ -46,9 +78,9 @@ def format_plugin(
 ) -> DatasetFormat:
     """The named format with validated options (only that plugin is imported).
 
-    ``source_options`` are the data source's own keys (``xml_dir``...): a key
+    ``source_options`` are the data source's own keys (``images_dir``): a key
     the format does not take is an error at ``<config_key>.<key>``;
-    ``options`` is the source's ``options`` table.
+    ``options`` is the source's ``options`` table (a key in both is an error).
     """
     from refineg_core import registry  # the registry imports this package's base
 
@@ -62,6 +94,11 @@ def format_plugin(
             raise PluginError(
                 f"format {name!r} does not take {key!r}"
                 + (f"; its options: {', '.join(sorted(fields))}" if fields else ""),
+                where=f"{config_key}.{key}",
+            )
+        if key in merged:
+            raise PluginError(
+                f"{key!r} is given twice (here and in options); keep options.{key}",
                 where=f"{config_key}.{key}",
             )
         merged[key] = value
@@ -115,24 +152,48 @@ def load_dataset(
     path: Path | str,
     format: str | None = None,
     *,
-    xml_dir: Path | str | None = None,
     images_dir: Path | str | None = None,
-    entities: Path | str | None = None,
     limit: int | None = None,
     boxes: bool | None = None,
     options: Mapping[str, Any] | None = None,
     config_key: str = "data",
 ) -> Dataset:
-    """Read ``path`` with the named (or guessed) format plugin.
+    """Read ``path`` with the named format plugin, or the one that recognises it.
 
-    ``config_key`` is the config table of the data source (``data.train``),
-    so errors name the key to fix.
+    ``options`` are the format's options (``{"xml_dir": ...}`` for Twitter-GMNER,
+    ``{"entities": ...}`` for CCKS), validated by its ``Options``. ``config_key``
+    is the config table of the data source (``data.train``), so errors name the
+    key to fix.
     """
-    path = Path(path)
+    source = {"images_dir": images_dir} if images_dir is not None else {}
+    return _load(Path(path), format, source, options, limit, boxes, config_key)
+
+
+def load_source(source: Any, *, config_key: str = "data") -> Dataset:
+    """Load a config ``DataSource`` (path, format, its option keys, boxes, limit)."""
+    return _load(
+        Path(source.path),
+        source.format,
+        source_keys(source),
+        getattr(source, "options", None),
+        source.limit,
+        getattr(source, "boxes", None),
+        config_key,
+    )
+
+
+def _load(
+    path: Path,
+    format: str | None,
+    source_options: Mapping[str, Any],
+    options: Mapping[str, Any] | None,
+    limit: int | None,
+    boxes: bool | None,
+    config_key: str,
+) -> Dataset:
     if not path.exists():
         raise DataError("file not found", where=str(path))
-    name = format or guess_format(path)
-    source_options = {"xml_dir": xml_dir, "images_dir": images_dir, "entities": entities}
+    name = format or recognised_format(path, config_key=config_key)
     plugin = format_plugin(name, source_options, options, config_key=config_key)
     ds = plugin.read(path, limit=limit) if plugin.reads_limit else plugin.read(path)
     if not plugin.checks_samples:  # what is read can be written (refineg_core.validity)
@@ -146,19 +207,6 @@ def load_dataset(
     return ds
 
 
-def load_source(source: Any, *, config_key: str = "data") -> Dataset:
-    """Load a config ``DataSource`` (path, format, its option keys, boxes, limit)."""
-    return load_dataset(
-        source.path,
-        source.format,
-        **{k: getattr(source, k, None) for k in SOURCE_OPTION_KEYS},
-        limit=source.limit,
-        boxes=getattr(source, "boxes", None),
-        options=getattr(source, "options", None),
-        config_key=config_key,
-    )
-
-
 def iter_source(source: Any, warnings: list[str], *, config_key: str = "data") -> Iterator[Sample]:
     """A config ``DataSource`` one sample at a time (what streaming stages read).
 
@@ -170,10 +218,9 @@ def iter_source(source: Any, warnings: list[str], *, config_key: str = "data") -
     path = Path(source.path)
     if not path.exists():
         raise DataError("file not found", where=str(path))
-    name = source.format or guess_format(path)
-    source_options = {k: getattr(source, k, None) for k in SOURCE_OPTION_KEYS}
+    name = source.format or recognised_format(path, config_key=config_key)
     plugin = format_plugin(
-        name, source_options, getattr(source, "options", None), config_key=config_key
+        name, source_keys(source), getattr(source, "options", None), config_key=config_key
     )
     boxes = getattr(source, "boxes", None)
     n = dropped = 0
@@ -201,7 +248,7 @@ def check_source(source: Any, *, config_key: str) -> None:
         return
     format_plugin(
         source.format,
-        {k: getattr(source, k, None) for k in SOURCE_OPTION_KEYS},
+        source_keys(source),
         getattr(source, "options", None),
         config_key=config_key,
     )
@@ -216,3 +263,40 @@ def check_data_sources(data: Any) -> None:
             if source is not None and hasattr(source, "format"):
                 key = f"data.{name}" + (f"[{i}]" if isinstance(value, list) else "")
                 check_source(source, config_key=key)
+
+
+def _is_path(annotation: Any) -> bool:
+    """Whether an options field holds a path (``Path``, ``Path | None``...)."""
+    return annotation is Path or any(_is_path(a) for a in typing.get_args(annotation))
+
+
+def option_paths(source: Any, base: Path | None, *, config_key: str) -> list[tuple[str, Path]]:
+    """The path options of a data source's ``options`` table, each made absolute
+    against ``base`` (the config file's folder) in the table itself, as the
+    source's own path fields are: ``(key, path)`` for each, for the existence check.
+
+    The format (named, or the one that recognises the file) says which options
+    are paths; a table naming no known format is left to the loader's errors.
+    """
+    options = getattr(source, "options", None)
+    if not options:
+        return []
+    from refineg_core import registry  # the registry imports this package's base
+
+    name = source.format
+    if name is None:
+        if not Path(source.path).is_file():
+            return []  # the path check names the missing file
+        name = recognised_format(Path(source.path), config_key=config_key)
+    fields = registry.load_class("format", name, config_key=config_key).Options.model_fields
+    found = []
+    for key, value in options.items():
+        field = fields.get(key)
+        if field is None or not isinstance(value, str) or not _is_path(field.annotation):
+            continue
+        path = Path(os.path.expanduser(os.path.expandvars(value)))
+        if base is not None:
+            path = Path(os.path.normpath(base / path))
+            options[key] = str(path)
+        found.append((key, path))
+    return found

@@ -783,11 +783,14 @@ class Pipeline:
         streamed pass over the last stage's results)."""
         self.prepare_run_dir()
         counts = FinalCounts()
-        written = write_outputs(results, self.run_dir, observe=counts.add)
+        formats = self.config.outputs.formats
+        written = write_outputs(results, self.run_dir, formats, observe=counts.add)
         final: dict[str, Any] = counts.as_dict()
         final["outputs"] = {fmt: str(path) for fmt, path in written.paths.items()}
         if written.overlaps_dropped:
-            final["twitter_overlaps_dropped"] = written.overlaps_dropped
+            final["overlaps_dropped"] = written.overlaps_dropped
+        if written.removed:  # an earlier run's files of formats [outputs] no longer names
+            final["outputs_removed"] = [str(p) for p in written.removed]
         if final["grounding_not_attempted"] and self.stage_mode("ground") is not False:
             self.log(
                 f"final: {final['grounding_not_attempted']} entities were never grounded "

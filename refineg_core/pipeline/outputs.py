@@ -1,12 +1,14 @@
-"""Write a stage's results in every output format: native JSONL, CCKS JSON, Twitter-GMNER.
+"""Write a run's results: the native JSONL always, plus each ``[outputs] formats``.
 
-The stage JSONL is already written (resumably) by the runner; these writers
-produce the submission formats from the same results. Every sample was checked
-against these writers when it was read (``refineg_core.validity``), so a write
-cannot fail on a sample at the end of a paid run. Flat formats (CoNLL
-tags) cannot hold overlapping spans, which a plugin could still produce, so
-overlaps are resolved here (longer span first, then the earlier one) and
-counted, instead of failing at the end of a long run.
+The stage JSONL is already written (resumably) by the runner; the output
+formats are format plugins (``refineg_core.formats.writers``: each declares
+its ``output_file``) that write the same results, e.g. a submission file. No
+format is known here by name. Every sample was checked against the installed
+output formats when it was read (``refineg_core.validity``), so a write cannot
+fail on a sample at the end of a paid run. A format that cannot hold
+overlapping spans (``holds_overlaps = False``: CoNLL tags), which a plugin
+could still produce, gets them resolved here (longer span first, then the
+earlier one) and counted, instead of failing at the end of a long run.
 """
 
 from __future__ import annotations
@@ -17,23 +19,19 @@ from pathlib import Path
 import attrs
 
 from refineg_core.formats import format_plugin, write_jsonl
+from refineg_core.formats.writers import NATIVE, NATIVE_FILE, output_formats, stale_outputs
 from refineg_core.runstore import copy_file
 from refineg_core.types import Entity, Sample, SampleResult
-from refineg_core.validity import OUTPUT_WRITERS
-
-FORMAT_FILES = {
-    "jsonl": "final.jsonl",
-    "ccks": "final.ccks.json",
-    "twitter": "twitter/predictions.txt",
-}
 
 
 @attrs.frozen
 class Written:
-    """Where each format went, and how many entities a flat format had to leave out."""
+    """Where each format went, how many entities a flat format had to leave out, and
+    which files of formats no longer named were removed."""
 
     paths: dict[str, Path]
     overlaps_dropped: int = 0
+    removed: tuple[Path, ...] = ()
 
 
 def non_overlapping(entities: Iterable[Entity]) -> tuple[tuple[Entity, ...], int]:
@@ -73,57 +71,56 @@ class FlatSamples:
 def write_outputs(
     results: Iterable[SampleResult],
     out_dir: Path,
-    formats: Iterable[str] = ("jsonl", "ccks", "twitter"),
+    formats: Iterable[str] = (),
     *,
     observe: Callable[[SampleResult], None] | None = None,
 ) -> Written:
-    """Write ``results`` into ``out_dir`` in each requested format. ``results`` is
-    read once per format (a stage's output streams from its file each time; the
-    native JSONL of a stage file is copied, not re-read); ``observe`` sees every
-    result once."""
+    """Write ``results`` into ``out_dir``: ``final.jsonl``, then each named format
+    plugin's ``output_file``. ``results`` is read once per format (a stage's
+    output streams from its file each time; the native JSONL of a stage file is
+    copied, not re-read); ``observe`` sees every result once. The file of an
+    installed output format not named now, left by an earlier run, is removed
+    (it would pass for this run's results)."""
+    plugins = output_formats(formats)  # a bad name fails before anything is written
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if iter(results) is results:  # a one-shot iterator cannot be read per format
         results = list(results)
-    formats = list(formats)
-    unknown = [f for f in formats if f not in FORMAT_FILES]
-    if unknown:
-        raise ValueError(f"unknown output format {unknown[0]!r}; known: {', '.join(FORMAT_FILES)}")
     paths: dict[str, Path] = {}
     dropped = 0
     observed = observe is None
-    for fmt in formats:
-        path = out_dir / FORMAT_FILES[fmt]
+    native = out_dir / NATIVE_FILE
+    if getattr(results, "path", None) is not None:
+        copy_file(results.path, native)
+    else:
+        observed = True
+        write_jsonl(_observed(results, observe) if observe else results, native)
+    paths[NATIVE] = native
+    for name, cls in plugins.items():
+        path = out_dir / str(cls.output_file)
         path.parent.mkdir(parents=True, exist_ok=True)
-        if fmt == "jsonl" and getattr(results, "path", None) is not None:
-            _copy(results.path, path)
-            paths[fmt] = path
-            continue
-        # a one-pass writer observes; the Twitter writer reads its input twice
-        watch = not observed and fmt != "twitter"
+        # a one-pass writer observes; one reading its input twice would observe twice
+        watch = not observed and cls.writes_in_one_pass
         stream = _observed(results, observe) if watch else results
         observed = observed or watch
-        if fmt == "jsonl":
-            write_jsonl(stream, path)
-        elif fmt == "ccks":
-            format_plugin(OUTPUT_WRITERS[fmt]).write(as_samples(stream), path)
+        writer = format_plugin(name, config_key="outputs")
+        if cls.holds_overlaps:
+            writer.write(as_samples(stream), path)
         else:
             flat = FlatSamples(stream)
-            format_plugin(OUTPUT_WRITERS[fmt]).write(flat, path)
-            dropped = flat.dropped
-        paths[fmt] = path
+            writer.write(flat, path)
+            dropped = max(dropped, flat.dropped)  # the same entities in each flat format
+        paths[name] = path
     if not observed:
         for r in results:
             observe(r)
-    return Written(paths, dropped)
+    removed = tuple(stale_outputs(out_dir, plugins))
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return Written(paths, dropped, removed)
 
 
 def _observed(results: Iterable[SampleResult], observe) -> Iterator[SampleResult]:
     for r in results:
         observe(r)
         yield r
-
-
-def _copy(source: Path, target: Path) -> None:
-    """Copy a stage file atomically (a reader never sees half of it)."""
-    copy_file(source, target)

@@ -72,12 +72,12 @@ def _load(case: dict[str, Any], folder: Path):
     def rel(key: str) -> Path | None:
         return folder / case[key] if key in case else None
 
+    options = {key: folder / case[key] for key in ("xml_dir", "entities") if key in case}
     return load_dataset(
         folder / case["file"],
         case.get("format"),
-        xml_dir=rel("xml_dir"),
         images_dir=rel("images_dir"),
-        entities=rel("entities"),
+        options=options,
         boxes=case.get("boxes_policy"),
     )
 
