@@ -20,32 +20,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from refineg_core.config import config_from_dict, load_config
+from refineg_core.config import apply_overrides, config_from_dict, load_config
 from refineg_core.errors import ConfigError
 from refineg_core.pipeline.orchestrator import Pipeline
-from refineg_core.posts import (
-    INPUT_STAGE,
-    STAGES_META,
-    StageLog,
-    as_sample,
-    check_image,
-    check_many,
-    check_text,
-    finish_results,
-)
 
-__all__ = [
-    "INPUT_STAGE",
-    "STAGES_META",
-    "Pipeline",
-    "StageLog",
-    "as_sample",
-    "check_image",
-    "check_many",
-    "check_text",
-    "finish_results",
-    "load",
-]
+__all__ = ["Pipeline", "load"]
 
 
 def load(path: str | Path, *, overrides: list[str] | None = None) -> Pipeline:
@@ -60,8 +39,6 @@ def load(path: str | Path, *, overrides: list[str] | None = None) -> Pipeline:
         if not stored.is_file():
             raise ConfigError("not a run directory (no config.json)", where=str(path))
         raw = json.loads(stored.read_text(encoding="utf-8"))
-        from refineg_core.config import apply_overrides
-
         config = config_from_dict(apply_overrides(raw, overrides or []), check_paths=False)
         config.run_dir = path
         return Pipeline(config)
