@@ -92,10 +92,8 @@ class Pipeline:
         self._saved_tagger_checked = False
         self._preflighted: set[str] = set()
 
-    # -------------------------------------------------------------- lifecycle
     def close(self) -> None:
-        """Close the engine and every plugin the run built, then release the run
-        directory (idempotent)."""
+        """Close the engine and every plugin, then release the run directory (idempotent)."""
         try:
             if self._engine is not None:
                 self._engine.close()
@@ -111,15 +109,13 @@ class Pipeline:
         self.close()
 
     def lock_run_dir(self) -> Path:
-        """Create the run directory if needed and take its lock for this pipeline's
-        life: a command that writes calls this before any work, so a second process
-        on the same directory is refused at once (``RunDirBusy``, exit 2)."""
+        """Create the run directory and lock it for this pipeline's life, before any
+        work: a second process on it is refused at once (``RunDirBusy``, exit 2)."""
         self.store.open(make_dir=lambda path: output_dir(path, config_key="run_dir"))
         return self.run_dir
 
     def prepare_run_dir(self) -> Path:
-        """Lock the run directory on first write (the Python API's writers lock here)
-        and write the resolved config, with a clear error when it cannot be."""
+        """Lock the run directory on first write and write the resolved config."""
         if not self._run_dir_ready:
             self.lock_run_dir()
             write_json(self.run_dir / "config.json", redacted_dump(self.config))
@@ -129,11 +125,9 @@ class Pipeline:
         return self.run_dir
 
     def discard_if_unused(self) -> None:
-        """After a failed command: remove a run directory this command created and
-        that holds no stage output yet, so no half-made run is left behind."""
+        """After a failed command: remove the run directory it created, if still empty."""
         self.store.discard_if_unused()
 
-    # ------------------------------------------------- the worker's, the data's
     @property
     def context(self) -> RunContext:
         """The run's built plugins (owned by its worker)."""
@@ -171,11 +165,9 @@ class Pipeline:
         return self._engine
 
     def calibrated_gate(self) -> UncertaintyEstimator:
-        """The run's gate, calibrated once on data.dev when it fits parameters (its
-        report goes into the summary)."""
+        """The run's gate, calibrated once on data.dev when it fits parameters."""
         return self.worker.calibrated_gate()
 
-    # ---------------------------------------------------------------- reuse
     def fingerprint(self, stage: str) -> Fingerprint:
         """What ``stage`` would be made from now (computed once per run)."""
         return self.planner.fingerprint(stage)
@@ -214,7 +206,6 @@ class Pipeline:
         """Each stage as fresh / stale (with the reasons) / partial / missing."""
         return self.planner.status(lambda: preflight.saved_tagger_differences(self))
 
-    # --------------------------------------------------------------- summary
     def record(self, stage: str, data: dict[str, Any], started: float) -> dict[str, Any]:
         """Put a stage's numbers, with its seconds, into the run summary."""
         data = {**data, "seconds": round(time.perf_counter() - started, 3)}
@@ -232,8 +223,7 @@ class Pipeline:
     # the names the MLLM stages' frame below calls
     _record, _reuse, _finish_stage = record, reuse, finish_stage
 
-    # ---------------------------------------------------------------- stages
-    # the drivers are functions of the run (``StageRun``), each in its module
+    # the stage drivers: functions of the run (``StageRun``), each in its module
     synth = training.synth
     train = training.train
     predict = predicting.predict
@@ -248,7 +238,6 @@ class Pipeline:
         """An MLLM stage's settings with the config's prompt wording filled in."""
         return self.worker.stage_settings(stage)
 
-    # ------------------------------------------------------------------- run
     def run(self, *, force_train: bool = False) -> dict[str, Any]:
         """Every configured stage in order, each reused when its inputs are unchanged."""
         stages = self.config.stages
@@ -271,14 +260,19 @@ class Pipeline:
         self.write_summary()
         return self.summary
 
-    # ------------------------------------------------------------ Python API
     def __call__(
         self, text: str | Sample, *, image: str | Path | None = None, progress: bool = False
     ) -> SampleResult:
-        """Annotate one post: ``pipe("Obama visits Paris", image="photo.jpg")`` (entities
-        with offsets, uncertainty, source and boxes, and ``meta["stages"]``: what ran or
-        was skipped and why; see ``refineg_core.pipeline.inmemory``). Bad arguments
-        raise at once; no progress is printed unless ``progress=True``."""
+        """Annotate one post: ``pipe("Obama visits Paris", image="photo.jpg")``.
+
+        Returns the result with entities (type, span, character offsets, text,
+        uncertainty, source, boxes; ``boxes is None`` when grounding was not
+        attempted) and ``meta["stages"]`` (what ran, what was skipped and why).
+        MLLM stages run when the backend answers and are skipped otherwise, as
+        with ``"auto"``; nothing is written to the run directory but the MLLM
+        cache. Bad arguments raise at once (``refineg_core.posts``); no progress
+        is printed unless ``progress=True``.
+        """
         text, image = check_text(text), check_image(image)
         return next(iter(self.pipe([text], images=[image], progress=progress)))
 

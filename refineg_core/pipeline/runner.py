@@ -107,12 +107,8 @@ class JsonlAppender:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._repair_tail()
+        repair_tail(self.path)  # a torn last line is cut (the run store's one repair)
         self._fh = self.path.open("a", encoding="utf-8")
-
-    def _repair_tail(self) -> None:
-        """Cut a torn last line (the run store's one repair)."""
-        repair_tail(self.path)
 
     def write_record(self, record: dict[str, Any]) -> None:
         line = secrets.scrub(json.dumps(record, ensure_ascii=False))
