@@ -7,12 +7,8 @@ for e in doc.entities:
     print(e.text, e.type, e.char_start, e.char_end, e.uncertainty, e.source, e.boxes)
 print(doc.meta["stages"])   # which stages ran or were skipped, and why
 
-What the caller typed wrong (a text that is not a str, one str given to
-``pipe()``, an image path that does not exist, a folder, a URL) raises at call
-time naming the argument; an existing file that is no usable image is the
-sample's own failure (``doc.failures``, kind ``image``) and its text is still
-annotated, as a data file's broken image is. Calls print no progress unless
-``progress=True``.
+How the caller's arguments are checked: ``refineg_core.posts``; how the stages
+run in memory: ``refineg_core.pipeline.inmemory``.
 """
 
 from __future__ import annotations

@@ -64,22 +64,13 @@ class StageSummary:
 
     def to_json(self) -> dict[str, Any]:
         """Everything, structured (``from_json`` rebuilds it in another process)."""
-        return {
-            **{k: getattr(self, k) for k in ("stage", "total", "processed", "resumed", "failed")},
-            "seconds": self.seconds,
-            "failure_kinds": dict(self.failure_kinds),
-            "counters": dict(self.counters),
-            "notes": dict(self.notes),
-        }
+        return attrs.asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> StageSummary:
+        counts = {k: Counter(data[k]) for k in ("failure_kinds", "counters")}
         return cls(
-            **{k: data[k] for k in ("stage", "total", "processed", "resumed", "failed")},
-            seconds=float(data["seconds"]),
-            failure_kinds=Counter(data["failure_kinds"]),
-            counters=Counter(data["counters"]),
-            notes=dict(data["notes"]),
+            **{**data, **counts, "seconds": float(data["seconds"]), "notes": dict(data["notes"])}
         )
 
     def as_dict(self) -> dict[str, Any]:
