@@ -142,3 +142,20 @@ def test_status_says_missing_then_fresh_after_training(tweets, tmp_path):
         assert states["predict"].state == "missing"
         marker = json.loads((tmp_path / "run" / "tagger" / order.TRAINED_MARKER).read_text())
         assert marker["digest"] == again.fingerprint("train").digest
+
+
+def test_the_pipeline_is_the_run_the_stage_drivers_need(tweets, tmp_path):
+    """Every attribute and method the drivers' ``StageRun`` names is the Pipeline's."""
+    from refineg_core.pipeline.stagerun import StageRun
+
+    needed = set(StageRun.__annotations__) | {
+        name
+        for name, value in vars(StageRun).items()
+        if not name.startswith("_") and (callable(value) or isinstance(value, property))
+    }
+    assert {"reuse", "record", "finish_stage", "chunk_size", "planner"} <= needed
+    with _pipeline(tweets, tmp_path) as pipe:
+        assert sorted(n for n in needed if not hasattr(pipe, n)) == []
+    # what a recomputed stage invalidates follows the one stage order
+    assert order.downstream("train") == ("predict", "refine", "ground")
+    assert order.downstream("ground") == ()
