@@ -7,12 +7,8 @@ for e in doc.entities:
     print(e.text, e.type, e.char_start, e.char_end, e.uncertainty, e.source, e.boxes)
 print(doc.meta["stages"])   # which stages ran or were skipped, and why
 
-What the caller typed wrong (a text that is not a str, one str given to
-``pipe()``, an image path that does not exist, a folder, a URL) raises at call
-time naming the argument; an existing file that is no usable image is the
-sample's own failure (``doc.failures``, kind ``image``) and its text is still
-annotated, as a data file's broken image is. Calls print no progress unless
-``progress=True``.
+How the caller's arguments are checked: ``refineg_core.posts``; how the stages
+run in memory: ``refineg_core.pipeline.inmemory``.
 """
 
 from __future__ import annotations
@@ -20,32 +16,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from refineg_core.config import config_from_dict, load_config
+from refineg_core.config import apply_overrides, config_from_dict, load_config
 from refineg_core.errors import ConfigError
 from refineg_core.pipeline.orchestrator import Pipeline
-from refineg_core.posts import (
-    INPUT_STAGE,
-    STAGES_META,
-    StageLog,
-    as_sample,
-    check_image,
-    check_many,
-    check_text,
-    finish_results,
-)
 
-__all__ = [
-    "INPUT_STAGE",
-    "STAGES_META",
-    "Pipeline",
-    "StageLog",
-    "as_sample",
-    "check_image",
-    "check_many",
-    "check_text",
-    "finish_results",
-    "load",
-]
+__all__ = ["Pipeline", "load"]
 
 
 def load(path: str | Path, *, overrides: list[str] | None = None) -> Pipeline:
@@ -60,8 +35,6 @@ def load(path: str | Path, *, overrides: list[str] | None = None) -> Pipeline:
         if not stored.is_file():
             raise ConfigError("not a run directory (no config.json)", where=str(path))
         raw = json.loads(stored.read_text(encoding="utf-8"))
-        from refineg_core.config import apply_overrides
-
         config = config_from_dict(apply_overrides(raw, overrides or []), check_paths=False)
         config.run_dir = path
         return Pipeline(config)

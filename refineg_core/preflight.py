@@ -26,16 +26,11 @@ from typing import Any
 
 from refineg_core.errors import ConfigError, StageUnavailable
 from refineg_core.pipeline.fingerprint import flatten, read_record
+from refineg_core.pipeline.order import MLLM_STAGES, TRAINED_MARKER
 
 #: Functions here take the run's ``Pipeline`` (typed ``Any``: importing it would
 #: close an import circle, since the orchestrator calls these checks).
 Pipeline = Any
-
-#: The MLLM stages, in run order.
-MLLM_STAGES = ("refine", "ground")
-#: The marker the core writes into a tagger folder once training finished (the
-#: orchestrator's ``TRAINED_MARKER``; not imported from there, which imports this).
-TRAINED_MARKER = "refineg-trained.json"
 
 
 def check_backends(

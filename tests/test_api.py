@@ -86,3 +86,42 @@ def test_pipe_streams_many_in_order_and_uses_the_mllm_when_it_answers(trained_ru
         assert server.chat_requests, "the answering backend was used"
     # nothing but the MLLM cache is written into the run directory by the API
     assert not (run_dir / "refine.jsonl").exists() and not (run_dir / "ground.jsonl").exists()
+
+
+def test_the_mllm_stages_run_in_memory_without_any_temp_file(trained_run, tmp_path, monkeypatch):
+    """pipe() walks the run's stages in memory with the run's worker: with no usable
+    temp folder at all (tempfile's folder is a file) refine and ground still answer,
+    in the run's stage order, and the run directory gains nothing but the cache."""
+    import tempfile
+
+    from refineg_core.pipeline.order import MLLM_STAGES
+
+    run_dir, _ = trained_run
+    image = paint_image(tmp_path / "photo.jpg", (640, 480))
+    before = {p for p in run_dir.rglob("*") if "cache" not in p.relative_to(run_dir).parts}
+    with FakeOpenAIServer() as server:
+
+        def respond(request):
+            if "box" in request.text.lower():
+                return ok('[{"entity": "Obama", "type": "PER", "boxes": [[10, 10, 200, 300]]}]')
+            return ok('[{"name": "Obama", "type": "PER"}, {"name": "Paris", "type": "LOC"}]')
+
+        server.responder = respond
+        blocked = tmp_path / "not-a-folder"
+        blocked.write_text("tempfile cannot create anything under a file", encoding="utf-8")
+        monkeypatch.setattr(tempfile, "tempdir", str(blocked))
+        with refineg.load(
+            run_dir,
+            overrides=[
+                f'backend.options.base_url="{server.base_url}"',
+                'backend.options.box_frame="pixels"',
+            ],
+        ) as pipe:
+            doc = pipe("Obama visits Paris", image=image)
+        monkeypatch.undo()
+    assert list(doc.meta["stages"]) == ["predict", *MLLM_STAGES]
+    assert all(v["status"] == "ran" for v in doc.meta["stages"].values()), doc.meta["stages"]
+    obama = next(e for e in doc.entities if e.text == "Obama")
+    assert obama.source == "mllm" and obama.boxes
+    after = {p for p in run_dir.rglob("*") if "cache" not in p.relative_to(run_dir).parts}
+    assert after == before

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from refineg_formats.twitter import read_twitter_gmner
 
-from refineg_core.api import as_sample
 from refineg_core.errors import DataError
 from refineg_core.formats import load_dataset
 from refineg_core.pipeline.outputs import write_outputs
+from refineg_core.posts import as_sample
 from refineg_core.types import Entity, Sample, SampleResult
 from refineg_core.validity import check_sample, sample_problem
 

@@ -58,9 +58,10 @@ class StageOutput:
         return list(self)
 
 
-def written_ids(path: Path) -> list[str]:
-    """Ids of the whole records in a stage file (a torn last line is cut off first)."""
-    if not Path(path).exists():
+def written_ids(path: Path | None) -> list[str]:
+    """Ids of the whole records in a stage file (a torn last line is cut off first);
+    none without a file (``None``: results kept in memory only)."""
+    if path is None or not Path(path).exists():
         return []
     ResultWriter(path).close()  # repairs a torn tail
     return [str(record["id"]) for _, record in iter_jsonl(path)]
@@ -104,8 +105,11 @@ class PreviousResults:
         return found
 
 
-def append_results(path: Path, results: Iterable[SampleResult]) -> None:
-    """Append a finished chunk's results to a stage file (flushed line by line)."""
+def append_results(path: Path | None, results: Iterable[SampleResult]) -> None:
+    """Append a finished chunk's results to a stage file (flushed line by line);
+    ``None`` writes nothing (results kept in memory only)."""
+    if path is None:
+        return
     writer = ResultWriter(path)
     try:
         for result in results:

@@ -45,12 +45,12 @@ class RunContext:
     # ---------------------------------------------------------------- options
     def options(self, key: str) -> PluginOptions:
         """The validated options of the plugin in config table ``key``."""
+        cls = self.plugin_class(key)
         slot = self.config.slot(key)
-        if slot is None:
-            raise ConfigError(f"no plugin configured for {key}", where=f"{key}.plugin")
-        kind = slot_kind(key)
-        cls = registry.load_class(kind, slot.plugin, config_key=key)
-        return registry.validate_options(kind, slot.plugin, cls, slot.options, config_key=key)
+        assert slot is not None  # plugin_class raised otherwise
+        return registry.validate_options(
+            slot_kind(key), slot.plugin, cls, slot.options, config_key=key
+        )
 
     def plugin_class(self, key: str) -> type[Plugin]:
         slot = self.config.slot(key)

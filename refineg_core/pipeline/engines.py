@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, Protocol
 
+from refineg_core.pipeline.ray_engine import RayEngine
 from refineg_core.pipeline.runner import StageSummary
 from refineg_core.pipeline.stagekit import StageHealth
 from refineg_core.pipeline.worker import MllmChunk, Worker
@@ -73,7 +74,5 @@ def build_engine(worker: Worker) -> Engine:
     """The engine the config names, processing chunks with ``worker`` (local) or
     with workers built from the same config (ray)."""
     if worker.config.engine.kind == "ray":
-        from refineg_core.pipeline.ray_engine import RayEngine
-
         return RayEngine(worker)
     return LocalEngine(worker)

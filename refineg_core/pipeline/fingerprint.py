@@ -153,11 +153,6 @@ class Freshness:
     state: str  # "fresh", "stale", "partial" (same inputs, unfinished) or "missing"
     reasons: tuple[str, ...] = ()
 
-    @property
-    def reusable_lines(self) -> bool:
-        """Lines already written were made from the same inputs (resume them)."""
-        return self.state in ("fresh", "partial")
-
     def why(self, limit: int = 4) -> str:
         more = f" (+{len(self.reasons) - limit} more)" if len(self.reasons) > limit else ""
         return "; ".join(self.reasons[:limit]) + more

@@ -18,6 +18,7 @@ storage every node sees.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -26,12 +27,16 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from refineg_core import errors
+from refineg_core.config import Config, _resolve_paths
 from refineg_core.errors import ConfigError, RefinegError
 from refineg_core.formats.native import result_from_dict, sample_from_dict, sample_to_dict
+from refineg_core.pipeline import ray_reaper
 from refineg_core.pipeline.runner import StageSummary
 from refineg_core.pipeline.spent import add, delta
 from refineg_core.pipeline.stagekit import StageHealth
 from refineg_core.pipeline.worker import MllmChunk, Worker
+from refineg_core.progress import progress_disabled
 from refineg_core.types import Sample, SampleResult
 
 
@@ -50,8 +55,6 @@ class ChunkWorker:
     """A Ray actor: a ``Worker`` (the run's plugins, built once), then one chunk per call."""
 
     def __init__(self, config_json: str, stage: str) -> None:
-        from refineg_core.config import Config
-
         self.worker = Worker(Config.model_validate_json(config_json))
         self.stage = stage
         self.health = StageHealth()
@@ -230,10 +233,6 @@ def _quiet_ray_logs() -> None:
     """Ray's own INFO lines and advice (token auth, Ray Data's execution plan,
     "progress bars disabled") stay off stderr under ``--quiet``; warnings and
     errors still show without it."""
-    import logging
-
-    from refineg_core.progress import progress_disabled
-
     level = logging.ERROR if progress_disabled() else logging.WARNING
     for name in ("ray", "ray.data"):
         logging.getLogger(name).setLevel(level)
@@ -242,8 +241,6 @@ def _quiet_ray_logs() -> None:
 def _start_reaper(ray) -> Any:
     """The watcher that ends this local Ray's processes when the driver dies (kill -9
     included; ``refineg_core.pipeline.ray_reaper``), or None when it cannot start."""
-    from refineg_core.pipeline import ray_reaper
-
     try:
         session_dir = ray._private.worker._global_node.get_session_dir_path()
     except AttributeError:  # a Ray without this private path: no reaper, no crash
@@ -251,11 +248,9 @@ def _start_reaper(ray) -> Any:
     return ray_reaper.start(str(session_dir))
 
 
-def worker_config(config) -> str:
+def worker_config(config: Config) -> str:
     """The run's config as the actors rebuild it: every path absolute (a worker's
     working directory is not the driver's)."""
-    from refineg_core.config import _resolve_paths
-
     copy = config.model_copy(deep=True)
     _resolve_paths(copy, Path.cwd())
     return copy.model_dump_json()
@@ -263,8 +258,6 @@ def worker_config(config) -> str:
 
 def _as_raised(error: dict[str, str]) -> RefinegError:
     """The refineg error an actor met, rebuilt with its class and message."""
-    from refineg_core import errors
-
     cls = getattr(errors, error.get("class", ""), None)
     if not (isinstance(cls, type) and issubclass(cls, RefinegError)):
         cls = RefinegError

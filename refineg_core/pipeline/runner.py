@@ -5,6 +5,8 @@ written to the stage's JSONL (so a killed run resumes), runs the rest on up to
 ``workers`` threads (MLLM calls are I/O-bound), appends each result the moment
 it is done, and turns an exception in one item into a recorded failure that
 keeps the item's entities.
+Without a JSONL (``out_path=None``: the Python API) nothing is written or
+resumed; the results exist only in memory.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any, TypeVar
 import attrs
 
 from refineg_core import interrupts, secrets
+from refineg_core.blame import blame
 from refineg_core.errors import DataError, RefinegError
 from refineg_core.formats.native import result_from_dict, sample_to_dict
 from refineg_core.hooks import get_hooks
@@ -61,22 +64,13 @@ class StageSummary:
 
     def to_json(self) -> dict[str, Any]:
         """Everything, structured (``from_json`` rebuilds it in another process)."""
-        return {
-            **{k: getattr(self, k) for k in ("stage", "total", "processed", "resumed", "failed")},
-            "seconds": self.seconds,
-            "failure_kinds": dict(self.failure_kinds),
-            "counters": dict(self.counters),
-            "notes": dict(self.notes),
-        }
+        return attrs.asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> StageSummary:
+        counts = {k: Counter(data[k]) for k in ("failure_kinds", "counters")}
         return cls(
-            **{k: data[k] for k in ("stage", "total", "processed", "resumed", "failed")},
-            seconds=float(data["seconds"]),
-            failure_kinds=Counter(data["failure_kinds"]),
-            counters=Counter(data["counters"]),
-            notes=dict(data["notes"]),
+            **{**data, **counts, "seconds": float(data["seconds"]), "notes": dict(data["notes"])}
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -104,12 +98,8 @@ class JsonlAppender:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._repair_tail()
+        repair_tail(self.path)  # a torn last line is cut (the run store's one repair)
         self._fh = self.path.open("a", encoding="utf-8")
-
-    def _repair_tail(self) -> None:
-        """Cut a torn last line (the run store's one repair)."""
-        repair_tail(self.path)
 
     def write_record(self, record: dict[str, Any]) -> None:
         line = secrets.scrub(json.dumps(record, ensure_ascii=False))
@@ -128,11 +118,12 @@ class ResultWriter(JsonlAppender):
         self.write_record(sample_to_dict(result))
 
 
-def load_records(path: Path) -> list[dict[str, Any]]:
-    """Every whole record of a JSONL written by a JsonlAppender (torn tail repaired)."""
-    path = Path(path)
-    if not path.exists():
+def load_records(path: Path | None) -> list[dict[str, Any]]:
+    """Every whole record of a JSONL written by a JsonlAppender (torn tail repaired);
+    none without a file (``None``: results kept in memory only)."""
+    if path is None or not Path(path).exists():
         return []
+    path = Path(path)
     JsonlAppender(path).close()
     records = []
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
@@ -144,7 +135,7 @@ def load_records(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def load_done(path: Path) -> dict[str, SampleResult]:
+def load_done(path: Path | None) -> dict[str, SampleResult]:
     """Results already written by an earlier (possibly interrupted) run."""
     return {r["id"]: result_from_dict(r) for r in load_records(path)}
 
@@ -214,8 +205,6 @@ def failure_from_exception(stage: str, exc: BaseException) -> Failure:
     kind = failure_kind(exc)
     message = str(exc) if isinstance(exc, RefinegError) else f"{type(exc).__name__}: {exc}"
     if not isinstance(exc, RefinegError):  # an unexpected crash: say whose code it was
-        from refineg_core.blame import blame
-
         culprit = blame(exc)
         if culprit is not None:
             message = f"{culprit.describe()}: {message}"
@@ -226,13 +215,14 @@ def run_stage(
     stage: str,
     items: Sequence[SampleResult],
     process: Callable[[SampleResult], SampleResult],
-    out_path: Path,
+    out_path: Path | None,
     *,
     workers: int = 1,
     unit: str = "sample",
     debug: bool = False,
 ) -> tuple[list[SampleResult], StageSummary]:
-    """Process every item not yet in ``out_path``; return all results in input order."""
+    """Process every item not yet in ``out_path``; return all results in input order
+    (``out_path=None``: in memory, nothing written)."""
     started = time.perf_counter()
     summary = StageSummary(stage, total=len(items))
     done = load_done(out_path)
@@ -240,7 +230,7 @@ def run_stage(
     summary.resumed = len(items) - len(todo)
     hooks = get_hooks()
     hooks.stage_started(stage, len(todo))
-    writer = ResultWriter(out_path)
+    writer = ResultWriter(out_path) if out_path is not None else None
     results: dict[str, SampleResult] = dict(done)
 
     def safe(item: SampleResult) -> SampleResult:
@@ -252,7 +242,8 @@ def run_stage(
             return item.with_failure(failure_from_exception(stage, exc))
 
     def record(result: SampleResult) -> None:
-        writer.write(result)
+        if writer is not None:
+            writer.write(result)
         results[result.id] = result
         summary.processed += 1
         new_failures = [f for f in result.failures if f.stage == stage]
@@ -267,7 +258,8 @@ def run_stage(
         run_concurrently(todo, safe, record, workers=workers)
     finally:
         progress.close()
-        writer.close()
+        if writer is not None:
+            writer.close()
     summary.seconds = time.perf_counter() - started
     hooks.stage_finished(stage, summary.as_dict())
     return [results[it.id] for it in items if it.id in results], summary

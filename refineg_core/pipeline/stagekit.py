@@ -154,7 +154,7 @@ def needs_retry(result: SampleResult, stage: str) -> bool:
 def forget_unfinished(out_path: Path, stage: str) -> int:
     """Drop the lines a rerun must redo (skipped placeholders, failed calls, unusable
     answers); return how many were dropped. The file never holds an id twice."""
-    if not Path(out_path).exists():
+    if out_path is None or not Path(out_path).exists():  # None: in memory (the Python API)
         return 0
     done = load_done(out_path)
     keep = [r for r in done.values() if not needs_retry(r, stage)]
@@ -204,7 +204,8 @@ def skip_stage(
             out.append(attrs.evolve(it, meta={**it.meta, stage: {"skipped": reason_key}}))
         else:
             out.append(it)
-    _write_all(out_path, out)
+    if out_path is not None:  # None: in memory (the Python API)
+        _write_all(out_path, out)
     summary.counters["requests_skipped"] = skipped
     summary.counters["passed_through"] = len(todo)
     summary.notes["backend"] = backend
@@ -306,7 +307,7 @@ def run_mllm_stage(
     ``"auto"`` ones alike. ``health`` carries what earlier chunks of the same
     stage learnt about the backend (reachability, the breaker)."""
     health = health or StageHealth()
-    out_path = Path(out_path)
+    out_path = Path(out_path) if out_path is not None else None  # None: in memory
     forgotten = forget_unfinished(out_path, stage)
     skip = {"needs_call": needs_call, "backend": backend.describe()}
     if not enabled:

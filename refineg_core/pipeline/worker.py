@@ -7,7 +7,8 @@ at a time: tagger + gate over samples (``tag``), or one MLLM stage over results
 the summary is the ``Pipeline``'s; the worker knows none of it. That is why both
 engines depend on the worker only: the local engine calls the run's own worker,
 and each Ray actor builds its own worker from the same config, so the outputs are
-equal. The Python API (``Pipeline.pipe``) drives the same worker in memory.
+equal. The Python API (``refineg_core.pipeline.inmemory``) drives the same worker
+in memory: ``run_mllm_chunk`` with ``part=None`` writes no file at all.
 """
 
 from __future__ import annotations
@@ -15,20 +16,18 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from refineg_core.config import Config, DataSource
-from refineg_core.formats import Dataset, load_source
+from refineg_core.config import Config
+from refineg_core.formats import Dataset
 from refineg_core.interfaces import UncertaintyEstimator
 from refineg_core.mllm_cache import CachedBackend
 from refineg_core.pipeline.chunked import append_results, written_ids
 from refineg_core.pipeline.context import RunContext
+from refineg_core.pipeline.inputs import Inputs
 from refineg_core.pipeline.runner import StageSummary
 from refineg_core.pipeline.stagekit import StageHealth
-from refineg_core.posts import StageLog, finish_results
 from refineg_core.types import GateVerdict, Sample, SampleResult
 
 Log = Callable[[str], None]
-#: Called with a data source and the warnings met reading it.
-OnWarnings = Callable[[DataSource, Sequence[str]], None]
 #: (the chunk's input results, earlier results of the same samples to keep)
 MllmChunk = tuple[list[SampleResult], list[SampleResult]]
 
@@ -43,7 +42,7 @@ class Worker:
         cache_dir: Path | None = None,
         debug: bool = False,
         log: Log | None = None,
-        on_warnings: OnWarnings | None = None,
+        inputs: Inputs | None = None,
     ) -> None:
         self.config = config
         self.labels = config.label_set
@@ -51,10 +50,11 @@ class Worker:
         self.debug = debug
         self.log: Log = log or (lambda msg: None)
         self.context = RunContext(config, Path(cache_dir or self.run_dir / "cache"))
+        #: The run's data (the pipeline's own when it built this worker).
+        self.inputs = inputs or Inputs(config, log=self.log)
         #: The gate's calibration report once it was calibrated (or skipped).
         self.calibration: dict | None = None
-        self._on_warnings = on_warnings
-        self._datasets: dict[str, Dataset | None] = {}
+        self._pool_indexed = False
 
     def close(self) -> None:
         """Close every plugin the worker built (idempotent)."""
@@ -69,24 +69,7 @@ class Worker:
     # ----------------------------------------------------------------- inputs
     def dataset(self, key: str) -> Dataset | None:
         """A configured split by name (train, dev, predict, gold, pool), loaded once."""
-        if key not in self._datasets:
-            data = self.config.data
-            source: DataSource | None = getattr(data, key)
-            fallback = {"pool": "train", "gold": "predict"}.get(key)
-            if source is None and fallback:  # the same data, read once
-                self._datasets[key] = self.dataset(fallback)
-            else:
-                self._datasets[key] = self._load(source, f"data.{key}") if source else None
-        return self._datasets[key]
-
-    def _load(self, source: DataSource, config_key: str = "data") -> Dataset:
-        ds = load_source(source, config_key=config_key)
-        self._note_warnings(source, ds.warnings)
-        return ds
-
-    def _note_warnings(self, source: DataSource, warnings: Sequence[str]) -> None:
-        if self._on_warnings is not None:
-            self._on_warnings(source, warnings)
+        return self.inputs.dataset(key)
 
     # ---------------------------------------------------------------- plugins
     def backend(self, key: str = "backend") -> CachedBackend | None:
@@ -117,15 +100,15 @@ class Worker:
         return mode
 
     # ------------------------------------------------------------ tagger + gate
-    def _gate_calibrates(self) -> bool:
-        # an instance's: a gate's options may decide it (a precision target)
+    def gate_calibrates(self) -> bool:
+        """Whether the gate fits on data.dev (an instance's answer: its options may decide)."""
         return bool(self.context.gate().calibrates)
 
     def calibrated_gate(self) -> UncertaintyEstimator:
         """The run's gate, calibrated once on data.dev when the estimator fits
         parameters (e.g. a temperature); its report is ``self.calibration``."""
         gate = self.context.gate()
-        if self._gate_calibrates() and self.calibration is None:
+        if self.gate_calibrates() and self.calibration is None:
             dev = self.dataset("dev")
             if dev is None:
                 self.log(
@@ -198,60 +181,16 @@ class Worker:
             done = run_ground(
                 items, pool_samples, selector, backend, self.labels, settings, part, **common
             )
-        part.unlink(missing_ok=True)  # the chunk is whole: its caller commits it to the stage file
+        if part is not None:  # None: in memory (the Python API), nothing was written
+            part.unlink(missing_ok=True)  # the chunk is whole: its caller commits it
         return done
-
-    def annotate(self, samples: list[Sample]) -> list[SampleResult]:
-        """Tag, gate, refine and ground posts in memory (the Python API): MLLM stages
-        run when a backend is configured; nothing is written but the MLLM cache.
-        Each result's ``meta["stages"]`` says which stages ran or were skipped, and why."""
-        import tempfile
-
-        from refineg_core.pipeline.ground import run_ground
-        from refineg_core.pipeline.refine import run_refine
-
-        log = StageLog()
-        results = self.tag(samples)
-        log.ran("predict")
-        backend = self.backend()
-        if backend is None:
-            for stage in ("refine", "ground"):
-                log.skipped(stage, "no backend configured")
-            return finish_results(samples, results, log)
-        with tempfile.TemporaryDirectory(prefix="refineg-api-") as tmp:
-            if self.stage_mode("refine") is not False:
-                results, summary = run_refine(
-                    results,
-                    backend,
-                    self.labels,
-                    self.stage_settings("refine"),
-                    Path(tmp) / "r.jsonl",
-                )
-                log.record("refine", summary)
-            else:
-                log.skipped("refine", "stages.refine = false")
-            if self.stage_mode("ground") is not False:
-                selector = self._indexed_selector()
-                results, summary = run_ground(
-                    results,
-                    [],
-                    selector,
-                    backend,
-                    self.labels,
-                    self.stage_settings("ground"),
-                    Path(tmp) / "g.jsonl",
-                )
-                log.record("ground", summary)
-            else:
-                log.skipped("ground", "stages.ground = false")
-        return finish_results(samples, results, log)
 
     def _indexed_selector(self):
         """The selector, indexed once on the demonstration pool (None without one)."""
         selector = self.context.selector()
         if selector is None or self.config.ground.k == 0:
             return None
-        if not getattr(self, "_pool_indexed", False):
+        if not self._pool_indexed:
             pool = self.dataset("pool")
             if pool is None:
                 return None

@@ -1,0 +1,102 @@
+"""The stages before prediction: synthesis and training the tagger.
+
+Both are drivers of a run (``StageRun``): they read its data, write into its
+directory and record their numbers in its summary. Training is skipped when
+the saved tagger's fingerprint (``refineg-trained.json``) matches what it
+would be trained from now, and a retrained tagger invalidates predict's
+fingerprint, since predictions depend on the tagger's content.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from typing import Any
+
+from refineg_core.errors import ConfigError
+from refineg_core.formats import load_dataset
+from refineg_core.hooks import get_hooks
+from refineg_core.pipeline.fingerprint import freshness, read_record, write_record
+from refineg_core.pipeline.order import TRAINED_MARKER
+from refineg_core.pipeline.predicting import tagger_inference
+from refineg_core.pipeline.stagerun import StageRun
+from refineg_core.pipeline.synth import run_synthesis
+from refineg_core.types import Sample
+
+
+def synth(run: StageRun) -> dict[str, Any]:
+    """Synthesize labelled samples from data.train with the synthesis backend."""
+    started = time.perf_counter()
+    seeds = run.inputs.require("train")
+    synthesizer = run.worker.context.synthesizer()
+    backend = run.worker.backend("synth_backend")
+    if backend is None:
+        raise ConfigError("synthesis needs a backend", where="synth_backend.plugin")
+    run.prepare_run_dir()
+    report = run_synthesis(
+        list(seeds.samples),
+        synthesizer,
+        backend,
+        run.labels,
+        run.config.synth,
+        run.run_dir / "synth",
+        debug=run.debug,
+    )
+    run.planner.forget("train")  # the synthesized data may have changed
+    return run.record("synth", report.as_dict(), started)
+
+
+def training_samples(run: StageRun) -> list[Sample]:
+    """data.train, every extra training file and (when asked) the synthesized samples,
+    their entity types checked against the label set."""
+    samples = list(run.inputs.require("train").samples)
+    for extra in run.config.data.extra_train:
+        samples += run.inputs.load(extra).samples
+    synth_file = run.planner.synth_file()
+    if run.config.data.use_synthesized:
+        if not synth_file.exists():
+            raise ConfigError(
+                f"{synth_file} does not exist; run `refineg synth` first",
+                where="data.use_synthesized",
+            )
+        samples += load_dataset(synth_file, "jsonl").samples
+    run.labels.check_types((e.type for s in samples for e in s.entities), where="data.train")
+    return samples
+
+
+def train(run: StageRun, *, force: bool = False) -> dict[str, Any]:
+    """Train and save the tagger, or reuse the one whose fingerprint still matches."""
+    started = time.perf_counter()
+    target = run.worker.tagger_dir()
+    if run.config.tagger.load_from:
+        return run.record("train", {"skipped": f"using saved tagger {target}"}, started)
+    fp = run.planner.fingerprint("train")
+    fresh = freshness(fp, read_record(target / TRAINED_MARKER))
+    if fresh.state == "fresh" and not force:
+        run.log(f"train: reusing the tagger at {target} (same data and options)")
+        return run.record("train", {"reused": True, "tagger": str(target)}, started)
+    if fresh.state == "stale":
+        run.log(f"train: retraining: {fresh.why()}")
+    elif target.exists() and fresh.state == "missing" and any(target.iterdir()):
+        run.log(f"train: {target} has no {TRAINED_MARKER}; retraining")
+    samples = training_samples(run)
+    dev = run.inputs.dataset("dev")
+    tagger = run.worker.context.untrained_tagger()
+    hooks = get_hooks()
+    hooks.stage_started("train", len(samples))
+    run.log(f"train: {len(samples)} samples, dev {len(dev) if dev else 0}")
+    report = tagger.fit(samples, list(dev.samples) if dev else None)
+    run.prepare_run_dir()
+    run.worker.context.forget_tagger(target)
+    if target.exists():
+        shutil.rmtree(target)
+    tagger.save(target)
+    output = run.planner.saved_tagger_digest(target)
+    write_record(target / TRAINED_MARKER, fp, complete=True, output=output)
+    run.planner.forget("predict")
+    data = {"train_samples": len(samples), "tagger": str(target), "report": report}
+    if (inference := tagger_inference(run, tagger)) is not None:
+        data["inference"] = inference
+    data = run.record("train", data, started)
+    hooks.stage_finished("train", data)
+    return data
