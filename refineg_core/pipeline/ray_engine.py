@@ -28,9 +28,9 @@ from typing import Any
 
 from refineg_core.errors import ConfigError, RefinegError
 from refineg_core.formats.native import result_from_dict, sample_from_dict, sample_to_dict
+from refineg_core.pipeline.call_health import StageHealth
 from refineg_core.pipeline.runner import StageSummary
 from refineg_core.pipeline.spent import add, delta
-from refineg_core.pipeline.stagekit import StageHealth
 from refineg_core.pipeline.worker import MllmChunk, Worker
 from refineg_core.types import Sample, SampleResult
 
