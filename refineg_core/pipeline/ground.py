@@ -234,9 +234,15 @@ class GroundStage(MLLMStage):
         return needs_grounding_call(result)
 
     def _candidates(self, result: SampleResult) -> Sequence[Demonstration] | None:
+        """The selector's demonstrations for this query (k + 1: the query itself may
+        come back): chosen ahead in blocks during a run, one by one in a dry run."""
         if self._demos is not None:
             return self._demos(result)
-        return self._book.get(result) if self._book is not None else None
+        if self._book is not None:
+            return self._book.get(result)
+        if self.selector is not None and self.settings.k > 0:
+            return self.selector.select(ground_query(result), self.settings.k + 1)
+        return None
 
     def request(self, result: SampleResult) -> Call | Skip:
         if not result.entities:
