@@ -29,6 +29,7 @@ from refineg_core.stage_settings import GroundSettings, RefineSettings
 from refineg_core.testing import run_cli
 from tests.stagedata import (
     LABELS,
+    WORDING,
     OverlapSelector,
     backend_for,
     gazetteer_config,
@@ -65,12 +66,13 @@ def test_dry_run_builds_exactly_the_requests_the_stages_send(twitter_dir, tmp_pa
     ]
     server.responder = oracle({s.text: s for s in samples})
     backend = backend_for(server)
-    settings = RefineSettings()
+    settings = RefineSettings(wording=WORDING)  # the shipped Twitter wording
     planned = sorted(_shape(r) for _, r in dry_run(RefineStage(backend, LABELS, settings), preds))
     assert server.chat_requests == []  # a dry run makes no call
     run_refine(preds, backend, LABELS, settings, tmp_path / "refine.jsonl")
     assert planned == _sent(server)
     assert len(planned) == sum(1 for p in preds if p.gate.delegate_sample) == 6
+    assert all(WORDING.domain in text for text, _ in planned)  # the config's wording travels
 
     pool = [
         with_image(s, tmp_path / "pool", 50 + i)
@@ -78,7 +80,7 @@ def test_dry_run_builds_exactly_the_requests_the_stages_send(twitter_dir, tmp_pa
     ]
     selector = OverlapSelector()
     selector.index(pool)
-    ground = GroundSettings(k=2)
+    ground = GroundSettings(k=2, wording=WORDING)
     stage = GroundStage(backend, LABELS, ground, selector=selector, pool_size=len(pool))
     planned = sorted(_shape(r) for _, r in dry_run(stage, preds))
     since = len(server.chat_requests)
@@ -86,6 +88,7 @@ def test_dry_run_builds_exactly_the_requests_the_stages_send(twitter_dir, tmp_pa
     assert planned == _sent(server, since)
     assert len(planned) == len(preds)
     assert all(images == 3 for _, images in planned)  # two demonstrations and the query
+    assert all(WORDING.domain in text for text, _ in planned)
 
 
 class _EventLog:

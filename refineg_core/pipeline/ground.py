@@ -328,15 +328,14 @@ def run_ground(
     out_path: Path,
     *,
     debug: bool = False,
-    required: bool = False,
     health: StageHealth | None = None,
 ) -> tuple[list[SampleResult], StageSummary]:
     """Ground every result's entities through ``backend``; resumable through ``out_path``.
 
     ``selector`` must already be indexed on ``pool`` (the labelled samples with
     gold boxes); ``pool`` is only used for the summary. Without a selector (or
-    with ``k = 0``) the prompts are zero-shot. (``required`` is decided by the
-    stage driver's verdict; kept for callers.)
+    with ``k = 0``) the prompts are zero-shot. (One chunk: whether the stage
+    failed is the stage driver's verdict.)
     """
     stage = GroundStage(backend, labels, settings, selector=selector, pool_size=len(pool))
     return run_mllm_stage(

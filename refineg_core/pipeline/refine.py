@@ -300,11 +300,10 @@ def run_refine(
     out_path: Path,
     *,
     debug: bool = False,
-    required: bool = False,
     health: StageHealth | None = None,
 ) -> tuple[list[SampleResult], StageSummary]:
     """Refine delegated samples through ``backend``; resumable through ``out_path``.
-    (``required`` is decided by the stage driver's verdict; kept for callers.)"""
+    (One chunk: whether the stage failed is the stage driver's verdict.)"""
     stage = RefineStage(backend, labels, settings)
     return run_mllm_stage(
         stage, results, out_path, enabled=settings.enabled, debug=debug, health=health
