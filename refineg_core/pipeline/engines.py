@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, Protocol
 
+from refineg_core.pipeline.call_health import StageHealth
 from refineg_core.pipeline.ray_engine import RayEngine
 from refineg_core.pipeline.runner import StageSummary
-from refineg_core.pipeline.stagekit import StageHealth
 from refineg_core.pipeline.worker import MllmChunk, Worker
 from refineg_core.types import Sample, SampleResult
 

@@ -32,9 +32,9 @@ from refineg_core.config import Config, _resolve_paths
 from refineg_core.errors import ConfigError, RefinegError
 from refineg_core.formats.native import result_from_dict, sample_from_dict, sample_to_dict
 from refineg_core.pipeline import ray_reaper
+from refineg_core.pipeline.call_health import StageHealth
 from refineg_core.pipeline.runner import StageSummary
 from refineg_core.pipeline.spent import add, delta
-from refineg_core.pipeline.stagekit import StageHealth
 from refineg_core.pipeline.worker import MllmChunk, Worker
 from refineg_core.progress import progress_disabled
 from refineg_core.types import Sample, SampleResult
