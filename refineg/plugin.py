@@ -14,6 +14,10 @@ as a run does (``create_plugin``), install a throwaway distribution with entry
 points (``fake_distribution``) and run the CLI in-process (``run_cli``).
 ``hookimpl`` marks pluggy hook implementations (events, extra commands);
 ``create_box_frame`` builds a box frame by name, for a backend's ``box_codec``.
+``ScoreGate`` is the gate that only scores (the core owns threshold, priority
+and budget; ``DecisionOptions`` are its options). ``EXTRAS`` is the table of
+what a tagger may report beyond its marginals (``TaggerPrediction.extras``;
+a gate's ``needs_extras``).
 
 Nothing here is new: these are the core's own classes, re-exported so that a
 plugin imports from one place and keeps working when the core moves things.
@@ -31,7 +35,9 @@ from refineg_core.errors import (
     TaggerError,
 )
 from refineg_core.evaluation import evaluate
+from refineg_core.extras import EXTRAS, Extra
 from refineg_core.formats.base import Dataset, DatasetFormat, read_text_file, text_lines
+from refineg_core.gating import DecisionOptions, ScoreGate
 from refineg_core.hooks import hookimpl
 from refineg_core.interfaces import (
     BoxCodec,
@@ -79,6 +85,7 @@ CONTRACTS = tuple(k.base for k in KINDS)
 
 __all__ = [
     "CONTRACTS",
+    "EXTRAS",
     "KINDS",
     "SOURCE_GOLD",
     "SOURCE_MLLM",
@@ -97,8 +104,10 @@ __all__ = [
     "DataError",
     "Dataset",
     "DatasetFormat",
+    "DecisionOptions",
     "Demonstration",
     "Entity",
+    "Extra",
     "Failure",
     "GateDecision",
     "GateVerdict",
@@ -114,6 +123,7 @@ __all__ = [
     "Sample",
     "SampleImageError",
     "SampleResult",
+    "ScoreGate",
     "SynthesisCandidate",
     "Synthesizer",
     "Tagger",

@@ -1,4 +1,20 @@
-"""The gate's budget over a whole input, shared by the gates and the streaming stages.
+"""How a gate's scores become decisions: threshold, priority and budget, owned by the core.
+
+A gate built on :class:`ScoreGate` writes one method, ``score`` (each predicted
+entity's uncertainty and confidence, and the sample's "missed entity" score);
+this module turns scores into keep/delegate decisions the same way for every
+such gate:
+
+- an entity is delegated when its uncertainty is > τ (``thresholds()``: the
+  ``threshold`` option, unless a calibrating gate chose one); a sample when it
+  has a delegated entity or, with ``missed_entities``, its missed score is > τ;
+- a delegated sample's priority is the highest of those scores;
+- a ``budget`` (a fraction of samples) keeps only the highest priorities.
+
+A gate whose rule is not a threshold on scores (a rule gate) implements
+``UncertaintyEstimator.decide`` itself instead.
+
+The gate's budget over a whole input is shared by the gates and the streaming stages.
 
 A budget ("delegate at most 10% of samples, most uncertain first") ranks the
 whole input, so a stage that sees the corpus chunk by chunk cannot apply it
@@ -10,10 +26,15 @@ function, so both paths give the same answer.
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Iterable, Sequence
 
-from refineg_core.types import GateDecision
+import pydantic
+
+from refineg_core.errors import DataError
+from refineg_core.interfaces import PluginOptions, UncertaintyEstimator
+from refineg_core.types import Entity, GateDecision, Sample, TaggerPrediction
 
 
 def within_budget(
@@ -42,3 +63,83 @@ def apply_budget(decisions: Sequence[GateDecision], budget: float | None) -> lis
     return [
         d if (i in keep or not d.delegate_sample) else d.capped() for i, d in enumerate(decisions)
     ]
+
+
+class DecisionOptions(PluginOptions):
+    """The options the core decides with; a :class:`ScoreGate`'s ``Options`` extends them."""
+
+    threshold: pydantic.confloat(ge=0, le=1) = 0.4
+    budget: pydantic.confloat(ge=0, le=1) | None = pydantic.Field(
+        None, description="delegate at most this fraction of samples, most uncertain first"
+    )
+    missed_entities: bool = pydantic.Field(
+        True, description="delegate samples whose O tokens look uncertain"
+    )
+
+
+class ScoreGate(UncertaintyEstimator):
+    """A gate that only scores; threshold, priority and budget are the core's (module doc)."""
+
+    Options = DecisionOptions
+
+    def __init__(self, options=None, labels=None):
+        super().__init__(options, labels)
+        self.options: DecisionOptions
+        #: Counts from the last ``decide`` call (``capped_by_budget``; a gate may add its own).
+        self.last_stats: dict[str, int] = {}
+
+    @abc.abstractmethod
+    def score(self, sample: Sample, prediction: TaggerPrediction) -> tuple[list[Entity], float]:
+        """The sample's predicted entities, each with ``uncertainty`` in 0..1 (and a
+        ``confidence``), and its missed-entity score in 0..1 (0 when none)."""
+
+    def thresholds(self) -> tuple[float, float]:
+        """(entity threshold, missed-entity threshold); a calibrating gate may choose them."""
+        return self.options.threshold, self.options.threshold
+
+    @property
+    def budget(self) -> float | None:
+        return self.options.budget
+
+    def decide(
+        self, samples: Sequence[Sample], predictions: Sequence[TaggerPrediction]
+    ) -> list[GateDecision]:
+        decisions = self.decide_each(samples, predictions)
+        capped = apply_budget(decisions, self.options.budget)
+        before = sum(d.delegate_sample for d in decisions)
+        self.last_stats["capped_by_budget"] = before - sum(d.delegate_sample for d in capped)
+        return capped
+
+    def decide_each(
+        self, samples: Sequence[Sample], predictions: Sequence[TaggerPrediction]
+    ) -> list[GateDecision]:
+        if len(samples) != len(predictions):
+            raise DataError(
+                f"{len(samples)} samples but {len(predictions)} predictions", where="uncertainty"
+            )
+        tau, tau_missed = self.thresholds()
+        self.last_stats = {"capped_by_budget": 0}
+        decisions = []
+        for sample, pred in zip(samples, predictions, strict=True):
+            entities, missed = self.score(sample, pred)
+            _check_scores(sample.id, entities, missed)
+            unc = [e.uncertainty for e in entities if e.uncertainty > tau]
+            missed_hit = self.options.missed_entities and missed > tau_missed
+            delegate = bool(unc) or missed_hit
+            priority = max([*unc, missed if self.options.missed_entities else 0.0])
+            delegated = tuple(e for e in entities if delegate and e.uncertainty > tau)
+            kept = tuple(e for e in entities if e not in delegated)
+            decisions.append(GateDecision(sample.id, kept, delegated, missed, delegate, priority))
+        return decisions
+
+
+def _check_scores(sample_id: str, entities: Sequence[Entity], missed: float) -> None:
+    """A score the threshold cannot compare (None, NaN) would silently keep an entity."""
+    bad = [e.span for e in entities if e.uncertainty is None or not math.isfinite(e.uncertainty)]
+    if bad or not math.isfinite(missed):
+        raise DataError(
+            f"the gate scored entities {bad} without a finite uncertainty"
+            if bad
+            else f"the gate's missed-entity score {missed} is not finite",
+            where=f"uncertainty: sample {sample_id}",
+        )

@@ -114,6 +114,16 @@ class Tagger(Plugin):
     #: exported model...): written on load, so not part of what the tagger *is*.
     derived_folders: ClassVar[frozenset[str]] = frozenset()
 
+    @classmethod
+    def supplied_extras(cls, options: PluginOptions) -> frozenset[str]:
+        """The extras (``refineg_core.extras.EXTRAS``) this tagger's predictions carry
+        with ``options``; the run refuses a gate that needs one not listed here.
+
+        Declared, not discovered: the core asks before it trains or loads anything.
+        The default reports none (marginals only).
+        """
+        return frozenset()
+
     @abc.abstractmethod
     def fit(self, train: Sequence[Sample], dev: Sequence[Sample] | None = None) -> dict:
         """Train on gold samples; return a report (losses, dev F1 per epoch...)."""
@@ -168,6 +178,11 @@ class UncertaintyEstimator(Plugin):
     ) -> list[GateDecision]:
         """Decisions that depend on each sample alone (no budget applied)."""
         return self.decide(samples, predictions)
+
+    #: The extras (``refineg_core.extras.EXTRAS``) the gate reads from every
+    #: ``TaggerPrediction``; the run checks the tagger supplies them
+    #: (``Tagger.supplied_extras``) before any work.
+    needs_extras: ClassVar[tuple[str, ...]] = ()
 
     #: True when ``calibrate`` fits parameters on dev data: the core then calls it
     #: once before ``decide`` and fingerprints data.dev into the predict stage.

@@ -74,14 +74,14 @@ KINDS: tuple[PluginKind, ...] = (
         "refineg.taggers",
         Tagger,
         "tagger.plugin",
-        declares=("inference_options", "derived_folders"),
+        declares=("inference_options", "derived_folders", "supplied_extras"),
     ),
     PluginKind(
         "uncertainty",
         "refineg.uncertainty",
         UncertaintyEstimator,
         "uncertainty.plugin",
-        declares=("calibrates",),
+        declares=("calibrates", "needs_extras"),
     ),
     PluginKind(
         "backend",

@@ -21,6 +21,7 @@ from stevedore.exception import NoMatches
 
 from refineg_core import kinds
 from refineg_core.errors import PluginError
+from refineg_core.extras import check_declared
 from refineg_core.interfaces import (
     BoxCodec,
     MLLMBackend,
@@ -151,7 +152,10 @@ def load_class(slot: str, name: str, *, config_key: str | None = None) -> type[P
 
 def _check_declared(slot: str, name: str, cls: type[Plugin], origin: str, where: str) -> None:
     """A capability is declared, never guessed: a gate that overrides ``calibrate``
-    without declaring ``calibrates = True`` would silently never be calibrated."""
+    without declaring ``calibrates = True`` would silently never be calibrated; a
+    gate that needs an extra outside the table would never be given it."""
+    if slot == "uncertainty" and issubclass(cls, UncertaintyEstimator):
+        check_declared(cls.needs_extras, f"uncertainty plugin {name!r} from {origin}")
     if (
         slot == "uncertainty"
         and issubclass(cls, UncertaintyEstimator)

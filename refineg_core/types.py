@@ -14,6 +14,7 @@ import attrs
 import numpy as np
 
 from refineg_core.errors import DataError
+from refineg_core.extras import EXTRAS, check_extras
 
 # Who decided an entity's span and type (``Entity.source``).
 SOURCE_GOLD = "gold"
@@ -263,56 +264,48 @@ class SampleResult:
         return attrs.evolve(self, failures=(*self.failures, failure))
 
 
+def _extras_dict(extras: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    """A private copy, so the caller's dict cannot change a frozen prediction."""
+    return dict(extras or {})
+
+
 @attrs.frozen(eq=False)
 class TaggerPrediction:
-    """A tagger's decoded tags plus per-token label marginals.
+    """A tagger's decoded tags plus per-token label marginals, and any declared extras.
 
     ``marginals[i, j]`` is P(token i has label ``label_names[j]``); rows sum to 1.
     The uncertainty gate needs the marginals, not only the Viterbi path.
-    Optional stacks of marginals ``(M, tokens, labels)`` let a gate measure
-    disagreement: ``member_marginals`` from the M members of an ensemble
-    (``marginals`` is then their mean), ``dropout_marginals`` from M stochastic
-    (MC dropout) passes. ``transition_marginals[i, a, b]`` is
-    P(token i has label a and token i+1 label b), shape ``(tokens - 1, labels,
-    labels)``; with it a gate can score a whole span, not only its tokens
-    (``member_transition_marginals``: the same per ensemble member).
+    ``extras`` holds what some gates need beyond them (ensemble members' and
+    dropout passes' marginals, transition marginals...), keyed by the names
+    of the one table ``refineg_core.extras.EXTRAS``, which also fixes each
+    one's shape: an unknown name or a wrong shape is a DataError naming the
+    sample and the extra, here where the tagger builds the prediction.
     """
 
     sample_id: str
     tags: tuple[str, ...]
     label_names: tuple[str, ...]
     marginals: np.ndarray
-    member_marginals: np.ndarray | None = None
-    dropout_marginals: np.ndarray | None = None
-    transition_marginals: np.ndarray | None = None
-    member_transition_marginals: np.ndarray | None = None
+    extras: Mapping[str, np.ndarray] = attrs.field(factory=dict, converter=_extras_dict)
 
     def __attrs_post_init__(self) -> None:
         n, n_labels = len(self.tags), len(self.label_names)
-        shape = (n, n_labels)
-        if self.marginals.shape != shape:
+        if self.marginals.shape != (n, n_labels):
             raise DataError(
                 f"{self.sample_id}: marginals shape {self.marginals.shape} does not match "
                 f"{len(self.tags)} tokens x {len(self.label_names)} labels"
             )
-        pairs = (max(n - 1, 0), n_labels, n_labels)
-        expected = {
-            "member_marginals": shape,
-            "dropout_marginals": shape,
-            "member_transition_marginals": pairs,
-        }
-        for name, inner in expected.items():
-            stack = getattr(self, name)
-            if stack is not None and (stack.ndim != len(inner) + 1 or stack.shape[1:] != inner):
-                raise DataError(
-                    f"{self.sample_id}: {name} shape {stack.shape} is not "
-                    f"(M, {', '.join(map(str, inner))})"
-                )
-        if self.transition_marginals is not None and self.transition_marginals.shape != pairs:
-            raise DataError(
-                f"{self.sample_id}: transition_marginals shape "
-                f"{self.transition_marginals.shape} is not {pairs}"
-            )
+        check_extras(self.extras, self.sample_id, n, n_labels)
+
+    def extra(self, name: str) -> np.ndarray | None:
+        """The extra ``name`` (a key of ``EXTRAS``), or None when the tagger gave none.
+
+        A name outside the table is a programming error, so it raises rather than
+        reading as "not reported".
+        """
+        if name not in EXTRAS:
+            raise KeyError(f"{name!r} is not a declared extra; they are {sorted(EXTRAS)}")
+        return self.extras.get(name)
 
 
 @attrs.frozen

@@ -49,18 +49,28 @@ def test_joined_members_are_the_inputs_members(saved, few_tweets):
     for i, p in enumerate(preds):
         if not p.tags:
             continue
-        assert p.member_marginals.shape[0] == 4
+        assert p.extra("member_marginals").shape[0] == 4
         one = singles[0][i]  # a single model's pairs agree with its node marginals
-        np.testing.assert_allclose(one.transition_marginals.sum(2), one.marginals[:-1], atol=1e-4)
-        np.testing.assert_allclose(one.transition_marginals.sum(1), one.marginals[1:], atol=1e-4)
-        for k in range(4):
-            np.testing.assert_allclose(p.member_marginals[k], singles[k][i].marginals, atol=1e-5)
-            np.testing.assert_allclose(
-                p.member_transition_marginals[k], singles[k][i].transition_marginals, atol=1e-5
-            )
-        np.testing.assert_allclose(p.marginals, p.member_marginals.mean(0), atol=1e-6)
         np.testing.assert_allclose(
-            p.transition_marginals, p.member_transition_marginals.mean(0), atol=1e-6
+            one.extra("transition_marginals").sum(2), one.marginals[:-1], atol=1e-4
+        )
+        np.testing.assert_allclose(
+            one.extra("transition_marginals").sum(1), one.marginals[1:], atol=1e-4
+        )
+        for k in range(4):
+            np.testing.assert_allclose(
+                p.extra("member_marginals")[k], singles[k][i].marginals, atol=1e-5
+            )
+            np.testing.assert_allclose(
+                p.extra("member_transition_marginals")[k],
+                singles[k][i].extra("transition_marginals"),
+                atol=1e-5,
+            )
+        np.testing.assert_allclose(p.marginals, p.extra("member_marginals").mean(0), atol=1e-6)
+        np.testing.assert_allclose(
+            p.extra("transition_marginals"),
+            p.extra("member_transition_marginals").mean(0),
+            atol=1e-6,
         )
     # The inputs are untouched: still one model each.
     assert len(a.members) == 1 and len(pair.members) == 2

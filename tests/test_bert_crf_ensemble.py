@@ -45,11 +45,13 @@ def test_marginals_are_the_member_mean_and_rows_sum_to_one(pair, few_tweets):
     preds = tagger.predict(dev)
     singles = [tagger.member(k).predict(dev) for k in range(2)]
     for i, p in enumerate(preds):
-        assert p.member_marginals.shape == (2, len(dev[i].tokens), len(tagger.label_names))
-        assert p.dropout_marginals is None
-        np.testing.assert_allclose(p.marginals, p.member_marginals.mean(0), atol=1e-6)
+        assert p.extra("member_marginals").shape == (2, len(dev[i].tokens), len(tagger.label_names))
+        assert p.extra("dropout_marginals") is None
+        np.testing.assert_allclose(p.marginals, p.extra("member_marginals").mean(0), atol=1e-6)
         for k in range(2):  # each member's slice is what that member alone predicts
-            np.testing.assert_allclose(p.member_marginals[k], singles[k][i].marginals, atol=1e-5)
+            np.testing.assert_allclose(
+                p.extra("member_marginals")[k], singles[k][i].marginals, atol=1e-5
+            )
         if len(p.tags):
             np.testing.assert_allclose(p.marginals.sum(1), 1.0, atol=1e-9)
 
@@ -93,8 +95,10 @@ def test_save_load_round_trip_and_inference_options(pair, few_tweets, tmp_path):
     for a, b in zip(before, after, strict=True):  # other batches -> float32 padding noise
         assert a.tags == b.tags
         np.testing.assert_allclose(a.marginals, b.marginals, atol=1e-5)
-        np.testing.assert_allclose(a.member_marginals, b.member_marginals, atol=1e-5)
-        assert b.dropout_marginals.shape[0] == 2
+        np.testing.assert_allclose(
+            a.extra("member_marginals"), b.extra("member_marginals"), atol=1e-5
+        )
+        assert b.extra("dropout_marginals").shape[0] == 2
     other = LabelSet({"PER": "person", "LOC": "location"})
     with pytest.raises(TaggerError, match="trained for types"):
         BertCrfTagger.load(tmp_path / "t", None, other)
@@ -112,7 +116,7 @@ def test_a_directory_without_ensemble_json_loads_as_one_model(minilm_path, few_t
     loaded = BertCrfTagger.load(tmp_path / "t")
     assert len(loaded.members) == 1
     assert [p.tags for p in loaded.predict(dev)] == [p.tags for p in tagger.predict(dev)]
-    assert all(p.member_marginals is None for p in loaded.predict(dev))
+    assert all(p.extra("member_marginals") is None for p in loaded.predict(dev))
 
 
 def test_mc_dropout_passes_differ_are_reproducible_and_leave_the_rng_alone(pair, few_tweets):
@@ -127,12 +131,12 @@ def test_mc_dropout_passes_differ_are_reproducible_and_leave_the_rng_alone(pair,
     second = mc.predict(dev)
     single = tagger.member(0).predict(dev)
     for a, b, s, p in zip(first, second, single, plain, strict=True):
-        assert a.dropout_marginals.shape == (3, len(s.tags), len(tagger.label_names))
-        np.testing.assert_array_equal(a.dropout_marginals, b.dropout_marginals)
+        assert a.extra("dropout_marginals").shape == (3, len(s.tags), len(tagger.label_names))
+        np.testing.assert_array_equal(a.extra("dropout_marginals"), b.extra("dropout_marginals"))
         assert a.tags == s.tags  # the deterministic pass is unchanged
         np.testing.assert_allclose(a.marginals, s.marginals, atol=1e-9)
-        assert p.member_marginals is None or p.member_marginals.shape[0] == 2
-    stacks = [a.dropout_marginals for a in first if len(a.tags)]
+        assert p.extra("member_marginals") is None or p.extra("member_marginals").shape[0] == 2
+    stacks = [a.extra("dropout_marginals") for a in first if len(a.tags)]
     assert any(not np.allclose(s[0], s[1]) for s in stacks)  # dropout really was on
     assert all(not m.training for m in tagger.members)
 
@@ -149,7 +153,7 @@ def test_snapshot_members_are_epochs_best_first(minilm_path, few_tweets):
     assert tagger.member_origin[0]["epoch"] == best
     assert len(tagger.members) == 2 and tagger.model is tagger.members[0]
     assert not torch.equal(tagger.members[0].emission.weight, tagger.members[1].emission.weight)
-    assert tagger.predict(dev[:3])[0].member_marginals.shape[0] == 2
+    assert tagger.predict(dev[:3])[0].extra("member_marginals").shape[0] == 2
     with pytest.raises(pydantic.ValidationError, match="at least"):
         tiny_options(minilm_path, epochs=1, ensemble_size=2, ensemble_mode="snapshots")
 

@@ -285,7 +285,7 @@ def test_a_head_only_tagger_builds_its_encoder_when_something_needs_it(
     assert tagger.model.encoder is None
     got = tagger.predict(samples[:5])  # MC-dropout passes run the PyTorch encoder
     assert tagger.model.encoder is not None
-    assert all(p.dropout_marginals is not None for p in got)
+    assert all(p.extra("dropout_marginals") is not None for p in got)
     assert _compare(ref[:5], got)[1] < 1e-4
 
     again = BertCrfTagger.load(exported, {"inference": "onnx"})

@@ -61,14 +61,16 @@ def test_mutual_information_hand_computed():
 def test_ensemble_gate_uses_member_disagreement_not_the_mean():
     s = sample(["Obama", "spoke"])
     members = np.array([[[0.0, 1.0, 0.0], [1.0, 0, 0]], [[1.0, 0.0, 0.0], [1.0, 0, 0]]])
-    p = pred(["B-PER", "O"], members.mean(0), member_marginals=members)
+    p = pred(["B-PER", "O"], members.mean(0), extras={"member_marginals": members})
     (d,) = EnsembleMIGate(EnsembleMIGate.Options(threshold=0.5)).decide([s], [p])
     assert [e.text for e in d.delegated] == ["Obama"]
     assert d.delegated[0].uncertainty == pytest.approx(math.log(2) / math.log(3))
     assert d.delegated[0].confidence == pytest.approx(0.5)  # from the members' mean
     # The same mean without disagreement (both members at 0.5/0.5): MI 0, kept.
     calm = np.array([[[0.5, 0.5, 0.0], [1.0, 0, 0]]] * 2)
-    (d,) = EnsembleMIGate().decide([s], [pred(["B-PER", "O"], calm.mean(0), member_marginals=calm)])
+    (d,) = EnsembleMIGate().decide(
+        [s], [pred(["B-PER", "O"], calm.mean(0), extras={"member_marginals": calm})]
+    )
     assert d.delegated == () and d.kept[0].uncertainty == pytest.approx(0.0)
 
 
@@ -81,7 +83,7 @@ def test_mc_dropout_gate_reads_dropout_marginals_and_scores_either_way():
             [[0.0, 1.0, 0.0], [1.0, 0, 0]],
         ]
     )
-    p = pred(["B-PER", "O"], [[0.1, 0.9, 0.0], [1.0, 0, 0]], dropout_marginals=passes)
+    p = pred(["B-PER", "O"], [[0.1, 0.9, 0.0], [1.0, 0, 0]], extras={"dropout_marginals": passes})
     mi = MCDropoutGate().score(s, p)[0][0].uncertainty
     pe = MCDropoutGate(MCDropoutGate.Options(score="predictive_entropy")).score(s, p)[0][0]
     assert mi == pytest.approx(mutual_information(passes)[0])
@@ -100,9 +102,9 @@ def test_sampling_gates_fail_loudly_without_their_samples(gate, hint):
 
 def test_prediction_rejects_a_misshapen_stack():
     with pytest.raises(DataError, match="member_marginals"):
-        pred(["O"], [[1.0, 0, 0]], member_marginals=np.ones((2, 2, 3)))
+        pred(["O"], [[1.0, 0, 0]], extras={"member_marginals": np.ones((2, 2, 3))})
     with pytest.raises(DataError, match="dropout_marginals"):
-        pred(["O"], [[1.0, 0, 0]], dropout_marginals=np.ones((1, 3)))
+        pred(["O"], [[1.0, 0, 0]], extras={"dropout_marginals": np.ones((1, 3))})
 
 
 def test_temperature_fit_recovers_a_known_overconfidence():
@@ -181,7 +183,7 @@ def test_budget_mode_applies_to_every_estimator(gate_cls):
                 ("B-PER",),
                 LABELS,
                 np.array([[1 - p, p, 0.0]]),
-                transition_marginals=np.zeros((0, 3, 3)),  # one token: no pairs
+                {"transition_marginals": np.zeros((0, 3, 3))},  # one token: no pairs
             )
         )
     extra = {"temperature": 2.0} if gate_cls is TemperatureEntropyGate else {}

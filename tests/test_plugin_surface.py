@@ -114,7 +114,8 @@ def test_plugins_kinds_prints_the_table():
     assert res.code == 0
     rows = json.loads(res.stdout)
     assert [r["kind"] for r in rows] == [k.name for k in kinds.KINDS]
-    assert rows[2]["declares"] == ["calibrates"]
+    assert rows[2]["declares"] == ["calibrates", "needs_extras"]
+    assert "supplied_extras" in rows[1]["declares"]
     text = run_cli(["plugins", "--kinds"]).stdout
     assert "box_frame: group refineg.box_frames, base refineg.plugin.BoxCodec" in text
 

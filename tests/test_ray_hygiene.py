@@ -81,6 +81,8 @@ def test_quiet_ray_run_prints_no_ray_chatter_and_names_the_engine(twitter_dir, t
     chatter = [ln for ln in lines if " INFO " in ln or "deprecated" in ln.lower()]
     assert not chatter, chatter
     assert not [ln for ln in lines if "Token authentication" in ln or "Progress bars" in ln]
+    # Ray's C++ core: "has constructor arguments in the object store and max_restarts > 0"
+    assert not [ln for ln in lines if "max_restarts" in ln or "core_worker" in ln], lines
     assert "engine: ray" in proc.stderr
 
 

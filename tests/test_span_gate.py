@@ -96,7 +96,7 @@ def _gate_case():
 
 def test_gate_scores_entities_by_span_probability_and_o_tokens_by_p_not_o():
     names, node, pair, tags, s = _gate_case()
-    p = TaggerPrediction("s", tags, names, node, transition_marginals=pair)
+    p = TaggerPrediction("s", tags, names, node, {"transition_marginals": pair})
     entities, missed = SpanGate().score(s, p)
     spans = tags_to_spans(tags).spans
     assert len(entities) == len(spans)
@@ -119,9 +119,11 @@ def test_ensemble_span_probability_is_the_members_mean():
         tags,
         names,
         members.mean(0),
-        member_marginals=members,
-        transition_marginals=np.stack([pair, pair2]).mean(0),
-        member_transition_marginals=np.stack([pair, pair2]),
+        {
+            "member_marginals": members,
+            "transition_marginals": np.stack([pair, pair2]).mean(0),
+            "member_transition_marginals": np.stack([pair, pair2]),
+        },
     )
     entities, _ = SpanGate().score(s, p)
     start, end, _ = tags_to_spans(tags).spans[0]
@@ -145,9 +147,9 @@ def test_gate_fails_loudly_without_transition_marginals():
 def test_prediction_rejects_misshapen_transition_marginals():
     names, node, pair, tags, _ = _gate_case()
     with pytest.raises(DataError, match="transition_marginals"):
-        TaggerPrediction("s", tags, names, node, transition_marginals=pair[:-1])
+        TaggerPrediction("s", tags, names, node, {"transition_marginals": pair[:-1]})
     with pytest.raises(DataError, match="member_transition_marginals"):
-        TaggerPrediction("s", tags, names, node, member_transition_marginals=pair)
+        TaggerPrediction("s", tags, names, node, {"member_transition_marginals": pair})
 
 
 def test_span_gate_is_registered_and_thresholds_like_the_others():
@@ -155,7 +157,7 @@ def test_span_gate_is_registered_and_thresholds_like_the_others():
     assert issubclass(SpanGate, TokenScoreGate)
     assert "aggregate" not in SpanGate.Options.model_fields  # it scores spans, not tokens
     names, node, pair, tags, s = _gate_case()
-    p = TaggerPrediction("s", tags, names, node, transition_marginals=pair)
+    p = TaggerPrediction("s", tags, names, node, {"transition_marginals": pair})
     (entity,) = SpanGate().score(s, p)[0][:1]
     low = SpanGate(SpanGate.Options(threshold=entity.uncertainty - 1e-6, missed_entities=False))
     high = SpanGate(SpanGate.Options(threshold=entity.uncertainty + 1e-6, missed_entities=False))
@@ -223,6 +225,9 @@ def test_run_with_a_tagger_without_transition_marginals_says_so(tweets, tmp_path
     cfg = tmp_path / "c.toml"
     cfg.write_text(_run_config(tweets, tmp_path / "run", 'plugin = "gazetteer"'), encoding="utf-8")
     result = run_cli(["run", "-c", str(cfg)])
-    assert result.code != 0
-    assert "transition marginals" in result.stderr
+    assert result.code == 2, result.stderr
+    # Refused before training, naming both plugins and the missing extra.
+    assert "'span'" in result.stderr and "'gazetteer'" in result.stderr
+    assert "transition_marginals" in result.stderr
     assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "tagger").exists()

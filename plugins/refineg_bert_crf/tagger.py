@@ -167,7 +167,7 @@ class BertCrfTagger(Tagger):
             0,
             ge=0,
             description="extra forward passes with dropout on at prediction "
-            "(TaggerPrediction.dropout_marginals, for the mc_dropout gate)",
+            "(the extra dropout_marginals, for the mc_dropout gate)",
         )
         mc_dropout_seed: int = 0
 
@@ -182,6 +182,20 @@ class BertCrfTagger(Tagger):
 
     inference_options: ClassVar[frozenset[str]] = frozenset(INFERENCE_OPTIONS)
     derived_folders: ClassVar[frozenset[str]] = frozenset({"inference"})
+
+    @classmethod
+    def supplied_extras(cls, options: PluginOptions) -> frozenset[str]:
+        """Transition marginals always (forward-backward gives them with the
+        marginals); the members' with ``ensemble_size >= 2`` (fewer members can
+        survive snapshot training: the gate then says so per sample); dropout
+        passes' with ``mc_dropout_samples >= 1``."""
+        options = cls._as_options(options)
+        names = {"transition_marginals"}
+        if options.ensemble_size >= 2:
+            names |= {"member_marginals", "member_transition_marginals"}
+        if options.mc_dropout_samples >= 1:
+            names.add("dropout_marginals")
+        return frozenset(names)
 
     def __init__(self, options: Options | None = None, labels: LabelSet | None = None):
         super().__init__(options, labels)
@@ -844,15 +858,18 @@ class BertCrfTagger(Tagger):
         todo = [i for i, e in enumerate(encoded) if e.n_words]
         for i, s in enumerate(samples):
             if not s.tokens:
+                extras = {}
+                if marginals:
+                    extras["transition_marginals"] = np.zeros((0, n_labels, n_labels))
+                if marginals and n_members > 1:
+                    extras["member_marginals"] = np.zeros((n_members, 0, n_labels))
+                    extras["member_transition_marginals"] = np.zeros(
+                        (n_members, 0, n_labels, n_labels)
+                    )
+                if passes:
+                    extras["dropout_marginals"] = np.zeros((passes, 0, n_labels))
                 results[i] = TaggerPrediction(
-                    s.id,
-                    (),
-                    self.label_names,
-                    np.zeros((0, n_labels)),
-                    member_marginals=np.zeros((n_members, 0, n_labels))
-                    if marginals and n_members > 1
-                    else None,
-                    dropout_marginals=np.zeros((passes, 0, n_labels)) if passes else None,
+                    s.id, (), self.label_names, np.zeros((0, n_labels)), extras
                 )
         lengths = [sum(len(p) for p in encoded[i].pieces) for i in todo]
         enc = self.sentences
@@ -904,21 +921,21 @@ class BertCrfTagger(Tagger):
                 for b, i in enumerate(idx):
                     n = encoded[i].n_words
                     m = _rows(post[b, :n]) if post is not None else np.zeros((n, n_labels))
+                    extras = {}
+                    if member_post is not None:
+                        extras["member_marginals"] = _rows(member_post[:, b, :n])
+                    if dropout_post is not None:
+                        extras["dropout_marginals"] = _rows(dropout_post[:, b, :n])
+                    if pair is not None:
+                        extras["transition_marginals"] = pair[b, : n - 1]
+                    if member_pair is not None:
+                        extras["member_transition_marginals"] = member_pair[:, b, : n - 1]
                     results[i] = TaggerPrediction(
                         samples[i].id,
                         tuple(self.label_names[t] for t in out.paths[b]),
                         self.label_names,
                         m,
-                        member_marginals=None
-                        if member_post is None
-                        else _rows(member_post[:, b, :n]),
-                        dropout_marginals=None
-                        if dropout_post is None
-                        else _rows(dropout_post[:, b, :n]),
-                        transition_marginals=None if pair is None else pair[b, : n - 1],
-                        member_transition_marginals=None
-                        if member_pair is None
-                        else member_pair[:, b, : n - 1],
+                        extras,
                     )
         return results  # type: ignore[return-value]
 

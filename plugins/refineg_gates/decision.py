@@ -1,9 +1,9 @@
-"""The keep/delegate logic every token-score gate shares.
+"""The scoring every token-score gate shares (the decision is the core's).
 
 A gate plugin supplies one thing: a per-token uncertainty in 0..1
 (:meth:`TokenScoreGate.token_uncertainty`), optionally from recalibrated
 probabilities (:meth:`TokenScoreGate.probabilities`). This base turns it into
-decisions:
+the scores the core's :class:`refineg_core.gating.ScoreGate` decides on:
 
 - entity uncertainty: mean or max of the token scores over its tokens
   (``aggregate``); its confidence is the mean (with ``max``: the minimum)
@@ -12,7 +12,7 @@ decisions:
 - sample "missed entity" uncertainty: the highest token score among tokens
   decoded as ``O`` (0 when there is none).
 
-Threshold mode: an entity is delegated when its uncertainty is > τ, a sample
+Threshold mode (the core applies it): an entity is delegated when its uncertainty is > τ, a sample
 when it has a delegated entity or its missed-entity score is > τ.
 
 Budget mode (``budget`` = a fraction of samples): the threshold decision is
@@ -47,22 +47,15 @@ import numpy as np
 import pydantic
 
 from refineg_core.errors import DataError, PluginError
-from refineg_core.gating import apply_budget
-from refineg_core.interfaces import PluginOptions, UncertaintyEstimator
+from refineg_core.gating import DecisionOptions, ScoreGate
 from refineg_core.labels import tags_to_spans
-from refineg_core.types import SOURCE_TAGGER, Entity, GateDecision, Sample, TaggerPrediction
+from refineg_core.types import SOURCE_TAGGER, Entity, Sample, TaggerPrediction
 
 
-class ThresholdOptions(PluginOptions):
-    """Options of every gate built on :class:`TokenScoreGate` (subclasses add their own)."""
+class ThresholdOptions(DecisionOptions):
+    """Options of every gate built on :class:`TokenScoreGate` (subclasses add their own):
+    the core's ``threshold``, ``budget``, ``missed_entities``, and the guarantee mode."""
 
-    threshold: pydantic.confloat(ge=0, le=1) = 0.4
-    budget: pydantic.confloat(ge=0, le=1) | None = pydantic.Field(
-        None, description="delegate at most this fraction of samples, most uncertain first"
-    )
-    missed_entities: bool = pydantic.Field(
-        True, description="delegate samples whose O tokens look uncertain"
-    )
     target_precision: pydantic.confloat(gt=0, lt=1) | None = pydantic.Field(
         None,
         description="choose the threshold on data.dev so that the precision of what is kept "
@@ -104,16 +97,15 @@ def normalised_entropy(p: np.ndarray) -> np.ndarray:
     return np.clip(h / math.log(n_labels), 0.0, 1.0)
 
 
-class TokenScoreGate(UncertaintyEstimator):
-    """Threshold / budget gate over a per-token uncertainty that subclasses define."""
+class TokenScoreGate(ScoreGate):
+    """A gate over a per-token uncertainty that subclasses define; the core's
+    :class:`~refineg_core.gating.ScoreGate` turns its scores into decisions."""
 
     Options = GateOptions
 
     def __init__(self, options=None, labels=None):
         super().__init__(options, labels)
         self.options: GateOptions
-        #: Counts from the last ``decide`` call (repaired tags, capped samples).
-        self.last_stats: dict[str, int] = {}
         #: The threshold chosen by :meth:`calibrate` in guarantee mode.
         self.chosen_threshold: float | None = None
 
@@ -166,7 +158,8 @@ class TokenScoreGate(UncertaintyEstimator):
 
     # ---------------------------------------------------------------- shared logic
     def score(self, sample: Sample, pred: TaggerPrediction) -> tuple[list[Entity], float]:
-        """The sample's predicted entities with uncertainty/confidence, and its missed score."""
+        """The sample's predicted entities with uncertainty/confidence, and its missed score
+        (the one method the core's ``ScoreGate`` asks for)."""
         if pred.sample_id != sample.id:
             raise DataError(
                 f"prediction for {pred.sample_id!r} paired with sample {sample.id!r}",
@@ -212,37 +205,3 @@ class TokenScoreGate(UncertaintyEstimator):
         outside = [i for i, t in enumerate(pred.tags) if t == "O"]
         missed = float(u[outside].max()) if outside else 0.0
         return entities, missed
-
-    @property
-    def budget(self) -> float | None:
-        return self.options.budget
-
-    def decide(
-        self, samples: Sequence[Sample], predictions: Sequence[TaggerPrediction]
-    ) -> list[GateDecision]:
-        decisions = self.decide_each(samples, predictions)
-        capped = apply_budget(decisions, self.options.budget)
-        before = sum(d.delegate_sample for d in decisions)
-        self.last_stats["capped_by_budget"] = before - sum(d.delegate_sample for d in capped)
-        return capped
-
-    def decide_each(
-        self, samples: Sequence[Sample], predictions: Sequence[TaggerPrediction]
-    ) -> list[GateDecision]:
-        if len(samples) != len(predictions):
-            raise DataError(
-                f"{len(samples)} samples but {len(predictions)} predictions", where="uncertainty"
-            )
-        tau, tau_missed = self.thresholds()
-        self.last_stats = {"tag_repairs": 0, "capped_by_budget": 0}
-        decisions = []
-        for sample, pred in zip(samples, predictions, strict=True):
-            entities, missed = self.score(sample, pred)
-            unc = [e.uncertainty for e in entities if e.uncertainty > tau]
-            missed_hit = self.options.missed_entities and missed > tau_missed
-            delegate = bool(unc) or missed_hit
-            priority = max([*unc, missed if self.options.missed_entities else 0.0])
-            delegated = tuple(e for e in entities if delegate and e.uncertainty > tau)
-            kept = tuple(e for e in entities if e not in delegated)
-            decisions.append(GateDecision(sample.id, kept, delegated, missed, delegate, priority))
-        return decisions

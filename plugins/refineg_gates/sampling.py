@@ -6,9 +6,9 @@ expected entropy ``mean_m H(p_m)`` (what every estimate finds ambiguous) and
 the mutual information ``H(mean p) - mean H(p_m)`` (what they disagree on:
 BALD). Both are divided by log(#labels) to lie in 0..1.
 
-- ``ensemble_mi``: reads ``TaggerPrediction.member_marginals``; the bert_crf
+- ``ensemble_mi``: reads the extra ``member_marginals``; the bert_crf
   tagger fills it when ``ensemble_size >= 2``. Cost: M tagger passes.
-- ``mc_dropout``: reads ``TaggerPrediction.dropout_marginals``; the bert_crf
+- ``mc_dropout``: reads the extra ``dropout_marginals``; the bert_crf
   tagger fills it when ``mc_dropout_samples = K >= 2``. Cost: 1 + K passes.
 """
 
@@ -45,7 +45,7 @@ class _StackGate(TokenScoreGate):
     how_to_get: ClassVar[str]
 
     def stack(self, pred: TaggerPrediction) -> np.ndarray:
-        stack = getattr(pred, self.field)
+        stack = pred.extra(self.field)
         if stack is None or stack.shape[0] < 2:
             got = "none" if stack is None else f"{stack.shape[0]}"
             raise DataError(
@@ -69,6 +69,7 @@ class EnsembleMIGate(_StackGate):
 
     plugin = "ensemble_mi"
     field = "member_marginals"
+    needs_extras = (field,)
     how_to_get = "train the tagger with ensemble_size >= 2 (bert_crf)"
 
 
@@ -77,4 +78,5 @@ class MCDropoutGate(_StackGate):
 
     plugin = "mc_dropout"
     field = "dropout_marginals"
+    needs_extras = (field,)
     how_to_get = "set the tagger's mc_dropout_samples >= 2 (bert_crf)"

@@ -21,7 +21,9 @@ Entity uncertainty is ``1 - P(span)``, its confidence ``P(span)``; for an
 ensemble the members' span probabilities are averaged (the probability under
 their mixture). A token decoded ``O`` scores ``1 - P(O)``, the probability that
 it belongs to some entity, on the same scale as the entities. One tagger pass;
-it needs ``TaggerPrediction.transition_marginals`` (``bert_crf`` reports them).
+it needs the extra ``transition_marginals`` (``bert_crf`` reports it), and
+averages over the members when ``member_marginals`` and
+``member_transition_marginals`` are there too.
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ class SpanGate(TokenScoreGate):
     """1 - P(exactly this span with this type), from the CRF's transition marginals."""
 
     Options = ThresholdOptions
+    needs_extras = ("transition_marginals",)
 
     def token_uncertainty(self, pred: TaggerPrediction, probs: np.ndarray) -> np.ndarray:
         if "O" not in pred.label_names:
@@ -118,13 +121,16 @@ class SpanGate(TokenScoreGate):
     @staticmethod
     def _chains(pred: TaggerPrediction) -> list[tuple[np.ndarray, np.ndarray]]:
         """One (node, transition) marginal pair per model: the members', else the tagger's."""
-        if pred.member_transition_marginals is not None and pred.member_marginals is not None:
-            return list(zip(pred.member_marginals, pred.member_transition_marginals, strict=True))
-        if pred.transition_marginals is None:
+        members = pred.extra("member_marginals")
+        member_pairs = pred.extra("member_transition_marginals")
+        if members is not None and member_pairs is not None:
+            return list(zip(members, member_pairs, strict=True))
+        pair = pred.extra("transition_marginals")
+        if pair is None:
             raise DataError(
-                "the span gate needs transition marginals (TaggerPrediction."
-                "transition_marginals) and the tagger gave none; use the bert_crf tagger "
+                "the span gate needs transition marginals (the extra "
+                "'transition_marginals') and the tagger gave none; use the bert_crf tagger "
                 "or another gate (entropy, margin)",
                 where=f"uncertainty: sample {pred.sample_id}",
             )
-        return [(np.asarray(pred.marginals, dtype=np.float64), pred.transition_marginals)]
+        return [(np.asarray(pred.marginals, dtype=np.float64), pair)]

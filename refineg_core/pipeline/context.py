@@ -17,6 +17,7 @@ from typing import Any
 from refineg_core import registry
 from refineg_core.config import Config, slot_kind
 from refineg_core.errors import ConfigError, RefinegError
+from refineg_core.extras import check_supply
 from refineg_core.interfaces import (
     ContextSelector,
     MLLMBackend,
@@ -76,9 +77,29 @@ class RunContext:
         )
 
     def gate(self) -> UncertaintyEstimator:
-        gate = self._once("uncertainty", lambda: self._plugin("uncertainty"))
+        gate = self._once("uncertainty", self._checked_gate)
         assert isinstance(gate, UncertaintyEstimator)
         return gate
+
+    def check_gate_extras(self) -> None:
+        """Refuse (PluginError naming both plugins) a gate that needs extras the
+        configured tagger does not report with its options; loads classes only."""
+        gate, tagger = self.config.slot("uncertainty"), self.config.slot("tagger")
+        if gate is None or tagger is None:
+            return
+        gate_cls = self.plugin_class("uncertainty")
+        assert issubclass(gate_cls, UncertaintyEstimator)
+        needed = gate_cls.needs_extras
+        if needed:
+            tagger_cls = self.plugin_class("tagger")
+            assert issubclass(tagger_cls, Tagger)
+            supplied = tagger_cls.supplied_extras(self.options("tagger"))
+            check_supply(needed, supplied, gate=gate.plugin, tagger=tagger.plugin)
+
+    def _checked_gate(self) -> Plugin:
+        """The gate, built only when the configured tagger reports the extras it needs."""
+        self.check_gate_extras()
+        return self._plugin("uncertainty")
 
     def selector(self) -> ContextSelector | None:
         if self.config.selector is None:

@@ -234,6 +234,8 @@ class Pipeline:
         if stages.predict and not self._saved_tagger_checked:
             preflight.check_saved_tagger(self, self.log)
             self._saved_tagger_checked = True
+        if stages.predict:
+            self.context.check_gate_extras()  # the gate's extras, before any training
         if stages.synth:
             self.synth()
         if stages.train:

@@ -17,11 +17,13 @@ storage every node sees.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
 import tempfile
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -184,15 +186,22 @@ class RayEngine:
         if not shards:
             return
         try:
-            ds = self.ray.data.read_text([str(p) for p in shards]).map_batches(
-                ChunkWorker,
-                fn_constructor_args=(self.payload, stage),
-                batch_size=size,
-                compute=self.ray.data.ActorPoolStrategy(size=actors),
-                num_cpus=self.settings.num_cpus,
-                num_gpus=self.settings.num_gpus if gpus else 0,
-                batch_format="numpy",
-            )
+            with _restart_option_allowed():
+                ds = self.ray.data.read_text([str(p) for p in shards]).map_batches(
+                    ChunkWorker,
+                    fn_constructor_args=(self.payload, stage),
+                    batch_size=size,
+                    compute=self.ray.data.ActorPoolStrategy(size=actors),
+                    num_cpus=self.settings.num_cpus,
+                    num_gpus=self.settings.num_gpus if gpus else 0,
+                    batch_format="numpy",
+                    # Ray Data's default (restart forever, retry forever) makes Ray's core
+                    # print an error line (the actor's constructor arguments live in the
+                    # object store, so a restart could fail anyway: ray#53727) and would
+                    # loop on a chunk that kills its actor. A dead actor fails the stage
+                    # instead; the committed chunks stay and the next run resumes after them.
+                    max_restarts=0,
+                )
             results: list[SampleResult] = []
             metas: list[dict[str, Any]] = []
             for batch in ds.iter_batches(batch_size=size, batch_format="numpy"):
@@ -227,6 +236,15 @@ class RayEngine:
             if fh is not None:
                 fh.close()
         return shards
+
+
+@contextlib.contextmanager
+def _restart_option_allowed() -> Iterator[None]:
+    """Silence Ray Data's deprecation of extra actor options (``max_restarts`` has no
+    named parameter of ``map_batches`` yet, Ray 2.60) for the one call that passes it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        yield
 
 
 def _quiet_ray_logs() -> None:
