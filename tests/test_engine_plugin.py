@@ -8,12 +8,14 @@ config is checked, at ``engine.kind``, with what is installed or what to install
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 import tomllib
@@ -174,3 +176,55 @@ def test_build_engine_builds_the_configured_engine_from_the_runs_worker(tmp_path
         assert type(build_engine(worker)) is LocalEngine
     finally:
         worker.close()
+
+
+class ReportingEngine(CountingEngine):
+    """A third-party engine as a run meets it: counts its chunks, says its name."""
+
+    built: ClassVar[list[ReportingEngine]] = []
+
+    def __init__(self, worker) -> None:
+        super().__init__(worker)
+        ReportingEngine.built.append(self)
+
+    def report(self, stage: str) -> dict[str, Any]:
+        return {"kind": "counting", "chunks": self.chunks}
+
+
+def test_a_run_on_a_third_party_engine_equals_the_local_one(tmp_path):
+    """engine.kind names an engine registered by name (not the core's): a run goes
+    through it chunk by chunk, and its predictions are the local engine's."""
+    pytest.importorskip("refineg_gazetteer", reason="pip install -e examples/refineg-gazetteer")
+    from refineg_formats.twitter import read_twitter_gmner, write_twitter_gmner
+
+    from tests.conftest import TWITTER
+    from tests.stagedata import gazetteer_config, write_config
+
+    if not TWITTER.exists():
+        pytest.skip(f"real data not found at {TWITTER}")
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    train = read_twitter_gmner(TWITTER / "train.txt").samples[:60]
+    write_twitter_gmner(train, root / "train" / "train.txt")
+    dev = read_twitter_gmner(TWITTER / "dev.txt").samples[:20]
+    write_twitter_gmner(dev, root / "dev" / "dev.txt")
+
+    def run(kind: str) -> tuple[list[str], dict[str, Any]]:
+        run_dir = tmp_path / kind
+        text = gazetteer_config(root, "http://127.0.0.1:9/v1", run_dir, refine=False, ground=False)
+        config = write_config(tmp_path, text, f"{kind}.toml")
+        sets = ["--set", "engine.chunk_size=7", "--set", f'engine.kind="{kind}"']
+        result = run_cli(["run", "-c", str(config), "--quiet", *sets])
+        assert result.code == 0, result.stderr
+        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+        lines = (run_dir / "predict.jsonl").read_text(encoding="utf-8").splitlines()
+        return lines, summary
+
+    ReportingEngine.built.clear()
+    with registry.registered("engine", "counting", ReportingEngine):
+        counted, summary = run("counting")
+    local, local_summary = run("local")
+    assert len(ReportingEngine.built) == 1
+    assert summary["stages"]["predict"]["engine"] == {"kind": "counting", "chunks": 3}
+    assert local_summary["stages"]["predict"]["engine"] == {"kind": "local"}
+    assert len(counted) == 20 and counted == local
