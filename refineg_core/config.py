@@ -22,10 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from refineg_core import secrets
 from refineg_core.errors import ConfigError
 from refineg_core.labels import LabelSet
-from refineg_core.pipeline.ground import GroundSettings
-from refineg_core.pipeline.prompts import PromptWording
-from refineg_core.pipeline.refine import RefineSettings
-from refineg_core.pipeline.synth import SynthSettings
+from refineg_core.stage_settings import GroundSettings, PromptWording, RefineSettings, SynthSettings
 
 
 class StrictModel(BaseModel):

@@ -192,7 +192,7 @@ def test_an_mllm_stage_retries_only_what_failed_chunk_by_chunk(data120, tmp_path
         run(tmp_path, "c", cfg, *chunked)
         run_dir = tmp_path / "run"
         predict_ids = [r.id for r in read_results(run_dir / "predict.jsonl")]
-        from refineg_core.pipeline.stagekit import needs_retry
+        from refineg_core.pipeline.retry import needs_retry
 
         failed = {
             stage: [r.id for r in read_results(run_dir / f"{stage}.jsonl") if needs_retry(r, stage)]

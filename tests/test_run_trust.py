@@ -18,7 +18,7 @@ from refineg_openai.backend import OpenAIBackend
 from refineg_openai.testing import FakeOpenAIServer, drop, error, ok
 
 from refineg_core.formats.native import read_results
-from refineg_core.pipeline.stagekit import needs_retry
+from refineg_core.pipeline.retry import needs_retry
 from refineg_core.registry import registered
 from refineg_core.testing import run_cli
 from tests.stagedata import gazetteer_config as config

@@ -24,7 +24,7 @@ from refineg_openai.testing import FakeOpenAIServer, drop
 from refineg_core.config import load_config
 from refineg_core.errors import ConfigError, PluginError
 from refineg_core.formats.native import read_results, write_jsonl
-from refineg_core.pipeline.stagekit import needs_retry
+from refineg_core.pipeline.retry import needs_retry
 from refineg_core.registry import registered
 from refineg_core.testing import run_cli
 from refineg_core.types import Entity, Sample, SampleResult

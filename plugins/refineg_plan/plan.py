@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,22 +36,15 @@ import attrs
 from refineg_core.boxcodecs import BoxCodec
 from refineg_core.chat import ChatRequest, ImagePart, TextPart
 from refineg_core.formats.images import image_size
-from refineg_core.interfaces import ContextSelector
+from refineg_core.interfaces import ContextSelector, MLLMBackend
 from refineg_core.labels import LabelSet
-from refineg_core.pipeline.ground import (
-    GroundSettings,
-    ground_query,
-    needs_grounding_call,
-    usable_demos,
-)
-from refineg_core.pipeline.prompts import (
-    build_ground_request,
-    build_refine_request,
-    original_size,
-)
-from refineg_core.pipeline.refine import RefineSettings, delegation
+from refineg_core.pipeline.ground import GroundStage, ground_query, needs_grounding_call
+from refineg_core.pipeline.mllm_stage import MLLMStage, dry_run
+from refineg_core.pipeline.prompts import build_ground_request, original_size
+from refineg_core.pipeline.refine import RefineStage
 from refineg_core.progress import bar
 from refineg_core.registry import backend_frame
+from refineg_core.stage_settings import GroundSettings, RefineSettings
 from refineg_core.types import Demonstration, Sample, SampleResult
 
 #: Qwen2.5-VL's chat template puts this system turn in when a request has none.
@@ -185,44 +178,47 @@ class ServerSpeed:
 
 
 # ------------------------------------------------------------------- stages
+def stage_cost(
+    stage: MLLMStage,
+    results: Sequence[SampleResult],
+    counter: TokenCounter,
+    answer_tokens: int,
+    *,
+    progress: str | None = None,
+) -> StageCost:
+    """The cost of exactly the requests ``stage`` would send (its own ``request``,
+    through ``dry_run``: no call is made)."""
+    cost = StageCost()
+    codec = backend_frame(stage.backend)
+    shown = bar(desc=progress, total=len(results), unit="request") if progress else None
+    for _, request in dry_run(stage, results):
+        cost.add(request, counter, codec, answer_tokens)
+        if shown is not None:
+            shown.update(1)
+    if shown is not None:
+        shown.close()
+    return cost
+
+
 def refine_cost(
     results: Sequence[SampleResult],
     policy: str,
     labels: LabelSet,
     settings: RefineSettings,
-    codec: BoxCodec,
-    supports_images: bool,
+    backend: MLLMBackend,
     counter: TokenCounter,
     answer_tokens: int,
 ) -> StageCost:
-    """Exactly the requests ``run_refine`` builds under ``policy``."""
-    cost = StageCost()
-    for r in results:
-        plan = delegation(r, policy)
-        if not plan.send:
-            continue
-        request = build_refine_request(
-            r.sample,
-            r.entities,
-            set(plan.delegated),
-            labels,
-            with_image=supports_images,
-            template=settings.prompt,
-            max_tokens=settings.max_tokens,
-            temperature=settings.temperature,
-        )
-        cost.add(request, counter, codec, answer_tokens)
-    return cost
-
-
-DemoSource = Callable[[Sequence[SampleResult]], list[list[Demonstration]]]
+    """Exactly the requests the refine stage builds under ``policy``."""
+    stage = RefineStage(backend, labels, settings.model_copy(update={"delegate": policy}))
+    return stage_cost(stage, results, counter, answer_tokens)
 
 
 def ground_cost(
     results: Sequence[SampleResult],
     labels: LabelSet,
     settings: GroundSettings,
-    codec: BoxCodec,
+    backend: MLLMBackend,
     counter: TokenCounter,
     answer_tokens: int,
     *,
@@ -235,15 +231,9 @@ def ground_cost(
     and the prompts are exact; without one, each request gets ``k`` times the
     mean cost of a usable pool demonstration (image present, size known).
     """
-    cost = StageCost()
+    codec = backend_frame(backend)
     called = [r for r in results if needs_grounding_call(r)]
     k = settings.k
-    kwargs = {
-        "system_template": settings.system_prompt,
-        "query_template": settings.query_prompt,
-        "max_tokens": settings.max_tokens,
-        "temperature": settings.temperature,
-    }
     if not called:
         how = "none: no sample has entities and an available image"
     elif k == 0:
@@ -252,18 +242,14 @@ def ground_cost(
         how = "chosen by the configured selector (exact prompts)"
     else:
         how = "estimated: k x the mean cost of a usable pool demonstration"
-    chosen: list[list[Demonstration]] = [[] for _ in called]
+    chosen: dict[str, list[Demonstration]] = {}
     if k > 0 and selector is not None and called:
-        chosen = selector.select_many([ground_query(r) for r in called], k + 1)
-    progress = bar(desc="plan ground", total=len(called), unit="request")
-    for r, demos in zip(called, chosen, strict=True):
-        usable = [d.sample for d in usable_demos(demos, r.id, k)[0]]
-        request = build_ground_request(r.sample, r.entities, usable, labels, codec, **kwargs)
-        cost.add(request, counter, codec, answer_tokens)
-        progress.update(1)
-    progress.close()
+        picked = selector.select_many([ground_query(r) for r in called], k + 1)
+        chosen = {r.id: list(d) for r, d in zip(called, picked, strict=True)}
+    stage = GroundStage(backend, labels, settings, demos=lambda r: chosen.get(r.id, []))
+    cost = stage_cost(stage, called, counter, answer_tokens, progress="plan ground")
     if k > 0 and selector is None and called:
-        mean = _mean_demo_cost(pool, labels, codec, counter, kwargs)
+        mean = _mean_demo_cost(pool, labels, codec, counter, _ground_kwargs(settings))
         if mean is None:
             how = "none: no pool sample has an available image and size"
         else:
@@ -273,6 +259,17 @@ def ground_cost(
             cost.image_tokens += round(image * shown * len(called))
             cost.images += shown * len(called)
     return cost, how
+
+
+def _ground_kwargs(settings: GroundSettings) -> dict[str, Any]:
+    """The ground stage's prompt settings, for the requests a plan only imagines."""
+    return {
+        "system_template": settings.system_prompt,
+        "query_template": settings.query_prompt,
+        "max_tokens": settings.max_tokens,
+        "temperature": settings.temperature,
+        "wording": settings.wording,
+    }
 
 
 def absent_image_cost(
@@ -292,13 +289,7 @@ def absent_image_cost(
         if not r.entities or needs_grounding_call(r) or image is None or image.size is None:
             continue
         request = build_ground_request(
-            r.sample,
-            r.entities,
-            [],
-            labels,
-            codec,
-            system_template=settings.system_prompt,
-            query_template=settings.query_prompt,
+            r.sample, r.entities, [], labels, codec, **_ground_kwargs(settings)
         )
         cost.add(request, counter, codec, answer_tokens)
         cost.images += 1
@@ -406,34 +397,32 @@ def make_plan(
     labels: LabelSet,
     refine: RefineSettings,
     ground: GroundSettings,
-    codec: BoxCodec,
-    supports_images: bool = True,
-    concurrency: int = 1,
+    backend: MLLMBackend,
     pool: Sequence[Sample] = (),
     selector: ContextSelector | None = None,
     speed: ServerSpeed = ServerSpeed(),
     counter: TokenCounter | None = None,
     stages: Sequence[str] = ("refine", "ground"),
 ) -> Plan:
-    """The cost of the configured refine/ground stages, and of the release's policy."""
+    """The cost of the configured refine/ground stages, and of the release's policy:
+    the stages' own requests for ``backend`` (its box frame, whether it sees images,
+    its concurrency), built and never sent."""
     counter = counter or TokenCounter.qwen()
+    codec = backend_frame(backend)
+    concurrency = backend.max_concurrency
     n = speed.answer_tokens
     costs: dict[str, StageCost] = {}
     release: dict[str, StageCost] = {}
     notes: dict[str, str] = {}
     absent = None
     if "refine" in stages and refine.enabled:
-        costs["refine"] = refine_cost(
-            results, refine.delegate, labels, refine, codec, supports_images, counter, n
-        )
-        release["refine"] = refine_cost(
-            results, "entities", labels, refine, codec, supports_images, counter, n
-        )
+        costs["refine"] = refine_cost(results, refine.delegate, labels, refine, backend, counter, n)
+        release["refine"] = refine_cost(results, "entities", labels, refine, backend, counter, n)
         notes["refine"] = f"delegate = {refine.delegate!r}; release policy: 'entities'"
     if "ground" in stages and ground.enabled:
-        if supports_images:
+        if backend.supports_images:
             cost, how = ground_cost(
-                results, labels, ground, codec, counter, n, pool=pool, selector=selector
+                results, labels, ground, backend, counter, n, pool=pool, selector=selector
             )
             costs["ground"] = release["ground"] = cost
             absent = absent_image_cost(results, labels, ground, codec, counter, n)
@@ -604,9 +593,7 @@ def plan_for_run(pipeline: Any, results: Sequence[SampleResult], args: Any) -> d
         labels=pipeline.labels,
         refine=refine,
         ground=ground,
-        codec=backend_frame(backend),
-        supports_images=backend.supports_images,
-        concurrency=backend.max_concurrency,
+        backend=backend,
         pool=samples,
         selector=selector,
         speed=ServerSpeed(args.tokens_per_second, args.seconds_per_request, args.answer_tokens),

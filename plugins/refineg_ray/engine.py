@@ -36,9 +36,9 @@ from refineg_core import errors
 from refineg_core.config import Config, _resolve_paths
 from refineg_core.errors import RefinegError
 from refineg_core.formats.native import result_from_dict, sample_from_dict, sample_to_dict
+from refineg_core.pipeline.call_health import StageHealth
 from refineg_core.pipeline.engine_contract import Engine, MllmChunk
 from refineg_core.pipeline.spent import add, delta
-from refineg_core.pipeline.stagekit import StageHealth
 from refineg_core.pipeline.summary import StageSummary
 from refineg_core.pipeline.worker import Worker
 from refineg_core.progress import progress_disabled

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from refineg_core import registry
+from refineg_core.pipeline.call_health import StageHealth
 from refineg_core.pipeline.engine_contract import Engine, MllmChunk
-from refineg_core.pipeline.stagekit import StageHealth
 from refineg_core.pipeline.summary import StageSummary
 from refineg_core.pipeline.worker import Worker
 from refineg_core.types import Sample, SampleResult

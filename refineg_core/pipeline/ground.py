@@ -14,81 +14,40 @@ and an answer none of whose items is usable is a recorded failure.
 
 from __future__ import annotations
 
-import threading
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
-import pydantic
 
 from refineg_core.boxcodecs import BoxCodec
-from refineg_core.errors import PluginError
-from refineg_core.interfaces import ContextSelector, MLLMBackend, PluginOptions
+from refineg_core.interfaces import ContextSelector, MLLMBackend
 from refineg_core.labels import LabelSet, TypeResolver
 from refineg_core.pipeline.answers import ParsedAnswer
-from refineg_core.pipeline.prompts import (
-    GROUND_QUERY_FIELDS,
-    GROUND_SYSTEM_FIELDS,
-    PromptWording,
-    build_ground_request,
-    original_size,
-    validate_template,
-)
-from refineg_core.pipeline.runner import StageSummary, load_done
-from refineg_core.pipeline.stagekit import (
-    Counters,
-    StageHealth,
-    ask,
-    is_skipped,
-    no_usable_item,
-    note_answer,
+from refineg_core.pipeline.call_health import StageHealth
+from refineg_core.pipeline.demos import DemoBook, ground_query, usable_demos
+from refineg_core.pipeline.mllm_stage import (
+    Applied,
+    Call,
+    Judgement,
+    MLLMStage,
+    Skip,
     run_mllm_stage,
 )
+from refineg_core.pipeline.prompts import build_ground_request, original_size
+from refineg_core.pipeline.retry import is_skipped
+from refineg_core.pipeline.runner import StageSummary, load_done
 from refineg_core.registry import backend_frame
-from refineg_core.types import (
-    SOURCE_MLLM,
-    Box,
-    Demonstration,
-    Entity,
-    Failure,
-    Sample,
-    SampleResult,
-)
+from refineg_core.stage_settings import GroundSettings
+from refineg_core.types import SOURCE_MLLM, Box, Demonstration, Entity, Sample, SampleResult
+
+__all__ = ["GroundSettings", "GroundStage", "ground_query", "needs_grounding_call", "run_ground"]
 
 STAGE = "ground"
 NAME_KEYS = ("entity", "name", "text", "mention", "label")
 BOX_KEYS = ("boxes", "bbox_2d", "bbox", "box", "bboxes", "region", "regions")
 _CORNER_KEYS = (("x1", "y1", "x2", "y2"), ("xmin", "ymin", "xmax", "ymax"))
-
-
-class GroundSettings(PluginOptions):
-    """``[ground]`` in the config."""
-
-    enabled: bool = True
-    k: int = pydantic.Field(3, ge=0, le=16)
-    max_tokens: int = pydantic.Field(1024, ge=16)
-    temperature: float = pydantic.Field(0.1, ge=0.0, le=2.0)
-    #: ``string.Template`` overrides (see refineg_core.pipeline.prompts for placeholders).
-    system_prompt: str | None = None
-    query_prompt: str | None = None
-    #: Domain wording; the run fills it from the config's ``[prompts]``.
-    wording: PromptWording = pydantic.Field(default_factory=PromptWording)
-
-    @pydantic.field_validator("system_prompt")
-    @classmethod
-    def _check_system(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        return validate_template(value, GROUND_SYSTEM_FIELDS, ())
-
-    @pydantic.field_validator("query_prompt")
-    @classmethod
-    def _check_query(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        return validate_template(value, GROUND_QUERY_FIELDS, ("text", "entities"))
 
 
 def _norm(name: str) -> str:
@@ -210,212 +169,153 @@ def _resolve(etype: Any, types: TypeResolver | None) -> str | None:
     return etype.strip()
 
 
-def usable_demos(
-    demos: Sequence[Demonstration], query_id: str, k: int
-) -> tuple[list[Demonstration], int]:
-    """Demonstrations that can be shown: not the query itself, image present, size known."""
-    out: list[Demonstration] = []
-    dropped = 0
-    for d in demos:
-        if d.sample.id == query_id:
-            continue
-        if d.sample.image is None or not d.sample.image.available:
-            dropped += 1
-            continue
-        if original_size(d.sample.image) is None:
-            dropped += 1
-            continue
-        out.append(d)
-    return out[:k], dropped
-
-
-def ground_query(item: SampleResult) -> Sample:
-    """What the selector sees: the sample with its *predicted* entities, never gold."""
-    return attrs.evolve(item.sample, entities=item.entities)
-
-
-class DemoBook:
-    """Demonstrations for the items a stage will call, selected ahead of the calls.
-
-    A background thread asks ``selector.select_many`` for one block of queries
-    at a time, in the order the stage submits them, so the selector embeds and
-    scores a whole block in one pass while the calls of earlier blocks run; no
-    lock is held around any call. A worker's ``get`` waits only for its own
-    block. A block the selector fails on is retried query by query, so a bad
-    query costs only its own item (``get`` raises its error, which the stage
-    records as that item's failure).
-    """
-
-    def __init__(
-        self,
-        items: Sequence[SampleResult],
-        selector: ContextSelector,
-        k: int,
-        *,
-        block: int = 32,
-        skip: Collection[str] = (),
-    ) -> None:
-        self.selector = selector
-        self.k = k
-        wanted = [r for r in items if needs_grounding_call(r) and r.id not in skip]
-        self._blocks = [wanted[i : i + block] for i in range(0, len(wanted), max(1, block))]
-        self._block_of = {r.id: b for b, chunk in enumerate(self._blocks) for r in chunk}
-        self._ready = [threading.Event() for _ in self._blocks]
-        self._chosen: dict[str, list[Demonstration] | Exception] = {}
-        self._start_lock = threading.Lock()
-        self._selector_lock = threading.Lock()  # selectors hold models not thread-safe
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-
-    def _run(self) -> None:
-        for b, chunk in enumerate(self._blocks):
-            try:
-                if not self._stop.is_set():
-                    self._chosen.update(self._select(chunk))
-            finally:
-                self._ready[b].set()
-
-    def _select(self, chunk: Sequence[SampleResult]) -> dict[str, list[Demonstration] | Exception]:
-        queries = [ground_query(r) for r in chunk]
-        with self._selector_lock:
-            return self._select_locked(chunk, queries)
-
-    def _select_locked(
-        self, chunk: Sequence[SampleResult], queries: list[Sample]
-    ) -> dict[str, list[Demonstration] | Exception]:
-        try:
-            chosen: list = self.selector.select_many(queries, self.k)
-            if len(chosen) != len(queries):
-                raise PluginError(
-                    f"select_many returned {len(chosen)} lists for {len(queries)} queries",
-                    where="selector",
-                )
-        except Exception:  # one bad query must not cost the block: retry one by one
-            chosen = []
-            for q in queries:
-                try:
-                    chosen.append(self.selector.select(q, self.k))
-                except Exception as exc:
-                    chosen.append(exc)
-        return {r.id: c for r, c in zip(chunk, chosen, strict=True)}
-
-    def get(self, item: SampleResult) -> list[Demonstration]:
-        """The item's demonstrations (selected now, under a lock, if it was not planned)."""
-        b = self._block_of.get(item.id)
-        if b is None:
-            with self._selector_lock:
-                return self.selector.select(ground_query(item), self.k)
-        with self._start_lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="demo-book", daemon=True)
-                self._thread.start()
-        self._ready[b].wait()
-        chosen = self._chosen.get(item.id)
-        if chosen is None:
-            raise PluginError("demonstration selection was stopped", where="selector")
-        if isinstance(chosen, Exception):
-            raise chosen
-        return chosen
-
-    def close(self) -> None:
-        """Stop selecting blocks nobody will ask for (the stage ended early)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-
-
-def _ground_one(
-    item: SampleResult,
-    demo_book: DemoBook | None,
-    backend: MLLMBackend,
-    labels: LabelSet,
-    settings: GroundSettings,
-    counters: Counters,
-    debug: bool,
-) -> SampleResult:
-    if not item.entities:
-        counters.add("skipped_no_entities")
-        return item
-    image = item.sample.image
-    size = original_size(image) if image is not None and image.available else None
-    if size is None:
-        counters.add("skipped_no_image")
-        return item
-    query = ground_query(item)
-    demos: list[Demonstration] = []
-    if demo_book is not None:
-        demos, dropped = usable_demos(demo_book.get(item), item.id, settings.k)
-        counters.add("demos_without_image", dropped)
-    codec = backend_frame(backend)
-    request = build_ground_request(
-        query,
-        item.entities,
-        [d.sample for d in demos],
-        labels,
-        codec,
-        system_template=settings.system_prompt,
-        query_template=settings.query_prompt,
-        max_tokens=settings.max_tokens,
-        temperature=settings.temperature,
-        wording=settings.wording,
-    )
-    meta: dict[str, Any] = {
-        **item.meta,
-        "demos": [{"id": d.sample.id, "score": round(float(d.score), 6)} for d in demos],
-    }
-    info: dict[str, Any] = {}
-    judged: dict[str, Grounding] = {}
-
-    def usable(parsed: ParsedAnswer) -> Failure | None:
-        """An answer none of whose items is usable is a failure (the entities stay
-        ungrounded, not "not groundable"), and is not cached."""
-        grounding = judged["grounding"] = match_answer(
-            parsed.items, item.entities, codec, size, TypeResolver(labels)
-        )
-        if parsed.items and not grounding.usable:
-            return no_usable_item(
-                STAGE, len(parsed.items), grounding.counts, "the entities were left ungrounded"
-            )
-        return None
-
-    parsed = ask(backend, request, STAGE, counters, info, debug, usable=usable)
-    if isinstance(parsed, Failure):
-        if parsed.kind == "no_usable_item":
-            counts = Counter(judged["grounding"].counts)
-            counters.update(counts)
-            counters.add("answers_without_usable_item")
-            info.update({k: v for k, v in counts.items() if v})
-            info["outcome"] = "no_usable_item"
-        return attrs.evolve(item, failures=(*item.failures, parsed), meta={**meta, STAGE: info})
-    grounding = judged["grounding"]
-    entities = []
-    for e in item.entities:
-        if e.key in grounding.boxes:
-            entities.append(
-                attrs.evolve(e, boxes=tuple(grounding.boxes[e.key]), grounded_by=SOURCE_MLLM)
-            )
-        else:
-            entities.append(e)
-    answered = sum(1 for e in item.entities if e.key in grounding.boxes)
-    counts = Counter(grounding.counts)
-    counts["entities_grounded"] = answered
-    counts["entities_with_boxes"] = sum(
-        1 for e in entities if e.grounded_by == SOURCE_MLLM and e.boxes
-    )
-    counts["entities_unanswered"] = len(item.entities) - answered
-    counters.update(counts)
-    info.update({k: v for k, v in counts.items() if v})
-    failures = note_answer(
-        parsed, STAGE, counters, info, item.failures, "entities it did not reach have no boxes"
-    )
-    return attrs.evolve(
-        item, entities=tuple(entities), failures=failures, meta={**meta, STAGE: info}
-    )
-
-
 def needs_grounding_call(r: SampleResult) -> bool:
     img = r.sample.image
     return bool(r.entities) and img is not None and img.available
+
+
+class GroundStage(MLLMStage):
+    """Grounding as an MLLM stage: each sample with entities and an image is asked
+    for boxes, with demonstrations; answer items are matched to its entities."""
+
+    name = STAGE
+    kept_on_failure = "the entities were left ungrounded"
+    unreached = "entities it did not reach have no boxes"
+
+    def __init__(
+        self,
+        backend: MLLMBackend,
+        labels: LabelSet,
+        settings: GroundSettings,
+        *,
+        selector: ContextSelector | None = None,
+        pool_size: int = 0,
+        demos: Callable[[SampleResult], Sequence[Demonstration]] | None = None,
+    ) -> None:
+        """``selector`` must already be indexed on the demonstration pool (of
+        ``pool_size`` samples, for the summary); without one (or with ``k = 0``) the
+        prompts are zero-shot. ``demos`` replaces the selector's choice (a plan
+        that selected every query's demonstrations at once)."""
+        super().__init__(backend)
+        self.labels = labels
+        self.settings = settings
+        self.selector = selector
+        self.pool_size = pool_size
+        self.types = TypeResolver(labels)
+        self._demos = demos
+        self._book: DemoBook | None = None
+
+    def unusable(self) -> str | None:
+        if not self.backend.supports_images:
+            return (
+                f"{self.backend.describe()} is text-only; grounding needs a backend that "
+                "sees images"
+            )
+        return None
+
+    def start(self, results: Sequence[SampleResult], out_path: Path) -> None:
+        if self._demos is None and self.selector is not None and self.settings.k > 0:
+            finished = {r.id for r in load_done(out_path).values() if not is_skipped(r, STAGE)}
+            self._book = DemoBook(
+                results,
+                self.selector,
+                self.settings.k + 1,  # one spare: the query itself may come back
+                block=max(8, 2 * self.backend.max_concurrency),
+                skip=finished,
+                wanted=needs_grounding_call,
+            )
+
+    def stop(self) -> None:
+        if self._book is not None:
+            self._book.close()
+            self._book = None
+
+    def needs_call(self, result: SampleResult) -> bool:
+        return needs_grounding_call(result)
+
+    def _candidates(self, result: SampleResult) -> Sequence[Demonstration] | None:
+        """The selector's demonstrations for this query (k + 1: the query itself may
+        come back): chosen ahead in blocks during a run, one by one in a dry run."""
+        if self._demos is not None:
+            return self._demos(result)
+        if self._book is not None:
+            return self._book.get(result)
+        if self.selector is not None and self.settings.k > 0:
+            return self.selector.select(ground_query(result), self.settings.k + 1)
+        return None
+
+    def request(self, result: SampleResult) -> Call | Skip:
+        if not result.entities:
+            return Skip("skipped_no_entities")
+        image = result.sample.image
+        size = original_size(image) if image is not None and image.available else None
+        if size is None:
+            return Skip("skipped_no_image")
+        demos: list[Demonstration] = []
+        dropped = 0
+        candidates = self._candidates(result)
+        if candidates is not None:
+            demos, dropped = usable_demos(candidates, result.id, self.settings.k)
+        settings = self.settings
+        request = build_ground_request(
+            ground_query(result),
+            result.entities,
+            [d.sample for d in demos],
+            self.labels,
+            backend_frame(self.backend),
+            system_template=settings.system_prompt,
+            query_template=settings.query_prompt,
+            max_tokens=settings.max_tokens,
+            temperature=settings.temperature,
+            wording=settings.wording,
+        )
+        shown = [{"id": d.sample.id, "score": round(float(d.score), 6)} for d in demos]
+        return Call(
+            request, meta={"demos": shown}, counts={"demos_without_image": dropped}, context=size
+        )
+
+    def judge(self, result: SampleResult, call: Call, answer: ParsedAnswer) -> Judgement:
+        grounding = match_answer(
+            answer.items, result.entities, backend_frame(self.backend), call.context, self.types
+        )
+        return Judgement(
+            grounding,
+            grounding.usable,
+            refused=grounding.counts,
+            counts=grounding.counts,
+            info={k: v for k, v in grounding.counts.items() if v},
+        )
+
+    def apply(
+        self, result: SampleResult, call: Call, judgement: Judgement, answer: ParsedAnswer
+    ) -> Applied:
+        boxes = judgement.value.boxes
+        entities = tuple(
+            attrs.evolve(e, boxes=tuple(boxes[e.key]), grounded_by=SOURCE_MLLM)
+            if e.key in boxes
+            else e
+            for e in result.entities
+        )
+        answered = sum(1 for e in result.entities if e.key in boxes)
+        counts = {
+            "entities_grounded": answered,
+            "entities_with_boxes": sum(
+                1 for e in entities if e.grounded_by == SOURCE_MLLM and e.boxes
+            ),
+            "entities_unanswered": len(result.entities) - answered,
+        }
+        return Applied(entities, counts, {k: v for k, v in counts.items() if v})
+
+    def notes(self, summary: StageSummary, results: Sequence[SampleResult], skipped: bool) -> None:
+        summary.counters["samples_without_image"] = sum(
+            1 for r in results if r.entities and not (r.sample.image and r.sample.image.available)
+        )
+        if skipped:  # no calls were made
+            return
+        summary.notes["demo_pool"] = f"{self.pool_size} samples"
+        if self.selector is None or self.settings.k == 0:
+            summary.notes["demonstrations"] = "none (zero-shot): no selector or k = 0"
+        summary.notes["box_frame"] = backend_frame(self.backend).describe()
 
 
 def run_ground(
@@ -428,56 +328,16 @@ def run_ground(
     out_path: Path,
     *,
     debug: bool = False,
-    required: bool = False,
     health: StageHealth | None = None,
 ) -> tuple[list[SampleResult], StageSummary]:
     """Ground every result's entities through ``backend``; resumable through ``out_path``.
 
     ``selector`` must already be indexed on ``pool`` (the labelled samples with
     gold boxes); ``pool`` is only used for the summary. Without a selector (or
-    with ``k = 0``) the prompts are zero-shot.
+    with ``k = 0``) the prompts are zero-shot. (One chunk: whether the stage
+    failed is the stage driver's verdict.)
     """
-    unusable = None
-    if not backend.supports_images:
-        unusable = f"{backend.describe()} is text-only; grounding needs a backend that sees images"
-    book = None
-    if selector is not None and settings.k > 0:
-        finished = {r.id for r in load_done(out_path).values() if not is_skipped(r, STAGE)}
-        book = DemoBook(
-            results,
-            selector,
-            settings.k + 1,  # one spare: the query itself may come back
-            block=max(8, 2 * backend.max_concurrency),
-            skip=finished,
-        )
-
-    def process(item: SampleResult, counters: Counters) -> SampleResult:
-        return _ground_one(item, book, backend, labels, settings, counters, debug)
-
-    try:
-        out, summary = run_mllm_stage(
-            STAGE,
-            results,
-            backend,
-            out_path,
-            enabled=settings.enabled,
-            needs_call=needs_grounding_call,
-            process=process,
-            debug=debug,
-            unusable=unusable,
-            required=required,
-            health=health,
-        )
-    finally:
-        if book is not None:
-            book.close()
-    summary.counters["samples_without_image"] = sum(
-        1 for r in results if r.entities and not (r.sample.image and r.sample.image.available)
+    stage = GroundStage(backend, labels, settings, selector=selector, pool_size=len(pool))
+    return run_mllm_stage(
+        stage, results, out_path, enabled=settings.enabled, debug=debug, health=health
     )
-    if "passed_through" in summary.counters:  # skipped: no calls were made
-        return out, summary
-    summary.notes["demo_pool"] = f"{len(pool)} samples"
-    if selector is None or settings.k == 0:
-        summary.notes["demonstrations"] = "none (zero-shot): no selector or k = 0"
-    summary.notes["box_frame"] = backend_frame(backend).describe()
-    return out, summary

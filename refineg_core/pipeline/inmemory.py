@@ -13,8 +13,8 @@ import contextlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from refineg_core.pipeline.call_health import StageHealth
 from refineg_core.pipeline.order import MLLM_STAGES
-from refineg_core.pipeline.stagekit import StageHealth
 from refineg_core.pipeline.worker import Worker
 from refineg_core.posts import StageLog, as_sample, check_many, finish_results
 from refineg_core.progress import silenced

@@ -41,14 +41,12 @@ from typing import Any
 
 from refineg_core import preflight, secrets
 from refineg_core.config import Config, redacted_dump
-from refineg_core.errors import ConfigError, RefinegError, StageUnavailable
 from refineg_core.formats import Dataset
-from refineg_core.formats.native import iter_results
 from refineg_core.formats.paths import output_dir
 from refineg_core.interfaces import Tagger, UncertaintyEstimator
 from refineg_core.mllm_cache import CachedBackend
-from refineg_core.pipeline import finishing, inmemory, predicting, training
-from refineg_core.pipeline.chunked import PreviousResults, StageOutput, append_results, chunks
+from refineg_core.pipeline import finishing, inmemory, mllm_driver, predicting, training
+from refineg_core.pipeline.chunked import StageOutput
 from refineg_core.pipeline.context import RunContext
 from refineg_core.pipeline.engines import Engine, build_engine
 from refineg_core.pipeline.fingerprint import (
@@ -60,13 +58,9 @@ from refineg_core.pipeline.fingerprint import (
 from refineg_core.pipeline.inputs import Inputs
 from refineg_core.pipeline.order import MLLM_STAGES, downstream
 from refineg_core.pipeline.planner import Planner
-from refineg_core.pipeline.runner import StageSummary
-from refineg_core.pipeline.spent import add, delta
-from refineg_core.pipeline.stagekit import StageHealth, needs_retry
-from refineg_core.pipeline.verdict import judge
 from refineg_core.pipeline.worker import Worker
 from refineg_core.posts import check_image, check_text
-from refineg_core.runstore import RunStore, set_aside, write_json, write_text
+from refineg_core.runstore import RunStore, write_json, write_text
 from refineg_core.types import Sample, SampleResult
 
 Log = Callable[[str], None]
@@ -172,9 +166,6 @@ class Pipeline:
         """What ``stage`` would be made from now (computed once per run)."""
         return self.planner.fingerprint(stage)
 
-    def _upstream(self, stage: str) -> str:
-        return self.planner.upstream(stage)
-
     def reuse(self, stage: str, out: Path, *scratch: Path) -> bool:
         """True when the stage's earlier output may be reused as it is (fingerprint
         matches, finished, file intact). Output made from other inputs is deleted
@@ -219,9 +210,6 @@ class Pipeline:
         self.prepare_run_dir()
         text = secrets.scrub(json.dumps(self.summary, indent=2, default=str))
         write_text(self.run_dir / "summary.json", text)
-
-    # the names the MLLM stages' frame below calls
-    _record, _reuse, _finish_stage = record, reuse, finish_stage
 
     # the stage drivers: functions of the run (``StageRun``), each in its module
     synth = training.synth
@@ -291,93 +279,15 @@ class Pipeline:
 
     # ---------------------------------------------- the MLLM stages' frame
     def _stage_input(self, stage: str) -> StageOutput:
-        upstream = self._upstream(stage)
-        path = self.run_dir / f"{upstream}.jsonl"
-        if not path.exists() or self.store.read(upstream) is None:
-            raise RefinegError(
-                f"nothing to work on in {self.run_dir}: run `refineg {upstream}` first"
-            )
-        return StageOutput(upstream, path)
+        return mllm_driver.stage_input(self, stage)
 
     def _mllm_stage(self, stage: str, results: Iterable[SampleResult] | None) -> StageOutput:
-        """The frame of refine and ground: reuse, or run chunk by chunk with the shared
-        backend (resuming what an earlier run left), and record what it spent."""
-        started = time.perf_counter()
-        self.check_backends((stage,))  # `refineg refine` alone is checked too
-        source = results if results is not None else self._stage_input(stage)
-        out = self.run_dir / f"{stage}.jsonl"
-        earlier_file = self.run_dir / f"{stage}.prev.jsonl"
-        part = self.run_dir / f"{stage}.part.jsonl"
-        self.prepare_run_dir()
-        backend = self.backend()
-        mode = self.stage_mode(stage)
-        if backend is None:
-            if mode is True:
-                raise ConfigError(f"stages.{stage} = true needs a [backend]", where="backend")
-            self.log(f"{stage}: no backend configured; results pass through")
-            self._record(stage, {"skipped": "no backend configured"}, started)
-            if isinstance(source, StageOutput):
-                return source
-            return StageOutput(stage, items=tuple(source))
-        if self._reuse(stage, out, earlier_file, part):
-            self._record(stage, {"reused": True, "samples": _count(iter_results(out))}, started)
-            return StageOutput(stage, out)
-        if out.exists():  # a partial earlier run: its results seed the chunks they belong to
-            set_aside(out, earlier_file)
-        out.touch()  # an empty input is an empty (finished) stage file, not a missing one
-        self.store.write(self.fingerprint(stage), complete=False)
-        before, report_before = backend.meter.snapshot(), backend.report()
-        earlier = PreviousResults(earlier_file)
-        summary = StageSummary(stage)
-        pending = 0
-        work = (
-            (chunk, earlier.take([r.id for r in chunk]))
-            for chunk in chunks(source, self.chunk_size)
-        )
-        for new, chunk_summary in self.engine().mllm(stage, work):
-            append_results(out, new)
-            pending += sum(needs_retry(r, stage) for r in new)
-            summary.merge(chunk_summary)
-            if judge(stage, summary, mode is True).hopeless:
-                break  # a required stage whose backend is down: unfinished, a rerun resumes
-        else:
-            earlier_file.unlink(missing_ok=True)
-            part.unlink(missing_ok=True)
-            self._finish_stage(stage, out, pending)
-        # this stage's share of counters the whole run shares (both stages, every actor)
-        spent = (backend.meter.snapshot() - before).as_dict()
-        spent.update(delta(backend.report(), report_before))
-        spent = add(spent, self.engine().usage(stage))
-        report = self.engine().report(stage)
-        data = {**summary.as_dict(), "backend": spent, "engine": report}
-        verdict = judge(stage, summary, mode is True)  # the one place a stage fails
-        if verdict.note():
-            data["verdict"] = verdict.note()
-            if not verdict.failed:
-                self.log(f"{stage}: {verdict.note()}")
-        self._record(stage, data, started)
-        if verdict.failed:
-            self.write_summary()
-            raise StageUnavailable(verdict.note() or "failed", where=stage)
-        return StageOutput(stage, out)
-
-    def run_mllm_chunk(
-        self,
-        stage: str,
-        items: Sequence[SampleResult],
-        earlier: Sequence[SampleResult],
-        part: Path,
-        health: StageHealth,
-    ) -> tuple[list[SampleResult], StageSummary]:
-        """One chunk of refine or ground (see ``Worker.run_mllm_chunk``)."""
-        return self.worker.run_mllm_chunk(stage, items, earlier, part, health)
+        """Refine or ground over the run (``refineg_core.pipeline.mllm_driver.run_mllm``)."""
+        return mllm_driver.run_mllm(self, stage, results)
 
     def check_backends(self, stages: Sequence[str]) -> None:
-        """Check the backends of these MLLM stages once per run, before their work
-        (``refineg_core.preflight``: exit 3 for a required one that cannot work)."""
-        todo = [s for s in stages if s not in self._preflighted]
-        preflight.check_backends(self, self.log, todo)
-        self._preflighted.update(todo)
+        """Check the backends of these MLLM stages once per run, before their work."""
+        mllm_driver.check_backends(self, stages)
 
     def refine(self, results: Iterable[SampleResult] | None = None) -> StageOutput:
         return self._mllm_stage("refine", results)

@@ -31,34 +31,21 @@ import json
 import string
 from collections.abc import Sequence
 
-import pydantic
-
 from refineg_core.boxcodecs import BoxCodec
 from refineg_core.chat import ChatMessage, ChatRequest, ImagePart, Part, TextPart
-from refineg_core.errors import ConfigError
 from refineg_core.formats.images import image_size
-from refineg_core.interfaces import PluginOptions
 from refineg_core.labels import LabelSet
+from refineg_core.stage_settings import (  # noqa: F401  (the template rules, re-exported)
+    DEFAULT_WORDING,
+    GROUND_QUERY_FIELDS,
+    GROUND_SYSTEM_FIELDS,
+    REFINE_FIELDS,
+    PromptWording,
+    check_template,
+    template_fields,
+    validate_template,
+)
 from refineg_core.types import Entity, ImageRef, Sample
-
-
-class PromptWording(PluginOptions):
-    """``[prompts]`` in the config: the few words that differ between domains.
-
-    The core's defaults are neutral; a dataset's config carries its own wording
-    (configs/twitter-gmner.toml, configs/ccks.toml). The entity types and their
-    descriptions (with examples of names) come from ``[labels]``.
-    """
-
-    #: What the texts are ($domain), e.g. "social media posts (tweets)".
-    domain: str = pydantic.Field("texts", min_length=1)
-    #: Generic nouns the model must never tag ($generic_examples).
-    generic_examples: str = pydantic.Field("person, place, company, vehicle", min_length=1)
-
-
-#: The neutral wording a config without ``[prompts]`` gets.
-DEFAULT_WORDING = PromptWording()
-
 
 REFINE_TEMPLATE = """\
 You are an expert annotator of named entities in $domain.
@@ -102,53 +89,6 @@ GROUND_QUERY_TEMPLATE = """\
 Image size: $size
 Text: $text
 Entities: $entities"""
-
-REFINE_FIELDS = frozenset(
-    {"domain", "types", "labels", "generic_examples", "image_note", "text", "candidates"}
-)
-GROUND_SYSTEM_FIELDS = frozenset({"domain", "types", "labels", "box_format"})
-GROUND_QUERY_FIELDS = frozenset({"text", "entities", "size"})
-
-
-def template_fields(template: str) -> set[str]:
-    """The placeholder names a ``string.Template`` uses."""
-    names = set()
-    for m in string.Template.pattern.finditer(template):
-        if m.group("invalid") is not None:
-            raise ConfigError(f"invalid '$' at offset {m.start()} (write '$$' for a dollar sign)")
-        name = m.group("named") or m.group("braced")
-        if name:
-            names.add(name)
-    return names
-
-
-def check_template(
-    template: str, allowed: frozenset[str], required: Sequence[str], *, where: str | None
-) -> str:
-    """Validate a user template at config time, not after an hour of calls."""
-    try:
-        fields = template_fields(template)
-    except ConfigError as exc:
-        raise ConfigError(str(exc), where=where) from None
-    unknown = sorted(fields - allowed)
-    if unknown:
-        raise ConfigError(
-            f"unknown placeholders {['$' + u for u in unknown]}; "
-            f"use {sorted('$' + a for a in allowed)}",
-            where=where,
-        )
-    missing = [r for r in required if r not in fields]
-    if missing:
-        raise ConfigError(f"the template must use {['$' + m for m in missing]}", where=where)
-    return template
-
-
-def validate_template(template: str, allowed: frozenset[str], required: Sequence[str]) -> str:
-    """``check_template`` for pydantic validators: a ValueError pydantic can locate."""
-    try:
-        return check_template(template, allowed, required, where=None)
-    except ConfigError as exc:
-        raise ValueError(str(exc)) from None
 
 
 def _render(template: str, values: dict[str, str]) -> str:

@@ -21,62 +21,31 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import attrs
-import pydantic
 
 from refineg_core.errors import ConfigError, DataError
-from refineg_core.interfaces import MLLMBackend, PluginOptions
+from refineg_core.interfaces import MLLMBackend
 from refineg_core.labels import LabelSet, TypeResolver, find_token_spans
 from refineg_core.pipeline.answers import ParsedAnswer
-from refineg_core.pipeline.prompts import (
-    REFINE_FIELDS,
-    PromptWording,
-    build_refine_request,
-    validate_template,
-)
-from refineg_core.pipeline.runner import StageSummary
-from refineg_core.pipeline.stagekit import (
-    Counters,
-    StageHealth,
-    ask,
-    no_usable_item,
-    note_answer,
+from refineg_core.pipeline.call_health import StageHealth
+from refineg_core.pipeline.mllm_stage import (
+    Applied,
+    Call,
+    Judgement,
+    MLLMStage,
+    Skip,
     run_mllm_stage,
 )
-from refineg_core.types import SOURCE_MLLM, Entity, Failure, SampleResult
+from refineg_core.pipeline.prompts import build_refine_request
+from refineg_core.pipeline.runner import StageSummary
+from refineg_core.stage_settings import RefineSettings
+from refineg_core.types import SOURCE_MLLM, Entity, SampleResult
 
 STAGE = "refine"
 NAME_KEYS = ("name", "entity", "text", "mention")
 TYPE_KEYS = ("type", "label", "category", "entity_type")
-
-
-class RefineSettings(PluginOptions):
-    """``[refine]`` in the config."""
-
-    enabled: bool = True
-    max_tokens: int = pydantic.Field(1024, ge=16)
-    temperature: float = pydantic.Field(0.1, ge=0.0, le=2.0)
-    #: A ``string.Template`` replacing the default prompt (see refineg_core.pipeline.prompts).
-    prompt: str | None = None
-    #: Which samples go to the MLLM: ``gate`` (the uncertainty gate's decision),
-    #: ``entities`` (every sample with a predicted entity, all of them delegated:
-    #: the reference release's behaviour) or ``all`` (every sample).
-    delegate: Literal["gate", "entities", "all"] = "gate"
-    #: Domain wording; the run fills it from the config's ``[prompts]``.
-    wording: PromptWording = pydantic.Field(default_factory=PromptWording)
-    #: More names the model may write for a type, label -> names (e.g.
-    #: ``{OTHER = ["event", "product"]}``); common ones (Person, organisation,
-    #: place, misc...) and words of the type descriptions are understood already.
-    type_synonyms: dict[str, list[str]] = pydantic.Field(default_factory=dict)
-
-    @pydantic.field_validator("prompt")
-    @classmethod
-    def _check_prompt(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        return validate_template(value, REFINE_FIELDS, ("text", "candidates"))
 
 
 @attrs.frozen
@@ -251,73 +220,76 @@ def apply_decision(
     return tuple(sorted(out, key=lambda e: (e.start, e.end))), counts
 
 
-def _refine_one(
-    item: SampleResult,
-    backend: MLLMBackend,
-    labels: LabelSet,
-    types: TypeResolver,
-    settings: RefineSettings,
-    counters: Counters,
-    debug: bool,
-) -> SampleResult:
-    plan = delegation(item, settings.delegate)
-    if not plan.send:
-        counters.add("not_delegated")
-        return item
-    counters.add("delegated_samples")
-    counters.add("delegated_entities", len(plan.delegated))
-    request = build_refine_request(
-        item.sample,
-        item.entities,
-        set(plan.delegated),
-        labels,
-        with_image=backend.supports_images,
-        template=settings.prompt,
-        max_tokens=settings.max_tokens,
-        temperature=settings.temperature,
-        wording=settings.wording,
-    )
-    info: dict[str, Any] = {"delegated": [list(k) for k in sorted(plan.delegated)]}
-    kept = [e for e in item.entities if e.key not in plan.delegated]
-    judged: dict[str, Decision] = {}
+class RefineStage(MLLMStage):
+    """Refinement as an MLLM stage: delegated samples are asked, answers validated,
+    delegated entities replaced by the validated decision."""
 
-    def usable(parsed: ParsedAnswer) -> Failure | None:
-        """An answer whose items are all refused is a failure, and is not cached."""
-        decision = validate_items(parsed.items, item.sample.tokens, kept, types)
-        judged["decision"] = decision
-        if parsed.items and not decision.usable:
-            return no_usable_item(
-                STAGE, len(parsed.items), decision.invalid, "the tagger's entities were kept"
-            )
-        return None
+    name = STAGE
+    kept_on_failure = "the tagger's entities were kept"
+    unreached = "delegated entities it did not reach were kept as the tagger had them"
 
-    parsed = ask(backend, request, STAGE, counters, info, debug, usable=usable)
-    if "decision" in judged:
-        info["invalid"] = dict(judged["decision"].invalid)
-        counters.update({f"invalid_{k}": v for k, v in judged["decision"].invalid.items()})
-    if isinstance(parsed, Failure):
-        if parsed.kind == "no_usable_item":
-            counters.add("answers_without_usable_item")
-            info["outcome"] = "no_usable_item"
-        return _keep(item, info, parsed)
-    decision = judged["decision"]
-    entities, counts = apply_decision(item, plan.delegated, decision, partial=parsed.truncated)
-    counters.update(counts)
-    info.update({k: v for k, v in counts.items() if k != "entities_kept"})
-    failures = note_answer(
-        parsed,
-        STAGE,
-        counters,
-        info,
-        item.failures,
-        "delegated entities it did not reach were kept as the tagger had them",
-    )
-    return attrs.evolve(item, entities=entities, failures=failures, meta={**item.meta, STAGE: info})
+    def __init__(self, backend: MLLMBackend, labels: LabelSet, settings: RefineSettings) -> None:
+        super().__init__(backend)
+        self.labels = labels
+        self.settings = settings
+        try:
+            self.types = TypeResolver(labels, settings.type_synonyms)
+        except DataError as exc:
+            raise ConfigError(str(exc), where="refine.type_synonyms") from None
 
+    def start(self, results: Sequence[SampleResult], out_path: Path) -> None:
+        if self.settings.delegate == "gate":
+            ungated = [r.id for r in results if r.gate is None]
+            if ungated:
+                raise DataError(
+                    f"{len(ungated)} samples (first: {ungated[0]}) have no gate verdict; refine "
+                    'them after the predict stage, or set refine.delegate = "entities" or "all"'
+                )
 
-def _keep(item: SampleResult, info: dict[str, Any], failure: Failure) -> SampleResult:
-    """The tagger's prediction, unchanged, with the failure recorded."""
-    return attrs.evolve(item, failures=(*item.failures, failure), meta={**item.meta, STAGE: info})
+    def needs_call(self, result: SampleResult) -> bool:
+        return delegation(result, self.settings.delegate).send
+
+    def request(self, result: SampleResult) -> Call | Skip:
+        plan = delegation(result, self.settings.delegate)
+        if not plan.send:
+            return Skip("not_delegated")
+        settings = self.settings
+        request = build_refine_request(
+            result.sample,
+            result.entities,
+            set(plan.delegated),
+            self.labels,
+            with_image=self.backend.supports_images,
+            template=settings.prompt,
+            max_tokens=settings.max_tokens,
+            temperature=settings.temperature,
+            wording=settings.wording,
+        )
+        return Call(
+            request,
+            info={"delegated": [list(k) for k in sorted(plan.delegated)]},
+            counts={"delegated_samples": 1, "delegated_entities": len(plan.delegated)},
+            context=plan,
+        )
+
+    def judge(self, result: SampleResult, call: Call, answer: ParsedAnswer) -> Judgement:
+        kept = [e for e in result.entities if e.key not in call.context.delegated]
+        decision = validate_items(answer.items, result.sample.tokens, kept, self.types)
+        return Judgement(
+            decision,
+            decision.usable,
+            refused=decision.invalid,
+            counts={f"invalid_{k}": v for k, v in decision.invalid.items()},
+            info={"invalid": dict(decision.invalid)},
+        )
+
+    def apply(
+        self, result: SampleResult, call: Call, judgement: Judgement, answer: ParsedAnswer
+    ) -> Applied:
+        entities, counts = apply_decision(
+            result, call.context.delegated, judgement.value, partial=answer.truncated
+        )
+        return Applied(entities, counts, {k: v for k, v in counts.items() if k != "entities_kept"})
 
 
 def run_refine(
@@ -328,38 +300,11 @@ def run_refine(
     out_path: Path,
     *,
     debug: bool = False,
-    required: bool = False,
     health: StageHealth | None = None,
 ) -> tuple[list[SampleResult], StageSummary]:
-    """Refine delegated samples through ``backend``; resumable through ``out_path``."""
-    if settings.delegate == "gate":
-        ungated = [r.id for r in results if r.gate is None]
-        if ungated:
-            raise DataError(
-                f"{len(ungated)} samples (first: {ungated[0]}) have no gate verdict; refine "
-                'them after the predict stage, or set refine.delegate = "entities" or "all"'
-            )
-
-    try:
-        types = TypeResolver(labels, settings.type_synonyms)
-    except DataError as exc:
-        raise ConfigError(str(exc), where="refine.type_synonyms") from None
-
-    def needs_call(r: SampleResult) -> bool:
-        return delegation(r, settings.delegate).send
-
-    def process(item: SampleResult, counters: Counters) -> SampleResult:
-        return _refine_one(item, backend, labels, types, settings, counters, debug)
-
+    """Refine delegated samples through ``backend``; resumable through ``out_path``.
+    (One chunk: whether the stage failed is the stage driver's verdict.)"""
+    stage = RefineStage(backend, labels, settings)
     return run_mllm_stage(
-        STAGE,
-        results,
-        backend,
-        out_path,
-        enabled=settings.enabled,
-        needs_call=needs_call,
-        process=process,
-        debug=debug,
-        required=required,
-        health=health,
+        stage, results, out_path, enabled=settings.enabled, debug=debug, health=health
     )

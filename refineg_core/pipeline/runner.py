@@ -168,16 +168,20 @@ def run_stage(
     workers: int = 1,
     unit: str = "sample",
     debug: bool = False,
+    events: bool = True,
 ) -> tuple[list[SampleResult], StageSummary]:
     """Process every item not yet in ``out_path``; return all results in input order
-    (``out_path=None``: in memory, nothing written)."""
+    (``out_path=None``: in memory, nothing written). ``events``: fire the stage
+    start/finish hooks (off where a caller runs one stage in many calls and
+    announces it once itself)."""
     started = time.perf_counter()
     summary = StageSummary(stage, total=len(items))
     done = load_done(out_path)
     todo = [it for it in items if it.id not in done]
     summary.resumed = len(items) - len(todo)
     hooks = get_hooks()
-    hooks.stage_started(stage, len(todo))
+    if events:
+        hooks.stage_started(stage, len(todo))
     writer = ResultWriter(out_path) if out_path is not None else None
     results: dict[str, SampleResult] = dict(done)
 
@@ -209,5 +213,6 @@ def run_stage(
         if writer is not None:
             writer.close()
     summary.seconds = time.perf_counter() - started
-    hooks.stage_finished(stage, summary.as_dict())
+    if events:
+        hooks.stage_finished(stage, summary.as_dict())
     return [results[it.id] for it in items if it.id in results], summary

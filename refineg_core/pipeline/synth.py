@@ -30,10 +30,9 @@ import traceback
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import attrs
-import pydantic
 
 from refineg_core.backend_wrapper import BackendWrapper
 from refineg_core.chat import ChatRequest, ChatResponse, Usage
@@ -51,6 +50,7 @@ from refineg_core.pipeline.runner import (
 )
 from refineg_core.progress import bar
 from refineg_core.runstore import atomic_write, write_json
+from refineg_core.stage_settings import SynthSettings
 from refineg_core.types import Entity, Sample, SynthesisCandidate
 from refineg_core.usage import UsageMeter
 
@@ -69,24 +69,6 @@ NAME_NOT_IN_TEXT = "name_not_in_text"
 UNTAGGED = "no_entities_from_entity_seed"
 DUPLICATE_OF_SEED = "duplicate_of_seed"
 DUPLICATE = "duplicate"
-
-
-class SynthSettings(pydantic.BaseModel):
-    """The ``[synth]`` config section."""
-
-    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
-
-    scheme: Literal["BIO", "BIOES"] = "BIO"
-    workers: int | None = pydantic.Field(None, ge=1, description="default: backend.max_concurrency")
-    retries: int = pydantic.Field(1, ge=0, description="extra attempts on a retryable error")
-    limit: int | None = pydantic.Field(None, ge=0, description="use only the first N seeds")
-    dedupe: bool = True
-    retry_failed: bool = pydantic.Field(True, description="a rerun retries seeds that failed")
-    require_entities: bool = pydantic.Field(
-        True,
-        description="drop entity-less sentences written from a seed that has entities "
-        "(every requested sentence had entities; an empty list means tags were forgotten)",
-    )
 
 
 @attrs.define

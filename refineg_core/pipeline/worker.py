@@ -20,11 +20,11 @@ from refineg_core.config import Config
 from refineg_core.formats import Dataset
 from refineg_core.interfaces import UncertaintyEstimator
 from refineg_core.mllm_cache import CachedBackend
-from refineg_core.pipeline.chunked import append_results, written_ids
+from refineg_core.pipeline import mllm_driver
+from refineg_core.pipeline.call_health import StageHealth
 from refineg_core.pipeline.context import RunContext
 from refineg_core.pipeline.inputs import Inputs
 from refineg_core.pipeline.runner import StageSummary
-from refineg_core.pipeline.stagekit import StageHealth
 from refineg_core.types import GateVerdict, Sample, SampleResult
 
 Log = Callable[[str], None]
@@ -88,7 +88,7 @@ class Worker:
 
     def stage_settings(self, stage: str):
         """An MLLM stage's settings with the config's prompt wording filled in."""
-        return getattr(self.config, stage).model_copy(update={"wording": self.config.prompts})
+        return mllm_driver.stage_settings(self.config, stage)
 
     def stage_mode(self, stage: str) -> bool | str:
         """``True``, ``False`` or ``"auto"`` for an MLLM stage, all settings considered."""
@@ -150,38 +150,8 @@ class Worker:
         part: Path,
         health: StageHealth,
     ) -> tuple[list[SampleResult], StageSummary]:
-        """One chunk of refine or ground: ``earlier`` results of these samples (from a
-        run that stopped) are kept unless they need a retry; the rest are processed,
-        each written to ``part`` as it finishes."""
-        have = set(written_ids(part))  # a stopped run's results of this chunk stay
-        append_results(part, [r for r in earlier if r.id not in have])
-        backend = self.backend()
-        mode = self.stage_mode(stage)
-        settings = self.stage_settings(stage)
-        common = {"debug": self.debug, "required": mode is True, "health": health}
-        if stage == "refine":
-            from refineg_core.pipeline.refine import run_refine
-
-            done = run_refine(items, backend, self.labels, settings, part, **common)
-        else:
-            from refineg_core.pipeline.ground import needs_grounding_call, run_ground
-
-            pool = self.dataset("pool")
-            will_call = (
-                mode is not False
-                and any(map(needs_grounding_call, items))
-                and health.unavailable(backend) is None
-            )
-            # embedding the pool is the costly part: only when calls follow (the
-            # unindexed selector still tells the summary how demonstrations are chosen)
-            selector = self._indexed_selector() if will_call else self.context.selector()
-            pool_samples = list(pool.samples) if pool else []
-            done = run_ground(
-                items, pool_samples, selector, backend, self.labels, settings, part, **common
-            )
-        if part is not None:  # None: in memory (the Python API), nothing was written
-            part.unlink(missing_ok=True)  # the chunk is whole: its caller commits it
-        return done
+        """One chunk of refine or ground (``refineg_core.pipeline.mllm_driver.run_chunk``)."""
+        return mllm_driver.run_chunk(self, stage, items, earlier, part, health)
 
     def _indexed_selector(self):
         """The selector, indexed once on the demonstration pool (None without one)."""

@@ -1,0 +1,241 @@
+"""Driving an MLLM stage over a whole run: chunks, engines, events, the verdict.
+
+The per-sample and per-chunk frame is ``refineg_core.pipeline.mllm_stage``;
+this module is the stage as a run sees it:
+
+- ``run_mllm`` (``Pipeline.refine``/``ground``): reuse the stage's earlier
+  output or run it chunk by chunk through the engine (resuming what an earlier
+  run left), fire the stage's start/finish events **once** (the engine's
+  workers, local or Ray actors, never do), record what it spent, and judge it;
+- ``run_chunk`` (``Worker.run_mllm_chunk``, what both engines call): one chunk
+  with the stage built from the worker's plugins (``build_stage``);
+- ``check_backends``: the preflight of the MLLM stages, once per run.
+
+The pipeline and the worker are taken by what they offer (``StageHost``,
+``ChunkHost``), so this module imports neither.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from refineg_core import preflight
+from refineg_core.errors import ConfigError, RefinegError, StageUnavailable
+from refineg_core.formats.native import iter_results
+from refineg_core.hooks import get_hooks
+from refineg_core.labels import LabelSet
+from refineg_core.pipeline.call_health import StageHealth
+from refineg_core.pipeline.chunked import (
+    PreviousResults,
+    StageOutput,
+    append_results,
+    chunks,
+    written_ids,
+)
+from refineg_core.pipeline.ground import GroundStage, needs_grounding_call
+from refineg_core.pipeline.mllm_stage import MLLMStage, run_mllm_stage
+from refineg_core.pipeline.refine import RefineStage
+from refineg_core.pipeline.retry import needs_retry
+from refineg_core.pipeline.runner import StageSummary
+from refineg_core.pipeline.spent import add, delta
+from refineg_core.pipeline.verdict import judge
+from refineg_core.runstore import set_aside
+from refineg_core.types import SampleResult
+
+
+class ChunkHost(Protocol):
+    """What a chunk needs from the worker: the run's built plugins and settings."""
+
+    config: Any
+    labels: LabelSet
+    debug: bool
+    context: Any
+
+    def backend(self, key: str = "backend") -> Any: ...
+    def dataset(self, key: str) -> Any: ...
+    def stage_mode(self, stage: str) -> bool | str: ...
+    def _indexed_selector(self) -> Any: ...
+
+
+class StageHost(Protocol):
+    """What the stage driver needs from the run (the ``Pipeline``)."""
+
+    config: Any
+    run_dir: Path
+    store: Any
+    planner: Any
+    log: Callable[[str], None]
+    _preflighted: set[str]
+
+    @property
+    def chunk_size(self) -> int: ...
+    def backend(self, key: str = "backend") -> Any: ...
+    def stage_mode(self, stage: str) -> bool | str: ...
+    def fingerprint(self, stage: str) -> Any: ...
+    def prepare_run_dir(self) -> Path: ...
+    def engine(self) -> Any: ...
+    def write_summary(self) -> None: ...
+    def reuse(self, stage: str, out: Path, *scratch: Path) -> bool: ...
+    def record(self, stage: str, data: dict[str, Any], started: float) -> dict[str, Any]: ...
+    def finish_stage(self, stage: str, out: Path, pending: int = 0) -> None: ...
+
+
+def stage_settings(config: Any, stage: str) -> Any:
+    """An MLLM stage's settings with the config's prompt wording filled in."""
+    return getattr(config, stage).model_copy(update={"wording": config.prompts})
+
+
+# ------------------------------------------------------------------ one chunk
+def build_stage(
+    worker: ChunkHost, stage: str, items: Sequence[SampleResult], health: StageHealth
+) -> MLLMStage:
+    """The stage object for one chunk, from the worker's plugins."""
+    backend = worker.backend()
+    settings = stage_settings(worker.config, stage)
+    if stage == "refine":
+        return RefineStage(backend, worker.labels, settings)
+    if stage != "ground":
+        raise ValueError(f"not an MLLM stage: {stage!r}")
+    pool = worker.dataset("pool")
+    will_call = (
+        worker.stage_mode(stage) is not False
+        and any(map(needs_grounding_call, items))
+        and health.unavailable(backend) is None
+    )
+    # embedding the pool is the costly part: only when calls follow (the unindexed
+    # selector still tells the summary how demonstrations are chosen)
+    selector = worker._indexed_selector() if will_call else worker.context.selector()
+    pool_size = len(pool.samples) if pool else 0
+    return GroundStage(backend, worker.labels, settings, selector=selector, pool_size=pool_size)
+
+
+def run_chunk(
+    worker: ChunkHost,
+    stage: str,
+    items: Sequence[SampleResult],
+    earlier: Sequence[SampleResult],
+    part: Path | None,
+    health: StageHealth,
+) -> tuple[list[SampleResult], StageSummary]:
+    """One chunk of refine or ground: ``earlier`` results of these samples (from a
+    run that stopped) are kept unless they need a retry; the rest are processed,
+    each written to ``part`` as it finishes."""
+    if part is not None:  # None: in memory (the Python API), nothing is written
+        have = set(written_ids(part))  # a stopped run's results of this chunk stay
+        append_results(part, [r for r in earlier if r.id not in have])
+    enabled = stage_settings(worker.config, stage).enabled
+    done = run_mllm_stage(
+        build_stage(worker, stage, items, health),
+        items,
+        part,
+        enabled=enabled,
+        debug=worker.debug,
+        health=health,
+    )
+    if part is not None:
+        part.unlink(missing_ok=True)  # the chunk is whole: its caller commits it to the stage file
+    return done
+
+
+# ------------------------------------------------------------------ one stage
+def check_backends(pipeline: StageHost, stages: Sequence[str]) -> None:
+    """Check the backends of these MLLM stages once per run, before their work
+    (``refineg_core.preflight``: exit 3 for a required one that cannot work)."""
+    todo = [s for s in stages if s not in pipeline._preflighted]
+    preflight.check_backends(pipeline, pipeline.log, todo)
+    pipeline._preflighted.update(todo)
+
+
+def stage_input(pipeline: StageHost, stage: str) -> StageOutput:
+    """The upstream stage's finished file, or an error naming the command to run."""
+    upstream = pipeline.planner.upstream(stage)
+    path = pipeline.run_dir / f"{upstream}.jsonl"
+    if not path.exists() or pipeline.store.read(upstream) is None:
+        raise RefinegError(
+            f"nothing to work on in {pipeline.run_dir}: run `refineg {upstream}` first"
+        )
+    return StageOutput(upstream, path)
+
+
+def _input_size(source: Iterable[SampleResult]) -> int:
+    """How many results a stage's input holds (a file's lines, not parsed)."""
+    if isinstance(source, StageOutput) and source.items is None and source.path is not None:
+        with source.path.open("rb") as fh:
+            return sum(1 for line in fh if line.strip())
+    return sum(1 for _ in source)
+
+
+def run_mllm(
+    pipeline: StageHost, stage: str, results: Iterable[SampleResult] | None
+) -> StageOutput:
+    """Refine or ground over a run: reuse, or run chunk by chunk with the shared
+    backend (resuming what an earlier run left), and record what it spent. The
+    stage's start/finish events fire once here, whatever the engine."""
+    started = time.perf_counter()
+    check_backends(pipeline, (stage,))  # `refineg refine` alone is checked too
+    source = results if results is not None else stage_input(pipeline, stage)
+    run_dir = pipeline.run_dir
+    out = run_dir / f"{stage}.jsonl"
+    earlier_file = run_dir / f"{stage}.prev.jsonl"
+    part = run_dir / f"{stage}.part.jsonl"
+    pipeline.prepare_run_dir()
+    backend = pipeline.backend()
+    mode = pipeline.stage_mode(stage)
+    if backend is None:
+        if mode is True:
+            raise ConfigError(f"stages.{stage} = true needs a [backend]", where="backend")
+        pipeline.log(f"{stage}: no backend configured; results pass through")
+        pipeline.record(stage, {"skipped": "no backend configured"}, started)
+        if isinstance(source, StageOutput):
+            return source
+        return StageOutput(stage, items=tuple(source))
+    if pipeline.reuse(stage, out, earlier_file, part):
+        count = sum(1 for _ in iter_results(out))
+        pipeline.record(stage, {"reused": True, "samples": count}, started)
+        return StageOutput(stage, out)
+    if not isinstance(source, StageOutput):
+        source = StageOutput(stage, items=tuple(source))  # counted, then streamed
+    hooks = get_hooks()
+    hooks.stage_started(stage, _input_size(source))
+    if out.exists():  # a partial earlier run: its results seed the chunks they belong to
+        set_aside(out, earlier_file)
+    out.touch()  # an empty input is an empty (finished) stage file, not a missing one
+    pipeline.store.write(pipeline.fingerprint(stage), complete=False)
+    before, report_before = backend.meter.snapshot(), backend.report()
+    earlier = PreviousResults(earlier_file)
+    summary = StageSummary(stage)
+    pending = 0
+    engine = pipeline.engine()
+    work = (
+        (chunk, earlier.take([r.id for r in chunk]))
+        for chunk in chunks(source, pipeline.chunk_size)
+    )
+    for new, chunk_summary in engine.mllm(stage, work):
+        append_results(out, new)
+        pending += sum(needs_retry(r, stage) for r in new)
+        summary.merge(chunk_summary)
+        if judge(stage, summary, mode is True).hopeless:
+            break  # a required stage whose backend is down: unfinished, a rerun resumes
+    else:
+        earlier_file.unlink(missing_ok=True)
+        part.unlink(missing_ok=True)
+        pipeline.finish_stage(stage, out, pending)
+    # this stage's share of counters the whole run shares (both stages, every actor)
+    spent = (backend.meter.snapshot() - before).as_dict()
+    spent.update(delta(backend.report(), report_before))
+    spent = add(spent, engine.usage(stage))
+    data = {**summary.as_dict(), "backend": spent, "engine": engine.report(stage)}
+    verdict = judge(stage, summary, mode is True)  # the one place a stage fails
+    if verdict.note():
+        data["verdict"] = verdict.note()
+        if not verdict.failed:
+            pipeline.log(f"{stage}: {verdict.note()}")
+    data = pipeline.record(stage, data, started)
+    hooks.stage_finished(stage, data)
+    if verdict.failed:
+        pipeline.write_summary()
+        raise StageUnavailable(verdict.note() or "failed", where=stage)
+    return StageOutput(stage, out)

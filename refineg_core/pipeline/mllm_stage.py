@@ -1,0 +1,394 @@
+"""One protocol for the MLLM stages (refine, ground), and the one frame that runs them.
+
+A stage supplies only what is its own (``MLLMStage``):
+
+- ``needs_call(result)``: whether the sample is sent at all (cheap; decides
+  which samples a skipped stage marks for retry, and what a plan counts);
+- ``request(result)``: the chat request for one sample (ground's carries its
+  demonstrations) as a ``Call``, or a ``Skip`` naming why the sample passes
+  through without a call;
+- ``judge(result, call, answer)``: the stage's reading of a parsed answer
+  (a ``Judgement``: how many items were usable, and why the rest were refused);
+- ``apply(result, call, judgement, answer)``: the sample's new entities.
+
+The frame owns everything else, identically for every stage: asking the
+backend through the response cache (only answers the stage judged usable are
+cached), the call breaker, failures (a failed call, an answer without a JSON
+list, an answer none of whose items is usable, a truncated answer), counters,
+skipping a disabled or unreachable stage with retry markers, and running the
+samples of a chunk concurrently and resumably (``run_mllm_stage``). Stage
+events are fired once per stage by the stage driver
+(``refineg_core.pipeline.mllm_driver``), never per chunk. ``dry_run`` is the
+public way to see the requests a stage would send without sending any
+(``refineg plan``).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import attrs
+
+from refineg_core import secrets
+from refineg_core.chat import ChatRequest, ChatResponse
+from refineg_core.interfaces import MLLMBackend
+from refineg_core.mllm_cache import complete_checked
+from refineg_core.pipeline.answers import AnswerError, ParsedAnswer, parse_answer
+from refineg_core.pipeline.call_health import Counters, StageHealth
+from refineg_core.pipeline.retry import forget_unfinished, write_all
+from refineg_core.pipeline.runner import StageSummary, failure_from_exception, load_done, run_stage
+from refineg_core.pipeline.verdict import is_own_fault
+from refineg_core.types import Entity, Failure, SampleResult
+
+
+@attrs.frozen
+class Skip:
+    """No call for this sample: it passes through unchanged, counted as ``counter``."""
+
+    counter: str
+
+
+@attrs.frozen
+class Call:
+    """What a stage asks about one sample, and what it needs to read the answer.
+
+    ``info`` opens the sample's ``meta[stage]``; ``meta`` goes beside it (ground's
+    ``demos``); ``counts`` are counted once the call is prepared; ``context`` is the
+    stage's own (refine's delegation, ground's image size).
+    """
+
+    request: ChatRequest
+    info: Mapping[str, Any] = attrs.field(factory=dict)
+    meta: Mapping[str, Any] = attrs.field(factory=dict)
+    counts: Mapping[str, int] = attrs.field(factory=dict)
+    context: Any = None
+
+
+@attrs.frozen
+class Judgement:
+    """A stage's reading of a parsed answer.
+
+    ``usable`` counts the items it understood; an answer with items but none
+    usable is a failure (``refused`` says why, item kinds -> count) and is not
+    cached. ``counts`` go to the stage's counters and ``info`` into
+    ``meta[stage]``, whether the answer was usable or not.
+    """
+
+    value: Any
+    usable: int
+    refused: Mapping[str, int] = attrs.field(factory=dict)
+    counts: Mapping[str, int] = attrs.field(factory=dict)
+    info: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class Applied:
+    """A usable answer applied: the sample's entities, with counts and meta entries."""
+
+    entities: tuple[Entity, ...]
+    counts: Mapping[str, int] = attrs.field(factory=dict)
+    info: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+class MLLMStage(abc.ABC):
+    """What one MLLM stage supplies to the frame (see the module docstring)."""
+
+    #: The stage's name: its file, its ``meta`` key, its failures' stage.
+    name: ClassVar[str]
+    #: What an answer without a usable item leaves (ends that failure's message).
+    kept_on_failure: ClassVar[str]
+    #: What happens to what a truncated answer did not reach (ends that message).
+    unreached: ClassVar[str]
+
+    def __init__(self, backend: MLLMBackend) -> None:
+        self.backend = backend
+
+    @abc.abstractmethod
+    def needs_call(self, result: SampleResult) -> bool:
+        """Whether this sample is sent to the backend."""
+
+    @abc.abstractmethod
+    def request(self, result: SampleResult) -> Call | Skip:
+        """The request for one sample (or why there is none)."""
+
+    @abc.abstractmethod
+    def judge(self, result: SampleResult, call: Call, answer: ParsedAnswer) -> Judgement:
+        """Read a parsed answer; must not raise on anything a model may write."""
+
+    @abc.abstractmethod
+    def apply(
+        self, result: SampleResult, call: Call, judgement: Judgement, answer: ParsedAnswer
+    ) -> Applied:
+        """The sample's entities after a usable answer."""
+
+    # ---- optional: defaults do nothing
+    def unusable(self) -> str | None:
+        """Why this backend cannot serve the stage at all (the stage is then skipped)."""
+        return None
+
+    def start(self, results: Sequence[SampleResult], out_path: Path) -> None:
+        """Before a chunk's work (and before its unfinished lines are forgotten)."""
+        return None
+
+    def stop(self) -> None:
+        """After a chunk's work, also when it failed."""
+        return None
+
+    def notes(self, summary: StageSummary, results: Sequence[SampleResult], skipped: bool) -> None:
+        """Add the stage's own facts to a chunk's summary."""
+        return None
+
+
+def dry_run(
+    stage: MLLMStage, results: Sequence[SampleResult]
+) -> Iterator[tuple[SampleResult, ChatRequest]]:
+    """Every request ``stage`` would send for ``results``, in order, without a call."""
+    for result in results:
+        if stage.needs_call(result):
+            call = stage.request(result)
+            if isinstance(call, Call):
+                yield result, call.request
+
+
+# --------------------------------------------------------------------- one call
+class UnusableAnswer(Exception):
+    """Raised inside the cache check: the answer is recorded as a failure, not cached."""
+
+    def __init__(self, failure: Failure, text: str, judgement: Judgement | None = None) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+        self.text = text
+        self.judgement = judgement
+
+
+def no_usable_item(stage: str, n_items: int, refused: Mapping[str, int], outcome: str) -> Failure:
+    """The failure of an answer none of whose ``n_items`` items could be used."""
+    why = ", ".join(f"{k} x{v}" for k, v in sorted(refused.items()) if v)
+    return Failure(
+        stage,
+        "no_usable_item",
+        f"none of the answer's {n_items} items is usable ({why}); {outcome}",
+    )
+
+
+@attrs.frozen
+class Asked:
+    """How one call ended: a parsed, judged answer, or the failure to record (with
+    the judgement when the answer parsed but nothing in it was usable)."""
+
+    answer: ParsedAnswer | None = None
+    judgement: Judgement | None = None
+    failure: Failure | None = None
+
+
+def ask(
+    stage: MLLMStage,
+    result: SampleResult,
+    call: Call,
+    counters: Counters,
+    info: dict[str, Any],
+    debug: bool,
+) -> Asked:
+    """One call plus reading its answer; failures are recorded, never raised
+    (``info["outcome"]`` says which). Only answers that parse and that the stage
+    judges usable are cached."""
+    name = stage.name
+
+    def check(response: ChatResponse) -> tuple[ParsedAnswer, Judgement]:
+        try:
+            parsed = parse_answer(response.text)
+        except AnswerError as exc:
+            raise UnusableAnswer(Failure(name, exc.kind, str(exc)), response.text) from None
+        judgement = stage.judge(result, call, parsed)
+        if parsed.items and not judgement.usable:
+            failure = no_usable_item(
+                name, len(parsed.items), judgement.refused, stage.kept_on_failure
+            )
+            raise UnusableAnswer(failure, response.text, judgement)
+        return parsed, judgement
+
+    try:
+        counters.health.before_call()
+        response, (parsed, judgement) = complete_checked(stage.backend, call.request, check)
+    except UnusableAnswer as exc:
+        counters.health.answered()
+        counters.add("calls")
+        counters.add("answers_unusable")
+        info["outcome"] = "unusable_answer"
+        info["answer"] = exc.text[:2000]
+        return Asked(judgement=exc.judgement, failure=exc.failure)
+    except Exception as exc:  # whatever the type: the verdict classifies it
+        failure = failure_from_exception(name, exc)  # names the plugin that crashed
+        kind, message = failure.kind, failure.message
+        if is_own_fault(kind):  # the sample's image: says nothing about the backend
+            counters.add("samples_own_fault")
+            info["outcome"] = "sample_failed"
+            return Asked(failure=Failure(name, kind, secrets.scrub(message)[:500]))
+        counters.health.failed(exc)
+        counters.add("calls_failed")
+        info["outcome"] = "backend_failed"
+        return Asked(failure=Failure(name, kind, secrets.scrub(message)[:500]))
+    counters.health.answered()
+    counters.usage(response)
+    if debug:
+        info["answer"] = response.text
+    return Asked(parsed, judgement)
+
+
+def note_answer(
+    parsed: ParsedAnswer,
+    stage: MLLMStage,
+    counters: Counters,
+    info: dict[str, Any],
+    failures: tuple[Failure, ...],
+) -> tuple[Failure, ...]:
+    """Count a parsed answer's repairs; a truncated answer adds a failure saying
+    what happened to what it did not reach."""
+    counters.add("answers_repaired", int(parsed.repaired))
+    info["outcome"] = "truncated" if parsed.truncated else "ok"
+    if not parsed.truncated:
+        return failures
+    counters.add("answers_truncated")
+    message = f"answer cut off after {len(parsed.items)} complete items; {stage.unreached}"
+    return (*failures, Failure(stage.name, "truncated", message))
+
+
+def process(
+    stage: MLLMStage, item: SampleResult, counters: Counters, debug: bool = False
+) -> SampleResult:
+    """One sample through the stage: request, call, judge, apply; every way it can
+    end is recorded in the result (its failures and ``meta[stage]``)."""
+    call = stage.request(item)
+    if isinstance(call, Skip):
+        counters.add(call.counter)
+        return item
+    counters.update(dict(call.counts))
+    info: dict[str, Any] = dict(call.info)
+    asked = ask(stage, item, call, counters, info, debug)
+    if asked.judgement is not None:
+        counters.update(dict(asked.judgement.counts))
+        info.update(asked.judgement.info)
+    meta = {**item.meta, **call.meta}
+    if asked.failure is not None:
+        if asked.failure.kind == "no_usable_item":
+            counters.add("answers_without_usable_item")
+            info["outcome"] = "no_usable_item"
+        return attrs.evolve(
+            item, failures=(*item.failures, asked.failure), meta={**meta, stage.name: info}
+        )
+    assert asked.answer is not None and asked.judgement is not None
+    applied = stage.apply(item, call, asked.judgement, asked.answer)
+    counters.update(dict(applied.counts))
+    info.update(applied.info)
+    failures = note_answer(asked.answer, stage, counters, info, item.failures)
+    return attrs.evolve(
+        item, entities=applied.entities, failures=failures, meta={**meta, stage.name: info}
+    )
+
+
+# -------------------------------------------------------------------- one chunk
+def skip_stage(
+    stage: MLLMStage,
+    items: Sequence[SampleResult],
+    out_path: Path,
+    *,
+    reason: str,
+    reason_key: str = "unavailable",
+) -> tuple[list[SampleResult], StageSummary]:
+    """Pass every result through without calls, say why, and count what was skipped.
+
+    Results already finished by an earlier run are kept; the others are written
+    with a ``skipped`` marker so a later run redoes them.
+    """
+    name = stage.name
+    done = load_done(out_path)
+    summary = StageSummary(name, total=len(items))
+    out: list[SampleResult] = []
+    skipped = 0
+    todo = [it for it in items if it.id not in done]
+    for it in items:
+        if it.id in done:
+            out.append(done[it.id])
+            summary.resumed += 1
+            continue
+        if stage.needs_call(it):
+            # only what needed a call is marked: a rerun retries exactly these
+            skipped += 1
+            out.append(attrs.evolve(it, meta={**it.meta, name: {"skipped": reason_key}}))
+        else:
+            out.append(it)
+    if out_path is not None:  # None: in memory (the Python API)
+        write_all(out_path, out)
+    summary.counters["requests_skipped"] = skipped
+    summary.counters["passed_through"] = len(todo)
+    summary.notes["backend"] = stage.backend.describe()
+    summary.notes[reason_key] = reason
+    return out, summary
+
+
+def run_mllm_stage(
+    stage: MLLMStage,
+    results: Sequence[SampleResult],
+    out_path: Path,
+    *,
+    enabled: bool = True,
+    debug: bool = False,
+    health: StageHealth | None = None,
+) -> tuple[list[SampleResult], StageSummary]:
+    """One chunk of an MLLM stage: skip it when disabled or unreachable (or the
+    stage finds the backend unusable), else run every result through ``process``
+    at the backend's concurrency, resumably through ``out_path``.
+
+    An unreachable backend, or one that failed every call, is a note
+    (``unavailable``/``stopped``); whether that fails the stage is decided once,
+    by ``refineg_core.pipeline.verdict.judge``. ``health`` carries what earlier
+    chunks of the same stage learnt about the backend (reachability, the breaker)."""
+    health = health or StageHealth()
+    out_path = Path(out_path) if out_path is not None else None  # None: in memory
+    stage.start(results, out_path)
+    try:
+        out, summary = _run(stage, results, out_path, enabled, debug, health)
+    finally:
+        stage.stop()
+    stage.notes(summary, results, skipped="passed_through" in summary.counters)
+    return out, summary
+
+
+def _run(
+    stage: MLLMStage,
+    results: Sequence[SampleResult],
+    out_path: Path,
+    enabled: bool,
+    debug: bool,
+    health: StageHealth,
+) -> tuple[list[SampleResult], StageSummary]:
+    backend = stage.backend
+    forgotten = forget_unfinished(out_path, stage.name)
+    if not enabled:
+        reason = f"the {stage.name} stage is disabled in the config"
+        return skip_stage(stage, results, out_path, reason=reason, reason_key="disabled")
+    needed = any(map(stage.needs_call, results))
+    reason = stage.unusable() or (health.unavailable(backend) if needed else None)
+    if reason:
+        return skip_stage(stage, results, out_path, reason=reason)
+    counters = Counters(health=health.breaker(max(8, 2 * backend.max_concurrency)))
+    out, summary = run_stage(
+        stage.name,
+        results,
+        lambda item: process(stage, item, counters, debug),
+        out_path,
+        workers=backend.max_concurrency,
+        debug=debug,
+        events=False,  # the driver announces the whole stage once
+    )
+    summary.counters.update(counters.counts)
+    if forgotten:
+        summary.counters["retried_from_last_run"] = forgotten
+    summary.notes["backend"] = backend.describe()
+    down = counters.health.every_call_failed
+    if down:
+        summary.notes["stopped"] = down
+    return out, summary

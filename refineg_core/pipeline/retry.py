@@ -1,0 +1,62 @@
+"""Retry, not replay: which lines of an MLLM stage's file a rerun asks again.
+
+When the backend is unavailable (or the stage is disabled) every result still
+goes to the stage's JSONL so downstream outputs stay valid, but marked
+``meta[stage]["skipped"]``. The next run forgets skipped lines and lines whose
+call failed or whose answer was unusable, so they are asked again (usable
+answers come from the response cache, which never stores the unusable ones).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from refineg_core.formats.native import sample_to_dict
+from refineg_core.pipeline.runner import load_done
+from refineg_core.runstore import atomic_write
+from refineg_core.types import SampleResult
+
+#: Failure kinds that do not make a sample be asked again: the answer was usable
+#: (``truncated``), or the sample's image cannot be decoded (``image``: asking again
+#: cannot help; a changed image file changes the data's fingerprint instead).
+FINAL_FAILURE_KINDS = frozenset({"truncated", "image"})
+
+
+def merged_meta(result: SampleResult) -> dict[str, Any]:
+    """Meta of a result whether it came from memory or from a JSONL (sample.meta)."""
+    return {**result.sample.meta, **result.meta}
+
+
+def is_skipped(result: SampleResult, stage: str) -> bool:
+    info = merged_meta(result).get(stage)
+    return isinstance(info, dict) and bool(info.get("skipped"))
+
+
+def needs_retry(result: SampleResult, stage: str) -> bool:
+    """Skipped, or a call/answer of this stage failed: a rerun asks again."""
+    return is_skipped(result, stage) or any(
+        f.stage == stage and f.kind not in FINAL_FAILURE_KINDS for f in result.failures
+    )
+
+
+def forget_unfinished(out_path: Path | None, stage: str) -> int:
+    """Drop the lines a rerun must redo (skipped placeholders, failed calls, unusable
+    answers); return how many were dropped. The file never holds an id twice."""
+    if out_path is None or not Path(out_path).exists():  # None: in memory (the Python API)
+        return 0
+    done = load_done(out_path)
+    keep = [r for r in done.values() if not needs_retry(r, stage)]
+    dropped = len(done) - len(keep)
+    if dropped:
+        write_all(out_path, keep)
+    return dropped
+
+
+def write_all(path: Path, results: Sequence[SampleResult]) -> None:
+    """Rewrite a stage file atomically (a kill mid-write leaves the old file)."""
+    with atomic_write(path) as fh:
+        for r in results:
+            fh.write(json.dumps(sample_to_dict(r), ensure_ascii=False) + "\n")
