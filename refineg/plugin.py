@@ -5,9 +5,12 @@
 A plugin is a class that subclasses one of the seven contracts below, has a
 nested pydantic ``Options`` model and the constructor ``(options, labels)``,
 and is registered under its kind's entry-point group (``KINDS``; ``refineg
-plugins --kinds`` prints the table). The value types are what the contracts
-take and return (all frozen); the errors are what a plugin raises (each turns
-into one located line and exit 2, or a sample failure for backends); the
+plugins --kinds`` prints the table). The eighth kind, an ``Engine`` (where a
+stage's chunks run: ``local``, ``ray``), is built from the run's worker
+instead (``__init__(self, worker)``) and yields ``StageSummary`` per MLLM chunk.
+The value types are what the contracts take and return (all frozen); the
+errors are what a plugin raises (each turns into one located line and exit 2,
+or a sample failure for backends); the
 testing helpers make a class selectable by name without installing anything
 (``register_plugin``), build a plugin by kind and name with validated options
 as a run does (``create_plugin``), install a throwaway distribution with entry
@@ -58,6 +61,8 @@ from refineg_core.labels import (
     tags_to_spans,
     tokenize,
 )
+from refineg_core.pipeline.engine_contract import Engine, MllmChunk
+from refineg_core.pipeline.summary import StageSummary
 from refineg_core.registry import create as create_plugin
 from refineg_core.registry import create_box_frame
 from refineg_core.runstore import atomic_write
@@ -80,7 +85,7 @@ from refineg_core.types import (
     TaggerPrediction,
 )
 
-#: The seven contracts, one per plugin kind (the same order as ``KINDS``).
+#: The contracts, one per plugin kind (the same order as ``KINDS``).
 CONTRACTS = tuple(k.base for k in KINDS)
 
 __all__ = [
@@ -106,6 +111,7 @@ __all__ = [
     "DatasetFormat",
     "DecisionOptions",
     "Demonstration",
+    "Engine",
     "Entity",
     "Extra",
     "Failure",
@@ -115,6 +121,7 @@ __all__ = [
     "ImageRef",
     "LabelSet",
     "MLLMBackend",
+    "MllmChunk",
     "Plugin",
     "PluginError",
     "PluginKind",
@@ -124,6 +131,7 @@ __all__ = [
     "SampleImageError",
     "SampleResult",
     "ScoreGate",
+    "StageSummary",
     "SynthesisCandidate",
     "Synthesizer",
     "Tagger",

@@ -332,8 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("predict", "refine", "ground", "run"):
             sp.add_argument(
                 "--engine",
-                choices=("local", "ray"),
-                help="where the stages run (overrides engine.kind): this process or Ray",
+                help="where the stages run (overrides engine.kind): local (this process), "
+                "ray, or another installed engine",
             )
         if name in ("train", "run"):
             sp.add_argument("--force", action="store_true", help="retrain even if a tagger exists")

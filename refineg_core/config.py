@@ -118,9 +118,10 @@ class StagesConfig(StrictModel):
 class EngineConfig(StrictModel):
     """How stages are executed over the corpus: in this process, or on Ray."""
 
-    kind: Literal["local", "ray"] = Field(
+    kind: str = Field(
         "local",
-        description='"local" (this process) or "ray" (Ray Data; `pip install refineg[ray]`)',
+        description='an installed engine: "local" (this process) or "ray" (Ray Data; '
+        "`pip install refineg[ray]`); `refineg plugins` lists them",
     )
     chunk_size: int = Field(
         1000,
@@ -137,15 +138,6 @@ class EngineConfig(StrictModel):
     )
     num_cpus: float = Field(1.0, gt=0, description="Ray: CPUs reserved per actor")
     num_gpus: float = Field(0.0, ge=0, description="Ray: GPUs per tagger actor")
-
-    @pydantic.field_validator("kind")
-    @classmethod
-    def _engine_installed(cls, kind: str) -> str:
-        import importlib.util
-
-        if kind == "ray" and importlib.util.find_spec("ray") is None:
-            raise ValueError("the ray engine needs Ray Data: pip install 'refineg[ray]'")
-        return kind
 
 
 class Config(StrictModel):
@@ -453,6 +445,8 @@ def validate_plugins(config: Config) -> None:
         cls = registry.load_class(kind, slot_cfg.plugin, config_key=key)
         registry.validate_options(kind, slot_cfg.plugin, cls, slot_cfg.options, config_key=key)
         _strict_options(cls, slot_cfg.options, f"{key}.options", slot_cfg.plugin)
+    # the engine: an unknown name or a missing extra (Ray) is an error now, not mid-run
+    registry.load_class("engine", config.engine.kind, config_key="engine")
     from refineg_core.formats.loader import check_data_sources
     from refineg_core.formats.writers import output_formats
 

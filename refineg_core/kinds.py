@@ -24,6 +24,7 @@ from refineg_core.interfaces import (
     Tagger,
     UncertaintyEstimator,
 )
+from refineg_core.pipeline.engine_contract import Engine
 
 
 @attrs.frozen
@@ -34,8 +35,9 @@ class PluginKind:
     name: str
     #: The entry-point group a package registers plugins of this kind under.
     group: str
-    #: The class every plugin of this kind subclasses.
-    base: type[Plugin]
+    #: The class every plugin of this kind subclasses (a ``Plugin``, except an
+    #: ``Engine``: it is built from the run's worker, not from options).
+    base: type[Plugin] | type[Engine]
     #: Where a config names the plugin (``tagger.plugin``, ``data.<split>.format``).
     config_key: str
     #: The key inside a config table that names the plugin (``plugin``,
@@ -107,6 +109,7 @@ KINDS: tuple[PluginKind, ...] = (
         name_key=None,
         declares=("name",),
     ),
+    PluginKind("engine", "refineg.engines", Engine, "engine.kind", name_key="kind"),
 )
 
 _BY_NAME = {k.name: k for k in KINDS}

@@ -10,6 +10,7 @@ names the distribution that shipped the broken plugin.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator, Mapping
 from importlib import metadata
 from typing import Any
@@ -47,7 +48,7 @@ class InstalledPlugin:
         return attrs.asdict(self)
 
 
-def kind_spec(slot: str) -> tuple[str, type[Plugin]]:
+def kind_spec(slot: str) -> tuple[str, type]:
     """(entry-point group, base class) of a plugin kind (``refineg_core.kinds``)."""
     found = kinds.kind(slot)
     return found.group, found.base
@@ -126,7 +127,7 @@ def load_class(slot: str, name: str, *, config_key: str | None = None) -> type[P
     def fail(_manager: Any, entrypoint: Any, exc: Exception) -> None:
         raise PluginError(
             f"{slot} plugin {name!r} from {origin} failed to import "
-            f"({entrypoint.value}): {type(exc).__name__}: {exc}",
+            f"({entrypoint.value}): {type(exc).__name__}: {exc}{_extra_hint(dist, exc)}",
             where=_where(slot, key),
         ) from exc
 
@@ -148,6 +149,35 @@ def load_class(slot: str, name: str, *, config_key: str | None = None) -> type[P
         )
     _check_declared(slot, name, cls, origin, _where(slot, key))
     return cls
+
+
+_REQUIREMENT = re.compile(
+    r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)[^;]*;.*\bextra\s*==\s*[\"']([^\"']+)[\"']"
+)
+
+
+def _extra_hint(dist: metadata.Distribution | None, exc: Exception) -> str:
+    """``; pip install 'DIST[EXTRA]'`` when the plugin failed on a module one of its
+    distribution's extras provides (``ray`` for the ray engine), else nothing: the
+    user learns the command, not just the missing name."""
+    missing = getattr(exc, "name", None) if isinstance(exc, ImportError) else None
+    if not missing or dist is None:
+        return ""
+    wanted = _norm(missing.split(".")[0])
+    extras = []
+    for requirement in dist.requires or []:
+        found = _REQUIREMENT.match(requirement)
+        if found and _norm(found[1]) == wanted and found[2] not in ("dev", "all"):
+            extras.append(found[2])
+    if not extras:
+        return ""
+    extras.sort(key=lambda e: (_norm(e) != wanted, e))  # the extra named after it first
+    also = f" (also in: {', '.join(extras[1:])})" if extras[1:] else ""
+    return f"; pip install '{dist.metadata['Name']}[{extras[0]}]'{also}"
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def _check_declared(slot: str, name: str, cls: type[Plugin], origin: str, where: str) -> None:

@@ -71,7 +71,7 @@ def run_fresh_python(script: str, *args: str) -> None:
     """Run ``script`` in a fresh interpreter that imports this checkout (a cold
     start: what a new ``refineg`` process loads), failing the test on any error."""
     root = Path(__file__).resolve().parents[1]
-    path = os.pathsep.join([str(root), str(root / "plugins")])
+    path = os.pathsep.join([str(root), str(root / "plugins"), os.environ.get("PYTHONPATH", "")])
     env = {**os.environ, "REFINEG_NO_PROGRESS": "1", "PYTHONPATH": path}
     subprocess.run(
         [sys.executable, "-c", script, *args], check=True, env=env, cwd=str(root), timeout=300

@@ -23,9 +23,9 @@ PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["
 #: import name -> distribution name, where they differ.
 DISTRIBUTION = {"PIL": "pillow", "open_clip": "open-clip-torch", "yaml": "pyyaml"}
 #: Imports the core makes only when the package is there already or a feature is
-#: chosen: ``progress.quiet`` silences transformers/huggingface_hub if imported;
-#: the ray engine needs the ``ray`` extra.
-CORE_OPTIONAL = {"transformers", "huggingface_hub", "ray", "psutil"}  # psutil: the ray extra
+#: chosen: ``progress.quiet`` silences transformers/huggingface_hub if imported.
+#: (Ray and psutil are the ``refineg_ray`` plugin's, with its ``ray`` extra.)
+CORE_OPTIONAL = {"transformers", "huggingface_hub"}
 #: Packages that arrive with another requirement (transformers brings both).
 TRANSITIVE = {"safetensors", "tokenizers"}
 #: Packages of real weights, installed with --no-deps by the bootstrap (see README).
@@ -39,7 +39,11 @@ PLUGIN_EXTRAS = {
     "refineg_qwen_vl": ("local",),
     "refineg_openai": ("openai",),
     "refineg_plan": ("plan",),
+    "refineg_ray": ("ray",),
 }
+#: Extras of optional features, outside ``all`` (heavy; the bootstrap's ``dev`` brings
+#: them for the tests).
+OPTIONAL_FEATURES = {"vision", "ann", "ray"}
 
 
 def _name(requirement: str) -> str:
@@ -94,7 +98,7 @@ def test_each_plugin_is_covered_by_the_base_and_its_extras(plugin):
 
 
 def test_all_covers_every_plugin_extra_but_the_optional_features():
-    named = {e for extras in PLUGIN_EXTRAS.values() for e in extras} - {"vision", "ann"}
+    named = {e for extras in PLUGIN_EXTRAS.values() for e in extras} - OPTIONAL_FEATURES
     for extra in named:
         assert _extra(extra) <= _extra("all"), extra
 

@@ -169,11 +169,11 @@ def test_the_reaper_ends_the_session_and_spares_other_children(tmp_path):
     session = str(tmp_path / "session_test")
     script = textwrap.dedent(f"""
         import subprocess, sys, time
-        from refineg_core.pipeline import ray_reaper
+        from refineg_ray import reaper
         sleeper = [sys.executable, "-c", "import time; time.sleep(300)"]
         ours = subprocess.Popen([*sleeper, "--session-dir={session}"])
         theirs = subprocess.Popen(sleeper)
-        ray_reaper.start({session!r})
+        reaper.start({session!r})
         print(ours.pid, theirs.pid, flush=True)
         time.sleep(300)
     """)

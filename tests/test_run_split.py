@@ -16,7 +16,6 @@ from refineg_core.config import load_config
 from refineg_core.errors import ConfigError
 from refineg_core.pipeline import order
 from refineg_core.pipeline.orchestrator import Pipeline
-from refineg_core.pipeline.ray_engine import ChunkWorker, worker_config
 from refineg_core.pipeline.worker import Worker
 from tests.stagedata import gazetteer_config, write_config
 from tests.test_import_graph import MODULES, imports_of
@@ -53,7 +52,7 @@ def test_engines_reach_the_worker_but_never_the_pipeline():
         f"refineg_core.pipeline.{m}"
         for m in ("orchestrator", "planner", "training", "predicting", "finishing", "inmemory")
     }
-    for start in ("refineg_core.pipeline.engines", "refineg_core.pipeline.ray_engine"):
+    for start in ("refineg_core.pipeline.engines", "refineg_ray.engine"):
         seen, todo = set(), [start]
         while todo:
             module = todo.pop()
@@ -66,6 +65,9 @@ def test_engines_reach_the_worker_but_never_the_pipeline():
 
 
 def test_a_ray_actor_builds_a_worker_from_the_runs_config(tweets, tmp_path):
+    pytest.importorskip("ray", reason="pip install 'refineg[ray]'")
+    from refineg_ray.engine import ChunkWorker, worker_config
+
     with _pipeline(tweets, tmp_path) as pipe:
         actor = ChunkWorker(worker_config(pipe.config), "predict")
     try:

@@ -57,7 +57,12 @@ def refineg(*args: str, raw: bool = False, **env: str) -> subprocess.Popen:
     """A real ``refineg`` process on this checkout (``raw``: output as bytes, its
     carriage returns kept)."""
     path = os.pathsep.join(
-        [str(ROOT), str(ROOT / "plugins"), str(ROOT / "examples" / "refineg-gazetteer" / "src")]
+        [
+            str(ROOT),
+            str(ROOT / "plugins"),
+            str(ROOT / "examples" / "refineg-gazetteer" / "src"),
+            os.environ.get("PYTHONPATH", ""),  # a plugin being developed (entry points)
+        ]
     )
     return subprocess.Popen(
         [sys.executable, "-m", "refineg_core.cli", *args],

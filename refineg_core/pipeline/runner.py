@@ -15,19 +15,17 @@ import json
 import threading
 import time
 import traceback
-from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, TypeVar
-
-import attrs
 
 from refineg_core import interrupts, secrets
 from refineg_core.blame import blame
 from refineg_core.errors import DataError, RefinegError
 from refineg_core.formats.native import result_from_dict, sample_to_dict
 from refineg_core.hooks import get_hooks
+from refineg_core.pipeline.summary import StageSummary
 from refineg_core.pipeline.verdict import count_failures, failure_kind
 from refineg_core.progress import bar
 from refineg_core.runstore import repair_tail
@@ -35,56 +33,6 @@ from refineg_core.types import Failure, SampleResult
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-@attrs.define
-class StageSummary:
-    stage: str
-    total: int = 0
-    processed: int = 0
-    resumed: int = 0
-    failed: int = 0
-    seconds: float = 0.0
-    failure_kinds: Counter = attrs.field(factory=Counter)
-    counters: Counter = attrs.field(factory=Counter)
-    #: Free-text facts a user must see (e.g. which backend was unavailable and why).
-    notes: dict[str, str] = attrs.field(factory=dict)
-
-    def merge(self, other: StageSummary) -> StageSummary:
-        """Add a later chunk's summary to this one (notes: the later chunk's wins)."""
-        self.total += other.total
-        self.processed += other.processed
-        self.resumed += other.resumed
-        self.failed += other.failed
-        self.seconds += other.seconds
-        self.failure_kinds.update(other.failure_kinds)
-        self.counters.update(other.counters)
-        self.notes.update(other.notes)
-        return self
-
-    def to_json(self) -> dict[str, Any]:
-        """Everything, structured (``from_json`` rebuilds it in another process)."""
-        return attrs.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> StageSummary:
-        counts = {k: Counter(data[k]) for k in ("failure_kinds", "counters")}
-        return cls(
-            **{**data, **counts, "seconds": float(data["seconds"]), "notes": dict(data["notes"])}
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "stage": self.stage,
-            "total": self.total,
-            "processed": self.processed,
-            "resumed": self.resumed,
-            "failed": self.failed,
-            "seconds": round(self.seconds, 3),
-            "failure_kinds": dict(self.failure_kinds),
-            **{k: v for k, v in sorted(self.counters.items())},
-            **self.notes,
-        }
 
 
 class JsonlAppender:

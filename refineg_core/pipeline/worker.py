@@ -28,8 +28,6 @@ from refineg_core.pipeline.runner import StageSummary
 from refineg_core.types import GateVerdict, Sample, SampleResult
 
 Log = Callable[[str], None]
-#: (the chunk's input results, earlier results of the same samples to keep)
-MllmChunk = tuple[list[SampleResult], list[SampleResult]]
 
 
 class Worker:

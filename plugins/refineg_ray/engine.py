@@ -29,28 +29,23 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+# Imported at once: without Ray the registry refuses `engine.kind = "ray"` when the
+# config is checked, naming the extra (`pip install 'refineg[ray]'`), not mid-run.
+import ray
+import ray.data
+
 from refineg_core import errors
 from refineg_core.config import Config, _resolve_paths
-from refineg_core.errors import ConfigError, RefinegError
+from refineg_core.errors import RefinegError
 from refineg_core.formats.native import result_from_dict, sample_from_dict, sample_to_dict
-from refineg_core.pipeline import ray_reaper
 from refineg_core.pipeline.call_health import StageHealth
-from refineg_core.pipeline.runner import StageSummary
+from refineg_core.pipeline.engine_contract import Engine, MllmChunk
 from refineg_core.pipeline.spent import add, delta
-from refineg_core.pipeline.worker import MllmChunk, Worker
+from refineg_core.pipeline.summary import StageSummary
+from refineg_core.pipeline.worker import Worker
 from refineg_core.progress import progress_disabled
 from refineg_core.types import Sample, SampleResult
-
-
-def _ray():
-    try:
-        import ray
-        import ray.data
-    except ImportError:
-        raise ConfigError(
-            "the ray engine needs Ray Data: pip install 'refineg[ray]'", where="engine.kind"
-        ) from None
-    return ray
+from refineg_ray import reaper
 
 
 class ChunkWorker:
@@ -99,13 +94,13 @@ class ChunkWorker:
         self.worker.close()
 
 
-class RayEngine:
+class RayEngine(Engine):
     """Chunks fanned out to Ray Data actor pools; results come back in input order."""
 
     def __init__(self, worker: Worker) -> None:
         self.run_dir = worker.run_dir
         self.settings = worker.config.engine
-        self.ray = _ray()
+        self.ray = ray
         self._usage: dict[str, dict[str, Any]] = {}
         self._workers: dict[str, set[int]] = {}
         self._batches: Counter = Counter()
@@ -256,14 +251,14 @@ def _quiet_ray_logs() -> None:
         logging.getLogger(name).setLevel(level)
 
 
-def _start_reaper(ray) -> Any:
+def _start_reaper(ray: Any) -> Any:
     """The watcher that ends this local Ray's processes when the driver dies (kill -9
-    included; ``refineg_core.pipeline.ray_reaper``), or None when it cannot start."""
+    included; ``refineg_ray.reaper``), or None when it cannot start."""
     try:
         session_dir = ray._private.worker._global_node.get_session_dir_path()
     except AttributeError:  # a Ray without this private path: no reaper, no crash
         return None
-    return ray_reaper.start(str(session_dir))
+    return reaper.start(str(session_dir))
 
 
 def worker_config(config: Config) -> str:

@@ -11,7 +11,7 @@ terminates every noted process still alive, and every process whose command
 line names the driver's session directory (a path unique to that
 ``ray.init``), then exits.
 
-Run as ``python -m refineg_core.pipeline.ray_reaper DRIVER_PID CREATE_TIME SESSION_DIR``.
+Run as ``python -m refineg_ray.reaper DRIVER_PID CREATE_TIME SESSION_DIR``.
 """
 
 from __future__ import annotations
