@@ -362,6 +362,7 @@ class BertCrfTagger(Tagger):
         self._attach_encoders()  # a head-only load trains its whole model again
         self._forget_runner()  # the weights are about to change
         self._fast_check = None
+        self._dev_check_done = False
         encoded = self.sentences.encode([train[i].tokens for i in keep])
         tags = [gold[i] for i in keep]
         if o.ensemble_mode == "snapshots":
@@ -703,7 +704,12 @@ class BertCrfTagger(Tagger):
             or len(self.members) != 1
         ):
             return False
-        return self._tune_cache().fast_check() is None and self._fast_check is None
+        if self._fast_check is not None or self._tune_cache().fast_check() is not None:
+            # Recorded for these weights: not read again on every predict (the API
+            # asks once per ``pipe`` batch; fit resets the flag with the weights).
+            self._dev_check_done = True
+            return False
+        return True
 
     def check_precision(
         self,
