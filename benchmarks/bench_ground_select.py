@@ -66,8 +66,10 @@ class Fixed(ContextSelector):
         return self.chosen[query.id][:k]
 
 
-def clip(cache: Path) -> ClipSimilaritySelector:
-    return ClipSimilaritySelector(ClipSimilaritySelector.Options(cache_dir=cache, image_weight=0.0))
+def clip(cache: Path, precision: str = "fp32") -> ClipSimilaritySelector:
+    return ClipSimilaritySelector(
+        ClipSimilaritySelector.Options(cache_dir=cache, image_weight=0.0, query_precision=precision)
+    )
 
 
 def run_once(inputs, pool, selector, k: int, args, out: Path) -> dict:
@@ -116,6 +118,12 @@ def main() -> None:
         default="pixels",
         help="the backend's box frame (qwen2.5-vl, the openai default, resizes every image)",
     )
+    ap.add_argument(
+        "--query-precision",
+        default="fp32",
+        choices=["fp32", "bf16", "auto"],
+        help="the clip rows' query_precision (the pool's cached vectors are fp32 either way)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch threads: {torch.get_num_threads()}", flush=True)
@@ -131,7 +139,7 @@ def main() -> None:
     inputs = [prediction(s) for s in samples]
     clip(args.cache).index(pool)  # embed the pool once (disk cache), outside every timing
 
-    fresh = clip(args.cache)
+    fresh = clip(args.cache, args.query_precision)
     fresh.index(pool)
     started = time.perf_counter()
     chosen = fresh.select_many([ground_query(r) for r in inputs], 4)
@@ -151,7 +159,7 @@ def main() -> None:
     overlap.index(pool)
     rows: dict[str, list[dict]] = {}
     for rep in range(args.reps):
-        cold = clip(args.cache)
+        cold = clip(args.cache, args.query_precision)
         cold.index(pool)
         for name, sel, k in (
             ("k=0", None, 0),
@@ -189,6 +197,7 @@ def main() -> None:
                     "select_many_cold_seconds": select_s,
                     "rows": table,
                     "machine": machine(torch.get_num_threads()),
+                    "load_average_at_end": os.getloadavg(),
                     "args": {k: str(v) for k, v in vars(args).items()},
                 },
                 indent=1,
