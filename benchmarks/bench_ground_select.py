@@ -145,6 +145,26 @@ def main() -> None:
     chosen = fresh.select_many([ground_query(r) for r in inputs], 4)
     select_s = time.perf_counter() - started
     fixed = Fixed({r.id: c for r, c in zip(inputs, chosen, strict=True)})
+    agreement = None
+    if args.query_precision != "fp32":  # what the faster queries change in the choice
+        exact = clip(args.cache, "fp32")
+        exact.index(pool)
+        started = time.perf_counter()
+        reference = exact.select_many([ground_query(r) for r in inputs], 4)
+        exact_s = time.perf_counter() - started
+        pairs = [
+            ([d.sample.id for d in a[:3]], [d.sample.id for d in b[:3]])
+            for a, b in zip(reference, chosen, strict=True)
+        ]
+        agreement = {
+            "queries": len(pairs),
+            "same_three_demos": sum(set(a) == set(b) for a, b in pairs),
+            "same_order": sum(a == b for a, b in pairs),
+            "demo_overlap": sum(len(set(a) & set(b)) for a, b in pairs)
+            / max(1, sum(len(a) for a, _ in pairs)),
+            "select_many_cold_seconds_fp32": exact_s,
+        }
+        print(json.dumps(agreement), flush=True)
     print(
         json.dumps(
             {
@@ -195,6 +215,7 @@ def main() -> None:
             json.dumps(
                 {
                     "select_many_cold_seconds": select_s,
+                    "query_precision_agreement": agreement,
                     "rows": table,
                     "machine": machine(torch.get_num_threads()),
                     "load_average_at_end": os.getloadavg(),
