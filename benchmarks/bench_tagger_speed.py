@@ -214,7 +214,7 @@ def part_inference(args) -> None:
             )
         ratios = {}
         for name in cases:
-            if name.startswith("bert_crf"):
+            if name.startswith(("bert_crf", "refineg")):
                 for bs in args.pipeline_batches:
                     ratios[f"{name} / pipeline batch {bs}"] = (
                         timing[f"pipeline batch {bs}"]["median_s"] / timing[name]["median_s"]
