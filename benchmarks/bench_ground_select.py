@@ -66,8 +66,10 @@ class Fixed(ContextSelector):
         return self.chosen[query.id][:k]
 
 
-def clip(cache: Path) -> ClipSimilaritySelector:
-    return ClipSimilaritySelector(ClipSimilaritySelector.Options(cache_dir=cache, image_weight=0.0))
+def clip(cache: Path, precision: str = "fp32") -> ClipSimilaritySelector:
+    return ClipSimilaritySelector(
+        ClipSimilaritySelector.Options(cache_dir=cache, image_weight=0.0, query_precision=precision)
+    )
 
 
 def run_once(inputs, pool, selector, k: int, args, out: Path) -> dict:
@@ -116,6 +118,12 @@ def main() -> None:
         default="pixels",
         help="the backend's box frame (qwen2.5-vl, the openai default, resizes every image)",
     )
+    ap.add_argument(
+        "--query-precision",
+        default="fp32",
+        choices=["fp32", "bf16", "auto"],
+        help="the clip rows' query_precision (the pool's cached vectors are fp32 either way)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch threads: {torch.get_num_threads()}", flush=True)
@@ -131,12 +139,32 @@ def main() -> None:
     inputs = [prediction(s) for s in samples]
     clip(args.cache).index(pool)  # embed the pool once (disk cache), outside every timing
 
-    fresh = clip(args.cache)
+    fresh = clip(args.cache, args.query_precision)
     fresh.index(pool)
     started = time.perf_counter()
     chosen = fresh.select_many([ground_query(r) for r in inputs], 4)
     select_s = time.perf_counter() - started
     fixed = Fixed({r.id: c for r, c in zip(inputs, chosen, strict=True)})
+    agreement = None
+    if args.query_precision != "fp32":  # what the faster queries change in the choice
+        exact = clip(args.cache, "fp32")
+        exact.index(pool)
+        started = time.perf_counter()
+        reference = exact.select_many([ground_query(r) for r in inputs], 4)
+        exact_s = time.perf_counter() - started
+        pairs = [
+            ([d.sample.id for d in a[:3]], [d.sample.id for d in b[:3]])
+            for a, b in zip(reference, chosen, strict=True)
+        ]
+        agreement = {
+            "queries": len(pairs),
+            "same_three_demos": sum(set(a) == set(b) for a, b in pairs),
+            "same_order": sum(a == b for a, b in pairs),
+            "demo_overlap": sum(len(set(a) & set(b)) for a, b in pairs)
+            / max(1, sum(len(a) for a, _ in pairs)),
+            "select_many_cold_seconds_fp32": exact_s,
+        }
+        print(json.dumps(agreement), flush=True)
     print(
         json.dumps(
             {
@@ -151,7 +179,7 @@ def main() -> None:
     overlap.index(pool)
     rows: dict[str, list[dict]] = {}
     for rep in range(args.reps):
-        cold = clip(args.cache)
+        cold = clip(args.cache, args.query_precision)
         cold.index(pool)
         for name, sel, k in (
             ("k=0", None, 0),
@@ -187,8 +215,10 @@ def main() -> None:
             json.dumps(
                 {
                     "select_many_cold_seconds": select_s,
+                    "query_precision_agreement": agreement,
                     "rows": table,
                     "machine": machine(torch.get_num_threads()),
+                    "load_average_at_end": os.getloadavg(),
                     "args": {k: str(v) for k, v in vars(args).items()},
                 },
                 indent=1,

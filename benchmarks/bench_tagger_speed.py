@@ -85,13 +85,13 @@ def rate(timing: dict, items: int) -> dict:
     }
 
 
-def write(part: str, doc: dict) -> None:
+def write(part: str, doc: dict, tag: str = "") -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     doc["command"] = "nice -n 5 python benchmarks/bench_tagger_speed.py " + " ".join(sys.argv[1:])
     doc["cpu_count"] = os.cpu_count()
     doc["load_average_at_end"] = os.getloadavg()
     doc["machine"] = machine()
-    path = RESULTS / f"tagger_speed_{part}.json"
+    path = RESULTS / f"tagger_speed_{part}{tag}.json"
     path.write_text(json.dumps(doc, indent=2), encoding="utf-8")
     print(f"wrote {path}", flush=True)
 
@@ -131,7 +131,11 @@ def part_quality(args) -> None:
             "full_dev_seconds_once": time.perf_counter() - started,
         }
         print(mode, quality[mode], flush=True)
-    write("quality", {"tagger": str(directory), "dev_sentences": len(dev), "quality": quality})
+    write(
+        "quality",
+        {"tagger": str(directory), "dev_sentences": len(dev), "quality": quality},
+        args.tag,
+    )
 
 
 def part_inference(args) -> None:
@@ -169,6 +173,9 @@ def part_inference(args) -> None:
 
             api = refineg.load(args.run, overrides=["stages.refine=false", "stages.ground=false"])
             cases["refineg.load(run).pipe"] = lambda a=api: list(a.pipe(texts))
+            quality = doc.setdefault("api_quality", {})
+            if "dev_mner_f1" not in quality:  # the F1 check of what the API returns
+                quality.update(api_f1(api, dev_all, directory))
         if args.eager:
             eager = BertCrfTagger.load(directory, {"inference": "torch"})
             eager.runner = inference.torch_runner(inference.eager_copy(eager.torch_encoder()))
@@ -184,7 +191,7 @@ def part_inference(args) -> None:
             cases["bert_crf+gate [torch.compile]"] = ours(compiled)
         with quiet_transformers():
             hf = AutoModelForTokenClassification.from_pretrained(
-                inference_encoder_path(), num_labels=len(taggers[modes[0]].label_names)
+                inference_encoder_path(), num_labels=2 * len(TWITTER_TYPES.types) + 1
             ).eval()
         tok = AutoTokenizer.from_pretrained(inference_encoder_path())
         for bs in args.pipeline_batches:
@@ -207,7 +214,7 @@ def part_inference(args) -> None:
             )
         ratios = {}
         for name in cases:
-            if name.startswith("bert_crf"):
+            if name.startswith(("bert_crf", "refineg")):
                 for bs in args.pipeline_batches:
                     ratios[f"{name} / pipeline batch {bs}"] = (
                         timing[f"pipeline batch {bs}"]["median_s"] / timing[name]["median_s"]
@@ -217,7 +224,29 @@ def part_inference(args) -> None:
             "timing": timing,
             "ratios": ratios,
         }
-    write("inference", doc)
+    write("inference", doc, args.tag)
+
+
+def api_f1(api, dev, directory: Path) -> dict:
+    """MNER F1 of ``api.pipe`` on ``dev`` (gold from the data file) beside the tagger's
+    own fp32 torch F1 on the same tweets: the fast path's loss, if any, as users see it."""
+    import attrs
+
+    # The data file's tokens (as Samples without their entities): the API's own
+    # tokenizer splits some joined tweets differently, which would not be comparable.
+    results = list(api.pipe([attrs.evolve(s, entities=()) for s in dev]))
+    gold = [{e.key for e in s.entities} for s in dev]
+    api_f1 = span_f1(gold, [{e.key for e in r.entities} for r in results])["f1"]
+    fp32 = BertCrfTagger.load(directory, {"inference": "torch"})
+    fp32_f1 = mner_f1(dev, fp32.predict(dev))
+    tagger = api.worker.load_tagger()
+    return {
+        "dev_mner_f1": api_f1,
+        "fp32_torch_dev_mner_f1": fp32_f1,
+        "difference_points": round((api_f1 - fp32_f1) * 100, 3),
+        "dev_sentences": len(dev),
+        "api_inference": tagger.inference_report(),
+    }
 
 
 def inference_encoder_path() -> str:
@@ -321,7 +350,7 @@ def part_train(args) -> None:
             "timing": timing,
             "ratios_vs_plain": {n: base / t["median_s"] for n, t in timing.items()},
         }
-    write("train", doc)
+    write("train", doc, args.tag)
 
 
 def part_stage(args) -> None:
@@ -411,7 +440,7 @@ def part_stage(args) -> None:
     doc["speedup_stage"] = (
         doc["stage_seconds"][names[0]]["median_s"] / doc["stage_seconds"][names[1]]["median_s"]
     )
-    write("stage", doc)
+    write("stage", doc, args.tag)
     print(json.dumps({k: v for k, v in doc.items() if k != "timing"}, indent=2))
 
 
@@ -439,6 +468,9 @@ def main() -> None:
         default="fp32,bf16",
         type=lambda s: [x for x in s.split(",") if x],
         help="train: the tagger's train_precision values to time",
+    )
+    ap.add_argument(
+        "--tag", default="", help="suffix of the result file: tagger_speed_<part><tag>.json"
     )
     ap.add_argument("--run", default=None, help="inference: a run dir for the API case (pipe)")
     ap.add_argument("--train-items", type=int, default=128, help="train: tweets per repetition")

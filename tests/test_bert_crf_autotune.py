@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from refineg_bert_crf import autotune, inference
+from refineg_bert_crf import autotune, inference, training
 from refineg_bert_crf.tagger import BertCrfTagger
 from refineg_bert_crf.training import padded_buckets
 
@@ -88,20 +88,46 @@ def _cache(d: Path) -> dict:
     return json.loads((d / inference.CACHE_DIR / autotune.CACHE_FILE).read_text())
 
 
+def _bucket_cost(lengths, buckets, overhead):
+    return sum(overhead + len(b) * (max(lengths[i] for i in b) + training.SPECIAL) for b in buckets)
+
+
 def test_padded_buckets_cover_every_index_once_sorted_and_bounded():
     rng = random.Random(0)
     lengths = [rng.choice([5, 8, 12, 20, 35, 60, 90]) for _ in range(200)]
-    buckets = padded_buckets(lengths, 64, slack=1.25, min_batch=8)
+    buckets = padded_buckets(lengths, 64)
     assert sorted(i for b in buckets for i in b) == list(range(200))
     assert all(len(b) <= 64 for b in buckets)
-    for b in buckets:
-        ls = [lengths[i] for i in b]
-        assert ls == sorted(ls)
-        if len(b) > 8:  # past min_batch a bucket never pads beyond the slack
-            assert len(b) * max(ls) <= 1.25 * sum(ls) + 1e-9
+    flat = [lengths[i] for b in buckets for i in b]
+    assert flat == sorted(flat)  # runs of the length-sorted order
     # 64 in arrival order would pad each to 90; the buckets pad far less.
     padded = sum(len(b) * max(lengths[i] for i in b) for b in buckets)
     assert padded < 0.7 * 200 * 90
+
+
+def test_padded_buckets_are_the_cheapest_cuts():
+    """The dynamic programme's cuts cost no more than any other cut of the sorted
+    order (checked exhaustively on a small case), and the two extremes behave:
+    free calls never pad, costly calls fill every batch."""
+    rng = random.Random(4)
+    lengths = [rng.randint(1, 40) for _ in range(10)]
+    ordered = sorted(range(10), key=lambda i: lengths[i])
+    best = float("inf")
+    for mask in range(1 << 9):  # every set of cut points between sorted neighbours
+        runs, start = [], 0
+        for k in range(1, 10):
+            if mask >> (k - 1) & 1:
+                runs.append(ordered[start:k])
+                start = k
+        runs.append(ordered[start:])
+        if all(len(r) <= 4 for r in runs):
+            best = min(best, _bucket_cost(lengths, runs, 30))
+    got = padded_buckets(lengths, 4, overhead=30)
+    assert _bucket_cost(lengths, got, 30) == best
+    free = padded_buckets([3, 3, 7, 7, 7, 12], 64, overhead=0)
+    assert all(len({[3, 3, 7, 7, 7, 12][i] for i in b}) == 1 for b in free)
+    costly = padded_buckets(list(range(1, 101)), 32, overhead=10**6)
+    assert len(costly) == 4  # the fewest calls 32 per call allows
 
 
 def test_bucketed_predict_returns_results_in_input_order(trained, tweets):

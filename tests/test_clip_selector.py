@@ -337,3 +337,34 @@ def test_clip_weights_without_open_clip_name_the_extra(
     with pytest.raises(PluginError, match=r"refineg\[vision\]") as err:
         sel.index(image_pool)
     assert err.value.where == "selector.options.clip_model"
+
+
+def test_bf16_queries_pick_the_fp32_demonstrations_and_keep_the_cache_fp32(
+    tmp_path, minilm_path, pool, queries
+):
+    """``query_precision = "bf16"`` changes only how query texts and entity names are
+    embedded: the pool's cached vectors are the fp32 ones, and the chosen
+    demonstrations agree with fp32 queries (the top choice on nearly every query;
+    benchmarks/RESULTS.md has the overlap at 600 queries)."""
+    from refineg_clip_selector import encoders
+
+    exact = selector(tmp_path, minilm_path)
+    exact.index(pool)
+    fast = selector(tmp_path, minilm_path, query_precision="bf16")
+    fast.index(pool)
+    assert fast.embedded_count == 0  # the pool came from the fp32 cache
+    a = [[d.sample.id for d in ds] for ds in exact.select_many(queries, 3)]
+    b = [[d.sample.id for d in ds] for ds in fast.select_many(queries, 3)]
+    top = sum(x[0] == y[0] for x, y in zip(a, b, strict=True))
+    shared = sum(len(set(x) & set(y)) for x, y in zip(a, b, strict=True))
+    assert top >= len(queries) - 1 and shared >= 0.9 * 3 * len(queries), (a, b)
+    enc = fast._text_encoder()
+    texts = [q.text for q in queries]
+    fp32 = enc.encode(texts)
+    bf16 = enc.encode(texts, precision="bf16")
+    assert not np.array_equal(fp32, bf16)  # bf16 really ran
+    assert np.min(np.sum(fp32 * bf16, axis=1)) > 0.99  # the same direction
+    assert encoders.resolve_precision("fp32", "cpu") == "fp32"
+    assert encoders.resolve_precision("auto", "cpu") == (
+        "bf16" if encoders.bf16_native("cpu") else "fp32"
+    )

@@ -57,3 +57,65 @@ def test_the_cache_stays_within_its_byte_bound(painted, monkeypatch):
     assert cache._bytes <= 20_000
     last = images.image_data_url(ImagePart(painted[99], None), codec)
     assert cache.hits == 1 and last.startswith("data:image/jpeg")  # the newest stays
+
+
+def _decoded(url: str):
+    import base64
+    import io
+
+    from PIL import Image
+
+    head, data = url.split(",", 1)
+    return head, Image.open(io.BytesIO(base64.b64decode(data)))
+
+
+def test_an_upright_jpeg_already_at_the_frame_size_is_sent_byte_for_byte(tmp_path):
+    path = paint_image(tmp_path / "a.jpg", (64, 48), 3)
+    url = images.image_data_url(ImagePart(path, None), create_box_frame("pixels"))
+    import base64
+
+    assert url == "data:image/jpeg;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def test_a_rotated_or_png_file_is_re_encoded_at_the_frame_size(tmp_path):
+    from PIL import Image
+
+    rotated = tmp_path / "r.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display": a server honouring it would turn it
+    Image.open(paint_image(tmp_path / "src.jpg", (64, 48), 1)).save(rotated, exif=exif)
+    png = tmp_path / "p.png"
+    Image.open(paint_image(tmp_path / "src2.jpg", (64, 48), 2)).save(png)
+    pixels = create_box_frame("pixels")
+    for path in (rotated, png):
+        url = images.image_data_url(ImagePart(path, None), pixels)
+        head, img = _decoded(url)
+        assert head == "data:image/jpeg;base64"
+        assert img.format == "JPEG" and img.size == (64, 48)
+        assert img.getexif().get(0x0112, 1) == 1
+        assert url.split(",", 1)[1] != images.base64.b64encode(path.read_bytes()).decode()
+
+
+def test_near_and_far_resizes_reach_the_frame_size_exactly(tmp_path):
+    from PIL import Image
+
+    qwen = create_box_frame("qwen2.5-vl")
+    capped = create_box_frame("pixels", {"max_side": 1000})
+    near = paint_image(tmp_path / "near.jpg", (600, 800), 4)  # Qwen: 588 x 812
+    far = paint_image(tmp_path / "far.jpg", (4000, 3000), 5)  # capped: 1000 x 750
+    for path, size, frame in ((near, (600, 800), qwen), (far, (4000, 3000), capped)):
+        _, img = _decoded(images.image_data_url(ImagePart(path, size), frame))
+        assert img.size == frame.model_size(size)
+    assert images._filter((600, 800), (588, 812)) == Image.Resampling.BILINEAR
+    assert images._filter((4000, 3000), (1000, 750)) == Image.Resampling.BICUBIC
+    # The picture survives the cheap paths (DCT-domain decode, bilinear): against a
+    # full decode and bicubic resize, the mean difference per channel stays small.
+    for path, size, frame in ((near, (600, 800), qwen), (far, (4000, 3000), capped)):
+        _, got = _decoded(images.image_data_url(ImagePart(path, size), frame))
+        reference = Image.open(path).convert("RGB").resize(got.size, Image.Resampling.BICUBIC)
+        diff = sum(
+            abs(a - b)
+            for pa, pb in zip(got.getdata(), reference.getdata(), strict=True)
+            for a, b in zip(pa, pb, strict=True)
+        ) / (3 * got.size[0] * got.size[1])
+        assert diff < 4, (path.name, diff)  # of 255

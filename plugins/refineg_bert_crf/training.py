@@ -52,33 +52,47 @@ def length_batches(
     return batches
 
 
+#: What one encoder call costs beyond its sub-words, in padded sub-word positions.
+#: Measured with the bf16 and ONNX runners of MiniLM at 1 thread on an AMD EPYC
+#: (benchmarks/RESULTS.md, issue 20): a call of one 16-piece tweet took ~11 ms,
+#: each further padded position ~0.1 ms, so a call is worth ~96 positions. Cutting
+#: a bucket is therefore only worth it when it saves more padding than that.
+CALL_OVERHEAD = 96
+#: Special tokens each window adds ([CLS] ... [SEP]).
+SPECIAL = 2
+
+
 def padded_buckets(
-    lengths: Sequence[int], max_batch: int, *, slack: float = 1.25, min_batch: int = 8
+    lengths: Sequence[int], max_batch: int, *, overhead: float = CALL_OVERHEAD
 ) -> list[list[int]]:
-    """Inference batches: indices sorted by length, cut where padding would grow.
+    """Inference batches: indices sorted by length, cut where the encoder's cost is least.
 
     Why: a batch pads every sentence to its longest, so a batch of 64 posts in
     arrival order (as ``pipe`` hands them over) spends most of its encoder time
-    on padding. A bucket closes at ``max_batch`` sentences, or (once it holds
-    ``min_batch``) when the next, longer sentence would make the padded size
-    exceed ``slack`` x the real sub-words. Callers put results back by index, so
-    the order of the input is kept.
+    on padding; but many small batches pay the per-call cost (~96 positions,
+    :data:`CALL_OVERHEAD`) many times, which on a batch of 64 tweets cost more
+    than the padding it saved. The cuts minimise ``sum(overhead + rows x
+    longest)`` over contiguous runs of the length-sorted order (dynamic
+    programming, each run at most ``max_batch``). Callers put results back by
+    index, so the order of the input is kept.
     """
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    n = len(lengths)
+    order = sorted(range(n), key=lambda i: lengths[i])
+    size = [max(1, lengths[i]) + SPECIAL for i in order]
+    best = [0.0] + [float("inf")] * n  # best[j]: least cost of the first j sorted items
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        longest = size[j - 1]  # the run i..j-1 pads to its last (longest) item
+        for i in range(max(0, j - max_batch), j):
+            cost = best[i] + overhead + (j - i) * longest
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
     buckets: list[list[int]] = []
-    current: list[int] = []
-    real = 0
-    for i in order:
-        n = max(1, lengths[i])
-        full = len(current) >= max_batch
-        wasteful = len(current) >= min_batch and (len(current) + 1) * n > slack * (real + n)
-        if current and (full or wasteful):
-            buckets.append(current)
-            current, real = [], 0
-        current.append(i)
-        real += n
-    if current:
-        buckets.append(current)
+    j = n
+    while j > 0:
+        buckets.append(order[cut[j] : j])
+        j = cut[j]
+    buckets.reverse()
     return buckets
 
 

