@@ -110,7 +110,9 @@ def main() -> None:
     ap.add_argument("--latency", type=float, default=0.2)
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--cache", type=Path, default=Path("/tmp/refineg-bench-ground-cache"))
+    ap.add_argument(
+        "--cache", type=Path, default=Path(tempfile.gettempdir()) / "refineg-bench-ground-cache"
+    )
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "twitter-gmner")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument(
