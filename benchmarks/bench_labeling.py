@@ -39,7 +39,14 @@ from _common import DATA, ROOT, twitter_labels
 
 RESULTS = ROOT / "benchmarks" / "results"
 ROUNDS = (100, 200, 400, 800, 1600)
-STRATEGIES = ("random", "uncertainty", "uncertainty+diversity")
+STRATEGIES = ("random", "uncertainty", "uncertainty+diversity", "mnlp")
+#: benchmark strategy -> (``choose`` strategy, sample score of ``refineg select --score``)
+CHOOSE = {
+    "random": ("random", None),
+    "uncertainty": ("uncertainty", "max"),
+    "uncertainty+diversity": ("uncertainty+diversity", "max"),
+    "mnlp": ("uncertainty", "mnlp"),
+}
 START = "start"  # the shared first round (the same 100 random posts for every strategy)
 
 
@@ -136,18 +143,25 @@ class Loop:
         pred = [set(tags_to_spans(p.tags).spans) for p in preds]
         return span_f1(gold, pred)
 
-    def scores(self, tagger, candidates: list[str]) -> list[float]:
+    def scores(self, tagger, candidates: list[str], kind: str) -> list[float]:
+        """Sample scores ``kind`` (``max`` or ``mnlp``) of ``candidates``; one
+        prediction pass serves both kinds (the start round picks for every strategy)."""
         from refineg_gates.span import SpanGate
-        from refineg_labeling.selection import sample_uncertainty
+        from refineg_labeling.selection import mnlp_uncertainty, sample_uncertainty
 
         key = (id(tagger), tuple(candidates))
-        if key in self._scored:  # round 1 picks for both uncertainty strategies at once
-            return self._scored[key]
-        samples = [self.by_id[i] for i in candidates]
-        gate = SpanGate(SpanGate.Options(threshold=0.0), self.labels)
-        decisions = gate.decide_each(samples, tagger.predict(samples))
-        self._scored = {key: [sample_uncertainty(d) for d in decisions]}
-        return self._scored[key]
+        if key not in self._scored:
+            samples = [self.by_id[i] for i in candidates]
+            preds = tagger.predict(samples)
+            gate = SpanGate(SpanGate.Options(threshold=0.0), self.labels)
+            decisions = gate.decide_each(samples, preds)
+            self._scored = {
+                key: {
+                    "max": [sample_uncertainty(d) for d in decisions],
+                    "mnlp": [mnlp_uncertainty(p) for p in preds],
+                }
+            }
+        return self._scored[key][kind]
 
     def next_ids(
         self, strategy: str, tagger, labeled: list[str], k: int, seed: int, rnd: int
@@ -157,19 +171,20 @@ class Loop:
 
         rng = np.random.default_rng([seed, rnd])
         taken = set(labeled)
-        if strategy == "random":
+        how, kind = CHOOSE[strategy]
+        if how == "random":
             return choose("random", self.ids, k, exclude=taken, seed=int(rng.integers(1 << 31))), {}
         unlabeled = [i for i in self.ids if i not in taken]
         want = max(self.args.candidates, 4 * k) if self.args.candidates else len(unlabeled)
         cand = list(rng.permutation(unlabeled)[: min(want, len(unlabeled))])
         t0 = time.perf_counter()
-        scores = self.scores(tagger, cand)
+        scores = self.scores(tagger, cand, kind)
         facts = {"candidates": len(cand), "score_seconds": round(time.perf_counter() - t0, 1)}
         vectors = None
-        if strategy == "uncertainty+diversity":
+        if how == "uncertainty+diversity":
             index = {sid: j for j, sid in enumerate(self.ids)}
             vectors = self.vectors()[[index[c] for c in cand]]
-        chosen = choose(strategy, cand, k, scores=scores, vectors=vectors, seed=seed)
+        chosen = choose(how, cand, k, scores=scores, vectors=vectors, seed=seed)
         return chosen, facts
 
 
@@ -185,6 +200,8 @@ def run(args: argparse.Namespace) -> None:
     rounds = [r for r in ROUNDS if r <= args.max_labels]
     print(f"threads={torch.get_num_threads()} pool={len(loop.pool)} dev={len(loop.dev)}")
     for ri, size in enumerate(rounds):
+        if ri > 0 and args.start_only:
+            break
         nxt = rounds[ri + 1] if ri + 1 < len(rounds) else None
         for seed in args.seeds:
             strategies = [START] if ri == 0 else args.strategies
@@ -377,6 +394,12 @@ def main() -> None:
         action="store_true",
         help="random's rounds before the last choose without training (random needs no "
         "tagger): its last round sooner, its earlier F1 left out (f1 null)",
+    )
+    ap.add_argument(
+        "--start-only",
+        action="store_true",
+        help="train the shared start round (and choose every strategy's next posts), then "
+        "stop: later rounds can then run as one process per (seed, strategy) with --tag",
     )
     ap.add_argument("--suffix", default="", help="results/labeling<SUFFIX>.json and _curve.png")
     args = ap.parse_args()
