@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import DATA, ROOT, twitter_labels
+from _common import DATA, ROOT, machine, twitter_labels
 
 RESULTS = ROOT / "benchmarks" / "results"
 ROUNDS = (100, 200, 400, 800, 1600)
@@ -339,6 +339,7 @@ def report(args: argparse.Namespace) -> None:
     doc = {
         "command": "nice -n 5 python benchmarks/bench_labeling.py " + " ".join(sys.argv[1:]),
         "threads": args.threads,
+        "machine": machine(args.threads),
         "settings": {
             "rounds": list(ROUNDS),
             "seeds": args.seeds,

@@ -285,16 +285,24 @@ def test_select_command_ranks_by_the_gate_and_skips_labeled_posts(few_tweets, tm
     assert run_cli(["train", "-c", str(cfg)]).code == 0
     out = tmp_path / "batches"
     seen = {s.id for s in train}
-    for k, strategy in enumerate(("uncertainty", "uncertainty+diversity", "random"), 1):
-        args = ["select", "-c", str(cfg), "--pool", str(pool_file), "--n", "3"]
-        res = run_cli([*args, "--strategy", strategy, "--out", str(out)])
+    runs = (  # 11 unlabeled posts in the pool: 3 + 3 + 3 + 2
+        ("uncertainty", "max", 3),
+        ("uncertainty+diversity", "max", 3),
+        ("random", "max", 3),
+        ("uncertainty", "mnlp", 2),
+    )
+    for k, (strategy, score, n) in enumerate(runs, 1):
+        args = ["select", "-c", str(cfg), "--pool", str(pool_file), "--n", str(n)]
+        res = run_cli([*args, "--strategy", strategy, "--score", score, "--out", str(out)])
         assert res.code == 0, res.stderr
         batch = read_results(out / f"batch-{k:03d}.jsonl")
-        assert len(batch) == 3 and not {r.id for r in batch} & seen
+        assert len(batch) == n and not {r.id for r in batch} & seen
         assert all(r.gate is not None for r in batch)  # the tagger's pre-annotations
         if strategy == "uncertainty":
-            u = [r.sample.meta["selection"]["uncertainty"] for r in batch]
-            assert u == sorted(u, reverse=True)
+            how = [r.sample.meta["selection"] for r in batch]
+            assert {h["score"] for h in how} == {score}
+            u = [h["uncertainty"] for h in how]
+            assert u == sorted(u, reverse=True) and all(x > 0 for x in u)
         seen |= {r.id for r in batch}
-    assert len(seen - {s.id for s in train}) == 9  # three batches, no post twice
+    assert len(seen - {s.id for s in train}) == 11  # four batches, no post twice
     assert {s.id for s in load_dataset(pool_file, "jsonl").samples} >= seen - {s.id for s in train}
