@@ -27,6 +27,7 @@ Expensive on a shared CPU, so:
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -113,9 +114,20 @@ class Loop:
                 np.save(cache, self._vectors)
         return self._vectors
 
-    def train(self, ids: list[str], seed: int):
+    def train(self, ids: list[str], seed: int, warm=None):
+        """A tagger trained on ``ids``: fresh, or with ``--warm-steps`` the previous
+        round's tagger (``warm``) fine-tuned on all labeled posts for
+        ``max(1 epoch, warm_steps steps)`` (Shen et al. trained incrementally)."""
         from refineg_bert_crf.tagger import BertCrfTagger
 
+        self._scored = {}
+        if warm is not None:
+            ep = epochs_for(
+                len(ids), epochs=1, min_steps=self.args.warm_steps, batch_size=self.args.batch_size
+            )
+            warm.options = warm.options.model_copy(update={"epochs": ep})
+            warm.fit([self.by_id[i] for i in ids], None)
+            return warm, ep
         ep = epochs_for(
             len(ids),
             epochs=self.args.epochs,
@@ -199,6 +211,7 @@ def run(args: argparse.Namespace) -> None:
     loop = Loop(args)
     rounds = [r for r in ROUNDS if r <= args.max_labels]
     print(f"threads={torch.get_num_threads()} pool={len(loop.pool)} dev={len(loop.dev)}")
+    models: dict[tuple[str, int], object] = {}  # --warm-steps: each chain's last tagger
     for ri, size in enumerate(rounds):
         if ri > 0 and args.start_only:
             break
@@ -224,7 +237,20 @@ def run(args: argparse.Namespace) -> None:
                 if strategy == "random" and nxt is not None and args.random_untrained:
                     tagger, ep, f1 = None, None, {"f1": None, "precision": None, "recall": None}
                 else:
-                    tagger, ep = loop.train(labeled, seed)
+                    warm = None
+                    if args.warm_steps and ri > 0:
+                        source = START if ri == 1 else strategy
+                        if (source, seed) not in models:
+                            sys.exit(
+                                f"--warm-steps: the {source} tagger of seed {seed} at "
+                                f"{rounds[ri - 1]} labels is not in this process (a resumed "
+                                "run); rerun the chain in a new --work"
+                            )
+                        # the start tagger goes on in every strategy: each gets its own copy
+                        warm = models[(source, seed)]
+                        warm = copy.deepcopy(warm) if ri == 1 else warm
+                    tagger, ep = loop.train(labeled, seed, warm)
+                    models[(strategy, seed)] = tagger
                     f1 = loop.dev_f1(tagger)
                 train_s = time.perf_counter() - t0
                 rec = {
@@ -334,7 +360,8 @@ def plot(table: dict, out: Path) -> None:
 
 def report(args: argparse.Namespace) -> None:
     records = read_records(Path(args.work))
-    summary = summarise(records, STRATEGIES)
+    ran = {s for s, _, _ in records}  # strategies of this work dir (the start round is everyone's)
+    summary = summarise(records, [s for s in STRATEGIES if s in ran])
     slim = [{k: v for k, v in r.items() if k not in ("labeled", "next")} for r in records.values()]
     doc = {
         "command": "nice -n 5 python benchmarks/bench_labeling.py " + " ".join(sys.argv[1:]),
@@ -345,6 +372,7 @@ def report(args: argparse.Namespace) -> None:
             "seeds": args.seeds,
             "epochs": args.epochs,
             "min_steps": args.min_steps,
+            "warm_steps": args.warm_steps,
             "batch_size": args.batch_size,
             "dev_limit": args.dev_limit,
             "candidates": args.candidates,
@@ -395,6 +423,14 @@ def main() -> None:
         action="store_true",
         help="random's rounds before the last choose without training (random needs no "
         "tagger): its last round sooner, its earlier F1 left out (f1 null)",
+    )
+    ap.add_argument(
+        "--warm-steps",
+        type=int,
+        default=0,
+        help="0: a fresh tagger each round; N: after the start round, fine-tune the "
+        "previous round's tagger on all labeled posts for max(1 epoch, N steps) "
+        "(one process must run a chain from its start)",
     )
     ap.add_argument(
         "--start-only",
