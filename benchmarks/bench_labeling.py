@@ -330,7 +330,9 @@ def summarise(records: dict[tuple[str, int, int], dict], strategies) -> dict:
     return {"table": table, "goal": goal}
 
 
-def plot(table: dict, out: Path) -> None:
+def plot(table: dict, out: Path, note: str = "") -> None:
+    """F1 against labels, one line per strategy, min-max over seeds shaded; a dotted
+    line at random's F1 with the most labels (the goal's bar)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -346,11 +348,23 @@ def plot(table: dict, out: Path) -> None:
         hi = np.array([rows[str(x)]["max"] for x in xs])
         (line,) = ax.plot(xs, mean, marker="o", label=strategy)
         ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.18, linewidth=0)
+    bar = table.get("random", {}).get(str(ROUNDS[-1]))
+    if bar:
+        ax.axhline(bar["mean"], color="grey", linestyle=":", linewidth=1)
+        ax.annotate(
+            f"random @ {ROUNDS[-1]}",
+            (ROUNDS[0], bar["mean"]),
+            fontsize=7,
+            color="grey",
+            xytext=(0, 3),
+            textcoords="offset points",
+        )
     ax.set_xscale("log", base=2)
     ax.set_xticks(list(ROUNDS), [str(r) for r in ROUNDS])
     ax.set_xlabel("labeled posts")
     ax.set_ylabel("dev MNER F1 (%)")
-    ax.set_title("Twitter-GMNER, MiniLM bert_crf: mean over seeds, min-max shaded", fontsize=9)
+    title = "Twitter-GMNER, MiniLM bert_crf: mean over seeds, min-max shaded"
+    ax.set_title(f"{title}\n{note}" if note else title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -386,7 +400,12 @@ def report(args: argparse.Namespace) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = f"labeling{args.suffix}"
     (RESULTS / f"{name}.json").write_text(json.dumps(doc, indent=2), encoding="utf-8")
-    plot(summary["table"], RESULTS / f"{name}_curve.png")
+    note = (
+        f"each round fine-tunes the previous tagger (>= {args.warm_steps} steps)"
+        if args.warm_steps
+        else "a fresh tagger each round"
+    )
+    plot(summary["table"], RESULTS / f"{name}_curve.png", note)
     print(json.dumps({"table": summary["table"], "goal": summary["goal"]}, indent=1))
 
 
