@@ -228,8 +228,22 @@ def run(args: argparse.Namespace) -> None:
                     rng = np.random.default_rng(seed)
                     labeled = list(rng.permutation(loop.ids)[:size])
                 else:
-                    prev = records[(START if ri == 1 else strategy, seed, rounds[ri - 1])]
+                    before = (START if ri == 1 else strategy, seed, rounds[ri - 1])
+                    if before not in records:
+                        if ri == 1:
+                            continue  # no start round yet for this seed
+                        sys.exit(
+                            f"{strategy}, seed {seed}: no round at {rounds[ri - 1]} labels in "
+                            f"{work}: the start round there chose nothing for {strategy} (it "
+                            "ran with other --strategies); use a new --work"
+                        )
+                    prev = records[before]
                     if (strategy if ri == 1 else "next") not in prev["next"]:
+                        if ri == 1:
+                            sys.exit(
+                                f"{strategy}, seed {seed}: the start round in {work} ran "
+                                f"without {strategy} (--strategies); use a new --work"
+                            )
                         continue  # chosen without a next round (--final-strategies)
                     labeled = prev["labeled"] + prev["next"][strategy if ri == 1 else "next"]
                 assert len(set(labeled)) == size, (key, len(set(labeled)))
