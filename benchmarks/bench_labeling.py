@@ -5,9 +5,11 @@ chosen. Each seed starts from the same 100 random posts for every strategy, then
 rounds grow the labeled set to 200, 400, 800 and 1,600 posts, choosing with
 ``refineg_labeling.selection.choose`` (the code ``refineg select`` runs): the gate is
 the shipped config's ``span`` gate, the embeddings the clip_similarity selector's text
-encoder (MiniLM). After each round a fresh MiniLM ``bert_crf`` tagger is trained on the
-labeled posts (same epochs for every strategy, see ``epochs_for``) and scored on dev
-(MNER F1).
+encoder (MiniLM); ``mnlp`` is ``uncertainty`` ranked by Shen et al.'s MNLP
+(``refineg select --score mnlp``). After each round a fresh MiniLM ``bert_crf`` tagger
+is trained on the labeled posts (same epochs for every strategy, see ``epochs_for``),
+or with ``--warm-steps`` the previous round's tagger is fine-tuned on them, and scored
+on dev (MNER F1).
 
 Expensive on a shared CPU, so:
 
