@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import machine
 
 HERE = Path(__file__).resolve().parent
 
@@ -74,22 +75,30 @@ def score(tagger_dir: Path, dev_path: Path, cache: Path) -> list:
     return posts
 
 
-def evaluate(posts, tau: float | None, target: float, missed_tau: float) -> dict | None:
-    """Kept precision and delegated shares of ``posts`` at entity threshold ``tau``."""
-    from refineg_gates.guarantee_gate import delegated, items
+def evaluate(
+    posts, tau: float | None, target: float, missed_tau: float, unit: str = "entity"
+) -> dict | None:
+    """Kept precision and delegated shares of ``posts`` at threshold ``tau``.
+
+    ``unit="entity"``: ``tau`` is the entity threshold, the missed-entity rule stays
+    at ``missed_tau`` (the gate's entity mode). ``unit="sample"``: ``tau`` is the
+    one threshold of both rules and the "precision" is the share of kept posts whose
+    tagger output equals the gold (``thresholds_for``, the gate's sample mode)."""
+    from refineg_gates.guarantee_gate import delegated, items, thresholds_for
 
     if tau is None:
         return None
-    s, w = items(posts, "entity", True)
+    s, w = items(posts, unit, True)
     kept = s <= tau
     precision = float(1 - w[kept].mean()) if kept.any() else None
+    tau_e, tau_m = thresholds_for(tau, unit, missed_tau)
     return {
         "threshold": tau,
         "kept_precision": precision,
         "meets_target": precision is None or precision >= target,
-        "entities_kept_share": float(kept.mean()),
-        "posts_delegated_entity_rule": delegated(posts, tau, 2.0, False) / len(posts),
-        "posts_delegated_as_run": delegated(posts, tau, missed_tau, True) / len(posts),
+        f"{unit}_kept_share": float(kept.mean()),
+        "posts_delegated_entity_rule": delegated(posts, tau_e, 2.0, False) / len(posts),
+        "posts_delegated_as_run": delegated(posts, tau_e, tau_m, True) / len(posts),
     }
 
 
@@ -123,6 +132,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--missed-threshold", type=float, default=0.4, help="the shipped config's")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--unit",
+        choices=("entity", "sample"),
+        default="entity",
+        help="the guarantee's items: entities (precision of kept entities) or posts "
+        "(share of kept posts exactly right; the gate's guarantee = 'sample')",
+    )
     ap.add_argument("--out", type=Path, default=HERE / "results" / "gate_guarantee.json")
     args = ap.parse_args()
     import torch
@@ -134,14 +150,16 @@ def main() -> None:
 
     cache = HERE.parent / "runs" / f"gate_guarantee_posts_{args.tagger.resolve().parent.name}.json"
     posts = score(args.tagger, args.data / "twitter-gmner" / "dev.txt", cache)
-    s_all, w_all = items(posts, "entity", True)
+    s_all, w_all = items(posts, args.unit, True)
     targets = [float(t) for t in args.targets.split(",")]
     doc: dict = {
         "command": "nice -n 5 python benchmarks/bench_gate_guarantee.py " + " ".join(sys.argv[1:]),
         "tagger": str(args.tagger),
         "threads": torch.get_num_threads(),
+        "machine": machine(torch.get_num_threads()),
         "dev_posts": len(posts),
-        "dev_entities": len(s_all),
+        "unit": args.unit,
+        "dev_items": len(s_all),
         "dev_precision_all_kept": round(float(1 - w_all.mean()), 4),
         "risk": args.risk,
         "splits": args.splits,
@@ -150,7 +168,7 @@ def main() -> None:
     }
 
     def rules(cal):
-        s, w = items(cal, "entity", True)
+        s, w = items(cal, args.unit, True)
         return {
             "ltt": learn_then_test(s, w, target, args.risk).threshold,
             "hoeffding": hoeffding_threshold(s, w, target, args.risk),
@@ -159,7 +177,7 @@ def main() -> None:
     for target in targets:
         row: dict = {"target": target, "whole_dev": {}}
         for name, tau in rules(posts).items():
-            row["whole_dev"][name] = evaluate(posts, tau, target, args.missed_threshold)
+            row["whole_dev"][name] = evaluate(posts, tau, target, args.missed_threshold, args.unit)
         rng = np.random.default_rng(args.seed)
         per_rule: dict = {"ltt": [], "hoeffding": []}
         for _ in range(args.splits):
@@ -168,9 +186,9 @@ def main() -> None:
             cal = [posts[i] for i in order[:half]]
             test = [posts[i] for i in order[half:]]
             for name, tau in rules(cal).items():
-                row_ = evaluate(test, tau, target, args.missed_threshold)
+                row_ = evaluate(test, tau, target, args.missed_threshold, args.unit)
                 if row_ is not None:  # what the guarantee is about: all of dev's precision
-                    whole = evaluate(posts, tau, target, args.missed_threshold)
+                    whole = evaluate(posts, tau, target, args.missed_threshold, args.unit)
                     row_["population_meets_target"] = whole["meets_target"]
                 per_rule[name].append(row_)
         row["splits"] = {}

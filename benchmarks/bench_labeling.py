@@ -5,9 +5,11 @@ chosen. Each seed starts from the same 100 random posts for every strategy, then
 rounds grow the labeled set to 200, 400, 800 and 1,600 posts, choosing with
 ``refineg_labeling.selection.choose`` (the code ``refineg select`` runs): the gate is
 the shipped config's ``span`` gate, the embeddings the clip_similarity selector's text
-encoder (MiniLM). After each round a fresh MiniLM ``bert_crf`` tagger is trained on the
-labeled posts (same epochs for every strategy, see ``epochs_for``) and scored on dev
-(MNER F1).
+encoder (MiniLM); ``mnlp`` is ``uncertainty`` ranked by Shen et al.'s MNLP
+(``refineg select --score mnlp``). After each round a fresh MiniLM ``bert_crf`` tagger
+is trained on the labeled posts (same epochs for every strategy, see ``epochs_for``),
+or with ``--warm-steps`` the previous round's tagger is fine-tuned on them, and scored
+on dev (MNER F1).
 
 Expensive on a shared CPU, so:
 
@@ -27,6 +29,7 @@ Expensive on a shared CPU, so:
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -35,11 +38,18 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import DATA, ROOT, twitter_labels
+from _common import DATA, ROOT, machine, twitter_labels
 
 RESULTS = ROOT / "benchmarks" / "results"
 ROUNDS = (100, 200, 400, 800, 1600)
-STRATEGIES = ("random", "uncertainty", "uncertainty+diversity")
+STRATEGIES = ("random", "uncertainty", "uncertainty+diversity", "mnlp")
+#: benchmark strategy -> (``choose`` strategy, sample score of ``refineg select --score``)
+CHOOSE = {
+    "random": ("random", None),
+    "uncertainty": ("uncertainty", "max"),
+    "uncertainty+diversity": ("uncertainty+diversity", "max"),
+    "mnlp": ("uncertainty", "mnlp"),
+}
 START = "start"  # the shared first round (the same 100 random posts for every strategy)
 
 
@@ -106,9 +116,20 @@ class Loop:
                 np.save(cache, self._vectors)
         return self._vectors
 
-    def train(self, ids: list[str], seed: int):
+    def train(self, ids: list[str], seed: int, warm=None):
+        """A tagger trained on ``ids``: fresh, or with ``--warm-steps`` the previous
+        round's tagger (``warm``) fine-tuned on all labeled posts for
+        ``max(1 epoch, warm_steps steps)`` (Shen et al. trained incrementally)."""
         from refineg_bert_crf.tagger import BertCrfTagger
 
+        self._scored = {}
+        if warm is not None:
+            ep = epochs_for(
+                len(ids), epochs=1, min_steps=self.args.warm_steps, batch_size=self.args.batch_size
+            )
+            warm.options = warm.options.model_copy(update={"epochs": ep})
+            warm.fit([self.by_id[i] for i in ids], None)
+            return warm, ep
         ep = epochs_for(
             len(ids),
             epochs=self.args.epochs,
@@ -136,18 +157,25 @@ class Loop:
         pred = [set(tags_to_spans(p.tags).spans) for p in preds]
         return span_f1(gold, pred)
 
-    def scores(self, tagger, candidates: list[str]) -> list[float]:
+    def scores(self, tagger, candidates: list[str], kind: str) -> list[float]:
+        """Sample scores ``kind`` (``max`` or ``mnlp``) of ``candidates``; one
+        prediction pass serves both kinds (the start round picks for every strategy)."""
         from refineg_gates.span import SpanGate
-        from refineg_labeling.selection import sample_uncertainty
+        from refineg_labeling.selection import mnlp_uncertainty, sample_uncertainty
 
         key = (id(tagger), tuple(candidates))
-        if key in self._scored:  # round 1 picks for both uncertainty strategies at once
-            return self._scored[key]
-        samples = [self.by_id[i] for i in candidates]
-        gate = SpanGate(SpanGate.Options(threshold=0.0), self.labels)
-        decisions = gate.decide_each(samples, tagger.predict(samples))
-        self._scored = {key: [sample_uncertainty(d) for d in decisions]}
-        return self._scored[key]
+        if key not in self._scored:
+            samples = [self.by_id[i] for i in candidates]
+            preds = tagger.predict(samples)
+            gate = SpanGate(SpanGate.Options(threshold=0.0), self.labels)
+            decisions = gate.decide_each(samples, preds)
+            self._scored = {
+                key: {
+                    "max": [sample_uncertainty(d) for d in decisions],
+                    "mnlp": [mnlp_uncertainty(p) for p in preds],
+                }
+            }
+        return self._scored[key][kind]
 
     def next_ids(
         self, strategy: str, tagger, labeled: list[str], k: int, seed: int, rnd: int
@@ -157,19 +185,20 @@ class Loop:
 
         rng = np.random.default_rng([seed, rnd])
         taken = set(labeled)
-        if strategy == "random":
+        how, kind = CHOOSE[strategy]
+        if how == "random":
             return choose("random", self.ids, k, exclude=taken, seed=int(rng.integers(1 << 31))), {}
         unlabeled = [i for i in self.ids if i not in taken]
         want = max(self.args.candidates, 4 * k) if self.args.candidates else len(unlabeled)
         cand = list(rng.permutation(unlabeled)[: min(want, len(unlabeled))])
         t0 = time.perf_counter()
-        scores = self.scores(tagger, cand)
+        scores = self.scores(tagger, cand, kind)
         facts = {"candidates": len(cand), "score_seconds": round(time.perf_counter() - t0, 1)}
         vectors = None
-        if strategy == "uncertainty+diversity":
+        if how == "uncertainty+diversity":
             index = {sid: j for j, sid in enumerate(self.ids)}
             vectors = self.vectors()[[index[c] for c in cand]]
-        chosen = choose(strategy, cand, k, scores=scores, vectors=vectors, seed=seed)
+        chosen = choose(how, cand, k, scores=scores, vectors=vectors, seed=seed)
         return chosen, facts
 
 
@@ -184,7 +213,10 @@ def run(args: argparse.Namespace) -> None:
     loop = Loop(args)
     rounds = [r for r in ROUNDS if r <= args.max_labels]
     print(f"threads={torch.get_num_threads()} pool={len(loop.pool)} dev={len(loop.dev)}")
+    models: dict[tuple[str, int], object] = {}  # --warm-steps: each chain's last tagger
     for ri, size in enumerate(rounds):
+        if ri > 0 and args.start_only:
+            break
         nxt = rounds[ri + 1] if ri + 1 < len(rounds) else None
         for seed in args.seeds:
             strategies = [START] if ri == 0 else args.strategies
@@ -198,8 +230,22 @@ def run(args: argparse.Namespace) -> None:
                     rng = np.random.default_rng(seed)
                     labeled = list(rng.permutation(loop.ids)[:size])
                 else:
-                    prev = records[(START if ri == 1 else strategy, seed, rounds[ri - 1])]
+                    before = (START if ri == 1 else strategy, seed, rounds[ri - 1])
+                    if before not in records:
+                        if ri == 1:
+                            continue  # no start round yet for this seed
+                        sys.exit(
+                            f"{strategy}, seed {seed}: no round at {rounds[ri - 1]} labels in "
+                            f"{work}: the start round there chose nothing for {strategy} (it "
+                            "ran with other --strategies); use a new --work"
+                        )
+                    prev = records[before]
                     if (strategy if ri == 1 else "next") not in prev["next"]:
+                        if ri == 1:
+                            sys.exit(
+                                f"{strategy}, seed {seed}: the start round in {work} ran "
+                                f"without {strategy} (--strategies); use a new --work"
+                            )
                         continue  # chosen without a next round (--final-strategies)
                     labeled = prev["labeled"] + prev["next"][strategy if ri == 1 else "next"]
                 assert len(set(labeled)) == size, (key, len(set(labeled)))
@@ -207,7 +253,20 @@ def run(args: argparse.Namespace) -> None:
                 if strategy == "random" and nxt is not None and args.random_untrained:
                     tagger, ep, f1 = None, None, {"f1": None, "precision": None, "recall": None}
                 else:
-                    tagger, ep = loop.train(labeled, seed)
+                    warm = None
+                    if args.warm_steps and ri > 0:
+                        source = START if ri == 1 else strategy
+                        if (source, seed) not in models:
+                            sys.exit(
+                                f"--warm-steps: the {source} tagger of seed {seed} at "
+                                f"{rounds[ri - 1]} labels is not in this process (a resumed "
+                                "run); rerun the chain in a new --work"
+                            )
+                        # the start tagger goes on in every strategy: each gets its own copy
+                        warm = models[(source, seed)]
+                        warm = copy.deepcopy(warm) if ri == 1 else warm
+                    tagger, ep = loop.train(labeled, seed, warm)
+                    models[(strategy, seed)] = tagger
                     f1 = loop.dev_f1(tagger)
                 train_s = time.perf_counter() - t0
                 rec = {
@@ -287,7 +346,9 @@ def summarise(records: dict[tuple[str, int, int], dict], strategies) -> dict:
     return {"table": table, "goal": goal}
 
 
-def plot(table: dict, out: Path) -> None:
+def plot(table: dict, out: Path, note: str = "") -> None:
+    """F1 against labels, one line per strategy, min-max over seeds shaded; a dotted
+    line at random's F1 with the most labels (the goal's bar)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -303,11 +364,23 @@ def plot(table: dict, out: Path) -> None:
         hi = np.array([rows[str(x)]["max"] for x in xs])
         (line,) = ax.plot(xs, mean, marker="o", label=strategy)
         ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.18, linewidth=0)
+    bar = table.get("random", {}).get(str(ROUNDS[-1]))
+    if bar:
+        ax.axhline(bar["mean"], color="grey", linestyle=":", linewidth=1)
+        ax.annotate(
+            f"random @ {ROUNDS[-1]}",
+            (ROUNDS[0], bar["mean"]),
+            fontsize=7,
+            color="grey",
+            xytext=(0, 3),
+            textcoords="offset points",
+        )
     ax.set_xscale("log", base=2)
     ax.set_xticks(list(ROUNDS), [str(r) for r in ROUNDS])
     ax.set_xlabel("labeled posts")
     ax.set_ylabel("dev MNER F1 (%)")
-    ax.set_title("Twitter-GMNER, MiniLM bert_crf: mean over seeds, min-max shaded", fontsize=9)
+    title = "Twitter-GMNER, MiniLM bert_crf: mean over seeds, min-max shaded"
+    ax.set_title(f"{title}\n{note}" if note else title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -317,16 +390,19 @@ def plot(table: dict, out: Path) -> None:
 
 def report(args: argparse.Namespace) -> None:
     records = read_records(Path(args.work))
-    summary = summarise(records, STRATEGIES)
+    ran = {s for s, _, _ in records}  # strategies of this work dir (the start round is everyone's)
+    summary = summarise(records, [s for s in STRATEGIES if s in ran])
     slim = [{k: v for k, v in r.items() if k not in ("labeled", "next")} for r in records.values()]
     doc = {
         "command": "nice -n 5 python benchmarks/bench_labeling.py " + " ".join(sys.argv[1:]),
         "threads": args.threads,
+        "machine": machine(args.threads),
         "settings": {
             "rounds": list(ROUNDS),
             "seeds": args.seeds,
             "epochs": args.epochs,
             "min_steps": args.min_steps,
+            "warm_steps": args.warm_steps,
             "batch_size": args.batch_size,
             "dev_limit": args.dev_limit,
             "candidates": args.candidates,
@@ -340,7 +416,12 @@ def report(args: argparse.Namespace) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = f"labeling{args.suffix}"
     (RESULTS / f"{name}.json").write_text(json.dumps(doc, indent=2), encoding="utf-8")
-    plot(summary["table"], RESULTS / f"{name}_curve.png")
+    note = (
+        f"each round fine-tunes the previous tagger (>= {args.warm_steps} steps)"
+        if args.warm_steps
+        else "a fresh tagger each round"
+    )
+    plot(summary["table"], RESULTS / f"{name}_curve.png", note)
     print(json.dumps({"table": summary["table"], "goal": summary["goal"]}, indent=1))
 
 
@@ -377,6 +458,20 @@ def main() -> None:
         action="store_true",
         help="random's rounds before the last choose without training (random needs no "
         "tagger): its last round sooner, its earlier F1 left out (f1 null)",
+    )
+    ap.add_argument(
+        "--warm-steps",
+        type=int,
+        default=0,
+        help="0: a fresh tagger each round; N: after the start round, fine-tune the "
+        "previous round's tagger on all labeled posts for max(1 epoch, N steps) "
+        "(one process must run a chain from its start)",
+    )
+    ap.add_argument(
+        "--start-only",
+        action="store_true",
+        help="train the shared start round (and choose every strategy's next posts), then "
+        "stop: later rounds can then run as one process per (seed, strategy) with --tag",
     )
     ap.add_argument("--suffix", default="", help="results/labeling<SUFFIX>.json and _curve.png")
     args = ap.parse_args()

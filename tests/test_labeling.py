@@ -9,7 +9,13 @@ import attrs
 import numpy as np
 import pytest
 from refineg_labeling.labelstudio import import_export, labeling_config, to_task
-from refineg_labeling.selection import choose, k_center_greedy, sample_uncertainty
+from refineg_labeling.selection import (
+    choose,
+    k_center_greedy,
+    mnlp_uncertainty,
+    path_log_probability,
+    sample_uncertainty,
+)
 
 from refineg_core.labels import LabelSet
 from refineg_core.types import Box, Entity, GateDecision, ImageRef, Sample, SampleResult
@@ -45,6 +51,63 @@ def test_diversity_skips_near_duplicates_of_an_uncertain_post():
     assert choose("uncertainty", ids, 2, scores=scores) == ["p0", "p1"]
     spread = choose("uncertainty+diversity", ids, 2, scores=scores, vectors=v)
     assert spread[0] == "p0" and spread[1] == "p3"
+
+
+def _crf_prediction(n_tokens: int, seed: int):
+    """A real CRF (random transitions, BIO constraints) on random emissions: its
+    Viterbi path as a TaggerPrediction with forward-backward marginals, and the
+    CRF's own log P(path) (score minus log Z) to check against."""
+    import torch
+    from refineg_bert_crf.crf import CRF, allowed_transitions
+
+    from refineg_core.types import TaggerPrediction
+
+    names = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC")
+    gen = torch.Generator().manual_seed(seed)
+    crf = CRF(len(names), allowed_transitions(names, "BIO")).double()
+    with torch.no_grad():
+        crf.transitions.copy_(torch.randn(len(names), len(names), generator=gen))
+        crf.start_transitions.copy_(torch.randn(len(names), generator=gen))
+    emissions = torch.randn(1, n_tokens, len(names), generator=gen, dtype=torch.float64) * 2
+    mask = torch.ones(1, n_tokens, dtype=torch.bool)
+    path = crf.viterbi(emissions, mask)[0]
+    with torch.no_grad():
+        node, pair = crf.posteriors(emissions, mask)
+        truth = crf.log_likelihood(emissions, torch.tensor([path]), mask).item()
+    pred = TaggerPrediction(
+        "s",
+        tuple(names[t] for t in path),
+        names,
+        node[0].numpy(),
+        transition_marginals=pair[0, : n_tokens - 1].numpy(),
+    )
+    return pred, truth
+
+
+@pytest.mark.parametrize("n_tokens", [1, 2, 7, 20])
+def test_path_log_probability_is_the_crf_likelihood_of_the_decoded_path(n_tokens):
+    """The chain factorisation from marginals equals score - log Z of the real CRF:
+    MNLP is Shen et al.'s quantity, not an approximation of it."""
+    for seed in range(3):
+        pred, truth = _crf_prediction(n_tokens, seed)
+        assert path_log_probability(pred) == pytest.approx(truth, abs=1e-6)
+        assert mnlp_uncertainty(pred) == pytest.approx(-truth / n_tokens, abs=1e-6)
+
+
+def test_mnlp_normalises_by_length_where_the_path_probability_does_not():
+    """Two posts equally sure per token: the longer one has the smaller path
+    probability but the same MNLP, so length alone does not rank it first."""
+    from refineg_core.types import TaggerPrediction
+
+    names = ("O", "B-PER")
+
+    def sure(n: int) -> TaggerPrediction:  # independent tokens, P(O) = 0.9 each
+        return TaggerPrediction("s", ("O",) * n, names, np.tile([0.9, 0.1], (n, 1)))
+
+    short, long_ = sure(3), sure(30)
+    assert path_log_probability(long_) < path_log_probability(short)
+    assert mnlp_uncertainty(long_) == pytest.approx(mnlp_uncertainty(short))
+    assert mnlp_uncertainty(short) == pytest.approx(-np.log(0.9))
 
 
 def test_k_center_greedy_never_repeats_a_row():
@@ -222,16 +285,24 @@ def test_select_command_ranks_by_the_gate_and_skips_labeled_posts(few_tweets, tm
     assert run_cli(["train", "-c", str(cfg)]).code == 0
     out = tmp_path / "batches"
     seen = {s.id for s in train}
-    for k, strategy in enumerate(("uncertainty", "uncertainty+diversity", "random"), 1):
-        args = ["select", "-c", str(cfg), "--pool", str(pool_file), "--n", "3"]
-        res = run_cli([*args, "--strategy", strategy, "--out", str(out)])
+    runs = (  # 11 unlabeled posts in the pool: 3 + 3 + 3 + 2
+        ("uncertainty", "max", 3),
+        ("uncertainty+diversity", "max", 3),
+        ("random", "max", 3),
+        ("uncertainty", "mnlp", 2),
+    )
+    for k, (strategy, score, n) in enumerate(runs, 1):
+        args = ["select", "-c", str(cfg), "--pool", str(pool_file), "--n", str(n)]
+        res = run_cli([*args, "--strategy", strategy, "--score", score, "--out", str(out)])
         assert res.code == 0, res.stderr
         batch = read_results(out / f"batch-{k:03d}.jsonl")
-        assert len(batch) == 3 and not {r.id for r in batch} & seen
+        assert len(batch) == n and not {r.id for r in batch} & seen
         assert all(r.gate is not None for r in batch)  # the tagger's pre-annotations
         if strategy == "uncertainty":
-            u = [r.sample.meta["selection"]["uncertainty"] for r in batch]
-            assert u == sorted(u, reverse=True)
+            how = [r.sample.meta["selection"] for r in batch]
+            assert {h["score"] for h in how} == {score}
+            u = [h["uncertainty"] for h in how]
+            assert u == sorted(u, reverse=True) and all(x > 0 for x in u)
         seen |= {r.id for r in batch}
-    assert len(seen - {s.id for s in train}) == 9  # three batches, no post twice
+    assert len(seen - {s.id for s in train}) == 11  # four batches, no post twice
     assert {s.id for s in load_dataset(pool_file, "jsonl").samples} >= seen - {s.id for s in train}

@@ -1,12 +1,21 @@
 """Choosing posts to label: uncertainty, uncertainty spread by embeddings, or random.
 
-The score of a post is the gate's *sample* uncertainty: the highest uncertainty
-among its predicted entities and its "missed entity" score (the most doubtful
-token tagged O). It is exactly what the gate ranks delegated posts by
-(``GateDecision.priority``), taken over every entity rather than only those over
-the threshold, so a post the gate would send to the MLLM is also a post worth a
-human label. Pure numpy, no model: the CLI and the benchmark feed it the same
-numbers, so the benchmark measures the code the command runs.
+Two sample scores (higher = label it sooner), chosen by ``refineg select --score``:
+
+- ``max`` (default): the gate's *sample* uncertainty: the highest uncertainty
+  among its predicted entities and its "missed entity" score (the most doubtful
+  token tagged O). It is exactly what the gate ranks delegated posts by
+  (``GateDecision.priority``), taken over every entity rather than only those over
+  the threshold, so a post the gate would send to the MLLM is also a post worth a
+  human label. A maximum over tokens grows with length: long tweets win.
+- ``mnlp``: Shen et al. (ICLR 2018)'s maximum normalized log-probability, the
+  decoded path's log-probability divided by the number of tokens, lowest first
+  (the score is its negation). The length normalisation is the point: their
+  comparison found it ahead of the unnormalised path probability, which prefers
+  long sentences.
+
+Pure numpy, no model: the CLI and the benchmark feed it the same numbers, so the
+benchmark measures the code the command runs.
 """
 
 from __future__ import annotations
@@ -17,7 +26,7 @@ from typing import Literal
 import numpy as np
 
 from refineg_core.errors import ConfigError
-from refineg_core.types import Entity, GateDecision
+from refineg_core.types import Entity, GateDecision, TaggerPrediction
 
 Strategy = Literal["uncertainty", "uncertainty+diversity", "random"]
 STRATEGIES: tuple[str, ...] = ("uncertainty", "uncertainty+diversity", "random")
@@ -26,6 +35,13 @@ STRATEGIES: tuple[str, ...] = ("uncertainty", "uncertainty+diversity", "random")
 #: most uncertain candidates: wide enough to avoid near-duplicate tweets (retweets,
 #: the same news), narrow enough to stay among the posts the tagger doubts.
 DIVERSITY_FACTOR = 3
+
+#: The sample scores ``refineg select --score`` offers (see the module docstring).
+SCORES: tuple[str, ...] = ("max", "mnlp")
+
+#: Floor under a probability before its log: float32 forward-backward can give an
+#: exact 0 for a path the Viterbi decoder still picked (a tie at the constraint edge).
+_TINY = 1e-12
 
 
 def sample_uncertainty_of(missed: float, entities: Iterable[Entity]) -> float:
@@ -38,6 +54,43 @@ def sample_uncertainty_of(missed: float, entities: Iterable[Entity]) -> float:
 def sample_uncertainty(decision: GateDecision) -> float:
     """:func:`sample_uncertainty_of` a gate decision (kept and delegated entities)."""
     return sample_uncertainty_of(decision.missed_uncertainty, decision.entities)
+
+
+def path_log_probability(prediction: TaggerPrediction) -> float:
+    """log P(decoded tags | post) under the tagger's model, from its marginals.
+
+    A linear-chain CRF's distribution over tag sequences is a Markov chain, so the
+    probability of one path factorises exactly into its pair and node marginals:
+    ``P(y) = prod_i P(y_i, y_i+1) / prod_(0<i<n-1) P(y_i)``. That needs the
+    transition marginals (``bert_crf`` gives them); without them the product of the
+    decoded tags' token marginals stands in: the greedy-decoder form Shen et al.
+    used for their LSTM decoder, exact when tokens are independent.
+    """
+    n = len(prediction.tags)
+    if n == 0:
+        return 0.0
+    index = {name: j for j, name in enumerate(prediction.label_names)}
+    try:
+        y = np.array([index[t] for t in prediction.tags], dtype=int)
+    except KeyError as err:
+        raise ValueError(
+            f"{prediction.sample_id}: tag {err.args[0]!r} is not among its label_names"
+        ) from None
+    node = np.asarray(prediction.marginals, dtype=np.float64)[np.arange(n), y]
+    pairs = prediction.transition_marginals
+    if pairs is None or n == 1:
+        return float(np.log(np.maximum(node, _TINY)).sum())
+    pair = np.asarray(pairs, dtype=np.float64)[np.arange(n - 1), y[:-1], y[1:]]
+    return float(
+        np.log(np.maximum(pair, _TINY)).sum() - np.log(np.maximum(node[1:-1], _TINY)).sum()
+    )
+
+
+def mnlp_uncertainty(prediction: TaggerPrediction) -> float:
+    """Minus Shen et al.'s MNLP: -(log P(decoded path) / tokens), >= 0; higher = less
+    sure of the post as a whole. An empty post scores 0 (nothing to doubt)."""
+    n = len(prediction.tags)
+    return -path_log_probability(prediction) / n if n else 0.0
 
 
 def k_center_greedy(
