@@ -123,6 +123,19 @@ def gazetteer_config(
     ''')
 
 
+def gazetteer_data_dir(tmp_path_factory) -> Path:
+    """A module's folder of ``write_gazetteer_data`` tweets (skips without the real data)."""
+    import pytest
+
+    from tests.conftest import TWITTER
+
+    if not TWITTER.exists():
+        pytest.skip(f"real data not found at {TWITTER}")
+    root = tmp_path_factory.mktemp("tw")
+    write_gazetteer_data(root, TWITTER)
+    return root
+
+
 def write_gazetteer_data(root: Path, twitter: Path) -> dict[str, Sample]:
     """Real tweets for a fast gazetteer run under ``root``: 400 train tweets, 30 dev
     tweets with entities and painted images at their sizes; the dev gold by text."""

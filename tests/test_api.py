@@ -60,18 +60,19 @@ def test_readme_five_lines_on_a_trained_tagger(trained_run):
     assert isinstance(pipe, refineg.Pipeline) and doc.text.startswith("Obama")
 
 
+def _obama_in_paris(request):
+    """The fake MLLM's answers: Obama and Paris for refine, a box for Obama in ground."""
+    if "box" in request.text.lower():
+        return ok('[{"entity": "Obama", "type": "PER", "boxes": [[10, 10, 200, 300]]}]')
+    return ok('[{"name": "Obama", "type": "PER"}, {"name": "Paris", "type": "LOC"}]')
+
+
 def test_pipe_streams_many_in_order_and_uses_the_mllm_when_it_answers(trained_run, tmp_path):
     run_dir, _ = trained_run
     image = paint_image(tmp_path / "photo.jpg", (640, 480))
     texts = ["Obama visits Paris", "nothing to see here", "Madrid beat Barcelona"]
     with FakeOpenAIServer() as server:
-
-        def respond(request):
-            if "box" in request.text.lower():
-                return ok('[{"entity": "Obama", "type": "PER", "boxes": [[10, 10, 200, 300]]}]')
-            return ok('[{"name": "Obama", "type": "PER"}, {"name": "Paris", "type": "LOC"}]')
-
-        server.responder = respond
+        server.responder = _obama_in_paris
         with refineg.load(
             run_dir,
             overrides=[
@@ -100,13 +101,7 @@ def test_the_mllm_stages_run_in_memory_without_any_temp_file(trained_run, tmp_pa
     image = paint_image(tmp_path / "photo.jpg", (640, 480))
     before = {p for p in run_dir.rglob("*") if "cache" not in p.relative_to(run_dir).parts}
     with FakeOpenAIServer() as server:
-
-        def respond(request):
-            if "box" in request.text.lower():
-                return ok('[{"entity": "Obama", "type": "PER", "boxes": [[10, 10, 200, 300]]}]')
-            return ok('[{"name": "Obama", "type": "PER"}, {"name": "Paris", "type": "LOC"}]')
-
-        server.responder = respond
+        server.responder = _obama_in_paris
         blocked = tmp_path / "not-a-folder"
         blocked.write_text("tempfile cannot create anything under a file", encoding="utf-8")
         monkeypatch.setattr(tempfile, "tempdir", str(blocked))

@@ -20,20 +20,14 @@ from refineg_core.errors import ConfigError, DataError
 from refineg_core.formats import load_source, recognised_format
 from refineg_core.formats.native import read_results
 from refineg_core.testing import register_plugin, run_cli
-from tests.stagedata import gazetteer_config, write_config, write_gazetteer_data
+from tests.stagedata import gazetteer_config, gazetteer_data_dir, write_config
 
 LABELS = {"PER": "a person"}
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from tests.conftest import TWITTER
-
-    if not TWITTER.exists():
-        pytest.skip(f"real data not found at {TWITTER}")
-    root = tmp_path_factory.mktemp("tw")
-    write_gazetteer_data(root, TWITTER)
-    return root
+    return gazetteer_data_dir(tmp_path_factory)
 
 
 def test_a_config_without_outputs_writes_only_the_native_jsonl(data, tmp_path):

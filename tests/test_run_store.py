@@ -27,7 +27,7 @@ from refineg_openai.testing import FakeOpenAIServer, ok
 from refineg_core.errors import RefinegError
 from refineg_core.formats.native import read_results, write_jsonl
 from refineg_core.testing import run_cli
-from tests.stagedata import gazetteer_config, write_config, write_gazetteer_data
+from tests.stagedata import gazetteer_config, gazetteer_data_dir, write_config
 
 pytest.importorskip("refineg_gazetteer", reason="pip install -e examples/refineg-gazetteer")
 
@@ -36,13 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from tests.conftest import TWITTER
-
-    if not TWITTER.exists():
-        pytest.skip(f"real data not found at {TWITTER}")
-    root = tmp_path_factory.mktemp("tw")
-    write_gazetteer_data(root, TWITTER)
-    return root
+    return gazetteer_data_dir(tmp_path_factory)
 
 
 def slow_config(root: Path, base_url: str, run_dir: Path) -> str:
