@@ -79,7 +79,7 @@ def _crf_prediction(n_tokens: int, seed: int):
         tuple(names[t] for t in path),
         names,
         node[0].numpy(),
-        transition_marginals=pair[0, : n_tokens - 1].numpy(),
+        extras={"transition_marginals": pair[0, : n_tokens - 1].numpy()},
     )
     return pred, truth
 

@@ -77,7 +77,7 @@ def path_log_probability(prediction: TaggerPrediction) -> float:
             f"{prediction.sample_id}: tag {err.args[0]!r} is not among its label_names"
         ) from None
     node = np.asarray(prediction.marginals, dtype=np.float64)[np.arange(n), y]
-    pairs = prediction.transition_marginals
+    pairs = prediction.extra("transition_marginals")
     if pairs is None or n == 1:
         return float(np.log(np.maximum(node, _TINY)).sum())
     pair = np.asarray(pairs, dtype=np.float64)[np.arange(n - 1), y[:-1], y[1:]]
