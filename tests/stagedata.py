@@ -136,13 +136,16 @@ def gazetteer_data_dir(tmp_path_factory) -> Path:
     return root
 
 
-def write_gazetteer_data(root: Path, twitter: Path) -> dict[str, Sample]:
-    """Real tweets for a fast gazetteer run under ``root``: 400 train tweets, 30 dev
-    tweets with entities and painted images at their sizes; the dev gold by text."""
+def write_gazetteer_data(
+    root: Path, twitter: Path, *, n_train: int = 400, n_dev: int = 30
+) -> dict[str, Sample]:
+    """Real tweets for a fast gazetteer run under ``root``: ``n_train`` train tweets,
+    ``n_dev`` dev tweets with entities and painted images at their sizes; the dev gold
+    by text."""
     from refineg_formats.twitter import read_twitter_gmner, write_twitter_gmner
 
-    train = read_twitter_gmner(twitter / "train.txt").samples[:400]
-    dev = [s for s in read_twitter_gmner(twitter / "dev.txt").samples if s.entities][:30]
+    train = read_twitter_gmner(twitter / "train.txt").samples[:n_train]
+    dev = [s for s in read_twitter_gmner(twitter / "dev.txt").samples if s.entities][:n_dev]
     write_twitter_gmner(train, root / "train" / "train.txt")
     write_twitter_gmner(dev, root / "dev" / "dev.txt")
     for i, s in enumerate(dev):

@@ -60,6 +60,12 @@ def test_readme_five_lines_on_a_trained_tagger(trained_run):
     assert isinstance(pipe, refineg.Pipeline) and doc.text.startswith("Obama")
 
 
+def _load_against(run_dir, server):
+    """The trained run, its backend pointed at the fake server (box frame: pixels)."""
+    base_url = f'backend.options.base_url="{server.base_url}"'
+    return refineg.load(run_dir, overrides=[base_url, 'backend.options.box_frame="pixels"'])
+
+
 def _obama_in_paris(request):
     """The fake MLLM's answers: Obama and Paris for refine, a box for Obama in ground."""
     if "box" in request.text.lower():
@@ -73,13 +79,7 @@ def test_pipe_streams_many_in_order_and_uses_the_mllm_when_it_answers(trained_ru
     texts = ["Obama visits Paris", "nothing to see here", "Madrid beat Barcelona"]
     with FakeOpenAIServer() as server:
         server.responder = _obama_in_paris
-        with refineg.load(
-            run_dir,
-            overrides=[
-                f'backend.options.base_url="{server.base_url}"',
-                'backend.options.box_frame="pixels"',
-            ],
-        ) as pipe:
+        with _load_against(run_dir, server) as pipe:
             docs = list(pipe.pipe(texts, images=[image, None, None], batch_size=2))
         assert [d.text for d in docs] == texts
         obama = next(e for e in docs[0].entities if e.text == "Obama")
@@ -105,13 +105,7 @@ def test_the_mllm_stages_run_in_memory_without_any_temp_file(trained_run, tmp_pa
         blocked = tmp_path / "not-a-folder"
         blocked.write_text("tempfile cannot create anything under a file", encoding="utf-8")
         monkeypatch.setattr(tempfile, "tempdir", str(blocked))
-        with refineg.load(
-            run_dir,
-            overrides=[
-                f'backend.options.base_url="{server.base_url}"',
-                'backend.options.box_frame="pixels"',
-            ],
-        ) as pipe:
+        with _load_against(run_dir, server) as pipe:
             doc = pipe("Obama visits Paris", image=image)
         monkeypatch.undo()
     assert list(doc.meta["stages"]) == ["predict", *MLLM_STAGES]

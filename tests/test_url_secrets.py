@@ -18,7 +18,7 @@ from refineg_core import secrets
 from refineg_core.chat import ChatMessage, ChatRequest
 from refineg_core.errors import BackendError
 from refineg_core.testing import run_cli
-from tests.stagedata import TWITTER_LABELS_TOML, gazetteer_config, oracle, paint_image
+from tests.stagedata import TWITTER_LABELS_TOML, gazetteer_config, oracle
 
 USER, PASSWORD, QKEY = "alice-user", "pw-Secret-93817", "qk-Secret-11223"
 BASIC = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
@@ -128,20 +128,13 @@ def test_backend_reaches_an_azure_style_url_and_scrubs_what_the_server_echoes():
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     pytest.importorskip("refineg_gazetteer", reason="pip install -e examples/refineg-gazetteer")
-    from refineg_formats.twitter import read_twitter_gmner, write_twitter_gmner
-
     from tests.conftest import TWITTER
+    from tests.stagedata import write_gazetteer_data
 
     if not TWITTER.exists():
         pytest.skip(f"real data not found at {TWITTER}")
     root = tmp_path_factory.mktemp("tw")
-    train = read_twitter_gmner(TWITTER / "train.txt").samples[:200]
-    dev = [s for s in read_twitter_gmner(TWITTER / "dev.txt").samples if s.entities][:8]
-    write_twitter_gmner(train, root / "train" / "train.txt")
-    write_twitter_gmner(dev, root / "dev" / "dev.txt")
-    for i, s in enumerate(dev):
-        paint_image(root / "images" / f"{s.image.image_id}.jpg", s.image.size or (400, 300), i)
-    return root, {s.text: s for s in dev}
+    return root, write_gazetteer_data(root, TWITTER, n_train=200, n_dev=8)
 
 
 def test_a_run_writes_no_url_credential_anywhere(data, tmp_path):
