@@ -32,16 +32,15 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+from refineg_stages.ground import GroundStage, ground_query, needs_grounding_call
+from refineg_stages.prompts import build_ground_request, original_size
+from refineg_stages.refine import RefineStage
 
-from refineg_core.boxcodecs import BoxCodec
 from refineg_core.chat import ChatRequest, ImagePart, TextPart
 from refineg_core.formats.images import image_size
-from refineg_core.interfaces import ContextSelector, MLLMBackend
+from refineg_core.interfaces import BoxCodec, ContextSelector, MLLMBackend
 from refineg_core.labels import LabelSet
-from refineg_core.pipeline.ground import GroundStage, ground_query, needs_grounding_call
-from refineg_core.pipeline.mllm_stage import MLLMStage, dry_run
-from refineg_core.pipeline.prompts import build_ground_request, original_size
-from refineg_core.pipeline.refine import RefineStage
+from refineg_core.pipeline.stage_contract import MLLMStage, dry_run
 from refineg_core.progress import bar
 from refineg_core.registry import backend_frame
 from refineg_core.stage_settings import GroundSettings, RefineSettings
