@@ -95,13 +95,8 @@ KINDS: tuple[PluginKind, ...] = (
         declares=("supports_images",),
     ),
     PluginKind("selector", "refineg.context_selectors", ContextSelector, "selector.plugin"),
-    PluginKind(
-        "stage",
-        "refineg.stages",
-        MLLMStage,
-        "<stage>.plugin",
-        declares=("name", "kept_on_failure", "unreached"),
-    ),
+    # name, kept_on_failure and unreached are required class attributes (no default)
+    PluginKind("stage", "refineg.stages", MLLMStage, "<stage>.plugin"),
     PluginKind(
         "format",
         "refineg.formats",
