@@ -44,10 +44,10 @@ from refineg_formats.twitter import read_twitter_gmner
 from refineg_openai import images as openai_images
 from refineg_openai.backend import OpenAIBackend
 from refineg_openai.testing import FakeOpenAIServer, ok
+from refineg_stages.ground import GroundSettings, ground_query, run_ground
+from refineg_stages.testing import OverlapSelector, prediction, with_image
 
 from refineg_core.interfaces import ContextSelector
-from refineg_core.pipeline.ground import GroundSettings, ground_query, run_ground
-from refineg_core.testing.stages import OverlapSelector, prediction, with_image
 
 LABELS = twitter_labels()
 

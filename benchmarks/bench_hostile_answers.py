@@ -46,10 +46,10 @@ from refineg_openai.testing import (
     gold_items,
     ok,
 )
+from refineg_stages.ground import GroundSettings, run_ground
+from refineg_stages.refine import RefineSettings, run_refine
+from refineg_stages.testing import prediction, query_text, with_image
 
-from refineg_core.pipeline.ground import GroundSettings, run_ground
-from refineg_core.pipeline.refine import RefineSettings, run_refine
-from refineg_core.testing.stages import prediction, query_text, with_image
 from refineg_core.types import Sample, SampleResult
 
 LABELS = twitter_labels()

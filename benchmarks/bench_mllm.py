@@ -46,10 +46,10 @@ from refineg_frames.qwen import Qwen25VLCodec
 from refineg_openai import images as openai_images
 from refineg_openai.backend import OpenAIBackend
 from refineg_openai.testing import FakeOpenAIServer, drop, error, gold_responder
+from refineg_stages.ground import GroundSettings, run_ground
+from refineg_stages.testing import OverlapSelector, prediction, with_image
 
 from refineg_core.mllm_cache import CachedBackend
-from refineg_core.pipeline.ground import GroundSettings, run_ground
-from refineg_core.testing.stages import OverlapSelector, prediction, with_image
 
 os.environ.setdefault("REFINEG_NO_PROGRESS", "1")
 LABELS = twitter_labels()

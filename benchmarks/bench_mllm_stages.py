@@ -27,10 +27,9 @@ from _common import real_samples, twitter_labels
 from harness import parser, schedule, start, summary
 from refineg_openai.backend import OpenAIBackend
 from refineg_openai.testing import FakeOpenAIServer, error, garbage, gold_responder, ok
-
-from refineg_core.pipeline.ground import GroundSettings, run_ground
-from refineg_core.pipeline.refine import RefineSettings, run_refine
-from refineg_core.testing.stages import OverlapSelector, prediction, with_image
+from refineg_stages.ground import GroundSettings, run_ground
+from refineg_stages.refine import RefineSettings, run_refine
+from refineg_stages.testing import OverlapSelector, prediction, with_image
 
 os.environ.setdefault("REFINEG_NO_PROGRESS", "1")
 LABELS = twitter_labels()

@@ -25,8 +25,7 @@ from pathlib import Path
 from harness import Session, parser, start
 from refineg_formats.twitter import read_twitter_gmner, write_twitter_gmner
 from refineg_openai.testing import FakeOpenAIServer, gold_responder
-
-from refineg_core.testing.stages import paint_image
+from refineg_stages.testing import paint_image
 
 BAR = re.compile(r"^\s*(.+?):\s+\d+%\|")
 

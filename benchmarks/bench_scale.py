@@ -54,10 +54,10 @@ import psutil
 import tomllib
 from harness import ROOT, parser, start
 from refineg_openai.testing import FakeOpenAIServer, ok
+from refineg_stages.testing import paint_image, query_text
 
 from refineg_core.formats import load_dataset
 from refineg_core.formats.native import write_jsonl
-from refineg_core.testing.stages import paint_image, query_text
 from refineg_core.types import ImageRef, Sample
 
 #: The Twitter-GMNER folder (set from ``--data`` in main).

@@ -8,6 +8,10 @@ and is registered under its kind's entry-point group (``KINDS``; ``refineg
 plugins --kinds`` prints the table). The eighth kind, an ``Engine`` (where a
 stage's chunks run: ``local``, ``ray``), is built from the run's worker
 instead (``__init__(self, worker)``) and yields ``StageSummary`` per MLLM chunk.
+The ninth, an ``MLLMStage`` (``refine``, ``ground`` or a variant of one), is
+built per chunk from a ``StageSetup`` (``MLLMStage.build``) and supplies a
+``Call`` or a ``Skip`` per sample, a ``Judgement`` of each ``ParsedAnswer``
+and the ``Applied`` entities; ``dry_run`` lists the requests it would send.
 The value types are what the contracts take and return (all frozen); the
 errors are what a plugin raises (each turns into one located line and exit 2,
 or a sample failure for backends); the
@@ -61,7 +65,17 @@ from refineg_core.labels import (
     tags_to_spans,
     tokenize,
 )
+from refineg_core.pipeline.answers import ParsedAnswer
 from refineg_core.pipeline.engine_contract import Engine, MllmChunk
+from refineg_core.pipeline.stage_contract import (
+    Applied,
+    Call,
+    Judgement,
+    MLLMStage,
+    Skip,
+    StageSetup,
+    dry_run,
+)
 from refineg_core.pipeline.summary import StageSummary
 from refineg_core.registry import create as create_plugin
 from refineg_core.registry import create_box_frame
@@ -96,10 +110,12 @@ __all__ = [
     "SOURCE_MLLM",
     "SOURCE_RULE",
     "SOURCE_TAGGER",
+    "Applied",
     "BackendError",
     "BackendUnavailable",
     "Box",
     "BoxCodec",
+    "Call",
     "ChatMessage",
     "ChatRequest",
     "ChatResponse",
@@ -119,9 +135,12 @@ __all__ = [
     "GateVerdict",
     "ImagePart",
     "ImageRef",
+    "Judgement",
     "LabelSet",
     "MLLMBackend",
+    "MLLMStage",
     "MllmChunk",
+    "ParsedAnswer",
     "Plugin",
     "PluginError",
     "PluginKind",
@@ -131,6 +150,8 @@ __all__ = [
     "SampleImageError",
     "SampleResult",
     "ScoreGate",
+    "Skip",
+    "StageSetup",
     "StageSummary",
     "SynthesisCandidate",
     "Synthesizer",
@@ -143,6 +164,7 @@ __all__ = [
     "atomic_write",
     "create_box_frame",
     "create_plugin",
+    "dry_run",
     "evaluate",
     "fake_distribution",
     "find_token_spans",

@@ -25,6 +25,7 @@ from refineg_core.interfaces import (
     UncertaintyEstimator,
 )
 from refineg_core.pipeline.engine_contract import Engine
+from refineg_core.pipeline.stage_contract import MLLMStage
 
 
 @attrs.frozen
@@ -36,8 +37,9 @@ class PluginKind:
     #: The entry-point group a package registers plugins of this kind under.
     group: str
     #: The class every plugin of this kind subclasses (a ``Plugin``, except an
-    #: ``Engine``: it is built from the run's worker, not from options).
-    base: type[Plugin] | type[Engine]
+    #: ``Engine``, built from the run's worker, and an ``MLLMStage``, built from
+    #: the run's ``StageSetup``: neither takes options).
+    base: type[Plugin] | type[Engine] | type[MLLMStage]
     #: Where a config names the plugin (``tagger.plugin``, ``data.<split>.format``).
     config_key: str
     #: The key inside a config table that names the plugin (``plugin``,
@@ -93,6 +95,8 @@ KINDS: tuple[PluginKind, ...] = (
         declares=("supports_images",),
     ),
     PluginKind("selector", "refineg.context_selectors", ContextSelector, "selector.plugin"),
+    # name, kept_on_failure and unreached are required class attributes (no default)
+    PluginKind("stage", "refineg.stages", MLLMStage, "<stage>.plugin"),
     PluginKind(
         "format",
         "refineg.formats",

@@ -2,12 +2,13 @@
 ``[prompts]``), with the config's other models.
 
 They live on the config side, not in the stage modules, so the config depends
-on no stage: ``config.py`` imports this module, and the stages
-(``refineg_core.pipeline.refine``/``ground``/``synth``/``prompts``) import
-their settings from here. A user's prompt template is checked here, when the
-config is read, not after an hour of calls: placeholders must be known
+on no stage: ``config.py`` imports this module, and the stages (the
+``refineg_stages`` plugin's refine and ground, the core's
+``refineg_core.pipeline.synth``) import their settings from here. A user's
+prompt template is checked here, when the config is read, not after an hour
+of calls: placeholders must be known
 (``REFINE_FIELDS``...) and the required ones present. The templates themselves
-and the requests they build are the stages' (``refineg_core.pipeline.prompts``).
+and the requests they build are the stages' (``refineg_stages.prompts``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pydantic
 from refineg_core.errors import ConfigError
 from refineg_core.interfaces import PluginOptions
 
-#: Placeholders of the refine prompt (see refineg_core.pipeline.prompts).
+#: Placeholders of the refine prompt (see refineg_stages.prompts).
 REFINE_FIELDS = frozenset(
     {"domain", "types", "labels", "generic_examples", "image_note", "text", "candidates"}
 )
@@ -96,7 +97,7 @@ class RefineSettings(PluginOptions):
     enabled: bool = True
     max_tokens: int = pydantic.Field(1024, ge=16)
     temperature: float = pydantic.Field(0.1, ge=0.0, le=2.0)
-    #: A ``string.Template`` replacing the default prompt (see refineg_core.pipeline.prompts).
+    #: A ``string.Template`` replacing the default prompt (see refineg_stages.prompts).
     prompt: str | None = None
     #: Which samples go to the MLLM: ``gate`` (the uncertainty gate's decision),
     #: ``entities`` (every sample with a predicted entity, all of them delegated:
@@ -108,6 +109,9 @@ class RefineSettings(PluginOptions):
     #: ``{OTHER = ["event", "product"]}``); common ones (Person, organisation,
     #: place, misc...) and words of the type descriptions are understood already.
     type_synonyms: dict[str, list[str]] = pydantic.Field(default_factory=dict)
+    #: The stage plugin that refines (``refineg.stages``; ``refineg plugins`` lists
+    #: them): a variant registered under another name replaces the built-in.
+    plugin: str = "refine"
 
     @pydantic.field_validator("prompt")
     @classmethod
@@ -124,11 +128,14 @@ class GroundSettings(PluginOptions):
     k: int = pydantic.Field(3, ge=0, le=16)
     max_tokens: int = pydantic.Field(1024, ge=16)
     temperature: float = pydantic.Field(0.1, ge=0.0, le=2.0)
-    #: ``string.Template`` overrides (see refineg_core.pipeline.prompts for placeholders).
+    #: ``string.Template`` overrides (see refineg_stages.prompts for placeholders).
     system_prompt: str | None = None
     query_prompt: str | None = None
     #: Domain wording; the run fills it from the config's ``[prompts]``.
     wording: PromptWording = pydantic.Field(default_factory=PromptWording)
+    #: The stage plugin that grounds (``refineg.stages``): a variant registered under
+    #: another name replaces the built-in.
+    plugin: str = "ground"
 
     @pydantic.field_validator("system_prompt")
     @classmethod

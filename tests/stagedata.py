@@ -1,6 +1,6 @@
 """Real Twitter-GMNER samples turned into stage inputs, with images made on disk.
 
-The dataset ships no images: ``with_image`` (from ``refineg_core.testing.stages``,
+The dataset ships no images: ``with_image`` (from ``refineg_stages.testing``,
 re-exported here with the other stage helpers) paints one per sample at the
 size the sample's XML declares.
 """
@@ -14,10 +14,8 @@ from pathlib import Path
 import refineg_openai.testing as fake_openai
 import tomllib
 from refineg_openai.testing import backend_for  # noqa: F401  (re-exported for the tests)
-
-from refineg_core.labels import LabelSet
-from refineg_core.pipeline.prompts import PromptWording
-from refineg_core.testing.stages import (  # noqa: F401  (re-exported for the tests)
+from refineg_stages.prompts import PromptWording
+from refineg_stages.testing import (  # noqa: F401  (re-exported for the tests)
     OverlapSelector,
     ScriptedBackend,
     _samples,
@@ -28,6 +26,8 @@ from refineg_core.testing.stages import (  # noqa: F401  (re-exported for the te
     query_text,
     with_image,
 )
+
+from refineg_core.labels import LabelSet
 from refineg_core.types import Sample
 
 #: The Twitter-GMNER label table as a config's TOML (one line, for f-strings).

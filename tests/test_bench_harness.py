@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 from refineg_openai.testing import FakeOpenAIServer, backend_for, gold_items, gold_responder
+from refineg_stages.ground import GroundSettings, run_ground
+from refineg_stages.refine import RefineSettings, run_refine
+from refineg_stages.testing import prediction, with_image
 
 from refineg_core.labels import LabelSet
-from refineg_core.pipeline.ground import GroundSettings, run_ground
-from refineg_core.pipeline.refine import RefineSettings, run_refine
-from refineg_core.testing.stages import prediction, with_image
 from refineg_core.types import Box, Entity, Sample
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,8 +14,8 @@ from refineg_frames.generic import NormalizedCodec, PixelCodec
 from refineg_frames.qwen import Qwen2VLCodec, Qwen3VLCodec, Qwen25VLCodec, smart_resize
 
 from refineg_core import registry
-from refineg_core.boxcodecs import BoxCodec
 from refineg_core.errors import PluginError
+from refineg_core.interfaces import BoxCodec
 from refineg_core.kinds import group
 from refineg_core.registry import create_box_frame
 from refineg_core.testing import run_cli

@@ -14,8 +14,8 @@ import attrs
 import pytest
 from refineg_openai.backend import OpenAIBackend
 from refineg_openai.testing import FakeOpenAIServer, ok
+from refineg_stages.ground import GroundSettings, run_ground
 
-from refineg_core.pipeline.ground import GroundSettings, run_ground
 from refineg_core.types import Sample, SampleResult
 from tests.stagedata import LABELS, OverlapSelector, backend_for, real_samples, with_image
 

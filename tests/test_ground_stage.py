@@ -10,9 +10,9 @@ import pytest
 from refineg_frames.qwen import Qwen25VLCodec
 from refineg_openai.backend import OpenAIBackend
 from refineg_openai.testing import FakeOpenAIServer, error, garbage, ok
+from refineg_stages.ground import GroundSettings, box_candidates, run_ground
 
 from refineg_core.formats.native import read_results
-from refineg_core.pipeline.ground import GroundSettings, box_candidates, run_ground
 from refineg_core.types import SOURCE_MLLM, Box, Entity, ImageRef, Sample, SampleResult
 from tests.stagedata import (
     LABELS,

@@ -32,11 +32,11 @@ from refineg_openai.testing import (
     stall,
     trickle,
 )
+from refineg_stages.ground import GroundSettings, run_ground
+from refineg_stages.refine import RefineSettings, run_refine
 
 from refineg_core import secrets
 from refineg_core.mllm_cache import CachedBackend
-from refineg_core.pipeline.ground import GroundSettings, run_ground
-from refineg_core.pipeline.refine import RefineSettings, run_refine
 from refineg_core.types import Sample, SampleResult
 from tests.stagedata import (
     LABELS,

@@ -24,11 +24,11 @@ from pathlib import Path
 import httpx
 import pytest
 from refineg_labeling.labelstudio import to_task
+from refineg_stages.testing import with_image
 
 from refineg_core.formats import load_dataset
 from refineg_core.formats.native import read_results, write_jsonl
 from refineg_core.testing import run_cli
-from refineg_core.testing.stages import with_image
 from refineg_core.types import SampleResult
 
 pytestmark = pytest.mark.slow

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 from refineg_openai.testing import FakeOpenAIServer
+from refineg_stages.ground import GroundStage, run_ground
+from refineg_stages.refine import RefineStage, run_refine
 
 from refineg_core.chat import ChatRequest, ImagePart, TextPart
 from refineg_core.hooks import get_hooks, hookimpl
-from refineg_core.pipeline.ground import GroundStage, run_ground
-from refineg_core.pipeline.mllm_stage import dry_run
-from refineg_core.pipeline.refine import RefineStage, run_refine
+from refineg_core.pipeline.stage_contract import dry_run
 from refineg_core.stage_settings import GroundSettings, RefineSettings
 from refineg_core.testing import run_cli
 from tests.stagedata import (

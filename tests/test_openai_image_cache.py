@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 from refineg_openai import images
+from refineg_stages.testing import paint_image
 
 from refineg_core.chat import ImagePart
 from refineg_core.registry import create_box_frame
-from refineg_core.testing.stages import paint_image
 
 
 @pytest.fixture

@@ -104,8 +104,8 @@ BRITTLE_BACKEND = textwrap.dedent("""
 
 def test_a_plugin_crash_inside_a_stage_is_a_sample_failure_naming_the_plugin(tmp_path):
     import attrs
+    from refineg_stages.refine import RefineSettings, run_refine
 
-    from refineg_core.pipeline.refine import RefineSettings, run_refine
     from refineg_core.registry import create
     from refineg_core.types import SOURCE_TAGGER, Entity, GateVerdict, Sample
     from tests.stagedata import LABELS, prediction

@@ -28,20 +28,22 @@ def _string_constants(path: Path) -> set[str]:
     }
 
 
-def test_the_table_has_the_eight_kinds_each_with_a_contract():
+def test_the_table_has_the_nine_kinds_each_with_a_contract():
     assert [k.name for k in kinds.KINDS] == [
         "synthesizer",
         "tagger",
         "uncertainty",
         "backend",
         "selector",
+        "stage",
         "format",
         "box_frame",
         "engine",
     ]
     for k in kinds.KINDS:
-        # an engine is built from the run's worker, not from (options, labels)
-        assert issubclass(k.base, Plugin) != (k.name == "engine"), k.name
+        # an engine is built from the run's worker and a stage from the run's
+        # StageSetup, not from (options, labels)
+        assert issubclass(k.base, Plugin) != (k.name in ("engine", "stage")), k.name
         assert k.required, f"{k.name} requires no method: the contract is empty"
         for attr in k.declares:
             assert hasattr(k.base, attr), f"{k.base.__name__} has no default for {attr}"

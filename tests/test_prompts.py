@@ -10,13 +10,8 @@ import pydantic
 import pytest
 from refineg_frames.generic import PixelCodec
 from refineg_frames.qwen import Qwen2VLCodec, Qwen25VLCodec
-
-from refineg_core.chat import ImagePart, TextPart
-from refineg_core.config import load_config
-from refineg_core.errors import ConfigError
-from refineg_core.labels import LabelSet
-from refineg_core.pipeline.ground import GroundSettings
-from refineg_core.pipeline.prompts import (
+from refineg_stages.ground import GroundSettings
+from refineg_stages.prompts import (
     DEFAULT_WORDING,
     REFINE_FIELDS,
     PromptWording,
@@ -24,7 +19,12 @@ from refineg_core.pipeline.prompts import (
     build_refine_request,
     check_template,
 )
-from refineg_core.pipeline.refine import RefineSettings
+from refineg_stages.refine import RefineSettings
+
+from refineg_core.chat import ImagePart, TextPart
+from refineg_core.config import load_config
+from refineg_core.errors import ConfigError
+from refineg_core.labels import LabelSet
 from refineg_core.types import Box, Entity, ImageRef, Sample
 from tests.stagedata import LABELS, WORDING, prediction, real_samples, with_image
 
@@ -235,10 +235,10 @@ def test_ground_query_template_override(tmp_path: Path) -> None:
 
 def test_stage_requests_carry_their_answer_schema():
     from refineg_frames.generic import PixelCodec
+    from refineg_stages.prompts import build_ground_request, build_refine_request
 
     from refineg_core.chat import ChatRequest
     from refineg_core.labels import LabelSet
-    from refineg_core.pipeline.prompts import build_ground_request, build_refine_request
     from refineg_core.types import Entity, Sample
 
     labels = LabelSet({"PER": "a person", "LOC": "a place"})

@@ -8,10 +8,10 @@ from pathlib import Path
 import attrs
 import pytest
 from refineg_openai.testing import FakeOpenAIServer, drop, error, ok
+from refineg_stages.refine import RefineSettings, apply_decision, run_refine, validate_items
 
 from refineg_core.errors import ConfigError
 from refineg_core.formats.native import read_results
-from refineg_core.pipeline.refine import RefineSettings, apply_decision, run_refine, validate_items
 from refineg_core.types import (
     SOURCE_MLLM,
     SOURCE_TAGGER,

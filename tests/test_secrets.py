@@ -115,7 +115,8 @@ def test_credentials_in_a_base_url_are_secrets():
 def test_stage_jsonl_is_scrubbed_whatever_the_backend(tmp_path):
     """A backend that is not the openai one (no scrubbing of its own) leaks a key
     into an exception: the stage's JSONL line still never holds it."""
-    from refineg_core.pipeline.refine import RefineSettings, run_refine
+    from refineg_stages.refine import RefineSettings, run_refine
+
     from refineg_core.types import SOURCE_TAGGER, Entity, GateVerdict, Sample, SampleResult
     from tests.stagedata import LABELS, ScriptedBackend
 

@@ -169,7 +169,8 @@ def test_a_run_writes_no_url_credential_anywhere(data, tmp_path):
 
 def test_part_file_of_an_interrupted_stage_is_clean_too(data, tmp_path):
     """``refine.part.jsonl`` is what a killed run leaves: written line by line, scrubbed."""
-    from refineg_core.pipeline.refine import RefineSettings, run_refine
+    from refineg_stages.refine import RefineSettings, run_refine
+
     from tests.stagedata import LABELS, prediction
 
     _root, gold = data

@@ -8,8 +8,7 @@ from collections.abc import Sequence
 
 import pydantic
 
-from refineg_core.boxcodecs import BoxCodec
-from refineg_core.interfaces import PluginOptions
+from refineg_core.interfaces import BoxCodec, PluginOptions
 from refineg_core.types import Box
 
 

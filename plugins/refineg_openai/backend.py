@@ -39,10 +39,9 @@ import httpx
 import pydantic
 
 from refineg_core import secrets
-from refineg_core.boxcodecs import BoxCodec
 from refineg_core.chat import ChatMessage, ChatRequest, ChatResponse, ImagePart, TextPart, Usage
 from refineg_core.errors import BackendError, BackendUnavailable, PluginError
-from refineg_core.interfaces import MLLMBackend, PluginOptions
+from refineg_core.interfaces import BoxCodec, MLLMBackend, PluginOptions
 from refineg_core.registry import create_box_frame
 from refineg_openai.endpoints import Endpoint, EndpointPool, join_url
 from refineg_openai.images import image_data_url

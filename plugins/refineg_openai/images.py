@@ -19,9 +19,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from refineg_core.boxcodecs import BoxCodec
 from refineg_core.chat import ImagePart
 from refineg_core.errors import SampleImageError
+from refineg_core.interfaces import BoxCodec
 
 
 def image_size(part: ImagePart) -> tuple[int, int]:

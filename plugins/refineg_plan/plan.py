@@ -32,16 +32,16 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+from refineg_stages.ground import GroundStage, ground_query, needs_grounding_call
+from refineg_stages.prompts import build_ground_request, original_size
+from refineg_stages.refine import RefineStage
 
-from refineg_core.boxcodecs import BoxCodec
 from refineg_core.chat import ChatRequest, ImagePart, TextPart
 from refineg_core.formats.images import image_size
-from refineg_core.interfaces import ContextSelector, MLLMBackend
+from refineg_core.interfaces import BoxCodec, ContextSelector, MLLMBackend
 from refineg_core.labels import LabelSet
-from refineg_core.pipeline.ground import GroundStage, ground_query, needs_grounding_call
-from refineg_core.pipeline.mllm_stage import MLLMStage, dry_run
-from refineg_core.pipeline.prompts import build_ground_request, original_size
-from refineg_core.pipeline.refine import RefineStage
+from refineg_core.pipeline.mllm_driver import stage_class
+from refineg_core.pipeline.stage_contract import MLLMStage, StageSetup, dry_run
 from refineg_core.progress import bar
 from refineg_core.registry import backend_frame
 from refineg_core.stage_settings import GroundSettings, RefineSettings
@@ -208,10 +208,13 @@ def refine_cost(
     backend: MLLMBackend,
     counter: TokenCounter,
     answer_tokens: int,
+    *,
+    stage_class: type[MLLMStage] = RefineStage,
 ) -> StageCost:
-    """Exactly the requests the refine stage builds under ``policy``."""
-    stage = RefineStage(backend, labels, settings.model_copy(update={"delegate": policy}))
-    return stage_cost(stage, results, counter, answer_tokens)
+    """Exactly the requests the refine stage (the configured stage plugin, built as
+    a run builds it) sends under ``policy``."""
+    setup = StageSetup(backend, labels, settings.model_copy(update={"delegate": policy}))
+    return stage_cost(stage_class.build(setup, results), results, counter, answer_tokens)
 
 
 def ground_cost(
@@ -224,6 +227,7 @@ def ground_cost(
     *,
     pool: Sequence[Sample] = (),
     selector: ContextSelector | None = None,
+    stage_class: type[GroundStage] = GroundStage,
 ) -> tuple[StageCost, str]:
     """The ground requests and how their demonstrations were costed.
 
@@ -246,7 +250,7 @@ def ground_cost(
     if k > 0 and selector is not None and called:
         picked = selector.select_many([ground_query(r) for r in called], k + 1)
         chosen = {r.id: list(d) for r, d in zip(called, picked, strict=True)}
-    stage = GroundStage(backend, labels, settings, demos=lambda r: chosen.get(r.id, []))
+    stage = stage_class(backend, labels, settings, demos=lambda r: chosen.get(r.id, []))
     cost = stage_cost(stage, called, counter, answer_tokens, progress="plan ground")
     if k > 0 and selector is None and called:
         mean = _mean_demo_cost(pool, labels, codec, counter, _ground_kwargs(settings))
@@ -403,10 +407,14 @@ def make_plan(
     speed: ServerSpeed = ServerSpeed(),
     counter: TokenCounter | None = None,
     stages: Sequence[str] = ("refine", "ground"),
+    refine_stage: type[MLLMStage] = RefineStage,
+    ground_stage: type[MLLMStage] = GroundStage,
 ) -> Plan:
     """The cost of the configured refine/ground stages, and of the release's policy:
     the stages' own requests for ``backend`` (its box frame, whether it sees images,
-    its concurrency), built and never sent."""
+    its concurrency), built and never sent. ``refine_stage`` / ``ground_stage`` are
+    the configured stage plugins; a ground that is not the built-in's kind is costed
+    as the built-in (said in the notes)."""
     counter = counter or TokenCounter.qwen()
     codec = backend_frame(backend)
     concurrency = backend.max_concurrency
@@ -416,13 +424,24 @@ def make_plan(
     notes: dict[str, str] = {}
     absent = None
     if "refine" in stages and refine.enabled:
-        costs["refine"] = refine_cost(results, refine.delegate, labels, refine, backend, counter, n)
-        release["refine"] = refine_cost(results, "entities", labels, refine, backend, counter, n)
+        for policy, table in ((refine.delegate, costs), ("entities", release)):
+            table["refine"] = refine_cost(
+                results, policy, labels, refine, backend, counter, n, stage_class=refine_stage
+            )
         notes["refine"] = f"delegate = {refine.delegate!r}; release policy: 'entities'"
     if "ground" in stages and ground.enabled:
         if backend.supports_images:
+            ground_kind = issubclass(ground_stage, GroundStage)  # its demos= is what a plan uses
             cost, how = ground_cost(
-                results, labels, ground, backend, counter, n, pool=pool, selector=selector
+                results,
+                labels,
+                ground,
+                backend,
+                counter,
+                n,
+                pool=pool,
+                selector=selector,
+                stage_class=ground_stage if ground_kind else GroundStage,  # type: ignore[arg-type]
             )
             costs["ground"] = release["ground"] = cost
             absent = absent_image_cost(results, labels, ground, codec, counter, n)
@@ -430,6 +449,10 @@ def make_plan(
                 f"k = {ground.k}; demonstrations: {how}; counted on the predicted entities "
                 "(refinement may change which samples have entities)"
             )
+            if not ground_kind:
+                notes["ground"] += (
+                    f"; costed as the built-in ground stage, not {ground_stage.__qualname__}"
+                )
         else:
             notes["ground"] = "skipped: the backend is text-only"
     if codec.image_tokens((448, 448)) is None:
@@ -598,5 +621,7 @@ def plan_for_run(pipeline: Any, results: Sequence[SampleResult], args: Any) -> d
         selector=selector,
         speed=ServerSpeed(args.tokens_per_second, args.seconds_per_request, args.answer_tokens),
         stages=[s for s in ("refine", "ground") if pipeline.stage_mode(s) is not False],
+        refine_stage=stage_class(config, "refine"),
+        ground_stage=stage_class(config, "ground"),
     )
     return plan.as_dict()

@@ -23,10 +23,9 @@ from typing import Any, Literal
 import pydantic
 from PIL import Image
 
-from refineg_core.boxcodecs import BoxCodec
 from refineg_core.chat import ChatMessage, ChatRequest, ChatResponse, ImagePart, TextPart, Usage
 from refineg_core.errors import BackendError, BackendUnavailable, SampleImageError
-from refineg_core.interfaces import MLLMBackend, PluginOptions
+from refineg_core.interfaces import BoxCodec, MLLMBackend, PluginOptions
 from refineg_core.registry import create_box_frame
 
 #: config.json ``model_type`` -> the box frame (a ``refineg.box_frames`` plugin) it answers in.

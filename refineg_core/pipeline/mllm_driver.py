@@ -8,8 +8,11 @@ this module is the stage as a run sees it:
   run left), fire the stage's start/finish events **once** (the engine's
   workers, local or Ray actors, never do), record what it spent, and judge it;
 - ``run_chunk`` (``Worker.run_mllm_chunk``, what both engines call): one chunk
-  with the stage built from the worker's plugins (``build_stage``);
-- ``check_backends``: the preflight of the MLLM stages, once per run.
+  with the stage built from the worker's plugins (``build_stage``): the stage
+  plugin that ``[refine] plugin`` / ``[ground] plugin`` names (``stage_class``);
+- ``check_backends``: the preflight of the MLLM stages, once per run (their
+  stage plugins are loaded then too, so a misspelt one stops the run before
+  any work).
 
 The pipeline and the worker are taken by what they offer (``StageHost``,
 ``ChunkHost``), so this module imports neither.
@@ -22,8 +25,8 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from refineg_core import preflight
-from refineg_core.errors import ConfigError, RefinegError, StageUnavailable
+from refineg_core import preflight, registry
+from refineg_core.errors import ConfigError, PluginError, RefinegError, StageUnavailable
 from refineg_core.formats.native import iter_results
 from refineg_core.hooks import get_hooks
 from refineg_core.labels import LabelSet
@@ -35,12 +38,11 @@ from refineg_core.pipeline.chunked import (
     chunks,
     written_ids,
 )
-from refineg_core.pipeline.ground import GroundStage, needs_grounding_call
-from refineg_core.pipeline.mllm_stage import MLLMStage, run_mllm_stage
-from refineg_core.pipeline.refine import RefineStage
+from refineg_core.pipeline.mllm_stage import run_mllm_stage
 from refineg_core.pipeline.retry import needs_retry
 from refineg_core.pipeline.runner import StageSummary
 from refineg_core.pipeline.spent import add, delta
+from refineg_core.pipeline.stage_contract import MLLMStage, StageSetup
 from refineg_core.pipeline.verdict import judge
 from refineg_core.runstore import set_aside
 from refineg_core.types import SampleResult
@@ -89,27 +91,43 @@ def stage_settings(config: Any, stage: str) -> Any:
 
 
 # ------------------------------------------------------------------ one chunk
+def stage_class(config: Any, stage: str) -> type[MLLMStage]:
+    """The stage plugin ``[stage] plugin`` names; it must run under the stage's name
+    (its file, ``meta`` key and failures are the stage's)."""
+    name = getattr(config, stage).plugin
+    cls = registry.load_class("stage", name, config_key=stage)
+    missing = [a for a in ("kept_on_failure", "unreached") if not hasattr(cls, a)]
+    problem = None
+    if getattr(cls, "name", None) != stage:
+        problem = f"is named {getattr(cls, 'name', None)!r}; the {stage} stage's must be {stage!r}"
+    elif missing:  # the frame ends failure messages with them: found out now, not mid-run
+        problem = f"does not declare {', '.join(missing)}"
+    if problem:
+        raise PluginError(f"stage plugin {name!r} {problem}", where=f"{stage}.plugin")
+    return cls  # type: ignore[return-value]  # load_class checked the base
+
+
 def build_stage(
     worker: ChunkHost, stage: str, items: Sequence[SampleResult], health: StageHealth
 ) -> MLLMStage:
     """The stage object for one chunk, from the worker's plugins."""
     backend = worker.backend()
-    settings = stage_settings(worker.config, stage)
-    if stage == "refine":
-        return RefineStage(backend, worker.labels, settings)
-    if stage != "ground":
-        raise ValueError(f"not an MLLM stage: {stage!r}")
-    pool = worker.dataset("pool")
-    will_call = (
-        worker.stage_mode(stage) is not False
-        and any(map(needs_grounding_call, items))
-        and health.unavailable(backend) is None
+
+    def pool_size() -> int:
+        pool = worker.dataset("pool")
+        return len(pool.samples) if pool else 0
+
+    setup = StageSetup(
+        backend,
+        worker.labels,
+        stage_settings(worker.config, stage),
+        enabled=worker.stage_mode(stage) is not False,
+        reachable=lambda: health.unavailable(backend) is None,
+        selector=worker.context.selector,
+        indexed_selector=worker._indexed_selector,
+        pool_size=pool_size,
     )
-    # embedding the pool is the costly part: only when calls follow (the unindexed
-    # selector still tells the summary how demonstrations are chosen)
-    selector = worker._indexed_selector() if will_call else worker.context.selector()
-    pool_size = len(pool.samples) if pool else 0
-    return GroundStage(backend, worker.labels, settings, selector=selector, pool_size=pool_size)
+    return stage_class(worker.config, stage).build(setup, items)
 
 
 def run_chunk(
@@ -145,6 +163,8 @@ def check_backends(pipeline: StageHost, stages: Sequence[str]) -> None:
     """Check the backends of these MLLM stages once per run, before their work
     (``refineg_core.preflight``: exit 3 for a required one that cannot work)."""
     todo = [s for s in stages if s not in pipeline._preflighted]
+    for stage in todo:
+        stage_class(pipeline.config, stage)  # a misspelt stage plugin: exit 2 before any work
     preflight.check_backends(pipeline, pipeline.log, todo)
     pipeline._preflighted.update(todo)
 

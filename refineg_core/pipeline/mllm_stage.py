@@ -1,156 +1,35 @@
-"""One protocol for the MLLM stages (refine, ground), and the one frame that runs them.
+"""The one frame that runs every MLLM stage (refine, ground, a variant).
 
-A stage supplies only what is its own (``MLLMStage``):
-
-- ``needs_call(result)``: whether the sample is sent at all (cheap; decides
-  which samples a skipped stage marks for retry, and what a plan counts);
-- ``request(result)``: the chat request for one sample (ground's carries its
-  demonstrations) as a ``Call``, or a ``Skip`` naming why the sample passes
-  through without a call;
-- ``judge(result, call, answer)``: the stage's reading of a parsed answer
-  (a ``Judgement``: how many items were usable, and why the rest were refused);
-- ``apply(result, call, judgement, answer)``: the sample's new entities.
-
-The frame owns everything else, identically for every stage: asking the
+A stage supplies only what is its own (``MLLMStage``, in
+``refineg_core.pipeline.stage_contract``). The frame owns everything else,
+identically for every stage: asking the
 backend through the response cache (only answers the stage judged usable are
 cached), the call breaker, failures (a failed call, an answer without a JSON
 list, an answer none of whose items is usable, a truncated answer), counters,
 skipping a disabled or unreachable stage with retry markers, and running the
 samples of a chunk concurrently and resumably (``run_mllm_stage``). Stage
 events are fired once per stage by the stage driver
-(``refineg_core.pipeline.mllm_driver``), never per chunk. ``dry_run`` is the
-public way to see the requests a stage would send without sending any
-(``refineg plan``).
+(``refineg_core.pipeline.mllm_driver``), never per chunk.
 """
 
 from __future__ import annotations
 
-import abc
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import attrs
 
 from refineg_core import secrets
-from refineg_core.chat import ChatRequest, ChatResponse
-from refineg_core.interfaces import MLLMBackend
+from refineg_core.chat import ChatResponse
 from refineg_core.mllm_cache import complete_checked
 from refineg_core.pipeline.answers import AnswerError, ParsedAnswer, parse_answer
 from refineg_core.pipeline.call_health import Counters, StageHealth
 from refineg_core.pipeline.retry import forget_unfinished, write_all
 from refineg_core.pipeline.runner import StageSummary, failure_from_exception, load_done, run_stage
+from refineg_core.pipeline.stage_contract import Call, Judgement, MLLMStage, Skip
 from refineg_core.pipeline.verdict import is_own_fault
-from refineg_core.types import Entity, Failure, SampleResult
-
-
-@attrs.frozen
-class Skip:
-    """No call for this sample: it passes through unchanged, counted as ``counter``."""
-
-    counter: str
-
-
-@attrs.frozen
-class Call:
-    """What a stage asks about one sample, and what it needs to read the answer.
-
-    ``info`` opens the sample's ``meta[stage]``; ``meta`` goes beside it (ground's
-    ``demos``); ``counts`` are counted once the call is prepared; ``context`` is the
-    stage's own (refine's delegation, ground's image size).
-    """
-
-    request: ChatRequest
-    info: Mapping[str, Any] = attrs.field(factory=dict)
-    meta: Mapping[str, Any] = attrs.field(factory=dict)
-    counts: Mapping[str, int] = attrs.field(factory=dict)
-    context: Any = None
-
-
-@attrs.frozen
-class Judgement:
-    """A stage's reading of a parsed answer.
-
-    ``usable`` counts the items it understood; an answer with items but none
-    usable is a failure (``refused`` says why, item kinds -> count) and is not
-    cached. ``counts`` go to the stage's counters and ``info`` into
-    ``meta[stage]``, whether the answer was usable or not.
-    """
-
-    value: Any
-    usable: int
-    refused: Mapping[str, int] = attrs.field(factory=dict)
-    counts: Mapping[str, int] = attrs.field(factory=dict)
-    info: Mapping[str, Any] = attrs.field(factory=dict)
-
-
-@attrs.frozen
-class Applied:
-    """A usable answer applied: the sample's entities, with counts and meta entries."""
-
-    entities: tuple[Entity, ...]
-    counts: Mapping[str, int] = attrs.field(factory=dict)
-    info: Mapping[str, Any] = attrs.field(factory=dict)
-
-
-class MLLMStage(abc.ABC):
-    """What one MLLM stage supplies to the frame (see the module docstring)."""
-
-    #: The stage's name: its file, its ``meta`` key, its failures' stage.
-    name: ClassVar[str]
-    #: What an answer without a usable item leaves (ends that failure's message).
-    kept_on_failure: ClassVar[str]
-    #: What happens to what a truncated answer did not reach (ends that message).
-    unreached: ClassVar[str]
-
-    def __init__(self, backend: MLLMBackend) -> None:
-        self.backend = backend
-
-    @abc.abstractmethod
-    def needs_call(self, result: SampleResult) -> bool:
-        """Whether this sample is sent to the backend."""
-
-    @abc.abstractmethod
-    def request(self, result: SampleResult) -> Call | Skip:
-        """The request for one sample (or why there is none)."""
-
-    @abc.abstractmethod
-    def judge(self, result: SampleResult, call: Call, answer: ParsedAnswer) -> Judgement:
-        """Read a parsed answer; must not raise on anything a model may write."""
-
-    @abc.abstractmethod
-    def apply(
-        self, result: SampleResult, call: Call, judgement: Judgement, answer: ParsedAnswer
-    ) -> Applied:
-        """The sample's entities after a usable answer."""
-
-    # ---- optional: defaults do nothing
-    def unusable(self) -> str | None:
-        """Why this backend cannot serve the stage at all (the stage is then skipped)."""
-        return None
-
-    def start(self, results: Sequence[SampleResult], out_path: Path) -> None:
-        """Before a chunk's work (and before its unfinished lines are forgotten)."""
-        return None
-
-    def stop(self) -> None:
-        """After a chunk's work, also when it failed."""
-        return None
-
-    def notes(self, summary: StageSummary, results: Sequence[SampleResult], skipped: bool) -> None:
-        """Add the stage's own facts to a chunk's summary."""
-        return None
-
-
-def dry_run(
-    stage: MLLMStage, results: Sequence[SampleResult]
-) -> Iterator[tuple[SampleResult, ChatRequest]]:
-    """Every request ``stage`` would send for ``results``, in order, without a call."""
-    for result in results:
-        if stage.needs_call(result):
-            call = stage.request(result)
-            if isinstance(call, Call):
-                yield result, call.request
+from refineg_core.types import Failure, SampleResult
 
 
 # --------------------------------------------------------------------- one call

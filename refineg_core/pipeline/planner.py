@@ -111,10 +111,13 @@ class Planner:
     def _mllm_parts(self, stage: str) -> dict[str, Any]:
         backend = self.worker.backend()
         upstream = self.upstream(stage)
+        settings = self.settings(stage).model_dump(mode="json")
+        if settings.get("plugin") == stage:  # the built-in stage: no part, so the
+            del settings["plugin"]  # fingerprints of runs before stage plugins stand
         return {
             f"upstream.{upstream}": self.output_digest(upstream),
             f"stages.{stage}": self.worker.stage_mode(stage),
-            **flatten(self.settings(stage).model_dump(mode="json"), stage),
+            **flatten(settings, stage),
             **flatten(dict(self.worker.labels.descriptions), "labels"),
             **flatten(secrets.redact(backend.cache_identity()) if backend else None, "backend"),
         }

@@ -4,7 +4,7 @@
 anything; ``fake_distribution`` goes further and installs a real (temporary)
 distribution with entry points on ``sys.path``, so the test exercises exactly
 the discovery path a user's installed package takes.
-``refineg_core.testing.stages`` builds stage inputs (painted images,
+``refineg_stages.testing`` builds stage inputs (painted images,
 tagger-like predictions, scripted backends). The fake OpenAI-compatible server
 belongs to the plugin it tests: ``refineg_openai.testing``.
 """

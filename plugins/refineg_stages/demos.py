@@ -16,8 +16,8 @@ import attrs
 
 from refineg_core.errors import PluginError
 from refineg_core.interfaces import ContextSelector
-from refineg_core.pipeline.prompts import original_size
 from refineg_core.types import Demonstration, Sample, SampleResult
+from refineg_stages.prompts import original_size
 
 
 def usable_demos(

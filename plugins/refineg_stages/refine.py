@@ -30,18 +30,18 @@ from refineg_core.interfaces import MLLMBackend
 from refineg_core.labels import LabelSet, TypeResolver, find_token_spans
 from refineg_core.pipeline.answers import ParsedAnswer
 from refineg_core.pipeline.call_health import StageHealth
-from refineg_core.pipeline.mllm_stage import (
+from refineg_core.pipeline.mllm_stage import run_mllm_stage
+from refineg_core.pipeline.runner import StageSummary
+from refineg_core.pipeline.stage_contract import (
     Applied,
     Call,
     Judgement,
     MLLMStage,
     Skip,
-    run_mllm_stage,
 )
-from refineg_core.pipeline.prompts import build_refine_request
-from refineg_core.pipeline.runner import StageSummary
 from refineg_core.stage_settings import RefineSettings
 from refineg_core.types import SOURCE_MLLM, Entity, SampleResult
+from refineg_stages.prompts import build_refine_request
 
 STAGE = "refine"
 NAME_KEYS = ("name", "entity", "text", "mention")

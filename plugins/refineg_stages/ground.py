@@ -21,26 +21,26 @@ from typing import Any
 
 import attrs
 
-from refineg_core.boxcodecs import BoxCodec
-from refineg_core.interfaces import ContextSelector, MLLMBackend
+from refineg_core.interfaces import BoxCodec, ContextSelector, MLLMBackend
 from refineg_core.labels import LabelSet, TypeResolver
 from refineg_core.pipeline.answers import ParsedAnswer
 from refineg_core.pipeline.call_health import StageHealth
-from refineg_core.pipeline.demos import DemoBook, ground_query, usable_demos
-from refineg_core.pipeline.mllm_stage import (
+from refineg_core.pipeline.mllm_stage import run_mllm_stage
+from refineg_core.pipeline.retry import is_skipped
+from refineg_core.pipeline.runner import StageSummary, load_done
+from refineg_core.pipeline.stage_contract import (
     Applied,
     Call,
     Judgement,
     MLLMStage,
     Skip,
-    run_mllm_stage,
+    StageSetup,
 )
-from refineg_core.pipeline.prompts import build_ground_request, original_size
-from refineg_core.pipeline.retry import is_skipped
-from refineg_core.pipeline.runner import StageSummary, load_done
 from refineg_core.registry import backend_frame
 from refineg_core.stage_settings import GroundSettings
 from refineg_core.types import SOURCE_MLLM, Box, Demonstration, Entity, Sample, SampleResult
+from refineg_stages.demos import DemoBook, ground_query, usable_demos
+from refineg_stages.prompts import build_ground_request, original_size
 
 __all__ = ["GroundSettings", "GroundStage", "ground_query", "needs_grounding_call", "run_ground"]
 
@@ -204,6 +204,18 @@ class GroundStage(MLLMStage):
         self.types = TypeResolver(labels)
         self._demos = demos
         self._book: DemoBook | None = None
+
+    @classmethod
+    def build(cls, setup: StageSetup, items: Sequence[SampleResult]) -> GroundStage:
+        """The stage for one chunk: the selector is indexed on the pool (embedding it
+        is the costly part) only when calls follow; the unindexed one still tells
+        the summary how demonstrations are chosen."""
+        pool_size = setup.pool_size()
+        will_call = setup.enabled and any(map(needs_grounding_call, items)) and setup.reachable()
+        selector = setup.indexed_selector() if will_call else setup.selector()
+        return cls(
+            setup.backend, setup.labels, setup.settings, selector=selector, pool_size=pool_size
+        )
 
     def unusable(self) -> str | None:
         if not self.backend.supports_images:

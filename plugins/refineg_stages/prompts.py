@@ -31,9 +31,9 @@ import json
 import string
 from collections.abc import Sequence
 
-from refineg_core.boxcodecs import BoxCodec
 from refineg_core.chat import ChatMessage, ChatRequest, ImagePart, Part, TextPart
 from refineg_core.formats.images import image_size
+from refineg_core.interfaces import BoxCodec
 from refineg_core.labels import LabelSet
 from refineg_core.stage_settings import (  # noqa: F401  (the template rules, re-exported)
     DEFAULT_WORDING,
