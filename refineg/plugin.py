@@ -6,8 +6,9 @@ A plugin is a class that subclasses one of the seven contracts below, has a
 nested pydantic ``Options`` model and the constructor ``(options, labels)``,
 and is registered under its kind's entry-point group (``KINDS``; ``refineg
 plugins --kinds`` prints the table). The eighth kind, an ``Engine`` (where a
-stage's chunks run: ``local``, ``ray``), is built from the run's worker
-instead (``__init__(self, worker)``) and yields ``StageSummary`` per MLLM chunk.
+stage's chunks run: ``local``, ``ray``), is built from the run's ``Worker``
+and its own options (``__init__(self, worker, options)``), gives each MLLM
+stage run one ``StageHealth`` and yields ``StageSummary`` per MLLM chunk.
 The value types are what the contracts take and return (all frozen); the
 errors are what a plugin raises (each turns into one located line and exit 2,
 or a sample failure for backends); the
@@ -61,8 +62,10 @@ from refineg_core.labels import (
     tags_to_spans,
     tokenize,
 )
+from refineg_core.pipeline.call_health import StageHealth
 from refineg_core.pipeline.engine_contract import Engine, MllmChunk
 from refineg_core.pipeline.summary import StageSummary
+from refineg_core.pipeline.worker import Worker
 from refineg_core.registry import create as create_plugin
 from refineg_core.registry import create_box_frame
 from refineg_core.runstore import atomic_write
@@ -131,6 +134,7 @@ __all__ = [
     "SampleImageError",
     "SampleResult",
     "ScoreGate",
+    "StageHealth",
     "StageSummary",
     "SynthesisCandidate",
     "Synthesizer",
@@ -140,6 +144,7 @@ __all__ = [
     "TextPart",
     "UncertaintyEstimator",
     "Usage",
+    "Worker",
     "atomic_write",
     "create_box_frame",
     "create_plugin",

@@ -17,10 +17,10 @@ from typing import Any, Literal
 
 import pydantic
 import tomllib
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from refineg_core import secrets
-from refineg_core.errors import ConfigError
+from refineg_core.errors import ConfigError, RefinegError
 from refineg_core.labels import LabelSet
 from refineg_core.stage_settings import GroundSettings, PromptWording, RefineSettings, SynthSettings
 
@@ -116,7 +116,12 @@ class StagesConfig(StrictModel):
 
 
 class EngineConfig(StrictModel):
-    """How stages are executed over the corpus: in this process, or on Ray."""
+    """How stages are executed over the corpus: in this process, or on Ray.
+
+    The core reads ``kind`` and ``chunk_size``; everything else an engine needs
+    (a Ray cluster's address, its actor counts) is the engine plugin's own
+    ``options``, validated by its ``Options`` model like any plugin's.
+    """
 
     kind: str = Field(
         "local",
@@ -129,15 +134,24 @@ class EngineConfig(StrictModel):
         description="posts per chunk: stages hold one chunk in memory, commit it to their "
         "output and resume after the last committed chunk",
     )
-    address: str | None = Field(
-        None, description='Ray cluster address ("auto", "ray://host:10001"); default: local Ray'
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="options of the engine plugin (ray: address, tagger_actors, "
+        "mllm_actors, num_cpus, num_gpus)",
     )
-    tagger_actors: int = Field(1, ge=1, description="Ray: tagger + gate actors")
-    mllm_actors: int = Field(
-        1, ge=1, description="Ray: actors per MLLM stage (each keeps the backend's concurrency)"
-    )
-    num_cpus: float = Field(1.0, gt=0, description="Ray: CPUs reserved per actor")
-    num_gpus: float = Field(0.0, ge=0, description="Ray: GPUs per tagger actor")
+    # The ray engine's options as they were spelled before they moved into
+    # `options` (read with a FutureWarning, then moved there: ``_engine_options``).
+    address: Any = Field(None, description="deprecated: options = {address = ...}")
+    tagger_actors: Any = Field(None, description="deprecated: options = {tagger_actors = ...}")
+    mllm_actors: Any = Field(None, description="deprecated: options = {mllm_actors = ...}")
+    num_cpus: Any = Field(None, description="deprecated: options = {num_cpus = ...}")
+    num_gpus: Any = Field(None, description="deprecated: options = {num_gpus = ...}")
+    # the old keys ``_engine_options`` moved into ``options`` (for the errors' place)
+    _moved: set[str] = PrivateAttr(default_factory=set)
+
+
+#: ``[engine]`` keys that are now the engine plugin's options.
+DEPRECATED_ENGINE_KEYS = ("address", "tagger_actors", "mllm_actors", "num_cpus", "num_gpus")
 
 
 class Config(StrictModel):
@@ -204,6 +218,15 @@ def _resolve_paths(model: BaseModel, base: Path) -> None:
             for item in value:
                 if isinstance(item, BaseModel):
                     _resolve_paths(item, base)
+
+
+def with_absolute_paths(config: Config, base: Path | None = None) -> Config:
+    """A copy of ``config`` with every relative path field made absolute against
+    ``base`` (default: the current directory): what a process with another working
+    directory (a Ray actor) must be given to read the same files."""
+    copy = config.model_copy(deep=True)
+    _resolve_paths(copy, Path.cwd() if base is None else base)
+    return copy
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:
@@ -345,6 +368,47 @@ def _source_options(config: Config, base: Path | None, check_paths: bool) -> Non
                 raise ConfigError(f"{path} does not exist", where=f"{where}.options.{key}")
 
 
+def _engine_options(config: Config) -> None:
+    """Move the old spelling of the ray engine's options (``[engine] num_cpus = 1``)
+    into ``engine.options``, with a FutureWarning naming the new one: the same run."""
+    engine = config.engine
+    for key in DEPRECATED_ENGINE_KEYS:
+        value = getattr(engine, key)
+        if value is None:
+            continue
+        warnings.warn(
+            f"engine.{key} is deprecated: write it as an engine option, options = {{{key} = ...}}",
+            FutureWarning,
+            stacklevel=4,
+        )
+        if key in engine.options:
+            raise ConfigError(
+                f"{key!r} is given twice (here and in options); keep options.{key}",
+                where=f"engine.{key}",
+            )
+        engine.options[key] = value
+        setattr(engine, key, None)
+        engine._moved.add(key)
+
+
+def check_engine(config: Config) -> None:
+    """The engine is installed (a missing extra, Ray, is an error now, not mid-run) and
+    its options are valid for it; an error names the key where the user wrote it."""
+    from refineg_core import registry
+
+    engine = config.engine
+    cls = registry.load_class("engine", engine.kind, config_key="engine")
+    try:
+        registry.validate_options("engine", engine.kind, cls, engine.options, config_key="engine")
+        _strict_options(cls, engine.options, "engine.options", engine.kind)
+    except RefinegError as exc:
+        key = (exc.where or "").removeprefix("engine.options.").split(".")[0]
+        if key not in engine._moved:
+            raise
+        message = str(exc).removeprefix(f"{exc.where}: ")
+        raise type(exc)(message, where=f"engine.{key}") from None
+
+
 def check_input_paths(config: Config) -> None:
     """Every input path named in the config exists, or a ConfigError says which and where
     it resolved to (a typo found before training, not after)."""
@@ -383,6 +447,7 @@ def config_from_dict(
     if base is not None:
         _resolve_paths(config, base)
     _source_options(config, base, check_paths)
+    _engine_options(config)
     if check_plugins:
         validate_plugins(config)
     if check_paths:
@@ -445,8 +510,7 @@ def validate_plugins(config: Config) -> None:
         cls = registry.load_class(kind, slot_cfg.plugin, config_key=key)
         registry.validate_options(kind, slot_cfg.plugin, cls, slot_cfg.options, config_key=key)
         _strict_options(cls, slot_cfg.options, f"{key}.options", slot_cfg.plugin)
-    # the engine: an unknown name or a missing extra (Ray) is an error now, not mid-run
-    registry.load_class("engine", config.engine.kind, config_key="engine")
+    check_engine(config)
     from refineg_core.formats.loader import check_data_sources
     from refineg_core.formats.writers import output_formats
 
