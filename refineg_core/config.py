@@ -391,16 +391,12 @@ def _engine_options(config: Config) -> None:
         engine._moved.add(key)
 
 
-def check_engine(config: Config) -> None:
+def _check_engine(config: Config) -> None:
     """The engine is installed (a missing extra, Ray, is an error now, not mid-run) and
     its options are valid for it; an error names the key where the user wrote it."""
-    from refineg_core import registry
-
     engine = config.engine
-    cls = registry.load_class("engine", engine.kind, config_key="engine")
     try:
-        registry.validate_options("engine", engine.kind, cls, engine.options, config_key="engine")
-        _strict_options(cls, engine.options, "engine.options", engine.kind)
+        _check_plugin("engine", engine.kind, engine.options, "engine")
     except RefinegError as exc:
         key = (exc.where or "").removeprefix("engine.options.").split(".")[0]
         if key not in engine._moved:
@@ -500,22 +496,25 @@ def slot_kind(config_key: str) -> str:
 
 def validate_plugins(config: Config) -> None:
     """Import the named plugins (only those) and validate their options now."""
-    from refineg_core import registry
-
     for key in SLOT_NAMES:
         slot_cfg = config.slot(key)
-        if slot_cfg is None:
-            continue
-        kind = slot_kind(key)
-        cls = registry.load_class(kind, slot_cfg.plugin, config_key=key)
-        registry.validate_options(kind, slot_cfg.plugin, cls, slot_cfg.options, config_key=key)
-        _strict_options(cls, slot_cfg.options, f"{key}.options", slot_cfg.plugin)
-    check_engine(config)
+        if slot_cfg is not None:
+            _check_plugin(slot_kind(key), slot_cfg.plugin, slot_cfg.options, key)
+    _check_engine(config)
     from refineg_core.formats.loader import check_data_sources
     from refineg_core.formats.writers import output_formats
 
     check_data_sources(config.data)
     output_formats(config.outputs.formats)
+
+
+def _check_plugin(kind: str, name: str, options: dict[str, Any], key: str) -> None:
+    """Load the plugin ``key`` names and validate its options, strictly."""
+    from refineg_core import registry
+
+    cls = registry.load_class(kind, name, config_key=key)
+    registry.validate_options(kind, name, cls, options, config_key=key)
+    _strict_options(cls, options, f"{key}.options", name)
 
 
 def effective(config: Config) -> Config:
