@@ -370,11 +370,29 @@ def _source_options(config: Config, base: Path | None, check_paths: bool) -> Non
 
 def _engine_options(config: Config) -> None:
     """Move the old spelling of the ray engine's options (``[engine] num_cpus = 1``)
-    into ``engine.options``, with a FutureWarning naming the new one: the same run."""
+    into ``engine.options``, with a FutureWarning naming the new one: the same run.
+    An old key the configured engine has no option for was never used by it, and
+    still is not (a warning says so)."""
     engine = config.engine
-    for key in DEPRECATED_ENGINE_KEYS:
-        value = getattr(engine, key)
-        if value is None:
+    old = {k: v for k in DEPRECATED_ENGINE_KEYS if (v := getattr(engine, k)) is not None}
+    if not old:
+        return
+    from refineg_core import registry
+    from refineg_core.errors import PluginError
+
+    try:
+        known = registry.load_class("engine", engine.kind, config_key="engine").Options
+    except PluginError:
+        known = None  # the plugin check names the missing engine
+    for key, value in old.items():
+        setattr(engine, key, None)
+        if known is not None and key not in known.model_fields:
+            warnings.warn(
+                f"engine.{key} is deprecated, and the {engine.kind!r} engine has no such "
+                "option: it is ignored, as it always was",
+                FutureWarning,
+                stacklevel=4,
+            )
             continue
         warnings.warn(
             f"engine.{key} is deprecated: write it as an engine option, options = {{{key} = ...}}",
@@ -387,8 +405,22 @@ def _engine_options(config: Config) -> None:
                 where=f"engine.{key}",
             )
         engine.options[key] = value
-        setattr(engine, key, None)
         engine._moved.add(key)
+
+
+def engine_overrides(path: Path | str, kind: str, sets: list[str]) -> list[str]:
+    """The overrides of ``--engine KIND`` with ``--set`` ones: KIND wins over a
+    ``--set engine.kind``, and when the config file names another engine its options
+    are dropped first (they are not KIND's; ``--set engine.options.*`` still counts)."""
+    reset: list[str] = []
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        raw = {}  # load_config reports it, with its place
+    table = raw.get("engine")
+    if isinstance(table, dict) and table.get("kind", "local") != kind:
+        reset.append("engine.options={}")
+    return [*reset, *sets, f"engine.kind={json.dumps(kind)}"]
 
 
 def _check_engine(config: Config) -> None:

@@ -22,7 +22,7 @@ import tomllib
 from pydantic import Field
 
 from refineg_core import kinds, registry
-from refineg_core.config import load_config, redacted_dump
+from refineg_core.config import engine_overrides, load_config, redacted_dump
 from refineg_core.errors import ConfigError, PluginError, RefinegError
 from refineg_core.interfaces import PluginOptions
 from refineg_core.pipeline.engine_contract import Engine, MllmChunk
@@ -221,6 +221,37 @@ def test_the_ray_options_moved_into_engine_options(tmp_path):
     with pytest.warns(FutureWarning), pytest.raises(ConfigError, match="given twice") as err:
         load_config(write(tmp_path, twice), check_paths=False)
     assert err.value.where.endswith("engine.num_cpus")
+
+
+def test_old_ray_keys_under_another_engine_are_ignored_as_they_always_were(tmp_path):
+    """Before they moved, the ray keys sat in [engine] whatever the engine, and only
+    Ray read them: a local config with them still loads as the same local run."""
+    body = '[engine]\nkind = "local"\nnum_cpus = 0.5\n'
+    with pytest.warns(FutureWarning, match=r"'local' engine has no such option: it is ignored"):
+        config = load_config(write(tmp_path, body), check_paths=False)
+    assert config.engine.options == {} and config.engine.num_cpus is None
+    assert redacted_dump(config)["engine"] == {"kind": "local", "chunk_size": 1000, "options": {}}
+
+
+def test_the_engine_flag_runs_that_engine_with_its_own_options(tmp_path):
+    """`--engine KIND` over a config written for another engine drops that engine's
+    options (they are not KIND's); the same engine keeps them; --set adds to them."""
+    path = write(tmp_path, '[engine]\nkind = "ray"\noptions = {num_cpus = 0.5}\n')
+    local = load_config(path, engine_overrides(path, "local", []), check_paths=False)
+    assert (local.engine.kind, local.engine.options) == ("local", {})
+    ray = load_config(path, engine_overrides(path, "ray", []), check_paths=False)
+    assert (ray.engine.kind, ray.engine.options) == ("ray", {"num_cpus": 0.5})
+    sets = ['engine.kind="local"', "engine.options.mllm_actors=2"]
+    both = load_config(path, engine_overrides(path, "ray", sets), check_paths=False)
+    assert (both.engine.kind, both.engine.options) == ("ray", {"num_cpus": 0.5, "mllm_actors": 2})
+    plain = write(tmp_path, "")
+    onto = load_config(
+        plain, engine_overrides(plain, "ray", ["engine.options.num_gpus=1.0"]), check_paths=False
+    )
+    assert (onto.engine.kind, onto.engine.options) == ("ray", {"num_gpus": 1.0})
+    with pytest.raises(PluginError) as err:  # what the flag does not drop is still checked
+        load_config(path, engine_overrides(path, "local", ["engine.options.x=1"]))
+    assert err.value.where.endswith("engine.options.x")
 
 
 def test_build_engine_builds_the_configured_engine_from_the_runs_worker(tmp_path):
