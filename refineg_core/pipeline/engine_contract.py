@@ -12,9 +12,9 @@ core's ``[engine]`` table holds only what every engine shares (``kind``,
 workers from ``worker.config`` elsewhere. Both must yield results **in input
 order**, since the driver commits chunk after chunk to one stage file.
 
-This module imports only value types and the options base (never the worker): the
-table of plugin kinds imports it,
-and the worker (which reaches the registry) would close a circle.
+This module imports only value types and the options base, never the worker:
+the table of plugin kinds imports it, and the worker (which reaches the
+registry) would close a circle.
 """
 
 from __future__ import annotations
