@@ -6,8 +6,9 @@ A plugin is a class that subclasses one of the seven contracts below, has a
 nested pydantic ``Options`` model and the constructor ``(options, labels)``,
 and is registered under its kind's entry-point group (``KINDS``; ``refineg
 plugins --kinds`` prints the table). The eighth kind, an ``Engine`` (where a
-stage's chunks run: ``local``, ``ray``), is built from the run's worker
-instead (``__init__(self, worker)``) and yields ``StageSummary`` per MLLM chunk.
+stage's chunks run: ``local``, ``ray``), is built from the run's ``Worker``
+and its own options (``__init__(self, worker, options)``), gives each MLLM
+stage run one ``StageHealth`` and yields ``StageSummary`` per MLLM chunk.
 The ninth, an ``MLLMStage`` (``refine``, ``ground`` or a variant of one), is
 built per chunk from a ``StageSetup`` (``MLLMStage.build``) and supplies a
 ``Call`` or a ``Skip`` per sample, a ``Judgement`` of each ``ParsedAnswer``
@@ -66,6 +67,7 @@ from refineg_core.labels import (
     tokenize,
 )
 from refineg_core.pipeline.answers import ParsedAnswer
+from refineg_core.pipeline.call_health import StageHealth
 from refineg_core.pipeline.engine_contract import Engine, MllmChunk
 from refineg_core.pipeline.stage_contract import (
     Applied,
@@ -77,6 +79,7 @@ from refineg_core.pipeline.stage_contract import (
     dry_run,
 )
 from refineg_core.pipeline.summary import StageSummary
+from refineg_core.pipeline.worker import Worker
 from refineg_core.registry import create as create_plugin
 from refineg_core.registry import create_box_frame
 from refineg_core.runstore import atomic_write
@@ -151,6 +154,7 @@ __all__ = [
     "SampleResult",
     "ScoreGate",
     "Skip",
+    "StageHealth",
     "StageSetup",
     "StageSummary",
     "SynthesisCandidate",
@@ -161,6 +165,7 @@ __all__ = [
     "TextPart",
     "UncertaintyEstimator",
     "Usage",
+    "Worker",
     "atomic_write",
     "create_box_frame",
     "create_plugin",

@@ -24,7 +24,7 @@ from typing import Any
 
 from refineg_core import __version__, interrupts, progress, registry, secrets
 from refineg_core.blame import Blame, blame
-from refineg_core.config import load_config, redacted_dump
+from refineg_core.config import engine_overrides, load_config, redacted_dump
 from refineg_core.errors import RefinegError
 from refineg_core.hooks import get_hooks, hook_plugins
 
@@ -127,7 +127,7 @@ def _pipeline(args: argparse.Namespace):
 
     overrides = list(args.set)
     if getattr(args, "engine", None):
-        overrides.append(f'engine.kind="{args.engine}"')
+        overrides = engine_overrides(args.config, args.engine, overrides)
     config = load_config(args.config, overrides)
     if getattr(args, "run_dir", None):
         config.run_dir = Path(args.run_dir)

@@ -17,10 +17,10 @@ from typing import Any, Literal
 
 import pydantic
 import tomllib
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from refineg_core import secrets
-from refineg_core.errors import ConfigError
+from refineg_core.errors import ConfigError, RefinegError
 from refineg_core.labels import LabelSet
 from refineg_core.stage_settings import GroundSettings, PromptWording, RefineSettings, SynthSettings
 
@@ -116,7 +116,12 @@ class StagesConfig(StrictModel):
 
 
 class EngineConfig(StrictModel):
-    """How stages are executed over the corpus: in this process, or on Ray."""
+    """How stages are executed over the corpus: in this process, or on Ray.
+
+    The core reads ``kind`` and ``chunk_size``; everything else an engine needs
+    (a Ray cluster's address, its actor counts) is the engine plugin's own
+    ``options``, validated by its ``Options`` model like any plugin's.
+    """
 
     kind: str = Field(
         "local",
@@ -129,15 +134,24 @@ class EngineConfig(StrictModel):
         description="posts per chunk: stages hold one chunk in memory, commit it to their "
         "output and resume after the last committed chunk",
     )
-    address: str | None = Field(
-        None, description='Ray cluster address ("auto", "ray://host:10001"); default: local Ray'
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="options of the engine plugin (ray: address, tagger_actors, "
+        "mllm_actors, num_cpus, num_gpus)",
     )
-    tagger_actors: int = Field(1, ge=1, description="Ray: tagger + gate actors")
-    mllm_actors: int = Field(
-        1, ge=1, description="Ray: actors per MLLM stage (each keeps the backend's concurrency)"
-    )
-    num_cpus: float = Field(1.0, gt=0, description="Ray: CPUs reserved per actor")
-    num_gpus: float = Field(0.0, ge=0, description="Ray: GPUs per tagger actor")
+    # The ray engine's options as they were spelled before they moved into
+    # `options` (read with a FutureWarning, then moved there: ``_engine_options``).
+    address: Any = Field(None, description="deprecated: options = {address = ...}")
+    tagger_actors: Any = Field(None, description="deprecated: options = {tagger_actors = ...}")
+    mllm_actors: Any = Field(None, description="deprecated: options = {mllm_actors = ...}")
+    num_cpus: Any = Field(None, description="deprecated: options = {num_cpus = ...}")
+    num_gpus: Any = Field(None, description="deprecated: options = {num_gpus = ...}")
+    # the old keys ``_engine_options`` moved into ``options`` (for the errors' place)
+    _moved: set[str] = PrivateAttr(default_factory=set)
+
+
+#: ``[engine]`` keys that are now the engine plugin's options.
+DEPRECATED_ENGINE_KEYS = ("address", "tagger_actors", "mllm_actors", "num_cpus", "num_gpus")
 
 
 class Config(StrictModel):
@@ -204,6 +218,15 @@ def _resolve_paths(model: BaseModel, base: Path) -> None:
             for item in value:
                 if isinstance(item, BaseModel):
                     _resolve_paths(item, base)
+
+
+def with_absolute_paths(config: Config, base: Path | None = None) -> Config:
+    """A copy of ``config`` with every relative path field made absolute against
+    ``base`` (default: the current directory): what a process with another working
+    directory (a Ray actor) must be given to read the same files."""
+    copy = config.model_copy(deep=True)
+    _resolve_paths(copy, Path.cwd() if base is None else base)
+    return copy
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:
@@ -345,6 +368,75 @@ def _source_options(config: Config, base: Path | None, check_paths: bool) -> Non
                 raise ConfigError(f"{path} does not exist", where=f"{where}.options.{key}")
 
 
+def _engine_options(config: Config) -> None:
+    """Move the old spelling of the ray engine's options (``[engine] num_cpus = 1``)
+    into ``engine.options``, with a FutureWarning naming the new one: the same run.
+    An old key the configured engine has no option for was never used by it, and
+    still is not (a warning says so)."""
+    engine = config.engine
+    old = {k: v for k in DEPRECATED_ENGINE_KEYS if (v := getattr(engine, k)) is not None}
+    if not old:
+        return
+    from refineg_core import registry
+    from refineg_core.errors import PluginError
+
+    try:
+        known = registry.load_class("engine", engine.kind, config_key="engine").Options
+    except PluginError:
+        known = None  # the plugin check names the missing engine
+    for key, value in old.items():
+        setattr(engine, key, None)
+        if known is not None and key not in known.model_fields:
+            warnings.warn(
+                f"engine.{key} is deprecated, and the {engine.kind!r} engine has no such "
+                "option: it is ignored, as it always was",
+                FutureWarning,
+                stacklevel=4,
+            )
+            continue
+        warnings.warn(
+            f"engine.{key} is deprecated: write it as an engine option, options = {{{key} = ...}}",
+            FutureWarning,
+            stacklevel=4,
+        )
+        if key in engine.options:
+            raise ConfigError(
+                f"{key!r} is given twice (here and in options); keep options.{key}",
+                where=f"engine.{key}",
+            )
+        engine.options[key] = value
+        engine._moved.add(key)
+
+
+def engine_overrides(path: Path | str, kind: str, sets: list[str]) -> list[str]:
+    """The overrides of ``--engine KIND`` with ``--set`` ones: KIND wins over a
+    ``--set engine.kind``, and when the config file names another engine its options
+    are dropped first (they are not KIND's; ``--set engine.options.*`` still counts)."""
+    reset: list[str] = []
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        raw = {}  # load_config reports it, with its place
+    table = raw.get("engine")
+    if isinstance(table, dict) and table.get("kind", "local") != kind:
+        reset.append("engine.options={}")
+    return [*reset, *sets, f"engine.kind={json.dumps(kind)}"]
+
+
+def _check_engine(config: Config) -> None:
+    """The engine is installed (a missing extra, Ray, is an error now, not mid-run) and
+    its options are valid for it; an error names the key where the user wrote it."""
+    engine = config.engine
+    try:
+        _check_plugin("engine", engine.kind, engine.options, "engine")
+    except RefinegError as exc:
+        key = (exc.where or "").removeprefix("engine.options.").split(".")[0]
+        if key not in engine._moved:
+            raise
+        message = str(exc).removeprefix(f"{exc.where}: ")
+        raise type(exc)(message, where=f"engine.{key}") from None
+
+
 def check_input_paths(config: Config) -> None:
     """Every input path named in the config exists, or a ConfigError says which and where
     it resolved to (a typo found before training, not after)."""
@@ -383,6 +475,7 @@ def config_from_dict(
     if base is not None:
         _resolve_paths(config, base)
     _source_options(config, base, check_paths)
+    _engine_options(config)
     if check_plugins:
         validate_plugins(config)
     if check_paths:
@@ -435,23 +528,25 @@ def slot_kind(config_key: str) -> str:
 
 def validate_plugins(config: Config) -> None:
     """Import the named plugins (only those) and validate their options now."""
-    from refineg_core import registry
-
     for key in SLOT_NAMES:
         slot_cfg = config.slot(key)
-        if slot_cfg is None:
-            continue
-        kind = slot_kind(key)
-        cls = registry.load_class(kind, slot_cfg.plugin, config_key=key)
-        registry.validate_options(kind, slot_cfg.plugin, cls, slot_cfg.options, config_key=key)
-        _strict_options(cls, slot_cfg.options, f"{key}.options", slot_cfg.plugin)
-    # the engine: an unknown name or a missing extra (Ray) is an error now, not mid-run
-    registry.load_class("engine", config.engine.kind, config_key="engine")
+        if slot_cfg is not None:
+            _check_plugin(slot_kind(key), slot_cfg.plugin, slot_cfg.options, key)
+    _check_engine(config)
     from refineg_core.formats.loader import check_data_sources
     from refineg_core.formats.writers import output_formats
 
     check_data_sources(config.data)
     output_formats(config.outputs.formats)
+
+
+def _check_plugin(kind: str, name: str, options: dict[str, Any], key: str) -> None:
+    """Load the plugin ``key`` names and validate its options, strictly."""
+    from refineg_core import registry
+
+    cls = registry.load_class(kind, name, config_key=key)
+    registry.validate_options(kind, name, cls, options, config_key=key)
+    _strict_options(cls, options, f"{key}.options", name)
 
 
 def effective(config: Config) -> Config:

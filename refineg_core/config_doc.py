@@ -11,7 +11,13 @@ from typing import Any
 import pydantic
 
 from refineg_core import secrets
-from refineg_core.config import SLOT_NAMES, Config, effective, slot_kind
+from refineg_core.config import (
+    DEPRECATED_ENGINE_KEYS,
+    SLOT_NAMES,
+    Config,
+    effective,
+    slot_kind,
+)
 
 #: One table of the printed config: its dotted name and (key, value, description) rows.
 Table = tuple[str, list[tuple[str, Any, str]]]
@@ -46,17 +52,22 @@ def full_config(config: Config) -> list[Table]:
     config = effective(config)
     tables: list[Table] = []
     for prefix, rows in _tables("", config):
-        keep = [(k, v, d) for k, v, d in rows if not (k == "options" and prefix in SLOT_NAMES)]
+        plugin = prefix in SLOT_NAMES or prefix == "engine"
+        keep = [(k, v, d) for k, v, d in rows if not (k == "options" and plugin)]
+        if prefix == "engine":  # moved into engine.options when the config loaded
+            keep = [row for row in keep if row[0] not in DEPRECATED_ENGINE_KEYS]
         tables.append((prefix, keep))
         if prefix in SLOT_NAMES:
             slot = config.slot(prefix)
             assert slot is not None
-            kind = slot_kind(prefix)
-            cls = registry.load_class(kind, slot.plugin, config_key=prefix)
-            options = registry.validate_options(
-                kind, slot.plugin, cls, slot.options, config_key=prefix
-            )
-            tables.extend(_tables(f"{prefix}.options", options))
+            kind, name, raw = slot_kind(prefix), slot.plugin, slot.options
+        elif prefix == "engine":  # the engine plugin's own options, like a slot's
+            kind, name, raw = "engine", config.engine.kind, config.engine.options
+        else:
+            continue
+        cls = registry.load_class(kind, name, config_key=prefix)
+        options = registry.validate_options(kind, name, cls, raw, config_key=prefix)
+        tables.extend(_tables(f"{prefix}.options", options))
     return tables
 
 

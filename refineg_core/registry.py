@@ -217,7 +217,7 @@ def validate_options(
         raise PluginError(
             f"{first['msg']} (plugin {name!r})"
             + (
-                f"; valid options: {', '.join(sorted(cls.Options.model_fields))}"
+                f"; valid options: {', '.join(sorted(cls.Options.model_fields)) or 'none'}"
                 if first["type"] == "extra_forbidden"
                 else ""
             ),

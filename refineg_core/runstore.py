@@ -3,8 +3,9 @@
 Everything that writes into a run directory goes through here:
 
 - **the lock.** A command that writes (run, synth, train, predict, refine,
-  ground, plan, and the Python API's writing methods) holds an exclusive
-  ``flock`` on ``<run_dir>/refineg.lock`` for its whole life. A second
+  ground, plan, and the Python API's writing methods) holds an exclusive lock
+  on ``<run_dir>/refineg.lock`` for its whole life (``flock``; on Windows
+  ``msvcrt.locking`` on one byte past the holder's note: ``_try_lock``). A second
   process is refused at once (exit 2) with the holder's pid, command line
   and start time, which the holder writes into the lock file. The kernel
   drops the lock when the holder dies, even by ``kill -9``, so a stale file
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -50,6 +50,8 @@ from refineg_core.filemodes import respect_umask
 LOCK_FILE = "refineg.lock"
 #: How long a refused lock is retried: covers a reader's momentary probe, not a run.
 _LOCK_PATIENCE_S = 0.5
+#: Windows opens files in text mode unless told otherwise.
+_BINARY = getattr(os, "O_BINARY", 0)
 
 
 class RunDirBusy(RefinegError):
@@ -154,6 +156,42 @@ def _line_id(line: str) -> str:
 
 
 # --------------------------------------------------------------- the lock
+if sys.platform == "win32":  # pragma: no cover - the suite runs on POSIX
+    import msvcrt
+
+    #: The byte Windows locks: far past the holder's note, which stays readable
+    #: (a locked range cannot be read by other processes there).
+    _WINDOWS_LOCK_BYTE = 1 << 30
+
+    def _try_lock(fd: int, *, probe: bool = False) -> bool:
+        """Take the exclusive lock on ``fd`` without waiting (False: someone holds it).
+        A ``probe`` only asks: Windows has no shared lock, so it gives it back at once."""
+        os.lseek(fd, _WINDOWS_LOCK_BYTE, os.SEEK_SET)
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        if probe:
+            os.lseek(fd, _WINDOWS_LOCK_BYTE, os.SEEK_SET)
+            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+        return True
+
+else:
+    import fcntl
+
+    def _try_lock(fd: int, *, probe: bool = False) -> bool:
+        """Take the exclusive lock on ``fd`` without waiting (False: someone holds it).
+        A ``probe`` takes a shared lock, which only an exclusive holder refuses; the
+        lock lives as long as the descriptor (closing it, or dying, drops it)."""
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if probe else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                return False
+            raise
+        return True
+
+
 @attrs.frozen
 class Holder:
     """Who holds a run directory, as the holder wrote it into the lock file."""
@@ -203,12 +241,13 @@ def _forget_in_child() -> None:
     _HELD.clear()
 
 
-os.register_at_fork(after_in_child=_forget_in_child)
+if hasattr(os, "register_at_fork"):  # POSIX; Windows has no fork
+    os.register_at_fork(after_in_child=_forget_in_child)
 
 
 class RunLock:
-    """An exclusive ``flock`` on ``<run_dir>/refineg.lock`` (released when closed or
-    when the process dies, however it dies)."""
+    """An exclusive lock on ``<run_dir>/refineg.lock`` (``_try_lock``; released when
+    closed or when the process dies, however it dies)."""
 
     def __init__(self, run_dir: Path) -> None:
         self.path = Path(run_dir) / LOCK_FILE
@@ -223,29 +262,25 @@ class RunLock:
         if self._fd is not None:
             return
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _BINARY, 0o666)
         except OSError as exc:  # a folder or an unwritable file in its place
             raise RefinegError(
                 f"cannot open the run directory's lock file: {exc.strerror or exc}",
                 where=str(self.path),
             ) from None
         deadline = time.monotonic() + _LOCK_PATIENCE_S
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                    os.close(fd)
-                    raise
+        try:
+            while not _try_lock(fd):
                 if time.monotonic() >= deadline:
-                    os.close(fd)
                     holder = _read_holder(self.path)
                     raise RunDirBusy(
                         f"{self.path.parent} is in use by {holder.describe()}; wait for it "
                         "to finish, or use another run_dir (--run-dir)"
-                    ) from None
+                    )
                 time.sleep(0.05)
+        except BaseException:
+            os.close(fd)
+            raise
         info = {
             "pid": os.getpid(),
             "command": command if command is not None else this_command(),
@@ -253,7 +288,8 @@ class RunLock:
         }
         # written in place, never renamed: the lock belongs to this inode
         os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode("utf-8"), 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, json.dumps(info).encode("utf-8"))
         self._fd = fd
         _HELD.add(self)
 
@@ -265,7 +301,7 @@ class RunLock:
         _HELD.discard(self)
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)
-        os.close(fd)  # closing the only descriptor drops the flock
+        os.close(fd)  # closing the only descriptor drops the lock
 
     def holder(self) -> Holder | None:
         """Who holds the lock now (None when nobody does), without blocking anyone
@@ -273,16 +309,14 @@ class RunLock:
         if self._fd is not None:
             return _read_holder(self.path)
         try:
-            fd = os.open(self.path, os.O_RDONLY)
+            fd = os.open(self.path, os.O_RDONLY | _BINARY)
         except OSError:
             return None
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            return _read_holder(self.path)
+            free = _try_lock(fd, probe=True)
         finally:
             os.close(fd)
-        return None
+        return None if free else _read_holder(self.path)
 
 
 # ----------------------------------------------------------- stage records

@@ -114,3 +114,26 @@ def test_the_mllm_stages_run_in_memory_without_any_temp_file(trained_run, tmp_pa
     assert obama.source == "mllm" and obama.boxes
     after = {p for p in run_dir.rglob("*") if "cache" not in p.relative_to(run_dir).parts}
     assert after == before
+
+
+def test_a_chunk_computes_its_stage_settings_once(trained_run, tmp_path, monkeypatch):
+    """Each MLLM stage's settings (a copy with the config's wording) are made once
+    per chunk, not once for the stage and again to ask whether it is enabled."""
+    from refineg_core.pipeline import mllm_driver
+
+    made: list[str] = []
+    real = mllm_driver.stage_settings
+
+    def counted(config, stage):
+        made.append(stage)
+        return real(config, stage)
+
+    monkeypatch.setattr(mllm_driver, "stage_settings", counted)
+    run_dir, _ = trained_run
+    image = paint_image(tmp_path / "photo.jpg", (640, 480))
+    with FakeOpenAIServer() as server:
+        server.responder = _obama_in_paris
+        with _load_against(run_dir, server) as pipe:
+            docs = list(pipe.pipe(["Obama visits Paris"] * 3, images=[image] * 3, batch_size=2))
+    assert all(d.meta["stages"]["ground"]["status"] == "ran" for d in docs), docs[0].meta
+    assert made == ["refine", "ground"] * 2  # two chunks (2 + 1 posts), once per stage each

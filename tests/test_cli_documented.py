@@ -107,6 +107,23 @@ def test_config_show_defaults_lists_every_option(twitter_config):
     assert data["uncertainty"]["options"]["threshold"] == 0.4
 
 
+def test_config_show_defaults_lists_the_engines_own_options(twitter_config):
+    """[engine] options are the engine plugin's, shown with its defaults like a slot's;
+    an old key appears there, moved, and no longer in [engine] itself."""
+    sets = ["--set", 'engine.kind="ray"', "--set", "engine.num_cpus=0.5"]
+    proc = refineg("config", "show", "-c", str(twitter_config), "--defaults", *sets)
+    assert proc.returncode == 0, proc.stderr
+    assert "engine.num_cpus is deprecated" in proc.stderr
+    engine = tomllib.loads(proc.stdout)["engine"]
+    assert engine["options"] == {
+        "tagger_actors": 1,
+        "mllm_actors": 1,
+        "num_cpus": 0.5,
+        "num_gpus": 0.0,
+    }
+    assert set(engine) == {"kind", "chunk_size", "options"}
+
+
 def test_config_show_displays_the_wording_the_prompts_use(twitter_config):
     """The stages' prompts take their wording from [prompts]: show that, not a default."""
     for args in ((), ("--json",), ("--defaults", "--json")):

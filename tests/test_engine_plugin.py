@@ -19,10 +19,12 @@ from typing import Any, ClassVar
 
 import pytest
 import tomllib
+from pydantic import Field
 
 from refineg_core import kinds, registry
-from refineg_core.config import load_config
-from refineg_core.errors import PluginError
+from refineg_core.config import engine_overrides, load_config, redacted_dump
+from refineg_core.errors import ConfigError, PluginError, RefinegError
+from refineg_core.interfaces import PluginOptions
 from refineg_core.pipeline.engine_contract import Engine, MllmChunk
 from refineg_core.pipeline.engines import LocalEngine, build_engine
 from refineg_core.pipeline.summary import StageSummary
@@ -49,8 +51,8 @@ def write(tmp_path: Path, body: str) -> Path:
 class CountingEngine(LocalEngine):
     """A third-party engine: the local one, counting the chunks it was given."""
 
-    def __init__(self, worker) -> None:
-        super().__init__(worker)
+    def __init__(self, worker, options=None) -> None:
+        super().__init__(worker, options)
         self.chunks = 0
 
     def tag(self, chunks: Iterator[list[Sample]]) -> Iterator[list[SampleResult]]:
@@ -156,6 +158,102 @@ def test_ray_engine_without_ray_names_the_ray_extra(tmp_path):
     assert "pip install '" in out and "[ray]'" in out, out
 
 
+class ShardedEngine(CountingEngine):
+    """A third-party engine with options of its own."""
+
+    class Options(PluginOptions):
+        shards: int = Field(1, ge=1)
+
+
+def test_an_engines_options_are_its_own_and_validated_by_it(tmp_path):
+    """[engine] options = {...} reach the engine as its validated Options; an option
+    it does not have is refused naming the engine and its valid options."""
+    pytest.importorskip("refineg_gazetteer", reason="pip install -e examples/refineg-gazetteer")
+    from refineg_core.pipeline.worker import Worker
+
+    body = '[tagger]\nplugin = "gazetteer"\n[engine]\nkind = "sharded"\noptions = {shards = 3}\n'
+    with registry.registered("engine", "sharded", ShardedEngine):
+        config = load_config(write(tmp_path, body), check_paths=False)
+        with Worker(config) as worker:
+            engine = build_engine(worker)
+        assert type(engine) is ShardedEngine and engine.options.shards == 3
+        for bad, where, said in [
+            ("{shard = 3}", "engine.options.shard", "valid options: shards"),
+            ("{shards = 0}", "engine.options.shards", "greater than or equal to 1"),
+            ('{shards = "3"}', "engine.options.shards", "valid integer"),  # never coerced
+        ]:
+            with pytest.raises(RefinegError) as err:
+                load_config(write(tmp_path, body.replace("{shards = 3}", bad)), check_paths=False)
+            assert err.value.where.endswith(where), err.value
+            assert "'sharded'" in str(err.value) and said in str(err.value), err.value
+    with pytest.raises(PluginError) as err:  # the local engine has no options at all
+        load_config(write(tmp_path, "[engine]\noptions = {workers = 2}\n"), check_paths=False)
+    assert err.value.where.endswith("engine.options.workers")
+    assert "'local'" in str(err.value) and "valid options: none" in str(err.value), err.value
+
+
+def test_the_ray_options_moved_into_engine_options(tmp_path):
+    """The ray engine's keys are its own options now; the old spelling still loads
+    as the same config, with a warning that names the new one."""
+    from refineg_ray.engine import RayEngine
+
+    new = load_config(
+        write(tmp_path, '[engine]\nkind = "ray"\noptions = {tagger_actors = 3, num_cpus = 0.5}\n'),
+        check_paths=False,
+    )
+    assert new.engine.options == {"tagger_actors": 3, "num_cpus": 0.5}
+    options = registry.validate_options("engine", "ray", RayEngine, new.engine.options)
+    assert (options.tagger_actors, options.num_cpus, options.mllm_actors) == (3, 0.5, 1)
+    old_body = '[engine]\nkind = "ray"\ntagger_actors = 3\nnum_cpus = 0.5\n'
+    with pytest.warns(FutureWarning) as caught:
+        old = load_config(write(tmp_path, old_body), check_paths=False)
+    assert sorted(str(w.message) for w in caught) == [
+        f"engine.{key} is deprecated: write it as an engine option, options = {{{key} = ...}}"
+        for key in ("num_cpus", "tagger_actors")
+    ]
+    assert old.engine.model_dump() == new.engine.model_dump()
+    assert redacted_dump(old) == redacted_dump(new)  # the run's config.json: the same run
+    with pytest.warns(FutureWarning), pytest.raises(RefinegError) as err:
+        load_config(write(tmp_path, old_body.replace("= 3", "= 0")), check_paths=False)
+    assert err.value.where.endswith("engine.tagger_actors"), err.value  # where it was written
+    assert "'ray'" in str(err.value)
+    twice = old_body + "options = {num_cpus = 1.0}\n"
+    with pytest.warns(FutureWarning), pytest.raises(ConfigError, match="given twice") as err:
+        load_config(write(tmp_path, twice), check_paths=False)
+    assert err.value.where.endswith("engine.num_cpus")
+
+
+def test_old_ray_keys_under_another_engine_are_ignored_as_they_always_were(tmp_path):
+    """Before they moved, the ray keys sat in [engine] whatever the engine, and only
+    Ray read them: a local config with them still loads as the same local run."""
+    body = '[engine]\nkind = "local"\nnum_cpus = 0.5\n'
+    with pytest.warns(FutureWarning, match=r"'local' engine has no such option: it is ignored"):
+        config = load_config(write(tmp_path, body), check_paths=False)
+    assert config.engine.options == {} and config.engine.num_cpus is None
+    assert redacted_dump(config)["engine"] == {"kind": "local", "chunk_size": 1000, "options": {}}
+
+
+def test_the_engine_flag_runs_that_engine_with_its_own_options(tmp_path):
+    """`--engine KIND` over a config written for another engine drops that engine's
+    options (they are not KIND's); the same engine keeps them; --set adds to them."""
+    path = write(tmp_path, '[engine]\nkind = "ray"\noptions = {num_cpus = 0.5}\n')
+    local = load_config(path, engine_overrides(path, "local", []), check_paths=False)
+    assert (local.engine.kind, local.engine.options) == ("local", {})
+    ray = load_config(path, engine_overrides(path, "ray", []), check_paths=False)
+    assert (ray.engine.kind, ray.engine.options) == ("ray", {"num_cpus": 0.5})
+    sets = ['engine.kind="local"', "engine.options.mllm_actors=2"]
+    both = load_config(path, engine_overrides(path, "ray", sets), check_paths=False)
+    assert (both.engine.kind, both.engine.options) == ("ray", {"num_cpus": 0.5, "mllm_actors": 2})
+    plain = write(tmp_path, "")
+    onto = load_config(
+        plain, engine_overrides(plain, "ray", ["engine.options.num_gpus=1.0"]), check_paths=False
+    )
+    assert (onto.engine.kind, onto.engine.options) == ("ray", {"num_gpus": 1.0})
+    with pytest.raises(PluginError) as err:  # what the flag does not drop is still checked
+        load_config(path, engine_overrides(path, "local", ["engine.options.x=1"]))
+    assert err.value.where.endswith("engine.options.x")
+
+
 def test_build_engine_builds_the_configured_engine_from_the_runs_worker(tmp_path):
     pytest.importorskip("refineg_gazetteer", reason="pip install -e examples/refineg-gazetteer")
     from refineg_core.pipeline.worker import Worker
@@ -183,8 +281,8 @@ class ReportingEngine(CountingEngine):
 
     built: ClassVar[list[ReportingEngine]] = []
 
-    def __init__(self, worker) -> None:
-        super().__init__(worker)
+    def __init__(self, worker, options=None) -> None:
+        super().__init__(worker, options)
         ReportingEngine.built.append(self)
 
     def report(self, stage: str) -> dict[str, Any]:

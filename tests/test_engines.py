@@ -85,7 +85,13 @@ def test_ray_engine_final_equals_the_local_engine_on_500_dev_tweets(data500, tmp
     pytest.importorskip("ray", reason="pip install 'refineg[ray]'")
     root, gold = data500
     engine = ["--set", "engine.chunk_size=64"]
-    ray_engine = [*engine, "--set", "engine.mllm_actors=2", "--set", "engine.num_cpus=0.25"]
+    ray_engine = [
+        *engine,
+        "--set",
+        "engine.options.mllm_actors=2",
+        "--set",
+        "engine.options.num_cpus=0.25",
+    ]
     with FakeOpenAIServer(mostly_oracle(gold)) as server:
         local = tmp_path / "local"
         run(tmp_path, "local", config(root, server.base_url, local), *engine)
@@ -219,10 +225,11 @@ def test_ray_engine_reports_an_unreachable_required_backend_like_the_local_one(d
     root, _ = data120
     cfg = tmp_path / "c.toml"
     cfg.write_text(config(root, "http://127.0.0.1:9/v1", tmp_path / "run"), encoding="utf-8")
-    args = ["--set", "engine.num_cpus=0.25", "--set", "backend.options.timeout=2"]
+    args = ["--set", "backend.options.timeout=2"]
     assert run_cli(["train", "-c", str(cfg)]).code == 0
     local = run_cli(["run", "-c", str(cfg), *args])
-    remote = run_cli(["run", "-c", str(cfg), *args, "--engine", "ray"])
+    ray = ["--engine", "ray", "--set", "engine.options.num_cpus=0.25"]  # the ray engine's
+    remote = run_cli(["run", "-c", str(cfg), *args, *ray])
     assert local.code == remote.code == 3, (local.stderr, remote.stderr)
     errors = [line for line in remote.stderr.splitlines() if line.startswith("refineg: error:")]
     assert len(errors) == 1 and "127.0.0.1:9" in errors[0], remote.stderr

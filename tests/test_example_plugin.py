@@ -201,6 +201,52 @@ def test_rule_gate_delegates_ambiguous_names_and_capitalised_misses():
 # --- real data, and selection through a config -------------------------------
 
 
+def test_rule_gate_is_a_score_gate_deciding_its_two_rules_on_real_tweets(twitter_dir: Path):
+    """The rule gate writes only ``score`` (the core's ScoreGate decides); on real
+    tweets its decisions are exactly the two documented rules, for one and for two
+    capitalised O words, and its options are still its own."""
+    from refineg_gazetteer.rules import SENTENCE_END
+
+    from refineg.plugin import ScoreGate
+
+    labels = LabelSet({"PER": "p", "ORG": "o", "LOC": "l", "OTHER": "x"})
+    train = list(load_dataset(twitter_dir / "train.txt").samples[:300])
+    dev = list(load_dataset(twitter_dir / "dev.txt").samples[:300])
+    tagger = registry.create("tagger", "gazetteer", {}, labels)
+    tagger.fit(train)
+    preds = tagger.predict(dev)
+    flagged_by = {}
+    for m in (1, 2):
+        gate = registry.create("uncertainty", "rules", {"min_capitalized": m}, labels)
+        assert isinstance(gate, ScoreGate) and gate.budget is None
+        decisions = gate.decide(dev, preds)
+        flagged_by[m] = set()
+        for s, p, d in zip(dev, preds, decisions, strict=True):
+            assert d.sample_id == s.id
+            entities = [*d.kept, *d.delegated]
+            assert sorted(e.span for e in entities) == sorted((a, b) for a, b, _ in entities_of(p))
+            assert all(e.uncertainty > 0.2 for e in d.delegated)
+            assert all(e.uncertainty <= 0.2 for e in d.kept)
+            outside = [i for i, t in enumerate(p.tags) if t == "O"]
+            caps = [
+                i
+                for i in outside
+                if s.tokens[i][:1].isupper()
+                and s.tokens[i] not in ("I", "RT")
+                and not (i == 0 or s.tokens[i - 1] in SENTENCE_END)
+            ]
+            flagged = len(caps) >= m
+            assert d.delegate_sample == (bool(d.delegated) or flagged), s.id
+            assert d.missed_uncertainty == (len(caps) / len(outside) if flagged else 0.0)
+            if flagged:
+                flagged_by[m].add(s.id)
+    assert flagged_by[2] < flagged_by[1]  # both rules were met, and the count matters
+    for key in ("threshold", "budget", "missed_entities"):  # the core's names are not options
+        with pytest.raises(PluginError) as err:
+            registry.create("uncertainty", "rules", {key: 0.3}, LABELS)
+        assert err.value.where == f"uncertainty.options.{key}"
+
+
 def test_fit_and_predict_on_ccks_gold(ccks_dir: Path):
     gold = list(load_dataset(ccks_dir / "gold-500.conll").samples)
     tagger = make(case_sensitive=True)

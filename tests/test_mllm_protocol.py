@@ -121,7 +121,7 @@ def test_stage_events_fire_once_per_stage_on_both_engines(engine, twitter_dir, t
             cfg = write_config(tmp_path, text)
             args = ["run", "-c", str(cfg), "--set", "engine.chunk_size=8"]
             if engine == "ray":
-                args += ["--engine", "ray", "--set", "engine.num_cpus=0.25"]
+                args += ["--engine", "ray", "--set", "engine.options.num_cpus=0.25"]
             result = run_cli(args)
             calls = len(server.chat_requests)
     finally:

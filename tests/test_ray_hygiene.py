@@ -47,7 +47,7 @@ def _config(tmp_path: Path, twitter: Path, predict: int) -> Path:
         [engine]
         kind = "ray"
         chunk_size = 20
-        num_cpus = 0.25
+        options = {{num_cpus = 0.25}}
         '''),
         encoding="utf-8",
     )

@@ -204,6 +204,54 @@ def test_a_forked_child_of_a_killed_holder_does_not_keep_the_lock(tmp_path):
             os.kill(child, signal.SIGKILL)
 
 
+def test_the_lock_is_one_small_platform_function_and_its_posix_path_works(tmp_path):
+    """The core takes its lock through ``_try_lock`` alone, whose platform module
+    (fcntl here, msvcrt on Windows) is imported under a platform check, so the core
+    imports on Windows; on POSIX an exclusive lock refuses a second one and a probe,
+    and is free again when its descriptor closes."""
+    import ast
+
+    from refineg_core import runstore
+
+    for path in (ROOT / "refineg_core").rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        guarded = {
+            id(node)
+            for branch in ast.walk(tree)
+            if isinstance(branch, ast.If) and "sys.platform" in ast.unparse(branch.test)
+            for node in ast.walk(branch)
+        }
+        for node in ast.walk(tree):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            for name in names:
+                if name in ("fcntl", "msvcrt", "termios", "pwd", "grp", "resource"):
+                    assert id(node) in guarded, f"{path}:{node.lineno}: import {name} unguarded"
+    lock = tmp_path / "refineg.lock"
+    lock.write_text("", encoding="utf-8")
+    first = os.open(lock, os.O_RDWR)
+    second = os.open(lock, os.O_RDWR)
+    try:
+        assert runstore._try_lock(first)
+        assert not runstore._try_lock(second)
+        assert not runstore._try_lock(second, probe=True)
+        os.close(first)
+        first = None
+        assert runstore._try_lock(second, probe=True)  # free: a probe's shared lock
+        os.close(second)
+        second = os.open(lock, os.O_RDWR)
+        assert runstore._try_lock(second)
+    finally:
+        for fd in (first, second):
+            if fd is not None:
+                os.close(fd)
+
+
 def test_a_writing_pipeline_of_the_python_api_takes_the_lock(data, tmp_path):
     from refineg_core.config import load_config
     from refineg_core.pipeline.orchestrator import Pipeline

@@ -124,7 +124,7 @@ def test_an_exception_that_is_not_a_backend_error_trips_the_breaker_and_fails_a_
         ("backend.options.deadline=1e300", "backend.options.deadline"),
         ("backend.options.timeout=1e300", "backend.options.timeout"),
         ("backend.options.backoff_max=inf", "backend.options.backoff_max"),
-        ("engine.num_cpus=inf", "engine.num_cpus"),
+        ("engine.options.num_cpus=inf", "engine.options.num_cpus"),
         ('engine.chunk_size="10"', "engine.chunk_size"),
         ('stages.refine="yes"', "stages.refine"),
         ('backend.options.base_url="http:///v1"', "backend.options.base_url"),
@@ -280,7 +280,7 @@ def test_endpoint_counts_are_real_on_the_ray_engine(data, tmp_path):
         )
         cfg = write_config(tmp_path, text)
         result = run_cli(
-            ["run", "-c", str(cfg), "--engine", "ray", "--set", "engine.num_cpus=0.25"]
+            ["run", "-c", str(cfg), "--engine", "ray", "--set", "engine.options.num_cpus=0.25"]
         )
         assert result.code == 0, result.stderr
         refine, ground = _per_stage_requests(server)

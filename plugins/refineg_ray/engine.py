@@ -11,7 +11,7 @@ MLLM actor, which keeps the backend's own concurrency) and calls the same
 per-chunk code as the local engine, so the outputs are equal.
 
 The same config runs on a laptop (a local Ray started here) and on a cluster
-(``engine.address``); on a cluster the run directory and the data must be on
+(``[engine] options = {address = "auto"}``); on a cluster the run directory and the data must be on
 storage every node sees.
 """
 
@@ -33,11 +33,13 @@ from typing import Any
 # config is checked, naming the extra (`pip install 'refineg[ray]'`), not mid-run.
 import ray
 import ray.data
+from pydantic import Field
 
 from refineg_core import errors
-from refineg_core.config import Config, _resolve_paths
+from refineg_core.config import Config, with_absolute_paths
 from refineg_core.errors import RefinegError
 from refineg_core.formats.native import result_from_dict, sample_from_dict, sample_to_dict
+from refineg_core.interfaces import PluginOptions
 from refineg_core.pipeline.call_health import StageHealth
 from refineg_core.pipeline.engine_contract import Engine, MllmChunk
 from refineg_core.pipeline.spent import add, delta
@@ -94,12 +96,30 @@ class ChunkWorker:
         self.worker.close()
 
 
+class RayOptions(PluginOptions):
+    """The ray engine's options: ``[engine] options = {tagger_actors = 4, ...}``."""
+
+    address: str | None = Field(
+        None, description='Ray cluster address ("auto", "ray://host:10001"); default: local Ray'
+    )
+    tagger_actors: int = Field(1, ge=1, description="tagger + gate actors")
+    mllm_actors: int = Field(
+        1, ge=1, description="actors per MLLM stage (each keeps the backend's concurrency)"
+    )
+    num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per actor")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per tagger actor")
+
+
 class RayEngine(Engine):
     """Chunks fanned out to Ray Data actor pools; results come back in input order."""
 
-    def __init__(self, worker: Worker) -> None:
+    Options = RayOptions
+    options: RayOptions
+
+    def __init__(self, worker: Worker, options: RayOptions | None = None) -> None:
+        super().__init__(worker, options)
         self.run_dir = worker.run_dir
-        self.settings = worker.config.engine
+        self.chunk_size = worker.config.engine.chunk_size
         self.ray = ray
         self._usage: dict[str, dict[str, Any]] = {}
         self._workers: dict[str, set[int]] = {}
@@ -109,12 +129,12 @@ class RayEngine(Engine):
         if self._started_ray:
             _quiet_ray_logs()
             self.ray.init(
-                address=self.settings.address,
+                address=self.options.address,
                 include_dashboard=False,
                 log_to_driver=False,
                 configure_logging=False,
             )
-            if self.settings.address is None:  # a local Ray: it ends with this driver
+            if self.options.address is None:  # a local Ray: it ends with this driver
                 self._reaper = _start_reaper(self.ray)
         context = self.ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True
@@ -124,7 +144,7 @@ class RayEngine(Engine):
     # ------------------------------------------------------------------ stages
     def tag(self, chunks: Iterator[list[Sample]]) -> Iterator[list[SampleResult]]:
         rows = ({"item": sample_to_dict(s)} for chunk in chunks for s in chunk)
-        for results, metas in self._map("predict", rows, self.settings.tagger_actors, gpus=True):
+        for results, metas in self._map("predict", rows, self.options.tagger_actors, gpus=True):
             self._note_workers("predict", metas)
             yield results
 
@@ -143,7 +163,7 @@ class RayEngine(Engine):
                         "earlier": sample_to_dict(done) if done else None,
                     }
 
-        for results, metas in self._map(stage, rows(), self.settings.mllm_actors, gpus=False):
+        for results, metas in self._map(stage, rows(), self.options.mllm_actors, gpus=False):
             summary = StageSummary(stage)
             self._note_workers(stage, metas)
             for meta in metas:
@@ -176,7 +196,7 @@ class RayEngine(Engine):
     ) -> Iterator[tuple[list[SampleResult], list[dict[str, Any]]]]:
         """Write ``rows`` as shards, run them through a pool of ``actors`` ChunkWorkers,
         and yield each chunk's results (in order) with the metas its batches sent."""
-        size = self.settings.chunk_size
+        size = self.chunk_size
         shards = self._write_shards(stage, rows, size)
         if not shards:
             return
@@ -187,8 +207,8 @@ class RayEngine(Engine):
                     fn_constructor_args=(self.payload, stage),
                     batch_size=size,
                     compute=self.ray.data.ActorPoolStrategy(size=actors),
-                    num_cpus=self.settings.num_cpus,
-                    num_gpus=self.settings.num_gpus if gpus else 0,
+                    num_cpus=self.options.num_cpus,
+                    num_gpus=self.options.num_gpus if gpus else 0,
                     batch_format="numpy",
                     # Ray Data's default (restart forever, retry forever) makes Ray's core
                     # print an error line (the actor's constructor arguments live in the
@@ -264,9 +284,7 @@ def _start_reaper(ray: Any) -> Any:
 def worker_config(config: Config) -> str:
     """The run's config as the actors rebuild it: every path absolute (a worker's
     working directory is not the driver's)."""
-    copy = config.model_copy(deep=True)
-    _resolve_paths(copy, Path.cwd())
-    return copy.model_dump_json()
+    return with_absolute_paths(config).model_dump_json()
 
 
 def _as_raised(error: dict[str, str]) -> RefinegError:

@@ -28,8 +28,7 @@ __all__ = ["Engine", "LocalEngine", "MllmChunk", "build_engine"]
 class LocalEngine(Engine):
     """Chunks processed one after another in this process (the default)."""
 
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
+    worker: Worker
 
     def tag(self, chunks: Iterator[list[Sample]]) -> Iterator[list[SampleResult]]:
         for chunk in chunks:
@@ -49,6 +48,11 @@ class LocalEngine(Engine):
 
 def build_engine(worker: Worker) -> Engine:
     """The engine ``engine.kind`` names (an installed ``refineg.engines`` plugin),
-    processing chunks with ``worker`` or with workers built from its config."""
-    cls = registry.load_class("engine", worker.config.engine.kind, config_key="engine")
-    return cls(worker)  # type: ignore[call-arg]  # engines are built from the run's worker
+    processing chunks with ``worker`` or with workers built from its config, with
+    its ``[engine] options`` validated by its own ``Options`` model."""
+    settings = worker.config.engine
+    cls = registry.load_class("engine", settings.kind, config_key="engine")
+    options = registry.validate_options(
+        "engine", settings.kind, cls, settings.options, config_key="engine"
+    )
+    return cls(worker, options)  # type: ignore[call-arg]  # engines: (worker, options)

@@ -144,7 +144,7 @@ def run_chunk(
     if part is not None:  # None: in memory (the Python API), nothing is written
         have = set(written_ids(part))  # a stopped run's results of this chunk stay
         append_results(part, [r for r in earlier if r.id not in have])
-    enabled = stage_settings(worker.config, stage).enabled
+    enabled = getattr(worker.config, stage).enabled  # the wording does not matter here
     done = run_mllm_stage(
         build_stage(worker, stage, items, health),
         items,

@@ -139,10 +139,16 @@ class Pipeline:
 
     def load_tagger(self) -> Tagger:
         """The trained tagger; a saved one is first checked against the config."""
-        if self.config.tagger.load_from and not self._saved_tagger_checked:
-            preflight.check_saved_tagger(self, self.log)  # never serve stale predictions
-            self._saved_tagger_checked = True
+        if self.config.tagger.load_from:
+            self._check_saved_tagger()
         return self.worker.load_tagger()
+
+    def _check_saved_tagger(self) -> None:
+        """Refuse a saved tagger trained with other options, once per run (never
+        serve stale predictions)."""
+        if not self._saved_tagger_checked:
+            preflight.check_saved_tagger(self, self.log)
+            self._saved_tagger_checked = True
 
     def stage_mode(self, stage: str) -> bool | str:
         """``True``, ``False`` or ``"auto"`` for an MLLM stage, all settings considered."""
@@ -231,10 +237,8 @@ class Pipeline:
         stages = self.config.stages
         started = time.perf_counter()
         self.check_backends(MLLM_STAGES)  # before any work
-        if stages.predict and not self._saved_tagger_checked:
-            preflight.check_saved_tagger(self, self.log)
-            self._saved_tagger_checked = True
         if stages.predict:
+            self._check_saved_tagger()
             self.context.check_gate_extras()  # the gate's extras, before any training
         if stages.synth:
             self.synth()
@@ -285,9 +289,6 @@ class Pipeline:
         )
 
     # ---------------------------------------------- the MLLM stages' frame
-    def _stage_input(self, stage: str) -> StageOutput:
-        return mllm_driver.stage_input(self, stage)
-
     def _mllm_stage(self, stage: str, results: Iterable[SampleResult] | None) -> StageOutput:
         """Refine or ground over the run (``refineg_core.pipeline.mllm_driver.run_mllm``)."""
         return mllm_driver.run_mllm(self, stage, results)
@@ -301,7 +302,3 @@ class Pipeline:
 
     def ground(self, results: Iterable[SampleResult] | None = None) -> StageOutput:
         return self._mllm_stage("ground", results)
-
-
-def _count(items: Iterable[Any]) -> int:
-    return sum(1 for _ in items)

@@ -7,12 +7,16 @@
    sentence start): a name the tagger has never seen is the typical miss of a
    gazetteer, and capitalisation is the cheapest hint that one is there.
 
-It works with any tagger's marginals, not only the gazetteer's.
+It works with any tagger's marginals, not only the gazetteer's. Like every
+score-only gate it builds on ``ScoreGate`` and writes one method, ``score``:
+each entity's uncertainty, and the sample's missed-entity score (the share of
+its ``O`` tokens that look like names, once there are ``min_capitalized`` of
+them). The core turns those into decisions: an entity above
+``max_uncertainty`` is delegated, and a sample with a delegated entity or a
+missed score above 0.
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import numpy as np
 import pydantic
@@ -21,11 +25,10 @@ from refineg.plugin import (
     SOURCE_TAGGER,
     DataError,
     Entity,
-    GateDecision,
     PluginOptions,
     Sample,
+    ScoreGate,
     TaggerPrediction,
-    UncertaintyEstimator,
     tags_to_spans,
 )
 
@@ -49,58 +52,56 @@ class RuleOptions(PluginOptions):
         ("I", "RT"), description="capitalised words that never hint at a name"
     )
 
+    # What ScoreGate decides with, in this gate's own option names (so they are
+    # not options a user could set twice): the missed score counts only with
+    # capitalized_o, and the rules have no budget.
+    @property
+    def missed_entities(self) -> bool:
+        return self.capitalized_o
 
-class RuleGate(UncertaintyEstimator):
+    @property
+    def budget(self) -> float | None:
+        return None
+
+
+class RuleGate(ScoreGate):
     Options = RuleOptions
     options: RuleOptions
 
-    def decide(
-        self, samples: Sequence[Sample], predictions: Sequence[TaggerPrediction]
-    ) -> list[GateDecision]:
-        by_id = {p.sample_id: p for p in predictions}
-        decisions = []
-        for sample in samples:
-            pred = by_id.get(sample.id)
-            if pred is None:
-                raise DataError(
-                    "the tagger returned no prediction for this sample", where=sample.id
-                )
-            if len(pred.tags) != len(sample.tokens):
-                raise DataError(
-                    f"{len(pred.tags)} tags for {len(sample.tokens)} tokens", where=sample.id
-                )
-            decisions.append(self._decide_one(sample, pred))
-        return decisions
+    def thresholds(self) -> tuple[float, float]:
+        """Entities above ``max_uncertainty``; any missed score (it is 0 below
+        ``min_capitalized`` suspicious words)."""
+        return self.options.max_uncertainty, 0.0
 
-    def _decide_one(self, sample: Sample, pred: TaggerPrediction) -> GateDecision:
-        index = {t: i for i, t in enumerate(pred.label_names)}
-        tag_prob = np.array([pred.marginals[i, index[t]] for i, t in enumerate(pred.tags)])
-        kept, delegated = [], []
-        for start, end, etype in tags_to_spans(pred.tags).spans:
-            confidence = float(tag_prob[start:end].mean())
-            entity = Entity(
-                start,
-                end,
-                etype,
-                sample.span_text(start, end),
-                confidence=confidence,
-                uncertainty=1.0 - confidence,
-                source=SOURCE_TAGGER,
+    def score(self, sample: Sample, prediction: TaggerPrediction) -> tuple[list[Entity], float]:
+        if len(prediction.tags) != len(sample.tokens):
+            raise DataError(
+                f"{len(prediction.tags)} tags for {len(sample.tokens)} tokens", where=sample.id
             )
-            (delegated if 1.0 - confidence > self.options.max_uncertainty else kept).append(entity)
-        outside = [i for i, t in enumerate(pred.tags) if t == "O"]
-        suspicious = [i for i in outside if self._looks_like_name(sample.tokens, i)]
-        missed = len(suspicious) / len(outside) if outside else 0.0
-        flagged = self.options.capitalized_o and len(suspicious) >= self.options.min_capitalized
-        return GateDecision(
-            sample_id=sample.id,
-            kept=tuple(kept),
-            delegated=tuple(delegated),
-            missed_uncertainty=missed if self.options.capitalized_o else 0.0,
-            delegate_sample=bool(delegated) or flagged,
+        index = {t: i for i, t in enumerate(prediction.label_names)}
+        tag_prob = np.array(
+            [prediction.marginals[i, index[t]] for i, t in enumerate(prediction.tags)]
         )
+        entities = []
+        for start, end, etype in tags_to_spans(prediction.tags).spans:
+            confidence = float(tag_prob[start:end].mean())
+            entities.append(
+                Entity(
+                    start,
+                    end,
+                    etype,
+                    sample.span_text(start, end),
+                    confidence=confidence,
+                    uncertainty=1.0 - confidence,
+                    source=SOURCE_TAGGER,
+                )
+            )
+        outside = [i for i, t in enumerate(prediction.tags) if t == "O"]
+        suspicious = [i for i in outside if self._looks_like_name(sample.tokens, i)]
+        flagged = self.options.capitalized_o and len(suspicious) >= self.options.min_capitalized
+        return entities, len(suspicious) / len(outside) if flagged else 0.0
 
-    def _looks_like_name(self, tokens: Sequence[str], i: int) -> bool:
+    def _looks_like_name(self, tokens: tuple[str, ...], i: int) -> bool:
         token = tokens[i]
         if not token[:1].isupper() or token in self.options.ignore_words:
             return False
