@@ -123,7 +123,7 @@ def main() -> None:
     ap.add_argument(
         "--query-precision",
         default="fp32",
-        choices=["fp32", "bf16", "auto"],
+        choices=["fp32", "bf16", "onnx", "auto"],
         help="the clip rows' query_precision (the pool's cached vectors are fp32 either way)",
     )
     args = ap.parse_args()
