@@ -112,6 +112,24 @@ def run_once(
         }
 
 
+ROW_KEYS = {
+    "k=3 clip cold": "cold",
+    "k=3 clip warm": "warm",
+    "k=3 overlap": "overlap",
+    "k=3 fixed demos": "fixed",
+    "k=3 clip cold, pool prepared earlier": "disk",
+}
+
+
+def wanted(name: str, rows: str | None) -> bool:
+    """Whether ``--rows`` asks for this row (k=0, the baseline, always runs). A warm
+    row needs the cold one before it."""
+    if rows is None or name == "k=0":
+        return True
+    keys = {r.strip() for r in rows.split(",")}
+    return ROW_KEYS[name] in keys or (ROW_KEYS[name] == "cold" and "warm" in keys)
+
+
 def seed_prepared_pool(pool, args, folder: Path) -> Path:
     """The pool's images prepared for the frame into ``folder``, as an earlier run
     with ``image_cache_dir`` would have left them (outside every timing)."""
@@ -149,6 +167,11 @@ def main() -> None:
         default="fp32",
         choices=["fp32", "bf16", "onnx", "auto"],
         help="the clip rows' query_precision (the pool's cached vectors are fp32 either way)",
+    )
+    ap.add_argument(
+        "--rows",
+        default=None,
+        help="comma-separated rows to run (k=0 always runs): cold, warm, overlap, fixed, disk",
     )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -218,6 +241,8 @@ def main() -> None:
             ("k=3 fixed demos", fixed, 3),
             ("k=3 clip cold, pool prepared earlier", cold_disk, 3),
         ):
+            if not wanted(name, args.rows):
+                continue
             slug = name.replace(" ", "_").replace(",", "")
             out = work / f"{rep}-{slug}.jsonl"
             disk = None
