@@ -366,5 +366,66 @@ def test_bf16_queries_pick_the_fp32_demonstrations_and_keep_the_cache_fp32(
     assert np.min(np.sum(fp32 * bf16, axis=1)) > 0.99  # the same direction
     assert encoders.resolve_precision("fp32", "cpu") == "fp32"
     assert encoders.resolve_precision("auto", "cpu") == (
-        "bf16" if encoders.bf16_native("cpu") else "fp32"
+        "bf16" if encoders.bf16_native("cpu") else "onnx"
     )
+
+
+def test_onnx_queries_are_the_fp32_embeddings_and_the_export_is_cached(
+    tmp_path, minilm_path, pool, queries, monkeypatch
+):
+    """``query_precision = "onnx"`` is an exact path: the same fp32 encoder in ONNX
+    Runtime gives the torch vectors up to float rounding and the same demonstrations
+    in the same order; the export is written once into ``cache_dir`` and reused."""
+    pytest.importorskip("onnxruntime")
+    from refineg_clip_selector import onnx_text
+
+    exact = selector(tmp_path, minilm_path)
+    exact.index(pool)
+    fast = selector(tmp_path, minilm_path, query_precision="onnx")
+    fast.index(pool)
+    a = [[d.sample.id for d in ds] for ds in exact.select_many(queries, 3)]
+    b = [[d.sample.id for d in ds] for ds in fast.select_many(queries, 3)]
+    assert a == b
+    texts = [q.text for q in queries] + ["Obama", "x"]  # padding within a batch
+    enc = fast._text_encoder()
+    fp32 = enc.encode(texts)
+    onnx = enc.encode(texts, precision="onnx")
+    assert np.max(np.abs(fp32 - onnx)) < 1e-5
+    assert np.allclose(np.linalg.norm(onnx, axis=1), 1.0, atol=1e-5)
+    [export] = (tmp_path / "cache" / "onnx").glob("*.onnx")
+    assert enc.identity in export.name
+    # a second selector loads the export instead of exporting again
+    exports = []
+    monkeypatch.setattr(onnx_text, "export", lambda *a: exports.append(a))
+    again = selector(tmp_path, minilm_path, query_precision="onnx")
+    again.index(pool)
+    assert [[d.sample.id for d in ds] for ds in again.select_many(queries, 3)] == a
+    assert exports == []
+
+
+def test_damaged_onnx_export_is_rebuilt(tmp_path, minilm_path, pool, queries, caplog):
+    pytest.importorskip("onnxruntime")
+    first = selector(tmp_path, minilm_path, query_precision="onnx")
+    first.index(pool)
+    want = [d.sample.id for d in first.select(queries[0], 3)]
+    [export] = (tmp_path / "cache" / "onnx").glob("*.onnx")
+    export.write_bytes(b"not an onnx graph")
+    second = selector(tmp_path, minilm_path, query_precision="onnx")
+    second.index(pool)
+    with caplog.at_level(logging.WARNING):
+        assert [d.sample.id for d in second.select(queries[0], 3)] == want
+    assert "unreadable" in caplog.text
+    assert export.stat().st_size > 1_000_000  # rebuilt, not the damaged bytes
+
+
+def test_onnx_queries_refused_on_a_gpu_and_without_onnxruntime(monkeypatch):
+    from refineg_clip_selector import encoders
+
+    with pytest.raises(PluginError, match="CPU only") as err:
+        encoders.resolve_precision("onnx", "cuda:0")
+    assert err.value.where == "selector.options.query_precision"
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails
+    with pytest.raises(PluginError, match="pip install onnxruntime"):
+        encoders.resolve_precision("onnx", "cpu")
+    monkeypatch.setattr(encoders, "bf16_native", lambda device: False)
+    assert encoders.resolve_precision("auto", "cpu") == "fp32"

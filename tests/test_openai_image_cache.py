@@ -119,3 +119,99 @@ def test_near_and_far_resizes_reach_the_frame_size_exactly(tmp_path):
             for a, b in zip(pa, pb, strict=True)
         ) / (3 * got.size[0] * got.size[1])
         assert diff < 4, (path.name, diff)  # of 255
+
+
+# ------------------------------------------------------------- on disk, across runs
+def _counting_prepare(monkeypatch) -> list[str]:
+    """Record which files are really prepared (the real ``_prepare`` still runs)."""
+    prepared: list[str] = []
+    real = images._prepare
+
+    def prepare(path, target, fmt, quality):
+        prepared.append(path)
+        return real(path, target, fmt, quality)
+
+    monkeypatch.setattr(images, "_prepare", prepare)
+    return prepared
+
+
+def test_a_later_run_reads_prepared_images_from_disk(painted, tmp_path, monkeypatch):
+    prepared = _counting_prepare(monkeypatch)
+    codec = create_box_frame("qwen2.5-vl")  # resizes every painted image
+    parts = [ImagePart(p, None) for p in painted[:20]]
+    disk = images.DiskImages(tmp_path / "prepared", 2**30)
+    first = [images.image_data_url(p, codec, disk=disk) for p in parts]
+    assert len(prepared) == 20 and disk.misses == 20
+    images._CACHE.cache_clear()  # a new run: nothing in memory
+    later = images.DiskImages(tmp_path / "prepared", 2**30)
+    again = [images.image_data_url(p, codec, disk=later) for p in parts]
+    assert again == first
+    assert len(prepared) == 20 and later.hits == 20  # none prepared twice
+    images._CACHE.cache_clear()
+    plain = [images.image_data_url(p, codec) for p in parts]  # without the disk: the same
+    assert plain == first
+
+
+def test_a_damaged_prepared_image_is_prepared_again_never_sent(painted, tmp_path, caplog):
+    codec = create_box_frame("qwen2.5-vl")
+    part = ImagePart(painted[0], None)
+    disk = images.DiskImages(tmp_path / "prepared", 2**30)
+    want = images.image_data_url(part, codec, disk=disk)
+    [stored] = (tmp_path / "prepared").glob("??/*")
+    stored.write_bytes(stored.read_bytes()[:-40])  # truncated
+    images._CACHE.cache_clear()
+    with caplog.at_level("WARNING"):
+        assert images.image_data_url(part, codec, disk=disk) == want
+    assert "damaged" in caplog.text
+    images._CACHE.cache_clear()
+    assert images.image_data_url(part, codec, disk=disk) == want  # rewritten whole
+    assert disk.hits == 1
+
+
+def test_the_folder_stays_within_its_bound_and_keeps_the_newest(painted, tmp_path):
+    codec = create_box_frame("qwen2.5-vl")
+    disk = images.DiskImages(tmp_path / "prepared", 30_000)
+    for p in painted[:100]:
+        images.image_data_url(ImagePart(p, None), codec, disk=disk)
+    sizes = [f.stat().st_size for f in (tmp_path / "prepared").glob("??/*")]
+    assert 0 < len(sizes) < 100
+    assert sum(sizes) <= 30_000 + max(sizes) * 8  # trimmed every bound / 8 written
+    disk.trim()
+    assert sum(f.stat().st_size for f in (tmp_path / "prepared").glob("??/*")) <= 30_000
+    images._CACHE.cache_clear()
+    images.image_data_url(ImagePart(painted[99], None), codec, disk=disk)
+    assert disk.hits == 1  # the newest stayed
+
+
+def test_an_unwritable_folder_costs_only_the_disk_layer(painted, tmp_path, caplog):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the folder should be")
+    disk = images.DiskImages(blocker, 2**30)
+    codec = create_box_frame("qwen2.5-vl")
+    with caplog.at_level("WARNING"):
+        url = images.image_data_url(ImagePart(painted[0], None), codec, disk=disk)
+    assert url.startswith("data:image/jpeg;base64,")
+    assert "cannot keep a prepared image" in caplog.text
+
+
+def test_the_backend_option_keeps_prepared_images_across_backends(painted, tmp_path):
+    from refineg_openai.backend import OpenAIBackend
+
+    from refineg_core.chat import ChatMessage, ChatRequest, TextPart
+
+    def backend():
+        return OpenAIBackend(
+            OpenAIBackend.Options(
+                base_url="http://127.0.0.1:9/v1", model="m", image_cache_dir=tmp_path / "img"
+            )
+        )
+
+    request = ChatRequest(
+        (ChatMessage("user", (ImagePart(painted[3], None), TextPart("boxes?"))),), purpose="ground"
+    )
+    first = backend().payload(request)
+    assert len(list((tmp_path / "img").glob("??/*"))) == 1
+    images._CACHE.cache_clear()
+    second = backend()
+    assert second.payload(request) == first
+    assert second._disk.hits == 1

@@ -69,9 +69,31 @@ def bf16_native(device: str) -> bool:
 
 
 def resolve_precision(precision: str, device: str) -> str:
-    """``auto`` -> ``bf16`` where the device has native bf16, else ``fp32``."""
+    """The concrete query path. ``auto``: ``bf16`` where the device has native bf16,
+    else ``onnx`` on a CPU with onnxruntime (exact, ~2x torch fp32), else ``fp32``.
+    Inside the ground stage bf16 and onnx measured alike on an AVX512_BF16 CPU and
+    bf16 was faster alone (benchmarks/pages/speed.md). ``onnx`` is checked here: it
+    runs on CPU only and needs onnxruntime."""
+    from refineg_clip_selector.onnx_text import onnxruntime_available
+
+    cpu = not device.startswith("cuda")
     if precision == "auto":
-        return "bf16" if bf16_native(device) else "fp32"
+        if bf16_native(device):
+            return "bf16"
+        return "onnx" if cpu and onnxruntime_available() else "fp32"
+    if precision == "onnx":
+        if not cpu:
+            raise PluginError(
+                f"query_precision 'onnx' runs on CPU only, but device is {device}; "
+                "use 'auto', 'fp32' or 'bf16'",
+                where="selector.options.query_precision",
+            )
+        if not onnxruntime_available():
+            raise PluginError(
+                "query_precision 'onnx' needs onnxruntime: pip install onnxruntime, "
+                "or use 'auto' or 'fp32'",
+                where="selector.options.query_precision",
+            )
     return precision
 
 
@@ -79,8 +101,15 @@ class TextEncoder:
     """Mean-pooled, L2-normalised sentence embeddings from a local transformers encoder."""
 
     def __init__(
-        self, folder: Path, *, max_length: int = 128, batch_size: int = 64, device: str = "cpu"
+        self,
+        folder: Path,
+        *,
+        max_length: int = 128,
+        batch_size: int = 64,
+        device: str = "cpu",
+        onnx_dir: Path | None = None,
     ) -> None:
+        """``onnx_dir``: where the ONNX export (``precision = "onnx"``) is cached."""
         from transformers import AutoModel, AutoTokenizer
 
         folder = Path(folder)
@@ -99,15 +128,27 @@ class TextEncoder:
         # A fast tokenizer is not safe to call from several threads at once
         # ("Already borrowed"), and select() may be called from a stage's workers.
         self._lock = threading.Lock()
+        self.onnx_dir = onnx_dir
+        self._onnx = None  # the ONNX Runtime session, built on first use
 
     def encode(
         self, texts: Sequence[str], *, desc: str = "embed text", precision: str = "fp32"
     ) -> np.ndarray:
         """Embeddings of ``texts``; ``precision = "bf16"`` runs the encoder under bf16
         autocast (pooling and normalisation stay fp32): ~2-3x faster on CPUs with
-        AVX512_BF16/AMX, for query embeddings that are not written to the cache."""
+        AVX512_BF16/AMX, for query embeddings that are not written to the cache;
+        ``"onnx"``: the fp32 encoder in ONNX Runtime (``onnx_text``)."""
         with self._lock:
             return self._encode(texts, desc, precision)
+
+    def _session(self):
+        if self._onnx is None:
+            from refineg_clip_selector.onnx_text import cached_session
+
+            self._onnx = cached_session(
+                self.model, self.onnx_dir, self.identity, torch.get_num_threads()
+            )
+        return self._onnx
 
     @torch.inference_mode()
     def _encode(self, texts: Sequence[str], desc: str, precision: str = "fp32") -> np.ndarray:
@@ -116,6 +157,8 @@ class TextEncoder:
             return out
         # Sorting by length keeps padding (and time) low in each batch.
         order = np.argsort([len(t) for t in texts], kind="stable")
+        if precision == "onnx":
+            return self._encode_onnx(texts, order, desc, out)
         progress = bar(desc=desc, total=len(texts), unit="text")
         try:
             for lo in range(0, len(texts), self.batch_size):
@@ -138,6 +181,29 @@ class TextEncoder:
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
                 pooled = torch.nn.functional.normalize(pooled, dim=-1)
                 out[idx] = pooled.float().cpu().numpy()
+                progress.update(len(idx))
+        finally:
+            progress.close()
+        return out
+
+    def _encode_onnx(
+        self, texts: Sequence[str], order: np.ndarray, desc: str, out: np.ndarray
+    ) -> np.ndarray:
+        from refineg_clip_selector.onnx_text import mean_pooled
+
+        sess = self._session()
+        progress = bar(desc=desc, total=len(texts), unit="text")
+        try:
+            for lo in range(0, len(texts), self.batch_size):
+                idx = order[lo : lo + self.batch_size]
+                batch = self.tokenizer(
+                    [texts[i] for i in idx],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="np",
+                )
+                out[idx] = mean_pooled(sess, batch["input_ids"], batch["attention_mask"])
                 progress.update(len(idx))
         finally:
             progress.close()

@@ -97,11 +97,14 @@ class ClipSimilaritySelector(ContextSelector):
         clip_checkpoint: Path | None = None
         clip_pretrained: str | None = None
         batch_size: int = pydantic.Field(64, ge=1)
-        #: The text encoder's precision for *query* texts and entity names (the pool's
-        #: cached embeddings are always fp32): bf16 autocast, auto = bf16 where the
-        #: CPU (AVX512_BF16/AMX) or GPU runs it natively. Selection agreement with
-        #: fp32 queries: benchmarks/RESULTS.md (issue 20).
-        query_precision: Literal["fp32", "bf16", "auto"] = "fp32"
+        #: The text encoder's path for *query* texts and entity names (the pool's
+        #: cached embeddings are always fp32 torch): ``onnx`` = the same fp32 encoder in
+        #: ONNX Runtime (exact up to float rounding, ~2x torch on CPU; exported once into
+        #: ``cache_dir``); ``bf16`` = autocast; ``auto`` = bf16 where the CPU
+        #: (AVX512_BF16/AMX) or GPU runs it natively, else onnx on a CPU with
+        #: onnxruntime, else fp32. Selection agreement with fp32 queries and speed:
+        #: benchmarks/pages/speed.md (issue 20).
+        query_precision: Literal["fp32", "bf16", "onnx", "auto"] = "fp32"
         device: str = "cpu"
         cache_dir: Path | None = Path("~/.cache/refineg/selector")
         seed: int = 0
@@ -165,6 +168,7 @@ class ClipSimilaritySelector(ContextSelector):
                 max_length=self.options.max_length,
                 batch_size=self.options.batch_size,
                 device=self.options.device,
+                onnx_dir=self.cache_root,
             )
             self._strings = EmbeddingStore(self.cache_root, "strings", self._text.identity)
         return self._text

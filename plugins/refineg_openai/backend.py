@@ -32,6 +32,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
 import attrs
@@ -44,7 +45,7 @@ from refineg_core.errors import BackendError, BackendUnavailable, PluginError
 from refineg_core.interfaces import BoxCodec, MLLMBackend, PluginOptions
 from refineg_core.registry import create_box_frame
 from refineg_openai.endpoints import Endpoint, EndpointPool, join_url
-from refineg_openai.images import image_data_url
+from refineg_openai.images import DiskImages, image_data_url
 
 #: Tokens per answer when neither the request nor the options say.
 DEFAULT_MAX_TOKENS = 1024
@@ -104,6 +105,12 @@ class OpenAIOptions(PluginOptions):
     box_frame_options: dict[str, Any] = pydantic.Field(default_factory=dict)
     image_format: Literal["jpeg", "png"] = "jpeg"
     jpeg_quality: int = pydantic.Field(90, ge=1, le=100)
+    #: A folder where images prepared for the model (resized to the frame, encoded)
+    #: are kept across runs, so a demonstration pool that stays the same is prepared
+    #: once rather than once per run. None: in memory only, for this process.
+    image_cache_dir: Path | None = None
+    #: The folder's bound (MiB); the least recently written images go first.
+    image_cache_mb: int = pydantic.Field(1024, ge=1)
     #: Extra server-specific request fields (vLLM's ``top_k``, ``repetition_penalty``...).
     extra_body: dict[str, Any] = pydantic.Field(default_factory=dict)
     #: Extra HTTP headers (a gateway's); values under secret-looking names are secrets.
@@ -274,6 +281,11 @@ class OpenAIBackend(MLLMBackend):
         secrets.register(secrets.secret_values(o.headers))
         secrets.register(s for u in o.urls for s in secrets.url_secrets(u))
         self._slots = threading.BoundedSemaphore(o.concurrency)
+        self._disk = (
+            DiskImages(o.image_cache_dir, o.image_cache_mb * 2**20)
+            if o.image_cache_dir is not None
+            else None
+        )
         self._pool = EndpointPool(o.urls, o.endpoint_rest)
         self._client: httpx.Client | None = None
         self._client_lock = threading.Lock()
@@ -419,7 +431,11 @@ class OpenAIBackend(MLLMBackend):
         for part in message.parts:
             if isinstance(part, ImagePart):
                 url = image_data_url(
-                    part, self._codec, self.options.image_format, self.options.jpeg_quality
+                    part,
+                    self._codec,
+                    self.options.image_format,
+                    self.options.jpeg_quality,
+                    self._disk,
                 )
                 content.append({"type": "image_url", "image_url": {"url": url}})
             else:

@@ -7,12 +7,22 @@ not entries: with a demonstration pool of 2,000 tweets a 256-entry cache
 evicted most images before their next use, and preparing one (decode, resize
 to the frame, JPEG, base64) costs 15-130 ms of CPU -- more than the client
 spends on the rest of a request.
+
+With ``image_cache_dir`` set (the backend's option), prepared images are also
+kept on disk (``DiskImages``), shared by runs: a demonstration pool that is the
+same from run to run is then prepared once, not once per run (in the ground
+stage's k = 3 setting, ~1,000 of its ~1,650 preparations per run were
+demonstration images; benchmarks/pages/speed.md).
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
+import logging
+import os
+import tempfile
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -22,6 +32,8 @@ from PIL import Image
 from refineg_core.chat import ImagePart
 from refineg_core.errors import SampleImageError
 from refineg_core.interfaces import BoxCodec
+
+log = logging.getLogger(__name__)
 
 
 def image_size(part: ImagePart) -> tuple[int, int]:
@@ -115,36 +127,138 @@ def _as_is(img: Image.Image, target: tuple[int, int], fmt: str) -> bool:
     )
 
 
-def _prepare(path: str, target: tuple[int, int], fmt: str, quality: int) -> str:
-    mime = "image/png" if fmt == "png" else "image/jpeg"
+def _prepare(path: str, target: tuple[int, int], fmt: str, quality: int) -> bytes:
+    """The file's bytes as the model will get them (at ``target``, in ``fmt``)."""
     with Image.open(path) as img:
         if _as_is(img, target, fmt):
-            data = Path(path).read_bytes()
+            return Path(path).read_bytes()
+        if img.format == "JPEG" and 2 * target[0] <= img.size[0]:
+            # Let the JPEG decoder scale by 1/2..1/8 (DCT domain) before the resize:
+            # a large photo is never decoded at full size to be shrunk.
+            img.draft("RGB", target)
+        img = img.convert("RGB")
+        if img.size != target:
+            img = img.resize(target, _filter(img.size, target))
+        buf = io.BytesIO()
+        if fmt == "png":
+            img.save(buf, format="PNG")
         else:
-            if img.format == "JPEG" and 2 * target[0] <= img.size[0]:
-                # Let the JPEG decoder scale by 1/2..1/8 (DCT domain) before the resize:
-                # a large photo is never decoded at full size to be shrunk.
-                img.draft("RGB", target)
-            img = img.convert("RGB")
-            if img.size != target:
-                img = img.resize(target, _filter(img.size, target))
-            buf = io.BytesIO()
-            if fmt == "png":
-                img.save(buf, format="PNG")
-            else:
-                img.save(buf, format="JPEG", quality=quality)
-            data = buf.getvalue()
+            img.save(buf, format="JPEG", quality=quality)
+        return buf.getvalue()
+
+
+def _data_url(data: bytes, fmt: str) -> str:
+    mime = "image/png" if fmt == "png" else "image/jpeg"
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
+#: Bump when preparation changes (filters, pass-through rules): older files on disk
+#: are then never read again (they age out under the byte bound).
+PREP_VERSION = 1
+_DIGEST = 32  # sha256 of the image bytes, appended to each file
+
+
+class DiskImages:
+    """Prepared images on disk under ``folder``, shared by runs and processes.
+
+    One file per (file version, target size, format, quality), named by a hash of
+    that key; each file is the image bytes followed by their SHA-256, checked on
+    every read, so a damaged or truncated file is dropped and prepared again,
+    never sent. Files are written atomically (temp file, then rename), so two
+    runs sharing the folder never see half a file. Bounded by ``max_bytes``: after
+    every ``max_bytes / 8`` written, the least recently written files go until the
+    folder holds 80% of the bound.
+    """
+
+    def __init__(self, folder: Path, max_bytes: int) -> None:
+        self.folder = Path(folder).expanduser()
+        self.max_bytes = max_bytes
+        self._written = 0
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def _path(self, key: tuple) -> Path:
+        digest = hashlib.sha256(repr((PREP_VERSION, key)).encode()).hexdigest()
+        return self.folder / digest[:2] / digest
+
+    def get(self, key: tuple) -> bytes | None:
+        path = self._path(key)
+        try:
+            blob = path.read_bytes()
+        except OSError:
+            with self._lock:
+                self.misses += 1
+            return None
+        data, digest = blob[:-_DIGEST], blob[-_DIGEST:]
+        if len(blob) <= _DIGEST or hashlib.sha256(data).digest() != digest:
+            log.warning("prepared image %s is damaged; preparing it again", path)
+            path.unlink(missing_ok=True)
+            with self._lock:
+                self.misses += 1
+            return None
+        with self._lock:
+            self.hits += 1
+        return data
+
+    def put(self, key: tuple, data: bytes) -> None:
+        """Store ``data``; a folder that cannot be written is logged, never fatal."""
+        path = self._path(key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data + hashlib.sha256(data).digest())
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("cannot keep a prepared image under %s: %s", self.folder, exc)
+            return
+        with self._lock:
+            self._written += len(data)
+            due = self._written >= self.max_bytes / 8
+            if due:
+                self._written = 0
+        if due:
+            self.trim()
+
+    def trim(self) -> None:
+        """Delete the least recently written files until 80% of the bound is left."""
+        files = []
+        for f in self.folder.glob("??/*"):
+            try:
+                st = f.stat()
+            except OSError:
+                continue
+            files.append((st.st_mtime_ns, st.st_size, f))
+        total = sum(size for _, size, _ in files)
+        if total <= self.max_bytes:
+            return
+        for _, size, f in sorted(files):
+            if total <= 0.8 * self.max_bytes:
+                break
+            f.unlink(missing_ok=True)
+            total -= size
+
+
 def _encode_cached(
-    path: str, mtime_ns: int, file_size: int, target: tuple[int, int], fmt: str, quality: int
+    path: str,
+    mtime_ns: int,
+    file_size: int,
+    target: tuple[int, int],
+    fmt: str,
+    quality: int,
+    disk: DiskImages | None = None,
 ) -> str:
-    """The data URL of one file version at one target size (prepared on a miss)."""
+    """The data URL of one file version at one target size (prepared on a miss of
+    the memory cache and of ``disk``)."""
     key = (path, mtime_ns, file_size, target, fmt, quality)
     url = _CACHE.get(key)
     if url is None:
-        url = _prepare(path, target, fmt, quality)
+        data = disk.get(key) if disk is not None else None
+        if data is None:
+            data = _prepare(path, target, fmt, quality)
+            if disk is not None:
+                disk.put(key, data)
+        url = _data_url(data, fmt)
         _CACHE.put(key, url)
     return url
 
@@ -152,7 +266,13 @@ def _encode_cached(
 _encode_cached.cache_clear = _CACHE.cache_clear  # type: ignore[attr-defined]
 
 
-def image_data_url(part: ImagePart, codec: BoxCodec, fmt: str = "jpeg", quality: int = 90) -> str:
+def image_data_url(
+    part: ImagePart,
+    codec: BoxCodec,
+    fmt: str = "jpeg",
+    quality: int = 90,
+    disk: DiskImages | None = None,
+) -> str:
     """Load, resize to ``codec.model_size(original)`` and encode one image part."""
     path = Path(part.path)
     try:
@@ -161,6 +281,6 @@ def image_data_url(part: ImagePart, codec: BoxCodec, fmt: str = "jpeg", quality:
         raise SampleImageError(f"image not found: {path}") from exc
     target = codec.model_size(image_size(part))
     try:
-        return _encode_cached(str(path), st.st_mtime_ns, st.st_size, target, fmt, quality)
+        return _encode_cached(str(path), st.st_mtime_ns, st.st_size, target, fmt, quality, disk)
     except Exception as exc:  # a truncated JPEG has a good header and fails here
         raise SampleImageError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from exc
