@@ -47,7 +47,14 @@ from _common import DATA, ROOT, machine, twitter_labels
 
 RESULTS = ROOT / "benchmarks" / "results"
 ROUNDS = (100, 200, 400, 800, 1600)
-STRATEGIES = ("random", "uncertainty", "uncertainty+diversity", "mnlp", "mnlp+diversity")
+STRATEGIES = (
+    "random",
+    "uncertainty",
+    "uncertainty+diversity",
+    "mnlp",
+    "mnlp+diversity",
+    "mnlp+kcenter",
+)
 #: benchmark strategy -> (``choose`` strategy, sample score of ``refineg select --score``)
 CHOOSE = {
     "random": ("random", None),
@@ -55,7 +62,10 @@ CHOOSE = {
     "uncertainty+diversity": ("uncertainty+diversity", "max"),
     "mnlp": ("uncertainty", "mnlp"),
     "mnlp+diversity": ("uncertainty+diversity", "mnlp"),
+    "mnlp+kcenter": ("uncertainty+diversity", "mnlp"),  # unweighted: see UNWEIGHTED
 }
+#: diversity strategies whose k-center ignores the uncertainty (``choose(weighted=False)``)
+UNWEIGHTED = frozenset({"mnlp+kcenter"})
 START = "start"  # the shared first round (the same 100 random posts for every strategy)
 
 
@@ -253,7 +263,15 @@ class Loop:
         if how == "uncertainty+diversity":
             index = {sid: j for j, sid in enumerate(self.ids)}
             vectors = self.vectors()[[index[c] for c in cand]]
-        chosen = choose(how, cand, k, scores=scores, vectors=vectors, seed=seed)
+        chosen = choose(
+            how,
+            cand,
+            k,
+            scores=scores,
+            vectors=vectors,
+            seed=seed,
+            weighted=strategy not in UNWEIGHTED,
+        )
         if vectors is not None:
             facts["diversity"] = diversity_facts(cand, scores, vectors, chosen)
         return chosen, facts

@@ -99,3 +99,6 @@ def test_diversity_facts_show_a_batch_spread_past_near_duplicates(bench):
 def test_mnlp_diversity_is_the_diversity_strategy_with_the_mnlp_score(bench):
     assert bench.CHOOSE["mnlp+diversity"] == ("uncertainty+diversity", "mnlp")
     assert "mnlp+diversity" in bench.STRATEGIES
+    # mnlp+kcenter: the same candidates, k-center without the uncertainty weights
+    assert bench.CHOOSE["mnlp+kcenter"] == bench.CHOOSE["mnlp+diversity"]
+    assert {"mnlp+kcenter"} == bench.UNWEIGHTED
