@@ -502,6 +502,8 @@ def report(args: argparse.Namespace) -> None:
         if args.warm_steps
         else "a fresh tagger each round"
     )
+    if tuple(args.rounds) != ROUNDS:
+        note += f"; rounds {','.join(str(r) for r in args.rounds)}"
     plot(summary["table"], RESULTS / f"{name}_curve.png", note, args.rounds)
     print(json.dumps({"table": summary["table"], "goal": summary["goal"]}, indent=1))
 
