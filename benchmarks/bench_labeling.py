@@ -124,6 +124,23 @@ def epochs_for(size: int, *, epochs: int, min_steps: int, batch_size: int) -> in
     return max(epochs, math.ceil(min_steps / steps_per_epoch))
 
 
+def tagger_options(args: argparse.Namespace, epochs: int, seed: int):
+    """The fresh tagger's options: fixed epochs, no early stopping, CPU, and the
+    training precision of ``--train-precision`` (``auto`` is bf16 on CPUs with
+    AVX512_BF16/AMX: the default since e04a901; ``fp32`` reproduces the rounds run
+    before it to the last digit)."""
+    from refineg_bert_crf.tagger import BertCrfTagger
+
+    return BertCrfTagger.Options(
+        epochs=epochs,
+        seed=seed,
+        device="cpu",
+        patience=None,
+        batch_size=args.batch_size,
+        train_precision=getattr(args, "train_precision", "auto"),
+    )
+
+
 # --------------------------------------------------------------------- records
 def read_records(work: Path) -> dict[tuple[str, int, int], dict]:
     """Every finished (strategy, seed, round) in ``work`` (one file per seed, so seeds
@@ -201,14 +218,7 @@ class Loop:
             min_steps=self.args.min_steps,
             batch_size=self.args.batch_size,
         )
-        opts = BertCrfTagger.Options(
-            epochs=ep,
-            seed=seed,
-            device="cpu",
-            patience=None,
-            batch_size=self.args.batch_size,
-        )
-        tagger = BertCrfTagger(opts, self.labels)
+        tagger = BertCrfTagger(tagger_options(self.args, ep, seed), self.labels)
         tagger.fit([self.by_id[i] for i in ids], None)
         return tagger, ep
 
@@ -485,6 +495,7 @@ def report(args: argparse.Namespace) -> None:
             "min_steps": args.min_steps,
             "warm_steps": args.warm_steps,
             "batch_size": args.batch_size,
+            "train_precision": args.train_precision,
             "dev_limit": args.dev_limit,
             "candidates": args.candidates,
             "final_strategies": args.final_strategies,
@@ -535,6 +546,13 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--min-steps", type=int, default=40)
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument(
+        "--train-precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="bert_crf train_precision (auto: bf16 where the CPU has it; fp32 reproduces "
+        "results from before bf16 became the default)",
+    )
     ap.add_argument("--dev-limit", type=int, default=500)
     ap.add_argument("--candidates", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=1)

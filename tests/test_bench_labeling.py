@@ -102,3 +102,12 @@ def test_mnlp_diversity_is_the_diversity_strategy_with_the_mnlp_score(bench):
     # mnlp+kcenter: the same candidates, k-center without the uncertainty weights
     assert bench.CHOOSE["mnlp+kcenter"] == bench.CHOOSE["mnlp+diversity"]
     assert {"mnlp+kcenter"} == bench.UNWEIGHTED
+
+
+def test_the_training_precision_reaches_the_tagger(bench):
+    # fp32 reproduces the rounds run before bf16 became bert_crf's default; auto is today's
+    args = argparse.Namespace(batch_size=16, train_precision="fp32")
+    opts = bench.tagger_options(args, 3, 7)
+    assert (opts.train_precision, opts.epochs, opts.seed, opts.batch_size) == ("fp32", 3, 7, 16)
+    assert opts.patience is None
+    assert bench.tagger_options(argparse.Namespace(batch_size=32), 1, 1).train_precision == "auto"
