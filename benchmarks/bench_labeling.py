@@ -6,10 +6,14 @@ rounds grow the labeled set to 200, 400, 800 and 1,600 posts, choosing with
 ``refineg_labeling.selection.choose`` (the code ``refineg select`` runs): the gate is
 the shipped config's ``span`` gate, the embeddings the clip_similarity selector's text
 encoder (MiniLM); ``mnlp`` is ``uncertainty`` ranked by Shen et al.'s MNLP
-(``refineg select --score mnlp``). After each round a fresh MiniLM ``bert_crf`` tagger
-is trained on the labeled posts (same epochs for every strategy, see ``epochs_for``),
-or with ``--warm-steps`` the previous round's tagger is fine-tuned on them, and scored
-on dev (MNER F1).
+(``refineg select --score mnlp``) and ``mnlp+diversity`` its
+``uncertainty+diversity`` (each record's ``selection`` says how far the diversity
+batch spread against the plain top N: ``diversity_facts``). ``--rounds`` sets the
+schedule (default 100, 200, 400, 800, 1,600; smaller acquisition steps add rounds,
+and one training per round, for every strategy alike). After each round a fresh
+MiniLM ``bert_crf`` tagger is trained on the labeled posts (same epochs for every
+strategy, see ``epochs_for``), or with ``--warm-steps`` the previous round's tagger is
+fine-tuned on them, and scored on dev (MNER F1).
 
 Expensive on a shared CPU, so:
 
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import math
 import os
@@ -42,15 +47,73 @@ from _common import DATA, ROOT, machine, twitter_labels
 
 RESULTS = ROOT / "benchmarks" / "results"
 ROUNDS = (100, 200, 400, 800, 1600)
-STRATEGIES = ("random", "uncertainty", "uncertainty+diversity", "mnlp")
+STRATEGIES = (
+    "random",
+    "uncertainty",
+    "uncertainty+diversity",
+    "mnlp",
+    "mnlp+diversity",
+    "mnlp+kcenter",
+)
 #: benchmark strategy -> (``choose`` strategy, sample score of ``refineg select --score``)
 CHOOSE = {
     "random": ("random", None),
     "uncertainty": ("uncertainty", "max"),
     "uncertainty+diversity": ("uncertainty+diversity", "max"),
     "mnlp": ("uncertainty", "mnlp"),
+    "mnlp+diversity": ("uncertainty+diversity", "mnlp"),
+    "mnlp+kcenter": ("uncertainty+diversity", "mnlp"),  # unweighted: see UNWEIGHTED
 }
+#: diversity strategies whose k-center ignores the uncertainty (``choose(weighted=False)``)
+UNWEIGHTED = frozenset({"mnlp+kcenter"})
 START = "start"  # the shared first round (the same 100 random posts for every strategy)
+
+
+def parse_rounds(text: str) -> tuple[int, ...]:
+    """``--rounds``: the labeled-set sizes, strictly increasing from the start round's.
+    Smaller acquisition steps (``100,200,300,...``) change the training schedule too
+    (one fine-tuning per round), so every strategy compared must run the same list."""
+    try:
+        rounds = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--rounds {text!r}: not a list of integers") from None
+    if len(rounds) < 2 or rounds[0] < 1 or any(b <= a for a, b in itertools.pairwise(rounds)):
+        raise argparse.ArgumentTypeError(
+            f"--rounds {text!r}: need at least two strictly increasing sizes >= 1"
+        )
+    return rounds
+
+
+def spread(vectors: np.ndarray) -> float:
+    """Mean cosine distance from each row to its nearest other row (rows L2-normalised):
+    how far apart a chosen batch is; near 0 when it holds near-duplicates."""
+    v = np.asarray(vectors, dtype=np.float64)
+    if len(v) < 2:
+        return 0.0
+    dist = 1.0 - v @ v.T
+    np.fill_diagonal(dist, np.inf)
+    return float(dist.min(axis=1).mean())
+
+
+def diversity_facts(
+    ids: list[str], scores: list[float], vectors: np.ndarray, chosen: list[str]
+) -> dict:
+    """Did ``uncertainty+diversity`` spread its batch? Its batch against the plain top
+    ``len(chosen)`` by uncertainty of the same candidates: the share they have in
+    common, each batch's :func:`spread` and mean score (the price in uncertainty)."""
+    k = len(chosen)
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    top = [int(j) for j in order[:k]]
+    index = {sid: j for j, sid in enumerate(ids)}
+    picked = [index[c] for c in chosen]
+    s = np.asarray(scores, dtype=np.float64)
+    return {
+        "shared_with_top": round(len(set(top) & set(picked)) / k, 3) if k else 0.0,
+        "spread_chosen": round(spread(vectors[picked]), 4),
+        "spread_top": round(spread(vectors[top]), 4),
+        "mean_score_chosen": round(float(s[picked].mean()), 4) if k else 0.0,
+        "mean_score_top": round(float(s[top].mean()), 4) if k else 0.0,
+    }
 
 
 def epochs_for(size: int, *, epochs: int, min_steps: int, batch_size: int) -> int:
@@ -59,6 +122,23 @@ def epochs_for(size: int, *, epochs: int, min_steps: int, batch_size: int) -> in
     strategy, so every strategy trains alike at the same number of labels."""
     steps_per_epoch = math.ceil(size / batch_size)
     return max(epochs, math.ceil(min_steps / steps_per_epoch))
+
+
+def tagger_options(args: argparse.Namespace, epochs: int, seed: int):
+    """The fresh tagger's options: fixed epochs, no early stopping, CPU, and the
+    training precision of ``--train-precision`` (``auto`` is bf16 on CPUs with
+    AVX512_BF16/AMX: the default since e04a901; ``fp32`` reproduces the rounds run
+    before it to the last digit)."""
+    from refineg_bert_crf.tagger import BertCrfTagger
+
+    return BertCrfTagger.Options(
+        epochs=epochs,
+        seed=seed,
+        device="cpu",
+        patience=None,
+        batch_size=args.batch_size,
+        train_precision=getattr(args, "train_precision", "auto"),
+    )
 
 
 # --------------------------------------------------------------------- records
@@ -113,7 +193,9 @@ class Loop:
 
                 enc = TextEncoder(default_text_model())
                 self._vectors = enc.encode([normalize_text(s.text) for s in self.pool])
-                np.save(cache, self._vectors)
+                tmp = cache.with_name(f"{cache.stem}.{os.getpid()}.tmp.npy")
+                np.save(tmp, self._vectors)
+                os.replace(tmp, cache)  # atomic: parallel seeds may share --work
         return self._vectors
 
     def train(self, ids: list[str], seed: int, warm=None):
@@ -136,14 +218,7 @@ class Loop:
             min_steps=self.args.min_steps,
             batch_size=self.args.batch_size,
         )
-        opts = BertCrfTagger.Options(
-            epochs=ep,
-            seed=seed,
-            device="cpu",
-            patience=None,
-            batch_size=self.args.batch_size,
-        )
-        tagger = BertCrfTagger(opts, self.labels)
+        tagger = BertCrfTagger(tagger_options(self.args, ep, seed), self.labels)
         tagger.fit([self.by_id[i] for i in ids], None)
         return tagger, ep
 
@@ -198,7 +273,17 @@ class Loop:
         if how == "uncertainty+diversity":
             index = {sid: j for j, sid in enumerate(self.ids)}
             vectors = self.vectors()[[index[c] for c in cand]]
-        chosen = choose(how, cand, k, scores=scores, vectors=vectors, seed=seed)
+        chosen = choose(
+            how,
+            cand,
+            k,
+            scores=scores,
+            vectors=vectors,
+            seed=seed,
+            weighted=strategy not in UNWEIGHTED,
+        )
+        if vectors is not None:
+            facts["diversity"] = diversity_facts(cand, scores, vectors, chosen)
         return chosen, facts
 
 
@@ -211,7 +296,7 @@ def run(args: argparse.Namespace) -> None:
     work.mkdir(parents=True, exist_ok=True)
     records = read_records(work)
     loop = Loop(args)
-    rounds = [r for r in ROUNDS if r <= args.max_labels]
+    rounds = [r for r in args.rounds if r <= args.max_labels]
     print(f"threads={torch.get_num_threads()} pool={len(loop.pool)} dev={len(loop.dev)}")
     models: dict[tuple[str, int], object] = {}  # --warm-steps: each chain's last tagger
     for ri, size in enumerate(rounds):
@@ -303,14 +388,18 @@ def run(args: argparse.Namespace) -> None:
 
 
 # --------------------------------------------------------------------- report
-def summarise(records: dict[tuple[str, int, int], dict], strategies) -> dict:
+def summarise(
+    records: dict[tuple[str, int, int], dict], strategies, rounds: tuple[int, ...] = ROUNDS
+) -> dict:
     """Mean, sd, min and max of dev F1 per (strategy, labels); the start round counts
-    for every strategy."""
+    for every strategy. The goal: the fewest labels with which a strategy's mean
+    reaches random's at the last round (on as many seeds), and whether that is at
+    most half of it."""
     table: dict[str, dict[str, dict]] = {}
     for strategy in strategies:
         rows = {}
-        for size in ROUNDS:
-            owner = START if size == ROUNDS[0] else strategy
+        for size in rounds:
+            owner = START if size == rounds[0] else strategy
             f1s = [
                 r["f1"]
                 for (s, _, n), r in sorted(records.items())
@@ -328,7 +417,8 @@ def summarise(records: dict[tuple[str, int, int], dict], strategies) -> dict:
                 }
         table[strategy] = rows
     goal = {}
-    target = table.get("random", {}).get("1600")
+    last = rounds[-1]
+    target = table.get("random", {}).get(str(last))
     if target:
         for strategy in strategies:
             if strategy == "random":
@@ -339,14 +429,14 @@ def summarise(records: dict[tuple[str, int, int], dict], strategies) -> dict:
                 if row["mean"] >= target["mean"] and row["n_seeds"] == target["n_seeds"]
             ]
             goal[strategy] = {
-                "random_1600_mean": target["mean"],
+                f"random_{last}_mean": target["mean"],
                 "fewest_labels_reaching_it": min(reached) if reached else None,
-                "reached_with_at_most_800": bool(reached) and min(reached) <= 800,
+                f"reached_with_at_most_{last // 2}": bool(reached) and min(reached) <= last // 2,
             }
     return {"table": table, "goal": goal}
 
 
-def plot(table: dict, out: Path, note: str = "") -> None:
+def plot(table: dict, out: Path, note: str = "", rounds: tuple[int, ...] = ROUNDS) -> None:
     """F1 against labels, one line per strategy, min-max over seeds shaded; a dotted
     line at random's F1 with the most labels (the goal's bar)."""
     import matplotlib
@@ -364,19 +454,20 @@ def plot(table: dict, out: Path, note: str = "") -> None:
         hi = np.array([rows[str(x)]["max"] for x in xs])
         (line,) = ax.plot(xs, mean, marker="o", label=strategy)
         ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.18, linewidth=0)
-    bar = table.get("random", {}).get(str(ROUNDS[-1]))
+    bar = table.get("random", {}).get(str(rounds[-1]))
     if bar:
         ax.axhline(bar["mean"], color="grey", linestyle=":", linewidth=1)
         ax.annotate(
-            f"random @ {ROUNDS[-1]}",
-            (ROUNDS[0], bar["mean"]),
+            f"random @ {rounds[-1]}",
+            (rounds[0], bar["mean"]),
             fontsize=7,
             color="grey",
             xytext=(0, 3),
             textcoords="offset points",
         )
     ax.set_xscale("log", base=2)
-    ax.set_xticks(list(ROUNDS), [str(r) for r in ROUNDS])
+    ticks = [r for r in rounds if r in ROUNDS] or list(rounds)
+    ax.set_xticks(ticks, [str(r) for r in ticks])
     ax.set_xlabel("labeled posts")
     ax.set_ylabel("dev MNER F1 (%)")
     title = "Twitter-GMNER, MiniLM bert_crf: mean over seeds, min-max shaded"
@@ -391,19 +482,20 @@ def plot(table: dict, out: Path, note: str = "") -> None:
 def report(args: argparse.Namespace) -> None:
     records = read_records(Path(args.work))
     ran = {s for s, _, _ in records}  # strategies of this work dir (the start round is everyone's)
-    summary = summarise(records, [s for s in STRATEGIES if s in ran])
+    summary = summarise(records, [s for s in STRATEGIES if s in ran], args.rounds)
     slim = [{k: v for k, v in r.items() if k not in ("labeled", "next")} for r in records.values()]
     doc = {
         "command": "nice -n 5 python benchmarks/bench_labeling.py " + " ".join(sys.argv[1:]),
         "threads": args.threads,
         "machine": machine(args.threads),
         "settings": {
-            "rounds": list(ROUNDS),
+            "rounds": list(args.rounds),
             "seeds": args.seeds,
             "epochs": args.epochs,
             "min_steps": args.min_steps,
             "warm_steps": args.warm_steps,
             "batch_size": args.batch_size,
+            "train_precision": args.train_precision,
             "dev_limit": args.dev_limit,
             "candidates": args.candidates,
             "final_strategies": args.final_strategies,
@@ -421,7 +513,9 @@ def report(args: argparse.Namespace) -> None:
         if args.warm_steps
         else "a fresh tagger each round"
     )
-    plot(summary["table"], RESULTS / f"{name}_curve.png", note)
+    if tuple(args.rounds) != ROUNDS:
+        note += f"; rounds {','.join(str(r) for r in args.rounds)}"
+    plot(summary["table"], RESULTS / f"{name}_curve.png", note, args.rounds)
     print(json.dumps({"table": summary["table"], "goal": summary["goal"]}, indent=1))
 
 
@@ -435,7 +529,14 @@ def main() -> None:
         default=list(STRATEGIES),
         type=lambda s: [x for x in s.split(",") if x],
     )
-    ap.add_argument("--max-labels", type=int, default=ROUNDS[-1])
+    ap.add_argument(
+        "--rounds",
+        type=parse_rounds,
+        default=ROUNDS,
+        help="labeled-set sizes, comma-separated (default 100,200,400,800,1600); e.g. "
+        "100,200,300,400,500,600,700,800,1600 for acquisition steps of 100 to 800",
+    )
+    ap.add_argument("--max-labels", type=int, default=10**9)
     ap.add_argument(
         "--final-strategies",
         default=list(STRATEGIES),
@@ -445,6 +546,13 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--min-steps", type=int, default=40)
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument(
+        "--train-precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="bert_crf train_precision (auto: bf16 where the CPU has it; fp32 reproduces "
+        "results from before bf16 became the default)",
+    )
     ap.add_argument("--dev-limit", type=int, default=500)
     ap.add_argument("--candidates", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=1)

@@ -53,6 +53,21 @@ def test_diversity_skips_near_duplicates_of_an_uncertain_post():
     assert spread[0] == "p0" and spread[1] == "p3"
 
 
+def test_unweighted_diversity_takes_the_farthest_post_not_the_more_uncertain_one():
+    # among the 3n = 6 most uncertain: p1 is fairly far and very uncertain, p5 is the
+    # farthest from p0 but barely uncertain; weighting prefers p1, plain k-center p5
+    ids = [f"p{i}" for i in range(7)]
+    scores = [0.9, 0.8, 0.3, 0.3, 0.3, 0.1, 0.05]
+    v = np.array(
+        [[1, 0], [0.6, 0.8], [1, 0.05], [1, 0.05], [1, 0.05], [-1, 0.05], [-1, 0]],
+        dtype=float,
+    )
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    assert choose("uncertainty+diversity", ids, 2, scores=scores, vectors=v) == ["p0", "p1"]
+    plain = choose("uncertainty+diversity", ids, 2, scores=scores, vectors=v, weighted=False)
+    assert plain == ["p0", "p5"]  # p6 is farther still, but not among the 6 most uncertain
+
+
 def _crf_prediction(n_tokens: int, seed: int):
     """A real CRF (random transitions, BIO constraints) on random emissions: its
     Viterbi path as a TaggerPrediction with forward-backward marginals, and the

@@ -128,6 +128,7 @@ def choose(
     vectors: np.ndarray | None = None,
     exclude: set[str] | frozenset[str] = frozenset(),
     seed: int = 0,
+    weighted: bool = True,
 ) -> list[str]:
     """The ``n`` ids to label next, most wanted first; ``exclude`` is never chosen.
 
@@ -135,6 +136,12 @@ def choose(
     uncertainty strategies, ``vectors`` (L2-normalised embeddings) by
     ``uncertainty+diversity``. Ties in uncertainty break by a seeded shuffle, not
     by file order, so a file sorted by topic does not bias the choice.
+
+    ``weighted`` (``uncertainty+diversity`` only): k-center distances times the
+    uncertainty (the default), or plain k-center among the ``DIVERSITY_FACTOR * n``
+    most uncertain. Measured on Twitter-GMNER with the MNLP score, the weighted form
+    keeps 81-91 % of the plain top ``n`` (the score's spread outweighs the distances,
+    so only near-duplicates are pushed out); unweighted, the batch really spreads.
     """
     if strategy not in STRATEGIES:
         raise ConfigError(f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
@@ -158,5 +165,6 @@ def choose(
         raise ValueError("uncertainty+diversity needs one embedding per id")
     top = ranked[: n * DIVERSITY_FACTOR]
     v = np.asarray(vectors, dtype=np.float64)[top]
-    picked = k_center_greedy(v, n, first=0, weights=np.maximum(s[top], 1e-6))
+    weights = np.maximum(s[top], 1e-6) if weighted else None
+    picked = k_center_greedy(v, n, first=0, weights=weights)
     return [ids[top[j]] for j in picked]
