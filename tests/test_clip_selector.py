@@ -396,7 +396,7 @@ def test_onnx_queries_are_the_fp32_embeddings_and_the_export_is_cached(
     assert enc.identity in export.name
     # a second selector loads the export instead of exporting again
     exports = []
-    monkeypatch.setattr(onnx_text, "export", lambda *a: exports.append(a))
+    monkeypatch.setattr(onnx_text, "export_onnx", lambda *a, **k: exports.append(a))
     again = selector(tmp_path, minilm_path, query_precision="onnx")
     again.index(pool)
     assert [[d.sample.id for d in ds] for ds in again.select_many(queries, 3)] == a
