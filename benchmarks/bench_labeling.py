@@ -45,6 +45,8 @@ from pathlib import Path
 import numpy as np
 from _common import DATA, ROOT, machine, twitter_labels
 
+from refineg_core.runstore import atomic_write
+
 RESULTS = ROOT / "benchmarks" / "results"
 ROUNDS = (100, 200, 400, 800, 1600)
 STRATEGIES = (
@@ -193,9 +195,8 @@ class Loop:
 
                 enc = TextEncoder(default_text_model())
                 self._vectors = enc.encode([normalize_text(s.text) for s in self.pool])
-                tmp = cache.with_name(f"{cache.stem}.{os.getpid()}.tmp.npy")
-                np.save(tmp, self._vectors)
-                os.replace(tmp, cache)  # atomic: parallel seeds may share --work
+                with atomic_write(cache, binary=True) as fh:  # parallel seeds may share --work
+                    np.save(fh, self._vectors)
         return self._vectors
 
     def train(self, ids: list[str], seed: int, warm=None):

@@ -137,3 +137,29 @@ def test_a_chunk_computes_its_stage_settings_once(trained_run, tmp_path, monkeyp
             docs = list(pipe.pipe(["Obama visits Paris"] * 3, images=[image] * 3, batch_size=2))
     assert all(d.meta["stages"]["ground"]["status"] == "ran" for d in docs), docs[0].meta
     assert made == ["refine", "ground"] * 2  # two chunks (2 + 1 posts), once per stage each
+
+
+def test_the_stage_plugin_class_is_looked_up_once_per_loaded_run(
+    trained_run, tmp_path, monkeypatch
+):
+    """Finding a stage's class scans entry points: a loaded run does it once per
+    stage, not once per chunk (``pipe`` runs chunks for every call)."""
+    from refineg_core.pipeline import mllm_driver
+
+    looked_up: list[str] = []
+    real = mllm_driver.stage_class
+
+    def counted(config, stage):
+        looked_up.append(stage)
+        return real(config, stage)
+
+    monkeypatch.setattr(mllm_driver, "stage_class", counted)
+    run_dir, _ = trained_run
+    image = paint_image(tmp_path / "photo.jpg", (640, 480))
+    with FakeOpenAIServer() as server:
+        server.responder = _obama_in_paris
+        with _load_against(run_dir, server) as pipe:
+            for _ in range(2):  # two calls, two chunks each
+                docs = list(pipe.pipe(["Obama visits Paris"] * 3, images=[image] * 3, batch_size=2))
+                assert all(d.meta["stages"]["ground"]["status"] == "ran" for d in docs)
+    assert sorted(looked_up) == ["ground", "refine"]

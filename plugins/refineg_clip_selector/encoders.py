@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -155,59 +155,57 @@ class TextEncoder:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
+        embed = self._onnx_embed() if precision == "onnx" else self._torch_embed(precision)
         # Sorting by length keeps padding (and time) low in each batch.
         order = np.argsort([len(t) for t in texts], kind="stable")
-        if precision == "onnx":
-            return self._encode_onnx(texts, order, desc, out)
         progress = bar(desc=desc, total=len(texts), unit="text")
         try:
             for lo in range(0, len(texts), self.batch_size):
                 idx = order[lo : lo + self.batch_size]
-                batch = self.tokenizer(
-                    [texts[i] for i in idx],
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_length,
-                    return_tensors="pt",
-                ).to(self.device)
-                with (
-                    torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16)
-                    if precision == "bf16"
-                    else contextlib.nullcontext()
-                ):
-                    hidden = self.model(**batch).last_hidden_state
-                hidden = hidden.float()
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-                pooled = torch.nn.functional.normalize(pooled, dim=-1)
-                out[idx] = pooled.float().cpu().numpy()
+                out[idx] = embed([texts[i] for i in idx])
                 progress.update(len(idx))
         finally:
             progress.close()
         return out
 
-    def _encode_onnx(
-        self, texts: Sequence[str], order: np.ndarray, desc: str, out: np.ndarray
-    ) -> np.ndarray:
+    def _tokenize(self, texts: list[str], tensors: str):
+        return self.tokenizer(
+            texts,
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors=tensors,
+        )
+
+    def _torch_embed(self, precision: str) -> Callable[[list[str]], np.ndarray]:
+        """One padded batch through the PyTorch encoder (fp32, or bf16 autocast)."""
+
+        def embed(texts: list[str]) -> np.ndarray:
+            batch = self._tokenize(texts, "pt").to(self.device)
+            with (
+                torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16)
+                if precision == "bf16"
+                else contextlib.nullcontext()
+            ):
+                hidden = self.model(**batch).last_hidden_state
+            hidden = hidden.float()
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+            return torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy()
+
+        return embed
+
+    def _onnx_embed(self) -> Callable[[list[str]], np.ndarray]:
+        """One padded batch through the ONNX Runtime export (the same fp32 arithmetic)."""
         from refineg_clip_selector.onnx_text import mean_pooled
 
         sess = self._session()
-        progress = bar(desc=desc, total=len(texts), unit="text")
-        try:
-            for lo in range(0, len(texts), self.batch_size):
-                idx = order[lo : lo + self.batch_size]
-                batch = self.tokenizer(
-                    [texts[i] for i in idx],
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_length,
-                    return_tensors="np",
-                )
-                out[idx] = mean_pooled(sess, batch["input_ids"], batch["attention_mask"])
-                progress.update(len(idx))
-        finally:
-            progress.close()
-        return out
+
+        def embed(texts: list[str]) -> np.ndarray:
+            batch = self._tokenize(texts, "np")
+            return mean_pooled(sess, batch["input_ids"], batch["attention_mask"])
+
+        return embed
 
 
 class ImageEncoder:

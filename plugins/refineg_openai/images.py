@@ -21,8 +21,6 @@ import base64
 import hashlib
 import io
 import logging
-import os
-import tempfile
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -32,6 +30,7 @@ from PIL import Image
 from refineg_core.chat import ImagePart
 from refineg_core.errors import SampleImageError
 from refineg_core.interfaces import BoxCodec
+from refineg_core.runstore import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -204,11 +203,8 @@ class DiskImages:
         """Store ``data``; a folder that cannot be written is logged, never fatal."""
         path = self._path(key)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-            with os.fdopen(fd, "wb") as fh:
+            with atomic_write(path, binary=True) as fh:
                 fh.write(data + hashlib.sha256(data).digest())
-            os.replace(tmp, path)
         except OSError as exc:
             log.warning("cannot keep a prepared image under %s: %s", self.folder, exc)
             return

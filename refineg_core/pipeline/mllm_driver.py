@@ -60,6 +60,7 @@ class ChunkHost(Protocol):
     def dataset(self, key: str) -> Any: ...
     def stage_mode(self, stage: str) -> bool | str: ...
     def _indexed_selector(self) -> Any: ...
+    def stage_class(self, stage: str) -> type[MLLMStage]: ...
 
 
 class StageHost(Protocol):
@@ -127,7 +128,7 @@ def build_stage(
         indexed_selector=worker._indexed_selector,
         pool_size=pool_size,
     )
-    return stage_class(worker.config, stage).build(setup, items)
+    return worker.stage_class(stage).build(setup, items)
 
 
 def run_chunk(

@@ -53,6 +53,7 @@ class Worker:
         #: The gate's calibration report once it was calibrated (or skipped).
         self.calibration: dict | None = None
         self._pool_indexed = False
+        self._stage_classes: dict[str, type] = {}
 
     def close(self) -> None:
         """Close every plugin the worker built (idempotent)."""
@@ -152,6 +153,13 @@ class Worker:
     ) -> tuple[list[SampleResult], StageSummary]:
         """One chunk of refine or ground (``refineg_core.pipeline.mllm_driver.run_chunk``)."""
         return mllm_driver.run_chunk(self, stage, items, earlier, part, health)
+
+    def stage_class(self, stage: str):
+        """The stage plugin's class, looked up (entry points, checks) once per worker:
+        every chunk builds its stage from it, and ``pipe`` runs a chunk per call."""
+        if stage not in self._stage_classes:
+            self._stage_classes[stage] = mllm_driver.stage_class(self.config, stage)
+        return self._stage_classes[stage]
 
     def _indexed_selector(self):
         """The selector, indexed once on the demonstration pool (None without one)."""
