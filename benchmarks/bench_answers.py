@@ -33,8 +33,7 @@ except ImportError:  # --help still works; main() says what is missing
     json_repair = None
 
 from harness import ROOT, parser, schedule, start, summary
-
-from refineg_core.pipeline.answers import AnswerError, parse_answer
+from refineg_stages.answers import AnswerError, parse_answer
 
 # The answer cases are data kept with the tests; read them from the file, not as a package.
 _CASES = runpy.run_path(str(ROOT / "tests" / "test_answers.py"))

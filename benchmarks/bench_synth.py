@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 from harness import ROOT, parser, start
 from refineg_llm_synth.synthesizer import LLMSynthesizer
+from refineg_stages.synth import SynthSettings, run_synthesis
 
 from refineg_core.formats import load_dataset, read_jsonl
 from refineg_core.labels import LabelSet
-from refineg_core.pipeline.synth import SynthSettings, run_synthesis
 from refineg_core.registry import create
 
 os.environ.setdefault("REFINEG_NO_PROGRESS", "1")

@@ -9,10 +9,11 @@ plugins --kinds`` prints the table). The eighth kind, an ``Engine`` (where a
 stage's chunks run: ``local``, ``ray``), is built from the run's ``Worker``
 and its own options (``__init__(self, worker, options)``), gives each MLLM
 stage run one ``StageHealth`` and yields ``StageSummary`` per MLLM chunk.
-The ninth, an ``MLLMStage`` (``refine``, ``ground`` or a variant of one), is
-built per chunk from a ``StageSetup`` (``MLLMStage.build``) and supplies a
-``Call`` or a ``Skip`` per sample, a ``Judgement`` of each ``ParsedAnswer``
-and the ``Applied`` entities; ``dry_run`` lists the requests it would send.
+The ninth, a ``Stage``, is a ``SynthStage`` (``synth``: ``run``) or an
+``MLLMStage`` (``refine``, ``ground`` or a variant of one), built per chunk
+from a ``StageSetup`` (``MLLMStage.build``), that supplies a ``Call`` or a
+``Skip`` per sample, a ``Judgement`` of each answer's text (or an
+``AnswerError``) and the ``Applied`` entities; ``dry_run`` lists its requests.
 The value types are what the contracts take and return (all frozen); the
 errors are what a plugin raises (each turns into one located line and exit 2,
 or a sample failure for backends); the
@@ -66,16 +67,18 @@ from refineg_core.labels import (
     tags_to_spans,
     tokenize,
 )
-from refineg_core.pipeline.answers import ParsedAnswer
 from refineg_core.pipeline.call_health import StageHealth
 from refineg_core.pipeline.engine_contract import Engine, MllmChunk
 from refineg_core.pipeline.stage_contract import (
+    AnswerError,
     Applied,
     Call,
     Judgement,
     MLLMStage,
     Skip,
+    Stage,
     StageSetup,
+    SynthStage,
     dry_run,
 )
 from refineg_core.pipeline.summary import StageSummary
@@ -113,6 +116,7 @@ __all__ = [
     "SOURCE_MLLM",
     "SOURCE_RULE",
     "SOURCE_TAGGER",
+    "AnswerError",
     "Applied",
     "BackendError",
     "BackendUnavailable",
@@ -143,7 +147,6 @@ __all__ = [
     "MLLMBackend",
     "MLLMStage",
     "MllmChunk",
-    "ParsedAnswer",
     "Plugin",
     "PluginError",
     "PluginKind",
@@ -154,9 +157,11 @@ __all__ = [
     "SampleResult",
     "ScoreGate",
     "Skip",
+    "Stage",
     "StageHealth",
     "StageSetup",
     "StageSummary",
+    "SynthStage",
     "SynthesisCandidate",
     "Synthesizer",
     "Tagger",

@@ -25,7 +25,7 @@ from refineg_core.interfaces import (
     UncertaintyEstimator,
 )
 from refineg_core.pipeline.engine_contract import Engine
-from refineg_core.pipeline.stage_contract import MLLMStage
+from refineg_core.pipeline.stage_contract import Stage
 
 
 @attrs.frozen
@@ -37,9 +37,9 @@ class PluginKind:
     #: The entry-point group a package registers plugins of this kind under.
     group: str
     #: The class every plugin of this kind subclasses (a ``Plugin``, except an
-    #: ``Engine``, built from the run's worker, and an ``MLLMStage``, built from
-    #: the run's ``StageSetup``: neither takes options).
-    base: type[Plugin] | type[Engine] | type[MLLMStage]
+    #: ``Engine``, built from the run's worker, and a ``Stage``, built by the run:
+    #: neither takes options).
+    base: type[Plugin] | type[Engine] | type[Stage]
     #: Where a config names the plugin (``tagger.plugin``, ``data.<split>.format``).
     config_key: str
     #: The key inside a config table that names the plugin (``plugin``,
@@ -95,8 +95,9 @@ KINDS: tuple[PluginKind, ...] = (
         declares=("supports_images",),
     ),
     PluginKind("selector", "refineg.context_selectors", ContextSelector, "selector.plugin"),
-    # name, kept_on_failure and unreached are required class attributes (no default)
-    PluginKind("stage", "refineg.stages", MLLMStage, "<stage>.plugin"),
+    # an MLLMStage or a SynthStage; name (and an MLLM stage's kept_on_failure and
+    # unreached) are required class attributes
+    PluginKind("stage", "refineg.stages", Stage, "<stage>.plugin"),
     PluginKind(
         "format",
         "refineg.formats",

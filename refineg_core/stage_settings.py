@@ -3,8 +3,8 @@
 
 They live on the config side, not in the stage modules, so the config depends
 on no stage: ``config.py`` imports this module, and the stages (the
-``refineg_stages`` plugin's refine and ground, the core's
-``refineg_core.pipeline.synth``) import their settings from here. A user's
+``refineg_stages`` plugin's refine, ground and synth) import their settings
+from here. A user's
 prompt template is checked here, when the config is read, not after an hour
 of calls: placeholders must be known
 (``REFINE_FIELDS``...) and the required ones present. The templates themselves
@@ -157,6 +157,8 @@ class SynthSettings(pydantic.BaseModel):
 
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
 
+    #: The stage plugin that synthesizes (``refineg.stages``, a ``SynthStage``).
+    plugin: str = "synth"
     scheme: Literal["BIO", "BIOES"] = "BIO"
     workers: int | None = pydantic.Field(None, ge=1, description="default: backend.max_concurrency")
     retries: int = pydantic.Field(1, ge=0, description="extra attempts on a retryable error")

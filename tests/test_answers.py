@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 
 import pytest
+from refineg_stages.answers import AnswerError, extract_json_list, parse_answer
 
 from refineg_core.errors import DataError
-from refineg_core.pipeline.answers import AnswerError, extract_json_list, parse_answer
 
 OBAMA = {"name": "Obama", "type": "PER"}
 

@@ -16,18 +16,18 @@ import pytest
 from refineg_formats.conll_read import read_conll
 from refineg_llm_synth.parsing import UnparsableAnswer, parse_samples
 from refineg_llm_synth.synthesizer import LLMSynthesizer
+from refineg_stages.synth import (
+    NAME_NOT_IN_TEXT,
+    SynthSettings,
+    check_candidate,
+    run_synthesis,
+)
 
 from refineg_core.chat import ChatRequest, ChatResponse, Usage
 from refineg_core.errors import BackendError
 from refineg_core.formats import load_dataset, read_jsonl
 from refineg_core.interfaces import MLLMBackend
 from refineg_core.labels import LabelSet
-from refineg_core.pipeline.synth import (
-    NAME_NOT_IN_TEXT,
-    SynthSettings,
-    check_candidate,
-    run_synthesis,
-)
 from refineg_core.types import Entity, Sample, SynthesisCandidate
 
 CCKS_LABELS = LabelSet(

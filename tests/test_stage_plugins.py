@@ -42,12 +42,13 @@ def test_refineg_plugins_lists_the_stage_kind_and_the_built_in_stages():
     listed = run_cli(["plugins", "--json"])
     assert listed.code == 0, listed.stderr
     stages = {p["name"]: p for p in json.loads(listed.stdout) if p["group"] == "refineg.stages"}
-    assert set(stages) >= {"refine", "ground"}
+    assert set(stages) >= {"refine", "ground", "synth"}
     assert stages["refine"]["target"] == "refineg_stages.refine:RefineStage"
+    assert stages["synth"]["target"] == "refineg_stages.synth:SynthesisStage"
     kinds = run_cli(["plugins", "--kinds", "--json"])
     [stage] = [k for k in json.loads(kinds.stdout) if k["kind"] == "stage"]
-    assert stage["group"] == "refineg.stages" and stage["base"] == "MLLMStage"
-    assert stage["required"] == ["apply", "judge", "needs_call", "request"]
+    assert stage["group"] == "refineg.stages" and stage["base"] == "Stage"
+    assert stage["required"] == ["name"]
 
 
 def _config(tmp_path, url, extra: str = "") -> str:

@@ -1,7 +1,7 @@
 """Reading an LLM's JSON list of ``{"text", "entity": [{"name", "type"}]}`` robustly.
 
 Models wrap JSON in code fences, add prose, stop mid-list at the token limit,
-or nest the list in an object. The core's answer reader finds the list (a
+or nest the list in an object. The stages' answer reader finds the list (a
 truncated one yields its finished items); this module keeps every object in it
 that looks like a sample. Structurally odd entities are
 kept with empty fields (the core's validation counts them), not silently lost.
@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from refineg_stages.answers import AnswerError, parse_answer
+
 from refineg_core.errors import BackendError
-from refineg_core.pipeline.answers import AnswerError, parse_answer
 
 _ENTITY_KEYS = ("entity", "entities")
 _TEXT_KEYS = ("text", "sentence")
@@ -70,7 +71,7 @@ def _collect(value: Any, out: list) -> None:
 def parse_samples(answer: str) -> list[tuple[str, tuple[tuple[str, str], ...]]]:
     """Every complete sample object in ``answer``, in order; raise when there is none.
 
-    Finding the JSON (fences, prose, a cut-off list) is the core's
+    Finding the JSON (fences, prose, a cut-off list) is refineg_stages'
     ``parse_answer``, the same reader the MLLM stages use; this only maps what
     it finds to samples.
     """

@@ -23,7 +23,6 @@ import attrs
 
 from refineg_core.interfaces import BoxCodec, ContextSelector, MLLMBackend
 from refineg_core.labels import LabelSet, TypeResolver
-from refineg_core.pipeline.answers import ParsedAnswer
 from refineg_core.pipeline.call_health import StageHealth
 from refineg_core.pipeline.mllm_stage import run_mllm_stage
 from refineg_core.pipeline.retry import is_skipped
@@ -39,6 +38,7 @@ from refineg_core.pipeline.stage_contract import (
 from refineg_core.registry import backend_frame
 from refineg_core.stage_settings import GroundSettings
 from refineg_core.types import SOURCE_MLLM, Box, Demonstration, Entity, Sample, SampleResult
+from refineg_stages.answers import parse_answer
 from refineg_stages.demos import DemoBook, ground_query, usable_demos
 from refineg_stages.prompts import build_ground_request, original_size
 
@@ -286,21 +286,23 @@ class GroundStage(MLLMStage):
             request, meta={"demos": shown}, counts={"demos_without_image": dropped}, context=size
         )
 
-    def judge(self, result: SampleResult, call: Call, answer: ParsedAnswer) -> Judgement:
+    def judge(self, result: SampleResult, call: Call, text: str) -> Judgement:
+        answer = parse_answer(text)
         grounding = match_answer(
             answer.items, result.entities, backend_frame(self.backend), call.context, self.types
         )
         return Judgement(
             grounding,
             grounding.usable,
+            items=len(answer.items),
+            truncated=answer.truncated,
+            repaired=answer.repaired,
             refused=grounding.counts,
             counts=grounding.counts,
             info={k: v for k, v in grounding.counts.items() if v},
         )
 
-    def apply(
-        self, result: SampleResult, call: Call, judgement: Judgement, answer: ParsedAnswer
-    ) -> Applied:
+    def apply(self, result: SampleResult, call: Call, judgement: Judgement) -> Applied:
         boxes = judgement.value.boxes
         entities = tuple(
             attrs.evolve(e, boxes=tuple(boxes[e.key]), grounded_by=SOURCE_MLLM)

@@ -28,7 +28,6 @@ import attrs
 from refineg_core.errors import ConfigError, DataError
 from refineg_core.interfaces import MLLMBackend
 from refineg_core.labels import LabelSet, TypeResolver, find_token_spans
-from refineg_core.pipeline.answers import ParsedAnswer
 from refineg_core.pipeline.call_health import StageHealth
 from refineg_core.pipeline.mllm_stage import run_mllm_stage
 from refineg_core.pipeline.runner import StageSummary
@@ -41,6 +40,7 @@ from refineg_core.pipeline.stage_contract import (
 )
 from refineg_core.stage_settings import RefineSettings
 from refineg_core.types import SOURCE_MLLM, Entity, SampleResult
+from refineg_stages.answers import parse_answer
 from refineg_stages.prompts import build_refine_request
 
 STAGE = "refine"
@@ -272,22 +272,24 @@ class RefineStage(MLLMStage):
             context=plan,
         )
 
-    def judge(self, result: SampleResult, call: Call, answer: ParsedAnswer) -> Judgement:
+    def judge(self, result: SampleResult, call: Call, text: str) -> Judgement:
+        answer = parse_answer(text)
         kept = [e for e in result.entities if e.key not in call.context.delegated]
         decision = validate_items(answer.items, result.sample.tokens, kept, self.types)
         return Judgement(
             decision,
             decision.usable,
+            items=len(answer.items),
+            truncated=answer.truncated,
+            repaired=answer.repaired,
             refused=decision.invalid,
             counts={f"invalid_{k}": v for k, v in decision.invalid.items()},
             info={"invalid": dict(decision.invalid)},
         )
 
-    def apply(
-        self, result: SampleResult, call: Call, judgement: Judgement, answer: ParsedAnswer
-    ) -> Applied:
+    def apply(self, result: SampleResult, call: Call, judgement: Judgement) -> Applied:
         entities, counts = apply_decision(
-            result, call.context.delegated, judgement.value, partial=answer.truncated
+            result, call.context.delegated, judgement.value, partial=judgement.truncated
         )
         return Applied(entities, counts, {k: v for k, v in counts.items() if k != "entities_kept"})
 

@@ -99,13 +99,15 @@ def stage_class(config: Any, stage: str) -> type[MLLMStage]:
     cls = registry.load_class("stage", name, config_key=stage)
     missing = [a for a in ("kept_on_failure", "unreached") if not hasattr(cls, a)]
     problem = None
-    if getattr(cls, "name", None) != stage:
+    if not issubclass(cls, MLLMStage):
+        problem = "is not an MLLMStage"
+    elif getattr(cls, "name", None) != stage:
         problem = f"is named {getattr(cls, 'name', None)!r}; the {stage} stage's must be {stage!r}"
     elif missing:  # the frame ends failure messages with them: found out now, not mid-run
         problem = f"does not declare {', '.join(missing)}"
     if problem:
         raise PluginError(f"stage plugin {name!r} {problem}", where=f"{stage}.plugin")
-    return cls  # type: ignore[return-value]  # load_class checked the base
+    return cls
 
 
 def build_stage(

@@ -23,11 +23,10 @@ import attrs
 from refineg_core import secrets
 from refineg_core.chat import ChatResponse
 from refineg_core.mllm_cache import complete_checked
-from refineg_core.pipeline.answers import AnswerError, ParsedAnswer, parse_answer
 from refineg_core.pipeline.call_health import Counters, StageHealth
 from refineg_core.pipeline.retry import forget_unfinished, write_all
 from refineg_core.pipeline.runner import StageSummary, failure_from_exception, load_done, run_stage
-from refineg_core.pipeline.stage_contract import Call, Judgement, MLLMStage, Skip
+from refineg_core.pipeline.stage_contract import AnswerError, Call, Judgement, MLLMStage, Skip
 from refineg_core.pipeline.verdict import is_own_fault
 from refineg_core.types import Failure, SampleResult
 
@@ -55,10 +54,9 @@ def no_usable_item(stage: str, n_items: int, refused: Mapping[str, int], outcome
 
 @attrs.frozen
 class Asked:
-    """How one call ended: a parsed, judged answer, or the failure to record (with
-    the judgement when the answer parsed but nothing in it was usable)."""
+    """How one call ended: a judged answer, or the failure to record (with the
+    judgement when the answer was read but nothing in it was usable)."""
 
-    answer: ParsedAnswer | None = None
     judgement: Judgement | None = None
     failure: Failure | None = None
 
@@ -72,26 +70,24 @@ def ask(
     debug: bool,
 ) -> Asked:
     """One call plus reading its answer; failures are recorded, never raised
-    (``info["outcome"]`` says which). Only answers that parse and that the stage
-    judges usable are cached."""
+    (``info["outcome"]`` says which). Only answers the stage judges usable are cached."""
     name = stage.name
 
-    def check(response: ChatResponse) -> tuple[ParsedAnswer, Judgement]:
+    def check(response: ChatResponse) -> Judgement:
         try:
-            parsed = parse_answer(response.text)
+            judgement = stage.judge(result, call, response.text)
         except AnswerError as exc:
             raise UnusableAnswer(Failure(name, exc.kind, str(exc)), response.text) from None
-        judgement = stage.judge(result, call, parsed)
-        if parsed.items and not judgement.usable:
+        if judgement.items and not judgement.usable:
             failure = no_usable_item(
-                name, len(parsed.items), judgement.refused, stage.kept_on_failure
+                name, judgement.items, judgement.refused, stage.kept_on_failure
             )
             raise UnusableAnswer(failure, response.text, judgement)
-        return parsed, judgement
+        return judgement
 
     try:
         counters.health.before_call()
-        response, (parsed, judgement) = complete_checked(stage.backend, call.request, check)
+        response, judgement = complete_checked(stage.backend, call.request, check)
     except UnusableAnswer as exc:
         counters.health.answered()
         counters.add("calls")
@@ -114,24 +110,24 @@ def ask(
     counters.usage(response)
     if debug:
         info["answer"] = response.text
-    return Asked(parsed, judgement)
+    return Asked(judgement)
 
 
 def note_answer(
-    parsed: ParsedAnswer,
+    judged: Judgement,
     stage: MLLMStage,
     counters: Counters,
     info: dict[str, Any],
     failures: tuple[Failure, ...],
 ) -> tuple[Failure, ...]:
-    """Count a parsed answer's repairs; a truncated answer adds a failure saying
-    what happened to what it did not reach."""
-    counters.add("answers_repaired", int(parsed.repaired))
-    info["outcome"] = "truncated" if parsed.truncated else "ok"
-    if not parsed.truncated:
+    """Count an answer's repairs; a truncated answer adds a failure saying what
+    happened to what it did not reach."""
+    counters.add("answers_repaired", int(judged.repaired))
+    info["outcome"] = "truncated" if judged.truncated else "ok"
+    if not judged.truncated:
         return failures
     counters.add("answers_truncated")
-    message = f"answer cut off after {len(parsed.items)} complete items; {stage.unreached}"
+    message = f"answer cut off after {judged.items} complete items; {stage.unreached}"
     return (*failures, Failure(stage.name, "truncated", message))
 
 
@@ -158,11 +154,11 @@ def process(
         return attrs.evolve(
             item, failures=(*item.failures, asked.failure), meta={**meta, stage.name: info}
         )
-    assert asked.answer is not None and asked.judgement is not None
-    applied = stage.apply(item, call, asked.judgement, asked.answer)
+    assert asked.judgement is not None
+    applied = stage.apply(item, call, asked.judgement)
     counters.update(dict(applied.counts))
     info.update(applied.info)
-    failures = note_answer(asked.answer, stage, counters, info, item.failures)
+    failures = note_answer(asked.judgement, stage, counters, info, item.failures)
     return attrs.evolve(
         item, entities=applied.entities, failures=failures, meta={**meta, stage.name: info}
     )

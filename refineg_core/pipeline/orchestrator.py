@@ -236,6 +236,8 @@ class Pipeline:
         """Every configured stage in order, each reused when its inputs are unchanged."""
         stages = self.config.stages
         started = time.perf_counter()
+        if stages.synth:
+            training.synth_class(self.config)  # a misspelt plugin: exit 2 before any work
         self.check_backends(MLLM_STAGES)  # before any work
         if stages.predict:
             self._check_saved_tagger()

@@ -28,7 +28,7 @@ from refineg_core.pipeline.fingerprint import (
     tree_digest,
 )
 from refineg_core.pipeline.order import STAGES, TRAINED_MARKER
-from refineg_core.pipeline.synth import SAMPLES_FILE
+from refineg_core.pipeline.stage_contract import SYNTH_SAMPLES_FILE
 from refineg_core.pipeline.worker import Worker
 from refineg_core.runstore import StageStore
 
@@ -135,7 +135,7 @@ class Planner:
 
     def synth_file(self) -> Path:
         """Where synthesis writes the samples training may add (``data.use_synthesized``)."""
-        return self.worker.run_dir / "synth" / SAMPLES_FILE
+        return self.worker.run_dir / "synth" / SYNTH_SAMPLES_FILE
 
     def tagger_options(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """(training options, inference-only options) of the configured tagger."""

@@ -7,9 +7,10 @@ A stage supplies only what is its own (``MLLMStage``):
 - ``request(result)``: the chat request for one sample (ground's carries its
   demonstrations) as a ``Call``, or a ``Skip`` naming why the sample passes
   through without a call;
-- ``judge(result, call, answer)``: the stage's reading of a parsed answer
-  (a ``Judgement``: how many items were usable, and why the rest were refused);
-- ``apply(result, call, judgement, answer)``: the sample's new entities.
+- ``judge(result, call, text)``: the stage's reading of the answer text (a
+  ``Judgement``: how many items it held, how many were usable, why the rest
+  were refused), or ``AnswerError`` when the text holds no answer at all;
+- ``apply(result, call, judgement)``: the sample's new entities.
 
 Stages are plugins (kind ``stage``, entry-point group ``refineg.stages``; the
 built-in ``refine`` and ``ground`` are the ``refineg_stages`` package's). The
@@ -31,11 +32,22 @@ from typing import Any, ClassVar
 import attrs
 
 from refineg_core.chat import ChatRequest
-from refineg_core.interfaces import ContextSelector, MLLMBackend
+from refineg_core.errors import DataError
+from refineg_core.interfaces import ContextSelector, MLLMBackend, Synthesizer
 from refineg_core.labels import LabelSet
-from refineg_core.pipeline.answers import ParsedAnswer
 from refineg_core.pipeline.summary import StageSummary
-from refineg_core.types import Entity, SampleResult
+from refineg_core.types import Entity, Sample, SampleResult
+
+
+class AnswerError(DataError):
+    """An answer holding nothing a stage can read; ``kind`` (``empty``, ``no_json``,
+    ``invalid_json``, ``truncated``, ``not_a_list``, ``too_large``) becomes the
+    sample's failure kind. The one error ``judge`` raises: the frame records it as
+    an unusable answer (not cached, retried by the next run)."""
+
+    def __init__(self, kind: str, message: str, *, where: str | None = None) -> None:
+        self.kind = kind
+        super().__init__(message, where=where)
 
 
 @attrs.frozen
@@ -63,16 +75,21 @@ class Call:
 
 @attrs.frozen
 class Judgement:
-    """A stage's reading of a parsed answer.
+    """A stage's reading of an answer.
 
-    ``usable`` counts the items it understood; an answer with items but none
-    usable is a failure (``refused`` says why, item kinds -> count) and is not
-    cached. ``counts`` go to the stage's counters and ``info`` into
-    ``meta[stage]``, whether the answer was usable or not.
+    ``items`` counts what the answer listed and ``usable`` what the stage
+    understood; an answer with items but none usable is a failure (``refused``
+    says why, item kinds -> count) and is not cached. ``truncated`` (cut off by
+    the token limit) and ``repaired`` (read leniently) are counted by the frame.
+    ``counts`` go to the stage's counters and ``info`` into ``meta[stage]``,
+    whether the answer was usable or not.
     """
 
     value: Any
     usable: int
+    items: int = attrs.field(kw_only=True)
+    truncated: bool = attrs.field(default=False, kw_only=True)
+    repaired: bool = attrs.field(default=False, kw_only=True)
     refused: Mapping[str, int] = attrs.field(factory=dict)
     counts: Mapping[str, int] = attrs.field(factory=dict)
     info: Mapping[str, Any] = attrs.field(factory=dict)
@@ -114,12 +131,45 @@ class StageSetup:
     pool_size: Callable[[], int] = lambda: 0
 
 
-class MLLMStage(abc.ABC):
+class Stage(abc.ABC):
+    """Every stage plugin (kind ``stage``): an ``MLLMStage`` or a ``SynthStage``."""
+
+    @property
+    @abc.abstractmethod
+    def name(self) -> str:
+        """The stage it runs as, a class attribute: its file, ``meta`` key and failures'
+        stage. A plugin that replaces a stage has that stage's name (``refine``)."""
+
+
+#: The file a synthesis stage writes in its folder: what training adds
+#: (``data.use_synthesized``), in the native JSONL format.
+SYNTH_SAMPLES_FILE = "synthetic.jsonl"
+
+
+class SynthStage(Stage):
+    """The synthesis stage (``[synth] plugin``, default ``synth``), built with ``cls()``."""
+
+    name = "synth"
+
+    @abc.abstractmethod
+    def run(
+        self,
+        seeds: Sequence[Sample],
+        synthesizer: Synthesizer,
+        backend: MLLMBackend,
+        labels: LabelSet,
+        settings: Any,
+        out_dir: Path,
+        *,
+        debug: bool = False,
+    ) -> Mapping[str, Any]:
+        """Write samples made from ``seeds`` to ``out_dir / SYNTH_SAMPLES_FILE``,
+        resuming an earlier run there; the yield (the run summary's ``synth``)."""
+
+
+class MLLMStage(Stage):
     """What one MLLM stage supplies to the frame (see the module docstring)."""
 
-    #: The stage's name: its file, its ``meta`` key, its failures' stage. A plugin
-    #: that replaces a stage has that stage's name (``refine``, ``ground``).
-    name: ClassVar[str]
     #: What an answer without a usable item leaves (ends that failure's message).
     kept_on_failure: ClassVar[str]
     #: What happens to what a truncated answer did not reach (ends that message).
@@ -150,13 +200,11 @@ class MLLMStage(abc.ABC):
         """The request for one sample (or why there is none)."""
 
     @abc.abstractmethod
-    def judge(self, result: SampleResult, call: Call, answer: ParsedAnswer) -> Judgement:
-        """Read a parsed answer; must not raise on anything a model may write."""
+    def judge(self, result: SampleResult, call: Call, text: str) -> Judgement:
+        """Read the answer text; raises only ``AnswerError``, whatever a model wrote."""
 
     @abc.abstractmethod
-    def apply(
-        self, result: SampleResult, call: Call, judgement: Judgement, answer: ParsedAnswer
-    ) -> Applied:
+    def apply(self, result: SampleResult, call: Call, judgement: Judgement) -> Applied:
         """The sample's entities after a usable answer."""
 
     # ---- optional: defaults do nothing

@@ -13,27 +13,38 @@ import shutil
 import time
 from typing import Any
 
-from refineg_core.errors import ConfigError
+from refineg_core import registry
+from refineg_core.errors import ConfigError, PluginError
 from refineg_core.formats import load_dataset
 from refineg_core.hooks import get_hooks
 from refineg_core.pipeline.fingerprint import freshness, read_record, write_record
 from refineg_core.pipeline.order import TRAINED_MARKER
 from refineg_core.pipeline.predicting import tagger_inference
+from refineg_core.pipeline.stage_contract import SynthStage
 from refineg_core.pipeline.stagerun import StageRun
-from refineg_core.pipeline.synth import run_synthesis
 from refineg_core.types import Sample
+
+
+def synth_class(config: Any) -> type[SynthStage]:
+    """The stage plugin ``[synth] plugin`` names (exit 2 when it is not one)."""
+    name = config.synth.plugin
+    cls = registry.load_class("stage", name, config_key="synth")
+    if not issubclass(cls, SynthStage):
+        raise PluginError(f"stage plugin {name!r} is not a SynthStage", where="synth.plugin")
+    return cls
 
 
 def synth(run: StageRun) -> dict[str, Any]:
     """Synthesize labelled samples from data.train with the synthesis backend."""
     started = time.perf_counter()
+    stage = synth_class(run.config)()  # a misspelt plugin stops the run before any work
     seeds = run.inputs.require("train")
     synthesizer = run.worker.context.synthesizer()
     backend = run.worker.backend("synth_backend")
     if backend is None:
         raise ConfigError("synthesis needs a backend", where="synth_backend.plugin")
     run.prepare_run_dir()
-    report = run_synthesis(
+    report = stage.run(
         list(seeds.samples),
         synthesizer,
         backend,
@@ -43,7 +54,7 @@ def synth(run: StageRun) -> dict[str, Any]:
         debug=run.debug,
     )
     run.planner.forget("train")  # the synthesized data may have changed
-    return run.record("synth", report.as_dict(), started)
+    return run.record("synth", dict(report), started)
 
 
 def training_samples(run: StageRun) -> list[Sample]:

@@ -27,8 +27,8 @@ import attrs
 from refineg_core.errors import BackendError, BackendUnavailable
 
 #: Failure kinds that are the sample's own fault: what the model answered for this
-#: sample could not be used (``refineg_core.pipeline.answers.AnswerError`` kinds,
-#: ``no_usable_item``, ``truncated``, ``answer_too_large``), or its image is unusable.
+#: sample could not be used (``AnswerError`` kinds, ``no_usable_item``,
+#: ``truncated``, ``answer_too_large``), or its image is unusable.
 OWN_FAULT_KINDS = frozenset(
     {
         "empty",

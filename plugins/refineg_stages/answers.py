@@ -7,6 +7,8 @@ so this module tries, in order: the text after a closed ``<think>`` block,
 fenced blocks (last first), then bare JSON anywhere in the text (last list of
 objects wins, since reasoning often quotes examples before the final answer).
 A list cut off by the token limit yields the complete objects before the cut.
+The built-in stages read answers with it in their ``judge``; a failure is the
+core contract's ``AnswerError``, which the frame records with its ``kind``.
 
 Answers come from a server the project does not control, so reading one is
 linear in its length: brackets are matched in one pass (``_Brackets``), the
@@ -23,26 +25,13 @@ from typing import Any
 
 import attrs
 
-from refineg_core.errors import DataError
+from refineg_core.pipeline.stage_contract import AnswerError
+
+__all__ = ["AnswerError", "ParsedAnswer", "extract_json_list", "parse_answer"]
 
 #: Answers larger than this (UTF-8 bytes) are refused unread by default; backends
 #: that read answers off the network bound them earlier (``max_answer_bytes``).
 DEFAULT_MAX_ANSWER_BYTES = 1 << 20
-
-
-class AnswerError(DataError):
-    """An answer with no usable JSON list; ``kind`` is a short machine-readable reason.
-
-    Kinds: ``empty`` (blank answer), ``no_json`` (no bracket at all),
-    ``invalid_json`` (brackets that do not parse, even leniently),
-    ``truncated`` (cut off before its first complete object), ``not_a_list``
-    (JSON, but neither a list nor objects), ``too_large`` (over the size limit,
-    not read).
-    """
-
-    def __init__(self, kind: str, message: str, *, where: str | None = None) -> None:
-        self.kind = kind
-        super().__init__(message, where=where)
 
 
 @attrs.frozen

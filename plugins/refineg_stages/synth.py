@@ -1,6 +1,6 @@
-"""Stage 1's data synthesis: seeds -> LLM -> validated, de-duplicated, tagged training data.
+"""The ``synth`` stage: seeds -> LLM -> validated, de-duplicated, tagged training data.
 
-The synthesizer plugin only asks and parses; this module makes the result safe
+The synthesizer plugin only asks and parses; this stage makes the result safe
 to train on and cheap to rerun:
 
 * every candidate is validated (non-empty text; each ``(name, type)`` has a
@@ -48,6 +48,7 @@ from refineg_core.pipeline.runner import (
     load_records,
     run_concurrently,
 )
+from refineg_core.pipeline.stage_contract import SYNTH_SAMPLES_FILE, SynthStage
 from refineg_core.progress import bar
 from refineg_core.runstore import atomic_write, write_json
 from refineg_core.stage_settings import SynthSettings
@@ -55,7 +56,7 @@ from refineg_core.types import Entity, Sample, SynthesisCandidate
 from refineg_core.usage import UsageMeter
 
 STAGE = "synth"
-SAMPLES_FILE = "synthetic.jsonl"
+SAMPLES_FILE = SYNTH_SAMPLES_FILE
 CONLL_FILE = "synthetic.conll"
 DONE_FILE = "done.jsonl"
 REPORT_FILE = "report.json"
@@ -213,6 +214,24 @@ def _synthesize_one(
         time.perf_counter() - started,
         failure,
     )
+
+
+class SynthesisStage(SynthStage):
+    """The built-in synthesis stage (``run_synthesis``), registered as ``synth``."""
+
+    def run(
+        self,
+        seeds: Sequence[Sample],
+        synthesizer: Synthesizer,
+        backend: MLLMBackend,
+        labels: LabelSet,
+        settings: SynthSettings,
+        out_dir: Path,
+        *,
+        debug: bool = False,
+    ) -> dict[str, Any]:
+        report = run_synthesis(seeds, synthesizer, backend, labels, settings, out_dir, debug=debug)
+        return report.as_dict()
 
 
 def run_synthesis(
