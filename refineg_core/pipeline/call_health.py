@@ -1,12 +1,9 @@
 """What an MLLM stage learns while it calls its backend: counts, and whether to stop.
 
-- ``Counters``: a Counter many worker threads may bump (calls, tokens, the
-  stage's own counts), merged into the stage summary;
-- ``CallHealth``: the breaker. When every call so far has failed (wrong URL,
-  bad key, model not served) the stage stops calling instead of failing
-  10,000 times;
-- ``StageHealth``: what every chunk of one stage run shares: whether the
-  backend is reachable (asked once) and the one breaker.
+``Counters`` is bumped by many worker threads; ``CallHealth`` is the breaker
+(when every call failed, a wrong URL or key, the stage stops calling instead of
+failing 10,000 times); ``StageHealth`` is what every chunk of one stage run
+shares: reachability (asked once) and the one breaker.
 """
 
 from __future__ import annotations
@@ -19,12 +16,8 @@ from refineg_core.errors import BackendUnavailable
 
 
 class CallHealth:
-    """Stops a stage whose backend has failed every call so far.
-
-    ``limit`` failed calls in a row with no success ever trips it; after that
-    every call fails at once with the reason. One success disarms it for the run
-    (a flaky server is retried per call, not abandoned).
-    """
+    """Trips after ``limit`` failed calls with no success ever (then every call fails
+    at once); one success disarms it for the run (a flaky server is not abandoned)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = max(1, limit)
@@ -64,8 +57,6 @@ class CallHealth:
 
 
 class Counters:
-    """A Counter that many worker threads may bump, plus the stage's call health."""
-
     def __init__(self, breaker_after: int = 8, health: CallHealth | None = None) -> None:
         self._lock = threading.Lock()
         self.counts: Counter = Counter()
@@ -90,9 +81,6 @@ class Counters:
 
 
 class StageHealth:
-    """What one stage learns about its backend, shared by every chunk it runs:
-    whether the backend is reachable (asked once) and the call breaker."""
-
     def __init__(self) -> None:
         self.calls: CallHealth | None = None
         self._checked = False

@@ -1,16 +1,9 @@
 """Stage files written chunk by chunk, in input order, so a corpus streams.
 
-Every stage output (``predict.jsonl``, ``refine.jsonl``, ``ground.jsonl``)
-holds one result per input sample **in input order**. A stage reads its input
-a chunk at a time, processes the chunk and appends the chunk's results, so
-memory holds one chunk whatever the corpus size, and what is on disk is
-always a prefix of the answer:
-
-- an interrupted stage resumes after the results already written (same
-  fingerprint), checking that their ids are the input's prefix;
-- a rerun that must redo some results (failed calls) moves the old file
-  aside and walks it in lockstep with the input: each chunk starts from its
-  old results and redoes only what needs it.
+A stage reads its input a chunk at a time and appends the chunk's results, so
+memory holds one chunk and the disk always a prefix of the answer: a stopped
+stage resumes after it (checking the ids), and a rerun that redoes some
+results walks the old file, set aside, in lockstep with the input.
 """
 
 from __future__ import annotations
@@ -39,8 +32,8 @@ def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
 
 @attrs.frozen
 class StageOutput:
-    """What a stage produced: its JSONL in input order (or, for a stage that passed
-    an in-memory input through, those results). Iterate it to stream the results."""
+    """A stage's JSONL in input order (or the in-memory results it passed through);
+    iterate it to stream them."""
 
     stage: str
     path: Path | None = None
@@ -54,13 +47,11 @@ class StageOutput:
         return iter_results(self.path)
 
     def load(self) -> list[SampleResult]:
-        """Every result in memory (small inputs, tests, the Python API)."""
         return list(self)
 
 
 def written_ids(path: Path | None) -> list[str]:
-    """Ids of the whole records in a stage file (a torn last line is cut off first);
-    none without a file (``None``: results kept in memory only)."""
+    """Ids of the whole records in a stage file (none for ``None``: in memory)."""
     if path is None or not Path(path).exists():
         return []
     ResultWriter(path).close()  # repairs a torn tail
@@ -68,8 +59,7 @@ def written_ids(path: Path | None) -> list[str]:
 
 
 def skip_written(items: Iterable[T], done: Sequence[str], id_of, where: Path) -> Iterator[T]:
-    """``items`` after the ``done`` prefix; a different prefix is an error (the file
-    was not made from this input)."""
+    """``items`` after the ``done`` prefix; another prefix is an error."""
     it = iter(items)
     for expected in done:
         item = next(it, None)
@@ -83,12 +73,8 @@ def skip_written(items: Iterable[T], done: Sequence[str], id_of, where: Path) ->
 
 
 class PreviousResults:
-    """An earlier stage file walked in lockstep with the input (both in input order).
-
-    ``take(ids)`` hands back the earlier results of the chunk's ids that come
-    next in the file. A record out of order is not taken: its sample is simply
-    processed again (answers come from the response cache).
-    """
+    """An earlier stage file walked in lockstep with the input: ``take(ids)`` gives
+    the chunk's results next in the file (one out of order is processed again)."""
 
     def __init__(self, path: Path) -> None:
         path = Path(path)
@@ -106,8 +92,7 @@ class PreviousResults:
 
 
 def append_results(path: Path | None, results: Iterable[SampleResult]) -> None:
-    """Append a finished chunk's results to a stage file (flushed line by line);
-    ``None`` writes nothing (results kept in memory only)."""
+    """Append a finished chunk's results to a stage file (``None``: in memory)."""
     if path is None:
         return
     writer = ResultWriter(path)

@@ -1,10 +1,6 @@
-"""The one owner of a run's components.
-
-Every plugin a config names is built here, once, from its validated options,
-handed to every stage that needs it, and closed exactly once when the run ends,
-error or not (``with RunContext(...) as ctx``). Two stages that use the MLLM get
-the same backend object, so a local model is loaded once and one usage meter
-counts every call.
+"""The one owner of a run's components: each plugin a config names is built
+once, shared by every stage (one backend object: a local model loads once, one
+meter counts every call) and closed exactly once, error or not.
 """
 
 from __future__ import annotations
@@ -43,9 +39,7 @@ class RunContext:
         self._order: list[Any] = []
         self._closed = False
 
-    # ---------------------------------------------------------------- options
     def options(self, key: str) -> PluginOptions:
-        """The validated options of the plugin in config table ``key``."""
         cls = self.plugin_class(key)
         slot = self.config.slot(key)
         assert slot is not None  # plugin_class raised otherwise
@@ -59,7 +53,6 @@ class RunContext:
             raise ConfigError(f"no plugin configured for {key}", where=f"{key}.plugin")
         return registry.load_class(slot_kind(key), slot.plugin, config_key=key)
 
-    # ------------------------------------------------------------- components
     def _once(self, name: str, build) -> Any:
         if self._closed:
             raise RefinegError("this run has been closed; open a new one")
@@ -82,8 +75,7 @@ class RunContext:
         return gate
 
     def check_gate_extras(self) -> None:
-        """Refuse (PluginError naming both plugins) a gate that needs extras the
-        configured tagger does not report with its options; loads classes only."""
+        """Refuse a gate needing extras the tagger does not report (loads classes only)."""
         gate, tagger = self.config.slot("uncertainty"), self.config.slot("tagger")
         if gate is None or tagger is None:
             return
@@ -97,7 +89,6 @@ class RunContext:
             check_supply(needed, supplied, gate=gate.plugin, tagger=tagger.plugin)
 
     def _checked_gate(self) -> Plugin:
-        """The gate, built only when the configured tagger reports the extras it needs."""
         self.check_gate_extras()
         return self._plugin("uncertainty")
 
@@ -114,8 +105,8 @@ class RunContext:
         return synthesizer
 
     def backend(self, key: str = "backend") -> CachedBackend | None:
-        """The backend of ``key`` behind the run's response cache; ``synth_backend``
-        falls back to (the same object as) ``backend``."""
+        """The backend of ``key`` behind the response cache (``synth_backend``: else
+        the same object as ``backend``)."""
         if self.config.slot(key) is None:
             return self.backend("backend") if key == "synth_backend" else None
 
@@ -127,7 +118,6 @@ class RunContext:
         return self._once(key, build)
 
     def tagger(self, directory: Path) -> Tagger:
-        """The saved tagger in ``directory``, loaded once with the config's options."""
 
         def build() -> Tagger:
             # Looked up only to build: the entry-point scan cost ~17 ms per ``pipe`` batch.
@@ -144,23 +134,20 @@ class RunContext:
         return self._once(f"tagger:{Path(directory).resolve()}", build)
 
     def untrained_tagger(self) -> Tagger:
-        """A fresh tagger to fit (not cached: training builds a new one each time)."""
+        """A fresh tagger to fit (not cached)."""
         tagger = self._plugin("tagger")
         assert isinstance(tagger, Tagger)
         self._order.append(tagger)
         return tagger
 
     def forget_tagger(self, directory: Path) -> None:
-        """Drop a loaded tagger whose directory was retrained (closing it)."""
         tagger = self._built.pop(f"tagger:{Path(directory).resolve()}", None)
         if tagger is not None:
             self._order.remove(tagger)
             tagger.close()
 
-    # ---------------------------------------------------------------- closing
     def close(self) -> None:
-        """Close every component once, newest first; one failing close does not
-        keep the others open."""
+        """Close every component once, newest first, even when one close fails."""
         if self._closed:
             return
         self._closed = True

@@ -1,20 +1,10 @@
-"""What an engine is: the contract of the ``engine`` plugin kind (``refineg.engines``).
+"""The ``engine`` plugin kind's contract (``refineg.engines``; ``[engine] kind``).
 
-An engine decides *where* a stage's chunks are processed; the ``Pipeline``
-keeps the stage files, fingerprints and resume. ``[engine] kind = "NAME"``
-picks one by its entry point; the core registers ``local``
-(``refineg_core.pipeline.engines``) exactly as the ``refineg_ray`` plugin
-registers ``ray``. The core builds an engine as ``cls(worker, options)``: the
-run's ``Worker``, and the engine's own ``Options`` (a ``PluginOptions`` model)
-validated from ``[engine] options = {...}`` like any plugin's options, so the
-core's ``[engine]`` table holds only what every engine shares (``kind``,
-``chunk_size``). The local engine calls the worker; a distributed one rebuilds
-workers from ``worker.config`` elsewhere. Both must yield results **in input
-order**, since the driver commits chunk after chunk to one stage file.
-
-This module imports only value types and the options base, never the worker:
-the table of plugin kinds imports it, and the worker (which reaches the
-registry) would close a circle.
+An engine decides *where* a stage's chunks are processed (``local``: this
+process; ``ray``: a plugin); the ``Pipeline`` keeps the stage files,
+fingerprints and resume. It is built as ``cls(worker, options)`` and must yield
+results **in input order**: the driver commits chunk after chunk to one file.
+This module never imports the worker (the kinds table imports it: a circle).
 """
 
 from __future__ import annotations
@@ -33,20 +23,13 @@ MllmChunk = tuple[list[SampleResult], list[SampleResult]]
 
 
 class Engine(abc.ABC):
-    """Turns an iterator of chunks into an iterator of per-chunk results, in order.
-
-    ``tag`` and ``mllm`` are the two things an engine must do; ``usage``,
-    ``report`` and ``close`` have defaults for an engine that spends nothing
-    outside this process and starts nothing.
-    """
+    """Turns an iterator of chunks into an iterator of per-chunk results, in order."""
 
     #: The engine's own options (``[engine] options``); none by default.
     Options: ClassVar[type[PluginOptions]] = PluginOptions
 
     def __init__(self, worker: Any, options: PluginOptions | None = None) -> None:
-        #: The run's ``refineg_core.pipeline.worker.Worker`` (typed loosely: the
-        #: worker reaches the registry, which reads this module).
-        self.worker = worker
+        self.worker = worker  # the run's Worker (typed loosely: it reaches the registry)
         self.options = options if options is not None else self.Options()
 
     @abc.abstractmethod
@@ -68,5 +51,5 @@ class Engine(abc.ABC):
         return {"kind": type(self).__name__}
 
     def close(self) -> None:
-        """Release what the engine started (idempotent); nothing by default."""
+        """Release what the engine started (idempotent)."""
         return None

@@ -1,16 +1,10 @@
 """Stage fingerprints: a record of exactly what made a stage's output.
 
-A stage may reuse its earlier output only when every input that shapes it is
-unchanged: the data it read (content digests), the plugins and options that
-affect it, its own settings and prompt templates, the backend's identity, and
-the upstream stage's output. Anything else recomputes, and the log says why
-("predict: uncertainty.options.threshold changed 0.4 -> 0.99"), the way DVC or
-Snakemake rerun a step when its parameters change.
-
-Each stage keeps ``stages/<stage>.json`` in the run directory: the flat parts,
-their digest, and whether the stage finished. The run store
-(``refineg_core.runstore``) reads and writes those records; the names are
-re-exported here for the callers that import them from this module.
+A stage reuses its output only while every input that shapes it is unchanged
+(data digests, plugins and options, settings and prompts, the backend's
+identity, the upstream output); otherwise it recomputes and the log says why
+("uncertainty.options.threshold changed 0.4 -> 0.99"). The records
+(``stages/<stage>.json``) are the run store's, re-exported here.
 """
 
 from __future__ import annotations
@@ -73,16 +67,12 @@ def digest_of(value: Any) -> str:
 
 
 def dataset_digest(dataset: Dataset | None) -> str | None:
-    """Content digest of the samples as read (text, tokens, entities, boxes, image refs).
-
-    Hashing what was read, not the file bytes, also covers XML box files and a
-    ``limit``; an image counts by path, size and modification time.
-    """
+    """Digest of the samples as read (covers XML box files and ``limit``, unlike the
+    file's bytes); an image counts by path, size and modification time."""
     return None if dataset is None else samples_digest(dataset.samples)
 
 
 def samples_digest(samples: Iterable[Sample]) -> str:
-    """``dataset_digest`` of samples read one at a time (a streamed corpus)."""
     h = hashlib.sha256()
     for sample in samples:
         h.update(json.dumps(sample_to_dict(sample), sort_keys=True, default=str).encode())
@@ -98,8 +88,7 @@ def samples_digest(samples: Iterable[Sample]) -> str:
 
 
 def tree_digest(directory: Path, *, skip: Iterable[str] = ()) -> str | None:
-    """Digest of every file under ``directory`` (names, sizes, contents), leaving
-    out the top-level sub-folders named in ``skip``."""
+    """Digest of every file under ``directory`` but the top-level folders ``skip``."""
     directory = Path(directory)
     if not directory.is_dir():
         return None

@@ -1,10 +1,8 @@
-"""The Python API's run: the run's stages over posts in memory, with the run's worker.
+"""The Python API's run: the stages over posts in memory, with the run's ``Worker``.
 
-``pipe(text)`` tags and gates with the same ``Worker`` a CLI run uses, then walks
-the MLLM stages in the run's order (``refineg_core.pipeline.order``) through the
-worker's per-chunk entry point, with no stage file (``part=None``): nothing is
-written but the MLLM response cache. A stage whose backend does not answer is
-skipped, as with ``"auto"``; each result's ``meta["stages"]`` says what ran.
+The MLLM stages run in the run's order through the worker's per-chunk entry
+point with no stage file: nothing is written but the MLLM cache. A stage whose
+backend does not answer is skipped (``"auto"``); ``meta["stages"]`` says so.
 """
 
 from __future__ import annotations
@@ -22,8 +20,7 @@ from refineg_core.types import Sample, SampleResult
 
 
 def annotate(worker: Worker, samples: list[Sample]) -> list[SampleResult]:
-    """Tag, gate, refine and ground ``samples`` in memory (MLLM stages run when a
-    backend is configured and their stage is not off)."""
+    """Tag, gate, refine and ground ``samples`` in memory."""
     log = StageLog()
     results = worker.tag(samples)
     log.ran("predict")
@@ -47,9 +44,7 @@ def pipe(
     batch_size: int = 256,
     progress: bool = False,
 ) -> Iterator[SampleResult]:
-    """Annotate many posts, ``batch_size`` at a time, yielding results in order. The
-    arguments are checked as they come, each error naming ``texts[i]`` or
-    ``images[i]``; no progress is printed unless ``progress=True``."""
+    """Annotate posts ``batch_size`` at a time, in order; errors name ``texts[i]``."""
     check_many(texts, "texts")
     if images is not None:
         check_many(images, "images")

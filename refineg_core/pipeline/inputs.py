@@ -1,11 +1,8 @@
 """A run's data: the configured splits, loaded or streamed, and their warnings.
 
-One object owns every read of ``[data]`` so that a split is loaded once per run
-(``dataset``), a corpus streams (``iter_samples``), each split's digest comes
-from one validating pass (``source_stats``) and every warning met on the way
-lands in one list, and in ``data-warnings.log`` once the run directory exists.
-The ``Worker`` holds it (a Ray actor's worker builds its own), and the
-``Pipeline`` shares its worker's.
+One object owns every read of ``[data]``: a split is loaded once, a corpus
+streams, each digest comes from one validating pass, and every warning lands
+in ``data-warnings.log``. The ``Worker`` holds it (a Ray actor builds its own).
 """
 
 from __future__ import annotations
@@ -30,15 +27,12 @@ class Inputs:
     def __init__(self, config: Config, *, log: Callable[[str], None] | None = None) -> None:
         self.config = config
         self.log = log or (lambda msg: None)
-        #: Every data warning met so far (``data-warnings.log`` holds them all).
         self.warnings: list[str] = []
-        #: Where the warnings are written; None until the run directory is prepared.
-        self.warnings_file: Path | None = None
+        self.warnings_file: Path | None = None  # set once the run directory exists
         self._datasets: dict[str, Dataset | None] = {}
         self._stats: dict[str, tuple[str, int]] = {}
 
     def source(self, key: str) -> DataSource | None:
-        """The data source of a split, following ``FALLBACK`` when it is not set."""
         source: DataSource | None = getattr(self.config.data, key)
         fallback = FALLBACK.get(key)
         return self.source(fallback) if source is None and fallback else source
@@ -55,26 +49,22 @@ class Inputs:
         return self._datasets[key]
 
     def require(self, key: str) -> Dataset:
-        """``dataset(key)``, or a located error naming the missing split."""
         ds = self.dataset(key)
         if ds is None:
             raise ConfigError(f"this stage needs data.{key}", where=f"data.{key}")
         return ds
 
     def load(self, source: DataSource, config_key: str = "data") -> Dataset:
-        """One data source read whole (an extra training file, a split)."""
         ds = load_source(source, config_key=config_key)
         self.note(source, ds.warnings)
         return ds
 
     def iter_samples(self, key: str) -> Iterator[Sample]:
-        """A split streamed one sample at a time (what the corpus stages read); its
-        warnings were recorded by the pass that fingerprinted it."""
+        """A split streamed (its warnings were recorded by ``source_stats``)."""
         return iter_source(self._required_source(key), [], config_key=f"data.{key}")
 
     def source_stats(self, key: str) -> tuple[str, int]:
-        """(content digest, number of samples) of a split, from one streamed pass that
-        also validates it and records its warnings (computed once per run)."""
+        """(digest, count) of a split, from one validating pass (once per run)."""
         if key not in self._stats:
             source = self._required_source(key)
             warnings: list[str] = []
@@ -98,7 +88,6 @@ class Inputs:
         return source
 
     def note(self, source: DataSource, warnings: Sequence[str]) -> None:
-        """Record the warnings met reading ``source`` and say where they are."""
         if warnings:
             self.warnings.extend(warnings)
             self.write_warnings()
@@ -106,6 +95,6 @@ class Inputs:
             self.log(f"{source.path}: {len(warnings)} data warnings (see {where})")
 
     def write_warnings(self) -> None:
-        """Rewrite ``data-warnings.log`` (not appended: it describes this run's data only)."""
+        """Rewritten, not appended: it describes this run's data only."""
         if self.warnings_file is not None and self.warnings:
             write_text(self.warnings_file, "\n".join(self.warnings) + "\n")

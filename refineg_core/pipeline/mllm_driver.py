@@ -1,21 +1,10 @@
-"""Driving an MLLM stage over a whole run: chunks, engines, events, the verdict.
+"""An MLLM stage as a run sees it: chunks, engines, events once, the verdict.
 
-The per-sample and per-chunk frame is ``refineg_core.pipeline.mllm_stage``;
-this module is the stage as a run sees it:
-
-- ``run_mllm`` (``Pipeline.refine``/``ground``): reuse the stage's earlier
-  output or run it chunk by chunk through the engine (resuming what an earlier
-  run left), fire the stage's start/finish events **once** (the engine's
-  workers, local or Ray actors, never do), record what it spent, and judge it;
-- ``run_chunk`` (``Worker.run_mllm_chunk``, what both engines call): one chunk
-  with the stage built from the worker's plugins (``build_stage``): the stage
-  plugin that ``[refine] plugin`` / ``[ground] plugin`` names (``stage_class``);
-- ``check_backends``: the preflight of the MLLM stages, once per run (their
-  stage plugins are loaded then too, so a misspelt one stops the run before
-  any work).
-
-The pipeline and the worker are taken by what they offer (``StageHost``,
-``ChunkHost``), so this module imports neither.
+``run_mllm`` reuses the stage's output or runs it chunk by chunk through the
+engine, fires its events once (never the engine's workers), records what it
+spent and judges it; ``run_chunk`` (what both engines call) runs one chunk
+with the stage plugin ``[stage] plugin`` names. The pipeline and the worker
+are taken by what they offer (``StageHost``, ``ChunkHost``): no import circle.
 """
 
 from __future__ import annotations
@@ -49,7 +38,7 @@ from refineg_core.types import SampleResult
 
 
 class ChunkHost(Protocol):
-    """What a chunk needs from the worker: the run's built plugins and settings."""
+    """What a chunk needs from the worker."""
 
     config: Any
     labels: LabelSet
@@ -91,10 +80,8 @@ def stage_settings(config: Any, stage: str) -> Any:
     return getattr(config, stage).model_copy(update={"wording": config.prompts})
 
 
-# ------------------------------------------------------------------ one chunk
 def stage_class(config: Any, stage: str) -> type[MLLMStage]:
-    """The stage plugin ``[stage] plugin`` names; it must run under the stage's name
-    (its file, ``meta`` key and failures are the stage's)."""
+    """The ``MLLMStage`` ``[stage] plugin`` names, running under the stage's name."""
     name = getattr(config, stage).plugin
     cls = registry.load_class("stage", name, config_key=stage)
     missing = [a for a in ("kept_on_failure", "unreached") if not hasattr(cls, a)]
@@ -113,7 +100,6 @@ def stage_class(config: Any, stage: str) -> type[MLLMStage]:
 def build_stage(
     worker: ChunkHost, stage: str, items: Sequence[SampleResult], health: StageHealth
 ) -> MLLMStage:
-    """The stage object for one chunk, from the worker's plugins."""
     backend = worker.backend()
 
     def pool_size() -> int:
@@ -141,9 +127,8 @@ def run_chunk(
     part: Path | None,
     health: StageHealth,
 ) -> tuple[list[SampleResult], StageSummary]:
-    """One chunk of refine or ground: ``earlier`` results of these samples (from a
-    run that stopped) are kept unless they need a retry; the rest are processed,
-    each written to ``part`` as it finishes."""
+    """One chunk: ``earlier`` results of a stopped run are kept unless they need a
+    retry; the rest are processed, each written to ``part`` as it finishes."""
     if part is not None:  # None: in memory (the Python API), nothing is written
         have = set(written_ids(part))  # a stopped run's results of this chunk stay
         append_results(part, [r for r in earlier if r.id not in have])
@@ -161,10 +146,8 @@ def run_chunk(
     return done
 
 
-# ------------------------------------------------------------------ one stage
 def check_backends(pipeline: StageHost, stages: Sequence[str]) -> None:
-    """Check the backends of these MLLM stages once per run, before their work
-    (``refineg_core.preflight``: exit 3 for a required one that cannot work)."""
+    """Load the stage plugins and check their backends (``preflight``), once per run."""
     todo = [s for s in stages if s not in pipeline._preflighted]
     for stage in todo:
         stage_class(pipeline.config, stage)  # a misspelt stage plugin: exit 2 before any work
@@ -194,9 +177,8 @@ def _input_size(source: Iterable[SampleResult]) -> int:
 def run_mllm(
     pipeline: StageHost, stage: str, results: Iterable[SampleResult] | None
 ) -> StageOutput:
-    """Refine or ground over a run: reuse, or run chunk by chunk with the shared
-    backend (resuming what an earlier run left), and record what it spent. The
-    stage's start/finish events fire once here, whatever the engine."""
+    """Refine or ground over a run: reuse, or run it chunk by chunk (resuming),
+    record what it spent; its events fire once here, whatever the engine."""
     started = time.perf_counter()
     check_backends(pipeline, (stage,))  # `refineg refine` alone is checked too
     source = results if results is not None else stage_input(pipeline, stage)

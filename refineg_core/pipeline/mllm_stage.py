@@ -1,15 +1,9 @@
-"""The one frame that runs every MLLM stage (refine, ground, a variant).
+"""The one frame that runs every MLLM stage (``MLLMStage``: refine, ground, a variant).
 
-A stage supplies only what is its own (``MLLMStage``, in
-``refineg_core.pipeline.stage_contract``). The frame owns everything else,
-identically for every stage: asking the
-backend through the response cache (only answers the stage judged usable are
-cached), the call breaker, failures (a failed call, an answer without a JSON
-list, an answer none of whose items is usable, a truncated answer), counters,
-skipping a disabled or unreachable stage with retry markers, and running the
-samples of a chunk concurrently and resumably (``run_mllm_stage``). Stage
-events are fired once per stage by the stage driver
-(``refineg_core.pipeline.mllm_driver``), never per chunk.
+It owns, identically for every stage: asking the backend through the response
+cache (only usable answers are cached), the call breaker, failures, counters,
+skipping a disabled or unreachable stage with retry markers, and running a
+chunk's samples concurrently and resumably. Stage events are the driver's.
 """
 
 from __future__ import annotations
@@ -31,9 +25,8 @@ from refineg_core.pipeline.verdict import is_own_fault
 from refineg_core.types import Failure, SampleResult
 
 
-# --------------------------------------------------------------------- one call
 class UnusableAnswer(Exception):
-    """Raised inside the cache check: the answer is recorded as a failure, not cached."""
+    """Raised inside the cache check: the answer is a failure, not cached."""
 
     def __init__(self, failure: Failure, text: str, judgement: Judgement | None = None) -> None:
         super().__init__(failure.message)
@@ -54,8 +47,8 @@ def no_usable_item(stage: str, n_items: int, refused: Mapping[str, int], outcome
 
 @attrs.frozen
 class Asked:
-    """How one call ended: a judged answer, or the failure to record (with the
-    judgement when the answer was read but nothing in it was usable)."""
+    """How one call ended: a judged answer, or the failure (with the judgement when
+    nothing in the answer was usable)."""
 
     judgement: Judgement | None = None
     failure: Failure | None = None
@@ -69,8 +62,7 @@ def ask(
     info: dict[str, Any],
     debug: bool,
 ) -> Asked:
-    """One call plus reading its answer; failures are recorded, never raised
-    (``info["outcome"]`` says which). Only answers the stage judges usable are cached."""
+    """One call plus reading its answer; failures are recorded, never raised."""
     name = stage.name
 
     def check(response: ChatResponse) -> Judgement:
@@ -134,8 +126,7 @@ def note_answer(
 def process(
     stage: MLLMStage, item: SampleResult, counters: Counters, debug: bool = False
 ) -> SampleResult:
-    """One sample through the stage: request, call, judge, apply; every way it can
-    end is recorded in the result (its failures and ``meta[stage]``)."""
+    """One sample: request, call, judge, apply; every ending is in the result."""
     call = stage.request(item)
     if isinstance(call, Skip):
         counters.add(call.counter)
@@ -164,7 +155,6 @@ def process(
     )
 
 
-# -------------------------------------------------------------------- one chunk
 def skip_stage(
     stage: MLLMStage,
     items: Sequence[SampleResult],
@@ -173,11 +163,8 @@ def skip_stage(
     reason: str,
     reason_key: str = "unavailable",
 ) -> tuple[list[SampleResult], StageSummary]:
-    """Pass every result through without calls, say why, and count what was skipped.
-
-    Results already finished by an earlier run are kept; the others are written
-    with a ``skipped`` marker so a later run redoes them.
-    """
+    """Pass every result through without calls, saying why; unfinished ones get a
+    ``skipped`` marker so a later run redoes them."""
     name = stage.name
     done = load_done(out_path)
     summary = StageSummary(name, total=len(items))
@@ -213,14 +200,10 @@ def run_mllm_stage(
     debug: bool = False,
     health: StageHealth | None = None,
 ) -> tuple[list[SampleResult], StageSummary]:
-    """One chunk of an MLLM stage: skip it when disabled or unreachable (or the
-    stage finds the backend unusable), else run every result through ``process``
-    at the backend's concurrency, resumably through ``out_path``.
-
-    An unreachable backend, or one that failed every call, is a note
-    (``unavailable``/``stopped``); whether that fails the stage is decided once,
-    by ``refineg_core.pipeline.verdict.judge``. ``health`` carries what earlier
-    chunks of the same stage learnt about the backend (reachability, the breaker)."""
+    """One chunk: skipped when disabled or unreachable, else every result through
+    ``process`` at the backend's concurrency, resumably through ``out_path``. A
+    down backend is a note; ``verdict.judge`` decides if the stage fails.
+    ``health`` is what earlier chunks learnt of the backend."""
     health = health or StageHealth()
     out_path = Path(out_path) if out_path is not None else None  # None: in memory
     stage.start(results, out_path)

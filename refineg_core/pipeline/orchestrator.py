@@ -1,21 +1,12 @@
 """One run: the stage order, what may be reused, and the summary.
 
-A ``Pipeline`` owns one run directory (through its ``RunStore``) and one
-``Worker`` (the run's plugins, built once and closed together: ``with
-Pipeline(config) as p``). Each stage reads what the previous one wrote and
-writes its own file as it goes, so any stage can be (re)run alone and an
-interrupted run resumes. A stage reuses its earlier output only when its
-fingerprint (``planner.Planner``: data digests, plugin options, settings,
-prompts, backend identity, upstream output) is unchanged; otherwise it and
-everything downstream recompute, and the log says why.
-
-Every other job has its module: the data (``inputs``), the fingerprints
-(``planner``), the stage drivers (``training``, ``predicting``), the MLLM
-stages' frame (below), the end of a run (``finishing``), the Python API's
-in-memory walk (``inmemory``), and the per-chunk work (``worker``, run by an
-engine from ``engines``).
-
-Layout of a run directory:
+A ``Pipeline`` owns one run directory (its ``RunStore``) and one ``Worker``
+(the run's plugins). Each stage reads what the previous one wrote and writes
+its own file as it goes, so any stage can be rerun alone and a stopped run
+resumes; a stage reuses its output only while its fingerprint (``planner``) is
+unchanged. Every other job has its module (``inputs``, ``planner``,
+``training``, ``predicting``, ``mllm_driver``, ``finishing``, ``inmemory``).
+A run directory:
 
     refineg.lock           held by the one process writing here (its pid and command)
     config.json            the resolved, redacted config
@@ -87,7 +78,7 @@ class Pipeline:
         self._preflighted: set[str] = set()
 
     def close(self) -> None:
-        """Close the engine and every plugin, then release the run directory (idempotent)."""
+        """Close the engine and every plugin, then release the run directory."""
         try:
             if self._engine is not None:
                 self._engine.close()
@@ -103,8 +94,8 @@ class Pipeline:
         self.close()
 
     def lock_run_dir(self) -> Path:
-        """Create the run directory and lock it for this pipeline's life, before any
-        work: a second process on it is refused at once (``RunDirBusy``, exit 2)."""
+        """Lock the run directory for this pipeline's life: a second process on it
+        is refused at once (``RunDirBusy``, exit 2)."""
         self.store.open(make_dir=lambda path: output_dir(path, config_key="run_dir"))
         return self.run_dir
 
@@ -144,14 +135,12 @@ class Pipeline:
         return self.worker.load_tagger()
 
     def _check_saved_tagger(self) -> None:
-        """Refuse a saved tagger trained with other options, once per run (never
-        serve stale predictions)."""
+        """Refuse a saved tagger trained with other options (once per run)."""
         if not self._saved_tagger_checked:
             preflight.check_saved_tagger(self, self.log)
             self._saved_tagger_checked = True
 
     def stage_mode(self, stage: str) -> bool | str:
-        """``True``, ``False`` or ``"auto"`` for an MLLM stage, all settings considered."""
         return self.worker.stage_mode(stage)
 
     @property
@@ -159,23 +148,20 @@ class Pipeline:
         return self.config.engine.chunk_size
 
     def engine(self) -> Engine:
-        """The configured engine (built once): this process, or Ray."""
         if self._engine is None:
             self._engine = build_engine(self.worker)
         return self._engine
 
     def calibrated_gate(self) -> UncertaintyEstimator:
-        """The run's gate, calibrated once on data.dev when it fits parameters."""
         return self.worker.calibrated_gate()
 
     def fingerprint(self, stage: str) -> Fingerprint:
-        """What ``stage`` would be made from now (computed once per run)."""
         return self.planner.fingerprint(stage)
 
     def reuse(self, stage: str, out: Path, *scratch: Path) -> bool:
-        """True when the stage's earlier output may be reused as it is (fingerprint
-        matches, finished, file intact). Output made from other inputs is deleted
-        with the stage's ``scratch`` files; a partial one is kept to resume."""
+        """Whether the stage's output is reusable (fingerprint matches, finished,
+        file intact); output of other inputs is deleted with ``scratch``, a partial
+        one kept to resume."""
         record = self.store.read(stage)
         fresh = freshness(self.fingerprint(stage), record)
         on_disk = file_digest(out)
@@ -193,31 +179,28 @@ class Pipeline:
         return False
 
     def finish_stage(self, stage: str, out: Path, pending: int = 0) -> None:
-        """Record a finished stage file; what comes after it is fingerprinted again."""
+        """Record a finished stage file; the stages after it are fingerprinted again."""
         self.store.write(
             self.fingerprint(stage), complete=True, output=file_digest(out), pending=pending
         )
         self.planner.forget(*downstream(stage))
 
     def status(self) -> dict[str, Freshness]:
-        """Each stage as fresh / stale (with the reasons) / partial / missing."""
         return self.planner.status(lambda: preflight.saved_tagger_differences(self))
 
     def record(self, stage: str, data: dict[str, Any], started: float) -> dict[str, Any]:
-        """Put a stage's numbers, with its seconds, into the run summary."""
         data = {**data, "seconds": round(time.perf_counter() - started, 3)}
         self.summary["stages"][stage] = data
         return data
 
     def write_summary(self) -> None:
-        """``summary.json``: every stage's numbers, and the gate's calibration."""
         if self.worker.calibration is not None:
             self.summary["calibration"] = self.worker.calibration
         self.prepare_run_dir()
         text = secrets.scrub(json.dumps(self.summary, indent=2, default=str))
         write_text(self.run_dir / "summary.json", text)
 
-    # the stage drivers: functions of the run (``StageRun``), each in its module
+    # the stage drivers: functions of the run (``StageRun``)
     synth = training.synth
     train = training.train
     predict = predicting.predict
@@ -225,15 +208,12 @@ class Pipeline:
     evaluate_stages = finishing.evaluate_stages
 
     def tag(self, samples: Sequence[Sample], *, each: bool = False) -> list[SampleResult]:
-        """The tagger's entities with the gate's verdict, in memory (see ``Worker.tag``)."""
         return self.worker.tag(samples, each=each)
 
     def stage_settings(self, stage: str):
-        """An MLLM stage's settings with the config's prompt wording filled in."""
         return self.worker.stage_settings(stage)
 
     def run(self, *, force_train: bool = False) -> dict[str, Any]:
-        """Every configured stage in order, each reused when its inputs are unchanged."""
         stages = self.config.stages
         started = time.perf_counter()
         if stages.synth:
@@ -259,16 +239,9 @@ class Pipeline:
     def __call__(
         self, text: str | Sample, *, image: str | Path | None = None, progress: bool = False
     ) -> SampleResult:
-        """Annotate one post: ``pipe("Obama visits Paris", image="photo.jpg")``.
-
-        Returns the result with entities (type, span, character offsets, text,
-        uncertainty, source, boxes; ``boxes is None`` when grounding was not
-        attempted) and ``meta["stages"]`` (what ran, what was skipped and why).
-        MLLM stages run when the backend answers and are skipped otherwise, as
-        with ``"auto"``; nothing is written to the run directory but the MLLM
-        cache. Bad arguments raise at once (``refineg_core.posts``); no progress
-        is printed unless ``progress=True``.
-        """
+        """Annotate one post: ``pipe("Obama visits Paris", image="photo.jpg")``; see
+        README's Python API. MLLM stages run as with ``"auto"``; nothing but the
+        MLLM cache is written; bad arguments raise at once (``posts``)."""
         text, image = check_text(text), check_image(image)
         return next(iter(self.pipe([text], images=[image], progress=progress)))
 
@@ -280,23 +253,16 @@ class Pipeline:
         batch_size: int = 256,
         progress: bool = False,
     ) -> Iterator[SampleResult]:
-        """Annotate many posts, ``batch_size`` at a time, yielding results in order.
-
-        256, not 64: the tagger sorts each batch by length into encoder calls, and
-        from 64 posts it got 1.3x fewer sentences per CPU-second than from 256 (more
-        padding, more calls; 1 thread, issue 20), which were as fast as one call.
-        """
+        """Annotate many posts, ``batch_size`` at a time, yielding results in order
+        (256: from 64 posts the tagger got 1.3x fewer sentences per CPU-second)."""
         return inmemory.pipe(
             self.worker, texts, images=images, batch_size=batch_size, progress=progress
         )
 
-    # ---------------------------------------------- the MLLM stages' frame
     def _mllm_stage(self, stage: str, results: Iterable[SampleResult] | None) -> StageOutput:
-        """Refine or ground over the run (``refineg_core.pipeline.mllm_driver.run_mllm``)."""
         return mllm_driver.run_mllm(self, stage, results)
 
     def check_backends(self, stages: Sequence[str]) -> None:
-        """Check the backends of these MLLM stages once per run, before their work."""
         mllm_driver.check_backends(self, stages)
 
     def refine(self, results: Iterable[SampleResult] | None = None) -> StageOutput:

@@ -1,14 +1,10 @@
 """Write a run's results: the native JSONL always, plus each ``[outputs] formats``.
 
-The stage JSONL is already written (resumably) by the runner; the output
-formats are format plugins (``refineg_core.formats.writers``: each declares
-its ``output_file``) that write the same results, e.g. a submission file. No
-format is known here by name. Every sample was checked against the installed
-output formats when it was read (``refineg_core.validity``), so a write cannot
-fail on a sample at the end of a paid run. A format that cannot hold
-overlapping spans (``holds_overlaps = False``: CoNLL tags), which a plugin
-could still produce, gets them resolved here (longer span first, then the
-earlier one) and counted, instead of failing at the end of a long run.
+Output formats are format plugins (each declares its ``output_file``); none is
+known here by name. Samples were checked against them when read
+(``validity``), so no write fails at the end of a paid run; a format that
+cannot hold overlapping spans gets them resolved (longer, then earlier, wins)
+and counted.
 """
 
 from __future__ import annotations
@@ -26,8 +22,7 @@ from refineg_core.types import Entity, Sample, SampleResult
 
 @attrs.frozen
 class Written:
-    """Where each format went, how many entities a flat format had to leave out, and
-    which files of formats no longer named were removed."""
+    """Where each format went, entities a flat format left out, stale files removed."""
 
     paths: dict[str, Path]
     overlaps_dropped: int = 0
@@ -47,7 +42,6 @@ def non_overlapping(entities: Iterable[Entity]) -> tuple[tuple[Entity, ...], int
 
 
 def as_samples(results: Iterable[SampleResult]) -> Iterator[Sample]:
-    """Samples carrying the predicted entities (what the format writers read)."""
     return (attrs.evolve(r.sample, entities=r.entities) for r in results)
 
 
@@ -75,12 +69,10 @@ def write_outputs(
     *,
     observe: Callable[[SampleResult], None] | None = None,
 ) -> Written:
-    """Write ``results`` into ``out_dir``: ``final.jsonl``, then each named format
-    plugin's ``output_file``. ``results`` is read once per format (a stage's
-    output streams from its file each time; the native JSONL of a stage file is
-    copied, not re-read); ``observe`` sees every result once. The file of an
-    installed output format not named now, left by an earlier run, is removed
-    (it would pass for this run's results)."""
+    """``final.jsonl`` (a stage file is copied), then each format's ``output_file``,
+    reading ``results`` once per format; ``observe`` sees every result once. An
+    earlier run's file of a format not named now is removed (it would pass for
+    this run's)."""
     plugins = output_formats(formats)  # a bad name fails before anything is written
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,10 +1,8 @@
-"""The predict stage: tagger + gate over data.predict, chunk by chunk.
+"""The predict stage: tagger + gate over data.predict, chunk by chunk, resumable.
 
-Results are appended to ``predict.jsonl`` in input order as each chunk comes
-back from the engine, so a corpus streams and an interrupted run resumes after
-the last result written. A gate with a budget ranks the whole input: the first
-pass writes every chunk's uncapped decisions (``predict.uncapped.jsonl``), the
-second keeps the budget's most uncertain samples delegated.
+A gate with a budget ranks the whole input: the first pass writes uncapped
+decisions (``predict.uncapped.jsonl``), the second keeps the budget's most
+uncertain samples delegated.
 """
 
 from __future__ import annotations
@@ -34,7 +32,6 @@ from refineg_core.types import SampleResult
 
 
 def predict(run: StageRun) -> StageOutput:
-    """Tag and gate data.predict (or reuse ``predict.jsonl`` when nothing changed)."""
     started = time.perf_counter()
     out = run.run_dir / "predict.jsonl"
     uncapped = run.run_dir / "predict.uncapped.jsonl"
@@ -82,8 +79,7 @@ def predict(run: StageRun) -> StageOutput:
 
 
 def apply_budget(uncapped: Path, out: Path, budget: float) -> int:
-    """The budget's second pass: rank every delegated sample of the whole input,
-    write ``out`` with the others kept whole; return how many were capped."""
+    """Keep the budget's most uncertain delegated samples; return how many were capped."""
     delegated: list[tuple[int, float]] = []
     n = 0
     for n, result in enumerate(iter_results(uncapped), start=1):
@@ -105,7 +101,6 @@ def apply_budget(uncapped: Path, out: Path, budget: float) -> int:
 
 
 def gate_counts(results: Iterable[SampleResult], resumed: bool = False) -> dict[str, Any]:
-    """What the summary says about the gate's decisions over ``results``."""
     samples = entities = delegated = samples_delegated = 0
     for r in results:
         samples += 1
@@ -124,8 +119,7 @@ def gate_counts(results: Iterable[SampleResult], resumed: bool = False) -> dict[
 
 
 def tagger_inference(run: StageRun, tagger: Tagger | None = None) -> dict[str, Any] | None:
-    """The tagger's account of its inference back-end, for the run summary (None
-    when the tagger lives in the engine's workers)."""
+    """The tagger's inference report (None when it lives in the engine's workers)."""
     if tagger is None and run.config.engine.kind != "local":
         return None
     report = getattr(tagger or run.load_tagger(), "inference_report", None)

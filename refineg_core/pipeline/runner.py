@@ -1,12 +1,8 @@
 """Run one stage over many samples: concurrently, resumably, never dying on one item.
 
-A stage supplies ``process(item) -> SampleResult``. The runner skips ids already
-written to the stage's JSONL (so a killed run resumes), runs the rest on up to
-``workers`` threads (MLLM calls are I/O-bound), appends each result the moment
-it is done, and turns an exception in one item into a recorded failure that
-keeps the item's entities.
-Without a JSONL (``out_path=None``: the Python API) nothing is written or
-resumed; the results exist only in memory.
+Ids already in the stage's JSONL are skipped (a killed run resumes), the rest
+run on up to ``workers`` threads (MLLM calls are I/O-bound), each result is
+appended as it is done, and an exception in one item becomes its failure.
 """
 
 from __future__ import annotations
@@ -36,17 +32,14 @@ R = TypeVar("R")
 
 
 class JsonlAppender:
-    """Append-only JSONL; thread-safe; flushed after every line.
-
-    A half-written last line left by a killed run is cut off first, so what is
-    on disk is always whole records.
-    """
+    """Append-only JSONL, thread-safe, flushed per line; a torn last line left by a
+    killed run is cut off first, so the disk holds whole records."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        repair_tail(self.path)  # a torn last line is cut (the run store's one repair)
+        repair_tail(self.path)
         self._fh = self.path.open("a", encoding="utf-8")
 
     def write_record(self, record: dict[str, Any]) -> None:
@@ -60,15 +53,12 @@ class JsonlAppender:
 
 
 class ResultWriter(JsonlAppender):
-    """The stage JSONL: one SampleResult per line."""
-
     def write(self, result: SampleResult) -> None:
         self.write_record(sample_to_dict(result))
 
 
 def load_records(path: Path | None) -> list[dict[str, Any]]:
-    """Every whole record of a JSONL written by a JsonlAppender (torn tail repaired);
-    none without a file (``None``: results kept in memory only)."""
+    """Every whole record of a JsonlAppender's file; none for ``None`` (in memory)."""
     if path is None or not Path(path).exists():
         return []
     path = Path(path)
@@ -95,9 +85,8 @@ def run_concurrently(
     *,
     workers: int = 1,
 ) -> None:
-    """Run ``work`` on up to ``workers`` threads; ``on_done`` gets each result in the
-    calling thread as soon as it is ready. At most 2x``workers`` items are in
-    flight, so a huge input is never submitted all at once."""
+    """``work`` on up to ``workers`` threads, ``on_done`` in the calling thread as
+    each result is ready; at most 2x``workers`` in flight (a huge input streams)."""
     workers = max(1, workers)
     interrupts.clear()  # a stop asked of an earlier call (the Python API) is over
     pool = ThreadPoolExecutor(max_workers=workers)
@@ -113,8 +102,8 @@ def run_concurrently(
                     break
 
         def deliver(futures: Iterable[Future]) -> BaseException | None:
-            """Hand every finished result on; return the first error instead of raising
-            it, so results that finished beside a failing item are never lost."""
+            """Hand finished results on, returning the first error: results that
+            finished beside a failing item are never lost."""
             error = None
             for fut in futures:
                 if fut.cancelled():
@@ -138,10 +127,8 @@ def run_concurrently(
                     raise error
                 refill()
         except KeyboardInterrupt:
-            # Ctrl-C: start nothing more and do not wait for the items in flight (a
-            # local model's generation would hold the exit for a minute; they were
-            # told to stop through refineg_core.interrupts; set here too for callers
-            # without the CLI's handler, e.g. a notebook's "interrupt kernel")
+            # Ctrl-C: start nothing more, wait for nothing in flight (a local model
+            # would hold the exit a minute); told to stop here too for a notebook
             interrupts.request()
             interrupted = True
             raise
@@ -170,10 +157,8 @@ def run_stage(
     debug: bool = False,
     events: bool = True,
 ) -> tuple[list[SampleResult], StageSummary]:
-    """Process every item not yet in ``out_path``; return all results in input order
-    (``out_path=None``: in memory, nothing written). ``events``: fire the stage
-    start/finish hooks (off where a caller runs one stage in many calls and
-    announces it once itself)."""
+    """Process every item not yet in ``out_path`` (None: in memory); all results in
+    input order. ``events``: fire the stage hooks (off for a chunk of a stage)."""
     started = time.perf_counter()
     summary = StageSummary(stage, total=len(items))
     done = load_done(out_path)

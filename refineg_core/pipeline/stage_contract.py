@@ -1,25 +1,10 @@
-"""The MLLM-stage contract: what one stage (refine, ground, a variant) supplies.
+"""The stage contract: what a stage plugin (kind ``stage``, ``refineg.stages``) supplies.
 
-A stage supplies only what is its own (``MLLMStage``):
-
-- ``needs_call(result)``: whether the sample is sent at all (cheap; decides
-  which samples a skipped stage marks for retry, and what a plan counts);
-- ``request(result)``: the chat request for one sample (ground's carries its
-  demonstrations) as a ``Call``, or a ``Skip`` naming why the sample passes
-  through without a call;
-- ``judge(result, call, text)``: the stage's reading of the answer text (a
-  ``Judgement``: how many items it held, how many were usable, why the rest
-  were refused), or ``AnswerError`` when the text holds no answer at all;
-- ``apply(result, call, judgement)``: the sample's new entities.
-
-Stages are plugins (kind ``stage``, entry-point group ``refineg.stages``; the
-built-in ``refine`` and ``ground`` are the ``refineg_stages`` package's). The
-config's ``[refine] plugin`` / ``[ground] plugin`` names the one a run uses,
-and the run builds it per chunk with ``MLLMStage.build`` from a ``StageSetup``.
-The frame that runs a stage is ``refineg_core.pipeline.mllm_stage``; this
-module is apart from it so the kinds table can name the contract without
-importing the frame. ``dry_run`` is the public way to see the requests a stage
-would send without sending any (``refineg plan``).
+An ``MLLMStage`` (refine, ground, a variant; ``[refine] plugin``...) writes only
+what is its own (``needs_call``, ``request``, ``judge``, ``apply``); the frame
+(``mllm_stage``) owns the backend, cache, breaker, retries, counters and
+failures. A ``SynthStage`` (``[synth] plugin``) turns seeds into training
+samples. Apart from the frame so the kinds table names it without importing it.
 """
 
 from __future__ import annotations
@@ -40,10 +25,9 @@ from refineg_core.types import Entity, Sample, SampleResult
 
 
 class AnswerError(DataError):
-    """An answer holding nothing a stage can read; ``kind`` (``empty``, ``no_json``,
-    ``invalid_json``, ``truncated``, ``not_a_list``, ``too_large``) becomes the
-    sample's failure kind. The one error ``judge`` raises: the frame records it as
-    an unusable answer (not cached, retried by the next run)."""
+    """What ``judge`` raises for an answer with nothing to read: an unusable answer
+    (not cached, asked again by the next run); ``kind`` (``no_json``, ...) is the
+    sample's failure kind."""
 
     def __init__(self, kind: str, message: str, *, where: str | None = None) -> None:
         self.kind = kind
@@ -59,12 +43,8 @@ class Skip:
 
 @attrs.frozen
 class Call:
-    """What a stage asks about one sample, and what it needs to read the answer.
-
-    ``info`` opens the sample's ``meta[stage]``; ``meta`` goes beside it (ground's
-    ``demos``); ``counts`` are counted once the call is prepared; ``context`` is the
-    stage's own (refine's delegation, ground's image size).
-    """
+    """What a stage asks about one sample. ``info`` opens its ``meta[stage]``,
+    ``meta`` goes beside it, ``counts`` are counted now, ``context`` is the stage's."""
 
     request: ChatRequest
     info: Mapping[str, Any] = attrs.field(factory=dict)
@@ -75,15 +55,10 @@ class Call:
 
 @attrs.frozen
 class Judgement:
-    """A stage's reading of an answer.
-
-    ``items`` counts what the answer listed and ``usable`` what the stage
-    understood; an answer with items but none usable is a failure (``refused``
-    says why, item kinds -> count) and is not cached. ``truncated`` (cut off by
-    the token limit) and ``repaired`` (read leniently) are counted by the frame.
-    ``counts`` go to the stage's counters and ``info`` into ``meta[stage]``,
-    whether the answer was usable or not.
-    """
+    """A stage's reading of an answer: of its ``items``, ``usable`` were understood;
+    items but none usable is a failure (``refused``: why, kind -> count), never
+    cached. The frame counts ``truncated`` and ``repaired`` answers; ``counts``
+    and ``info`` (into ``meta[stage]``) are kept, usable or not."""
 
     value: Any
     usable: int
@@ -106,18 +81,12 @@ class Applied:
 
 @attrs.frozen
 class StageSetup:
-    """What a run offers a stage class building the stage for one chunk
-    (``MLLMStage.build``).
-
-    The costly or probing parts are functions, called only by a stage that
-    needs them: indexing the selector embeds the whole demonstration pool, and
-    ``reachable`` may ask the backend once.
-    """
+    """What a run offers ``MLLMStage.build``; the costly parts (indexing the
+    selector embeds the pool, ``reachable`` may ask the backend) are functions."""
 
     backend: MLLMBackend
     labels: LabelSet
-    #: The config's table of this stage (``[refine]``, ``[ground]``), with the
-    #: prompt wording of ``[prompts]`` filled in.
+    #: The config's table of this stage, with ``[prompts]``'s wording filled in.
     settings: Any
     #: Whether the stage is switched on (``[stages]`` and its ``enabled``).
     enabled: bool = True
@@ -184,20 +153,17 @@ class MLLMStage(Stage):
 
     @classmethod
     def build(cls, setup: StageSetup, items: Sequence[SampleResult]) -> MLLMStage:
-        """The stage for one chunk of ``items`` (a run calls this, once per chunk).
-
-        The default is ``cls(backend, labels, settings)``; a stage that needs more
-        of the run (ground: the selector and the pool) takes it from ``setup``.
-        """
+        """The stage for one chunk of ``items``; one needing more of the run than
+        ``cls(backend, labels, settings)`` (ground: the selector) takes it here."""
         return cls(setup.backend, setup.labels, setup.settings)
 
     @abc.abstractmethod
     def needs_call(self, result: SampleResult) -> bool:
-        """Whether this sample is sent to the backend."""
+        """Whether this sample is sent (cheap: what a skipped stage marks, a plan counts)."""
 
     @abc.abstractmethod
     def request(self, result: SampleResult) -> Call | Skip:
-        """The request for one sample (or why there is none)."""
+        """The request for one sample, or the ``Skip`` saying why there is none."""
 
     @abc.abstractmethod
     def judge(self, result: SampleResult, call: Call, text: str) -> Judgement:
@@ -209,20 +175,17 @@ class MLLMStage(Stage):
 
     # ---- optional: defaults do nothing
     def unusable(self) -> str | None:
-        """Why this backend cannot serve the stage at all (the stage is then skipped)."""
+        """Why this backend cannot serve the stage at all (it is then skipped)."""
         return None
 
     def start(self, results: Sequence[SampleResult], out_path: Path) -> None:
         """Before a chunk's work (and before its unfinished lines are forgotten)."""
-        return None
 
     def stop(self) -> None:
         """After a chunk's work, also when it failed."""
-        return None
 
     def notes(self, summary: StageSummary, results: Sequence[SampleResult], skipped: bool) -> None:
         """Add the stage's own facts to a chunk's summary."""
-        return None
 
 
 def dry_run(

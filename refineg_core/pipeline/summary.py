@@ -1,9 +1,4 @@
-"""A stage's counts (processed, resumed, failed, failure kinds, notes).
-
-Its own module, importing nothing of the project, because the engine contract
-(``engine_contract``) names it and the table of plugin kinds imports that
-contract: anything heavier here would close an import circle back to the kinds.
-"""
+"""A stage's counts. Imports nothing of the project: the kinds table reaches it."""
 
 from __future__ import annotations
 
@@ -27,7 +22,7 @@ class StageSummary:
     notes: dict[str, str] = attrs.field(factory=dict)
 
     def merge(self, other: StageSummary) -> StageSummary:
-        """Add a later chunk's summary to this one (notes: the later chunk's wins)."""
+        """Add a later chunk's summary (its notes win)."""
         self.total += other.total
         self.processed += other.processed
         self.resumed += other.resumed
@@ -39,7 +34,6 @@ class StageSummary:
         return self
 
     def to_json(self) -> dict[str, Any]:
-        """Everything, structured (``from_json`` rebuilds it in another process)."""
         return attrs.asdict(self)
 
     @classmethod

@@ -1,19 +1,11 @@
 """One verdict per MLLM stage: whose fault each failure is, and whether the stage failed.
 
-A failed sample is either **its own fault** (its image does not decode, or the
-model's answer to it cannot be used: no JSON, no usable item, cut off, too
-large) or **not** (transport, backend, config, and any exception type nobody
-expected: a ``ValueError`` from encoding a ``nan`` option is a config problem,
-not the sample's). The first kind is recorded and the run goes on; another run
-would get the same. The second kind is what makes a stage required with
-``stages.<stage> = true`` fail: exit 3, with a note saying how many samples
-failed and why, whatever exception type got there (a required stage that
-exits 0 while failing is the worst kind of result: a wrong one that looks
-right). ``"auto"`` stages get the same note and the run goes on.
-
-``judge`` is the one place that decides; the orchestrator asks it after each
-chunk (a stopped or unreachable backend ends a required stage at once) and at
-the end of the stage.
+A failure is the sample's own (its image does not decode, its answer cannot
+be used: another run gets the same; recorded, the run goes on) or not
+(transport, backend, config, any unexpected exception type). The second kind
+fails a required stage (``stages.<stage> = true``) with exit 3, whatever the
+exception type: a required stage exiting 0 while failing looks right and is
+wrong. ``judge`` is the one place that decides, after each chunk and at the end.
 """
 
 from __future__ import annotations
@@ -26,9 +18,8 @@ import attrs
 
 from refineg_core.errors import BackendError, BackendUnavailable
 
-#: Failure kinds that are the sample's own fault: what the model answered for this
-#: sample could not be used (``AnswerError`` kinds, ``no_usable_item``,
-#: ``truncated``, ``answer_too_large``), or its image is unusable.
+#: Failure kinds that are the sample's own fault: its answer could not be used
+#: (``AnswerError`` kinds and the frame's), or its image is unusable.
 OWN_FAULT_KINDS = frozenset(
     {
         "empty",
@@ -47,13 +38,11 @@ FAILED_NOT_OWN = "samples_failed_not_own"
 
 
 def is_own_fault(kind: str) -> bool:
-    """Whether a failure of this kind is the sample's own (recorded, the run goes on)."""
     return kind in OWN_FAULT_KINDS
 
 
 def failure_kind(exc: BaseException) -> str:
-    """A short kind for any exception a backend call raised: the backend's own kind
-    when it gives one, else its class (``ValueError``, ``OverflowError``...)."""
+    """An exception's own ``kind``, else its class name (``ValueError``...)."""
     kind = getattr(exc, "kind", None)
     if isinstance(kind, str) and kind:
         return kind
@@ -65,14 +54,14 @@ def failure_kind(exc: BaseException) -> str:
 
 
 def count_failures(counters: Counter, kinds: Iterable[str]) -> None:
-    """Count one sample's new failures: a sample with any failure not its own counts once."""
+    """A sample with any failure not its own counts once."""
     if any(not is_own_fault(k) for k in kinds):
         counters[FAILED_NOT_OWN] += 1
 
 
 @attrs.frozen
 class Verdict:
-    """What one stage's summary says about it, and whether a required stage failed."""
+    """What one stage's summary says about it."""
 
     stage: str
     required: bool
@@ -86,12 +75,10 @@ class Verdict:
 
     @property
     def troubled(self) -> bool:
-        """Something other than the samples themselves went wrong."""
         return self.down is not None or self.failed_not_own > 0
 
     @property
     def failed(self) -> bool:
-        """The stage must end the run with exit 3."""
         return self.required and self.troubled
 
     @property
@@ -120,7 +107,6 @@ class Verdict:
 
 
 def judge(stage: str, summary: Any, required: bool) -> Verdict:
-    """The verdict on a stage from its (merged) ``StageSummary``."""
     notes = summary.notes
     down = notes.get("unavailable") or notes.get("stopped")
     kinds = {k: v for k, v in summary.failure_kinds.items() if v and not is_own_fault(k)}

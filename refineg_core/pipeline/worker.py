@@ -1,14 +1,10 @@
 """The worker: a run's built plugins, and the work on one chunk.
 
-A ``Worker`` owns the plugins a config names (tagger, gate, backend, selector:
-built once by its ``RunContext`` and closed together) and processes one chunk
-at a time: tagger + gate over samples (``tag``), or one MLLM stage over results
-(``run_mllm_chunk``). Everything about the run directory, fingerprints, reuse and
-the summary is the ``Pipeline``'s; the worker knows none of it. That is why both
-engines depend on the worker only: the local engine calls the run's own worker,
-and each Ray actor builds its own worker from the same config, so the outputs are
-equal. The Python API (``refineg_core.pipeline.inmemory``) drives the same worker
-in memory: ``run_mllm_chunk`` with ``part=None`` writes no file at all.
+A ``Worker`` owns the plugins a config names (its ``RunContext``) and processes
+one chunk: tagger + gate (``tag``) or one MLLM stage (``run_mllm_chunk``). It
+knows nothing of run directories, fingerprints or summaries (the
+``Pipeline``'s), so both engines depend on it only (each Ray actor builds its
+own from the config: equal outputs), and the Python API drives it in memory.
 """
 
 from __future__ import annotations
@@ -48,15 +44,12 @@ class Worker:
         self.debug = debug
         self.log: Log = log or (lambda msg: None)
         self.context = RunContext(config, Path(cache_dir or self.run_dir / "cache"))
-        #: The run's data (the pipeline's own when it built this worker).
-        self.inputs = inputs or Inputs(config, log=self.log)
-        #: The gate's calibration report once it was calibrated (or skipped).
-        self.calibration: dict | None = None
+        self.inputs = inputs or Inputs(config, log=self.log)  # the pipeline's, when it built me
+        self.calibration: dict | None = None  # the gate's report once calibrated (or skipped)
         self._pool_indexed = False
         self._stage_classes: dict[str, type] = {}
 
     def close(self) -> None:
-        """Close every plugin the worker built (idempotent)."""
         self.context.close()
 
     def __enter__(self) -> Worker:
@@ -65,12 +58,9 @@ class Worker:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # ----------------------------------------------------------------- inputs
     def dataset(self, key: str) -> Dataset | None:
-        """A configured split by name (train, dev, predict, gold, pool), loaded once."""
         return self.inputs.dataset(key)
 
-    # ---------------------------------------------------------------- plugins
     def backend(self, key: str = "backend") -> CachedBackend | None:
         return self.context.backend(key)
 
@@ -88,7 +78,6 @@ class Worker:
         return tagger
 
     def stage_settings(self, stage: str):
-        """An MLLM stage's settings with the config's prompt wording filled in."""
         return mllm_driver.stage_settings(self.config, stage)
 
     def stage_mode(self, stage: str) -> bool | str:
@@ -98,14 +87,12 @@ class Worker:
             return False
         return mode
 
-    # ------------------------------------------------------------ tagger + gate
     def gate_calibrates(self) -> bool:
-        """Whether the gate fits on data.dev (an instance's answer: its options may decide)."""
+        """An instance's answer: its options may decide."""
         return bool(self.context.gate().calibrates)
 
     def calibrated_gate(self) -> UncertaintyEstimator:
-        """The run's gate, calibrated once on data.dev when the estimator fits
-        parameters (e.g. a temperature); its report is ``self.calibration``."""
+        """The gate, calibrated once on data.dev when it fits parameters."""
         gate = self.context.gate()
         if self.gate_calibrates() and self.calibration is None:
             dev = self.dataset("dev")
@@ -130,8 +117,8 @@ class Worker:
         return gate
 
     def tag(self, samples: Sequence[Sample], *, each: bool = False) -> list[SampleResult]:
-        """The tagger's entities with the gate's verdict, in memory. ``each``: decide
-        every sample alone (a chunk of a streamed corpus; the budget comes later)."""
+        """Tagger + gate in memory; ``each``: decide every sample alone (a chunk of a
+        streamed corpus; the budget comes later)."""
         samples = list(samples)
         predictions = self.load_tagger().predict(samples)
         gate = self.calibrated_gate()
@@ -142,7 +129,6 @@ class Worker:
             for s, d in zip(samples, decisions, strict=True)
         ]
 
-    # ------------------------------------------------------------- MLLM stages
     def run_mllm_chunk(
         self,
         stage: str,
@@ -151,18 +137,15 @@ class Worker:
         part: Path,
         health: StageHealth,
     ) -> tuple[list[SampleResult], StageSummary]:
-        """One chunk of refine or ground (``refineg_core.pipeline.mllm_driver.run_chunk``)."""
         return mllm_driver.run_chunk(self, stage, items, earlier, part, health)
 
     def stage_class(self, stage: str):
-        """The stage plugin's class, looked up (entry points, checks) once per worker:
-        every chunk builds its stage from it, and ``pipe`` runs a chunk per call."""
+        """Looked up once per worker: ``pipe`` runs a chunk per call."""
         if stage not in self._stage_classes:
             self._stage_classes[stage] = mllm_driver.stage_class(self.config, stage)
         return self._stage_classes[stage]
 
     def _indexed_selector(self):
-        """The selector, indexed once on the demonstration pool (None without one)."""
         selector = self.context.selector()
         if selector is None or self.config.ground.k == 0:
             return None
