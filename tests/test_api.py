@@ -119,16 +119,16 @@ def test_the_mllm_stages_run_in_memory_without_any_temp_file(trained_run, tmp_pa
 def test_a_chunk_computes_its_stage_settings_once(trained_run, tmp_path, monkeypatch):
     """Each MLLM stage's settings (a copy with the config's wording) are made once
     per chunk, not once for the stage and again to ask whether it is enabled."""
-    from refineg_core.pipeline import mllm_driver
+    from refineg_core.pipeline import worker
 
     made: list[str] = []
-    real = mllm_driver.stage_settings
+    real = worker.stage_settings
 
     def counted(config, stage):
         made.append(stage)
         return real(config, stage)
 
-    monkeypatch.setattr(mllm_driver, "stage_settings", counted)
+    monkeypatch.setattr(worker, "stage_settings", counted)
     run_dir, _ = trained_run
     image = paint_image(tmp_path / "photo.jpg", (640, 480))
     with FakeOpenAIServer() as server:
@@ -144,16 +144,16 @@ def test_the_stage_plugin_class_is_looked_up_once_per_loaded_run(
 ):
     """Finding a stage's class scans entry points: a loaded run does it once per
     stage, not once per chunk (``pipe`` runs chunks for every call)."""
-    from refineg_core.pipeline import mllm_driver
+    from refineg_core.pipeline import worker
 
     looked_up: list[str] = []
-    real = mllm_driver.stage_class
+    real = worker.stage_class
 
     def counted(config, stage):
         looked_up.append(stage)
         return real(config, stage)
 
-    monkeypatch.setattr(mllm_driver, "stage_class", counted)
+    monkeypatch.setattr(worker, "stage_class", counted)
     run_dir, _ = trained_run
     image = paint_image(tmp_path / "photo.jpg", (640, 480))
     with FakeOpenAIServer() as server:

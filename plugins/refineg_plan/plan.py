@@ -40,8 +40,8 @@ from refineg_core.chat import ChatRequest, ImagePart, TextPart
 from refineg_core.formats.images import image_size
 from refineg_core.interfaces import BoxCodec, ContextSelector, MLLMBackend
 from refineg_core.labels import LabelSet
-from refineg_core.pipeline.mllm_driver import stage_class
 from refineg_core.pipeline.stage_contract import MLLMStage, StageSetup, dry_run
+from refineg_core.pipeline.worker import stage_class
 from refineg_core.progress import bar
 from refineg_core.registry import backend_frame
 from refineg_core.stage_settings import GroundSettings, RefineSettings

@@ -1,14 +1,5 @@
-"""The local engine, and building the engine a config names.
-
-``local`` processes a stage's chunks one after another in this process with
-the run's own ``Worker``; it is registered under ``refineg.engines`` like any
-third-party engine (``ray`` comes from the ``refineg_ray`` plugin, which fans
-chunks out to Ray Data actor pools that each build a ``Worker`` from the same
-config). Both call the same per-chunk code (``Worker.tag`` and
-``Worker.run_mllm_chunk``), which is why their outputs are equal. Engines
-depend on the worker only, never on the ``Pipeline``; the contract is
-``refineg_core.pipeline.engine_contract.Engine``.
-"""
+"""The ``local`` engine (chunks one after another with the run's own ``Worker``;
+registered like any engine) and ``build_engine``."""
 
 from __future__ import annotations
 
@@ -47,9 +38,7 @@ class LocalEngine(Engine):
 
 
 def build_engine(worker: Worker) -> Engine:
-    """The engine ``engine.kind`` names (an installed ``refineg.engines`` plugin),
-    processing chunks with ``worker`` or with workers built from its config, with
-    its ``[engine] options`` validated by its own ``Options`` model."""
+    """The engine ``engine.kind`` names, with its ``[engine] options`` validated."""
     settings = worker.config.engine
     cls = registry.load_class("engine", settings.kind, config_key="engine")
     options = registry.validate_options(

@@ -1,11 +1,4 @@
-"""The end of a run: the final outputs, the scores against gold, the counts.
-
-``finish`` streams the last stage's results once through
-``refineg_core.pipeline.outputs.write_outputs`` (every output format) while
-``FinalCounts`` counts them for the summary; ``evaluate_stages`` scores every
-stage file against gold, so the summary and ``eval.json`` show what each stage
-added.
-"""
+"""The end of a run: the final outputs, the scores of every stage against gold, the counts."""
 
 from __future__ import annotations
 
@@ -49,8 +42,7 @@ class FinalCounts:
 
 
 def finish(run: StageRun, results: Iterable[SampleResult]) -> None:
-    """Write the final outputs in every format and evaluate against gold (each a
-    streamed pass over the last stage's results)."""
+    """Write the final outputs in every format and evaluate against gold."""
     run.prepare_run_dir()
     counts = FinalCounts()
     formats = run.config.outputs.formats
@@ -72,8 +64,8 @@ def finish(run: StageRun, results: Iterable[SampleResult]) -> None:
 
 
 def evaluate_stages(run: StageRun) -> None:
-    """Score each stage file against gold. Gold that is the predict data itself is
-    streamed once beside every stage file (all in input order); other gold is loaded."""
+    """Score each stage file against gold (streamed beside them when it is the predict
+    data, all in input order; other gold is loaded)."""
     if run.inputs.source("gold") is None:
         return
     paths = {

@@ -1,9 +1,4 @@
-"""The order of a run's stages, said once.
-
-``Pipeline.run`` walks it over the run directory and the Python API walks the
-MLLM part of it in memory (``refineg_core.pipeline.inmemory``); fingerprints
-invalidate what comes after a stage that changed in the same order.
-"""
+"""The order of a run's stages, said once (the run, the Python API, fingerprints)."""
 
 from __future__ import annotations
 

@@ -1,13 +1,7 @@
-"""What each stage would be made from now: its fingerprint parts.
+"""What each stage would be made from now: its fingerprint parts, one method per stage.
 
-A stage's earlier output is reused only when its fingerprint is unchanged
-(``refineg_core.pipeline.fingerprint``). The ``Planner`` builds the flat parts
-of each stage with one method per stage (``train``, ``predict``, ``refine``,
-``ground``) and caches the fingerprints for the run; a stage that recomputes
-``forget``s its downstream ones. The digests must stay byte-for-byte what they
-were, or every existing run directory recomputes: a part is only ever added
-when what it records can really change the output. ``status`` compares every
-stage's fingerprint with its record (what ``refineg status`` prints).
+The digests must stay byte-for-byte what they were, or every existing run
+directory recomputes: a part is only added when it can change the output.
 """
 
 from __future__ import annotations
@@ -43,12 +37,11 @@ class Planner:
         self.config = worker.config
         self.inputs = worker.inputs
         self.store = store
-        #: An MLLM stage's settings (the pipeline's ``stage_settings``).
-        self.settings = settings
+        self.settings = settings  # an MLLM stage's settings (``Pipeline.stage_settings``)
         self._fingerprints: dict[str, Fingerprint] = {}
 
     def fingerprint(self, stage: str) -> Fingerprint:
-        """What ``stage`` would be made from now (computed once per run)."""
+        """What ``stage`` would be made from now (once per run)."""
         if stage not in self._fingerprints:
             parts = {
                 "train": self.train,
@@ -60,11 +53,10 @@ class Planner:
         return self._fingerprints[stage]
 
     def forget(self, *stages: str) -> None:
-        """Drop cached fingerprints whose inputs just changed (they are recomputed)."""
+        """Drop cached fingerprints whose inputs just changed."""
         for stage in stages:
             self._fingerprints.pop(stage, None)
 
-    # ----------------------------------------------------------------- stages
     def train(self) -> dict[str, Any]:
         if self.config.tagger.load_from:
             return {"tagger.saved": self.saved_tagger_digest(self.worker.tagger_dir())}
@@ -122,9 +114,7 @@ class Planner:
             **flatten(secrets.redact(backend.cache_identity()) if backend else None, "backend"),
         }
 
-    # ------------------------------------------------------------- upstreams
     def upstream(self, stage: str) -> str:
-        """The stage whose output an MLLM stage reads."""
         if stage == "ground" and self.worker.stage_mode("refine") is not False:
             return "refine"
         return "predict"
@@ -134,7 +124,7 @@ class Planner:
         return record.output if record else None
 
     def synth_file(self) -> Path:
-        """Where synthesis writes the samples training may add (``data.use_synthesized``)."""
+        """The synthesized samples training may add (``data.use_synthesized``)."""
         return self.worker.run_dir / "synth" / SYNTH_SAMPLES_FILE
 
     def tagger_options(self) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -146,21 +136,19 @@ class Planner:
         return train, {k: v for k, v in options.items() if k in infer}
 
     def saved_tagger_digest(self, directory: Path) -> str | None:
-        """What a saved tagger is: its files, not the caches its plugin derives on load."""
+        """A saved tagger's files, not the caches its plugin derives on load."""
         cls = self.worker.context.plugin_class("tagger")
         return tree_digest(directory, skip=getattr(cls, "derived_folders", ()))
 
     def tagger_digest(self) -> str | None:
-        """The trained tagger's content digest (what predict's output depends on)."""
         if self.config.tagger.load_from:
             return self.fingerprint("train").parts["tagger.saved"]
         record = read_record(self.worker.tagger_dir() / TRAINED_MARKER)
         return record.output if record else None
 
-    # ----------------------------------------------------------------- status
     def status(self, saved_differences: Callable[[], list[str] | None]) -> dict[str, Freshness]:
-        """Each stage as fresh / stale (with the reasons) / partial / missing;
-        ``saved_differences`` says how a saved tagger differs from the config."""
+        """Each stage fresh / stale (why) / partial / missing (``refineg status``);
+        ``saved_differences``: how a saved tagger differs from the config."""
         out: dict[str, Freshness] = {}
         for stage in STAGES:
             if stage == "train" and self.config.tagger.load_from:

@@ -1,10 +1,8 @@
 """Retry, not replay: which lines of an MLLM stage's file a rerun asks again.
 
-When the backend is unavailable (or the stage is disabled) every result still
-goes to the stage's JSONL so downstream outputs stay valid, but marked
-``meta[stage]["skipped"]``. The next run forgets skipped lines and lines whose
-call failed or whose answer was unusable, so they are asked again (usable
-answers come from the response cache, which never stores the unusable ones).
+A skipped result is still written (downstream stays valid), marked
+``meta[stage]["skipped"]``; the next run forgets it and the failed or unusable
+ones, so they are asked again (usable answers come from the cache).
 """
 
 from __future__ import annotations
@@ -26,7 +24,6 @@ FINAL_FAILURE_KINDS = frozenset({"truncated", "image"})
 
 
 def merged_meta(result: SampleResult) -> dict[str, Any]:
-    """Meta of a result whether it came from memory or from a JSONL (sample.meta)."""
     return {**result.sample.meta, **result.meta}
 
 
@@ -43,8 +40,7 @@ def needs_retry(result: SampleResult, stage: str) -> bool:
 
 
 def forget_unfinished(out_path: Path | None, stage: str) -> int:
-    """Drop the lines a rerun must redo (skipped placeholders, failed calls, unusable
-    answers); return how many were dropped. The file never holds an id twice."""
+    """Drop the lines a rerun must redo; return how many. No id is ever there twice."""
     if out_path is None or not Path(out_path).exists():  # None: in memory (the Python API)
         return 0
     done = load_done(out_path)
@@ -56,7 +52,7 @@ def forget_unfinished(out_path: Path | None, stage: str) -> int:
 
 
 def write_all(path: Path, results: Sequence[SampleResult]) -> None:
-    """Rewrite a stage file atomically (a kill mid-write leaves the old file)."""
+    """Rewrite a stage file atomically."""
     with atomic_write(path) as fh:
         for r in results:
             fh.write(json.dumps(sample_to_dict(r), ensure_ascii=False) + "\n")

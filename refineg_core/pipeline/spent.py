@@ -1,13 +1,5 @@
-"""What one stage spent, from counters that live longer than the stage.
-
-A backend's counters (its usage meter, an OpenAI backend's per-endpoint
-requests) count for the whole run, and both MLLM stages share one backend:
-the numbers a stage reports are the difference between after and before it.
-On the Ray engine each actor has its own backend, so each batch sends its own
-difference and the driver adds them up. Both work on nested dicts of numbers
-(``{"endpoints": {url: {"requests": 3, ...}}}``); other leaves are kept as the
-later value.
-"""
+"""What one stage spent, from counters that outlive it (a backend's meter, shared
+by both MLLM stages): after - before, and summed over Ray actors."""
 
 from __future__ import annotations
 
@@ -20,7 +12,7 @@ def _number(value: Any) -> bool:
 
 
 def delta(after: Mapping[str, Any], before: Mapping[str, Any]) -> dict[str, Any]:
-    """``after - before`` for every number, recursively (a key new in ``after`` counts whole)."""
+    """``after - before`` for every number, recursively (a new key counts whole)."""
     out: dict[str, Any] = {}
     for key, value in after.items():
         old = before.get(key)
@@ -34,7 +26,7 @@ def delta(after: Mapping[str, Any], before: Mapping[str, Any]) -> dict[str, Any]
 
 
 def add(total: Mapping[str, Any], more: Mapping[str, Any]) -> dict[str, Any]:
-    """``total + more`` for every number, recursively (keys of either side kept)."""
+    """``total + more`` for every number, recursively."""
     out: dict[str, Any] = dict(total)
     for key, value in more.items():
         old = out.get(key)

@@ -1,11 +1,5 @@
-"""What a stage driver needs of the run it works in.
-
-The drivers (``training``, ``predicting``, ``finishing``) are functions of the
-run rather than methods of one class, so each job reads alone; this protocol
-says exactly what they use of it. The ``Pipeline`` is the one implementation:
-it owns the run directory, the reuse decisions and the summary, and a driver
-asks it for those instead of keeping any of its own.
-"""
+"""What a stage driver (``training``, ``predicting``, ``mllm_driver``, ``finishing``:
+functions, so each job reads alone) uses of its run; the ``Pipeline`` implements it."""
 
 from __future__ import annotations
 
@@ -16,7 +10,9 @@ from typing import Any, Protocol
 from refineg_core.config import Config
 from refineg_core.interfaces import Tagger, UncertaintyEstimator
 from refineg_core.labels import LabelSet
+from refineg_core.mllm_cache import CachedBackend
 from refineg_core.pipeline.engines import Engine
+from refineg_core.pipeline.fingerprint import Fingerprint
 from refineg_core.pipeline.inputs import Inputs
 from refineg_core.pipeline.planner import Planner
 from refineg_core.pipeline.worker import Worker
@@ -36,22 +32,19 @@ class StageRun(Protocol):
     inputs: Inputs
     planner: Planner
     store: RunStore
+    _preflighted: set[str]
 
     @property
     def chunk_size(self) -> int: ...
 
     def prepare_run_dir(self) -> Path: ...
-
     def reuse(self, stage: str, out: Path, *scratch: Path) -> bool: ...
-
     def record(self, stage: str, data: dict[str, Any], started: float) -> dict[str, Any]: ...
-
     def finish_stage(self, stage: str, out: Path, pending: int = 0) -> None: ...
-
     def engine(self) -> Engine: ...
-
     def load_tagger(self) -> Tagger: ...
-
     def calibrated_gate(self) -> UncertaintyEstimator: ...
-
     def stage_mode(self, stage: str) -> bool | str: ...
+    def backend(self, key: str = "backend") -> CachedBackend | None: ...
+    def fingerprint(self, stage: str) -> Fingerprint: ...
+    def write_summary(self) -> None: ...

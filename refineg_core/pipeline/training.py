@@ -1,10 +1,7 @@
-"""The stages before prediction: synthesis and training the tagger.
+"""The stages before prediction: synthesis (a ``SynthStage`` plugin) and training.
 
-Both are drivers of a run (``StageRun``): they read its data, write into its
-directory and record their numbers in its summary. Training is skipped when
-the saved tagger's fingerprint (``refineg-trained.json``) matches what it
-would be trained from now, and a retrained tagger invalidates predict's
-fingerprint, since predictions depend on the tagger's content.
+Training is skipped while the saved tagger's fingerprint (``refineg-trained.json``)
+matches; a retrained tagger changes predict's fingerprint (its content digest).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The worker: a run's built plugins, and the work on one chunk.
 
 A ``Worker`` owns the plugins a config names (its ``RunContext``) and processes
-one chunk: tagger + gate (``tag``) or one MLLM stage (``run_mllm_chunk``). It
+one chunk: tagger + gate (``tag``) or one MLLM stage (``run_chunk``, with the
+stage plugin ``[stage] plugin`` names, built per chunk: ``build_stage``). It
 knows nothing of run directories, fingerprints or summaries (the
 ``Pipeline``'s), so both engines depend on it only (each Ray actor builds its
 own from the config: equal outputs), and the Python API drives it in memory.
@@ -11,16 +12,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
+from refineg_core import registry
 from refineg_core.config import Config
+from refineg_core.errors import PluginError
 from refineg_core.formats import Dataset
 from refineg_core.interfaces import UncertaintyEstimator
 from refineg_core.mllm_cache import CachedBackend
-from refineg_core.pipeline import mllm_driver
 from refineg_core.pipeline.call_health import StageHealth
+from refineg_core.pipeline.chunked import append_results, written_ids
 from refineg_core.pipeline.context import RunContext
 from refineg_core.pipeline.inputs import Inputs
+from refineg_core.pipeline.mllm_stage import run_mllm_stage
 from refineg_core.pipeline.runner import StageSummary
+from refineg_core.pipeline.stage_contract import MLLMStage, StageSetup
 from refineg_core.types import GateVerdict, Sample, SampleResult
 
 Log = Callable[[str], None]
@@ -78,7 +84,7 @@ class Worker:
         return tagger
 
     def stage_settings(self, stage: str):
-        return mllm_driver.stage_settings(self.config, stage)
+        return stage_settings(self.config, stage)
 
     def stage_mode(self, stage: str) -> bool | str:
         """``True``, ``False`` or ``"auto"`` for an MLLM stage, all settings considered."""
@@ -137,12 +143,12 @@ class Worker:
         part: Path,
         health: StageHealth,
     ) -> tuple[list[SampleResult], StageSummary]:
-        return mllm_driver.run_chunk(self, stage, items, earlier, part, health)
+        return run_chunk(self, stage, items, earlier, part, health)
 
     def stage_class(self, stage: str):
         """Looked up once per worker: ``pipe`` runs a chunk per call."""
         if stage not in self._stage_classes:
-            self._stage_classes[stage] = mllm_driver.stage_class(self.config, stage)
+            self._stage_classes[stage] = stage_class(self.config, stage)
         return self._stage_classes[stage]
 
     def _indexed_selector(self):
@@ -156,3 +162,74 @@ class Worker:
             selector.index(list(pool.samples))
             self._pool_indexed = True
         return selector
+
+
+def stage_settings(config: Any, stage: str) -> Any:
+    """An MLLM stage's settings with the config's prompt wording filled in."""
+    return getattr(config, stage).model_copy(update={"wording": config.prompts})
+
+
+def stage_class(config: Any, stage: str) -> type[MLLMStage]:
+    """The ``MLLMStage`` ``[stage] plugin`` names, running under the stage's name."""
+    name = getattr(config, stage).plugin
+    cls = registry.load_class("stage", name, config_key=stage)
+    missing = [a for a in ("kept_on_failure", "unreached") if not hasattr(cls, a)]
+    problem = None
+    if not issubclass(cls, MLLMStage):
+        problem = "is not an MLLMStage"
+    elif getattr(cls, "name", None) != stage:
+        problem = f"is named {getattr(cls, 'name', None)!r}; the {stage} stage's must be {stage!r}"
+    elif missing:  # the frame ends failure messages with them: found out now, not mid-run
+        problem = f"does not declare {', '.join(missing)}"
+    if problem:
+        raise PluginError(f"stage plugin {name!r} {problem}", where=f"{stage}.plugin")
+    return cls
+
+
+def build_stage(
+    worker: Worker, stage: str, items: Sequence[SampleResult], health: StageHealth
+) -> MLLMStage:
+    backend = worker.backend()
+
+    def pool_size() -> int:
+        pool = worker.dataset("pool")
+        return len(pool.samples) if pool else 0
+
+    setup = StageSetup(
+        backend,
+        worker.labels,
+        stage_settings(worker.config, stage),
+        enabled=worker.stage_mode(stage) is not False,
+        reachable=lambda: health.unavailable(backend) is None,
+        selector=worker.context.selector,
+        indexed_selector=worker._indexed_selector,
+        pool_size=pool_size,
+    )
+    return worker.stage_class(stage).build(setup, items)
+
+
+def run_chunk(
+    worker: Worker,
+    stage: str,
+    items: Sequence[SampleResult],
+    earlier: Sequence[SampleResult],
+    part: Path | None,
+    health: StageHealth,
+) -> tuple[list[SampleResult], StageSummary]:
+    """One chunk: ``earlier`` results of a stopped run are kept unless they need a
+    retry; the rest are processed, each written to ``part`` as it finishes."""
+    if part is not None:  # None: in memory (the Python API), nothing is written
+        have = set(written_ids(part))  # a stopped run's results of this chunk stay
+        append_results(part, [r for r in earlier if r.id not in have])
+    enabled = getattr(worker.config, stage).enabled  # the wording does not matter here
+    done = run_mllm_stage(
+        build_stage(worker, stage, items, health),
+        items,
+        part,
+        enabled=enabled,
+        debug=worker.debug,
+        health=health,
+    )
+    if part is not None:
+        part.unlink(missing_ok=True)  # the chunk is whole: its caller commits it to the stage file
+    return done
