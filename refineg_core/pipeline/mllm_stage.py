@@ -89,15 +89,14 @@ def ask(
         return Asked(judgement=exc.judgement, failure=exc.failure)
     except Exception as exc:  # whatever the type: the verdict classifies it
         failure = failure_from_exception(name, exc)  # names the plugin that crashed
-        kind, message = failure.kind, failure.message
-        if is_own_fault(kind):  # the sample's image: says nothing about the backend
+        if is_own_fault(failure.kind):  # the sample's image: says nothing about the backend
             counters.add("samples_own_fault")
             info["outcome"] = "sample_failed"
-            return Asked(failure=Failure(name, kind, secrets.scrub(message)[:500]))
-        counters.health.failed(exc)
-        counters.add("calls_failed")
-        info["outcome"] = "backend_failed"
-        return Asked(failure=Failure(name, kind, secrets.scrub(message)[:500]))
+        else:
+            counters.health.failed(exc)
+            counters.add("calls_failed")
+            info["outcome"] = "backend_failed"
+        return Asked(failure=Failure(name, failure.kind, secrets.scrub(failure.message)[:500]))
     counters.health.answered()
     counters.usage(response)
     if debug:

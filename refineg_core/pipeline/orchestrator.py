@@ -229,7 +229,7 @@ class Pipeline:
         results: StageOutput | None = self.predict() if stages.predict else None
         for stage in MLLM_STAGES:
             if self.stage_mode(stage) is not False:
-                results = self._mllm_stage(stage, results)
+                results = mllm_driver.run_mllm(self, stage, results)
         if results is not None:
             self.finish(results)
         self.summary["seconds"] = round(time.perf_counter() - started, 3)
@@ -259,14 +259,11 @@ class Pipeline:
             self.worker, texts, images=images, batch_size=batch_size, progress=progress
         )
 
-    def _mllm_stage(self, stage: str, results: Iterable[SampleResult] | None) -> StageOutput:
-        return mllm_driver.run_mllm(self, stage, results)
-
     def check_backends(self, stages: Sequence[str]) -> None:
         mllm_driver.check_backends(self, stages)
 
     def refine(self, results: Iterable[SampleResult] | None = None) -> StageOutput:
-        return self._mllm_stage("refine", results)
+        return mllm_driver.run_mllm(self, "refine", results)
 
     def ground(self, results: Iterable[SampleResult] | None = None) -> StageOutput:
-        return self._mllm_stage("ground", results)
+        return mllm_driver.run_mllm(self, "ground", results)
