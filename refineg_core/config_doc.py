@@ -1,6 +1,5 @@
-"""``refineg config show --defaults``: the whole resolved config, every option
-with its value and description, including the options of each selected plugin
-(like ``spacy init fill-config``), so a user sees what a run will really use."""
+"""``refineg config show --defaults``: every option of the resolved config and of each
+selected plugin, with value and description, so a user sees what a run will use."""
 
 from __future__ import annotations
 
@@ -45,8 +44,7 @@ def _tables(prefix: str, model: pydantic.BaseModel) -> Iterator[Table]:
 
 
 def full_config(config: Config) -> list[Table]:
-    """Every table of the config with defaults filled in; plugin ``options`` are
-    the selected plugin's own validated options model."""
+    """Every table with defaults filled in, plugin ``options`` as the plugin validates them."""
     from refineg_core import registry
 
     config = effective(config)
@@ -71,15 +69,16 @@ def full_config(config: Config) -> list[Table]:
     return tables
 
 
-def _toml(value: Any) -> str:
+def toml_value(value: Any) -> str:
+    """A TOML value (``config show`` with or without ``--defaults``)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     return json.dumps(str(value))
 
 
@@ -113,5 +112,5 @@ def render_full_config(config: Config) -> str:
             if description:
                 lines.append(f"# {description}")
             # TOML has no null: an unset key is shown commented out.
-            lines.append(f"# {key} = (unset)" if value is None else f"{key} = {_toml(value)}")
+            lines.append(f"# {key} = (unset)" if value is None else f"{key} = {toml_value(value)}")
     return "\n".join(lines).lstrip("\n") + "\n"
