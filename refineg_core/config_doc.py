@@ -22,9 +22,10 @@ from refineg_core.config import (
 Table = tuple[str, list[tuple[str, Any, str]]]
 
 
-def _rows(model: pydantic.BaseModel) -> tuple[list[tuple[str, Any, str]], list[tuple[str, Any]]]:
-    """Scalar rows of a model, and its sub-models (to print as their own tables)."""
-    rows, subs = [], []
+def _tables(prefix: str, model: pydantic.BaseModel) -> Iterator[Table]:
+    """The model's scalar rows, then each sub-model as a table of its own."""
+    rows: list[tuple[str, Any, str]] = []
+    subs: list[tuple[str, Any]] = []
     for name, field in type(model).model_fields.items():
         if field.exclude:
             continue
@@ -33,11 +34,6 @@ def _rows(model: pydantic.BaseModel) -> tuple[list[tuple[str, Any, str]], list[t
             subs.append((name, value))
         else:
             rows.append((name, value, field.description or ""))
-    return rows, subs
-
-
-def _tables(prefix: str, model: pydantic.BaseModel) -> Iterator[Table]:
-    rows, subs = _rows(model)
     yield prefix, rows
     for name, sub in subs:
         yield from _tables(f"{prefix}.{name}" if prefix else name, sub)
