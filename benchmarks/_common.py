@@ -15,9 +15,9 @@ import os
 from pathlib import Path
 
 from harness import DATA, ROOT  # noqa: F401  (re-exported: scripts import them from here)
+from refineg_bert_crf import machine as _machine
 from refineg_stages.testing import first_samples
 
-from refineg_core import machine as _machine
 from refineg_core.config import load_config
 from refineg_core.labels import LabelSet
 from refineg_core.types import Sample

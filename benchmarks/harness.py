@@ -43,8 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-
-from refineg_core import machine as _machine
+from refineg_bert_crf import machine as _machine
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

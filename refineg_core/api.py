@@ -1,15 +1,5 @@
-"""The Python API: ``refineg.load(...)`` returns the same ``Pipeline`` the CLI uses.
-
-import refineg
-pipe = refineg.load("runs/twitter-gmner")        # a run directory or a config
-doc = pipe("Obama visits Paris", image="photo.jpg")
-for e in doc.entities:
-    print(e.text, e.type, e.char_start, e.char_end, e.uncertainty, e.source, e.boxes)
-print(doc.meta["stages"])   # which stages ran or were skipped, and why
-
-How the caller's arguments are checked: ``refineg_core.posts``; how the stages
-run in memory: ``refineg_core.pipeline.inmemory``.
-"""
+"""The Python API (README): ``refineg.load(...)`` returns the same ``Pipeline`` the CLI
+uses; arguments are checked in ``posts``, stages run in ``pipeline.inmemory``."""
 
 from __future__ import annotations
 
@@ -24,11 +14,8 @@ __all__ = ["Pipeline", "load"]
 
 
 def load(path: str | Path, *, overrides: list[str] | None = None) -> Pipeline:
-    """A pipeline from a TOML config, or from a run directory (its ``config.json``).
-
-    A run directory brings its trained tagger; its data files need not exist any
-    more (only grounding demonstrations use the pool, when it is there).
-    """
+    """A pipeline from a TOML config, or from a run directory (its ``config.json`` and
+    trained tagger; its data files need not exist any more)."""
     path = Path(path)
     if path.is_dir():
         stored = path / "config.json"

@@ -1,6 +1,5 @@
-"""The base of the core's wrappers around a backend plugin (the response cache,
-per-seed accounting in synthesis): the whole backend contract is delegated in
-one place, so a wrapper overrides only what it adds."""
+"""The base of wrappers around a backend plugin (the response cache): the contract is
+delegated in one place, so a wrapper overrides only what it adds."""
 
 from __future__ import annotations
 

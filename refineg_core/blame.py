@@ -1,11 +1,6 @@
-"""Which plugin an unexpected exception came from, for the one error line.
-
-``refineg: unexpected error: unterminated character set`` tells a user nothing
-about whom to ask. The registry knows every plugin's module, distribution and
-version (the entry points), so the innermost traceback frame that runs a
-plugin's code names the plugin, its distribution and the place. Nothing is
-imported: only modules already on the traceback are looked up.
-"""
+"""Which plugin an unexpected exception came from, so the error line says whom to
+ask: the innermost traceback frame in a plugin's module names it, its distribution
+and the place (nothing is imported to find out)."""
 
 from __future__ import annotations
 

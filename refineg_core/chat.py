@@ -1,8 +1,4 @@
-"""The project's own request/response types for MLLM backends.
-
-Backends translate these into whatever their server or model wants; nothing in
-the core depends on any vendor's message shape.
-"""
+"""The project's own request/response types for MLLM backends (no vendor's shape)."""
 
 from __future__ import annotations
 
@@ -22,11 +18,7 @@ class TextPart:
 
 @attrs.frozen
 class ImagePart:
-    """An image given by path; the backend loads and resizes it as its box codec says.
-
-    ``size`` is the original (width, height) when known, so boxes can be mapped
-    even before the pixels are read.
-    """
+    """An image by path, with its original size when known (boxes map without pixels)."""
 
     path: Path
     size: tuple[int, int] | None = None
@@ -51,11 +43,8 @@ class ChatMessage:
 
 @attrs.frozen
 class ChatRequest:
-    """One chat call. ``purpose`` names the stage (for logs, caches and usage counts).
-
-    ``answer_schema`` is the JSON schema the answer must follow, for backends
-    that can make the model follow it (guided decoding); others ignore it.
-    """
+    """One chat call; ``purpose`` names the stage, ``answer_schema`` is for backends
+    that can enforce it (guided decoding)."""
 
     messages: tuple[ChatMessage, ...]
     max_tokens: int | None = None

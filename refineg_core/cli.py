@@ -1,12 +1,8 @@
-"""The ``refineg`` command.
+"""The ``refineg`` command (plugins add subcommands through ``refineg_add_commands``).
 
-Exit codes: 0 success; 1 an unexpected error (a bug: rerun with ``--debug``);
-2 an expected problem (bad config, bad data, unknown plugin), one readable line
-on stderr; 3 a stage set to ``true`` whose backend is unreachable,
-misconfigured or failed every call; 4 a plugin from another distribution
-crashed (the line names it, its distribution and version, and where);
-130 interrupted (rerun to resume).
-Plugins add subcommands through the ``refineg_add_commands`` hook.
+Exit codes: 0 success; 1 a bug (rerun with ``--debug``); 2 an expected problem, one
+readable line; 3 a required stage's backend unusable; 4 another distribution's
+plugin crashed (named); 130 interrupted (rerun to resume).
 """
 
 from __future__ import annotations
@@ -92,37 +88,22 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
-    return json.dumps(str(value))
-
-
 def _print_toml(data: dict[str, Any], prefix: str = "") -> None:
+    from refineg_core.config_doc import toml_value
+
     scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
     tables = {k: v for k, v in data.items() if isinstance(v, dict)}
     if prefix and (scalars or not tables):
         print(f"\n[{prefix}]")
     for k, v in scalars.items():
-        print(f"{k} = {_toml_value(v)}")
+        print(f"{k} = {toml_value(v)}")
     for k, v in tables.items():
         _print_toml(v, f"{prefix}.{k}" if prefix else k)
 
 
 # ----------------------------------------------------------------- pipeline
 def pipeline_from_args(args: argparse.Namespace):
-    """The Pipeline a command's ``--config``/``--set``/``--run-dir`` describe (for
-    plugins adding commands through ``refineg_add_commands``)."""
-    return _pipeline(args)
-
-
-def _pipeline(args: argparse.Namespace):
+    """The Pipeline a command's ``--config``/``--set``/``--run-dir`` describe."""
     from refineg_core.pipeline.orchestrator import Pipeline
 
     overrides = list(args.set)
@@ -136,11 +117,9 @@ def _pipeline(args: argparse.Namespace):
 
 @contextlib.contextmanager
 def writing_pipeline(args: argparse.Namespace) -> Iterator[Any]:
-    """The run's pipeline holding its run directory's lock from before any work to
-    the end (a second process is refused at once); every plugin is closed whatever
-    happens, and a failure leaves no half-made run directory behind. Plugin
-    commands that write into the run directory (``refineg plan``) use this too."""
-    p = _pipeline(args)
+    """The run's pipeline holding its run directory's lock for the whole command (a
+    second process is refused at once); a failure leaves no half-made run directory."""
+    p = pipeline_from_args(args)
     with p:
         try:
             p.lock_run_dir()
@@ -187,7 +166,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from refineg_core.pipeline.fingerprint import Freshness
 
-    p = _pipeline(args)
+    p = pipeline_from_args(args)
     with p:  # reads only: never takes the lock, so it answers while a run works
         states = p.status()
         holder = p.store.holder()
@@ -309,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     cfg = sub.add_parser("config", help="inspect a config")
     cfg_sub = cfg.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     show = cfg_sub.add_parser("show", help="print the resolved config (secrets redacted)")
-    _config_args(show)
+    config_args(show)
     show.add_argument("--json", action="store_true")
     show.add_argument(
         "--defaults",
@@ -327,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("run", cmd_run, "run every enabled stage (resumes where a run stopped)"),
     ):
         sp = sub.add_parser(name, help=text)
-        _config_args(sp)
+        config_args(sp)
         sp.add_argument("--run-dir", help="override run_dir")
         if name in ("predict", "refine", "ground", "run"):
             sp.add_argument(
@@ -340,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=func)
 
     st = sub.add_parser("status", help="each stage as fresh / stale (and why) / missing")
-    _config_args(st)
+    config_args(st)
     st.add_argument("--run-dir", help="override run_dir")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
@@ -354,8 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _flags_everywhere(sub: argparse._SubParsersAction) -> None:
-    """``--debug``/``--quiet`` on every subcommand, also those a plugin or ``eval``
-    adds without them (README: they go before or after any subcommand)."""
+    """``--debug``/``--quiet`` on every subcommand, also those a plugin adds."""
     for parser in sub.choices.values():
         nested = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
         for group in nested:
@@ -365,8 +343,7 @@ def _flags_everywhere(sub: argparse._SubParsersAction) -> None:
 
 
 def _global_flags(p: argparse.ArgumentParser, *, suppress: bool = False) -> None:
-    """--debug/--quiet, accepted before or after the subcommand (a subcommand's
-    copy must not reset a value given before it)."""
+    """--debug/--quiet, before or after the subcommand (a copy never resets a value)."""
     default = argparse.SUPPRESS if suppress else False
     p.add_argument("--debug", action="store_true", default=default, help="show tracebacks")
     p.add_argument("--quiet", action="store_true", default=default, help="no progress bars")
@@ -374,10 +351,6 @@ def _global_flags(p: argparse.ArgumentParser, *, suppress: bool = False) -> None
 
 def config_args(p: argparse.ArgumentParser) -> None:
     """``--config``/``--set`` (and the global flags) on a subcommand parser."""
-    _config_args(p)
-
-
-def _config_args(p: argparse.ArgumentParser) -> None:
     _global_flags(p, suppress=True)
     p.add_argument("--config", "-c", required=True, type=Path, help="TOML config file")
     p.add_argument(
@@ -390,11 +363,8 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _stdout_closed() -> int:
-    """The reader went away (``refineg plugins --json | head``): stop quietly, like cat.
-
-    Python would otherwise print a BrokenPipeError when it flushes stdout at exit,
-    so stdout is pointed at /dev/null first. Exit code 141 = 128 + SIGPIPE.
-    """
+    """The reader went away (``... | head``): stop quietly like cat, exit 141 (SIGPIPE),
+    stdout pointed at /dev/null so the exit flush cannot raise."""
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
@@ -406,8 +376,7 @@ def _stdout_closed() -> int:
 
 def _plugin_crashed(exc: Exception, culprit: Blame, debug: bool) -> int:
     """One line naming the plugin that raised, its distribution and the place; exit 4
-    when another distribution shipped it (not refineg's bug: report it there), 1 when
-    it is one of refineg's own plugins."""
+    when another distribution shipped it, 1 for refineg's own."""
     if debug:
         traceback.print_exc()
     whom = culprit.distribution if culprit.third_party else "refineg"

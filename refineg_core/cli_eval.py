@@ -1,10 +1,6 @@
-"""``refineg eval``: score a prediction file against gold and print the table.
-
-The lead's CLI registers it with ``add_eval_command(subparsers)``; the command
-returns an exit code and raises ``RefinegError`` (one readable line) on bad input.
-Gold whose box annotations are missing is an error (scoring it would count
-every entity as "not groundable") unless ``--no-boxes`` says the data has none.
-"""
+"""``refineg eval``: score a prediction file against gold and print the table. Gold
+without box annotations is an error (every entity would count as "not groundable")
+unless ``--no-boxes`` says the data has none."""
 
 from __future__ import annotations
 
@@ -84,8 +80,7 @@ def _warn(path: Path, warnings: tuple[str, ...]) -> None:
 
 
 def _options(pairs: list[str], flag: str, aliases: dict[str, Path | None]) -> dict[str, str]:
-    """``KEY=VALUE`` pairs as a format's options (validated by the format plugin,
-    which names an unknown key); an old flag's value counts as its option."""
+    """``KEY=VALUE`` pairs, and the old flags' values, as a format's options."""
     options: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")

@@ -1,9 +1,6 @@
-"""The one config file a user writes (TOML), validated by pydantic.
-
-Errors name the dotted path of the bad key. Plugin options are validated by the
-named plugin's own ``Options`` model at load time, so a typo in a backend
-option fails before a 3-hour run, not in the middle of it. Secrets never live
-here: backends take the *name* of an environment variable.
+"""The one config file a user writes (TOML), validated by pydantic at load time,
+plugin options included, so a typo fails before a 3-hour run and the error names
+the dotted key. Secrets never live here (backends take an env variable's name).
 """
 
 from __future__ import annotations
@@ -116,12 +113,8 @@ class StagesConfig(StrictModel):
 
 
 class EngineConfig(StrictModel):
-    """How stages are executed over the corpus: in this process, or on Ray.
-
-    The core reads ``kind`` and ``chunk_size``; everything else an engine needs
-    (a Ray cluster's address, its actor counts) is the engine plugin's own
-    ``options``, validated by its ``Options`` model like any plugin's.
-    """
+    """Where stages run; the core reads ``kind`` and ``chunk_size``, the rest is the
+    engine plugin's own ``options``."""
 
     kind: str = Field(
         "local",
@@ -139,14 +132,12 @@ class EngineConfig(StrictModel):
         description="options of the engine plugin (ray: address, tagger_actors, "
         "mllm_actors, num_cpus, num_gpus)",
     )
-    # The ray engine's options as they were spelled before they moved into
-    # `options` (read with a FutureWarning, then moved there: ``_engine_options``).
+    # the ray engine's old spellings, moved into `options` with a FutureWarning
     address: Any = Field(None, description="deprecated: options = {address = ...}")
     tagger_actors: Any = Field(None, description="deprecated: options = {tagger_actors = ...}")
     mllm_actors: Any = Field(None, description="deprecated: options = {mllm_actors = ...}")
     num_cpus: Any = Field(None, description="deprecated: options = {num_cpus = ...}")
     num_gpus: Any = Field(None, description="deprecated: options = {num_gpus = ...}")
-    # the old keys ``_engine_options`` moved into ``options`` (for the errors' place)
     _moved: set[str] = PrivateAttr(default_factory=set)
 
 
@@ -186,9 +177,8 @@ class Config(StrictModel):
 
     @property
     def label_set(self) -> LabelSet:
-        """The label set, each type checked against the output writers: predicted
-        entities carry these types, so one the writers refuse would fail a run
-        while writing its outputs, after every MLLM call."""
+        """The label set, each type checked against the output writers now, not when
+        writing the outputs after every MLLM call."""
         from refineg_core.validity import label_problem  # it asks the format plugins
 
         for etype in self.labels:
@@ -221,9 +211,8 @@ def _resolve_paths(model: BaseModel, base: Path) -> None:
 
 
 def with_absolute_paths(config: Config, base: Path | None = None) -> Config:
-    """A copy of ``config`` with every relative path field made absolute against
-    ``base`` (default: the current directory): what a process with another working
-    directory (a Ray actor) must be given to read the same files."""
+    """A copy with relative paths made absolute against ``base`` (default: the current
+    directory), for a process with another working directory (a Ray actor)."""
     copy = config.model_copy(deep=True)
     _resolve_paths(copy, Path.cwd() if base is None else base)
     return copy
@@ -234,8 +223,7 @@ def _dotted(loc: tuple[Any, ...]) -> str:
 
 
 def _written(raw: Any, loc: tuple[Any, ...]) -> tuple[Any, ...]:
-    """The part of an error location the user wrote (pydantic appends union members
-    such as ``bool`` to ``stages.refine``)."""
+    """The part of an error location the user wrote (not pydantic's union tags)."""
     out: list[Any] = []
     node = raw
     for part in loc:
@@ -252,15 +240,13 @@ def _written(raw: Any, loc: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(out)
 
 
-#: No option of refineg means a number beyond this (seconds, pixels, tokens...); a
-#: bigger one is a typo or an attempt to overflow a timer (``deadline = 1e300``).
+#: No option means a number beyond this: a bigger one is a typo or overflows a timer.
 LARGEST_NUMBER = 1e12
 
 
 def check_numbers(raw: Any, where: str = "") -> None:
-    """Every number a user wrote is finite and of a sensible size, or a ConfigError
-    names its dotted key (``nan``/``inf`` in ``extra_body`` would otherwise fail every
-    call of a run with a ValueError; ``1e300`` would overflow a timer mid-run)."""
+    """Every number written is finite and sensible, or a ConfigError names its key
+    (``nan`` in ``extra_body`` would fail every call of a run)."""
     if isinstance(raw, dict):
         for key, value in raw.items():
             check_numbers(value, f"{where}.{key}" if where else str(key))
@@ -280,9 +266,8 @@ def check_numbers(raw: Any, where: str = "") -> None:
 
 
 def check_text(raw: Any, where: str = "") -> None:
-    """Every string and key a caller wrote is UTF-8 text, or a ConfigError names its
-    dotted key: a lone surrogate (``"\\ud800"`` from a ``--set`` value or a Python
-    dict) would otherwise surface as pydantic's "Invalid JSON" with no place."""
+    """Every string and key is UTF-8 text, or a ConfigError names its key (a lone
+    surrogate would surface as pydantic's "Invalid JSON" with no place)."""
     items = raw.items() if isinstance(raw, dict) else enumerate(raw)
     for key, value in items:
         here = f"{where}.{key}" if where else str(key)
@@ -301,8 +286,7 @@ def check_text(raw: Any, where: str = "") -> None:
 
 
 def _as_json(raw: dict[str, Any]) -> str:
-    """The config as JSON for strict validation (paths and other objects a Python
-    caller may pass become strings, as a TOML file would have them)."""
+    """The config as JSON for strict validation (objects become strings, as in TOML)."""
     try:
         return json.dumps(raw, default=str, allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -350,8 +334,7 @@ def data_sources(config: Config) -> list[tuple[str, DataSource]]:
 
 
 def _source_options(config: Config, base: Path | None, check_paths: bool) -> None:
-    """Resolve each source's path options against the config's folder (the format
-    says which options are paths), check they exist, and warn about the old keys."""
+    """Resolve and check each source's path options; warn about the old keys."""
     from refineg_core.formats.loader import DEPRECATED_SOURCE_KEYS, option_paths
 
     for where, source in data_sources(config):
@@ -369,10 +352,8 @@ def _source_options(config: Config, base: Path | None, check_paths: bool) -> Non
 
 
 def _engine_options(config: Config) -> None:
-    """Move the old spelling of the ray engine's options (``[engine] num_cpus = 1``)
-    into ``engine.options``, with a FutureWarning naming the new one: the same run.
-    An old key the configured engine has no option for was never used by it, and
-    still is not (a warning says so)."""
+    """Move the old spelling of the engine's options (``[engine] num_cpus = 1``) into
+    ``engine.options`` with a FutureWarning; one the engine lacks stays ignored."""
     engine = config.engine
     old = {k: v for k in DEPRECATED_ENGINE_KEYS if (v := getattr(engine, k)) is not None}
     if not old:
@@ -409,9 +390,8 @@ def _engine_options(config: Config) -> None:
 
 
 def engine_overrides(path: Path | str, kind: str, sets: list[str]) -> list[str]:
-    """The overrides of ``--engine KIND`` with ``--set`` ones: KIND wins over a
-    ``--set engine.kind``, and when the config file names another engine its options
-    are dropped first (they are not KIND's; ``--set engine.options.*`` still counts)."""
+    """``--set`` overrides plus ``--engine KIND``, which wins; the file's options of
+    another engine are dropped first (``--set engine.options.*`` still counts)."""
     reset: list[str] = []
     try:
         raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
@@ -424,8 +404,8 @@ def engine_overrides(path: Path | str, kind: str, sets: list[str]) -> list[str]:
 
 
 def _check_engine(config: Config) -> None:
-    """The engine is installed (a missing extra, Ray, is an error now, not mid-run) and
-    its options are valid for it; an error names the key where the user wrote it."""
+    """The engine is installed and its options valid, or an error names the key where
+    the user wrote it."""
     engine = config.engine
     try:
         _check_plugin("engine", engine.kind, engine.options, "engine")
@@ -438,8 +418,7 @@ def _check_engine(config: Config) -> None:
 
 
 def check_input_paths(config: Config) -> None:
-    """Every input path named in the config exists, or a ConfigError says which and where
-    it resolved to (a typo found before training, not after)."""
+    """Every input path exists, or a ConfigError names it (before training, not after)."""
     for where, source in data_sources(config):
         for field in _INPUT_FIELDS:
             value = getattr(source, field)
@@ -460,8 +439,7 @@ def config_from_dict(
     check_numbers(raw)
     check_text(raw)
     try:
-        # strict, as JSON: a TOML string is never coerced ("10" is not 10, "yes" not
-        # true), while the JSON-like types TOML has (str paths, lists) are taken as meant
+        # strict, as JSON: "10" is not 10, while str paths and lists are taken as meant
         config = Config.model_validate_json(_as_json(raw), strict=True)
     except pydantic.ValidationError as exc:
         err = exc.errors()[0]
@@ -550,8 +528,7 @@ def _check_plugin(kind: str, name: str, options: dict[str, Any], key: str) -> No
 
 
 def effective(config: Config) -> Config:
-    """The config as the stages use it: refine and ground take their prompt wording
-    from ``[prompts]`` (what ``config show`` must display, not the neutral default)."""
+    """The config as the stages use it (refine and ground worded by ``[prompts]``)."""
     return config.model_copy(
         update={
             stage: getattr(config, stage).model_copy(update={"wording": config.prompts})
@@ -561,8 +538,7 @@ def effective(config: Config) -> Config:
 
 
 def _check_wording(config: Config) -> None:
-    """A stage's own wording, when given, must say what ``[prompts]`` says: the
-    stages use ``[prompts]``, so a different one would be silently ignored."""
+    """A stage's own wording must equal ``[prompts]``, else it would be silently ignored."""
     for stage in ("refine", "ground"):
         settings = getattr(config, stage)
         if "wording" in settings.model_fields_set and settings.wording != config.prompts:
@@ -573,8 +549,7 @@ def _check_wording(config: Config) -> None:
 
 
 def _strict_options(cls: type, options: dict[str, Any], where: str, name: str) -> None:
-    """A plugin's options as the user wrote them are not coerced either (``concurrency
-    = "4"`` is refused, not read as 4); the plugin itself validates them as before."""
+    """A plugin's options as written are not coerced either (``"4"`` is not 4)."""
     model = getattr(cls, "Options", None)
     if not (isinstance(model, type) and issubclass(model, BaseModel)):
         return
@@ -590,7 +565,6 @@ def _strict_options(cls: type, options: dict[str, Any], where: str, name: str) -
 
 
 def redacted_dump(config: Config) -> dict[str, Any]:
-    """The resolved config as plain data, safe to print and to store in a run dir
-    (secrets redacted by key and inside URLs; the wording the stages really use)."""
+    """The resolved config as plain data, secrets redacted (to print and to store)."""
     data = effective(config).model_dump(mode="json", exclude_none=True)
     return secrets.redact(data)

@@ -1,6 +1,5 @@
-"""``refineg config show --defaults``: the whole resolved config, every option
-with its value and description, including the options of each selected plugin
-(like ``spacy init fill-config``), so a user sees what a run will really use."""
+"""``refineg config show --defaults``: every option of the resolved config and of each
+selected plugin, with value and description, so a user sees what a run will use."""
 
 from __future__ import annotations
 
@@ -23,9 +22,10 @@ from refineg_core.config import (
 Table = tuple[str, list[tuple[str, Any, str]]]
 
 
-def _rows(model: pydantic.BaseModel) -> tuple[list[tuple[str, Any, str]], list[tuple[str, Any]]]:
-    """Scalar rows of a model, and its sub-models (to print as their own tables)."""
-    rows, subs = [], []
+def _tables(prefix: str, model: pydantic.BaseModel) -> Iterator[Table]:
+    """The model's scalar rows, then each sub-model as a table of its own."""
+    rows: list[tuple[str, Any, str]] = []
+    subs: list[tuple[str, Any]] = []
     for name, field in type(model).model_fields.items():
         if field.exclude:
             continue
@@ -34,19 +34,13 @@ def _rows(model: pydantic.BaseModel) -> tuple[list[tuple[str, Any, str]], list[t
             subs.append((name, value))
         else:
             rows.append((name, value, field.description or ""))
-    return rows, subs
-
-
-def _tables(prefix: str, model: pydantic.BaseModel) -> Iterator[Table]:
-    rows, subs = _rows(model)
     yield prefix, rows
     for name, sub in subs:
         yield from _tables(f"{prefix}.{name}" if prefix else name, sub)
 
 
 def full_config(config: Config) -> list[Table]:
-    """Every table of the config with defaults filled in; plugin ``options`` are
-    the selected plugin's own validated options model."""
+    """Every table with defaults filled in, plugin ``options`` as the plugin validates them."""
     from refineg_core import registry
 
     config = effective(config)
@@ -71,15 +65,16 @@ def full_config(config: Config) -> list[Table]:
     return tables
 
 
-def _toml(value: Any) -> str:
+def toml_value(value: Any) -> str:
+    """A TOML value (``config show`` with or without ``--defaults``)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     return json.dumps(str(value))
 
 
@@ -113,5 +108,5 @@ def render_full_config(config: Config) -> str:
             if description:
                 lines.append(f"# {description}")
             # TOML has no null: an unset key is shown commented out.
-            lines.append(f"# {key} = (unset)" if value is None else f"{key} = {_toml(value)}")
+            lines.append(f"# {key} = (unset)" if value is None else f"{key} = {toml_value(value)}")
     return "\n".join(lines).lstrip("\n") + "\n"

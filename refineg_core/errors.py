@@ -1,8 +1,5 @@
-"""One error family so the CLI can print one readable line per problem.
-
-Every error says *where* (a file and line, or a dotted config path) because a
-user fixing a 10k-line file or a long config needs the place, not a traceback.
-"""
+"""One error family, so the CLI prints one readable line per problem saying *where*
+(file and line, or dotted config key): a user needs the place, not a traceback."""
 
 from __future__ import annotations
 
@@ -38,9 +35,8 @@ class BackendError(RefinegError):
 
 
 class SampleImageError(BackendError):
-    """A sample's image that cannot be read or decoded (a truncated JPEG, a file
-    that vanished): the sample's own fault, recorded as an ``image`` failure and
-    never retried, never held against the backend (``refineg_core.pipeline.verdict``)."""
+    """An unreadable sample image: the sample's own ``image`` failure, never retried
+    and never held against the backend."""
 
     kind = "image"
 

@@ -1,16 +1,8 @@
-"""The one table of what a tagger may report beyond its marginals (``TaggerPrediction.extras``).
+"""The one table of what a tagger may report beyond its marginals (``extras``).
 
-Some gates need more than the per-token marginals: the span gate needs the
-CRF's transition marginals, the ensemble and MC-dropout gates need several
-marginals per token. Each such array is an *extra*, declared here once (its
-name, its shape in tokens ``T`` and labels ``L``, what it means), so that
-adding a gate never adds a field to ``TaggerPrediction`` and a misspelt or
-misshapen array is refused where the tagger makes it, not misread by a gate.
-
-A gate says which extras it needs (``UncertaintyEstimator.needs_extras``); a
-tagger says which its options make it report (``Tagger.supplied_extras``);
-the run checks the two fit when it builds the gate (:func:`check_supply`),
-before any training or prediction.
+Each array some gate needs (transition marginals, ensemble members...) is declared
+here once with its shape, so a new gate never adds a field to ``TaggerPrediction``
+and a misshapen array is refused where the tagger makes it, not misread by a gate.
 """
 
 from __future__ import annotations
@@ -25,12 +17,8 @@ from refineg_core.errors import DataError, PluginError
 
 @attrs.frozen
 class Extra:
-    """One declared extra: its name, its shape and its meaning.
-
-    ``shape`` names each axis: ``"M"`` a stack of M >= 1 estimates (ensemble
-    members, dropout passes), ``"T"`` the tokens, ``"T-1"`` the adjacent token
-    pairs (``max(T - 1, 0)``), ``"L"`` the labels (``label_names``).
-    """
+    """One declared extra; ``shape`` axes: ``"M"`` M >= 1 estimates, ``"T"`` tokens,
+    ``"T-1"`` adjacent token pairs, ``"L"`` labels."""
 
     name: str
     shape: tuple[str, ...]
@@ -64,8 +52,7 @@ class Extra:
             )
 
 
-#: Every extra a tagger may report, by name. A new gate that needs a new array
-#: adds one row here (and says so in its ``needs_extras``).
+#: Every extra a tagger may report, by name (a gate needing a new array adds a row).
 EXTRAS: Mapping[str, Extra] = {
     e.name: e
     for e in (
@@ -122,11 +109,7 @@ def check_declared(names: Iterable[str], who: str) -> None:
 
 
 def check_supply(needed: Iterable[str], supplied: Iterable[str], *, gate: str, tagger: str) -> None:
-    """Refuse a gate whose needed extras the tagger, with its options, does not report.
-
-    Checked when the run builds the gate, so the mismatch costs seconds, not a
-    training followed by a failure on the first prediction.
-    """
+    """Refuse a gate needing extras the tagger does not report, before any training."""
     needed, supplied = tuple(needed), frozenset(supplied)
     check_declared(needed, f"uncertainty plugin {gate!r}")
     check_declared(supplied, f"tagger plugin {tagger!r}")

@@ -1,9 +1,5 @@
-"""Files refineg writes get the mode a plain ``open()`` would give them.
-
-``tempfile.mkstemp`` and safetensors' ``save_file`` create files 0600 whatever
-the umask, so saved tagger weights were unreadable to a group sharing the run
-directory while every other file of it was readable.
-"""
+"""Files refineg writes get the mode a plain ``open()`` gives (``mkstemp`` and
+safetensors make 0600 files, unreadable to a group sharing the run directory)."""
 
 from __future__ import annotations
 

@@ -1,27 +1,9 @@
-"""How a gate's scores become decisions: threshold, priority and budget, owned by the core.
-
-A gate built on :class:`ScoreGate` writes one method, ``score`` (each predicted
-entity's uncertainty and confidence, and the sample's "missed entity" score);
-this module turns scores into keep/delegate decisions the same way for every
-such gate:
-
-- an entity is delegated when its uncertainty is > τ (``thresholds()``: the
-  ``threshold`` option, unless a calibrating gate chose one); a sample when it
-  has a delegated entity or, with ``missed_entities``, its missed score is > τ;
-- a delegated sample's priority is the highest of those scores;
-- a ``budget`` (a fraction of samples) keeps only the highest priorities.
-
-A gate whose rule is not a threshold on scores (a rule gate) implements
-``UncertaintyEstimator.decide`` itself instead.
-
-The gate's budget over a whole input is shared by the gates and the streaming stages.
-
-A budget ("delegate at most 10% of samples, most uncertain first") ranks the
-whole input, so a stage that sees the corpus chunk by chunk cannot apply it
-per chunk. It decides each chunk without the cap, remembers each delegated
-sample's priority, and keeps the ones ``within_budget`` selects; the rest are
-``capped`` (kept whole). A gate deciding a whole set in memory uses the same
-function, so both paths give the same answer.
+"""How a gate's scores become decisions, the same way for every :class:`ScoreGate`
+(which writes only ``score``): an entity whose uncertainty is > τ is delegated, a
+sample with one (or with a missed-entity score > τ), at the priority of its highest
+score; a ``budget`` keeps the highest priorities. A budget ranks the whole input,
+so streaming stages decide chunks uncapped and apply ``within_budget`` at the end,
+as an in-memory gate does: both paths give the same answer.
 """
 
 from __future__ import annotations
@@ -40,12 +22,8 @@ from refineg_core.types import Entity, GateDecision, Sample, TaggerPrediction
 def within_budget(
     delegated: Iterable[tuple[int, float]], n_samples: int, budget: float
 ) -> set[int]:
-    """Positions of the delegated samples that stay delegated.
-
-    ``delegated`` holds (input position, priority) of every sample the gate
-    would delegate without a cap, in input order; the first
-    ``floor(budget * n_samples)`` by priority stay (ties: earlier input first).
-    """
+    """Positions of the (position, priority) ``delegated`` samples that stay: the first
+    ``floor(budget * n_samples)`` by priority (ties: earlier input first)."""
     cap = math.floor(budget * n_samples)
     ranked = sorted(delegated, key=lambda item: -item[1])  # stable: ties keep input order
     return {position for position, _ in ranked[:cap]}

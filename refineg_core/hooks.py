@@ -1,10 +1,5 @@
-"""pluggy carries events and extensions that many plugins may answer.
-
-stevedore fills the five slots (exactly one plugin each); pluggy is for the
-many-to-many things: stage start/finish events, extra CLI commands, extra
-metrics. Hook implementations register through the ``refineg`` entry-point
-group. Core code calls the typed ``Hooks`` facade, never ``pm.hook`` directly.
-"""
+"""pluggy for what many plugins may answer (stage events, CLI commands, metrics),
+registered through the ``refineg`` entry-point group and called through ``Hooks``."""
 
 from __future__ import annotations
 
@@ -78,11 +73,8 @@ class Hooks:
 
 
 def make_plugin_manager(load_entry_points: bool = True) -> pluggy.PluginManager:
-    """A plugin manager with every ``refineg`` hook plugin loaded.
-
-    ``REFINEG_HOOK_PLUGINS=name1,name2`` loads only those (empty: none), like
-    llm's ``LLM_LOAD_PLUGINS``: a way out when a broken plugin blocks the CLI.
-    """
+    """A plugin manager with every hook plugin loaded, or only those
+    ``REFINEG_HOOK_PLUGINS`` names (a way out when a broken plugin blocks the CLI)."""
     pm = pluggy.PluginManager(PROJECT)
     pm.add_hookspecs(HookSpecs)
     if not load_entry_points:

@@ -1,16 +1,8 @@
-"""The plugin contracts: the five components and the box frame. Each is narrow.
-
-A plugin is a class with a nested pydantic ``Options`` model (unknown keys are
-rejected) and a constructor ``__init__(self, options, labels)``. Everything
-else — concurrency, caching, resuming, writing files, progress — is the core's
-job, so a plugin author writes only the part that is really theirs. What a
-plugin *can* do beyond its contract it declares as a class attribute (a gate
-``calibrates``, a tagger's ``inference_options``...); the core never guesses it
-from which methods were overridden. The table of plugin kinds (entry-point
-group, base class, config key) is ``refineg_core.kinds``; the dataset format
-contract is ``refineg_core.formats.base.DatasetFormat``. Plugin authors import
-all of it from one module, ``refineg.plugin``.
-"""
+"""The plugin contracts, each narrow: concurrency, caching, resuming, files and
+progress are the core's job, so an author writes only what is really theirs.
+What a plugin can do beyond its contract it declares as a class attribute; the
+core never guesses it from which methods were overridden. Authors import it all
+from ``refineg.plugin``."""
 
 from __future__ import annotations
 
@@ -50,11 +42,7 @@ class Plugin:
         self.labels = labels
 
     def close(self) -> None:
-        """Release what the plugin holds (threads, models, connections).
-
-        The run that built the plugin calls it exactly once when the run ends,
-        error or not; the default has nothing to release.
-        """
+        """Release threads, models, connections: called once when the run ends, error or not."""
 
     def __enter__(self):
         return self
@@ -64,12 +52,9 @@ class Plugin:
 
 
 class MLLMBackend(Plugin):
-    """One method: answer a chat request (text and images) with text and usage.
-
-    Raise ``BackendError(retryable=...)`` on failure and ``BackendUnavailable``
-    when nothing can be reached at all. ``max_concurrency`` tells the core how
-    many ``complete`` calls it may run at once (from threads).
-    """
+    """Answers a chat request; raises ``BackendError(retryable=...)`` on failure and
+    ``BackendUnavailable`` when nothing can be reached. ``max_concurrency``: how
+    many ``complete`` calls the core may run at once (from threads)."""
 
     #: Whether the backend can see images (text-only backends refuse image parts).
     supports_images: ClassVar[bool] = True
@@ -79,8 +64,7 @@ class MLLMBackend(Plugin):
 
     @property
     def box_codec(self) -> BoxCodec | None:
-        """The frame the model reads and writes boxes in; None (the default): the
-        ``pixels`` frame, which the core builds (``registry.backend_frame``)."""
+        """The frame the model writes boxes in; None: ``pixels`` (built by the core)."""
         return None
 
     @property
@@ -116,12 +100,8 @@ class Tagger(Plugin):
 
     @classmethod
     def supplied_extras(cls, options: PluginOptions) -> frozenset[str]:
-        """The extras (``refineg_core.extras.EXTRAS``) this tagger's predictions carry
-        with ``options``; the run refuses a gate that needs one not listed here.
-
-        Declared, not discovered: the core asks before it trains or loads anything.
-        The default reports none (marginals only).
-        """
+        """The extras its predictions carry with ``options``, declared so the run can
+        refuse a gate needing another before it trains or loads anything."""
         return frozenset()
 
     @abc.abstractmethod
@@ -142,19 +122,13 @@ class Tagger(Plugin):
         options: PluginOptions | None = None,
         labels: LabelSet | None = None,
     ) -> Tagger:
-        """A saved tagger, with the config's validated options and labels.
-
-        Options that only affect inference (batch size, device...) must take
-        effect; the core decides whether the saved weights are still current.
-        """
+        """A saved tagger; inference-only options must take effect (the core decides
+        whether the saved weights are still current)."""
 
 
 class UncertaintyEstimator(Plugin):
-    """Turns tagger predictions into keep/delegate decisions.
-
-    It sees the whole set at once so budget modes ("delegate the 10% most
-    uncertain") can be implemented.
-    """
+    """Keep/delegate decisions; sees the whole set so a budget ("the 10% most
+    uncertain") can be applied."""
 
     @abc.abstractmethod
     def decide(
@@ -163,14 +137,9 @@ class UncertaintyEstimator(Plugin):
 
     @property
     def budget(self) -> float | None:
-        """The fraction of *all* samples the gate may delegate, or None (no cap).
-
-        A gate with a budget implements ``decide_each`` (decisions without the
-        cap, ranked by ``GateDecision.priority``); streaming stages then call it
-        chunk by chunk and apply the cap over the whole input in a second pass
-        (``refineg_core.gating.within_budget``), so the result equals ``decide``
-        on the whole set.
-        """
+        """The fraction of *all* samples the gate may delegate, or None. A gate with a
+        budget implements ``decide_each`` (uncapped, ranked by priority) so streaming
+        stages can apply the cap over the whole input afterwards (``gating``)."""
         return None
 
     def decide_each(
@@ -179,23 +148,15 @@ class UncertaintyEstimator(Plugin):
         """Decisions that depend on each sample alone (no budget applied)."""
         return self.decide(samples, predictions)
 
-    #: The extras (``refineg_core.extras.EXTRAS``) the gate reads from every
-    #: ``TaggerPrediction``; the run checks the tagger supplies them
-    #: (``Tagger.supplied_extras``) before any work.
+    #: The extras the gate reads; checked against ``Tagger.supplied_extras`` before any work.
     needs_extras: ClassVar[tuple[str, ...]] = ()
 
-    #: True when ``calibrate`` fits parameters on dev data: the core then calls it
-    #: once before ``decide`` and fingerprints data.dev into the predict stage.
-    #: A gate that overrides ``calibrate`` must say so here (checked at load); a
-    #: gate whose options decide it (a precision target) makes it a property.
+    #: True when ``calibrate`` fits on dev data (then data.dev enters predict's
+    #: fingerprint); overriding ``calibrate`` requires it (checked at load).
     calibrates: bool = False
 
     def calibrate(self, samples: Sequence[Sample], predictions: Sequence[TaggerPrediction]) -> dict:
-        """Fit any parameters on gold ``samples`` (dev) and their predictions; return a report.
-
-        Called before ``decide`` when the class declares ``calibrates = True`` and
-        dev data is available; the default has nothing to fit.
-        """
+        """Fit on gold dev ``samples`` and their predictions; return a report."""
         return {}
 
 
@@ -210,38 +171,23 @@ class ContextSelector(Plugin):
     def select(self, query: Sample, k: int) -> list[Demonstration]: ...
 
     def select_many(self, queries: Sequence[Sample], k: int) -> list[list[Demonstration]]:
-        """``select`` for a batch, one list per query in order. Stages call this so
-        a selector can embed and score all queries at once; the default loops."""
+        """``select`` for a batch, so a selector can embed all queries at once."""
         return [self.select(q, k) for q in queries]
 
 
 class Synthesizer(Plugin):
-    """Generates new labelled sentences from one gold seed through an LLM backend.
-
-    The core runs seeds concurrently, validates candidates (names on word
-    boundaries, known types), de-duplicates, tags them, writes them resumably
-    and reports the yield; the plugin builds the request(s) and parses the
-    answer. Raise ``BackendError`` when the answer cannot be parsed at all.
-    """
+    """New labelled sentences from one gold seed through an LLM backend; the core
+    validates, de-duplicates and writes them. ``BackendError``: unparseable answer."""
 
     @abc.abstractmethod
     def synthesize(self, seed: Sample, backend: MLLMBackend) -> list[SynthesisCandidate]: ...
 
 
 class BoxCodec(Plugin, abc.ABC):
-    """Maps between original-image pixels and a model's box frame.
-
-    Every MLLM sees a resized image and answers in its own frame (pixels of what
-    it saw, a 0-1000 grid, x/y/width/height...). A frame maps gold boxes of
-    demonstrations into that frame, answers back into original-image pixels, and
-    says in one sentence how the model should write a box.
-
-    A frame author writes ``model_size``, ``encode``, ``decode_raw`` and
-    ``box_format``; ``decode``/``decode_all`` validate untrusted answers for them
-    (an invalid answer becomes "no box", never an exception). A frame is a plugin
-    like the others: built as ``Frame(options, labels)`` by the registry (labels
-    unused) or, from code, ``Frame(key=value, ...)``.
-    """
+    """Maps original-image pixels to and from a model's box frame (each MLLM answers
+    in its own: pixels of the resized image, a 0-1000 grid...). ``decode`` turns
+    an invalid answer into "no box", never an exception. Built as
+    ``Frame(options, labels)`` or, from code, ``Frame(key=value, ...)``."""
 
     #: The name a config selects the frame by (the entry-point name).
     name: ClassVar[str] = "frame"
@@ -271,29 +217,19 @@ class BoxCodec(Plugin, abc.ABC):
 
     @abc.abstractmethod
     def box_format(self) -> str:
-        """How a box is written, for the prompt's ``$box_format``.
-
-        One phrase completing "Each box is ...", naming the four numbers and
-        their frame, e.g. "[x1, y1, x2, y2]: integers on a 0-1000 grid ...".
-        """
+        """The prompt's ``$box_format``: a phrase completing "Each box is ..."."""
 
     def image_tokens(self, original: tuple[int, int]) -> int | None:
-        """Tokens the model spends on one image sent at ``model_size(original)``, for
-        cost plans; None when the frame does not know its model's image cost."""
+        """Tokens one image costs at ``model_size(original)`` (cost plans); None: unknown."""
         return None
 
     def decode(self, coords: Any, original: tuple[int, int] | None) -> Box | None:
-        """Model answer -> a valid box in original pixels, or None when it is not one.
-
-        ``coords`` is untrusted (parsed from model text): anything that is not
-        four finite numbers, or that is empty after clipping, is None.
-        """
+        """Untrusted model answer -> a box in original pixels, or None unless it is four
+        finite numbers that stay non-empty after clipping."""
         if original is None or isinstance(coords, (str, bytes)):
             return None
         try:
-            if len(coords) != 4:
-                return None
-            if any(isinstance(c, bool) for c in coords):
+            if len(coords) != 4 or any(isinstance(c, bool) for c in coords):
                 return None
             values = [float(c) for c in coords]
         except (TypeError, ValueError, OverflowError):  # OverflowError: a 400-digit int
@@ -309,16 +245,10 @@ class BoxCodec(Plugin, abc.ABC):
     def decode_all(
         self, answers: Sequence[Any], original: tuple[int, int] | None
     ) -> tuple[list[Box], int]:
-        """Decode several answered boxes; return the valid ones and how many were invalid."""
-        boxes: list[Box] = []
-        invalid = 0
-        for coords in answers:
-            box = self.decode(coords, original)
-            if box is None:
-                invalid += 1
-            else:
-                boxes.append(box)
-        return boxes, invalid
+        """The valid boxes of several answers, and how many were invalid."""
+        decoded = [self.decode(coords, original) for coords in answers]
+        boxes = [b for b in decoded if b is not None]
+        return boxes, len(decoded) - len(boxes)
 
     def describe(self) -> str:
         """The frame and its settings in one line (run summaries, cache identity)."""

@@ -1,15 +1,8 @@
-"""Ctrl-C reaches work that runs in worker threads.
+"""Ctrl-C reaches work that runs in worker threads (Python tells only the main one).
 
-Python delivers SIGINT as ``KeyboardInterrupt`` to the main thread only; a
-stage's calls run on worker threads, and a local model's ``generate`` there
-would run to its last token (a minute or more) while the main thread waits for
-it. So the CLI installs ``install_handler``: the first Ctrl-C sets a
-process-wide flag that long-running plugin code polls (``requested()``; the
-local_text backend checks it after every generated token) and raises
-``KeyboardInterrupt`` in the main thread as usual; a second Ctrl-C ends the
-process at once with exit 130 (every output is written line by line and
-atomically, so a rerun resumes), instead of letting a native library abort
-while the interpreter shuts down around its threads.
+The first Ctrl-C sets a flag long-running plugin code polls (``requested()``) and
+raises ``KeyboardInterrupt`` as usual; a second ends the process at once with exit
+130 (outputs are written atomically, so a rerun resumes).
 """
 
 from __future__ import annotations

@@ -1,8 +1,5 @@
-"""Entity types, tagging schemes (BIO/BIOES) and span <-> tag conversion.
-
-Every reader, tagger and synthesizer goes through these functions so a name is
-tagged the same way everywhere.
-"""
+"""Entity types, tagging schemes (BIO/BIOES) and span <-> tag conversion, shared by
+every reader, tagger and synthesizer so a name is tagged the same way everywhere."""
 
 from __future__ import annotations
 
@@ -68,13 +65,9 @@ def _type_key(name: str) -> str:
 
 @attrs.frozen
 class TypeResolver:
-    """Maps the type names a model writes ("Person", "organisation", "place") to labels.
-
-    Tried in order, case, spaces, ``_`` and ``-`` ignored: the label itself; the
-    user's ``synonyms`` (label -> names); ``COMMON_TYPE_SYNONYMS``; a word of
-    exactly one label's description (before any "(e.g. ...)"). A name two labels
-    could claim is not resolved: a wrong type is worse than a refused item.
-    """
+    """Maps the type names a model writes ("Person", "place") to labels: the label, the
+    user's ``synonyms``, ``COMMON_TYPE_SYNONYMS``, then a word of one label's
+    description. A name two labels could claim is refused (a wrong type is worse)."""
 
     labels: LabelSet
     synonyms: Mapping[str, Sequence[str]] = attrs.field(factory=dict, converter=dict)
@@ -159,11 +152,8 @@ class DecodedSpans:
 
 
 def tags_to_spans(tags: Sequence[str]) -> DecodedSpans:
-    """Read BIO or BIOES tags into ``(start, end, type)`` spans, end exclusive.
-
-    An ``I-``/``E-`` that does not continue an open span of its type starts a new
-    span (the common repair); each such repair is counted so callers can report it.
-    """
+    """BIO or BIOES tags as ``(start, end, type)`` spans; an ``I-``/``E-`` that does not
+    continue its type's open span starts one (a repair, counted for the report)."""
     spans: list[tuple[int, int, str]] = []
     repairs = 0
     start: int | None = None
@@ -226,24 +216,17 @@ def convert_scheme(tags: Sequence[str], scheme: str) -> list[str]:
 _WORD_CHARS = re.compile(r"\w", re.UNICODE)
 
 
-def _norm(token: str) -> str:
-    return token.casefold()
-
-
 def find_token_spans(tokens: Sequence[str], name: str) -> list[tuple[int, int]]:
-    """Every token span whose tokens spell ``name`` (ignoring spaces and case).
-
-    Matching is on whole tokens, so "Paris" never matches inside "Parisian" and
-    "gun" never matches inside "shotgun": word boundaries are token boundaries.
-    """
-    target = _norm("".join(name.split()))
+    """Every token span whose tokens spell ``name`` (ignoring spaces and case); whole
+    tokens only, so "Paris" never matches inside "Parisian"."""
+    target = "".join(name.split()).casefold()
     if not target or not _WORD_CHARS.search(target):
         return []
     found = []
     for start in range(len(tokens)):
         acc = ""
         for end in range(start, len(tokens)):
-            acc += _norm(tokens[end])
+            acc += tokens[end].casefold()
             if not target.startswith(acc):
                 break
             if acc == target:
@@ -265,11 +248,8 @@ def tag_names(
     names: Iterable[tuple[str, str]],
     scheme: str = "BIO",
 ) -> tuple[list[str], list[tuple[str, str]]]:
-    """Tag ``(name, type)`` pairs into a tag sequence; return tags and names not found.
-
-    Longer names win over names they contain; every occurrence is tagged, as a
-    human annotator would.
-    """
+    """Tags for ``(name, type)`` pairs (every occurrence; longer names win), and the
+    names not found."""
     spans: list[tuple[int, int, str]] = []
     missing: list[tuple[str, str]] = []
     taken = [False] * len(tokens)

@@ -1,20 +1,10 @@
-"""An on-disk response cache that wraps any MLLM backend.
+"""An on-disk response cache around any MLLM backend, so a rerun costs nothing and
+a run is reproducible from its cache alone.
 
-A rerun of the same job must cost nothing, and a run must be reproducible from
-its cache alone. The key is the SHA-256 of the backend's ``cache_identity()``
-(model, sampling options, box frame) and the request's fingerprint (messages,
-parameters and image *bytes*), so a changed image, prompt or model is a miss.
-One JSON file per key in 256 shard folders, written atomically (temp file +
-rename), so a killed run never leaves a torn entry.
-
-Only *usable* answers are cached: a failed call is never stored, and a stage
-passes a ``check`` (parse + validate) that an answer must pass before it is
-written. A transport error, an unparsable or unusable answer is therefore asked
-again by the next run instead of being replayed as a failure forever.
-
-Secrets never reach the cache: the identity is ``secrets.redact``-ed before it
-is hashed or stored, and every string of an entry goes through
-``secrets.scrub`` (a prompt or an answer could quote a key).
+The key hashes the backend's ``cache_identity()`` and the request's fingerprint
+(image *bytes* included), so any change is a miss. Only answers that pass the
+stage's ``check`` are stored: a failure is asked again by the next run, never
+replayed forever. Secrets are redacted/scrubbed before anything is hashed or stored.
 """
 
 from __future__ import annotations
@@ -54,12 +44,8 @@ def _token_count(usage: Any, name: str) -> int:
 
 
 def parse_entry(raw: bytes) -> ChatResponse:
-    """The cached answer of an entry file's bytes, or ``_BadEntry`` saying what is wrong.
-
-    Everything is checked, because a hit's numbers feed the run's token counts
-    and its text feeds the stages: a hand-edited, torn or hostile entry (Infinity,
-    deep nesting, negative usage) must become a miss, not a crash or a lie.
-    """
+    """The answer of an entry file, fully checked (a hit feeds token counts and the
+    stages): a torn or hostile entry raises ``_BadEntry``, a miss, never a crash or a lie."""
     try:
         data = json.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
@@ -78,18 +64,10 @@ def parse_entry(raw: bytes) -> ChatResponse:
 
 
 class CachedBackend(BackendWrapper):
-    """``MLLMBackend`` that answers from ``cache_dir`` when it can, else asks ``inner``.
-
-    Counters (``stats``): ``hits``, ``misses``, ``calls`` (inner calls made),
-    ``errors`` (inner calls that raised), ``unusable`` (answers that failed the
-    caller's check: not cached), ``rejected_hits`` (cached answers that fail
-    today's check: asked again), ``corrupt`` (unreadable entries, treated as
-    misses, rewritten, and warned about on the ``refineg_core.mllm_cache`` logger).
-    Identical requests in flight at the same time make one inner call.
-
-    The backend is available only when ``inner`` answers, whatever the cache
-    holds: a dead server is never reported as alive because of old entries.
-    """
+    """Answers from ``cache_dir`` when it can, else asks ``inner`` (identical requests
+    in flight make one call). ``stats`` counts hits, misses, calls, errors, unusable
+    answers, rejected hits and corrupt entries. Availability is ``inner``'s alone:
+    old entries never make a dead server look alive."""
 
     def __init__(self, inner: MLLMBackend, cache_dir: Path | str) -> None:
         super().__init__(inner)
@@ -125,8 +103,8 @@ class CachedBackend(BackendWrapper):
     def complete_checked(
         self, request: ChatRequest, check: Callable[[ChatResponse], T]
     ) -> tuple[ChatResponse, T]:
-        """The answer and what ``check`` made of it; ``check`` raises on an unusable
-        answer, which is then not cached (and a cached one failing it is re-asked)."""
+        """The answer and what ``check`` made of it; an answer ``check`` refuses is not
+        cached (and a cached one it refuses is asked again)."""
         key = self.key(request)
         found = self._checked_hit(key, check, quiet=True)
         if found is not None:
@@ -179,9 +157,8 @@ class CachedBackend(BackendWrapper):
         return response, value
 
     def _read(self, key: str, *, quiet: bool = False) -> ChatResponse | None:
-        """The cached answer, or None. An entry that cannot be read or does not
-        validate is a miss (asked again, then rewritten) with a warning; ``quiet``
-        skips counting and warning (the lock-free first look, repeated under the lock)."""
+        """The cached answer, or None; a bad entry is a warned miss (``quiet``: the
+        lock-free first look, repeated under the lock, neither counts nor warns)."""
         path = self.path_for(key)
         try:
             return parse_entry(path.read_bytes())
@@ -230,10 +207,7 @@ class CachedBackend(BackendWrapper):
 
     def _lock_for(self, key: str) -> threading.Lock:
         with self._key_locks_lock:
-            lock = self._key_locks.get(key)
-            if lock is None:
-                lock = self._key_locks[key] = threading.Lock()
-            return lock
+            return self._key_locks.setdefault(key, threading.Lock())
 
     def _count(self, name: str) -> None:
         with self._stats_lock:
@@ -243,8 +217,7 @@ class CachedBackend(BackendWrapper):
 def complete_checked(
     backend: MLLMBackend, request: ChatRequest, check: Callable[[ChatResponse], T]
 ) -> tuple[ChatResponse, T]:
-    """Call ``backend`` and apply ``check``; through a cache, only answers that pass
-    are stored. Works on a bare backend too (tests, the Python API)."""
+    """Call ``backend`` and apply ``check`` (through a cache, when it is one)."""
     if isinstance(backend, CachedBackend):
         return backend.complete_checked(request, check)
     response = backend.complete(request)

@@ -1,17 +1,7 @@
-"""A user's post (text, optional image file) as the pipeline's ``Sample``, and what
-the Python API hands back.
-
-The Python API (``pipe("Obama visits Paris", image="photo.jpg")``) takes posts
-as plain text; this is the one place that checks the caller's arguments, turns
-them into samples and finishes the results (character offsets, an unusable
-image as the sample's failure, which stages ran), so the API module and the
-pipeline it returns do not import each other.
-
-What the caller typed wrong (a text that is not a str, one str given to
-``pipe()``, an image path that does not exist, a folder, a URL) raises at call
-time naming the argument; an existing file that is no usable image is the
-sample's own failure (``doc.failures``, kind ``image``) and its text is still
-annotated, as a data file's broken image is.
+"""The Python API's posts: the caller's arguments checked and turned into samples,
+and the results finished (character offsets, which stages ran). A caller's mistake
+(not a str, a URL, a missing path) raises naming the argument; an existing file
+that is no usable image is the sample's own failure, as in a data file.
 """
 
 from __future__ import annotations
@@ -35,8 +25,7 @@ INPUT_STAGE = "input"
 
 
 def check_text(text: object, where: str = "text") -> str | Sample:
-    """``text`` if it is a post (a ``str`` or a ``Sample``), else a TypeError naming
-    the argument (not a regex's ``expected string or bytes-like object``)."""
+    """``text`` if it is a ``str`` or a ``Sample``, else a TypeError naming the argument."""
     if isinstance(text, (str, Sample)):
         return text
     hint = {
@@ -57,10 +46,7 @@ def check_many(values: object, where: str) -> None:
 
 
 def check_image(image: object, where: str = "image") -> Path | None:
-    """The image path the caller gave, checked: a wrong type, a URL, a path that does
-    not exist or a folder is the caller's mistake and raised here, naming ``where``.
-    (A file that exists but holds no usable image is the sample's own failure,
-    recorded in its result by ``as_sample``.)"""
+    """The caller's image path; a wrong type, a URL, a missing path or a folder raises."""
     if image is None:
         return None
     if not isinstance(image, (str, Path)):
@@ -79,8 +65,7 @@ def check_image(image: object, where: str = "image") -> Path | None:
 
 
 def _token_offsets(tokens: tuple[str, ...], text: str) -> list[tuple[int, int]] | None:
-    """Each token's character span in ``text`` (tokens are found in order), or None
-    when a token is not in the text as it stands (a Sample built elsewhere)."""
+    """Each token's character span in ``text``, or None when one is not found."""
     offsets, at = [], 0
     for token in tokens:
         found = text.find(token, at)
@@ -98,8 +83,7 @@ def as_sample(
     *,
     where: tuple[str, str] = ("text", "image"),
 ) -> Sample:
-    """A post as the pipeline's Sample (tokenised text, image with its size); the
-    arguments are checked first (``where`` names them in errors)."""
+    """A post as the pipeline's Sample, arguments checked first (named by ``where``)."""
     text = check_text(text, where[0])
     if isinstance(text, Sample):  # what no output writer could write is refused here too
         return check_sample(text, where=where[0])
@@ -145,8 +129,7 @@ class StageLog:
 def finish_results(
     samples: Sequence[Sample], results: Sequence[SampleResult], log: StageLog
 ) -> list[SampleResult]:
-    """What the API hands back: character offsets on every entity, an image the
-    caller passed that is no image as a recorded failure, and ``meta["stages"]``."""
+    """Results with character offsets, an unusable image as a failure, and the stages."""
     by_id = {s.id: s for s in samples}
     out = []
     for r in results:

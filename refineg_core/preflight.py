@@ -1,20 +1,7 @@
-"""Checks a run makes before any work, so a problem costs seconds, not a training.
-
-- Every MLLM stage set to ``true`` has a backend that works *now*: reachable,
-  serving the model, usable for the stage (grounding needs images). This is
-  checked whether or not any sample will need a call (data without images
-  still proves nothing about the backend), and a failure ends the command
-  with exit 3 before the tagger is trained or anything is written.
-- Every ``"auto"`` stage whose backend is not available says so at the start:
-  it will be skipped (and why), instead of only in the final summary.
-- A saved tagger (``tagger.load_from``) was trained with the options the
-  config gives now. Options the tagger plugin declares inference-only may
-  differ (they shape prediction, not the saved weights); any other difference
-  would serve predictions made by another model than the config describes,
-  so it is refused (exit 2) naming each option and how to proceed.
-
-Config values themselves (finite numbers, real URLs, no coercion) are checked
-when the config is loaded (``refineg_core.config``).
+"""Checks a run makes before any work, so a problem costs seconds, not a training:
+a required MLLM stage's backend works now (else exit 3), an ``"auto"`` stage that
+will be skipped says so at the start, and a saved tagger was trained with the
+config's options (inference-only ones may differ; else exit 2).
 """
 
 from __future__ import annotations
@@ -28,17 +15,15 @@ from refineg_core.errors import ConfigError, StageUnavailable
 from refineg_core.pipeline.fingerprint import flatten, read_record
 from refineg_core.pipeline.order import MLLM_STAGES, TRAINED_MARKER
 
-#: Functions here take the run's ``Pipeline`` (typed ``Any``: importing it would
-#: close an import circle, since the orchestrator calls these checks).
+#: The run's ``Pipeline`` (importing it would close an import circle).
 Pipeline = Any
 
 
 def check_backends(
     pipeline: Pipeline, log: Callable[[str], None], stages: Sequence[str] = MLLM_STAGES
 ) -> dict[str, str]:
-    """Check the backend of every MLLM stage in ``stages`` that is not off; raise for a
-    required one that cannot work, and return (and log) why each ``"auto"`` one will
-    be skipped."""
+    """Raise for a required stage whose backend cannot work; return (and log) why each
+    ``"auto"`` one will be skipped."""
     skipped: dict[str, str] = {}
     availability: dict[str, str | None] = {}
     for stage in stages:
@@ -72,8 +57,7 @@ def check_backends(
 
 
 def saved_tagger_differences(pipeline: Pipeline) -> list[str] | None:
-    """How the config's training options differ from those the saved tagger
-    (``tagger.load_from``) was trained with; None when the folder does not say."""
+    """How the config's options differ from the saved tagger's (None: not recorded)."""
     config = pipeline.config
     folder = Path(config.tagger.load_from)
     record = read_record(folder / TRAINED_MARKER)

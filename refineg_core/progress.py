@@ -1,9 +1,5 @@
-"""One place that decides how progress is shown (tqdm on stderr, off when quiet).
-
-One bar at a time: a bar opened while another is shown (a plugin embedding one
-query inside the ground stage, from any thread) stays hidden, so a stage shows
-one bar, not one nested bar per sample. ``quiet()`` silences our bars and the
-libraries' own (transformers, huggingface_hub) for the ``--quiet`` flag.
+"""How progress is shown (tqdm on stderr): one bar at a time, so a bar opened inside
+a stage's (from any thread) stays hidden; ``quiet()`` silences the libraries' too.
 """
 
 from __future__ import annotations
@@ -27,10 +23,7 @@ _silenced = 0  # open ``silenced()`` blocks
 
 @contextlib.contextmanager
 def silenced() -> Iterator[None]:
-    """No bar shows inside the block (a library call is quiet unless asked).
-
-    Process-wide, not per thread: a stage's bars are opened by its worker threads.
-    """
+    """No bar shows inside the block (process-wide: worker threads open bars too)."""
     global _silenced
     with _lock:
         _silenced += 1
@@ -97,13 +90,8 @@ def bar(
 
 
 def fresh_line(stream: Any = None) -> None:
-    """Start the next message on a line of its own.
-
-    A bar redraws itself with carriage returns and never ends its line: a
-    terminal overwrites it, but a log file or pipe keeps the bar's text, and a
-    message printed next would continue that line (``predict: 100%| ...
-    refineg: error: ...``). Off a terminal, end the line first.
-    """
+    """Start the next message on a line of its own (off a terminal a bar's line has no
+    newline, and the message would continue it)."""
     global _drawn
     if not _drawn:
         return
@@ -117,11 +105,8 @@ def fresh_line(stream: Any = None) -> None:
 
 
 def quiet() -> None:
-    """Silence every progress bar and the libraries' info logging (``refineg --quiet``).
-
-    Environment variables reach libraries not imported yet (and subprocesses);
-    libraries already imported are told directly.
-    """
+    """Silence every progress bar and the libraries' info logging (``--quiet``): through
+    the environment, and directly for libraries already imported."""
     os.environ["REFINEG_NO_PROGRESS"] = "1"
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     os.environ["TRANSFORMERS_VERBOSITY"] = "error"

@@ -1,11 +1,6 @@
-"""Loading plugins of every kind (``refineg_core.kinds``): stevedore loads
-exactly the named plugin.
-
-Only the plugin a config names is imported (plugins import torch; a config that
-uses one backend should not pay for all of them). stevedore's own failure modes
-are made loud: an unknown name lists what is installed, and an import error
-names the distribution that shipped the broken plugin.
-"""
+"""Loading plugins of every kind: only the one a config names is imported (plugins
+import torch), and failures are loud: an unknown name lists what is installed, an
+import error names the distribution that shipped the broken plugin."""
 
 from __future__ import annotations
 
@@ -59,8 +54,7 @@ def slot_group(slot: str) -> str:
 
 
 def _where(slot: str, key: str) -> str:
-    """The config path naming the plugin: ``tagger.plugin``, ``data.train.format``, or
-    the key itself for a box frame (``backend.options.box_frame``)."""
+    """The config path naming the plugin (``tagger.plugin``, ``data.train.format``)."""
     name_key = kinds.kind(slot).name_key
     return key if name_key is None else f"{key}.{name_key}"
 
@@ -81,13 +75,11 @@ def installed(group: str | None = None) -> list[InstalledPlugin]:
                     dist.version if dist else "?",
                 )
             )
-        for (mg, name), cls in _IN_MEMORY.items():
-            if mg == g:
-                found.append(
-                    InstalledPlugin(
-                        g, name, f"{cls.__module__}:{cls.__qualname__}", "<memory>", "-"
-                    )
-                )
+        found += [
+            InstalledPlugin(g, name, f"{cls.__module__}:{cls.__qualname__}", "<memory>", "-")
+            for (mg, name), cls in _IN_MEMORY.items()
+            if mg == g
+        ]
     return sorted(found, key=lambda p: (p.group, p.name))
 
 
@@ -107,11 +99,7 @@ def _unknown(slot: str, name: str, key: str) -> PluginError:
 
 
 def load_class(slot: str, name: str, *, config_key: str | None = None) -> type[Plugin]:
-    """Import only the named plugin's class, loudly.
-
-    ``config_key`` is the config table that named it (for error paths; default
-    the slot name).
-    """
+    """Import only the named plugin's class, loudly (errors name ``config_key``)."""
     key = config_key or slot
     group = slot_group(slot)
     if (group, name) in _IN_MEMORY:
@@ -157,9 +145,8 @@ _REQUIREMENT = re.compile(
 
 
 def _extra_hint(dist: metadata.Distribution | None, exc: Exception) -> str:
-    """``; pip install 'DIST[EXTRA]'`` when the plugin failed on a module one of its
-    distribution's extras provides (``ray`` for the ray engine), else nothing: the
-    user learns the command, not just the missing name."""
+    """``; pip install 'DIST[EXTRA]'`` when an extra of the distribution provides the
+    missing module: the user learns the command, not just the name."""
     missing = getattr(exc, "name", None) if isinstance(exc, ImportError) else None
     if not missing or dist is None:
         return ""
@@ -181,17 +168,12 @@ def _norm(name: str) -> str:
 
 
 def _check_declared(slot: str, name: str, cls: type[Plugin], origin: str, where: str) -> None:
-    """A capability is declared, never guessed: a gate that overrides ``calibrate``
-    without declaring ``calibrates = True`` would silently never be calibrated; a
-    gate that needs an extra outside the table would never be given it."""
-    if slot == "uncertainty" and issubclass(cls, UncertaintyEstimator):
-        check_declared(cls.needs_extras, f"uncertainty plugin {name!r} from {origin}")
-    if (
-        slot == "uncertainty"
-        and issubclass(cls, UncertaintyEstimator)
-        and cls.calibrate is not UncertaintyEstimator.calibrate
-        and not cls.calibrates
-    ):
+    """A capability is declared, never guessed: an undeclared ``calibrate`` override
+    would silently never run, an undeclared extra never be given."""
+    if not (slot == "uncertainty" and issubclass(cls, UncertaintyEstimator)):
+        return
+    check_declared(cls.needs_extras, f"uncertainty plugin {name!r} from {origin}")
+    if cls.calibrate is not UncertaintyEstimator.calibrate and not cls.calibrates:
         raise PluginError(
             f"uncertainty plugin {name!r} from {origin} overrides calibrate() but does not "
             "declare `calibrates = True`; declare it so the core calls calibrate on data.dev",
@@ -242,11 +224,7 @@ def create(
 def create_box_frame(
     name: str, options: Mapping[str, Any] | None = None, *, config_key: str | None = None
 ) -> BoxCodec:
-    """Load, validate options and build the box frame ``name`` (a ``refineg.box_frames`` plugin).
-
-    ``config_key`` is where the frame was named (e.g. ``backend.options.box_frame``),
-    so errors point at the right line of the config.
-    """
+    """Load, validate options and build the box frame ``name`` (errors name ``config_key``)."""
     key = config_key or "box_frame"
     cls = load_class("box_frame", name, config_key=key)
     try:
@@ -266,9 +244,7 @@ _DEFAULT_FRAME: list[BoxCodec] = []
 
 
 def backend_frame(backend: MLLMBackend) -> BoxCodec:
-    """The box frame ``backend`` reads and writes boxes in: its own ``box_codec``, or
-    the ``pixels`` frame when it names none (built once: loading a plugin per
-    sample would cost ~5 ms each)."""
+    """``backend``'s own ``box_codec``, or the ``pixels`` frame (built once: ~5 ms)."""
     frame = backend.box_codec
     if frame is not None:
         return frame

@@ -1,28 +1,12 @@
 """The run directory's one owner: who may write it, and how each file is written.
 
-Everything that writes into a run directory goes through here:
-
-- **the lock.** A command that writes (run, synth, train, predict, refine,
-  ground, plan, and the Python API's writing methods) holds an exclusive lock
-  on ``<run_dir>/refineg.lock`` for its whole life (``flock``; on Windows
-  ``msvcrt.locking`` on one byte past the holder's note: ``_try_lock``). A second
-  process is refused at once (exit 2) with the holder's pid, command line
-  and start time, which the holder writes into the lock file. The kernel
-  drops the lock when the holder dies, even by ``kill -9``, so a stale file
-  never blocks the next run; readers (``status``, ``config show``) never
-  take it and can ask ``holder()`` whether a run is working.
-- **whole files.** ``atomic_write`` is the one temp-and-rename helper: a
-  reader, or the next run after a kill, sees the old file or the new one,
-  never half of one; a writer that raises leaves no temp file behind.
-- **append-only stage files.** ``repair_tail`` cuts the torn last line a
-  killed writer left, so what is on disk is always whole records.
-- **stage records** (``stages/<stage>.json``): what made each stage's output
-  (its fingerprint), whether it finished, and the digest of the output it
-  wrote; ``output_problem`` says when the file on disk is no longer that
-  output (deleted, edited, left by another writer), so it is never reused.
-- **resume**: ``set_aside`` keeps a stopped stage's results for the rerun.
-
-Nothing here knows a stage's meaning; the pipeline decides what to run.
+A writing command holds an exclusive lock on ``<run_dir>/refineg.lock`` (its
+holder's pid and command inside) for its whole life, so a second one is refused
+at once; the kernel drops it when the holder dies, so a stale file never blocks.
+Whole files are written temp-and-rename (a reader sees old or new, never half),
+append-only files lose a torn last line, and a stage record keeps the digest of
+the output it wrote so an edited or deleted file is never reused. Nothing here
+knows a stage's meaning.
 """
 
 from __future__ import annotations
@@ -63,12 +47,8 @@ class RunDirBusy(RefinegError):
 def atomic_write(
     path: Path | str, *, binary: bool = False, encoding: str = "utf-8"
 ) -> Iterator[IO[Any]]:
-    """Open a temp file beside ``path``; on a clean exit it replaces ``path``.
-
-    The temp name is unique (``mkstemp``), so two writers never share one; the
-    final file gets the mode a plain ``open()`` would give it. When the block
-    raises, ``path`` is untouched and the temp file is removed.
-    """
+    """A unique temp file beside ``path`` that replaces it on a clean exit (with the
+    mode a plain ``open()`` gives); when the block raises, ``path`` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # the name kept short: a long file name plus the temp suffix must still fit NAME_MAX
@@ -129,12 +109,8 @@ def repair_tail(path: Path | str) -> None:
 
 
 def set_aside(out: Path, earlier: Path) -> None:
-    """Move a stopped stage's file aside for the rerun; when an earlier resume was itself
-    stopped, the results it had already redone are kept ahead of the older ones.
-
-    Works on the JSONL lines as written (each a record with an ``id``), so the
-    records the rerun reads back are byte for byte the ones the stage wrote.
-    """
+    """Move a stopped stage's file aside for the rerun, its lines kept byte for byte;
+    lines an earlier stopped resume already redid win over the older ones."""
     out, earlier = Path(out), Path(earlier)
     repair_tail(out)
     if not earlier.exists():
@@ -159,13 +135,11 @@ def _line_id(line: str) -> str:
 if sys.platform == "win32":  # pragma: no cover - the suite runs on POSIX
     import msvcrt
 
-    #: The byte Windows locks: far past the holder's note, which stays readable
-    #: (a locked range cannot be read by other processes there).
+    #: Far past the holder's note, which must stay readable (Windows locks ranges).
     _WINDOWS_LOCK_BYTE = 1 << 30
 
     def _try_lock(fd: int, *, probe: bool = False) -> bool:
-        """Take the exclusive lock on ``fd`` without waiting (False: someone holds it).
-        A ``probe`` only asks: Windows has no shared lock, so it gives it back at once."""
+        """Lock ``fd`` now or return False; a ``probe`` gives it back at once."""
         os.lseek(fd, _WINDOWS_LOCK_BYTE, os.SEEK_SET)
         try:
             msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
@@ -180,9 +154,8 @@ else:
     import fcntl
 
     def _try_lock(fd: int, *, probe: bool = False) -> bool:
-        """Take the exclusive lock on ``fd`` without waiting (False: someone holds it).
-        A ``probe`` takes a shared lock, which only an exclusive holder refuses; the
-        lock lives as long as the descriptor (closing it, or dying, drops it)."""
+        """Lock ``fd`` now or return False; a ``probe`` takes a shared lock, which only
+        an exclusive holder refuses."""
         try:
             fcntl.flock(fd, (fcntl.LOCK_SH if probe else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except OSError as exc:
@@ -230,9 +203,8 @@ _HELD: weakref.WeakSet[RunLock] = weakref.WeakSet()
 
 
 def _forget_in_child() -> None:
-    """In a forked child (a data loader worker...): close the inherited descriptors
-    without unlocking, so the lock lives exactly as long as the process that took it
-    (``flock`` holds while any copy of the descriptor is open)."""
+    """In a forked child: close inherited lock descriptors without unlocking, so the
+    lock lives exactly as long as the process that took it."""
     for lock in list(_HELD):
         if lock._fd is not None:
             with contextlib.suppress(OSError):
@@ -246,8 +218,7 @@ if hasattr(os, "register_at_fork"):  # POSIX; Windows has no fork
 
 
 class RunLock:
-    """An exclusive lock on ``<run_dir>/refineg.lock`` (``_try_lock``; released when
-    closed or when the process dies, however it dies)."""
+    """An exclusive lock on ``<run_dir>/refineg.lock``, released on close or death."""
 
     def __init__(self, run_dir: Path) -> None:
         self.path = Path(run_dir) / LOCK_FILE
@@ -304,8 +275,7 @@ class RunLock:
         os.close(fd)  # closing the only descriptor drops the lock
 
     def holder(self) -> Holder | None:
-        """Who holds the lock now (None when nobody does), without blocking anyone
-        for longer than a probe: a shared lock that fails means an exclusive holder."""
+        """Who holds the lock now (None: nobody), asked with a probe that blocks no one."""
         if self._fd is not None:
             return _read_holder(self.path)
         try:
@@ -321,7 +291,7 @@ class RunLock:
 
 # ----------------------------------------------------------- stage records
 class FingerprintLike(Protocol):
-    """What a record is written from (``refineg_core.pipeline.fingerprint.Fingerprint``)."""
+    """What a record is written from (``pipeline.fingerprint.Fingerprint``)."""
 
     stage: str
     parts: Mapping[str, Any]
@@ -409,8 +379,7 @@ class StageStore:
             self.path(stage).unlink(missing_ok=True)
 
     def output_problem(self, stage: str, out: Path) -> str | None:
-        """Why ``out`` is not the output a finished ``stage`` recorded (None when it is,
-        or when the stage never finished: a partial file is resumed, not judged)."""
+        """Why ``out`` is not what a finished ``stage`` wrote (None: it is, or unfinished)."""
         record = self.read(stage)
         if record is None or not record.complete:
             return None
@@ -423,12 +392,7 @@ class StageStore:
 
 
 class RunStore(StageStore):
-    """One run directory: its lock, its stage records, and what may be discarded.
-
-    ``open()`` creates the directory (when needed) and takes the lock; ``close()``
-    releases it. A store that created the directory and saw the command fail
-    removes it again if nothing but its own bookkeeping is inside.
-    """
+    """One run directory: its lock, its stage records, and what may be discarded."""
 
     #: What a run directory holds before any stage output (safe to discard).
     BOOKKEEPING = frozenset({"config.json", "data-warnings.log", "stages", "cache", LOCK_FILE})
@@ -443,8 +407,7 @@ class RunStore(StageStore):
         return self.lock.held
 
     def open(self, *, make_dir: Callable[[Path], object] | None = None, command: str | None = None):
-        """Create the run directory if needed and take its lock (idempotent).
-        ``make_dir`` creates it with a readable error (the default: ``mkdir -p``)."""
+        """Create the run directory if needed (``make_dir``) and take its lock."""
         if self.lock.held:
             return self
         existed = self.run_dir.is_dir()
@@ -458,14 +421,11 @@ class RunStore(StageStore):
 
     def holder(self) -> Holder | None:
         """Another process working in this run directory (None when none is)."""
-        if self.lock.held:
-            return None
-        return self.lock.holder()
+        return None if self.lock.held else self.lock.holder()
 
     def discard_if_unused(self) -> None:
-        """After a failed command: remove the run directory this store created when it
-        holds no stage output yet, so no half-made run is left behind. Only the lock
-        holder may: another process may be about to write here."""
+        """After a failed command, remove the directory this store created (and still
+        locks) when it holds no stage output, so no half-made run is left behind."""
         if not (self.created and self.lock.held and self.run_dir.is_dir()):
             return
         leftovers = {p.name for p in self.run_dir.iterdir()}

@@ -1,13 +1,8 @@
 """Keep configured secrets out of everything the project writes.
 
-Servers echo what they were sent (a 401 that repeats the Authorization
-header), and options may carry keys (``extra_body = {api_key = ...}``), so a
-secret can reach failure messages, cache entries, logs and summaries by many
-roads. Instead of guarding each road, secrets are *registered* once (by the
-backend that reads them) in one process-wide registry, and every writer passes
-its text through ``scrub``, which replaces each registered value with ``***``.
-``redact`` is the structural counterpart for option trees (config dumps, cache
-identities): values under a secret-sounding key become ``***``.
+A secret reaches messages, cache entries and logs by many roads (servers echo
+headers), so instead of guarding each road, secrets are *registered* once and every
+writer passes its text through ``scrub``; ``redact`` masks option trees by key.
 """
 
 from __future__ import annotations
@@ -22,14 +17,12 @@ import urllib.parse
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-#: A key containing one of these words holds a secret (``*_env`` keys hold a
-#: variable's *name*, not its value).
+#: A key containing one of these words holds a secret (not ``*_env``: a name).
 SECRET_WORDS = ("key", "token", "secret", "password", "passwd", "auth", "credential")
 #: "token" in these names means text units, not credentials (``max_tokens``, ``eos_token``).
 _TOKENIZER_NAMES = re.compile(r"tokens|(eos|bos|pad|unk|sep|cls|mask|stop|special)_?token|tokeniz")
 MASK = "***"
-#: Query-string keys whose values are never credentials (kept readable in a shown URL);
-#: every other query value of a URL is treated as a secret.
+#: The only query-string keys whose values are not treated as secrets.
 PLAIN_QUERY_KEYS = frozenset({"api-version", "api_version", "version"})
 #: Shorter values are not scrubbed: they would mangle ordinary text and are no real key.
 MIN_SECRET_LENGTH = 6
@@ -136,9 +129,8 @@ def secret_values(node: Any, inside: bool = False) -> list[str]:
 
 
 def url_secrets(url: str) -> list[str]:
-    """The secrets a URL carries, to ``register``: the userinfo of
-    ``https://user:pass@host`` (raw, percent-decoded, and as the Basic credential a
-    client builds from it) and every query value but an ``api-version``."""
+    """The secrets a URL carries, to ``register``: its userinfo (in every form a client
+    sends it) and every query value but an ``api-version``."""
     parts = urllib.parse.urlsplit(url)
     found: list[str] = []
     if parts.username is not None or parts.password is not None:
@@ -154,8 +146,7 @@ def url_secrets(url: str) -> list[str]:
 
 
 def redact_url(text: str) -> str:
-    """A URL shown without its secrets: userinfo as ``***:***``, query values as
-    ``***`` (but an ``api-version``); any other string is returned as it is."""
+    """A URL without its userinfo and query secrets; any other string as it is."""
     if "://" not in text:
         return text
     try:
@@ -185,12 +176,8 @@ def redact_url(text: str) -> str:
 
 
 def redact(node: Any, inside: bool = False) -> Any:
-    """An option tree with every string under a secret-sounding key replaced by ``***``,
-    and every URL string without its credentials (``redact_url``).
-
-    Only strings: numbers and flags (``max_tokens = 1024``) are never secrets,
-    and they shape answers, so a cache identity must keep them.
-    """
+    """An option tree with strings under secret-sounding keys masked and URLs redacted;
+    numbers stay (they shape answers, so a cache identity keeps them)."""
     if isinstance(node, Mapping):
         return {
             k: redact(v, inside or (isinstance(k, str) and is_secret_key(k)))

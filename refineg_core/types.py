@@ -1,8 +1,5 @@
-"""Value objects shared by every stage and plugin.
-
-They are frozen so a stage can hand them to a plugin without fearing that the
-plugin edits its input; "changing" one means ``attrs.evolve``.
-"""
+"""Value objects shared by every stage and plugin, frozen so a plugin cannot edit
+its input ("changing" one means ``attrs.evolve``)."""
 
 from __future__ import annotations
 
@@ -58,11 +55,8 @@ class Box:
     def clipped(
         cls, x1: float, y1: float, x2: float, y2: float, size: tuple[int, int] | None
     ) -> Box | None:
-        """Clip to the image and return None when nothing valid is left.
-
-        Model answers are untrusted: an out-of-frame or inverted box must become
-        "no box", never an exception in the middle of a long run.
-        """
+        """Clipped to the image, or None when nothing valid is left (an untrusted answer
+        becomes "no box", never an exception in the middle of a long run)."""
         try:
             x1, y1, x2, y2 = (float(v) for v in (x1, y1, x2, y2))
         except (TypeError, ValueError, OverflowError):  # OverflowError: a 400-digit int
@@ -79,11 +73,7 @@ class Box:
 
 @attrs.frozen
 class ImageRef:
-    """Where a sample's image is and how big it is, when known.
-
-    The size can be known without the pixels (Twitter-GMNER's XML carries it),
-    which is enough to validate boxes.
-    """
+    """Where a sample's image is, and its size when known (even without the pixels)."""
 
     image_id: str
     path: Path | None = None
@@ -103,14 +93,9 @@ class ImageRef:
 
 @attrs.frozen
 class Entity:
-    """A typed token span (end exclusive) with zero or more boxes.
-
-    ``boxes is None`` means grounding was never attempted (no MLLM asked, the
-    call failed, the stage was off); ``boxes == ()`` means it was judged "not
-    groundable" (the region None of the GMNER metric). Keeping the two apart is
-    what lets an outage never pass for an answer. ``source`` tells which stage
-    decided the span and type; ``grounded_by`` which stage supplied the boxes.
-    """
+    """A typed token span (end exclusive) with its boxes. ``boxes is None``: grounding
+    never attempted (so an outage never passes for an answer); ``()``: judged "not
+    groundable". ``source``/``grounded_by``: the stage that decided span/boxes."""
 
     start: int
     end: int
@@ -119,13 +104,10 @@ class Entity:
     boxes: tuple[Box, ...] | None = None
     confidence: float | None = None
     uncertainty: float | None = None
-    #: Who decided the span and type (``SOURCE_TAGGER``, ``SOURCE_MLLM``...). No
-    #: default stage: an entity nobody stamped (read from a data file, built by
-    #: hand) says None rather than claiming to be gold.
+    #: None when nobody stamped it (read from a file): it never claims to be gold.
     source: str | None = None
     grounded_by: str | None = None
-    #: Character offsets (end exclusive) into the text as the Python API's caller
-    #: passed it; None where unknown. Not part of equality: the token span is.
+    #: Offsets into the Python API caller's text; not part of equality.
     char_start: int | None = attrs.field(default=None, eq=False)
     char_end: int | None = attrs.field(default=None, eq=False)
 
@@ -180,11 +162,8 @@ class Failure:
 
 @attrs.frozen
 class GateVerdict:
-    """What the uncertainty gate decided for one sample, as it travels between stages.
-
-    ``delegated`` holds the ``Entity.key`` of every entity sent to the MLLM; a
-    sample can be delegated with none of them (a possibly missed entity).
-    """
+    """The gate's decision as it travels between stages: ``delegated`` holds the keys
+    of the entities sent to the MLLM (possibly none: a possibly missed entity)."""
 
     delegate_sample: bool
     missed_uncertainty: float
@@ -232,11 +211,8 @@ class GateVerdict:
 
 @attrs.frozen
 class SampleResult:
-    """A sample with its predicted entities and what failed on the way.
-
-    ``gate`` is the uncertainty gate's verdict (None before the gate ran or when
-    no gate was used); every later stage carries it along unchanged.
-    """
+    """A sample with its predicted entities, what failed on the way, and the gate's
+    verdict (None before or without a gate), carried unchanged by later stages."""
 
     sample: Sample
     entities: tuple[Entity, ...]
@@ -271,16 +247,9 @@ def _extras_dict(extras: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarra
 
 @attrs.frozen(eq=False)
 class TaggerPrediction:
-    """A tagger's decoded tags plus per-token label marginals, and any declared extras.
-
-    ``marginals[i, j]`` is P(token i has label ``label_names[j]``); rows sum to 1.
-    The uncertainty gate needs the marginals, not only the Viterbi path.
-    ``extras`` holds what some gates need beyond them (ensemble members' and
-    dropout passes' marginals, transition marginals...), keyed by the names
-    of the one table ``refineg_core.extras.EXTRAS``, which also fixes each
-    one's shape: an unknown name or a wrong shape is a DataError naming the
-    sample and the extra, here where the tagger builds the prediction.
-    """
+    """Decoded tags plus per-token label marginals (``marginals[i, j]`` = P(token i
+    has ``label_names[j]``), which the gate needs), and extras named in
+    ``extras.EXTRAS``: a wrong name or shape fails here, where the tagger builds it."""
 
     sample_id: str
     tags: tuple[str, ...]
@@ -298,11 +267,7 @@ class TaggerPrediction:
         check_extras(self.extras, self.sample_id, n, n_labels)
 
     def extra(self, name: str) -> np.ndarray | None:
-        """The extra ``name`` (a key of ``EXTRAS``), or None when the tagger gave none.
-
-        A name outside the table is a programming error, so it raises rather than
-        reading as "not reported".
-        """
+        """The extra ``name``, or None when not given (an undeclared name raises)."""
         if name not in EXTRAS:
             raise KeyError(f"{name!r} is not a declared extra; they are {sorted(EXTRAS)}")
         return self.extras.get(name)
@@ -310,14 +275,9 @@ class TaggerPrediction:
 
 @attrs.frozen
 class GateDecision:
-    """The uncertainty gate's verdict on one sample.
-
-    ``kept`` entities are final; ``delegated`` ones go to the MLLM. A sample with
-    no delegated entity can still be delegated when a token tagged O looks
-    uncertain (``missed_uncertainty`` above the threshold): a possibly missed
-    entity. ``priority`` ranks delegated samples when a budget caps them (higher
-    first); a capped sample keeps all its entities (``capped``).
-    """
+    """The gate's verdict on one sample: ``kept`` entities are final, ``delegated``
+    ones go to the MLLM, and an uncertain O token can delegate a sample alone.
+    ``priority`` ranks samples under a budget (higher first)."""
 
     sample_id: str
     kept: tuple[Entity, ...]
@@ -346,10 +306,7 @@ class Demonstration:
 
 @attrs.frozen
 class SynthesisCandidate:
-    """An LLM-written sentence with the (name, type) pairs it claims to contain.
-
-    Not yet a Sample: names still have to be found in the text and checked.
-    """
+    """An LLM-written sentence with the (name, type) pairs it claims (still unchecked)."""
 
     text: str
     entities: tuple[tuple[str, str], ...]

@@ -1,8 +1,5 @@
-"""The one usage meter: calls and tokens an MLLM backend spent, counted in one place.
-
-The run's backend wrapper (the response cache) owns the meter; stages and the
-summary read deltas of it instead of keeping counters of their own.
-"""
+"""The one usage meter (calls and tokens an MLLM backend spent), owned by the response
+cache; stages and the summary read deltas of it instead of counting themselves."""
 
 from __future__ import annotations
 

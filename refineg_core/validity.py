@@ -1,17 +1,7 @@
-"""One validity check for samples: what is read can be written.
-
-A run writes its results in its native JSONL and in the output formats its
-config names (``[outputs] formats``). A sample one of those writers cannot
-write (a token holding a tab, an image id with a path separator...) would
-pass reading and every paid MLLM call, then kill the run while writing its
-outputs. So readers, the Python API and the writers ask the same question
-here, and a reader refuses such a sample at its file and line.
-
-What a format can write is the format plugin's knowledge
-(``DatasetFormat.unwritable``), not the core's: this module only asks every
-installed format that can be an output (it declares ``output_file``; readers
-do not know which the run will name, so they ask all of them), plus what
-every writer shares (UTF-8 text, spans inside the tokens).
+"""One validity check for samples: what is read can be written. A sample an output
+writer cannot write would pass reading and every paid MLLM call, then kill the run
+at the end; so readers refuse it at its file and line, asking every installed
+output format (``DatasetFormat.unwritable``) and what every writer shares.
 """
 
 from __future__ import annotations
@@ -25,9 +15,8 @@ from refineg_core.types import Entity, Sample
 
 @functools.cache
 def _writers() -> tuple[tuple[str, type], ...]:
-    """Every installed format plugin that can be an output format (looked up once:
-    every sample read asks). One that fails to import is left out here; naming it
-    in ``[outputs]`` reports the failure at config load."""
+    """Every installed format that can be an output (looked up once; a broken one is
+    left out here and reported at config load when ``[outputs]`` names it)."""
     from refineg_core import registry  # registry imports the formats package
 
     found = []

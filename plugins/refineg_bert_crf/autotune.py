@@ -15,7 +15,7 @@ batches the first time a tagger runs on a machine and keeps the fastest:
   :data:`TOLERANCE` points of fp32 for these exact weights.
 
 The choice is cached in ``inference/autotune.json`` beside the tagger, keyed by
-the machine (``refineg_core.machine``: CPU model and flags, library versions,
+the machine (``refineg_bert_crf.machine``: CPU model and flags, library versions,
 thread count) and by the weights' SHA-256: new weights or another machine
 measure again.
 """
@@ -29,8 +29,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from refineg_bert_crf import inference
-from refineg_core import machine
+from refineg_bert_crf import inference, machine
 from refineg_core.runstore import atomic_write
 
 log = logging.getLogger(__name__)

@@ -45,7 +45,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from refineg_bert_crf import autotune, encoder_meta, ensemble, inference, verify
+from refineg_bert_crf import autotune, encoder_meta, ensemble, inference, machine, verify
 from refineg_bert_crf.encoders import KNOWN, resolve_encoder
 from refineg_bert_crf.model import (
     ENCODER_PREFIX,
@@ -56,7 +56,6 @@ from refineg_bert_crf.model import (
 )
 from refineg_bert_crf.model import encoder_config as make_encoder_config
 from refineg_bert_crf.training import padded_buckets, set_seed, snapshot, span_f1, train_loop
-from refineg_core import machine
 from refineg_core.errors import DataError, TaggerError
 from refineg_core.filemodes import respect_umask
 from refineg_core.interfaces import PluginOptions, Tagger

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from refineg_bert_crf import machine
 
-from refineg_core import machine
 from refineg_core.errors import PluginError
 from refineg_core.progress import bar
 

@@ -1,9 +1,6 @@
-"""Align predictions with gold by sample id and score GMNER, MNER and EEG.
-
-Every gold sample counts, including those whose gold or prediction is empty
-(the reference release skipped them, which inflates precision); a gold sample
-with no prediction at all counts as all-missed and is listed in the report.
-"""
+"""Align predictions with gold by sample id and score GMNER, MNER and EEG. Every gold
+sample counts, also an empty one (skipping them inflates precision), and one never
+predicted counts as all-missed."""
 
 from __future__ import annotations
 
@@ -20,11 +17,6 @@ from refineg_core.hooks import Hooks, get_hooks
 from refineg_core.types import Box, Entity, Sample, SampleResult
 
 Prediction = Sample | SampleResult
-
-
-def _entities(pred: Prediction) -> tuple[Entity, ...]:
-    """A result's entities are its predictions; its input sample's are not."""
-    return pred.entities
 
 
 def _unique_ids(items: Iterable[Prediction], what: str) -> dict[str, Prediction]:
@@ -63,10 +55,6 @@ def _numbers(metrics: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _dedup_boxes(boxes: Iterable[Box]) -> tuple[Box, ...]:
-    return tuple(dict.fromkeys(boxes))
-
-
 def _span_items(entities: Iterable[Entity]) -> list[Item]:
     return [Item(e.span, e.type, e.box_list) for e in entities]
 
@@ -88,17 +76,13 @@ def _gold_unaligned(sample: Sample) -> list[tuple[str, str, tuple[Box, ...]]]:
 def _name_items(
     named: Iterable[tuple[str, str, tuple[Box, ...]]], *, with_type: bool
 ) -> list[Item]:
-    """Collapse mentions that share a normalised name (and type) into one entity.
-
-    Without spans a repeated name cannot be told apart from a duplicate, so a
-    name is one entity whose boxes are the union of its mentions' boxes, in
-    order (the first box stays the first): the CCKS reader merges the same way.
-    """
+    """Mentions sharing a normalised name (and type) as one entity with the union of
+    their boxes in order: without spans they cannot be told apart from duplicates."""
     merged: dict[tuple[str, str], list[Box]] = {}
     for name, etype, boxes in named:
         key = (normalize_name(name), etype if with_type else "")
         merged.setdefault(key, []).extend(boxes)
-    return [Item(n, t, _dedup_boxes(b)) for (n, t), b in merged.items()]
+    return [Item(n, t, tuple(dict.fromkeys(b))) for (n, t), b in merged.items()]
 
 
 def _named(sample: Sample, entities: Iterable[Entity]):
@@ -133,7 +117,7 @@ class _Scoring:
         pred_sample = pred.sample if isinstance(pred, SampleResult) else pred
         if not self.by_name:
             _check_tokens(g, pred_sample)
-        p_ents = _entities(pred)
+        p_ents = pred.entities  # a result's predictions, not its input sample's
         self.gold_unknown += sum(e.boxes is None for e in g.entities)
         self.not_attempted += sum(e.boxes is None for e in p_ents)
         self.multi_box += sum(len(e.box_list) > 1 for e in p_ents)
@@ -211,14 +195,9 @@ def evaluate(
     hooks: Hooks | None = None,
     extra_metrics: bool = True,
 ) -> EvaluationReport:
-    """Micro P/R/F1 for GMNER, MNER and EEG plus a per-type table.
-
-    ``by_name`` identifies entities by normalised name + type instead of token
-    span (for gold without spans, e.g. CCKS) and then also scores the gold's
-    ``meta["unaligned"]`` names. Plugins answering the ``refineg_extra_metrics``
-    hook add their numbers under ``extra`` (``hooks`` defaults to the
-    process-wide ones; ``extra_metrics=False`` skips them).
-    """
+    """Micro P/R/F1 for GMNER, MNER and EEG plus a per-type table. ``by_name``: entities
+    by normalised name + type (gold without spans), ``meta["unaligned"]`` included;
+    ``refineg_extra_metrics`` hook plugins add numbers under ``extra``."""
     _check_iou(iou_threshold)
     gold_by_id = _unique_ids(gold, "gold data")
     pred_by_id = _unique_ids(predicted, "predictions")
@@ -243,13 +222,9 @@ def evaluate_stream(
     *,
     iou_threshold: float = 0.5,
 ) -> dict[str, EvaluationReport] | None:
-    """``evaluate`` of several prediction streams (stage files) against one gold
-    stream, all in the same order, in one pass holding one sample at a time; None
-    when gold has no entity.
-
-    When the streams do not pair up id by id, or a plugin adds metrics (which
-    see the whole set), everything is loaded and scored by ``evaluate`` instead.
-    """
+    """``evaluate`` of several prediction streams against one gold stream in one pass
+    (None when gold has no entity); streams that do not pair up id by id, or plugin
+    metrics (which see the whole set), fall back to loading everything."""
     _check_iou(iou_threshold)
     if get_hooks().has_extra_metrics():
         return _whole(gold, predicted, iou_threshold)

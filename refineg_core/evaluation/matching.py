@@ -1,24 +1,11 @@
-"""Counting correct triples in one sample: the scoring rules in one place.
+"""The scoring rules in one place (Twitter-GMNER's H-Index protocol, made precise):
 
-The rules (the H-Index protocol of Twitter-GMNER, made precise where the
-reference code was silent):
-
-* An entity is identified by its token span, or in the name-based variant by
-  its normalised name (see ``normalize_name``).
-* Region: a gold entity's region is the *set* of its boxes (empty = None). A
-  predicted entity's region is its **first** box (None when it has none): the
-  protocol predicts one region per entity, so extra boxes can neither help
-  nor hurt, and a system cannot gain by listing many guesses. A predicted
-  region is correct when both regions are None, or when the predicted box has
-  IoU strictly greater than the threshold with *any* gold box of the entity.
-* Matching is one-to-one: a gold entity is matched by at most one prediction,
-  so a duplicated prediction is a false positive, never a second true
-  positive. Within a key (same span and type) the largest possible matching
-  is taken, so the order of duplicates never changes the counts.
-* Name-based variant: without spans, mentions that share a normalised name
-  (and type) cannot be told apart, so on both sides they are one entity whose
-  boxes are the union of the mentions' boxes, in order.
-* Every sample counts, also when its gold or its prediction is empty.
+* An entity is its token span, or its normalised name in the name-based variant.
+* A gold region is the *set* of its boxes; a predicted one is its **first** box
+  (listing many guesses cannot help), correct when both are None or its IoU with
+  *any* gold box is strictly above the threshold.
+* Matching is one-to-one and maximal within a key, so a duplicate is a false
+  positive and the order of duplicates never changes the counts.
 """
 
 from __future__ import annotations
@@ -46,11 +33,8 @@ class Item:
 
 
 def normalize_name(text: str) -> str:
-    """Name identity for the name-based variant: NFKC, case-folded, no whitespace.
-
-    The same rule that aligns a name to tokens (``labels.find_token_spans``
-    ignores case and spaces), so "F-35 A" and "f-35A" are one entity.
-    """
+    """NFKC, case-folded, no whitespace: like ``labels.find_token_spans``, "F-35 A" and
+    "f-35A" are one entity."""
     return "".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
@@ -103,10 +87,7 @@ def count_sample(
     totals: Counts,
     per_type: dict[str, Counts] | None = None,
 ) -> None:
-    """Add one sample's tp/fp/fn to ``totals`` (and per type when the key has a type).
-
-    GMNER: ``with_type`` and ``with_region``; MNER: type only; EEG: region only.
-    """
+    """Add one sample's tp/fp/fn to ``totals`` (and per type when keys have one)."""
 
     def key(item: Item) -> Hashable:
         return (item.ident, item.type) if with_type else item.ident

@@ -20,11 +20,8 @@ def _ratio(num: int, den: int) -> float:
 
 @attrs.frozen
 class Score:
-    """Micro counts of one task; P/R/F1 are percentages (0 when undefined).
-
-    "Undefined" means no prediction (P) or no gold (R); the counts are kept so
-    a reader can tell an empty evaluation from a bad one.
-    """
+    """Micro counts of one task; P/R/F1 in percent, 0 when undefined (the counts tell
+    an empty evaluation from a bad one)."""
 
     tp: int
     fp: int
@@ -103,9 +100,8 @@ class EvaluationReport:
         return getattr(self, name)
 
     def headline(self) -> dict[str, float]:
-        """Each task's F1 exactly as ``format_table`` prints it (two decimals, rounded
-        once from the counts), for a run's summary: rounding the four-decimal JSON
-        value again would print 50.49 where ``refineg eval`` prints 50.50."""
+        """Each task's F1 rounded once, as ``format_table`` prints it (not the JSON's
+        four decimals rounded again: 50.49 where ``refineg eval`` prints 50.50)."""
         return {t: round(s.f1, 2) for t in TASKS if (s := self.task(t)) is not None}
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,12 +1,5 @@
-"""Dataset files: the format plugin contract, the loader, and the generic readers.
-
-``load_dataset`` is the one entry point the pipeline uses: it picks the format
-plugin by name, or the one installed format that recognises the file
-(``refineg.formats`` entry points; the dataset-specific ones live in
-``plugins/refineg_formats``). Each reader returns a ``Dataset``
-(samples plus the warnings met on the way) so nothing that could be kept is
-silently dropped.
-"""
+"""Dataset files: the format plugin contract, the loader and the native format. A
+reader returns a ``Dataset`` (samples plus warnings), so nothing is silently dropped."""
 
 from refineg_core.formats.base import Dataset, DatasetFormat, read_text_file
 from refineg_core.formats.conll import write_conll

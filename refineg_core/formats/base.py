@@ -1,10 +1,5 @@
-"""What every format shares: the Dataset type, the format plugin contract, decoding.
-
-A dataset format is a plugin kind like the five components (kind ``format`` in
-``refineg_core.kinds``): a class registered under its entry-point group,
-selected by the ``format`` key of a data source, with its own pydantic
-``Options``. A third-party package adds a format without touching the core.
-"""
+"""What every format shares: the Dataset type, the format plugin contract (a plugin
+kind, so a package adds a format without touching the core), decoding."""
 
 from __future__ import annotations
 
@@ -50,9 +45,8 @@ class Dataset:
 
 
 def whole_pixels(box: Box) -> list[int]:
-    """``box`` in whole pixels for formats that store integers (CCKS, VOC XML):
-    rounded, or floor/ceil when rounding would leave it empty (a 0.4-pixel box
-    read back as ``x1 == x2`` would be dropped as invalid)."""
+    """``box`` in whole pixels for integer formats: rounded, or floor/ceil when rounding
+    would leave it empty (and so dropped when read back)."""
     coords = [round(v) for v in box.as_list()]
     if coords[0] < coords[2] and coords[1] < coords[3]:
         return coords
@@ -77,8 +71,7 @@ def read_text_file(path: Path) -> str:
 
 
 def first_line(path: Path, size: int = 4096) -> str:
-    """The first line of ``path`` (at most ``size`` bytes of it, BOM removed), or
-    "" when it cannot be read: what ``recognises`` looks at."""
+    """The first line (at most ``size`` bytes, no BOM) or "": what ``recognises`` reads."""
     try:
         with Path(path).open("rb") as fh:
             head = fh.read(size)
@@ -88,13 +81,8 @@ def first_line(path: Path, size: int = 4096) -> str:
 
 
 def text_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """The UTF-8 lines of ``path``, numbered from 1, read one at a time (a corpus
-    larger than memory streams); bad bytes are an error naming the line.
-
-    Lines end at ``\\n`` or ``\\r\\n`` only: U+2028, U+0085 or a form feed inside
-    a token or a JSON string is text, as every writer writes it (``str.splitlines``
-    would split there and misread the rest of the line).
-    """
+    """The UTF-8 lines of ``path`` numbered from 1, streamed; bad bytes name the line.
+    Lines end at ``\\n`` or ``\\r\\n`` only (U+2028 inside a JSON string is text)."""
     path = Path(path)
     if not path.is_file():
         raise DataError("file not found", where=str(path))
@@ -113,74 +101,46 @@ def text_lines(path: Path) -> Iterator[tuple[int, str]]:
 
 
 class DatasetFormat(Plugin):
-    """Reads a dataset file into samples; optionally writes samples back.
-
-    Options come from the data source: its ``images_dir`` key (accepted only by
-    formats whose ``Options`` declare it) plus its ``options`` table, validated
-    by ``Options`` (unknown keys are errors; a relative ``Path`` option is
-    resolved against the config file's folder). ``read`` returns every
-    recoverable problem in ``Dataset.warnings`` and raises ``DataError`` (with
-    file and line) for the rest. An entity's
-    ``boxes`` must be None when the file cannot say its region, ``()`` when the
-    file says it has none.
-    """
+    """Reads a dataset file into samples; optionally writes samples back. ``read`` puts
+    recoverable problems in ``Dataset.warnings`` and raises a located ``DataError``
+    for the rest; ``boxes`` is None where the file cannot say a region."""
 
     Options: ClassVar[type[PluginOptions]] = PluginOptions
-    #: Where a run writes its results in this format, relative to the run
-    #: directory (``[outputs] formats`` names the format); None: the format is
-    #: read only and cannot be an output format.
+    #: Where a run writes results in this format (in the run directory); None: read only.
     output_file: ClassVar[str | None] = None
-    #: False when a file of this format cannot hold overlapping spans (CoNLL
-    #: tags): the run then keeps the longer span of an overlap and counts the rest.
+    #: False when overlapping spans cannot be held (the run keeps the longer one).
     holds_overlaps: ClassVar[bool] = True
-    #: False when ``write`` reads a re-iterable input more than once (the run then
-    #: observes the results on another pass).
+    #: False when ``write`` iterates its input more than once.
     writes_in_one_pass: ClassVar[bool] = True
 
     @classmethod
     def recognises(cls, path: Path) -> bool:
-        """Whether ``path`` is surely a file of this format (a data source without
-        ``format`` is read by the one format that recognises it). Look at the name
-        and at most the first line; the default recognises nothing."""
+        """Whether ``path`` is surely of this format, from its name and first line."""
         return False
 
-    #: True when ``read`` takes ``limit`` and stops after that many samples (a
-    #: trial run of a huge file then reads only its head); otherwise the core
-    #: calls ``read(path)`` and keeps the first ``limit`` samples itself.
+    #: True when ``read`` stops after ``limit`` samples (else the core cuts the list).
     reads_limit: ClassVar[bool] = False
 
     @abc.abstractmethod
     def read(self, path: Path, limit: int | None = None) -> Dataset:
-        """The samples of ``path``; with ``limit``, only the first ``limit`` of them,
-        and nothing past them is parsed or warned about (a 30-post trial run of a
-        100k-post file reads 30 posts)."""
+        """The samples of ``path``; nothing past ``limit`` is parsed or warned about."""
 
     def iter_read(
         self, path: Path, warnings: list[str], limit: int | None = None
     ) -> Iterator[Sample]:
-        """The samples of ``path`` one at a time, appending problems to ``warnings``.
-
-        Streaming stages read their input this way so memory does not grow with
-        the corpus. The default reads the whole file with ``read``; a format
-        whose files can outgrow memory overrides it (the native JSONL does).
-        """
+        """The samples one at a time (so memory does not grow with the corpus), problems
+        appended to ``warnings``; the default reads the whole file."""
         ds = self.read(path, limit=limit) if self.reads_limit else self.read(path)
         warnings.extend(ds.warnings)
         yield from ds.samples[:limit] if limit is not None else ds.samples
 
-    #: Whether ``read`` already refuses, at file and line, every sample that
-    #: ``refineg_core.validity`` finds unwritable (the loader checks the others).
+    #: Whether ``read`` already refuses every sample ``validity`` finds unwritable.
     checks_samples: ClassVar[bool] = False
 
     @classmethod
     def unwritable(cls, sample: Sample) -> str | None:
-        """Why ``write`` could not write ``sample`` so that ``read`` gives it back,
-        or None. The default (a format that can hold any text, like JSONL) is None.
-
-        A run writes every result in its output formats; the readers refuse a
-        sample an output format names here, at its file and line, before any
-        work (``refineg_core.validity``), so a write never fails at the end.
-        """
+        """Why ``write`` could not round-trip ``sample``, or None; readers refuse such a
+        sample before any work, so a write never fails at the end of a run."""
         return None
 
     def write(self, samples: Iterable[Sample], path: Path) -> None:

@@ -1,9 +1,5 @@
-"""Plain CoNLL writing: ``token<TAB>tag`` per line, blank line between sentences.
-
-The core writes CoNLL itself (the synth stage's ``synthetic.conll``) and every
-reader asks ``conll_problem`` whether the Twitter-GMNER writer could write a
-sample; reading CoNLL is the format plugins' (``refineg_formats.conll_read``).
-"""
+"""Plain CoNLL writing (``token<TAB>tag`` lines) and what it cannot hold
+(``conll_problem``); reading CoNLL is the format plugins' job."""
 
 from __future__ import annotations
 
@@ -25,11 +21,7 @@ _BLANK_TOKEN = re.compile(r"\n[^\S\n]*\n")
 
 
 def token_problem(token: str) -> str | None:
-    """Why ``token`` cannot be one ``token<TAB>tag`` line that reads back as itself.
-
-    Any other character is text: U+2028, U+0085, a form feed or NUL inside a
-    token are written and read as they are (lines end at ``\\n`` only).
-    """
+    """Why ``token`` cannot be one ``token<TAB>tag`` line that reads back as itself."""
     if not token.strip():
         return "is empty or only whitespace"
     if "\t" in token:
@@ -43,14 +35,9 @@ def token_problem(token: str) -> str | None:
 
 
 def conll_problem(sample: Sample) -> str | None:
-    """Why a CoNLL writer could not write ``sample`` faithfully, or None.
-
-    A sample without tokens is not a problem: it has no line to write, so the
-    CoNLL writers leave it out (it has no entity either). Overlapping spans are
-    resolved by the run's output writer (``pipeline.outputs``), not refused.
-    """
+    """Why a CoNLL writer could not write ``sample`` faithfully, or None (a sample
+    without tokens is left out; overlaps are resolved by the output writer)."""
     # cheap scans of the joined tokens find every sample that needs a closer look
-    # (a line break inside a token only adds a false alarm): readers check each sample
     joined = "\n" + "\n".join(sample.tokens) + "\n"
     if (
         joined.count("\n") != len(sample.tokens) + 1  # a line break inside a token

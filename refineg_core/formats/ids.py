@@ -1,11 +1,6 @@
-"""Duplicate sample ids in a stream, in about 12 bytes per id.
-
-Every reader refuses a repeated id (naming both lines), and a corpus stage
-reads its input several times: a dict of every id seen would make memory grow
-with the corpus by ~130 bytes per post. ``SeenIds`` keeps a 64-bit hash and
-the line of each id instead: the recent ones in a small dict, older ones in a
-sorted numpy array they are merged into every 4,096 ids.
-"""
+"""Duplicate sample ids in a stream, in about 12 bytes per id (a dict of ids would
+take ~130): a 64-bit hash and line per id, recent ones in a dict merged every 4,096
+ids into sorted numpy arrays."""
 
 from __future__ import annotations
 
@@ -43,8 +38,7 @@ class SeenIds:
         return None
 
     def _merge(self) -> None:
-        """Insert the recent batch into the sorted arrays (one copy of each, no sort of
-        the whole: memory stays ~12 bytes per id even while merging)."""
+        """Insert the recent batch into the sorted arrays (no sort of the whole)."""
         n = len(self._recent)
         hashes = np.fromiter(self._recent.keys(), np.uint64, n)
         lines = np.fromiter(self._recent.values(), np.uint32, n)

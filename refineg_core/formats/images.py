@@ -1,11 +1,6 @@
-"""Finding a sample's image and its size without failing on missing or hostile files.
-
-An image that is missing, corrupt, or too large to decode safely (a
-decompression bomb) is a per-sample failure: the sample keeps its text and
-runs without the image, ``meta["image_failure"]`` says what and where, and
-the reader adds a warning. An image id never names a file outside
-``images_dir``.
-"""
+"""Finding a sample's image and its size: a missing, corrupt or bomb image is the
+sample's own failure (it runs on its text), and an id never names a file outside
+``images_dir``."""
 
 from __future__ import annotations
 
@@ -39,11 +34,8 @@ def find_image(images_dir: Path | None, image_id: str) -> Path | None:
 
 
 def check_image(path: Path) -> tuple[tuple[int, int] | None, str | None]:
-    """``(size, None)`` for a usable image, ``(None, reason)`` otherwise.
-
-    Only the header is read. An image with more pixels than Pillow's
-    ``MAX_IMAGE_PIXELS`` is refused here, before any stage decodes it.
-    """
+    """``(size, None)`` for a usable image, ``(None, reason)`` otherwise, from the header
+    alone (a decompression bomb is refused before any stage decodes it)."""
     try:
         with pywarnings.catch_warnings():
             pywarnings.simplefilter("error", Image.DecompressionBombWarning)

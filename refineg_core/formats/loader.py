@@ -1,11 +1,5 @@
-"""Load a dataset through its format plugin; the pipeline and CLI read every file here.
-
-A format is a plugin (``refineg.formats`` entry points) named by a data
-source's ``format`` key; only that one is imported. Without a name, the one
-installed format that recognises the file reads it (``DatasetFormat.recognises``;
-none or several is an error). What every format shares is applied here: the
-``boxes`` policy and ``limit``.
-"""
+"""Load a dataset through its format plugin (named, or the one installed format that
+recognises the file); the ``boxes`` policy and ``limit`` are applied here."""
 
 from __future__ import annotations
 
@@ -24,8 +18,7 @@ from refineg_core.validity import check_sample
 
 #: Data source keys that are handed to the format as options when set.
 SOURCE_OPTION_KEYS = ("images_dir",)
-#: Data source keys of old configs, now format options (``options = {xml_dir = ...}``);
-#: still handed over, with a deprecation warning at config load.
+#: Data source keys of old configs, now format options (handed over with a warning).
 DEPRECATED_SOURCE_KEYS = ("xml_dir", "entities")
 
 
@@ -36,9 +29,8 @@ def source_keys(source: Any) -> dict[str, Any]:
 
 
 def recognised_format(path: Path, *, config_key: str = "data") -> str:
-    """The name of the one installed format that recognises ``path``
-    (``DatasetFormat.recognises``); none or several is an error naming the file
-    and the candidates, so a file is never read by a format that only guessed."""
+    """The one installed format that recognises ``path``; none or several is an error,
+    so a file is never read by a format that only guessed."""
     from refineg_core import registry  # the registry imports this package's base
 
     group = registry.slot_group("format")
@@ -76,12 +68,8 @@ def format_plugin(
     *,
     config_key: str = "data",
 ) -> DatasetFormat:
-    """The named format with validated options (only that plugin is imported).
-
-    ``source_options`` are the data source's own keys (``images_dir``): a key
-    the format does not take is an error at ``<config_key>.<key>``;
-    ``options`` is the source's ``options`` table (a key in both is an error).
-    """
+    """The named format with validated options: the source's own keys
+    (``source_options``) merged into its ``options`` table."""
     from refineg_core import registry  # the registry imports this package's base
 
     cls = registry.load_class("format", name, config_key=config_key)
@@ -127,11 +115,8 @@ def _without_boxes(sample: Sample) -> tuple[Sample, int]:
 
 
 def apply_boxes_policy(ds: Dataset, boxes: bool | None) -> Dataset:
-    """``boxes=False``: the data has no box annotations, every gold region is None.
-
-    ``boxes=True``: every entity must carry its region; an unknown one is an
-    error. ``None``: what the format read (unknown regions stay unknown).
-    """
+    """``False``: no box annotations (every region None); ``True``: an unknown region
+    is an error; ``None``: as the format read it."""
     if boxes is None:
         return ds
     unknown = [(s.id, e) for s in ds.samples for e in s.entities if e.boxes is None]
@@ -158,13 +143,8 @@ def load_dataset(
     options: Mapping[str, Any] | None = None,
     config_key: str = "data",
 ) -> Dataset:
-    """Read ``path`` with the named format plugin, or the one that recognises it.
-
-    ``options`` are the format's options (``{"xml_dir": ...}`` for Twitter-GMNER,
-    ``{"entities": ...}`` for CCKS), validated by its ``Options``. ``config_key``
-    is the config table of the data source (``data.train``), so errors name the
-    key to fix.
-    """
+    """Read ``path`` with the named format plugin, or the one that recognises it;
+    errors name ``config_key`` (``data.train``)."""
     source = {"images_dir": images_dir} if images_dir is not None else {}
     return _load(Path(path), format, source, options, limit, boxes, config_key)
 
@@ -191,12 +171,9 @@ def _load(
     boxes: bool | None,
     config_key: str,
 ) -> Dataset:
-    if not path.exists():
-        raise DataError("file not found", where=str(path))
-    name = format or recognised_format(path, config_key=config_key)
-    plugin = format_plugin(name, source_options, options, config_key=config_key)
+    plugin = _plugin_for(path, format, source_options, options, config_key)
     ds = plugin.read(path, limit=limit) if plugin.reads_limit else plugin.read(path)
-    if not plugin.checks_samples:  # what is read can be written (refineg_core.validity)
+    if not plugin.checks_samples:  # what is read can be written (validity)
         for s in ds.samples:
             check_sample(s, where=f"{path} [sample {s.id[:80]!r}]")
     if not ds.samples:
@@ -208,25 +185,16 @@ def _load(
 
 
 def iter_source(source: Any, warnings: list[str], *, config_key: str = "data") -> Iterator[Sample]:
-    """A config ``DataSource`` one sample at a time (what streaming stages read).
-
-    The same samples as ``load_source`` in the same order; problems are
-    appended to ``warnings`` as they are met. With ``boxes = true`` an unknown
-    region is an error when it is reached (the stage's fingerprint pass reads
-    the whole source first, so a run fails before any work).
-    """
+    """``load_source`` one sample at a time (what streaming stages read), problems
+    appended to ``warnings`` as they are met."""
     path = Path(source.path)
-    if not path.exists():
-        raise DataError("file not found", where=str(path))
-    name = source.format or recognised_format(path, config_key=config_key)
-    plugin = format_plugin(
-        name, source_keys(source), getattr(source, "options", None), config_key=config_key
-    )
+    options = getattr(source, "options", None)
+    plugin = _plugin_for(path, source.format, source_keys(source), options, config_key)
     boxes = getattr(source, "boxes", None)
     n = dropped = 0
     for sample in plugin.iter_read(path, warnings, limit=source.limit):
         n += 1
-        if not plugin.checks_samples:  # what is read can be written (refineg_core.validity)
+        if not plugin.checks_samples:
             check_sample(sample, where=f"{path} [sample {sample.id[:80]!r}]")
         if boxes is False:
             sample, lost = _without_boxes(sample)
@@ -242,27 +210,29 @@ def iter_source(source: Any, warnings: list[str], *, config_key: str = "data") -
         warnings.append(_boxes_dropped(dropped, str(path)))
 
 
-def check_source(source: Any, *, config_key: str) -> None:
-    """Validate a data source's format name and options at config load (reads nothing)."""
-    if source.format is None:
-        return
-    format_plugin(
-        source.format,
-        source_keys(source),
-        getattr(source, "options", None),
-        config_key=config_key,
-    )
+def _plugin_for(
+    path: Path,
+    format: str | None,
+    source_options: Mapping[str, Any],
+    options: Mapping[str, Any] | None,
+    config_key: str,
+) -> DatasetFormat:
+    if not path.exists():
+        raise DataError("file not found", where=str(path))
+    name = format or recognised_format(path, config_key=config_key)
+    return format_plugin(name, source_options, options, config_key=config_key)
 
 
 def check_data_sources(data: Any) -> None:
-    """Validate every data source of a config's ``[data]`` table (for ``load_config``)."""
+    """Validate the format name and options of every source of ``[data]`` (reads nothing)."""
     for name in type(data).model_fields:
         value = getattr(data, name)
         sources = value if isinstance(value, list) else [value]
         for i, source in enumerate(sources):
-            if source is not None and hasattr(source, "format"):
+            if source is not None and getattr(source, "format", None) is not None:
                 key = f"data.{name}" + (f"[{i}]" if isinstance(value, list) else "")
-                check_source(source, config_key=key)
+                options = getattr(source, "options", None)
+                format_plugin(source.format, source_keys(source), options, config_key=key)
 
 
 def _is_path(annotation: Any) -> bool:
@@ -271,13 +241,8 @@ def _is_path(annotation: Any) -> bool:
 
 
 def option_paths(source: Any, base: Path | None, *, config_key: str) -> list[tuple[str, Path]]:
-    """The path options of a data source's ``options`` table, each made absolute
-    against ``base`` (the config file's folder) in the table itself, as the
-    source's own path fields are: ``(key, path)`` for each, for the existence check.
-
-    The format (named, or the one that recognises the file) says which options
-    are paths; a table naming no known format is left to the loader's errors.
-    """
+    """``(key, path)`` of each path option (the format says which) of a source's
+    ``options``, made absolute against ``base`` in the table itself."""
     options = getattr(source, "options", None)
     if not options:
         return []

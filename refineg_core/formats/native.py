@@ -1,21 +1,7 @@
-"""refineg's native JSONL: one sample (or result) per line. Documented in README.
-
-    {"id": "797970", "tokens": ["Pak", "is", ...], "text": "Pak is ...",
-     "image": {"id": "797970", "path": "imgs/797970.jpg", "width": 500, "height": 706},
-     "entities": [{"start": 0, "end": 1, "type": "LOC", "text": "Pak",
-                   "boxes": [[132, 22, 500, 706]], "uncertainty": 0.12,
-                   "source": "tagger", "grounded_by": "mllm"}],
-     "failures": [{"stage": "ground", "kind": "timeout", "message": "..."}],
-     "meta": {...}}
-
-``image``, ``failures`` and ``meta`` are optional; ``boxes: []`` means "not
-groundable", ``boxes: null`` "never grounded / region unknown". Results of
-every stage use the same shape, so any stage's output can be evaluated or fed
-to the next stage. Records are checked by ``records.SampleRecord`` (an error
-names file:line and the key). Read as input data, an image ``path`` is
-resolved against ``images_dir`` (default: the file's folder) and must lie
-inside it.
-"""
+"""refineg's native JSONL (shape in README): one sample or result per line, the same
+for every stage, so any stage's output can be evaluated or fed to the next. Read as
+input data, an image ``path`` must lie inside ``images_dir`` (default: the file's
+folder)."""
 
 from __future__ import annotations
 
@@ -43,8 +29,7 @@ T = TypeVar("T")
 
 
 def _two_decimals(box: Box) -> list[float]:
-    """Coordinates rounded to 0.01 px, unless that would make the box empty (a box
-    narrower than 0.01 px is written exactly, so the file reads back)."""
+    """Coordinates rounded to 0.01 px, unless that would empty the box."""
     coords = [round(v, 2) for v in box.as_list()]
     return coords if coords[0] < coords[2] and coords[1] < coords[3] else box.as_list()
 
@@ -172,9 +157,8 @@ def _sample(
 
 
 def _inside_image(e: Entity, size: tuple[int, int], sid: str, warnings: list[str]) -> Entity:
-    """``e`` with its boxes clipped to the image (a pixel of slack, as VOC files have);
-    a box with nothing left is dropped. Each change is a warning: a gold box at
-    negative coordinates would otherwise lower every IoU against it."""
+    """``e`` with its boxes clipped to the image (a pixel of slack) or dropped, each
+    change warned (a gold box outside would lower every IoU against it)."""
     if not e.boxes:
         return e
     w, h = size
@@ -218,8 +202,7 @@ def _validated(d: Mapping[str, Any]) -> SampleRecord:
 
 
 def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Each record of a JSONL file with its line number, read line by line (a corpus
-    larger than memory streams); bad bytes or JSON name the file and line."""
+    """Each record of a JSONL file with its line number, streamed; errors name the line."""
     for lineno, line in text_lines(path):
         if not line.strip():
             continue
@@ -253,12 +236,8 @@ def _records(path: Path, build: Callable[[dict[str, Any]], T]) -> Iterator[T]:
 def iter_jsonl_samples(
     path: Path | str, warnings: list[str], *, images_dir: Path | str | None = None
 ) -> Iterator[Sample]:
-    """Native JSONL as input data, one sample at a time.
-
-    Image paths in the records are resolved against ``images_dir`` (default:
-    the file's folder) and must lie inside it; without a path in a record,
-    the image is looked up by id in ``images_dir``.
-    """
+    """Native JSONL as input data, one sample at a time (a record without an image
+    path has it looked up by id in ``images_dir``)."""
     path = Path(path)
     img_root = Path(images_dir) if images_dir else None
     root = img_root or path.parent

@@ -1,11 +1,6 @@
-"""Where data may point: ids from data files never leave their folder.
-
-An image id or sample id comes from a file someone else wrote. Joined to a
-folder as-is, ``IMGID:/tmp/x`` or ``../../x`` would read (or write) outside
-it, so every id that becomes a file name goes through ``child_path``; every
-output folder is created through ``output_dir`` so an impossible location is
-one readable error instead of a traceback.
-"""
+"""Where data may point: an id from someone else's file becomes a file name only
+through ``child_path`` (``../../x`` never leaves its folder), and output folders are
+made by ``output_dir`` (an impossible location is one readable error)."""
 
 from __future__ import annotations
 
@@ -46,12 +41,8 @@ def inside(root: Path, path: Path) -> bool:
 
 
 def output_dir(path: Path | str, *, config_key: str = "run_dir") -> Path:
-    """Create an output folder (with parents) or say in one line why it cannot be.
-
-    ``config_key`` names the setting the folder came from, so the message
-    points at what the user has to change (a ``run_dir`` under a regular file,
-    under ``/proc``, on a read-only disk...).
-    """
+    """Create an output folder (with parents) or say in one line, at ``config_key``,
+    why it cannot be."""
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,5 @@
-"""The shape of one native JSONL record, checked by pydantic before it becomes a Sample.
-
-Numbers must be JSON numbers (``"start": "zero"`` or ``"boxes": [["1", ...]]``
-are errors, never coerced), ``entities`` must be a list (``null`` is an error:
-"no entities" is ``[]``). Unknown keys are ignored so newer files still read.
-"""
+"""The shape of one native JSONL record, checked strictly (never coerced) before it
+becomes a Sample; unknown keys are ignored so newer files still read."""
 
 from __future__ import annotations
 

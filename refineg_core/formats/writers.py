@@ -1,11 +1,5 @@
-"""Which format plugins a run writes its results in (``[outputs] formats``).
-
-The core knows no format by name: each output format is a registered format
-plugin that declares its ``output_file`` (where in the run directory it goes).
-The native JSONL (``final.jsonl``) is always written; a config's ``[outputs]
-formats`` adds others. Checked at config load, so a typo or two formats
-claiming one file fail before a run, not after its last paid MLLM call.
-"""
+"""Which format plugins a run writes its results in besides ``final.jsonl``: each
+declares its ``output_file``; checked at config load, before any paid call."""
 
 from __future__ import annotations
 
@@ -57,9 +51,8 @@ def output_formats(
 
 
 def stale_outputs(out_dir: Path, written: Iterable[str]) -> list[Path]:
-    """The files an earlier run wrote in an output format this run does not name
-    (``[outputs] formats`` shrank): left there, they would pass for this run's
-    results. Every installed output format is asked for its ``output_file``."""
+    """Files an earlier run wrote in an output format this run does not name (left
+    there, they would pass for this run's results)."""
     from refineg_core import registry  # the registry imports this package's base
 
     keep = {NATIVE, *written}
