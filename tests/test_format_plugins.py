@@ -27,8 +27,9 @@ def test_builtin_formats_are_entry_points_of_refineg():
 
 
 def test_loading_one_format_imports_only_its_module(tmp_path: Path):
-    """Its own module, plus every installed output format (twitter-gmner, ccks...),
-    whose ``unwritable`` the reader asks (what is read can be written)."""
+    """Its own module (with the CoNLL writer it checks against), plus every installed
+    output format (twitter-gmner, ccks...), whose ``unwritable`` the reader asks (what
+    is read can be written)."""
     data = tmp_path / "d.conll"
     data.write_text("Obama\tB-PER\n", "utf-8")
     code = textwrap.dedent(f"""
@@ -41,8 +42,8 @@ def test_loading_one_format_imports_only_its_module(tmp_path: Path):
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == (
-        "['refineg_formats.ccks', 'refineg_formats.conll_read', 'refineg_formats.generic', "
-        "'refineg_formats.twitter']"
+        "['refineg_formats.ccks', 'refineg_formats.conll_read', 'refineg_formats.conll_write', "
+        "'refineg_formats.generic', 'refineg_formats.twitter']"
     )
 
 

@@ -29,13 +29,13 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from refineg_formats.ccks import read_ccks, write_ccks
 from refineg_formats.conll_read import read_conll
+from refineg_formats.conll_write import write_conll
 from refineg_formats.twitter import read_twitter_gmner, voc_name, write_twitter_gmner
 
 from refineg_core.errors import DataError
 from refineg_core.formats import (
     load_dataset,
     read_jsonl,
-    write_conll,
     write_jsonl,
 )
 from refineg_core.formats.base import whole_pixels

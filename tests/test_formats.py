@@ -5,10 +5,11 @@ import json
 import pytest
 from PIL import Image
 from refineg_formats.ccks import read_ccks, write_ccks
+from refineg_formats.conll_write import write_conll
 from refineg_formats.twitter import read_twitter_gmner, write_twitter_gmner
 
 from refineg_core.errors import DataError
-from refineg_core.formats import load_dataset, read_jsonl, write_conll, write_jsonl
+from refineg_core.formats import load_dataset, read_jsonl, write_jsonl
 from refineg_core.types import Box
 
 

@@ -68,8 +68,7 @@ def test_label_set_tags_and_type_check():
 
 def test_type_resolver_understands_common_names_and_descriptions():
     import tomllib
-
-    from refineg_core.labels import TypeResolver
+    from refineg_stages.type_names import TypeResolver
 
     configs = Path(__file__).resolve().parents[1] / "configs"
 
@@ -92,7 +91,7 @@ def test_type_resolver_understands_common_names_and_descriptions():
 
 
 def test_type_resolver_user_synonyms_and_ambiguity():
-    from refineg_core.labels import TypeResolver
+    from refineg_stages.type_names import TypeResolver
 
     labels = LabelSet({"PER": "", "ORG": "", "BRAND": "a brand name"})
     resolver = TypeResolver(labels, {"BRAND": ["Product line", "marque"]})

@@ -2,9 +2,8 @@
 
 Twitter-GMNER adds an ``IMGID:<id>`` line before each sentence; this reader
 hands those ids to the caller, so the Twitter reader is a thin layer on top.
-Writing CoNLL stays in the core (``refineg_core.formats.conll``): the synth
-stage writes ``synthetic.conll`` and every reader asks the writer's
-``conll_problem``; reading is the format plugins' job alone.
+Writing is ``conll_write``; every reader asks the writer's ``conll_problem``, so
+what is read can be written back.
 """
 
 from __future__ import annotations
@@ -17,10 +16,10 @@ import attrs
 
 from refineg_core.errors import DataError
 from refineg_core.formats.base import Dataset, text_lines
-from refineg_core.formats.conll import token_problem
 from refineg_core.labels import split_tag, tags_to_spans
 from refineg_core.types import Entity, Sample
 from refineg_core.validity import check_sample
+from refineg_formats.conll_write import token_problem
 
 
 @attrs.frozen

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Literal
 
 from refineg_core.formats.base import Dataset, DatasetFormat, first_line
-from refineg_core.formats.conll import conll_problem, write_conll
 from refineg_core.formats.native import iter_jsonl_samples, read_jsonl, write_jsonl
 from refineg_core.interfaces import PluginOptions
 from refineg_core.types import Sample
 from refineg_formats.conll_read import read_conll
+from refineg_formats.conll_write import conll_problem, write_conll
 
 #: File names a CoNLL file usually has.
 _CONLL_SUFFIXES = (".conll", ".bio", ".iob", ".tsv", ".txt")

@@ -22,7 +22,6 @@ import attrs
 
 from refineg_core.errors import DataError
 from refineg_core.formats.base import Dataset, DatasetFormat, first_line, whole_pixels
-from refineg_core.formats.conll import conll_lines, conll_problem
 from refineg_core.formats.ids import SeenIds
 from refineg_core.formats.images import IMAGE_FAILURE, resolve_image
 from refineg_core.formats.paths import child_path, plain_name_problem
@@ -31,6 +30,7 @@ from refineg_core.runstore import atomic_write
 from refineg_core.types import Box, Sample
 from refineg_core.validity import check_sample
 from refineg_formats.conll_read import iter_conll, sentence_to_sample
+from refineg_formats.conll_write import conll_lines, conll_problem
 
 #: A VOC file of one tweet is a few hundred bytes; anything far larger is refused.
 MAX_XML_BYTES = 1 << 20

@@ -22,7 +22,7 @@ from typing import Any
 import attrs
 
 from refineg_core.interfaces import BoxCodec, ContextSelector, MLLMBackend
-from refineg_core.labels import LabelSet, TypeResolver
+from refineg_core.labels import LabelSet
 from refineg_core.pipeline.call_health import StageHealth
 from refineg_core.pipeline.mllm_stage import run_mllm_stage
 from refineg_core.pipeline.retry import is_skipped
@@ -41,6 +41,7 @@ from refineg_core.types import SOURCE_MLLM, Box, Demonstration, Entity, Sample, 
 from refineg_stages.answers import parse_answer
 from refineg_stages.demos import DemoBook, ground_query, usable_demos
 from refineg_stages.prompts import build_ground_request, original_size
+from refineg_stages.type_names import TypeResolver
 
 __all__ = ["GroundSettings", "GroundStage", "ground_query", "needs_grounding_call", "run_ground"]
 

@@ -27,7 +27,7 @@ import attrs
 
 from refineg_core.errors import ConfigError, DataError
 from refineg_core.interfaces import MLLMBackend
-from refineg_core.labels import LabelSet, TypeResolver, find_token_spans
+from refineg_core.labels import LabelSet, find_token_spans
 from refineg_core.pipeline.call_health import StageHealth
 from refineg_core.pipeline.mllm_stage import run_mllm_stage
 from refineg_core.pipeline.runner import StageSummary
@@ -42,6 +42,7 @@ from refineg_core.stage_settings import RefineSettings
 from refineg_core.types import SOURCE_MLLM, Entity, SampleResult
 from refineg_stages.answers import parse_answer
 from refineg_stages.prompts import build_refine_request
+from refineg_stages.type_names import TypeResolver
 
 STAGE = "refine"
 NAME_KEYS = ("name", "entity", "text", "mention")

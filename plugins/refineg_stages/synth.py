@@ -33,11 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+from refineg_formats.conll_write import write_conll
 
 from refineg_core.backend_wrapper import BackendWrapper
 from refineg_core.chat import ChatRequest, ChatResponse, Usage
 from refineg_core.errors import BackendError, BackendUnavailable, DataError
-from refineg_core.formats.conll import write_conll
 from refineg_core.formats.native import sample_from_dict, sample_to_dict
 from refineg_core.hooks import get_hooks
 from refineg_core.interfaces import MLLMBackend, Synthesizer

@@ -2,7 +2,6 @@
 reader returns a ``Dataset`` (samples plus warnings), so nothing is silently dropped."""
 
 from refineg_core.formats.base import Dataset, DatasetFormat, read_text_file
-from refineg_core.formats.conll import write_conll
 from refineg_core.formats.loader import (
     format_plugin,
     iter_source,
@@ -24,6 +23,5 @@ __all__ = [
     "recognised_format",
     "sample_from_dict",
     "sample_to_dict",
-    "write_conll",
     "write_jsonl",
 ]

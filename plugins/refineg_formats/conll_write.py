@@ -1,5 +1,6 @@
 """Plain CoNLL writing (``token<TAB>tag`` lines) and what it cannot hold
-(``conll_problem``); reading CoNLL is the format plugins' job."""
+(``conll_problem``), which every CoNLL reader asks so that what is read can be
+written back."""
 
 from __future__ import annotations
 
