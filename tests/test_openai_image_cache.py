@@ -304,3 +304,69 @@ def test_the_backend_option_keeps_prepared_images_across_backends(painted, tmp_p
     second = backend()
     assert second.payload(request) == first
     assert second._disk.hits == 1
+
+
+def test_the_ground_stage_answers_the_same_with_originals(twitter_dir, tmp_path, monkeypatch):
+    """Against a server answering gold boxes in the Qwen frame, the ground stage's
+    results are the same whether near-size originals go as they are or as resized
+    copies: only the image bytes of the requests differ, never their text (boxes of
+    the demonstrations included) or what comes back."""
+    import json
+
+    from refineg_frames.qwen import Qwen25VLCodec
+    from refineg_openai.backend import OpenAIBackend
+    from refineg_openai.testing import FakeOpenAIServer, gold_items, ok
+    from refineg_stages.ground import GroundSettings, run_ground
+    from refineg_stages.testing import OverlapSelector, prediction, query_text, with_image
+
+    from tests.stagedata import LABELS, real_samples
+
+    picked = [
+        s
+        for s in real_samples(twitter_dir, 300)
+        if s.image and s.image.size and any(e.boxes for e in s.entities)
+    ][:16]
+    assert len(picked) == 16
+    pool = [with_image(s, tmp_path / "pool", i) for i, s in enumerate(picked[:10])]
+    queries = [with_image(s, tmp_path / "q", 20 + i) for i, s in enumerate(picked[10:])]
+    by_text = {q.text: q for q in queries}
+    codec = Qwen25VLCodec()
+
+    def run(originals: bool, name: str):
+        monkeypatch.setattr(Qwen25VLCodec, "resized_by_model", originals)
+        images._CACHE.cache_clear()
+        selector = OverlapSelector()
+        selector.index(pool)
+        with FakeOpenAIServer() as server:
+            server.responder = lambda req: ok(
+                json.dumps(gold_items(by_text[query_text(req.text)], "ground", codec=codec))
+            )
+            backend = OpenAIBackend(
+                OpenAIBackend.Options(
+                    base_url=server.base_url, model="fake-model", box_frame="qwen2.5-vl"
+                )
+            )
+            results, summary = run_ground(
+                [prediction(q) for q in queries],
+                pool,
+                selector,
+                backend,
+                LABELS,
+                GroundSettings(k=2),
+                tmp_path / f"{name}.jsonl",
+            )
+            backend.close()
+            sent = sorted((r.text, tuple(r.image_urls)) for r in server.chat_requests)
+        return results, summary, sent
+
+    copies, copies_summary, copies_sent = run(False, "copies")
+    originals, originals_summary, originals_sent = run(True, "originals")
+    assert copies_summary.failed == originals_summary.failed == 0
+    assert len(copies_sent) == len(originals_sent) == len(queries)
+    assert [r.entities for r in originals] == [r.entities for r in copies]
+    assert sum(bool(e.boxes) for r in originals for e in r.entities) > 0  # boxes came back
+    assert [t for t, _ in originals_sent] == [t for t, _ in copies_sent]
+    urls = [u for _, us in originals_sent for u in us]
+    originals_b64 = {_b64(Path(s.image.path)) for s in pool + queries}
+    assert urls and all(u.split(",", 1)[1] in originals_b64 for u in urls)  # all as they are
+    assert not any(u.split(",", 1)[1] in originals_b64 for _, us in copies_sent for u in us)
