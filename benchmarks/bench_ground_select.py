@@ -165,7 +165,7 @@ def main() -> None:
     ap.add_argument(
         "--query-precision",
         default="fp32",
-        choices=["fp32", "bf16", "onnx", "auto"],
+        choices=["fp32", "bf16", "onnx", "auto", "exact"],
         help="the clip rows' query_precision (the pool's cached vectors are fp32 either way)",
     )
     ap.add_argument(
@@ -266,7 +266,7 @@ def main() -> None:
                 "calls": reps[0]["calls"],
                 "max_in_flight": max(r["max_in_flight"] for r in reps),
                 "demos_per_call": reps[0]["demos_per_call"],
-                "failed": reps[0]["failed"],
+                "failed": sum(r["failed"] for r in reps),  # over all repetitions
             }
         )
         print(json.dumps(table[-1]), flush=True)

@@ -50,7 +50,11 @@ def queries(twitter_dir):
 
 
 def selector(tmp_path, minilm_path, **options) -> ClipSimilaritySelector:
+    """A selector on the test pool's cache; queries in plain torch fp32 unless asked
+    (the reference arithmetic; the default ``exact`` path is tested against it below,
+    and would export the encoder to ONNX once per test's cache)."""
     options.setdefault("cache_dir", tmp_path / "cache")
+    options.setdefault("query_precision", "fp32")
     return ClipSimilaritySelector(ClipSimilaritySelector.Options(text_model=minilm_path, **options))
 
 
@@ -401,6 +405,41 @@ def test_onnx_queries_are_the_fp32_embeddings_and_the_export_is_cached(
     again.index(pool)
     assert [[d.sample.id for d in ds] for ds in again.select_many(queries, 3)] == a
     assert exports == []
+
+
+def test_the_default_query_path_is_the_fastest_exact_one(
+    tmp_path, minilm_path, pool, queries, monkeypatch
+):
+    """By default (``exact``) queries go through ONNX Runtime on a CPU that has it --
+    the same demonstrations in the same order as torch fp32 -- and through torch fp32
+    where ONNX cannot run (a GPU, no onnxruntime); never bf16, which changed some
+    queries' choice (benchmarks/pages/speed.md)."""
+    pytest.importorskip("onnxruntime")
+    from refineg_clip_selector import encoders
+
+    assert ClipSimilaritySelector.Options().query_precision == "exact"
+    reference = selector(tmp_path, minilm_path)
+    reference.index(pool)
+    default = ClipSimilaritySelector(
+        ClipSimilaritySelector.Options(text_model=minilm_path, cache_dir=tmp_path / "cache")
+    )
+    default.index(pool)
+    paths = []
+    real = encoders.TextEncoder._encode
+    monkeypatch.setattr(
+        encoders.TextEncoder,
+        "_encode",
+        lambda self, texts, desc, precision="fp32": (
+            paths.append(precision) or real(self, texts, desc, precision)
+        ),
+    )
+    a = [[d.sample.id for d in ds] for ds in reference.select_many(queries, 3)]
+    b = [[d.sample.id for d in ds] for ds in default.select_many(queries, 3)]
+    assert a == b
+    assert paths == ["fp32", "onnx"]  # the default really ran ONNX
+    assert encoders.resolve_precision("exact", "cuda:0") == "fp32"
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails
+    assert encoders.resolve_precision("exact", "cpu") == "fp32"
 
 
 def test_damaged_onnx_export_is_rebuilt(tmp_path, minilm_path, pool, queries, caplog):

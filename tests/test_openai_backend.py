@@ -111,8 +111,11 @@ def test_box_frame_option_picks_codec_and_pixel_bounds(server, image):
     b.complete(ChatRequest((ChatMessage("user", (ImagePart(image, size=(333, 517)),)),)))
     (url,) = server.chat_requests[0].image_urls
     assert url.startswith("data:image/png;base64,")
+    # near the 28-px grid, a PNG asked as PNG: the original goes, and the model's own
+    # resize of it is the frame the boxes are written in
+    assert base64.b64decode(url.split(",", 1)[1]) == image.read_bytes()
     sent = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
-    assert sent.size == b.box_codec.model_size((333, 517))
+    assert b.box_codec.model_size(sent.size) == b.box_codec.model_size((333, 517))
 
 
 def test_transient_failures_are_retried_until_success(server):
@@ -289,6 +292,18 @@ def test_missing_image_is_a_clear_non_retryable_error(server, tmp_path):
     req = ChatRequest((ChatMessage("user", (ImagePart(tmp_path / "nope.jpg"),)),))
     with pytest.raises(BackendError, match="image not found") as info:
         b.complete(req)
+    assert not info.value.retryable
+    assert server.chat_requests == []
+
+
+def test_a_truncated_original_fails_its_request_located_and_unsent(server, tmp_path):
+    whole = tmp_path / "whole.jpg"
+    Image.new("RGB", (600, 800), (20, 120, 200)).save(whole, quality=90)
+    cut = tmp_path / "cut.jpg"  # near the grid: would go as it is, were it whole
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    b = backend(server)
+    with pytest.raises(BackendError, match=r"cannot read image .*cut\.jpg.*truncated") as info:
+        b.complete(ChatRequest((ChatMessage("user", (ImagePart(cut, size=(600, 800)),)),)))
     assert not info.value.retryable
     assert server.chat_requests == []
 

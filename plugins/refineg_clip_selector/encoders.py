@@ -69,7 +69,9 @@ def bf16_native(device: str) -> bool:
 
 
 def resolve_precision(precision: str, device: str) -> str:
-    """The concrete query path. ``auto``: ``bf16`` where the device has native bf16,
+    """The concrete query path. ``exact`` (the default): ``onnx`` on a CPU with
+    onnxruntime (the same fp32 arithmetic, ~2x torch), else ``fp32``. ``auto``:
+    ``bf16`` where the device has native bf16,
     else ``onnx`` on a CPU with onnxruntime (exact, ~2x torch fp32), else ``fp32``.
     Inside the ground stage bf16 and onnx measured alike on an AVX512_BF16 CPU and
     bf16 was faster alone (benchmarks/pages/speed.md). ``onnx`` is checked here: it
@@ -77,6 +79,8 @@ def resolve_precision(precision: str, device: str) -> str:
     from refineg_clip_selector.onnx_text import onnxruntime_available
 
     cpu = not device.startswith("cuda")
+    if precision == "exact":
+        return "onnx" if cpu and onnxruntime_available() else "fp32"
     if precision == "auto":
         if bf16_native(device):
             return "bf16"

@@ -74,6 +74,9 @@ class _QwenResize:
     """Mixin: the image goes at ``smart_resize`` size; bounds readable as attributes."""
 
     options: QwenResizeOptions
+    #: The model's own processor applies ``model_size`` to every image it gets, so an
+    #: original near that size may be sent as it is (refineg_openai.images, issue 20).
+    resized_by_model = True
 
     @property
     def min_pixels(self) -> int:

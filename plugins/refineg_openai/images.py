@@ -23,6 +23,7 @@ import io
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image
@@ -126,11 +127,67 @@ def _as_is(img: Image.Image, target: tuple[int, int], fmt: str) -> bool:
     )
 
 
-def _prepare(path: str, target: tuple[int, int], fmt: str, quality: int) -> bytes:
-    """The file's bytes as the model will get them (at ``target``, in ``fmt``)."""
+def _original_will_do(
+    img: Image.Image,
+    target: tuple[int, int],
+    fmt: str,
+    model_size: Callable[[tuple[int, int]], tuple],
+) -> bool:
+    """Whether the original file can go instead of a copy resized to ``target``, for a
+    frame whose model resizes every image itself by the rule that gave ``target``
+    (``resized_by_model``, e.g. Qwen's ``smart_resize``; the size it returns is a
+    fixed point, so a resized copy is not resized again, and an original becomes
+    that same size on the server). Conditions:
+
+    * ``model_size`` of the file's own size is ``target`` (a declared size that
+      differs from the file's decides the frame, and the original would land
+      elsewhere);
+    * a near size (the grid's rounding, each side within ``NEAR``): a larger
+      reduction is still done here, so the upload stays the size the model sees;
+    * a JPEG, or a PNG when PNG was asked for (a PNG photo is several times the
+      bytes of the JPEG asked for), RGB or grey, upright (a server that honours
+      the EXIF orientation would turn it).
+
+    Why (issue 20): resizing by a few pixels and re-encoding cost ~3.5 ms of CPU per
+    image, most of what the ground stage's ``k = 3`` spends on its ~1,650 images,
+    with the GIL held by the JPEG encoder; the model then gets the original through
+    its own processor's resize instead of our bilinear copy of a second JPEG
+    generation. The box frame is ``target`` either way.
+    """
+    return (
+        model_size(img.size) == target
+        and (img.format == "JPEG" or (img.format == "PNG" and fmt == "png"))
+        and img.mode in ("RGB", "L")
+        and all(abs(t - s) <= NEAR * s for s, t in zip(img.size, target, strict=True))
+        and img.getexif().get(_ORIENTATION, 1) == 1
+    )
+
+
+def _verified_original(img: Image.Image, path: str) -> bytes:
+    """The file's bytes, after decoding it (a JPEG at 1/8 scale in the DCT domain,
+    which still reads every entropy-coded block): a truncated or damaged file fails
+    here, located, as it would when re-encoded, instead of reaching the server."""
+    if img.format == "JPEG":
+        img.draft(img.mode, (max(1, img.size[0] // 8), max(1, img.size[1] // 8)))
+    img.load()
+    return Path(path).read_bytes()
+
+
+def _prepare(
+    path: str,
+    target: tuple[int, int],
+    fmt: str,
+    quality: int,
+    model_size: Callable[[tuple[int, int]], tuple] | None = None,
+) -> bytes:
+    """The file's bytes as the model will get them (at ``target``, in ``fmt``; or the
+    original file when the model resizes images itself by ``model_size`` and
+    ``_original_will_do`` says the original becomes the same ``target`` there)."""
     with Image.open(path) as img:
         if _as_is(img, target, fmt):
             return Path(path).read_bytes()
+        if model_size is not None and _original_will_do(img, target, fmt, model_size):
+            return _verified_original(img, path)
         if img.format == "JPEG" and 2 * target[0] <= img.size[0]:
             # Let the JPEG decoder scale by 1/2..1/8 (DCT domain) before the resize:
             # a large photo is never decoded at full size to be shrunk.
@@ -147,13 +204,20 @@ def _prepare(path: str, target: tuple[int, int], fmt: str, quality: int) -> byte
 
 
 def _data_url(data: bytes, fmt: str) -> str:
-    mime = "image/png" if fmt == "png" else "image/jpeg"
+    """The data URL; its type read from the bytes (an original sent as it is keeps its
+    own format, whatever ``fmt`` asked of re-encoded images)."""
+    if data.startswith(b"\x89PNG"):
+        mime = "image/png"
+    elif data.startswith(b"\xff\xd8"):
+        mime = "image/jpeg"
+    else:
+        mime = "image/png" if fmt == "png" else "image/jpeg"
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
 #: Bump when preparation changes (filters, pass-through rules): older files on disk
 #: are then never read again (they age out under the byte bound).
-PREP_VERSION = 1
+PREP_VERSION = 2  # 2: originals sent as they are for frames resized by the model
 _DIGEST = 32  # sha256 of the image bytes, appended to each file
 
 
@@ -243,15 +307,17 @@ def _encode_cached(
     fmt: str,
     quality: int,
     disk: DiskImages | None = None,
+    resizer: tuple[str, Callable[[tuple[int, int]], tuple]] | None = None,
 ) -> str:
     """The data URL of one file version at one target size (prepared on a miss of
-    the memory cache and of ``disk``)."""
-    key = (path, mtime_ns, file_size, target, fmt, quality)
+    the memory cache and of ``disk``). ``resizer``: (the frame's class and options,
+    its ``model_size``) when the model resizes images itself (originals may go)."""
+    key = (path, mtime_ns, file_size, target, fmt, quality, resizer and resizer[0])
     url = _CACHE.get(key)
     if url is None:
         data = disk.get(key) if disk is not None else None
         if data is None:
-            data = _prepare(path, target, fmt, quality)
+            data = _prepare(path, target, fmt, quality, resizer and resizer[1])
             if disk is not None:
                 disk.put(key, data)
         url = _data_url(data, fmt)
@@ -269,7 +335,9 @@ def image_data_url(
     quality: int = 90,
     disk: DiskImages | None = None,
 ) -> str:
-    """Load, resize to ``codec.model_size(original)`` and encode one image part."""
+    """Load, resize to ``codec.model_size(original)`` and encode one image part (or
+    send the verified original, when the codec's model resizes images itself and
+    the original is near that size: ``_original_will_do``)."""
     path = Path(part.path)
     try:
         st = path.stat()
@@ -277,6 +345,17 @@ def image_data_url(
         raise SampleImageError(f"image not found: {path}") from exc
     target = codec.model_size(image_size(part))
     try:
-        return _encode_cached(str(path), st.st_mtime_ns, st.st_size, target, fmt, quality, disk)
+        return _encode_cached(
+            str(path),
+            st.st_mtime_ns,
+            st.st_size,
+            target,
+            fmt,
+            quality,
+            disk,
+            (f"{type(codec).__qualname__}{codec.options!r}", codec.model_size)
+            if getattr(codec, "resized_by_model", False)
+            else None,
+        )
     except Exception as exc:  # a truncated JPEG has a good header and fails here
         raise SampleImageError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from exc
