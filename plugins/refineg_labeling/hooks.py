@@ -38,13 +38,13 @@ def refineg_add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--score",
         choices=SCORES,
-        default="mnlp",
-        help="sample uncertainty of the uncertainty strategies: mnlp (default; Shen et al. "
-        "2018: the decoded path's log-probability per token, lowest first; it beat random "
-        "at every size in the labeling benchmark), lc (the same log-probability, not "
-        "divided by length), tte (total token entropy: the sum of the tokens' tag "
-        "entropies) or max (the gate's: worst entity or missed-entity score, within the "
-        "seed spread of random there)",
+        default="lc",
+        help="sample uncertainty of the uncertainty strategies: lc (default; least "
+        "confidence: minus the decoded path's log-probability, not divided by length; in "
+        "the labeling benchmark it reached random's 1,600-label F1 with 600-800 labels), "
+        "mnlp (Shen et al. 2018: the same per token, lowest first), tte (total token "
+        "entropy: the sum of the tokens' tag entropies) or max (the gate's: worst entity "
+        "or missed-entity score, within the seed spread of random there)",
     )
     p.add_argument("--seed", type=int, default=0, help="seeds ties and the random strategy")
     p.add_argument(
