@@ -370,3 +370,19 @@ def test_select_command_ranks_by_the_gate_and_skips_labeled_posts(few_tweets, tm
         seen |= {r.id for r in batch}
     assert len(seen - {s.id for s in train}) == 11  # five batches, no post twice
     assert {s.id for s in load_dataset(pool_file, "jsonl").samples} >= seen - {s.id for s in train}
+
+
+def test_select_ranks_by_lc_unless_told_otherwise():
+    # the default follows the labeling benchmark's fourth round (lc ahead of mnlp at
+    # 300-800 labels over 6 seeds); every shipped score is accepted
+    import argparse
+
+    from refineg_labeling.hooks import refineg_add_commands
+    from refineg_labeling.selection import SCORES
+
+    parser = argparse.ArgumentParser()
+    refineg_add_commands(parser.add_subparsers(dest="command"))
+    base = ["select", "-c", "c.toml", "--pool", "pool.jsonl"]
+    assert parser.parse_args(base).score == "lc"
+    for score in SCORES:
+        assert parser.parse_args([*base, "--score", score]).score == score
