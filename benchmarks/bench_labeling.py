@@ -8,7 +8,9 @@ the shipped config's ``span`` gate, the embeddings the clip_similarity selector'
 encoder (MiniLM); ``mnlp`` is ``uncertainty`` ranked by Shen et al.'s MNLP
 (``refineg select --score mnlp``) and ``mnlp+diversity`` its
 ``uncertainty+diversity`` (each record's ``selection`` says how far the diversity
-batch spread against the plain top N: ``diversity_facts``). ``--rounds`` sets the
+batch spread against the plain top N: ``diversity_facts``); ``lc`` and ``tte`` are
+``uncertainty`` ranked by ``--score lc`` / ``--score tte`` (per-post scores, not
+divided by length). ``--rounds`` sets the
 schedule (default 100, 200, 400, 800, 1,600; smaller acquisition steps add rounds,
 and one training per round, for every strategy alike). After each round a fresh
 MiniLM ``bert_crf`` tagger is trained on the labeled posts (same epochs for every
