@@ -8,7 +8,9 @@ the shipped config's ``span`` gate, the embeddings the clip_similarity selector'
 encoder (MiniLM); ``mnlp`` is ``uncertainty`` ranked by Shen et al.'s MNLP
 (``refineg select --score mnlp``) and ``mnlp+diversity`` its
 ``uncertainty+diversity`` (each record's ``selection`` says how far the diversity
-batch spread against the plain top N: ``diversity_facts``). ``--rounds`` sets the
+batch spread against the plain top N: ``diversity_facts``); ``lc`` and ``tte`` are
+``uncertainty`` ranked by ``--score lc`` / ``--score tte`` (per-post scores, not
+divided by length). ``--rounds`` sets the
 schedule (default 100, 200, 400, 800, 1,600; smaller acquisition steps add rounds,
 and one training per round, for every strategy alike). After each round a fresh
 MiniLM ``bert_crf`` tagger is trained on the labeled posts (same epochs for every
@@ -56,6 +58,8 @@ STRATEGIES = (
     "mnlp",
     "mnlp+diversity",
     "mnlp+kcenter",
+    "lc",
+    "tte",
 )
 #: benchmark strategy -> (``choose`` strategy, sample score of ``refineg select --score``)
 CHOOSE = {
@@ -65,6 +69,8 @@ CHOOSE = {
     "mnlp": ("uncertainty", "mnlp"),
     "mnlp+diversity": ("uncertainty+diversity", "mnlp"),
     "mnlp+kcenter": ("uncertainty+diversity", "mnlp"),  # unweighted: see UNWEIGHTED
+    "lc": ("uncertainty", "lc"),
+    "tte": ("uncertainty", "tte"),
 }
 #: diversity strategies whose k-center ignores the uncertainty (``choose(weighted=False)``)
 UNWEIGHTED = frozenset({"mnlp+kcenter"})
@@ -234,10 +240,10 @@ class Loop:
         return span_f1(gold, pred)
 
     def scores(self, tagger, candidates: list[str], kind: str) -> list[float]:
-        """Sample scores ``kind`` (``max`` or ``mnlp``) of ``candidates``; one
-        prediction pass serves both kinds (the start round picks for every strategy)."""
+        """Sample scores ``kind`` (``max`` or a ``TAGGER_SCORE``) of ``candidates``; one
+        prediction pass serves every kind (the start round picks for every strategy)."""
         from refineg_gates.span import SpanGate
-        from refineg_labeling.selection import mnlp_uncertainty, sample_uncertainty
+        from refineg_labeling.selection import TAGGER_SCORE, sample_uncertainty
 
         key = (id(tagger), tuple(candidates))
         if key not in self._scored:
@@ -248,7 +254,7 @@ class Loop:
             self._scored = {
                 key: {
                     "max": [sample_uncertainty(d) for d in decisions],
-                    "mnlp": [mnlp_uncertainty(p) for p in preds],
+                    **{name: [of(p) for p in preds] for name, of in TAGGER_SCORE.items()},
                 }
             }
         return self._scored[key][kind]

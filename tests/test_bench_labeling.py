@@ -104,6 +104,18 @@ def test_mnlp_diversity_is_the_diversity_strategy_with_the_mnlp_score(bench):
     assert {"mnlp+kcenter"} == bench.UNWEIGHTED
 
 
+def test_every_benchmark_score_is_a_shipped_select_score(bench):
+    # the benchmark measures what `refineg select --score` runs, nothing of its own
+    from refineg_labeling.selection import SCORES, STRATEGIES, TAGGER_SCORE
+
+    assert set(bench.CHOOSE) == set(bench.STRATEGIES)
+    for how, score in bench.CHOOSE.values():
+        assert how in STRATEGIES and (score is None or score in SCORES)
+    assert bench.CHOOSE["lc"] == ("uncertainty", "lc")
+    assert bench.CHOOSE["tte"] == ("uncertainty", "tte")
+    assert set(TAGGER_SCORE) == set(SCORES) - {"max"}
+
+
 def test_the_training_precision_reaches_the_tagger(bench):
     # fp32 reproduces the rounds run before bf16 became bert_crf's default; auto is today's
     args = argparse.Namespace(batch_size=16, train_precision="fp32")
